@@ -1,0 +1,158 @@
+"""The in-memory scene: plain NumPy values, one dotted path per differentiable value.
+
+A `Scene` is what the loader (`renderer.loading.load_scene`) produces from a validated scene file.
+Code past the loader trusts it. Every differentiable value has one stable dotted path
+(`materials.body.albedo`, `lights.key.position`, `cameras.main.pose`, `meshes.bunny.vertices`); the
+optimizer, the viewer, the recorder and the CLI all address values through `Scene.params()`.
+
+Conventions (stated once, see `renderer.conventions`):
+- World and camera space follow OpenGL: +Y up, the camera looks down -Z, +X to the right.
+- Quaternions are stored (x, y, z, w), the order Warp's `wp.quat` uses.
+- Colors and textures are linear RGB floats; image files are sRGB-encoded on disk.
+- A camera `pose` is camera-to-world: [px, py, pz, qx, qy, qz, qw] (7 floats).
+- Camera `intrinsics` are [fx, fy, cx, cy] in pixels; pixel (0, 0) is the top-left pixel, whose
+  center is at (0.5, 0.5).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SHADING_MODELS = ("lambert", "ggx")
+RENDER_MODES = ("hard", "antialias", "soft")
+
+
+@dataclass
+class Mesh:
+    """A triangle mesh in object space with its transform. Vertices are split at creases, so
+    smooth per-vertex normals computed from the geometry are correct (cubes have 24 vertices)."""
+
+    name: str
+    vertices: np.ndarray  # (V, 3) float32, object space
+    faces: np.ndarray  # (F, 3) int32
+    uvs: np.ndarray  # (V, 2) float32 (zeros when the source has none)
+    colors: np.ndarray  # (V, 3) float32 linear RGB multiplier of the albedo (ones by default)
+    translation: np.ndarray  # (3,) float32
+    rotation: np.ndarray  # (4,) float32 unit quaternion (x, y, z, w)
+    scale: np.ndarray  # (3,) float32
+    material: str
+    source: str = ""  # the file or primitive it came from, for summaries
+
+
+@dataclass
+class Material:
+    """A material. Each property is a texture of shape (H, W, C); a scalar or RGB value is a 1x1
+    texture, so the renderer has one code path and a constant gets one gradient."""
+
+    name: str
+    model: str  # one of SHADING_MODELS
+    albedo: np.ndarray  # (H, W, 3) float32 linear RGB in [0, 1]
+    roughness: np.ndarray  # (H, W, 1) float32 in [0.02, 1]
+    metallic: np.ndarray  # (H, W, 1) float32 in [0, 1]
+    wrap: str = "wrap"  # texture address mode: "wrap" or "clamp"
+
+
+@dataclass
+class PointLight:
+    name: str
+    position: np.ndarray  # (3,)
+    color: np.ndarray  # (3,) linear RGB
+    intensity: np.ndarray  # (1,) radiant intensity: irradiance at distance d is intensity/d^2
+
+
+@dataclass
+class DirectionalLight:
+    name: str
+    direction: np.ndarray  # (3,) direction the light travels (towards the scene); normalized in kernels
+    color: np.ndarray  # (3,)
+    intensity: np.ndarray  # (1,) irradiance on a surface facing the light
+
+
+@dataclass
+class AmbientLight:
+    name: str
+    color: np.ndarray  # (3,) radiance reflected as albedo * color
+
+
+@dataclass
+class Camera:
+    name: str
+    width: int
+    height: int
+    intrinsics: np.ndarray  # (4,) fx, fy, cx, cy in pixels
+    pose: np.ndarray  # (7,) camera-to-world: position (3) then unit quaternion (x, y, z, w)
+
+
+@dataclass
+class RenderSettings:
+    mode: str = "antialias"  # one of RENDER_MODES
+    shadows: bool = True
+    soft_sigma: float = 1.0  # SoftRas sharpness in pixels^2
+    soft_gamma: float = 1e-2  # SoftRas depth-aggregation temperature
+    mipmaps: bool = True
+
+
+@dataclass
+class Param:
+    """A view of one differentiable value. `value` is the NumPy array the scene holds (not a copy)."""
+
+    path: str
+    value: np.ndarray
+    kind: str  # vertices, colors, uvs, texture, scalar, color, position, direction, intensity, ...
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+
+@dataclass
+class Scene:
+    path: str  # the file it was loaded from ("" when built in code)
+    meshes: dict[str, Mesh] = field(default_factory=dict)
+    materials: dict[str, Material] = field(default_factory=dict)
+    point_lights: dict[str, PointLight] = field(default_factory=dict)
+    directional_lights: dict[str, DirectionalLight] = field(default_factory=dict)
+    ambient_lights: dict[str, AmbientLight] = field(default_factory=dict)
+    cameras: dict[str, Camera] = field(default_factory=dict)
+    background: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))  # (3,) or (H, W, 3)
+    render: RenderSettings = field(default_factory=RenderSettings)
+    optimize: object | None = None  # the validated `optimize` section (renderer.scene_schema.Optimize)
+
+    def params(self) -> dict[str, Param]:
+        """Every differentiable value of the scene by dotted path, in a stable order."""
+        out: dict[str, Param] = {}
+
+        def add(path: str, value: np.ndarray, kind: str) -> None:
+            out[path] = Param(path, value, kind)
+
+        for m in self.meshes.values():
+            p = f"meshes.{m.name}"
+            add(f"{p}.vertices", m.vertices, "vertices")
+            add(f"{p}.colors", m.colors, "colors")
+            add(f"{p}.uvs", m.uvs, "uvs")
+            add(f"{p}.translation", m.translation, "position")
+            add(f"{p}.rotation", m.rotation, "quaternion")
+            add(f"{p}.scale", m.scale, "scale")
+        for mat in self.materials.values():
+            p = f"materials.{mat.name}"
+            add(f"{p}.albedo", mat.albedo, "albedo")
+            add(f"{p}.roughness", mat.roughness, "roughness")
+            add(f"{p}.metallic", mat.metallic, "metallic")
+        for light in self.point_lights.values():
+            p = f"lights.{light.name}"
+            add(f"{p}.position", light.position, "position")
+            add(f"{p}.color", light.color, "color")
+            add(f"{p}.intensity", light.intensity, "intensity")
+        for light in self.directional_lights.values():
+            p = f"lights.{light.name}"
+            add(f"{p}.direction", light.direction, "direction")
+            add(f"{p}.color", light.color, "color")
+            add(f"{p}.intensity", light.intensity, "intensity")
+        for light in self.ambient_lights.values():
+            add(f"lights.{light.name}.color", light.color, "color")
+        for cam in self.cameras.values():
+            add(f"cameras.{cam.name}.intrinsics", cam.intrinsics, "intrinsics")
+            add(f"cameras.{cam.name}.pose", cam.pose, "pose")
+        return out
