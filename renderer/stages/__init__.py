@@ -1,0 +1,1 @@
+"""Differentiable rendering stages: one file per stage, Warp kernels on top, launchers below."""

@@ -1,0 +1,139 @@
+"""Camera stage: pinhole rays and projection for a camera-to-world pose (OpenGL: looks down -Z, +Y up).
+
+`intrinsics` is a float array (4,) [fx, fy, cx, cy] in pixels; `pose` a float array (7,)
+[px, py, pz, qx, qy, qz, qw] camera-to-world. The quaternion is normalized inside the kernels, so any
+non-zero quaternion is accepted and its gradient is tangent to the unit sphere. Pixel (x, y) has its
+center at (x + 0.5, y + 0.5), row 0 at the top. The `@wp.func`s are shared with other stages.
+"""
+
+from __future__ import annotations
+
+from numbers import Integral
+
+import warp as wp
+
+
+@wp.func
+def pose_position(pose: wp.array(dtype=float)) -> wp.vec3:
+    """Camera center of a (7,) pose."""
+    return wp.vec3(pose[0], pose[1], pose[2])
+
+
+@wp.func
+def pose_rotation(pose: wp.array(dtype=float)) -> wp.quat:
+    """Normalized camera-to-world rotation of a (7,) pose."""
+    return wp.normalize(wp.quat(pose[3], pose[4], pose[5], pose[6]))
+
+
+@wp.func
+def read_intrinsics(intrinsics: wp.array(dtype=float)) -> wp.vec4:
+    """(fx, fy, cx, cy) of a (4,) intrinsics array."""
+    return wp.vec4(intrinsics[0], intrinsics[1], intrinsics[2], intrinsics[3])
+
+
+@wp.func
+def camera_ray(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, px: float, py: float) -> wp.vec3:
+    """World direction of the ray through image point (px, py); its camera-space z is -1, so the ray
+    parameter t of a hit is its view depth. `pos` is unused (the origin is `pos`); it is taken so every
+    camera helper reads the same (intr, pos, rot)."""
+    d = wp.vec3((px - intr[2]) / intr[0], -(py - intr[3]) / intr[1], -1.0)
+    return wp.quat_rotate(rot, d)
+
+
+@wp.func
+def project_point(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, p: wp.vec3) -> wp.vec3:
+    """(pixel x, pixel y, view depth) of world point p; depth > 0 in front of the camera."""
+    q = wp.quat_rotate_inv(rot, p - pos)
+    depth = -q[2]
+    # keep a point on the camera plane finite instead of producing inf/nan
+    z = wp.where(wp.abs(depth) > 1.0e-12, depth, 1.0e-12)
+    return wp.vec3(intr[2] + intr[0] * q[0] / z, intr[3] - intr[1] * q[1] / z, depth)
+
+
+@wp.kernel
+def generate_rays_kernel(intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int,
+                         origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3)):
+    y, x = wp.tid()
+    i = y * width + x
+    pos = pose_position(pose)
+    origins[i] = pos
+    directions[i] = camera_ray(read_intrinsics(intrinsics), pos, pose_rotation(pose),
+                               float(x) + 0.5, float(y) + 0.5)
+
+
+@wp.kernel
+def project_points_kernel(points: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
+                          pose: wp.array(dtype=float), out: wp.array(dtype=wp.vec3)):
+    i = wp.tid()
+    out[i] = project_point(read_intrinsics(intrinsics), pose_position(pose), pose_rotation(pose), points[i])
+
+
+def check_array(name: str, arr, dtype, shape: tuple) -> None:
+    """Raise TypeError/ValueError unless `arr` is a wp.array of `dtype` whose shape matches `shape`
+    (entries None match any size)."""
+    if not isinstance(arr, wp.array):
+        raise TypeError(f"{name}: expected a wp.array, got {type(arr).__name__}")
+    if arr.dtype != dtype:
+        want, got = wp.types.type_repr(dtype), wp.types.type_repr(arr.dtype)
+        raise TypeError(f"{name}: expected dtype {want}, got {got}")
+    mismatch = len(arr.shape) != len(shape)
+    if mismatch or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=True)):
+        want = ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
+        raise ValueError(f"{name}: expected shape ({want}), got {tuple(arr.shape)}")
+
+
+def check_camera(intrinsics: wp.array, pose: wp.array, width: int | None = None,
+                 height: int | None = None) -> None:
+    """Validate camera arrays (and image size when given)."""
+    check_array("intrinsics", intrinsics, wp.float32, (4,))
+    check_array("pose", pose, wp.float32, (7,))
+    for name, v in (("width", width), ("height", height)):
+        if v is not None and (not isinstance(v, Integral) or v <= 0):
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+
+
+def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int) -> tuple[wp.array, wp.array]:
+    """Primary rays through the pixel centers of a width x height image.
+
+    Args:
+        intrinsics: float32 (4,) [fx, fy, cx, cy] in pixels.
+        pose: float32 (7,) [px, py, pz, qx, qy, qz, qw] camera-to-world (quaternion need not be unit).
+        width, height: image size in pixels.
+
+    Returns:
+        (origins, directions), each wp.vec3 (N,), N = height * width, row-major from the top row.
+        Origins are the camera center; directions are R(q) ((x + 0.5 - cx) / fx, -(y + 0.5 - cy) / fy, -1),
+        not normalized, so a hit at ray parameter t has view depth t.
+        Differentiable w.r.t. intrinsics and pose.
+    """
+    check_camera(intrinsics, pose, width, height)
+    width, height = int(width), int(height)
+    dev = intrinsics.device
+    grad = intrinsics.requires_grad or pose.requires_grad
+    origins = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
+    directions = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
+    wp.launch(generate_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width],
+              outputs=[origins, directions], device=dev)
+    return origins, directions
+
+
+def project_points(points: wp.array, intrinsics: wp.array, pose: wp.array) -> wp.array:
+    """Project world points into the image.
+
+    Args:
+        points: wp.vec3 (P,) world positions.
+        intrinsics: float32 (4,) [fx, fy, cx, cy]; pose: float32 (7,) camera-to-world.
+
+    Returns:
+        wp.vec3 (P,): (pixel x, pixel y, view depth); depth > 0 in front of the camera. Pixel coordinates
+        are continuous (pixel (x, y) spans [x, x + 1) x [y, y + 1)). A point with |depth| < 1e-12 is
+        projected as if its depth were 1e-12. Differentiable w.r.t. points, intrinsics and pose.
+    """
+    check_array("points", points, wp.vec3, (None,))
+    check_camera(intrinsics, pose)
+    dev = points.device
+    grad = points.requires_grad or intrinsics.requires_grad or pose.requires_grad
+    out = wp.zeros(points.shape[0], dtype=wp.vec3, device=dev, requires_grad=grad)
+    wp.launch(project_points_kernel, dim=points.shape[0], inputs=[points, intrinsics, pose], outputs=[out],
+              device=dev)
+    return out

@@ -1,0 +1,289 @@
+"""Texture stage: a pool of packed textures with 2x2-box mip pyramids, sampled per pixel by index.
+
+All textures of one channel count C (3 for albedo, 1 for roughness/metallic; any C in 1..3 works)
+live in ONE flat float array, so a single kernel samples every material. Conventions:
+- A texture is a (h, w, C) float array; texel (x, y) is row y, column x. uv in [0, 1] covers the
+  texture, u to the right, v DOWN: v = 0 is the first row (image convention, row 0 at the top).
+- Texel centers are at ((x + 0.5) / w, (y + 0.5) / h); sampling is bilinear between the four
+  nearest centers, with "wrap" (repeat) or "clamp" (to edge) addressing per texture.
+- Mip level l + 1 is the 2x2 box filter of level l with size max(floor(w / 2), 1) x
+  max(floor(h / 2), 1); on odd sizes the footprint is clamped to the edge. Levels go down to 1x1.
+- Trilinear sampling blends the two levels around lod = log2(rho), rho the longest screen-space
+  footprint axis in level-0 texels, clamped to [0, levels - 1].
+
+Gradients flow to the texels (pool.data, hence the source textures through the build) and to uv.
+The lod is treated as a constant: no gradient reaches `uv_da`.
+
+Device functions for other kernels (all take `data = pool.data`, `table = pool.table`):
+`sample_bilinear_level(data, table, tex, level, u, v) -> wp.vec3`,
+`sample_trilinear(data, table, tex, u, v, lod) -> wp.vec3`,
+`mip_lod(table, tex, du_dx, du_dy, dv_dx, dv_dy) -> float`. They return C channels in a vec3, the
+unused lanes 0. `tex` must be a valid index (the `sample` kernel handles -1 before calling them).
+
+Pool table layout (int32, shape (T, 3 + 3 * L), L the most levels of any texture): per texture
+[levels, wrap (WRAP_REPEAT | WRAP_CLAMP), C, then (offset, w, h) per level]; offset counts floats
+into `data`, where texel (x, y) channel c of a level is data[offset + (y * w + x) * C + c].
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+WRAP_REPEAT = wp.constant(0)
+WRAP_CLAMP = wp.constant(1)
+WRAP_MODES = {"wrap": 0, "clamp": 1}
+_HEAD = wp.constant(3)  # table columns before the per-level (offset, w, h) triples
+
+
+@wp.func
+def _address(i: int, n: int, wrap: int) -> int:
+    if wrap == WRAP_REPEAT:
+        return ((i % n) + n) % n  # % truncates toward zero in Warp, as in C
+    return wp.clamp(i, 0, n - 1)
+
+
+@wp.func
+def _fetch(data: wp.array(dtype=float), base: int, w: int, c: int, x: int, y: int) -> wp.vec3:
+    i = base + (y * w + x) * c
+    r = data[i]
+    g = 0.0
+    b = 0.0
+    if c > 1:
+        g = data[i + 1]
+    if c > 2:
+        b = data[i + 2]
+    return wp.vec3(r, g, b)
+
+
+@wp.func
+def sample_bilinear_level(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), tex: int,
+                          level: int, u: float, v: float) -> wp.vec3:
+    """Bilinear sample of mip `level` (clamped to the texture's levels) of texture `tex` at (u, v)."""
+    level = wp.clamp(level, 0, table[tex, 0] - 1)
+    col = _HEAD + 3 * level
+    base = table[tex, col]
+    w = table[tex, col + 1]
+    h = table[tex, col + 2]
+    wrap = table[tex, 1]
+    c = table[tex, 2]
+    if wrap == WRAP_REPEAT:
+        # reduce to [0, 1) first so the integer texel index cannot overflow; d(frac)/du = 1
+        u = u - wp.floor(u)
+        v = v - wp.floor(v)
+    # texel-space position measured from the first texel center; clamping outside [-1, n] changes
+    # nothing (clamp-to-edge is constant there) but keeps int() in range
+    x = wp.clamp(u * float(w) - 0.5, -1.0, float(w))
+    y = wp.clamp(v * float(h) - 0.5, -1.0, float(h))
+    x0 = wp.floor(x)
+    y0 = wp.floor(y)
+    fx = x - x0
+    fy = y - y0
+    xa = _address(int(x0), w, wrap)
+    xb = _address(int(x0) + 1, w, wrap)
+    ya = _address(int(y0), h, wrap)
+    yb = _address(int(y0) + 1, h, wrap)
+    top = (1.0 - fx) * _fetch(data, base, w, c, xa, ya) + fx * _fetch(data, base, w, c, xb, ya)
+    bottom = (1.0 - fx) * _fetch(data, base, w, c, xa, yb) + fx * _fetch(data, base, w, c, xb, yb)
+    return (1.0 - fy) * top + fy * bottom
+
+
+@wp.func
+def sample_trilinear(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), tex: int,
+                     u: float, v: float, lod: float) -> wp.vec3:
+    """Blend of the bilinear samples of the two levels around `lod` (clamped to [0, levels - 1])."""
+    lod = wp.clamp(lod, 0.0, float(table[tex, 0] - 1))
+    l0 = wp.floor(lod)
+    f = lod - l0
+    s = sample_bilinear_level(data, table, tex, int(l0), u, v)
+    if f > 0.0:  # skip the second fetch for bilinear (lod 0) and integer lods
+        s = s + f * (sample_bilinear_level(data, table, tex, int(l0) + 1, u, v) - s)
+    return s
+
+
+@wp.func
+def mip_lod(table: wp.array2d(dtype=wp.int32), tex: int, du_dx: float, du_dy: float, dv_dx: float,
+            dv_dy: float) -> float:
+    """log2 of the longest pixel footprint axis in level-0 texels (unclamped; -99.7 for a zero footprint)."""
+    w = float(table[tex, _HEAD + 1])
+    h = float(table[tex, _HEAD + 2])
+    rho = wp.max(wp.length(wp.vec2(du_dx * w, dv_dx * h)), wp.length(wp.vec2(du_dy * w, dv_dy * h)))
+    return wp.log2(wp.max(rho, 1.0e-30))
+
+
+@wp.func_grad(mip_lod)
+def _adj_mip_lod(table: wp.array2d(dtype=wp.int32), tex: int, du_dx: float, du_dy: float, dv_dx: float,
+                 dv_dy: float, adj_ret: float):
+    pass  # the lod is a constant for differentiation: no gradient to the uv derivatives
+
+
+@wp.kernel
+def _copy_texture(src: wp.array3d(dtype=float), data: wp.array(dtype=float), offset: int):
+    y, x, c = wp.tid()
+    data[offset + (y * src.shape[1] + x) * src.shape[2] + c] = src[y, x, c]
+
+
+@wp.kernel
+def _downsample(data: wp.array(dtype=float), src: int, sw: int, sh: int, dst: int, dw: int, channels: int):
+    y, x, c = wp.tid()
+    # 2x2 box footprint, clamped to the source edge for odd sizes
+    x0 = wp.min(2 * x, sw - 1)
+    x1 = wp.min(2 * x + 1, sw - 1)
+    y0 = wp.min(2 * y, sh - 1)
+    y1 = wp.min(2 * y + 1, sh - 1)
+    s = (data[src + (y0 * sw + x0) * channels + c] + data[src + (y0 * sw + x1) * channels + c]
+         + data[src + (y1 * sw + x0) * channels + c] + data[src + (y1 * sw + x1) * channels + c])
+    data[dst + (y * dw + x) * channels + c] = 0.25 * s
+
+
+@wp.kernel
+def _sample(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32),
+            tex_index: wp.array(dtype=wp.int32), uv: wp.array2d(dtype=float), uv_da: wp.array2d(dtype=float),
+            use_mips: int, out: wp.array2d(dtype=float)):
+    i = wp.tid()
+    t = tex_index[i]
+    if t < 0 or t >= table.shape[0]:
+        return  # out is zero-initialized
+    lod = 0.0
+    if use_mips != 0:
+        lod = mip_lod(table, t, uv_da[i, 0], uv_da[i, 1], uv_da[i, 2], uv_da[i, 3])
+    s = sample_trilinear(data, table, t, uv[i, 0], uv[i, 1], lod)
+    out[i, 0] = s[0]
+    if out.shape[1] > 1:
+        out[i, 1] = s[1]
+    if out.shape[1] > 2:
+        out[i, 2] = s[2]
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TexturePool:
+    """Textures of one channel count packed with their mip pyramids (see the module docstring).
+
+    data: (total,) float32, requires_grad; table: (T, 3 + 3 L) int32 on the same device; channels: C.
+    Host copies of the table: sizes[t][l] = (w, h) and offsets[t][l] (in floats) of level l of texture t;
+    wraps[t] its address mode."""
+
+    data: wp.array
+    table: wp.array
+    channels: int
+    sizes: list[list[tuple[int, int]]]
+    offsets: list[list[int]]
+    wraps: list[str]
+
+    @property
+    def count(self) -> int:
+        return len(self.sizes)
+
+    def levels(self, tex: int) -> int:
+        return len(self.sizes[tex])
+
+    def level_numpy(self, tex: int, level: int) -> np.ndarray:
+        """Mip `level` of texture `tex` as a (h, w, C) NumPy copy (for inspection and tests)."""
+        w, h = self.sizes[tex][level]
+        o = self.offsets[tex][level]
+        return self.data.numpy()[o:o + w * h * self.channels].reshape(h, w, self.channels).copy()
+
+    @staticmethod
+    def build(textures: list, wraps: list[str], mipmaps: bool = True) -> TexturePool:
+        """Pack `textures` (list of wp.array3d float32 (h, w, C), one C in 1..3, one device) with
+        address modes `wraps` ("wrap" or "clamp", one per texture) into a pool; with `mipmaps`, append
+        each texture's 2x2-box pyramid down to 1x1 (else level 0 only). Every copy and filter is a
+        normal launch, so a surrounding wp.Tape carries gradients from `pool.data` to the sources."""
+        if not isinstance(textures, (list, tuple)) or len(textures) == 0:
+            raise ValueError("textures: expected a non-empty list of wp.array3d(dtype=float) (h, w, C)")
+        if not isinstance(wraps, (list, tuple)) or len(wraps) != len(textures):
+            raise ValueError(f"wraps: expected a list of {len(textures)} strings, got {wraps!r}")
+        if not isinstance(mipmaps, bool):
+            raise TypeError(f"mipmaps: expected a bool, got {type(mipmaps).__name__}")
+        device = None
+        channels = None
+        for k, (tex, mode) in enumerate(zip(textures, wraps, strict=True)):
+            name = f"textures[{k}]"
+            if not isinstance(tex, wp.array) or tex.ndim != 3 or tex.dtype != wp.float32:
+                ndim, dtype = getattr(tex, "ndim", None), getattr(tex, "dtype", None)
+                got = f"{type(tex).__name__} ndim={ndim} dtype={dtype}"
+                raise TypeError(f"{name}: expected a wp.array3d(dtype=float) of shape (h, w, C), got {got}")
+            h, w, c = tex.shape
+            if h < 1 or w < 1 or not 1 <= c <= 3:
+                raise ValueError(f"{name}: expected shape (h >= 1, w >= 1, C in 1..3), got {tex.shape}")
+            if channels is None:
+                channels, device = c, tex.device
+            if c != channels:
+                raise ValueError(f"{name}: expected C={channels} channels like textures[0], got {tex.shape}")
+            if tex.device != device:
+                raise ValueError(f"{name}: expected device {device} like textures[0], got {tex.device}")
+            if mode not in WRAP_MODES:
+                raise ValueError(f"wraps[{k}]: expected 'wrap' or 'clamp', got {mode!r}")
+
+        sizes: list[list[tuple[int, int]]] = []
+        offsets: list[list[int]] = []
+        total = 0
+        for tex in textures:
+            h, w, _ = tex.shape
+            chain = [(w, h)]
+            while mipmaps and chain[-1] != (1, 1):
+                cw, ch = chain[-1]
+                chain.append((max(cw // 2, 1), max(ch // 2, 1)))
+            sizes.append(chain)
+            offsets.append([])
+            for cw, ch in chain:
+                offsets[-1].append(total)
+                total += cw * ch * channels
+        max_levels = max(len(s) for s in sizes)
+        table = np.zeros((len(textures), _HEAD + 3 * max_levels), np.int32)
+        for k, (chain, offs) in enumerate(zip(sizes, offsets, strict=True)):
+            table[k, :_HEAD] = (len(chain), WRAP_MODES[wraps[k]], channels)
+            for level, ((cw, ch), o) in enumerate(zip(chain, offs, strict=True)):
+                table[k, _HEAD + 3 * level:_HEAD + 3 * level + 3] = (o, cw, ch)
+
+        data = wp.zeros(total, dtype=float, device=device, requires_grad=True)
+        for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
+            wp.launch(_copy_texture, dim=tex.shape, inputs=[tex, data, offs[0]], device=device)
+            for level in range(1, len(chain)):
+                (sw, sh), (dw, dh) = chain[level - 1], chain[level]
+                wp.launch(_downsample, dim=(dh, dw, channels),
+                          inputs=[data, offs[level - 1], sw, sh, offs[level], dw, channels], device=device)
+        return TexturePool(data, wp.array(table, dtype=wp.int32, device=device), channels, sizes, offsets,
+                           list(wraps))
+
+
+def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array | None = None) -> wp.array:
+    """Sample `pool` per pixel.
+
+    tex_index: (N,) int32, the texture of each pixel; -1 (or any index outside the pool) gives zeros.
+    uv: (N, 2) float32 (u, v); v = 0 is the top row of the texture (image convention).
+    uv_da: None for bilinear sampling of level 0, or (N, 4) float32 (du/dx, du/dy, dv/dx, dv/dy) per
+    pixel for trilinear mipmapping (the layout `interpolate_derivatives` returns for a uv attribute).
+    Returns (N, C) float32 on the device of `uv`. Differentiable w.r.t. pool.data and uv; the lod is
+    not differentiated (uv_da gets no gradient)."""
+    if not isinstance(pool, TexturePool):
+        raise TypeError(f"pool: expected a TexturePool, got {type(pool).__name__}")
+    if not isinstance(uv, wp.array) or uv.ndim != 2 or uv.shape[1] != 2 or uv.dtype != wp.float32:
+        raise TypeError(f"uv: expected a wp.array2d(dtype=float) of shape (N, 2), got "
+                        f"{getattr(uv, 'dtype', type(uv).__name__)} shape={getattr(uv, 'shape', None)}")
+    n = uv.shape[0]
+    if not isinstance(tex_index, wp.array) or tex_index.ndim != 1 or tex_index.dtype != wp.int32:
+        raise TypeError(f"tex_index: expected a wp.array(dtype=wp.int32) of shape (N,), got "
+                        f"{getattr(tex_index, 'dtype', type(tex_index).__name__)}")
+    if tex_index.shape[0] != n:
+        raise ValueError(f"tex_index: expected shape ({n},) to match uv, got {tex_index.shape}")
+    if uv_da is not None:
+        if not isinstance(uv_da, wp.array) or uv_da.ndim != 2 or uv_da.dtype != wp.float32:
+            raise TypeError(f"uv_da: expected None or a wp.array2d(dtype=float) of shape ({n}, 4), got "
+                            f"{getattr(uv_da, 'dtype', type(uv_da).__name__)}")
+        if uv_da.shape != (n, 4):
+            raise ValueError(f"uv_da: expected shape ({n}, 4), got {uv_da.shape}")
+    device = uv.device
+    for name, arr in (("tex_index", tex_index), ("uv_da", uv_da), ("pool.data", pool.data)):
+        if arr is not None and arr.device != device:
+            raise ValueError(f"{name}: expected device {device} like uv, got {arr.device}")
+    out = wp.zeros((n, pool.channels), dtype=float, device=device,
+                   requires_grad=pool.data.requires_grad or uv.requires_grad)
+    wp.launch(_sample, dim=n, inputs=[pool.data, pool.table, tex_index, uv, uv_da, int(uv_da is not None)],
+              outputs=[out], device=device)
+    return out
