@@ -1,0 +1,153 @@
+"""A scene's values as Warp arrays on one device, and the per-step packing the stages read.
+
+`DeviceScene` holds one leaf array (requires_grad) per dotted path of `Scene.params()`: the optimizer
+updates these, the tape accumulates gradients into their `.grad`, the viewer reads them. `prepare()`
+runs the differentiable work shared by every view of one step (world-space vertices, normals, packed
+attributes, texture pyramids, packed lights) and returns a `Frame`; `renderer.render.render_view`
+draws one camera from a `Frame`. Record `prepare()` and all views of a step under one `wp.Tape`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+from .scene import SHADING_MODELS, Scene
+from .stages import geometry, pack, visibility
+from .stages.antialias import face_neighbors
+from .stages.shading import Lights
+from .stages.texture import TexturePool
+
+_VEC3_KINDS = ("vertices",)
+
+
+def default_device() -> str:
+    """CUDA when available, else the CPU."""
+    return "cuda:0" if wp.get_cuda_device_count() > 0 else "cpu"
+
+
+def _leaf(value: np.ndarray, kind: str, device) -> wp.array:
+    value = np.ascontiguousarray(value, dtype=np.float32)
+    if kind in _VEC3_KINDS:
+        return wp.array(value, dtype=wp.vec3, device=device, requires_grad=True)
+    return wp.array(value, dtype=float, device=device, requires_grad=True)
+
+
+@dataclass
+class Frame:
+    """Everything the views of one step share. All arrays are outputs of recorded kernels."""
+
+    world: wp.array  # (V,) vec3 world-space positions of all meshes, packed
+    normals: wp.array2d  # (V, 3) smooth unit normals
+    uvs: wp.array2d  # (V, 2)
+    colors: wp.array2d  # (V, 3) vertex color multipliers
+    bvh: wp.Mesh
+    albedo: TexturePool
+    roughness: TexturePool
+    metallic: TexturePool
+    lights: Lights
+
+
+class DeviceScene:
+    """Leaf arrays per dotted path plus the static topology, on `device`."""
+
+    def __init__(self, scene: Scene, device: str | None = None):
+        self.scene = scene
+        self.device = wp.get_device(device or default_device())
+        self.arrays: dict[str, wp.array] = {}
+        self.kinds: dict[str, str] = {}
+        for path, p in scene.params().items():
+            self.arrays[path] = _leaf(p.value, p.kind, self.device)
+            self.kinds[path] = p.kind
+
+        mat_index = {name: i for i, name in enumerate(scene.materials)}
+        self.material_model = wp.array(
+            np.array([SHADING_MODELS.index(m.model) for m in scene.materials.values()], np.int32),
+            dtype=wp.int32, device=self.device)
+        faces, face_mat, vert_mat, self.vertex_offsets = [], [], [], []
+        offset = 0
+        for m in scene.meshes.values():
+            self.vertex_offsets.append(offset)
+            faces.append(m.faces.astype(np.int32) + offset)
+            face_mat.append(np.full(len(m.faces), mat_index[m.material], np.int32))
+            vert_mat.append(np.full(len(m.vertices), mat_index[m.material], np.int32))
+            offset += len(m.vertices)
+        self.num_vertices = offset
+        faces_np = np.concatenate(faces) if faces else np.zeros((0, 3), np.int32)
+        self.faces_np = faces_np
+        self.num_faces = len(faces_np)
+        self.faces = wp.array(faces_np.reshape(-1), dtype=wp.int32, device=self.device)
+        self.face_material = wp.array(np.concatenate(face_mat) if face_mat else np.zeros(0, np.int32),
+                                      dtype=wp.int32, device=self.device)
+        self.vertex_material = wp.array(np.concatenate(vert_mat) if vert_mat else np.zeros(0, np.int32),
+                                        dtype=wp.int32, device=self.device)
+        self.neighbors = wp.array(face_neighbors(faces_np).reshape(-1), dtype=wp.int32, device=self.device)
+        self.wraps = [m.wrap for m in scene.materials.values()]
+        backdrop = np.asarray(scene.background, np.float32)
+        self.background_color = wp.array(backdrop if backdrop.ndim == 1 else np.zeros(3, np.float32),
+                                          dtype=float, device=self.device)
+        self.background_pool = None
+        if backdrop.ndim == 3:  # an image, sampled per pixel at any resolution
+            img = wp.array(backdrop, dtype=float, device=self.device)
+            self.background_pool = TexturePool.build([img], ["clamp"], mipmaps=False)
+        self._world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=self.device, requires_grad=True)
+        self._bvh: wp.Mesh | None = None
+
+    # -- values ---------------------------------------------------------------------------------
+    def get(self, path: str) -> np.ndarray:
+        """A NumPy copy of the current value at `path`, in the scene's shape."""
+        return self.arrays[path].numpy().reshape(self.scene.params()[path].shape).copy()
+
+    def set(self, path: str, value: np.ndarray) -> None:
+        """Overwrite the value at `path` (shape must match)."""
+        arr = self.arrays[path]
+        value = np.asarray(value, dtype=np.float32)
+        expected = self.scene.params()[path].shape
+        if value.shape != expected:
+            raise ValueError(f"{path}: expected shape {expected}, got {value.shape}")
+        arr.assign(wp.array(value.reshape(arr.numpy().shape), dtype=arr.dtype, device=self.device))
+
+    def zero_grad(self) -> None:
+        for arr in self.arrays.values():
+            arr.grad.zero_()
+
+    def write_back(self) -> None:
+        """Copy the current values into the NumPy scene (e.g. before saving it)."""
+        for path, p in self.scene.params().items():
+            p.value[...] = self.get(path)
+
+    # -- per-step packing -----------------------------------------------------------------------
+    def prepare(self, mipmaps: bool | None = None) -> Frame:
+        """World-space geometry, attributes, texture pyramids and lights for this step."""
+        a, dev, sc = self.arrays, self.device, self.scene
+        mipmaps = sc.render.mipmaps if mipmaps is None else mipmaps
+        world = self._world
+        uvs = wp.zeros((self.num_vertices, 2), dtype=float, device=dev, requires_grad=True)
+        colors = wp.zeros((self.num_vertices, 3), dtype=float, device=dev, requires_grad=True)
+        for off, m in zip(self.vertex_offsets, sc.meshes.values()):
+            p = f"meshes.{m.name}"
+            geometry.transform_vertices(a[f"{p}.vertices"], a[f"{p}.translation"], a[f"{p}.rotation"],
+                                        a[f"{p}.scale"], world, off)
+            pack.copy_rows(a[f"{p}.uvs"], uvs, off)
+            pack.copy_rows(a[f"{p}.colors"], colors, off)
+        normals = geometry.vertex_normals(world, self.faces)
+        if self._bvh is None:
+            self._bvh = visibility.build_bvh(world, self.faces)
+        else:
+            self._bvh.refit()
+        mats = list(sc.materials)
+        pools = [TexturePool.build([a[f"materials.{n}.{prop}"] for n in mats], self.wraps, mipmaps=mipmaps)
+                 for prop in ("albedo", "roughness", "metallic")]
+        pl, dl, al = sc.point_lights, sc.directional_lights, sc.ambient_lights
+        lights = Lights(
+            point_position=pack.gather_vec3([a[f"lights.{n}.position"] for n in pl], dev),
+            point_color=pack.gather_vec3([a[f"lights.{n}.color"] for n in pl], dev),
+            point_intensity=pack.gather_scalar([a[f"lights.{n}.intensity"] for n in pl], dev),
+            dir_direction=pack.gather_vec3([a[f"lights.{n}.direction"] for n in dl], dev),
+            dir_color=pack.gather_vec3([a[f"lights.{n}.color"] for n in dl], dev),
+            dir_intensity=pack.gather_scalar([a[f"lights.{n}.intensity"] for n in dl], dev),
+            ambient=pack.sum_vec3([a[f"lights.{n}.color"] for n in al], dev),
+        )
+        return Frame(world, normals, uvs, colors, self._bvh, *pools, lights)

@@ -1,0 +1,87 @@
+"""nerfstudio / Blender-synthetic `transforms.json` datasets.
+
+Fields read: `camera_angle_x` (horizontal fov, radians) or `fl_x`/`fl_y` (+ optional `cx`/`cy`),
+`w`/`h` (else taken from the first image), and per frame `file_path` (relative to the json; a
+missing extension means `.png`, as in the Blender set), `transform_matrix` (camera-to-world, OpenGL
+convention, as both formats store it), optional per-frame intrinsics and `time`. Intrinsics may also
+be given per frame (nerfstudio). Errors name the file and the field.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .conventions import matrix_to_pose
+from .errors import SceneError
+from .images import read_image
+
+
+@dataclass
+class Frame:
+    image_path: Path
+    width: int
+    height: int
+    intrinsics: np.ndarray  # (4,) float32
+    pose: np.ndarray  # (7,) float32 camera-to-world
+    time: float | None = None
+
+
+def _number(d: dict, key: str, file: str, field: str):
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        raise SceneError(file, f"{field}{key}", f"expected a finite number, got {v!r}")
+    return float(v)
+
+
+def load_transforms(path) -> list[Frame]:
+    path = Path(path)
+    file = str(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SceneError(file, "", "file not found") from None
+    except json.JSONDecodeError as exc:
+        raise SceneError(file, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list) or not doc["frames"]:
+        raise SceneError(file, "frames", "expected a non-empty list of frames")
+    frames = []
+    for i, fr in enumerate(doc["frames"]):
+        field = f"frames[{i}]."
+        if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
+            raise SceneError(file, f"frames[{i}]", "expected an object with file_path and transform_matrix")
+        img_path = path.parent / fr["file_path"]
+        if not img_path.suffix:
+            img_path = img_path.with_suffix(".png")
+        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        if m.shape != (4, 4) or not np.isfinite(m).all():
+            raise SceneError(file, f"{field}transform_matrix", "expected a finite 4x4 matrix")
+        try:
+            pose = matrix_to_pose(m, tolerance=1e-3)
+        except ValueError as exc:
+            raise SceneError(file, f"{field}transform_matrix", str(exc)) from None
+        w = _number(fr, "w", file, field) or _number(doc, "w", file, "")
+        h = _number(fr, "h", file, field) or _number(doc, "h", file, "")
+        if w is None or h is None:
+            img = read_image(img_path)
+            h, w = img.shape[:2]
+        w, h = int(w), int(h)
+        fl_x = _number(fr, "fl_x", file, field) or _number(doc, "fl_x", file, "")
+        fl_y = _number(fr, "fl_y", file, field) or _number(doc, "fl_y", file, "")
+        if fl_x is None:
+            angle = _number(doc, "camera_angle_x", file, "")
+            if angle is None or not 0 < angle < math.pi:
+                raise SceneError(file, "camera_angle_x", "expected fl_x/fl_y or camera_angle_x in (0, pi) radians")
+            fl_x = 0.5 * w / math.tan(0.5 * angle)
+        fl_y = fl_y or fl_x
+        cx = _number(fr, "cx", file, field) or _number(doc, "cx", file, "") or w / 2
+        cy = _number(fr, "cy", file, field) or _number(doc, "cy", file, "") or h / 2
+        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32),
+                            _number(fr, "time", file, field)))
+    return frames
