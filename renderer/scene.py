@@ -118,7 +118,8 @@ class Scene:
     cameras: dict[str, Camera] = field(default_factory=dict)
     background: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))  # (3,) or (H, W, 3)
     render: RenderSettings = field(default_factory=RenderSettings)
-    optimize: object | None = None  # the validated `optimize` section (renderer.scene_schema.Optimize)
+    optimize: object | None = None  # the validated `optimize` section (renderer.scene_schema.OptimizeSpec)
+    description: str = ""  # what the scene is about, from the scene file
 
     def params(self) -> dict[str, Param]:
         """Every differentiable value of the scene by dotted path, in a stable order."""

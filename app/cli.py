@@ -1,0 +1,133 @@
+"""The `drstudio` command line. Each subcommand is a small function `cmd_<name>(args) -> exit code`.
+
+Exit codes: 0 success, 2 a user mistake (bad scene file, bad arguments; the message names the file
+and field, no traceback), 3 the command is not built yet, 130 interrupted, 141 output pipe closed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from renderer.errors import SceneError
+from renderer.loading import load_scene, summarize
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SCENE = ROOT / "scenes" / "texture.json"
+EXIT_USER_ERROR, EXIT_NOT_BUILT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
+
+
+def version() -> str:
+    try:
+        return metadata.version("drstudio")
+    except metadata.PackageNotFoundError:  # running from a source tree that is not pip-installed
+        found = re.search(r'^version\s*=\s*"([^"]+)"', (ROOT / "pyproject.toml").read_text(), re.M)
+        return f"{found.group(1)} (source tree)" if found else "unknown"
+
+
+def _device(text: str) -> str:
+    if text == "cpu" or re.fullmatch(r"cuda(:\d+)?", text):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+# ---- subcommands --------------------------------------------------------------------------------
+
+def cmd_info(args: argparse.Namespace) -> int:
+    print(summarize(load_scene(args.scene)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    print(summarize(load_scene(args.scene)))
+    print("drstudio run: the scene is valid; optimization is not built yet", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+def _not_built(args: argparse.Namespace) -> int:
+    print(f"drstudio {args.command}: not built yet", file=sys.stderr)
+    return EXIT_NOT_BUILT
+
+
+cmd_view = cmd_optimize = cmd_render = cmd_replay = cmd_bench = _not_built
+
+
+# ---- parser -------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="drstudio", description="A desktop studio for differentiable "
+                                     "rendering: render scenes and recover their parameters from images.")
+    parser.add_argument("--version", action="version", version=f"drstudio {version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name: str, func, help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    def device(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+
+    p = command("run", cmd_run, "the main job: load a scene and run its optimization")
+    p.add_argument("scene", nargs="?", default=str(DEFAULT_SCENE),
+                   help=f"scene file (default: {DEFAULT_SCENE})")
+    device(p)
+    p = command("view", cmd_view, "open the viewer (on a scene, if given)")
+    p.add_argument("scene", nargs="?", help="scene file")
+    device(p)
+    p = command("optimize", cmd_optimize, "run a scene's optimization headless")
+    p.add_argument("scene", help="scene file")
+    p.add_argument("--steps", type=_positive_int, help="override optimize.steps")
+    p.add_argument("--out", type=Path, help="output folder for images, metrics and the recording")
+    device(p)
+    p = command("render", cmd_render, "render a scene to an image file")
+    p.add_argument("scene", help="scene file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.png, .jpg)")
+    p.add_argument("--camera", help="camera name (default: the scene's first camera)")
+    device(p)
+    p = command("replay", cmd_replay, "replay a recorded optimization session in the viewer")
+    p.add_argument("recording", type=Path, help="recording file")
+    p = command("bench", cmd_bench, "measure rendering and optimization speed")
+    device(p)
+    p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
+    p.add_argument("scene", help="scene file")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return args.func(args)
+    except SceneError as e:
+        print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
+        for other in e.others:
+            print(f"  also: {other}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f"drstudio {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # output piped into a reader that quit (`drstudio info x | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return EXIT_BROKEN_PIPE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

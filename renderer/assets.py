@@ -1,0 +1,107 @@
+"""Reading the files a scene references: images (pillow/imageio) and meshes (trimesh).
+
+Every failure is a `SceneError` naming the scene file (`file`), the field that referenced the asset
+(`field`) and the asset's path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import trimesh
+from PIL import Image, UnidentifiedImageError
+
+from . import conventions as cv
+from . import images
+from .errors import SceneError
+
+MAX_IMAGE_SIZE = 4096  # texels per side of a texture, background or target image
+
+
+def _check_file(path: Path, what: str, file: str, field: str) -> None:
+    if not path.exists():
+        raise SceneError(file, field, f"{what} '{path}' not found")
+    if not path.is_file():
+        raise SceneError(file, field, f"{what} '{path}' is not a file")
+    if not os.access(path, os.R_OK):
+        raise SceneError(file, field, f"{what} '{path}' is not readable (permission denied)")
+
+
+def image_size(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_SIZE) -> tuple[int, int]:
+    """(width, height) from the image header, checked against `max_size`, without decoding pixels."""
+    path = Path(path)
+    _check_file(path, "image", file, field)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except UnidentifiedImageError:
+        raise SceneError(file, field, f"'{path}' is not an image (unrecognized format)") from None
+    except OSError as e:
+        raise SceneError(file, field, f"image '{path}' cannot be read: {e}") from None
+    if width > max_size or height > max_size:
+        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than the limit "
+                                      f"{max_size}x{max_size}")
+    return width, height
+
+
+def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = "",
+               max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
+    """An image as (H, W, channels) float32 (`renderer.images.read_image`: 8/16-bit to [0, 1], gray
+    repeated, alpha dropped), decoded from sRGB to linear when `srgb`; size-checked before decoding."""
+    path = Path(path)
+    image_size(path, file, field, max_size)
+    try:
+        a = images.read_image(path, channels)
+    except SceneError as e:
+        raise SceneError(file, field, f"image '{path}': {e.message}") from None
+    if not np.isfinite(a).all():
+        raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
+    return (cv.srgb_to_linear(np.clip(a, 0, 1)) if srgb else a).astype(np.float32)
+
+
+def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, ...]:
+    """(vertices (V, 3) float32, faces (F, 3) int32, uvs (V, 2) float32, colors (V, 3) float32) of an
+    OBJ/PLY/glTF/GLB file, vertices in file order (trimesh `process=False`). Polygons are triangulated
+    by trimesh; a multi-part file (glTF scene) is concatenated with its node transforms. UVs get v = 0
+    at the image top (files use v = 0 at the bottom); zeros when absent. Vertex colors are decoded
+    from sRGB to linear; ones when absent. Materials inside the file are ignored."""
+    path = Path(path)
+    _check_file(path, "mesh file", file, field)
+
+    def error(msg: str) -> SceneError:
+        return SceneError(file, field, f"mesh file '{path}' {msg}")
+
+    try:
+        loaded = trimesh.load(str(path), process=False)
+    except Exception as e:  # trimesh raises many types for malformed files
+        raise error(f"cannot be read: {type(e).__name__}: {e}") from None
+    if isinstance(loaded, trimesh.Scene):
+        if not any(isinstance(g, trimesh.Trimesh) and len(g.faces) for g in loaded.geometry.values()):
+            raise error("contains no triangles")
+        loaded = loaded.to_mesh()
+    if not isinstance(loaded, trimesh.Trimesh):
+        raise error(f"is not a triangle mesh (it holds a {type(loaded).__name__})")
+    vertices, faces = np.asarray(loaded.vertices, np.float64), np.asarray(loaded.faces)
+    if len(faces) == 0 or len(vertices) == 0:
+        raise error("contains no triangles")
+    if faces.ndim != 2 or faces.shape[1] != 3:
+        raise error(f"has faces of shape {faces.shape}, expected triangles (F, 3)")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise error(f"has faces indexing vertices outside 0..{len(vertices) - 1}")
+    if not np.isfinite(vertices).all():
+        raise error("has NaN or infinite vertex coordinates")
+    visual = loaded.visual
+    uvs = np.zeros((len(vertices), 2))
+    if getattr(visual, "kind", None) == "texture" and getattr(visual, "uv", None) is not None:
+        uv = np.asarray(visual.uv, np.float64)
+        if uv.shape != (len(vertices), 2) or not np.isfinite(uv).all():
+            raise error(f"has texture coordinates of shape {uv.shape} (or non-finite), "
+                        f"expected ({len(vertices)}, 2)")
+        uvs = np.c_[uv[:, 0], 1.0 - uv[:, 1]]
+    colors = np.ones((len(vertices), 3))
+    if getattr(visual, "kind", None) == "vertex":
+        colors = cv.srgb_to_linear(np.asarray(visual.vertex_colors, np.float64)[:, :3] / 255.0)
+    f32 = np.float32
+    return vertices.astype(f32), faces.astype(np.int32), uvs.astype(f32), colors.astype(f32)

@@ -1,0 +1,128 @@
+"""Starting values of optimized parameters, from the `init` of `optimize.parameters` in a scene file.
+
+`init` forms (see scenes/README.md):
+- absent: the scene's own value (a copy).
+- a number or nested list: broadcast (NumPy rules) to the parameter's shape; must lie in the
+  parameter's valid range (albedo and metallic [0, 1], roughness [0.02, 1], colors >= 0, ...).
+- a file name, relative to the scene file: an image for albedo/roughness/metallic (same size as the
+  scene's texture), a mesh file for vertices (same vertex count and faces as the scene's mesh).
+- {"perturb": {"sigma", "seed"?}}: the scene's value plus Gaussian noise, then clipped into the valid
+  range (quaternions renormalized).
+- {"perturb_pose": {"degrees", "translation", "seed"?}} for camera poses: rotated by exactly
+  `degrees` about a random axis (in the camera frame) and moved by `translation` times the distance
+  from the camera to the center of the scene's bounding box, in a random direction.
+A perturbation without a seed uses `rng`, by default seeded from optimize.seed and the path.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from . import conventions as cv
+from .assets import load_mesh_file, read_image
+from .errors import SceneError, field_path
+from .scene import Scene
+from .scene_schema import PerturbInit, PerturbPoseInit
+
+TEXTURE_KINDS = ("albedo", "roughness", "metallic")
+RANGES = {"albedo": (0.0, 1.0), "roughness": (0.02, 1.0), "metallic": (0.0, 1.0), "color": (0.0, np.inf),
+          "colors": (0.0, np.inf), "intensity": (0.0, np.inf), "scale": (1e-3, np.inf)}
+
+
+def scene_center(scene: Scene) -> np.ndarray:
+    """Center of the world-space bounding box of all meshes (origin when there are none)."""
+    points = [(cv.quat_to_matrix(m.rotation) @ (m.vertices * m.scale).T).T + m.translation
+              for m in scene.meshes.values()]
+    if not points:
+        return np.zeros(3)
+    allp = np.concatenate(points)
+    return (allp.min(0) + allp.max(0)) / 2
+
+
+def _rng(scene: Scene, path: str, seed: int | None, rng: np.random.Generator | None) -> np.random.Generator:
+    if seed is not None:
+        return np.random.default_rng(seed)
+    if rng is not None:
+        return rng
+    base = getattr(scene.optimize, "seed", 0)
+    return np.random.default_rng([base, zlib.crc32(path.encode())])
+
+
+def _fix_range(kind: str, value: np.ndarray) -> np.ndarray:
+    if kind in RANGES:
+        value = np.clip(value, *RANGES[kind])
+    if kind == "quaternion":
+        value = cv.normalize(value, "quaternion")
+    if kind == "pose":
+        value = np.r_[value[:3], cv.normalize(value[3:], "pose quaternion")]
+    return value
+
+
+def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The starting value (float32, the parameter's shape) of parameter `path`. `spec` is an `init`
+    value of the scene schema; by default the one in scene.optimize for `path`. Raises SceneError
+    naming optimize.parameters["path"].init when the init does not fit the parameter."""
+    params = scene.params()
+    if path not in params:
+        raise SceneError(scene.path, field_path(("optimize", "parameters", path)), "unknown parameter path")
+    param = params[path]
+    if spec is None and scene.optimize is not None and path in scene.optimize.parameters:
+        spec = scene.optimize.parameters[path].init
+    where = field_path(("optimize", "parameters", path, "init"))
+
+    def error(msg: str) -> SceneError:
+        return SceneError(scene.path, where, msg)
+
+    shape, kind, current = param.shape, param.kind, param.value.astype(np.float64)
+    if spec is None:
+        value = current
+    elif isinstance(spec, PerturbInit):
+        noise = _rng(scene, path, spec.perturb.seed, rng).normal(0.0, spec.perturb.sigma, shape)
+        value = _fix_range(kind, current + noise)
+    elif isinstance(spec, PerturbPoseInit):
+        if kind != "pose":
+            raise error(f'"perturb_pose" applies to camera poses (cameras.NAME.pose), not to {kind} '
+                        'parameters')
+        p, g = spec.perturb_pose, _rng(scene, path, spec.perturb_pose.seed, rng)
+        axis, shift = cv.normalize(g.normal(size=3)), cv.normalize(g.normal(size=3))
+        distance = max(float(np.linalg.norm(current[:3] - scene_center(scene))), 1e-6)
+        rot = cv.quat_to_matrix(current[3:]) @ cv.quat_to_matrix(cv.quat_from_axis_angle(axis, p.degrees))
+        value = np.r_[current[:3] + p.translation * distance * shift, cv.quat_from_matrix(rot)]
+    elif isinstance(spec, str):
+        value = _from_file(scene, path, kind, shape, Path(scene.path).parent / spec, where)
+    else:
+        given = np.asarray(spec, dtype=np.float64)
+        try:
+            value = np.broadcast_to(given, shape).copy()
+        except ValueError:
+            raise error(f"value of shape {given.shape} does not broadcast to the parameter's shape "
+                        f"{shape}") from None
+        lo, hi = RANGES.get(kind, (-np.inf, np.inf))
+        if value.min() < lo or value.max() > hi:
+            raise error(f"expected values in [{lo:g}, {hi:g}] for {kind} parameters")
+        value = _fix_range(kind, value)
+    return np.ascontiguousarray(value, dtype=np.float32)
+
+
+def _from_file(scene: Scene, path: str, kind: str, shape: tuple, file: Path, where: str) -> np.ndarray:
+    def error(msg: str) -> SceneError:
+        return SceneError(scene.path, where, msg)
+
+    if kind in TEXTURE_KINDS:
+        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where)
+        if value.shape != shape:
+            raise error(f"image '{file}' is {value.shape[1]}x{value.shape[0]}x{value.shape[2]}, the "
+                        f"parameter is {shape[1]}x{shape[0]}x{shape[2]} (W x H x C)")
+        return _fix_range(kind, value)
+    if kind == "vertices":
+        mesh = scene.meshes[path.split(".")[1]]
+        vertices, faces, _, _ = load_mesh_file(file, scene.path, where)
+        if vertices.shape != shape or not np.array_equal(faces, mesh.faces):
+            raise error(f"mesh file '{file}' has {len(vertices)} vertices and {len(faces)} triangles, the "
+                        f"mesh {shape[0]} and {len(mesh.faces)}: the same vertices and faces are required")
+        return vertices
+    raise error("a file init applies to textures (albedo, roughness, metallic) and vertices, not to "
+                f"{kind} parameters")

@@ -1,0 +1,254 @@
+"""Scene file -> `Scene`: parse, validate (renderer.scene_schema), load assets, cross-check.
+
+`load_scene(path)` is the only door into a `Scene` from disk: every problem is a `SceneError` naming
+the file, the JSON field path and what was expected, and code past it trusts the scene. Relative
+file names in a scene file are relative to the scene file's directory.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from . import conventions as cv
+from . import primitives
+from .assets import image_size, load_mesh_file, read_image
+from .errors import SceneError, field_path
+from .initial_values import initial_value
+from .scene import (
+    AmbientLight,
+    Camera,
+    DirectionalLight,
+    Material,
+    Mesh,
+    PointLight,
+    RenderSettings,
+    Scene,
+)
+from .scene_schema import (
+    MAX_CAMERA_SIZE,
+    AmbientLightSpec,
+    DirectionalLightSpec,
+    OptimizeSpec,
+    validate_scene,
+)
+from .transforms_json import load_transforms
+
+MAX_SCENE_BYTES = 16 * 2**20
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    for k in keys:
+        if keys.count(k) > 1:
+            raise _DuplicateKey(k)
+    return dict(pairs)
+
+
+def read_json(path, what: str = "scene file"):
+    """Parsed JSON of a file; SceneError with line and column for malformed JSON."""
+    path, file = Path(path), str(path)
+    if not path.is_file():
+        raise SceneError(file, "", f"{what} not found" if not path.exists() else f"{what} is not a file")
+    try:
+        if path.stat().st_size > MAX_SCENE_BYTES:
+            raise SceneError(file, "", f"{what} is larger than {MAX_SCENE_BYTES >> 20} MiB")
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SceneError(file, "", f"{what} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SceneError(file, "", f"{what} cannot be read: {e.strerror or e}") from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates)
+    except json.JSONDecodeError as e:
+        raise SceneError(file, f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}") from None
+    except _DuplicateKey as e:
+        raise SceneError(file, "", f"invalid JSON: duplicate key \"{e.args[0]}\" in an object") from None
+
+
+def load_scene(path) -> Scene:
+    """Load, validate and cross-check a scene file (see scenes/README.md)."""
+    file = str(path)
+    spec = validate_scene(read_json(path), file)
+    base = Path(path).parent
+
+    def err(parts: tuple, msg: str) -> SceneError:
+        return SceneError(file, field_path(parts), msg)
+
+    for group in ("meshes", "materials", "lights", "cameras"):
+        seen: dict[str, int] = {}
+        for i, item in enumerate(getattr(spec, group)):
+            if item.name in seen:
+                first = f"{group}[{seen[item.name]}]"
+                raise err((group, i, "name"), f"duplicate name '{item.name}' (first used at {first})")
+            seen[item.name] = i
+
+    scene = Scene(path=file, render=RenderSettings(**spec.render.model_dump()), description=spec.description)
+    for i, m in enumerate(spec.materials):
+        where = ("materials", i)
+        scene.materials[m.name] = Material(
+            m.name, m.model, _texture(m.albedo, 3, True, base, file, where + ("albedo",)),
+            np.clip(_texture(m.roughness, 1, False, base, file, where + ("roughness",)), 0.02, 1.0),
+            _texture(m.metallic, 1, False, base, file, where + ("metallic",)), m.wrap)
+    for i, m in enumerate(spec.meshes):
+        if m.material not in scene.materials:
+            raise err(("meshes", i, "material"), f"unknown material '{m.material}'; defined: "
+                                                   f"{', '.join(scene.materials)}")
+        if m.file is not None:
+            where = field_path(("meshes", i, "file"))
+            vertices, faces, uvs, colors = load_mesh_file(base / m.file, file, where)
+        else:
+            vertices, faces, uvs = _primitive(m.primitive)
+            colors = np.ones_like(vertices)
+        t = m.transform
+        rotation = t.rotation.to_quaternion() if t.rotation else np.array([0.0, 0.0, 0.0, 1.0])
+        scene.meshes[m.name] = Mesh(m.name, vertices, faces, uvs, colors, _f32(t.translation), _f32(rotation),
+                                    _f32(t.scale), m.material, m.file or f"primitive {m.primitive.type}")
+    for light in spec.lights:
+        if isinstance(light, AmbientLightSpec):
+            scene.ambient_lights[light.name] = AmbientLight(light.name, _f32(light.color))
+        elif isinstance(light, DirectionalLightSpec):
+            scene.directional_lights[light.name] = DirectionalLight(
+                light.name, _f32(cv.normalize(light.direction)), _f32(light.color), _f32([light.intensity]))
+        else:
+            scene.point_lights[light.name] = PointLight(light.name, _f32(light.position), _f32(light.color),
+                                                        _f32([light.intensity]))
+    for c in spec.cameras:
+        scene.cameras[c.name] = Camera(c.name, c.width, c.height, _f32(c.intrinsics()), _f32(c.pose()))
+    if isinstance(spec.background, str):
+        scene.background = read_image(base / spec.background, srgb=True, channels=3, file=file,
+                                      field="background")
+    else:
+        scene.background = _f32(spec.background)
+    if spec.optimize is not None:
+        scene.optimize = spec.optimize
+        _check_optimize(scene, spec.optimize)
+    return scene
+
+
+def _f32(x) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _texture(value, channels: int, srgb: bool, base: Path, file: str, parts: tuple) -> np.ndarray:
+    """A material property as an (H, W, C) texture: a constant becomes 1x1."""
+    if isinstance(value, str):
+        return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts))
+    return _f32(value).reshape(1, 1, channels)
+
+
+def _primitive(p) -> primitives.Built:
+    if p.type == "sphere":
+        return primitives.uv_sphere(p.radius, p.resolution)
+    if p.type == "icosphere":
+        return primitives.icosphere(p.radius, p.subdivisions)
+    if p.type == "cube":
+        return primitives.cube(p.size)
+    if p.type == "plane":
+        return primitives.plane(p.size)
+    return primitives.torus(p.major_radius, p.minor_radius, p.resolution)
+
+
+def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
+    params = scene.params()
+    for path, p in opt.parameters.items():
+        where = field_path(("optimize", "parameters", path))
+        if path not in params:
+            close = difflib.get_close_matches(path, list(params), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}?" if close else "`drstudio info SCENE` lists all paths"
+            raise SceneError(scene.path, where, f"unknown parameter path; {hint}")
+        if p.init is None and opt.targets.cameras is not None:
+            raise SceneError(scene.path, where + ".init", "required when the targets are rendered from the "
+                             "scene (targets.cameras): without an init the optimization starts at the answer")
+        initial_value(scene, path)  # validates the init against the parameter
+    views = _count_target_views(scene, opt.targets)
+    if opt.batch_views > views:
+        raise SceneError(scene.path, "optimize.batch_views",
+                         f"expected at most {views} (the number of target views), got {opt.batch_views}")
+
+
+def _count_target_views(scene: Scene, targets) -> int:
+    """Checks the targets (cameras exist; images are images of their camera's size) and counts them."""
+    file, base = scene.path, Path(scene.path).parent
+
+    def check_image(image: Path, width: int, height: int, field: str, what: str) -> None:
+        size = image_size(image, file, field, max_size=MAX_CAMERA_SIZE)
+        if size != (width, height):
+            raise SceneError(file, field, f"image '{image}' is {size[0]}x{size[1]}, {what} is "
+                                          f"{width}x{height}")
+
+    if targets.transforms is not None:
+        field = "optimize.targets.transforms"
+        try:
+            frames = load_transforms(base / targets.transforms)
+        except SceneError as e:  # report it under the scene field that referenced the file
+            raise SceneError(file, field, str(e)) from None
+        for i, f in enumerate(frames):
+            check_image(f.image_path, f.width, f.height, field, f"frames[{i}] of '{targets.transforms}'")
+        return len(frames)
+    for i, t in enumerate(targets.images or [(name, None) for name in targets.cameras]):
+        name, image = (t.camera, t.file) if targets.images else t
+        parts = ("optimize", "targets") + (("images", i, "camera") if image else ("cameras", i))
+        if name not in scene.cameras:
+            raise SceneError(file, field_path(parts), f"unknown camera '{name}'; defined: "
+                                                      f"{', '.join(scene.cameras)}")
+        if image is not None:
+            cam = scene.cameras[name]
+            check_image(base / image, cam.width, cam.height, field_path(parts[:-1] + ("file",)),
+                        f"camera '{name}'")
+    return len(targets.images or targets.cameras)
+
+
+def summarize(scene: Scene) -> str:
+    """A human-readable multi-line summary, ending with every parameter path and its shape."""
+    lines = [f"scene {scene.path}" + (f": {scene.description}" if scene.description else "")]
+    for m in scene.meshes.values():
+        lines.append(f"  mesh {m.name}: {m.source}, {len(m.vertices)} vertices, {len(m.faces)} triangles, "
+                     f"material {m.material}")
+    for mat in scene.materials.values():
+        props = ", ".join(f"{k} {_value_text(getattr(mat, k))}" for k in ("albedo", "roughness", "metallic"))
+        lines.append(f"  material {mat.name}: {mat.model}, {props}, wrap {mat.wrap}")
+    for light in scene.point_lights.values():
+        lines.append(f"  light {light.name}: point at {_value_text(light.position)}, color "
+                     f"{_value_text(light.color)}, intensity {light.intensity[0]:g}")
+    for light in scene.directional_lights.values():
+        lines.append(f"  light {light.name}: directional {_value_text(light.direction)}, color "
+                     f"{_value_text(light.color)}, intensity {light.intensity[0]:g}")
+    for light in scene.ambient_lights.values():
+        lines.append(f"  light {light.name}: ambient {_value_text(light.color)}")
+    for c in scene.cameras.values():
+        fov = cv.intrinsics_to_fov_y(c.intrinsics, c.height)
+        lines.append(f"  camera {c.name}: {c.width}x{c.height}, fov_y {fov:.1f} deg, "
+                     f"at {_value_text(c.pose[:3])}")
+    r = scene.render
+    lines.append(f"  background {_value_text(scene.background)}")
+    lines.append(f"  render: mode {r.mode}, shadows {'on' if r.shadows else 'off'}, mipmaps "
+                 f"{'on' if r.mipmaps else 'off'}, soft sigma {r.soft_sigma:g} gamma {r.soft_gamma:g}")
+    opt = scene.optimize
+    if opt is not None:
+        t = opt.targets
+        target = (f"cameras {', '.join(t.cameras)}" if t.cameras else f"{len(t.images)} images" if t.images
+                  else f"transforms {t.transforms}")
+        losses = ", ".join(f"{k} {v:g}" for k, v in opt.loss.model_dump().items() if v > 0)
+        lines.append(f"  optimize: {opt.steps} steps, {opt.optimizer.type} lr {opt.optimizer.lr:g}, loss "
+                     f"{losses}, targets {target}, {opt.batch_views} view(s) per step, seed {opt.seed}")
+    params = scene.params()
+    lines.append(f"parameters ({len(params)}; * = optimized):")
+    width = max(len(p) for p in params)
+    for path, p in params.items():
+        mark = "*" if opt is not None and path in opt.parameters else " "
+        lines.append(f"  {mark} {path:<{width}}  {str(p.shape):<16} {p.kind}")
+    return "\n".join(lines)
+
+
+def _value_text(v: np.ndarray) -> str:
+    if v.size <= 4:
+        return "[" + ", ".join(f"{x:.3g}" for x in v.ravel()) + "]"
+    return "x".join(str(n) for n in v.shape) + " texture" if v.ndim == 3 else str(v.shape)

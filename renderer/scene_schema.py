@@ -1,0 +1,543 @@
+"""Pydantic models of a drstudio scene file (JSON, version 1), documented in scenes/README.md.
+
+Every model forbids unknown keys and non-finite numbers and is strict (no "1" for 1, no 1.0 for an
+integer). `validate_scene(data, file)` turns any validation failure into a `SceneError` naming the
+JSON field path, e.g. ``meshes[1].transform.scale``. Checks that need more than one field of the
+file (names that must exist, files that must load, parameter paths) live in `renderer.loading`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    PlainValidator,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from . import conventions as cv
+from .errors import SceneError, field_path
+from .scene import RENDER_MODES, SHADING_MODELS, RenderSettings
+
+MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf")
+MAX_CAMERA_SIZE = 8192
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise PydanticCustomError("unknown_field", "unknown field; allowed fields: {allowed}",
+                                              {"field": key, "allowed": ", ".join(cls.model_fields)})
+        return data
+
+
+def _exactly_one(model: BaseModel, *names: str) -> None:
+    given = [n for n in names if getattr(model, n) is not None]
+    if len(given) != 1:
+        listed = " or ".join(f'"{n}"' for n in names)
+        got = f"{len(given)} ({', '.join(given)})" if given else "none"
+        raise ValueError(f"expected exactly one of {listed}, got {got}")
+
+
+# ---- value types --------------------------------------------------------------------------------
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_name(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+        raise ValueError("expected a name of letters, digits and _ not starting with a digit "
+                         "(names become dotted-path segments)")
+    return v
+
+
+def _numbers(n: int, lo: float, hi: float):
+    """A checker of n numbers in [lo, hi] as a list (n = 0: one bare number); None when invalid."""
+    def check(v: Any):
+        items = [v] if n == 0 else v if isinstance(v, list) and len(v) == n else None
+        if items is None or not all(_is_number(x) and lo <= x <= hi for x in items):
+            return None
+        return float(v) if n == 0 else [float(x) for x in v]
+    return check
+
+
+def _number_or_file(check, what: str) -> PlainValidator:
+    """A value that is either numbers accepted by `check` or a (non-empty) image file name."""
+    def validate(v: Any):
+        if isinstance(v, str) and v.strip():
+            return v
+        value = None if isinstance(v, str) else check(v)
+        if value is None:
+            raise ValueError(f"expected {what}")
+        return value
+    return PlainValidator(validate)
+
+
+def _scale(v: Any) -> list[float]:
+    if _is_number(v) and v > 0:
+        return [float(v)] * 3
+    if isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v):
+        return [float(x) for x in v]
+    raise ValueError("expected a number > 0 or a list of 3 numbers > 0")
+
+
+def _number_array(v: Any) -> list:
+    """Nested lists of finite numbers with a rectangular shape."""
+    def walk(x):
+        if isinstance(x, list):
+            return all(walk(y) for y in x)
+        return _is_number(x)
+    ok = isinstance(v, list) and walk(v)
+    if ok:
+        try:
+            np.asarray(v, dtype=np.float64)
+        except ValueError:
+            ok = False
+    if not ok:
+        raise ValueError("expected a list (possibly nested, rectangular) of finite numbers")
+    return v
+
+
+Name = Annotated[str, AfterValidator(_check_name)]
+Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
+Vec4 = Annotated[list[float], Field(min_length=4, max_length=4)]
+NonNegative = Annotated[float, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
+Color = Annotated[list[NonNegative], Field(min_length=3, max_length=3)]
+Matrix4 = Annotated[list[Vec4], Field(min_length=4, max_length=4)]
+Resolution = Annotated[int, Field(ge=3, le=1024)]
+
+Albedo = Annotated[list[float] | str, _number_or_file(
+    _numbers(3, 0.0, 1.0), "[r, g, b] with each in [0, 1], or an image file name")]
+Roughness = Annotated[float | str, _number_or_file(
+    _numbers(0, 0.02, 1.0), "a number in [0.02, 1] or an image file name")]
+Metallic = Annotated[float | str, _number_or_file(
+    _numbers(0, 0.0, 1.0), "a number in [0, 1] or an image file name")]
+Background = Annotated[list[float] | str, _number_or_file(
+    _numbers(3, 0.0, math.inf), "[r, g, b] with each >= 0, or an image file name")]
+Scale = Annotated[list[float], PlainValidator(_scale)]
+
+
+# ---- meshes -------------------------------------------------------------------------------------
+
+class SpherePrimitive(Strict):
+    """UV sphere: `resolution` segments around the equator, resolution // 2 bands pole to pole."""
+    type: Literal["sphere"]
+    radius: Positive = 1.0
+    resolution: Resolution = 64
+
+
+class IcospherePrimitive(Strict):
+    """Welded icosphere (no seam, no UVs): 10 * 4^subdivisions + 2 vertices."""
+    type: Literal["icosphere"]
+    radius: Positive = 1.0
+    subdivisions: Annotated[int, Field(ge=0, le=7)] = 3
+
+
+class CubePrimitive(Strict):
+    type: Literal["cube"]
+    size: Positive = 1.0
+
+
+class PlanePrimitive(Strict):
+    """A square in y = 0 facing +Y."""
+    type: Literal["plane"]
+    size: Positive = 1.0
+
+
+class TorusPrimitive(Strict):
+    """Around the Y axis: `resolution` segments around the ring, max(3, resolution // 2) around the tube."""
+    type: Literal["torus"]
+    major_radius: Positive = 1.0
+    minor_radius: Positive = 0.25
+    resolution: Resolution = 64
+
+
+Primitive = Annotated[SpherePrimitive | IcospherePrimitive | CubePrimitive | PlanePrimitive | TorusPrimitive,
+                      Field(discriminator="type")]
+
+
+class Rotation(Strict):
+    axis_angle: Vec4 | None = None  # [ax, ay, az, degrees]
+    quaternion: Vec4 | None = None  # [x, y, z, w], normalized on load
+    euler_deg: Vec3 | None = None  # degrees about world X, then Y, then Z
+
+    @field_validator("axis_angle")
+    @classmethod
+    def _axis(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and np.linalg.norm(v[:3]) < 1e-9:
+            raise ValueError("expected [ax, ay, az, degrees] with a non-zero axis")
+        return v
+
+    @field_validator("quaternion")
+    @classmethod
+    def _nonzero(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and np.linalg.norm(v) < 1e-9:
+            raise ValueError("expected a non-zero quaternion [x, y, z, w]")
+        return v
+
+    @model_validator(mode="after")
+    def _one(self) -> Rotation:
+        _exactly_one(self, "axis_angle", "quaternion", "euler_deg")
+        return self
+
+    def to_quaternion(self) -> np.ndarray:
+        if self.axis_angle is not None:
+            return cv.quat_from_axis_angle(self.axis_angle[:3], self.axis_angle[3])
+        if self.quaternion is not None:
+            return cv.normalize(self.quaternion)
+        return cv.quat_from_euler_deg(self.euler_deg)
+
+
+class Transform(Strict):
+    translation: Vec3 = [0.0, 0.0, 0.0]
+    rotation: Rotation | None = None
+    scale: Scale = [1.0, 1.0, 1.0]  # a number (uniform) or [sx, sy, sz], all > 0
+
+
+class MeshSpec(Strict):
+    name: Name
+    file: str | None = None
+    primitive: Primitive | None = None
+    transform: Transform = Field(default_factory=Transform)
+    material: Name
+
+    @field_validator("file")
+    @classmethod
+    def _extension(cls, v: str | None) -> str | None:
+        if v is not None and not v.lower().endswith(MESH_EXTENSIONS):
+            raise ValueError(f"expected a mesh file ending in {', '.join(MESH_EXTENSIONS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _source(self) -> MeshSpec:
+        _exactly_one(self, "file", "primitive")
+        return self
+
+
+# ---- materials, lights, cameras -----------------------------------------------------------------
+
+class MaterialSpec(Strict):
+    name: Name
+    model: Literal[SHADING_MODELS] = "lambert"
+    albedo: Albedo = [0.8, 0.8, 0.8]
+    roughness: Roughness = 0.5
+    metallic: Metallic = 0.0
+    wrap: Literal["wrap", "clamp"] = "wrap"
+
+
+class PointLightSpec(Strict):
+    name: Name
+    type: Literal["point"]
+    position: Vec3
+    color: Color = [1.0, 1.0, 1.0]
+    intensity: NonNegative = 1.0
+
+
+class DirectionalLightSpec(Strict):
+    name: Name
+    type: Literal["directional"]
+    direction: Vec3  # the direction light travels
+    color: Color = [1.0, 1.0, 1.0]
+    intensity: NonNegative = 1.0
+
+    @field_validator("direction")
+    @classmethod
+    def _nonzero(cls, v: list[float]) -> list[float]:
+        if np.linalg.norm(v) < 1e-9:
+            raise ValueError("expected a non-zero direction")
+        return v
+
+
+class AmbientLightSpec(Strict):
+    name: Name
+    type: Literal["ambient"]
+    color: Color
+
+
+LightSpec = Annotated[PointLightSpec | DirectionalLightSpec | AmbientLightSpec, Field(discriminator="type")]
+
+
+class LookAt(Strict):
+    eye: Vec3
+    target: Vec3
+    up: Vec3 = [0.0, 1.0, 0.0]
+
+    @model_validator(mode="after")
+    def _valid(self) -> LookAt:
+        forward = np.subtract(self.target, self.eye)
+        if np.linalg.norm(forward) < 1e-9:
+            raise ValueError("expected different eye and target")
+        if np.linalg.norm(np.cross(forward, self.up)) < 1e-9 * np.linalg.norm(forward):
+            raise ValueError("expected an up vector not parallel to target - eye (nor zero)")
+        return self
+
+
+class CameraSpec(Strict):
+    name: Name
+    width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
+    height: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
+    fov_y: Annotated[float, Field(gt=0, lt=180)] | None = None  # degrees
+    fx: Positive | None = None  # pixels
+    fy: Positive | None = None
+    cx: float | None = None  # pixels, default width / 2
+    cy: float | None = None  # pixels, default height / 2
+    look_at: LookAt | None = None
+    matrix: Matrix4 | None = None  # camera-to-world, rows
+    convention: Literal["opengl", "opencv"] = "opengl"  # of `matrix`
+
+    @model_validator(mode="after")
+    def _valid(self) -> CameraSpec:
+        if (self.fx is None) != (self.fy is None):
+            raise ValueError('expected both "fx" and "fy" (or neither, with "fov_y")')
+        _exactly_one(self, "fov_y", "fx")
+        _exactly_one(self, "look_at", "matrix")
+        if self.look_at is not None and "convention" in self.model_fields_set:
+            raise ValueError('"convention" applies to "matrix" only (look_at is convention-free)')
+        return self
+
+    @field_validator("matrix")
+    @classmethod
+    def _rigid(cls, v: list | None) -> list | None:
+        if v is not None and cv.rigid_error(v) > 1e-4:
+            raise ValueError("expected a rigid camera-to-world transform (orthonormal rotation with "
+                             "determinant +1, last row [0, 0, 0, 1])")
+        return v
+
+    def intrinsics(self) -> np.ndarray:
+        if self.fov_y is not None:
+            k = cv.fov_y_to_intrinsics(self.fov_y, self.width, self.height)
+        else:
+            k = np.array([self.fx, self.fy, self.width / 2, self.height / 2])
+        k[2] = k[2] if self.cx is None else self.cx
+        k[3] = k[3] if self.cy is None else self.cy
+        return k
+
+    def pose(self) -> np.ndarray:
+        if self.look_at is not None:
+            return cv.look_at(self.look_at.eye, self.look_at.target, self.look_at.up)
+        m = np.asarray(self.matrix, dtype=np.float64)
+        return cv.matrix_to_pose(cv.opencv_to_opengl(m) if self.convention == "opencv" else m)
+
+
+class RenderSpec(Strict):
+    mode: Literal[RENDER_MODES] = RenderSettings.mode
+    shadows: bool = RenderSettings.shadows
+    soft_sigma: Positive = RenderSettings.soft_sigma
+    soft_gamma: Positive = RenderSettings.soft_gamma
+    mipmaps: bool = RenderSettings.mipmaps
+
+
+# ---- optimize -----------------------------------------------------------------------------------
+
+class Perturb(Strict):
+    sigma: NonNegative  # standard deviation of the Gaussian noise added to every entry
+    seed: int | None = None  # default: derived from optimize.seed and the parameter path
+
+
+class PerturbInit(Strict):
+    perturb: Perturb
+
+
+class PerturbPose(Strict):
+    degrees: NonNegative = 0.0  # rotation by exactly this angle about a random axis
+    translation: NonNegative = 0.0  # shift by this fraction of the camera-to-scene-center distance
+    seed: int | None = None
+
+
+class PerturbPoseInit(Strict):
+    perturb_pose: PerturbPose
+
+
+def _init_tag(v: Any) -> str | None:
+    if _is_number(v):
+        return "number"
+    if isinstance(v, list):
+        return "list"
+    if isinstance(v, str):
+        return "file"
+    if isinstance(v, dict) and len(v) == 1:
+        key = next(iter(v))
+        return key if key in ("perturb", "perturb_pose") else None
+    return None
+
+
+Init = Annotated[
+    Annotated[float, Tag("number")] | Annotated[list, PlainValidator(_number_array), Tag("list")]
+    | Annotated[str, Tag("file")] | Annotated[PerturbInit, Tag("perturb")]
+    | Annotated[PerturbPoseInit, Tag("perturb_pose")],
+    Discriminator(_init_tag, custom_error_type="init_type", custom_error_message=(
+        'expected a finite number, a list of numbers, a file name, {"perturb": {...}} '
+        'or {"perturb_pose": {...}}')),
+]
+
+
+class ParameterSpec(Strict):
+    init: Init | None = None  # None: start from the scene's value
+    lr: Positive | None = None  # overrides optimizer.lr for this parameter
+
+
+class TargetImage(Strict):
+    camera: Name
+    file: str
+
+
+class Targets(Strict):
+    cameras: Annotated[list[Name], Field(min_length=1)] | None = None  # rendered from the true scene
+    images: Annotated[list[TargetImage], Field(min_length=1)] | None = None
+    transforms: str | None = None  # nerfstudio / instant-ngp transforms.json
+
+    @model_validator(mode="after")
+    def _one(self) -> Targets:
+        _exactly_one(self, "cameras", "images", "transforms")
+        return self
+
+
+class Loss(Strict):
+    l1: NonNegative = 0.0
+    l2: NonNegative = 0.0
+    ssim: NonNegative = 0.0  # weight of (1 - SSIM)
+    tv: NonNegative = 0.0  # total variation of optimized textures
+    laplacian: NonNegative = 0.0  # uniform Laplacian of optimized vertices
+    edge_length: NonNegative = 0.0  # variance of optimized mesh edge lengths
+
+    @model_validator(mode="after")
+    def _some(self) -> Loss:
+        if not any(getattr(self, k) > 0 for k in type(self).model_fields):
+            raise ValueError("expected at least one weight > 0")
+        return self
+
+
+class ExponentialSchedule(Strict):
+    type: Literal["exponential"]
+    gamma: Annotated[float, Field(gt=0, le=1)]  # lr multiplier per step
+
+
+class CosineSchedule(Strict):
+    type: Literal["cosine"]
+    min_lr: NonNegative = 0.0  # reached at the last step
+
+
+Schedule = Annotated[ExponentialSchedule | CosineSchedule, Field(discriminator="type")]
+Fraction = Annotated[float, Field(ge=0, lt=1)]
+
+
+class AdamSpec(Strict):
+    type: Literal["adam"]
+    lr: Positive = 1e-2
+    betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = [0.9, 0.999]
+    schedule: Schedule | None = None
+
+
+class SgdSpec(Strict):
+    type: Literal["sgd"]
+    lr: Positive = 1e-2
+    momentum: Fraction = 0.0
+    schedule: Schedule | None = None
+
+
+OptimizerSpec = Annotated[AdamSpec | SgdSpec, Field(discriminator="type")]
+
+
+class OptimizeSpec(Strict):
+    parameters: Annotated[dict[str, ParameterSpec], Field(min_length=1)]  # dotted path -> spec
+    targets: Targets
+    loss: Loss = Field(default_factory=lambda: Loss(l2=1.0))
+    optimizer: OptimizerSpec = Field(default_factory=lambda: AdamSpec(type="adam"))
+    steps: Annotated[int, Field(ge=1, le=1_000_000)]
+    batch_views: Annotated[int, Field(ge=1)] = 1
+    seed: Annotated[int, Field(ge=0)] = 0
+
+
+class SceneSpec(Strict):
+    version: Literal[1]
+    description: str = ""
+    meshes: Annotated[list[MeshSpec], Field(min_length=1)]
+    materials: Annotated[list[MaterialSpec], Field(min_length=1)]
+    lights: list[LightSpec] = []
+    cameras: Annotated[list[CameraSpec], Field(min_length=1)]
+    background: Background = [0.0, 0.0, 0.0]  # linear RGB or an image file
+    render: RenderSpec = Field(default_factory=RenderSpec)
+    optimize: OptimizeSpec | None = None
+
+
+# ---- validation errors as SceneErrors -----------------------------------------------------------
+
+def _data_path(data: Any, loc: tuple, missing: bool) -> list:
+    """The pydantic error location as a path into the JSON data: union tags are dropped; the last
+    part is kept though absent from the data when the error is a `missing` field."""
+    out = []
+    for i, part in enumerate(loc):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and 0 <= part < len(data):
+            data = data[part]
+        elif missing and isinstance(data, dict) and i == len(loc) - 1:
+            data = None
+        else:
+            continue
+        out.append(part)
+    return out
+
+
+def _describe(err: dict, data: Any) -> tuple[list, str]:
+    kind, ctx = err["type"], err.get("ctx") or {}
+    path = _data_path(data, err["loc"], missing=kind == "missing")
+    got = json.dumps(err["input"], default=str)
+    got = f", got {got if len(got) <= 80 else got[:77] + '...'}"
+    if kind == "unknown_field":
+        return path + [ctx["field"]], f"unknown field; allowed fields: {ctx['allowed']}"
+    if kind == "missing":
+        return path, "required field is missing"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        key = ctx["discriminator"].strip("'")
+        if kind == "union_tag_not_found":
+            return path + [key], "required field is missing"
+        return path + [key], f"expected one of {ctx['expected_tags']}, got '{ctx['tag']}'"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        return path, f"expected an object {{...}}{got}"
+    if kind == "too_short":
+        return path, f"expected at least {ctx['min_length']} item{'s' * (ctx['min_length'] != 1)}{got}"
+    if kind == "too_long":
+        return path, f"expected at most {ctx['max_length']} item{'s' * (ctx['max_length'] != 1)}{got}"
+    if kind == "value_error" and isinstance(err["input"], dict):
+        got = ""  # a whole object: the message names what is wrong in it
+    msg = err["msg"].removeprefix("Value error, ")
+    msg = msg.replace("Input should be greater", "expected a value greater")
+    msg = msg.replace("Input should be less", "expected a value less")
+    msg = msg.replace("Input should be ", "expected ")
+    return path, msg + got
+
+
+def validate(model: type[BaseModel], data: Any, file: str):
+    """`model.model_validate(data)`; raises SceneError naming the field path of the first problem
+    (all problems are in `.others`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        errors = [SceneError(file, field_path(p), m) for p, m in (_describe(err, data) for err in e.errors())]
+        raise SceneError(errors[0].file, errors[0].field, errors[0].message, tuple(errors[1:])) from None
+
+
+def validate_scene(data: Any, file: str) -> SceneSpec:
+    return validate(SceneSpec, data, file)

@@ -1,0 +1,103 @@
+"""The `drstudio` CLI: info/run on every shipped scene, user mistakes exit 2 without a traceback,
+unbuilt commands say so and exit 3, --help and --version work."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = sorted((ROOT / "scenes").glob("*.json"))
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
+def test_info_on_shipped_scenes(path, capsys):
+    assert cli.main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"scene {path}") and "parameters (" in out and "* " in out
+
+
+def test_info_subprocess_prints_paths_and_shapes():
+    result = run_cli("info", "scenes/texture.json")
+    assert result.returncode == 0, result.stderr
+    assert "materials.paint.albedo" in result.stdout and "(128, 128, 3)" in result.stdout
+
+
+def test_bad_scene_exits_2_with_the_message_and_no_traceback(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 1, "meshes": [], "materials": [], "cameras": [],
+                               "render": {"mode": "x"}}))
+    result = run_cli("info", str(bad))
+    assert result.returncode == 2
+    assert f"{bad}: meshes: expected at least 1 item" in result.stderr
+    assert "also: " in result.stderr and "render.mode" in result.stderr
+    assert "Traceback" not in result.stderr and result.stdout == ""
+
+
+@pytest.mark.parametrize("command", ["info", "run"])
+def test_missing_scene_exits_2(tmp_path, command, capsys):
+    assert cli.main([command, str(tmp_path / "nope.json")]) == 2
+    assert "nope.json: scene file not found" in capsys.readouterr().err
+
+
+def test_run_loads_validates_and_says_optimization_is_not_built(capsys):
+    assert cli.main(["run", str(ROOT / "scenes" / "shape.json")]) == 3
+    captured = capsys.readouterr()
+    assert "meshes.blob.vertices" in captured.out
+    assert "optimization is not built yet" in captured.err
+
+
+def test_run_defaults_to_the_texture_scene(capsys):
+    assert cli.main(["run"]) == 3
+    assert "texture.json" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args", [["view"], ["view", "scenes/texture.json"], ["optimize", "scenes/light.json",
+                                  "--steps", "2", "--out", "runs/x", "--device", "cpu"],
+                                  ["render", "scenes/light.json", "-o", "out.png", "--camera", "front"],
+                                  ["replay", "session.drrec"], ["bench", "--device", "cuda:0"]],
+                         ids=["view", "view-scene", "optimize", "render", "replay", "bench"])
+def test_unbuilt_commands_exit_3(args, capsys):
+    assert cli.main(args) == 3
+    assert f"drstudio {args[0]}: not built yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [None, "run", "view", "optimize", "render", "replay", "bench", "info"])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(([command] if command else []) + ["--help"])
+    assert info.value.code == 0
+    assert "usage: drstudio" in capsys.readouterr().out
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.startswith("drstudio 0.")
+
+
+@pytest.mark.parametrize("args, message", [
+    (["optimize", "scenes/light.json", "--device", "tpu"], "expected cpu, cuda or cuda:N"),
+    (["optimize", "scenes/light.json", "--steps", "0"], "expected a positive integer"),
+    (["render", "scenes/light.json"], "-o/--output"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_without_traceback(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "COMMAND" in capsys.readouterr().err

@@ -1,0 +1,337 @@
+"""Every bad input is a SceneError whose one-line message names the file, the field path and what was
+expected. Each case writes a small bad scene (and bad assets) into tmp_path."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from renderer.errors import SceneError, field_path
+from renderer.loading import load_scene
+
+
+def base() -> dict:
+    return {
+        "version": 1,
+        "meshes": [{"name": "ball", "primitive": {"type": "sphere", "radius": 1.0, "resolution": 16},
+                    "material": "paint"}],
+        "materials": [{"name": "paint", "albedo": [0.5, 0.5, 0.5]}],
+        "lights": [{"name": "key", "type": "point", "position": [1, 2, 3]}],
+        "cameras": [{"name": "main", "width": 32, "height": 24, "fov_y": 45,
+                     "look_at": {"eye": [0, 0, 4], "target": [0, 0, 0]}}],
+        "optimize": {"parameters": {"materials.paint.albedo": {"init": 0.2}},
+                     "targets": {"cameras": ["main"]}, "steps": 3},
+    }
+
+
+def put(d, path: str, value):
+    """Set d[...] along a /-separated path ('meshes/0/transform'); the value DELETE removes the key."""
+    keys = [int(k) if k.isdigit() else k for k in path.split("/")]
+    for k in keys[:-1]:
+        d = d[k]
+    if value is DELETE:
+        del d[keys[-1]]
+    else:
+        d[keys[-1]] = value
+
+
+DELETE = object()
+
+
+def text(t: str):
+    return lambda d, tmp: t
+
+
+def setting(path: str, value):
+    def mutate(d, tmp):
+        put(d, path, value)
+        return d
+    return mutate
+
+
+def with_file(name: str, content: bytes | str, path: str, value=None):
+    def mutate(d, tmp):
+        (tmp / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+        put(d, path, name if value is None else value)
+        return d
+    return mutate
+
+
+def with_image(name: str, array: np.ndarray, path: str):
+    def mutate(d, tmp):
+        Image.fromarray(array).save(tmp / name)
+        put(d, path, name)
+        return d
+    return mutate
+
+
+def image_targets(d, tmp):
+    Image.fromarray(np.zeros((10, 10, 3), np.uint8)).save(tmp / "photo.png")
+    d["optimize"]["targets"] = {"images": [{"camera": "main", "file": "photo.png"}]}
+    d["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    return d
+
+
+def edit(fn):
+    def mutate(d, tmp):
+        fn(d)
+        return d
+    return mutate
+
+
+PLY_HEAD = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n")
+TRI = {"name": "ball", "file": "m.obj", "material": "paint"}
+SCALED = np.diag([2, 2, 2, 1]).tolist()
+TWO_ROTATIONS = {"euler_deg": [0, 0, 0], "quaternion": [0, 0, 0, 1]}
+AMBIENT_KEY = {"name": "key", "type": "ambient", "color": [1, 1, 1]}
+VERTICES_INIT = {"meshes.ball.vertices": {"init": "other.obj"}}
+
+# (id, mutation, field path, part of the message)
+CASES = [
+    # the file itself
+    ("bad-json", text('{"version": 1,\n  "meshes": [}\n'), "line 2, column", "invalid JSON"),
+    ("trailing-comma", text('{"version": 1,}'), "line 1, column", "invalid JSON"),
+    ("duplicate-key", text('{"version": 1, "version": 1}'), "", 'duplicate key "version"'),
+    ("not-an-object", text("[1, 2]"), "", "expected an object"),
+    ("version", setting("version", 2), "version", "expected 1"),
+    ("missing-meshes", setting("meshes", DELETE), "meshes", "required field is missing"),
+    ("unknown-top-key", setting("mesh", []), "mesh", "unknown field; allowed fields: version, description"),
+    ("empty-meshes", setting("meshes", []), "meshes", "expected at least 1 item"),
+    # meshes
+    ("name-pattern", setting("meshes/0/name", "1ball"), "meshes[0].name", "letters, digits and _"),
+    ("name-dot", setting("meshes/0/name", "a.b"), "meshes[0].name", "dotted-path"),
+    ("duplicate-name", edit(lambda d: d["meshes"].append(dict(d["meshes"][0]))), "meshes[1].name",
+     "duplicate name 'ball'"),
+    ("file-and-primitive", setting("meshes/0/file", "x.obj"),
+     "meshes[0]", 'exactly one of "file" or "primitive"'),
+    ("no-source", setting("meshes/0/primitive", DELETE), "meshes[0]", 'exactly one of "file" or "primitive"'),
+    ("primitive-type", setting("meshes/0/primitive/type", "cone"), "meshes[0].primitive.type",
+     "expected one of 'sphere', 'icosphere', 'cube', 'plane', 'torus'"),
+    ("resolution-zero", setting("meshes/0/primitive/resolution", 0), "meshes[0].primitive.resolution",
+     "greater than or equal to 3"),
+    ("resolution-huge", setting("meshes/0/primitive/resolution", 10**6), "meshes[0].primitive.resolution",
+     "less than or equal to 1024"),
+    ("resolution-float", setting("meshes/0/primitive/resolution", 16.0), "meshes[0].primitive.resolution",
+     "valid integer"),
+    ("radius-nan", text(json.dumps(base()).replace('"radius": 1.0', '"radius": NaN')),
+     "meshes[0].primitive.radius", "finite number"),
+    ("radius-inf", text(json.dumps(base()).replace('"radius": 1.0', '"radius": Infinity')),
+     "meshes[0].primitive.radius", "finite number"),
+    ("radius-string", setting("meshes/0/primitive/radius", "1"),
+     "meshes[0].primitive.radius", "valid number"),
+    ("cube-extra", setting("meshes/0/primitive", {"type": "cube", "radius": 1}), "meshes[0].primitive.radius",
+     "unknown field; allowed fields: type, size"),
+    ("unknown-material", setting("meshes/0/material", "nope"), "meshes[0].material",
+     "unknown material 'nope'; defined: paint"),
+    ("mesh-file-missing", setting("meshes/0", dict(TRI, file="missing.obj")), "meshes[0].file", "not found"),
+    ("mesh-file-extension", setting("meshes/0", dict(TRI, file="m.stl")),
+     "meshes[0].file", ".obj, .ply, .glb"),
+    ("mesh-file-directory", setting("meshes/0", dict(TRI, file="dir.obj")),
+     "meshes[0].file", "is not a file"),
+    ("mesh-garbage", with_file("m.obj", "this is not a mesh\n", "meshes/0", TRI), "meshes[0].file",
+     "contains no triangles"),
+    ("mesh-empty", with_file("m.obj", "", "meshes/0", TRI), "meshes[0].file", "contains no triangles"),
+    ("mesh-binary-garbage", with_file("m.glb", b"\x00\x01garbage", "meshes/0", dict(TRI, file="m.glb")),
+     "meshes[0].file", "cannot be read"),
+    ("mesh-point-cloud", with_file("m.ply", PLY_HEAD + "end_header\n0 0 0\n1 0 0\n1 1 0\n", "meshes/0",
+                                   dict(TRI, file="m.ply")), "meshes[0].file", "not a triangle mesh"),
+    ("mesh-face-out-of-range", with_file(
+        "m.ply", PLY_HEAD + "element face 1\nproperty list uchar int vertex_indices\nend_header\n"
+        "0 0 0\n1 0 0\n1 1 0\n3 0 1 9\n", "meshes/0", dict(TRI, file="m.ply")),
+     "meshes[0].file", "outside 0..2"),
+    ("obj-index-out-of-range", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 7\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj"),
+    ("mesh-nan", with_file("m.obj", "v 0 0 nan\nv 1 0 0\nv 1 1 0\nf 1 2 3\n", "meshes/0", TRI),
+     "meshes[0].file", "NaN or infinite"),
+    ("scale-zero", setting("meshes/0/transform", {"scale": 0}), "meshes[0].transform.scale", "number > 0"),
+    ("scale-negative", setting("meshes/0/transform", {"scale": [1, -1, 1]}), "meshes[0].transform.scale",
+     "list of 3 numbers > 0"),
+    ("translation-short", setting("meshes/0/transform", {"translation": [1, 2]}),
+     "meshes[0].transform.translation",
+     "expected at least 3 items, got [1, 2]"),
+    ("rotation-two", setting("meshes/0/transform", {"rotation": TWO_ROTATIONS}),
+     "meshes[0].transform.rotation", "exactly one of"),
+    ("rotation-zero-axis", setting("meshes/0/transform", {"rotation": {"axis_angle": [0, 0, 0, 30]}}),
+     "meshes[0].transform.rotation.axis_angle", "non-zero axis"),
+    # materials
+    ("albedo-range", setting("materials/0/albedo", [2, 0, 0]), "materials[0].albedo",
+     "expected [r, g, b] with each in [0, 1], or an image file name, got [2, 0, 0]"),
+    ("albedo-short", setting("materials/0/albedo", [0.5, 0.5]), "materials[0].albedo", "[r, g, b]"),
+    ("albedo-missing-file", setting("materials/0/albedo", "nope.png"), "materials[0].albedo", "not found"),
+    ("albedo-not-image", with_file("t.png", b"not an image", "materials/0/albedo"), "materials[0].albedo",
+     "not an image"),
+    ("albedo-too-big", with_image("big.png", np.zeros((1, 4097), np.uint8), "materials/0/albedo"),
+     "materials[0].albedo", "larger than the limit 4096x4096"),
+    ("roughness-range", setting("materials/0/roughness", 0.0), "materials[0].roughness", "[0.02, 1]"),
+    ("metallic-range", setting("materials/0/metallic", 1.5), "materials[0].metallic", "[0, 1]"),
+    ("metallic-bool", setting("materials/0/metallic", True), "materials[0].metallic", "[0, 1]"),
+    ("model", setting("materials/0/model", "phong"), "materials[0].model", "expected 'lambert' or 'ggx'"),
+    ("wrap", setting("materials/0/wrap", "mirror"), "materials[0].wrap", "'wrap' or 'clamp'"),
+    # lights
+    ("light-type", setting("lights/0/type", "spot"), "lights[0].type",
+     "expected one of 'point', 'directional', 'ambient'"),
+    ("light-no-type", setting("lights/0/type", DELETE), "lights[0].type", "required field is missing"),
+    ("light-no-position", setting("lights/0/position", DELETE),
+     "lights[0].position", "required field is missing"),
+    ("light-color", setting("lights/0/color", [-1, 0, 0]),
+     "lights[0].color[0]", "greater than or equal to 0"),
+    ("light-intensity", setting("lights/0/intensity", -1),
+     "lights[0].intensity", "greater than or equal to 0"),
+    ("light-extra", setting("lights/0/direction", [0, -1, 0]), "lights[0].direction",
+     "allowed fields: name, type, position, color, intensity"),
+    ("directional-zero", setting("lights/0", {"name": "sun", "type": "directional", "direction": [0, 0, 0]}),
+     "lights[0].direction", "non-zero"),
+    ("light-duplicate", edit(lambda d: d["lights"].append(AMBIENT_KEY)),
+     "lights[1].name", "duplicate name 'key'"),
+    # cameras
+    ("width-zero", setting("cameras/0/width", 0), "cameras[0].width", "greater than or equal to 1"),
+    ("width-huge", setting("cameras/0/width", 10000), "cameras[0].width", "less than or equal to 8192"),
+    ("width-float", setting("cameras/0/width", 32.0), "cameras[0].width", "valid integer"),
+    ("fov-180", setting("cameras/0/fov_y", 180), "cameras[0].fov_y", "less than 180"),
+    ("fov-and-fx", edit(lambda d: d["cameras"][0].update(fx=10, fy=10)),
+     "cameras[0]", 'exactly one of "fov_y" or "fx"'),
+    ("fx-without-fy", edit(lambda d: d["cameras"][0].update(fx=10)), "cameras[0]", '"fx" and "fy"'),
+    ("no-pose", setting("cameras/0/look_at", DELETE), "cameras[0]", 'exactly one of "look_at" or "matrix"'),
+    ("eye-is-target", setting("cameras/0/look_at/eye", [0, 0, 0]),
+     "cameras[0].look_at", "different eye and target"),
+    ("up-parallel", setting("cameras/0/look_at/up", [0, 0, 1]),
+     "cameras[0].look_at", "not parallel to target - eye"),
+    ("matrix-scaled", edit(lambda d: d["cameras"][0].update(look_at=None, matrix=SCALED)),
+     "cameras[0].matrix", "rigid"),
+    ("matrix-shape", edit(lambda d: d["cameras"][0].update(look_at=None, matrix=np.eye(3).tolist())),
+     "cameras[0].matrix[0]", "expected at least 4 items"),
+    ("convention-look-at", setting("cameras/0/convention", "opencv"),
+     "cameras[0]", "applies to \"matrix\" only"),
+    ("convention-value", edit(lambda d: d["cameras"][0].update(look_at=None, matrix=np.eye(4).tolist(),
+                                                              convention="colmap")),
+     "cameras[0].convention", "'opengl' or 'opencv'"),
+    # background and render
+    ("background-negative", setting("background", [-1, 0, 0]), "background", "each >= 0"),
+    ("background-missing", setting("background", "sky.png"), "background", "not found"),
+    ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias' or 'soft'"),
+    ("render-sigma", setting("render", {"soft_sigma": 0}), "render.soft_sigma", "greater than 0"),
+    ("render-shadows", setting("render", {"shadows": "yes"}), "render.shadows", "valid boolean"),
+    # optimize
+    ("unknown-path", setting("optimize/parameters", {"materials.paint.albedoo": {"init": 0.2}}),
+     'optimize.parameters["materials.paint.albedoo"]', "did you mean materials.paint.albedo"),
+    ("init-shape", setting("optimize/parameters/materials.paint.albedo/init", [1, 2]),
+     'optimize.parameters["materials.paint.albedo"].init', "does not broadcast to the parameter's shape"),
+    ("init-range", setting("optimize/parameters/materials.paint.albedo/init", 2.0),
+     'optimize.parameters["materials.paint.albedo"].init', "expected values in [0, 1] for albedo parameters"),
+    ("init-bool", setting("optimize/parameters/materials.paint.albedo/init", True),
+     'optimize.parameters["materials.paint.albedo"].init', "a finite number, a list of numbers, a file name"),
+    ("init-ragged", setting("optimize/parameters/materials.paint.albedo/init", [[1], [1, 2]]),
+     'optimize.parameters["materials.paint.albedo"].init', "rectangular"),
+    ("init-unknown-dict", setting("optimize/parameters/materials.paint.albedo/init", {"jitter": 1}),
+     'optimize.parameters["materials.paint.albedo"].init', '{"perturb": {...}}'),
+    ("perturb-sigma", setting("optimize/parameters/materials.paint.albedo/init", {"perturb": {"sigma": -1}}),
+     'optimize.parameters["materials.paint.albedo"].init.perturb.sigma', "greater than or equal to 0"),
+    ("perturb-pose-not-pose", setting("optimize/parameters/materials.paint.albedo/init",
+                                      {"perturb_pose": {"degrees": 3}}),
+     'optimize.parameters["materials.paint.albedo"].init', "camera poses"),
+    ("file-init-not-texture", setting("optimize/parameters", {"lights.key.color": {"init": "c.png"}}),
+     'optimize.parameters["lights.key.color"].init', "applies to textures"),
+    ("texture-init-missing", setting("optimize/parameters/materials.paint.albedo/init", "gray.png"),
+     'optimize.parameters["materials.paint.albedo"].init', "not found"),
+    ("texture-init-size", with_image("gray.png", np.zeros((3, 3, 3), np.uint8),
+                                     "optimize/parameters/materials.paint.albedo/init"),
+     'optimize.parameters["materials.paint.albedo"].init', "the parameter is 1x1x3"),
+    ("vertices-init-topology", with_file("other.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n",
+                                         "optimize/parameters", VERTICES_INIT),
+     'optimize.parameters["meshes.ball.vertices"].init', "the same vertices and faces are required"),
+    ("init-required", setting("optimize/parameters/materials.paint.albedo", {}),
+     'optimize.parameters["materials.paint.albedo"].init', "starts at the answer"),
+    ("lr-zero", setting("optimize/parameters/materials.paint.albedo/lr", 0),
+     'optimize.parameters["materials.paint.albedo"].lr', "greater than 0"),
+    ("no-parameters", setting("optimize/parameters", {}), "optimize.parameters", "expected at least 1 item"),
+    ("target-camera", setting("optimize/targets", {"cameras": ["nope"]}), "optimize.targets.cameras[0]",
+     "unknown camera 'nope'; defined: main"),
+    ("targets-two", setting("optimize/targets", {"cameras": ["main"], "transforms": "t.json"}),
+     "optimize.targets", 'exactly one of "cameras" or "images" or "transforms"'),
+    ("target-image-size", image_targets, "optimize.targets.images[0].file", "camera 'main' is 32x24"),
+    ("transforms-missing", setting("optimize/targets", {"transforms": "nope/transforms.json"}),
+     "optimize.targets.transforms", "not found"),
+    ("loss-zero", setting("optimize/loss", {"l2": 0}), "optimize.loss", "at least one weight > 0"),
+    ("loss-unknown", setting("optimize/loss", {"l3": 1}), "optimize.loss.l3", "allowed fields: l1, l2, ssim"),
+    ("optimizer-type", setting("optimize/optimizer", {"type": "lbfgs"}),
+     "optimize.optimizer.type", "'adam', 'sgd'"),
+    ("adam-momentum", setting("optimize/optimizer", {"type": "adam", "momentum": 0.9}),
+     "optimize.optimizer.momentum", "unknown field"),
+    ("betas", setting("optimize/optimizer", {"type": "adam", "betas": [0.9, 1.0]}),
+     "optimize.optimizer.betas[1]",
+     "less than 1"),
+    ("schedule-gamma", setting("optimize/optimizer", {"type": "sgd", "schedule": {"type": "exponential",
+                                                                                  "gamma": 0}}),
+     "optimize.optimizer.schedule.gamma", "greater than 0"),
+    ("steps-zero", setting("optimize/steps", 0), "optimize.steps", "greater than or equal to 1"),
+    ("steps-missing", setting("optimize/steps", DELETE), "optimize.steps", "required field is missing"),
+    ("batch-views", setting("optimize/batch_views", 2), "optimize.batch_views", "at most 1"),
+]
+
+
+@pytest.mark.parametrize("mutate, field, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_scene_names_file_field_and_expectation(tmp_path, mutate, field, message):
+    (tmp_path / "dir.obj").mkdir()
+    data = mutate(base(), tmp_path)
+    path = tmp_path / "bad.json"
+    path.write_text(data if isinstance(data, str) else json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    err = info.value
+    line = str(err)
+    assert "\n" not in line
+    assert line.startswith(f"{path}: "), line
+    assert err.field.startswith(field), line
+    assert message in line, line
+
+
+def test_errors_report_every_problem(tmp_path):
+    data = base()
+    data["meshes"][0]["primitive"]["radius"] = -1
+    data["cameras"][0]["width"] = 0
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert info.value.field == "meshes[0].primitive.radius"
+    assert [e.field for e in info.value.others] == ["cameras[0].width"]
+    assert "(and 1 more error)" in str(info.value)
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "scene file not found"),
+    (lambda p: p.mkdir(), "scene file is not a file"),
+    (lambda p: p.write_bytes(b"\xff\xfe{}"), "not UTF-8"),
+])
+def test_unreadable_scene_file(tmp_path, setup, message):
+    path = tmp_path / "scene.json"
+    setup(path)
+    with pytest.raises(SceneError, match=message) as info:
+        load_scene(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_transforms_errors_name_both_files(tmp_path):
+    (tmp_path / "t.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": [
+        {"file_path": "r_0.png", "transform_matrix": np.diag([2, 2, 2, 1]).tolist()}]}))
+    data = base()
+    data["optimize"]["targets"] = {"transforms": "t.json"}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert info.value.field == "optimize.targets.transforms"
+    assert "t.json" in info.value.message and "frames[0].transform_matrix" in info.value.message
+
+
+def test_scene_error_format():
+    err = SceneError("scenes/x.json", "materials[0].albedo", "expected [r, g, b]")
+    assert str(err) == "scenes/x.json: materials[0].albedo: expected [r, g, b]"
+    assert str(SceneError("x.json", "", "not found")) == "x.json: not found"
+    assert isinstance(err, ValueError)
+    assert field_path(("optimize", "parameters", "a.b", "init")) == 'optimize.parameters["a.b"].init'
+    assert field_path(("meshes", 1, "transform", "scale")) == "meshes[1].transform.scale"
+    import pickle
+    assert str(pickle.loads(pickle.dumps(err))) == str(err)
