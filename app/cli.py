@@ -52,10 +52,31 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from . import headless
+
+    out = args.out or headless.default_out_dir(Path.cwd())
+    metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device)
+    print(f"final loss {metrics['final_loss']:.4g}, render PSNR {metrics['psnr_render_vs_target_db']:.2f} dB, "
+          f"{metrics['steps']} steps in {metrics['seconds']:.1f} s")
+    for path, m in metrics["parameters"].items():
+        print(f"  {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+    print(f"results written to {out}")
+    return 0
+
+
+def _has_display() -> bool:
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    """The main job: the viewer when there is a display, else the same optimization headless."""
+    if _has_display() and not args.headless:
+        args.command = "view"
+        return cmd_view(args)
     print(summarize(load_scene(args.scene)))
-    print("drstudio run: the scene is valid; optimization is not built yet", file=sys.stderr)
-    return EXIT_NOT_BUILT
+    args.command = "optimize"
+    return cmd_optimize(args)
 
 
 def _not_built(args: argparse.Namespace) -> int:
@@ -63,7 +84,31 @@ def _not_built(args: argparse.Namespace) -> int:
     return EXIT_NOT_BUILT
 
 
-cmd_view = cmd_optimize = cmd_render = cmd_replay = cmd_bench = _not_built
+def cmd_render(args: argparse.Namespace) -> int:
+    from renderer.device_scene import DeviceScene
+    from renderer.images import write_image
+    from renderer.render import render
+
+    scene = load_scene(args.scene)
+    camera = args.camera or next(iter(scene.cameras))
+    if camera not in scene.cameras:
+        raise SceneError(args.scene, "cameras", f"no camera named {camera!r}; cameras: {', '.join(scene.cameras)}")
+    out = render(DeviceScene(scene, args.device), camera)
+    write_image(args.output, out.numpy())
+    print(f"wrote {args.output} ({out.width}x{out.height}, camera {camera!r})")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    try:
+        from .viewer import run_viewer
+    except ImportError:
+        print("drstudio view: not built yet", file=sys.stderr)
+        return EXIT_NOT_BUILT
+    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device)
+
+
+cmd_replay = cmd_bench = _not_built
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -82,9 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     def device(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
 
-    p = command("run", cmd_run, "the main job: load a scene and run its optimization")
+    p = command("run", cmd_run, "the main job: the viewer on a scene, or its optimization headless "
+                "when there is no display")
     p.add_argument("scene", nargs="?", default=str(DEFAULT_SCENE),
                    help=f"scene file (default: {DEFAULT_SCENE})")
+    p.add_argument("--headless", action="store_true", help="optimize headless even when a display is present")
+    p.add_argument("--steps", type=_positive_int, help="override optimize.steps (headless)")
+    p.add_argument("--out", type=Path, help="output folder (headless; default runs/<timestamp>)")
     device(p)
     p = command("view", cmd_view, "open the viewer (on a scene, if given)")
     p.add_argument("scene", nargs="?", help="scene file")

@@ -1,0 +1,143 @@
+"""`drstudio optimize` / `make run` without a display: the engine in its background thread, a progress
+bar fed by its snapshots, then the results written (atomically) under the output folder:
+
+  params.npz            recovered values of every optimized parameter (dotted path -> array)
+  <mesh>.obj            recovered meshes, when vertices were optimized
+  <path>.png            recovered textures, when a texture was optimized
+  views/<camera>.png    render | target | |difference| (x4) side by side, per target view
+  loss.png              loss curve (log scale)
+  metrics.json          final loss, PSNR render vs target, parameter errors vs truth, timings
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from renderer.images import atomic_write, write_image
+from renderer.loading import load_scene
+from renderer.optim import losses
+from renderer.optim.engine import Engine
+from renderer.optim.metrics import parameter_metrics
+from renderer.optim.problem import Problem
+from renderer.render import render_view
+
+
+def default_out_dir(root: Path) -> Path:
+    return root / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+def optimize(scene_path: str, *, steps: int | None, out: Path, device: str, progress: bool = True) -> dict:
+    """Run the scene's optimization to its step budget and write the results to `out`.
+    Returns the metrics dict (also written to out/metrics.json)."""
+    scene = load_scene(scene_path)
+    problem = Problem(scene, device)
+    if steps is not None:
+        problem.steps = steps
+    engine = Engine(problem, publish_images=False, publish_every=1)
+    engine.start_thread()
+    t0 = time.perf_counter()
+    engine.send("start")
+    # a terminal gets a live bar; a log file (CI, pipes) a line every few seconds
+    interactive = sys.stderr.isatty()
+    bar = tqdm(total=problem.steps, desc="optimize", unit="step", disable=not progress, dynamic_ncols=True,
+               mininterval=0.1 if interactive else 5.0)
+    try:
+        while True:
+            snap = engine.snapshot()
+            bar.set_postfix(loss=f"{snap.loss:.3e}", steps_s=f"{snap.steps_per_second:.1f}", refresh=False)
+            bar.update(snap.step - bar.n)
+            if snap.state in ("finished", "stopped", "error"):
+                break
+            time.sleep(0.1)
+    finally:
+        bar.close()
+        engine.send("stop")
+        engine.shutdown()
+    elapsed = time.perf_counter() - t0
+    snap = engine.snapshot()
+    if snap.state == "error":
+        raise RuntimeError(snap.error)
+    return write_results(problem, snap, out, elapsed)
+
+
+def _side_by_side(render: np.ndarray, target: np.ndarray) -> np.ndarray:
+    diff = np.clip(np.abs(render - target) * 4.0, 0, 1)
+    gap = np.ones((render.shape[0], 2, 3), np.float32)
+    return np.concatenate([render, gap, target, gap, diff], axis=1)
+
+
+def _loss_plot(path: Path, history: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    for name, values in history.items():
+        if name == "loss" or name.startswith("loss."):
+            ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def _json_safe(x):
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None if math.isnan(x) else ("inf" if x > 0 else "-inf")
+    return x
+
+
+def write_results(problem: Problem, snap, out: Path, elapsed: float) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    ds = problem.ds
+    values = {p: ds.get(p) for p in problem.param_specs}
+    atomic_write(out / "params.npz", lambda tmp: np.savez(open(tmp, "wb"), **values))
+    for path, value in values.items():
+        kind = ds.kinds[path]
+        if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:
+            write_image(out / f"{path}.png", value, srgb=(kind == "albedo"))
+        if kind == "vertices":
+            import trimesh
+
+            mesh = problem.scene.meshes[path.split(".")[1]]
+            tm = trimesh.Trimesh(value, mesh.faces, process=False)
+            atomic_write(out / f"{mesh.name}.obj", lambda tmp, tm=tm: tm.export(tmp, file_type="obj"))
+    frame = ds.prepare()
+    psnrs = {}
+    for t in problem.targets:
+        rendered = render_view(ds, frame, t.camera)
+        psnrs[t.camera] = losses.psnr(rendered.image, t.image)
+        target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
+        write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+    _loss_plot(out / "loss.png", snap.history)
+    metrics = {
+        "scene": problem.scene.path,
+        "steps": snap.step,
+        "final_loss": snap.loss,
+        "loss_terms": snap.loss_terms,
+        "psnr_render_vs_target_db": float(np.mean([v for v in psnrs.values() if math.isfinite(v)] or [math.inf])),
+        "psnr_by_view_db": psnrs,
+        "parameters": parameter_metrics(problem),
+        "skipped_steps": snap.skipped_steps,
+        "seconds": elapsed,
+        "steps_per_second": snap.step / elapsed if elapsed > 0 else 0.0,
+        "device": str(ds.device),
+    }
+    metrics = _json_safe(metrics)
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))
+    return metrics

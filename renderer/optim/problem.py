@@ -1,0 +1,252 @@
+"""An optimization problem: free parameters, targets, losses and the optimizer, on one device.
+
+`Problem(scene)` reads the scene's validated `optimize` section:
+1. the scene's values are the truth; targets are rendered from them through the target cameras (or
+   loaded from image files with their cameras);
+2. each free parameter then starts from its `init` (a value, a file, or a seeded perturbation of the
+   truth) and is kept valid by a projection after every update (see `optimizers.CONSTRAINTS_BY_KIND`);
+3. `step()` renders a batch of target views under one `wp.Tape`, sums the weighted image losses and
+   regularizers, back-propagates, and applies one optimizer update unless the loss or any gradient
+   is not finite (then nothing changes and the step reports `applied=False`).
+All heavy work stays on the device; the host reads back only scalars and snapshot images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+from ..device_scene import DeviceScene
+from ..render import render_view
+from ..scene import Scene
+from . import losses, optimizers, regularizers
+from ..initial_values import initial_value
+from .targets import Target, add_dataset_cameras, build_targets
+
+IMAGE_LOSSES = ("l1", "l2", "ssim")
+REGULARIZERS = ("tv", "laplacian", "edge_length")
+
+
+@dataclass
+class StepResult:
+    step: int  # index of the step just taken (0-based)
+    loss: float
+    loss_terms: dict
+    grad_norms: dict
+    applied: bool
+
+
+class Problem:
+    def __init__(self, scene: Scene, device: str | None = None, *, seed: int | None = None):
+        spec = scene.optimize
+        if spec is None:
+            raise ValueError(f"{scene.path or 'scene'}: has no 'optimize' section; nothing to optimize")
+        self.scene, self.spec = scene, spec
+        self._dataset_files = add_dataset_cameras(scene, spec.targets)
+        self.ds = DeviceScene(scene, device)
+        self.truth = {path: p.value.copy() for path, p in scene.params().items()}
+        self.seed = spec.seed if seed is None else seed
+        self.steps = int(spec.steps)
+        self.batch_views = max(1, int(spec.batch_views))
+        self.weights = {name: float(getattr(spec.loss, name, 0.0) or 0.0) for name in IMAGE_LOSSES + REGULARIZERS}
+        self.target_spec = spec.targets
+        self.targets: list[Target] = []
+        self.render_targets()
+        self.views = [t.camera for t in self.targets]
+        self.active_view = self.views[0]
+
+        self.param_specs = dict(spec.parameters)
+        # the loader's seeding (optimize.seed and the path) so a scene always starts from the same values
+        self.initial = {path: initial_value(scene, path).astype(np.float32) for path in self.param_specs}
+        self.base_lr = float(spec.optimizer.lr)
+        self.lrs = {path: float(pspec.lr if pspec.lr is not None else self.base_lr)
+                    for path, pspec in self.param_specs.items()}
+        self.free = {path: True for path in self.param_specs}
+        self._topology = self._mesh_topology()
+        self._view_rng = np.random.default_rng(self.seed + 1)
+        self.reset()
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def _mesh_topology(self) -> dict:
+        """Per free vertex array: neighbor CSR and unique edges with rest lengths (regularizers)."""
+        topo = {}
+        for path in self.param_specs:
+            if self.ds.kinds[path] != "vertices":
+                continue
+            mesh = self.scene.meshes[path.split(".")[1]]
+            offsets, indices = regularizers.neighbor_csr(mesh.faces, len(mesh.vertices))
+            edges = regularizers.unique_edges(mesh.faces)
+            init = self.initial[path]
+            rest = np.linalg.norm(init[edges[:, 0]] - init[edges[:, 1]], axis=1).astype(np.float32)
+            dev = self.ds.device
+            topo[path] = dict(
+                offsets=wp.array(offsets, dtype=wp.int32, device=dev),
+                indices=wp.array(indices, dtype=wp.int32, device=dev),
+                edges=wp.array(edges.astype(np.int32), dtype=wp.int32, device=dev),
+                rest=wp.array(rest, dtype=float, device=dev))
+        return topo
+
+    def render_targets(self) -> None:
+        """(Re-)render or load the target images from the current truth."""
+        self.targets = build_targets(self.scene, self.ds, self.truth, self.target_spec, self._current_values(),
+                                     self._dataset_files)
+
+    def _current_values(self) -> dict:
+        return {path: self.ds.get(path) for path in self.ds.arrays}
+
+    def reset(self) -> None:
+        """Free parameters back to their initial values; optimizer state cleared; step 0."""
+        for path, value in self.initial.items():
+            self.ds.set(path, value)
+        self.step_index = 0
+        self._build_optimizer()
+
+    def _build_optimizer(self) -> None:
+        paths = [p for p in self.param_specs if self.free[p]]
+        self._opt_paths = paths
+        opt = self.spec.optimizer
+        arrays = [self.ds.arrays[p] for p in paths]
+        lrs = [self.lrs[p] for p in paths]
+        schedule = optimizers.make_schedule(getattr(opt, "schedule", None), self.steps, base_lr=float(opt.lr))
+        if opt.type == "sgd":
+            self.optimizer = optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
+                                            schedule=schedule)
+        else:
+            betas = tuple(getattr(opt, "betas", None) or (0.9, 0.999))
+            self.optimizer = optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule)
+
+    # -- commands --------------------------------------------------------------------------------
+    def free_paths(self) -> list[str]:
+        return [p for p in self.param_specs if self.free[p]]
+
+    def set_value(self, path: str, value) -> None:
+        self.ds.set(path, self._project_host(path, np.asarray(value, np.float32)))
+
+    def set_free(self, path: str, free: bool) -> None:
+        if path not in self.param_specs:
+            raise KeyError(f"{path} is not an optimizable parameter of this scene")
+        if self.free[path] != bool(free):
+            self.free[path] = bool(free)
+            self._build_optimizer()
+
+    def set_lr(self, path: str, lr: float) -> None:
+        self.lrs[path] = float(lr)
+        if path in self._opt_paths:
+            self.optimizer.set_lr(self._opt_paths.index(path), float(lr))
+
+    def set_loss_weight(self, name: str, weight: float) -> None:
+        if name not in self.weights:
+            raise KeyError(f"unknown loss term {name!r}; expected one of {tuple(self.weights)}")
+        self.weights[name] = float(weight)
+
+    def set_active_view(self, camera: str) -> None:
+        if camera not in self.views:
+            raise KeyError(f"{camera!r} is not a target view; views: {self.views}")
+        self.active_view = camera
+
+    def set_target_value(self, path: str, value) -> None:
+        """Edit the truth (drag a light of the target scene) and re-render the targets."""
+        if path not in self.truth:
+            raise KeyError(f"unknown parameter {path!r}")
+        value = np.asarray(value, np.float32).reshape(self.truth[path].shape)
+        self.truth[path] = value.copy()
+        self.render_targets()
+
+    def _project_host(self, path: str, value: np.ndarray) -> np.ndarray:
+        arr = wp.array(value.reshape(self.ds.arrays[path].numpy().shape), dtype=self.ds.arrays[path].dtype,
+                       device=self.ds.device)
+        optimizers.project(arr, self.ds.kinds[path])
+        return arr.numpy().reshape(value.shape)
+
+    # -- the step --------------------------------------------------------------------------------
+    def _batch(self) -> list[Target]:
+        if self.batch_views >= len(self.targets):
+            return list(self.targets)
+        idx = self._view_rng.choice(len(self.targets), size=self.batch_views, replace=False)
+        return [self.targets[i] for i in sorted(idx)]
+
+    def _record_loss(self, batch: list[Target]):
+        """Forward pass of one step; returns (total loss array, per-term arrays, outputs by camera)."""
+        dev = self.ds.device
+        terms = {name: wp.zeros(1, dtype=float, device=dev, requires_grad=True)
+                 for name, w in self.weights.items() if w > 0}
+        total = wp.zeros(1, dtype=float, device=dev, requires_grad=True)
+        frame = self.ds.prepare()
+        outputs = {}
+        scale = 1.0 / len(batch)
+        for t in batch:
+            out = render_view(self.ds, frame, t.camera)
+            outputs[t.camera] = out
+            for name in IMAGE_LOSSES:
+                if name in terms:
+                    w = self.weights[name] * scale
+                    if name == "ssim":
+                        losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
+                    else:
+                        getattr(losses, name)(out.image, t.image, terms[name], weight=w)
+        for path in self.free_paths():
+            kind, arr = self.ds.kinds[path], self.ds.arrays[path]
+            if "tv" in terms and kind in ("albedo", "roughness", "metallic") and arr.shape[0] > 1:
+                regularizers.total_variation(arr, terms["tv"], weight=self.weights["tv"])
+            if kind == "vertices":
+                topo = self._topology[path]
+                if "laplacian" in terms:
+                    regularizers.laplacian_smoothing(arr, topo["offsets"], topo["indices"], terms["laplacian"],
+                                                     weight=self.weights["laplacian"])
+                if "edge_length" in terms:
+                    regularizers.edge_length(arr, topo["edges"], topo["rest"], terms["edge_length"],
+                                             weight=self.weights["edge_length"])
+        for arr in terms.values():
+            losses.accumulate(arr, total)
+        return total, terms, outputs
+
+    def step(self) -> StepResult:
+        batch = self._batch()
+        self.ds.zero_grad()
+        tape = wp.Tape()
+        with tape:
+            total, terms, outputs = self._record_loss(batch)
+        tape.backward(total)
+        loss = float(total.numpy()[0])
+        applied = self.optimizer.step(loss_value=loss)
+        if applied:
+            for path in self._opt_paths:
+                optimizers.project(self.ds.arrays[path], self.ds.kinds[path])
+        self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()}
+        grad_norms = {p: float(np.linalg.norm(g)) for p, g in self._last_param_grads.items()}
+        self._last_grad_images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
+                                  for cam, out in outputs.items()}
+        tape.reset()
+        result = StepResult(self.step_index, loss, {k: float(v.numpy()[0]) for k, v in terms.items()},
+                            grad_norms, applied)
+        self.step_index += 1
+        return result
+
+    # -- read-outs -------------------------------------------------------------------------------
+    def free_values(self) -> dict:
+        return {p: self.ds.get(p) for p in self.free_paths()}
+
+    def parameter_errors(self) -> dict:
+        """Max abs error of each optimizable parameter vs the truth."""
+        return {p: float(np.max(np.abs(self.ds.get(p) - self.truth[p]))) for p in self.param_specs}
+
+    def target_numpy(self, camera: str) -> np.ndarray:
+        t = next(t for t in self.targets if t.camera == camera)
+        c = self.scene.cameras[camera]
+        return t.image.numpy().reshape(c.height, c.width, 3).copy()
+
+    def render_numpy(self, camera: str) -> np.ndarray:
+        return render_view(self.ds, self.ds.prepare(), camera).numpy()
+
+    def view_images(self, result=None) -> dict:
+        cam = self.active_view
+        grads = getattr(self, "_last_grad_images", {})
+        out = {"render": self.render_numpy(cam), "target": self.target_numpy(cam), "grad_image": grads.get(cam)}
+        pg = getattr(self, "_last_param_grads", {})
+        out["texture_grads"] = {p: g for p, g in pg.items()
+                                if self.ds.kinds[p] in ("albedo", "roughness", "metallic") and g.shape[0] > 1}
+        out["vertex_grads"] = {p: g for p, g in pg.items() if self.ds.kinds[p] == "vertices"}
+        out["param_grads"] = {p: g for p, g in pg.items() if g.size <= 16}
+        return out

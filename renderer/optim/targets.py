@@ -1,0 +1,70 @@
+"""Target images of an optimization: rendered from the scene's true values through its cameras, or
+read from image files (sRGB on disk, linear in memory) with the scene's cameras, or a
+nerfstudio/Blender `transforms.json` whose frames become cameras `<prefix>_<index>`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import warp as wp
+
+from ..conventions import srgb_to_linear
+from ..device_scene import DeviceScene
+from ..errors import SceneError
+from ..images import read_image
+from ..render import render_view
+from ..scene import Camera, Scene
+from ..transforms_json import load_transforms
+
+
+@dataclass
+class Target:
+    camera: str
+    image: wp.array2d  # (N, 3) linear RGB
+
+
+def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
+    """For a `transforms` target, add one camera per frame to `scene` (before its DeviceScene is
+    built) and return {camera name: image file}. Other targets: {}."""
+    path = getattr(target_spec, "transforms", None)
+    if not path:
+        return {}
+    base = Path(scene.path).parent if scene.path else Path(".")
+    frames = load_transforms(base / path)
+    files = {}
+    for i, f in enumerate(frames):
+        name = f"frame_{i:03d}"
+        scene.cameras[name] = Camera(name, f.width, f.height, f.intrinsics, f.pose)
+        files[name] = str(f.image_path)
+    return files
+
+
+def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, current: dict,
+                  image_files: dict[str, str] | None = None) -> list:
+    base = Path(scene.path).parent if scene.path else Path(".")
+    files: dict[str, str] = dict(image_files or {})
+    for item in getattr(target_spec, "images", None) or []:
+        files[item.camera] = str(base / item.file)
+    targets = []
+    if files:
+        for cam, file in files.items():
+            c = scene.cameras[cam]
+            img = srgb_to_linear(read_image(file, channels=3))
+            if img.shape[:2] != (c.height, c.width):
+                raise SceneError(file, "", f"image is {img.shape[1]}x{img.shape[0]}, but camera {cam!r} is "
+                                 f"{c.width}x{c.height}")
+            arr = wp.array(np.ascontiguousarray(img.reshape(-1, 3), np.float32), dtype=float, device=ds.device)
+            targets.append(Target(cam, arr))
+        return targets
+    cameras = list(getattr(target_spec, "cameras", None) or scene.cameras)
+    for path, value in truth.items():
+        ds.set(path, value)
+    frame = ds.prepare()
+    for cam in cameras:
+        out = render_view(ds, frame, cam)
+        targets.append(Target(cam, wp.clone(out.image, requires_grad=False)))
+    for path, value in current.items():
+        ds.set(path, value)
+    return targets
