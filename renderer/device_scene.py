@@ -43,7 +43,7 @@ class Frame:
     normals: wp.array2d  # (V, 3) smooth unit normals
     uvs: wp.array2d  # (V, 2)
     colors: wp.array2d  # (V, 3) vertex color multipliers
-    bvh: wp.Mesh
+    bvh: wp.Mesh  # shared by all frames of a DeviceScene: valid until the next prepare()
     albedo: TexturePool
     roughness: TexturePool
     metallic: TexturePool
@@ -92,7 +92,6 @@ class DeviceScene:
         if backdrop.ndim == 3:  # an image, sampled per pixel at any resolution
             img = wp.array(backdrop, dtype=float, device=self.device)
             self.background_pool = TexturePool.build([img], ["clamp"], mipmaps=False)
-        self._world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=self.device, requires_grad=True)
         self._bvh: wp.Mesh | None = None
 
     # -- values ---------------------------------------------------------------------------------
@@ -123,7 +122,10 @@ class DeviceScene:
         """World-space geometry, attributes, texture pyramids and lights for this step."""
         a, dev, sc = self.arrays, self.device, self.scene
         mipmaps = sc.render.mipmaps if mipmaps is None else mipmaps
-        world = self._world
+        # A fresh array per call: a Frame's world positions must not change after prepare() returns,
+        # because the backward pass of its views reads them (several prepare() calls may share one
+        # backward, e.g. render_torch for several cameras or several values of a path).
+        world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=dev, requires_grad=True)
         uvs = wp.zeros((self.num_vertices, 2), dtype=float, device=dev, requires_grad=True)
         colors = wp.zeros((self.num_vertices, 3), dtype=float, device=dev, requires_grad=True)
         for off, m in zip(self.vertex_offsets, sc.meshes.values()):
@@ -135,8 +137,8 @@ class DeviceScene:
         normals = geometry.vertex_normals(world, self.faces)
         if self._bvh is None:
             self._bvh = visibility.build_bvh(world, self.faces)
-        else:
-            self._bvh.refit()
+        else:  # one BVH, re-pointed at this step's positions and refitted (the topology never changes)
+            visibility.refit_bvh(self._bvh, world)
         mats = list(sc.materials)
         pools = [TexturePool.build([a[f"materials.{n}.{prop}"] for n in mats], self.wraps, mipmaps=mipmaps)
                  for prop in ("albedo", "roughness", "metallic")]

@@ -5,7 +5,8 @@ intersection -> interpolated attributes -> textures -> shading (+ shadow rays) -
 (antialias: nvdiffrast-style silhouette blending for edge gradients).
 Soft mode (SoftRas): materials are sampled and shaded at the vertices (Gouraud), and the soft
 rasterizer aggregates the vertex colors with probabilistic coverage; its alpha gives silhouette
-gradients everywhere near an edge. Shadows are not computed in soft mode.
+gradients everywhere near an edge. Shadows are not computed in soft mode. The auxiliary buffers
+(tri_id, depth, normals) of every mode come from the same ray-cast visibility pass.
 """
 
 from __future__ import annotations
@@ -30,10 +31,10 @@ class RenderOutput:
     width: int
     height: int
     image: wp.array2d  # (N, 3) linear RGB, differentiable
-    tri_id: wp.array | None = None  # (N,) int32, -1 background (hard/antialias modes)
+    tri_id: wp.array | None = None  # (N,) int32, -1 background (ray-cast visibility, every mode)
     depth: wp.array | None = None  # (N,) view depth (0 on background)
-    normals: wp.array2d | None = None  # (N, 3) unnormalized interpolated normals
-    alpha: wp.array | None = None  # (N,) coverage (soft mode: SoftRas alpha)
+    normals: wp.array2d | None = None  # (N, 3) unnormalized interpolated normals (0 on background)
+    alpha: wp.array | None = None  # (N,) coverage: 0/1 from tri_id (hard, antialias), SoftRas alpha (soft)
 
     def numpy(self) -> np.ndarray:
         """The image as an (H, W, 3) float32 NumPy array (a copy)."""
@@ -67,12 +68,13 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
     pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
     background = _background(ds, width, height)
-    if mode == "soft":
-        return _render_soft(ds, frame, intr, pose, width, height, background)
-
     origins, directions = cam.generate_rays(intr, pose, width, height)
     tri = visibility.trace_primary(frame.bvh, origins, directions)
     bary, depth = visibility.intersect(frame.world, ds.faces, tri, origins, directions)
+    if mode == "soft":
+        normals = interpolate.interpolate(frame.normals, ds.faces, tri, bary)
+        return _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals)
+
     mat, model = gbuffer.pixel_materials(tri, ds.face_material, ds.material_model)
     uv = interpolate.interpolate(frame.uvs, ds.faces, tri, bary)
     uv_da = None
@@ -94,7 +96,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     return RenderOutput(width, height, image, tri, depth, normals, coverage)
 
 
-def _render_soft(ds, frame, intr, pose, width, height, background) -> RenderOutput:
+def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals) -> RenderOutput:
     if background.ndim != 1:
         raise ValueError("soft render mode supports a background color only, not an image")
     positions = pack.vec3_to_rows(frame.world)
@@ -106,7 +108,7 @@ def _render_soft(ds, frame, intr, pose, width, height, background) -> RenderOutp
     s = ds.scene.render
     color, alpha = softras.soft_rasterize(frame.world, ds.faces, vcolors, intr, pose, width, height,
                                           s.soft_sigma, s.soft_gamma, background)
-    return RenderOutput(width, height, color, alpha=alpha)
+    return RenderOutput(width, height, color, tri, depth, normals, alpha)
 
 
 def _vertex_models(ds: DeviceScene) -> wp.array:

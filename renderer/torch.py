@@ -7,8 +7,10 @@
 
 The tensors given for dotted paths replace those leaves for the call, zero-copy (`wp.from_torch`):
 Warp reads the tensors' memory and writes their gradients straight into torch-owned buffers. Paths
-not given keep the DeviceScene's current values and receive no gradient. Gradients equal those of the
-Warp path (`wp.Tape` over `DeviceScene.prepare` + `render_view`), because it is the same computation.
+not given keep the DeviceScene's current values and receive no gradient (their `.grad` in the
+DeviceScene is left untouched). Gradients equal those of the Warp path (`wp.Tape` over
+`DeviceScene.prepare` + `render_view`), because it is the same computation. Each call runs its own
+`prepare()`, so several calls (several cameras, or several values of one path) may feed one loss.
 """
 
 from __future__ import annotations
@@ -21,12 +23,21 @@ from .render import render_view
 
 
 def _wrap(ds: DeviceScene, path: str, tensor: torch.Tensor) -> tuple[wp.array, torch.Tensor]:
+    """A Warp view of `tensor` (no copy when it is contiguous) standing in for the leaf at `path`, and
+    the torch buffer its gradient is written into (the Warp array's `.grad`, also without a copy)."""
+    if path not in ds.arrays:
+        raise KeyError(f"render_torch: unknown parameter path {path!r}; expected one of {sorted(ds.arrays)}")
+    if not isinstance(tensor, torch.Tensor):
+        raise TypeError(f"render_torch: value for {path!r} is a {type(tensor).__name__}, expected a torch.Tensor")
     leaf = ds.arrays[path]
     expected = tuple(ds.scene.params()[path].shape)
     if tuple(tensor.shape) != expected:
         raise ValueError(f"render_torch: tensor for {path!r} has shape {tuple(tensor.shape)}, expected {expected}")
     if tensor.dtype != torch.float32:
         raise TypeError(f"render_torch: tensor for {path!r} has dtype {tensor.dtype}, expected torch.float32")
+    if wp.device_from_torch(tensor.device) != ds.device:
+        raise ValueError(f"render_torch: tensor for {path!r} is on {tensor.device}, expected the DeviceScene's "
+                         f"device {ds.device}")
     data = tensor.detach().contiguous()
     grad = torch.zeros_like(data)
     arr = wp.from_torch(data, dtype=leaf.dtype, requires_grad=True)
@@ -34,13 +45,21 @@ def _wrap(ds: DeviceScene, path: str, tensor: torch.Tensor) -> tuple[wp.array, t
     return arr, grad
 
 
+def _constant(leaf: wp.array) -> wp.array:
+    """The leaf's memory as an array without gradient, so a backward pass leaves `leaf.grad` alone."""
+    return wp.array(ptr=leaf.ptr, dtype=leaf.dtype, shape=leaf.shape, device=leaf.device, requires_grad=False)
+
+
 class _RenderFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ds: DeviceScene, camera: str, paths: tuple[str, ...], options: dict, *tensors):
-        saved = {p: ds.arrays[p] for p in paths}
+        saved = dict(ds.arrays)
         grads = []
         try:
-            for path, t in zip(paths, tensors):
+            for path in ds.arrays:
+                if path not in paths:
+                    ds.arrays[path] = _constant(saved[path])
+            for path, t in zip(paths, tensors, strict=True):
                 ds.arrays[path], g = _wrap(ds, path, t)
                 grads.append(g)
             tape = wp.Tape()
@@ -53,16 +72,24 @@ class _RenderFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_image):
-        out = ctx.out
-        g = wp.from_torch(grad_image.contiguous().view(-1, 3).to(torch.float32), dtype=float)
-        ctx.tape.backward(grads={out.image: g})
-        ctx.tape.reset()
-        return (None, None, None, None, *ctx.grads)
+        if ctx.tape is None:
+            raise RuntimeError("render_torch: backward through one render twice is not supported "
+                               "(retain_graph=True); render again instead")
+        out, tape, grads = ctx.out, ctx.tape, ctx.grads
+        ctx.tape = ctx.out = ctx.grads = None  # release the recorded launches and their buffers
+        g = wp.from_torch(grad_image.to(torch.float32).contiguous().view(-1, 3), dtype=wp.float32)
+        tape.backward(grads={out.image: g})
+        # no tape.reset(): it would zero every gradient the tape touched, including the torch buffers
+        # returned here
+        return (None, None, None, None, *grads)
 
 
 def render_torch(ds: DeviceScene, camera: str, params: dict[str, torch.Tensor], **options) -> torch.Tensor:
     """Render `camera` as an (H, W, 3) float32 tensor, differentiable w.r.t. the `params` tensors
     (dotted path -> tensor of that parameter's shape, float32, on the DeviceScene's device).
-    `options` are passed to `render_view` (mode, shadows, ...)."""
+    `options` are passed to `render_view` (mode, shadows, ...).
+
+    Raises KeyError for an unknown path, ValueError for a wrong shape or device, TypeError for a
+    dtype other than torch.float32."""
     paths = tuple(params)
     return _RenderFunction.apply(ds, camera, paths, options, *(params[p] for p in paths))

@@ -19,10 +19,10 @@ import numpy as np
 import warp as wp
 
 from ..device_scene import DeviceScene
+from ..initial_values import initial_value
 from ..render import render_view
 from ..scene import Scene
 from . import losses, optimizers, regularizers
-from ..initial_values import initial_value
 from .targets import Target, add_dataset_cameras, build_targets
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")

@@ -1,0 +1,345 @@
+"""Render on several CPU cores: a view split into horizontal bands, or a batch of views, one thread each.
+
+Warp runs a CPU kernel launch on one core and releases the GIL while it runs, so launches issued from
+two Python threads run on two cores. Every per-pixel stage is independent across pixels (the antialias
+stage reads the row above and below), so a band of rows renders exactly like the same rows of the whole
+image: the band's camera is the view's camera with cy shifted by the band's first row, and each band is
+rendered with one extra row on each inner side and stitched without it, so silhouette pairs that cross a
+band boundary are blended exactly as in `render_view`.
+
+Differentiation. `wp.Tape` is one global recorder, so while the worker threads run this module stands in
+for the active tape and records each thread's launches on a tape of its own. On the enclosing tape it
+records one backward callback that runs those per-thread tapes backward in the same threads. Adjoint
+kernels accumulate with plain (non-atomic) adds on the CPU, so threads must not share gradient buffers:
+worker k > 0 renders from aliases of the shared inputs (the `Frame` arrays, the camera arrays) that read
+the same values but own separate gradient buffers, which the callback adds into the originals after the
+threads finish. The result is the gradient `render_view` gives, up to float summation order.
+
+Use it in place of `renderer.render.render_view` inside or outside a `wp.Tape`. Not re-entrant: do not call
+it from inside a worker (e.g. from a callback it runs); concurrent calls from several threads are
+serialized.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+
+import warp as wp
+
+from .device_scene import DeviceScene, Frame
+from .render import RenderOutput, render_view
+from .stages.shading import Lights
+
+
+@wp.kernel
+def _band_intrinsics(intrinsics: wp.array(dtype=float), first_row: float, out: wp.array(dtype=float)):
+    # the band's row 0 is the view's row `first_row`: only the principal point moves
+    out[0] = intrinsics[0]
+    out[1] = intrinsics[1]
+    out[2] = intrinsics[2]
+    out[3] = intrinsics[3] - first_row
+
+
+@wp.kernel
+def _stitch_rows_2d(band: wp.array2d(dtype=float), src: int, dst: int, out: wp.array2d(dtype=float)):
+    i, c = wp.tid()
+    out[dst + i, c] = band[src + i, c]
+
+
+@wp.kernel
+def _stitch_rows_1d(band: wp.array(dtype=float), src: int, dst: int, out: wp.array(dtype=float)):
+    i = wp.tid()
+    out[dst + i] = band[src + i]
+
+
+@wp.kernel
+def _stitch_ids(band: wp.array(dtype=wp.int32), src: int, dst: int, out: wp.array(dtype=wp.int32)):
+    i = wp.tid()
+    out[dst + i] = band[src + i]
+
+
+@wp.kernel
+def _add_into(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
+    i = wp.tid()
+    dst[i] = dst[i] + src[i]
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+_EXECUTOR: ThreadPoolExecutor | None = None
+_EXECUTOR_LOCK = threading.Lock()
+_RECORD_LOCK = threading.Lock()  # one parallel forward at a time (it swaps the global tape)
+
+
+def default_workers() -> int:
+    """Threads to use: the number of CPU cores (at least 1)."""
+    return max(1, os.cpu_count() or 1)
+
+
+def _executor() -> ThreadPoolExecutor:
+    global _EXECUTOR
+    with _EXECUTOR_LOCK:
+        if _EXECUTOR is None:
+            _EXECUTOR = ThreadPoolExecutor(max_workers=max(1, default_workers() - 1),
+                                           thread_name_prefix="drstudio-render")
+        return _EXECUTOR
+
+
+def _flat(a: wp.array) -> wp.array:
+    """A contiguous array viewed as (size * components,) floats (no copy)."""
+    n = a.size * wp.types.type_size(a.dtype)
+    return wp.array(ptr=a.ptr, dtype=float, shape=(n,), device=a.device)
+
+
+class _ThreadTapes:
+    """Stands in for the active `wp.Tape` (`runtime.tape`) while workers run: a launch from a thread
+    with a registered tape is recorded there, any other thread's on the enclosing tape as before."""
+
+    def __init__(self, outer: wp.Tape):
+        self.outer = outer
+        self.local = threading.local()
+
+    def _tape(self) -> wp.Tape:
+        return getattr(self.local, "tape", None) or self.outer
+
+    def record_launch(self, *args, **kwargs):
+        return self._tape().record_launch(*args, **kwargs)
+
+    def record_func(self, *args, **kwargs):
+        return self._tape().record_func(*args, **kwargs)
+
+    def record_scope_begin(self, *args, **kwargs):
+        return self._tape().record_scope_begin(*args, **kwargs)
+
+    def record_scope_end(self, *args, **kwargs):
+        return self._tape().record_scope_end(*args, **kwargs)
+
+    def _check_kernel_array_access(self, *args, **kwargs):
+        return self._tape()._check_kernel_array_access(*args, **kwargs)
+
+
+class _Lane:
+    """One worker's view of the shared inputs. Lane 0 reads and accumulates into the originals; the
+    others (when differentiating) into aliases with their own gradient buffers, merged by `merge`."""
+
+    def __init__(self, index: int, differentiate: bool):
+        self.index = index
+        self.tape = wp.Tape() if differentiate else None
+        self._separate = differentiate and index > 0
+        self._aliases: dict[int, tuple[wp.array, wp.array]] = {}
+
+    def alias(self, a):
+        if not self._separate or not isinstance(a, wp.array) or a.grad is None or a.size == 0:
+            return a
+        if id(a) not in self._aliases:
+            if not (a.is_contiguous and a.grad.is_contiguous):
+                raise ValueError("render_parallel: shared differentiable inputs must be contiguous arrays")
+            b = wp.array(ptr=a.ptr, dtype=a.dtype, shape=a.shape, strides=a.strides, device=a.device,
+                         requires_grad=True)
+            self._aliases[id(a)] = (a, b)
+        return self._aliases[id(a)][1]
+
+    def frame(self, frame: Frame) -> Frame:
+        if not self._separate:
+            return frame
+
+        def pool(p):
+            return dataclasses.replace(p, data=self.alias(p.data))
+
+        return dataclasses.replace(
+            frame, world=self.alias(frame.world), normals=self.alias(frame.normals),
+            uvs=self.alias(frame.uvs), colors=self.alias(frame.colors), albedo=pool(frame.albedo),
+            roughness=pool(frame.roughness), metallic=pool(frame.metallic),
+            lights=Lights(*[self.alias(x) for x in frame.lights.arrays()]))
+
+    def merge(self) -> None:
+        """Add this lane's gradients into the originals' and zero them (one backward pass each)."""
+        for orig, alias in self._aliases.values():
+            src, dst = _flat(alias.grad), _flat(orig.grad)
+            if src.shape[0]:
+                wp.launch(_add_into, dim=src.shape[0], inputs=[src, dst], device=src.device,
+                          record_tape=False)
+            alias.grad.zero_()
+
+
+def _run_lanes(lanes: list[_Lane], work, outer: wp.Tape | None) -> list:
+    """Run work(lane) for every lane, lane 0 in this thread, the others on the pool; each lane's
+    launches are recorded on its own tape when `outer` is a tape. Returns the results in lane order."""
+
+    def in_lane(lane: _Lane):
+        if recorder is not None:
+            recorder.local.tape = lane.tape
+        try:
+            return work(lane)
+        finally:
+            if recorder is not None:
+                recorder.local.tape = None
+
+    runtime = wp._src.context.runtime
+    recorder = _ThreadTapes(outer) if outer is not None else None
+    with _RECORD_LOCK:
+        if recorder is not None:
+            runtime.tape = recorder
+        try:
+            futures: list[Future] = [_executor().submit(in_lane, lane) for lane in lanes[1:]]
+            first_error = None
+            try:
+                results = [in_lane(lanes[0])]
+            except BaseException as exc:  # wait for the workers before re-raising (they use the recorder)
+                results, first_error = [], exc
+            wait(futures)
+        finally:
+            if recorder is not None:
+                runtime.tape = outer
+    if first_error is not None:
+        raise first_error
+    results += [f.result() for f in futures]  # re-raises a worker's exception here
+    if outer is not None:
+        _record_backward(lanes, outer)
+    return results
+
+
+def _record_backward(lanes: list[_Lane], outer: wp.Tape) -> None:
+    def backward():
+        futures = [_executor().submit(lane.tape.backward) for lane in lanes[1:]]
+        try:
+            lanes[0].tape.backward()
+        finally:
+            wait(futures)
+        for f in futures:
+            f.result()
+        for lane in lanes[1:]:
+            lane.merge()
+
+    # registering every array the lanes' tapes touch lets `outer.zero()` zero their gradients too
+    arrays = {}
+    for lane in lanes:
+        for launch in lane.tape.launches:
+            if callable(launch):
+                continue
+            for a in (*launch[3], *launch[4]):
+                if isinstance(a, wp.array) and a.grad is not None and a.size > 0:
+                    arrays[id(a)] = a
+    if arrays:
+        outer.record_func(backward, list(arrays.values()))
+
+
+def _resolve_camera(ds: DeviceScene, camera: str, intrinsics, pose, width, height):
+    c = ds.scene.cameras[camera]
+    intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
+    pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
+    return intr, pose, int(width or c.width), int(height or c.height)
+
+
+def band_rows(height: int, parts: int) -> list[tuple[int, int, int, int]]:
+    """Split rows [0, height) into `parts` bands (fewer if the image is short): per band
+    (render_first, render_end, keep_first, keep_end), the rendered rows including one row of overlap
+    with each neighbouring band, and the rows it contributes."""
+    parts = max(1, min(int(parts), height // 2))
+    edges = [round(k * height / parts) for k in range(parts + 1)]
+    return [(max(0, a - 1), min(height, b + 1), a, b) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int | None = None,
+                      mode: str | None = None, shadows: bool | None = None,
+                      intrinsics: wp.array | None = None, pose: wp.array | None = None,
+                      width: int | None = None, height: int | None = None) -> RenderOutput:
+    """`render_view` with the image split into `parts` horizontal bands rendered by that many threads
+    (default: one per core). Same arguments and result: `image`, `depth`, `normals` and `alpha` are
+    differentiable as in `render_view` (under an enclosing `wp.Tape`), `tri_id` is not.
+
+    Falls back to a plain `render_view` when `parts` is 1, the device is not a CPU (a GPU launch is
+    already parallel), or the scene's background is an image (`render_view` resamples it over the
+    image it renders, which for a band would be the band)."""
+    parts = default_workers() if parts is None else int(parts)
+    if parts < 1:
+        raise ValueError(f"parts: expected an int >= 1, got {parts}")
+    kwargs = dict(mode=mode, shadows=shadows, intrinsics=intrinsics, pose=pose, width=width, height=height)
+    intr, pose, width, height = _resolve_camera(ds, camera, intrinsics, pose, width, height)
+    bands = band_rows(height, parts)
+    if len(bands) == 1 or not ds.device.is_cpu or ds.background_pool is not None:
+        return render_view(ds, frame, camera, **kwargs)
+
+    outer = wp._src.context.runtime.tape
+    grad = outer is not None
+    lanes = [_Lane(k, grad) for k in range(len(bands))]
+    n, dev = width * height, ds.device
+    full: dict[str, wp.array] = {}
+    full_lock = threading.Lock()
+
+    def full_like(name: str, band: wp.array | None) -> wp.array | None:
+        if band is None:
+            return None
+        with full_lock:
+            if name not in full:
+                shape = (n,) if band.ndim == 1 else (n, band.shape[1])
+                full[name] = wp.zeros(shape, dtype=band.dtype, device=dev,
+                                      requires_grad=grad and band.requires_grad)
+            return full[name]
+
+    def work(lane: _Lane) -> None:
+        first, end, keep, keep_end = bands[lane.index]
+        band_intr = wp.zeros(4, dtype=float, device=dev, requires_grad=grad and intr.requires_grad)
+        wp.launch(_band_intrinsics, dim=1, inputs=[lane.alias(intr), float(first)], outputs=[band_intr],
+                  device=dev)
+        out = render_view(ds, lane.frame(frame), camera, mode=mode, shadows=shadows, intrinsics=band_intr,
+                          pose=lane.alias(pose), width=width, height=end - first)
+        src, dst, count = (keep - first) * width, keep * width, (keep_end - keep) * width
+        for name in ("image", "normals", "depth", "alpha", "tri_id"):
+            band = getattr(out, name)
+            dest = full_like(name, band)
+            if band is None:
+                continue
+            if band.dtype == wp.int32:
+                wp.launch(_stitch_ids, dim=count, inputs=[band, src, dst], outputs=[dest], device=dev,
+                          record_tape=False)
+            elif band.ndim == 1:
+                wp.launch(_stitch_rows_1d, dim=count, inputs=[band, src, dst], outputs=[dest], device=dev)
+            else:
+                wp.launch(_stitch_rows_2d, dim=(count, band.shape[1]), inputs=[band, src, dst],
+                          outputs=[dest], device=dev)
+
+    _run_lanes(lanes, work, outer)
+    return RenderOutput(width, height, full["image"], full.get("tri_id"), full.get("depth"),
+                        full.get("normals"), full.get("alpha"))
+
+
+def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: int | None = None,
+                 mode: str | None = None, shadows: bool | None = None) -> list[RenderOutput]:
+    """`render_view` of each camera in `cameras` (all from one prepared `frame`), the views spread over
+    `workers` threads (default: one per core). Outputs are differentiable as in `render_view` under an
+    enclosing `wp.Tape`. Falls back to a plain loop on a GPU device or with one worker."""
+    workers = default_workers() if workers is None else int(workers)
+    if workers < 1:
+        raise ValueError(f"workers: expected an int >= 1, got {workers}")
+    cameras = list(cameras)
+    for c in cameras:
+        if c not in ds.scene.cameras:
+            raise ValueError(f"cameras: unknown camera {c!r}; the scene has {list(ds.scene.cameras)}")
+    workers = min(workers, len(cameras))
+    if workers <= 1 or not ds.device.is_cpu:
+        return [render_view(ds, frame, c, mode=mode, shadows=shadows) for c in cameras]
+
+    outer = wp._src.context.runtime.tape
+    lanes = [_Lane(k, outer is not None) for k in range(workers)]
+
+    def work(lane: _Lane) -> list[tuple[int, RenderOutput]]:
+        lane_frame = lane.frame(frame)
+        done = []
+        for i in range(lane.index, len(cameras), workers):
+            c = cameras[i]
+            intr = lane.alias(ds.arrays[f"cameras.{c}.intrinsics"])
+            pose = lane.alias(ds.arrays[f"cameras.{c}.pose"])
+            done.append((i, render_view(ds, lane_frame, c, mode=mode, shadows=shadows, intrinsics=intr,
+                                        pose=pose)))
+        return done
+
+    outputs: list[RenderOutput | None] = [None] * len(cameras)
+    for done in _run_lanes(lanes, work, outer):
+        for i, out in done:
+            outputs[i] = out
+    return outputs
