@@ -65,7 +65,7 @@ class Snapshot:
     last_skip_step: int = -1
     steps_per_second: float = 0.0
     history: dict = field(default_factory=dict)  # name -> list of floats per step (loss terms, grad norms)
-    error: str = ""
+    error: str = ""  # the last failed command or step, until the next start or reset
     commands_applied: int = 0
 
 
@@ -89,6 +89,7 @@ class Engine:
         self._history: dict[str, list[float]] = {}
         self._listeners = []  # callables(event: dict) for the recorder; called on the engine thread
         self._last: dict = {}
+        self._last_error = ""  # shown until the next start or reset
 
     # -- public API (any thread) -----------------------------------------------------------------
     def start_thread(self) -> None:
@@ -123,7 +124,8 @@ class Engine:
             if predicate(snap):
                 return snap
             if time.monotonic() > end:
-                raise TimeoutError(f"engine: condition not reached in {timeout} s (state {snap.state}, step {snap.step})")
+                raise TimeoutError(f"engine: condition not reached in {timeout} s "
+                                   f"(state {snap.state}, step {snap.step})")
             time.sleep(poll)
 
     # -- engine thread ---------------------------------------------------------------------------
@@ -147,6 +149,8 @@ class Engine:
         kind, args = cmd
         p = self.problem
         try:
+            if kind in ("start", "reset"):
+                self._last_error = ""
             if kind == "start":
                 self._state = "running" if p.step_index < p.steps else "finished"
             elif kind == "resume":
@@ -254,7 +258,7 @@ class Engine:
             param_grads=images.get("param_grads", {}),
             skipped_steps=self._skipped, last_skip_step=self._last_skip, steps_per_second=self._rate,
             history={k: list(v) for k, v in self._history.items()},
-            error=error or (self._front.error if self._state == "error" else ""),
+            error=error or self._last_error,
             commands_applied=self._applied,
         )
         with self._lock:

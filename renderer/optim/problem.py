@@ -38,6 +38,13 @@ class StepResult:
     applied: bool
 
 
+def _finite(path: str, value) -> np.ndarray:
+    value = np.asarray(value, np.float32)
+    if not np.isfinite(value).all():
+        raise ValueError(f"{path}: value is not finite")
+    return value
+
+
 class Problem:
     def __init__(self, scene: Scene, device: str | None = None, *, seed: int | None = None):
         spec = scene.optimize
@@ -122,7 +129,8 @@ class Problem:
         return [p for p in self.param_specs if self.free[p]]
 
     def set_value(self, path: str, value) -> None:
-        self.ds.set(path, self._project_host(path, np.asarray(value, np.float32)))
+        value = _finite(path, value)
+        self.ds.set(path, self._project_host(path, value.reshape(self.truth[path].shape)))
 
     def set_free(self, path: str, free: bool) -> None:
         if path not in self.param_specs:
@@ -132,6 +140,10 @@ class Problem:
             self._build_optimizer()
 
     def set_lr(self, path: str, lr: float) -> None:
+        if path not in self.param_specs:
+            raise KeyError(f"{path} is not an optimizable parameter of this scene")
+        if not (np.isfinite(lr) and lr >= 0):
+            raise ValueError(f"learning rate of {path}: expected a finite number >= 0, got {lr}")
         self.lrs[path] = float(lr)
         if path in self._opt_paths:
             self.optimizer.set_lr(self._opt_paths.index(path), float(lr))
@@ -139,6 +151,8 @@ class Problem:
     def set_loss_weight(self, name: str, weight: float) -> None:
         if name not in self.weights:
             raise KeyError(f"unknown loss term {name!r}; expected one of {tuple(self.weights)}")
+        if not (np.isfinite(weight) and weight >= 0):
+            raise ValueError(f"loss weight {name}: expected a finite number >= 0, got {weight}")
         self.weights[name] = float(weight)
 
     def set_active_view(self, camera: str) -> None:
@@ -150,8 +164,8 @@ class Problem:
         """Edit the truth (drag a light of the target scene) and re-render the targets."""
         if path not in self.truth:
             raise KeyError(f"unknown parameter {path!r}")
-        value = np.asarray(value, np.float32).reshape(self.truth[path].shape)
-        self.truth[path] = value.copy()
+        value = _finite(path, value).reshape(self.truth[path].shape)
+        self.truth[path] = self._project_host(path, value)
         self.render_targets()
 
     def _project_host(self, path: str, value: np.ndarray) -> np.ndarray:
