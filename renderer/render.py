@@ -30,7 +30,7 @@ class RenderOutput:
 
     width: int
     height: int
-    image: wp.array2d  # (N, 3) linear RGB, differentiable
+    image: wp.array2d  # (N, 3) linear RGB, differentiable; .grad is d(loss)/d(image) after tape.backward
     tri_id: wp.array | None = None  # (N,) int32, -1 background (ray-cast visibility, every mode)
     depth: wp.array | None = None  # (N,) view depth (0 on background)
     normals: wp.array2d | None = None  # (N, 3) unnormalized interpolated normals (0 on background)
@@ -93,7 +93,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     image = bg.composite(radiance, coverage, background)
     if mode == "antialias":
         image = aa.antialias(image, tri, depth, frame.world, ds.faces, ds.neighbors, intr, pose, width, height)
-    return RenderOutput(width, height, image, tri, depth, normals, coverage)
+    return RenderOutput(width, height, gbuffer.output(image), tri, depth, normals, coverage)
 
 
 def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals) -> RenderOutput:
@@ -108,7 +108,7 @@ def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, n
     s = ds.scene.render
     color, alpha = softras.soft_rasterize(frame.world, ds.faces, vcolors, intr, pose, width, height,
                                           s.soft_sigma, s.soft_gamma, background)
-    return RenderOutput(width, height, color, tri, depth, normals, alpha)
+    return RenderOutput(width, height, gbuffer.output(color), tri, depth, normals, alpha)
 
 
 def _vertex_models(ds: DeviceScene) -> wp.array:

@@ -47,7 +47,9 @@ def _wrap(ds: DeviceScene, path: str, tensor: torch.Tensor) -> tuple[wp.array, t
 
 def _constant(leaf: wp.array) -> wp.array:
     """The leaf's memory as an array without gradient, so a backward pass leaves `leaf.grad` alone."""
-    return wp.array(ptr=leaf.ptr, dtype=leaf.dtype, shape=leaf.shape, device=leaf.device, requires_grad=False)
+    alias = wp.array(ptr=leaf.ptr, dtype=leaf.dtype, shape=leaf.shape, device=leaf.device, requires_grad=False)
+    alias._leaf = leaf  # the alias does not own the memory: keep the leaf alive as long as the tape needs it
+    return alias
 
 
 class _RenderFunction(torch.autograd.Function):

@@ -41,6 +41,13 @@ def _multiply(a: wp.array2d(dtype=float), b: wp.array2d(dtype=float), out: wp.ar
 
 
 @wp.kernel
+def _accumulate_copy(src: wp.array2d(dtype=float), out: wp.array2d(dtype=float)):
+    i, j = wp.tid()
+    # an atomic add, not a store: the adjoint of a store zeroes the output's gradient after reading it
+    wp.atomic_add(out, i, j, src[i, j])
+
+
+@wp.kernel
 def _pixel_uv(width: int, height: int, out: wp.array2d(dtype=float)):
     y, x = wp.tid()
     i = y * width + x
@@ -73,6 +80,16 @@ def multiply(a: wp.array2d, b: wp.array2d) -> wp.array2d:
         raise ValueError(f"multiply: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=True)
     wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device)
+    return out
+
+
+def output(src: wp.array2d) -> wp.array2d:
+    """A differentiable copy of an (N, C) array whose `.grad` still holds d(loss)/d(output) after
+    `tape.backward`. Warp's adjoint of an array store consumes (zeroes) the gradient of the stored
+    element, so the gradient of an array written by a plain store reads as zero after the backward
+    pass; this copy is accumulated with atomic adds instead, whose adjoint only reads it."""
+    out = wp.zeros(src.shape, dtype=float, device=src.device, requires_grad=True)
+    wp.launch(_accumulate_copy, dim=src.shape, inputs=[src, out], device=src.device)
     return out
 
 

@@ -1,0 +1,301 @@
+"""Gradients of the composed renderer: `DeviceScene.prepare()` + `render_view` under one `wp.Tape`,
+against central differences (`support.gradcheck.check_gradient`) on the leaf arrays `ds.arrays[path]`
+of a 24x20 scene (tests/support/scenes.gradient_scene), for every parameter kind and every mode.
+
+Loss: sum(w * image) with fixed weights w uniform in [-1, 1], accumulated in float64, and zero on
+some pixels:
+- hard mode: zero within one pixel of a silhouette (a different mesh or the background in the pixel's
+  3x3 neighbourhood). Hard rasterization is piecewise constant in the geometry and the camera, so only
+  the interior (intersection, interpolation, texturing, shading) is differentiable there.
+- antialias mode: no zeros; the silhouette pixels carry the edge gradients of the antialias stage.
+- soft mode: zero where alpha < 0.05, where the soft color jumps to the background (see
+  test_soft_image_jumps_to_the_background_at_the_coverage_cutoff).
+
+Discrete choices must not change under a step: for each probed entry the test renders at +eps and -eps
+and skips the entry (taking the next largest gradient instead) when tri_id changes on a weighted pixel
+(hard), anywhere (antialias: a pair's blend depends on both ids), or when the set of pixels with
+alpha > 0 changes (soft). Each case must still check `need` entries. The probed entries are those with the
+largest |tape gradient|, so the relative test is meaningful.
+
+Tolerances. float32 unit roundoff u = 6e-8. Each pixel value carries a roundoff error of up to ~20 u of
+its size (the ray-triangle intersection subtracts positions ~3 apart to get barycentrics ~0.3; then
+normals, lights and the GGX lobe); errors are independent across pixels and do not cancel between the
+two evaluations, so the loss difference carries ~20 u R, R = sqrt(sum (w * image)^2) ~ 5, and the central
+difference ~20 u R / eps (measured: 1 to 22 u R / eps over 8 weight seeds): atol = 30 u R / eps.
+The float64 accumulation matters: a float32 sum of 1440 terms adds ~sqrt(1440) u |L| ~ 1e-5, ten times
+more. rtol = 1e-2 covers the truncation error and the kinks a step may straddle: the max(0, n.l) terminator,
+the GGX lobe, the distance-to-nearest-edge of the soft coverage (kinks on each triangle's medial axis),
+the t = 1/2 switch of the antialias blend. Steps are small enough that the kinks are rarely straddled
+(steps of 1e-3 on the soft camera err by 5-40%); the card's texture is affine (scenes.ramp_texture), so
+bilinear sampling has no kinks at texel centers either.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import warp as wp
+from support import scenes
+from support.gradcheck import check_gradient
+
+from renderer.device_scene import DeviceScene
+from renderer.render import render_view
+
+DEV = "cpu"
+U = 6e-8
+W, H = 24, 20
+
+
+@wp.kernel
+def weighted_sum_f64(x: wp.array2d(dtype=float), w: wp.array2d(dtype=float), loss: wp.array(dtype=wp.float64)):
+    i, j = wp.tid()
+    wp.atomic_add(loss, 0, wp.float64(x[i, j] * w[i, j]))
+
+
+def near_silhouette(labels: np.ndarray) -> np.ndarray:
+    """(H, W) pixels with a different label in their 3x3 neighbourhood."""
+    pad = np.pad(labels, 1, mode="edge")
+    out = np.zeros(labels.shape, bool)
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= pad[dy:dy + labels.shape[0], dx:dx + labels.shape[1]] != labels
+    return out
+
+
+class Setup:
+    """A DeviceScene of the gradient scene rendered in one mode, the loss weights and the discrete state
+    a finite-difference step must keep."""
+
+    def __init__(self, mode: str, shadows: bool = False, seed: int = 0):
+        self.mode, self.shadows = mode, shadows
+        self.ds = DeviceScene(scenes.gradient_scene(W, H), DEV)
+        out = self.render()
+        w = np.random.default_rng(seed).uniform(-1, 1, (H * W, 3)).astype(np.float32)
+        if mode == "hard":
+            labels = scenes.mesh_labels(self.ds.scene, out.tri_id.numpy()).reshape(H, W)
+            self.weighted = ~near_silhouette(labels).reshape(-1)
+        elif mode == "soft":
+            self.weighted = out.alpha.numpy() >= 0.05
+        else:
+            self.weighted = np.ones(H * W, bool)
+        w[~self.weighted] = 0
+        self.weights = wp.array(w, dtype=float, device=DEV)
+        self.R = float(np.sqrt(((w * out.image.numpy()).astype(np.float64) ** 2).sum()))
+        self.state = self.discrete(out)
+
+    def render(self):
+        return render_view(self.ds, self.ds.prepare(), "main", mode=self.mode, shadows=self.shadows)
+
+    def discrete(self, out) -> np.ndarray:
+        if self.mode == "soft":
+            return (out.alpha.numpy() > 0)[self.weighted]
+        tri = out.tri_id.numpy()
+        return tri[self.weighted] if self.mode == "hard" else tri
+
+    def loss(self) -> wp.array:
+        image = self.render().image
+        loss = wp.zeros(1, dtype=wp.float64, device=DEV, requires_grad=True)
+        wp.launch(weighted_sum_f64, dim=image.shape, inputs=[image, self.weights, loss], device=DEV)
+        return loss
+
+    def tape_gradient(self, path: str) -> np.ndarray:
+        self.ds.zero_grad()
+        tape = wp.Tape()
+        with tape:
+            loss = self.loss()
+        tape.backward(loss)
+        g = self.ds.arrays[path].grad.numpy().reshape(-1).copy()
+        tape.reset()
+        return g
+
+    def stable(self, path: str, idx: int, eps: float) -> bool:
+        flat = self.ds.arrays[path].numpy().reshape(-1)  # a view of the CPU array
+        orig = float(flat[idx])
+        same = True
+        for step in (eps, -eps):
+            flat[idx] = orig + step
+            same = same and np.array_equal(self.discrete(self.render()), self.state)
+        flat[idx] = orig
+        return same
+
+    def check(self, path: str, eps: float, probes: int, need: int) -> tuple[np.ndarray, list[int]]:
+        """Central differences at up to `probes` entries of largest |gradient| whose step keeps the discrete
+        state; at least `need` of them (or every entry of a smaller parameter)."""
+        g = self.tape_gradient(path)
+        chosen = []
+        for idx in np.argsort(-np.abs(g), kind="stable"):
+            if len(chosen) == probes:
+                break
+            if self.stable(path, int(idx), eps):
+                chosen.append(int(idx))
+        assert len(chosen) >= min(need, g.size), f"{path}: only {len(chosen)} entries keep their discrete state"
+        check_gradient(self.loss, self.ds.arrays[path], eps=eps, rtol=1e-2, atol=30 * U * self.R / eps,
+                       indices=chosen)
+        return g, chosen
+
+
+SETUPS: dict[tuple, Setup] = {}
+
+
+def setup(mode: str, shadows: bool = False) -> Setup:
+    if (mode, shadows) not in SETUPS:
+        SETUPS[(mode, shadows)] = Setup(mode, shadows)
+    return SETUPS[(mode, shadows)]
+
+
+def test_scene_preconditions():
+    """The card's texture is magnified (lod < 0, clamped to level 0), so the mip lod -- a constant to the
+    tape -- cannot change under a step; both meshes and many faces carry weight."""
+    s = setup("hard")
+    with_mips = s.render().image.numpy()
+    s.ds.scene.render.mipmaps = False
+    try:
+        np.testing.assert_array_equal(with_mips, s.render().image.numpy())
+    finally:
+        s.ds.scene.render.mipmaps = True
+    labels = scenes.mesh_labels(s.ds.scene, s.state)
+    assert s.weighted.sum() > 120 and set(labels.tolist()) == {-1, 0, 1} and len(set(s.state.tolist())) > 12
+
+
+# (path, eps, probes, need). eps: 1e-2 where the image is linear in the value (colors, texels, light color
+# and intensity, ambient); 1e-3 for vertex positions (a pixel is ~0.1 world units wide here, so an edge
+# moves ~0.01 px and rarely crosses a weighted pixel's center), scales, uvs, roughness, metallic, directions
+# and intrinsics (~26 px); 1e-4 for translations and quaternions, which move every edge of a mesh (or the
+# image) at once: at 1e-3 some weighted pixel changes its face for one axis out of three.
+HARD_CASES = [
+    ("meshes.card.vertices", 1e-3, 8, 6),
+    ("meshes.orb.vertices", 1e-3, 8, 6),
+    ("meshes.card.colors", 1e-2, 6, 6),
+    ("meshes.orb.colors", 1e-2, 6, 6),
+    ("meshes.card.uvs", 1e-3, 6, 6),
+    ("meshes.card.translation", 1e-4, 3, 3),
+    ("meshes.orb.translation", 1e-4, 3, 3),
+    ("meshes.card.rotation", 1e-4, 4, 3),
+    ("meshes.orb.rotation", 1e-4, 4, 3),
+    ("meshes.card.scale", 1e-3, 3, 2),
+    ("meshes.orb.scale", 1e-3, 3, 3),
+    ("materials.canvas.albedo", 1e-2, 8, 8),  # a 4x5 texture
+    ("materials.gloss.albedo", 1e-2, 3, 3),  # a constant (1x1 texture)
+    ("materials.gloss.roughness", 1e-3, 1, 1),
+    ("materials.gloss.metallic", 1e-3, 1, 1),
+    ("lights.point0.position", 1e-3, 3, 3),
+    ("lights.point0.color", 1e-2, 3, 3),
+    ("lights.point0.intensity", 1e-2, 1, 1),
+    ("lights.sun0.direction", 1e-3, 3, 3),
+    ("lights.sun0.color", 1e-2, 3, 3),
+    ("lights.sun0.intensity", 1e-2, 1, 1),
+    ("lights.ambient0.color", 1e-2, 3, 3),
+    ("cameras.main.intrinsics", 1e-3, 4, 4),
+    ("cameras.main.pose", 1e-4, 7, 5),
+]
+
+
+@pytest.mark.parametrize("path, eps, probes, need", HARD_CASES, ids=[c[0] for c in HARD_CASES])
+def test_hard_mode_gradient(path, eps, probes, need):
+    g, chosen = setup("hard").check(path, eps, probes, need)
+    assert np.abs(g[chosen]).max() > 1e-4, f"{path}: no gradient reaches the image"
+
+
+@pytest.mark.parametrize("path", ["materials.canvas.roughness", "materials.canvas.metallic", "meshes.orb.uvs"])
+def test_parameters_without_influence_get_zero_gradient(path):
+    """Lambert ignores roughness and metallic; the orb's constant (1x1) albedo makes its uvs irrelevant."""
+    s = setup("hard")
+    assert not s.tape_gradient(path).any()
+    s.check(path, 1e-2, 2, 2)
+
+
+@pytest.mark.parametrize("path", ["lights.point0.intensity", "materials.canvas.albedo", "lights.sun0.color"])
+def test_hard_mode_gradient_with_shadows(path):
+    """Shadow rays are a constant mask to the tape; these values cannot move a shadow boundary."""
+    s = setup("hard", shadows=True)
+    assert not np.array_equal(s.render().image.numpy(), setup("hard").render().image.numpy())  # a shadow
+    g, chosen = s.check(path, 1e-2, 4, 1)
+    assert np.abs(g[chosen]).max() > 1e-4
+
+
+# Edge gradients: every silhouette pixel of a moving mesh or camera counts, so the steps are 10x smaller
+# than in hard mode (a translation of 1e-3 flips a silhouette pixel for most entries), 1e-5 for the camera
+# pose (its atol ~1 still checks the large entries, 10..90, to a few percent).
+AA_CASES = [
+    ("meshes.card.vertices", 1e-4, 8, 6),
+    ("meshes.orb.vertices", 1e-4, 8, 6),
+    ("meshes.orb.translation", 1e-4, 3, 2),
+    ("meshes.orb.rotation", 1e-5, 4, 3),
+    ("meshes.card.scale", 1e-4, 3, 2),
+    ("cameras.main.intrinsics", 1e-4, 4, 3),
+    ("cameras.main.pose", 1e-5, 4, 4),
+    ("materials.canvas.albedo", 1e-2, 4, 4),
+]
+
+
+@pytest.mark.parametrize("path, eps, probes, need", AA_CASES, ids=[c[0] for c in AA_CASES])
+def test_antialias_mode_gradient(path, eps, probes, need):
+    setup("antialias").check(path, eps, probes, need)
+
+
+def test_antialias_adds_edge_gradients_to_silhouette_vertices():
+    """The card's corners lie on silhouettes: antialias mode gives them a gradient beyond the interior one
+    of hard mode (same weights on every pixel)."""
+    aa, hard = setup("antialias"), Setup("hard")
+    hard.weights = aa.weights
+    path = "meshes.card.vertices"
+    g_aa, g_hard = aa.tape_gradient(path).reshape(-1, 3), hard.tape_gradient(path).reshape(-1, 3)
+    corners = [0, 4, 15, 19]  # 3 rows x 4 columns of cells: 4 x 5 vertices
+    assert np.abs(g_aa[corners] - g_hard[corners]).max() > 0.1
+
+
+# Soft mode: steps of 1e-4 (1e-5 for the camera pose). The soft image is continuous on the weighted pixels
+# but has many kinks (each triangle's medial axis) and, at the sphere's edge-on silhouette triangles (screen
+# areas down to 0.006 px^2), very steep spots where the closest point's nearest edge switches; a step of
+# 1e-3 straddles them often enough to bias central differences by several percent.
+SOFT_CASES = [
+    ("meshes.card.vertices", 1e-4, 6, 5),
+    ("meshes.orb.vertices", 1e-4, 6, 5),
+    ("meshes.card.colors", 1e-2, 4, 4),
+    ("meshes.card.uvs", 1e-4, 4, 4),
+    ("meshes.orb.rotation", 1e-4, 4, 3),
+    ("materials.canvas.albedo", 1e-2, 4, 4),
+    ("materials.gloss.albedo", 1e-2, 3, 3),
+    ("materials.gloss.roughness", 1e-3, 1, 1),
+    ("lights.point0.position", 1e-3, 3, 3),
+    ("lights.sun0.direction", 1e-3, 3, 3),
+    ("cameras.main.intrinsics", 1e-4, 4, 3),
+    ("cameras.main.pose", 1e-5, 7, 5),
+]
+
+
+@pytest.mark.parametrize("path, eps, probes, need", SOFT_CASES, ids=[c[0] for c in SOFT_CASES])
+def test_soft_mode_gradient(path, eps, probes, need):
+    setup("soft").check(path, eps, probes, need)
+
+
+@pytest.mark.xfail(strict=True, reason="softras: the background's softmax weight exp(eps / gamma) is ~e^-97 of "
+                   "a triangle's D exp(zn / gamma) (zn ~ 0.97 for objects near the camera, gamma = 0.01), so the "
+                   "color switches from the surface to the background when D reaches 0 at the coverage radius")
+def test_soft_image_jumps_to_the_background_at_the_coverage_cutoff():
+    """The soft image should be continuous in the camera; it is not, ~3 px outside the silhouettes.
+    Rotating the camera in 20 steps of 1e-4: a continuous image changes by ~1e-3 per step at most."""
+    s = setup("soft")
+    flat = s.ds.arrays["cameras.main.pose"].numpy()
+    orig = float(flat[4])
+    images = []
+    for t in np.linspace(-1e-3, 1e-3, 21):
+        flat[4] = orig + t
+        images.append(s.render().image.numpy().copy())
+    flat[4] = orig
+    assert np.abs(np.diff(np.array(images), axis=0)).max() < 0.02
+
+
+@pytest.mark.parametrize("mode", ["hard", "antialias", "soft"])
+def test_image_gradient_is_readable_after_backward(mode):
+    """`RenderOutput.image.grad` is d(loss)/d(image) after the backward pass (the viewer's gradient overlay
+    and the optimizer's per-view gradient images read it): here the loss weights themselves."""
+    s = setup(mode)
+    tape = wp.Tape()
+    with tape:
+        out = s.render()
+        loss = wp.zeros(1, dtype=wp.float64, device=DEV, requires_grad=True)
+        wp.launch(weighted_sum_f64, dim=out.image.shape, inputs=[out.image, s.weights, loss], device=DEV)
+    tape.backward(loss)
+    np.testing.assert_array_equal(out.image.grad.numpy(), s.weights.numpy())
+    tape.reset()
