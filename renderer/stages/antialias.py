@@ -21,19 +21,10 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
+from .camera import project_points
+
 # faces walked across one pixel segment before giving up (only matters for sub-pixel triangles)
 MAX_WALK = 16
-
-
-@wp.func
-def aa_project(p: wp.vec3, intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float)) -> wp.vec3:
-    """(pixel x, pixel y, view depth) of world point p."""
-    rot = wp.normalize(wp.quat(pose[3], pose[4], pose[5], pose[6]))
-    pc = wp.quat_rotate_inv(rot, p - wp.vec3(pose[0], pose[1], pose[2]))
-    d = -pc[2]
-    # a vertex on the camera plane stays finite; faces with such vertices are never blended
-    z = wp.where(wp.abs(d) > 1.0e-12, d, 1.0e-12)
-    return wp.vec3(intrinsics[0] * pc[0] / z + intrinsics[2], intrinsics[3] - intrinsics[1] * pc[1] / z, d)
 
 
 @wp.func
@@ -59,13 +50,6 @@ def face_area(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), 
 def in_front(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int) -> bool:
     d = wp.min(screen[faces[3 * f]][2], wp.min(screen[faces[3 * f + 1]][2], screen[faces[3 * f + 2]][2]))
     return d > 0.0
-
-
-@wp.kernel
-def project_vertices_kernel(world: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
-                            pose: wp.array(dtype=float), screen: wp.array(dtype=wp.vec3)):
-    i = wp.tid()
-    screen[i] = aa_project(world[i], intrinsics, pose)
 
 
 @wp.kernel
@@ -261,9 +245,7 @@ def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.arra
     _check("intrinsics", intrinsics, wp.float32, (4,), dev)
     _check("pose", pose, wp.float32, (7,), dev)
     grad = color.requires_grad or world.requires_grad or intrinsics.requires_grad or pose.requires_grad
-    screen = wp.zeros(world.shape[0], dtype=wp.vec3, device=dev, requires_grad=grad)
-    wp.launch(project_vertices_kernel, dim=world.shape[0], inputs=[world, intrinsics, pose], outputs=[screen],
-              device=dev)
+    screen = project_points(world, intrinsics, pose)
     pair_a = wp.empty((2, n), dtype=wp.int32, device=dev)
     pair_edge = wp.empty((2, n), dtype=wp.int32, device=dev)
     wp.launch(find_silhouette_kernel, dim=(2, n),
