@@ -1,7 +1,8 @@
 """The `drstudio` command line. Each subcommand is a small function `cmd_<name>(args) -> exit code`.
 
-Exit codes: 0 success, 2 a user mistake (bad scene file, bad arguments; the message names the file
-and field, no traceback), 3 the command is not built yet, 130 interrupted, 141 output pipe closed.
+Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake (bad scene file, bad
+arguments; the message names the file and field, no traceback), 3 the command is not built yet,
+130 interrupted, 141 output pipe closed.
 """
 
 from __future__ import annotations
@@ -53,15 +54,29 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from renderer.recording import RecordingError
+
     from . import headless
 
+    resume = getattr(args, "resume", None)
+    if resume is None and not args.scene:
+        print("drstudio optimize: error: give a scene file, or --resume DIR", file=sys.stderr)
+        return EXIT_USER_ERROR
     out = args.out or headless.default_out_dir(Path.cwd())
-    metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device)
+    try:
+        metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
+                                    record=not getattr(args, "no_record", False), resume=resume,
+                                    from_step=getattr(args, "from_step", None))
+    except RecordingError as e:
+        print(f"drstudio optimize: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
     print(f"final loss {metrics['final_loss']:.4g}, render PSNR {metrics['psnr_render_vs_target_db']:.2f} dB, "
           f"{metrics['steps']} steps in {metrics['seconds']:.1f} s")
     for path, m in metrics["parameters"].items():
         print(f"  {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
     print(f"results written to {out}")
+    if metrics.get("recording"):
+        print(f"recording written to {metrics['recording']['path']} ({metrics['recording']['bytes'] / 1e6:.1f} MB)")
     return 0
 
 
@@ -108,7 +123,13 @@ def cmd_view(args: argparse.Namespace) -> int:
     return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device)
 
 
-cmd_replay = cmd_bench = _not_built
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .replay import cmd_replay as run
+
+    return run(args)
+
+
+cmd_bench = _not_built
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -134,22 +155,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="optimize headless even when a display is present")
     p.add_argument("--steps", type=_positive_int, help="override optimize.steps (headless)")
     p.add_argument("--out", type=Path, help="output folder (headless; default runs/<timestamp>)")
+    p.add_argument("--no-record", action="store_true", help="do not record the session (headless)")
     device(p)
     p = command("view", cmd_view, "open the viewer (on a scene, if given)")
     p.add_argument("scene", nargs="?", help="scene file")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
-    p.add_argument("scene", help="scene file")
+    p.add_argument("scene", nargs="?", help="scene file (not with --resume)")
     p.add_argument("--steps", type=_positive_int, help="override optimize.steps")
     p.add_argument("--out", type=Path, help="output folder for images, metrics and the recording")
+    p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")
+    p.add_argument("--resume", type=Path, metavar="DIR", help="continue a recorded session from a keyframe")
+    p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
     device(p)
     p = command("render", cmd_render, "render a scene to an image file")
     p.add_argument("scene", help="scene file")
     p.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.png, .jpg)")
     p.add_argument("--camera", help="camera name (default: the scene's first camera)")
     device(p)
-    p = command("replay", cmd_replay, "replay a recorded optimization session in the viewer")
-    p.add_argument("recording", type=Path, help="recording file")
+    p = command("replay", cmd_replay, "replay a recorded optimization session in the viewer, export it as a "
+                "video, or verify that it reproduces")
+    p.add_argument("recording", type=Path, metavar="DIR", help="recording folder (e.g. runs/<time>/recording)")
+    p.add_argument("--export", type=Path, metavar="FILE", help="write a video of the session (.mp4 or .gif)")
+    p.add_argument("--fps", type=float, default=10.0, help="with --export: frames per second (default 10)")
+    p.add_argument("--verify", action="store_true", help="re-execute the session and compare it with the "
+                   "recording (exit 1 at a divergence)")
+    p.add_argument("--speed", type=float, default=1.0, help="viewer playback speed, times the recorded pace")
+    device(p)
     p = command("bench", cmd_bench, "measure rendering and optimization speed")
     device(p)
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")

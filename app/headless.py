@@ -7,6 +7,7 @@ bar fed by its snapshots, then the results written (atomically) under the output
   views/<camera>.png    render | target | |difference| (x4) side by side, per target view
   loss.png              loss curve (log scale)
   metrics.json          final loss, PSNR render vs target, parameter errors vs truth, timings
+  recording/            the session's recording (docs/recording.md), unless record=False
 """
 
 from __future__ import annotations
@@ -34,14 +35,34 @@ def default_out_dir(root: Path) -> Path:
     return root / "runs" / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
-def optimize(scene_path: str, *, steps: int | None, out: Path, device: str, progress: bool = True) -> dict:
+def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
+             record: bool = True, resume: Path | None = None, from_step: int | None = None,
+             record_options=None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
-    Returns the metrics dict (also written to out/metrics.json)."""
-    scene = load_scene(scene_path)
-    problem = Problem(scene, device)
+    Returns the metrics dict (also written to out/metrics.json).
+
+    record: write a recording of the session to out/recording/ (renderer.recording; another free name
+    when that exists). resume: a recording folder to continue from its keyframe at `from_step` (default
+    its last) instead of starting `scene_path` afresh; the new recording names it as its parent."""
+    parent = None
+    if resume is not None:
+        from renderer.recording import load_recording, resume_problem
+
+        problem, parent = resume_problem(load_recording(resume), from_step, device)
+    else:
+        problem = Problem(load_scene(scene_path), device)
     if steps is not None:
         problem.steps = steps
     engine = Engine(problem, publish_images=False, publish_every=1)
+    recorder = None
+    if record:
+        from renderer.recording import Recorder, next_recording_dir
+
+        recorder = Recorder(next_recording_dir(Path(out) / "recording"), problem, parent=parent,
+                            options=record_options)
+        engine.add_listener(recorder)
+        if progress:
+            print(f"recording to {recorder.dir}", file=sys.stderr)
     engine.start_thread()
     t0 = time.perf_counter()
     engine.send("start")
@@ -61,11 +82,17 @@ def optimize(scene_path: str, *, steps: int | None, out: Path, device: str, prog
         bar.close()
         engine.send("stop")
         engine.shutdown()
+        if recorder is not None:
+            recorder.close()
     elapsed = time.perf_counter() - t0
     snap = engine.snapshot()
     if snap.state == "error":
         raise RuntimeError(snap.error)
-    return write_results(problem, snap, out, elapsed)
+    extra = {}
+    if recorder is not None:
+        extra["recording"] = {"path": str(recorder.dir), "bytes": recorder.bytes_written,
+                              "error": recorder.failed or None}
+    return write_results(problem, snap, out, elapsed, extra)
 
 
 def _side_by_side(render: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -102,7 +129,7 @@ def _json_safe(x):
     return x
 
 
-def write_results(problem: Problem, snap, out: Path, elapsed: float) -> dict:
+def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ds = problem.ds
     values = {p: ds.get(p) for p in problem.param_specs}
@@ -137,6 +164,7 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float) -> dict:
         "seconds": elapsed,
         "steps_per_second": snap.step / elapsed if elapsed > 0 else 0.0,
         "device": str(ds.device),
+        **(extra or {}),
     }
     metrics = _json_safe(metrics)
     atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(metrics, indent=2) + "\n"))

@@ -77,7 +77,7 @@ def test_user_edit_and_fixing_a_parameter_during_a_run(engine):
     engine.send("pause")
     engine.wait(lambda s: s.state == "paused")
     assert not np.allclose(engine.problem.ds.get(LIGHT), edited)  # free again: it moves
-    assert engine.problem.optimizer.get_lr(engine.problem._opt_paths.index(LIGHT)) == pytest.approx(0.1)
+    assert engine.problem.optimizer.get_lr(engine.problem.opt_paths.index(LIGHT)) == pytest.approx(0.1)
 
 
 def test_target_drag_rerenders_targets_and_the_optimizer_follows(engine):

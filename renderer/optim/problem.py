@@ -114,15 +114,29 @@ class Problem:
         paths = [p for p in self.param_specs if self.free[p]]
         self._opt_paths = paths
         opt = self.spec.optimizer
+        self.schedule_steps = self.steps  # the horizon the learning-rate schedule is built with
         arrays = [self.ds.arrays[p] for p in paths]
         lrs = [self.lrs[p] for p in paths]
-        schedule = optimizers.make_schedule(getattr(opt, "schedule", None), self.steps, base_lr=float(opt.lr))
+        schedule = optimizers.make_schedule(getattr(opt, "schedule", None), self.schedule_steps,
+                                           base_lr=float(opt.lr))
         if opt.type == "sgd":
             self.optimizer = optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
                                             schedule=schedule)
         else:
             betas = tuple(getattr(opt, "betas", None) or (0.9, 0.999))
             self.optimizer = optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule)
+
+    @property
+    def opt_paths(self) -> list[str]:
+        """The parameters the optimizer holds, in its order."""
+        return list(self._opt_paths)
+
+    def view_rng_state(self) -> dict:
+        """State of the RNG that draws each step's batch of views (for keyframes)."""
+        return self._view_rng.bit_generator.state
+
+    def set_view_rng_state(self, state: dict) -> None:
+        self._view_rng.bit_generator.state = state
 
     # -- commands --------------------------------------------------------------------------------
     def free_paths(self) -> list[str]:

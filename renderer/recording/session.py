@@ -1,0 +1,171 @@
+"""Re-executing a recording: `verify` (does the session reproduce?) and `resume_problem` (continue it).
+
+Why a session reproduces on the CPU: Warp runs every CPU launch on one thread, in launch order, so
+the adjoint kernels' atomic adds happen in the same order each time; the optimizers' updates are
+elementwise with no atomics; the view batch of each step is drawn from a NumPy generator seeded from
+the scene's seed (its state is in every keyframe); commands are applied between steps, and the log
+records the position of each one, so re-execution applies them at the same points; nothing in a step
+reads the wall clock. (On CUDA, atomic adds commute in any order, so losses agree only to float
+rounding there.)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import format as fmt
+from .reader import Recording
+from .scenecopy import sha256
+from .state import compare_state, restore_state
+
+DEFAULT_RTOL = 1e-5
+
+
+def build_problem(rec: Recording, device: str = "cpu"):
+    """A fresh `Problem` from the recording's scene copy, seed and initial step budget."""
+    from ..loading import load_scene
+    from ..optim.problem import Problem
+
+    scene = rec.meta.get("scene")
+    if not scene:
+        raise fmt.RecordingError(f"{rec.path}: the session's scene was not loaded from a file, so it cannot be "
+                                 f"re-executed")
+    for rel, digest in scene.get("files", {}).items():
+        file = rec.path / rel
+        if not file.is_file():
+            raise fmt.RecordingError(f"{rec.path}: {rel} of the scene copy is missing")
+        if sha256(file) != digest:
+            raise fmt.RecordingError(f"{rec.path}: {rel} of the scene copy was modified (content hash differs)")
+    problem = Problem(load_scene(rec.path / scene["file"]), device, seed=int(rec.meta["seed"]))
+    problem.steps = int(rec.meta["start"]["steps"])
+    return problem
+
+
+def apply_command(problem, kind: str, args) -> None:
+    """Apply a recorded command to `problem` as `Engine._apply` does (run-control commands such as start
+    and pause do not change the problem and are ignored)."""
+    args = fmt.from_json(list(args))
+    if kind == "reset":
+        problem.reset()
+    elif kind == "set_value":
+        problem.set_value(*args)
+    elif kind == "set_free":
+        problem.set_free(args[0], bool(args[1]))
+    elif kind == "set_lr":
+        problem.set_lr(args[0], float(args[1]))
+    elif kind == "set_target_value":
+        problem.set_target_value(*args)
+    elif kind == "set_loss_weight":
+        problem.set_loss_weight(args[0], float(args[1]))
+    elif kind == "set_active_view":
+        problem.set_active_view(*args)
+    elif kind == "set_steps":
+        problem.steps = int(args[0])
+
+
+@dataclass
+class VerifyReport:
+    ok: bool = True
+    steps_checked: int = 0
+    keyframes_checked: int = 0
+    max_rel_error: float = 0.0  # over every loss and loss term compared
+    divergence: dict | None = None  # the first: {"at", "step", "what", "recorded", "got", "rel_error"}
+    notes: list[str] = field(default_factory=list)
+
+    def message(self) -> str:
+        if self.ok:
+            return (f"reproduced: {self.steps_checked} steps and {self.keyframes_checked} keyframes match "
+                    f"(largest relative loss difference {self.max_rel_error:.2g})")
+        d = self.divergence
+        detail = ""
+        if d.get("recorded") is not None:
+            detail = f": recorded {d['recorded']:.7g}, re-executed {d['got']:.7g}"
+        return (f"diverged at timeline position {d['at']} (problem step {d['step']}): {d['what']} differs "
+                f"(relative error {d['rel_error']:.3g}){detail}; {self.steps_checked} steps matched before it")
+
+
+def _rel(a: float, r: float) -> float:
+    if a == r or (np.isnan(a) and np.isnan(r)):
+        return 0.0
+    if not (np.isfinite(a) and np.isfinite(r)):
+        return np.inf
+    return abs(a - r) / max(abs(r), 1e-12)
+
+
+def verify(rec: Recording, device: str = "cpu", rtol: float = DEFAULT_RTOL, progress=None) -> VerifyReport:
+    """Re-execute the session from its initial scene, seed and recorded commands (a resumed session from
+    its start keyframe) and compare every step's loss and loss terms and every keyframe's parameters and
+    optimizer state with the recording, to `rtol` relative. Stops at the first divergence.
+    `progress(done, total)` is called after each step, if given."""
+    report = VerifyReport()
+    problem = build_problem(rec, device)
+    start = rec.start_keyframe
+    if rec.parent is not None or rec.first_at != 0:
+        if start is None:
+            raise fmt.RecordingError(f"{rec.path}: a resumed session needs its start keyframe, which is missing")
+        restore_state(problem, rec.keyframe(start))
+    total = len(rec.steps)
+    at = rec.first_at
+
+    def diverge(what: str, err: float, recorded=None, got=None) -> VerifyReport:
+        report.ok = False
+        report.divergence = {"at": at, "step": int(problem.step_index), "what": what, "rel_error": float(err),
+                             "recorded": recorded, "got": got}
+        return report
+
+    for r in rec.records:
+        kind = r["type"]
+        at = int(r.get("at", at))
+        if kind == "command":
+            try:
+                apply_command(problem, r["kind"], r.get("args", []))
+            except Exception as exc:
+                return diverge(f"command {r['kind']} (failed on re-execution: {exc})", np.inf)
+        elif kind == "step":
+            result = problem.step()
+            pairs = [("loss", fmt.number(r.get("loss")), result.loss)]
+            pairs += [(f"loss term {k}", fmt.number(v), result.loss_terms.get(k, np.nan))
+                      for k, v in r.get("terms", {}).items()]
+            for what, recorded, got in pairs:
+                err = _rel(got, recorded)
+                if not err <= rtol:
+                    return diverge(what, err, recorded, got)
+                report.max_rel_error = max(report.max_rel_error, err)
+            if bool(r.get("applied", True)) != result.applied:
+                return diverge("whether the update was applied", np.inf, r.get("applied"), result.applied)
+            report.steps_checked += 1
+            if progress is not None:
+                progress(report.steps_checked, total)
+        elif kind == "keyframe":
+            if r is not start and r is not rec.keyframes.get(at):
+                continue  # superseded by a later keyframe at this position, pruned, or missing
+            try:
+                kf = rec.keyframe(r)
+            except fmt.RecordingError as exc:
+                report.notes.append(f"keyframe at {r['at']} not compared: {exc}")
+                continue
+            found = compare_state(problem, kf, rtol)
+            if found is not None:
+                what, err = found
+                return diverge(f"{what} in the keyframe at {r['at']}", err)
+            report.keyframes_checked += 1
+    return report
+
+
+def resume_problem(rec: Recording, from_step: int | None = None, device: str = "cpu"):
+    """(problem, parent) for continuing the session from the keyframe at timeline position `from_step`
+    (default: the last keyframe): a fresh problem from the recording's scene put into that keyframe's
+    state, and the `parent` dict a new `Recorder` stores in its meta.json."""
+    if not rec.keyframes:
+        raise fmt.RecordingError(f"{rec.path}: has no keyframe to resume from")
+    at = max(rec.keyframes) if from_step is None else int(from_step)
+    kf = rec.keyframe(at)  # RecordingError listing the keyframes when there is none at `at`
+    problem = build_problem(rec, device)
+    restore_state(problem, kf)
+    krec = rec.keyframes[at]
+    parent = {"path": str(Path(rec.path).resolve()), "at": at, "keyframe": krec["file"], "crc32": krec.get("crc32"),
+              "step": int(kf.state["step"])}
+    return problem, parent

@@ -1,0 +1,164 @@
+"""The full state of a `Problem` at one moment, as keyframes store it, and its restoration.
+
+A keyframe holds everything the next step depends on, so a session continues from it exactly as it
+would have (the determinism `--verify` checks):
+- the value of every optimizable parameter (free or fixed: a fixed one may have been edited);
+- the target values the user edited (`set_target_value`), i.e. where the truth differs from the scene;
+- the optimizer's state (`state_dict()`: moments, counters, learning rates) and which parameters it
+  holds, in order;
+- the free flags, per-parameter learning rates, loss weights, active view, step index and budget,
+  the step budget the learning-rate schedule was built with, and the view-batch RNG's state.
+
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from ..images import atomic_write
+from .format import file_crc32
+
+STATE_KEY = "state.json"
+
+
+def schedule_steps(problem) -> int:
+    """The step budget the problem's learning-rate schedule was built with: its optimizer is built in
+    `Problem.__init__` with the scene's `optimize.steps` and rebuilt by `reset()` and by `set_free()`
+    with the `steps` of that moment. `Recorder` tracks it; `restore_state` sets it."""
+    return int(problem.schedule_steps)
+
+
+def capture_state(problem, *, at: int, sched_steps: int, reason: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """(state, arrays) of `problem` now. Call it on the engine thread (or with the engine stopped)."""
+    ds = problem.ds
+    arrays: dict[str, np.ndarray] = {}
+    for path in problem.param_specs:
+        arrays[f"value/{path}"] = ds.get(path)
+    scene_values = problem.scene.params()
+    for path, truth in problem.truth.items():
+        if not np.array_equal(truth, scene_values[path].value):
+            arrays[f"truth/{path}"] = np.asarray(truth, np.float32)
+    opt = problem.optimizer
+    sd = opt.state_dict()
+    buffers = [k for k in sd if k not in ("iteration", "steps", "lr")]
+    for b in buffers:
+        for i, v in enumerate(sd[b]):
+            arrays[f"opt/{b}/{i}"] = np.asarray(v, np.float32)
+    state = {
+        "at": int(at), "reason": reason,
+        "step": int(problem.step_index), "steps": int(problem.steps), "schedule_steps": int(sched_steps),
+        "free": {p: bool(problem.free[p]) for p in problem.param_specs},
+        "lrs": {p: float(v) for p, v in problem.lrs.items()},
+        "weights": {k: float(v) for k, v in problem.weights.items()},
+        "active_view": problem.active_view,
+        "optimizer": {"class": type(opt).__name__, "paths": list(problem.opt_paths),
+                      "iteration": int(sd["iteration"]), "steps": int(sd["steps"]),
+                      "lr": [float(x) for x in sd["lr"]], "buffers": buffers},
+        "view_rng": problem.view_rng_state(),
+    }
+    return state, arrays
+
+
+def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync: bool = True) -> tuple[int, int]:
+    """Write a keyframe .npz atomically (temporary file, fsync, rename); returns (bytes, crc32)."""
+    payload = dict(arrays)
+    payload[STATE_KEY] = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **payload)
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+
+    atomic_write(path, write)
+    return path.stat().st_size, file_crc32(path)
+
+
+class Keyframe:
+    """A loaded keyframe: `state` (dict, see `capture_state`), `values` (path -> array, every
+    optimizable parameter), `truth` (path -> array, edited targets only), `optimizer` (state_dict)."""
+
+    def __init__(self, state: dict, arrays: dict[str, np.ndarray]):
+        self.state = state
+        self.at = int(state["at"])
+        self.values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
+        self.truth = {k[6:]: v for k, v in arrays.items() if k.startswith("truth/")}
+        opt = state["optimizer"]
+        sd = {"iteration": opt["iteration"], "steps": opt["steps"], "lr": list(opt["lr"])}
+        for b in opt["buffers"]:
+            sd[b] = [arrays[f"opt/{b}/{i}"] for i in range(len(opt["paths"]))]
+        self.optimizer = sd
+
+    @classmethod
+    def read(cls, path) -> Keyframe:
+        with open(path, "rb") as f:
+            data = f.read()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        state = json.loads(arrays.pop(STATE_KEY).tobytes().decode("utf-8"))
+        return cls(state, arrays)
+
+
+def restore_state(problem, kf: Keyframe) -> None:
+    """Put `problem` (freshly built from the recording's scene, seed and device) into the keyframe's
+    state, so that its next `step()` is the step the recorded session took from there."""
+    s = kf.state
+    missing = set(s["free"]) ^ set(problem.param_specs)
+    if missing:
+        raise ValueError(f"keyframe at {kf.at}: its parameters {sorted(s['free'])} do not match the problem's "
+                         f"{sorted(problem.param_specs)}")
+    for path, free in s["free"].items():
+        problem.free[path] = bool(free)
+    problem.lrs.update({p: float(v) for p, v in s["lrs"].items()})
+    for name, w in s["weights"].items():
+        problem.set_loss_weight(name, w)
+    if kf.truth:
+        for path, value in kf.truth.items():
+            problem.truth[path] = np.asarray(value, np.float32)
+        problem.render_targets()
+    problem.steps = int(s["schedule_steps"])
+    problem.reset()  # rebuilds the optimizer over the free parameters with the schedule's budget
+    if list(problem.opt_paths) != list(s["optimizer"]["paths"]):
+        raise ValueError(f"keyframe at {kf.at}: optimizer parameters {s['optimizer']['paths']} do not match "
+                         f"the rebuilt problem's {problem.opt_paths}")
+    if type(problem.optimizer).__name__ != s["optimizer"]["class"]:
+        raise ValueError(f"keyframe at {kf.at}: optimizer {s['optimizer']['class']}, but the scene builds "
+                         f"{type(problem.optimizer).__name__}")
+    for path, value in kf.values.items():
+        problem.ds.set(path, value)
+    problem.optimizer.load_state_dict(kf.optimizer)
+    problem.step_index = int(s["step"])
+    problem.steps = int(s["steps"])
+    problem.set_active_view(s["active_view"])
+    problem.set_view_rng_state(s["view_rng"])
+
+
+def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | None:
+    """The first quantity of `problem` that differs from the keyframe by more than `rtol` (relative to
+    the keyframe's largest magnitude of that quantity) as (description, relative error), or None."""
+    def rel(a, r) -> float:
+        a, r = np.asarray(a, np.float64), np.asarray(r, np.float64)
+        if a.shape != r.shape:
+            return np.inf
+        scale = max(float(np.max(np.abs(r))) if r.size else 0.0, 1e-12)
+        return float(np.max(np.abs(a - r))) / scale if r.size else 0.0
+
+    if int(problem.step_index) != int(kf.state["step"]):
+        return f"step index {problem.step_index} (recorded {kf.state['step']})", np.inf
+    for path, ref in kf.values.items():
+        err = rel(problem.ds.get(path), ref)
+        if not err <= rtol:
+            return f"parameter {path}", err
+    sd = problem.optimizer.state_dict()
+    for b in kf.state["optimizer"]["buffers"]:
+        for i, ref in enumerate(kf.optimizer[b]):
+            err = rel(sd[b][i], ref) if i < len(sd.get(b, [])) else np.inf
+            if not err <= rtol:
+                return f"optimizer {b} of {kf.state['optimizer']['paths'][i]}", err
+    return None

@@ -1,0 +1,366 @@
+"""`Recorder`: an engine listener that writes a recording (format: `renderer.recording.format`).
+
+    problem = Problem(scene, device)
+    recorder = Recorder(next_recording_dir(out / "recording"), problem)   # before the engine starts
+    engine = Engine(problem); engine.add_listener(recorder); engine.start_thread()
+    ...
+    engine.shutdown(); recorder.close()                                      # after the engine stops
+
+What it writes, and when (all on the engine thread, between steps):
+- every applied command, with the timeline position and problem step at which it was applied;
+- every step's loss, loss terms, gradient norms, whether the update was applied, and its time;
+- a keyframe (full optimization state, `state.capture_state`) at the start, every `keyframe_every`
+  steps, after every edit command (`format.EDIT_COMMANDS`) and at `close()`; several keyframes at one
+  position overwrite one file, so an edit dragged while paused costs one file;
+- a thumbnail of the active view's render (and its target) every `thumb_every` steps, after edits,
+  at the start and at `close()`.
+
+Timeline positions (`at`) count the steps taken since the session began (plus the starting step of a
+resumed session); unlike the problem's step index they keep increasing across a `reset`.
+
+Crash safety: meta.json and every keyframe/thumbnail are written atomically before the log record
+that names them; log records are appended with one `os.write` each and the log is fsynced at most
+every `fsync_every` seconds. A process killed at any instant leaves a recording `load_recording`
+reads up to its last complete record. Disk use: when the recording exceeds `max_bytes`, periodic
+keyframes and thumbnails are thinned (intervals doubled, every other old one deleted, a `pruned`
+record says which); edit keyframes and the log are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+
+from ..conventions import linear_to_srgb
+from ..images import atomic_write
+from . import format as fmt
+from .scenecopy import copy_scene
+from .state import capture_state, schedule_steps, write_keyframe
+
+log = logging.getLogger("drstudio.recording")
+
+MAX_INTERVAL = 1 << 20  # thinning beyond this stops writing keyframes and thumbnails altogether
+
+
+@dataclass
+class RecorderOptions:
+    keyframe_every: int = 25  # steps between periodic keyframes
+    thumb_every: int = 10  # steps between thumbnails of the active render
+    thumb_size: int = 128  # longest side of a thumbnail in pixels (renders are downscaled by an integer)
+    max_bytes: int = 1 << 30  # disk budget of the whole recording
+    fsync_every: float = 2.0  # seconds between fsyncs of the log (0: after every record)
+    fsync_keyframes: bool = True  # fsync each keyframe before its rename
+
+    def __post_init__(self):
+        for name in ("keyframe_every", "thumb_every", "thumb_size", "max_bytes"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"RecorderOptions.{name}: expected a positive integer, got {getattr(self, name)}")
+        if not self.fsync_every >= 0:
+            raise ValueError(f"RecorderOptions.fsync_every: expected seconds >= 0, got {self.fsync_every}")
+
+
+def next_recording_dir(base) -> Path:
+    """`base` if it does not exist (or is an empty folder), else base-2, base-3, ..."""
+    base = Path(base)
+    candidate, n = base, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+def versions() -> dict:
+    import warp as wp
+
+    try:
+        drstudio = metadata.version("drstudio")
+    except metadata.PackageNotFoundError:
+        drstudio = "unknown"
+    return {"drstudio": drstudio, "python": platform.python_version(), "numpy": np.__version__,
+            "warp": wp.config.version, "platform": platform.platform()}
+
+
+class Recorder:
+    """Writes one recording of a `Problem` driven by an `Engine` (call it as the engine's listener).
+    Create it before the engine thread starts and `close()` it after the engine stopped."""
+
+    def __init__(self, directory, problem, *, options: RecorderOptions | None = None, parent: dict | None = None):
+        self.dir = Path(directory)
+        if self.dir.exists() and (not self.dir.is_dir() or any(self.dir.iterdir())):
+            raise FileExistsError(f"{self.dir}: already exists and is not an empty folder; a recording needs "
+                                  f"a new one (see next_recording_dir)")
+        self.problem = problem
+        self.options = options or RecorderOptions()
+        self.keyframe_every = int(self.options.keyframe_every)
+        self.thumb_every = int(self.options.thumb_every)
+        self._lock = threading.Lock()
+        self._t0 = time.monotonic()
+        self._last_sync = self._t0
+        self._seq = 0
+        self._fd: int | None = None
+        self.failed = ""  # why recording stopped early (disk full, ...), "" while healthy
+        self.closed = False
+        self.at = int(problem.step_index)
+        self.steps_recorded = 0
+        self._sched = schedule_steps(problem)
+        self._free = tuple(problem.free_paths())
+        self._target_serial = 0
+        self._target_files: dict[tuple[str, int], str] = {}
+        self._keyframes: dict[int, tuple[str, int, str]] = {}  # at -> (file, bytes, reason)
+        self._thumbs: dict[int, tuple[str, int]] = {}  # at -> (file, bytes)
+        self._media_off = False
+        self._start_at = -1
+        self._names: dict[tuple[str, int], int] = {}  # (folder, at) -> files written there so far
+        self._log_bytes = 0
+        self._other_bytes = 0  # meta, scene copy, target thumbnails
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        scene_info = None
+        scene_path = Path(problem.scene.path) if problem.scene.path else None
+        if scene_path is not None and scene_path.is_file():
+            scene_info = copy_scene(scene_path, self.dir / fmt.SCENE_DIR)
+            scene_info["file"] = f"{fmt.SCENE_DIR}/{scene_info['file']}"
+            scene_info["files"] = {f"{fmt.SCENE_DIR}/{k}": v for k, v in scene_info["files"].items()}
+            self._other_bytes += sum((self.dir / k).stat().st_size for k in scene_info["files"])
+        else:
+            log.warning("recording %s: the scene was not loaded from a file; the recording can be replayed "
+                        "but not verified or resumed", self.dir)
+        ds = problem.ds
+        self.meta = {
+            "format": fmt.FORMAT_NAME, "version": fmt.FORMAT_VERSION,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(), "device": str(ds.device), "seed": int(problem.seed),
+            "scene": scene_info, "parent": parent,
+            "options": asdict(self.options),
+            "start": {"at": self.at, "step": int(problem.step_index), "steps": int(problem.steps),
+                      "spec_steps": int(problem.spec.steps)},
+            "problem": {
+                "params": {p: {"kind": ds.kinds[p], "shape": list(problem.truth[p].shape)}
+                           for p in problem.param_specs},
+                "views": list(problem.views), "loss_terms": list(problem.weights),
+                "optimizer": type(problem.optimizer).__name__,
+            },
+            "argv": list(sys.argv),
+        }
+        text = json.dumps(fmt.to_json(self.meta), indent=2) + "\n"
+        atomic_write(self.dir / fmt.META_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+        self._other_bytes += len(text)
+        self._fd = os.open(self.dir / fmt.LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        with self._lock:
+            self._keyframe("start")
+            self._thumbnail()
+
+    # -- public --------------------------------------------------------------------------------------
+    @property
+    def bytes_written(self) -> int:
+        """Current disk use of the recording (log, keyframes, thumbnails, scene copy, meta)."""
+        return (self._log_bytes + self._other_bytes + sum(b for _, b, _ in self._keyframes.values())
+                + sum(b for _, b in self._thumbs.values()))
+
+    def __call__(self, event: dict) -> None:
+        """The engine listener: record one command or step event (engine thread)."""
+        with self._lock:
+            if self.closed or self.failed:
+                return
+            try:
+                if event.get("type") == "step":
+                    self._on_step(event)
+                elif event.get("type") == "command":
+                    self._on_command(event)
+            except OSError as exc:  # disk full, folder removed: stop recording, keep the optimizer running
+                self._fail(f"recording stopped at {self.at}: {exc}")
+
+    def close(self) -> None:
+        """Write the final keyframe and thumbnail and the `end` record; idempotent."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                if not self.failed:
+                    if self.at not in self._keyframes and self.at != self._start_at:
+                        self._keyframe("end")
+                    if self.at not in self._thumbs:
+                        self._thumbnail()
+                    self._append({"type": "end", "at": self.at, "steps_recorded": self.steps_recorded,
+                                  "bytes": self.bytes_written})
+                    os.fsync(self._fd)
+            except OSError as exc:
+                self._fail(f"recording could not be closed cleanly: {exc}")
+            finally:
+                self.closed = True
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
+
+    def summary(self) -> str:
+        mb = self.bytes_written / 1e6
+        state = f"stopped early: {self.failed}" if self.failed else "complete"
+        return (f"{self.dir}: {self.steps_recorded} steps, {len(self._keyframes) + 1} keyframes, "
+                f"{len(self._thumbs)} thumbnails, {mb:.1f} MB ({state})")
+
+    # -- events ----------------------------------------------------------------------------------------
+    def _on_step(self, ev: dict) -> None:
+        self._append({"type": "step", "at": self.at, "step": int(ev["step"]), "loss": ev["loss"],
+                      "terms": ev.get("loss_terms", {}), "grads": ev.get("grad_norms", {}),
+                      "applied": bool(ev.get("applied", True)), "dt": ev.get("dt", 0.0)})
+        self.at += 1
+        self.steps_recorded += 1
+        if self.at % self.keyframe_every == 0:
+            self._keyframe("periodic")
+        if self.at % self.thumb_every == 0:
+            self._thumbnail()
+
+    def _on_command(self, ev: dict) -> None:
+        kind = ev["kind"]
+        self._append({"type": "command", "at": self.at, "step": int(ev["step"]), "kind": kind,
+                      "args": list(ev.get("args", ()))})
+        p = self.problem
+        if kind == "reset" or (kind == "set_free" and tuple(p.free_paths()) != self._free):
+            self._sched = int(p.steps)  # the optimizer was rebuilt with the budget of this moment
+        self._free = tuple(p.free_paths())
+        if kind == "set_target_value":
+            self._target_serial += 1
+        if kind in fmt.EDIT_COMMANDS:
+            self._keyframe("edit")
+        if kind in ("set_value", "set_target_value", "reset", "set_active_view"):
+            self._thumbnail()
+
+    # -- writing ---------------------------------------------------------------------------------------
+    def _append(self, record: dict) -> None:
+        record = {"seq": self._seq, **record, "time": round(time.monotonic() - self._t0, 6)}
+        line = fmt.encode_record(fmt.to_json(record))
+        view = memoryview(line)
+        while view:
+            n = os.write(self._fd, view)
+            view = view[n:]
+        self._seq += 1
+        self._log_bytes += len(line)
+        now = time.monotonic()
+        if now - self._last_sync >= self.options.fsync_every:
+            os.fsync(self._fd)
+            self._last_sync = now
+
+    def _keyframe(self, reason: str) -> None:
+        if self._media_off:
+            return
+        state, arrays = capture_state(self.problem, at=self.at, sched_steps=self._sched, reason=reason)
+        # A file is never overwritten: a later keyframe at the same position gets a new name and the
+        # one it supersedes is deleted only after its record is in the log, so a crash at any point
+        # leaves the last logged record of each position naming an intact file.
+        rel = f"{fmt.KEYFRAME_DIR}/start.npz" if reason == "start" else self._new_name(fmt.KEYFRAME_DIR, "", ".npz")
+        size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes)
+        previous = None
+        if reason == "start":
+            self._other_bytes += size
+            self._start_at = self.at
+        else:
+            previous = self._keyframes.get(self.at)
+            keep_reason = reason if previous is None or previous[2] == "periodic" else previous[2]
+            self._keyframes[self.at] = (rel, size, keep_reason)
+        self._append({"type": "keyframe", "at": self.at, "step": int(self.problem.step_index), "file": rel,
+                      "reason": reason, "bytes": size, "crc32": crc})
+        if previous is not None:
+            (self.dir / previous[0]).unlink(missing_ok=True)
+        self._enforce_budget()
+
+    def _new_name(self, folder: str, prefix: str, suffix: str) -> str:
+        n = self._names.get((folder, self.at), 0)
+        self._names[(folder, self.at)] = n + 1
+        return f"{folder}/{prefix}{self.at:08d}_{n}{suffix}"
+
+    def _thumbnail(self) -> None:
+        if self._media_off:
+            return
+        p = self.problem
+        cam = p.active_view
+        render, target = render_thumbnail(p, cam, self.options.thumb_size)
+        rel = self._new_name(fmt.THUMB_DIR, "r", ".png")
+        size = _write_png(self.dir / rel, render)
+        key = (cam, self._target_serial)
+        if key not in self._target_files:
+            trel = f"{fmt.THUMB_DIR}/t_{cam}_{self._target_serial}.png"
+            self._other_bytes += _write_png(self.dir / trel, target)
+            self._target_files[key] = trel
+        previous = self._thumbs.get(self.at)
+        self._thumbs[self.at] = (rel, size)
+        self._append({"type": "thumb", "at": self.at, "step": int(p.step_index), "view": cam, "file": rel,
+                      "target": self._target_files[key], "bytes": size})
+        if previous is not None:
+            (self.dir / previous[0]).unlink(missing_ok=True)
+        self._enforce_budget()
+
+    def _enforce_budget(self) -> None:
+        budget = self.options.max_bytes
+        while self.bytes_written > budget and not self._media_off:
+            self.keyframe_every *= 2
+            self.thumb_every *= 2
+            last = self.at
+            drop_k = [at for at, (_, _, reason) in self._keyframes.items()
+                      if reason == "periodic" and at % self.keyframe_every and at != last]
+            drop_t = [at for at in self._thumbs if at % self.thumb_every and at != last and at != min(self._thumbs)]
+            files = [self._keyframes[a][0] for a in drop_k] + [self._thumbs[a][0] for a in drop_t]
+            if self.keyframe_every > MAX_INTERVAL:
+                self._media_off = True
+                msg = (f"disk budget of {budget} bytes reached with nothing left to thin: no more keyframes or "
+                       f"thumbnails are written (steps are still logged)")
+                log.warning("recording %s: %s", self.dir, msg)
+                self._append({"type": "budget", "at": self.at, "message": msg})
+                break
+            if not files:
+                continue
+            # the record first: a crash between it and the deletions leaves files no one expects
+            self._append({"type": "pruned", "at": self.at, "files": files, "keyframe_every": self.keyframe_every,
+                          "thumb_every": self.thumb_every, "reason": f"disk budget {budget} bytes"})
+            for a in drop_k:
+                (self.dir / self._keyframes.pop(a)[0]).unlink(missing_ok=True)
+            for a in drop_t:
+                (self.dir / self._thumbs.pop(a)[0]).unlink(missing_ok=True)
+
+    def _fail(self, message: str) -> None:
+        self.failed = message
+        log.error("recording %s: %s", self.dir, message)
+
+
+def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(render, target) of `camera` as (h, w, 3) float32 linear images whose longest side is at most
+    `max_size`: the camera's resolution divided by the smallest integer that fits. The render is drawn
+    directly at that size (intrinsics scaled), the target box-filtered down. Not recorded on a tape."""
+    import warp as wp
+
+    from ..render import render_view
+
+    c = problem.scene.cameras[camera]
+    f = max(1, math.ceil(max(c.width, c.height) / max_size))
+    w, h = max(1, c.width // f), max(1, c.height // f)
+    ds = problem.ds
+    intr = None
+    if f > 1:
+        k = ds.arrays[f"cameras.{camera}.intrinsics"].numpy().astype(np.float32).copy()
+        k *= np.array([w / c.width, h / c.height, w / c.width, h / c.height], np.float32)
+        intr = wp.array(k, dtype=float, device=ds.device)
+    out = render_view(ds, ds.prepare(), camera, intrinsics=intr, width=w if f > 1 else None,
+                      height=h if f > 1 else None)
+    render = out.numpy()
+    target = problem.target_numpy(camera)
+    if f > 1:
+        target = target[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
+    return render.astype(np.float32), target.astype(np.float32)
+
+
+def _write_png(path: Path, linear: np.ndarray) -> int:
+    data = np.round(linear_to_srgb(linear) * 255).astype(np.uint8)
+    atomic_write(path, lambda tmp: iio.imwrite(tmp, data, extension=".png"))
+    return path.stat().st_size

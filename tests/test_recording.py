@@ -1,0 +1,323 @@
+"""Recorded sessions (renderer.recording): what a recording holds, its crash safety (a log cut at any
+byte, processes killed with SIGKILL at random moments), damage reporting, version refusal and the disk
+budget. Replay, export, verify and resume are in test_replay.py (which reuses the helpers here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+
+from renderer.loading import load_scene
+from renderer.optim.engine import Engine
+from renderer.optim.problem import Problem
+from renderer.recording import (
+    FORMAT_VERSION,
+    Recorder,
+    RecorderOptions,
+    RecordingError,
+    RecordingVersionError,
+    load_recording,
+    verify,
+)
+from renderer.recording import format as fmt
+
+ROOT = Path(__file__).resolve().parents[1]
+LIGHT = "lights.key.position"
+ALBEDO = "materials.paint.albedo"
+SMALL = RecorderOptions(keyframe_every=4, thumb_every=3)
+
+
+def tiny_scene(folder: Path, size: int = 20, steps: int = 40, schedule: dict | None = None) -> Path:
+    """A scene file with an 8x8 albedo texture (an asset file) and a point light to recover, three
+    target views of `size` pixels and one view per step (so the seeded view batch matters)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "assets").mkdir(exist_ok=True)
+    rng = np.random.default_rng(3)
+    iio.imwrite(folder / "assets" / "tex.png", (rng.random((8, 8, 3)) * 255).astype(np.uint8))
+    cams = [{"name": n, "width": size, "height": size, "fov_y": 40, "look_at": {"eye": e, "target": [0, 0, 0]}}
+            for n, e in (("front", [0, 0.5, 3.2]), ("side", [3.2, 0.5, 0.3]), ("top", [0.2, 3.2, 0.5]))]
+    optimizer = {"type": "adam", "lr": 0.05, **({"schedule": schedule} if schedule else {})}
+    doc = {
+        "version": 1,
+        "meshes": [{"name": "ball", "primitive": {"type": "sphere", "radius": 1.0, "resolution": 12},
+                    "material": "paint"}],
+        "materials": [{"name": "paint", "model": "lambert", "albedo": "assets/tex.png"}],
+        "lights": [{"name": "key", "type": "point", "position": [1.5, 2.0, 2.5], "color": [1, 0.9, 0.8],
+                    "intensity": 12.0},
+                   {"name": "sky", "type": "ambient", "color": [0.1, 0.1, 0.1]}],
+        "cameras": cams,
+        "render": {"mode": "antialias", "shadows": False, "mipmaps": True},
+        "optimize": {"parameters": {ALBEDO: {"init": 0.5},
+                                    LIGHT: {"init": {"perturb": {"sigma": 0.3, "seed": 1}}, "lr": 0.05}},
+                     "targets": {"cameras": ["front", "side", "top"]}, "loss": {"l2": 1.0, "tv": 0.001},
+                     "optimizer": optimizer, "steps": steps, "batch_views": 1, "seed": 0},
+    }
+    path = folder / "tiny.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def run_steps(engine: Engine, n: int) -> None:
+    """Take exactly n more steps (engine paused before and after)."""
+    target = engine.snapshot().step + n
+    engine.send("step", n)
+    engine.wait(lambda s: s.step >= target and s.state == "paused", timeout=120)
+
+
+EDITS = [  # (position, command, args): applied while paused at that position
+    (5, "set_lr", (LIGHT, 0.1)),
+    (5, "set_value", (LIGHT, np.array([1.2, 2.2, 2.2], np.float32))),
+    (9, "set_free", (ALBEDO, False)),
+    (12, "set_free", (ALBEDO, True)),
+    (12, "set_loss_weight", ("tv", 0.01)),
+    (15, "set_target_value", ("lights.key.color", np.array([1.0, 0.8, 0.6], np.float32))),
+    (15, "set_active_view", ("side",)),
+]
+
+
+def record_session(folder: Path, scene: Path, steps: int = 20, edits=EDITS, options=SMALL, problem=None):
+    """Record `steps` steps of `scene` with `edits` applied at their positions; returns (recorder,
+    the engine's final snapshot)."""
+    problem = problem or Problem(load_scene(scene), "cpu")
+    recorder = Recorder(folder, problem, options=options)
+    engine = Engine(problem, publish_images=False)
+    engine.add_listener(recorder)
+    engine.start_thread()
+    try:
+        done = 0
+        for at in sorted({a for a, _, _ in edits} | {steps}):
+            if at > done:
+                run_steps(engine, at - done)
+                done = at
+            n = engine.snapshot().commands_applied
+            for a, kind, args in edits:
+                if a == at:
+                    engine.send(kind, *args)
+                    n += 1
+            engine.wait(lambda s, n=n: s.commands_applied >= n)
+        snap = engine.snapshot()
+    finally:
+        engine.shutdown()
+        recorder.close()
+    return recorder, snap
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory):
+    """One recorded session with edits, shared by the read-only tests of this module."""
+    folder = tmp_path_factory.mktemp("session")
+    scene = tiny_scene(folder / "scene")
+    recorder, snap = record_session(folder / "rec", scene)
+    return folder / "rec", recorder, snap, scene
+
+
+def copy_of(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+# ---- what is recorded -----------------------------------------------------------------------------
+
+def test_a_recording_holds_the_session(session):
+    path, recorder, snap, scene = session
+    rec = load_recording(path)
+    assert rec.warnings == [] and rec.closed and rec.version == FORMAT_VERSION
+    # initial scene: a copy of the file and its asset, with hashes; seed, device, versions
+    meta = rec.meta
+    assert meta["seed"] == 0 and meta["device"] == "cpu" and meta["versions"]["warp"]
+    assert (path / "scene" / "tiny.json").read_bytes() == scene.read_bytes()
+    assert (path / "scene" / "assets" / "tex.png").read_bytes() == (scene.parent / "assets" / "tex.png").read_bytes()
+    assert set(meta["scene"]["files"]) == {"scene/tiny.json", "scene/assets/tex.png"}
+    # per-step loss terms, gradient norms and times: exactly what the engine reported
+    hist = rec.history()
+    assert rec.first_at == 0 and rec.last_at == 20 and len(rec.steps) == 20
+    np.testing.assert_array_equal(hist["loss"], snap.history["loss"])
+    np.testing.assert_array_equal(hist["loss.tv"], snap.history["loss.tv"])
+    np.testing.assert_array_equal(hist[f"grad.{LIGHT}"], snap.history[f"grad.{LIGHT}"])
+    assert np.all(hist["dt"] > 0)
+    # every command with the step at which it was applied
+    got = [(c["at"], c["kind"]) for c in rec.commands if c["kind"] != "step"]
+    assert got == [(a, k) for a, k, _ in EDITS]
+    value = fmt.from_json(rec.commands[[c["kind"] for c in rec.commands].index("set_value")]["args"][1])
+    np.testing.assert_array_equal(value, EDITS[1][2][1])
+    # keyframes every 4 steps and at every edit, thumbnails every 3 steps and after value edits
+    assert {0, 4, 5, 8, 9, 12, 15, 16, 20} <= set(rec.keyframes)
+    assert rec.keyframes[5]["reason"] == "edit" and rec.keyframes[8]["reason"] == "periodic"
+    assert rec.start_keyframe is not None and rec.start_keyframe["file"] == "keyframes/start.npz"
+    assert {0, 3, 6, 9, 12, 15, 18, 20} <= set(rec.thumbs)
+    assert rec.thumbs[18]["view"] == "side" and rec.thumbs[3]["view"] == "front"
+    img = rec.image(rec.thumbs[18]["file"])
+    assert img.shape == (20, 20, 3) and img.dtype == np.float32 and 0 < img.mean() < 1
+    # a keyframe holds every optimizable parameter, the edited target, optimizer state and the view RNG
+    kf = rec.keyframe(16)
+    assert set(kf.values) == {ALBEDO, LIGHT} and set(kf.truth) == {"lights.key.color"}
+    assert kf.state["step"] == 16 and kf.state["weights"]["tv"] == 0.01 and kf.state["active_view"] == "side"
+    assert kf.state["lrs"][LIGHT] == 0.1 and kf.state["view_rng"]["bit_generator"] == "PCG64"
+    assert len(kf.optimizer["exp_avg"]) == 2 and kf.optimizer["iteration"] == 4  # rebuilt at step 12
+    # disk use is reported and matches the folder
+    assert abs(recorder.bytes_written - rec.disk_bytes()) < 2000
+    assert "20 steps" in recorder.summary()
+
+
+def test_log_lines_carry_a_checksum_and_a_sequence_number(session):
+    path = session[0]
+    lines = (path / fmt.LOG_FILE).read_bytes().split(b"\n")
+    assert lines[-1] == b""
+    records = [fmt.decode_line(line) for line in lines[:-1]]
+    assert all(r is not None for r in records)
+    assert [r["seq"] for r in records] == list(range(len(records)))
+    damaged = lines[3][:20] + bytes([lines[3][20] ^ 1]) + lines[3][21:]
+    assert fmt.decode_line(damaged) is None
+
+
+# ---- crash safety ------------------------------------------------------------------------------------
+
+def test_a_log_cut_at_any_byte_loads_its_complete_records(session, tmp_path):
+    path = session[0]
+    data = (path / fmt.LOG_FILE).read_bytes()
+    ends = [i + 1 for i, b in enumerate(data) if b == ord("\n")]
+    rng = random.Random(7)
+    cuts = sorted(rng.sample(range(1, len(data)), 24)) + [ends[5], ends[5] - 1]
+    work = copy_of(path, tmp_path / "cut")
+    for cut in cuts:
+        (work / fmt.LOG_FILE).write_bytes(data[:cut])
+        rec = load_recording(work, quiet=True)
+        complete = sum(1 for e in ends if e <= cut)
+        assert len(rec.records) == complete, cut
+        torn = cut not in ends
+        assert any("incomplete" in w for w in rec.warnings) == torn, (cut, rec.warnings)
+        assert any("no end record" in w for w in rec.warnings)
+        assert rec.last_at == max([r["at"] + (r["type"] == "step") for r in rec.records] or [0])
+        for at in rec.keyframes:  # every keyframe the intact log names is readable
+            rec.keyframe(at)
+
+
+KILL_SCRIPT = r"""
+import sys, time
+import numpy as np
+from renderer.loading import load_scene
+from renderer.optim.engine import Engine
+from renderer.optim.problem import Problem
+from renderer.recording import Recorder, RecorderOptions
+
+scene, out = sys.argv[1], sys.argv[2]
+problem = Problem(load_scene(scene), "cpu")
+problem.steps = 100000
+recorder = Recorder(out, problem, options=RecorderOptions(keyframe_every=2, thumb_every=2, fsync_every=0.05))
+engine = Engine(problem, publish_images=False)
+engine.add_listener(recorder)
+engine.start_thread()
+engine.send("start")
+print("started", flush=True)
+i = 0
+while True:  # user edits while it runs, until killed
+    time.sleep(0.03)
+    i += 1
+    engine.send("set_lr", "lights.key.position", 0.05 + 0.001 * (i % 7))
+    if i % 5 == 0:
+        engine.send("set_value", "lights.key.position", np.array([1.2, 2.0, 2.4], np.float32) + 0.01 * (i % 3))
+"""
+
+
+def test_sigkill_at_random_moments_leaves_a_loadable_recording(tmp_path):
+    scene = tiny_scene(tmp_path / "scene", size=16)
+    seed = random.randrange(1 << 30)
+    rng = random.Random(seed)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for trial in range(3):
+        out = tmp_path / f"killed{trial}"
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(scene), str(out)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        try:
+            assert proc.stdout.readline().strip() == "started"
+            time.sleep(rng.uniform(0.05, 0.8))
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=30)
+        rec = load_recording(out, quiet=True)
+        context = f"trial {trial}, random seed {seed}: {rec.warnings}"
+        assert not rec.closed and any("no end record" in w for w in rec.warnings), context
+        assert all("damaged" not in w and "missing" not in w for w in rec.warnings), context
+        assert list(rec.steps) == list(range(rec.first_at, rec.last_at)), context
+        assert np.isfinite(rec.history()["loss"]).all(), context
+        for at in rec.keyframes:
+            rec.keyframe(at)
+        for t in rec.thumbs.values():
+            rec.image(t["file"])
+        # what remains is still a reproducible session
+        report = verify(rec)
+        assert report.ok, f"{context}: {report.message()}"
+        assert report.steps_checked == len(rec.steps)
+
+
+# ---- damage and versions -------------------------------------------------------------------------------
+
+def test_damage_is_reported_and_the_rest_loads(session, tmp_path):
+    work = copy_of(session[0], tmp_path / "damaged")
+    lines = (work / fmt.LOG_FILE).read_bytes().split(b"\n")
+    victim = next(i for i, line in enumerate(lines) if b'"type":"step","at":7,' in line)
+    lines[victim] = lines[victim].replace(b'"loss":', b'"loss":1')  # CRC no longer matches
+    (work / fmt.LOG_FILE).write_bytes(b"\n".join(lines))
+    (work / "thumbs" / "r00000006_0.png").unlink()
+    kf = work / "keyframes" / "00000008_0.npz"
+    data = bytearray(kf.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    kf.write_bytes(bytes(data))
+    rec = load_recording(work, quiet=True)
+    text = "\n".join(rec.warnings)
+    assert f"line {victim + 1} damaged" in text and "record" in text and "missing before timeline position 8" in text
+    assert "thumbnail at 6: thumbs/r00000006_0.png is missing" in text
+    assert "1 step records missing" in text
+    assert rec.closed and len(rec.steps) == 19 and np.isnan(rec.history()["loss"][7])
+    assert 6 not in rec.thumbs and 9 in rec.thumbs
+    with pytest.raises(RecordingError, match="00000008_0.npz is damaged"):
+        rec.keyframe(8)
+    rec.keyframe(12)  # the others are intact
+
+
+def test_a_newer_format_version_is_refused_with_a_clear_message(session, tmp_path):
+    work = copy_of(session[0], tmp_path / "future")
+    meta = json.loads((work / fmt.META_FILE).read_text())
+    meta["version"] = FORMAT_VERSION + 1
+    (work / fmt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(RecordingVersionError, match=f"format version {FORMAT_VERSION + 1} .* newer .* upgrade"):
+        load_recording(work)
+
+
+def test_not_a_recording(tmp_path):
+    with pytest.raises(RecordingError, match="no such recording folder"):
+        load_recording(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RecordingError, match="not a drstudio recording"):
+        load_recording(tmp_path / "empty")
+    with pytest.raises(FileExistsError):
+        Recorder(tmp_path, object())  # a recording never overwrites a non-empty folder
+
+
+# ---- disk budget -------------------------------------------------------------------------------------
+
+def test_disk_use_is_bounded_by_thinning_keyframes_and_thumbnails(session, tmp_path):
+    scene = session[3]
+    budget = 90_000
+    options = RecorderOptions(keyframe_every=1, thumb_every=1, max_bytes=budget)
+    recorder, _ = record_session(tmp_path / "rec", scene, steps=30, edits=[(10, "set_lr", (LIGHT, 0.02))],
+                                 options=options)
+    rec = load_recording(tmp_path / "rec")
+    assert rec.warnings == []
+    assert recorder.bytes_written <= budget + 1000 and rec.disk_bytes() <= budget + 1000  # + the last record
+    pruned = [r for r in rec.records if r["type"] == "pruned"]
+    assert pruned and recorder.keyframe_every > 1 and recorder.thumb_every > 1
+    assert 10 in rec.keyframes and rec.keyframes[10]["reason"] == "edit"  # edit keyframes are kept
+    assert len(rec.steps) == 30  # the log is never thinned
+    assert verify(rec).ok
