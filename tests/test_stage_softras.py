@@ -13,7 +13,6 @@ from support.gradcheck import check_gradient, weighted_loss
 from renderer.stages import softras
 
 EPS_D = 1e-4  # coverage cutoff, as documented in softras
-EPS_BG = 1e-3  # SoftRas background depth
 
 
 # ---------------------------------------------------------------- NumPy reference (float64, no tiles)
@@ -33,11 +32,13 @@ def ref_project(world, intr, pose):
 
 
 def ref_fragment(p, tri):
-    """(signed squared distance, positive inside; barycentrics of the closest triangle point)."""
+    """(squared distance to the triangle, 0 inside; barycentrics of the closest triangle point)."""
     a, b, c = tri
     # barycentrics of p by solving p = a + u (b - a) + v (c - a)
     u, v = np.linalg.solve(np.stack([b - a, c - a], 1), p - a)
     bary = np.array([1 - u - v, u, v])
+    if bary.min() >= 0:
+        return 0.0, bary
     best = None
     for i, j in ((0, 1), (1, 2), (2, 0)):
         e = tri[j] - tri[i]
@@ -47,9 +48,12 @@ def ref_fragment(p, tri):
             w = np.zeros(3)
             w[i], w[j] = 1 - t, t
             best = (d2, w)
-    if bary.min() >= 0:
-        return best[0], bary
-    return -best[0], best[1]
+    return best
+
+
+def ref_coverage(d2, sigma):
+    """1 inside (d2 = 0); (1 + eps_D) 2 sigmoid(-d2 / sigma) - eps_D outside, clamped at 0."""
+    return max(0.0, (1 + EPS_D) * (1 - math.tanh(0.5 * d2 / sigma)) - EPS_D)  # 2 sigmoid(-x) = 1 - tanh(x/2)
 
 
 def ref_soft_rasterize(world, faces, colors, intr, pose, width, height, sigma, gamma, bg, near=0.05,
@@ -66,22 +70,22 @@ def ref_soft_rasterize(world, faces, colors, intr, pose, width, height, sigma, g
                 z = scr[f, 2]
                 if z.min() < near or z.max() > far:
                     continue
-                s, w = ref_fragment(p, scr[f, :2])
-                cov = (1 + EPS_D) * 0.5 * (1 + math.tanh(0.5 * s / sigma)) - EPS_D  # sigmoid via tanh
+                d2, w = ref_fragment(p, scr[f, :2])
+                cov = ref_coverage(d2, sigma)
                 if cov <= 0:
                     continue
                 u = w / z
                 b = u / u.sum()  # perspective-correct barycentrics
                 frags.append((cov, (far - 1 / u.sum()) / (far - near), b @ colors[f]))
             i = py * width + px
-            zmax = max([EPS_BG] + [zn for _, zn, _ in frags])
-            e_bg = math.exp((EPS_BG - zmax) / gamma)
-            num, den = e_bg * np.asarray(bg, np.float64), e_bg
-            for cov, zn, col in frags:
-                e = cov * math.exp((zn - zmax) / gamma)
-                num, den = num + e * col, den + e
-            color[i] = num / den
-            alpha[i] = 1 - np.prod([1 - cov for cov, _, _ in frags])
+            a = 1 - np.prod([1 - cov for cov, _, _ in frags])
+            fg = np.zeros(3)
+            if frags:
+                zmax = max(zn for _, zn, _ in frags)
+                e = np.array([cov * math.exp((zn - zmax) / gamma) for cov, zn, _ in frags])
+                fg = e @ np.array([col for _, _, col in frags]) / e.sum()
+            color[i] = a * fg + (1 - a) * np.asarray(bg, np.float64)
+            alpha[i] = a
     return color, alpha
 
 
@@ -128,9 +132,9 @@ def test_reference_scene_covers_every_regime():
     world, faces, colors, intr, pose = three_triangles()
     _, alpha = ref_soft_rasterize(world, faces, colors, intr, pose.astype(np.float64), 12, 10, 0.8, 0.02,
                                   np.zeros(3))
-    # empty pixels, near-full coverage, partial coverage, and the behind-camera triangle would cover
-    # the image if it were not culled
-    assert (alpha == 0).sum() >= 4 and (alpha > 0.99).any() and ((alpha > 0.05) & (alpha < 0.9)).sum() > 40
+    # empty pixels, covered pixels (alpha exactly 1), partial coverage, and the behind-camera triangle would
+    # cover the image if it were not culled
+    assert (alpha == 0).sum() >= 4 and (alpha == 1).sum() >= 20 and ((alpha > 0.05) & (alpha < 0.9)).sum() > 30
 
 
 @pytest.mark.parametrize("tile_size, sigma, gamma", [(4, 0.8, 0.02), (5, 0.8, 0.02), (16, 0.8, 0.02),
@@ -146,7 +150,7 @@ def test_forward_matches_numpy_reference(tile_size, sigma, gamma):
                                               sigma, gamma, bg)
     assert color.shape == (w * h, 3) and alpha.shape == (w * h,)
     # float32 error: pixel coordinates ~10 carry ~1e-6 px, the depth-softmax exponents (zn / gamma, after the
-    # max shift) ~1e-7 relative; outputs are in [0, 1]. Observed <= 1e-6; 5e-6 leaves margin.
+    # max shift) ~1e-7 relative; outputs are in [0, 1]. Observed <= 1.5e-6; 5e-6 leaves margin.
     np.testing.assert_allclose(alpha.numpy(), ref_alpha, atol=5e-6)
     np.testing.assert_allclose(color.numpy(), ref_color, atol=5e-6)
 
@@ -173,11 +177,11 @@ def test_small_sigma_gives_hard_coverage():
         edge = np.stack(edge, 1)
         inside |= (edge > 0).all(1) | (edge < 0).all(1)
         margin = np.minimum(margin, np.abs(edge).min(1))  # <= distance to the nearest edge line
-    # r = sqrt(1e-5 ln 1e4) ~ 0.01 px: a center farther than 0.05 px from every edge line has coverage
-    # exactly 0 outside and sigmoid(0.05^2 / 1e-5) = 1 - e^-250 inside
+    # r = sqrt(1e-5 ln(2e4 + 1)) ~ 0.01 px: a center farther than 0.05 px from every edge line has coverage
+    # exactly 0 outside every triangle, and alpha is exactly 1 inside any
     clear = margin > 0.05
     assert clear.sum() >= 0.9 * w * h and inside[clear].any() and (~inside[clear]).any()
-    np.testing.assert_allclose(alpha.numpy()[clear], inside[clear].astype(np.float32), atol=1e-6)
+    np.testing.assert_array_equal(alpha.numpy()[clear], inside[clear].astype(np.float32))
 
 
 def test_nearer_triangle_dominates_as_gamma_small():
@@ -187,24 +191,83 @@ def test_nearer_triangle_dominates_as_gamma_small():
     colors = np.array([[1, 0, 0]] * 3 + [[0, 1, 0]] * 3, np.float32)
     bg = np.array([0, 0, 1], np.float32)
     intr, pose = arr([8.0, 8.0, 4.0, 4.0]), arr([0, 0, 0, 0, 0, 0, 1])
-    center = 3 * 8 + 3  # pixel (3, 3): > 1.5 px inside both triangles, so both coverages are 1 - 1e-19
+    center = 3 * 8 + 3  # pixel (3, 3): inside both triangles, so both coverages are exactly 1
     zn = (100.0 - np.array([2.0, 4.0])) / (100.0 - 0.05)  # both layers are at constant depth
     for order in (np.arange(6), np.r_[3:6, 0:3]):
         faces = wp.array(order.astype(np.int32), dtype=wp.int32)
         for gamma in (1e-5, 1e-3, 0.05, 10.0):
-            color, _ = softras.soft_rasterize(arr(world, wp.vec3), faces, arr(colors), intr, pose, 8, 8, 0.05,
-                                              gamma, arr(bg))
+            color, alpha = softras.soft_rasterize(arr(world, wp.vec3), faces, arr(colors), intr, pose, 8, 8,
+                                                  0.05, gamma, arr(bg))
             color = color.numpy()
             assert np.isfinite(color).all()  # exp(zn / gamma) ~ e^100000 without the max shift
-            # softmax over (red, green, background) with logits (zn_red, zn_green, eps) / gamma
-            logits = np.array([zn[0], zn[1], EPS_BG]) / gamma
+            assert alpha.numpy()[center] == 1.0  # covered: no background
+            # softmax over (red, green) with logits zn / gamma; the background is not a candidate
+            logits = zn / gamma
             weights = np.exp(logits - logits.max())
-            expect = weights / weights.sum() @ np.array([colors[0], colors[3], bg], np.float64)
+            expect = weights / weights.sum() @ np.array([colors[0], colors[3]], np.float64)
             np.testing.assert_allclose(color[center], expect, atol=1e-5)
             if gamma <= 1e-3:  # green weighs e^(-0.02 / gamma) <= 2e-9 of red
                 np.testing.assert_allclose(color[center], [1, 0, 0], atol=1e-6)
-            if gamma == 10.0:  # blends: the three exp(zn / gamma) are within 10% of each other
-                assert np.all(color[center] > 0.3)
+            if gamma == 10.0:  # blends: the two exp(zn / gamma) are within 0.2% of each other
+                np.testing.assert_allclose(color[center], [0.5, 0.5, 0], atol=1e-3)
+
+
+def square_scene():
+    """The screen square [0, 6]^2 as two triangles sharing the diagonal x + y = 6 (and vertices), red, at depth
+    1: intrinsics (1, 1, 0, 0) and the identity pose map world (X, -Y, -1) to pixel (X, Y)."""
+    world = np.array([[0, 0, -1], [6, 0, -1], [0, -6, -1], [6, -6, -1]], np.float32)
+    faces = np.array([0, 1, 2, 1, 3, 2], np.int32)
+    colors = np.tile(np.float32([1, 0, 0]), (4, 1))
+    return world, faces, colors, np.float32([1, 1, 0, 0]), np.float32([0, 0, 0, 0, 0, 0, 1])
+
+
+def test_shared_edges_do_not_darken_and_silhouettes_blend_into_the_background():
+    world, faces, colors, intr, pose = square_scene()
+    w = h = 8
+    sigma = 0.25  # r = sqrt(0.25 ln(2e4 + 1)) = 1.57 px
+    color, alpha = softras.soft_rasterize(arr(world, wp.vec3), wp.array(faces, dtype=wp.int32), arr(colors),
+                                          arr(intr), arr(pose), w, h, sigma, 0.01, arr([0, 0, 1]))
+    color, alpha = color.numpy().reshape(h, w, 3), alpha.numpy().reshape(h, w)
+    # every center in the square is covered, including the six on the shared diagonal (SoftRas: 0.75 there)
+    np.testing.assert_array_equal(alpha[:6, :6], 1.0)
+    np.testing.assert_allclose(color[:6, :6], np.broadcast_to([1, 0, 0], (6, 6, 3)), atol=1e-6)
+    # outside: 1 - prod_j (1 - D_j), D_j = (1 + eps_D) 2 sigmoid(-d_j^2 / sigma) - eps_D, 0 beyond r; both
+    # triangles reach the pixels next to the corners (6, 0) and (0, 6)
+    scr = world[:, :2] * [1, -1]
+    cov = np.ones((h, w))
+    for y in range(h):
+        for x in range(w):
+            for f in faces.reshape(2, 3):
+                cov[y, x] *= 1 - ref_coverage(ref_fragment(np.array([x + 0.5, y + 0.5]), scr[f])[0], sigma)
+    cov = 1 - cov
+    np.testing.assert_allclose(alpha, cov, atol=1e-6)
+    assert ((alpha > 0.01) & (alpha < 0.99)).sum() >= 8 and (alpha == 0).sum() >= 1
+    # the color blends red over the blue background by alpha
+    np.testing.assert_allclose(color, cov[..., None] * [1, 0, 0] + (1 - cov[..., None]) * [0, 0, 1], atol=1e-6)
+
+
+def test_silhouette_pixel_has_the_analytic_vertex_gradient():
+    """Pixel (6, 2), center (6.5, 2.5), lies d = 0.5 px right of the square's right edge (vertices 1 and 3);
+    the diagonal triangle is 2.1 px away, beyond r = 1.57 px. Moving the edge right by dX changes red = alpha
+    = D(d) by dD/dX = (1 + eps_D) 2 s (1 - s) 2 d / sigma, s = sigmoid(-d^2 / sigma), and blue = 1 - alpha
+    by the opposite; SoftRas's image had no such gradient (its color stayed red up to the cutoff)."""
+    world, faces, colors, intr, pose = square_scene()
+    sigma, d = 0.25, 0.5
+    s = 1 / (1 + math.exp(d * d / sigma))
+    expect = (1 + EPS_D) * 2 * s * (1 - s) * 2 * d / sigma
+    world_wp = arr(world, wp.vec3, grad=True)
+    tape = wp.Tape()
+    with tape:
+        color, _ = softras.soft_rasterize(world_wp, wp.array(faces, dtype=wp.int32), arr(colors), arr(intr),
+                                          arr(pose), 8, 8, sigma, 0.01, arr([0, 0, 1]))
+    for channel, sign in ((0, 1), (2, -1)):
+        seed = np.zeros((64, 3), np.float32)
+        seed[2 * 8 + 6, channel] = 1
+        tape.backward(grads={color: wp.array(seed, dtype=float)})
+        g = world_wp.grad.numpy()
+        np.testing.assert_allclose(g[[1, 3], 0].sum(), sign * expect, rtol=1e-4)
+        np.testing.assert_allclose(g[[0, 2]], 0, atol=1e-7)  # the left vertices do not move the right edge
+        tape.zero()
 
 
 # ---------------------------------------------------------------- binning
@@ -218,7 +281,7 @@ def test_binning_lists_are_short_and_conservative():
     screen = np.concatenate([scr2, rng.uniform(2, 5, (scr2.shape[0], 1))], 1).astype(np.float32)
     faces = np.arange(3 * n_tris, dtype=np.int32)
     radius = softras.coverage_radius(sigma)
-    assert radius == pytest.approx(math.sqrt(sigma * math.log(1e4)))
+    assert radius == pytest.approx(math.sqrt(sigma * math.log(2e4 + 1)))
     screen, faces = wp.array(screen, dtype=wp.vec3), wp.array(faces, dtype=wp.int32)
     offsets, counts, tris = softras.bin_triangles(screen, faces, w, h, radius, tile_size=tile)
     offsets, counts, tris = offsets.numpy(), counts.numpy(), tris.numpy()
@@ -302,10 +365,11 @@ def grad_setup():
 # is ~1e-5 (measured: central differences with h = 2.5e-4 scatter by ~0.02), so a difference with step h
 # carries ~1e-5 / h. Steps move the image by ~0.01 px: world h = 2e-3 (fx h / z ~ 0.007 px, error ~5e-3),
 # quaternion h = 5e-4 (rotation 2h rad -> fx 2h ~ 0.011 px, error ~2e-2), colors, background and intrinsics
-# (pixels) h = 1e-2 (error ~1e-3). Larger steps are not "more accurate": the inside distance d^2 has kinks
-# on each triangle's medial axis (SoftRas's distance to the nearest edge), and a step that drags pixel
-# centers across them biases the difference by O(step) (2e-3 on the quaternion gives a 20% error).
-# rtol 2e-2 on gradients of magnitude 0.1..7 absorbs the remaining truncation.
+# (pixels) h = 1e-2 (error ~1e-3). Coverage is constant inside a triangle, so the image is smooth there; the
+# kinks left are outside, where the closest triangle point moves from an edge to a vertex region (C_j, z_j)
+# and where coverage reaches 0 at the cutoff (slope ~eps_D). Measured worst errors at these steps: world
+# 2e-3, colors 2e-4, intrinsics 6e-4, pose 1.4e-2 (of 65), background 8e-5.
+# rtol 2e-2 on gradients of magnitude 0.1..65 absorbs the remaining truncation.
 @pytest.mark.parametrize("name, eps, atol", [("world", 2e-3, 1e-2), ("vertex_colors", 1e-2, 3e-3),
                                              ("intrinsics", 1e-2, 3e-3), ("pose", 5e-4, 2e-2),
                                              ("background", 1e-2, 3e-3)])

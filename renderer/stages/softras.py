@@ -1,9 +1,26 @@
-"""Soft rasterization stage: SoftRas (Liu et al. 2019) probabilistic coverage + depth softmax, tile-binned.
+"""Soft rasterization stage: SoftRas-style (Liu et al. 2019) soft coverage + depth softmax, tile-binned.
 
-Every triangle near a pixel contributes a coverage probability D_j from the signed squared screen
-distance between the pixel center and the triangle; colors are blended with a softmax over normalized
-inverse depth. Conventions (docs/architecture.md): pixel (x, y) has its center at (x + 0.5, y + 0.5),
-row 0 at the top; pose [px, py, pz, qx, qy, qz, qw] is camera-to-world, OpenGL (looks down -Z).
+Every triangle near a pixel contributes a coverage D_j from the squared screen distance between the pixel
+center and the triangle; surface colors are blended with a softmax over normalized inverse depth, and the
+result is composited over the background with alpha = 1 - prod_j (1 - D_j). Conventions
+(docs/architecture.md): pixel (x, y) has its center at (x + 0.5, y + 0.5), row 0 at the top; pose
+[px, py, pz, qx, qy, qz, qw] is camera-to-world, OpenGL (looks down -Z).
+
+Two departures from SoftRas (so that covered regions are solid and silhouettes carry a gradient in the
+color image):
+- Coverage is one-sided, as in DIB-R: D_j = 1 when the pixel center is inside triangle j and
+  2 sigmoid(-d^2 / sigma) outside (d = screen distance to the triangle), which is continuous with slope 0
+  at the edge. SoftRas's two-sided sigmoid(delta d^2 / sigma) is 0.5 on every edge, so two triangles
+  sharing an interior edge give alpha = 0.75 there (a dark seam); here alpha = 1 wherever a pixel center
+  is covered, and falls off smoothly over ~sqrt(sigma) px outside silhouettes only.
+- The background is not a softmax candidate. SoftRas's background weight exp(eps / gamma) is ~e^-97 of
+  any covering triangle's for zn ~ 0.97 and gamma = 0.01, so its color jumped from the surface to the
+  background where the last coverage reached 0. Here the softmax runs over triangles only and the
+  background enters through alpha: color = alpha * foreground + (1 - alpha) * background.
+The softmax itself is SoftRas's: where a nearer surface's falloff overlaps a farther covered surface, the
+nearer one outweighs it by D exp(delta zn / gamma) until its coverage reaches 0 at the cutoff radius, so
+when delta zn >> gamma a silhouette over another surface (not over the background) still switches color
+there, as in SoftRas.
 
 Pipeline: project vertices (differentiable) -> bin triangles into screen tiles (not differentiable, all in
 Warp so it runs on CUDA) -> per-pixel depth maximum (not differentiable, only a numerical shift) ->
@@ -18,10 +35,10 @@ import numbers
 import numpy as np
 import warp as wp
 
-# eps_D: a triangle's coverage reaches 0 at screen distance r = sqrt(sigma * ln(1 / eps_D)) from it.
+# eps_D: a triangle's coverage reaches 0 at screen distance r = sqrt(sigma ln(2 / eps_D + 1)) from it.
 COVERAGE_EPS = wp.constant(1.0e-4)
-# SoftRas's background "depth": the background weight is exp(eps / gamma).
-SOFTMAX_EPS = wp.constant(1.0e-3)
+# 1 - D_j below this counts as 0 in log(1 - D_j), keeping the log and its adjoint finite
+MIN_TRANSPARENCY = wp.constant(1.0e-30)
 TILE_SIZE = 16
 
 
@@ -51,11 +68,13 @@ def segment_closest(p: wp.vec2, a: wp.vec2, b: wp.vec2) -> float:
 
 @wp.func
 def closest_point(p: wp.vec2, a: wp.vec2, b: wp.vec2, c: wp.vec2) -> wp.vec4:
-    """(s, w0, w1, w2): s = delta * d^2, the squared distance from p to the triangle's boundary, positive
-    inside (delta = +1) and negative outside; w = screen-space barycentrics of the triangle point closest
-    to p (p itself when inside). Either winding; the triangle must not be degenerate."""
+    """(d2, w0, w1, w2): d2 = squared distance from p to the triangle (0 when p is inside or on it); w =
+    screen-space barycentrics of the triangle point closest to p (p itself when inside). Either winding;
+    the triangle must not be degenerate."""
     area = cross2(b - a, c - a)
     w = wp.vec3(cross2(b - p, c - p), cross2(c - p, a - p), cross2(a - p, b - p)) / area
+    if wp.min(w) >= 0.0:
+        return wp.vec4(0.0, w[0], w[1], w[2])
     tab = segment_closest(p, a, b)
     tbc = segment_closest(p, b, c)
     tca = segment_closest(p, c, a)
@@ -70,28 +89,23 @@ def closest_point(p: wp.vec2, a: wp.vec2, b: wp.vec2, c: wp.vec2) -> wp.vec4:
     if dca < d2:
         d2 = dca
         q = wp.vec3(tca, 0.0, 1.0 - tca)
-    if wp.min(w) >= 0.0:
-        return wp.vec4(d2, w[0], w[1], w[2])
-    return wp.vec4(-d2, q[0], q[1], q[2])
-
-
-@wp.func
-def coverage_logit(s: float, sigma: float) -> float:
-    # clamp far below the cutoff logit ln(eps_D) ~ -9.2 so exp() never overflows in value or adjoint
-    return wp.max(s / sigma, -30.0)
+    return wp.vec4(d2, q[0], q[1], q[2])
 
 
 @wp.func
 def coverage(x: float) -> float:
-    """(1 + eps_D) sigmoid(x) - eps_D: SoftRas's sigmoid shifted by < eps_D so it is exactly 0 at the
-    cutoff x = ln(eps_D) (a truncated sigmoid would jump by eps_D there). Positive means it contributes."""
-    return (1.0 + COVERAGE_EPS) / (1.0 + wp.exp(-x)) - COVERAGE_EPS
+    """(1 + eps_D) 2 sigmoid(-x) - eps_D of x = d^2 / sigma >= 0: 1 with slope 0 at the edge (x = 0), and
+    shifted by < eps_D so it is exactly 0 at the cutoff x = ln(2 / eps_D + 1) (a truncated falloff would
+    jump by eps_D there). Positive means the triangle contributes."""
+    e = wp.exp(-x)  # <= 1: no overflow in value or adjoint for any x >= 0
+    return (1.0 + COVERAGE_EPS) * 2.0 * e / (1.0 + e) - COVERAGE_EPS
 
 
 @wp.func
 def log_transparency(x: float) -> float:
-    """log(1 - coverage(x)) = log(1 + eps_D) - softplus(x), stable for any x."""
-    return wp.log(1.0 + COVERAGE_EPS) - wp.max(x, 0.0) - wp.log(1.0 + wp.exp(-wp.abs(x)))
+    """log(1 - coverage(x)) = log((1 + eps_D) tanh(x / 2)) for x > 0; 1 - D is clamped to MIN_TRANSPARENCY
+    (reached only for d^2 < 2e-30 sigma, where the true gradient w.r.t. the geometry vanishes anyway)."""
+    return wp.log(1.0 + COVERAGE_EPS) + wp.log(wp.max(wp.tanh(0.5 * x), MIN_TRANSPARENCY))
 
 
 @wp.func
@@ -165,13 +179,14 @@ def fill_tiles_kernel(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.
 @wp.func
 def fragment(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int, p: wp.vec2,
              sigma: float, near: float, far: float):
-    """(logit x, perspective barycentrics + depth of the closest point, normalized inverse depth)."""
+    """(x = d^2 / sigma, 0 inside; perspective barycentrics + depth of the closest point; normalized
+    inverse depth of the closest point)."""
     a = screen[faces[3 * f]]
     b = screen[faces[3 * f + 1]]
     c = screen[faces[3 * f + 2]]
     cp = closest_point(p, wp.vec2(a[0], a[1]), wp.vec2(b[0], b[1]), wp.vec2(c[0], c[1]))
     pw = perspective_weights(wp.vec3(cp[1], cp[2], cp[3]), a[2], b[2], c[2])
-    return coverage_logit(cp[0], sigma), pw, (far - pw[3]) / (far - near)
+    return cp[0] / sigma, pw, (far - pw[3]) / (far - near)
 
 
 @wp.kernel(enable_backward=False)
@@ -184,7 +199,7 @@ def depth_max_kernel(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.i
     py = i // width
     p = wp.vec2(float(px) + 0.5, float(py) + 0.5)
     t = (py // tile_size) * tiles_x + px // tile_size
-    m = float(SOFTMAX_EPS)
+    m = float(0.0)  # zn >= 0 for every triangle that is not culled
     for k in range(counts[t]):
         x, pw, z = fragment(screen, faces, tile_tris[offsets[t] + k], p, sigma, near, far)
         if coverage(x) > 0.0:
@@ -198,7 +213,8 @@ def accumulate_kernel(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.
                       counts: wp.array(dtype=wp.int32), tile_tris: wp.array(dtype=wp.int32),
                       zmax: wp.array(dtype=float), width: int, tile_size: int, tiles_x: int, sigma: float,
                       gamma: float, near: float, far: float, sums: wp.array2d(dtype=float)):
-    """Per pixel (sum_j e_j, sum_j e_j C_j (3), sum_j log(1 - D_j)), e_j = D_j exp((zn_j - zmax) / gamma)."""
+    """Per pixel (sum_j e_j, sum_j e_j C_j (3), sum over partial j of log(1 - D_j), number of triangles
+    covering the center), e_j = D_j exp((zn_j - zmax) / gamma)."""
     i = wp.tid()
     px = i % width
     py = i // width
@@ -208,6 +224,7 @@ def accumulate_kernel(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.
     den = wp.float32(0.0)  # a typed variable: Warp cannot reassign a literal in a dynamic loop
     num = wp.vec3(0.0)
     log_t = wp.float32(0.0)
+    inside = wp.float32(0.0)
     # Warp's backward neither replays a dynamic loop before the code after it nor stores per-iteration
     # values; it re-runs each iteration's body in reverse. So the loop only carries plain sums and writes
     # them out; everything nonlinear in them happens in resolve_kernel.
@@ -225,24 +242,36 @@ def accumulate_kernel(screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.
             e = d * wp.exp((z - m) / gamma)
             den = den + e
             num = num + e * col
-            log_t = log_t + log_transparency(x)
+            # D = 1 (log(1 - D) = -inf) is counted instead, and makes alpha exactly 1
+            if x > 0.0:
+                log_t = log_t + log_transparency(x)
+            else:
+                inside = inside + 1.0
     sums[i, 0] = den
     sums[i, 1] = num[0]
     sums[i, 2] = num[1]
     sums[i, 3] = num[2]
     sums[i, 4] = log_t
+    sums[i, 5] = inside
 
 
 @wp.kernel
-def resolve_kernel(sums: wp.array2d(dtype=float), zmax: wp.array(dtype=float), gamma: float,
-                   background: wp.array(dtype=float), out_color: wp.array2d(dtype=float),
-                   out_alpha: wp.array(dtype=float)):
+def resolve_kernel(sums: wp.array2d(dtype=float), background: wp.array(dtype=float),
+                   out_color: wp.array2d(dtype=float), out_alpha: wp.array(dtype=float)):
+    """alpha = 1 - prod_j (1 - D_j); color = alpha * sum_j e_j C_j / sum_j e_j + (1 - alpha) * background."""
     i = wp.tid()
-    bg = wp.exp((SOFTMAX_EPS - zmax[i]) / gamma)
-    den = sums[i, 0] + bg
+    alpha = float(0.0)
+    if sums[i, 5] > 0.0:
+        alpha = 1.0
+    else:
+        alpha = 1.0 - wp.exp(sums[i, 4])
+    den = sums[i, 0]
     for c in range(3):
-        out_color[i, c] = (sums[i, 1 + c] + bg * background[c]) / den
-    out_alpha[i] = 1.0 - wp.exp(sums[i, 4])
+        fg = float(0.0)
+        if den > 0.0:  # den = 0 only where no triangle contributes, i.e. alpha = 0
+            fg = sums[i, 1 + c] / den
+        out_color[i, c] = alpha * fg + (1.0 - alpha) * background[c]
+    out_alpha[i] = alpha
 
 
 def _check(name: str, arr, dtype, shape: tuple) -> None:
@@ -262,9 +291,10 @@ def _check_positive_int(name: str, v) -> None:
 
 
 def coverage_radius(sigma: float) -> float:
-    """Blur radius in pixels: SoftRas's sigmoid(-d^2 / sigma) falls below eps_D = COVERAGE_EPS (negligible)
-    at d = r = sqrt(sigma ln(1 / eps_D)) (~3.03 px for sigma = 1), where our shifted coverage is exactly 0."""
-    return math.sqrt(sigma * math.log(1.0 / COVERAGE_EPS))
+    """Blur radius in pixels: the falloff 2 sigmoid(-d^2 / sigma) outside a triangle falls to
+    eps_D / (1 + eps_D) ~ eps_D = COVERAGE_EPS (negligible) at d = r = sqrt(sigma ln(2 / eps_D + 1)) (~3.15 px
+    for sigma = 1), where the shifted coverage is exactly 0."""
+    return math.sqrt(sigma * math.log(2.0 / COVERAGE_EPS + 1.0))
 
 
 def project_vertices(world: wp.array, intrinsics: wp.array, pose: wp.array) -> wp.array:
@@ -322,7 +352,7 @@ def bin_triangles(screen: wp.array, faces: wp.array, width: int, height: int, ra
 def soft_rasterize(world: wp.array, faces: wp.array, vertex_colors: wp.array, intrinsics: wp.array,
                    pose: wp.array, width: int, height: int, sigma: float, gamma: float, background: wp.array,
                    near: float = 0.05, far: float = 100.0, *, tile_size: int = TILE_SIZE):
-    """SoftRas image of a triangle mesh with per-vertex colors.
+    """Soft-rasterized image of a triangle mesh with per-vertex colors, composited over a background color.
 
     Args:
         world: wp.vec3 (V,) world-space vertex positions.
@@ -330,26 +360,27 @@ def soft_rasterize(world: wp.array, faces: wp.array, vertex_colors: wp.array, in
         vertex_colors: float32 array2d (V, 3).
         intrinsics: float32 (4,) [fx, fy, cx, cy] pixels; pose: float32 (7,) camera-to-world (any non-zero
             quaternion; normalized in the kernel).
-        width, height: image size in pixels. sigma: > 0, coverage sharpness in pixels^2. gamma: > 0,
-            depth-softmax temperature. background: float32 (3,) color.
+        width, height: image size in pixels. sigma: > 0, width of the coverage falloff outside silhouettes
+            in pixels^2. gamma: > 0, depth-softmax temperature. background: float32 (3,) color.
         near, far: 0 < near < far. A triangle with any vertex depth outside [near, far] is culled whole.
         tile_size: binning tile edge in pixels (a performance knob; the result does not depend on it).
 
     Returns:
         (color float32 array2d (N, 3), alpha float32 (N,)), N = height * width, row-major from the top.
-        For pixel center p and each non-culled triangle j with s_j = delta_j d_j^2 (d_j = distance from p
-        to the triangle's boundary, delta_j = +1 inside, -1 outside):
-            D_j = max(0, (1 + eps_D) sigmoid(s_j / sigma) - eps_D), eps_D = 1e-4
-        (SoftRas's sigmoid shifted by < eps_D so coverage reaches exactly 0 at r = sqrt(sigma ln(1/eps_D))
-        and the image stays continuous in the vertices). q_j = the triangle point closest to p (p when
-        inside); its perspective-correct barycentrics interpolate vertex_colors (C_j) and view depth z_j;
-        zn_j = (far - z_j) / (far - near).
-            color = (sum_j D_j exp(zn_j / gamma) C_j + exp(eps / gamma) background) /
-                    (sum_j D_j exp(zn_j / gamma) + exp(eps / gamma)),  eps = 1e-3,
-            alpha = 1 - prod_j (1 - D_j),
-        evaluated with every exponent shifted by the pixel's max(eps, max zn_j) for float32 range.
+        For pixel center p and each non-culled triangle j with d_j = screen distance from p to the triangle
+        (0 when p is inside or on it):
+            D_j = 1 inside, max(0, (1 + eps_D) 2 sigmoid(-d_j^2 / sigma) - eps_D) outside, eps_D = 1e-4
+        (continuous with slope 0 at the edge; shifted by < eps_D so coverage reaches exactly 0 at
+        r = sqrt(sigma ln(2 / eps_D + 1)) and the image stays continuous in the vertices). q_j = the
+        triangle point closest to p (p when inside); its perspective-correct barycentrics interpolate
+        vertex_colors (C_j) and view depth z_j; zn_j = (far - z_j) / (far - near), w_j = D_j exp(zn_j / gamma).
+            alpha = 1 - prod_j (1 - D_j)   (exactly 1 where any triangle covers p),
+            color = alpha * sum_j w_j C_j / sum_j w_j + (1 - alpha) * background   (background where
+                    no triangle contributes),
+        with the softmax exponents shifted by the pixel's max zn_j over contributing j for float32 range.
         Differentiable (recorded on a surrounding wp.Tape) w.r.t. world, vertex_colors, intrinsics, pose and
-        background; the binning and the exponent shift are launched with record_tape=False.
+        background; silhouettes over the background carry gradients to the geometry and the camera through
+        alpha. The binning and the exponent shift are launched with record_tape=False.
         Reads the binned fragment count back to the host once (not CUDA-graph capturable).
     """
     _check("world", world, wp.vec3, (None,))
@@ -387,13 +418,12 @@ def soft_rasterize(world: wp.array, faces: wp.array, vertex_colors: wp.array, in
               inputs=[screen, faces, offsets, counts, tile_tris, width, tile_size, tiles_x, sigma, near, far],
               outputs=[zmax], device=dev, record_tape=False)
     grad = any(a.requires_grad for a in (world, vertex_colors, intrinsics, pose, background))
-    sums = wp.zeros((n, 5), dtype=float, device=dev, requires_grad=grad)
+    sums = wp.zeros((n, 6), dtype=float, device=dev, requires_grad=grad)
     wp.launch(accumulate_kernel, dim=n,
               inputs=[screen, faces, vertex_colors, offsets, counts, tile_tris, zmax, width, tile_size,
                       tiles_x, sigma, gamma, near, far],
               outputs=[sums], device=dev)
     color = wp.zeros((n, 3), dtype=float, device=dev, requires_grad=grad)
     alpha = wp.zeros(n, dtype=float, device=dev, requires_grad=grad)
-    wp.launch(resolve_kernel, dim=n, inputs=[sums, zmax, gamma, background], outputs=[color, alpha],
-              device=dev)
+    wp.launch(resolve_kernel, dim=n, inputs=[sums, background], outputs=[color, alpha], device=dev)
     return color, alpha
