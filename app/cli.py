@@ -16,6 +16,7 @@ from pathlib import Path
 
 from renderer.errors import SceneError
 from renderer.loading import load_scene, summarize
+from renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = ROOT / "scenes" / "texture.json"
@@ -129,6 +130,85 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run(args)
 
 
+# ---- dataset ------------------------------------------------------------------------------------
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def _three_floats(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected three comma-separated numbers like 1,1,1, got {text!r}")
+    return values
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """Render a NeRF-style dataset of a scene (renderer.datasets)."""
+    from renderer.datasets import Animation, DatasetOptions, plan_dataset, write_dataset
+
+    scene = load_scene(args.scene)
+    try:
+        animate = Animation(mesh=args.animate_mesh, degrees=args.animate_degrees,
+                            translation=args.animate_translation) if (
+            args.animate or args.animate_mesh or args.animate_translation is not None) else None
+        options = DatasetOptions(
+            views=args.views, test_views=args.test_views, width=args.width, height=args.height, fov_y=args.fov_y,
+            distance=args.distance, hemisphere=args.hemisphere, seed=args.seed,
+            lighting_variation=args.lighting_variation, occluders=args.occluders,
+            occluded_fraction=args.occluded_fraction, animate=animate, background=args.background,
+            rgba=args.rgba, mode=args.mode)
+        plan = plan_dataset(scene, options)
+    except ValueError as e:  # an option out of range, or one the scene cannot satisfy
+        print(f"drstudio dataset: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    print(write_dataset(scene, plan, args.out, device=args.device, overwrite=args.force).text())
+    return 0
+
+
+def _dataset_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scene", help="scene file")
+    p.add_argument("--out", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--views", type=_positive_int, default=100, help="number of views, test views included "
+                   "(default 100)")
+    p.add_argument("--test-views", type=_nonnegative_int, default=0, metavar="K",
+                   help="hold out K views as the test split (writes transforms_{train,val,test}.json too)")
+    p.add_argument("--width", type=_positive_int, default=128, help="image width in pixels (default 128)")
+    p.add_argument("--height", type=_positive_int, default=128, help="image height in pixels (default 128)")
+    p.add_argument("--fov-y", type=float, default=40.0, metavar="DEG", help="vertical field of view (default 40)")
+    p.add_argument("--distance", type=float, help="camera distance from the center (default: frame the scene)")
+    p.add_argument("--hemisphere", action="store_true", help="cameras on the upper (+Y) hemisphere only")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="random seed (default 0)")
+    p.add_argument("--lighting-variation", type=float, default=0.0, metavar="S",
+                   help="per-view random light intensity/tint of strength S, e.g. 0.3 (NeRF-W; default 0)")
+    p.add_argument("--occluders", type=_nonnegative_int, default=0, metavar="K",
+                   help="K random cubes between camera and scene in some train views (NeRF-W; default 0)")
+    p.add_argument("--occluded-fraction", type=float, default=0.5, metavar="F",
+                   help="with --occluders: the fraction of train views that get them (default 0.5)")
+    p.add_argument("--animate", action="store_true", help="animate a mesh over time in [0, 1] (D-NeRF); "
+                   "frame i of N gets time i/(N-1)")
+    p.add_argument("--animate-mesh", metavar="NAME", help="the mesh to animate (implies --animate; default: "
+                   "the first)")
+    p.add_argument("--animate-degrees", type=float, default=90.0, metavar="DEG",
+                   help="with --animate: rotation about +Y at time 1 (default 90)")
+    p.add_argument("--animate-translation", type=_three_floats, metavar="X,Y,Z", help="with --animate: "
+                   "displacement at time 1 (default: 0.2 scene radii up)")
+    p.add_argument("--background", type=_three_floats, metavar="R,G,B",
+                   help="linear background color (default: the scene's)")
+    p.add_argument("--rgba", action="store_true", help="write RGBA images with alpha = coverage")
+    p.add_argument("--mode", choices=RENDER_MODES, help="render mode (default: the scene's)")
+    p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
+
+
 cmd_bench = _not_built
 
 
@@ -183,6 +263,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speed", type=float, default=1.0, help="viewer playback speed, times the recorded pace")
     device(p)
     p = command("bench", cmd_bench, "measure rendering and optimization speed")
+    device(p)
+    p = command("dataset", cmd_dataset, "render a NeRF-style dataset of a scene: images from cameras around "
+                "it and a transforms.json (nerfstudio/Blender)")
+    _dataset_arguments(p)
     device(p)
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")
