@@ -116,12 +116,11 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    try:
-        from .viewer import run_viewer
-    except ImportError:
-        print("drstudio view: not built yet", file=sys.stderr)
-        return EXIT_NOT_BUILT
-    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device)
+    from . import headless
+    from .viewer import run_viewer
+
+    record_dir = None if getattr(args, "no_record", False) else headless.default_out_dir(Path.cwd()) / "recording"
+    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -235,10 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--headless", action="store_true", help="optimize headless even when a display is present")
     p.add_argument("--steps", type=_positive_int, help="override optimize.steps (headless)")
     p.add_argument("--out", type=Path, help="output folder (headless; default runs/<timestamp>)")
-    p.add_argument("--no-record", action="store_true", help="do not record the session (headless)")
+    p.add_argument("--no-record", action="store_true", help="do not record the session")
     device(p)
     p = command("view", cmd_view, "open the viewer (on a scene, if given)")
     p.add_argument("scene", nargs="?", help="scene file")
+    p.add_argument("--no-record", action="store_true", help="do not record the session")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
     p.add_argument("scene", nargs="?", help="scene file (not with --resume)")

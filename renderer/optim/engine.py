@@ -65,6 +65,8 @@ class Snapshot:
     last_skip_step: int = -1
     steps_per_second: float = 0.0
     history: dict = field(default_factory=dict)  # name -> list of floats per step (loss terms, grad norms)
+    thumbnails: dict = field(default_factory=dict)  # camera -> (H, W, 3) target image of every view
+    targets_version: int = 0  # increases whenever the targets are re-rendered
     error: str = ""  # the last failed command or step, until the next start or reset
     commands_applied: int = 0
 
@@ -72,10 +74,17 @@ class Snapshot:
 class Engine:
     """Runs `problem.step()` in a daemon thread. See the module docstring for the contract."""
 
-    def __init__(self, problem, *, publish_images: bool = True, publish_every: int = 1):
+    def __init__(self, problem, *, publish_images: bool = True, publish_every: int = 1,
+                 image_interval: float = 0.1):
+        """`publish_images`: render the active view for snapshots (a viewer wants it; the headless CLI
+        does not). Images are re-rendered at most every `image_interval` seconds while running (a viewer
+        shows about ten snapshot frames a second), and always when a run pauses or a command lands."""
         self.problem = problem
         self.publish_images = publish_images
         self.publish_every = max(1, publish_every)
+        self.image_interval = image_interval
+        self._image_time = -1e9
+        self._images: dict = {}
         self._commands: queue.Queue = queue.Queue()
         self._lock = threading.Lock()
         self._front = Snapshot(active_view=problem.active_view, free=tuple(problem.free_paths()))
@@ -243,9 +252,11 @@ class Engine:
     def _publish(self, force_images: bool = False, error: str = "") -> None:
         p = self.problem
         result = self._last.get("result")
-        images = {}
-        if self.publish_images or force_images:
-            images = p.view_images(result)
+        now = time.perf_counter()
+        if force_images or (self.publish_images and now - self._image_time >= self.image_interval):
+            self._images = p.view_images(result)
+            self._image_time = now
+        images = self._images
         snap = Snapshot(
             step=p.step_index, state=self._state,
             loss=result.loss if result else float("nan"),
@@ -258,6 +269,7 @@ class Engine:
             param_grads=images.get("param_grads", {}),
             skipped_steps=self._skipped, last_skip_step=self._last_skip, steps_per_second=self._rate,
             history={k: list(v) for k, v in self._history.items()},
+            thumbnails=p.target_images(), targets_version=p.targets_version,
             error=error or self._last_error,
             commands_applied=self._applied,
         )

@@ -99,6 +99,12 @@ class Problem:
         """(Re-)render or load the target images from the current truth."""
         self.targets = build_targets(self.scene, self.ds, self.truth, self.target_spec, self._current_values(),
                                      self._dataset_files)
+        self.targets_version = getattr(self, "targets_version", -1) + 1
+        self._target_images = {t.camera: self.target_numpy(t.camera) for t in self.targets}
+
+    def target_images(self) -> dict:
+        """camera -> (H, W, 3) target image; the arrays are replaced, never modified, when targets change."""
+        return dict(self._target_images)
 
     def _current_values(self) -> dict:
         return {path: self.ds.get(path) for path in self.ds.arrays}
@@ -271,7 +277,7 @@ class Problem:
     def view_images(self, result=None) -> dict:
         cam = self.active_view
         grads = getattr(self, "_last_grad_images", {})
-        out = {"render": self.render_numpy(cam), "target": self.target_numpy(cam), "grad_image": grads.get(cam)}
+        out = {"render": self.render_numpy(cam), "target": self._target_images[cam], "grad_image": grads.get(cam)}
         pg = getattr(self, "_last_param_grads", {})
         out["texture_grads"] = {p: g for p, g in pg.items()
                                 if self.ds.kinds[p] in ("albedo", "roughness", "metallic") and g.shape[0] > 1}

@@ -1,0 +1,21 @@
+"""The viewer-editor (`drstudio view`): a docked OpenGL + ImGui window over the optimization engine.
+
+Modules: `app` (window, loop, lifecycle), `state` (the one AppState), `viewport` (3D view and free
+camera input), `camera` (orbit camera and GL matrices), `geometry` (host-side display geometry),
+`panels` (ImGui windows), `image_panes` (GPU compositing of the image panes), `overlays`
+(gradient overlays, colormaps, legends), `gizmos` (ImGuizmo handles on the target scene), `uploads`
+(NumPy / CUDA arrays to GL textures), `glsl` (shader files from shaders/).
+"""
+
+from __future__ import annotations
+
+
+def run_viewer(scene_path: str, *, device: str = "cpu", max_frames: int | None = None, on_frame=None,
+               record_dir=None) -> int:
+    """See `app.viewer.app.run_viewer` (imported on call: importing the package opens no GL library)."""
+    from .app import run_viewer as run
+
+    return run(scene_path, device=device, max_frames=max_frames, on_frame=on_frame, record_dir=record_dir)
+
+
+__all__ = ["run_viewer"]

@@ -1,0 +1,281 @@
+"""`drstudio view`: the window, the main loop and the lifecycle of the viewer.
+
+Threads: the optimization engine steps the problem in its own thread; this (main) thread runs the
+UI. Each frame the UI swaps in the engine's latest snapshot (`engine.snapshot()`, a reference read
+under a lock), sends queued commands (`engine.send()`), uploads what changed to GL and draws. It
+never launches an optimizer kernel and never waits for a step.
+
+Lifecycle (hello_imgui's): GLFW window and GL context -> ImGui/ImPlot contexts and the native
+GLFW + OpenGL3 backends -> GL resources (`GLResources`, the post-init step) -> frames ->
+GL resources released (before-exit) -> backends shut down -> contexts destroyed -> GLFW terminated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+import time
+from pathlib import Path
+
+# imgui_bundle before glfw: it points pyGLFW at the libglfw its native backend is linked against.
+from imgui_bundle import imgui, imguizmo, implot  # isort: split
+
+import glfw
+import moderngl
+import numpy as np
+
+from renderer.errors import SceneError
+from renderer.loading import load_scene
+from renderer.optim.engine import Engine
+from renderer.optim.problem import Problem
+
+from . import panels
+from .image_panes import Compositor
+from .overlays import colormap_lut
+from .state import AppState
+from .uploads import Uploader
+from .viewport import Viewport, viewport_window
+
+log = logging.getLogger("drstudio.viewer")
+EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
+
+
+class GLResources:
+    """Every GL object of the viewer; created once the context exists, released before it goes."""
+
+    def __init__(self, ctx: moderngl.Context, state: AppState):
+        self.ctx = ctx
+        self.uploader = Uploader(ctx)
+        self.colormap = state.overlays.colormap
+        self.lut = ctx.texture((256, 1), 3, colormap_lut(self.colormap).tobytes())
+        self.lut.filter = (moderngl.LINEAR, moderngl.LINEAR)
+        self.lut.repeat_x = self.lut.repeat_y = False
+        self.compositor = Compositor(ctx, self.lut)
+        self.viewport = Viewport(ctx, state, self.uploader, self.lut)
+
+    def update(self, state: AppState) -> None:
+        """Once per drawn frame, before the windows: values and gradients -> GL, colormap changes."""
+        self.viewport.sync(state)
+        if state.overlays.colormap != self.colormap:
+            self.colormap = state.overlays.colormap
+            self.lut.write(colormap_lut(self.colormap).tobytes())
+            for out in self.compositor.outputs.values():
+                out.key = None
+
+    def release(self) -> None:
+        self.viewport.release()
+        self.compositor.release()
+        self.uploader.release()
+        self.lut.release()
+
+
+def read_back_buffer(ctx: moderngl.Context) -> np.ndarray:
+    """The window's back buffer as (H, W, 3) uint8, row 0 at the top."""
+    w, h = ctx.screen.size
+    data = ctx.screen.read(components=3)
+    _ = ctx.error  # screen.read sets GL_INVALID_OPERATION on the default framebuffer; the read works
+    return np.frombuffer(data, np.uint8).reshape(h, w, 3)[::-1].copy()
+
+
+class ViewerApp:
+    """The window and its frame loop. Frames are drawn on demand (software GL pays for every pixel
+    of every frame, and those cycles are the optimizer's): at up to `max_fps` while there is input
+    (and for a few frames after it), when a new snapshot arrives (at most `snapshot_fps`), and at
+    least `idle_fps` otherwise."""
+
+    SETTLE_FRAMES = 4  # frames drawn after the last input event (ImGui hover/active states settle)
+
+    def __init__(self, state: AppState, *, title: str, size=(1280, 720), max_fps: float = 40.0,
+                 snapshot_fps: float = 10.0, idle_fps: float = 10.0):
+        self.state = state
+        self.title = title
+        self.size = size
+        self.max_fps = max_fps
+        self.snapshot_fps = snapshot_fps
+        self.idle_fps = idle_fps
+        self._layout_done = False
+        self._events = 0  # input events seen by our GLFW callbacks (ImGui's backend chains them)
+
+    def run(self, max_frames: int | None = None, on_frame=None) -> int:
+        errors: list[str] = []
+        glfw.set_error_callback(lambda code, text: errors.append(f"GLFW error {code:#x}: {text}"))
+        if not glfw.init():
+            print(f"drstudio view: cannot open a window (no display?) {' '.join(errors)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        window = None
+        try:
+            glfw.window_hint(glfw.CONTEXT_VERSION_MAJOR, 3)
+            glfw.window_hint(glfw.CONTEXT_VERSION_MINOR, 3)
+            glfw.window_hint(glfw.OPENGL_PROFILE, glfw.OPENGL_CORE_PROFILE)
+            glfw.window_hint(glfw.OPENGL_FORWARD_COMPAT, True)
+            window = glfw.create_window(self.size[0], self.size[1], self.title, None, None)
+            if not window:
+                print(f"drstudio view: cannot create an OpenGL 3.3 window: {' '.join(errors)}", file=sys.stderr)
+                return EXIT_USER_ERROR
+            glfw.make_context_current(window)
+            glfw.swap_interval(0)
+            return self._run_window(window, max_frames, on_frame)
+        finally:
+            if window:
+                glfw.destroy_window(window)
+            glfw.terminate()
+            glfw.set_error_callback(None)
+
+    def _install_callbacks(self, window) -> None:
+        """Count input events (to draw on demand). Installed before ImGui's backend, which chains them."""
+        def seen(*_args) -> None:
+            self._events += 1
+
+        for setter in (glfw.set_cursor_pos_callback, glfw.set_mouse_button_callback, glfw.set_scroll_callback,
+                       glfw.set_key_callback, glfw.set_char_callback, glfw.set_window_size_callback,
+                       glfw.set_window_focus_callback, glfw.set_cursor_enter_callback):
+            setter(window, seen)
+        glfw.set_drop_callback(window, self._on_drop)
+
+    def _run_window(self, window, max_frames, on_frame) -> int:
+        state = self.state
+        ctx = moderngl.create_context()
+        imgui.create_context()
+        implot.create_context()
+        io = imgui.get_io()
+        io.set_ini_filename(None)  # the layout is rebuilt at start; nothing written to the working directory
+        io.config_flags |= imgui.ConfigFlags_.docking_enable
+        self._install_callbacks(window)
+        imgui.backends.glfw_init_for_opengl(ctypes.cast(window, ctypes.c_void_p).value, True)
+        imgui.backends.opengl3_init("#version 330")
+        try:
+            state.gl = GLResources(ctx, state)
+            try:
+                state.screenshot = lambda: read_back_buffer(ctx)
+                self._loop(window, ctx, max_frames, on_frame)
+            finally:
+                state.screenshot = None
+                state.gl.release()
+                state.gl = None
+        finally:
+            imgui.backends.opengl3_shutdown()
+            imgui.backends.glfw_shutdown()
+            implot.destroy_context()
+            imgui.destroy_context()
+            ctx.release()
+        return 0
+
+    def _on_drop(self, window, paths) -> None:
+        self._events += 1
+        log.info("dropped %s (open scenes with `drstudio view FILE`)", paths)
+
+    def _due(self, now: float, last_draw: float, dirty: bool, settle: int) -> float:
+        """Seconds until the next frame should be drawn (<= 0: now)."""
+        state = self.state
+        since = now - last_draw
+        if settle > 0 or state.gizmo_dragging or state.gl.viewport.moving or state.throttle.pending():
+            return 1.0 / self.max_fps - since
+        if dirty:
+            return 1.0 / self.snapshot_fps - since
+        return 1.0 / self.idle_fps - since
+
+    def _loop(self, window, ctx: moderngl.Context, max_frames, on_frame) -> None:
+        state = self.state
+        last_draw = time.perf_counter()
+        seen_events, settle, dirty = -1, self.SETTLE_FRAMES, True
+        while not glfw.window_should_close(window) and not state.quit:
+            glfw.poll_events()
+            if self._events != seen_events:
+                seen_events, settle = self._events, self.SETTLE_FRAMES
+            dirty |= state.pull()
+            wait = self._due(time.perf_counter(), last_draw, dirty, settle)
+            if wait > 0:
+                # sleep until input or the frame is due (snapshots arriving meanwhile wait for it)
+                glfw.wait_events_timeout(min(wait, 0.05))
+                continue
+            settle = max(0, settle - 1)
+            dirty = False
+            t_frame = time.perf_counter()
+            state.window_pos = glfw.get_window_pos(window)
+            state.flush()
+            state.gl.update(state)
+
+            imgui.backends.opengl3_new_frame()
+            imgui.backends.glfw_new_frame()
+            imgui.new_frame()
+            imguizmo.im_guizmo.begin_frame()
+            self._frame(state)
+            imgui.render()
+
+            fb_w, fb_h = glfw.get_framebuffer_size(window)
+            ctx.screen.use()
+            ctx.viewport = (0, 0, fb_w, fb_h)
+            ctx.clear(*panels.WINDOW_BG, 1.0)  # the background of the docked windows
+            imgui.backends.opengl3_render_draw_data(imgui.get_draw_data())
+            if on_frame is not None:
+                on_frame(state)  # the back buffer holds this frame until the swap
+            glfw.swap_buffers(window)
+
+            now = time.perf_counter()
+            state.frame_cpu_ms.append((now - t_frame) * 1000.0)
+            state.tick(t_frame - last_draw)
+            last_draw = t_frame
+            if max_frames is not None and state.frame >= max_frames:
+                break
+        state.flush(force=True)
+
+    def _frame(self, state: AppState) -> None:
+        io = imgui.get_io()
+        if io.key_ctrl and imgui.is_key_pressed(imgui.Key.q):
+            state.quit = True
+        panels.menu_bar(state)
+        dockspace = imgui.get_id("drstudio.dockspace")
+        if not self._layout_done:
+            panels.dock_layout(dockspace)
+            self._layout_done = True
+        # the docked windows cover the whole viewport: no background under them (software GL pays per pixel)
+        imgui.dock_space_over_viewport(dockspace, imgui.get_main_viewport(),
+                                       imgui.DockNodeFlags_.passthru_central_node)
+        viewport_window(state, state.gl.viewport, state.gl.lut.glo)
+        panels.draw_windows(state)
+
+
+def build(scene_path: str, device: str = "cpu") -> tuple[AppState, Engine]:
+    """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
+    scene = load_scene(scene_path)
+    problem = Problem(scene, device)
+    engine = Engine(problem)
+    return AppState.from_problem(problem, engine), engine
+
+
+def run_viewer(scene_path: str, *, device: str = "cpu", max_frames: int | None = None, on_frame=None,
+               record_dir: str | Path | None = None) -> int:
+    """Open the viewer-editor on a scene file and run until the window closes (or `max_frames`).
+
+    `record_dir`: record the session into a new folder below it (see docs/recording.md); None: off.
+
+    `on_frame(state)` is called every frame after drawing, before the buffer swap (a test hook; the
+    back buffer can be read with `state.screenshot()`). Returns the process exit code: 0, 2 for a bad
+    scene file or no display, 130 when interrupted."""
+    try:
+        state, engine = build(scene_path, device)
+    except SceneError as exc:
+        print(f"drstudio view: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValueError as exc:  # e.g. a scene without an optimize section
+        print(f"drstudio view: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    recorder = None
+    if record_dir is not None:
+        from renderer.recording import Recorder, next_recording_dir
+
+        recorder = Recorder(next_recording_dir(record_dir), engine.problem)
+        engine.add_listener(recorder)
+        print(f"recording to {recorder.dir}", file=sys.stderr)
+    engine.start_thread()
+    try:
+        app = ViewerApp(state, title=f"drstudio - {Path(scene_path).name}")
+        return app.run(max_frames=max_frames, on_frame=on_frame)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        engine.shutdown()
+        if recorder is not None:
+            recorder.close()
+            print(recorder.summary(), file=sys.stderr)

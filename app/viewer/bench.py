@@ -1,0 +1,141 @@
+"""What the viewer costs the optimization: optimizer steps/s headless vs with the viewer open, and
+the viewer's frame rate while the optimizer runs.
+
+    python -m app.viewer.bench scenes/texture.json scenes/light.json --seconds 20
+
+Per scene, four runs of the same engine (each after a warm-up, averaged over `--seconds`):
+- headless: `Engine(publish_images=False)`, as `drstudio optimize` runs it;
+- headless + images: the engine publishing render/target/gradient images after every step, as it
+  does for the viewer, but no window (the engine-side share of the viewer's cost);
+- viewer, watching: the window open, optimizer running, no input (frames drawn on demand: when a
+  snapshot arrives, at most 10 per second);
+- viewer, orbiting: the same while the mouse orbits the 3D view without pause (real X input from
+  xdotool): the frame rate a user interacting gets, and what it costs the optimizer.
+Needs a display (DISPLAY, e.g. Xvfb) and xdotool; prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import subprocess
+import threading
+import time
+
+import numpy as np
+
+
+def _steps_rate(engine, warmup: float, seconds: float) -> float:
+    time.sleep(warmup)
+    s0, t0 = engine.snapshot().step, time.perf_counter()
+    time.sleep(seconds)
+    s1, t1 = engine.snapshot().step, time.perf_counter()
+    return (s1 - s0) / (t1 - t0)
+
+
+def headless(scene_path: str, device: str, seconds: float, warmup: float, publish_images: bool) -> float:
+    from renderer.loading import load_scene
+    from renderer.optim.engine import Engine
+    from renderer.optim.problem import Problem
+
+    problem = Problem(load_scene(scene_path), device)
+    problem.steps = 10**6
+    engine = Engine(problem, publish_images=publish_images)
+    engine.start_thread()
+    try:
+        engine.send("start")
+        return _steps_rate(engine, warmup, seconds)
+    finally:
+        engine.shutdown()
+
+
+def _orbit_mouse(state, stop: threading.Event) -> None:
+    """Hold the left button in the 3D view and circle the mouse until `stop` (real X input)."""
+    xdo = shutil.which("xdotool")
+    env = dict(os.environ)
+    x, y, w, h = state.viewport_rect
+    ox, oy = state.window_pos
+    cx, cy = ox + x + w * 0.2, oy + y + h * 0.75
+    subprocess.run([xdo, "mousemove", str(int(cx)), str(int(cy)), "mousedown", "1"], env=env, check=True)
+    t = 0.0
+    while not stop.is_set():
+        t += 0.15
+        subprocess.run([xdo, "mousemove", str(int(cx + 40 * math.cos(t))), str(int(cy + 20 * math.sin(t)))],
+                       env=env, check=True)
+        time.sleep(0.01)
+    subprocess.run([xdo, "mouseup", "1"], env=env, check=True)
+
+
+def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False
+           ) -> tuple[float, float, float]:
+    """(steps/s, median frames/s, 5th-percentile frames/s) with the viewer open."""
+    from .app import ViewerApp, build
+
+    state, engine = build(scene_path, device)
+    engine.start_thread()
+    marks: dict = {}
+    frame_times: list[float] = []
+    stop = threading.Event()
+
+    def on_frame(st) -> None:
+        now = time.perf_counter()
+        if st.frame == 0:
+            st.send("set_steps", 10**6)
+            st.send("start")
+            marks["start"] = now
+            return
+        t = now - marks["start"]
+        if orbit and t >= warmup * 0.5 and "mouse" not in marks:
+            marks["mouse"] = threading.Thread(target=_orbit_mouse, args=(st, stop), daemon=True)
+            marks["mouse"].start()
+        if t >= warmup and "t0" not in marks:
+            marks["t0"], marks["s0"] = now, st.snapshot.step
+        if "t0" in marks:
+            frame_times.append(now)
+            if now - marks["t0"] >= seconds:
+                marks["t1"], marks["s1"] = now, st.snapshot.step
+                st.quit = True
+
+    try:
+        ViewerApp(state, title="drstudio bench").run(on_frame=on_frame)
+    finally:
+        stop.set()
+        if "mouse" in marks:
+            marks["mouse"].join(10)
+        engine.shutdown()
+    dt = np.diff(frame_times)
+    steps = (marks["s1"] - marks["s0"]) / (marks["t1"] - marks["t0"])
+    return steps, 1.0 / float(np.median(dt)), 1.0 / float(np.percentile(dt, 95))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("scenes", nargs="+")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    rows = []
+    for scene in args.scenes:
+        a = headless(scene, args.device, args.seconds, args.warmup, publish_images=False)
+        b = headless(scene, args.device, args.seconds, args.warmup, publish_images=True)
+        watch = viewer(scene, args.device, args.seconds, args.warmup)
+        orbit = viewer(scene, args.device, args.seconds, args.warmup, orbit=True)
+        rows.append((scene, a, b, watch, orbit))
+        print(f"{scene}: headless {a:.2f} steps/s, +images {b:.2f}; viewer watching {watch[0]:.2f} steps/s "
+              f"at {watch[1]:.1f} fps; orbiting {orbit[0]:.2f} steps/s at {orbit[1]:.1f} fps "
+              f"(5% of frames below {orbit[2]:.1f} fps)", flush=True)
+    print()
+    print("| scene | headless steps/s | + snapshot images | viewer watching: steps/s, fps | "
+          "viewer orbiting: steps/s, fps (median / 5th pct) |")
+    print("|---|---|---|---|---|")
+    for scene, a, b, watch, orbit in rows:
+        print(f"| {scene} | {a:.2f} | {b:.2f} ({b / a:.0%}) | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f} | "
+              f"{orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,623 @@
+"""The docked ImGui windows: Scene, Inspector, Optimizer, Views, Overlays, Images, and the menu/status
+bar. Each is a function of the one `AppState`; they read its snapshot and values and change things
+only through `state.send` / `state.send_throttled` (engine commands)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from imgui_bundle import imgui, implot
+
+from renderer import conventions as cv
+
+from .image_panes import fit, show
+from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
+from .state import GROUPS, TEXTURE_KINDS, AppState, ParamInfo
+
+WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays")
+STATE_COLORS = {"running": (0.4, 0.9, 0.4, 1.0), "paused": (0.95, 0.8, 0.3, 1.0),
+                "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0)}
+EDIT_INTERVAL = 0.1  # s between value commands while a widget is dragged
+
+
+WINDOW_BG = (0.06, 0.06, 0.06)  # ImGui's dark WindowBg; the app clears the screen with it
+
+
+def begin(state: AppState, name: str, flags: int = 0) -> bool:
+    """`imgui.begin` for a docked window: docked windows tile the screen, so they skip their own
+    background and show the clear color (software GL pays for every blended pixel; a floating window
+    keeps its background)."""
+    docked = state.docked.get(name, False)
+    if docked:
+        imgui.push_style_color(imgui.Col_.window_bg, (*WINDOW_BG, 0.0))
+    visible = imgui.begin(name, None, flags)[0]
+    if docked:
+        imgui.pop_style_color()
+    state.docked[name] = imgui.is_window_docked()
+    return visible
+
+
+def _remember(state: AppState, name: str) -> None:
+    """Record the last item's screen rect (for tests driving the real window)."""
+    lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
+    state.rects[name] = (lo.x, lo.y, hi.x - lo.x, hi.y - lo.y)
+
+
+# -- layout ---------------------------------------------------------------------------------------
+
+def dock_layout(dockspace_id) -> None:
+    """The default layout: Scene over Inspector on the left, the 3D view in the middle over the image
+    panes and the view thumbnails, the Optimizer over the Overlays on the right."""
+    internal = imgui.internal
+    vp = imgui.get_main_viewport()
+    internal.dock_builder_remove_node(dockspace_id)
+    internal.dock_builder_add_node(dockspace_id, imgui.internal.DockNodeFlagsPrivate_.dock_space.value)
+    internal.dock_builder_set_node_size(dockspace_id, vp.work_size)
+
+    def split(node, direction, ratio):
+        s = internal.dock_builder_split_node(node, direction, ratio)
+        return s.id_at_dir, s.id_at_opposite_dir
+
+    left, rest = split(dockspace_id, imgui.Dir.left, 0.21)
+    right, center = split(rest, imgui.Dir.right, 0.29)
+    bottom, center = split(center, imgui.Dir.down, 0.37)
+    views, images = split(bottom, imgui.Dir.right, 0.26)
+    inspector, scene = split(left, imgui.Dir.down, 0.58)
+    overlays, optimizer = split(right, imgui.Dir.down, 0.42)
+    for name, node in (("Scene", scene), ("Inspector", inspector), ("Viewport", center), ("Images", images),
+                       ("Views", views), ("Optimizer", optimizer), ("Overlays", overlays)):
+        internal.dock_builder_dock_window(name, node)
+    internal.dock_builder_finish(dockspace_id)
+
+
+def menu_bar(state: AppState) -> None:
+    if not imgui.begin_main_menu_bar():
+        return
+    if imgui.begin_menu("File"):
+        if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
+            state.quit = True
+        imgui.end_menu()
+    if imgui.begin_menu("Optimize"):
+        for label, kind in (("Start", "start"), ("Pause", "pause"), ("Step", "step"), ("Reset", "reset")):
+            if imgui.menu_item(label, "", False)[0]:
+                state.send(kind)
+        imgui.end_menu()
+    snap = state.snapshot
+    imgui.separator()
+    imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
+    imgui.text(f"step {snap.step}/{state.steps}   loss {snap.loss:.4g}   {snap.steps_per_second:.1f} steps/s   "
+               f"{state.fps:.0f} fps")
+    if snap.error:
+        imgui.text_colored(STATE_COLORS["error"], snap.error[:120])
+    imgui.end_main_menu_bar()
+
+
+# -- Scene ----------------------------------------------------------------------------------------
+
+def scene_panel(state: AppState) -> None:
+    if begin(state, "Scene"):
+        sc = state.scene
+        flags = imgui.TreeNodeFlags_.default_open
+        for group in GROUPS:
+            names = state.items(group)
+            if not imgui.tree_node_ex(f"{group.capitalize()} ({len(names)})###{group}", flags):
+                continue
+            for name in names:
+                free = sum(1 for p in state.item_params(group, name) if p.path in state.free)
+                detail = ""
+                if group == "lights":
+                    detail = state.light_type(name)
+                elif group == "materials":
+                    detail = sc.materials[name].model
+                elif group == "meshes":
+                    m = sc.meshes[name]
+                    detail = f"{len(m.vertices)} v, {len(m.faces)} f"
+                elif group == "cameras":
+                    c = sc.cameras[name]
+                    detail = f"{c.width}x{c.height}" + ("  (view)" if name in state.views else "")
+                label = f"{name}  [{detail}]" + (f"  {free} free" if free else "")
+                clicked, _ = imgui.selectable(f"{label}##{group}.{name}", state.selection == (group, name))
+                _remember(state, f"scene.{group}.{name}")
+                if clicked:
+                    state.selection = (group, name)
+            imgui.tree_pop()
+    imgui.end()
+
+
+# -- Inspector ------------------------------------------------------------------------------------
+
+def quat_to_euler_deg(q) -> np.ndarray:
+    """Inverse of conventions.quat_from_euler_deg (R = Rz Ry Rx)."""
+    r = cv.quat_to_matrix(q) if np.linalg.norm(q) > 1e-12 else np.eye(3)
+    y = math.asin(float(np.clip(-r[2, 0], -1.0, 1.0)))
+    x = math.atan2(r[2, 1], r[2, 2])
+    z = math.atan2(r[1, 0], r[0, 0])
+    return np.degrees([x, y, z])
+
+
+def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed: float) -> np.ndarray | None:
+    """Widgets for one value; returns the edited value (or None). `which`: current or target."""
+    kind, label = info.kind, f"##{which}.{info.path}"
+    v = np.asarray(value, np.float32)
+    new = None
+    if kind in ("position", "scale", "direction") and v.size == 3:
+        changed, out = imgui.drag_float3(f"{which}{label}", v.tolist(), speed, format="%.4f")
+        new = np.asarray(out, np.float32) if changed else None
+    elif kind == "color" and v.size == 3:
+        flags = imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.hdr
+        changed, out = imgui.color_edit3(f"{which}{label}", v.tolist(), flags)
+        new = np.asarray(out, np.float32) if changed else None
+    elif kind == "intensity":
+        changed, out = imgui.drag_float(f"{which}{label}", float(v.reshape(-1)[0]), speed, 0.0, 1e6, "%.4f")
+        new = np.array([max(out, 0.0)], np.float32) if changed else None
+    elif kind == "quaternion":
+        changed, out = imgui.drag_float3(f"{which} (euler deg){label}", quat_to_euler_deg(v).tolist(), 0.5,
+                                         format="%.2f")
+        new = cv.quat_from_euler_deg(out).astype(np.float32) if changed else None
+    elif kind == "pose":
+        c1, pos = imgui.drag_float3(f"{which} position{label}", v[:3].tolist(), speed, format="%.4f")
+        c2, eul = imgui.drag_float3(f"{which} euler deg{label}", quat_to_euler_deg(v[3:]).tolist(), 0.5,
+                                    format="%.2f")
+        if c1 or c2:
+            new = np.r_[pos, cv.quat_from_euler_deg(eul)].astype(np.float32)
+    elif kind == "intrinsics":
+        changed, out = imgui.drag_float4(f"{which} fx fy cx cy{label}", v.tolist(), 0.5, format="%.2f")
+        new = np.asarray(out, np.float32) if changed else None
+    elif kind in TEXTURE_KINDS and v.shape[:2] == (1, 1):
+        if kind == "albedo":
+            changed, out = imgui.color_edit3(f"{which}{label}", v.reshape(3).tolist(), imgui.ColorEditFlags_.float)
+            new = np.asarray(out, np.float32).reshape(1, 1, 3) if changed else None
+        else:
+            lo = 0.02 if kind == "roughness" else 0.0
+            changed, out = imgui.slider_float(f"{which}{label}", float(v.reshape(-1)[0]), lo, 1.0)
+            new = np.array(out, np.float32).reshape(1, 1, 1) if changed else None
+    elif kind in TEXTURE_KINDS:
+        if kind == "albedo":
+            mean = v.reshape(-1, 3).mean(axis=0)
+            changed, out = imgui.color_edit3(f"fill {which}{label}", mean.tolist(),
+                                             imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.no_inputs)
+            new = np.broadcast_to(np.asarray(out, np.float32), v.shape).copy() if changed else None
+        else:
+            changed, out = imgui.slider_float(f"fill {which}{label}", float(v.mean()), 0.0, 1.0)
+            new = np.full(v.shape, out, np.float32) if changed else None
+    elif kind in ("vertices", "colors", "uvs"):
+        key = f"row.{info.path}"
+        row = int(np.clip(state.inspector_rows.get(key, 0), 0, len(v) - 1))
+        _, row = imgui.slider_int(f"index{label}", row, 0, len(v) - 1)
+        state.inspector_rows[key] = row
+        if kind == "colors":
+            changed, out = imgui.color_edit3(f"{which} row{label}", v[row].tolist(), imgui.ColorEditFlags_.float)
+        elif kind == "uvs":
+            changed, out = imgui.drag_float2(f"{which} row{label}", v[row].tolist(), 0.001, format="%.4f")
+        else:
+            changed, out = imgui.drag_float3(f"{which} row{label}", v[row].tolist(), speed, format="%.4f")
+        if changed:
+            new = v.copy()
+            new[row] = out
+    else:
+        imgui.text(np.array2string(v.reshape(-1)[:8], precision=4))
+    return new
+
+
+def _send_edit(state: AppState, info: ParamInfo, new, which: str) -> None:
+    kind = "set_value" if which == "current" else "set_target_value"
+    key = f"{which}.{info.path}"
+    if new is not None:
+        state.send_throttled(key, kind, info.path, new,
+                             interval=EDIT_INTERVAL if which == "current" else 0.25)
+    if imgui.is_item_deactivated_after_edit() or imgui.is_item_deactivated():
+        state.release(key)
+
+
+def _texture_previews(state: AppState, info: ParamInfo) -> None:
+    gl = state.gl
+    snap = state.snapshot
+    v = state.values[info.path]
+    h, w = v.shape[:2]
+    if h * w <= 1:
+        return
+    grad = snap.texture_grads.get(info.path)
+    shown = 2 + (grad is not None)
+    spacing = imgui.get_style().item_spacing.x
+    side = max(32.0, min(140.0, (imgui.get_content_region_avail().x - spacing * (shown - 1)) / shown))
+    size = fit(w, h, side, side)
+    mode = "color" if info.kind == "albedo" else "value"
+    for which, arr in (("current", v), ("target", state.targets.get(info.path))):
+        if arr is None:
+            continue
+        src = gl.uploader.upload(f"preview.{which}.{info.path}", arr)
+        out = gl.compositor.draw(f"preview.{which}.{info.path}", (w, h), mode, src, key=id(arr))
+        imgui.begin_group()
+        imgui.text(which)
+        show(out, size)
+        imgui.end_group()
+        imgui.same_line()
+    if grad is not None:
+        ov = state.overlays
+        vmax = float(magnitudes(grad).max()) if ov.auto_scale else float(ov.vmax["texture"])
+        src = gl.uploader.upload(f"igrad.{info.path}", grad, nearest=True)
+        out = gl.compositor.draw(f"igrad.{info.path}", (w, h), "heat", src,
+                                 key=(id(grad), vmax, ov.log_scale, ov.colormap), heat_max=vmax,
+                                 heat_log=ov.log_scale)
+        imgui.begin_group()
+        imgui.text("|gradient|")
+        show(out, size)
+        _remember(state, f"inspector.grad.{info.path}")
+        imgui.end_group()
+        lo = imgui.get_cursor_screen_pos()
+        draw_legend(imgui.get_window_draw_list(), (lo.x + 4, lo.y + 4), 160.0, 10.0, gl.lut.glo, vmax,
+                    ov.log_scale, "|dL/d texel|")
+        imgui.dummy((170.0, 14.0 + 2 * imgui.get_text_line_height() + 8))
+    else:
+        imgui.new_line()
+
+
+def inspector_panel(state: AppState) -> None:
+    if not begin(state, "Inspector"):
+        imgui.end()
+        return
+    sel = state.selection
+    if sel is None:
+        imgui.text_wrapped("Select a mesh, material, light or camera in the Scene panel.")
+        imgui.end()
+        return
+    group, name = sel
+    sc = state.scene
+    snap = state.snapshot
+    _, radius = state.scene_bounds()
+    speed = radius * 0.005
+    imgui.text(f"{group[:-1]} '{name}'")
+    if group == "meshes":
+        m = sc.meshes[name]
+        imgui.text_disabled(f"{len(m.vertices)} vertices, {len(m.faces)} faces, from {m.source}")
+        if imgui.small_button(f"material: {m.material}"):
+            state.selection = ("materials", m.material)
+    elif group == "lights":
+        imgui.text_disabled(f"{state.light_type(name)} light")
+    elif group == "materials":
+        imgui.text_disabled(f"{sc.materials[name].model}, {sc.materials[name].wrap}")
+    elif group == "cameras":
+        c = sc.cameras[name]
+        imgui.text_disabled(f"{c.width}x{c.height}" + ("  target view" if name in state.views else ""))
+        if name in state.views and imgui.small_button("make active view"):
+            state.send("set_active_view", name)
+        imgui.same_line()
+        if imgui.small_button("look through"):
+            center, _ = state.scene_bounds()
+            state.camera.look_through(state.values[f"cameras.{name}.pose"], state.values[f"cameras.{name}.intrinsics"],
+                                      c.height, center)
+    for info in state.item_params(group, name):
+        imgui.push_id(info.path)
+        imgui.separator_text(info.path.split(".", 2)[2])
+        if info.optimizable:
+            changed, free = imgui.checkbox("free", info.path in state.free)
+            _remember(state, f"free.{info.path}")
+            if changed:
+                state.send("set_free", info.path, free)
+        else:
+            imgui.text_disabled("fixed (not in optimize.parameters)")
+        g = snap.grad_norms.get(info.path)
+        if g is not None:
+            imgui.same_line()
+            imgui.text(f"|grad| {g:.3e}")
+        err = snap.errors.get(info.path)
+        if err is not None:
+            imgui.same_line()
+            imgui.text(f"err {err:.3e}")
+        pg = snap.param_grads.get(info.path)
+        if pg is not None and np.size(pg) <= 8:
+            imgui.text_disabled("grad " + np.array2string(np.asarray(pg).reshape(-1), precision=3))
+        new = _edit(state, info, state.values[info.path], "current", speed)
+        _send_edit(state, info, new, "current")
+        if info.path in state.targets and info.kind not in ("vertices", "colors", "uvs"):
+            new = _edit(state, info, state.targets[info.path], "target", speed)
+            _send_edit(state, info, new, "target")
+        if info.kind in TEXTURE_KINDS:
+            _texture_previews(state, info)
+        imgui.pop_id()
+    imgui.end()
+
+
+# -- Optimizer ------------------------------------------------------------------------------------
+
+def _button(state: AppState, label: str, name: str) -> bool:
+    clicked = imgui.button(label)
+    _remember(state, name)
+    return clicked
+
+
+def optimizer_panel(state: AppState) -> None:
+    if not begin(state, "Optimizer"):
+        imgui.end()
+        return
+    snap = state.snapshot
+    imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state.upper())
+    imgui.same_line()
+    imgui.text(f"step {snap.step} / {state.steps}")
+    if snap.error:
+        imgui.text_colored(STATE_COLORS["error"], snap.error)
+    if _button(state, "Start" if snap.state in ("idle", "finished", "stopped", "error") else "Resume",
+               "button.start"):
+        state.send("start" if snap.state in ("idle", "finished", "stopped", "error") else "resume")
+    imgui.same_line()
+    if _button(state, "Pause", "button.pause"):
+        state.send("pause")
+    imgui.same_line()
+    if _button(state, f"Step {state.step_count}", "button.step"):
+        state.send("step", state.step_count)
+    imgui.same_line()
+    if _button(state, "Reset", "button.reset"):
+        state.send("reset")
+    imgui.set_next_item_width(110)
+    changed, n = imgui.input_int("steps per click", state.step_count)
+    if changed:
+        state.step_count = max(1, n)
+    imgui.set_next_item_width(110)
+    changed, budget = imgui.input_int("step budget", state.steps, 100, 1000)
+    if changed and budget >= 1:
+        state.send_throttled("steps", "set_steps", int(budget), interval=0.3)
+    imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
+    imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    if snap.skipped_steps:
+        imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "
+                                                   f"last at {snap.last_skip_step}")
+    _parameter_table(state)
+    _plots(state)
+    _loss_weights(state)
+    imgui.end()
+
+
+def _parameter_table(state: AppState) -> None:
+    snap = state.snapshot
+    flags = imgui.TableFlags_.borders_inner_h | imgui.TableFlags_.row_bg | imgui.TableFlags_.sizing_stretch_prop
+    if not imgui.begin_table("parameters", 5, flags):
+        return
+    for col in ("parameter", "free", "learning rate", "|grad|", "error"):
+        imgui.table_setup_column(col)
+    imgui.table_headers_row()
+    for path, info in state.params.items():
+        if not info.optimizable:
+            continue
+        imgui.push_id(path)
+        imgui.table_next_row()
+        imgui.table_next_column()
+        if imgui.selectable(path, state.selection == (info.group, info.owner))[0]:
+            state.selection = (info.group, info.owner)
+        imgui.table_next_column()
+        changed, free = imgui.checkbox("##free", path in state.free)
+        _remember(state, f"table.free.{path}")
+        if changed:
+            state.send("set_free", path, free)
+        imgui.table_next_column()
+        imgui.set_next_item_width(-1)
+        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.2e",
+                                       imgui.SliderFlags_.logarithmic)
+        if changed:
+            state.send_throttled(f"lr.{path}", "set_lr", path, float(lr), interval=EDIT_INTERVAL)
+        if imgui.is_item_deactivated():
+            state.release(f"lr.{path}")
+        imgui.table_next_column()
+        g = snap.grad_norms.get(path)
+        imgui.text("-" if g is None else f"{g:.2e}")
+        imgui.table_next_column()
+        e = snap.errors.get(path)
+        imgui.text("-" if e is None else f"{e:.2e}")
+        imgui.pop_id()
+    imgui.end_table()
+
+
+def _loss_weights(state: AppState) -> None:
+    if not imgui.collapsing_header("Loss weights", imgui.TreeNodeFlags_.default_open):
+        return
+    terms = state.snapshot.loss_terms
+    for name, w in state.weights.items():
+        imgui.set_next_item_width(140)
+        changed, w = imgui.drag_float(f"{name}##weight", w, 0.01, 0.0, 100.0, "%.3f")
+        if changed:
+            state.send_throttled(f"weight.{name}", "set_loss_weight", name, max(0.0, float(w)), interval=EDIT_INTERVAL)
+        if imgui.is_item_deactivated():
+            state.release(f"weight.{name}")
+        if name in terms:
+            imgui.same_line()
+            imgui.text_disabled(f"term {terms[name]:.4g}")
+
+
+MAX_PLOT_POINTS = 300  # per series: software GL pays per vertex, and histories grow with every step
+
+
+def decimate(xs, ys, n: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
+    """At most ~n points of a series, evenly strided, always keeping the last one."""
+    xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
+    if len(ys) <= n:
+        return xs, ys
+    idx = np.unique(np.r_[np.linspace(0, len(ys) - 1, n).astype(np.int64), len(ys) - 1])
+    return xs[idx], ys[idx]
+
+
+def _plot_series(series: dict, title: str, log_y: bool = True) -> None:
+    if not implot.begin_plot(title, (-1.0, 150.0)):
+        return
+    implot.setup_axes("step", "", implot.AxisFlags_.auto_fit, implot.AxisFlags_.auto_fit)
+    if log_y:
+        implot.setup_axis_scale(implot.ImAxis_.y1, implot.Scale_.log10)
+    for label, (xs, ys) in series.items():
+        if len(ys):
+            x, y = decimate(xs, ys)
+            if log_y:
+                y = np.maximum(y, 1e-30)
+            implot.plot_line(label, x, y)
+    implot.end_plot()
+
+
+def _plots(state: AppState) -> None:
+    hist = state.snapshot.history
+    if not imgui.collapsing_header("Plots", imgui.TreeNodeFlags_.default_open):
+        return
+    loss = {k: (np.arange(len(v)), v) for k, v in hist.items() if k == "loss" or k.startswith("loss.")}
+    _plot_series(loss, "Loss")
+    grads = {k[5:]: (np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
+    _plot_series(grads, "Gradient norms")
+    errs = {k: ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
+    _plot_series(errs, "Parameter error vs truth (max abs)")
+
+
+# -- Views ----------------------------------------------------------------------------------------
+
+def views_panel(state: AppState) -> None:
+    if not begin(state, "Views"):
+        imgui.end()
+        return
+    gl = state.gl
+    avail = imgui.get_content_region_avail().x
+    thumb = 96.0
+    per_row = max(1, int(avail // (thumb + 12)))
+    for i, cam in enumerate(state.views):
+        img = state.thumbnails.get(cam)
+        if i % per_row:
+            imgui.same_line()
+        imgui.begin_group()
+        active = cam == state.active_view
+        label = cam + (" *" if active else "") + (" (stale)" if cam in state.stale_thumbnails else "")
+        imgui.text(label)
+        if img is not None:
+            src = gl.uploader.upload(f"thumb.{cam}", img)
+            out = gl.compositor.draw(f"thumb.{cam}", (img.shape[1], img.shape[0]), "color", src, key=id(img))
+            size = fit(img.shape[1], img.shape[0], thumb, thumb)
+            if active:
+                imgui.push_style_color(imgui.Col_.button, (0.9, 0.6, 0.1, 1.0))
+            clicked = imgui.image_button(f"view.{cam}", imgui.ImTextureRef(out.texture.glo), size, (0, 1), (1, 0))
+            if active:
+                imgui.pop_style_color()
+        else:
+            clicked = imgui.button(f"{cam}##view", (thumb, thumb))
+        _remember(state, f"view.{cam}")
+        if clicked and not active:
+            state.send("set_active_view", cam)
+        imgui.end_group()
+    imgui.end()
+
+
+# -- Overlays -------------------------------------------------------------------------------------
+
+OVERLAY_LABELS = {"image": "image-space gradient (render pane)", "texture": "texture-space gradient (mesh)",
+                  "geometry": "vertex gradients (colors + arrows)", "params": "light / camera gradient arrows"}
+
+
+def overlays_panel(state: AppState) -> None:
+    if not begin(state, "Overlays"):
+        imgui.end()
+        return
+    ov = state.overlays
+    for name in OVERLAYS:
+        changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
+        _remember(state, f"overlay.{name}")
+        if changed:
+            ov.enabled[name] = on
+    imgui.separator()
+    imgui.set_next_item_width(140)
+    changed, idx = imgui.combo("colormap", COLORMAPS.index(ov.colormap), list(COLORMAPS))
+    if changed:
+        ov.colormap = COLORMAPS[idx]
+    _, ov.auto_scale = imgui.checkbox("auto scale (max of the current step)", ov.auto_scale)
+    if not ov.auto_scale:
+        for name in OVERLAYS:
+            imgui.set_next_item_width(140)
+            _, v = imgui.drag_float(f"max |grad| {name}", ov.vmax[name], ov.vmax[name] * 0.01 + 1e-12, 1e-12, 1e12,
+                                    "%.3e", imgui.SliderFlags_.logarithmic)
+            ov.vmax[name] = max(v, 1e-12)
+    _, ov.log_scale = imgui.checkbox("log scale (3 decades)", ov.log_scale)
+    imgui.set_next_item_width(140)
+    _, ov.opacity = imgui.slider_float("opacity", ov.opacity, 0.0, 1.0)
+    _, ov.arrows = imgui.checkbox("vertex arrows", ov.arrows)
+    imgui.set_next_item_width(140)
+    _, ov.arrow_length = imgui.slider_float("arrow length", ov.arrow_length, 0.01, 1.0)
+    imgui.set_next_item_width(140)
+    props = list(TEXTURE_KINDS)
+    changed, idx = imgui.combo("texture gradient of", props.index(ov.texture_property), props)
+    if changed:
+        ov.texture_property = props[idx]
+    imgui.separator_text("Gizmos")
+    for op in ("translate", "rotate", "scale"):
+        if imgui.radio_button(op, state.gizmo.operation == op):
+            state.gizmo.operation = op
+        imgui.same_line()
+    imgui.new_line()
+    _, state.gizmo.show_targets = imgui.checkbox("target scene (orange, draggable)", state.gizmo.show_targets)
+    _, state.gizmo.show_current = imgui.checkbox("current estimate (cyan)", state.gizmo.show_current)
+    imgui.text_disabled("Select a light, mesh or camera, then drag its gizmo:\n"
+                        "the target scene changes and the optimizer chases it.")
+    imgui.end()
+
+
+# -- Images ---------------------------------------------------------------------------------------
+
+def images_panel(state: AppState) -> None:
+    if not begin(state, "Images"):
+        imgui.end()
+        return
+    gl = state.gl
+    snap = state.snapshot
+    ps = state.panes
+    ov = state.overlays
+    imgui.text(f"view {state.active_view}")
+    imgui.same_line()
+    for mode in ("split", "blend"):
+        if imgui.radio_button(mode, ps.compare == mode):
+            ps.compare = mode
+        imgui.same_line()
+    imgui.set_next_item_width(160)
+    _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
+    _remember(state, "images.split")
+    imgui.same_line()
+    imgui.set_next_item_width(110)
+    _, ps.diff_gain = imgui.slider_float("diff gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
+    if snap.render is None or snap.target is None:
+        imgui.text_disabled("waiting for the first render...")
+        imgui.end()
+        return
+    h, w = snap.render.shape[:2]
+    render = gl.uploader.upload("img.render", snap.render)
+    target = gl.uploader.upload("img.target", snap.target)
+    grad = None
+    vmax = 1.0
+    if ov.on("image") and snap.grad_image is not None:
+        grad = gl.uploader.upload("img.grad", snap.grad_image)
+        vmax = gl.viewport.scale_for(state, "image")
+    avail = imgui.get_content_region_avail()
+    legend_h = 2 * imgui.get_text_line_height() + 22 if grad is not None else 0.0
+    pane_w, pane_h = fit(w, h, (avail.x - 24) / 4, avail.y - imgui.get_text_line_height() - 12 - legend_h)
+    ser = state.serial
+    panes = (
+        ("render", "render" + (" + grad" if grad is not None else ""), "color", render, None, grad,
+         (ser, grad is not None, vmax, ov.log_scale, ov.opacity, ov.colormap)),
+        ("target", "target", "color", target, None, None, (ser,)),
+        ("diff", f"|difference| x{ps.diff_gain:.0f}", "diff", render, target, None, (ser, ps.diff_gain)),
+        ("compare", ps.compare, ps.compare, render, target, None, (ser, ps.compare, ps.split)),
+    )
+    for i, (name, title, mode, a, b, heat, key) in enumerate(panes):
+        if i:
+            imgui.same_line()
+        out = gl.compositor.draw(f"pane.{name}", (w, h), mode, a, b, heat, key=key, split=ps.split,
+                                 gain=ps.diff_gain, heat_max=vmax, heat_log=ov.log_scale, heat_opacity=ov.opacity)
+        imgui.begin_group()
+        imgui.text(title)
+        show(out, (pane_w, pane_h))
+        _remember(state, f"pane.{name}")
+        imgui.end_group()
+    if grad is not None:
+        x, y, _, ph = state.rects["pane.render"]
+        draw_legend(imgui.get_window_draw_list(), (x + 4, y + ph + 6), min(pane_w - 8, 200.0), 10.0, gl.lut.glo,
+                    vmax, ov.log_scale, "|dL/d pixel|")
+        imgui.dummy((pane_w, legend_h))
+    imgui.end()
+
+
+def draw_windows(state: AppState) -> None:
+    """Every docked window except the viewport (drawn by viewport.viewport_window)."""
+    scene_panel(state)
+    inspector_panel(state)
+    optimizer_panel(state)
+    views_panel(state)
+    overlays_panel(state)
+    images_panel(state)

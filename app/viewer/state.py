@@ -1,0 +1,266 @@
+"""`AppState`: the one object the viewer's windows read and edit.
+
+It holds what the UI shows (the latest engine `Snapshot`, the values it knows for every parameter,
+the target values it has set, the selection, overlay and pane settings, the free camera, timings)
+and the only way to change the optimization: `send()` a command to the engine. Nothing here
+touches Warp arrays or waits for a step; `pull()` only swaps in the engine's latest snapshot.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from renderer.optim.engine import Snapshot
+
+from .camera import OrbitCamera, project
+from .overlays import OverlaySettings
+
+GROUPS = ("meshes", "materials", "lights", "cameras")
+TEXTURE_KINDS = ("albedo", "roughness", "metallic")
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    path: str
+    kind: str
+    shape: tuple
+    group: str  # meshes, materials, lights, cameras
+    owner: str  # the item's name, e.g. "key" for lights.key.position
+    optimizable: bool  # listed in the scene's optimize.parameters (can be made free)
+
+
+@dataclass
+class PaneSettings:
+    compare: str = "split"  # split or blend
+    split: float = 0.5
+    diff_gain: float = 4.0
+
+
+@dataclass
+class GizmoSettings:
+    operation: str = "translate"  # translate, rotate, scale (what the viewport gizmo edits)
+    show_targets: bool = True  # markers of the target scene's lights and cameras
+    show_current: bool = True  # markers of the current (optimized) lights and cameras
+
+
+class Throttle:
+    """Latest-value-wins rate limiter for commands sent while a widget is dragged: at most one
+    command per key every `interval` seconds, and the last value is always delivered (`flush`)."""
+
+    def __init__(self):
+        self._pending: dict[str, tuple[str, tuple, float]] = {}
+        self._last: dict[str, float] = {}
+
+    def push(self, key: str, kind: str, args: tuple, interval: float) -> None:
+        self._pending[key] = (kind, args, interval)
+
+    def due(self, now: float, force: bool = False) -> list[tuple[str, tuple]]:
+        out = []
+        for key, (kind, args, interval) in list(self._pending.items()):
+            if force or now - self._last.get(key, -math.inf) >= interval:
+                out.append((kind, args))
+                self._last[key] = now
+                del self._pending[key]
+        return out
+
+    def pending(self) -> bool:
+        return bool(self._pending)
+
+    def flush_key(self, key: str) -> list[tuple[str, tuple]]:
+        item = self._pending.pop(key, None)
+        if item is None:
+            return []
+        self._last[key] = time.monotonic()
+        return [(item[0], item[1])]
+
+
+class AppState:
+    """Everything the viewer shows and edits. Build it with `from_problem` before the engine thread
+    starts (the only time the viewer reads the problem directly)."""
+
+    def __init__(self, scene, engine, *, params: dict, values: dict, targets: dict, initial: dict,
+                 lrs: dict, weights: dict, views: list, steps: int, thumbnails: dict):
+        self.scene = scene  # topology and names (values in it are not kept current)
+        self.engine = engine
+        self.params: dict[str, ParamInfo] = params
+        self.values: dict[str, np.ndarray] = values  # latest known value of every parameter
+        self.targets: dict[str, np.ndarray] = targets  # the target scene's values, as last sent
+        self.initial: dict[str, np.ndarray] = initial  # optimizable parameters after `reset`
+        self.lrs: dict[str, float] = lrs
+        self.weights: dict[str, float] = weights
+        self.views: list[str] = views
+        self.steps = steps
+        self.thumbnails: dict[str, np.ndarray] = thumbnails  # target image per view
+        self.stale_thumbnails: set[str] = set()
+
+        self.snapshot: Snapshot = engine.snapshot()
+        self.serial = 0  # bumps with every new snapshot
+        self.free: set[str] = set(self.snapshot.free)
+        self.active_view: str = self.snapshot.active_view or (views[0] if views else "")
+        self.error_history: dict[str, list[tuple[int, float]]] = {}
+
+        self.selection: tuple[str, str] | None = None  # (group, name)
+        self.overlays = OverlaySettings()
+        self.panes = PaneSettings()
+        self.gizmo = GizmoSettings()
+        self.camera = OrbitCamera()
+        self.step_count = 1  # the Optimizer panel's "Step n"
+        self.inspector_rows: dict[str, int] = {}  # per-vertex editors: the row being edited
+
+        self.sent: list[tuple[str, tuple]] = []  # every command sent, in order (log and tests)
+        self.version = 0  # bumps with every local edit of values or targets (redraw keys)
+        self.throttle = Throttle()
+        self.frame = 0
+        self.fps = 0.0
+        self.frame_ms: deque = deque(maxlen=240)  # time between drawn frames
+        self.frame_cpu_ms: deque = deque(maxlen=60)  # time spent drawing a frame (what a frame costs)
+        self.rects: dict[str, tuple[float, float, float, float]] = {}  # widget name -> screen rect
+        self.viewport_rect = (0.0, 0.0, 1.0, 1.0)  # screen rect of the 3D view
+        self.window_pos = (0, 0)  # of the OS window on the screen (ImGui coordinates are window-relative)
+        self.view_proj = np.eye(4)  # of the free camera, last frame
+        self.gizmo_dragging = False
+        self.docked: dict[str, bool] = {}  # window name -> docked last frame
+        self.gl = None  # the app's GL resources (created after GL init, released before exit)
+        self.screenshot = None  # callable() -> (H, W, 3) uint8 of the back buffer (set by the app)
+        self.quit = False
+
+    @classmethod
+    def from_problem(cls, problem, engine) -> AppState:
+        scene = problem.scene
+        ds = problem.ds
+        params = {}
+        for path, p in scene.params().items():
+            group, owner = path.split(".")[:2]
+            params[path] = ParamInfo(path, p.kind, tuple(p.value.shape), group, owner,
+                                     path in problem.param_specs)
+        values = {path: ds.get(path) for path in params}
+        thumbnails = {}
+        for cam in problem.views:
+            try:
+                thumbnails[cam] = problem.target_numpy(cam)
+            except StopIteration:  # a view without a target image
+                pass
+        return cls(scene, engine, params=params, values=values,
+                   targets={k: np.array(v, np.float32) for k, v in problem.truth.items()},
+                   initial={k: np.array(v, np.float32) for k, v in problem.initial.items()},
+                   lrs=dict(problem.lrs), weights=dict(problem.weights), views=list(problem.views),
+                   steps=int(problem.steps), thumbnails=thumbnails)
+
+    # -- commands -----------------------------------------------------------------------------------
+    def send(self, kind: str, *args) -> None:
+        """Queue a command for the engine (applied between steps, in order)."""
+        self.engine.send(kind, *args)
+        self.sent.append((kind, args))
+        self.version += 1
+        if kind == "set_value":
+            self.values[args[0]] = np.array(args[1], np.float32)
+        elif kind == "set_target_value":
+            self.targets[args[0]] = np.array(args[1], np.float32)
+            self.stale_thumbnails = set(self.views)
+        elif kind == "set_free":
+            (self.free.add if args[1] else self.free.discard)(args[0])
+        elif kind == "set_lr":
+            self.lrs[args[0]] = float(args[1])
+        elif kind == "set_loss_weight":
+            self.weights[args[0]] = float(args[1])
+        elif kind == "set_steps":
+            self.steps = int(args[0])
+        elif kind == "set_active_view":
+            self.active_view = args[0]
+        elif kind == "reset":
+            for path, value in self.initial.items():
+                self.values[path] = value.copy()
+            self.error_history.clear()
+
+    def send_throttled(self, key: str, kind: str, *args, interval: float = 0.1) -> None:
+        """For values edited continuously (drags): the latest value goes out at most every `interval`
+        seconds; call `release(key)` when the drag ends so the final value is sent."""
+        self.throttle.push(key, kind, args, interval)
+        self.version += 1
+        if kind == "set_value":
+            self.values[args[0]] = np.array(args[1], np.float32)
+        elif kind == "set_target_value":
+            self.targets[args[0]] = np.array(args[1], np.float32)
+
+    def release(self, key: str) -> None:
+        for kind, args in self.throttle.flush_key(key):
+            self.send(kind, *args)
+
+    def flush(self, force: bool = False) -> None:
+        for kind, args in self.throttle.due(time.monotonic(), force):
+            self.send(kind, *args)
+
+    # -- engine state -------------------------------------------------------------------------------
+    def pull(self) -> bool:
+        """Swap in the engine's latest snapshot; True when it is new."""
+        snap = self.engine.snapshot()
+        if snap is self.snapshot:
+            return False
+        self.snapshot = snap
+        self.serial += 1
+        self.values.update(snap.values)
+        self.free = set(snap.free)
+        if snap.active_view:
+            self.active_view = snap.active_view
+        if snap.target is not None and snap.active_view:
+            self.thumbnails[snap.active_view] = snap.target
+            self.stale_thumbnails.discard(snap.active_view)
+        thumbs = getattr(snap, "thumbnails", None)  # all target views, when the engine publishes them
+        if thumbs:
+            self.thumbnails.update(thumbs)
+            self.stale_thumbnails.clear()
+        for path, err in snap.errors.items():
+            hist = self.error_history.setdefault(path, [])
+            if not hist or hist[-1][0] != snap.step:
+                hist.append((snap.step, float(err)))
+        return True
+
+    def tick(self, dt: float) -> None:
+        self.frame += 1
+        self.frame_ms.append(dt * 1000.0)
+        if dt > 0:
+            self.fps = 1.0 / dt if self.fps == 0.0 else 0.95 * self.fps + 0.05 / dt
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def items(self, group: str) -> list[str]:
+        if group == "lights":
+            sc = self.scene
+            return [*sc.point_lights, *sc.directional_lights, *sc.ambient_lights]
+        return list(getattr(self.scene, group))
+
+    def item_params(self, group: str, name: str) -> list[ParamInfo]:
+        return [p for p in self.params.values() if p.group == group and p.owner == name]
+
+    def light_type(self, name: str) -> str:
+        sc = self.scene
+        if name in sc.point_lights:
+            return "point"
+        if name in sc.directional_lights:
+            return "directional"
+        return "ambient"
+
+    def scene_bounds(self, with_lights: bool = False) -> tuple[np.ndarray, float]:
+        """Center and radius of the meshes' current world-space bounding box (and of the current and
+        target point lights: what "frame all" shows)."""
+        from .geometry import world_vertices
+
+        pts = [world_vertices(self, name) for name in self.scene.meshes]
+        if with_lights:
+            pts += [np.asarray(v[f"lights.{n}.position"], np.float32).reshape(1, 3)
+                    for n in self.scene.point_lights for v in (self.values, self.targets)]
+        pts = np.concatenate(pts) if pts else np.zeros((1, 3))
+        lo, hi = pts.min(axis=0), pts.max(axis=0)
+        return (lo + hi) / 2.0, max(float(np.linalg.norm(hi - lo)) / 2.0, 1e-3)
+
+    def project(self, points) -> np.ndarray:
+        """Screen positions (N, 2) of world points in the last drawn viewport (for input and tests)."""
+        return project(self.view_proj, points, self.viewport_rect)
+
+    def rect_center(self, name: str) -> tuple[float, float]:
+        x, y, w, h = self.rects[name]
+        return x + w / 2.0, y + h / 2.0

@@ -1,0 +1,585 @@
+"""The 3D viewport: the scene drawn with OpenGL from the free camera, with the differentiable
+renderer's shading model (shaders/shading.glsl mirrors renderer/stages/shading.py), the current value
+of every parameter, the gradient overlays, and markers of the current and target lights and cameras.
+
+`Viewport.sync(state)` pushes changed values into GL buffers, textures and uniforms (identity checks:
+a snapshot's arrays are new objects only when the engine published new values), `Viewport.render`
+draws into an offscreen framebuffer that `viewport_window` shows in the docked "Viewport" window,
+where the mouse orbits (left drag), pans (right or middle drag, or shift + left), zooms (wheel) and F
+frames everything. While the camera moves the view renders at half resolution (held frame rate).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import moderngl
+import numpy as np
+from imgui_bundle import imgui, imguizmo
+
+from renderer import conventions as cv
+
+from . import geometry, gizmos
+from .camera import gl_bytes, intrinsics_projection, pose_view
+from .glsl import program, set_uniform, write_uniform
+from .overlays import arrow_lines, auto_vmax, draw_legend, magnitudes
+from .shadows import ShadowMaps
+from .state import AppState
+from .uploads import Uploader
+
+MAX_LIGHTS = 8
+CURRENT_COLOR = (0.25, 0.85, 1.0, 1.0)  # markers of the optimized scene
+TARGET_COLOR = (1.0, 0.6, 0.15, 1.0)  # markers of the target scene
+ARROW_COLOR = (1.0, 0.25, 0.3, 1.0)  # -gradient arrows of lights and cameras
+MOVING_SCALE = 0.5  # resolution while the camera moves
+SNAPSHOT_REDRAW_FPS = 5.0  # new optimizer values redraw the 3D view at most this often (input: always)
+
+gizmo = imguizmo.im_guizmo
+
+
+class _MeshGL:
+    """GL buffers of one mesh; world positions/normals re-uploaded when its values change."""
+
+    def __init__(self, ctx: moderngl.Context, prog: moderngl.Program, mesh):
+        v = len(mesh.vertices)
+        self.pos_nrm = ctx.buffer(reserve=v * 24)
+        self.uv = ctx.buffer(reserve=v * 8)
+        self.color = ctx.buffer(reserve=v * 12)
+        self.heat = ctx.buffer(np.zeros(v, np.float32).tobytes())
+        self.ibo = ctx.buffer(np.ascontiguousarray(mesh.faces, np.int32).tobytes())
+        self.vao = ctx.vertex_array(prog, [(self.pos_nrm, "3f 3f", "in_position", "in_normal"),
+                                           (self.uv, "2f", "in_uv"), (self.color, "3f", "in_color"),
+                                           (self.heat, "1f", "in_heat")], index_buffer=self.ibo)
+        self.sources: dict[str, object] = {}  # uploaded value objects, by parameter path
+        self.world = np.zeros((v, 3), np.float32)
+        self.heat_source = None
+
+    def release(self) -> None:
+        for obj in (self.vao, self.pos_nrm, self.uv, self.color, self.heat, self.ibo):
+            obj.release()
+
+
+class Viewport:
+    def __init__(self, ctx: moderngl.Context, state: AppState, uploader: Uploader, colormap: moderngl.Texture):
+        self.ctx = ctx
+        self.uploader = uploader
+        self.colormap = colormap
+        self.mesh_prog = program(ctx, "mesh.vert", "mesh.frag")
+        self.line_prog = program(ctx, "lines.vert", "lines.frag")
+        for i, name in enumerate(("u_albedo", "u_roughness", "u_metallic", "u_heat_texture", "u_colormap")):
+            set_uniform(self.mesh_prog, name, i)
+        self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
+        self.shadows = ShadowMaps(ctx)
+        self._shadows_on = False
+        self.line_vbo = ctx.buffer(reserve=1 << 16, dynamic=True)
+        self.line_vao = ctx.vertex_array(self.line_prog, [(self.line_vbo, "3f 4f", "in_position", "in_color")])
+        self.fbo: moderngl.Framebuffer | None = None
+        self.color: moderngl.Texture | None = None
+        self.depth: moderngl.Renderbuffer | None = None
+        self.size = (0, 0)
+        self.drawn = (0, 0)  # the region of the framebuffer drawn last
+        self._textures: dict[str, object] = {}  # material texture path -> uploaded value object
+        self._heat_textures: dict[str, object] = {}
+        self.vmax: dict[str, float] = {}
+        self._vmax_serial = -1
+        self.moving = False
+        self.drag_button: int | None = None
+        self._drawn_key = None  # what the offscreen image shows; redrawn only when it changes
+        self._drawn_serial = -1
+        self._drawn_time = 0.0
+        self.redraws = 0
+        center, radius = state.scene_bounds()
+        state.camera.scene_radius = radius
+        cams = list(state.scene.cameras.values())
+        if cams:  # start where the first view looks from, nerfstudio-style
+            c = cams[0]
+            state.camera.look_through(state.values[f"cameras.{c.name}.pose"],
+                                      state.values[f"cameras.{c.name}.intrinsics"], c.height, center)
+        else:
+            state.camera.frame(center, radius)
+
+    # -- values -> GL -----------------------------------------------------------------------------
+    def sync(self, state: AppState) -> None:
+        """Upload what changed since the last frame."""
+        values, snap = state.values, state.snapshot
+        for name, mesh in state.scene.meshes.items():
+            g = self.meshes[name]
+            p = f"meshes.{name}"
+            geo = [values[f"{p}.{k}"] for k in ("vertices", "translation", "rotation", "scale")]
+            if any(g.sources.get(k) is not v for k, v in zip(("v", "t", "r", "s"), geo)):
+                g.world = geometry.transform(*geo)
+                normals = geometry.vertex_normals(g.world, mesh.faces)
+                g.pos_nrm.write(np.ascontiguousarray(np.concatenate([g.world, normals], axis=1), np.float32))
+                g.sources.update(zip(("v", "t", "r", "s"), geo))
+            for key, buf in (("uvs", g.uv), ("colors", g.color)):
+                val = values[f"{p}.{key}"]
+                if g.sources.get(key) is not val:
+                    buf.write(np.ascontiguousarray(val, np.float32))
+                    g.sources[key] = val
+            heat = snap.vertex_grads.get(f"{p}.vertices") if state.overlays.on("geometry") else None
+            if g.heat_source is not heat:
+                g.heat.write(magnitudes(heat).astype(np.float32) if heat is not None
+                             else np.zeros(len(mesh.vertices), np.float32))
+                g.heat_source = heat
+        for mat in state.scene.materials.values():
+            for prop in ("albedo", "roughness", "metallic"):
+                path = f"materials.{mat.name}.{prop}"
+                val = values[path]
+                if self._textures.get(path) is not val:
+                    self.uploader.upload(path, val, mipmaps=state.scene.render.mipmaps,
+                                         repeat=mat.wrap == "wrap")
+                    self._textures[path] = val
+            path = f"materials.{mat.name}.{state.overlays.texture_property}"
+            grad = snap.texture_grads.get(path)
+            if grad is not None and self._heat_textures.get(mat.name) is not grad:
+                self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
+                self._heat_textures[mat.name] = grad
+        if self._vmax_serial != state.serial:
+            self._vmax_serial = state.serial
+            self.vmax = {
+                "image": auto_vmax([magnitudes(snap.grad_image)] if snap.grad_image is not None else []),
+                "texture": auto_vmax([magnitudes(g) for g in snap.texture_grads.values()]),
+                "geometry": auto_vmax([magnitudes(g) for g in snap.vertex_grads.values()]),
+                "params": auto_vmax([np.linalg.norm(_param_arrow_vector(path, g))
+                                     for path, g in snap.param_grads.items()]),
+            }
+
+    def scale_for(self, state: AppState, overlay: str) -> float:
+        ov = state.overlays
+        return self.vmax.get(overlay, 1.0) if ov.auto_scale else float(ov.vmax[overlay])
+
+    def _lights(self, state: AppState, prog: moderngl.Program) -> None:
+        sc, v = state.scene, state.values
+        pl = list(sc.point_lights)[:MAX_LIGHTS]
+        dl = list(sc.directional_lights)[:MAX_LIGHTS]
+
+        def pack(rows, width):
+            a = np.zeros((MAX_LIGHTS, width), np.float32)
+            if rows:
+                a[:len(rows)] = np.asarray(rows, np.float32).reshape(len(rows), width)
+            return a.tobytes()
+
+        set_uniform(prog, "u_num_point", len(pl))
+        write_uniform(prog, "u_point_position", pack([v[f"lights.{n}.position"] for n in pl], 3))
+        write_uniform(prog, "u_point_color", pack([v[f"lights.{n}.color"] for n in pl], 3))
+        write_uniform(prog, "u_point_intensity", pack([v[f"lights.{n}.intensity"][:1] for n in pl], 1))
+        set_uniform(prog, "u_num_dir", len(dl))
+        write_uniform(prog, "u_dir_direction", pack([v[f"lights.{n}.direction"] for n in dl], 3))
+        write_uniform(prog, "u_dir_color", pack([v[f"lights.{n}.color"] for n in dl], 3))
+        write_uniform(prog, "u_dir_intensity", pack([v[f"lights.{n}.intensity"][:1] for n in dl], 1))
+        ambient = np.zeros(3, np.float32)
+        for n in sc.ambient_lights:
+            ambient += v[f"lights.{n}.color"]
+        set_uniform(prog, "u_ambient", tuple(float(x) for x in ambient))
+
+    # -- drawing ----------------------------------------------------------------------------------
+    def _ensure_target(self, width: int, height: int) -> None:
+        if self.size == (width, height):
+            return
+        self._release_target()
+        self.color = self.ctx.texture((width, height), 4)
+        self.color.filter = (moderngl.LINEAR, moderngl.LINEAR)
+        self.depth = self.ctx.depth_renderbuffer((width, height))
+        self.fbo = self.ctx.framebuffer(color_attachments=[self.color], depth_attachment=self.depth)
+        self.size = (width, height)
+
+    def _release_target(self) -> None:
+        for obj in (self.fbo, self.color, self.depth):
+            if obj is not None:
+                obj.release()
+        self.fbo = self.color = self.depth = None
+        self.size = (0, 0)
+
+    def draw_meshes(self, state: AppState, view_proj: np.ndarray, eye, *, linear: bool = False,
+                    overlays: bool = True) -> None:
+        prog = self.mesh_prog
+        self.shadows.bind(prog, 5, self._shadows_on)
+        set_uniform(prog, "u_gouraud", int(state.scene.render.mode == "soft"))
+        write_uniform(prog, "u_view_proj", gl_bytes(view_proj))
+        set_uniform(prog, "u_eye", tuple(float(x) for x in eye))
+        set_uniform(prog, "u_output_linear", int(linear))
+        self._lights(state, prog)
+        ov = state.overlays
+        set_uniform(prog, "u_heat_log", int(ov.log_scale))
+        set_uniform(prog, "u_heat_opacity", float(ov.opacity))
+        self.colormap.use(4)
+        sc = state.scene
+        for name, mesh in sc.meshes.items():
+            mat = sc.materials[mesh.material]
+            for unit, prop in enumerate(("albedo", "roughness", "metallic")):
+                self.uploader.textures[f"materials.{mat.name}.{prop}"].use(unit)
+            set_uniform(prog, "u_model", 0 if mat.model == "lambert" else 1)
+            mode = 0
+            heat_tex = self.uploader.textures.get(f"heat.{mat.name}")
+            tex_path = f"materials.{mat.name}.{ov.texture_property}"
+            if overlays and ov.on("texture") and heat_tex is not None and tex_path in state.snapshot.texture_grads:
+                mode = 1
+                heat_tex.use(3)
+                set_uniform(prog, "u_heat_max", self.scale_for(state, "texture"))
+            elif overlays and ov.on("geometry") and f"meshes.{name}.vertices" in state.snapshot.vertex_grads:
+                mode = 2
+                set_uniform(prog, "u_heat_max", self.scale_for(state, "geometry"))
+            set_uniform(prog, "u_overlay", mode)
+            self.meshes[name].vao.render(moderngl.TRIANGLES)
+
+    def render(self, state: AppState, width: int, height: int) -> tuple[float, float]:
+        """Draw the scene from the free camera into the offscreen target; returns the drawn fraction
+        (u, v) of the target (below 1 while the camera moves)."""
+        width, height = max(1, width), max(1, height)
+        self._ensure_target(width, height)
+        scale = MOVING_SCALE if self.moving else 1.0
+        w, h = max(1, int(width * scale)), max(1, int(height * scale))
+        cam = state.camera
+        view_proj = cam.projection(width / height) @ cam.view()
+        state.view_proj = view_proj
+        view_key = (width, height, w, h, view_proj.tobytes(), state.version, repr(state.overlays),
+                    state.selection, repr(state.gizmo))
+        now = time.perf_counter()
+        if view_key == self._drawn_key and (state.serial == self._drawn_serial
+                                            or now - self._drawn_time < 1.0 / SNAPSHOT_REDRAW_FPS):
+            return w / width, h / height  # nothing new, or only a snapshot arriving sooner than the cap
+        self._drawn_key, self._drawn_serial, self._drawn_time = view_key, state.serial, now
+        self.redraws += 1
+        self.drawn = (w, h)
+        ctx = self.ctx
+        self._shadows_on = self.shadows.update(state, self.meshes)  # uses its own framebuffer
+        self.fbo.use()
+        ctx.viewport = (0, 0, w, h)
+        bg = np.asarray(state.scene.background, np.float32)
+        bg = cv.linear_to_srgb(bg if bg.ndim == 1 else bg.reshape(-1, 3).mean(axis=0))
+        self.fbo.clear(float(bg[0]), float(bg[1]), float(bg[2]), 1.0, depth=1.0)
+        ctx.enable(moderngl.DEPTH_TEST)
+        ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
+        self.draw_meshes(state, view_proj, cam.eye())
+        lines = self.overlay_lines(state)
+        if len(lines):
+            ctx.enable(moderngl.BLEND)
+            ctx.blend_func = moderngl.SRC_ALPHA, moderngl.ONE_MINUS_SRC_ALPHA
+            ctx.disable(moderngl.DEPTH_TEST)  # markers and arrows stay visible through surfaces
+            data = lines.tobytes()
+            if len(data) > self.line_vbo.size:
+                self.line_vbo.orphan(max(len(data), 2 * self.line_vbo.size))
+            self.line_vbo.write(data)
+            write_uniform(self.line_prog, "u_view_proj", gl_bytes(view_proj))
+            self.line_vao.render(moderngl.LINES, vertices=len(lines))
+            ctx.disable(moderngl.BLEND)
+        ctx.disable(moderngl.DEPTH_TEST)
+        return w / width, h / height
+
+    def render_camera(self, state: AppState, pose, intrinsics, width: int, height: int) -> np.ndarray:
+        """The scene through a drstudio camera as linear radiance (H, W, 3) float32, row 0 at the top:
+        the viewport's counterpart of `renderer.render.render_view` (for comparisons and tests)."""
+        ctx = self.ctx
+        color = ctx.texture((width, height), 4, dtype="f4")
+        depth = ctx.depth_renderbuffer((width, height))
+        fbo = ctx.framebuffer(color_attachments=[color], depth_attachment=depth)
+        try:
+            self._shadows_on = self.shadows.update(state, self.meshes)
+            fbo.use()
+            ctx.viewport = (0, 0, width, height)
+            bg = np.asarray(state.scene.background, np.float32)
+            bg = bg if bg.ndim == 1 else np.zeros(3, np.float32)
+            fbo.clear(float(bg[0]), float(bg[1]), float(bg[2]), 1.0, depth=1.0)
+            ctx.enable(moderngl.DEPTH_TEST)
+            ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
+            _, radius = state.scene_bounds()
+            view = pose_view(pose)
+            dist = float(np.linalg.norm(np.asarray(pose[:3], np.float64) - state.scene_bounds()[0]))
+            proj = intrinsics_projection(intrinsics, width, height, max(1e-3, 0.01 * radius), dist + 4 * radius + 10)
+            self.draw_meshes(state, proj @ view, np.asarray(pose[:3], np.float64), linear=True, overlays=False)
+            data = np.frombuffer(fbo.read(components=3, dtype="f4"), np.float32).reshape(height, width, 3)
+            return np.ascontiguousarray(data[::-1])
+        finally:
+            ctx.disable(moderngl.DEPTH_TEST)
+            fbo.release()
+            depth.release()
+            color.release()
+
+    # -- overlay geometry -------------------------------------------------------------------------
+    def overlay_lines(self, state: AppState) -> np.ndarray:
+        """(N, 7) line-list vertices: grid, light and camera markers, gradient arrows."""
+        parts = [self._grid(state)]
+        center, radius = state.scene_bounds()
+        giz = state.gizmo
+        for values, color, show in ((state.values, CURRENT_COLOR, giz.show_current),
+                                    (state.targets, TARGET_COLOR, giz.show_targets)):
+            if not show:
+                continue
+            for name in state.scene.point_lights:
+                parts.append(_star(values[f"lights.{name}.position"], radius * 0.06, color))
+            for name in state.scene.directional_lights:
+                d = cv.normalize(values[f"lights.{name}.direction"])
+                start = center - d * radius * 1.6
+                parts.append(arrow_lines([start], [d * radius * 0.5], [color]))
+            eye = state.camera.eye()
+            for name, cam in state.scene.cameras.items():
+                if np.linalg.norm(values[f"cameras.{name}.pose"][:3] - eye) < radius * 0.05:
+                    continue  # looking through it
+                parts.append(_frustum(values[f"cameras.{name}.pose"], values[f"cameras.{name}.intrinsics"],
+                                      cam.width, cam.height, radius * 0.25, color))
+        sel = state.selection
+        if sel and sel[0] == "meshes" and giz.show_targets:
+            parts.append(_target_wire(state, sel[1]))
+        ov = state.overlays
+        snap = state.snapshot
+        if ov.on("geometry") and ov.arrows:
+            vmax = self.scale_for(state, "geometry")
+            for path, g in snap.vertex_grads.items():
+                name = path.split(".")[1]
+                mesh = self.meshes.get(name)
+                if mesh is None:
+                    continue
+                t, r, s = (state.values[f"meshes.{name}.{k}"] for k in ("translation", "rotation", "scale"))
+                # one descent step moves world points by R S (-g_object)
+                step = (-np.asarray(g, np.float64) * np.asarray(s)) @ geometry.rotation_matrix(r).T
+                mag = magnitudes(g)
+                length = radius * ov.arrow_length * np.clip(mag / max(vmax, 1e-30), 0.0, 1.0)
+                unit = step / np.maximum(np.linalg.norm(step, axis=1, keepdims=True), 1e-30)
+                keep = mag > 1e-3 * vmax
+                cols = np.tile(np.array(ARROW_COLOR, np.float32), (int(keep.sum()), 1))
+                parts.append(arrow_lines(mesh.world[keep], unit[keep] * length[keep, None], cols))
+        parts = [p for p in parts if p is not None and len(p)]
+        return np.concatenate(parts) if parts else np.zeros((0, 7), np.float32)
+
+    def param_arrows(self, state: AppState) -> list[tuple[np.ndarray, np.ndarray, str]]:
+        """(anchor, -gradient vector scaled for display, label) of each free light position/direction
+        and camera pose: drawn over the viewport as thick 2D arrows by `viewport_window`."""
+        center, radius = state.scene_bounds()
+        vmax = self.scale_for(state, "params")
+        out = []
+        for path, g in state.snapshot.param_grads.items():
+            anchor = param_anchor(state, path, center, radius)
+            if anchor is None:
+                continue
+            vec = -_param_arrow_vector(path, g)
+            n = float(np.linalg.norm(vec))
+            if not np.isfinite(n) or n <= 0.0:
+                continue
+            length = radius * 0.5 * min(1.0, n / max(vmax, 1e-30)) + radius * 0.05
+            out.append((anchor, vec / n * length, f"{path.split('.', 1)[1]}  |g| {n:.2e}"))
+        return out
+
+    def _grid(self, state: AppState) -> np.ndarray:
+        center, radius = state.scene_bounds()
+        lo = min(float(geometry.world_vertices(state, n)[:, 1].min()) for n in state.scene.meshes) \
+            if state.scene.meshes else 0.0
+        step = 10 ** math.floor(math.log10(max(radius, 1e-6))) / 2
+        n = 10
+        xs = (np.arange(-n, n + 1) * step)
+        cx, cz = round(center[0] / step) * step, round(center[2] / step) * step
+        col = (0.6, 0.6, 0.6, 0.25)
+        pts = []
+        for x in xs:
+            pts += [(cx + x, lo, cz - n * step), (cx + x, lo, cz + n * step)]
+            pts += [(cx - n * step, lo, cz + x), (cx + n * step, lo, cz + x)]
+        pts = np.asarray(pts, np.float32)
+        return np.concatenate([pts, np.tile(np.array(col, np.float32), (len(pts), 1))], axis=1)
+
+    def read(self) -> np.ndarray:
+        """The last drawn viewport image as (H, W, 3) uint8, row 0 at the top."""
+        w, h = self.drawn
+        data = np.frombuffer(self.fbo.read(viewport=(0, 0, w, h), components=3), np.uint8)
+        return np.ascontiguousarray(data.reshape(h, w, 3)[::-1])
+
+    def release(self) -> None:
+        for m in self.meshes.values():
+            m.release()
+        self.meshes.clear()
+        self.line_vao.release()
+        self.line_vbo.release()
+        self.shadows.release()
+        self.mesh_prog.release()
+        self.line_prog.release()
+        self._release_target()
+
+
+# -- markers -------------------------------------------------------------------------------------
+
+def _lines(points, color) -> np.ndarray:
+    pts = np.asarray(points, np.float32).reshape(-1, 3)
+    return np.concatenate([pts, np.tile(np.asarray(color, np.float32), (len(pts), 1))], axis=1)
+
+
+def _star(position, size: float, color) -> np.ndarray:
+    p = np.asarray(position, np.float32)
+    axes = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.58, 0.58, 0.58], [-0.58, 0.58, 0.58],
+                     [0.58, -0.58, 0.58], [0.58, 0.58, -0.58]], np.float32) * size
+    return _lines(np.stack([p - axes, p + axes], axis=1), color)
+
+
+def _frustum(pose, intrinsics, width: int, height: int, depth: float, color) -> np.ndarray:
+    m = cv.pose_to_matrix(np.asarray(pose, np.float64))
+    fx, fy, cx, cy = (float(v) for v in intrinsics)
+    corners = []
+    for px, py in ((0, 0), (width, 0), (width, height), (0, height)):
+        d = np.array([(px - cx) / fx, -(py - cy) / fy, -1.0]) * depth  # camera space, z = -depth
+        corners.append(m[:3, :3] @ d + m[:3, 3])
+    o = m[:3, 3]
+    up = m[:3, :3] @ np.array([0.0, -(0 - cy) / fy * depth * 1.25, -depth]) + o
+    segs = [o, corners[0], o, corners[1], o, corners[2], o, corners[3],
+            corners[0], corners[1], corners[1], corners[2], corners[2], corners[3], corners[3], corners[0],
+            corners[0], up, up, corners[1]]
+    return _lines(segs, color)
+
+
+def _target_wire(state: AppState, name: str) -> np.ndarray | None:
+    """Edges of the target mesh `name` when its target transform differs from the current one."""
+    p = f"meshes.{name}"
+    keys = ("vertices", "translation", "rotation", "scale")
+    if all(np.allclose(state.targets[f"{p}.{k}"], state.values[f"{p}.{k}"], atol=1e-6) for k in keys):
+        return None
+    world = geometry.world_vertices(state, name, state.targets)
+    f = state.scene.meshes[name].faces
+    edges = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
+    color = (*TARGET_COLOR[:3], 0.35)
+    return _lines(world[edges.reshape(-1)], color)
+
+
+def _param_arrow_vector(path: str, grad) -> np.ndarray:
+    """The 3-vector drawn for a parameter gradient: position and direction gradients as they are,
+    a camera pose's position part; others (colors, intensities, quaternions) have no arrow."""
+    g = np.asarray(grad, np.float64).reshape(-1)
+    kind = path.rsplit(".", 1)[-1]
+    if path.startswith("lights.") and kind in ("position", "direction") and g.size == 3:
+        return g
+    if path.startswith("cameras.") and kind == "pose" and g.size == 7:
+        return g[:3]
+    return np.zeros(3)
+
+
+def param_anchor(state: AppState, path: str, center, radius) -> np.ndarray | None:
+    """Where a parameter's gradient arrow starts: the current light, the camera, or None."""
+    group, name, kind = path.split(".")[:3]
+    if group == "lights" and kind == "position":
+        return np.asarray(state.values[path], np.float64)
+    if group == "lights" and kind == "direction":
+        return center - cv.normalize(state.values[path]) * radius * 1.6
+    if group == "cameras" and kind == "pose":
+        return np.asarray(state.values[path][:3], np.float64)
+    return None
+
+
+# -- the ImGui window ----------------------------------------------------------------------------
+
+def viewport_window(state: AppState, vp: Viewport, lut_id: int) -> None:
+    imgui.push_style_var(imgui.StyleVar_.window_padding, (0.0, 0.0))
+    flags = imgui.WindowFlags_.no_scrollbar | imgui.WindowFlags_.no_move | imgui.WindowFlags_.no_background
+    visible = imgui.begin("Viewport", None, flags)[0]
+    imgui.pop_style_var()
+    if not visible:
+        imgui.end()
+        return
+    pos = imgui.get_cursor_screen_pos()
+    avail = imgui.get_content_region_avail()
+    width, height = int(max(avail.x, 1)), int(max(avail.y, 1))
+    state.viewport_rect = (pos.x, pos.y, float(width), float(height))
+    u, v = vp.render(state, width, height)  # (values were synced by GLResources.update)
+    imgui.image(imgui.ImTextureRef(vp.color.glo), (float(width), float(height)), (0.0, v), (u, 0.0))
+    hovered = imgui.is_item_hovered()
+    draw_list = imgui.get_window_draw_list()
+    _labels(state, draw_list)
+    if state.overlays.on("params"):
+        _draw_param_arrows(state, vp, draw_list)
+    gizmo.set_drawlist()
+    gizmo.set_rect(pos.x, pos.y, float(width), float(height))
+    gizmos.edit_selected_target(state)
+    _camera_input(state, vp, hovered, height)
+    _legends(state, vp, draw_list, pos, width, height, lut_id)
+    _toolbar(state, vp, pos)
+    imgui.end()
+
+
+def _camera_input(state: AppState, vp: Viewport, hovered: bool, height: int) -> None:
+    io = imgui.get_io()
+    cam = state.camera
+    over_gizmo = gizmo.is_over() or gizmo.is_using()
+    if vp.drag_button is None and hovered and not over_gizmo:
+        for button in (0, 1, 2):
+            if imgui.is_mouse_clicked(button):
+                vp.drag_button = button
+                break
+    if vp.drag_button is not None:
+        if not imgui.is_mouse_down(vp.drag_button):
+            vp.drag_button = None
+        else:
+            dx, dy = io.mouse_delta.x, io.mouse_delta.y
+            if dx or dy:
+                if vp.drag_button == 0 and not io.key_shift:
+                    cam.orbit(dx, dy)
+                else:
+                    cam.pan(dx, dy, height)
+    vp.moving = vp.drag_button is not None
+    if hovered and io.mouse_wheel:
+        cam.zoom(io.mouse_wheel)
+    if hovered and not io.want_text_input:
+        if imgui.is_key_pressed(imgui.Key.f, False):
+            center, radius = state.scene_bounds(with_lights=True)
+            cam.frame(center, radius)
+        for key, op in ((imgui.Key.w, "translate"), (imgui.Key.e, "rotate"), (imgui.Key.r, "scale")):
+            if imgui.is_key_pressed(key, False):
+                state.gizmo.operation = op
+
+
+def _labels(state: AppState, draw_list) -> None:
+    """Names of the lights and cameras next to their markers."""
+    names, points = [], []
+    for name in state.scene.point_lights:
+        names.append(name)
+        points.append(state.values[f"lights.{name}.position"])
+    for name in state.scene.cameras:
+        names.append(name)
+        points.append(state.values[f"cameras.{name}.pose"][:3])
+    if not points:
+        return
+    screen = state.project(np.asarray(points))
+    col = imgui.get_color_u32((0.85, 0.95, 1.0, 0.9))
+    for name, (x, y) in zip(names, screen):
+        if np.isfinite(x) and np.isfinite(y):
+            draw_list.add_text((float(x) + 6, float(y) - 6), col, name)
+
+
+def _draw_param_arrows(state: AppState, vp: Viewport, draw_list) -> None:
+    col = imgui.get_color_u32(ARROW_COLOR)
+    for anchor, vec, label in vp.param_arrows(state):
+        (x0, y0), (x1, y1) = state.project(np.stack([anchor, anchor + vec]))
+        if not all(np.isfinite([x0, y0, x1, y1])):
+            continue
+        d = np.array([x1 - x0, y1 - y0])
+        n = float(np.linalg.norm(d))
+        draw_list.add_line((x0, y0), (x1, y1), col, 3.0)
+        if n > 1.0:
+            u = d / n
+            w = np.array([-u[1], u[0]])
+            head = min(12.0, n * 0.5)
+            p1 = np.array([x1, y1])
+            a, b = p1 - u * head + w * head * 0.5, p1 - u * head - w * head * 0.5
+            draw_list.add_triangle_filled((x1, y1), (float(a[0]), float(a[1])), (float(b[0]), float(b[1])), col)
+        draw_list.add_text((x1 + 6, y1), col, label)
+
+
+def _legends(state: AppState, vp: Viewport, draw_list, pos, width: int, height: int, lut_id: int) -> None:
+    ov = state.overlays
+    snap = state.snapshot
+    has = {"texture": bool(snap.texture_grads), "geometry": bool(snap.vertex_grads),
+           "params": any(np.any(_param_arrow_vector(p, g)) for p, g in snap.param_grads.items())}
+    shown = [name for name in ("texture", "geometry", "params") if ov.on(name) and has[name]]
+    y = pos.y + height - 8
+    for name in shown:
+        title = {"texture": f"|dL/d {ov.texture_property} texel|", "geometry": "|dL/d vertex|",
+                 "params": "|dL/d light, camera| (arrows: -grad)"}[name]
+        block = 16 + 2 * imgui.get_text_line_height() + 12
+        y -= block
+        draw_legend(draw_list, (pos.x + 12, y), 200.0, 12.0, lut_id, vp.scale_for(state, name), ov.log_scale,
+                    title)
+
+
+def _toolbar(state: AppState, vp: Viewport, pos) -> None:
+    imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8))
+    snap = state.snapshot
+    cost = np.median(state.frame_cpu_ms) if state.frame_cpu_ms else 0.0
+    imgui.text_colored((1.0, 1.0, 1.0, 0.9), f"{state.fps:4.0f} fps ({cost:.0f} ms/frame)   step {snap.step}   "
+                       f"{snap.state}" + ("   (coarse while moving)" if vp.moving else ""))
+    imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + imgui.get_text_line_height_with_spacing()))
+    imgui.text_colored((1.0, 1.0, 1.0, 0.45), "drag: orbit   right/middle drag: pan   wheel: zoom   F: frame all   "
+                       f"W/E/R: move/rotate/scale the target gizmo ({state.gizmo.operation})")
