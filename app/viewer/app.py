@@ -82,18 +82,19 @@ class ViewerApp:
     """The window and its frame loop. Frames are drawn on demand (software GL pays for every pixel
     of every frame, and those cycles are the optimizer's): at up to `max_fps` while there is input
     (and for a few frames after it), when a new snapshot arrives (at most `snapshot_fps`), and at
-    least `idle_fps` otherwise."""
+    least `running_fps` while the optimizer runs (so the window stays fluid), `idle_fps` otherwise."""
 
     SETTLE_FRAMES = 4  # frames drawn after the last input event (ImGui hover/active states settle)
 
     def __init__(self, state: AppState, *, title: str, size=(1280, 720), max_fps: float = 40.0,
-                 snapshot_fps: float = 10.0, idle_fps: float = 10.0):
+                 snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0):
         self.state = state
         self.title = title
         self.size = size
         self.max_fps = max_fps
         self.snapshot_fps = snapshot_fps
         self.idle_fps = idle_fps
+        self.running_fps = running_fps
         self._layout_done = False
         self._events = 0  # input events seen by our GLFW callbacks (ImGui's backend chains them)
 
@@ -171,9 +172,11 @@ class ViewerApp:
         since = now - last_draw
         if settle > 0 or state.gizmo_dragging or state.gl.viewport.moving or state.throttle.pending():
             return 1.0 / self.max_fps - since
+        snap = state.snapshot
+        floor = self.running_fps if snap is not None and snap.state == "running" else self.idle_fps
         if dirty:
-            return 1.0 / self.snapshot_fps - since
-        return 1.0 / self.idle_fps - since
+            return 1.0 / max(self.snapshot_fps, floor) - since
+        return 1.0 / floor - since
 
     def _loop(self, window, ctx: moderngl.Context, max_frames, on_frame) -> None:
         state = self.state
