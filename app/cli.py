@@ -95,11 +95,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_optimize(args)
 
 
-def _not_built(args: argparse.Namespace) -> int:
-    print(f"drstudio {args.command}: not built yet", file=sys.stderr)
-    return EXIT_NOT_BUILT
-
-
 def cmd_render(args: argparse.Namespace) -> int:
     from renderer.device_scene import DeviceScene
     from renderer.images import write_image
@@ -208,7 +203,16 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
 
 
-cmd_bench = _not_built
+def cmd_bench(args: argparse.Namespace) -> int:
+    """The renderer benchmark (benchmarks/bench_render.py, part of the source tree, not the package)."""
+    bench = ROOT / "benchmarks" / "bench_render.py"
+    if not bench.is_file():
+        print(f"drstudio bench: {bench} not found (the benchmarks ship with the source tree)", file=sys.stderr)
+        return EXIT_USER_ERROR
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import bench_render
+
+    return bench_render.main(["--device", args.device, *(["--quick"] if args.quick else []), *args.bench_args])
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -262,8 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "recording (exit 1 at a divergence)")
     p.add_argument("--speed", type=float, default=1.0, help="viewer playback speed, times the recorded pace")
     device(p)
-    p = command("bench", cmd_bench, "measure rendering and optimization speed")
+    p = command("bench", cmd_bench, "measure rendering and optimization speed (benchmarks/bench_render.py)")
     device(p)
+    p.add_argument("--quick", action="store_true", help="a small table in under a minute")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="further options of benchmarks/bench_render.py")
     p = command("dataset", cmd_dataset, "render a NeRF-style dataset of a scene: images from cameras around "
                 "it and a transforms.json (nerfstudio/Blender)")
     _dataset_arguments(p)
