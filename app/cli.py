@@ -211,8 +211,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     sys.path.insert(0, str(ROOT))
     from benchmarks import bench_render
+    from renderer.device_scene import default_device
 
-    return bench_render.main(["--device", args.device, *(["--quick"] if args.quick else []), *args.bench_args])
+    return bench_render.main(["--device", args.device or default_device(), *(["--quick"] if args.quick else []), *args.bench_args])
 
 
 # ---- parser -------------------------------------------------------------------------------------
@@ -229,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     def device(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--device", type=_device, default="cpu", help="cpu, cuda or cuda:N (default: cpu)")
+        p.add_argument("--device", type=_device, default=None,
+                       help="cpu, cuda or cuda:N (default: cuda:0 when a GPU is present, else cpu)")
 
     p = command("run", cmd_run, "the main job: the viewer on a scene, or its optimization headless "
                 "when there is no display")

@@ -415,7 +415,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
         bar = tqdm(total=len(rec.steps), desc="verify", unit="step", dynamic_ncols=True, file=sys.stderr)
         try:
-            report = verify(rec, device=args.device, progress=lambda done, total: bar.update(done - bar.n))
+            report = verify(rec, device=args.device or "cpu", progress=lambda done, total: bar.update(done - bar.n))
         except RecordingError as exc:
             print(f"drstudio replay: error: {exc}", file=sys.stderr)
             return EXIT_USER_ERROR

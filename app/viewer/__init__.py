@@ -10,7 +10,7 @@ camera input), `camera` (orbit camera and GL matrices), `geometry` (host-side di
 from __future__ import annotations
 
 
-def run_viewer(scene_path: str, *, device: str = "cpu", max_frames: int | None = None, on_frame=None,
+def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | None = None, on_frame=None,
                record_dir=None) -> int:
     """See `app.viewer.app.run_viewer` (imported on call: importing the package opens no GL library)."""
     from .app import run_viewer as run

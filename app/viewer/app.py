@@ -239,7 +239,7 @@ class ViewerApp:
         panels.draw_windows(state)
 
 
-def build(scene_path: str, device: str = "cpu") -> tuple[AppState, Engine]:
+def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:
     """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
     scene = load_scene(scene_path)
     problem = Problem(scene, device)
@@ -247,7 +247,7 @@ def build(scene_path: str, device: str = "cpu") -> tuple[AppState, Engine]:
     return AppState.from_problem(problem, engine), engine
 
 
-def run_viewer(scene_path: str, *, device: str = "cpu", max_frames: int | None = None, on_frame=None,
+def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | None = None, on_frame=None,
                record_dir: str | Path | None = None) -> int:
     """Open the viewer-editor on a scene file and run until the window closes (or `max_frames`).
 

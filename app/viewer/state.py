@@ -129,6 +129,13 @@ class AppState:
         self.screenshot = None  # callable() -> (H, W, 3) uint8 of the back buffer (set by the app)
         self.quit = False
 
+        # Replay mode (app/viewer/replay_mode.py sets these; the live viewer keeps the defaults).
+        self.read_only = False  # True: commands are refused (kept in `refused`), editing widgets disabled
+        self.refused: list[tuple[str, tuple]] = []  # commands dropped because the state is read-only
+        self.history_start = 0  # timeline position of index 0 of `snapshot.history` (the plots' x)
+        self.plot_span: tuple[int, int] | None = None  # fixed x-range of the plots; None: fit the data
+        self.plot_marks: tuple[int, ...] = ()  # x positions marked on the plots (user edits)
+
     @classmethod
     def from_problem(cls, problem, engine) -> AppState:
         scene = problem.scene
@@ -153,7 +160,10 @@ class AppState:
 
     # -- commands -----------------------------------------------------------------------------------
     def send(self, kind: str, *args) -> None:
-        """Queue a command for the engine (applied between steps, in order)."""
+        """Queue a command for the engine (applied between steps, in order). Read-only: refused."""
+        if self.read_only:
+            self.refused.append((kind, args))
+            return
         self.engine.send(kind, *args)
         self.sent.append((kind, args))
         self.version += 1
@@ -180,6 +190,9 @@ class AppState:
     def send_throttled(self, key: str, kind: str, *args, interval: float = 0.1) -> None:
         """For values edited continuously (drags): the latest value goes out at most every `interval`
         seconds; call `release(key)` when the drag ends so the final value is sent."""
+        if self.read_only:
+            self.refused.append((kind, args))
+            return
         self.throttle.push(key, kind, args, interval)
         self.version += 1
         if kind == "set_value":

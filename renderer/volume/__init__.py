@@ -1,0 +1,36 @@
+"""Volume rendering of radiance fields: separate, individually tested ops (docs/volume.md).
+
+- `march.sample_rays`: ray/box clipping, stratified samples, occupancy-grid skipping (not differentiable).
+- `composite.composite`: emission-absorption compositing (differentiable w.r.t. densities, colors, background).
+- `occupancy.OccupancyGrid`: a coarse grid of occupied cells, updated from the field during training.
+- `voxel_grid.VoxelGrid`: an explicit field, density + SH color on a lattice, trilinear (differentiable
+  w.r.t. its values), with total variation, upsampling and float16 storage.
+
+`render` is the thin composition of the three for a field with a `query(positions, directions)` method.
+Independent of the mesh renderer; rays come from `renderer.stages.camera.generate_rays`.
+"""
+
+from __future__ import annotations
+
+import warp as wp
+
+from .composite import composite
+from .march import Samples, sample_rays
+from .occupancy import OccupancyGrid
+from .voxel_grid import VoxelGrid
+
+__all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "sample_rays"]
+
+
+def render(field, origins: wp.array, directions: wp.array, n_samples: int, background: wp.array, *,
+           near: float = 0.0, far: float = 1.0e10, seed: int = 0, jitter: bool = True, occupancy=None,
+           min_transmittance: float = 1.0e-4):
+    """sample_rays over `field.aabb`, `field.query` at the samples, `composite`.
+
+    Returns (rgb (N, 3), opacity (N,), depth (N,), samples): see the three ops for the contracts.
+    Differentiable w.r.t. what `field.query` is differentiable w.r.t. and the background."""
+    samples = sample_rays(origins, directions, field.aabb, n_samples, near, far, seed=seed, jitter=jitter,
+                          occupancy=occupancy)
+    density, color = field.query(samples.positions, samples.directions)
+    rgb, opacity, depth = composite(density, color, samples, background, min_transmittance)
+    return rgb, opacity, depth, samples

@@ -1,0 +1,416 @@
+"""An explicit radiance field on a voxel lattice (Plenoxels / DVGO style).
+
+Values live on the points of a res[0] x res[1] x res[2] lattice spanning the box corner to corner:
+lattice point (ix, iy, iz) is at lo + (ix, iy, iz) * (hi - lo) / (res - 1). Each point stores a raw
+density and 3 * K spherical-harmonic coefficients (K = (degree + 1)^2, degree 0..2), channel-major:
+sh[ix, iy, iz, c * K + k] is coefficient k of color channel c.
+
+A query at position p and unit view direction d (from the camera into the scene) interpolates the raw
+values trilinearly (p is clamped into the box) and then activates them, as DVGO does (interpolating
+before the activation keeps sharp boundaries inside a voxel):
+    density = softplus(raw) = log(1 + exp(raw))   or   relu(raw) = max(raw, 0),
+    color_c = sigmoid(sum_k Y_k(d) sh_ck),
+Y_k the real SH basis in the ordering and normalization of Plenoxels / 3D Gaussian splatting.
+
+Gradients w.r.t. the grid values: `query` and `total_variation` launch their forward kernels off the tape
+and record hand-written exact adjoints with `tape.record_func` (on the CPU 6x resp. 5x faster than the
+adjoints Warp generates, which replay the unrolled forward and add atomically); `query_density` uses
+Warp's generated adjoint.
+
+Storage is float32 or float16 (half the memory); all arithmetic is float32 either way. The optimizers
+of `renderer.optim` update float32 arrays only, so training runs on a float32 grid and `astype(wp.float16)`
+converts it for storage and rendering (queries of a float16 grid are differentiable too, with their
+gradients accumulated in float16 `.grad` arrays).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import warp as wp
+
+from .march import check_array, parse_aabb
+from .occupancy import parse_resolution
+
+ACTIVATIONS = ("softplus", "relu")
+_SOFTPLUS_LINEAR = wp.constant(20.0)  # softplus(x) == x to float32 precision above this
+
+SH_C0 = wp.constant(0.28209479177387814)
+SH_C1 = wp.constant(0.4886025119029199)
+SH_C2_0 = wp.constant(1.0925484305920792)
+SH_C2_1 = wp.constant(-1.0925484305920792)
+SH_C2_2 = wp.constant(0.31539156525252005)
+SH_C2_3 = wp.constant(-1.0925484305920792)
+SH_C2_4 = wp.constant(0.5462742152960396)
+
+vec9 = wp.types.vector(length=9, dtype=wp.float32)
+
+
+@wp.func
+def sh_basis(d: wp.vec3) -> vec9:
+    """Real SH basis Y_0..Y_8 (degrees 0..2) at unit direction d."""
+    x = d[0]
+    y = d[1]
+    z = d[2]
+    return vec9(SH_C0, -SH_C1 * y, SH_C1 * z, -SH_C1 * x,
+                SH_C2_0 * x * y, SH_C2_1 * y * z, SH_C2_2 * (2.0 * z * z - x * x - y * y),
+                SH_C2_3 * x * z, SH_C2_4 * (x * x - y * y))
+
+
+@wp.func
+def activate_density(raw: float, activation: int) -> float:
+    """softplus (activation 0) or relu (1) of a raw density."""
+    if activation == 1:
+        return wp.max(raw, 0.0)
+    if raw > _SOFTPLUS_LINEAR:
+        return raw
+    return wp.log(1.0 + wp.exp(raw))
+
+
+@wp.func
+def sigmoid(x: float) -> float:
+    """1 / (1 + exp(-x)), without overflow for large |x|."""
+    if x >= 0.0:
+        return 1.0 / (1.0 + wp.exp(-x))
+    e = wp.exp(x)
+    return e / (1.0 + e)
+
+
+@wp.func
+def lattice_cell(p: wp.vec3, lo: wp.vec3, hi: wp.vec3, res: wp.vec3i):
+    """(corner index, fractional offset in [0, 1]^3) of p's lattice cell; p is clamped into the box."""
+    u = wp.cw_div(p - lo, hi - lo)
+    i = wp.vec3i(0, 0, 0)
+    f = wp.vec3(0.0, 0.0, 0.0)
+    for a in range(3):
+        x = wp.clamp(u[a], 0.0, 1.0) * float(res[a] - 1)
+        i[a] = wp.min(int(x), res[a] - 2)
+        f[a] = x - float(i[a])
+    return i, f
+
+
+@wp.func
+def corner_weight(f: wp.vec3, c: int) -> float:
+    """Trilinear weight of corner c (bit 0: +x, bit 1: +y, bit 2: +z) of a cell at offset f."""
+    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
+    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
+    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
+    return wx * wy * wz
+
+
+@wp.func
+def interpolate_density(density: wp.array3d(dtype=Any), i: wp.vec3i, f: wp.vec3) -> float:
+    """Trilinear interpolation of the raw density in the cell at corner i, offset f."""
+    raw = float(0.0)
+    # constant trip count: Warp unrolls the loop, so the local it updates has an exact adjoint
+    for c in range(8):
+        raw += corner_weight(f, c) * wp.float32(density[i[0] + (c & 1), i[1] + ((c >> 1) & 1),
+                                                        i[2] + ((c >> 2) & 1)])
+    return raw
+
+
+@wp.kernel
+def _query(density: wp.array3d(dtype=Any), sh: wp.array4d(dtype=Any), lo: wp.vec3, hi: wp.vec3,
+           n_coeffs: int, activation: int, positions: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
+           out_density: wp.array(dtype=float), out_color: wp.array2d(dtype=float)):
+    s = wp.tid()
+    res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
+    i, f = lattice_cell(positions[s], lo, hi, res)
+    basis = sh_basis(dirs[s])
+    red = float(0.0)
+    green = float(0.0)
+    blue = float(0.0)
+    for c in range(8):
+        w = corner_weight(f, c)
+        x = i[0] + (c & 1)
+        y = i[1] + ((c >> 1) & 1)
+        z = i[2] + ((c >> 2) & 1)
+        for k in range(9):  # unrolled (faster than a loop to n_coeffs)
+            if k < n_coeffs:
+                wb = w * basis[k]
+                red += wb * wp.float32(sh[x, y, z, k])
+                green += wb * wp.float32(sh[x, y, z, n_coeffs + k])
+                blue += wb * wp.float32(sh[x, y, z, 2 * n_coeffs + k])
+    out_density[s] = activate_density(interpolate_density(density, i, f), activation)
+    out_color[s, 0] = sigmoid(red)
+    out_color[s, 1] = sigmoid(green)
+    out_color[s, 2] = sigmoid(blue)
+
+
+@wp.kernel
+def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_coeffs: int, activation: int,
+                    positions: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
+                    out_color: wp.array2d(dtype=float), adj_density: wp.array(dtype=float),
+                    adj_color: wp.array2d(dtype=float), grad_density: wp.array3d(dtype=Any),
+                    grad_sh: wp.array4d(dtype=Any)):
+    # The exact adjoint of _query w.r.t. the grid values, written out: d sigmoid = c (1 - c),
+    # d softplus = sigmoid(raw), d relu = [raw > 0]; each corner receives its trilinear weight (times the SH
+    # basis value for coefficients). 6x faster on the CPU than Warp's generated adjoint, which replays the
+    # unrolled forward.
+    s = wp.tid()
+    cr = out_color[s, 0]
+    cg = out_color[s, 1]
+    cb = out_color[s, 2]
+    gr = adj_color[s, 0] * cr * (1.0 - cr)
+    gg = adj_color[s, 1] * cg * (1.0 - cg)
+    gb = adj_color[s, 2] * cb * (1.0 - cb)
+    gs = adj_density[s]
+    if gs == 0.0 and gr == 0.0 and gg == 0.0 and gb == 0.0:
+        return  # e.g. a sample past early termination
+    res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
+    i, f = lattice_cell(positions[s], lo, hi, res)
+    raw = interpolate_density(density, i, f)
+    if activation == 1:
+        gs = wp.where(raw > 0.0, gs, 0.0)
+    else:
+        gs = gs * sigmoid(raw)
+    basis = sh_basis(dirs[s])
+    for c in range(8):
+        w = corner_weight(f, c)
+        x = i[0] + (c & 1)
+        y = i[1] + ((c >> 1) & 1)
+        z = i[2] + ((c >> 2) & 1)
+        wp.atomic_add(grad_density, x, y, z, grad_density.dtype(w * gs))
+        for k in range(9):
+            if k < n_coeffs:
+                wb = w * basis[k]
+                wp.atomic_add(grad_sh, x, y, z, k, grad_sh.dtype(wb * gr))
+                wp.atomic_add(grad_sh, x, y, z, n_coeffs + k, grad_sh.dtype(wb * gg))
+                wp.atomic_add(grad_sh, x, y, z, 2 * n_coeffs + k, grad_sh.dtype(wb * gb))
+
+
+@wp.kernel
+def _query_density(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, activation: int,
+                   positions: wp.array(dtype=wp.vec3), out_density: wp.array(dtype=float)):
+    s = wp.tid()
+    res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
+    i, f = lattice_cell(positions[s], lo, hi, res)
+    out_density[s] = activate_density(interpolate_density(density, i, f), activation)
+
+
+@wp.kernel
+def _tv_forward(values: wp.array4d(dtype=Any), scale: float, out_loss: wp.array(dtype=float)):
+    # squared forward differences along x, y, z, summed over channels; differences leaving the grid are absent
+    x, y, z = wp.tid()
+    e = float(0.0)
+    for c in range(values.shape[3]):
+        v = wp.float32(values[x, y, z, c])
+        if x + 1 < values.shape[0]:
+            d = wp.float32(values[x + 1, y, z, c]) - v
+            e += d * d
+        if y + 1 < values.shape[1]:
+            d = wp.float32(values[x, y + 1, z, c]) - v
+            e += d * d
+        if z + 1 < values.shape[2]:
+            d = wp.float32(values[x, y, z + 1, c]) - v
+            e += d * d
+    wp.atomic_add(out_loss, 0, scale * e)
+
+
+@wp.kernel
+def _tv_backward(values: wp.array4d(dtype=Any), scale: float, adj_loss: wp.array(dtype=float),
+                 grad: wp.array4d(dtype=Any)):
+    # d/dv of the squared differences v takes part in: 2 (v - v_prev) - 2 (v_next - v) per axis. Each thread
+    # owns its lattice point's gradients, so a plain read-modify-write (no atomics).
+    x, y, z = wp.tid()
+    k = 2.0 * scale * adj_loss[0]
+    for c in range(values.shape[3]):
+        v = wp.float32(values[x, y, z, c])
+        g = float(0.0)
+        if x + 1 < values.shape[0]:
+            g -= wp.float32(values[x + 1, y, z, c]) - v
+        if x > 0:
+            g += v - wp.float32(values[x - 1, y, z, c])
+        if y + 1 < values.shape[1]:
+            g -= wp.float32(values[x, y + 1, z, c]) - v
+        if y > 0:
+            g += v - wp.float32(values[x, y - 1, z, c])
+        if z + 1 < values.shape[2]:
+            g -= wp.float32(values[x, y, z + 1, c]) - v
+        if z > 0:
+            g += v - wp.float32(values[x, y, z - 1, c])
+        grad[x, y, z, c] = grad[x, y, z, c] + grad.dtype(k * g)
+
+
+def _total_variation(values: wp.array, scale: float, out_loss: wp.array) -> None:
+    """out_loss[0] += scale * sum of squared forward differences of a (nx, ny, nz, C) array, with its
+    adjoint recorded on the active tape."""
+    wp.launch(_tv_forward, dim=values.shape[:3], device=values.device, record_tape=False,
+              inputs=[values, scale, out_loss])
+    tape = wp._src.context.runtime.tape
+    if tape is not None and values.requires_grad and out_loss.requires_grad:
+        def backward():
+            wp.launch(_tv_backward, dim=values.shape[:3], device=values.device, record_tape=False,
+                      inputs=[values, scale, out_loss.grad, values.grad])
+        tape.record_func(backward, [values, out_loss])
+
+
+@wp.kernel
+def _resample(src_density: wp.array3d(dtype=Any), src_sh: wp.array4d(dtype=Any),
+              dst_density: wp.array3d(dtype=float), dst_sh: wp.array4d(dtype=float)):
+    # trilinear resample of raw values from one lattice to another over the same box (unit box here)
+    x, y, z = wp.tid()
+    p = wp.vec3(float(x) / float(dst_density.shape[0] - 1), float(y) / float(dst_density.shape[1] - 1),
+                float(z) / float(dst_density.shape[2] - 1))
+    res = wp.vec3i(src_density.shape[0], src_density.shape[1], src_density.shape[2])
+    i, f = lattice_cell(p, wp.vec3(0.0, 0.0, 0.0), wp.vec3(1.0, 1.0, 1.0), res)
+    for c in range(8):
+        w = corner_weight(f, c)
+        sx = i[0] + (c & 1)
+        sy = i[1] + ((c >> 1) & 1)
+        sz = i[2] + ((c >> 2) & 1)
+        dst_density[x, y, z] = dst_density[x, y, z] + w * wp.float32(src_density[sx, sy, sz])
+        for k in range(src_sh.shape[3]):
+            dst_sh[x, y, z, k] = dst_sh[x, y, z, k] + w * wp.float32(src_sh[sx, sy, sz, k])
+
+
+def _softplus_inverse(y: float) -> float:
+    return float(y + np.log(-np.expm1(-y)))  # log(exp(y) - 1), stable for large y
+
+
+class VoxelGrid:
+    """Density + SH color on a lattice over a box (module docstring for the exact model).
+
+    Args:
+        resolution: lattice points per axis, an int or (nx, ny, nz), each >= 2.
+        aabb: the box, 6 numbers (xmin, ymin, zmin, xmax, ymax, zmax).
+        sh_degree: 0 (view-independent color), 1 or 2; K = (sh_degree + 1)^2 coefficients per channel.
+        dtype: storage, wp.float32 or wp.float16.
+        activation: "softplus" or "relu", applied to the interpolated raw density.
+        init_density: the activated density of a fresh grid (raw values set to its inverse; relu needs > 0
+            for gradients to flow); ignored when `density` is given.
+        density: optional raw values, array-like (nx, ny, nz); sh: optional raw coefficients (nx, ny, nz, 3K)
+            (default 0: color sigmoid(0) = 0.5).
+        requires_grad: allocate gradients for the value arrays.
+
+    Attributes:
+        density: array3d (nx, ny, nz) raw densities; sh: array4d (nx, ny, nz, 3K) coefficients; both of
+        `dtype`, the leaves an optimizer updates (see `params`).
+    """
+
+    def __init__(self, resolution, aabb, sh_degree: int = 0, dtype=wp.float32, activation: str = "softplus",
+                 init_density: float = 0.1, density=None, sh=None, device=None, requires_grad: bool = True):
+        self.resolution = parse_resolution("resolution", resolution, minimum=2)
+        self.lo, self.hi = parse_aabb("aabb", aabb)
+        self.aabb = tuple(float(v) for v in (*self.lo, *self.hi))
+        if sh_degree not in (0, 1, 2) or isinstance(sh_degree, bool):
+            raise ValueError(f"sh_degree: expected 0, 1 or 2, got {sh_degree!r}")
+        if dtype not in (wp.float32, wp.float16):
+            raise TypeError(f"dtype: expected wp.float32 or wp.float16, got {dtype!r}")
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
+        self.sh_degree = int(sh_degree)
+        self.n_coeffs = (self.sh_degree + 1) ** 2
+        self.dtype = dtype
+        self.activation = activation
+        self.device = wp.get_device(device)
+        np_dtype = np.float16 if dtype == wp.float16 else np.float32
+        shape, sh_shape = self.resolution, (*self.resolution, 3 * self.n_coeffs)
+        if density is None:
+            if activation == "softplus":
+                if not init_density > 0.0:
+                    raise ValueError(f"init_density: expected a density > 0 for softplus, got {init_density!r}")
+                raw = _softplus_inverse(float(init_density))
+            else:
+                raw = float(init_density)
+            density = np.full(shape, raw)
+        density = np.asarray(density, dtype=np.float64)
+        if density.shape != shape:
+            raise ValueError(f"density: expected shape {shape}, got {density.shape}")
+        sh = np.zeros(sh_shape) if sh is None else np.asarray(sh, dtype=np.float64)
+        if sh.shape != sh_shape:
+            raise ValueError(f"sh: expected shape {sh_shape} (3 * K = {3 * self.n_coeffs} for degree "
+                             f"{self.sh_degree}), got {sh.shape}")
+        self.density = wp.array(density.astype(np_dtype), dtype=dtype, device=self.device, requires_grad=requires_grad)
+        self.sh = wp.array(sh.astype(np_dtype), dtype=dtype, device=self.device, requires_grad=requires_grad)
+
+    def params(self) -> dict[str, wp.array]:
+        """{"density": ..., "sh": ...}: the leaf arrays, for an optimizer (float32 grids only)."""
+        return {"density": self.density, "sh": self.sh}
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the value arrays (gradients and optimizer state not included)."""
+        return self.density.capacity + self.sh.capacity
+
+    def _check_points(self, positions, directions=None) -> int:
+        check_array("positions", positions, wp.vec3, (None,), self.device)
+        if directions is not None:
+            check_array("directions", directions, wp.vec3, (positions.shape[0],), self.device)
+        return positions.shape[0]
+
+    def query(self, positions: wp.array, directions: wp.array) -> tuple[wp.array, wp.array]:
+        """Density and color at sample points.
+
+        Args:
+            positions: vec3 (S,) world points (clamped into the box); directions: vec3 (S,) unit view
+                directions (e.g. `Samples.positions`, `Samples.directions`).
+
+        Returns:
+            (density float32 (S,) >= 0, color float32 array2d (S, 3) in (0, 1)). Differentiable w.r.t. the
+            grid values (density, sh) through a hand-written adjoint recorded on the active `wp.Tape`
+            (`tape.record_func`); not w.r.t. positions or directions (samples are constants, see `march`).
+        """
+        s = self._check_points(positions, directions)
+        grad = self.density.requires_grad or self.sh.requires_grad
+        out_density = wp.zeros(s, dtype=float, device=self.device, requires_grad=grad)
+        out_color = wp.zeros((s, 3), dtype=float, device=self.device, requires_grad=grad)
+        activation = ACTIVATIONS.index(self.activation)
+        wp.launch(_query, dim=s, device=self.device, record_tape=False,
+                  inputs=[self.density, self.sh, self.lo, self.hi, self.n_coeffs, activation, positions, directions,
+                          out_density, out_color])
+        tape = wp._src.context.runtime.tape  # the active tape (or renderer.parallel's stand-in), None outside
+        if tape is not None and grad and s > 0:
+            density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
+
+            def backward():
+                wp.launch(_query_backward, dim=s, device=density.device, record_tape=False,
+                          inputs=[density, lo, hi, n_coeffs, activation, positions, directions, out_color,
+                                  out_density.grad, out_color.grad, density.grad, sh.grad])
+
+            tape.record_func(backward, [density, sh, out_density, out_color])
+        return out_density, out_color
+
+    def query_density(self, positions: wp.array) -> wp.array:
+        """float32 (S,) density at `positions` (no color): the `density_fn` of `OccupancyGrid.update`.
+        Differentiable w.r.t. the density values like `query`."""
+        s = self._check_points(positions)
+        out = wp.zeros(s, dtype=float, device=self.device, requires_grad=self.density.requires_grad)
+        wp.launch(_query_density, dim=s, device=self.device,
+                  inputs=[self.density, self.lo, self.hi, ACTIVATIONS.index(self.activation), positions, out])
+        return out
+
+    def total_variation(self, out_loss: wp.array, weight: float, sh_weight: float | None = None) -> None:
+        """out_loss[0] += weight * TV(density) + sh_weight * TV(sh) (sh_weight defaults to weight).
+
+        TV(v) = (1 / (n C)) sum over the n lattice points, C channels and the 3 axes of the squared forward
+        difference (v[p + e_axis] - v[p])^2, differences past the last point omitted: a mean squared
+        gradient of the raw values (Plenoxels/DVGO smoothness prior). Differentiable w.r.t. the values by a
+        hand-written adjoint recorded on the active `wp.Tape` when out_loss has requires_grad=True."""
+        check_array("out_loss", out_loss, wp.float32, (1,), self.device)
+        sh_weight = weight if sh_weight is None else sh_weight
+        n = int(np.prod(self.resolution))
+        if weight != 0.0:
+            _total_variation(self.density.reshape((*self.resolution, 1)), float(weight) / n, out_loss)
+        if sh_weight != 0.0:
+            _total_variation(self.sh, float(sh_weight) / (n * 3 * self.n_coeffs), out_loss)
+
+    def upsample(self, new_resolution) -> VoxelGrid:
+        """A new grid of `new_resolution` lattice points over the same box, its raw values the trilinear
+        interpolation of this grid's (coarse-to-fine training: build a new optimizer for its arrays).
+        Same degree, dtype and activation. Not differentiable (record_tape=False)."""
+        res = parse_resolution("new_resolution", new_resolution, minimum=2)
+        density = wp.zeros(res, dtype=float, device=self.device)
+        sh = wp.zeros((*res, 3 * self.n_coeffs), dtype=float, device=self.device)
+        wp.launch(_resample, dim=res, device=self.device, record_tape=False,
+                  inputs=[self.density, self.sh, density, sh])
+        return VoxelGrid(res, self.aabb, self.sh_degree, self.dtype, self.activation, density=density.numpy(),
+                         sh=sh.numpy(), device=self.device, requires_grad=self.density.requires_grad)
+
+    def astype(self, dtype, requires_grad: bool | None = None) -> VoxelGrid:
+        """A copy stored as `dtype` (wp.float32 or wp.float16; float16 rounds to nearest)."""
+        requires_grad = self.density.requires_grad if requires_grad is None else requires_grad
+        return VoxelGrid(self.resolution, self.aabb, self.sh_degree, dtype, self.activation,
+                         density=self.density.numpy().astype(np.float64), sh=self.sh.numpy().astype(np.float64),
+                         device=self.device, requires_grad=requires_grad)

@@ -1,0 +1,150 @@
+"""Ray marching: box clipping and stratified samples against NumPy, occupancy skipping, validation."""
+
+import numpy as np
+import pytest
+import warp as wp
+
+from renderer.volume import OccupancyGrid, sample_rays
+
+BOX = (-1.0, -0.5, -1.0, 1.0, 0.5, 2.0)
+
+
+def vec3s(a):
+    return wp.array(np.asarray(a, np.float32), dtype=wp.vec3)
+
+
+def slab(o, d, box, near, far):
+    """NumPy reference of the clipped segment (t0, t1) of one ray."""
+    lo, hi = np.array(box[:3]), np.array(box[3:])
+    t0, t1 = near, far
+    for a in range(3):
+        if abs(d[a]) < 1e-12:
+            if not lo[a] <= o[a] <= hi[a]:
+                return None
+        else:
+            ta, tb = (lo[a] - o[a]) / d[a], (hi[a] - o[a]) / d[a]
+            t0, t1 = max(t0, min(ta, tb)), min(t1, max(ta, tb))
+    return (t0, t1) if t1 > t0 else None
+
+
+def rays(seed=0):
+    rng = np.random.default_rng(seed)
+    o = rng.uniform(-3, 3, (40, 3))
+    target = rng.uniform(-1.2, 1.2, (40, 3)) * [1.0, 0.5, 1.5] + [0, 0, 0.5]
+    d = (target - o) * rng.uniform(0.5, 2.0, (40, 1))  # not unit
+    o[0], d[0] = [0.2, 0.1, -3.0], [0.0, 0.0, 1.0]  # axis-parallel, inside the x/y slabs
+    o[1], d[1] = [2.0, 0.1, -3.0], [0.0, 0.0, 1.0]  # axis-parallel, outside the x slab: a miss
+    o[2], d[2] = [0.0, 0.0, 0.5], [0.3, -0.2, 0.1]  # starts inside the box
+    o[3], d[3] = [0.0, 3.0, 0.0], [0.0, 1.0, 0.0]  # points away: a miss
+    return o, d
+
+
+@pytest.mark.parametrize("jitter", [False, True])
+def test_samples_tile_the_clipped_segment(jitter):
+    o, d = rays()
+    near, far, n = 0.5, 6.0, 7
+    s = sample_rays(vec3s(o), vec3s(d), BOX, n, near, far, seed=3, jitter=jitter)
+    counts, offsets = s.ray_counts.numpy(), s.ray_offsets.numpy()
+    ts, te, tp = s.t_starts.numpy(), s.t_ends.numpy(), s.t_points.numpy()
+    pos, dirs, deltas, ray = s.positions.numpy(), s.directions.numpy(), s.deltas.numpy(), s.ray_indices.numpy()
+    np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+    assert s.n_samples == counts.sum() and s.n_rays == len(o)
+    hits = 0
+    for r in range(len(o)):
+        seg = slab(o[r], d[r], BOX, near, far)
+        if seg is None:
+            assert counts[r] == 0, r
+            continue
+        hits += 1
+        assert counts[r] == n, r
+        sl = slice(offsets[r], offsets[r] + n)
+        edges = np.linspace(seg[0], seg[1], n + 1)
+        np.testing.assert_allclose(ts[sl], edges[:-1], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(te[sl], edges[1:], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(ray[sl], r)
+        np.testing.assert_allclose(deltas[sl], (seg[1] - seg[0]) / n * np.linalg.norm(d[r]), rtol=1e-5)
+        np.testing.assert_allclose(pos[sl], o[r] + tp[sl, None] * d[r], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dirs[sl], np.broadcast_to(d[r] / np.linalg.norm(d[r]), (n, 3)), rtol=1e-5,
+                                   atol=1e-6)
+        assert np.all(tp[sl] >= ts[sl] - 1e-6) and np.all(tp[sl] <= te[sl] + 1e-6)
+        if not jitter:
+            np.testing.assert_allclose(tp[sl], 0.5 * (edges[:-1] + edges[1:]), rtol=1e-5, atol=1e-5)
+    assert 10 < hits < len(o) - 2  # the case mixes hits and misses
+    assert counts[1] == 0 and counts[3] == 0 and counts[0] == n and counts[2] == n
+
+
+def test_jitter_is_stratified_and_reproducible():
+    o, d = rays()
+    a = sample_rays(vec3s(o), vec3s(d), BOX, 64, seed=1)
+    b = sample_rays(vec3s(o), vec3s(d), BOX, 64, seed=1)
+    c = sample_rays(vec3s(o), vec3s(d), BOX, 64, seed=2)
+    np.testing.assert_array_equal(a.t_points.numpy(), b.t_points.numpy())
+    assert not np.allclose(a.t_points.numpy(), c.t_points.numpy())
+    u = (a.t_points.numpy() - a.t_starts.numpy()) / (a.t_ends.numpy() - a.t_starts.numpy())
+    assert 0.0 <= u.min() and u.max() <= 1.0 and abs(u.mean() - 0.5) < 0.02  # uniform within each stratum
+
+
+def test_occupancy_drops_samples_in_empty_cells():
+    o, d = rays(1)
+    grid = OccupancyGrid((4, 2, 3), BOX)
+    occ = np.zeros((4, 2, 3), np.uint8)
+    occ[1, 0, 2] = occ[2, 1, 1] = occ[3, 1, 0] = 1
+    grid.occupied.assign(occ)
+    full = sample_rays(vec3s(o), vec3s(d), BOX, 32, seed=5)
+    kept = sample_rays(vec3s(o), vec3s(d), BOX, 32, seed=5, occupancy=grid)
+    lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
+
+    def occupied(p):
+        c = np.minimum(((p - lo) / (hi - lo) * [4, 2, 3]).astype(int), [3, 1, 2])
+        return occ[c[:, 0], c[:, 1], c[:, 2]] == 1
+
+    fp = full.positions.numpy()
+    mask = occupied(fp)
+    assert 0 < mask.sum() < len(mask) / 2
+    # exactly the occupied samples of the plain march survive, with the same values and order
+    np.testing.assert_array_equal(kept.positions.numpy(), fp[mask])
+    np.testing.assert_array_equal(kept.t_points.numpy(), full.t_points.numpy()[mask])
+    np.testing.assert_array_equal(kept.t_starts.numpy(), full.t_starts.numpy()[mask])
+    np.testing.assert_array_equal(kept.ray_indices.numpy(), full.ray_indices.numpy()[mask])
+    np.testing.assert_array_equal(kept.ray_counts.numpy(), np.bincount(full.ray_indices.numpy()[mask],
+                                                                        minlength=len(o)))
+    np.testing.assert_array_equal(kept.ray_offsets.numpy(),
+                                  np.concatenate([[0], np.cumsum(kept.ray_counts.numpy())[:-1]]))
+
+
+def test_sampling_is_not_recorded():
+    o, d = rays()
+    origins, directions = vec3s(o), vec3s(d)
+    origins.requires_grad = True
+    tape = wp.Tape()
+    with tape:
+        s = sample_rays(origins, directions, BOX, 4)
+    assert len(tape.launches) == 0
+    assert not s.positions.requires_grad
+
+
+def test_empty_inputs():
+    s = sample_rays(vec3s(np.zeros((0, 3))), vec3s(np.zeros((0, 3))), BOX, 4)
+    assert s.n_rays == 0 and s.n_samples == 0
+    s = sample_rays(vec3s([[5.0, 5.0, 5.0]]), vec3s([[1.0, 0.0, 0.0]]), BOX, 4)
+    assert s.n_rays == 1 and s.n_samples == 0
+
+
+def test_validation_errors_name_the_argument():
+    o, d = vec3s(np.zeros((2, 3))), vec3s(np.ones((2, 3)))
+    with pytest.raises(TypeError, match="origins"):
+        sample_rays(np.zeros((2, 3)), d, BOX, 4)
+    with pytest.raises(ValueError, match="directions"):
+        sample_rays(o, vec3s(np.ones((3, 3))), BOX, 4)
+    with pytest.raises(TypeError, match="directions"):
+        sample_rays(o, wp.zeros(2, dtype=float), BOX, 4)
+    with pytest.raises(ValueError, match="aabb"):
+        sample_rays(o, d, (0, 0, 0, 1, 1), 4)
+    with pytest.raises(ValueError, match="aabb"):
+        sample_rays(o, d, (0, 0, 0, 1, -1, 1), 4)
+    with pytest.raises(ValueError, match="n_samples"):
+        sample_rays(o, d, BOX, 0)
+    with pytest.raises(ValueError, match="near, far"):
+        sample_rays(o, d, BOX, 4, near=2.0, far=1.0)
+    with pytest.raises(TypeError, match="occupancy"):
+        sample_rays(o, d, BOX, 4, occupancy=np.ones((2, 2, 2)))
