@@ -1,7 +1,7 @@
 """The `drstudio` command line. Each subcommand is a small function `cmd_<name>(args) -> exit code`.
 
 Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake (bad scene file, bad
-arguments; the message names the file and field, no traceback), 3 the command is not built yet,
+arguments; the message names the file and field, no traceback),,
 130 interrupted, 141 output pipe closed.
 """
 
@@ -20,7 +20,7 @@ from renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = ROOT / "scenes" / "texture.json"
-EXIT_USER_ERROR, EXIT_NOT_BUILT, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
+EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
 
 
 def version() -> str:
@@ -213,7 +213,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from benchmarks import bench_render
     from renderer.device_scene import default_device
 
-    return bench_render.main(["--device", args.device or default_device(), *(["--quick"] if args.quick else []), *args.bench_args])
+    quick = ["--quick"] if args.quick else []
+    return bench_render.main(["--device", args.device or default_device(), *quick, *args.bench_args])
 
 
 # ---- parser -------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from renderer.recording import RecordingError, load_recording, verify
 from renderer.recording import format as fmt
 from renderer.recording.reader import Recording
 
-EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR, EXIT_NOT_BUILT = 0, 1, 2, 3
+EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR = 0, 1, 2
 VIDEO_SIZE = (960, 320)  # (width, height) of exported frames: even, and multiples of 16 for H.264
 
 
@@ -427,11 +427,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         if not report.ok:
             status = EXIT_DIVERGED
     if not args.export and not args.verify:
-        try:
-            from .viewer import run_replay
-        except ImportError:
-            print("drstudio replay: the viewer's replay mode is not built yet; use --export FILE or --verify",
-                  file=sys.stderr)
-            return EXIT_NOT_BUILT
+        from .viewer import run_replay
+
         return run_replay(ReplaySource(rec), speed=args.speed)
     return status

@@ -4,7 +4,8 @@ Modules: `app` (window, loop, lifecycle), `state` (the one AppState), `viewport`
 camera input), `camera` (orbit camera and GL matrices), `geometry` (host-side display geometry),
 `panels` (ImGui windows), `image_panes` (GPU compositing of the image panes), `overlays`
 (gradient overlays, colormaps, legends), `gizmos` (ImGuizmo handles on the target scene), `uploads`
-(NumPy / CUDA arrays to GL textures), `glsl` (shader files from shaders/).
+(NumPy / CUDA arrays to GL textures), `glsl` (shader files from shaders/), `replay_mode` (the viewer
+over a recorded session: `drstudio replay DIR`).
 """
 
 from __future__ import annotations
@@ -18,4 +19,11 @@ def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | 
     return run(scene_path, device=device, max_frames=max_frames, on_frame=on_frame, record_dir=record_dir)
 
 
-__all__ = ["run_viewer"]
+def run_replay(source, *, speed: float = 1.0, max_frames: int | None = None, on_frame=None) -> int:
+    """See `app.viewer.replay_mode.run_replay` (imported on call, like `run_viewer`)."""
+    from .replay_mode import run_replay as run
+
+    return run(source, speed=speed, max_frames=max_frames, on_frame=on_frame)
+
+
+__all__ = ["run_replay", "run_viewer"]

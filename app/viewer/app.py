@@ -85,6 +85,10 @@ class ViewerApp:
     least `running_fps` while the optimizer runs (so the window stays fluid), `idle_fps` otherwise."""
 
     SETTLE_FRAMES = 4  # frames drawn after the last input event (ImGui hover/active states settle)
+    # Replay mode (replay_mode.run_replay) sets these: windows drawn after the standard ones
+    # (functions of the state) and the one docked in a full-width strip along the bottom.
+    extra_windows: tuple = ()
+    bottom_window: str | None = None
 
     def __init__(self, state: AppState, *, title: str, size=(1280, 720), max_fps: float = 40.0,
                  snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0):
@@ -230,13 +234,16 @@ class ViewerApp:
         panels.menu_bar(state)
         dockspace = imgui.get_id("drstudio.dockspace")
         if not self._layout_done:
-            panels.dock_layout(dockspace)
+            panels.dock_layout(dockspace, bottom_window=self.bottom_window)
             self._layout_done = True
         # the docked windows cover the whole viewport: no background under them (software GL pays per pixel)
         imgui.dock_space_over_viewport(dockspace, imgui.get_main_viewport(),
                                        imgui.DockNodeFlags_.passthru_central_node)
+        imguizmo.im_guizmo.enable(not state.read_only)  # read-only (replay): target gizmos drawn inactive
         viewport_window(state, state.gl.viewport, state.gl.lut.glo)
         panels.draw_windows(state)
+        for window in self.extra_windows:
+            window(state)
 
 
 def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:

@@ -17,7 +17,8 @@ from .state import GROUPS, TEXTURE_KINDS, AppState, ParamInfo
 
 WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays")
 STATE_COLORS = {"running": (0.4, 0.9, 0.4, 1.0), "paused": (0.95, 0.8, 0.3, 1.0),
-                "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0)}
+                "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0),
+                "replay": (0.35, 0.8, 1.0, 1.0)}
 EDIT_INTERVAL = 0.1  # s between value commands while a widget is dragged
 
 
@@ -46,9 +47,10 @@ def _remember(state: AppState, name: str) -> None:
 
 # -- layout ---------------------------------------------------------------------------------------
 
-def dock_layout(dockspace_id) -> None:
+def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
     """The default layout: Scene over Inspector on the left, the 3D view in the middle over the image
-    panes and the view thumbnails, the Optimizer over the Overlays on the right."""
+    panes and the view thumbnails, the Optimizer over the Overlays on the right; `bottom_window`: a window
+    docked in a full-width strip under all of them (replay mode's Timeline)."""
     internal = imgui.internal
     vp = imgui.get_main_viewport()
     internal.dock_builder_remove_node(dockspace_id)
@@ -59,7 +61,11 @@ def dock_layout(dockspace_id) -> None:
         s = internal.dock_builder_split_node(node, direction, ratio)
         return s.id_at_dir, s.id_at_opposite_dir
 
-    left, rest = split(dockspace_id, imgui.Dir.left, 0.21)
+    root = dockspace_id
+    if bottom_window:
+        strip, root = split(dockspace_id, imgui.Dir.down, 0.15)
+        internal.dock_builder_dock_window(bottom_window, strip)
+    left, rest = split(root, imgui.Dir.left, 0.21)
     right, center = split(rest, imgui.Dir.right, 0.29)
     bottom, center = split(center, imgui.Dir.down, 0.37)
     views, images = split(bottom, imgui.Dir.right, 0.26)
@@ -78,7 +84,7 @@ def menu_bar(state: AppState) -> None:
         if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
             state.quit = True
         imgui.end_menu()
-    if imgui.begin_menu("Optimize"):
+    if not state.read_only and imgui.begin_menu("Optimize"):
         for label, kind in (("Start", "start"), ("Pause", "pause"), ("Step", "step"), ("Reset", "reset")):
             if imgui.menu_item(label, "", False)[0]:
                 state.send(kind)
@@ -184,7 +190,11 @@ def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed
     elif kind in ("vertices", "colors", "uvs"):
         key = f"row.{info.path}"
         row = int(np.clip(state.inspector_rows.get(key, 0), 0, len(v) - 1))
+        if state.read_only:  # choosing the row to look at is not an edit
+            imgui.end_disabled()
         _, row = imgui.slider_int(f"index{label}", row, 0, len(v) - 1)
+        if state.read_only:
+            imgui.begin_disabled()
         state.inspector_rows[key] = row
         if kind == "colors":
             changed, out = imgui.color_edit3(f"{which} row{label}", v[row].tolist(), imgui.ColorEditFlags_.float)
@@ -280,7 +290,7 @@ def inspector_panel(state: AppState) -> None:
     elif group == "cameras":
         c = sc.cameras[name]
         imgui.text_disabled(f"{c.width}x{c.height}" + ("  target view" if name in state.views else ""))
-        if name in state.views and imgui.small_button("make active view"):
+        if name in state.views and not state.read_only and imgui.small_button("make active view"):
             state.send("set_active_view", name)
         imgui.same_line()
         if imgui.small_button("look through"):
@@ -291,7 +301,9 @@ def inspector_panel(state: AppState) -> None:
         imgui.push_id(info.path)
         imgui.separator_text(info.path.split(".", 2)[2])
         if info.optimizable:
+            imgui.begin_disabled(state.read_only)
             changed, free = imgui.checkbox("free", info.path in state.free)
+            imgui.end_disabled()
             _remember(state, f"free.{info.path}")
             if changed:
                 state.send("set_free", info.path, free)
@@ -308,11 +320,13 @@ def inspector_panel(state: AppState) -> None:
         pg = snap.param_grads.get(info.path)
         if pg is not None and np.size(pg) <= 8:
             imgui.text_disabled("grad " + np.array2string(np.asarray(pg).reshape(-1), precision=3))
+        imgui.begin_disabled(state.read_only)  # replay: values shown, not editable
         new = _edit(state, info, state.values[info.path], "current", speed)
         _send_edit(state, info, new, "current")
         if info.path in state.targets and info.kind not in ("vertices", "colors", "uvs"):
             new = _edit(state, info, state.targets[info.path], "target", speed)
             _send_edit(state, info, new, "target")
+        imgui.end_disabled()
         if info.kind in TEXTURE_KINDS:
             _texture_previews(state, info)
         imgui.pop_id()
@@ -337,6 +351,14 @@ def optimizer_panel(state: AppState) -> None:
     imgui.text(f"step {snap.step} / {state.steps}")
     if snap.error:
         imgui.text_colored(STATE_COLORS["error"], snap.error)
+    if state.read_only:  # replay: no run control; the recorded values, settings and plots
+        imgui.text_disabled("replay of a recorded session (read-only): use the Timeline")
+        imgui.text(f"loss {snap.loss:.5g}   recorded {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+        _parameter_table(state)
+        _plots(state)
+        _loss_weights(state)
+        imgui.end()
+        return
     if _button(state, "Start" if snap.state in ("idle", "finished", "stopped", "error") else "Resume",
                "button.start"):
         state.send("start" if snap.state in ("idle", "finished", "stopped", "error") else "resume")
@@ -385,6 +407,7 @@ def _parameter_table(state: AppState) -> None:
         if imgui.selectable(path, state.selection == (info.group, info.owner))[0]:
             state.selection = (info.group, info.owner)
         imgui.table_next_column()
+        imgui.begin_disabled(state.read_only)
         changed, free = imgui.checkbox("##free", path in state.free)
         _remember(state, f"table.free.{path}")
         if changed:
@@ -397,6 +420,7 @@ def _parameter_table(state: AppState) -> None:
             state.send_throttled(f"lr.{path}", "set_lr", path, float(lr), interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
             state.release(f"lr.{path}")
+        imgui.end_disabled()
         imgui.table_next_column()
         g = snap.grad_norms.get(path)
         imgui.text("-" if g is None else f"{g:.2e}")
@@ -413,7 +437,9 @@ def _loss_weights(state: AppState) -> None:
     terms = state.snapshot.loss_terms
     for name, w in state.weights.items():
         imgui.set_next_item_width(140)
+        imgui.begin_disabled(state.read_only)
         changed, w = imgui.drag_float(f"{name}##weight", w, 0.01, 0.0, 100.0, "%.3f")
+        imgui.end_disabled()
         if changed:
             state.send_throttled(f"weight.{name}", "set_loss_weight", name, max(0.0, float(w)), interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
@@ -435,12 +461,21 @@ def decimate(xs, ys, n: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
     return xs[idx], ys[idx]
 
 
-def _plot_series(series: dict, title: str, log_y: bool = True) -> None:
+def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=()) -> None:
+    """Line plots of `series` (label -> (xs, ys)); `span`: a fixed (min, max) step range (replay: the
+    timeline) instead of fitting the data; `marks`: steps drawn as vertical lines (replay: edits)."""
     if not implot.begin_plot(title, (-1.0, 150.0)):
         return
-    implot.setup_axes("step", "", implot.AxisFlags_.auto_fit, implot.AxisFlags_.auto_fit)
+    implot.setup_axes("step", "", implot.AxisFlags_.auto_fit if span is None else 0, implot.AxisFlags_.auto_fit)
+    if span is not None:
+        implot.setup_axis_limits(implot.ImAxis_.x1, float(span[0]), float(span[1]), implot.Cond_.always)
+    log_y = log_y and any(len(ys) for _, ys in series.values())  # no data (replay at its start): linear
     if log_y:
         implot.setup_axis_scale(implot.ImAxis_.y1, implot.Scale_.log10)
+    if len(marks):
+        spec = implot.Spec()
+        spec.line_color = (1.0, 0.6, 0.15, 0.6)
+        implot.plot_inf_lines("edits", np.asarray(marks, np.float64), spec)
     for label, (xs, ys) in series.items():
         if len(ys):
             x, y = decimate(xs, ys)
@@ -454,12 +489,13 @@ def _plots(state: AppState) -> None:
     hist = state.snapshot.history
     if not imgui.collapsing_header("Plots", imgui.TreeNodeFlags_.default_open):
         return
-    loss = {k: (np.arange(len(v)), v) for k, v in hist.items() if k == "loss" or k.startswith("loss.")}
-    _plot_series(loss, "Loss")
-    grads = {k[5:]: (np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
-    _plot_series(grads, "Gradient norms")
+    x0, span, marks = state.history_start, state.plot_span, state.plot_marks
+    loss = {k: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k == "loss" or k.startswith("loss.")}
+    _plot_series(loss, "Loss", span=span, marks=marks)
+    grads = {k[5:]: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
+    _plot_series(grads, "Gradient norms", span=span, marks=marks)
     errs = {k: ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
-    _plot_series(errs, "Parameter error vs truth (max abs)")
+    _plot_series(errs, "Parameter error vs truth (max abs)", span=span, marks=marks)
 
 
 # -- Views ----------------------------------------------------------------------------------------
@@ -492,7 +528,7 @@ def views_panel(state: AppState) -> None:
         else:
             clicked = imgui.button(f"{cam}##view", (thumb, thumb))
         _remember(state, f"view.{cam}")
-        if clicked and not active:
+        if clicked and not active and not state.read_only:  # replay: the recorded active view
             state.send("set_active_view", cam)
         imgui.end_group()
     imgui.end()

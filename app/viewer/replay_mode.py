@@ -251,7 +251,7 @@ def timeline_panel(state: ReplayState) -> None:
                 pb.speed = s
             _remember(state, f"timeline.speed.{s:g}")
         imgui.end_combo()
-    imgui.same_line()
+    imgui.same_line(0.0, 24.0)
     kf = src.values_step(snap.step)
     imgui.text(f"step {snap.step}  ({first}..{last})")
     _remember(state, "timeline.step")
@@ -299,8 +299,8 @@ def timeline_panel(state: ReplayState) -> None:
         _remember(state, f"timeline.marker.{i}")
         hovered = imgui.is_item_hovered()
         grow = 1.5 if hovered else 0.0
-        draw.add_triangle_filled((x, top.y + 1 - grow), (x - mw / 2 - grow, top.y + mh), (x + mw / 2 + grow, top.y + mh),
-                                 edit_col)
+        draw.add_triangle_filled((x, top.y + 1 - grow), (x - mw / 2 - grow, top.y + mh),
+                                 (x + mw / 2 + grow, top.y + mh), edit_col)
         if hovered:
             imgui.set_tooltip(f"step {step}: " + "\n         ".join(labels) + "\n(click: go there)")
         if clicked:
@@ -327,7 +327,8 @@ def run_replay(source, *, speed: float = 1.0, max_frames: int | None = None, on_
     except (RecordingError, ValueError) as exc:
         print(f"drstudio replay: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    app = ViewerApp(state, title=f"drstudio replay - {Path(source.recording.path).name}")
+    # a new snapshot is a new position (playing or scrubbing): draw those at up to 30 fps
+    app = ViewerApp(state, title=f"drstudio replay - {Path(source.recording.path).name}", snapshot_fps=30.0)
     app.extra_windows = (timeline_panel,)
     app.bottom_window = TIMELINE
     try:
