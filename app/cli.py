@@ -1,8 +1,8 @@
 """The `drstudio` command line. Each subcommand is a small function `cmd_<name>(args) -> exit code`.
 
 Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake (bad scene file, bad
-arguments; the message names the file and field, no traceback),,
-130 interrupted, 141 output pipe closed.
+arguments; the message names the file and field, no traceback), 130 interrupted, 141 output pipe
+closed.
 """
 
 from __future__ import annotations
