@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
+from ..checks import check_array as _check
+
 SSIM_RADIUS = wp.constant(5)  # 11x11 window
 SSIM_SIGMA = wp.constant(1.5)
 SSIM_C1 = wp.constant(0.01**2)  # (K1 L)^2 with dynamic range L = 1 (linear RGB in [0, 1])
@@ -115,21 +117,6 @@ def _ssim_loss(stats: wp.array2d(dtype=float), mask: wp.array(dtype=float), mask
     for c in range(3):
         e = e + 1.0 - _ssim(stats[i, c], stats[i, 3 + c], stats[i, 6 + c], stats[i, 9 + c], stats[i, 12 + c])
     wp.atomic_add(out, 0, _pixel_scale(scale, mask, masked, mask_sum, i) * e)
-
-
-def _check(name: str, arr, dtype, shape: tuple, device=None) -> None:
-    """Raise TypeError/ValueError unless `arr` is a wp.array of `dtype` and `shape` (None = any size)."""
-    if not isinstance(arr, wp.array):
-        raise TypeError(f"{name}: expected a wp.array, got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype={wp.types.type_repr(dtype)}, "
-                        f"got {wp.types.type_repr(arr.dtype)}")
-    if arr.ndim != len(shape) or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=True)):
-        dims = ", ".join("*" if s is None else str(s) for s in shape)
-        want = f"({dims},)" if len(shape) == 1 else f"({dims})"
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
-    if device is not None and arr.device != device:
-        raise ValueError(f"{name}: is on {arr.device}, expected {device} (the device of the first argument)")
 
 
 def _check_accumulator(out_loss, device) -> None:

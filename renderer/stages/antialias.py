@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
+from ..checks import check_array as _check
 from .camera import project_points
 
 # faces walked across one pixel segment before giving up (only matters for sub-pixel triangles)
@@ -170,20 +171,6 @@ def face_neighbors(faces: np.ndarray) -> np.ndarray:
     out[e0] = e1 // 3
     out[e1] = e0 // 3
     return out.reshape(-1, 3)
-
-
-def _check(name: str, arr, dtype, shape: tuple, device) -> None:
-    """Raise unless `arr` is a wp.array of `dtype` and `shape` (None matches any size) on `device`."""
-    if not isinstance(arr, wp.array):
-        raise TypeError(f"{name}: expected a wp.array, got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        want, got = wp.types.type_repr(dtype), wp.types.type_repr(arr.dtype)
-        raise TypeError(f"{name}: expected dtype {want}, got {got}")
-    if len(arr.shape) != len(shape) or any(s not in (None, a) for s, a in zip(shape, arr.shape, strict=True)):
-        want = ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
-        raise ValueError(f"{name}: expected shape ({want}), got {tuple(arr.shape)}")
-    if device is not None and arr.device != device:
-        raise ValueError(f"{name}: expected an array on {device}, got {arr.device}")
 
 
 def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.array, faces: wp.array,

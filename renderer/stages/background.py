@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import warp as wp
 
+from ..checks import check_array as _check
+
 
 @wp.kernel
 def composite_color_kernel(color: wp.array2d(dtype=float), coverage: wp.array(dtype=float),
@@ -25,22 +27,6 @@ def composite_image_kernel(color: wp.array2d(dtype=float), coverage: wp.array(dt
 def coverage_kernel(tri_id: wp.array(dtype=wp.int32), out: wp.array(dtype=float)):
     i = wp.tid()
     out[i] = wp.where(tri_id[i] >= 0, 1.0, 0.0)
-
-
-def _check(name: str, a, dtype, shape: tuple, device=None) -> None:
-    """Raise TypeError/ValueError naming `name` unless `a` is a wp.array of `dtype` and `shape`
-    (None entries match any size) on `device`."""
-    want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," * (len(shape) == 1)) + ")"
-    if not isinstance(a, wp.array):
-        raise TypeError(f"{name}: expected a wp.array of dtype {wp.types.type_repr(dtype)} and shape {want}, "
-                        f"got {type(a).__name__}")
-    if a.dtype != dtype:
-        got = wp.types.type_repr(a.dtype)
-        raise TypeError(f"{name}: expected dtype {wp.types.type_repr(dtype)}, got {got}")
-    if len(a.shape) != len(shape) or any(s not in (None, t) for s, t in zip(shape, a.shape, strict=True)):
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
-    if device is not None and a.device != device:
-        raise ValueError(f"{name}: expected an array on device {device}, got {a.device}")
 
 
 def composite(color: wp.array, coverage: wp.array, background: wp.array) -> wp.array:

@@ -12,6 +12,8 @@ from numbers import Integral
 
 import warp as wp
 
+from ..checks import check_array
+
 
 @wp.func
 def pose_position(pose: wp.array(dtype=float)) -> wp.vec3:
@@ -66,20 +68,6 @@ def project_points_kernel(points: wp.array(dtype=wp.vec3), intrinsics: wp.array(
                           pose: wp.array(dtype=float), out: wp.array(dtype=wp.vec3)):
     i = wp.tid()
     out[i] = project_point(read_intrinsics(intrinsics), pose_position(pose), pose_rotation(pose), points[i])
-
-
-def check_array(name: str, arr, dtype, shape: tuple) -> None:
-    """Raise TypeError/ValueError unless `arr` is a wp.array of `dtype` whose shape matches `shape`
-    (entries None match any size)."""
-    if not isinstance(arr, wp.array):
-        raise TypeError(f"{name}: expected a wp.array, got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        want, got = wp.types.type_repr(dtype), wp.types.type_repr(arr.dtype)
-        raise TypeError(f"{name}: expected dtype {want}, got {got}")
-    mismatch = len(arr.shape) != len(shape)
-    if mismatch or any(s is not None and s != a for s, a in zip(shape, arr.shape, strict=True)):
-        want = ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
-        raise ValueError(f"{name}: expected shape ({want}), got {tuple(arr.shape)}")
 
 
 def check_camera(intrinsics: wp.array, pose: wp.array, width: int | None = None,

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from ..checks import check_array as _check
+
 MODEL_NONE = -1
 MODEL_LAMBERT = 0
 MODEL_GGX = 1
@@ -234,25 +236,6 @@ def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: w
 
 # ---------------------------------------------------------------------------------------------------
 # Python launchers
-
-
-def _dtype_name(dtype) -> str:
-    return wp.types.type_repr(dtype)
-
-
-def _check(name: str, a, dtype, shape: tuple, device=None) -> None:
-    """Raise TypeError/ValueError naming `name` unless `a` is a wp.array of `dtype` and `shape`
-    (None entries match any size) on `device`."""
-    want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," * (len(shape) == 1)) + ")"
-    if not isinstance(a, wp.array):
-        raise TypeError(f"{name}: expected a wp.array of dtype {_dtype_name(dtype)} and shape {want}, "
-                        f"got {type(a).__name__}")
-    if a.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {_dtype_name(dtype)}, got {_dtype_name(a.dtype)}")
-    if len(a.shape) != len(shape) or any(s not in (None, t) for s, t in zip(shape, a.shape, strict=True)):
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(a.shape)}")
-    if device is not None and a.device != device:
-        raise ValueError(f"{name}: expected an array on device {device}, got {a.device}")
 
 
 @dataclass

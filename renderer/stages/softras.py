@@ -35,6 +35,8 @@ import numbers
 import numpy as np
 import warp as wp
 
+from ..checks import check_array as _check
+
 # eps_D: a triangle's coverage reaches 0 at screen distance r = sqrt(sigma ln(2 / eps_D + 1)) from it.
 COVERAGE_EPS = wp.constant(1.0e-4)
 # 1 - D_j below this counts as 0 in log(1 - D_j), keeping the log and its adjoint finite
@@ -272,17 +274,6 @@ def resolve_kernel(sums: wp.array2d(dtype=float), background: wp.array(dtype=flo
             fg = sums[i, 1 + c] / den
         out_color[i, c] = alpha * fg + (1.0 - alpha) * background[c]
     out_alpha[i] = alpha
-
-
-def _check(name: str, arr, dtype, shape: tuple) -> None:
-    if not isinstance(arr, wp.array):
-        raise TypeError(f"{name}: expected a wp.array, got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        want, got = wp.types.type_repr(dtype), wp.types.type_repr(arr.dtype)
-        raise TypeError(f"{name}: expected dtype {want}, got {got}")
-    if arr.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, arr.shape, strict=True)):
-        want = ", ".join("*" if s is None else str(s) for s in shape) + ("," if len(shape) == 1 else "")
-        raise ValueError(f"{name}: expected shape ({want}), got {tuple(arr.shape)}")
 
 
 def _check_positive_int(name: str, v) -> None:
