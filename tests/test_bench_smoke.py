@@ -1,0 +1,51 @@
+"""Smoke test of the renderer benchmark (benchmarks/bench_render.py): every part of the entry point
+runs at a tiny size for one repeat, and the two-thread split it times renders the same image and
+texture gradient as the single-thread renderer (so its column measures the same work)."""
+
+import numpy as np
+import warp as wp
+
+from benchmarks import bench_render
+
+TINY = dict(resolutions=(32,), triangles=(200,), modes=("hard", "antialias"), repeats=1, warmup=0)
+
+
+def test_run_returns_one_row_per_case():
+    rows = bench_render.run(**TINY, threads=2)
+    assert [(r["resolution"], r["mode"]) for r in rows] == [(32, "hard"), (32, "antialias")]
+    for r in rows:
+        assert abs(r["triangles"] - 200) < 60
+        for key in ("forward_ms", "step_ms", "forward_mt_ms", "step_mt_ms", "peak_rss_mb", "warp_peak_mb"):
+            assert r[key] > 0, key
+    table = bench_render.format_table(rows)
+    assert "step 2t" in table and len(table.splitlines()) == 2 + len(rows)
+
+
+def test_main_prints_every_section(capsys):
+    argv = ["--resolutions", "32", "--triangles", "200", "--modes", "antialias", "--repeats", "1",
+            "--warmup", "0", "--no-mitsuba", "--wait-idle", "0", "--markdown"]
+    assert bench_render.main(argv) == 0
+    out = capsys.readouterr().out
+    for section in ("step 2t", "| res |", "Profile, 1 thread", "trace_primary_kernel", "Visibility at fixed",
+                    "total benchmark time"):
+        assert section in out, section
+
+
+def test_sphere_segments_hit_the_triangle_counts():
+    for target in (1_000, 10_000, 100_000):
+        s = bench_render.sphere_segments(target)
+        faces = 2 * s * (s // 2) - 2 * s
+        assert abs(faces - target) / target < 0.02
+
+
+def test_split_step_matches_single_thread():
+    case = bench_render.Case.build(300, 48, "antialias", "cpu")
+    image1, image2 = case.forward(1).numpy(), case.forward(2).numpy()
+    np.testing.assert_allclose(image2, image1, atol=2e-6)  # only cy - y0 rounds differently
+    grad1 = case.step(1).numpy().copy()
+    grad2 = case.step(2).numpy().copy()
+    scale = np.abs(grad1).max()
+    assert scale > 0
+    # float32 sums in another order: relative to the largest entry, 1e-5 is ~100 ulps of slack
+    np.testing.assert_allclose(grad2, grad1, rtol=0, atol=1e-5 * scale)
+    wp.synchronize()
