@@ -49,6 +49,15 @@ def _background(ds: DeviceScene, width: int, height: int):
     return texture.sample(ds.background_pool, index, gbuffer.pixel_uv(width, height, ds.device), None)
 
 
+def _roughness_metallic(ds: DeviceScene, frame: Frame, index, uv, uv_da):
+    """Per-point roughness and metallic. Lambert ignores both, so a scene without GGX materials skips
+    sampling them (their gradient is exactly zero either way)."""
+    if "ggx" not in {m.model for m in ds.scene.materials.values()}:
+        zeros = wp.zeros((index.shape[0], 1), dtype=float, device=ds.device)
+        return zeros, zeros
+    return texture.sample(frame.roughness, index, uv, uv_da), texture.sample(frame.metallic, index, uv, uv_da)
+
+
 def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None = None,
                 shadows: bool | None = None, intrinsics: wp.array | None = None,
                 pose: wp.array | None = None, width: int | None = None,
@@ -85,8 +94,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     vcolor = interpolate.interpolate(frame.colors, ds.faces, tri, bary)
     positions = gbuffer.hit_points(origins, directions, depth, tri)
     albedo = gbuffer.multiply(texture.sample(frame.albedo, mat, uv, uv_da), vcolor)
-    rough = texture.sample(frame.roughness, mat, uv, uv_da)
-    metal = texture.sample(frame.metallic, mat, uv, uv_da)
+    rough, metal = _roughness_metallic(ds, frame, mat, uv, uv_da)
     shadow = shading.shadow_mask(frame.bvh.id, positions, normals, model, frame.lights) if shadows else None
     radiance = shading.shade(positions, normals, albedo, rough, metal, model, pose, frame.lights, shadow)
     coverage = bg.coverage_from_ids(tri)
@@ -101,8 +109,7 @@ def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, n
         raise ValueError("soft render mode supports a background color only, not an image")
     positions = pack.vec3_to_rows(frame.world)
     albedo = gbuffer.multiply(texture.sample(frame.albedo, ds.vertex_material, frame.uvs, None), frame.colors)
-    rough = texture.sample(frame.roughness, ds.vertex_material, frame.uvs, None)
-    metal = texture.sample(frame.metallic, ds.vertex_material, frame.uvs, None)
+    rough, metal = _roughness_metallic(ds, frame, ds.vertex_material, frame.uvs, None)
     model = _vertex_models(ds)
     vcolors = shading.shade(positions, frame.normals, albedo, rough, metal, model, pose, frame.lights, None)
     s = ds.scene.render
