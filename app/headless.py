@@ -6,7 +6,10 @@ bar fed by its snapshots, then the results written (atomically) under the output
   <path>.png            recovered textures, when a texture was optimized
   views/<camera>.png    render | target | |difference| (x4) side by side, per target view
   loss.png              loss curve (log scale)
-  metrics.json          final loss, PSNR render vs target, parameter errors vs truth, timings
+  metrics.json          final loss, PSNR render vs target, parameter errors vs truth, timings; for a scene
+                        with fields also psnr_test_db, the mean PSNR over the held-out views
+  field_<name>.npz      a trained field (density, sh at its storage precision, aabb, sh_degree, activation)
+  views/<camera>.png    also for the held-out views of a scene with fields
   recording/            the session's recording (docs/recording.md), unless record=False
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from renderer.conventions import linear_to_srgb
 from renderer.images import atomic_write, write_image
 from renderer.loading import load_scene
 from renderer.optim import losses
@@ -109,7 +113,7 @@ def _loss_plot(path: Path, history: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
     for name, values in history.items():
-        if name == "loss" or name.startswith("loss."):
+        if name == "loss" or (name.startswith("loss.") and not name.endswith("_db")):  # not read-outs in dB
             ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
     ax.set_yscale("log")
     ax.set_xlabel("step")
@@ -119,6 +123,12 @@ def _loss_plot(path: Path, history: dict) -> None:
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def _psnr_srgb(render: np.ndarray, target: np.ndarray) -> float:
+    """PSNR (dB, peak 1) between the sRGB encodings of two linear images clipped to [0, 1]."""
+    mse = float(np.mean((linear_to_srgb(np.clip(render, 0, 1)) - linear_to_srgb(np.clip(target, 0, 1))) ** 2))
+    return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
 
 
 def _json_safe(x):
@@ -144,13 +154,20 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
             mesh = problem.scene.meshes[path.split(".")[1]]
             tm = trimesh.Trimesh(value, mesh.faces, process=False)
             atomic_write(out / f"{mesh.name}.obj", lambda tmp, tm=tm: tm.export(tmp, file_type="obj"))
-    frame = ds.prepare()
-    psnrs = {}
-    for t in problem.targets:
-        rendered = render_view(ds, frame, t.camera)
-        psnrs[t.camera] = losses.psnr(rendered.image, t.image)
+    fields = problem.field_training
+    frame = ds.prepare() if fields is None else None
+    psnrs, test_psnrs, test_srgb = {}, {}, []
+    held_out = {t.camera for t in problem.test_targets}
+    for t in problem.targets + problem.test_targets:
+        rendered = render_view(ds, frame, t.camera) if fields is None else fields.render(t.camera)
+        (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image)
         target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
+        if t.camera in held_out:  # also as NeRF papers measure it: on the sRGB-encoded images
+            test_srgb.append(_psnr_srgb(rendered.numpy(), target))
         write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+    if fields is not None:
+        for name, arrays in fields.export().items():
+            atomic_write(out / f"field_{name}.npz", lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a))
     _loss_plot(out / "loss.png", snap.history)
     metrics = {
         "scene": problem.scene.path,
@@ -159,7 +176,9 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "loss_terms": snap.loss_terms,
         "psnr_render_vs_target_db": float(np.mean([v for v in psnrs.values() if math.isfinite(v)] or [math.inf])),
         "psnr_by_view_db": psnrs,
-        "parameters": parameter_metrics(problem),
+        **({"psnr_test_db": float(np.mean(list(test_psnrs.values()))), "psnr_test_by_view_db": test_psnrs,
+            "psnr_test_srgb_db": float(np.mean(test_srgb))} if test_psnrs else {}),
+        "parameters": parameter_metrics(problem) if fields is None else fields.parameter_metrics(),
         "skipped_steps": snap.skipped_steps,
         "seconds": elapsed,
         "steps_per_second": snap.step / elapsed if elapsed > 0 else 0.0,

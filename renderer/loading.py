@@ -22,13 +22,16 @@ from .scene import (
     AmbientLight,
     Camera,
     DirectionalLight,
+    Field,
     Material,
     Mesh,
+    OccupancySettings,
     PointLight,
     RenderSettings,
     Scene,
 )
 from .scene_schema import (
+    DEFAULT_RAYS_PER_BATCH,
     MAX_CAMERA_SIZE,
     AmbientLightSpec,
     DirectionalLightSpec,
@@ -82,7 +85,7 @@ def load_scene(path) -> Scene:
     def err(parts: tuple, msg: str) -> SceneError:
         return SceneError(file, field_path(parts), msg)
 
-    for group in ("meshes", "materials", "lights", "cameras"):
+    for group in ("meshes", "materials", "lights", "cameras", "fields"):
         seen: dict[str, int] = {}
         for i, item in enumerate(getattr(spec, group)):
             if item.name in seen:
@@ -122,7 +125,12 @@ def load_scene(path) -> Scene:
                                                         _f32([light.intensity]))
     for c in spec.cameras:
         scene.cameras[c.name] = Camera(c.name, c.width, c.height, _f32(c.intrinsics()), _f32(c.pose()))
+    for f in spec.fields:
+        scene.fields[f.name] = _field(f)
     if isinstance(spec.background, str):
+        if scene.fields:
+            raise err(("background",), "expected [r, g, b]: a scene with fields needs a background color "
+                                       "(the volume renderer composites over a constant)")
         scene.background = read_image(base / spec.background, srgb=True, channels=3, file=file,
                                       field="background")
     else:
@@ -156,15 +164,78 @@ def _primitive(p) -> primitives.Built:
     return primitives.torus(p.major_radius, p.minor_radius, p.resolution)
 
 
+def _field(f) -> Field:
+    """A scene `Field` from its validated spec: the fresh grid at the lattice training starts from."""
+    from .volume.voxel_grid import VoxelGrid
+
+    start = tuple(f.coarse_to_fine.start_resolution) if f.coarse_to_fine else tuple(f.resolution)
+    # the VoxelGrid constructor is the one definition of a fresh grid's raw values
+    grid = VoxelGrid(start, np.ravel(f.aabb), f.sh_degree, activation=f.activation, init_density=f.init_density,
+                     device="cpu", requires_grad=False)
+    occ = f.occupancy
+    return Field(f.name, f.type, tuple(f.resolution), _f32(np.ravel(f.aabb)), f.sh_degree, f.activation, f.storage,
+                 f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(),
+                 OccupancySettings(tuple(occ.resolution), occ.update_every, occ.threshold) if occ else None,
+                 start if f.coarse_to_fine else None,
+                 tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else ())
+
+
+def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
+    """A scene with fields trains its fields from ray batches; one without has no use for the ray options."""
+    file = scene.path
+    if not scene.fields:
+        for key in ("rays_per_batch", "eval_every"):
+            if getattr(opt, key) is not None:
+                raise SceneError(file, f"optimize.{key}", "applies to scenes with fields only")
+        for key in ("test_cameras", "test_transforms"):
+            if getattr(opt.targets, key) is not None:
+                raise SceneError(file, f"optimize.targets.{key}", "applies to scenes with fields only (held-out "
+                                 "views measure a field's PSNR)")
+        return
+    for path in opt.parameters:
+        if not path.startswith("fields."):
+            raise SceneError(file, field_path(("optimize", "parameters", path)),
+                             "a scene with fields optimizes field parameters only (fields.NAME.density, "
+                             "fields.NAME.sh): the field's render does not depend on this value")
+    for key in ("ssim", "laplacian", "edge_length"):
+        if getattr(opt.loss, key) > 0:
+            raise SceneError(file, f"optimize.loss.{key}", "not available for fields (they train on batches "
+                             "of rays, not whole images, and have no vertices); use l2, l1 and tv")
+    if opt.targets.cameras is not None and not scene.meshes:
+        raise SceneError(file, "optimize.targets.cameras", "renders the targets from the scene's meshes, and this "
+                         "scene has none; use targets.transforms or targets.images")
+    train = set(opt.targets.cameras or [])
+    for i, name in enumerate(opt.targets.test_cameras or []):
+        where = field_path(("optimize", "targets", "test_cameras", i))
+        if name not in scene.cameras:
+            raise SceneError(file, where, f"unknown camera '{name}'; defined: {', '.join(scene.cameras)}")
+        if name in train:
+            raise SceneError(file, where, f"camera '{name}' is also a training camera (targets.cameras); "
+                             "held-out views must not be trained on")
+    if opt.targets.test_transforms is not None:
+        field = "optimize.targets.test_transforms"
+        try:
+            frames = load_transforms(Path(file).parent / opt.targets.test_transforms)
+        except SceneError as e:
+            raise SceneError(file, field, str(e)) from None
+        for i, f in enumerate(frames):
+            size = image_size(f.image_path, file, field, max_size=MAX_CAMERA_SIZE)
+            if size != (f.width, f.height):
+                raise SceneError(file, field, f"image '{f.image_path}' is {size[0]}x{size[1]}, frames[{i}] of "
+                                 f"'{opt.targets.test_transforms}' is {f.width}x{f.height}")
+
+
 def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     params = scene.params()
+    _check_field_optimize(scene, opt)
     for path, p in opt.parameters.items():
         where = field_path(("optimize", "parameters", path))
         if path not in params:
             close = difflib.get_close_matches(path, list(params), n=3, cutoff=0.6)
             hint = f"did you mean {', '.join(close)}?" if close else "`drstudio info SCENE` lists all paths"
             raise SceneError(scene.path, where, f"unknown parameter path; {hint}")
-        if p.init is None and opt.targets.cameras is not None:
+        # a field's own value is a fresh grid, never the answer, so it may start from it
+        if p.init is None and opt.targets.cameras is not None and not path.startswith("fields."):
             raise SceneError(scene.path, where + ".init", "required when the targets are rendered from the "
                              "scene (targets.cameras): without an init the optimization starts at the answer")
         initial_value(scene, path)  # validates the init against the parameter
@@ -212,6 +283,16 @@ def summarize(scene: Scene) -> str:
     for m in scene.meshes.values():
         lines.append(f"  mesh {m.name}: {m.source}, {len(m.vertices)} vertices, {len(m.faces)} triangles, "
                      f"material {m.material}")
+    for f in scene.fields.values():
+        extra = [f"SH degree {f.sh_degree}", f"{f.samples_per_ray} samples per ray", f"storage {f.storage}"]
+        if f.occupancy is not None:
+            extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every {f.occupancy.update_every} "
+                         "steps")
+        if f.upsample_at:
+            extra.append("coarse to fine " + " -> ".join("x".join(map(str, r)) for r in f.resolutions())
+                         + f" after steps {', '.join(map(str, f.upsample_at))}")
+        lines.append(f"  field {f.name}: {f.type} {'x'.join(map(str, f.resolution))} over "
+                     f"{_value_text(f.aabb[:3])}..{_value_text(f.aabb[3:])}, " + ", ".join(extra))
     for mat in scene.materials.values():
         props = ", ".join(f"{k} {_value_text(getattr(mat, k))}" for k in ("albedo", "roughness", "metallic"))
         lines.append(f"  material {mat.name}: {mat.model}, {props}, wrap {mat.wrap}")
@@ -237,8 +318,10 @@ def summarize(scene: Scene) -> str:
         target = (f"cameras {', '.join(t.cameras)}" if t.cameras else f"{len(t.images)} images" if t.images
                   else f"transforms {t.transforms}")
         losses = ", ".join(f"{k} {v:g}" for k, v in opt.loss.model_dump().items() if v > 0)
+        batch = (f"{opt.rays_per_batch or DEFAULT_RAYS_PER_BATCH} rays per step" if scene.fields
+                 else f"{opt.batch_views} view(s) per step")
         lines.append(f"  optimize: {opt.steps} steps, {opt.optimizer.type} lr {opt.optimizer.lr:g}, loss "
-                     f"{losses}, targets {target}, {opt.batch_views} view(s) per step, seed {opt.seed}")
+                     f"{losses}, targets {target}, {batch}, seed {opt.seed}")
     params = scene.params()
     lines.append(f"parameters ({len(params)}; * = optimized):")
     width = max(len(p) for p in params)

@@ -2,7 +2,8 @@
 
 A `Scene` is what the loader (`renderer.loading.load_scene`) produces from a validated scene file.
 Code past the loader trusts it. Every differentiable value has one stable dotted path
-(`materials.body.albedo`, `lights.key.position`, `cameras.main.pose`, `meshes.bunny.vertices`); the
+(`materials.body.albedo`, `lights.key.position`, `cameras.main.pose`, `meshes.bunny.vertices`,
+`fields.nerf.density`); the
 optimizer, the viewer, the recorder and the CLI all address values through `Scene.params()`.
 
 Conventions (stated once, see `renderer.conventions`):
@@ -95,6 +96,48 @@ class RenderSettings:
 
 
 @dataclass
+class OccupancySettings:
+    """Empty-space skipping of a field while it trains (renderer.volume.OccupancyGrid)."""
+
+    resolution: tuple[int, int, int] = (64, 64, 64)  # cells per axis
+    update_every: int = 16  # training steps between updates from the field
+    threshold: float = 0.01  # density (per unit world length) below which a cell is empty
+
+
+@dataclass
+class Field:
+    """A radiance field (so far: an explicit voxel grid, renderer.volume.VoxelGrid): density + SH color
+    on a lattice spanning `aabb`. `density` and `sh` are its values on its current lattice: after loading,
+    the lattice training starts from (`start_resolution`, which is `resolution` unless the field trains
+    coarse to fine). A training `Problem` replaces them when it resamples the grid, so the two parameters
+    (`fields.NAME.density`, `fields.NAME.sh`) change shape during coarse-to-fine training."""
+
+    name: str
+    type: str  # "voxel_grid"
+    resolution: tuple[int, int, int]  # lattice points per axis at the end of training
+    aabb: np.ndarray  # (6,) float32 (xmin, ymin, zmin, xmax, ymax, zmax)
+    sh_degree: int  # 0, 1 or 2
+    activation: str  # "softplus" or "relu", on the interpolated raw density
+    storage: str  # "float32" or "float16": the precision read-outs render and exports store
+    samples_per_ray: int  # strata per ray inside the box
+    density: np.ndarray  # (nx, ny, nz) float32 raw densities
+    sh: np.ndarray  # (nx, ny, nz, 3K) float32 SH coefficients, K = (sh_degree + 1)^2
+    occupancy: OccupancySettings | None = None
+    start_resolution: tuple[int, int, int] | None = None  # coarse-to-fine: the first lattice
+    upsample_at: tuple[int, ...] = ()  # coarse-to-fine: steps after which the lattice grows
+
+    def resolutions(self) -> list[tuple[int, int, int]]:
+        """The lattice of each training phase: start_resolution, then one per `upsample_at` step, the
+        last being `resolution`; in between, per axis geometrically spaced (rounded)."""
+        if self.start_resolution is None or not self.upsample_at:
+            return [tuple(self.resolution)]
+        k = len(self.upsample_at)
+        return [tuple(int(round(s * (r / s) ** (i / k))) for s, r in zip(self.start_resolution, self.resolution,
+                                                                          strict=True))
+                for i in range(k + 1)]
+
+
+@dataclass
 class Param:
     """A view of one differentiable value. `value` is the NumPy array the scene holds (not a copy)."""
 
@@ -116,6 +159,7 @@ class Scene:
     directional_lights: dict[str, DirectionalLight] = field(default_factory=dict)
     ambient_lights: dict[str, AmbientLight] = field(default_factory=dict)
     cameras: dict[str, Camera] = field(default_factory=dict)
+    fields: dict[str, Field] = field(default_factory=dict)  # radiance fields (scene file `fields`)
     background: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))  # (3,) or (H, W, 3)
     render: RenderSettings = field(default_factory=RenderSettings)
     optimize: object | None = None  # the validated `optimize` section (renderer.scene_schema.OptimizeSpec)
@@ -156,4 +200,7 @@ class Scene:
         for cam in self.cameras.values():
             add(f"cameras.{cam.name}.intrinsics", cam.intrinsics, "intrinsics")
             add(f"cameras.{cam.name}.pose", cam.pose, "pose")
+        for f in self.fields.values():
+            add(f"fields.{f.name}.density", f.density, "density")
+            add(f"fields.{f.name}.sh", f.sh, "sh")
         return out

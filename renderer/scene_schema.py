@@ -348,6 +348,78 @@ class RenderSpec(Strict):
     mipmaps: bool = RenderSettings.mipmaps
 
 
+# ---- fields (radiance fields) -------------------------------------------------------------------
+
+MAX_GRID_RESOLUTION = 512
+
+
+def _grid_resolution(v: Any) -> list[int]:
+    def ok(x):
+        return isinstance(x, int) and not isinstance(x, bool) and 2 <= x <= MAX_GRID_RESOLUTION
+    if ok(v):
+        return [v] * 3
+    if isinstance(v, list) and len(v) == 3 and all(ok(x) for x in v):
+        return list(v)
+    raise ValueError(f"expected an integer in [2, {MAX_GRID_RESOLUTION}] or a list of 3 of them")
+
+
+def _aabb(v: Any) -> list[list[float]]:
+    if (isinstance(v, list) and len(v) == 2 and all(isinstance(c, list) and len(c) == 3 for c in v)
+            and all(_is_number(x) for c in v for x in c)):
+        if all(lo < hi for lo, hi in zip(v[0], v[1], strict=True)):
+            return [[float(x) for x in c] for c in v]
+    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max")
+
+
+GridResolution = Annotated[list[int], PlainValidator(_grid_resolution)]
+Aabb = Annotated[list[list[float]], PlainValidator(_aabb)]
+
+
+class OccupancySpec(Strict):
+    """Empty-space skipping while training (renderer.volume.OccupancyGrid)."""
+    resolution: GridResolution = [64, 64, 64]  # cells per axis
+    update_every: Annotated[int, Field(ge=1)] = 16  # steps between updates
+    threshold: NonNegative = 0.01  # density below which a cell is empty
+
+
+class CoarseToFineSpec(Strict):
+    start_resolution: GridResolution
+    upsample_at: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1)]  # steps, increasing
+
+    @field_validator("upsample_at")
+    @classmethod
+    def _increasing(cls, v: list[int]) -> list[int]:
+        if any(b <= a for a, b in zip(v, v[1:])):
+            raise ValueError("expected strictly increasing step numbers")
+        return v
+
+
+class VoxelGridFieldSpec(Strict):
+    """Density + SH color on a lattice (renderer.volume.VoxelGrid)."""
+    name: Name
+    type: Literal["voxel_grid"]
+    resolution: GridResolution  # lattice points per axis at the end of training
+    aabb: Aabb
+    sh_degree: Literal[0, 1, 2] = 0
+    activation: Literal["softplus", "relu"] = "softplus"
+    init_density: Positive = 0.1  # the activated density of the fresh grid
+    storage: Literal["float32", "float16"] = "float32"
+    samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
+    occupancy: OccupancySpec | None = None
+    coarse_to_fine: CoarseToFineSpec | None = None
+
+    @model_validator(mode="after")
+    def _coarse_below_fine(self) -> VoxelGridFieldSpec:
+        c = self.coarse_to_fine
+        if c is not None and not all(s < r for s, r in zip(c.start_resolution, self.resolution, strict=True)):
+            raise ValueError(f"coarse_to_fine.start_resolution {c.start_resolution} must be below resolution "
+                             f"{self.resolution} on every axis")
+        return self
+
+
+FieldSpec = VoxelGridFieldSpec  # a union by "type" once there are other representations
+
+
 # ---- optimize -----------------------------------------------------------------------------------
 
 class Perturb(Strict):
@@ -406,10 +478,18 @@ class Targets(Strict):
     cameras: Annotated[list[Name], Field(min_length=1)] | None = None  # rendered from the true scene
     images: Annotated[list[TargetImage], Field(min_length=1)] | None = None
     transforms: str | None = None  # nerfstudio / instant-ngp transforms.json
+    # held out of training, for the test PSNR of field scenes: cameras rendered from the scene (with
+    # `cameras`) or a second transforms.json (with `transforms`; frames with "split": "test" are held out too)
+    test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
+    test_transforms: str | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Targets:
         _exactly_one(self, "cameras", "images", "transforms")
+        if self.test_cameras is not None and self.cameras is None:
+            raise ValueError('"test_cameras" goes with "cameras" (use "test_transforms" with "transforms")')
+        if self.test_transforms is not None and self.transforms is None:
+            raise ValueError('"test_transforms" goes with "transforms"')
         return self
 
 
@@ -459,6 +539,10 @@ class SgdSpec(Strict):
 OptimizerSpec = Annotated[AdamSpec | SgdSpec, Field(discriminator="type")]
 
 
+DEFAULT_RAYS_PER_BATCH = 4096  # optimize.rays_per_batch of a scene with fields
+DEFAULT_EVAL_EVERY = 100  # optimize.eval_every of a scene with fields
+
+
 class OptimizeSpec(Strict):
     parameters: Annotated[dict[str, ParameterSpec], Field(min_length=1)]  # dotted path -> spec
     targets: Targets
@@ -467,6 +551,10 @@ class OptimizeSpec(Strict):
     steps: Annotated[int, Field(ge=1, le=1_000_000)]
     batch_views: Annotated[int, Field(ge=1)] = 1
     seed: Annotated[int, Field(ge=0)] = 0
+    # scenes with fields only: rays per step, drawn uniformly from the training views' pixels, and steps
+    # between evaluations of the PSNR on the held-out views (0: only at the end)
+    rays_per_batch: Annotated[int, Field(ge=1, le=1 << 22)] | None = None
+    eval_every: Annotated[int, Field(ge=0)] | None = None
 
 
 class SceneSpec(Strict):
@@ -479,6 +567,14 @@ class SceneSpec(Strict):
     background: Background = [0.0, 0.0, 0.0]  # linear RGB or an image file
     render: RenderSpec = Field(default_factory=RenderSpec)
     optimize: OptimizeSpec | None = None
+    fields: Annotated[list[FieldSpec], Field(max_length=1)] = []  # radiance fields; one per scene so far
+
+
+class FieldSceneSpec(SceneSpec):
+    """A scene with fields: meshes (and with them materials) are optional."""
+    meshes: list[MeshSpec] = []
+    materials: list[MaterialSpec] = []
+    fields: Annotated[list[FieldSpec], Field(min_length=1, max_length=1)]
 
 
 # ---- validation errors as SceneErrors -----------------------------------------------------------
@@ -540,4 +636,6 @@ def validate(model: type[BaseModel], data: Any, file: str):
 
 
 def validate_scene(data: Any, file: str) -> SceneSpec:
-    return validate(SceneSpec, data, file)
+    """A scene needs at least one mesh, or at least one field (then meshes and materials are optional)."""
+    with_fields = isinstance(data, dict) and data.get("fields") not in (None, [])
+    return validate(FieldSceneSpec if with_fields else SceneSpec, data, file)

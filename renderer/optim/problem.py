@@ -8,6 +8,8 @@
 3. `step()` renders a batch of target views under one `wp.Tape`, sums the weighted image losses and
    regularizers, back-propagates, and applies one optimizer update unless the loss or any gradient
    is not finite (then nothing changes and the step reports `applied=False`).
+A scene with fields (radiance fields) trains them through the same step; `field_training.FieldTraining`
+holds what differs (ray batches instead of views, held-out test views, occupancy, coarse to fine).
 All heavy work stays on the device; the host reads back only scalars and snapshot images.
 """
 
@@ -23,6 +25,7 @@ from ..initial_values import initial_value
 from ..render import render_view
 from ..scene import Scene
 from . import losses, optimizers, regularizers
+from .field_training import FIELD_KINDS, FieldDeviceScene, FieldTraining, add_test_cameras
 from .targets import Target, add_dataset_cameras, build_targets
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
@@ -52,7 +55,8 @@ class Problem:
             raise ValueError(f"{scene.path or 'scene'}: has no 'optimize' section; nothing to optimize")
         self.scene, self.spec = scene, spec
         self._dataset_files = add_dataset_cameras(scene, spec.targets)
-        self.ds = DeviceScene(scene, device)
+        test_files = add_test_cameras(scene, spec.targets) if scene.fields else {}
+        self.ds = (FieldDeviceScene if scene.fields else DeviceScene)(scene, device)
         self.truth = {path: p.value.copy() for path, p in scene.params().items()}
         self.seed = spec.seed if seed is None else seed
         self.steps = int(spec.steps)
@@ -60,13 +64,15 @@ class Problem:
         self.weights = {name: float(getattr(spec.loss, name, 0.0) or 0.0) for name in IMAGE_LOSSES + REGULARIZERS}
         self.target_spec = spec.targets
         self.targets: list[Target] = []
-        self.render_targets()
-        self.views = [t.camera for t in self.targets]
-        self.active_view = self.views[0]
-
+        self.test_targets: list[Target] = []  # held out of training (scenes with fields)
         self.param_specs = dict(spec.parameters)
         # the loader's seeding (optimize.seed and the path) so a scene always starts from the same values
         self.initial = {path: initial_value(scene, path).astype(np.float32) for path in self.param_specs}
+        self.field_training = FieldTraining(self, test_files) if scene.fields else None
+        self.render_targets()
+        self.views = [t.camera for t in self.targets + self.test_targets]
+        self.active_view = self.views[0]
+
         self.base_lr = float(spec.optimizer.lr)
         self.lrs = {path: float(pspec.lr if pspec.lr is not None else self.base_lr)
                     for path, pspec in self.param_specs.items()}
@@ -97,10 +103,13 @@ class Problem:
 
     def render_targets(self) -> None:
         """(Re-)render or load the target images from the current truth."""
-        self.targets = build_targets(self.scene, self.ds, self.truth, self.target_spec, self._current_values(),
-                                     self._dataset_files)
+        if self.field_training is not None:
+            self.targets, self.test_targets = self.field_training.build_targets()
+        else:
+            self.targets = build_targets(self.scene, self.ds, self.truth, self.target_spec, self._current_values(),
+                                         self._dataset_files)
         self.targets_version = getattr(self, "targets_version", -1) + 1
-        self._target_images = {t.camera: self.target_numpy(t.camera) for t in self.targets}
+        self._target_images = {t.camera: self.target_numpy(t.camera) for t in self.targets + self.test_targets}
 
     def target_images(self) -> dict:
         """camera -> (H, W, 3) target image; the arrays are replaced, never modified, when targets change."""
@@ -111,16 +120,26 @@ class Problem:
 
     def reset(self) -> None:
         """Free parameters back to their initial values; optimizer state cleared; step 0."""
+        if self.field_training is not None:
+            self.field_training.reset_state()  # first lattice (leaf shapes), fresh occupancy grid
         for path, value in self.initial.items():
             self.ds.set(path, value)
         self.step_index = 0
         self._build_optimizer()
 
-    def _build_optimizer(self) -> None:
+    def _rebuild_optimizer_keep_clock(self) -> None:
+        """A new optimizer for replaced leaf arrays (a field's grid upsampled): fresh moments, the same
+        schedule horizon and iteration."""
+        iteration, horizon = self.optimizer.iteration, self.schedule_steps
+        self._build_optimizer(horizon)
+        self.optimizer.iteration = iteration
+
+    def _build_optimizer(self, horizon: int | None = None) -> None:
         paths = [p for p in self.param_specs if self.free[p]]
         self._opt_paths = paths
         opt = self.spec.optimizer
-        self.schedule_steps = self.steps  # the horizon the learning-rate schedule is built with
+        # the horizon the learning-rate schedule is built with
+        self.schedule_steps = self.steps if horizon is None else horizon
         arrays = [self.ds.arrays[p] for p in paths]
         lrs = [self.lrs[p] for p in paths]
         schedule = optimizers.make_schedule(getattr(opt, "schedule", None), self.schedule_steps,
@@ -189,24 +208,33 @@ class Problem:
         self.render_targets()
 
     def _project_host(self, path: str, value: np.ndarray) -> np.ndarray:
+        if self.ds.kinds[path] in FIELD_KINDS:
+            return value  # raw grid values: unconstrained
         arr = wp.array(value.reshape(self.ds.arrays[path].numpy().shape), dtype=self.ds.arrays[path].dtype,
                        device=self.ds.device)
         optimizers.project(arr, self.ds.kinds[path])
         return arr.numpy().reshape(value.shape)
 
     # -- the step --------------------------------------------------------------------------------
-    def _batch(self) -> list[Target]:
+    def _batch(self) -> list[Target] | np.ndarray:
+        if self.field_training is not None:
+            return self.field_training.draw_batch()  # flat ray indices
         if self.batch_views >= len(self.targets):
             return list(self.targets)
         idx = self._view_rng.choice(len(self.targets), size=self.batch_views, replace=False)
         return [self.targets[i] for i in sorted(idx)]
 
-    def _record_loss(self, batch: list[Target]):
+    def _record_loss(self, batch: list[Target] | np.ndarray):
         """Forward pass of one step; returns (total loss array, per-term arrays, outputs by camera)."""
         dev = self.ds.device
         terms = {name: wp.zeros(1, dtype=float, device=dev, requires_grad=True)
                  for name, w in self.weights.items() if w > 0}
         total = wp.zeros(1, dtype=float, device=dev, requires_grad=True)
+        if self.field_training is not None:  # a batch of rays through the field
+            outputs = self.field_training.record_loss(batch, terms, self.weights, self.step_index)
+            for arr in terms.values():
+                losses.accumulate(arr, total)
+            return total, terms, outputs
         frame = self.ds.prepare()
         outputs = {}
         scale = 1.0 / len(batch)
@@ -238,6 +266,8 @@ class Problem:
 
     def step(self) -> StepResult:
         batch = self._batch()
+        if self.field_training is not None:
+            self.field_training.before_step(self.step_index)
         self.ds.zero_grad()
         tape = wp.Tape()
         with tape:
@@ -247,32 +277,49 @@ class Problem:
         applied = self.optimizer.step(loss_value=loss)
         if applied:
             for path in self._opt_paths:
-                optimizers.project(self.ds.arrays[path], self.ds.kinds[path])
-        self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()}
-        grad_norms = {p: float(np.linalg.norm(g)) for p, g in self._last_param_grads.items()}
+                if self.ds.kinds[path] not in FIELD_KINDS:  # raw grid values are unconstrained
+                    optimizers.project(self.ds.arrays[path], self.ds.kinds[path])
+        # field grids are large: their gradient norms only, no copies
+        self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()
+                                  if self.ds.kinds[p] not in FIELD_KINDS}
+        grad_norms = {p: float(np.linalg.norm(self.ds.arrays[p].grad.numpy().ravel())) for p in self.free_paths()}
         self._last_grad_images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
                                   for cam, out in outputs.items()}
         tape.reset()
-        result = StepResult(self.step_index, loss, {k: float(v.numpy()[0]) for k, v in terms.items()},
-                            grad_norms, applied)
+        terms = {k: float(v.numpy()[0]) for k, v in terms.items()}
+        if self.field_training is not None:  # upsampling, test PSNR (a read-out among the terms)
+            terms.update(self.field_training.after_step(self.step_index))
+        result = StepResult(self.step_index, loss, terms, grad_norms, applied)
         self.step_index += 1
         return result
 
     # -- read-outs -------------------------------------------------------------------------------
     def free_values(self) -> dict:
-        return {p: self.ds.get(p) for p in self.free_paths()}
+        """Current value of each free parameter; field grids are left out (megabytes per snapshot: read
+        them with `ds.get`)."""
+        return {p: self.ds.get(p) for p in self.free_paths() if self.ds.kinds[p] not in FIELD_KINDS}
 
     def parameter_errors(self) -> dict:
-        """Max abs error of each optimizable parameter vs the truth."""
-        return {p: float(np.max(np.abs(self.ds.get(p) - self.truth[p]))) for p in self.param_specs}
+        """Max abs error of each optimizable parameter vs the truth (fields have none: see the test PSNR)."""
+        return {p: float(np.max(np.abs(self.ds.get(p) - self.truth[p]))) for p in self.param_specs
+                if self.ds.kinds[p] not in FIELD_KINDS}
 
     def target_numpy(self, camera: str) -> np.ndarray:
-        t = next(t for t in self.targets if t.camera == camera)
+        t = next(t for t in self.targets + self.test_targets if t.camera == camera)
         c = self.scene.cameras[camera]
         return t.image.numpy().reshape(c.height, c.width, 3).copy()
 
+    def render_image(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
+                     height: int | None = None) -> np.ndarray:
+        """(H, W, 3) render of `camera` as this problem sees it: the field's when the scene has fields,
+        else the meshes'. `intrinsics`/`width`/`height` override the camera's (e.g. thumbnails)."""
+        if self.field_training is not None:
+            return self.field_training.render(camera, intrinsics, width, height).numpy()
+        return render_view(self.ds, self.ds.prepare(), camera, intrinsics=intrinsics, width=width,
+                           height=height).numpy()
+
     def render_numpy(self, camera: str) -> np.ndarray:
-        return render_view(self.ds, self.ds.prepare(), camera).numpy()
+        return self.render_image(camera)
 
     def view_images(self, result=None) -> dict:
         cam = self.active_view

@@ -340,8 +340,6 @@ def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, n
     directly at that size (intrinsics scaled), the target box-filtered down. Not recorded on a tape."""
     import warp as wp
 
-    from ..render import render_view
-
     c = problem.scene.cameras[camera]
     f = max(1, math.ceil(max(c.width, c.height) / max_size))
     w, h = max(1, c.width // f), max(1, c.height // f)
@@ -351,9 +349,8 @@ def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, n
         k = ds.arrays[f"cameras.{camera}.intrinsics"].numpy().astype(np.float32).copy()
         k *= np.array([w / c.width, h / c.height, w / c.width, h / c.height], np.float32)
         intr = wp.array(k, dtype=float, device=ds.device)
-    out = render_view(ds, ds.prepare(), camera, intrinsics=intr, width=w if f > 1 else None,
-                      height=h if f > 1 else None)
-    render = out.numpy()
+    # the problem's own render: the meshes', or the field's in a scene with fields
+    render = problem.render_image(camera, intrinsics=intr, width=w if f > 1 else None, height=h if f > 1 else None)
     target = problem.target_numpy(camera)
     if f > 1:
         target = target[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))

@@ -1,0 +1,165 @@
+"""Rendering a scene's radiance field (`Scene.fields`, renderer.volume) through cameras and ray batches.
+
+The volume counterpart of `renderer.render`: camera rays from `renderer.stages.camera.generate_rays`,
+then `renderer.volume.render` (sample -> query -> composite, docs/volume.md). Differentiable w.r.t. the
+field's values (density, SH) and the background, not w.r.t. cameras (samples are constants).
+
+- `field_grid(field, density, sh)`: the `VoxelGrid` of a scene `Field` over given value arrays (e.g. a
+  DeviceScene's leaves `fields.NAME.density` / `.sh`), so the tape's gradients land in their `.grad`.
+- `FieldState`: that grid plus the field's settings and its occupancy grid (or None).
+- `render_field_view(state, intrinsics, pose, width, height, background, occupancy, step) -> RenderOutput`:
+  a whole view (large views in chunks, forward only).
+- `RayBank`: every pixel ray of a set of views with its target color; `gather(indices)` makes a ray batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+from .render import RenderOutput
+from .scene import Field
+from .stages.camera import generate_rays
+from .volume import OccupancyGrid, VoxelGrid
+from .volume import render as volume_render
+
+DEFAULT_CHUNK = 1 << 16  # rays per launch group when a view is rendered without gradients
+
+
+@wp.kernel
+def _gather_rays(indices: wp.array(dtype=wp.int32), origins: wp.array(dtype=wp.vec3),
+                 directions: wp.array(dtype=wp.vec3), colors: wp.array2d(dtype=float),
+                 out_origins: wp.array(dtype=wp.vec3), out_directions: wp.array(dtype=wp.vec3),
+                 out_colors: wp.array2d(dtype=float)):
+    i = wp.tid()
+    r = indices[i]
+    out_origins[i] = origins[r]
+    out_directions[i] = directions[r]
+    for c in range(3):
+        out_colors[i, c] = colors[r, c]
+
+
+def field_grid(field: Field, density: wp.array, sh: wp.array) -> VoxelGrid:
+    """A `VoxelGrid` with `field`'s box, SH degree and activation whose values ARE `density` (nx, ny, nz)
+    and `sh` (nx, ny, nz, 3K) (not copies): queries read them and record gradients into their `.grad`."""
+    if density.ndim != 3 or sh.ndim != 4 or tuple(sh.shape[:3]) != tuple(density.shape):
+        raise ValueError(f"density, sh: expected shapes (nx, ny, nz) and (nx, ny, nz, 3K), got {density.shape} "
+                         f"and {sh.shape}")
+    if sh.shape[3] != 3 * (field.sh_degree + 1) ** 2:
+        raise ValueError(f"sh: expected {3 * (field.sh_degree + 1) ** 2} channels for SH degree {field.sh_degree}, "
+                         f"got {sh.shape[3]}")
+    # a 2^3 placeholder lattice from the constructor (it validates box, degree and activation), then our arrays
+    grid = VoxelGrid(2, field.aabb, field.sh_degree, dtype=density.dtype, activation=field.activation,
+                     device=density.device, requires_grad=False)
+    grid.resolution, grid.density, grid.sh = tuple(int(n) for n in density.shape), density, sh
+    return grid
+
+
+@dataclass
+class FieldState:
+    """What rendering a field needs: its scene settings, its grid, and its occupancy grid (or None)."""
+
+    field: Field
+    grid: VoxelGrid
+    occupancy: OccupancyGrid | None = None
+
+    @property
+    def n_samples(self) -> int:
+        return int(self.field.samples_per_ray)
+
+    def storage_grid(self) -> VoxelGrid:
+        """The grid at the field's storage precision: itself (float32) or a float16 copy (what read-outs
+        render and exports store; training keeps float32 values, as renderer.optim updates float32 only)."""
+        if self.field.storage == "float16" and self.grid.dtype != wp.float16:
+            return self.grid.astype(wp.float16, requires_grad=False)
+        return self.grid
+
+
+def render_field_view(state: FieldState, intrinsics: wp.array, pose: wp.array, width: int, height: int,
+                      background: wp.array, occupancy: OccupancyGrid | None = None, step: int = 0, *,
+                      jitter: bool = False, grid: VoxelGrid | None = None,
+                      chunk: int = DEFAULT_CHUNK) -> RenderOutput:
+    """Render a whole view of a field.
+
+    Args:
+        state: the field (`grid` overrides its grid, e.g. `state.storage_grid()`).
+        intrinsics: float (4,) [fx, fy, cx, cy]; pose: float (7,) camera-to-world (docs/architecture.md).
+        width, height: pixels. background: float (3,) linear RGB behind the field.
+        occupancy: skip samples in empty cells (an `OccupancyGrid`), or None to march every stratum.
+        step: seed of the stratified jitter (only used with jitter=True; read-outs use midpoints).
+        chunk: rays per group; a view of more pixels is rendered group by group, which is forward only.
+
+    Returns:
+        `RenderOutput` with `image` (N, 3), `alpha` the opacity (N,) and `depth` the expected view depth
+        (N,) (not divided by the opacity). Differentiable w.r.t. the grid values and background when the
+        view fits in one chunk; a larger view under an active `wp.Tape` raises ValueError.
+    """
+    grid = state.grid if grid is None else grid
+    n = int(width) * int(height)
+    origins, directions = generate_rays(intrinsics, pose, width, height)
+    if n <= chunk:
+        rgb, opacity, depth, _ = volume_render(grid, origins, directions, state.n_samples, background, seed=step,
+                                               jitter=jitter, occupancy=occupancy)
+        return RenderOutput(width, height, rgb, depth=depth, alpha=opacity)
+    if wp._src.context.runtime.tape is not None:
+        raise ValueError(f"render_field_view: a {width}x{height} view is rendered in chunks of {chunk} rays, "
+                         "which is not differentiable; use ray batches (RayBank) or a larger chunk under a tape")
+    dev = origins.device
+    rgb = wp.empty((n, 3), dtype=float, device=dev)
+    opacity = wp.empty(n, dtype=float, device=dev)
+    depth = wp.empty(n, dtype=float, device=dev)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        c_rgb, c_opacity, c_depth, _ = volume_render(grid, origins[a:b], directions[a:b], state.n_samples,
+                                                     background, seed=step, jitter=jitter, occupancy=occupancy)
+        wp.copy(rgb[a:b], c_rgb)
+        wp.copy(opacity[a:b], c_opacity)
+        wp.copy(depth[a:b], c_depth)
+    return RenderOutput(width, height, rgb, depth=depth, alpha=opacity)
+
+
+class RayBank:
+    """Every pixel ray of a set of views and its target color, flat: view after view, each row-major.
+
+    Built once per set of targets (rays are constants of the volume path). `gather(indices)` returns the
+    ray batch (origins (B,) vec3, directions (B,) vec3, target colors (B, 3)) of flat ray indices."""
+
+    def __init__(self, views: list[tuple[wp.array, wp.array, int, int, wp.array]], device):
+        """views: (intrinsics (4,), pose (7,), width, height, target image (width * height, 3)) each."""
+        self.device = wp.get_device(device)
+        self.sizes = [int(w) * int(h) for _, _, w, h, _ in views]
+        total = int(sum(self.sizes))
+        if total == 0:
+            raise ValueError("views: expected at least one view with pixels")
+        self.origins = wp.empty(total, dtype=wp.vec3, device=self.device)
+        self.directions = wp.empty(total, dtype=wp.vec3, device=self.device)
+        self.colors = wp.empty((total, 3), dtype=float, device=self.device)
+        a = 0
+        for (intrinsics, pose, w, h, image), n in zip(views, self.sizes, strict=True):
+            if tuple(image.shape) != (n, 3):
+                raise ValueError(f"views: a {w}x{h} view needs a target of shape ({n}, 3), got {image.shape}")
+            o, d = generate_rays(intrinsics, pose, w, h)
+            wp.copy(self.origins[a:a + n], o)
+            wp.copy(self.directions[a:a + n], d)
+            wp.copy(self.colors[a:a + n], image)
+            a += n
+
+    def __len__(self) -> int:
+        return self.origins.shape[0]
+
+    def gather(self, indices: np.ndarray | wp.array) -> tuple[wp.array, wp.array, wp.array]:
+        """The rays and target colors at flat `indices` (int, each in [0, len(self)))."""
+        if not isinstance(indices, wp.array):
+            indices = np.asarray(indices)
+            if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(self))):
+                raise ValueError(f"indices: expected a 1D array of ray indices in [0, {len(self)})")
+            indices = wp.array(indices.astype(np.int32), dtype=wp.int32, device=self.device)
+        b = indices.shape[0]
+        origins = wp.empty(b, dtype=wp.vec3, device=self.device)
+        directions = wp.empty(b, dtype=wp.vec3, device=self.device)
+        colors = wp.empty((b, 3), dtype=float, device=self.device)
+        wp.launch(_gather_rays, dim=b, device=self.device, record_tape=False,
+                  inputs=[indices, self.origins, self.directions, self.colors, origins, directions, colors])
+        return origins, directions, colors
