@@ -19,6 +19,8 @@ from numbers import Integral, Real
 import numpy as np
 import warp as wp
 
+from ..checks import check_array  # noqa: F401  (re-exported for the volume modules)
+
 # Never differentiated: skip generating adjoints (faster compiles).
 wp.set_module_options({"enable_backward": False})
 
@@ -161,21 +163,6 @@ class Samples:
     @property
     def n_samples(self) -> int:
         return self.ray_indices.shape[0]
-
-
-def check_array(name: str, arr, dtype, shape: tuple, device=None) -> None:
-    """Raise TypeError/ValueError naming `name` unless `arr` is a wp.array of `dtype` whose shape
-    matches `shape` (None entries match any size), on `device` when given."""
-    want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ("," * (len(shape) == 1)) + ")"
-    if not isinstance(arr, wp.array):
-        raise TypeError(f"{name}: expected a wp.array of dtype {wp.types.type_repr(dtype)} and shape {want}, "
-                        f"got {type(arr).__name__}")
-    if arr.dtype != dtype:
-        raise TypeError(f"{name}: expected dtype {wp.types.type_repr(dtype)}, got {wp.types.type_repr(arr.dtype)}")
-    if arr.ndim != len(shape) or any(s not in (None, t) for s, t in zip(shape, arr.shape, strict=True)):
-        raise ValueError(f"{name}: expected shape {want}, got {tuple(arr.shape)}")
-    if device is not None and arr.device != device:
-        raise ValueError(f"{name}: is on {arr.device}, expected {device}")
 
 
 def parse_aabb(name: str, aabb) -> tuple[wp.vec3, wp.vec3]:
