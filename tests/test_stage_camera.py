@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import warp as wp
+from support.arrays import farr, quat_matrix
 from support.gradcheck import check_gradient, weighted_loss
 
 from renderer.stages.camera import generate_rays, project_points
@@ -10,17 +11,6 @@ from renderer.stages.camera import generate_rays, project_points
 W, H = 5, 4
 INTR = np.array([3.0, 2.5, 2.2, 1.9], np.float32)  # wide field of view: directions of order 1
 POSE = np.array([0.3, -0.2, 1.5, 0.2, -0.3, 0.1, 1.1], np.float32)  # unnormalized quaternion on purpose
-
-
-def quat_matrix(q):
-    x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def farr(a, grad=False):
-    return wp.array(np.asarray(a, np.float32), dtype=float, requires_grad=grad)
 
 
 def camera_dirs(intr, w, h):

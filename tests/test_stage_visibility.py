@@ -5,25 +5,11 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
+from support.arrays import farr, quat_matrix, varr
 from support.gradcheck import check_gradient, weighted_loss
 
 from renderer.stages.camera import generate_rays
 from renderer.stages.visibility import bary_derivatives, build_bvh, intersect, refit_bvh, trace_primary
-
-
-def quat_matrix(q):
-    x, y, z, w = np.asarray(q, np.float64) / np.linalg.norm(q)
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
-
-
-def farr(a, grad=False):
-    return wp.array(np.asarray(a, np.float32), dtype=float, requires_grad=grad)
-
-
-def varr(a, grad=False):
-    return wp.array(np.asarray(a, np.float32), dtype=wp.vec3, requires_grad=grad)
 
 
 def iarr(a):
