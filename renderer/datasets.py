@@ -21,7 +21,9 @@ with `rgba` the alpha channel is linear coverage and RGB is the un-premultiplied
 
 Per-frame metadata besides `file_path` and `transform_matrix`:
 - `split`: "train" or "test" (only when test views are held out).
-- `time` in [0, 1] (only with `animate`): frame i of N has time i / (N - 1).
+- `time` in [0, 1] (only with `animate`): frame i of N has time i / (N - 1) (one time per frame, D-NeRF's
+  monocular setting), or with `Animation.times = T` the j-th of T times j / (T - 1), shared by a group of
+  cameras spread over the whole sphere (a multi-view sequence: what a 4D grid needs to be well posed).
 - `appearance` (only with `lighting_variation`): the light values of this view by dotted parameter
   path, e.g. {"lights.sun.intensity": [2.1], "lights.sun.color": [1.0, 0.9, 0.8]}.
 - `occluders` (only with `occluders`): the cubes in this view, [] for a clean view; each
@@ -68,6 +70,10 @@ class Animation:
     degrees: float = 90.0
     axis: tuple[float, float, float] = (0.0, 1.0, 0.0)
     translation: tuple[float, float, float] | None = None  # world units; None: 0.2 * scene radius along +Y
+    # None: one time per frame along the spiral (frame i of N at i / (N - 1)). T >= 2: T times j / (T - 1),
+    # each seen by ~N / T cameras on a spiral of their own over the whole sphere (rotated per time), frames
+    # numbered time by time; test views are spread over the times. See docs/datasets.md "Animation".
+    times: int | None = None
 
 
 @dataclass
@@ -130,6 +136,11 @@ class DatasetOptions:
             cv.normalize(_finite_vector(a.axis, 3, "animate.axis"), "animate.axis")
             if a.translation is not None:
                 _finite_vector(a.translation, 3, "animate.translation")
+            if a.times is not None:
+                is_int = isinstance(a.times, (int, np.integer)) and not isinstance(a.times, bool)
+                if not is_int or a.times < 2 or a.times > self.views:
+                    raise ValueError(f"animate.times: expected an integer in [2, views = {self.views}] (each time "
+                                     f"needs a camera), got {a.times!r}")
         if self.background is not None:
             bg = _finite_vector(self.background, 3, "background")
             if (bg < 0).any():
@@ -202,11 +213,15 @@ class DatasetPlan:
         return [v for v in self.views if v.split == name]
 
 
-def fibonacci_directions(n: int, hemisphere: bool = False, seed: int = 0) -> np.ndarray:
+GOLDEN_ANGLE = math.pi * (3 - math.sqrt(5))
+
+
+def fibonacci_directions(n: int, hemisphere: bool = False, seed: int = 0, azimuth: float = 0.0) -> np.ndarray:
     """(n, 3) unit vectors spread evenly over the sphere (or the +Y hemisphere) along a Fibonacci
-    spiral from the top down; the spiral's azimuth is rotated by an angle drawn from `seed`."""
-    golden = math.pi * (3 - math.sqrt(5))
-    offset = np.random.default_rng([seed, _POSES]).uniform(0, 2 * math.pi)
+    spiral from the top down; the spiral's azimuth is rotated by an angle drawn from `seed`, plus
+    `azimuth` radians."""
+    golden = GOLDEN_ANGLE
+    offset = np.random.default_rng([seed, _POSES]).uniform(0, 2 * math.pi) + azimuth
     k = np.arange(n, dtype=np.float64)
     y = 1 - (k + 0.5) / n if hemisphere else 1 - 2 * (k + 0.5) / n  # never exactly a pole
     ring = np.sqrt(np.clip(1 - y * y, 0, None))
@@ -240,6 +255,29 @@ def _test_indices(views: int, test_views: int) -> set[int]:
     return {int((j + 0.5) * views / test_views) for j in range(test_views)}
 
 
+def _timed_cameras(o: DatasetOptions) -> tuple[np.ndarray, list[float], set[int]]:
+    """Cameras of a multi-view sequence (`animate.times` = T): (directions (N, 3), time of each view,
+    test view indices). Views are numbered time by time; time j gets n_j = N // T or N // T + 1 views on
+    a Fibonacci spiral of its own over the whole sphere, rotated about +Y by j golden angles so that the
+    times see different viewpoints; test views are spread over the times (evenly), and along each time's
+    spiral. Raises ValueError when a time would have no training view."""
+    t_count = o.animate.times
+    sizes = [o.views // t_count + (j < o.views % t_count) for j in range(t_count)]
+    q, r = divmod(o.test_views, t_count)
+    extra = {int((m + 0.5) * t_count / r) for m in range(r)} if r else set()
+    tests_per = [q + (j in extra) for j in range(t_count)]
+    dirs, times, tests, start = [], [], set(), 0
+    for j, (n, k) in enumerate(zip(sizes, tests_per)):
+        if n - k < 1:
+            raise ValueError(f"animate.times: {t_count} times over {o.views} views with {o.test_views} test views "
+                             f"leave time {j} without a training view; use fewer times or more views")
+        dirs.append(fibonacci_directions(n, o.hemisphere, o.seed, azimuth=j * GOLDEN_ANGLE))
+        times += [j / (t_count - 1)] * n
+        tests |= {start + i for i in (_test_indices(n, k) if k else ())}
+        start += n
+    return np.concatenate(dirs), times, tests
+
+
 def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
     """Cameras, splits and per-view variations of a dataset of `scene`. Raises ValueError for an
     option the scene cannot satisfy (an unknown animated mesh, lighting variation without lights)."""
@@ -252,7 +290,8 @@ def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
         if name not in scene.meshes:
             raise ValueError(f"animate.mesh: no mesh named {name!r}; meshes: {', '.join(scene.meshes)}")
         anim = {"mesh": name, "degrees": float(o.animate.degrees),
-                "axis": _floats(cv.normalize(o.animate.axis)), "translation": None}
+                "axis": _floats(cv.normalize(o.animate.axis)), "translation": None,
+                "times": None if o.animate.times is None else int(o.animate.times)}
     if ((o.mode or scene.render.mode) == "soft" and np.ndim(scene.background) == 3 and o.background is None
             and not o.rgba):
         raise ValueError("mode: soft rendering supports a background color only, and the scene's background "
@@ -279,7 +318,12 @@ def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
     half_x = math.atan(o.width / o.height * math.tan(half_y))
     distance = o.distance if o.distance is not None else 1.1 * radius / math.sin(min(half_x, half_y))
 
-    tests = _test_indices(o.views, o.test_views) if o.test_views else set()
+    if anim is not None and anim["times"] is not None:
+        directions, times, tests = _timed_cameras(o)
+    else:
+        directions = fibonacci_directions(o.views, o.hemisphere, o.seed)
+        times = [i / (o.views - 1) if o.views > 1 else 0.0 for i in range(o.views)]
+        tests = _test_indices(o.views, o.test_views) if o.test_views else set()
     train = [i for i in range(o.views) if i not in tests]
     occluded: set[int] = set()
     occ_rng = np.random.default_rng([o.seed, _OCCLUDERS])
@@ -290,11 +334,11 @@ def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
     digits = max(3, len(str(o.views - 1)))
 
     views = []
-    for i, d in enumerate(fibonacci_directions(o.views, o.hemisphere, o.seed)):
+    for i, d in enumerate(directions):
         pose = cv.look_at(center + distance * d, center).astype(np.float32)
         v = ViewPlan(i, f"r_{i:0{digits}d}", "test" if i in tests else "train", pose)
         if anim is not None:
-            v.time = i / (o.views - 1) if o.views > 1 else 0.0
+            v.time = times[i]
             t, r = _animated(scene.meshes[anim["mesh"]], anim, v.time)
             path = f"meshes.{anim['mesh']}"
             v.mesh_values = {f"{path}.translation": t.astype(np.float32), f"{path}.rotation": r.astype(np.float32)}

@@ -3,8 +3,8 @@
 Fields read: `camera_angle_x` (horizontal fov, radians) or `fl_x`/`fl_y` (+ optional `cx`/`cy`),
 `w`/`h` (else taken from the first image), and per frame `file_path` (relative to the json; a
 missing extension means `.png`, as in the Blender set), `transform_matrix` (camera-to-world, OpenGL
-convention, as both formats store it), optional per-frame intrinsics and `time`. Intrinsics may also
-be given per frame (nerfstudio). Errors name the file and the field.
+convention, as both formats store it), optional per-frame intrinsics and `time` (in [0, 1], on every
+frame or on none). Intrinsics may also be given per frame (nerfstudio). Errors name the file and the field.
 """
 
 from __future__ import annotations
@@ -82,6 +82,13 @@ def load_transforms(path) -> list[Frame]:
         fl_y = fl_y or fl_x
         cx = _number(fr, "cx", file, field) or _number(doc, "cx", file, "") or w / 2
         cy = _number(fr, "cy", file, field) or _number(doc, "cy", file, "") or h / 2
-        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32),
-                            _number(fr, "time", file, field)))
+        t = _number(fr, "time", file, field)
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise SceneError(file, f"{field}time", f"expected a time in [0, 1] (D-NeRF convention), got {t!r}")
+        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t))
+    timed = [f.time is not None for f in frames]
+    if any(timed) and not all(timed):
+        i = timed.index(False)
+        raise SceneError(file, f"frames[{i}].time", "missing: some frames have a time and this one has not (a "
+                         "time-varying dataset needs a time on every frame)")
     return frames

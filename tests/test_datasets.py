@@ -200,6 +200,76 @@ def test_animated_frames_have_increasing_time_and_move(tmp_path):
         assert_same_image(rerender(frame, values=moved), frame.image_path, tmp_path)
 
 
+def test_multi_view_sequence_gives_every_time_cameras_over_the_whole_sphere():
+    # animate.times = T: T times, each seen from ~views / T cameras spread over the sphere (a 4D grid's
+    # slices are each constrained by views from all around), test views spread over the times
+    scene = load_scene(TEXTURE)
+    plan = plan_dataset(scene, options(views=20, test_views=5, animate=Animation(times=4)))
+    times = np.array([v.time for v in plan.views])
+    np.testing.assert_allclose(times, np.repeat([0, 1 / 3, 2 / 3, 1], 5))  # numbered time by time
+    assert plan.animation["times"] == 4
+    dirs = np.array([cv.pose_to_matrix(v.pose.astype(np.float64))[:3, 3] for v in plan.views]) - plan.center
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    for j in range(4):
+        group = dirs[5 * j:5 * j + 5]
+        assert group[:, 1].max() > 0.5 and group[:, 1].min() < -0.5  # top to bottom
+        azimuth = np.arctan2(group[:, 0], group[:, 2])
+        assert np.ptp(np.unwrap(np.sort(azimuth))) > np.pi / 2  # and around
+        train = [v for v in plan.views[5 * j:5 * j + 5] if v.split == "train"]
+        assert len(train) >= 3
+    assert not np.allclose(dirs[:5], dirs[5:10])  # the times see different viewpoints
+    assert sorted(v.split for v in plan.views).count("test") == 5
+    assert len({v.time for v in plan.views if v.split == "test"}) == 4
+    # without times: one time per frame along the spiral, poses as before
+    plain = plan_dataset(scene, options(views=20, animate=Animation()))
+    np.testing.assert_allclose([v.time for v in plain.views], np.arange(20) / 19)
+    static = plan_dataset(scene, options(views=20))
+
+    def unit(p):  # camera directions from the center (the motion enlarges the framed sphere)
+        d = np.array([cv.pose_to_matrix(v.pose.astype(np.float64))[:3, 3] for v in p.views]) - p.center
+        return d / np.linalg.norm(d, axis=1, keepdims=True)
+
+    np.testing.assert_allclose(unit(plain), unit(static), atol=1e-6)
+
+
+def test_multi_view_sequence_frames_render_the_scene_at_their_time(tmp_path):
+    out = tmp_path / "seq"
+    scene, summary = make(out, views=6, animate=Animation(times=3, degrees=60.0))
+    frames = load_transforms(out / "transforms.json")
+    assert [f.time for f in frames] == pytest.approx([0, 0, 0.5, 0.5, 1, 1])
+    anim = json.loads((out / "transforms.json").read_text())["drstudio"]["animation"]
+    globe = scene.meshes["globe"]
+    for frame in frames[1::2]:
+        moved = {"meshes.globe.translation": globe.translation + frame.time * np.asarray(anim["translation"]),
+                 "meshes.globe.rotation": cv.quat_multiply(
+                     cv.quat_from_axis_angle(anim["axis"], frame.time * anim["degrees"]), globe.rotation)}
+        assert_same_image(rerender(frame, values=moved), frame.image_path, tmp_path)
+
+
+def test_multi_view_sequence_validation():
+    scene = load_scene(TEXTURE)
+    for times in (1, 7, True, 2.5):
+        with pytest.raises(ValueError, match=r"animate.times: expected an integer in \[2, views = 6\]"):
+            options(animate=Animation(times=times))
+    # 3 times of 2 views, 4 test views: one time would keep no training view
+    with pytest.raises(ValueError, match="animate.times: 3 times over 6 views with 4 test views leave time 1"):
+        plan_dataset(scene, options(test_views=4, animate=Animation(times=3)))
+
+
+def test_load_transforms_checks_frame_times(tmp_path):
+    from renderer.errors import SceneError
+
+    frame = {"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}
+    doc = {"camera_angle_x": 0.8, "w": 4, "h": 4}
+    for frames, message in ((([{**frame, "time": 1.5}]), r"frames\[0\]\.time.*expected a time in \[0, 1\]"),
+                            ([{**frame, "time": 0.5}, frame], r"frames\[1\]\.time.*missing")):
+        (tmp_path / "t.json").write_text(json.dumps({**doc, "frames": frames}))
+        with pytest.raises(SceneError, match=message):
+            load_transforms(tmp_path / "t.json")
+    (tmp_path / "t.json").write_text(json.dumps({**doc, "frames": [{**frame, "time": 0}, {**frame, "time": 1}]}))
+    assert [f.time for f in load_transforms(tmp_path / "t.json")] == [0.0, 1.0]
+
+
 # ---- background and alpha -----------------------------------------------------------------------
 
 def test_background_color_and_rgba_alpha_from_coverage(tmp_path):

@@ -321,3 +321,188 @@ def test_disk_use_is_bounded_by_thinning_keyframes_and_thumbnails(session, tmp_p
     assert 10 in rec.keyframes and rec.keyframes[10]["reason"] == "edit"  # edit keyframes are kept
     assert len(rec.steps) == 30  # the log is never thinned
     assert verify(rec).ok
+
+
+# ---- keyframe spacing by size ------------------------------------------------------------------------
+
+def test_keyframe_interval_scales_with_the_state_size(session, tmp_path):
+    scene = session[3]
+    # the size of this scene's keyframe, then a byte rate at which every 4 steps is too often: 12 steps'
+    # worth of it per keyframe, so the interval doubles 4 -> 8 -> 16
+    probe = Recorder(tmp_path / "probe", Problem(load_scene(scene), "cpu"), options=SMALL)
+    probe.close()
+    size = load_recording(tmp_path / "probe").start_keyframe["bytes"]
+    options = RecorderOptions(keyframe_every=4, thumb_every=3, keyframe_bytes_per_step=size // 12)
+    recorder, _ = record_session(tmp_path / "rec", scene, steps=40, edits=[(5, "set_lr", (LIGHT, 0.1))],
+                                 options=options)
+    rec = load_recording(tmp_path / "rec")
+    assert rec.warnings == [] and recorder.keyframe_every == 16
+    # periodic at multiples of 16; always at the start, at edits and at the end
+    assert sorted(rec.keyframes) == [0, 5, 16, 32, 40]
+    assert {at: r["reason"] for at, r in rec.keyframes.items()} == {0: "start", 5: "edit", 16: "periodic",
+                                                                     32: "periodic", 40: "end"}
+    assert all(r["keyframe_every"] == 16 for r in rec.keyframes.values())
+    periodic = [r["bytes"] for r in rec.keyframes.values() if r["reason"] == "periodic"]
+    assert max(periodic) / 16 <= options.keyframe_bytes_per_step
+    report = verify(rec)  # still re-executes bit for bit and compares every kept keyframe
+    assert report.ok and report.keyframes_checked == 5, report.message()
+
+
+def test_default_keyframe_spacing_for_small_and_large_states(tmp_path, session):
+    recorder = Recorder(tmp_path / "r", Problem(load_scene(session[3]), "cpu"))
+    try:
+        assert recorder.keyframe_every == 25  # a small state keeps the minimum spacing
+        recorder._fit_interval(592_000)  # the texture scene's keyframe (docs/recording.md): still 25
+        assert recorder.keyframe_every == 25
+        recorder._fit_interval(12_600_000)  # a 64^3 SH-0 field and its Adam moments: 64 KiB/step -> 200
+        assert recorder.keyframe_every == 200
+        recorder._fit_interval(1_000)  # never shrinks
+        assert recorder.keyframe_every == 200
+    finally:
+        recorder.close()
+    with pytest.raises(ValueError, match="keyframe_bytes_per_step"):
+        RecorderOptions(keyframe_bytes_per_step=-1)
+    unlimited = Recorder(tmp_path / "u", Problem(load_scene(session[3]), "cpu"),
+                         options=RecorderOptions(keyframe_bytes_per_step=0))
+    unlimited._fit_interval(10**9)
+    assert unlimited.keyframe_every == 25
+    unlimited.close()
+
+
+# ---- extra state (a field's occupancy grid) ------------------------------------------------------------
+
+class ExtraStateStub:
+    """Stands in for `problem.field_training`'s hook: state that lives outside the parameters and changes
+    with the steps (derived from the problem's step index and a value), and a log of what was loaded."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.loaded: list[tuple[dict, int]] = []
+
+    def extra_state(self):
+        k = self.problem.step_index
+        return {"occupancy.f.density": np.arange(6, dtype=np.float32).reshape(1, 2, 3) * k,
+                "occupancy.f.binary": np.array([[k % 2, 1]], np.uint8)}
+
+    def load_extra_state(self, state):
+        # record what arrived and the step index at that moment: it must come after everything else
+        self.loaded.append(({k: v.copy() for k, v in state.items()}, self.problem.step_index))
+
+
+class WithExtraState:
+    """A problem whose `field_training` is `owner` (everything else forwarded, attribute writes too), so
+    the recorder and restore see the hook on a mesh problem whose own steps do not use it."""
+
+    def __init__(self, problem, owner):
+        object.__setattr__(self, "_problem", problem)
+        object.__setattr__(self, "field_training", owner)
+
+    def __getattr__(self, name):
+        return getattr(self._problem, name)
+
+    def __setattr__(self, name, value):
+        setattr(self._problem, name, value)
+
+
+def test_keyframes_store_and_restore_extra_state(session, tmp_path):
+    from renderer.recording import Keyframe
+    from renderer.recording.state import compare_state, restore_state
+
+    scene = session[3]
+    problem = Problem(load_scene(scene), "cpu")
+    recorded = WithExtraState(problem, ExtraStateStub(problem))
+    recorder = Recorder(tmp_path / "rec", recorded, options=SMALL)
+    engine = Engine(problem, publish_images=False)
+    engine.add_listener(recorder)
+    engine.start_thread()
+    try:
+        run_steps(engine, 9)
+    finally:
+        engine.shutdown()
+        recorder.close()
+    rec = load_recording(tmp_path / "rec")
+    assert sorted(rec.keyframes) == [0, 4, 8, 9]
+    kf = rec.keyframe(8)
+    assert kf.state["extra"] == ["occupancy.f.binary", "occupancy.f.density"]
+    np.testing.assert_array_equal(kf.extra["occupancy.f.density"], np.arange(6).reshape(1, 2, 3) * 8)
+    assert kf.extra["occupancy.f.binary"].dtype == np.uint8 and kf.extra["occupancy.f.binary"].tolist() == [[0, 1]]
+    assert set(kf.values) == {ALBEDO, LIGHT}  # prefixed apart from the parameters
+    # restore: loaded once, last (the step index is already the keyframe's), as the arrays were stored
+    fresh = Problem(load_scene(scene), "cpu")
+    target = WithExtraState(fresh, ExtraStateStub(fresh))
+    restore_state(target, kf)
+    [(loaded, step_then)] = target.field_training.loaded
+    assert step_then == 8 and set(loaded) == set(kf.extra)
+    np.testing.assert_array_equal(loaded["occupancy.f.density"], kf.extra["occupancy.f.density"])
+    # compare_state (verify) compares the extra state too
+    assert compare_state(target, kf, 1e-5) is None
+    fresh.step_index = 8
+    other = WithExtraState(fresh, ExtraStateStub(fresh))
+    other.field_training.extra_state = lambda: {"occupancy.f.density": np.zeros((1, 2, 3), np.float32),
+                                                "occupancy.f.binary": np.array([[0, 1]], np.uint8)}
+    assert compare_state(other, kf, 1e-5)[0] == "extra state occupancy.f.density"
+    # a problem without the hook restores the rest and says what it could not load
+    plain = Problem(load_scene(scene), "cpu")
+    restore_state(plain, kf)
+    assert plain.step_index == 8
+    # keyframes written before the hook existed have no extra state
+    assert Keyframe(dict(kf.state, extra=[]), {f"value/{p}": v for p, v in kf.values.items()}
+                    | {f"opt/{b}/{i}": a for b in kf.optimizer if b not in ("iteration", "steps", "lr")
+                       for i, a in enumerate(kf.optimizer[b])}).extra == {}
+    # the recording itself still verifies (its re-execution has no hook: extras are not compared)
+    assert verify(rec).ok
+
+
+def _occupancy_state(self):
+    """The hook as FieldTraining is to implement it (test-only until it does): each field's occupancy grid."""
+    return {f"occupancy.{name}.{key}": getattr(s.occupancy, key).numpy().copy()
+            for name, s in self.states.items() if s.occupancy is not None for key in ("density", "occupied")}
+
+
+def _load_occupancy_state(self, state):
+    import warp as wp
+
+    for name, s in self.states.items():
+        if s.occupancy is not None:
+            for key in ("density", "occupied"):
+                arr = getattr(s.occupancy, key)
+                arr.assign(wp.array(state[f"occupancy.{name}.{key}"], dtype=arr.dtype, device=arr.device))
+
+
+def test_a_field_run_resumes_bit_for_bit_with_its_occupancy_grid(tmp_path, monkeypatch):
+    from renderer.datasets import DatasetOptions, generate_dataset
+    from renderer.optim.field_training import FieldTraining
+    from renderer.recording import resume_problem
+
+    generate_dataset(load_scene(ROOT / "scenes" / "texture.json"), tmp_path / "data",
+                     DatasetOptions(views=8, width=16, height=16), device="cpu")
+    doc = {"version": 1,
+           "cameras": [{"name": "preview", "width": 16, "height": 16, "fov_y": 40,
+                        "look_at": {"eye": [0, 0.8, 3.5], "target": [0, 0, 0]}}],
+           "fields": [{"name": "nerf", "type": "voxel_grid", "resolution": 12, "aabb": [[-1.05] * 3, [1.05] * 3],
+                       "samples_per_ray": 24, "occupancy": {"resolution": 12, "update_every": 3, "threshold": 0.2}}],
+           "optimize": {"parameters": {"fields.nerf.density": {"lr": 0.5}, "fields.nerf.sh": {"lr": 0.2}},
+                        "targets": {"transforms": "data/transforms.json"}, "loss": {"l2": 1.0},
+                        "optimizer": {"type": "adam", "lr": 0.1}, "steps": 20, "rays_per_batch": 256}}
+    scene = tmp_path / "field.json"
+    scene.write_text(json.dumps(doc))
+    monkeypatch.setattr(FieldTraining, "extra_state", _occupancy_state, raising=False)
+    monkeypatch.setattr(FieldTraining, "load_extra_state", _load_occupancy_state, raising=False)
+    record_session(tmp_path / "rec", scene, steps=20, edits=[], options=RecorderOptions(keyframe_every=8))
+    rec = load_recording(tmp_path / "rec")
+    kf = rec.keyframe(8)
+    assert set(kf.extra) == {"occupancy.nerf.density", "occupancy.nerf.occupied"}
+    # updated at steps 3 and 6 (threshold 0.2 > the mean density: cells below the mean are empty)
+    assert kf.extra["occupancy.nerf.density"].min() > 0 and 0 < kf.extra["occupancy.nerf.occupied"].mean() < 1
+
+    def continued(problem):
+        return [problem.step().loss for _ in range(8, 20)]
+
+    recorded = [rec.steps[at]["loss"] for at in range(8, 20)]
+    problem, _ = resume_problem(rec, 8)
+    assert continued(problem) == recorded  # bit for bit, through the occupancy updates at 9, 12, 15, 18
+    assert verify(rec).ok
+    # without the hook the resumed run starts from an all-occupied grid and drifts off the recording
+    monkeypatch.delattr(FieldTraining, "load_extra_state")
+    problem, _ = resume_problem(rec, 8)
+    assert continued(problem) != recorded

@@ -7,7 +7,11 @@ would have (the determinism `--verify` checks):
 - the optimizer's state (`state_dict()`: moments, counters, learning rates) and which parameters it
   holds, in order;
 - the free flags, per-parameter learning rates, loss weights, active view, step index and budget,
-  the step budget the learning-rate schedule was built with, and the view-batch RNG's state.
+  the step budget the learning-rate schedule was built with, and the view-batch RNG's state;
+- extra state the problem's `field_training` keeps outside the parameters (a radiance field's occupancy
+  grid), when it offers the hook `extra_state() -> dict[str, np.ndarray]` / `load_extra_state(dict)`:
+  stored as `extra/<name>` arrays (a prefix of their own, so no name can clash with a parameter path's
+  `value/<path>`), restored last.
 
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +29,36 @@ from ..images import atomic_write
 from .format import file_crc32
 
 STATE_KEY = "state.json"
+EXTRA_PREFIX = "extra/"
+
+log = logging.getLogger("drstudio.recording")
+
+
+def extra_state_owner(problem):
+    """The object whose `extra_state()` / `load_extra_state(dict)` keyframes store and restore (the
+    problem's `field_training` when it has both methods), or None."""
+    owner = getattr(problem, "field_training", None)
+    if owner is not None and callable(getattr(owner, "extra_state", None)) and callable(
+            getattr(owner, "load_extra_state", None)):
+        return owner
+    return None
+
+
+def extra_arrays(problem) -> dict[str, np.ndarray]:
+    """{name: array} of the problem's extra state ({} without the hook). Names must be non-empty strings
+    and values numeric or bool arrays (what an .npz stores without pickling)."""
+    owner = extra_state_owner(problem)
+    if owner is None:
+        return {}
+    out = {}
+    for name, value in owner.extra_state().items():
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"extra_state: expected non-empty string names, got {name!r}")
+        a = np.array(value, copy=True)
+        if a.dtype.kind not in "biuf":
+            raise TypeError(f"extra_state[{name!r}]: expected a numeric or bool array, got dtype {a.dtype}")
+        out[name] = a
+    return out
 
 
 def schedule_steps(problem) -> int:
@@ -43,6 +78,9 @@ def capture_state(problem, *, at: int, sched_steps: int, reason: str) -> tuple[d
     for path, truth in problem.truth.items():
         if not np.array_equal(truth, scene_values[path].value):
             arrays[f"truth/{path}"] = np.asarray(truth, np.float32)
+    extra = extra_arrays(problem)
+    for name, a in extra.items():
+        arrays[EXTRA_PREFIX + name] = a
     opt = problem.optimizer
     sd = opt.state_dict()
     buffers = [k for k in sd if k not in ("iteration", "steps", "lr")]
@@ -60,6 +98,7 @@ def capture_state(problem, *, at: int, sched_steps: int, reason: str) -> tuple[d
                       "iteration": int(sd["iteration"]), "steps": int(sd["steps"]),
                       "lr": [float(x) for x in sd["lr"]], "buffers": buffers},
         "view_rng": problem.view_rng_state(),
+        "extra": sorted(extra),
     }
     return state, arrays
 
@@ -82,13 +121,15 @@ def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync
 
 class Keyframe:
     """A loaded keyframe: `state` (dict, see `capture_state`), `values` (path -> array, every
-    optimizable parameter), `truth` (path -> array, edited targets only), `optimizer` (state_dict)."""
+    optimizable parameter), `truth` (path -> array, edited targets only), `optimizer` (state_dict),
+    `extra` (name -> array: the problem's extra state, {} when it has none or the keyframe predates it)."""
 
     def __init__(self, state: dict, arrays: dict[str, np.ndarray]):
         self.state = state
         self.at = int(state["at"])
         self.values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
         self.truth = {k[6:]: v for k, v in arrays.items() if k.startswith("truth/")}
+        self.extra = {k[len(EXTRA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EXTRA_PREFIX)}
         opt = state["optimizer"]
         sd = {"iteration": opt["iteration"], "steps": opt["steps"], "lr": list(opt["lr"])}
         for b in opt["buffers"]:
@@ -137,6 +178,14 @@ def restore_state(problem, kf: Keyframe) -> None:
     problem.steps = int(s["steps"])
     problem.set_active_view(s["active_view"])
     problem.set_view_rng_state(s["view_rng"])
+    if kf.extra:  # last: setting values may have moved a field to another lattice (and reset its extras)
+        owner = extra_state_owner(problem)
+        if owner is None:
+            log.warning("keyframe at %d holds extra state (%s) the problem cannot load (no load_extra_state); "
+                        "the session continues without it and will not match the original exactly", kf.at,
+                        ", ".join(sorted(kf.extra)))
+        else:
+            owner.load_extra_state({k: np.array(v, copy=True) for k, v in kf.extra.items()})
 
 
 def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | None:
@@ -161,4 +210,10 @@ def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | Non
             err = rel(sd[b][i], ref) if i < len(sd.get(b, [])) else np.inf
             if not err <= rtol:
                 return f"optimizer {b} of {kf.state['optimizer']['paths'][i]}", err
+    if kf.extra and extra_state_owner(problem) is not None:
+        got = extra_arrays(problem)
+        for name, ref in sorted(kf.extra.items()):
+            err = rel(got[name], ref) if name in got else np.inf
+            if not err <= rtol:
+                return f"extra state {name}", err
     return None

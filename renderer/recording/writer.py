@@ -9,9 +9,11 @@
 What it writes, and when (all on the engine thread, between steps):
 - every applied command, with the timeline position and problem step at which it was applied;
 - every step's loss, loss terms, gradient norms, whether the update was applied, and its time;
-- a keyframe (full optimization state, `state.capture_state`) at the start, every `keyframe_every`
-  steps, after every edit command (`format.EDIT_COMMANDS`) and at `close()`; several keyframes at one
-  position overwrite one file, so an edit dragged while paused costs one file;
+- a keyframe (full optimization state, `state.capture_state`) at the start, periodically, after every
+  edit command (`format.EDIT_COMMANDS`) and at `close()`; several keyframes at one position supersede
+  each other, so an edit dragged while paused leaves one file. Periodic keyframes are at the multiples of
+  `keyframe_every` (25 by default), doubled after any keyframe until keyframes cost at most
+  `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones);
 - a thumbnail of the active view's render (and its target) every `thumb_every` steps, after edits,
   at the start and at `close()`.
 
@@ -57,7 +59,11 @@ MAX_INTERVAL = 1 << 20  # thinning beyond this stops writing keyframes and thumb
 
 @dataclass
 class RecorderOptions:
-    keyframe_every: int = 25  # steps between periodic keyframes
+    keyframe_every: int = 25  # steps between periodic keyframes (the least: see keyframe_bytes_per_step)
+    # Periodic keyframes cost at most this many bytes per step on average: after each keyframe the interval
+    # doubles until (keyframe bytes) / interval <= this (a 64^3 field's 12.6 MB keyframe: every 200 steps;
+    # a 0.6 MB texture: every 25). The interval never shrinks. 0: no limit (every keyframe_every steps).
+    keyframe_bytes_per_step: int = 64 * 1024
     thumb_every: int = 10  # steps between thumbnails of the active render
     thumb_size: int = 128  # longest side of a thumbnail in pixels (renders are downscaled by an integer)
     max_bytes: int = 1 << 30  # disk budget of the whole recording
@@ -68,6 +74,9 @@ class RecorderOptions:
         for name in ("keyframe_every", "thumb_every", "thumb_size", "max_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RecorderOptions.{name}: expected a positive integer, got {getattr(self, name)}")
+        if int(self.keyframe_bytes_per_step) < 0:
+            raise ValueError(f"RecorderOptions.keyframe_bytes_per_step: expected bytes >= 0, got "
+                             f"{self.keyframe_bytes_per_step}")
         if not self.fsync_every >= 0:
             raise ValueError(f"RecorderOptions.fsync_every: expected seconds >= 0, got {self.fsync_every}")
 
@@ -262,6 +271,7 @@ class Recorder:
         # leaves the last logged record of each position naming an intact file.
         rel = f"{fmt.KEYFRAME_DIR}/start.npz" if reason == "start" else self._new_name(fmt.KEYFRAME_DIR, "", ".npz")
         size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes)
+        self._fit_interval(size)
         previous = None
         if reason == "start":
             self._other_bytes += size
@@ -271,10 +281,19 @@ class Recorder:
             keep_reason = reason if previous is None or previous[2] == "periodic" else previous[2]
             self._keyframes[self.at] = (rel, size, keep_reason)
         self._append({"type": "keyframe", "at": self.at, "step": int(self.problem.step_index), "file": rel,
-                      "reason": reason, "bytes": size, "crc32": crc})
+                      "reason": reason, "bytes": size, "crc32": crc, "keyframe_every": self.keyframe_every})
         if previous is not None:
             (self.dir / previous[0]).unlink(missing_ok=True)
         self._enforce_budget()
+
+    def _fit_interval(self, size: int) -> None:
+        """Double the periodic keyframe interval until a keyframe of `size` bytes costs at most
+        `keyframe_bytes_per_step` per step. Doubling keeps periodic keyframes at multiples of the interval,
+        as the disk-budget thinning (which doubles it too) expects; it never shrinks, so a state that grew
+        (a field's finer lattice) and shrank again (reset) keeps the sparser spacing."""
+        rate = int(self.options.keyframe_bytes_per_step)
+        while rate and size > rate * self.keyframe_every and self.keyframe_every < MAX_INTERVAL:
+            self.keyframe_every *= 2
 
     def _new_name(self, folder: str, prefix: str, suffix: str) -> str:
         n = self._names.get((folder, self.at), 0)
