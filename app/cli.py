@@ -47,6 +47,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value < 1000:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1000), got {text!r}")
+    return value
+
+
 # ---- subcommands --------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -122,6 +132,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import cmd_replay as run
 
     return run(args)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """A camera-path video of a scene: its field, or its meshes (app.camera_path)."""
+    from . import camera_path as cp
+
+    def fail(message: str) -> int:
+        print(f"drstudio video: error: {message}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+    try:
+        width, height = cp.parse_size(args.size)
+        out = Path(args.out)
+        if out.suffix.lower() != ".mp4":
+            return fail(f"--out {out}: expected an .mp4 file")
+        if not out.parent.is_dir():
+            return fail(f"--out {out}: folder {out.parent} does not exist")
+        if args.path != "orbit" and not Path(args.path).is_file():
+            return fail(f"--path {args.path}: expected 'orbit' or a camera path JSON file")
+        scene = load_scene(args.scene)
+        keyframes = cp.load_path(args.path) if args.path != "orbit" else None
+        frames = cp.scene_frames(scene, args.device, args.params)
+        path = cp.default_orbit(scene, frames, args.frames) if keyframes is None else cp.interpolate(keyframes,
+                                                                                                     args.frames)
+        kind = "field" if scene.fields else "meshes"
+        print(f"rendering {len(path)} frames of {width}x{height} ({kind}) to {out}", file=sys.stderr)
+        render = frames.render
+        if scene.fields:
+            def render(pose, intr, w, h, time=None):
+                return cp.render_banded(frames.render, pose, intr, w, h, band_rays=1 << 16)
+
+        cp.write_video(out, path, width, height, render, fps=args.fps)
+    except cp.PathError as e:
+        return fail(str(e))
+    print(f"wrote {out} ({len(path)} frames, {width}x{height}, {args.fps:g} fps)")
+    return 0
 
 
 # ---- dataset ------------------------------------------------------------------------------------
@@ -276,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("dataset", cmd_dataset, "render a NeRF-style dataset of a scene: images from cameras around "
                 "it and a transforms.json (nerfstudio/Blender)")
     _dataset_arguments(p)
+    device(p)
+    p = command("video", cmd_video, "render a camera-path video (mp4) of a scene: its radiance field, or its "
+                "meshes; optionally with trained values")
+    p.add_argument("scene", help="scene file")
+    p.add_argument("--params", type=Path, metavar="FILE", help="trained values: a params.npz of drstudio optimize")
+    p.add_argument("--path", default="orbit", help="'orbit' (default: one turn around the scene at the first "
+                   "camera's distance and elevation) or a camera path JSON file (docs/viewer.md)")
+    p.add_argument("--frames", type=_positive_int, default=48, help="number of frames (default 48)")
+    p.add_argument("--size", default="320x240", metavar="WxH", help="frame size, even numbers (default 320x240)")
+    p.add_argument("--fps", type=_positive_float, default=24.0, help="frames per second (default 24)")
+    p.add_argument("--out", type=Path, required=True, help="the .mp4 file to write")
     device(p)
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")

@@ -191,6 +191,7 @@ class ViewerApp:
             if self._events != seen_events:
                 seen_events, settle = self._events, self.SETTLE_FRAMES
             dirty |= state.pull()
+            dirty |= state.preview_changed()
             wait = self._due(time.perf_counter(), last_draw, dirty, settle)
             if wait > 0:
                 # sleep until input or the frame is due (snapshots arriving meanwhile wait for it)
@@ -236,6 +237,8 @@ class ViewerApp:
         if not self._layout_done:
             panels.dock_layout(dockspace, bottom_window=self.bottom_window)
             self._layout_done = True
+        if state.frame == 2 and state.focus_window is None:  # once the docked tabs exist
+            state.focus_window = "Overlays"  # the front tab of its node (Camera path behind it)
         # the docked windows cover the whole viewport: no background under them (software GL pays per pixel)
         imgui.dock_space_over_viewport(dockspace, imgui.get_main_viewport(),
                                        imgui.DockNodeFlags_.passthru_central_node)
@@ -250,8 +253,20 @@ def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]
     """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
     scene = load_scene(scene_path)
     problem = Problem(scene, device)
-    engine = Engine(problem)
-    return AppState.from_problem(problem, engine), engine
+    # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
+    # training live, so the image panes of field scenes refresh once a second instead of ten times.
+    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1)
+    state = AppState.from_problem(problem, engine)
+    state.problem = problem
+    if problem.field_training is not None:  # the field preview thread (started with the engine)
+        from .field_preview import FieldPreview, FieldSource
+
+        source = FieldSource(problem)
+        # Load the Warp modules of the read-out here, before the engine and preview threads start: two
+        # threads loading the same module at once crash Warp (a launch through a replaced module).
+        source.render(np.array([0, 0, 4, 0, 0, 0, 1], np.float32), np.array([2, 2, 1, 1], np.float32), 2, 2)
+        state.preview = FieldPreview(source, engine)
+    return state, engine
 
 
 def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | None = None, on_frame=None,
@@ -279,12 +294,19 @@ def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | 
         engine.add_listener(recorder)
         print(f"recording to {recorder.dir}", file=sys.stderr)
     engine.start_thread()
+    if state.preview is not None:
+        state.preview.start()
     try:
         app = ViewerApp(state, title=f"drstudio - {Path(scene_path).name}")
         return app.run(max_frames=max_frames, on_frame=on_frame)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     finally:
+        if state.preview is not None:
+            state.preview.stop()
+        if state.video is not None and state.video.job is not None:
+            state.video.job.cancel()
+            state.video.job.join(30)
         engine.shutdown()
         if recorder is not None:
             recorder.close()

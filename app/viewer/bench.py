@@ -12,6 +12,10 @@ Per scene, four runs of the same engine (each after a warm-up, averaged over `--
 - viewer, orbiting: the same while the mouse orbits the 3D view without pause (real X input from
   xdotool): the frame rate a user interacting gets, and what it costs the optimizer.
 Needs a display (DISPLAY, e.g. Xvfb) and xdotool; prints a Markdown table.
+
+Scenes with radiance fields (e.g. scenes/nerf_grid.json) also run the field preview thread in both
+viewer runs, and report its render time per resolution step (ms, EMA) and how many previews it
+finished; the viewer runs are then "training while you watch".
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ def headless(scene_path: str, device: str, seconds: float, warmup: float, publis
 
     problem = Problem(load_scene(scene_path), device)
     problem.steps = 10**6
-    engine = Engine(problem, publish_images=publish_images)
+    # as the viewer's engine (app.build): field scenes publish pane images once a second
+    engine = Engine(problem, publish_images=publish_images,
+                    image_interval=1.0 if problem.field_training is not None else 0.1)
     engine.start_thread()
     try:
         engine.send("start")
@@ -69,12 +75,14 @@ def _orbit_mouse(state, stop: threading.Event) -> None:
 
 
 def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False
-           ) -> tuple[float, float, float]:
-    """(steps/s, median frames/s, 5th-percentile frames/s) with the viewer open."""
+           ) -> tuple[float, float, float, dict]:
+    """(steps/s, median frames/s, 5th-percentile frames/s, field preview stats) with the viewer open."""
     from .app import ViewerApp, build
 
     state, engine = build(scene_path, device)
     engine.start_thread()
+    if state.preview is not None:
+        state.preview.start()
     marks: dict = {}
     frame_times: list[float] = []
     stop = threading.Event()
@@ -98,16 +106,65 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
                 marks["t1"], marks["s1"] = now, st.snapshot.step
                 st.quit = True
 
+    preview = {}
     try:
         ViewerApp(state, title="drstudio bench").run(on_frame=on_frame)
     finally:
         stop.set()
         if "mouse" in marks:
             marks["mouse"].join(10)
+        pv = state.preview
+        if pv is not None:
+            pv.stop()
+            preview = {"ms_by_scale": dict(sorted(pv.ms_by_scale.items())), "renders": pv.renders,
+                       "aborted": pv.aborted, "size": (pv.latest.width, pv.latest.height) if pv.latest else None}
         engine.shutdown()
     dt = np.diff(frame_times)
     steps = (marks["s1"] - marks["s0"]) / (marks["t1"] - marks["t0"])
-    return steps, 1.0 / float(np.median(dt)), 1.0 / float(np.percentile(dt, 95))
+    return steps, 1.0 / float(np.median(dt)), 1.0 / float(np.percentile(dt, 95)), preview
+
+
+def _preview_text(stats: dict) -> str:
+    if not stats:
+        return ""
+    steps = ", ".join(f"{'full' if s == 1 else f'1/{round(1 / s)}'} {ms:.0f} ms"
+                      for s, ms in stats["ms_by_scale"].items())
+    return f"preview {stats['renders']} frames ({stats['aborted']} abandoned), last {stats['size']}: {steps}"
+
+
+def preview_steps(scene_path: str, device: str, train_steps: int, size=(715, 414), repeat: int = 3) -> list:
+    """Field scenes: ms of one preview frame (`render_free`, in the preview's bands) at each resolution
+    step of a viewport of `size` (the default layout's at 1280x720), median of `repeat`, optimizer idle:
+    for the untrained field and after `train_steps` steps. Returns [(steps, scale, w, h, ms)]."""
+    from renderer import conventions as cv
+    from renderer.loading import load_scene
+    from renderer.optim.problem import Problem
+
+    from .field_preview import BAND_RAYS, LADDER, FieldSource, intrinsics_for, scaled_size
+
+    problem = Problem(load_scene(scene_path), device)
+    source = FieldSource(problem)
+    cam = next(iter(problem.scene.cameras.values()))
+    pose = cv.look_at(np.asarray(cam.pose[:3], np.float64) * 1.1, [0.0, 0.0, 0.0])
+    rows = []
+    for target in (0, train_steps):
+        while problem.step_index < target:
+            problem.step()
+        for scale in LADDER:
+            w, h = scaled_size(size[0], size[1], scale)
+            intr = intrinsics_for(40.0, w, h)
+            times = []
+            for _ in range(repeat if scale < 1 else 1):
+                t0 = time.perf_counter()
+                band = max(1, BAND_RAYS // w)
+                for r0 in range(0, h, band):
+                    b = intr.copy()
+                    b[3] -= r0
+                    source.render(pose, b, w, min(h, r0 + band) - r0)
+                times.append((time.perf_counter() - t0) * 1000.0)
+            rows.append((problem.step_index, scale, w, h, float(np.median(times))))
+            print(f"  step {problem.step_index}: {w}x{h} ({scale:g}) {rows[-1][-1]:.0f} ms", flush=True)
+    return rows
 
 
 def main(argv=None) -> int:
@@ -116,7 +173,19 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--preview-steps", type=int, default=0, metavar="N",
+                        help="field scenes only: time the preview at each resolution step, untrained and after "
+                        "N training steps (no window), instead of the viewer runs")
     args = parser.parse_args(argv)
+    if args.preview_steps:
+        for scene in args.scenes:
+            rows = preview_steps(scene, args.device, args.preview_steps)
+            print(f"\n{scene}: preview frame (render_free, optimizer idle)\n")
+            print("| training steps | " + " | ".join(f"{w}x{h}" for _, _, w, h, _ in rows[:5]) + " |")
+            print("|---|" + "---|" * 5)
+            for k in range(0, len(rows), 5):
+                print(f"| {rows[k][0]} | " + " | ".join(f"{r[4]:.0f} ms" for r in rows[k:k + 5]) + " |")
+        return 0
     rows = []
     for scene in args.scenes:
         a = headless(scene, args.device, args.seconds, args.warmup, publish_images=False)
@@ -127,6 +196,9 @@ def main(argv=None) -> int:
         print(f"{scene}: headless {a:.2f} steps/s, +images {b:.2f}; viewer watching {watch[0]:.2f} steps/s "
               f"at {watch[1]:.1f} fps; orbiting {orbit[0]:.2f} steps/s at {orbit[1]:.1f} fps "
               f"(5% of frames below {orbit[2]:.1f} fps)", flush=True)
+        for label, run in (("watching", watch), ("orbiting", orbit)):
+            if run[3]:
+                print(f"  {label}: {_preview_text(run[3])}", flush=True)
     print()
     print("| scene | headless steps/s | + snapshot images | viewer watching: steps/s, fps | "
           "viewer orbiting: steps/s, fps (median / 5th pct) |")

@@ -11,11 +11,13 @@ from imgui_bundle import imgui, implot
 
 from renderer import conventions as cv
 
+from .camera_panel import camera_path_panel
 from .image_panes import fit, show
 from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
 from .state import GROUPS, TEXTURE_KINDS, AppState, ParamInfo
 
-WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays")
+WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays", "Camera path")
+PSNR_TERM = "psnr_test_db"  # the engine's held-out PSNR read-out (scenes with fields), a loss term in dB
 STATE_COLORS = {"running": (0.4, 0.9, 0.4, 1.0), "paused": (0.95, 0.8, 0.3, 1.0),
                 "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0),
                 "replay": (0.35, 0.8, 1.0, 1.0)}
@@ -30,6 +32,9 @@ def begin(state: AppState, name: str, flags: int = 0) -> bool:
     background and show the clear color (software GL pays for every blended pixel; a floating window
     keeps its background)."""
     docked = state.docked.get(name, False)
+    if state.focus_window == name:  # bring a tabbed window to the front (menu, tests)
+        imgui.set_next_window_focus()
+        state.focus_window = None
     if docked:
         imgui.push_style_color(imgui.Col_.window_bg, (*WINDOW_BG, 0.0))
     visible = imgui.begin(name, None, flags)[0]
@@ -72,8 +77,8 @@ def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
     inspector, scene = split(left, imgui.Dir.down, 0.58)
     overlays, optimizer = split(right, imgui.Dir.down, 0.42)
     for name, node in (("Scene", scene), ("Inspector", inspector), ("Viewport", center), ("Images", images),
-                       ("Views", views), ("Optimizer", optimizer), ("Overlays", overlays)):
-        internal.dock_builder_dock_window(name, node)
+                       ("Views", views), ("Optimizer", optimizer), ("Overlays", overlays), ("Camera path", overlays)):
+        internal.dock_builder_dock_window(name, node)  # Camera path: a tab behind Overlays
     internal.dock_builder_finish(dockspace_id)
 
 
@@ -381,6 +386,7 @@ def optimizer_panel(state: AppState) -> None:
         state.send_throttled("steps", "set_steps", int(budget), interval=0.3)
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    _psnr_readout(state)
     if snap.skipped_steps:
         imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "
                                                    f"last at {snap.last_skip_step}")
@@ -490,12 +496,51 @@ def _plots(state: AppState) -> None:
     if not imgui.collapsing_header("Plots", imgui.TreeNodeFlags_.default_open):
         return
     x0, span, marks = state.history_start, state.plot_span, state.plot_marks
-    loss = {k: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k == "loss" or k.startswith("loss.")}
+    # read-outs in dB (the held-out PSNR) are not losses: their own plot (first), linear axis
+    xs, ys = psnr_series(hist, x0)
+    if len(ys):
+        _plot_series({"held-out PSNR (dB)": (xs, ys)}, "Held-out PSNR (dB)", log_y=False, span=span, marks=marks)
+        state.rects["plot.psnr"] = _item_rect()
+    loss = loss_series(hist, x0)
     _plot_series(loss, "Loss", span=span, marks=marks)
     grads = {k[5:]: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
     _plot_series(grads, "Gradient norms", span=span, marks=marks)
     errs = {k: ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
     _plot_series(errs, "Parameter error vs truth (max abs)", span=span, marks=marks)
+
+
+def loss_series(history: dict, x0: int = 0) -> dict:
+    """The Loss plot's series: the total and each loss term, not read-outs in dB."""
+    return {k: (x0 + np.arange(len(v)), v) for k, v in history.items()
+            if k == "loss" or (k.startswith("loss.") and not k.endswith("_db"))}
+
+
+def psnr_series(history: dict, x0: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, dB) of the held-out PSNR: the history carries the last evaluation between evaluations
+    (NaN before the first), so only the steps where the value changed (and the last) are plotted."""
+    v = np.asarray(history.get(f"loss.{PSNR_TERM}", []), np.float64)
+    if not len(v):
+        return np.zeros(0), np.zeros(0)
+    keep = np.isfinite(v)
+    keep[1:] &= (v[1:] != v[:-1]) | (np.arange(1, len(v)) == len(v) - 1)
+    idx = np.flatnonzero(keep)
+    return x0 + idx.astype(np.float64), v[idx]
+
+
+def _psnr_readout(state: AppState) -> None:
+    v = state.snapshot.loss_terms.get(PSNR_TERM)
+    if v is None:
+        return
+    if np.isfinite(v):
+        imgui.text_colored((0.6, 0.95, 0.6, 1.0), f"held-out PSNR {v:.2f} dB")
+    else:
+        imgui.text_disabled("held-out PSNR: not evaluated yet")
+    _remember(state, "readout.psnr")
+
+
+def _item_rect() -> tuple[float, float, float, float]:
+    lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
+    return lo.x, lo.y, hi.x - lo.x, hi.y - lo.y
 
 
 # -- Views ----------------------------------------------------------------------------------------
@@ -544,6 +589,9 @@ def overlays_panel(state: AppState) -> None:
     if not begin(state, "Overlays"):
         imgui.end()
         return
+    if state.preview is not None:  # scenes with fields: the field preview's options first
+        field_settings(state)
+        imgui.separator_text("Gradient overlays")
     ov = state.overlays
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
@@ -584,6 +632,50 @@ def overlays_panel(state: AppState) -> None:
     imgui.text_disabled("Select a light, mesh or camera, then drag its gizmo:\n"
                         "the target scene changes and the optimizer chases it.")
     imgui.end()
+
+
+def field_settings(state: AppState) -> None:
+    """The field preview's options: on/off, meshes, occupancy overlay, upscaling, budget, time."""
+    fv, pv = state.field_view, state.preview
+    _, fv.preview = imgui.checkbox("field preview (own thread)", fv.preview)
+    _remember(state, "field.preview")
+    _, fv.show_meshes = imgui.checkbox("meshes of the target scene", fv.show_meshes)
+    _remember(state, "field.meshes")
+    _, fv.occupancy = imgui.checkbox("occupancy grid (occupied cells)", fv.occupancy)
+    _remember(state, "field.occupancy")
+    _, fv.nearest = imgui.checkbox("nearest upscaling (else linear)", fv.nearest)
+    imgui.set_next_item_width(140)
+    _, pv.settings.budget_ms = imgui.slider_float("ms budget while moving", pv.settings.budget_ms, 10.0, 500.0,
+                                                  "%.0f", imgui.SliderFlags_.logarithmic)
+    imgui.set_next_item_width(140)
+    _, pv.settings.training_budget_ms = imgui.slider_float("ms budget while training", pv.settings.training_budget_ms,
+                                                           50.0, 20000.0, "%.0f", imgui.SliderFlags_.logarithmic)
+    _, pv.settings.full_while_training = imgui.checkbox("full resolution while training",
+                                                        pv.settings.full_while_training)
+    time_controls(state)
+
+
+def time_controls(state: AppState) -> None:
+    """Dynamic fields (`time_range()` not None): the preview's time, play / pause. Nothing otherwise."""
+    rng = state.preview.time_range_value
+    if rng is None:
+        return
+    fv = state.field_view
+    t0, t1 = float(rng[0]), float(rng[1])
+    if fv.time is None:
+        fv.time = t0
+    if fv.playing and t1 > t0:  # one pass through the range every `period` seconds, looping
+        dt = min(imgui.get_io().delta_time, 0.1)
+        fv.time = t0 + (fv.time - t0 + dt * (t1 - t0) / max(fv.period, 1e-3)) % (t1 - t0)
+    if imgui.button("Pause##time" if fv.playing else "Play##time"):
+        fv.playing = not fv.playing
+    _remember(state, "field.play")
+    imgui.same_line()
+    imgui.set_next_item_width(-1)
+    changed, t = imgui.slider_float("##field.time", float(fv.time), t0, t1, "time %.3f")
+    _remember(state, "field.time")
+    if changed:
+        fv.time = float(t)
 
 
 # -- Images ---------------------------------------------------------------------------------------
@@ -656,4 +748,5 @@ def draw_windows(state: AppState) -> None:
     optimizer_panel(state)
     views_panel(state)
     overlays_panel(state)
+    camera_path_panel(state)
     images_panel(state)

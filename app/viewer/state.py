@@ -18,6 +18,7 @@ import numpy as np
 from renderer.optim.engine import Snapshot
 
 from .camera import OrbitCamera, project
+from .field_layer import FieldViewSettings
 from .overlays import OverlaySettings
 
 GROUPS = ("meshes", "materials", "lights", "cameras")
@@ -128,6 +129,14 @@ class AppState:
         self.gl = None  # the app's GL resources (created after GL init, released before exit)
         self.screenshot = None  # callable() -> (H, W, 3) uint8 of the back buffer (set by the app)
         self.quit = False
+        self.focus_window: str | None = None  # a window to bring to the front next frame (tabs; tests)
+
+        # Scenes with radiance fields (app.build sets `preview`, a field_preview.FieldPreview).
+        self.preview = None
+        self.field_view = FieldViewSettings()
+        self._preview_seen = (None, None)
+        self.problem = None  # the Problem (for the video export's renderers; never stepped here)
+        self.video = None  # camera_panel.VideoSettings (created by the Camera path window)
 
         # Replay mode (app/viewer/replay_mode.py sets these; the live viewer keeps the defaults).
         self.read_only = False  # True: commands are refused (kept in `refused`), editing widgets disabled
@@ -233,6 +242,17 @@ class AppState:
                 hist.append((snap.step, float(err)))
         return True
 
+    def preview_changed(self) -> bool:
+        """True when the field preview thread published an image or occupancy points not drawn yet."""
+        pv = self.preview
+        if pv is None:
+            return False
+        now = (pv.latest, pv.occupancy)
+        if now[0] is self._preview_seen[0] and now[1] is self._preview_seen[1]:
+            return False
+        self._preview_seen = now
+        return True
+
     def tick(self, dt: float) -> None:
         self.frame += 1
         self.frame_ms.append(dt * 1000.0)
@@ -263,6 +283,8 @@ class AppState:
         from .geometry import world_vertices
 
         pts = [world_vertices(self, name) for name in self.scene.meshes]
+        if not pts and getattr(self.scene, "fields", None):  # a field-only scene: the fields' boxes
+            pts = [np.asarray(f.aabb, np.float32).reshape(2, 3) for f in self.scene.fields.values()]
         if with_lights:
             pts += [np.asarray(v[f"lights.{n}.position"], np.float32).reshape(1, 3)
                     for n in self.scene.point_lights for v in (self.values, self.targets)]

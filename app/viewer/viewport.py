@@ -22,6 +22,8 @@ from renderer import conventions as cv
 
 from . import geometry, gizmos
 from .camera import gl_bytes, intrinsics_projection, pose_view
+from .field_layer import FieldLayer
+from .field_preview import LADDER, PreviewRequest
 from .glsl import program, set_uniform, write_uniform
 from .overlays import arrow_lines, auto_vmax, draw_legend, magnitudes
 from .shadows import ShadowMaps
@@ -72,6 +74,8 @@ class Viewport:
         self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
         self.shadows = ShadowMaps(ctx)
         self._shadows_on = False
+        # scenes with radiance fields: the preview thread's latest image and the occupancy points
+        self.field = FieldLayer(ctx, colormap) if state.preview is not None else None
         self.line_vbo = ctx.buffer(reserve=1 << 16, dynamic=True)
         self.line_vao = ctx.vertex_array(self.line_prog, [(self.line_vbo, "3f 4f", "in_position", "in_color")])
         self.fbo: moderngl.Framebuffer | None = None
@@ -135,6 +139,8 @@ class Viewport:
             if grad is not None and self._heat_textures.get(mat.name) is not grad:
                 self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
                 self._heat_textures[mat.name] = grad
+        if self.field is not None:
+            self.field.sync(state.preview, state.field_view)
         if self._vmax_serial != state.serial:
             self._vmax_serial = state.serial
             self.vmax = {
@@ -233,8 +239,14 @@ class Viewport:
         cam = state.camera
         view_proj = cam.projection(width / height) @ cam.view()
         state.view_proj = view_proj
+        fv = state.field_view
+        field_on = self.field is not None and fv.preview
+        if field_on:  # what the preview thread should render next (it never blocks this thread)
+            state.preview.want_occupancy = fv.occupancy
+            state.preview.request(PreviewRequest(cam.pose(), cam.fov_y, width, height, self.moving, fv.time))
         view_key = (width, height, w, h, view_proj.tobytes(), state.version, repr(state.overlays),
-                    state.selection, repr(state.gizmo))
+                    state.selection, repr(state.gizmo), repr(fv),
+                    (id(self.field.frame), id(self.field.occupancy)) if self.field is not None else None)
         now = time.perf_counter()
         if view_key == self._drawn_key and (state.serial == self._drawn_serial
                                             or now - self._drawn_time < 1.0 / SNAPSHOT_REDRAW_FPS):
@@ -249,9 +261,14 @@ class Viewport:
         bg = np.asarray(state.scene.background, np.float32)
         bg = cv.linear_to_srgb(bg if bg.ndim == 1 else bg.reshape(-1, 3).mean(axis=0))
         self.fbo.clear(float(bg[0]), float(bg[1]), float(bg[2]), 1.0, depth=1.0)
+        if field_on:
+            self.field.draw_image()
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
-        self.draw_meshes(state, view_proj, cam.eye())
+        if not field_on or fv.show_meshes:
+            self.draw_meshes(state, view_proj, cam.eye())
+        if field_on and fv.occupancy:
+            self.field.draw_points(view_proj, fv)
         lines = self.overlay_lines(state)
         if len(lines):
             ctx.enable(moderngl.BLEND)
@@ -318,6 +335,9 @@ class Viewport:
                     continue  # looking through it
                 parts.append(_frustum(values[f"cameras.{name}.pose"], values[f"cameras.{name}.intrinsics"],
                                       cam.width, cam.height, radius * 0.25, color))
+        occ = self.field.occupancy if self.field is not None and state.field_view.occupancy else None
+        if occ is not None:  # the field's box around the occupancy points
+            parts.append(_box(occ.aabb, (1.0, 0.85, 0.3, 0.6)))
         sel = state.selection
         if sel and sel[0] == "meshes" and giz.show_targets:
             parts.append(_target_wire(state, sel[1]))
@@ -383,6 +403,8 @@ class Viewport:
         return np.ascontiguousarray(data.reshape(h, w, 3)[::-1])
 
     def release(self) -> None:
+        if self.field is not None:
+            self.field.release()
         for m in self.meshes.values():
             m.release()
         self.meshes.clear()
@@ -399,6 +421,13 @@ class Viewport:
 def _lines(points, color) -> np.ndarray:
     pts = np.asarray(points, np.float32).reshape(-1, 3)
     return np.concatenate([pts, np.tile(np.asarray(color, np.float32), (len(pts), 1))], axis=1)
+
+
+def _box(aabb, color) -> np.ndarray:
+    lo, hi = np.asarray(aabb[:3], np.float32), np.asarray(aabb[3:], np.float32)
+    c = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])], np.float32)
+    edges = [(0, 1), (2, 3), (4, 5), (6, 7), (0, 2), (1, 3), (4, 6), (5, 7), (0, 4), (1, 5), (2, 6), (3, 7)]
+    return _lines(c[np.asarray(edges).reshape(-1)], color)
 
 
 def _star(position, size: float, color) -> np.ndarray:
@@ -580,6 +609,27 @@ def _toolbar(state: AppState, vp: Viewport, pos) -> None:
     cost = np.median(state.frame_cpu_ms) if state.frame_cpu_ms else 0.0
     imgui.text_colored((1.0, 1.0, 1.0, 0.9), f"{state.fps:4.0f} fps ({cost:.0f} ms/frame)   step {snap.step}   "
                        f"{snap.state}" + ("   (coarse while moving)" if vp.moving else ""))
-    imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + imgui.get_text_line_height_with_spacing()))
+    line = imgui.get_text_line_height_with_spacing()
+    if vp.field is not None and state.field_view.preview:
+        imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
+        imgui.text_colored((1.0, 0.9, 0.5, 0.95), preview_status(state))
+        line *= 2
+    imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
     imgui.text_colored((1.0, 1.0, 1.0, 0.45), "drag: orbit   right/middle drag: pan   wheel: zoom   F: frame all   "
                        f"W/E/R: move/rotate/scale the target gizmo ({state.gizmo.operation})")
+
+
+def preview_status(state: AppState) -> str:
+    """"field preview 87x54 (1/8) 35 ms" (the shown frame) and the preview thread's state."""
+    pv = state.preview
+    f = pv.latest
+    if pv.error:
+        return pv.error[:120]
+    if f is None:
+        return "field preview: rendering the first frame..."
+    frac = f"1/{round(1 / f.scale)}" if f.scale < 1.0 else "full"
+    steps = "  ".join(f"{'1/' + str(round(1 / s)) if s < 1 else 'full'} {pv.ms_by_scale[s]:.0f}"
+                      for s in LADDER if s in pv.ms_by_scale)
+    occ = pv.occupancy if state.field_view.occupancy else None
+    extra = f"   occupancy {occ.occupied}/{occ.cells} cells" if occ is not None else ""
+    return f"field preview {f.width}x{f.height} ({frac}) {f.ms:.0f} ms   [ms by step: {steps}]{extra}"
