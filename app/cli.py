@@ -199,8 +199,9 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene)
     try:
         animate = Animation(mesh=args.animate_mesh, degrees=args.animate_degrees,
-                            translation=args.animate_translation) if (
-            args.animate or args.animate_mesh or args.animate_translation is not None) else None
+                            translation=args.animate_translation, times=args.animate_times) if (
+            args.animate or args.animate_mesh or args.animate_translation is not None
+            or args.animate_times is not None) else None
         options = DatasetOptions(
             views=args.views, test_views=args.test_views, width=args.width, height=args.height, fov_y=args.fov_y,
             distance=args.distance, hemisphere=args.hemisphere, seed=args.seed,
@@ -242,6 +243,9 @@ def _dataset_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --animate: rotation about +Y at time 1 (default 90)")
     p.add_argument("--animate-translation", type=_three_floats, metavar="X,Y,Z", help="with --animate: "
                    "displacement at time 1 (default: 0.2 scene radii up)")
+    p.add_argument("--animate-times", type=_positive_int, metavar="T",
+                   help="implies --animate: T times j/(T-1), each seen by about VIEWS/T cameras over the whole "
+                   "sphere (a well-posed sequence for a 4D grid; default: one time per frame along the spiral)")
     p.add_argument("--background", type=_three_floats, metavar="R,G,B",
                    help="linear background color (default: the scene's)")
     p.add_argument("--rgba", action="store_true", help="write RGBA images with alpha = coverage")

@@ -345,6 +345,16 @@ def test_cli_writes_a_dataset(tmp_path, capsys, monkeypatch):
     assert cli.main(args + ["--force"]) == 0 and len(load_transforms(out / "transforms.json")) == 2
 
 
+def test_cli_animate_times_writes_a_multi_view_sequence(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "seq"
+    assert cli.main(["dataset", "scenes/texture.json", "--views", "8", "--animate-times", "4", "--out", str(out),
+                     "--width", str(SIZE), "--height", str(SIZE)]) == 0
+    times = [f.time for f in load_transforms(out / "transforms.json")]
+    np.testing.assert_allclose(sorted(set(times)), [0.0, 1 / 3, 2 / 3, 1.0], atol=1e-6)
+    assert all(times.count(t) == 2 for t in set(times))  # two cameras at each of the 4 times
+
+
 def test_cli_subprocess_the_documented_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "app.cli", "dataset", "scenes/texture.json", "--views", "6",
                              "--test-views", "2", "--out", str(tmp_path / "tmp")], cwd=ROOT, capture_output=True,
@@ -365,6 +375,7 @@ def test_cli_zero_views_exits_2(tmp_path, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--views", "3", "--test-views", "3"], "test_views: expected fewer than views (3)"),
     (["--animate-mesh", "nope"], "animate.mesh: no mesh named 'nope'; meshes: globe"),
+    (["--views", "4", "--animate-times", "5"], "animate.times: expected an integer in [2, views = 4]"),
 ])
 def test_cli_bad_options_exit_2(tmp_path, capsys, extra, message):
     assert cli.main(["dataset", str(TEXTURE), "--out", str(tmp_path / "d"), *extra]) == 2
