@@ -10,7 +10,9 @@ triangle count and resolution, so the visibility table isolates the cost of the 
 - forward: `DeviceScene.prepare()` + `render_view` (shadows on, mipmaps on), synchronized.
 - step (forward + backward): the same under a `wp.Tape`, an L2 loss against a fixed target image,
   `tape.backward`, the albedo texture's gradient ready on the device; `zero_grad` included, the
-  optimizer update not (it is the same elementwise update for every renderer).
+  optimizer update not (it is the same elementwise update for every renderer). Nothing is reused.
+- cached step: the same step with a `GBufferCache` whose only varying path is the albedo texture (a
+  texture optimization), so the G-buffer, shadow mask and packed geometry are reused from the first call.
 - every time is the median of `repeats` runs after `warmup` runs (kernels compiled beforehand).
 - memory: the process peak RSS (VmHWM, reset before each case where Linux allows it) and the peak of
   the bytes Warp allocated on the device during the case (a counting allocator; BVH nodes are
@@ -45,6 +47,7 @@ from renderer import conventions, primitives
 from renderer.device_scene import DeviceScene
 from renderer.optim import losses
 from renderer.render import render_view
+from renderer.render_cache import GBufferCache
 from renderer.scene import AmbientLight, Camera, Material, Mesh, PointLight, RenderSettings, Scene
 
 RESOLUTIONS = (256, 512)
@@ -309,25 +312,30 @@ class Case:
         ds = DeviceScene(build_scene(triangles, resolution, mode=mode, seed=0), device)
         return cls(ds, mode, target, resolution, ds.num_faces)
 
-    def render(self, frame, threads: int = 1):
+    def render(self, frame, threads: int = 1, cache: GBufferCache | None = None):
         if threads == 1:
-            return render_view(self.ds, frame, "main", mode=self.mode)
+            return render_view(self.ds, frame, "main", mode=self.mode, cache=cache)
         from renderer import parallel
 
-        return parallel.render_view_split(self.ds, frame, "main", mode=self.mode, parts=threads)
+        return parallel.render_view_split(self.ds, frame, "main", mode=self.mode, parts=threads, cache=cache)
 
-    def forward(self, threads: int = 1) -> wp.array:
+    def texture_cache(self) -> GBufferCache:
+        """The G-buffer cache a texture optimization uses: only the albedo texture varies."""
+        return GBufferCache(self.ds, varying=[ALBEDO])
+
+    def forward(self, threads: int = 1, cache: GBufferCache | None = None) -> wp.array:
         """prepare + render; returns the image."""
-        return self.render(self.ds.prepare(), threads).image
+        return self.render(self.ds.prepare(cache=cache), threads, cache).image
 
-    def step(self, threads: int = 1) -> wp.array:
+    def step(self, threads: int = 1, cache: GBufferCache | None = None) -> wp.array:
         """One texture-optimization step (zero_grad, prepare + render + L2 under a tape, backward);
-        returns the albedo texture's gradient."""
+        returns the albedo texture's gradient. With `cache` the view's G-buffer is reused (filled by the
+        first call)."""
         self.ds.zero_grad()
         loss = wp.zeros(1, dtype=float, device=self.ds.device, requires_grad=True)
         tape = wp.Tape()
         with tape:
-            image = self.render(self.ds.prepare(), threads).image
+            image = self.render(self.ds.prepare(cache=cache), threads, cache).image
             losses.l2(image, self.target, loss)
         tape.backward(loss)
         return self.ds.arrays[ALBEDO].grad
@@ -356,10 +364,14 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
     with AllocationCounter(dev) as alloc, ForeignLoad() as load:
         row["forward_ms"] = median_ms(case.forward, dev, repeats, warmup)
         row["step_ms"] = median_ms(case.step, dev, repeats, warmup)
+        cache = case.texture_cache()
+        row["step_cached_ms"] = median_ms(lambda: case.step(1, cache), dev, repeats, warmup)
         if threads > 1 and dev.is_cpu:
             row["threads"] = threads
             row["forward_mt_ms"] = median_ms(lambda: case.forward(threads), dev, repeats, warmup)
             row["step_mt_ms"] = median_ms(lambda: case.step(threads), dev, repeats, warmup)
+            cache = case.texture_cache()
+            row["step_cached_mt_ms"] = median_ms(lambda: case.step(threads, cache), dev, repeats, warmup)
     row["peak_rss_mb"] = peak_rss_mb()
     row["warp_peak_mb"] = alloc.peak / 2**20 if dev.is_cpu else None
     row["foreign_load"] = load.cores
@@ -367,11 +379,14 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
 
 
 def profile_case(case: Case, runs: int) -> dict:
-    """Per-kernel times of `runs` forward passes and `runs` steps (1 thread, after one unprofiled run)."""
+    """Per-kernel times of `runs` forward passes, `runs` steps and `runs` steps reusing the G-buffer
+    (1 thread, after one unprofiled run of each)."""
+    cache = case.texture_cache()
     case.forward()
     case.step()
+    case.step(1, cache)
     out = {}
-    for name, fn in (("forward", case.forward), ("step", case.step)):
+    for name, fn in (("forward", case.forward), ("step", case.step), ("cached step", lambda: case.step(1, cache))):
         with LaunchProfiler() as prof:
             t0 = time.perf_counter()
             for _ in range(runs):
@@ -392,7 +407,7 @@ def profile_case(case: Case, runs: int) -> dict:
 
 def visibility_scaling(resolution: int, triangles, repeats: int, warmup: int, device: str,
                        wait_idle_s: float = 0.0) -> list[dict]:
-    """Hard-mode forward time and primary-visibility time (BVH trace + intersect) at fixed coverage."""
+    """Hard-mode forward time and primary-visibility time (rasterization + intersect) at fixed coverage."""
     rows = []
     for tris in triangles:
         case = Case.build(tris, resolution, "hard", device)
@@ -401,7 +416,7 @@ def visibility_scaling(resolution: int, triangles, repeats: int, warmup: int, de
         fwd = median_ms(case.forward, case.ds.device, repeats, warmup)
         prof = profile_case(case, max(2, repeats // 2))["forward"]
         vis = sum(r["ms"] for r in prof["kernels"]
-                  if r["kernel"].startswith(("trace_primary", "intersect_kernel")))
+                  if r["kernel"].startswith(("raster_kernel", "_finish_ids", "trace_primary", "intersect_kernel")))
         rows.append({"triangles": case.triangles, "forward_ms": fwd, "visibility_ms": vis})
     return rows
 
@@ -505,13 +520,16 @@ def _mitsuba(resolution: int, triangles: int, repeats: int, warmup: int, threads
 COLUMNS = (("res", "resolution", "4d"), ("tris", "triangles", "6d"), ("mode", "mode", "9s"),
            ("fwd", "forward_ms", "6.1f"), ("step", "step_ms", "6.1f"),
            ("fwd 2t", "forward_mt_ms", "6.1f"), ("step 2t", "step_mt_ms", "7.1f"),
+           ("cached", "step_cached_ms", "6.1f"), ("cached 2t", "step_cached_mt_ms", "9.1f"),
            ("mi fwd", "mitsuba_forward_ms", "6.1f"), ("mi step", "mitsuba_step_ms", "7.1f"),
            ("mi 1t", "mitsuba_step_1t_ms", "6.1f"),
            ("RSS MB", "peak_rss_mb", "6.0f"), ("warp MB", "warp_peak_mb", "7.1f"),
            ("busy", "foreign_load", "4.1f"), ("mi busy", "mitsuba_busy", "7.1f"))
 
 LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + backward (texture "
-          "gradient); 2t = image split between 2 threads (renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
+          "gradient), everything recomputed; cached = the same step reusing the G-buffer (GBufferCache, only the "
+          "albedo varies: what a texture optimization runs); 2t = image split between 2 threads "
+          "(renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
           "direct integrator, 1 spp (all cores; 1t = one thread); RSS MB = peak process RSS during the "
           "case; warp MB = peak bytes Warp allocated during the case; busy = cores other processes used "
           "meanwhile (should be ~0; mi busy: during the Mitsuba runs)")
@@ -548,7 +566,9 @@ def format_markdown(rows: list[dict]) -> str:
 
 def format_profile(prof: dict, top: int = 12) -> str:
     lines = []
-    for name in ("forward", "step"):
+    for name in ("forward", "step", "cached step"):
+        if name not in prof:
+            continue
         p = prof[name]
         total = p["total_ms"]
         lines.append(f"{name}: {total:.1f} ms per run; {p['launches']:.0f} launches take "
@@ -658,7 +678,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.visibility:
         vis_tris = args.triangles or ((1_000, 10_000) if quick else (1_000, 10_000, 100_000, 1_000_000))
         print(f"\nVisibility at fixed coverage: {res}x{res}, hard mode, 1 thread; "
-              "vis = BVH trace + intersect")
+              "vis = rasterization + intersect")
         print(format_visibility(visibility_scaling(res, vis_tris, repeats, warmup, args.device, wait_idle_s)))
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
     return 0

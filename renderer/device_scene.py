@@ -28,6 +28,13 @@ def default_device() -> str:
     return "cuda:0" if wp.get_cuda_device_count() > 0 else "cpu"
 
 
+def _constant(a: wp.array) -> wp.array:
+    """`a` without gradient (an alias of its memory; keep `a` alive while it is used)."""
+    if not a.requires_grad:
+        return a
+    return wp.array(ptr=a.ptr, dtype=a.dtype, shape=a.shape, strides=a.strides, device=a.device)
+
+
 def _leaf(value: np.ndarray, kind: str, device) -> wp.array:
     value = np.ascontiguousarray(value, dtype=np.float32)
     if kind in _VEC3_KINDS:
@@ -58,9 +65,12 @@ class DeviceScene:
         self.device = wp.get_device(device or default_device())
         self.arrays: dict[str, wp.array] = {}
         self.kinds: dict[str, str] = {}
+        # per path, bumped by every `set`/`touch`: what `render_cache.GBufferCache` checks its entries with
+        self.versions: dict[str, int] = {}
         for path, p in scene.params().items():
             self.arrays[path] = _leaf(p.value, p.kind, self.device)
             self.kinds[path] = p.kind
+            self.versions[path] = 0
 
         mat_index = {name: i for i, name in enumerate(scene.materials)}
         self.material_model = wp.array(
@@ -107,6 +117,12 @@ class DeviceScene:
         if value.shape != expected:
             raise ValueError(f"{path}: expected shape {expected}, got {value.shape}")
         arr.assign(wp.array(value.reshape(arr.numpy().shape), dtype=arr.dtype, device=self.device))
+        self.touch(path)
+
+    def touch(self, path: str) -> None:
+        """Declare that the value at `path` changed (call after writing its leaf array in place other than
+        through `set`, e.g. an optimizer update of a path a `GBufferCache` was not told is varying)."""
+        self.versions[path] = self.versions.get(path, 0) + 1
 
     def zero_grad(self) -> None:
         for arr in self.arrays.values():
@@ -118,38 +134,77 @@ class DeviceScene:
             p.value[...] = self.get(path)
 
     # -- per-step packing -----------------------------------------------------------------------
-    def prepare(self, mipmaps: bool | None = None) -> Frame:
-        """World-space geometry, attributes, texture pyramids and lights for this step."""
+    def prepare(self, mipmaps: bool | None = None, cache=None) -> Frame:
+        """World-space geometry, attributes, texture pyramids and lights for this step.
+
+        `cache` (a `renderer.render_cache.GBufferCache` of this scene): each packed product (world
+        positions and normals, uvs, vertex colors, each material property's texture pool, the lights) is
+        reused, as a constant without gradient, while none of the paths it is computed from is varying or
+        changed (a reused world needs no BVH refit either)."""
         a, dev, sc = self.arrays, self.device, self.scene
         mipmaps = sc.render.mipmaps if mipmaps is None else mipmaps
-        # A fresh array per call: a Frame's world positions must not change after prepare() returns,
-        # because the backward pass of its views reads them (several prepare() calls may share one
-        # backward, e.g. render_torch for several cameras or several values of a path).
-        world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=dev, requires_grad=True)
-        uvs = wp.zeros((self.num_vertices, 2), dtype=float, device=dev, requires_grad=True)
-        colors = wp.zeros((self.num_vertices, 3), dtype=float, device=dev, requires_grad=True)
-        for off, m in zip(self.vertex_offsets, sc.meshes.values()):
-            p = f"meshes.{m.name}"
-            geometry.transform_vertices(a[f"{p}.vertices"], a[f"{p}.translation"], a[f"{p}.rotation"],
-                                        a[f"{p}.scale"], world, off)
-            pack.copy_rows(a[f"{p}.uvs"], uvs, off)
-            pack.copy_rows(a[f"{p}.colors"], colors, off)
-        normals = geometry.vertex_normals(world, self.faces)
+        if cache is not None and cache.ds is not self:
+            raise ValueError("cache: expected a GBufferCache of this DeviceScene")
+        prefixes = [f"meshes.{m.name}" for m in sc.meshes.values()]
+
+        def build_geometry(const: bool):
+            k = _constant if const else (lambda x: x)
+            # A fresh array per call: a Frame's world positions must not change after prepare() returns,
+            # because the backward pass of its views reads them (several prepare() calls may share one
+            # backward, e.g. render_torch for several cameras or several values of a path).
+            world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=dev, requires_grad=not const)
+            for off, p in zip(self.vertex_offsets, prefixes):
+                geometry.transform_vertices(k(a[f"{p}.vertices"]), k(a[f"{p}.translation"]), k(a[f"{p}.rotation"]),
+                                            k(a[f"{p}.scale"]), world, off)
+            return world, geometry.vertex_normals(world, self.faces)
+
+        def build_rows(leaf: str, width: int):
+            def build(const: bool):
+                out = wp.zeros((self.num_vertices, width), dtype=float, device=dev, requires_grad=not const)
+                for off, p in zip(self.vertex_offsets, prefixes):
+                    pack.copy_rows(_constant(a[f"{p}.{leaf}"]) if const else a[f"{p}.{leaf}"], out, off)
+                return out
+            return build
+
+        def part(name: str, leaves: tuple | None, build, deps: list[str] | None = None):
+            if cache is None:
+                return build(False)
+            deps = deps if deps is not None else [f"{p}.{leaf}" for p in prefixes for leaf in leaves]
+            return cache.fetch_static(name, deps, build)
+
+        world, normals = part("geometry", ("vertices", "translation", "rotation", "scale"), build_geometry)
+        uvs = part("uvs", ("uvs",), build_rows("uvs", 2))
+        colors = part("colors", ("colors",), build_rows("colors", 3))
         if self._bvh is None:
             self._bvh = visibility.build_bvh(world, self.faces)
-        else:  # one BVH, re-pointed at this step's positions and refitted (the topology never changes)
+        elif world is not self._bvh.points:
+            # one BVH, re-pointed at this step's positions and refitted (the topology never changes); the
+            # cached world of a previous call is the same array, already fitted
             visibility.refit_bvh(self._bvh, world)
         mats = list(sc.materials)
-        pools = [TexturePool.build([a[f"materials.{n}.{prop}"] for n in mats], self.wraps, mipmaps=mipmaps)
+
+        def build_pool(prop: str):
+            def build(const: bool):
+                textures = [a[f"materials.{n}.{prop}"] for n in mats]
+                return TexturePool.build([_constant(t) for t in textures] if const else textures, self.wraps,
+                                         mipmaps=mipmaps)
+            return build
+
+        pools = [part(f"{prop} pool {bool(mipmaps)}", None, build_pool(prop), [f"materials.{n}.{prop}" for n in mats])
                  for prop in ("albedo", "roughness", "metallic")]
         pl, dl, al = sc.point_lights, sc.directional_lights, sc.ambient_lights
-        lights = Lights(
-            point_position=pack.gather_vec3([a[f"lights.{n}.position"] for n in pl], dev),
-            point_color=pack.gather_vec3([a[f"lights.{n}.color"] for n in pl], dev),
-            point_intensity=pack.gather_scalar([a[f"lights.{n}.intensity"] for n in pl], dev),
-            dir_direction=pack.gather_vec3([a[f"lights.{n}.direction"] for n in dl], dev),
-            dir_color=pack.gather_vec3([a[f"lights.{n}.color"] for n in dl], dev),
-            dir_intensity=pack.gather_scalar([a[f"lights.{n}.intensity"] for n in dl], dev),
-            ambient=pack.sum_vec3([a[f"lights.{n}.color"] for n in al], dev),
-        )
+
+        def build_lights(const: bool):
+            k = _constant if const else (lambda x: x)
+            return Lights(
+                point_position=pack.gather_vec3([k(a[f"lights.{n}.position"]) for n in pl], dev),
+                point_color=pack.gather_vec3([k(a[f"lights.{n}.color"]) for n in pl], dev),
+                point_intensity=pack.gather_scalar([k(a[f"lights.{n}.intensity"]) for n in pl], dev),
+                dir_direction=pack.gather_vec3([k(a[f"lights.{n}.direction"]) for n in dl], dev),
+                dir_color=pack.gather_vec3([k(a[f"lights.{n}.color"]) for n in dl], dev),
+                dir_intensity=pack.gather_scalar([k(a[f"lights.{n}.intensity"]) for n in dl], dev),
+                ambient=pack.sum_vec3([k(a[f"lights.{n}.color"]) for n in al], dev),
+            )
+
+        lights = part("lights", None, build_lights, [p for p in a if p.startswith("lights.")])
         return Frame(world, normals, uvs, colors, self._bvh, *pools, lights)

@@ -31,6 +31,7 @@ import warp as wp
 
 from .device_scene import DeviceScene, Frame
 from .render import RenderOutput, render_view
+from .render_cache import GBufferCache
 from .stages.shading import Lights
 
 
@@ -247,7 +248,8 @@ def band_rows(height: int, parts: int) -> list[tuple[int, int, int, int]]:
 def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int | None = None,
                       mode: str | None = None, shadows: bool | None = None,
                       intrinsics: wp.array | None = None, pose: wp.array | None = None,
-                      width: int | None = None, height: int | None = None) -> RenderOutput:
+                      width: int | None = None, height: int | None = None,
+                      cache: GBufferCache | None = None) -> RenderOutput:
     """`render_view` with the image split into `parts` horizontal bands rendered by that many threads
     (default: one per core). Same arguments and result: `image`, `depth`, `normals` and `alpha` are
     differentiable as in `render_view` (under an enclosing `wp.Tape`), `tri_id` is not.
@@ -258,7 +260,10 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
     parts = default_workers() if parts is None else int(parts)
     if parts < 1:
         raise ValueError(f"parts: expected an int >= 1, got {parts}")
-    kwargs = dict(mode=mode, shadows=shadows, intrinsics=intrinsics, pose=pose, width=width, height=height)
+    kwargs = dict(mode=mode, shadows=shadows, intrinsics=intrinsics, pose=pose, width=width, height=height,
+                  cache=cache)
+    # with overrides the bands' G-buffers cannot be told apart from another camera's: no cache then
+    band_cache = cache if intrinsics is None and pose is None else None
     intr, pose, width, height = _resolve_camera(ds, camera, intrinsics, pose, width, height)
     bands = band_rows(height, parts)
     if len(bands) == 1 or not ds.device.is_cpu or ds.background_pool is not None:
@@ -287,7 +292,8 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
         wp.launch(_band_intrinsics, dim=1, inputs=[lane.alias(intr), float(first)], outputs=[band_intr],
                   device=dev)
         out = render_view(ds, lane.frame(frame), camera, mode=mode, shadows=shadows, intrinsics=band_intr,
-                          pose=lane.alias(pose), width=width, height=end - first)
+                          pose=lane.alias(pose), width=width, height=end - first, cache=band_cache,
+                          cache_key=("band", first, end, height))
         src, dst, count = (keep - first) * width, keep * width, (keep_end - keep) * width
         for name in ("image", "normals", "depth", "alpha", "tri_id"):
             band = getattr(out, name)
@@ -298,10 +304,11 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
                 wp.launch(_stitch_ids, dim=count, inputs=[band, src, dst], outputs=[dest], device=dev,
                           record_tape=False)
             elif band.ndim == 1:
-                wp.launch(_stitch_rows_1d, dim=count, inputs=[band, src, dst], outputs=[dest], device=dev)
-            else:
+                wp.launch(_stitch_rows_1d, dim=count, inputs=[band, src, dst], outputs=[dest], device=dev,
+                          record_tape=band.requires_grad)
+            else:  # constant bands (a reused G-buffer's normals) need no adjoint launch
                 wp.launch(_stitch_rows_2d, dim=(count, band.shape[1]), inputs=[band, src, dst],
-                          outputs=[dest], device=dev)
+                          outputs=[dest], device=dev, record_tape=band.requires_grad)
 
     _run_lanes(lanes, work, outer)
     return RenderOutput(width, height, full["image"], full.get("tri_id"), full.get("depth"),
@@ -309,7 +316,8 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
 
 
 def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: int | None = None,
-                 mode: str | None = None, shadows: bool | None = None) -> list[RenderOutput]:
+                 mode: str | None = None, shadows: bool | None = None,
+                 cache: GBufferCache | None = None) -> list[RenderOutput]:
     """`render_view` of each camera in `cameras` (all from one prepared `frame`), the views spread over
     `workers` threads (default: one per core). Outputs are differentiable as in `render_view` under an
     enclosing `wp.Tape`. Falls back to a plain loop on a GPU device or with one worker."""
@@ -322,7 +330,7 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
             raise ValueError(f"cameras: unknown camera {c!r}; the scene has {list(ds.scene.cameras)}")
     workers = min(workers, len(cameras))
     if workers <= 1 or not ds.device.is_cpu:
-        return [render_view(ds, frame, c, mode=mode, shadows=shadows) for c in cameras]
+        return [render_view(ds, frame, c, mode=mode, shadows=shadows, cache=cache) for c in cameras]
 
     outer = wp._src.context.runtime.tape
     lanes = [_Lane(k, outer is not None) for k in range(workers)]
@@ -334,8 +342,9 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
             c = cameras[i]
             intr = lane.alias(ds.arrays[f"cameras.{c}.intrinsics"])
             pose = lane.alias(ds.arrays[f"cameras.{c}.pose"])
+            # the aliases read the camera's own leaves: the view's cache entry is the camera's
             done.append((i, render_view(ds, lane_frame, c, mode=mode, shadows=shadows, intrinsics=intr,
-                                        pose=pose)))
+                                        pose=pose, cache=cache, cache_key=("view",))))
         return done
 
     outputs: list[RenderOutput | None] = [None] * len(cameras)

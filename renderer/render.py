@@ -1,12 +1,15 @@
 """`render`: the stages composed into an image, with the auxiliary buffers the viewer shows.
 
-Hard and anti-aliased modes (deferred): camera rays -> BVH visibility -> differentiable ray/triangle
+Hard and anti-aliased modes (deferred): camera rays -> rasterized visibility -> differentiable ray/triangle
 intersection -> interpolated attributes -> textures -> shading (+ shadow rays) -> background ->
 (antialias: nvdiffrast-style silhouette blending for edge gradients).
 Soft mode (SoftRas): materials are sampled and shaded at the vertices (Gouraud), and the soft
 rasterizer aggregates the vertex colors with probabilistic coverage; its alpha gives silhouette
 gradients everywhere near an edge. Shadows are not computed in soft mode. The auxiliary buffers
-(tri_id, depth, normals) of every mode come from the same ray-cast visibility pass.
+(tri_id, depth, normals) of every mode come from the same visibility pass. Primary visibility is
+rasterized (`stages.raster`, the ids BVH ray casting would give); the BVH serves the shadow rays.
+`render_view(..., cache=GBufferCache)` reuses what the optimized parameters do not change
+(`render_cache`).
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ import numpy as np
 import warp as wp
 
 from .device_scene import DeviceScene, Frame
+from .render_cache import GBufferCache, constant
 from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
 from .stages import background as bg
 from .stages import camera as cam
-from .stages import gbuffer, interpolate, pack, shading, softras, texture, visibility
+from .stages import gbuffer, interpolate, pack, raster, shading, softras, texture, visibility
+from .stages.shading import Lights
 
 
 @dataclass
@@ -31,7 +36,7 @@ class RenderOutput:
     width: int
     height: int
     image: wp.array2d  # (N, 3) linear RGB, differentiable; .grad is d(loss)/d(image) after tape.backward
-    tri_id: wp.array | None = None  # (N,) int32, -1 background (ray-cast visibility, every mode)
+    tri_id: wp.array | None = None  # (N,) int32, -1 background (primary visibility, every mode)
     depth: wp.array | None = None  # (N,) view depth (0 on background)
     normals: wp.array2d | None = None  # (N, 3) unnormalized interpolated normals (0 on background)
     alpha: wp.array | None = None  # (N,) coverage: 0/1 from tri_id (hard, antialias), SoftRas alpha (soft)
@@ -49,6 +54,24 @@ def _background(ds: DeviceScene, width: int, height: int):
     return texture.sample(ds.background_pool, index, gbuffer.pixel_uv(width, height, ds.device), None)
 
 
+# Rasterization costs about one triangle setup per triangle plus one test per pixel of its bounding box;
+# a BVH ray costs about log(triangles) per pixel. Measured on this CPU at 256x256: rasterization is 2-5x
+# faster up to 1.5 triangles per pixel and slower beyond ~10 (1M triangles), where the BVH takes over.
+RASTER_MAX_TRIANGLES_PER_PIXEL = 8.0
+
+
+def _primary_ids(ds: DeviceScene, frame: Frame, world, intr, pose, origins, directions, width: int, height: int):
+    """Per-pixel triangle ids: rasterized, or BVH ray cast for meshes much denser than the pixels (the same
+    ids but for exact ties)."""
+    if ds.num_faces <= RASTER_MAX_TRIANGLES_PER_PIXEL * width * height:
+        return raster.rasterize(world, ds.faces, intr, pose, width, height)
+    return visibility.trace_primary(frame.bvh, origins, directions)
+
+
+def _lambert_only(ds: DeviceScene) -> bool:
+    return all(m.model == "lambert" for m in ds.scene.materials.values())
+
+
 def _roughness_metallic(ds: DeviceScene, frame: Frame, index, uv, uv_da):
     """Per-point roughness and metallic. Lambert ignores both, so a scene without GGX materials skips
     sampling them (their gradient is exactly zero either way)."""
@@ -61,54 +84,130 @@ def _roughness_metallic(ds: DeviceScene, frame: Frame, index, uv, uv_da):
 def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None = None,
                 shadows: bool | None = None, intrinsics: wp.array | None = None,
                 pose: wp.array | None = None, width: int | None = None,
-                height: int | None = None) -> RenderOutput:
+                height: int | None = None, cache: GBufferCache | None = None,
+                cache_key: tuple | None = None) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
     `mode` and `shadows` default to the scene's render settings. `intrinsics`/`pose` override the
     camera's leaf arrays (e.g. the viewer's free camera); `width`/`height` override its resolution
-    (intrinsics are then used as given, so scale them to match)."""
+    (intrinsics are then used as given, so scale them to match).
+
+    `cache` (a `renderer.render_cache.GBufferCache` of `ds`) reuses the view's G-buffer parts whose inputs
+    did not change since they were stored (hard and antialias modes; see that module for what is exact).
+    With `intrinsics`/`pose` overrides the cache is used only when `cache_key` is given: a tuple that the
+    overrides are a function of, together with the camera's own leaves (e.g. `renderer.parallel`'s band
+    rows)."""
     sc = ds.scene
     mode = mode or sc.render.mode
     if mode not in RENDER_MODES:
         raise ValueError(f"render mode {mode!r}: expected one of {RENDER_MODES}")
+    if cache is not None and not isinstance(cache, GBufferCache):
+        raise TypeError(f"cache: expected a GBufferCache or None, got {type(cache).__name__}")
+    if cache is not None and cache.ds is not ds:
+        raise ValueError("cache: expected a GBufferCache of this DeviceScene")
     shadows = sc.render.shadows if shadows is None else shadows
     c = sc.cameras[camera]
     width, height = width or c.width, height or c.height
+    overridden = intrinsics is not None or pose is not None
     intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
     pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
     background = _background(ds, width, height)
-    origins, directions = cam.generate_rays(intr, pose, width, height)
-    tri = visibility.trace_primary(frame.bvh, origins, directions)
-    bary, depth = visibility.intersect(frame.world, ds.faces, tri, origins, directions)
     if mode == "soft":
+        origins, directions = cam.generate_rays(intr, pose, width, height)
+        tri = _primary_ids(ds, frame, frame.world, intr, pose, origins, directions, width, height)
+        bary, depth = visibility.intersect(frame.world, ds.faces, tri, origins, directions)
         normals = interpolate.interpolate(frame.normals, ds.faces, tri, bary)
         return _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals)
+    if overridden and cache_key is None:
+        cache = None
+    mipmaps = bool(sc.render.mipmaps)
+    key = (camera, int(width), int(height), mode, mipmaps, bool(shadows), cache_key)
 
-    mat, model = gbuffer.pixel_materials(tri, ds.face_material, ds.material_model)
-    uv = interpolate.interpolate(frame.uvs, ds.faces, tri, bary)
-    uv_da = None
-    if sc.render.mipmaps:
-        bary_db = visibility.bary_derivatives(frame.world, ds.faces, tri, intr, pose, width, height)
-        uv_da = interpolate.interpolate_derivatives(frame.uvs, ds.faces, tri, bary_db)
-    normals = interpolate.interpolate(frame.normals, ds.faces, tri, bary)
-    vcolor = interpolate.interpolate(frame.colors, ds.faces, tri, bary)
-    positions = gbuffer.hit_points(origins, directions, depth, tri)
-    albedo = gbuffer.multiply(texture.sample(frame.albedo, mat, uv, uv_da), vcolor)
-    rough, metal = _roughness_metallic(ds, frame, mat, uv, uv_da)
-    shadow = shading.shadow_mask(frame.bvh.id, positions, normals, model, frame.lights) if shadows else None
-    radiance = shading.shade(positions, normals, albedo, rough, metal, model, pose, frame.lights, shadow)
-    coverage = bg.coverage_from_ids(tri)
-    image = bg.composite(radiance, coverage, background)
+    def part(name: str, build):
+        return build(False) if cache is None else cache.fetch(key, name, camera, build)
+
+    def build_visibility(const: bool) -> dict:
+        k = constant if const else (lambda a: a)
+        world, i, p = k(frame.world), k(intr), k(pose)
+        origins, directions = cam.generate_rays(i, p, width, height)
+        tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)
+        bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
+        mat, model = gbuffer.pixel_materials(tri, ds.face_material, ds.material_model)
+        out = dict(tri=tri, bary=bary, depth=depth, mat=mat, model=model,
+                   normals=interpolate.interpolate(k(frame.normals), ds.faces, tri, bary),
+                   positions=gbuffer.hit_points(origins, directions, depth, tri),
+                   coverage=bg.coverage_from_ids(tri), bary_db=None, screen=None, pairs=None)
+        if mipmaps:
+            out["bary_db"] = visibility.bary_derivatives(world, ds.faces, tri, i, p, width, height)
+        if mode == "antialias":
+            out["screen"] = cam.project_points(world, i, p)
+            out["pairs"] = aa.silhouette_pairs(tri, depth, out["screen"], ds.faces, ds.neighbors, width, height)
+        return out
+
+    g = part("visibility", build_visibility)
+    tri, bary = g["tri"], g["bary"]
+
+    def build_uv(const: bool):
+        uvs = constant(frame.uvs) if const else frame.uvs
+        uv = interpolate.interpolate(uvs, ds.faces, tri, bary)
+        uv_da = None
+        if mipmaps:
+            uv_da = interpolate.interpolate_derivatives(uvs, ds.faces, tri, g["bary_db"])
+        return uv, uv_da
+
+    def build_colors(const: bool):
+        return interpolate.interpolate(constant(frame.colors) if const else frame.colors, ds.faces, tri, bary)
+
+    def build_shadow(const: bool):
+        lights = Lights(*[constant(a) for a in frame.lights.arrays()]) if const else frame.lights
+        return shading.shadow_mask(frame.bvh.id, g["positions"], g["normals"], g["model"], lights, facing_only=True)
+
+    uv, uv_da = part("uv", build_uv)
+    mat, model = g["mat"], g["model"]
+
+    def sample_albedo(scale):
+        if cache is None or not cache.cacheable("footprint", camera):
+            return texture.sample(frame.albedo, mat, uv, uv_da, scale=scale)
+        # constant uvs: the texel addresses and weights are too, so the lookup is a weighted gather
+        layout = texture.pool_layout(frame.albedo)
+        fp = cache.fetch((*key, layout), "footprint", camera,
+                         lambda const: texture.footprint(frame.albedo, mat, uv, uv_da))
+        return texture.sample_footprint(frame.albedo, fp, scale=scale)
+
+    if cache is not None and _lambert_only(ds) and cache.cacheable("lambert", camera):
+        # Lambert radiance is linear in the albedo: albedo * (ambient + sum_j E_j s_j / pi) per channel.
+        # With geometry, camera, lights and vertex colors fixed, the factor vcolor * that sum is a
+        # constant, so the step is one texture sample scaled by it (no shade pass, no shadow rays).
+        def build_lambert(const: bool):
+            lights = Lights(*[constant(a) for a in frame.lights.arrays()])
+            n = tri.shape[0]
+            ones = wp.ones((n, 3), dtype=float, device=ds.device)
+            zeros = wp.zeros((n, 1), dtype=float, device=ds.device)
+            shadow = build_shadow(True) if shadows else None
+            irradiance = shading.shade(g["positions"], g["normals"], ones, zeros, zeros, model, constant(pose),
+                                       lights, shadow)
+            return gbuffer.multiply(irradiance, build_colors(True))
+
+        radiance = sample_albedo(part("lambert", build_lambert))
+    else:
+        vcolor = part("colors", build_colors)
+        albedo = sample_albedo(vcolor)
+        rough, metal = _roughness_metallic(ds, frame, mat, uv, uv_da)
+        shadow = part("shadow", build_shadow) if shadows else None
+        radiance = shading.shade(g["positions"], g["normals"], albedo, rough, metal, model, pose, frame.lights,
+                                 shadow)
+    # composite fused with the output copy (whose gradient stays readable); the blend adds into it
+    comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
-        image = aa.antialias(image, tri, depth, frame.world, ds.faces, ds.neighbors, intr, pose, width, height)
-    return RenderOutput(width, height, gbuffer.output(image), tri, depth, normals, coverage)
+        aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
+    return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
 
 
 def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals) -> RenderOutput:
     if background.ndim != 1:
         raise ValueError("soft render mode supports a background color only, not an image")
     positions = pack.vec3_to_rows(frame.world)
-    albedo = gbuffer.multiply(texture.sample(frame.albedo, ds.vertex_material, frame.uvs, None), frame.colors)
+    albedo = texture.sample(frame.albedo, ds.vertex_material, frame.uvs, None, scale=frame.colors)
     rough, metal = _roughness_metallic(ds, frame, ds.vertex_material, frame.uvs, None)
     model = _vertex_models(ds)
     vcolors = shading.shade(positions, frame.normals, albedo, rough, metal, model, pose, frame.lights, None)

@@ -26,8 +26,8 @@ def test_main_prints_every_section(capsys):
             "--warmup", "0", "--no-mitsuba", "--wait-idle", "0", "--markdown"]
     assert bench_render.main(argv) == 0
     out = capsys.readouterr().out
-    for section in ("step 2t", "| res |", "Profile, 1 thread", "trace_primary_kernel", "Visibility at fixed",
-                    "total benchmark time"):
+    for section in ("step 2t", "cached 2t", "| res |", "Profile, 1 thread", "raster_kernel", "cached step:",
+                    "Visibility at fixed", "total benchmark time"):
         assert section in out, section
 
 
@@ -48,4 +48,10 @@ def test_split_step_matches_single_thread():
     assert scale > 0
     # float32 sums in another order: relative to the largest entry, 1e-5 is ~100 ulps of slack
     np.testing.assert_allclose(grad2, grad1, rtol=0, atol=1e-5 * scale)
+    # the cached step (the G-buffer reused): the same gradient, on one and two threads, first and later calls
+    for threads in (1, 2):
+        cache = case.texture_cache()
+        for _ in range(2):
+            np.testing.assert_allclose(case.step(threads, cache).numpy(), grad1, rtol=0, atol=1e-5 * scale)
+        assert cache.hits > 0
     wp.synchronize()

@@ -6,7 +6,7 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.background import composite, coverage_from_ids
+from renderer.stages.background import composite, composite_output, coverage_from_ids
 
 N = 7
 
@@ -42,6 +42,44 @@ def test_composite_gradients(image_background, which):
     color, coverage, bg = case(image_background, seed=1)
     arrays = {"color": farr(color, True), "coverage": farr(coverage, True), "background": farr(bg, True)}
     check_gradient(lambda: weighted_loss(composite(**arrays)), arrays[which], eps=1e-3, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("image_background", [False, True])
+def test_composite_output_equals_composite_and_keeps_its_gradient(image_background):
+    color, coverage, bg = case(image_background, seed=4)
+    want = composite(farr(color), farr(coverage), farr(bg)).numpy()
+    arrays = [farr(color, True), farr(coverage, True), farr(bg, True)]
+    tape = wp.Tape()
+    with tape:
+        comp, out = composite_output(*arrays, keep_composite=True)
+        loss = weighted_loss(out, seed=5)
+    tape.backward(loss)
+    np.testing.assert_array_equal(out.numpy(), want)
+    np.testing.assert_array_equal(comp.numpy(), want)
+    w = np.random.default_rng(5).uniform(-1, 1, (N, 3)).astype(np.float32)
+    np.testing.assert_array_equal(out.grad.numpy(), w)  # still readable after the backward pass
+    assert composite_output(*arrays)[0] is None
+
+
+# both outputs feed the loss: the adjoint must add the composite's and the accumulated output's gradients
+@pytest.mark.parametrize("which", ["color", "coverage", "background"])
+@pytest.mark.parametrize("image_background", [False, True])
+def test_composite_output_gradients(image_background, which):
+    color, coverage, bg = case(image_background, seed=6)
+    arrays = {"color": farr(color, True), "coverage": farr(coverage, True), "background": farr(bg, True)}
+
+    def forward():
+        comp, out = composite_output(**arrays, keep_composite=True)
+        a, b = weighted_loss(comp, seed=7), weighted_loss(out, seed=8)
+        wp.launch(_add, dim=1, inputs=[a, b])
+        return b
+
+    check_gradient(forward, arrays[which], eps=1e-3, rtol=1e-3, atol=1e-3)
+
+
+@wp.kernel
+def _add(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
+    wp.atomic_add(dst, 0, src[0])
 
 
 def test_background_color_gradient_sums_over_pixels():

@@ -341,3 +341,31 @@ def test_shadow_mask_is_not_recorded_and_works_without_lights(quad):
     assert m.numpy().tolist() == [[0.0]] and len(tape.launches) == 0
     empty = shadow_mask(quad.id, farr([[0, 0, 0]]), farr([[0, 0, 1]]), iarr([0]), Lights.create())
     assert empty.shape == (1, 0)
+
+
+def test_facing_only_mask_skips_lights_behind_the_normal_and_shades_the_same(quad):
+    """facing_only gives 0 where n.l < 0 (no ray) and the geometric visibility elsewhere; shading with
+    either mask gives the same radiance, since such a light contributes max(0, n.l) = 0."""
+    lights = Lights.create(point_position=[[0, 0, 3.0], [0.2, 0.1, 0.5]], point_color=[[1, 1, 1], [1, 0.5, 0.2]],
+                           point_intensity=[4.0, 2.0], dir_direction=[[0.1, 0.0, -1.0], [1.0, 0.0, 0.0]],
+                           ambient=[0.1, 0.1, 0.1])
+    pos = [[0, 0, 0], [3, 0, 0], [0.5, 0.5, 1.0], [0.5, -0.5, 1.0], [0.3, 0.3, 0.0], [0.0, 0.0, 2.0],
+           [0.5, 0.5, 0.99], [2, 0, 0.5]]
+    normals = [[0, 0, 1], [0, 0, 1], [0, 0, 2], [0, 0, -1], [0, 0, 1], [0, 0, -1], [0, 0, 1], [-1, 0, 0]]
+    model = [0, 1, 0, 1, -1, 0, 1, 0]
+    full = shadow_mask(quad.id, farr(pos), farr(normals), iarr(model), lights).numpy()
+    culled = shadow_mask(quad.id, farr(pos), farr(normals), iarr(model), lights, facing_only=True).numpy()
+    p, n = np.array(pos, float), np.array(normals, float)
+    to_light = np.concatenate([np.array([[0, 0, 3.0], [0.2, 0.1, 0.5]])[None] - p[:, None],
+                               -np.broadcast_to(np.array([[0.1, 0.0, -1.0], [1.0, 0.0, 0.0]]), (len(p), 2, 3))],
+                              axis=1)
+    away = (np.einsum("ik,ijk->ij", n, to_light) < 0) & (np.array(model) >= 0)[:, None]
+    assert away.any() and (~away).any()
+    np.testing.assert_array_equal(culled[away], 0.0)
+    np.testing.assert_array_equal(culled[~away], full[~away])
+    rng = np.random.default_rng(0)
+    albedo = farr(rng.uniform(0.2, 0.9, (len(pos), 3)))
+    rough, metal = farr(rng.uniform(0.2, 0.9, (len(pos), 1))), farr(rng.uniform(0, 1, (len(pos), 1)))
+    pose = farr([0.5, 1.0, 4.0, 0, 0, 0, 1])
+    args = (farr(pos), farr(normals), albedo, rough, metal, iarr(model), pose, lights)
+    np.testing.assert_array_equal(shade(*args, farr(culled)).numpy(), shade(*args, farr(full)).numpy())

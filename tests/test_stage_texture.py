@@ -11,7 +11,7 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.texture import TexturePool, sample, sample_bilinear_level
+from renderer.stages.texture import TexturePool, footprint, sample, sample_bilinear_level, sample_footprint
 
 wp.config.quiet = True
 ATOL = 2e-5
@@ -255,6 +255,50 @@ def test_gradient_wrt_uv(mips):
     check_gradient(forward, uv, eps=5e-3, rtol=1e-2, atol=2e-3, indices=range(uv.size))
 
 
+def _scaled_setup(seed, n=20):
+    rng = np.random.default_rng(seed)
+    tex = _arr(rng.random((5, 7, 3)), grad=True)  # odd sizes: clamped 2x2 footprints overlap in the pyramid
+    index = _idx(np.where(rng.random(n) < 0.15, -1, 0))
+    uv = _arr(_away_from_centers(rng, n, [(7, 5), (3, 2), (1, 1)]), grad=True)
+    da = _arr(np.column_stack([rng.uniform(1.3, 3.0, n) / 7, np.zeros(n), np.zeros(n), np.zeros(n)]))
+    scale = _arr(rng.uniform(0.5, 1.5, (n, 3)), grad=True)
+
+    def forward():
+        pool = TexturePool.build([tex], ["wrap"])
+        # two samples share uv, so uv's gradient must accumulate both adjoints
+        a = sample(pool, index, uv, da, scale=scale)
+        b = sample(pool, index, uv, None)
+        loss = weighted_loss(a, seed=1)
+        extra = weighted_loss(b, seed=2)
+        wp.launch(_add_scalar, dim=1, inputs=[extra, loss])
+        return loss
+
+    return tex, uv, scale, index, da, forward
+
+
+@wp.kernel
+def _add_scalar(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
+    wp.atomic_add(dst, 0, src[0])
+
+
+def test_scale_multiplies_the_sample():
+    tex, uv, scale, index, da, _ = _scaled_setup(11)
+    pool = TexturePool.build([tex], ["wrap"])
+    plain = sample(pool, index, uv, da).numpy()
+    np.testing.assert_array_equal(sample(pool, index, uv, da, scale=scale).numpy(), plain * scale.numpy())
+
+
+@pytest.mark.parametrize("which", ["texels", "uv", "scale"])
+def test_gradients_with_scale_and_shared_uv(which):
+    tex, uv, scale, _, _, forward = _scaled_setup(12)
+    if which == "texels":
+        check_gradient(forward, tex, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(tex.size))
+    elif which == "uv":
+        check_gradient(forward, uv, eps=5e-3, rtol=1e-2, atol=2e-3, indices=range(uv.size))
+    else:
+        check_gradient(forward, scale, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(scale.size))
+
+
 def test_no_gradient_through_lod():
     rng = np.random.default_rng(9)
     pool_src = _arr(rng.random((8, 8, 3)), grad=True)
@@ -288,6 +332,15 @@ def test_build_rejects_bad_arguments():
             call()
 
 
+def test_sample_rejects_bad_scale():
+    pool = TexturePool.build([_arr(np.zeros((2, 2, 3)))], ["wrap"])
+    uv, idx = _arr(np.zeros((4, 2))), _idx(np.zeros(4))
+    with pytest.raises(ValueError, match="scale"):
+        sample(pool, idx, uv, None, scale=_arr(np.zeros((4, 1))))
+    with pytest.raises(TypeError, match="scale"):
+        sample(pool, idx, uv, None, scale=np.zeros((4, 3)))
+
+
 def test_sample_rejects_bad_arguments():
     pool = TexturePool.build([_arr(np.zeros((2, 2, 3)))], ["wrap"])
     idx, uv = _idx(np.zeros(4)), _arr(np.zeros((4, 2)))
@@ -302,3 +355,43 @@ def test_sample_rejects_bad_arguments():
     for exc, name, call in cases:
         with pytest.raises(exc, match=name):
             call()
+
+
+def test_uv_gradient_with_constant_texels():
+    """Texels without gradient (e.g. a fixed texture in the torch op): only uv is differentiated."""
+    rng = np.random.default_rng(13)
+    tex = _arr(rng.random((6, 8, 3)))
+    uv = _arr(_away_from_centers(rng, 16, [(8, 6)]), grad=True)
+    index = _idx(np.zeros(16))
+
+    def forward():
+        return weighted_loss(sample(TexturePool.build([tex], ["clamp"], mipmaps=False), index, uv))
+
+    check_gradient(forward, uv, eps=5e-3, rtol=1e-2, atol=2e-3, indices=range(uv.size))
+
+
+@pytest.mark.parametrize("mips", [False, True])
+def test_footprint_gather_equals_sample(mips):
+    tex, uv, scale, index, da, _ = _scaled_setup(14)
+    pool = TexturePool.build([tex], ["wrap"])
+    da = da if mips else None
+    fp = footprint(pool, index, uv, da)
+    np.testing.assert_allclose(fp.weight.numpy().sum(1), np.where(index.numpy() >= 0, 1.0, 0.0), atol=1e-6)
+    for s in (None, scale):
+        np.testing.assert_allclose(sample_footprint(pool, fp, scale=s).numpy(),
+                                   sample(pool, index, uv, da, scale=s).numpy(), rtol=1e-5, atol=1e-6)
+    other = TexturePool.build([_arr(np.zeros((4, 4, 3)))], ["wrap"])
+    with pytest.raises(ValueError, match="layout"):
+        sample_footprint(other, fp)
+
+
+@pytest.mark.parametrize("which", ["texels", "scale"])
+def test_footprint_gradients(which):
+    tex, uv, scale, index, da, _ = _scaled_setup(15)
+
+    def forward():
+        pool = TexturePool.build([tex], ["wrap"])
+        return weighted_loss(sample_footprint(pool, footprint(pool, index, uv, da), scale=scale))
+
+    arr = tex if which == "texels" else scale
+    check_gradient(forward, arr, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(arr.size))

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from .. import parallel
 from ..device_scene import DeviceScene
 from ..initial_values import initial_value
 from ..render import render_view
+from ..render_cache import GBufferCache
 from ..scene import Scene
 from . import losses, optimizers, regularizers
 from .field_training import FIELD_KINDS, FieldDeviceScene, FieldTraining, add_test_cameras
@@ -77,6 +79,9 @@ class Problem:
         self.lrs = {path: float(pspec.lr if pspec.lr is not None else self.base_lr)
                     for path, pspec in self.param_specs.items()}
         self.free = {path: True for path in self.param_specs}
+        # G-buffer parts of the target views that no free parameter affects, reused across steps
+        self.gbuffer_cache = GBufferCache(self.ds) if self.field_training is None else None
+        self.parallel_views = True  # render a step's views on all cores (renderer.parallel.render_views)
         self._topology = self._mesh_topology()
         self._view_rng = np.random.default_rng(self.seed + 1)
         self.reset()
@@ -124,6 +129,7 @@ class Problem:
             self.field_training.reset_state()  # first lattice (leaf shapes), fresh occupancy grid
         for path, value in self.initial.items():
             self.ds.set(path, value)
+        self._invalidate_gbuffer()
         self.step_index = 0
         self._build_optimizer()
 
@@ -170,12 +176,27 @@ class Problem:
     def set_value(self, path: str, value) -> None:
         value = _finite(path, value)
         self.ds.set(path, self._project_host(path, value.reshape(self.truth[path].shape)))
+        self._invalidate_gbuffer()
+
+    def _invalidate_gbuffer(self) -> None:
+        """Drop the reused G-buffer parts (after an edit; `DeviceScene.set` versions catch the same)."""
+        if getattr(self, "gbuffer_cache", None) is not None:
+            self.gbuffer_cache.clear()
+
+    def _gbuffer(self) -> GBufferCache | None:
+        """The G-buffer cache for this step: parts depending on a free parameter are never reused. The free
+        set is read at every step (a restored keyframe sets `free` directly)."""
+        cache = self.gbuffer_cache
+        if cache is not None:
+            cache.set_varying(self.free_paths())
+        return cache
 
     def set_free(self, path: str, free: bool) -> None:
         if path not in self.param_specs:
             raise KeyError(f"{path} is not an optimizable parameter of this scene")
         if self.free[path] != bool(free):
             self.free[path] = bool(free)
+            self._invalidate_gbuffer()
             self._build_optimizer()
 
     def set_lr(self, path: str, lr: float) -> None:
@@ -206,6 +227,7 @@ class Problem:
         value = _finite(path, value).reshape(self.truth[path].shape)
         self.truth[path] = self._project_host(path, value)
         self.render_targets()
+        self._invalidate_gbuffer()
 
     def _project_host(self, path: str, value: np.ndarray) -> np.ndarray:
         if self.ds.kinds[path] in FIELD_KINDS:
@@ -235,11 +257,17 @@ class Problem:
             for arr in terms.values():
                 losses.accumulate(arr, total)
             return total, terms, outputs
-        frame = self.ds.prepare()
+        cache = self._gbuffer()
+        frame = self.ds.prepare(cache=cache)
         outputs = {}
         scale = 1.0 / len(batch)
-        for t in batch:
-            out = render_view(self.ds, frame, t.camera)
+        if len(batch) > 1 and self.ds.device.is_cpu and self.parallel_views:
+            # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
+            # sums in a fixed, different order)
+            rendered = parallel.render_views(self.ds, frame, [t.camera for t in batch], cache=cache)
+        else:
+            rendered = [render_view(self.ds, frame, t.camera, cache=cache) for t in batch]
+        for t, out in zip(batch, rendered, strict=True):
             outputs[t.camera] = out
             for name in IMAGE_LOSSES:
                 if name in terms:
@@ -315,8 +343,9 @@ class Problem:
         else the meshes'. `intrinsics`/`width`/`height` override the camera's (e.g. thumbnails)."""
         if self.field_training is not None:
             return self.field_training.render(camera, intrinsics, width, height).numpy()
-        return render_view(self.ds, self.ds.prepare(), camera, intrinsics=intrinsics, width=width,
-                           height=height).numpy()
+        cache = self._gbuffer()
+        return render_view(self.ds, self.ds.prepare(cache=cache), camera, intrinsics=intrinsics, width=width,
+                           height=height, cache=cache).numpy()
 
     def render_numpy(self, camera: str) -> np.ndarray:
         return self.render_image(camera)

@@ -231,15 +231,56 @@ def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.arra
     _check("neighbors", neighbors, wp.int32, (faces.shape[0],), dev)
     _check("intrinsics", intrinsics, wp.float32, (4,), dev)
     _check("pose", pose, wp.float32, (7,), dev)
-    grad = color.requires_grad or world.requires_grad or intrinsics.requires_grad or pose.requires_grad
     screen = project_points(world, intrinsics, pose)
+    pair_a, pair_edge = silhouette_pairs(tri_id, depth, screen, faces, neighbors, width, height)
+    return blend(color, screen, faces, pair_a, pair_edge, width)
+
+
+def silhouette_pairs(tri_id: wp.array, depth: wp.array, screen: wp.array, faces: wp.array, neighbors: wp.array,
+                     width: int, height: int) -> tuple[wp.array, wp.array]:
+    """The discrete half of `antialias`: per pixel pair, the front pixel and the silhouette edge.
+
+    Args:
+        tri_id: int32 (N,); depth: float32 (N,); screen: wp.vec3 (V,) `project_points(world, ...)`;
+        faces: int32 (3F,); neighbors: int32 (3F,); width, height: image size (N = height * width).
+
+    Returns:
+        (pair_a, pair_edge), int32 array2d (2, N) each: for pair (d, p) (d = 0 the pair of p and its right
+        neighbor, d = 1 of p and the one below) the front pixel a and the flat index 3 f + k of the blended
+        edge (-1: no blend). Not differentiable (launched with record_tape=False)."""
+    n = width * height
+    _check("tri_id", tri_id, wp.int32, (n,), None)
+    dev = tri_id.device
+    _check("depth", depth, wp.float32, (n,), dev)
+    _check("screen", screen, wp.vec3, (None,), dev)
+    _check("neighbors", neighbors, wp.int32, (faces.shape[0],), dev)
     pair_a = wp.empty((2, n), dtype=wp.int32, device=dev)
     pair_edge = wp.empty((2, n), dtype=wp.int32, device=dev)
     wp.launch(find_silhouette_kernel, dim=(2, n),
               inputs=[tri_id, depth, screen, faces, neighbors, width, height, MAX_WALK],
               outputs=[pair_a, pair_edge], device=dev, record_tape=False)
-    out = wp.zeros(color.shape, dtype=float, device=dev, requires_grad=grad)
-    wp.launch(copy_2d_kernel, dim=color.shape, inputs=[color], outputs=[out], device=dev)
+    return pair_a, pair_edge
+
+
+def blend(color: wp.array, screen: wp.array, faces: wp.array, pair_a: wp.array, pair_edge: wp.array,
+          width: int, into: wp.array | None = None) -> wp.array:
+    """The differentiable half of `antialias`: `color` (N, C) plus the silhouette blends of the pairs from
+    `silhouette_pairs` (see `antialias`). Differentiable w.r.t. color and screen (wp.vec3 (V,)).
+
+    `into`: None, or an (N, C) array that already holds `color` (e.g. `background.composite_output`'s
+    out); the blends are then atomically added into it (no copy) and it is returned."""
+    n = color.shape[0]
+    dev = color.device
+    _check("pair_a", pair_a, wp.int32, (2, n), dev)
+    _check("pair_edge", pair_edge, wp.int32, (2, n), dev)
+    _check("screen", screen, wp.vec3, (None,), dev)
+    if into is not None:
+        _check("into", into, wp.float32, tuple(color.shape), dev)
+        out = into
+    else:
+        grad = color.requires_grad or screen.requires_grad
+        out = wp.zeros(color.shape, dtype=float, device=dev, requires_grad=grad)
+        wp.launch(copy_2d_kernel, dim=color.shape, inputs=[color], outputs=[out], device=dev)
     wp.launch(blend_kernel, dim=(2, n), inputs=[color, screen, faces, pair_a, pair_edge, width],
               outputs=[out], device=dev)
     return out

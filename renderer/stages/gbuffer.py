@@ -58,7 +58,8 @@ def _pixel_uv(width: int, height: int, out: wp.array2d(dtype=float)):
 def hit_points(origins: wp.array, directions: wp.array, depth: wp.array, tri_id: wp.array) -> wp.array2d:
     """(N, 3) world positions origin + depth * direction of covered pixels (zeros elsewhere).
     Differentiable w.r.t. origins, directions and depth."""
-    out = wp.zeros((tri_id.shape[0], 3), dtype=float, device=tri_id.device, requires_grad=True)
+    grad = origins.requires_grad or directions.requires_grad or depth.requires_grad
+    out = wp.zeros((tri_id.shape[0], 3), dtype=float, device=tri_id.device, requires_grad=grad)
     wp.launch(_hit_points, dim=tri_id.shape[0], inputs=[origins, directions, depth, tri_id, out],
               device=tri_id.device)
     return out
@@ -78,7 +79,7 @@ def multiply(a: wp.array2d, b: wp.array2d) -> wp.array2d:
     """Elementwise a * b of two (N, C) arrays. Differentiable w.r.t. both."""
     if a.shape != b.shape:
         raise ValueError(f"multiply: shapes {a.shape} and {b.shape} differ")
-    out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=True)
+    out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
     wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device)
     return out
 

@@ -206,10 +206,23 @@ def shade_kernel(positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=f
 @wp.kernel
 def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
                   model: wp.array(dtype=wp.int32), point_position: wp.array(dtype=wp.vec3),
-                  dir_direction: wp.array(dtype=wp.vec3), eps: float, out: wp.array2d(dtype=float)):
+                  dir_direction: wp.array(dtype=wp.vec3), eps: float, facing_only: int,
+                  out: wp.array2d(dtype=float)):
     i, j = wp.tid()
     lit = 1.0
-    if model[i] >= 0:
+    trace = model[i] >= 0
+    if trace and facing_only != 0:
+        p0 = _row3(positions, i)
+        n0 = _row3(normals, i)
+        l0 = wp.vec3(0.0)
+        if j < point_position.shape[0]:
+            l0 = point_position[j] - p0
+        else:
+            l0 = -dir_direction[j - point_position.shape[0]]
+        if wp.dot(n0, l0) < 0.0:  # the light contributes max(0, n.l) = 0 here: no ray needed
+            lit = 0.0
+            trace = False
+    if trace:
         p = _row3(positions, i)
         n = wp.normalize(_row3(normals, i))
         n_point = point_position.shape[0]
@@ -356,7 +369,7 @@ def shade(positions: wp.array, normals: wp.array, albedo: wp.array, roughness: w
 
 
 def shadow_mask(bvh_id, positions: wp.array, normals: wp.array, model: wp.array, lights: Lights,
-                eps: float = 1.0e-4) -> wp.array:
+                eps: float = 1.0e-4, facing_only: bool = False) -> wp.array:
     """Visibility of every light from every sample: 1 lit, 0 occluded (columns: point lights, then
     directional lights; samples with model -1 get 1).
 
@@ -364,6 +377,11 @@ def shadow_mask(bvh_id, positions: wp.array, normals: wp.array, model: wp.array,
     s = +-1 choosing the light's side of the surface (the offset avoids self-hits and scales like
     float32 roundoff of p), and tests any hit of the mesh `bvh_id` (a `wp.Mesh.id`, wp.uint64) before
     the point light, or at any distance for a directional light.
+
+    With `facing_only`, a sample whose normal faces away from a light (n . l < 0, l towards the light,
+    unnormalized) gets 0 for it without a ray: `shade` multiplies the mask by that light's
+    max(0, n.l) = 0 there (Lambert and GGX), so the rendered image and its gradients are the same
+    (`render_view` uses this; the mask is then not the geometric visibility on those entries).
 
     Not differentiable: launched with record_tape=False, so no gradients flow through shadow
     boundaries (`shade` treats the mask as a constant).
@@ -384,6 +402,6 @@ def shadow_mask(bvh_id, positions: wp.array, normals: wp.array, model: wp.array,
     if n > 0 and lights.count > 0:
         wp.launch(shadow_kernel, dim=(n, lights.count), device=dev, record_tape=False,
                   inputs=[bvh_id, positions, normals, model, lights.point_position,
-                          lights.dir_direction, float(eps)],
+                          lights.dir_direction, float(eps), int(bool(facing_only))],
                   outputs=[out])
     return out

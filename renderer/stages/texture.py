@@ -119,29 +119,61 @@ def _adj_mip_lod(table: wp.array2d(dtype=wp.int32), tex: int, du_dx: float, du_d
     pass  # the lod is a constant for differentiation: no gradient to the uv derivatives
 
 
-@wp.kernel
-def _copy_texture(src: wp.array3d(dtype=float), data: wp.array(dtype=float), offset: int):
-    y, x, c = wp.tid()
-    data[offset + (y * src.shape[1] + x) * src.shape[2] + c] = src[y, x, c]
+@wp.kernel(enable_backward=False)
+def _copy_rows(src: wp.array(dtype=float), data: wp.array(dtype=float), offset: int, row: int):
+    # one thread per texture row (row = w * C floats): a texture is a contiguous (h, w, C) block
+    y = wp.tid()
+    for j in range(y * row, (y + 1) * row):
+        data[offset + j] = src[j]
 
 
-@wp.kernel
+@wp.kernel(enable_backward=False)
+def _copy_rows_adjoint(adj_data: wp.array(dtype=float), offset: int, row: int, adj_src: wp.array(dtype=float)):
+    y = wp.tid()
+    for j in range(y * row, (y + 1) * row):
+        adj_src[j] = adj_src[j] + adj_data[offset + j]
+
+
+@wp.kernel(enable_backward=False)
 def _downsample(data: wp.array(dtype=float), src: int, sw: int, sh: int, dst: int, dw: int, channels: int):
-    y, x, c = wp.tid()
+    y, x = wp.tid()
     # 2x2 box footprint, clamped to the source edge for odd sizes
     x0 = wp.min(2 * x, sw - 1)
     x1 = wp.min(2 * x + 1, sw - 1)
     y0 = wp.min(2 * y, sh - 1)
     y1 = wp.min(2 * y + 1, sh - 1)
-    s = (data[src + (y0 * sw + x0) * channels + c] + data[src + (y0 * sw + x1) * channels + c]
-         + data[src + (y1 * sw + x0) * channels + c] + data[src + (y1 * sw + x1) * channels + c])
-    data[dst + (y * dw + x) * channels + c] = 0.25 * s
+    for c in range(channels):
+        s = (data[src + (y0 * sw + x0) * channels + c] + data[src + (y0 * sw + x1) * channels + c]
+             + data[src + (y1 * sw + x0) * channels + c] + data[src + (y1 * sw + x1) * channels + c])
+        data[dst + (y * dw + x) * channels + c] = 0.25 * s
 
 
-@wp.kernel
+@wp.kernel(enable_backward=False)
+def _downsample_adjoint(adj: wp.array(dtype=float), src: int, sw: int, sh: int, dst: int, dw: int,
+                        channels: int):
+    y, x = wp.tid()
+    x0 = wp.min(2 * x, sw - 1)
+    x1 = wp.min(2 * x + 1, sw - 1)
+    y0 = wp.min(2 * y, sh - 1)
+    y1 = wp.min(2 * y + 1, sh - 1)
+    for c in range(channels):
+        g = 0.25 * adj[dst + (y * dw + x) * channels + c]
+        # atomic: on odd sizes the clamped footprints of neighbouring texels overlap
+        wp.atomic_add(adj, src + (y0 * sw + x0) * channels + c, g)
+        wp.atomic_add(adj, src + (y0 * sw + x1) * channels + c, g)
+        wp.atomic_add(adj, src + (y1 * sw + x0) * channels + c, g)
+        wp.atomic_add(adj, src + (y1 * sw + x1) * channels + c, g)
+
+
+def _flat(a: wp.array) -> wp.array:
+    """A contiguous float array viewed as (size,) floats (no copy; keep `a` alive meanwhile)."""
+    return wp.array(ptr=a.ptr, dtype=float, shape=(a.size,), device=a.device)
+
+
+@wp.kernel(enable_backward=False)
 def _sample(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32),
             tex_index: wp.array(dtype=wp.int32), uv: wp.array2d(dtype=float), uv_da: wp.array2d(dtype=float),
-            use_mips: int, out: wp.array2d(dtype=float)):
+            use_mips: int, scale: wp.array2d(dtype=float), use_scale: int, out: wp.array2d(dtype=float)):
     i = wp.tid()
     t = tex_index[i]
     if t < 0 or t >= table.shape[0]:
@@ -150,11 +182,193 @@ def _sample(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32),
     if use_mips != 0:
         lod = mip_lod(table, t, uv_da[i, 0], uv_da[i, 1], uv_da[i, 2], uv_da[i, 3])
     s = sample_trilinear(data, table, t, uv[i, 0], uv[i, 1], lod)
-    out[i, 0] = s[0]
-    if out.shape[1] > 1:
-        out[i, 1] = s[1]
-    if out.shape[1] > 2:
-        out[i, 2] = s[2]
+    for k in range(out.shape[1]):
+        v = s[k]
+        if use_scale != 0:
+            v = v * scale[i, k]
+        out[i, k] = v
+
+
+@wp.func
+def _scatter(adj_data: wp.array(dtype=float), base: int, w: int, c: int, x: int, y: int, g: wp.vec3):
+    i = base + (y * w + x) * c
+    for k in range(c):
+        wp.atomic_add(adj_data, i + k, g[k])
+
+
+@wp.func
+def _bilinear_adjoint(data: wp.array(dtype=float), adj_data: wp.array(dtype=float), want_data: int,
+                      table: wp.array2d(dtype=wp.int32), tex: int, level: int, u: float, v: float, g: wp.vec3,
+                      want_uv: int) -> wp.vec2:
+    """Adjoint of `sample_bilinear_level` for the output gradient g: adds g times each of the 4 texels'
+    bilinear weights into adj_data (when want_data) and returns (dot(g, ds/du), dot(g, ds/dv)) (when
+    want_uv, else zeros). Mirrors the forward's addressing line by line."""
+    level = wp.clamp(level, 0, table[tex, 0] - 1)
+    col = _HEAD + 3 * level
+    base = table[tex, col]
+    w = table[tex, col + 1]
+    h = table[tex, col + 2]
+    wrap = table[tex, 1]
+    c = table[tex, 2]
+    if wrap == WRAP_REPEAT:
+        u = u - wp.floor(u)  # d/du = 1
+        v = v - wp.floor(v)
+    xr = u * float(w) - 0.5
+    yr = v * float(h) - 0.5
+    x = wp.clamp(xr, -1.0, float(w))
+    y = wp.clamp(yr, -1.0, float(h))
+    x0 = wp.floor(x)
+    y0 = wp.floor(y)
+    fx = x - x0
+    fy = y - y0
+    xa = _address(int(x0), w, wrap)
+    xb = _address(int(x0) + 1, w, wrap)
+    ya = _address(int(y0), h, wrap)
+    yb = _address(int(y0) + 1, h, wrap)
+    if want_data != 0:
+        _scatter(adj_data, base, w, c, xa, ya, g * ((1.0 - fx) * (1.0 - fy)))
+        _scatter(adj_data, base, w, c, xb, ya, g * (fx * (1.0 - fy)))
+        _scatter(adj_data, base, w, c, xa, yb, g * ((1.0 - fx) * fy))
+        _scatter(adj_data, base, w, c, xb, yb, g * (fx * fy))
+    d = wp.vec2(0.0, 0.0)
+    if want_uv != 0:
+        t00 = _fetch(data, base, w, c, xa, ya)
+        t10 = _fetch(data, base, w, c, xb, ya)
+        t01 = _fetch(data, base, w, c, xa, yb)
+        t11 = _fetch(data, base, w, c, xb, yb)
+        ds_dfx = (1.0 - fy) * (t10 - t00) + fy * (t11 - t01)
+        ds_dfy = (1.0 - fx) * (t01 - t00) + fx * (t11 - t10)
+        # d fx / du = w inside the clamp (wp.clamp's adjoint passes at the bounds too), 0 outside
+        dx = wp.where(xr < -1.0 or xr > float(w), 0.0, float(w))
+        dy = wp.where(yr < -1.0 or yr > float(h), 0.0, float(h))
+        d = wp.vec2(wp.dot(g, ds_dfx) * dx, wp.dot(g, ds_dfy) * dy)
+    return d
+
+
+@wp.kernel(enable_backward=False)
+def _sample_adjoint(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32),
+                    tex_index: wp.array(dtype=wp.int32), uv: wp.array2d(dtype=float),
+                    uv_da: wp.array2d(dtype=float), use_mips: int, scale: wp.array2d(dtype=float),
+                    use_scale: int, adj_out: wp.array2d(dtype=float), adj_data: wp.array(dtype=float),
+                    want_data: int, adj_uv: wp.array2d(dtype=float), want_uv: int,
+                    adj_scale: wp.array2d(dtype=float), want_scale: int):
+    i = wp.tid()
+    t = tex_index[i]
+    if t < 0 or t >= table.shape[0]:
+        return
+    lod = 0.0
+    if use_mips != 0:
+        lod = mip_lod(table, t, uv_da[i, 0], uv_da[i, 1], uv_da[i, 2], uv_da[i, 3])
+    u = uv[i, 0]
+    v = uv[i, 1]
+    g = wp.vec3(0.0)
+    for k in range(adj_out.shape[1]):
+        gk = adj_out[i, k]
+        if use_scale != 0:
+            gk = gk * scale[i, k]
+        g[k] = gk
+    if want_scale != 0:  # out = s * scale: d/dscale = s
+        s = sample_trilinear(data, table, t, u, v, lod)
+        for k in range(adj_out.shape[1]):
+            wp.atomic_add(adj_scale, i, k, adj_out[i, k] * s[k])
+    # the forward's level blend: s = s0 + f (s1 - s0), f = frac(clamped lod), the lod a constant
+    lod = wp.clamp(lod, 0.0, float(table[t, 0] - 1))
+    l0 = wp.floor(lod)
+    f = lod - l0
+    d = _bilinear_adjoint(data, adj_data, want_data, table, t, int(l0), u, v, g * (1.0 - f), want_uv)
+    if f > 0.0:
+        d = d + _bilinear_adjoint(data, adj_data, want_data, table, t, int(l0) + 1, u, v, g * f, want_uv)
+    if want_uv != 0:
+        wp.atomic_add(adj_uv, i, 0, d[0])
+        wp.atomic_add(adj_uv, i, 1, d[1])
+
+
+@wp.func
+def _footprint_level(table: wp.array2d(dtype=wp.int32), tex: int, level: int, u: float, v: float, weight: float,
+                     idx: wp.array2d(dtype=wp.int32), w: wp.array2d(dtype=float), i: int, first: int):
+    """The 4 texel addresses (of channel 0) and weights * `weight` of `sample_bilinear_level`."""
+    level = wp.clamp(level, 0, table[tex, 0] - 1)
+    col = _HEAD + 3 * level
+    base = table[tex, col]
+    tw = table[tex, col + 1]
+    th = table[tex, col + 2]
+    wrap = table[tex, 1]
+    c = table[tex, 2]
+    if wrap == WRAP_REPEAT:
+        u = u - wp.floor(u)
+        v = v - wp.floor(v)
+    x = wp.clamp(u * float(tw) - 0.5, -1.0, float(tw))
+    y = wp.clamp(v * float(th) - 0.5, -1.0, float(th))
+    x0 = wp.floor(x)
+    y0 = wp.floor(y)
+    fx = x - x0
+    fy = y - y0
+    xa = _address(int(x0), tw, wrap)
+    xb = _address(int(x0) + 1, tw, wrap)
+    ya = _address(int(y0), th, wrap)
+    yb = _address(int(y0) + 1, th, wrap)
+    idx[i, first] = base + (ya * tw + xa) * c
+    idx[i, first + 1] = base + (ya * tw + xb) * c
+    idx[i, first + 2] = base + (yb * tw + xa) * c
+    idx[i, first + 3] = base + (yb * tw + xb) * c
+    w[i, first] = weight * (1.0 - fx) * (1.0 - fy)
+    w[i, first + 1] = weight * fx * (1.0 - fy)
+    w[i, first + 2] = weight * (1.0 - fx) * fy
+    w[i, first + 3] = weight * fx * fy
+
+
+@wp.kernel(enable_backward=False)
+def _footprint(table: wp.array2d(dtype=wp.int32), tex_index: wp.array(dtype=wp.int32), uv: wp.array2d(dtype=float),
+               uv_da: wp.array2d(dtype=float), use_mips: int, idx: wp.array2d(dtype=wp.int32),
+               w: wp.array2d(dtype=float)):
+    i = wp.tid()
+    t = tex_index[i]
+    if t < 0 or t >= table.shape[0]:
+        for j in range(8):
+            idx[i, j] = 0
+            w[i, j] = 0.0
+        return
+    lod = 0.0
+    if use_mips != 0:
+        lod = mip_lod(table, t, uv_da[i, 0], uv_da[i, 1], uv_da[i, 2], uv_da[i, 3])
+    lod = wp.clamp(lod, 0.0, float(table[t, 0] - 1))
+    l0 = wp.floor(lod)
+    f = lod - l0
+    _footprint_level(table, t, int(l0), uv[i, 0], uv[i, 1], 1.0 - f, idx, w, i, 0)
+    _footprint_level(table, t, int(l0) + 1, uv[i, 0], uv[i, 1], f, idx, w, i, 4)
+
+
+@wp.kernel(enable_backward=False)
+def _gather(data: wp.array(dtype=float), idx: wp.array2d(dtype=wp.int32), w: wp.array2d(dtype=float),
+            scale: wp.array2d(dtype=float), use_scale: int, out: wp.array2d(dtype=float)):
+    i = wp.tid()
+    for k in range(out.shape[1]):
+        s = float(0.0)
+        for j in range(8):
+            s += w[i, j] * data[idx[i, j] + k]
+        if use_scale != 0:
+            s = s * scale[i, k]
+        out[i, k] = s
+
+
+@wp.kernel(enable_backward=False)
+def _gather_adjoint(data: wp.array(dtype=float), idx: wp.array2d(dtype=wp.int32), w: wp.array2d(dtype=float),
+                    scale: wp.array2d(dtype=float), use_scale: int, adj_out: wp.array2d(dtype=float),
+                    adj_data: wp.array(dtype=float), want_data: int, adj_scale: wp.array2d(dtype=float),
+                    want_scale: int):
+    i = wp.tid()
+    for k in range(adj_out.shape[1]):
+        g = adj_out[i, k]
+        if want_scale != 0:
+            s = float(0.0)
+            for j in range(8):
+                s += w[i, j] * data[idx[i, j] + k]
+            wp.atomic_add(adj_scale, i, k, g * s)
+        if use_scale != 0:
+            g = g * scale[i, k]
+        if want_data != 0 and g != 0.0:
+            for j in range(8):
+                wp.atomic_add(adj_data, idx[i, j] + k, w[i, j] * g)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -241,26 +455,51 @@ class TexturePool:
             for level, ((cw, ch), o) in enumerate(zip(chain, offs, strict=True)):
                 table[k, _HEAD + 3 * level:_HEAD + 3 * level + 3] = (o, cw, ch)
 
-        data = wp.zeros(total, dtype=float, device=device, requires_grad=True)
+        grad = any(tex.requires_grad for tex in textures)
+        data = wp.zeros(total, dtype=float, device=device, requires_grad=grad)
+        # The copies and filters are launched off the tape; one recorded function runs their hand-written
+        # adjoint (the pyramid from the top level down, then level 0 into the sources).
         for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
-            wp.launch(_copy_texture, dim=tex.shape, inputs=[tex, data, offs[0]], device=device)
+            if not tex.is_contiguous:
+                raise ValueError("textures: expected contiguous arrays")
+            h, w, c = tex.shape
+            wp.launch(_copy_rows, dim=h, inputs=[_flat(tex), data, offs[0], w * c], device=device,
+                      record_tape=False)
             for level in range(1, len(chain)):
                 (sw, sh), (dw, dh) = chain[level - 1], chain[level]
-                wp.launch(_downsample, dim=(dh, dw, channels),
-                          inputs=[data, offs[level - 1], sw, sh, offs[level], dw, channels], device=device)
+                wp.launch(_downsample, dim=(dh, dw), inputs=[data, offs[level - 1], sw, sh, offs[level], dw, channels],
+                          device=device, record_tape=False)
+        tape = wp._src.context.runtime.tape
+        if grad and tape is not None:
+            def backward():
+                for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
+                    for level in range(len(chain) - 1, 0, -1):
+                        (sw, sh), (dw, dh) = chain[level - 1], chain[level]
+                        wp.launch(_downsample_adjoint, dim=(dh, dw), device=device, record_tape=False,
+                                  inputs=[data.grad, offs[level - 1], sw, sh, offs[level], dw, channels])
+                    if tex.requires_grad:
+                        h, w, c = tex.shape
+                        wp.launch(_copy_rows_adjoint, dim=h, device=device, record_tape=False,
+                                  inputs=[data.grad, offs[0], w * c, _flat(tex.grad)])
+
+            tape.record_func(backward, [data, *[t for t in textures if t.requires_grad]])
         return TexturePool(data, wp.array(table, dtype=wp.int32, device=device), channels, sizes, offsets,
                            list(wraps))
 
 
-def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array | None = None) -> wp.array:
+def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array | None = None,
+           scale: wp.array | None = None) -> wp.array:
     """Sample `pool` per pixel.
 
     tex_index: (N,) int32, the texture of each pixel; -1 (or any index outside the pool) gives zeros.
     uv: (N, 2) float32 (u, v); v = 0 is the top row of the texture (image convention).
     uv_da: None for bilinear sampling of level 0, or (N, 4) float32 (du/dx, du/dy, dv/dx, dv/dy) per
     pixel for trilinear mipmapping (the layout `interpolate_derivatives` returns for a uv attribute).
-    Returns (N, C) float32 on the device of `uv`. Differentiable w.r.t. pool.data and uv; the lod is
-    not differentiated (uv_da gets no gradient)."""
+    scale: None, or (N, C) float32 multiplied into the samples channel by channel (vertex colors: this
+    saves a separate multiply pass).
+    Returns (N, C) float32 on the device of `uv`. Differentiable w.r.t. pool.data, uv and scale, by a
+    hand-written adjoint recorded with `wp.Tape.record_func` (texel gradients scattered with the bilinear
+    or trilinear weights); the lod is not differentiated (uv_da gets no gradient)."""
     if not isinstance(pool, TexturePool):
         raise TypeError(f"pool: expected a TexturePool, got {type(pool).__name__}")
     if not isinstance(uv, wp.array) or uv.ndim != 2 or uv.shape[1] != 2 or uv.dtype != wp.float32:
@@ -282,8 +521,107 @@ def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array
     for name, arr in (("tex_index", tex_index), ("uv_da", uv_da), ("pool.data", pool.data)):
         if arr is not None and arr.device != device:
             raise ValueError(f"{name}: expected device {device} like uv, got {arr.device}")
-    out = wp.zeros((n, pool.channels), dtype=float, device=device,
-                   requires_grad=pool.data.requires_grad or uv.requires_grad)
-    wp.launch(_sample, dim=n, inputs=[pool.data, pool.table, tex_index, uv, uv_da, int(uv_da is not None)],
-              outputs=[out], device=device)
+    if scale is not None:
+        if not isinstance(scale, wp.array) or scale.ndim != 2 or scale.dtype != wp.float32:
+            raise TypeError(f"scale: expected None or a wp.array2d(dtype=float) of shape ({n}, {pool.channels}), "
+                            f"got {getattr(scale, 'dtype', type(scale).__name__)}")
+        if scale.shape != (n, pool.channels):
+            raise ValueError(f"scale: expected shape ({n}, {pool.channels}), got {scale.shape}")
+        if scale.device != device:
+            raise ValueError(f"scale: expected device {device} like uv, got {scale.device}")
+    empty = wp.empty((0, 0), dtype=float, device=device)
+    empty_1d = wp.empty(0, dtype=float, device=device)
+    use_mips, use_scale = int(uv_da is not None), int(scale is not None)
+    uv_da_arr = uv_da if uv_da is not None else empty
+    scale_arr = scale if scale is not None else empty
+    want_data = pool.data.requires_grad
+    want_uv = uv.requires_grad
+    want_scale = scale is not None and scale.requires_grad
+    grad = want_data or want_uv or want_scale
+    out = wp.zeros((n, pool.channels), dtype=float, device=device, requires_grad=grad)
+    inputs = [pool.data, pool.table, tex_index, uv, uv_da_arr, use_mips, scale_arr, use_scale]
+    # The forward is not recorded; the hand-written adjoint below is (Warp's generated one replays the
+    # whole lookup and scatters per channel through branches: about 2x slower).
+    wp.launch(_sample, dim=n, inputs=inputs, outputs=[out], device=device, record_tape=False)
+    tape = wp._src.context.runtime.tape
+    if grad and tape is not None:
+        data, adj_uv, adj_scale = pool.data, uv.grad if want_uv else empty, scale.grad if want_scale else empty
+
+        def backward():
+            wp.launch(_sample_adjoint, dim=n, device=device, record_tape=False,
+                      inputs=[*inputs, out.grad, data.grad if want_data else empty_1d, int(want_data),
+                              adj_uv, int(want_uv), adj_scale, int(want_scale)])
+
+        tape.record_func(backward, [a for a in (pool.data, uv, scale, out) if a is not None and a.requires_grad])
+    return out
+
+
+@dataclass
+class Footprint:
+    """Per-point texel addresses and weights of a trilinear (or bilinear) lookup, for sampling the same
+    points again (`sample_footprint`) while the uvs, the lod inputs and the pool's layout stay the same.
+
+    index: (N, 8) int32 flat offsets of channel 0 of the 4 texels of each of the two blended levels;
+    weight: (N, 8) float32 their weights (sum 1; all 0 for an invalid texture index);
+    layout: the pool's (channels, sizes, offsets, wraps) the addresses are valid for."""
+
+    index: wp.array
+    weight: wp.array
+    layout: tuple
+
+
+def pool_layout(pool: TexturePool) -> tuple:
+    """What a `Footprint` depends on besides the points: (channels, sizes, offsets, wraps), hashable."""
+    return (pool.channels, tuple(map(tuple, pool.sizes)), tuple(map(tuple, pool.offsets)), tuple(pool.wraps))
+
+
+def footprint(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array | None = None) -> Footprint:
+    """The addresses and weights `sample(pool, tex_index, uv, uv_da)` blends (same arguments and
+    conventions). Not differentiable (launched with record_tape=False): uv and uv_da are constants of it."""
+    if not isinstance(pool, TexturePool):
+        raise TypeError(f"pool: expected a TexturePool, got {type(pool).__name__}")
+    if not isinstance(uv, wp.array) or uv.ndim != 2 or uv.shape[1] != 2 or uv.dtype != wp.float32:
+        raise TypeError("uv: expected a wp.array2d(dtype=float) of shape (N, 2)")
+    n = uv.shape[0]
+    if not isinstance(tex_index, wp.array) or tex_index.dtype != wp.int32 or tex_index.shape != (n,):
+        raise ValueError(f"tex_index: expected a wp.array(dtype=wp.int32) of shape ({n},)")
+    if uv_da is not None and (not isinstance(uv_da, wp.array) or uv_da.shape != (n, 4)):
+        raise ValueError(f"uv_da: expected None or a float array of shape ({n}, 4)")
+    dev = uv.device
+    index = wp.empty((n, 8), dtype=wp.int32, device=dev)
+    weight = wp.empty((n, 8), dtype=float, device=dev)
+    da = uv_da if uv_da is not None else wp.empty((0, 0), dtype=float, device=dev)
+    wp.launch(_footprint, dim=n, inputs=[pool.table, tex_index, uv, da, int(uv_da is not None), index, weight],
+              device=dev, record_tape=False)
+    return Footprint(index, weight, pool_layout(pool))
+
+
+def sample_footprint(pool: TexturePool, fp: Footprint, scale: wp.array | None = None) -> wp.array:
+    """`sample` at the points of `fp` (from `footprint` on a pool of the same layout): (N, C) float32,
+    times `scale` (N, C) when given. Differentiable w.r.t. pool.data and scale by a hand-written adjoint
+    (recorded with `wp.Tape.record_func`); not w.r.t. the uvs (they are baked into `fp`)."""
+    if not isinstance(fp, Footprint):
+        raise TypeError(f"fp: expected a Footprint, got {type(fp).__name__}")
+    if fp.layout != pool_layout(pool):
+        raise ValueError("fp: computed for a pool of another layout (texture sizes, channels or wraps)")
+    n, dev, c = fp.index.shape[0], pool.data.device, pool.channels
+    if scale is not None and (not isinstance(scale, wp.array) or scale.dtype != wp.float32 or scale.shape != (n, c)):
+        raise ValueError(f"scale: expected None or a float array of shape ({n}, {c})")
+    empty = wp.empty((0, 0), dtype=float, device=dev)
+    scale_arr = scale if scale is not None else empty
+    want_data = pool.data.requires_grad
+    want_scale = scale is not None and scale.requires_grad
+    out = wp.zeros((n, c), dtype=float, device=dev, requires_grad=want_data or want_scale)
+    inputs = [pool.data, fp.index, fp.weight, scale_arr, int(scale is not None)]
+    wp.launch(_gather, dim=n, inputs=inputs, outputs=[out], device=dev, record_tape=False)
+    tape = wp._src.context.runtime.tape
+    if (want_data or want_scale) and tape is not None:
+        data = pool.data
+
+        def backward():
+            wp.launch(_gather_adjoint, dim=n, device=dev, record_tape=False,
+                      inputs=[*inputs, out.grad, data.grad if want_data else wp.empty(0, dtype=float, device=dev),
+                              int(want_data), scale.grad if want_scale else empty, int(want_scale)])
+
+        tape.record_func(backward, [a for a in (pool.data, scale, out) if a is not None and a.requires_grad])
     return out

@@ -1,0 +1,66 @@
+"""renderer.parallel: a multi-view batch spread over threads (`render_views`, what `Problem.step` uses on
+the CPU) gives the images and gradients of a serial loop of `render_view`, with and without a G-buffer
+cache. Gradients are summed in another order: compared at 1e-5 of the largest entry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import warp as wp
+from support import scenes
+from support.gradcheck import weighted_loss
+
+from renderer import parallel
+from renderer.device_scene import DeviceScene
+from renderer.render import render_view
+from renderer.render_cache import GBufferCache
+
+wp.config.quiet = True
+PATHS = ["materials.canvas.albedo", "meshes.card.vertices", "lights.point0.color", "cameras.side.pose"]
+
+
+@wp.kernel
+def _add(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
+    wp.atomic_add(dst, 0, src[0])
+
+
+def _scene():
+    sc = scenes.gradient_scene(32, 24, mode="antialias")
+    for name, eye in (("side", (2.0, 0.6, 2.4)), ("top", (0.2, 3.0, 1.0))):
+        sc.cameras[name] = scenes.cam(32, 24, scenes.look_at(eye, (0.0, 0.0, 0.0)), 45.0, name=name)
+    return sc
+
+
+def _batch(ds, cache, threaded):
+    ds.zero_grad()
+    tape = wp.Tape()
+    cams = list(ds.scene.cameras)
+    with tape:
+        frame = ds.prepare(cache=cache)
+        if threaded:
+            outs = parallel.render_views(ds, frame, cams, workers=2, cache=cache)
+        else:
+            outs = [render_view(ds, frame, c, cache=cache) for c in cams]
+        total = wp.zeros(1, dtype=float, requires_grad=True)
+        for k, o in enumerate(outs):
+            wp.launch(_add, dim=1, inputs=[weighted_loss(o.image, seed=k), total])
+    tape.backward(total)
+    out = [o.image.numpy().copy() for o in outs], {p: ds.arrays[p].grad.numpy().copy() for p in PATHS}
+    tape.reset()
+    return out
+
+
+@pytest.mark.parametrize("cached", [False, True])
+def test_render_views_matches_serial(cached):
+    ds = DeviceScene(_scene(), "cpu")
+    varying = ["materials.canvas.albedo", "lights.point0.color"]
+    ref_imgs, ref = _batch(ds, None, False)
+    cache = GBufferCache(ds, varying=varying) if cached else None
+    for _ in range(2):
+        imgs, got = _batch(ds, cache, True)
+        for a, b in zip(imgs, ref_imgs, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+        for p in (PATHS if not cached else varying):
+            scale = np.abs(ref[p]).max()
+            assert scale > 0, p
+            np.testing.assert_allclose(got[p], ref[p], rtol=0, atol=1e-5 * scale, err_msg=p)
