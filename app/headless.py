@@ -8,7 +8,13 @@ bar fed by its snapshots, then the results written (atomically) under the output
   loss.png              loss curve (log scale)
   metrics.json          final loss, PSNR render vs target, parameter errors vs truth, timings; for a scene
                         with fields also psnr_test_db, the mean PSNR over the held-out views
-  field_<name>.npz      a trained field (density, sh at its storage precision, aabb, sh_degree, activation)
+  field_<name>.npz      a trained field: a voxel grid's density, sh (at its storage precision), aabb,
+                        sh_degree, activation; a dynamic field's density (T, nx, ny, nz), sh (T, nx, ny, nz,
+                        3K), times, aabb, sh_degree, activation; a neural / NeRF-W field's flat weights,
+                        layout_names / layout_offsets (where each torch parameter starts), spec (the scene
+                        entry as JSON), aabb, type, and NeRF-W's appearance / transient embeddings
+  transient_<camera>.png  NeRF-W: for up to 4 training views, static + transient render | target | transient
+                        share of the opacity (white = transient)
   views/<camera>.png    also for the held-out views of a scene with fields
   recording/            the session's recording (docs/recording.md), unless record=False
 """
@@ -158,16 +164,27 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
     frame = ds.prepare() if fields is None else None
     psnrs, test_psnrs, test_srgb = {}, {}, []
     held_out = {t.camera for t in problem.test_targets}
+    if fields is not None:  # NeRF-W: fit the held-out views' appearance embeddings (left halves) first
+        fields.fit_test_appearance(problem.test_targets)
     for t in problem.targets + problem.test_targets:
         rendered = render_view(ds, frame, t.camera) if fields is None else fields.render(t.camera)
-        (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image)
+        mask = fields.eval_mask(t.camera) if fields is not None else None  # NeRF-W held out: the right half
+        (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image, mask)
         target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
         if t.camera in held_out:  # also as NeRF papers measure it: on the sRGB-encoded images
-            test_srgb.append(_psnr_srgb(rendered.numpy(), target))
+            m = None if mask is None else mask.numpy().reshape(rendered.height, rendered.width).astype(bool)
+            test_srgb.append(_psnr_srgb(rendered.numpy()[m] if m is not None else rendered.numpy(),
+                                        target[m] if m is not None else target))
         write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
     if fields is not None:
         for name, arrays in fields.export().items():
             atomic_write(out / f"field_{name}.npz", lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a))
+        if fields.state.field.type == "nerf_w" and fields.state.leaf("transient") is not None:
+            for camera in fields.train_cameras[:4]:
+                rgb, share = fields.render_transient(camera)
+                gap = np.ones((rgb.shape[0], 2, 3), np.float32)
+                write_image(out / f"transient_{camera}.png", np.concatenate(
+                    [rgb, gap, problem.target_images()[camera], gap, np.repeat(share[..., None], 3, -1)], axis=1))
     _loss_plot(out / "loss.png", snap.history)
     metrics = {
         "scene": problem.scene.path,

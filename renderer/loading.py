@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
+import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -125,8 +128,16 @@ def load_scene(path) -> Scene:
                                                         _f32([light.intensity]))
     for c in spec.cameras:
         scene.cameras[c.name] = Camera(c.name, c.width, c.height, _f32(c.intrinsics()), _f32(c.pose()))
-    for f in spec.fields:
-        scene.fields[f.name] = _field(f)
+    if spec.optimize is not None:
+        _check_dataset_present(spec.optimize.targets, base, file)
+    for i, f in enumerate(spec.fields):
+        n_images = 0
+        if f.type == "nerf_w":
+            if spec.optimize is None:
+                raise err(("fields", i, "type"), "a nerf_w field needs an optimize section: its per-image "
+                                                 "embeddings are sized by the training views")
+            n_images = _training_view_count(spec.optimize.targets, base, file)
+        scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
             raise err(("background",), "expected [r, g, b]: a scene with fields needs a background color "
@@ -164,18 +175,90 @@ def _primitive(p) -> primitives.Built:
     return primitives.torus(p.major_radius, p.minor_radius, p.resolution)
 
 
-def _field(f) -> Field:
-    """A scene `Field` from its validated spec: the fresh grid at the lattice training starts from."""
+def _check_dataset_present(targets, base: Path, file: str) -> None:
+    """A missing `targets.transforms` / `test_transforms` file: generated when the scene gives its recipe
+    (`targets.dataset`; a note with the equivalent `drstudio dataset` command goes to stderr), else a
+    SceneError that says how to generate one."""
+    for key in ("transforms", "test_transforms"):
+        rel = getattr(targets, key)
+        if rel is None or (base / rel).exists():
+            continue
+        where, path = f"optimize.targets.{key}", base / rel
+        recipe = targets.dataset
+        if recipe is None or key != "transforms":
+            raise SceneError(file, where, f"file not found: '{os.path.relpath(path)}' (generate a dataset with "
+                             "`drstudio dataset SCENE --out DIR`)")
+        _generate_dataset(recipe, base, path.parent, file)
+
+
+def _generate_dataset(recipe, base: Path, out: Path, file: str) -> None:
+    """Render the dataset of `recipe` (targets.dataset) into `out` (renderer.datasets)."""
+    from .datasets import Animation, DatasetOptions, plan_dataset, write_dataset
+
+    where = "optimize.targets.dataset"
+    command = recipe.command(shlex.quote(os.path.relpath(base / recipe.scene)), shlex.quote(os.path.relpath(out)))
+    print(f"drstudio: {file}: its dataset is missing; generating it (the same as `{command}`)", file=sys.stderr)
+    try:
+        source = load_scene(base / recipe.scene)
+    except SceneError as e:
+        raise SceneError(file, f"{where}.scene", str(e)) from None
+    animate = Animation(times=recipe.animate_times) if recipe.animate or recipe.animate_times else None
+    try:
+        options = DatasetOptions(views=recipe.views, test_views=recipe.test_views, width=recipe.width,
+                                 height=recipe.height, lighting_variation=recipe.lighting_variation,
+                                 occluders=recipe.occluders, animate=animate, seed=recipe.seed)
+        plan = plan_dataset(source, options)
+    except ValueError as e:
+        raise SceneError(file, where, str(e)) from None
+    write_dataset(source, plan, out, overwrite=True)
+
+
+def _training_view_count(targets, base: Path, file: str) -> int:
+    """The number of training views of `targets` (held-out views excluded): the rows of per-image embeddings."""
+    if targets.transforms is not None:
+        try:
+            load_transforms(base / targets.transforms)  # its own checks, reported under the scene's field
+        except SceneError as e:
+            raise SceneError(file, "optimize.targets.transforms", str(e)) from None
+        doc = json.loads((base / targets.transforms).read_text())
+        return sum(1 for fr in doc["frames"] if not (isinstance(fr, dict) and fr.get("split") == "test"))
+    return len(targets.images or targets.cameras or [])
+
+
+def _field(f, n_images: int = 0) -> Field:
+    """A scene `Field` from its validated spec: the fresh grid at the lattice training starts from, the
+    seeded initial weights of a network (zero embeddings for NeRF-W's `n_images` training views)."""
     from .volume.voxel_grid import VoxelGrid
+
+    aabb = _f32(np.ravel(f.aabb))
+    occ = getattr(f, "occupancy", None)
+    occupancy = OccupancySettings(tuple(occ.resolution), occ.update_every, occ.threshold) if occ else None
+    if f.type in ("neural", "nerf_w"):
+        from .volume.neural_field import initial_weights
+
+        field = Field(f.name, f.type, (), aabb, 0, "softplus", "float32", f.samples_per_ray, None, None, occupancy,
+                      model=f, weights=initial_weights(f))
+        if f.type == "nerf_w":
+            if f.appearance_dim:
+                field.appearance = np.zeros((n_images, f.appearance_dim), np.float32)
+            if f.transient_dim:
+                field.transient = np.zeros((n_images, f.transient_dim), np.float32)
+        return field
+    if f.type == "dynamic":
+        from .volume.time_grid import TimeGrid
+
+        grid = TimeGrid(tuple(f.resolution), f.n_times, aabb, f.sh_degree, f.activation, f.init_density,
+                        device="cpu", requires_grad=False)
+        return Field(f.name, f.type, tuple(f.resolution), aabb, f.sh_degree, f.activation, "float32",
+                     f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(), occupancy, model=f,
+                     n_times=f.n_times, time_range=(float(f.time_range[0]), float(f.time_range[1])))
 
     start = tuple(f.coarse_to_fine.start_resolution) if f.coarse_to_fine else tuple(f.resolution)
     # the VoxelGrid constructor is the one definition of a fresh grid's raw values
-    grid = VoxelGrid(start, np.ravel(f.aabb), f.sh_degree, activation=f.activation, init_density=f.init_density,
+    grid = VoxelGrid(start, aabb, f.sh_degree, activation=f.activation, init_density=f.init_density,
                      device="cpu", requires_grad=False)
-    occ = f.occupancy
-    return Field(f.name, f.type, tuple(f.resolution), _f32(np.ravel(f.aabb)), f.sh_degree, f.activation, f.storage,
-                 f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(),
-                 OccupancySettings(tuple(occ.resolution), occ.update_every, occ.threshold) if occ else None,
+    return Field(f.name, f.type, tuple(f.resolution), aabb, f.sh_degree, f.activation, f.storage,
+                 f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(), occupancy,
                  start if f.coarse_to_fine else None,
                  tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else ())
 
@@ -196,11 +279,21 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
         if not path.startswith("fields."):
             raise SceneError(file, field_path(("optimize", "parameters", path)),
                              "a scene with fields optimizes field parameters only (fields.NAME.density, "
-                             "fields.NAME.sh): the field's render does not depend on this value")
+                             "fields.NAME.sh, fields.NAME.weights, ...): the field's render does not depend on "
+                             "this value")
     for key in ("ssim", "laplacian", "edge_length"):
         if getattr(opt.loss, key) > 0:
             raise SceneError(file, f"optimize.loss.{key}", "not available for fields (they train on batches "
                              "of rays, not whole images, and have no vertices); use l2, l1 and tv")
+    for i, f in enumerate(scene.fields.values()):
+        if f.type in ("neural", "nerf_w") and opt.loss.tv > 0:
+            raise SceneError(file, "optimize.loss.tv", f"total variation regularizes grids; fields[{i}] is a "
+                             f"{f.type} field (an MLP): use l2 or l1")
+        if f.type == "nerf_w" and opt.loss.l1 > 0:
+            raise SceneError(file, "optimize.loss.l1", f"fields[{i}] is a nerf_w field, whose data term is NeRF-W's "
+                             "uncertainty-weighted squared error, weighted by loss.l2; use l2")
+        if f.type == "dynamic":
+            _check_times(scene, opt, f, i)
     if opt.targets.cameras is not None and not scene.meshes:
         raise SceneError(file, "optimize.targets.cameras", "renders the targets from the scene's meshes, and this "
                          "scene has none; use targets.transforms or targets.images")
@@ -223,6 +316,28 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
             if size != (f.width, f.height):
                 raise SceneError(file, field, f"image '{f.image_path}' is {size[0]}x{size[1]}, frames[{i}] of "
                                  f"'{opt.targets.test_transforms}' is {f.width}x{f.height}")
+
+
+def _check_times(scene: Scene, opt: OptimizeSpec, f: Field, index: int) -> None:
+    """A dynamic field trains on frames with a `time` (transforms.json) inside its time range."""
+    file, base = scene.path, Path(scene.path).parent
+    if opt.targets.transforms is None:
+        raise SceneError(file, "optimize.targets", f"fields[{index}] is a dynamic field: its targets must be a "
+                         "targets.transforms whose frames have a \"time\" (drstudio dataset --animate)")
+    t0, t1 = f.time_range
+    for key in ("transforms", "test_transforms"):
+        rel = getattr(opt.targets, key)
+        if rel is None:
+            continue
+        try:
+            frames = load_transforms(base / rel)
+        except SceneError as e:
+            raise SceneError(file, f"optimize.targets.{key}", str(e)) from None
+        for i, fr in enumerate(frames):
+            if fr.time is None or not t0 <= fr.time <= t1:
+                got = "no time" if fr.time is None else f"time {fr.time:g}"
+                raise SceneError(file, f"optimize.targets.{key}", f"frames[{i}] of '{rel}' has {got}; fields[{index}] "
+                                 f"(dynamic) needs every frame's time in its time_range [{t0:g}, {t1:g}]")
 
 
 def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
@@ -284,15 +399,30 @@ def summarize(scene: Scene) -> str:
         lines.append(f"  mesh {m.name}: {m.source}, {len(m.vertices)} vertices, {len(m.faces)} triangles, "
                      f"material {m.material}")
     for f in scene.fields.values():
+        box = f"{_value_text(f.aabb[:3])}..{_value_text(f.aabb[3:])}"
+        if f.type in ("neural", "nerf_w"):
+            m = f.model
+            extra = [f"{m.encoding.upper()} {m.pos_freqs}/{m.dir_freqs} frequencies", f"MLP {m.depth} x {m.width}",
+                     f"{f.weights.size} weights", f"{f.samples_per_ray} samples per ray"]
+            if f.type == "nerf_w":
+                extra.append(f"appearance {m.appearance_dim}, transient {m.transient_dim} per image "
+                             f"({0 if f.appearance is None else len(f.appearance)} images), beta_min {m.beta_min:g}, "
+                             f"lambda_u {m.lambda_u:g}")
+            if f.occupancy is not None:
+                extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every "
+                             f"{f.occupancy.update_every} steps")
+            lines.append(f"  field {f.name}: {f.type} over {box}, " + ", ".join(extra))
+            continue
         extra = [f"SH degree {f.sh_degree}", f"{f.samples_per_ray} samples per ray", f"storage {f.storage}"]
+        if f.type == "dynamic":
+            extra.insert(0, f"{f.n_times} time slices over [{f.time_range[0]:g}, {f.time_range[1]:g}]")
         if f.occupancy is not None:
             extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every {f.occupancy.update_every} "
                          "steps")
         if f.upsample_at:
             extra.append("coarse to fine " + " -> ".join("x".join(map(str, r)) for r in f.resolutions())
                          + f" after steps {', '.join(map(str, f.upsample_at))}")
-        lines.append(f"  field {f.name}: {f.type} {'x'.join(map(str, f.resolution))} over "
-                     f"{_value_text(f.aabb[:3])}..{_value_text(f.aabb[3:])}, " + ", ".join(extra))
+        lines.append(f"  field {f.name}: {f.type} {'x'.join(map(str, f.resolution))} over {box}, " + ", ".join(extra))
     for mat in scene.materials.values():
         props = ", ".join(f"{k} {_value_text(getattr(mat, k))}" for k in ("albedo", "roughness", "metallic"))
         lines.append(f"  material {mat.name}: {mat.model}, {props}, wrap {mat.wrap}")

@@ -22,7 +22,7 @@ import warp as wp
 from .render import RenderOutput
 from .scene import Field
 from .stages.camera import generate_rays
-from .volume import OccupancyGrid, VoxelGrid
+from .volume import OccupancyGrid, VoxelGrid, readout, sample_rays
 from .volume import render as volume_render
 
 DEFAULT_CHUNK = 1 << 16  # rays per launch group when a view is rendered without gradients
@@ -75,6 +75,27 @@ class FieldState:
         if self.field.storage == "float16" and self.grid.dtype != wp.float16:
             return self.grid.astype(wp.float16, requires_grad=False)
         return self.grid
+
+    def time_range(self) -> tuple[float, float] | None:
+        return None
+
+    def render_rays_readout(self, origins: wp.array, directions: wp.array, background: wp.array, *,
+                            time: float | None = None, appearance=None, chunk: int = DEFAULT_CHUNK,
+                            **_) -> np.ndarray:
+        """(N, 3) float32 NumPy colors of rays, forward only and off every tape (`volume.readout`): midpoint
+        samples, the occupancy grid of the moment, the storage precision. The grid and occupancy references
+        are taken once, so a concurrent upsample (which replaces them) does not disturb the render."""
+        grid, occupancy = self.storage_grid(), readout.occupancy_snapshot(self.occupancy)
+        n = origins.shape[0]
+        out = np.empty((n, 3), np.float32)
+        for a in range(0, n, chunk):
+            b = min(a + chunk, n)
+            samples = sample_rays(origins[a:b], directions[a:b], grid.aabb, self.n_samples, jitter=False,
+                                  occupancy=occupancy)
+            density, color = readout.grid_query(grid, samples.positions, samples.directions)
+            rgb, _, _ = readout.composite_forward(density, color, samples, background)
+            out[a:b] = rgb.numpy()
+        return out
 
 
 def render_field_view(state: FieldState, intrinsics: wp.array, pose: wp.array, width: int, height: int,
@@ -156,10 +177,17 @@ class RayBank:
             if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(self))):
                 raise ValueError(f"indices: expected a 1D array of ray indices in [0, {len(self)})")
             indices = wp.array(indices.astype(np.int32), dtype=wp.int32, device=self.device)
-        b = indices.shape[0]
-        origins = wp.empty(b, dtype=wp.vec3, device=self.device)
-        directions = wp.empty(b, dtype=wp.vec3, device=self.device)
-        colors = wp.empty((b, 3), dtype=float, device=self.device)
-        wp.launch(_gather_rays, dim=b, device=self.device, record_tape=False,
-                  inputs=[indices, self.origins, self.directions, self.colors, origins, directions, colors])
-        return origins, directions, colors
+        return gather_rays(indices, self.origins, self.directions, self.colors)
+
+
+def gather_rays(indices: wp.array, origins: wp.array, directions: wp.array, colors: wp.array
+                ) -> tuple[wp.array, wp.array, wp.array]:
+    """(origins[indices], directions[indices], colors[indices]) of int32 `indices` (B,) into vec3 (N,), vec3
+    (N,) and (N, 3) arrays; not recorded on any tape."""
+    b, dev = indices.shape[0], origins.device
+    out_origins = wp.empty(b, dtype=wp.vec3, device=dev)
+    out_directions = wp.empty(b, dtype=wp.vec3, device=dev)
+    out_colors = wp.empty((b, 3), dtype=float, device=dev)
+    wp.launch(_gather_rays, dim=b, device=dev, record_tape=False,
+              inputs=[indices, origins, directions, colors, out_origins, out_directions, out_colors])
+    return out_origins, out_directions, out_colors

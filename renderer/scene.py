@@ -104,27 +104,48 @@ class OccupancySettings:
     threshold: float = 0.01  # density (per unit world length) below which a cell is empty
 
 
+FIELD_TYPES = ("voxel_grid", "neural", "nerf_w", "dynamic")
+
+
 @dataclass
 class Field:
-    """A radiance field (so far: an explicit voxel grid, renderer.volume.VoxelGrid): density + SH color
-    on a lattice spanning `aabb`. `density` and `sh` are its values on its current lattice: after loading,
-    the lattice training starts from (`start_resolution`, which is `resolution` unless the field trains
-    coarse to fine). A training `Problem` replaces them when it resamples the grid, so the two parameters
-    (`fields.NAME.density`, `fields.NAME.sh`) change shape during coarse-to-fine training."""
+    """A radiance field, one of FIELD_TYPES (scenes/README.md "fields", docs/volume.md):
+
+    - "voxel_grid" (renderer.volume.VoxelGrid): density + SH color on a lattice spanning `aabb`. `density`
+      and `sh` are its values on its current lattice: after loading, the lattice training starts from
+      (`start_resolution`, which is `resolution` unless the field trains coarse to fine). A training
+      `Problem` replaces them when it resamples the grid, so the two parameters (`fields.NAME.density`,
+      `fields.NAME.sh`) change shape during coarse-to-fine training.
+    - "dynamic" (renderer.volume.time_grid.TimeGrid): `n_times` such lattices over `time_range`; `density`
+      (T, nx, ny, nz) and `sh` (T * nx, ny, nz, 3K), slice k in rows k * nx .. (k + 1) * nx - 1 (Warp arrays
+      have at most 4 dimensions; the memory is that of a C-ordered (T, nx, ny, nz, 3K) array).
+    - "neural" (renderer.volume.neural_field.NeuralField, an MLP in torch): `weights` (P,) every weight of
+      the network, flat in `NeuralField`'s parameter order (`FlatLayout`); `model` the validated spec with
+      the network's shape (encoding, frequencies, depth, width, ...). `density`, `sh` are None.
+    - "nerf_w" (renderer.volume.neural_field.NerfWField): a neural field plus per-training-image embeddings
+      `appearance` (n_images, appearance_dim) and `transient` (n_images, transient_dim), rows in the order
+      of the training views.
+    """
 
     name: str
-    type: str  # "voxel_grid"
-    resolution: tuple[int, int, int]  # lattice points per axis at the end of training
+    type: str  # one of FIELD_TYPES
+    resolution: tuple[int, ...]  # grids: lattice points per axis at the end of training; () for neural fields
     aabb: np.ndarray  # (6,) float32 (xmin, ymin, zmin, xmax, ymax, zmax)
-    sh_degree: int  # 0, 1 or 2
-    activation: str  # "softplus" or "relu", on the interpolated raw density
-    storage: str  # "float32" or "float16": the precision read-outs render and exports store
+    sh_degree: int  # grids: 0, 1 or 2
+    activation: str  # grids: "softplus" or "relu", on the interpolated raw density
+    storage: str  # "float32" or "float16": the precision read-outs render and exports store (grids)
     samples_per_ray: int  # strata per ray inside the box
-    density: np.ndarray  # (nx, ny, nz) float32 raw densities
-    sh: np.ndarray  # (nx, ny, nz, 3K) float32 SH coefficients, K = (sh_degree + 1)^2
+    density: np.ndarray | None  # grids: (nx, ny, nz) (dynamic: (T, nx, ny, nz)) float32 raw densities
+    sh: np.ndarray | None  # grids: (nx, ny, nz, 3K) (dynamic: (T * nx, ny, nz, 3K)), K = (sh_degree + 1)^2
     occupancy: OccupancySettings | None = None
     start_resolution: tuple[int, int, int] | None = None  # coarse-to-fine: the first lattice
     upsample_at: tuple[int, ...] = ()  # coarse-to-fine: steps after which the lattice grows
+    model: object | None = None  # neural, nerf_w, dynamic: the validated field spec (renderer.scene_schema)
+    weights: np.ndarray | None = None  # neural, nerf_w: (P,) float32
+    appearance: np.ndarray | None = None  # nerf_w: (n_images, appearance_dim) float32
+    transient: np.ndarray | None = None  # nerf_w: (n_images, transient_dim) float32
+    n_times: int = 0  # dynamic: time slices
+    time_range: tuple[float, float] | None = None  # dynamic: the times of the first and last slice
 
     def resolutions(self) -> list[tuple[int, int, int]]:
         """The lattice of each training phase: start_resolution, then one per `upsample_at` step, the
@@ -135,6 +156,16 @@ class Field:
         return [tuple(int(round(s * (r / s) ** (i / k))) for s, r in zip(self.start_resolution, self.resolution,
                                                                           strict=True))
                 for i in range(k + 1)]
+
+    def values(self) -> dict[str, tuple[np.ndarray, str]]:
+        """{key: (value, parameter kind)} of the field's parameters `fields.NAME.<key>`."""
+        out = {}
+        for key, kind in (("density", "density"), ("sh", "sh"), ("weights", "weights"),
+                          ("appearance", "embedding"), ("transient", "embedding")):
+            value = getattr(self, key)
+            if value is not None:
+                out[key] = (value, kind)
+        return out
 
 
 @dataclass
@@ -201,6 +232,6 @@ class Scene:
             add(f"cameras.{cam.name}.intrinsics", cam.intrinsics, "intrinsics")
             add(f"cameras.{cam.name}.pose", cam.pose, "pose")
         for f in self.fields.values():
-            add(f"fields.{f.name}.density", f.density, "density")
-            add(f"fields.{f.name}.sh", f.sh, "sh")
+            for key, (value, kind) in f.values().items():
+                add(f"fields.{f.name}.{key}", value, kind)
         return out

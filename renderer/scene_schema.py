@@ -417,7 +417,71 @@ class VoxelGridFieldSpec(Strict):
         return self
 
 
-FieldSpec = VoxelGridFieldSpec  # a union by "type" once there are other representations
+class _NeuralCommon(Strict):
+    """What a neural field and a NeRF-W field share: the box and the MLP's shape."""
+    name: Name
+    aabb: Aabb
+    encoding: Literal["pe", "ipe"] = "ipe"
+    pos_freqs: Annotated[int, Field(ge=0, le=16)] = 8
+    dir_freqs: Annotated[int, Field(ge=0, le=8)] = 4
+    depth: Annotated[int, Field(ge=1, le=16)] = 4
+    width: Annotated[int, Field(ge=2, le=1024)] = 64
+    use_view_dirs: bool = True
+    density_scale: Positive = 10.0  # density = density_scale * softplus(raw + density_bias), per world length
+    density_bias: float = 0.0
+    samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 64
+    seed: Annotated[int, Field(ge=0)] = 0  # of the weights' initialization
+
+
+class NeuralFieldSpec(_NeuralCommon):
+    """A NeRF MLP in torch (renderer.volume.neural_field.NeuralField), PE or Mip-NeRF IPE; all its weights are
+    one flat parameter `fields.NAME.weights`."""
+    type: Literal["neural"]
+    occupancy: OccupancySpec | None = None
+
+
+class NerfWFieldSpec(_NeuralCommon):
+    """NeRF-W: a neural field plus a per-image appearance embedding (in the static color) and a transient
+    field with an uncertainty (Martin-Brualla et al. 2021). Parameters `fields.NAME.weights`,
+    `fields.NAME.appearance` (n_train_images, appearance_dim), `fields.NAME.transient` (n_train_images,
+    transient_dim). No occupancy grid: transient content may lie anywhere along a ray."""
+    type: Literal["nerf_w"]
+    appearance_dim: Annotated[int, Field(ge=0, le=256)] = 8  # 0: no appearance embedding
+    transient_dim: Annotated[int, Field(ge=0, le=256)] = 8  # 0: no transient component
+    beta_min: Positive = 0.1  # floor of the per-ray uncertainty
+    lambda_u: NonNegative = 1.0  # weight of the transient-density regularizer (mean transient density)
+    transient_bias: float = -4.0  # added to the raw transient density (negative: starts nearly empty)
+
+
+class DynamicFieldSpec(Strict):
+    """A time-conditioned voxel grid (renderer.volume.time_grid.TimeGrid): `n_times` lattices over the time
+    range, linearly blended between neighbouring slices. Parameters `fields.NAME.density` (T, nx, ny, nz),
+    `fields.NAME.sh` (T, nx, ny, nz, 3K)."""
+    name: Name
+    type: Literal["dynamic"]
+    resolution: GridResolution
+    n_times: Annotated[int, Field(ge=2, le=256)]
+    aabb: Aabb
+    time_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.0, 1.0]
+    sh_degree: Literal[0, 1, 2] = 0
+    activation: Literal["softplus", "relu"] = "softplus"
+    init_density: Positive = 0.1
+    samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
+    occupancy: OccupancySpec | None = None
+    time_tv: NonNegative = 1.0  # weight of the temporal smoothness in `loss.tv`, relative to the spatial TV
+    frames_per_batch: Annotated[int, Field(ge=1, le=1024)] = 4  # distinct frames (times) the rays of a step come from
+
+    @field_validator("time_range")
+    @classmethod
+    def _ordered(cls, v: list[float]) -> list[float]:
+        if not v[0] < v[1]:
+            raise ValueError("expected [t_start, t_end] with t_start < t_end")
+        return v
+
+
+FieldSpec = Annotated[VoxelGridFieldSpec | NeuralFieldSpec | NerfWFieldSpec | DynamicFieldSpec,
+                      Field(discriminator="type")]
+NEURAL_FIELD_TYPES = ("neural", "nerf_w")
 
 
 # ---- optimize -----------------------------------------------------------------------------------
@@ -474,6 +538,35 @@ class TargetImage(Strict):
     file: str
 
 
+class DatasetRecipe(Strict):
+    """How the dataset of `targets.transforms` is generated (`drstudio dataset`, renderer.datasets), for a
+    scene that trains on a generated dataset that is not shipped: when the transforms file is missing, the
+    loader generates it into the folder of `targets.transforms` (and says so, with the equivalent command).
+    `scene` (relative to the scene file) is the scene rendered; the other keys are `drstudio dataset`'s options."""
+    scene: str
+    views: Annotated[int, Field(ge=1, le=10000)] = 100
+    test_views: Annotated[int, Field(ge=0)] = 0
+    width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)] = 128
+    height: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)] = 128
+    lighting_variation: NonNegative = 0.0
+    occluders: Annotated[int, Field(ge=0, le=64)] = 0
+    animate: bool = False
+    animate_times: Annotated[int, Field(ge=2)] | None = None
+    seed: Annotated[int, Field(ge=0)] = 0
+
+    def command(self, scene: str, out: str) -> str:
+        """The equivalent `drstudio dataset` command line (paths as given)."""
+        parts = ["drstudio", "dataset", scene, "--out", out, "--views", str(self.views)]
+        for key, default in (("test_views", 0), ("width", 128), ("height", 128), ("lighting_variation", 0.0),
+                             ("occluders", 0), ("animate_times", None), ("seed", 0)):
+            value = getattr(self, key)
+            if value != default:
+                parts += ["--" + key.replace("_", "-"), f"{value:g}" if isinstance(value, float) else str(value)]
+        if self.animate and self.animate_times is None:
+            parts.append("--animate")
+        return " ".join(parts)
+
+
 class Targets(Strict):
     cameras: Annotated[list[Name], Field(min_length=1)] | None = None  # rendered from the true scene
     images: Annotated[list[TargetImage], Field(min_length=1)] | None = None
@@ -482,10 +575,13 @@ class Targets(Strict):
     # `cameras`) or a second transforms.json (with `transforms`; frames with "split": "test" are held out too)
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
     test_transforms: str | None = None
+    dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
 
     @model_validator(mode="after")
     def _one(self) -> Targets:
         _exactly_one(self, "cameras", "images", "transforms")
+        if self.dataset is not None and self.transforms is None:
+            raise ValueError('"dataset" (how to generate the dataset) goes with "transforms"')
         if self.test_cameras is not None and self.cameras is None:
             raise ValueError('"test_cameras" goes with "cameras" (use "test_transforms" with "transforms")')
         if self.test_transforms is not None and self.transforms is None:

@@ -14,6 +14,8 @@ same `Problem.step()`, optimizer, engine and recorder. What differs, and lives h
   schedule clock);
 - every `eval_every` steps the mean PSNR over the test views is computed and reported as the loss
   term `psnr_test_db` (carried between evaluations; it is a read-out, not part of the loss).
+The other representations ("neural", "nerf_w", "dynamic") keep their state in `field_models`
+(`NeuralState`, `DynamicState`); this class dispatches on the field's type.
 """
 
 from __future__ import annotations
@@ -29,16 +31,19 @@ import warp as wp
 from ..device_scene import DeviceScene
 from ..errors import SceneError
 from ..render import RenderOutput
-from ..render_field import FieldState, RayBank, field_grid, render_field_view
+from ..render_field import FieldState, RayBank, field_grid, gather_rays, render_field_view
 from ..scene import Camera, Scene
 from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_RAYS_PER_BATCH
 from ..transforms_json import load_transforms
-from ..volume import OccupancyGrid
+from ..volume import OccupancyGrid, readout
 from ..volume import render as volume_render
 from . import losses
+from .field_models import DynamicState, NeuralState, render_output, view_radius
 from .targets import Target, build_targets
 
-FIELD_KINDS = ("density", "sh")  # parameter kinds of fields: unconstrained raw values
+# parameter kinds of fields: unconstrained raw values (grids), flat network weights, per-image embeddings
+FIELD_KINDS = ("density", "sh", "weights", "embedding")
+GRID_KINDS = ("density", "sh")
 PSNR_TERM = "psnr_test_db"
 
 
@@ -75,7 +80,8 @@ class FieldDeviceScene(DeviceScene):
     training: FieldTraining | None = None
 
     def set(self, path: str, value: np.ndarray) -> None:
-        if self.training is not None and path in self.kinds and self.kinds[path] in FIELD_KINDS:
+        if self.training is not None and path in self.kinds and self.kinds[path] in GRID_KINDS \
+                and self.training.states[path.split(".")[1]].field.type == "voxel_grid":
             shape = tuple(np.shape(value))
             if shape != tuple(self.arrays[path].shape):
                 self.training.move_to_lattice(path.split(".")[1], shape[:3])
@@ -92,21 +98,35 @@ class FieldTraining:
         self.eval_every = int(DEFAULT_EVAL_EVERY if spec.eval_every is None else spec.eval_every)
         self.test_files = dict(test_files)
         self.held_out = held_out_frames(problem.scene, spec.targets)
-        self.states: dict[str, FieldState] = {}
+        self.states: dict[str, FieldState | NeuralState | DynamicState] = {}
         self.phase: dict[str, int] = {}
         params = problem.scene.params()
         # the values each field starts (and resets) from: the optimized ones' inits, the fixed ones' values
         self.start_values: dict[str, np.ndarray] = {}
         for name, f in problem.scene.fields.items():
-            self.states[name] = FieldState(f, self._grid(name))
-            for key in ("density", "sh"):
+            if f.type == "voxel_grid":
+                self.states[name] = FieldState(f, self._grid(name))
+            elif f.type == "dynamic":
+                self.states[name] = DynamicState(f, problem.ds, name)
+            else:
+                self.states[name] = NeuralState(f, problem.ds, name)
+            for key in f.values():
                 path = f"fields.{name}.{key}"
                 self.start_values[path] = problem.initial.get(path, params[path].value.copy())
         self.bank: RayBank | None = None
+        self.train_cameras: list[str] = []
+        self.bank_offsets = np.zeros(1, np.int64)  # first flat ray index of each training view, then the total
+        self.view_radius = np.zeros(0, np.float32)  # cone radius per unit depth of each training view (IPE)
+        self.view_time: dict[str, float] = {}  # camera -> frame time (dynamic fields)
         self.psnr_test = math.nan
         if isinstance(problem.ds, FieldDeviceScene):
             problem.ds.training = self
         self.reset_state()
+
+    @property
+    def state(self):
+        """The scene's field state (one field per scene so far, scene_schema)."""
+        return next(iter(self.states.values()))
 
     # -- arrays ----------------------------------------------------------------------------------
     def _grid(self, name: str):
@@ -145,6 +165,9 @@ class FieldTraining:
         p = self.p
         for name, state in self.states.items():
             f = state.field
+            if f.type != "voxel_grid":
+                state.reset()  # fresh occupancy; the leaves keep their shapes (Problem.reset writes the values)
+                continue
             self.phase[name] = 0
             density, sh = (self.start_values[f"fields.{name}.{k}"] for k in ("density", "sh"))
             self._install(name, wp.array(density, dtype=float, device=p.ds.device, requires_grad=True),
@@ -181,33 +204,97 @@ class FieldTraining:
         self.bank = RayBank([(ds.arrays[f"cameras.{t.camera}.intrinsics"], ds.arrays[f"cameras.{t.camera}.pose"],
                               scene.cameras[t.camera].width, scene.cameras[t.camera].height, t.image)
                              for t in train], ds.device)
+        self.train_cameras = [t.camera for t in train]
+        self.bank_offsets = np.concatenate([[0], np.cumsum(self.bank.sizes)]).astype(np.int64)
+        self.view_radius = np.array([view_radius(scene.cameras[c].intrinsics) for c in self.train_cameras],
+                                    np.float32)
+        self.view_time = self._frame_times()
+        for name, state in self.states.items():
+            rows = getattr(state.field, "appearance", None)
+            rows = rows if rows is not None else getattr(state.field, "transient", None)
+            if rows is not None and rows.shape[0] != len(train):
+                raise SceneError(scene.path, "optimize.targets", f"fields.{name}: its per-image embeddings have "
+                                 f"{rows.shape[0]} rows, the targets {len(train)} training views")
+            if state.field.type == "dynamic":
+                missing = [t.camera for t in train + test if t.camera not in self.view_time]
+                if missing:
+                    raise SceneError(scene.path, "optimize.targets", f"fields.{name} is dynamic: views "
+                                     f"{', '.join(missing[:4])} have no frame time")
         return train, test
+
+    def _frame_times(self) -> dict[str, float]:
+        """camera -> `time` of its transforms.json frame (`frame_<i>`, `test_<i>`), for frames that have one."""
+        spec, scene = self.p.target_spec, self.p.scene
+        base = Path(scene.path).parent if scene.path else Path(".")
+        out = {}
+        for key, prefix in (("transforms", "frame"), ("test_transforms", "test")):
+            path = getattr(spec, key, None)
+            if path:
+                for i, f in enumerate(load_transforms(base / path)):
+                    if f.time is not None:
+                        out[f"{prefix}_{i:03d}"] = float(f.time)
+        return out
+
+    def view_ids(self, indices: np.ndarray) -> np.ndarray:
+        """The training view (index into `train_cameras`) of each flat ray index."""
+        return np.searchsorted(self.bank_offsets, np.asarray(indices), side="right") - 1
 
     # -- the step --------------------------------------------------------------------------------
     def draw_batch(self) -> np.ndarray:
-        """Flat ray indices of this step's batch, uniform over every training pixel (the problem's batch RNG)."""
-        return self.p._view_rng.integers(0, len(self.bank), size=self.rays_per_batch)
+        """Flat ray indices of this step's batch (the problem's batch RNG): uniform over every training pixel;
+        for a dynamic field, `frames_per_batch` distinct training views (so times) and the rays uniform over
+        their pixels, grouped by view."""
+        rng, state = self.p._view_rng, self.state
+        if state.field.type != "dynamic":
+            return rng.integers(0, len(self.bank), size=self.rays_per_batch)
+        n_views = len(self.train_cameras)
+        k = min(int(state.spec.frames_per_batch), n_views)
+        views = np.sort(rng.choice(n_views, size=k, replace=False))
+        counts = np.full(k, self.rays_per_batch // k)
+        counts[: self.rays_per_batch % k] += 1
+        sizes = np.diff(self.bank_offsets)
+        return np.concatenate([self.bank_offsets[v] + rng.integers(0, sizes[v], size=c)
+                               for v, c in zip(views, counts, strict=True)])
 
     def before_step(self, step: int) -> None:
         """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start)."""
         for state in self.states.values():
             occ = state.field.occupancy
-            if state.occupancy is not None and step > 0 and step % occ.update_every == 0:
+            if state.field.type != "voxel_grid":
+                state.update_occupancy(step)
+            elif state.occupancy is not None and step > 0 and step % occ.update_every == 0:
                 state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step)
 
     def record_loss(self, indices: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
         """Forward pass of one step under the caller's tape: the ray batch through every field, image
-        losses on the batch, TV of the free grids. Returns {} (no whole-image outputs)."""
+        losses on the batch, TV of the free grids. Neural fields run (and back-propagate) in torch here and
+        leave their gradients in their leaves' `.grad` and their loss values in `terms`. Returns {} (no
+        whole-image outputs)."""
         p = self.p
-        origins, directions, target = self.bank.gather(indices)
+        free = set(p.free_paths())
         for name, state in self.states.items():
+            kind = state.field.type
+            if kind in ("neural", "nerf_w"):
+                origins, directions, target = self.bank.gather(indices)
+                views = self.view_ids(indices)
+                state.record_loss(origins, directions, target, views, self.view_radius[views], terms, weights,
+                                  step, free)
+                continue
+            if kind == "dynamic":
+                times = np.array([self.view_time[self.train_cameras[v]] for v in self.view_ids(indices)])
+                groups = []
+                for time in np.unique(times):  # one blend of the time slices per distinct time
+                    o, d, t = self.bank.gather(indices[times == time])
+                    groups.append((float(time), o, d, t))
+                state.record_loss(groups, len(indices), terms, weights, step, free)
+                continue
+            origins, directions, target = self.bank.gather(indices)
             rgb, _, _, _ = volume_render(state.grid, origins, directions, state.n_samples, p.ds.background_color,
                                          seed=step, jitter=True, occupancy=state.occupancy)
             for loss in ("l1", "l2"):
                 if loss in terms:
                     getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss])
             if "tv" in terms:
-                free = set(p.free_paths())
                 w_density = weights["tv"] if f"fields.{name}.density" in free else 0.0
                 w_sh = weights["tv"] if f"fields.{name}.sh" in free else 0.0
                 if w_density or w_sh:
@@ -217,7 +304,7 @@ class FieldTraining:
     def after_step(self, step: int) -> dict:
         """Upsample the grids due after this step, evaluate the test PSNR when due; the read-out terms."""
         for name, state in self.states.items():
-            if step + 1 in state.field.upsample_at:
+            if state.field.type == "voxel_grid" and step + 1 in state.field.upsample_at:
                 self.move_to_lattice(name, state.field.resolutions()[self.phase[name] + 1])
         if not self.p.test_targets or self.eval_every == 0:
             return {}
@@ -229,17 +316,115 @@ class FieldTraining:
     def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
                height: int | None = None) -> RenderOutput:
         """A whole view through `camera` (midpoint samples, occupancy skipping, the storage precision);
-        `intrinsics`/`width`/`height` override the camera's (e.g. a smaller thumbnail)."""
+        `intrinsics`/`width`/`height` override the camera's (e.g. a smaller thumbnail). A dynamic field
+        renders at the camera's frame time; NeRF-W renders its static component with the camera's own
+        appearance embedding (a training view), the one fitted on its left half (a held-out view, after an
+        evaluation), else the mean embedding."""
         p = self.p
         c = p.scene.cameras[camera]
         intr = p.ds.arrays[f"cameras.{camera}.intrinsics"] if intrinsics is None else intrinsics
-        state = next(iter(self.states.values()))  # one field per scene so far (scene_schema)
-        return render_field_view(state, intr, p.ds.arrays[f"cameras.{camera}.pose"], width or c.width,
-                                 height or c.height, p.ds.background_color, state.occupancy,
-                                 grid=state.storage_grid())
+        state = self.state
+        w, h = width or c.width, height or c.height
+        if state.field.type == "voxel_grid":
+            return render_field_view(state, intr, p.ds.arrays[f"cameras.{camera}.pose"], w, h,
+                                     p.ds.background_color, state.occupancy, grid=state.storage_grid())
+        origins, directions = readout.camera_rays(intr, p.ds.arrays[f"cameras.{camera}.pose"], w, h, p.ds.device)
+        rgb = state.render_rays_readout(origins, directions, p.ds.background_color, **self._view_settings(camera,
+                                                                                                    intr.numpy()))
+        return render_output(rgb, w, h, p.ds.device)
+
+    def _view_settings(self, camera: str, intrinsics: np.ndarray) -> dict:
+        """render_rays_readout's per-view keywords: the frame time, NeRF-W's embedding, the IPE radius."""
+        state = self.state
+        kind = state.field.type
+        if kind == "dynamic":
+            return {"time": self.view_time.get(camera)}
+        out = {"radius": view_radius(intrinsics)}
+        if kind == "nerf_w" and state.leaf("appearance") is not None:
+            if camera in self.train_cameras:
+                out["appearance"] = state.leaf("appearance").numpy()[self.train_cameras.index(camera)]
+            elif camera in state.fitted_appearance:
+                out["appearance"] = state.fitted_appearance[camera]
+        return out
+
+    def render_transient(self, camera: str) -> tuple[np.ndarray, np.ndarray]:
+        """NeRF-W, a training view: ((H, W, 3) the static + transient render with the view's embeddings,
+        (H, W) the transient share of each pixel's opacity)."""
+        p, state = self.p, self.state
+        if state.field.type != "nerf_w" or camera not in self.train_cameras:
+            raise ValueError(f"render_transient: {camera!r} is not a training view of a nerf_w field")
+        c = p.scene.cameras[camera]
+        o, d = readout.camera_rays(c.intrinsics, c.pose, c.width, c.height, p.ds.device)
+        rgb, share = state.render_rays_readout(o, d, p.ds.background_color, radius=view_radius(c.intrinsics),
+                                               transient_view=self.train_cameras.index(camera), with_opacity=True)
+        return rgb.reshape(c.height, c.width, 3), share.reshape(c.height, c.width)
+
+    # -- viewer read-outs (any thread) -------------------------------------------------------------
+    def render_free(self, pose, intrinsics, width: int, height: int, *, time: float | None = None,
+                    appearance=None) -> np.ndarray:
+        """(height, width, 3) float32 linear RGB of the field seen from a free camera.
+
+        pose (7,) camera-to-world [px, py, pz, qx, qy, qz, qw], intrinsics (4,) [fx, fy, cx, cy] for this
+        width/height. Safe from a viewer thread while the optimizer steps in another: no tape (every launch
+        is `record_tape=False`, torch under `no_grad`), it reads the current values (references taken once at
+        the start, so a concurrent upsample does not disturb it; it samples from a copy of the occupancy grid,
+        which the training thread updates in place) and mutates no training state. Midpoint samples, the
+        occupancy grid of the moment. `time`: for dynamic fields (default: the start of the time
+        range), ignored otherwise; `appearance`: a NeRF-W appearance embedding (appearance_dim,) (default:
+        the mean of the training embeddings), ignored otherwise; NeRF-W renders its static component only."""
+        width, height = int(width), int(height)
+        if width < 1 or height < 1:
+            raise ValueError(f"width, height: expected positive sizes, got {width}x{height}")
+        state = self.state
+        origins, directions = readout.camera_rays(intrinsics, pose, width, height, self.p.ds.device)
+        rgb = state.render_rays_readout(origins, directions, self.p.ds.background_color, time=time,
+                                        appearance=appearance, radius=view_radius(np.asarray(intrinsics).ravel()))
+        return rgb.reshape(height, width, 3)
+
+    def time_range(self) -> tuple[float, float] | None:
+        """(t_min, t_max) of a dynamic field's time axis, None for static fields."""
+        return self.state.time_range()
+
+    def occupancy(self, name: str | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+        """(occupied cells bool (nx, ny, nz), aabb float32 (6,)) of field `name` (default: the first), None
+        when it has no occupancy grid. A copy of the grid of the moment."""
+        state = self.states[name] if name is not None else self.state
+        occ = state.occupancy
+        if occ is None:
+            return None
+        return occ.occupied.numpy().astype(bool), np.asarray(occ.aabb, np.float32)
+
+    def eval_mask(self, camera: str) -> wp.array | None:
+        """(N,) float32 mask of the pixels a held-out view's PSNR is measured on: NeRF-W's protocol fits the
+        view's appearance embedding on the left half of the image and measures the right half (columns
+        >= width // 2); None (every pixel) otherwise."""
+        if self.state.field.type != "nerf_w" or self.state.leaf("appearance") is None \
+                or camera in self.train_cameras:
+            return None
+        c = self.p.scene.cameras[camera]
+        m = np.zeros((c.height, c.width), np.float32)
+        m[:, c.width // 2:] = 1.0
+        return wp.array(m.ravel(), dtype=float, device=self.p.ds.device)
+
+    def fit_test_appearance(self, targets: list[Target]) -> None:
+        """NeRF-W: fit each held-out view's appearance embedding on the left half of its target
+        (`NeuralState.fit_appearance`); later renders of the view use it."""
+        state, p = self.state, self.p
+        if state.field.type != "nerf_w" or state.leaf("appearance") is None:
+            return
+        for t in targets:
+            c = p.scene.cameras[t.camera]
+            o, d = readout.camera_rays(c.intrinsics, c.pose, c.width, c.height, p.ds.device)
+            left = np.flatnonzero((np.arange(c.width * c.height) % c.width) < c.width // 2)
+            idx = wp.array(left.astype(np.int32), dtype=wp.int32, device=p.ds.device)
+            lo, ld, lt = gather_rays(idx, o, d, t.image)
+            state.fitted_appearance[t.camera] = state.fit_appearance(lo, ld, lt.numpy(), p.ds.background_color,
+                                                                     view_radius(c.intrinsics))
 
     def psnr_by_view(self, targets: list[Target]) -> dict[str, float]:
-        return {t.camera: losses.psnr(self.render(t.camera).image, t.image) for t in targets}
+        self.fit_test_appearance([t for t in targets if t.camera not in self.train_cameras])
+        return {t.camera: losses.psnr(self.render(t.camera).image, t.image, self.eval_mask(t.camera))
+                for t in targets}
 
     def test_psnr(self) -> float:
         """Mean over the held-out views of each view's PSNR (dB, peak 1), NaN without test views."""
@@ -247,21 +432,27 @@ class FieldTraining:
         return float(np.mean(values)) if values else math.nan
 
     def parameter_metrics(self) -> dict:
-        """{path: {...}} for the optimized field parameters: lattice, storage, bytes (no ground truth)."""
+        """{path: {...}} for the optimized field parameters: shape, storage, bytes (no ground truth)."""
         out = {}
         for path in self.p.param_specs:
             name, key = path.split(".")[1:]
             state = self.states[name]
-            arr = state.grid.density if key == "density" else state.grid.sh
-            itemsize = 2 if state.field.storage == "float16" else 4
-            out[path] = {"shape": list(arr.shape), "storage": state.field.storage,
-                         "bytes": int(np.prod(arr.shape)) * itemsize}
+            arr = self.p.ds.arrays[path]
+            storage = state.field.storage if state.field.type == "voxel_grid" else "float32"
+            itemsize = 2 if storage == "float16" else 4
+            out[path] = {"shape": list(arr.shape), "storage": storage, "bytes": int(np.prod(arr.shape)) * itemsize}
         return out
 
     def export(self) -> dict[str, dict[str, np.ndarray]]:
-        """{field name: {"density", "sh" (at the storage precision), "aabb", "sh_degree", "activation"}}."""
+        """{field name: arrays of `field_NAME.npz`}: a voxel grid's "density", "sh" (at the storage precision),
+        "aabb", "sh_degree", "activation"; a dynamic field's density (T, nx, ny, nz), sh (T, nx, ny, nz, 3K),
+        times, aabb, sh_degree, activation; a neural field's flat "weights" with its layout (names, offsets),
+        its spec (JSON), aabb, type, and NeRF-W's "appearance" / "transient" embeddings."""
         out = {}
         for name, state in self.states.items():
+            if state.field.type != "voxel_grid":
+                out[name] = state.export()
+                continue
             g = state.storage_grid()
             out[name] = {"density": g.density.numpy().copy(), "sh": g.sh.numpy().copy(),
                          "aabb": np.asarray(g.aabb, np.float32), "sh_degree": np.int32(g.sh_degree),

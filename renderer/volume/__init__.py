@@ -6,6 +6,10 @@
 - `voxel_grid.VoxelGrid`: an explicit field, density + SH color on a lattice, trilinear (differentiable
   w.r.t. its values), with total variation, upsampling and float16 storage.
 
+- `readout`: forward-only versions of camera rays, grid queries and compositing that record nothing on any
+  tape (Warp's tape is global), for viewer threads rendering while training records its step.
+- `neural_field` (torch NeRF MLP, PE/IPE, `NerfWField`, `FlatLayout`), `time_grid.TimeGrid` (dynamic fields).
+
 `render` is the thin composition of the three for a field with a `query(positions, directions)` method.
 Independent of the mesh renderer; rays come from `renderer.stages.camera.generate_rays`.
 """
@@ -17,6 +21,7 @@ import warp as wp
 from .composite import composite
 from .march import Samples, sample_rays
 from .occupancy import OccupancyGrid
+from .time_grid import TimeGrid as TimeGrid
 from .voxel_grid import VoxelGrid
 
 __all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "sample_rays"]

@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from numbers import Integral, Real
 
+import numpy as np
 import torch
 import warp as wp
 
@@ -228,3 +229,118 @@ def render_rays(field: NeuralField, origins, directions, pixel_radius, aabb, n_s
         density, color = field.query_frustums(o_t[ray], d_t[ray], wp.to_torch(samples.t_starts),
                                               wp.to_torch(samples.t_ends), radius[ray])
     return composite_torch(density.contiguous(), color.contiguous(), samples, background, min_transmittance)
+
+
+def sample_inputs(field: NeuralField, samples, origins: torch.Tensor, directions: torch.Tensor,
+                  radii: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position features (S, F), unit view directions (S, 3)) of packed `samples` (`march.sample_rays`) for
+    `field`'s encoding: PE of `samples.positions` ("pe") or IPE of the conical frustums [t_start, t_end] of
+    the samples' rays ("ipe", `radii` (N,) cone radius per unit t per ray). origins, directions: (N, 3)
+    float32 tensors of the rays (constants)."""
+    if field.encoding == "pe" or samples.n_samples == 0:
+        positions = wp.to_torch(samples.positions, requires_grad=False).reshape(-1, 3)
+        return field.encode(positions), wp.to_torch(samples.directions, requires_grad=False).reshape(-1, 3)
+    ray = wp.to_torch(samples.ray_indices, requires_grad=False).long()
+    d = directions[ray]
+    mean, var = conical_frustum_gaussian(origins[ray], d, wp.to_torch(samples.t_starts, requires_grad=False),
+                                         wp.to_torch(samples.t_ends, requires_grad=False), radii[ray])
+    return field.encode(mean, var), d / d.norm(dim=-1, keepdim=True).clamp_min(1e-20)
+
+
+class NerfWField(NeuralField):
+    """NeRF in the Wild (Martin-Brualla et al. 2021) on top of `NeuralField`: the static color also sees a
+    per-image appearance embedding, and a transient head (trunk features + a per-image transient embedding
+    -> one hidden layer of width // 2) gives a transient density, color and uncertainty per sample.
+
+    Args (besides `NeuralField`'s):
+        appearance_dim: length of the appearance embedding fed to the color head (0: none).
+        transient_dim: length of the transient embedding (0: no transient head).
+        transient_bias: added to the raw transient density before softplus (negative: starts nearly empty).
+
+    `forward(features (S, F), view_dirs (S, 3), appearance (S, A) | None, transient (S, T) | None)`:
+    (density (S,), color (S, 3)) of the static field (appearance None: the zero embedding), plus, when
+    `transient` is given, (transient density (S,) = density_scale * softplus(raw + transient_bias),
+    transient color (S, 3) sigmoid, uncertainty beta (S,) softplus >= 0): a 5-tuple.
+    """
+
+    def __init__(self, aabb, appearance_dim: int = 8, transient_dim: int = 8, transient_bias: float = -4.0,
+                 **kwargs):
+        super().__init__(aabb, **kwargs)
+        for name, v in (("appearance_dim", appearance_dim), ("transient_dim", transient_dim)):
+            if not isinstance(v, Integral) or isinstance(v, bool) or v < 0:
+                raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+        self.appearance_dim, self.transient_dim = int(appearance_dim), int(transient_dim)
+        self.transient_bias = float(transient_bias)
+        width = self.density_head.in_features
+        n_dir = 3 * (1 + 2 * self.dir_freqs) if self.use_view_dirs else 0
+        self.color_head = torch.nn.Sequential(torch.nn.Linear(width + n_dir + self.appearance_dim, width // 2),
+                                              torch.nn.ReLU(), torch.nn.Linear(width // 2, 3))
+        self.transient_head = (torch.nn.Sequential(torch.nn.Linear(width + self.transient_dim, width // 2),
+                                                   torch.nn.ReLU(), torch.nn.Linear(width // 2, 5))
+                               if self.transient_dim > 0 else None)
+
+    def forward(self, features: torch.Tensor, view_dirs: torch.Tensor, appearance: torch.Tensor | None = None,
+                transient: torch.Tensor | None = None):
+        h = self.trunk(features)
+        density = self.density_scale * torch.nn.functional.softplus(self.density_head(h)[:, 0] + self.density_bias)
+        parts = [h]
+        if self.use_view_dirs:
+            parts.append(positional_encoding(view_dirs, self.dir_freqs))
+        if self.appearance_dim:
+            parts.append(appearance if appearance is not None
+                         else h.new_zeros((h.shape[0], self.appearance_dim)))
+        color = torch.sigmoid(self.color_head(torch.cat(parts, dim=-1)))
+        if transient is None or self.transient_head is None:
+            return density, color
+        raw = self.transient_head(torch.cat([h, transient], dim=-1))
+        t_density = self.density_scale * torch.nn.functional.softplus(raw[:, 0] + self.transient_bias)
+        return density, color, t_density, torch.sigmoid(raw[:, 1:4]), torch.nn.functional.softplus(raw[:, 4])
+
+
+class FlatLayout:
+    """Where each parameter of a module lives in one flat float32 vector (the scene parameter
+    `fields.NAME.weights`): the module's `named_parameters()` order, each row-major.
+
+    `size`: total length; `flatten(module) -> np.ndarray (size,)`; `views(flat (size,) tensor) -> {name:
+    tensor of the parameter's shape}` (views of `flat`, no copies: gradients flow back into `flat`), for
+    `torch.func.functional_call(module, layout.views(flat), args)`."""
+
+    def __init__(self, module: torch.nn.Module):
+        self.entries: list[tuple[str, int, tuple[int, ...]]] = []
+        offset = 0
+        for name, p in module.named_parameters():
+            self.entries.append((name, offset, tuple(p.shape)))
+            offset += p.numel()
+        self.size = offset
+
+    def flatten(self, module: torch.nn.Module) -> np.ndarray:
+        params = dict(module.named_parameters())
+        return torch.cat([params[name].detach().reshape(-1).to(torch.float32) for name, _, _ in self.entries]
+                         ).numpy().copy()
+
+    def views(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        if flat.ndim != 1 or flat.shape[0] != self.size:
+            raise ValueError(f"flat: expected a vector of {self.size} weights, got shape {tuple(flat.shape)}")
+        return {name: flat[o:o + math.prod(shape)].view(shape) for name, o, shape in self.entries}
+
+
+def module_from_spec(spec) -> NeuralField:
+    """The (freshly initialized) module of a validated scene field spec of type "neural" or "nerf_w"
+    (renderer.scene_schema): its box, encoding and MLP shape."""
+    kwargs = dict(encoding=spec.encoding, pos_freqs=spec.pos_freqs, dir_freqs=spec.dir_freqs, depth=spec.depth,
+                  width=spec.width, density_bias=spec.density_bias, density_scale=spec.density_scale,
+                  use_view_dirs=spec.use_view_dirs)
+    aabb = [x for corner in spec.aabb for x in corner]
+    if spec.type == "nerf_w":
+        return NerfWField(aabb, appearance_dim=spec.appearance_dim, transient_dim=spec.transient_dim,
+                          transient_bias=spec.transient_bias, **kwargs)
+    return NeuralField(aabb, **kwargs)
+
+
+def initial_weights(spec) -> np.ndarray:
+    """float32 (P,): the flat weights (`FlatLayout`) of `module_from_spec(spec)` initialized by torch's default
+    rules from `spec.seed` (a private generator state: the global torch RNG is left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.seed))
+        module = module_from_spec(spec)
+    return FlatLayout(module).flatten(module)
