@@ -47,7 +47,6 @@ class FieldSource:
     def __init__(self, problem):
         self.problem = problem
         self.training = problem.field_training
-        self._lock = occupancy_lock(self.training)
 
     def time_range(self):
         return self.training.time_range()
@@ -58,30 +57,9 @@ class FieldSource:
 
     def render(self, pose, intrinsics, width: int, height: int, *, time=None) -> np.ndarray:
         """(height, width, 3) float32 linear RGB through a camera pose (7,) / intrinsics (4,)."""
-        with self._lock:  # not while the engine thread updates the occupancy grid in place
-            return np.asarray(self.training.render_free(np.asarray(pose, np.float32),
-                                                        np.asarray(intrinsics, np.float32), int(width), int(height),
-                                                        time=time), np.float32)
-
-
-def occupancy_lock(training) -> threading.Lock:
-    """A lock held by `training.before_step` (where the engine thread updates occupancy grids in place)
-    and by our `render_free` calls. Stopgap for a renderer race: `render_free` samples rays in two passes
-    (count, then write) that both read the live occupancy grid, so an update between them makes the
-    write pass overrun its arrays (seen as segfaults). Installed once per `FieldTraining` by wrapping its
-    `before_step`; remove when `render_free` samples from a copy of the grid."""
-    lock = getattr(training, "_viewer_occupancy_lock", None)
-    if lock is None:
-        lock = threading.Lock()
-        original = training.before_step
-
-        def before_step(step, _original=original, _lock=lock):
-            with _lock:
-                return _original(step)
-
-        training.before_step = before_step
-        training._viewer_occupancy_lock = lock
-    return lock
+        # render_free samples against a copy of the occupancy grid, so the engine may update it meanwhile
+        return np.asarray(self.training.render_free(np.asarray(pose, np.float32), np.asarray(intrinsics, np.float32),
+                                                    int(width), int(height), time=time), np.float32)
 
 
 # -- requests and results ------------------------------------------------------------------------------

@@ -443,6 +443,37 @@ class FieldTraining:
             out[path] = {"shape": list(arr.shape), "storage": storage, "bytes": int(np.prod(arr.shape)) * itemsize}
         return out
 
+    # -- keyframes (renderer.recording.state: stored and restored after the parameter values) ----------
+    def extra_state(self) -> dict[str, np.ndarray]:
+        """Training state that is not a parameter but steers later steps: each field's occupancy grid
+        (`occupancy.NAME.density` float32, `occupancy.NAME.occupied` uint8, both (nx, ny, nz)) and the
+        carried held-out PSNR (`psnr_test_db`, (1,), reported between evaluations). With it a resumed run
+        samples the same points as the recorded one."""
+        out = {PSNR_TERM: np.array([self.psnr_test], np.float64)}
+        for name, state in self.states.items():
+            if state.occupancy is not None:
+                out[f"occupancy.{name}.density"] = state.occupancy.density.numpy().copy()
+                out[f"occupancy.{name}.occupied"] = state.occupancy.occupied.numpy().copy()
+        return out
+
+    def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `extra_state` stored; a field whose grid is missing or of another shape keeps its
+        own (ValueError names the entry)."""
+        if PSNR_TERM in state:
+            self.psnr_test = float(np.asarray(state[PSNR_TERM]).ravel()[0])
+        for name, st in self.states.items():
+            if st.occupancy is None:
+                continue
+            for key in ("density", "occupied"):
+                entry = f"occupancy.{name}.{key}"
+                if entry not in state:
+                    continue
+                arr = getattr(st.occupancy, key)
+                value = np.asarray(state[entry])
+                if value.shape != tuple(arr.shape):
+                    raise ValueError(f"{entry}: expected shape {tuple(arr.shape)}, got {value.shape}")
+                arr.assign(wp.array(value.astype(arr.numpy().dtype), dtype=arr.dtype, device=arr.device))
+
     def export(self) -> dict[str, dict[str, np.ndarray]]:
         """{field name: arrays of `field_NAME.npz`}: a voxel grid's "density", "sh" (at the storage precision),
         "aabb", "sh_degree", "activation"; a dynamic field's density (T, nx, ny, nz), sh (T, nx, ny, nz, 3K),
