@@ -223,8 +223,7 @@ class FieldFrames:
 
         name, f = next(iter(scene.fields.items()))
         if getattr(f, "type", "voxel_grid") != "voxel_grid":
-            raise PathError(f"{scene.path}: field {name!r} is a {f.type} field; drstudio video renders voxel_grid "
-                            "fields (export other fields from the viewer's Camera path window)")
+            raise PathError(f"{scene.path}: field {name!r} is a {f.type} field; use TrainedFieldFrames")
         params = params or {}
         if params and not any(k.startswith(f"fields.{name}.") for k in params):
             raise PathError(f"{params_file}: no values of field {name!r} (it holds {', '.join(sorted(params))})")
@@ -259,6 +258,42 @@ class FieldFrames:
                                 wp.array(np.asarray(pose, np.float32), dtype=float, device=dev), width, height,
                                 self.background, self.state.occupancy)
         return out.image.numpy().reshape(height, width, 3).copy()
+
+
+class TrainedFieldFrames:
+    """Renders a neural, NeRF-W or dynamic field (whose values only make sense with the scene's training set-up:
+    the network layout, the per-image embeddings, the time axis) through any camera: the scene's `Problem` is
+    built, `values` (a params.npz) are set, and frames come from `FieldTraining.render_free` (NeRF-W: the static
+    component with the mean appearance embedding; dynamic: at the frame's time, `time_range` for the sweep)."""
+
+    def __init__(self, scene, device=None, values: dict | None = None, params_file: str = "params"):
+        from renderer.optim.problem import Problem
+
+        name, f = next(iter(scene.fields.items()))
+        if scene.optimize is None:
+            raise PathError(f"{scene.path}: a {f.type} field is defined by its training set-up; the scene has no "
+                            "'optimize' section")
+        values = values or {}
+        if values and not any(k.startswith(f"fields.{name}.") for k in values):
+            raise PathError(f"{params_file}: no values of field {name!r} (it holds {', '.join(sorted(values))})")
+        self.problem = Problem(scene, device)
+        for path, value in values.items():
+            if path not in self.problem.ds.arrays:
+                raise PathError(f"{params_file}: {path!r} is not a parameter of {scene.path}")
+            try:
+                self.problem.ds.set(path, np.asarray(value, np.float32))
+            except ValueError as exc:
+                raise PathError(f"{params_file}: {path}: {exc}") from None
+        self.training = self.problem.field_training
+        aabb = np.asarray(f.aabb, np.float64).ravel()
+        self.center = (aabb[:3] + aabb[3:]) / 2.0
+
+    def time_range(self):
+        return self.training.time_range()
+
+    def render(self, pose, intrinsics, width: int, height: int, time=None) -> np.ndarray:
+        return np.asarray(self.training.render_free(np.asarray(pose, np.float32), np.asarray(intrinsics, np.float32),
+                                                    int(width), int(height), time=time), np.float32)
 
 
 class MeshFrames:
@@ -304,6 +339,9 @@ def scene_frames(scene, device=None, params_path=None):
     values = _load_npz(params_path) if params_path else None
     name = str(params_path) if params_path else "params"
     if scene.fields:
+        kind = getattr(next(iter(scene.fields.values())), "type", "voxel_grid")
+        if kind != "voxel_grid":
+            return TrainedFieldFrames(scene, device, values, name)
         return FieldFrames(scene, device, values, name)
     return MeshFrames(scene, device, values, name)
 

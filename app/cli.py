@@ -136,6 +136,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_video(args: argparse.Namespace) -> int:
     """A camera-path video of a scene: its field, or its meshes (app.camera_path)."""
+    import numpy as np
+
     from . import camera_path as cp
 
     def fail(message: str) -> int:
@@ -161,9 +163,11 @@ def cmd_video(args: argparse.Namespace) -> int:
         render = frames.render
         if scene.fields:
             def render(pose, intr, w, h, time=None):
-                return cp.render_banded(frames.render, pose, intr, w, h, band_rays=1 << 16)
+                return cp.render_banded(frames.render, pose, intr, w, h, band_rays=1 << 16, time=time)
 
-        cp.write_video(out, path, width, height, render, fps=args.fps)
+        span = frames.time_range() if hasattr(frames, "time_range") else None
+        times = None if span is None else list(np.linspace(span[0], span[1], len(path)))  # a dynamic field plays
+        cp.write_video(out, path, width, height, render, fps=args.fps, times=times)
     except cp.PathError as e:
         return fail(str(e))
     print(f"wrote {out} ({len(path)} frames, {width}x{height}, {args.fps:g} fps)")

@@ -442,6 +442,39 @@ def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bi
     assert any(f.name.startswith("transient_") for f in out.iterdir())
     report = verify(load_recording(out / "recording"), rtol=0.0)  # torch on a fixed thread count: bit for bit
     assert report.ok, report.message()
+    # `drstudio video` renders the trained field (the params.npz values, not the fresh initialization)
+    scene = write(datasets, doc, "run_w.json")
+    video = tmp_path / "orbit.mp4"
+    assert cli.main(["video", str(scene), "--params", str(out / "params.npz"), "--frames", "3", "--size", "16x16",
+                     "--out", str(video)]) == 0
+    import imageio.v3 as iio
+
+    from app.camera_path import TrainedFieldFrames
+    assert iio.imread(video).shape == (3, 16, 16, 3)
+    trained = TrainedFieldFrames(load_scene(scene), "cpu", dict(np.load(out / "params.npz")))
+    fresh = TrainedFieldFrames(load_scene(scene), "cpu")
+    cam = load_scene(scene).cameras["preview"]
+    a, b = (f.render(cam.pose, cam.intrinsics, 16, 16) for f in (trained, fresh))
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_video_of_a_dynamic_field_plays_its_time_range(datasets, tmp_path):
+    """A dynamic field's video sweeps its time range: frames of the same pose at t=0 and t=1 differ."""
+    from app.camera_path import TrainedFieldFrames
+    problem = problem_of(datasets, DYNAMIC, "anim", steps=30)
+    for _ in range(30):
+        problem.step()
+    values = {p: problem.ds.get(p) for p in problem.param_specs}
+    scene = write(datasets, scene_doc(DYNAMIC, "anim/transforms.json"), "video_dyn.json")
+    frames = TrainedFieldFrames(load_scene(scene), "cpu", values)
+    assert frames.time_range() == (0.0, 1.0)
+    cam = load_scene(scene).cameras["preview"]
+    t0, t1 = (frames.render(cam.pose, cam.intrinsics, 16, 16, time=t) for t in (0.0, 1.0))
+    assert np.abs(t0 - t1).max() > 1e-2  # the globe moved
+    np.savez(tmp_path / "params.npz", **values)
+    video = tmp_path / "dyn.mp4"
+    assert cli.main(["video", str(scene), "--params", str(tmp_path / "params.npz"), "--frames", "2", "--size",
+                     "16x16", "--out", str(video)]) == 0
 
 
 def test_nerf_w_held_out_protocol_fits_the_left_half_and_scores_the_right(datasets):
