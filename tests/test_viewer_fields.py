@@ -426,3 +426,67 @@ def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
 
     pts, n = occupancy_points(np.ones((40, 40, 40), bool), [0, 0, 0, 1, 1, 1], limit=1000)
     assert n == 64000 and 900 <= len(pts) <= 1000
+
+
+# -- torch fields (neural, NeRF-W) in the viewer ----------------------------------------------------------
+
+def write_torch_field_scene(folder: Path, kind: str) -> Path:
+    """A tiny neural (IPE) or NeRF-W field on a 10-view 16x16 dataset of the globe (NeRF-W: varied
+    lighting and occluders), 2 views held out."""
+    from renderer.datasets import DatasetOptions, generate_dataset
+    from renderer.loading import load_scene
+
+    globe = load_scene(Path(__file__).resolve().parents[1] / "scenes" / "texture.json")
+    extra = dict(lighting_variation=0.4, occluders=1) if kind == "nerf_w" else {}
+    generate_dataset(globe, folder / "data", DatasetOptions(views=10, test_views=2, width=16, height=16, **extra),
+                     device="cpu")
+    box = [[-1.05, -1.05, -1.05], [1.05, 1.05, 1.05]]
+    field = {"name": "nerf", "type": kind, "aabb": box, "encoding": "ipe", "pos_freqs": 4, "dir_freqs": 0,
+             "use_view_dirs": False, "depth": 2, "width": 32, "samples_per_ray": 16, "density_scale": 10.0}
+    params = {"fields.nerf.weights": {"lr": 0.01}}
+    if kind == "nerf_w":
+        field.update(appearance_dim=4, transient_dim=4)
+        params.update({"fields.nerf.appearance": {"lr": 0.03}, "fields.nerf.transient": {"lr": 0.03}})
+    doc = {"version": 1,
+           "cameras": [{"name": "preview", "width": 16, "height": 16, "fov_y": 40,
+                        "look_at": {"eye": [0, 0.8, 3.5], "target": [0, 0, 0]}}],
+           "background": [0.05, 0.05, 0.05], "fields": [field],
+           "optimize": {"parameters": params, "targets": {"transforms": "data/transforms.json"},
+                        "loss": {"l2": 1.0}, "optimizer": {"type": "adam", "lr": 0.01}, "steps": 100000,
+                        "rays_per_batch": 256, "eval_every": 5}}
+    path = folder / f"{kind}.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _torch_field_session(s: Script, state):
+    pv = state.preview
+    assert pv is not None and "field.time" not in state.rects  # a static field: preview, no time slider
+    state.gizmo.show_current = state.gizmo.show_targets = False
+    yield from s.frames(2)
+    state.send("start")
+    yield from s.until(state, lambda: state.snapshot.step >= 12, "12 training steps")
+    yield from s.until(state, lambda: "psnr_test_db" in state.snapshot.loss_terms, "a held-out PSNR")
+    step = state.snapshot.step
+    yield from s.until(state, lambda: pv.latest is not None and pv.latest.values_key[0] >= step,
+                       "a preview of the trained values")
+    yield from s.frames(3)
+    img = s.screen(state, "torch_field")
+    vx, vy, vw, vh = _viewport_rect(state)
+    shown = img[vy + vh // 5:vy + vh, vx:vx + vw].astype(float)
+    assert shown.std() > 2.0, "the viewport shows a flat image, not the field"
+    assert np.isfinite(state.snapshot.loss_terms["psnr_test_db"])
+    state.send("pause")
+    yield from s.until(state, lambda: state.snapshot.state == "paused", "pause")
+
+
+@pytest.mark.parametrize("kind", ["neural", "nerf_w"])
+def test_torch_fields_train_and_preview_in_the_viewer(display, tmp_path, kind):
+    _need_xdotool()
+    from app.viewer import run_viewer
+
+    script = Script(display, tmp_path, _torch_field_session)
+    rc = run_viewer(str(write_torch_field_scene(tmp_path, kind)), max_frames=100000, on_frame=script)
+    if script.error is not None:
+        raise AssertionError(f"{script.error}\n(screenshots in {tmp_path})") from script.error
+    assert script.done and rc == 0
