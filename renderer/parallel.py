@@ -7,17 +7,17 @@ image: the band's camera is the view's camera with cy shifted by the band's firs
 rendered with one extra row on each inner side and stitched without it, so silhouette pairs that cross a
 band boundary are blended exactly as in `render_view`.
 
-Differentiation. `wp.Tape` is one global recorder, so while the worker threads run this module stands in
-for the active tape and records each thread's launches on a tape of its own. On the enclosing tape it
-records one backward callback that runs those per-thread tapes backward in the same threads. Adjoint
+Differentiation. The active `wp.Tape` is per thread (`renderer.thread_tape`): each worker makes a tape of
+its own the active one of its thread while it renders (the caller's thread too, for its share), and on the
+caller's enclosing tape this module records one backward callback that runs those per-worker tapes
+backward on the same threads. Adjoint
 kernels accumulate with plain (non-atomic) adds on the CPU, so threads must not share gradient buffers:
 worker k > 0 renders from aliases of the shared inputs (the `Frame` arrays, the camera arrays) that read
 the same values but own separate gradient buffers, which the callback adds into the originals after the
 threads finish. The result is the gradient `render_view` gives, up to float summation order.
 
 Use it in place of `renderer.render.render_view` inside or outside a `wp.Tape`. Not re-entrant: do not call
-it from inside a worker (e.g. from a callback it runs); concurrent calls from several threads are
-serialized.
+it from inside a worker (e.g. from a callback it runs); calls from several threads share the worker pool.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from .device_scene import DeviceScene, Frame
 from .render import RenderOutput, render_view
 from .render_cache import GBufferCache
 from .stages.shading import Lights
+from .thread_tape import active_tape, recording
 
 
 @wp.kernel
@@ -73,7 +74,6 @@ def _add_into(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
 
 _EXECUTOR: ThreadPoolExecutor | None = None
 _EXECUTOR_LOCK = threading.Lock()
-_RECORD_LOCK = threading.Lock()  # one parallel forward at a time (it swaps the global tape)
 
 
 def default_workers() -> int:
@@ -94,33 +94,6 @@ def _flat(a: wp.array) -> wp.array:
     """A contiguous array viewed as (size * components,) floats (no copy)."""
     n = a.size * wp.types.type_size(a.dtype)
     return wp.array(ptr=a.ptr, dtype=float, shape=(n,), device=a.device)
-
-
-class _ThreadTapes:
-    """Stands in for the active `wp.Tape` (`runtime.tape`) while workers run: a launch from a thread
-    with a registered tape is recorded there, any other thread's on the enclosing tape as before."""
-
-    def __init__(self, outer: wp.Tape):
-        self.outer = outer
-        self.local = threading.local()
-
-    def _tape(self) -> wp.Tape:
-        return getattr(self.local, "tape", None) or self.outer
-
-    def record_launch(self, *args, **kwargs):
-        return self._tape().record_launch(*args, **kwargs)
-
-    def record_func(self, *args, **kwargs):
-        return self._tape().record_func(*args, **kwargs)
-
-    def record_scope_begin(self, *args, **kwargs):
-        return self._tape().record_scope_begin(*args, **kwargs)
-
-    def record_scope_end(self, *args, **kwargs):
-        return self._tape().record_scope_end(*args, **kwargs)
-
-    def _check_kernel_array_access(self, *args, **kwargs):
-        return self._tape()._check_kernel_array_access(*args, **kwargs)
 
 
 class _Lane:
@@ -167,35 +140,33 @@ class _Lane:
             alias.grad.zero_()
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_modules() -> None:
+    """Load every imported renderer kernel module on the default device before lanes launch: Warp 1.19
+    hashes a module's kernels lazily on first launch, and two threads doing that at once can fail
+    (KeyError in get_kernel_mangled_name). A no-op (~0.1 ms) once they are loaded."""
+    with _LOAD_LOCK:
+        wp.load_module("renderer", device=wp.get_device(), recursive=True, max_workers=0)
+
+
 def _run_lanes(lanes: list[_Lane], work, outer: wp.Tape | None) -> list:
     """Run work(lane) for every lane, lane 0 in this thread, the others on the pool; each lane's
     launches are recorded on its own tape when `outer` is a tape. Returns the results in lane order."""
+    _load_modules()
 
     def in_lane(lane: _Lane):
-        if recorder is not None:
-            recorder.local.tape = lane.tape
-        try:
+        with recording(lane.tape):  # this thread's active tape while it runs the lane (None: no tape)
             return work(lane)
-        finally:
-            if recorder is not None:
-                recorder.local.tape = None
 
-    runtime = wp._src.context.runtime
-    recorder = _ThreadTapes(outer) if outer is not None else None
-    with _RECORD_LOCK:
-        if recorder is not None:
-            runtime.tape = recorder
-        try:
-            futures: list[Future] = [_executor().submit(in_lane, lane) for lane in lanes[1:]]
-            first_error = None
-            try:
-                results = [in_lane(lanes[0])]
-            except BaseException as exc:  # wait for the workers before re-raising (they use the recorder)
-                results, first_error = [], exc
-            wait(futures)
-        finally:
-            if recorder is not None:
-                runtime.tape = outer
+    futures: list[Future] = [_executor().submit(in_lane, lane) for lane in lanes[1:]]
+    first_error = None
+    try:
+        results = [in_lane(lanes[0])]
+    except BaseException as exc:  # wait for the workers before re-raising
+        results, first_error = [], exc
+    wait(futures)
     if first_error is not None:
         raise first_error
     results += [f.result() for f in futures]  # re-raises a worker's exception here
@@ -269,7 +240,7 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
     if len(bands) == 1 or not ds.device.is_cpu or ds.background_pool is not None:
         return render_view(ds, frame, camera, **kwargs)
 
-    outer = wp._src.context.runtime.tape
+    outer = active_tape()
     grad = outer is not None
     lanes = [_Lane(k, grad) for k in range(len(bands))]
     n, dev = width * height, ds.device
@@ -332,7 +303,7 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
     if workers <= 1 or not ds.device.is_cpu:
         return [render_view(ds, frame, c, mode=mode, shadows=shadows, cache=cache) for c in cameras]
 
-    outer = wp._src.context.runtime.tape
+    outer = active_tape()
     lanes = [_Lane(k, outer is not None) for k in range(workers)]
 
     def work(lane: _Lane) -> list[tuple[int, RenderOutput]]:

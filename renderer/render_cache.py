@@ -41,11 +41,12 @@ views or bands that `renderer.parallel` renders in parallel use separate entries
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections import OrderedDict
 
 import warp as wp
+
+from .thread_tape import recording
 
 # what a cached part depends on, by part: (path prefix, leaf names)
 _GEOMETRY = ("vertices", "translation", "rotation", "scale")
@@ -61,48 +62,10 @@ def constant(a):
                     requires_grad=False)
 
 
-class _Discard:
-    """A tape stand-in that records nothing (for a thread of `renderer.parallel`)."""
-
-    def record_launch(self, *args, **kwargs):
-        pass
-
-    def record_func(self, *args, **kwargs):
-        pass
-
-    def record_scope_begin(self, *args, **kwargs):
-        pass
-
-    def record_scope_end(self, *args, **kwargs):
-        pass
-
-    def _check_kernel_array_access(self, *args, **kwargs):
-        pass
-
-
-@contextlib.contextmanager
 def untaped():
-    """Launches inside the block are not recorded on the active tape (the calling thread's tape when
-    `renderer.parallel` is running workers, whose stand-in recorder has a thread-local `local.tape`)."""
-    runtime = wp._src.context.runtime
-    tape = runtime.tape
-    if tape is None:
-        yield
-        return
-    local = getattr(tape, "local", None)
-    if local is not None:
-        previous = getattr(local, "tape", None)
-        local.tape = _Discard()
-        try:
-            yield
-        finally:
-            local.tape = previous
-    else:
-        runtime.tape = None
-        try:
-            yield
-        finally:
-            runtime.tape = tape
+    """Launches inside the block are not recorded on the calling thread's tape (`renderer.thread_tape`
+    makes the active tape per-thread, so other threads' tapes are untouched)."""
+    return recording(None)
 
 
 def _nbytes(value) -> int:

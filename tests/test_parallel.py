@@ -4,6 +4,8 @@ cache. Gradients are summed in another order: compared at 1e-5 of the largest en
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 import warp as wp
@@ -64,3 +66,33 @@ def test_render_views_matches_serial(cached):
             scale = np.abs(ref[p]).max()
             assert scale > 0, p
             np.testing.assert_allclose(got[p], ref[p], rtol=0, atol=1e-5 * scale, err_msg=p)
+
+
+def test_concurrent_batches_on_two_threads_match_serial():
+    # the active tape is per thread (renderer.thread_tape): two threads, each under a tape of its own,
+    # may run parallel batches at once (sharing the worker pool) and get the serial result
+    a, b = DeviceScene(_scene(), "cpu"), DeviceScene(_scene(), "cpu")
+    b.set("lights.point0.color", np.array([0.2, 1.0, 0.6], np.float32))
+    refs = [_batch(ds, None, False) for ds in (a, b)]
+    for _ in range(2):
+        results, errors = {}, []
+
+        def run(ds, key, results=results, errors=errors):
+            try:
+                results[key] = _batch(ds, None, True)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(ds, k)) for k, ds in enumerate((a, b))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors and len(results) == 2, errors
+        for k, (ref_imgs, ref) in enumerate(refs):
+            imgs, got = results[k]
+            for x, y in zip(imgs, ref_imgs, strict=True):
+                np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+            for p in PATHS:
+                scale = np.abs(ref[p]).max()
+                np.testing.assert_allclose(got[p], ref[p], rtol=0, atol=1e-5 * scale, err_msg=p)

@@ -202,10 +202,13 @@ def test_only_the_leaves_with_gradients_receive_them():
 
 
 def test_at_time_records_on_per_thread_tapes():
-    # renderer.parallel stands in for the tape while worker threads run and gives each thread its own;
-    # at_time must record there (the lanes read disjoint slices: t = 0.1 reads 0-1, t = 0.9 reads 2-3).
+    # renderer.parallel runs each lane under a tape of its own (renderer.thread_tape); at_time must record
+    # there (the lanes read disjoint slices: t = 0.1 reads 0-1, t = 0.9 reads 2-3).
     grid, _, _ = random_grid(degree=1, seed=12)
     samples, bg = render_setup()
+    # load the modules on this thread first: Warp 1.19's lazy kernel hashing races when two threads launch
+    # a module's kernels for the first time at once (KeyError in get_kernel_mangled_name)
+    rendered_loss_rgb(grid, 0.5, samples, bg)
 
     def work(lane):
         g = grid.at_time(0.1 if lane.index == 0 else 0.9)

@@ -1,9 +1,8 @@
 """Forward-only read-outs of the volume ops that never touch a `wp.Tape`.
 
-Warp has one global tape (`wp.Tape` sets `runtime.tape` for every thread). A viewer thread that renders
-while the optimizer thread records its step would otherwise append its launches to the training tape.
-These functions launch the same kernels as `stages.camera.generate_rays`, `VoxelGrid.query` and
-`composite.composite` with `record_tape=False` and allocate outputs without gradients, so they are safe
+The active tape is per-thread (`renderer.thread_tape`), so a viewer thread does not record on the
+optimizer's tape anyway; these read-outs also never record on their own thread's tape. They launch the
+same kernels as `stages.camera.generate_rays`, `VoxelGrid.query` and `composite.composite` with `record_tape=False` and allocate outputs without gradients, so they are safe
 to call from any thread at any time. Same contracts and results as the taped ops (tests compare them).
 """
 

@@ -16,7 +16,8 @@ Layouts (Warp arrays have at most 4 dimensions, so the SH slices are stacked alo
 
 Gradients: `at_time` launches its blend off the tape and records a hand-written exact adjoint (each slice
 receives its blend weight times the blended grid's gradient) on the active tape, i.e. whatever
-`wp._src.context.runtime.tape` is (a `wp.Tape`, or the per-thread stand-in of `renderer.parallel`).
+`wp._src.context.runtime.tape` is for the calling thread (`renderer.thread_tape`; `renderer.parallel` gives
+each lane its own).
 Call it inside the tape the loss is recorded on; gradients of anything rendered with the returned grid
 then reach this grid's `density.grad` / `sh.grad`. `total_variation` records its adjoint the same way.
 Queries for the occupancy grid (`query_density_at`, `query_density_max`) are not differentiable.
