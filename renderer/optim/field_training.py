@@ -45,6 +45,7 @@ from .targets import Target, build_targets
 FIELD_KINDS = ("density", "sh", "weights", "embedding")
 GRID_KINDS = ("density", "sh")
 PSNR_TERM = "psnr_test_db"
+APPEARANCE_FIT_RAYS = 2048  # NeRF-W's held-out protocol: at most this many left-half pixels fit a view's embedding
 
 
 def add_test_cameras(scene: Scene, target_spec) -> dict[str, str]:
@@ -416,6 +417,8 @@ class FieldTraining:
             c = p.scene.cameras[t.camera]
             o, d = readout.camera_rays(c.intrinsics, c.pose, c.width, c.height, p.ds.device)
             left = np.flatnonzero((np.arange(c.width * c.height) % c.width) < c.width // 2)
+            if left.size > APPEARANCE_FIT_RAYS:  # an evenly spread subset: a few numbers need few pixels
+                left = left[np.linspace(0, left.size - 1, APPEARANCE_FIT_RAYS).round().astype(np.int64)]
             idx = wp.array(left.astype(np.int32), dtype=wp.int32, device=p.ds.device)
             lo, ld, lt = gather_rays(idx, o, d, t.image)
             state.fitted_appearance[t.camera] = state.fit_appearance(lo, ld, lt.numpy(), p.ds.background_color,
