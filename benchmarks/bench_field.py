@@ -1,25 +1,32 @@
 """Radiance-field training on the CPU: held-out PSNR against training time, and rays/s (docs/volume.md, "Training").
 
     .venv/bin/python benchmarks/bench_field.py scenes/nerf_grid.json --seconds 300
+    .venv/bin/python benchmarks/bench_field.py scenes/nerf_w.json --size 200 --views 64 --json w200.json
 
-Trains the scene's field through `Problem.step()` (no engine, no recorder) until the wall-clock budget of
-training steps is spent (evaluations are not counted), printing at 15, 30, 60, 90, 120, 180, 240, 300 s the
-mean PSNR over the held-out views, in linear RGB (the repo's `losses.psnr`, metrics.json `psnr_test_db`) and
-on sRGB-encoded images (NeRF papers' convention, `psnr_test_srgb_db`). Then, on the trained field: rays/s of
-a 4096-ray batch from the training views, forward and forward+backward, with and without the occupancy grid
-(median of 7 after a warm-up).
+Trains the scene's field (any representation: voxel_grid, neural, nerf_w, dynamic) through `Problem.step()`
+(no engine, no recorder) until the wall-clock budget of training steps or the scene's step budget is spent.
+Evaluations are taken out of the timed steps: at 15, 30, 60, 90, 120, 180, 240, 300 s it prints the mean PSNR
+over the held-out views with the scene's protocol (NeRF-W: each view's appearance embedding fitted on its left
+half, PSNR on its right half), in linear RGB (the repo's `losses.psnr`, metrics.json `psnr_test_db`) and on
+sRGB-encoded images (NeRF papers' convention). `--size S` renders every view at S x S; a scene trained on a
+generated dataset (`optimize.targets.dataset`) regenerates it with `--views` views (1/8 held out) at that size
+into scenes/datasets/bench-*. Then, for voxel grids, on the trained field: rays/s of a 4096-ray batch from the
+training views, forward and forward+backward, with and without the occupancy grid (median of 7 after a warm-up).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from pathlib import Path
 
 import numpy as np
 import warp as wp
 
 import renderer  # noqa: F401  (quiet Warp)
 from renderer.conventions import linear_to_srgb
+from renderer.images import atomic_write
 from renderer.loading import load_scene
 from renderer.optim import losses
 from renderer.optim.problem import Problem
@@ -29,11 +36,16 @@ MARKS = (15, 30, 60, 90, 120, 180, 240, 300, 450, 600)
 
 
 def test_psnr(problem) -> tuple[float, float]:
+    """Mean held-out PSNR (linear, sRGB) with the scene's own protocol: every pixel, or for NeRF-W the right
+    half of each view after fitting its appearance embedding on the left half (`FieldTraining.eval_mask`)."""
     ft, lin, srgb = problem.field_training, [], []
+    ft.fit_test_appearance([t for t in problem.test_targets if t.camera not in ft.train_cameras])
     for t in problem.test_targets:
         img, ref = np.clip(ft.render(t.camera).numpy(), 0, 1), np.clip(problem.target_numpy(t.camera), 0, 1)
-        lin.append(10 * np.log10(1 / np.mean((img - ref) ** 2)))
-        srgb.append(10 * np.log10(1 / np.mean((linear_to_srgb(img) - linear_to_srgb(ref)) ** 2)))
+        mask = ft.eval_mask(t.camera)
+        keep = np.ones(img.shape[:2], bool) if mask is None else mask.numpy().reshape(img.shape[:2]) > 0
+        lin.append(10 * np.log10(1 / np.mean((img[keep] - ref[keep]) ** 2)))
+        srgb.append(10 * np.log10(1 / np.mean((linear_to_srgb(img[keep]) - linear_to_srgb(ref[keep])) ** 2)))
     return float(np.mean(lin)), float(np.mean(srgb))
 
 
@@ -65,22 +77,64 @@ def rays_per_second(problem, occupancy, backward: bool, n_rays: int = 4096, repe
     return n_rays / float(np.median(times)), float(np.mean(counts)) / n_rays
 
 
+def load_dataset_variant(path: str, size: int, views: int):
+    """A scene trained on a generated dataset (`optimize.targets.dataset`, e.g. nerf_w.json, nerf_dynamic.json)
+    loaded with its recipe at `views` views (1/8 held out) of `size` x `size` pixels, generated into
+    `datasets/bench-<scene>-<size>-<views>/` next to the scene; None for other scenes. The variant scene file is
+    written next to the original (its relative paths must resolve) and removed after loading."""
+    doc = json.loads(Path(path).read_text())
+    targets = doc.get("optimize", {}).get("targets", {})
+    if "dataset" not in targets:
+        return None
+    targets["dataset"].update(views=views, test_views=max(1, views // 8), width=size, height=size)
+    targets["transforms"] = f"datasets/bench-{Path(path).stem}-{size}-{views}/transforms.json"
+    variant = Path(path).with_name(f".bench-{Path(path).stem}-{size}-{views}.json")
+    variant.write_text(json.dumps(doc))
+    try:
+        return load_scene(variant)
+    finally:
+        variant.unlink()
+
+
+def resize_cameras(scene, size: int) -> None:
+    """Every camera of `scene` at `size` x `size` pixels, same field of view (intrinsics scaled)."""
+    if size < 8:
+        raise SystemExit(f"--size: expected at least 8 pixels, got {size}")
+    for c in scene.cameras.values():
+        sx, sy = size / c.width, size / c.height
+        c.intrinsics = np.asarray(c.intrinsics, np.float32) * np.array([sx, sy, sx, sy], np.float32)
+        c.width = c.height = int(size)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scene", nargs="?", default="scenes/nerf_grid.json")
     parser.add_argument("--seconds", type=float, default=300.0, help="budget of training time")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=None,
+                        help="render every camera (targets and held-out views) at SIZE x SIZE pixels instead")
+    parser.add_argument("--json", default=None, help="also write the PSNR-vs-time curve to this JSON file")
+    parser.add_argument("--views", type=int, default=64,
+                        help="with --size, for scenes trained on a generated dataset (targets.dataset): views of the "
+                        "regenerated dataset, 1/8 of them held out (default 64)")
     args = parser.parse_args(argv)
-    problem = Problem(load_scene(args.scene), args.device)
+    scene = load_dataset_variant(args.scene, args.size, args.views) if args.size is not None else None
+    if scene is None:
+        scene = load_scene(args.scene)
+        if args.size is not None:
+            resize_cameras(scene, args.size)
+    problem = Problem(scene, args.device)
     if problem.field_training is None or not problem.test_targets:
         raise SystemExit(f"{args.scene}: expected a scene with a field and held-out views")
     problem.step()
     problem.step()
     problem.reset()  # kernels compiled and loaded
     ft = problem.field_training
+    ft.eval_every = 0  # the held-out PSNR is measured at the marks below, outside the timed steps
     print(f"{args.scene}: {len(problem.targets)} training views, {len(problem.test_targets)} held out; "
           f"{ft.rays_per_batch} rays per step", flush=True)
     elapsed, k = 0.0, 0
+    curve = []
     while problem.step_index < problem.steps and elapsed < args.seconds:
         t = time.perf_counter()
         result = problem.step()
@@ -88,14 +142,27 @@ def main(argv=None) -> None:
         if k < len(MARKS) and elapsed >= MARKS[k]:
             k += 1
             lin, srgb = test_psnr(problem)
+            curve.append({"seconds": round(elapsed, 2), "step": problem.step_index, "psnr_linear_db": lin,
+                          "psnr_srgb_db": srgb, "loss": result.loss})
             state = next(iter(ft.states.values()))
             occ = state.occupancy.occupied_fraction() if state.occupancy is not None else 1.0
+            resolution = getattr(getattr(state, "grid", None), "resolution", None)
+            lattice = f"  lattice {resolution[0]}" if resolution is not None else ""
             print(f"{elapsed:6.1f} s  step {problem.step_index:5d} ({elapsed / problem.step_index * 1e3:.0f} ms/step)  "
-                  f"loss {result.loss:.5f}  held-out PSNR {lin:.2f} dB linear, {srgb:.2f} dB sRGB  "
-                  f"lattice {state.grid.resolution[0]}  occupied cells {occ:.3f}", flush=True)
+                  f"loss {result.loss:.5f}  held-out PSNR {lin:.2f} dB linear, {srgb:.2f} dB sRGB{lattice}  "
+                  f"occupied cells {occ:.3f}", flush=True)
     lin, srgb = test_psnr(problem)
     print(f"end: {elapsed:.1f} s, {problem.step_index} steps, held-out PSNR {lin:.2f} dB linear, {srgb:.2f} dB sRGB")
+    curve.append({"seconds": round(elapsed, 2), "step": problem.step_index, "psnr_linear_db": lin,
+                  "psnr_srgb_db": srgb, "loss": float("nan")})
+    if args.json:
+        out = {"scene": args.scene, "size": args.size, "train_views": len(problem.targets),
+               "test_views": len(problem.test_targets), "curve": curve}
+        text = json.dumps(out, indent=1)
+        atomic_write(args.json, lambda tmp: Path(tmp).write_text(text))
     state = next(iter(ft.states.values()))
+    if state.field.type != "voxel_grid":
+        return  # rays/s below is measured for voxel grids (their query is the whole step)
     for label, occ in (("plain", None), ("occupancy", state.occupancy)):
         if label == "occupancy" and occ is None:
             continue

@@ -2,8 +2,9 @@
 
 The active tape is per-thread (`renderer.thread_tape`), so a viewer thread does not record on the
 optimizer's tape anyway; these read-outs also never record on their own thread's tape. They launch the
-same kernels as `stages.camera.generate_rays`, `VoxelGrid.query` and `composite.composite` with `record_tape=False` and allocate outputs without gradients, so they are safe
-to call from any thread at any time. Same contracts and results as the taped ops (tests compare them).
+same kernels as `stages.camera.generate_rays`, `VoxelGrid.query` and `composite.composite` with
+`record_tape=False` and allocate outputs without gradients, so they are safe to call from any thread at
+any time. Same contracts and results as the taped ops (tests compare them).
 """
 
 from __future__ import annotations
