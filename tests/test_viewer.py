@@ -129,8 +129,12 @@ class Session:
         while not predicate():
             if time.monotonic() > end:
                 raise AssertionError(f"timed out waiting for {what} (engine {state.snapshot.state}, "
-                                     f"step {state.snapshot.step})")
+                                     f"step {state.snapshot.step}{self.waiting_detail(state)})")
             yield
+
+    def waiting_detail(self, state) -> str:
+        """More of the state for a timed-out wait's message (subclasses)."""
+        return ""
 
     def screen(self, state, name: str | None = None) -> np.ndarray:
         img = state.screenshot()

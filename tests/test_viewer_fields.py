@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_viewer import XDOTOOL, Input, changed, crop
+from test_viewer import XDOTOOL, Session, changed, crop
 
 SESSION_TIMEOUT = 90.0
 
@@ -74,63 +74,31 @@ def _need_xdotool():
         pytest.skip(message)
 
 
-class Script:
-    """A generator advanced once per drawn frame (the viewer's on_frame hook), as in test_viewer."""
+class Script(Session):
+    """test_viewer's scripted session with its body passed in (`body(script, state)`, a generator) and a time
+    limit; the instance itself is the viewer's on_frame hook."""
 
     def __init__(self, display, evidence: Path, body):
-        self.input = Input(display.display)
-        self.evidence = evidence
+        super().__init__(display, evidence)
         self.body = body
-        self.gen = None
-        self.error: BaseException | None = None
-        self.done = False
-        self.results: dict = {}
         self.t0 = time.monotonic()
+
+    def run(self, state):
+        return self.body(self, state)
 
     def __call__(self, state) -> None:
         if time.monotonic() - self.t0 > SESSION_TIMEOUT and not self.done:
             self.error = self.error or AssertionError(f"session exceeded {SESSION_TIMEOUT} s")
             state.quit = True
             return
-        if self.gen is None:
-            self.gen = self.body(self, state)
-        try:
-            next(self.gen)
-        except StopIteration:
-            self.done = True
-            state.quit = True
-        except BaseException as exc:
-            self.error = exc
-            state.quit = True
-
-    def frames(self, n: int):
-        for _ in range(n):
-            yield
+        self.step(state)
 
     def until(self, state, predicate, what: str, timeout: float = 30.0):
-        end = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > end:
-                pv = state.preview
-                raise AssertionError(f"timed out waiting for {what} (engine {state.snapshot.state}, step "
-                                     f"{state.snapshot.step}; preview {pv.latest and pv.latest.scale} {pv.error})")
-            yield
+        yield from super().until(state, predicate, what, timeout)
 
-    def screen(self, state, name: str | None = None) -> np.ndarray:
-        img = state.screenshot()
-        if name:
-            import imageio.v3 as iio
-
-            iio.imwrite(self.evidence / f"{name}.png", img)
-        return img
-
-    def click(self, state, widget: str):
-        ox, oy = state.window_pos
-        x, y = state.rect_center(widget)
-        self.input.move(ox + x, oy + y)
-        yield from self.frames(2)
-        self.input("click", 1)
-        yield from self.frames(3)
+    def waiting_detail(self, state) -> str:
+        pv = state.preview
+        return f"; preview {pv.latest and pv.latest.scale} {pv.error}" if pv is not None else ""
 
 
 def _viewport_rect(state):
