@@ -35,7 +35,7 @@ import warp as wp
 
 from .march import check_array, parse_aabb
 from .occupancy import parse_resolution
-from .voxel_grid import ACTIVATIONS, VoxelGrid, activate_density, corner_weight, lattice_cell
+from .voxel_grid import ACTIVATIONS, VoxelGrid, activate_density, corner_weight, lattice_cell, tv_stencil
 
 # Every adjoint here is written by hand (and the occupancy queries are never differentiated): skip
 # generating Warp's adjoints.
@@ -110,19 +110,7 @@ def _tv_backward(values: wp.array4d(dtype=Any), nx: int, scale: float, time_scal
     k = 2.0 * adj_loss[0]
     for c in range(values.shape[3]):
         v = wp.float32(values[r, y, z, c])
-        g = float(0.0)
-        if x + 1 < nx:
-            g -= wp.float32(values[r + 1, y, z, c]) - v
-        if x > 0:
-            g += v - wp.float32(values[r - 1, y, z, c])
-        if y + 1 < values.shape[1]:
-            g -= wp.float32(values[r, y + 1, z, c]) - v
-        if y > 0:
-            g += v - wp.float32(values[r, y - 1, z, c])
-        if z + 1 < values.shape[2]:
-            g -= wp.float32(values[r, y, z + 1, c]) - v
-        if z > 0:
-            g += v - wp.float32(values[r, y, z - 1, c])
+        g = tv_stencil(values, r, x, nx, y, z, c)
         g_time = float(0.0)
         if r + nx < values.shape[0]:
             g_time -= wp.float32(values[r + nx, y, z, c]) - v

@@ -208,6 +208,28 @@ def _tv_forward(values: wp.array4d(dtype=Any), scale: float, out_loss: wp.array(
     wp.atomic_add(out_loss, 0, scale * e)
 
 
+@wp.func
+def tv_stencil(values: wp.array4d(dtype=Any), row: int, x: int, nx: int, y: int, z: int, c: int) -> float:
+    """Half the spatial TV gradient at a lattice point: sum over axes of (v - v_prev) - (v_next - v), with
+    neighbours outside the lattice left out. `row` indexes the first axis of `values` (x, or x within a
+    stack of lattices along it), `x` in [0, nx) decides the x boundary."""
+    v = wp.float32(values[row, y, z, c])
+    g = float(0.0)
+    if x + 1 < nx:
+        g -= wp.float32(values[row + 1, y, z, c]) - v
+    if x > 0:
+        g += v - wp.float32(values[row - 1, y, z, c])
+    if y + 1 < values.shape[1]:
+        g -= wp.float32(values[row, y + 1, z, c]) - v
+    if y > 0:
+        g += v - wp.float32(values[row, y - 1, z, c])
+    if z + 1 < values.shape[2]:
+        g -= wp.float32(values[row, y, z + 1, c]) - v
+    if z > 0:
+        g += v - wp.float32(values[row, y, z - 1, c])
+    return g
+
+
 @wp.kernel
 def _tv_backward(values: wp.array4d(dtype=Any), scale: float, adj_loss: wp.array(dtype=float),
                  grad: wp.array4d(dtype=Any)):
@@ -216,20 +238,7 @@ def _tv_backward(values: wp.array4d(dtype=Any), scale: float, adj_loss: wp.array
     x, y, z = wp.tid()
     k = 2.0 * scale * adj_loss[0]
     for c in range(values.shape[3]):
-        v = wp.float32(values[x, y, z, c])
-        g = float(0.0)
-        if x + 1 < values.shape[0]:
-            g -= wp.float32(values[x + 1, y, z, c]) - v
-        if x > 0:
-            g += v - wp.float32(values[x - 1, y, z, c])
-        if y + 1 < values.shape[1]:
-            g -= wp.float32(values[x, y + 1, z, c]) - v
-        if y > 0:
-            g += v - wp.float32(values[x, y - 1, z, c])
-        if z + 1 < values.shape[2]:
-            g -= wp.float32(values[x, y, z + 1, c]) - v
-        if z > 0:
-            g += v - wp.float32(values[x, y, z - 1, c])
+        g = tv_stencil(values, x, x, values.shape[0], y, z, c)
         grad[x, y, z, c] = grad[x, y, z, c] + grad.dtype(k * g)
 
 
