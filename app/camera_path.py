@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 DEFAULT_FOV_Y = 40.0
 
@@ -157,7 +157,7 @@ def path_json(keyframes: list[Keyframe]) -> dict:
 
 
 def save_path(path, keyframes: list[Keyframe]) -> Path:
-    from renderer.images import atomic_write
+    from drstudio.renderer.images import atomic_write
 
     text = json.dumps(path_json(keyframes), indent=1) + "\n"
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
@@ -218,8 +218,8 @@ class FieldFrames:
     def __init__(self, scene, device=None, params: dict | None = None, params_file: str = "params"):
         import warp as wp
 
-        from renderer.render_field import FieldState, field_grid
-        from renderer.volume import OccupancyGrid
+        from drstudio.renderer.render_field import FieldState, field_grid
+        from drstudio.renderer.volume import OccupancyGrid
 
         name, f = next(iter(scene.fields.items()))
         if getattr(f, "type", "voxel_grid") != "voxel_grid":
@@ -251,7 +251,7 @@ class FieldFrames:
     def render(self, pose, intrinsics, width: int, height: int, time=None) -> np.ndarray:
         import warp as wp
 
-        from renderer.render_field import render_field_view
+        from drstudio.renderer.render_field import render_field_view
 
         dev = self.background.device
         out = render_field_view(self.state, wp.array(np.asarray(intrinsics, np.float32), dtype=float, device=dev),
@@ -267,7 +267,7 @@ class TrainedFieldFrames:
     component with the mean appearance embedding; dynamic: at the frame's time, `time_range` for the sweep)."""
 
     def __init__(self, scene, device=None, values: dict | None = None, params_file: str = "params"):
-        from renderer.optim.problem import Problem
+        from drstudio.renderer.optim.problem import Problem
 
         name, f = next(iter(scene.fields.items()))
         if scene.optimize is None:
@@ -301,7 +301,7 @@ class MeshFrames:
     (dotted path -> array, e.g. a params.npz or the viewer's current values) set first."""
 
     def __init__(self, scene, device=None, values: dict | None = None, params_file: str = "params"):
-        from renderer.device_scene import DeviceScene
+        from drstudio.renderer.device_scene import DeviceScene
 
         if not scene.cameras:
             raise PathError(f"{scene.path}: the scene has no camera (the renderer needs one for its settings)")
@@ -324,7 +324,7 @@ class MeshFrames:
     def render(self, pose, intrinsics, width: int, height: int, time=None) -> np.ndarray:
         import warp as wp
 
-        from renderer.render import render_view
+        from drstudio.renderer.render import render_view
 
         dev = self.ds.device
         out = render_view(self.ds, self.frame, self.camera,

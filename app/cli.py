@@ -14,9 +14,9 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
-from renderer.errors import SceneError
-from renderer.loading import load_scene, summarize
-from renderer.scene import RENDER_MODES
+from drstudio.renderer.errors import SceneError
+from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = ROOT / "scenes" / "texture.json"
@@ -65,7 +65,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:
-    from renderer.recording import RecordingError
+    from drstudio.renderer.recording import RecordingError
 
     from . import headless
 
@@ -106,9 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from renderer.device_scene import DeviceScene
-    from renderer.images import write_image
-    from renderer.render import render
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.images import write_image
+    from drstudio.renderer.render import render
 
     scene = load_scene(args.scene)
     camera = args.camera or next(iter(scene.cameras))
@@ -198,7 +198,7 @@ def _three_floats(text: str) -> tuple[float, float, float]:
 
 def cmd_dataset(args: argparse.Namespace) -> int:
     """Render a NeRF-style dataset of a scene (renderer.datasets)."""
-    from renderer.datasets import Animation, DatasetOptions, plan_dataset, write_dataset
+    from drstudio.renderer.datasets import Animation, DatasetOptions, plan_dataset, write_dataset
 
     scene = load_scene(args.scene)
     try:
@@ -265,7 +265,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return EXIT_USER_ERROR
     sys.path.insert(0, str(ROOT))
     from benchmarks import bench_render
-    from renderer.device_scene import default_device
+    from drstudio.renderer.device_scene import default_device
 
     quick = ["--quick"] if args.quick else []
     return bench_render.main(["--device", args.device or default_device(), *quick, *args.bench_args])

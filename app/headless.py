@@ -31,14 +31,14 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from renderer.conventions import linear_to_srgb
-from renderer.images import atomic_write, write_image
-from renderer.loading import load_scene
-from renderer.optim import losses
-from renderer.optim.engine import Engine
-from renderer.optim.metrics import parameter_metrics
-from renderer.optim.problem import Problem
-from renderer.render import render_view
+from drstudio.renderer.conventions import linear_to_srgb
+from drstudio.renderer.images import atomic_write, write_image
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim import losses
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.metrics import parameter_metrics
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.render import render_view
 
 
 def default_out_dir(root: Path) -> Path:
@@ -56,7 +56,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     its last) instead of starting `scene_path` afresh; the new recording names it as its parent."""
     parent = None
     if resume is not None:
-        from renderer.recording import load_recording, resume_problem
+        from drstudio.renderer.recording import load_recording, resume_problem
 
         problem, parent = resume_problem(load_recording(resume), from_step, device)
     else:
@@ -66,7 +66,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     engine = Engine(problem, publish_images=False, publish_every=1)
     recorder = None
     if record:
-        from renderer.recording import Recorder, next_recording_dir
+        from drstudio.renderer.recording import Recorder, next_recording_dir
 
         recorder = Recorder(next_recording_dir(Path(out) / "recording"), problem, parent=parent,
                             options=record_options)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer.optim.engine import Snapshot
-from renderer.recording import RecordingError, load_recording, verify
-from renderer.recording import format as fmt
-from renderer.recording.reader import Recording
+from drstudio.renderer.optim.engine import Snapshot
+from drstudio.renderer.recording import RecordingError, load_recording, verify
+from drstudio.renderer.recording import format as fmt
+from drstudio.renderer.recording.reader import Recording
 
 EXIT_OK, EXIT_DIVERGED, EXIT_USER_ERROR = 0, 1, 2
 VIDEO_SIZE = (960, 320)  # (width, height) of exported frames: even, and multiples of 16 for H.264
@@ -131,7 +131,7 @@ class ReplaySource:
             self._scene_loaded = True
             file = self.recording.scene_file
             if file is not None and file.is_file():
-                from renderer.loading import load_scene
+                from drstudio.renderer.loading import load_scene
 
                 self._scene = load_scene(file)
         return self._scene
@@ -321,7 +321,7 @@ class _FramePainter:
         self.title = self.fig.text(0.01, 0.93, "", fontsize=10)
 
     def paint(self, step: int, render: np.ndarray, target: np.ndarray, view: str) -> np.ndarray:
-        from renderer.conventions import linear_to_srgb
+        from drstudio.renderer.conventions import linear_to_srgb
 
         diff = np.clip(np.abs(render - target) * 4.0, 0.0, 1.0)
         for im, img in zip(self.images, (render, target, diff)):

@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 import warp as wp
 
-import renderer  # noqa: F401  (quiet Warp)
-from renderer.conventions import linear_to_srgb
-from renderer.images import atomic_write
-from renderer.loading import load_scene
-from renderer.optim import losses
-from renderer.optim.problem import Problem
-from renderer.volume import render as volume_render
+import drstudio.renderer  # noqa: F401  (quiet Warp)
+from drstudio.renderer.conventions import linear_to_srgb
+from drstudio.renderer.images import atomic_write
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim import losses
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.volume import render as volume_render
 
 MARKS = (15, 30, 60, 90, 120, 180, 240, 300, 450, 600)
 

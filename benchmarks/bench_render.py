@@ -43,12 +43,12 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
-from renderer import conventions, primitives
-from renderer.device_scene import DeviceScene
-from renderer.optim import losses
-from renderer.render import render_view
-from renderer.render_cache import GBufferCache
-from renderer.scene import AmbientLight, Camera, Material, Mesh, PointLight, RenderSettings, Scene
+from drstudio.renderer import conventions, primitives
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.optim import losses
+from drstudio.renderer.render import render_view
+from drstudio.renderer.render_cache import GBufferCache
+from drstudio.renderer.scene import AmbientLight, Camera, Material, Mesh, PointLight, RenderSettings, Scene
 
 RESOLUTIONS = (256, 512)
 TRIANGLES = (1_000, 10_000, 100_000)
@@ -315,7 +315,7 @@ class Case:
     def render(self, frame, threads: int = 1, cache: GBufferCache | None = None):
         if threads == 1:
             return render_view(self.ds, frame, "main", mode=self.mode, cache=cache)
-        from renderer import parallel
+        from drstudio.renderer import parallel
 
         return parallel.render_view_split(self.ds, frame, "main", mode=self.mode, parts=threads, cache=cache)
 

@@ -31,7 +31,7 @@ CHECKS = {
 
 
 def main(argv=None) -> int:
-    from app.headless import optimize
+    from drstudio.app.headless import optimize
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "inverse")

@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from renderer.images import atomic_write  # noqa: E402
+from drstudio.renderer.images import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 NAMES = {"grid": "voxel grid", "neural": "neural (IPE)", "nerfw": "NeRF-W", "dyn": "dynamic"}

@@ -148,7 +148,7 @@ def _load_modules() -> None:
     hashes a module's kernels lazily on first launch, and two threads doing that at once can fail
     (KeyError in get_kernel_mangled_name). A no-op (~0.1 ms) once they are loaded."""
     with _LOAD_LOCK:
-        wp.load_module("renderer", device=wp.get_device(), recursive=True, max_workers=0)
+        wp.load_module("drstudio.renderer", device=wp.get_device(), recursive=True, max_workers=0)
 
 
 def _run_lanes(lanes: list[_Lane], work, outer: wp.Tape | None) -> list:

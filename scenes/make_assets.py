@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from renderer import primitives
-from renderer.images import atomic_write, write_image
+from drstudio.renderer import primitives
+from drstudio.renderer.images import atomic_write, write_image
 
 ASSETS = Path(__file__).resolve().parent / "assets"
 SIZE = 128

@@ -11,8 +11,8 @@ import threading
 import numpy as np
 import pytest
 
-from app import camera_path as cp
-from renderer import conventions as cv
+from drstudio.app import camera_path as cp
+from drstudio.renderer import conventions as cv
 
 
 def _forward(pose) -> np.ndarray:
@@ -146,9 +146,9 @@ def test_cancelled_or_failed_export_leaves_nothing(tmp_path):
 def test_mesh_frames_match_the_renderer_through_a_scene_camera():
     """The path renderer with a pose/intrinsics override of a scene camera's own values gives that
     camera's render."""
-    from renderer.device_scene import DeviceScene
-    from renderer.loading import load_scene
-    from renderer.render import render
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.render import render
 
     scene = load_scene("scenes/light.json")
     name, c = next(iter(scene.cameras.items()))
@@ -163,7 +163,7 @@ def test_field_frames_with_trained_values(tmp_path):
     piece; a params file without the field's values is refused by name."""
     from test_viewer_fields import write_field_scene
 
-    from renderer.loading import load_scene
+    from drstudio.renderer.loading import load_scene
 
     scene = load_scene(write_field_scene(tmp_path))
     f = scene.fields["nerf"]
@@ -191,8 +191,8 @@ def test_viewer_export_of_a_mesh_scene(tmp_path):
     mesh scene, rendered by the differentiable renderer in the export thread with the viewer's values."""
     import imageio.v3 as iio
 
-    from app.viewer.app import build
-    from app.viewer.camera_panel import orbit_here, settings, start_export
+    from drstudio.app.viewer.app import build
+    from drstudio.app.viewer.camera_panel import orbit_here, settings, start_export
 
     state, engine = build("scenes/light.json")  # the engine thread is not started: nothing optimizes
     v = settings(state)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from app import cli
+from drstudio.app import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((ROOT / "scenes").glob("*.json"))
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli", *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "drstudio.app.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=120)
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 RNG = np.random.default_rng(7)
 

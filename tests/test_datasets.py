@@ -13,15 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from app import cli
-from renderer import conventions as cv
-from renderer.datasets import Animation, DatasetOptions, generate_dataset, plan_dataset
-from renderer.device_scene import DeviceScene
-from renderer.images import read_image, write_image
-from renderer.loading import load_scene
-from renderer.render import render
-from renderer.scene import Camera
-from renderer.transforms_json import load_transforms
+from drstudio.app import cli
+from drstudio.renderer import conventions as cv
+from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset, plan_dataset
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.images import read_image, write_image
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.render import render
+from drstudio.renderer.scene import Camera
+from drstudio.renderer.transforms_json import load_transforms
 
 ROOT = Path(__file__).resolve().parents[1]
 TEXTURE = ROOT / "scenes" / "texture.json"
@@ -257,7 +257,7 @@ def test_multi_view_sequence_validation():
 
 
 def test_load_transforms_checks_frame_times(tmp_path):
-    from renderer.errors import SceneError
+    from drstudio.renderer.errors import SceneError
 
     frame = {"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}
     doc = {"camera_angle_x": 0.8, "w": 4, "h": 4}
@@ -356,7 +356,7 @@ def test_cli_animate_times_writes_a_multi_view_sequence(tmp_path, monkeypatch):
 
 
 def test_cli_subprocess_the_documented_command(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "app.cli", "dataset", "scenes/texture.json", "--views", "6",
+    result = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "dataset", "scenes/texture.json", "--views", "6",
                              "--test-views", "2", "--out", str(tmp_path / "tmp")], cwd=ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr

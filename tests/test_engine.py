@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from renderer.loading import load_scene
-from renderer.optim.engine import Engine
-from renderer.optim.problem import Problem
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "lights.key.position"
@@ -107,7 +107,7 @@ def test_nan_mid_run_skips_the_update_and_keeps_parameters(engine):
         if problem.step_index == poison["step"]:
             seen["before"] = problem.ds.get(LIGHT)
             terms["l2"].fill_(float("nan"))  # the loss read back is NaN and so are the gradients
-            from renderer.optim import losses
+            from drstudio.renderer.optim import losses
             losses.accumulate(terms["l2"], total)
         return total, terms, outputs
 

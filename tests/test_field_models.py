@@ -19,18 +19,18 @@ import pytest
 import torch
 import warp as wp
 
-from app import cli
-from renderer.datasets import Animation, DatasetOptions, generate_dataset
-from renderer.errors import SceneError
-from renderer.loading import load_scene
-from renderer.optim.field_models import TRANSIENT_TERM, per_sample_rows, tape_suspended
-from renderer.optim.field_training import PSNR_TERM
-from renderer.optim.problem import Problem
-from renderer.recording import load_recording, verify
-from renderer.stages.camera import generate_rays
-from renderer.volume.march import sample_rays
-from renderer.volume.neural_field import FlatLayout, NerfWField, render_rays
-from renderer.volume.readout import camera_rays
+from drstudio.app import cli
+from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset
+from drstudio.renderer.errors import SceneError
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.field_models import TRANSIENT_TERM, per_sample_rows, tape_suspended
+from drstudio.renderer.optim.field_training import PSNR_TERM
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.recording import load_recording, verify
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.volume.march import sample_rays
+from drstudio.renderer.volume.neural_field import FlatLayout, NerfWField, render_rays
+from drstudio.renderer.volume.readout import camera_rays
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = [[-1.05, -1.05, -1.05], [1.05, 1.05, 1.05]]
@@ -192,7 +192,7 @@ def test_parameters_and_summary(datasets):
                               weights.value)
     dyn = load_scene(write(datasets, scene_doc(DYNAMIC, "anim/transforms.json"), "d.json")).params()
     assert dyn["fields.nerf.density"].shape == (3, 12, 12, 12) and dyn["fields.nerf.sh"].shape == (36, 12, 12, 3)
-    from renderer.loading import summarize
+    from drstudio.renderer.loading import summarize
     assert "nerf_w over" in summarize(scene) and "appearance 4, transient 4 per image (13 images)" in summarize(scene)
 
 
@@ -263,7 +263,7 @@ def reference_composite(density, color, samples, background):
 def nerf_w_reference(state, weights, app, tr, o, d, radii, view_ids, target, background, step, beta_min):
     """NeRF-W's data term in float64 torch, composited by cumprod (no early termination), for the samples
     `sample_rays` gives with the step's seed: an independent expectation of `_nerf_w_loss`."""
-    from renderer.volume.neural_field import sample_inputs
+    from drstudio.renderer.volume.neural_field import sample_inputs
     samples = sample_rays(o, d, state.aabb, state.n_samples, seed=step, jitter=True)
     feats, dirs = sample_inputs(state.module, samples, wp.to_torch(o).reshape(-1, 3), wp.to_torch(d).reshape(-1, 3),
                                 torch.from_numpy(radii))
@@ -449,7 +449,7 @@ def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bi
                      "--out", str(video)]) == 0
     import imageio.v3 as iio
 
-    from app.camera_path import TrainedFieldFrames
+    from drstudio.app.camera_path import TrainedFieldFrames
     assert iio.imread(video).shape == (3, 16, 16, 3)
     trained = TrainedFieldFrames(load_scene(scene), "cpu", dict(np.load(out / "params.npz")))
     fresh = TrainedFieldFrames(load_scene(scene), "cpu")
@@ -460,7 +460,7 @@ def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bi
 
 def test_video_of_a_dynamic_field_plays_its_time_range(datasets, tmp_path):
     """A dynamic field's video sweeps its time range: frames of the same pose at t=0 and t=1 differ."""
-    from app.camera_path import TrainedFieldFrames
+    from drstudio.app.camera_path import TrainedFieldFrames
     problem = problem_of(datasets, DYNAMIC, "anim", steps=30)
     for _ in range(30):
         problem.step()
@@ -500,8 +500,8 @@ def test_nerf_w_embeddings_explain_lighting_and_the_transient_takes_the_occluder
     than its own render with the mean embedding (measured: 14.49 vs 13.67 and 14.16 dB); (b) the transient
     share of the opacity is higher on occluder pixels (where `wild` and `clean` differ) than elsewhere
     (measured 0.141 vs 0.085)."""
-    from renderer.conventions import srgb_to_linear
-    from renderer.images import read_image
+    from drstudio.renderer.conventions import srgb_to_linear
+    from drstudio.renderer.images import read_image
     wild = json.loads((datasets / "wild" / "transforms.json").read_text())["frames"]
     clean = json.loads((datasets / "clean" / "transforms.json").read_text())["frames"]
     mse, on, off = {}, [], []

@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import warp as wp
 
-from app import cli
-from renderer.datasets import DatasetOptions, generate_dataset
-from renderer.errors import SceneError
-from renderer.loading import load_scene, summarize
-from renderer.optim.field_training import PSNR_TERM
-from renderer.optim.problem import Problem
-from renderer.recording import load_recording, resume_problem, verify
-from renderer.render_field import FieldState, RayBank, field_grid, render_field_view
-from renderer.stages.camera import generate_rays
+from drstudio.app import cli
+from drstudio.renderer.datasets import DatasetOptions, generate_dataset
+from drstudio.renderer.errors import SceneError
+from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.optim.field_training import PSNR_TERM
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.recording import load_recording, resume_problem, verify
+from drstudio.renderer.render_field import FieldState, RayBank, field_grid, render_field_view
+from drstudio.renderer.stages.camera import generate_rays
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = [[-1.05, -1.05, -1.05], [1.05, 1.05, 1.05]]

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from renderer.loading import load_scene
-from renderer.optim.metrics import parameter_metrics
-from renderer.optim.problem import Problem
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.metrics import parameter_metrics
+from drstudio.renderer.optim.problem import Problem
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 import warp as wp
 
-from renderer.stages.camera import generate_rays
-from renderer.volume import sample_rays
-from renderer.volume.neural_field import (
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.volume import sample_rays
+from drstudio.renderer.volume.neural_field import (
     NeuralField,
     conical_frustum_gaussian,
     frequencies,
@@ -23,7 +23,7 @@ from renderer.volume.neural_field import (
     positional_encoding,
     render_rays,
 )
-from renderer.volume.torch_bridge import composite_torch
+from drstudio.renderer.volume.torch_bridge import composite_torch
 
 torch.set_num_threads(1)
 wp.init()

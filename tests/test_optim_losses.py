@@ -15,8 +15,8 @@ import trimesh
 import warp as wp
 from support.gradcheck import check_gradient
 
-from renderer.optim import losses
-from renderer.optim import regularizers as reg
+from drstudio.renderer.optim import losses
+from drstudio.renderer.optim import regularizers as reg
 
 C1, C2 = 0.01**2, 0.03**2
 

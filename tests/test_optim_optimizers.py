@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import warp as wp
 
-from renderer.optim import losses
-from renderer.optim.optimizers import (
+from drstudio.renderer.optim import losses
+from drstudio.renderer.optim.optimizers import (
     CONSTRAINTS_BY_KIND,
     SGD,
     Adam,
@@ -22,8 +22,8 @@ from renderer.optim.optimizers import (
     make_schedule,
     project,
 )
-from renderer.scene import AmbientLight, Camera, DirectionalLight, Material, Mesh, PointLight, Scene
-from renderer.scene_schema import CosineSchedule, ExponentialSchedule
+from drstudio.renderer.scene import AmbientLight, Camera, DirectionalLight, Material, Mesh, PointLight, Scene
+from drstudio.renderer.scene_schema import CosineSchedule, ExponentialSchedule
 
 
 @wp.kernel

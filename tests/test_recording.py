@@ -18,10 +18,10 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 
-from renderer.loading import load_scene
-from renderer.optim.engine import Engine
-from renderer.optim.problem import Problem
-from renderer.recording import (
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.recording import (
     FORMAT_VERSION,
     Recorder,
     RecorderOptions,
@@ -30,7 +30,7 @@ from renderer.recording import (
     load_recording,
     verify,
 )
-from renderer.recording import format as fmt
+from drstudio.renderer.recording import format as fmt
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "lights.key.position"
@@ -206,10 +206,10 @@ def test_a_log_cut_at_any_byte_loads_its_complete_records(session, tmp_path):
 KILL_SCRIPT = r"""
 import sys, time
 import numpy as np
-from renderer.loading import load_scene
-from renderer.optim.engine import Engine
-from renderer.optim.problem import Problem
-from renderer.recording import Recorder, RecorderOptions
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.recording import Recorder, RecorderOptions
 
 scene, out = sys.argv[1], sys.argv[2]
 problem = Problem(load_scene(scene), "cpu")
@@ -405,8 +405,8 @@ class WithExtraState:
 
 
 def test_keyframes_store_and_restore_extra_state(session, tmp_path):
-    from renderer.recording import Keyframe
-    from renderer.recording.state import compare_state, restore_state
+    from drstudio.renderer.recording import Keyframe
+    from drstudio.renderer.recording.state import compare_state, restore_state
 
     scene = session[3]
     problem = Problem(load_scene(scene), "cpu")
@@ -454,9 +454,9 @@ def test_keyframes_store_and_restore_extra_state(session, tmp_path):
 
 
 def test_a_field_run_resumes_bit_for_bit_with_its_occupancy_grid(tmp_path, monkeypatch):
-    from renderer.datasets import DatasetOptions, generate_dataset
-    from renderer.optim.field_training import FieldTraining
-    from renderer.recording import resume_problem
+    from drstudio.renderer.datasets import DatasetOptions, generate_dataset
+    from drstudio.renderer.optim.field_training import FieldTraining
+    from drstudio.renderer.recording import resume_problem
 
     generate_dataset(load_scene(ROOT / "scenes" / "texture.json"), tmp_path / "data",
                      DatasetOptions(views=8, width=16, height=16), device="cpu")

@@ -13,8 +13,8 @@ import warp as wp
 from support import scenes
 from support.scenes import mesh_labels, pixel_rays, project, world_geometry
 
-from renderer.device_scene import DeviceScene
-from renderer.render import render, render_view
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.render import render, render_view
 
 DEV = "cpu"
 

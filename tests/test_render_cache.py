@@ -16,10 +16,10 @@ import warp as wp
 from support import scenes
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer import parallel
-from renderer.device_scene import DeviceScene
-from renderer.render import render_view
-from renderer.render_cache import GBufferCache
+from drstudio.renderer import parallel
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.render import render_view
+from drstudio.renderer.render_cache import GBufferCache
 
 wp.config.quiet = True
 ALBEDO = "materials.canvas.albedo"

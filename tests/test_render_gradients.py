@@ -39,8 +39,8 @@ import warp as wp
 from support import scenes
 from support.gradcheck import check_gradient
 
-from renderer.device_scene import DeviceScene
-from renderer.render import render_view
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.render import render_view
 
 DEV = "cpu"
 U = 6e-8

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from test_recording import ALBEDO, EDITS, LIGHT, record_session, tiny_scene
 
-from app import cli
-from app.replay import VIDEO_SIZE, Playback, ReplaySource, export_video
-from renderer.recording import format as fmt
-from renderer.recording import load_recording, verify
+from drstudio.app import cli
+from drstudio.app.replay import VIDEO_SIZE, Playback, ReplaySource, export_video
+from drstudio.renderer.recording import format as fmt
+from drstudio.renderer.recording import load_recording, verify
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from renderer.errors import SceneError, field_path
-from renderer.loading import load_scene
+from drstudio.renderer.errors import SceneError, field_path
+from drstudio.renderer.loading import load_scene
 
 
 def base() -> dict:

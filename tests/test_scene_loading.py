@@ -9,10 +9,10 @@ import pytest
 import trimesh
 from PIL import Image
 
-from renderer import conventions as cv
-from renderer import primitives
-from renderer.initial_values import initial_value, scene_center
-from renderer.loading import load_scene, summarize
+from drstudio.renderer import conventions as cv
+from drstudio.renderer import primitives
+from drstudio.renderer.initial_values import initial_value, scene_center
+from drstudio.renderer.loading import load_scene, summarize
 from scenes import make_assets
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import trimesh
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.antialias import antialias, face_neighbors
+from drstudio.renderer.stages.antialias import antialias, face_neighbors
 
 DEV = "cpu"
 # an arbitrary camera: non-unit quaternion (the kernels normalize it) and a translation

@@ -6,7 +6,7 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.background import composite, composite_output, coverage_from_ids
+from drstudio.renderer.stages.background import composite, composite_output, coverage_from_ids
 
 N = 7
 

@@ -7,7 +7,7 @@ import warp as wp
 from support.arrays import farr, quat_matrix, varr
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.geometry import transform_vertices, vertex_normals
+from drstudio.renderer.stages.geometry import transform_vertices, vertex_normals
 
 
 def numpy_normals(v, f):

@@ -6,9 +6,9 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.camera import generate_rays
-from renderer.stages.interpolate import interpolate, interpolate_derivatives
-from renderer.stages.visibility import bary_derivatives, build_bvh, intersect, trace_primary
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.stages.interpolate import interpolate, interpolate_derivatives
+from drstudio.renderer.stages.visibility import bary_derivatives, build_bvh, intersect, trace_primary
 
 RNG = np.random.default_rng(11)
 ATTR = RNG.normal(size=(6, 3)).astype(np.float32)

@@ -14,9 +14,9 @@ import pytest
 import warp as wp
 from support import scenes
 
-from renderer.primitives import uv_sphere
-from renderer.stages import camera as cam
-from renderer.stages import raster, visibility
+from drstudio.renderer.primitives import uv_sphere
+from drstudio.renderer.stages import camera as cam
+from drstudio.renderer.stages import raster, visibility
 
 wp.config.quiet = True
 
@@ -144,8 +144,8 @@ def test_validation_errors_name_the_argument():
 def test_render_view_gives_the_same_image_with_either_visibility_method(monkeypatch):
     """render_view rasterizes unless the mesh has more than RASTER_MAX_TRIANGLES_PER_PIXEL triangles per
     pixel; forcing the BVH path must give the same image (no exact ties in this scene)."""
-    from renderer import render
-    from renderer.device_scene import DeviceScene
+    from drstudio.renderer import render
+    from drstudio.renderer.device_scene import DeviceScene
 
     ds = DeviceScene(scenes.gradient_scene(40, 30, mode="antialias"), "cpu")
     raster_img = render.render_view(ds, ds.prepare(), "main").numpy()

@@ -6,7 +6,7 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.shading import Lights, shade, shadow_mask
+from drstudio.renderer.stages.shading import Lights, shade, shadow_mask
 
 CAM = np.array([0.3, -0.2, 4.0, 0.1, 0.3, -0.2, 0.9], np.float32)  # unnormalized quaternion: unused
 

@@ -10,7 +10,7 @@ import warp as wp
 from support import loss_kernels
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages import softras
+from drstudio.renderer.stages import softras
 
 EPS_D = 1e-4  # coverage cutoff, as documented in softras
 

@@ -11,7 +11,7 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.texture import TexturePool, footprint, sample, sample_bilinear_level, sample_footprint
+from drstudio.renderer.stages.texture import TexturePool, footprint, sample, sample_bilinear_level, sample_footprint
 
 wp.config.quiet = True
 ATOL = 2e-5

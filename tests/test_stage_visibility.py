@@ -8,8 +8,8 @@ import warp as wp
 from support.arrays import farr, quat_matrix, varr
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.stages.camera import generate_rays
-from renderer.stages.visibility import bary_derivatives, build_bvh, intersect, refit_bvh, trace_primary
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.stages.visibility import bary_derivatives, build_bvh, intersect, refit_bvh, trace_primary
 
 
 def iarr(a):

@@ -13,12 +13,12 @@ import warp as wp
 from support import scenes
 from support.gradcheck import weighted_loss
 
-import renderer  # noqa: F401  (installs the per-thread tape)
-from renderer import parallel, thread_tape
-from renderer.device_scene import DeviceScene
-from renderer.loading import load_scene
-from renderer.optim.problem import Problem
-from renderer.render import render_view
+import drstudio.renderer  # noqa: F401  (installs the per-thread tape)
+from drstudio.renderer import parallel, thread_tape
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.render import render_view
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ["materials.canvas.albedo", "meshes.card.vertices", "meshes.card.colors", "lights.point0.color",

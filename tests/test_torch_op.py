@@ -10,9 +10,9 @@ import torch
 import warp as wp
 from support import scenes
 
-from renderer.device_scene import DeviceScene
-from renderer.render import render_view
-from renderer.torch import _wrap, render_torch
+from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.render import render_view
+from drstudio.renderer.torch import _wrap, render_torch
 
 DEV = "cpu"
 PATHS = ["materials.canvas.albedo", "meshes.orb.vertices", "lights.point0.position", "cameras.main.pose"]

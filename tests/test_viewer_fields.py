@@ -107,7 +107,7 @@ def _viewport_rect(state):
 
 
 def _field_session(s: Script, state):
-    from renderer import conventions as cv
+    from drstudio.renderer import conventions as cv
 
     pv = state.preview
     assert pv is not None, "a scene with fields gets a field preview"
@@ -150,7 +150,7 @@ def _field_session(s: Script, state):
     assert "plot.psnr" in state.rects and "readout.psnr" in state.rects
     px, py, pw, ph = (int(v) for v in state.rects["plot.psnr"])
     assert pw > 100 and ph > 50 and img[py:py + ph, px:px + pw].std() > 10, "the PSNR plot is not drawn"
-    from app.viewer.panels import loss_series, psnr_series
+    from drstudio.app.viewer.panels import loss_series, psnr_series
 
     assert not any(k.endswith("_db") for k in loss_series(state.snapshot.history))
     xs, ys = psnr_series(state.snapshot.history)
@@ -200,7 +200,7 @@ def _field_session(s: Script, state):
     assert changed(crop(before, vrect), crop(off, vrect)) < 0.002, "the occupancy overlay did not go away"
 
     # Camera path: one-click orbit, then export a 6-frame 64x48 mp4 from the viewer.
-    from app.viewer.camera_panel import settings
+    from drstudio.app.viewer.camera_panel import settings
 
     v = settings(state)
     v.frames, v.width, v.height, v.out = 6, 64, 48, str(s.evidence / "video" / "orbit.mp4")
@@ -220,7 +220,7 @@ def _field_session(s: Script, state):
 
 def test_field_session(display, tmp_path):
     _need_xdotool()
-    from app.viewer import run_viewer
+    from drstudio.app.viewer import run_viewer
 
     scene = write_field_scene(tmp_path)
     script = Script(display, tmp_path, _field_session)
@@ -240,8 +240,8 @@ def test_field_session(display, tmp_path):
 def write_dynamic_scene(folder: Path) -> Path:
     """A dynamic (time-conditioned) voxel-grid field on a tiny animated dataset of the globe (10 views of
     16x16 over times in [0, 1], 2 held out)."""
-    from renderer.datasets import Animation, DatasetOptions, generate_dataset
-    from renderer.loading import load_scene
+    from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset
+    from drstudio.renderer.loading import load_scene
 
     globe = load_scene(Path(__file__).resolve().parents[1] / "scenes" / "texture.json")
     generate_dataset(globe, folder / "anim", DatasetOptions(views=10, test_views=2, width=16, height=16,
@@ -282,7 +282,7 @@ def _time_session(s: Script, state):
 
 def test_time_slider_for_dynamic_fields(display, tmp_path):
     _need_xdotool()
-    from app.viewer import run_viewer
+    from drstudio.app.viewer import run_viewer
 
     script = Script(display, tmp_path, _time_session)
     rc = run_viewer(str(write_dynamic_scene(tmp_path)), max_frames=100000, on_frame=script)
@@ -325,14 +325,14 @@ class _FakeEngine:
 
 
 def _preview():
-    from app.viewer.field_preview import FieldPreview, PreviewSettings
+    from drstudio.app.viewer.field_preview import FieldPreview, PreviewSettings
 
     src, eng = _FakeSource(), _FakeEngine()
     return FieldPreview(src, eng, PreviewSettings(still_after=0.0, refresh_min=0.0, refresh_factor=0.0)), src, eng
 
 
 def test_preview_resolution_steps():
-    from app.viewer.field_preview import PreviewRequest
+    from drstudio.app.viewer.field_preview import PreviewRequest
 
     pv, src, eng = _preview()
     pose = np.array([0, 0, 3, 0, 0, 0, 1], np.float64)
@@ -367,7 +367,7 @@ def test_preview_resolution_steps():
     assert pv.latest.scale == 1.0
     eng.state = "paused"
     # bands: each band's principal point moves up by its first row, the image is stitched whole
-    from app.viewer.field_preview import BAND_RAYS
+    from drstudio.app.viewer.field_preview import BAND_RAYS
 
     rows = src.calls
     assert len(rows) == -(-200 // (BAND_RAYS // 320))
@@ -375,7 +375,7 @@ def test_preview_resolution_steps():
 
 
 def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
-    from app.viewer.field_preview import PreviewRequest
+    from drstudio.app.viewer.field_preview import PreviewRequest
 
     pv, src, eng = _preview()
     pose = np.array([0, 0, 3, 0, 0, 0, 1], np.float64)
@@ -390,7 +390,7 @@ def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
     occ = pv.occupancy
     assert occ.occupied == 8 and occ.cells == 64 and len(occ.points) == 8
     np.testing.assert_allclose(np.sort(np.unique(occ.points)), [-0.25, 0.25])  # cell centers of the middle cells
-    from app.viewer.field_preview import occupancy_points
+    from drstudio.app.viewer.field_preview import occupancy_points
 
     pts, n = occupancy_points(np.ones((40, 40, 40), bool), [0, 0, 0, 1, 1, 1], limit=1000)
     assert n == 64000 and 900 <= len(pts) <= 1000
@@ -401,8 +401,8 @@ def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
 def write_torch_field_scene(folder: Path, kind: str) -> Path:
     """A tiny neural (IPE) or NeRF-W field on a 10-view 16x16 dataset of the globe (NeRF-W: varied
     lighting and occluders), 2 views held out."""
-    from renderer.datasets import DatasetOptions, generate_dataset
-    from renderer.loading import load_scene
+    from drstudio.renderer.datasets import DatasetOptions, generate_dataset
+    from drstudio.renderer.loading import load_scene
 
     globe = load_scene(Path(__file__).resolve().parents[1] / "scenes" / "texture.json")
     extra = dict(lighting_variation=0.4, occluders=1) if kind == "nerf_w" else {}
@@ -451,7 +451,7 @@ def _torch_field_session(s: Script, state):
 @pytest.mark.parametrize("kind", ["neural", "nerf_w"])
 def test_torch_fields_train_and_preview_in_the_viewer(display, tmp_path, kind):
     _need_xdotool()
-    from app.viewer import run_viewer
+    from drstudio.app.viewer import run_viewer
 
     script = Script(display, tmp_path, _torch_field_session)
     rc = run_viewer(str(write_torch_field_scene(tmp_path, kind)), max_frames=100000, on_frame=script)

@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 from test_viewer import XDOTOOL, Input, changed, crop
 
-from app.replay import ReplaySource
-from renderer.loading import load_scene
-from renderer.optim.engine import Engine
-from renderer.optim.problem import Problem
-from renderer.recording import Recorder, RecorderOptions
+from drstudio.app.replay import ReplaySource
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.recording import Recorder, RecorderOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "lights.key.position"
@@ -73,7 +73,7 @@ def recording(tmp_path_factory) -> Path:
 # ---- the replay state, no window ----------------------------------------------------------------------
 
 def test_replay_state_follows_the_recording(recording):
-    from app.viewer.replay_mode import ReplayState
+    from drstudio.app.viewer.replay_mode import ReplayState
 
     src = ReplaySource(recording)
     state = ReplayState.from_source(src, speed=2.0)
@@ -111,7 +111,7 @@ def test_replay_state_follows_the_recording(recording):
 
 
 def test_replay_of_a_bad_folder_is_a_user_error(tmp_path, capsys):
-    from app.viewer import run_replay
+    from drstudio.app.viewer import run_replay
 
     assert run_replay(tmp_path / "nope") == 2
     assert "no such recording folder" in capsys.readouterr().err
@@ -175,7 +175,7 @@ class ReplaySession:
         yield from self.click_at(state, *state.rect_center(widget))
 
     def run(self, state):
-        from app.viewer.replay_mode import slider_x
+        from drstudio.app.viewer.replay_mode import slider_x
 
         src = self.src
         first, last = src.first_step, src.last_step
@@ -311,7 +311,7 @@ class ReplaySession:
 
 
 def test_replay_viewer_session(display, recording, tmp_path):
-    from app.viewer import run_replay
+    from drstudio.app.viewer import run_replay
 
     if XDOTOOL is None:  # like test_viewer: skipped on a developer machine, a failure in CI
         import os

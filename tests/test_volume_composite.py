@@ -5,8 +5,8 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer.volume import composite, sample_rays
-from renderer.volume.march import Samples
+from drstudio.renderer.volume import composite, sample_rays
+from drstudio.renderer.volume.march import Samples
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 

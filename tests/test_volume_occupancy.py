@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import warp as wp
 
-from renderer.volume import OccupancyGrid
+from drstudio.renderer.volume import OccupancyGrid
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import warp as wp
 
-from renderer.optim.losses import l2
-from renderer.optim.optimizers import Adam
-from renderer.stages.camera import generate_rays
-from renderer.volume import OccupancyGrid, VoxelGrid, composite, render, sample_rays
+from drstudio.renderer.optim.losses import l2
+from drstudio.renderer.optim.optimizers import Adam
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.volume import OccupancyGrid, VoxelGrid, composite, render, sample_rays
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 CENTER, RADIUS, SIGMA = (0.1, -0.05, 0.0), 0.6, 2.0

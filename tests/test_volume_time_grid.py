@@ -9,11 +9,11 @@ import pytest
 import warp as wp
 from support.gradcheck import check_gradient, weighted_loss
 
-from renderer import parallel
-from renderer.optim.losses import l2
-from renderer.optim.optimizers import Adam
-from renderer.stages.camera import generate_rays
-from renderer.volume import OccupancyGrid, TimeGrid, VoxelGrid, composite, sample_rays
+from drstudio.renderer import parallel
+from drstudio.renderer.optim.losses import l2
+from drstudio.renderer.optim.optimizers import Adam
+from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.volume import OccupancyGrid, TimeGrid, VoxelGrid, composite, sample_rays
 
 BOX = (-1.0, -0.5, 0.0, 1.0, 0.5, 1.5)
 RES = (4, 3, 5)

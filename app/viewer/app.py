@@ -25,10 +25,10 @@ import glfw
 import moderngl
 import numpy as np
 
-from renderer.errors import SceneError
-from renderer.loading import load_scene
-from renderer.optim.engine import Engine
-from renderer.optim.problem import Problem
+from drstudio.renderer.errors import SceneError
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.problem import Problem
 
 from . import panels
 from .image_panes import Compositor
@@ -288,7 +288,7 @@ def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | 
         return EXIT_USER_ERROR
     recorder = None
     if record_dir is not None:
-        from renderer.recording import Recorder, next_recording_dir
+        from drstudio.renderer.recording import Recorder, next_recording_dir
 
         recorder = Recorder(next_recording_dir(record_dir), engine.problem)
         engine.add_listener(recorder)

@@ -1,7 +1,7 @@
 """What the viewer costs the optimization: optimizer steps/s headless vs with the viewer open, and
 the viewer's frame rate while the optimizer runs.
 
-    python -m app.viewer.bench scenes/texture.json scenes/light.json --seconds 20
+    python -m drstudio.app.viewer.bench scenes/texture.json scenes/light.json --seconds 20
 
 Per scene, four runs of the same engine (each after a warm-up, averaged over `--seconds`):
 - headless: `Engine(publish_images=False)`, as `drstudio optimize` runs it;
@@ -40,9 +40,9 @@ def _steps_rate(engine, warmup: float, seconds: float) -> float:
 
 
 def headless(scene_path: str, device: str, seconds: float, warmup: float, publish_images: bool) -> float:
-    from renderer.loading import load_scene
-    from renderer.optim.engine import Engine
-    from renderer.optim.problem import Problem
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.optim.engine import Engine
+    from drstudio.renderer.optim.problem import Problem
 
     problem = Problem(load_scene(scene_path), device)
     problem.steps = 10**6
@@ -136,9 +136,9 @@ def preview_steps(scene_path: str, device: str, train_steps: int, size=(715, 414
     """Field scenes: ms of one preview frame (`render_free`, in the preview's bands) at each resolution
     step of a viewport of `size` (the default layout's at 1280x720), median of `repeat`, optimizer idle:
     for the untrained field and after `train_steps` steps. Returns [(steps, scale, w, h, ms)]."""
-    from renderer import conventions as cv
-    from renderer.loading import load_scene
-    from renderer.optim.problem import Problem
+    from drstudio.renderer import conventions as cv
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.optim.problem import Problem
 
     from .field_preview import BAND_RAYS, LADDER, FieldSource, intrinsics_for, scaled_size
 

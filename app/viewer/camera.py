@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 
 def gl_bytes(m: np.ndarray) -> bytes:

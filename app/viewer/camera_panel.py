@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from imgui_bundle import imgui
 
-from app import camera_path as cp
+from drstudio.app import camera_path as cp
 
 from .state import AppState
 

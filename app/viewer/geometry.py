@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 
 def rotation_matrix(q) -> np.ndarray:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from imgui_bundle import imguizmo
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 from . import geometry
 from .state import AppState

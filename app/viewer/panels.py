@@ -9,7 +9,7 @@ import math
 import numpy as np
 from imgui_bundle import imgui, implot
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show

@@ -28,9 +28,9 @@ from pathlib import Path
 import numpy as np
 from imgui_bundle import imgui
 
-from app.replay import Playback, ReplaySource
-from renderer.optim.engine import Snapshot
-from renderer.recording import RecordingError
+from drstudio.app.replay import Playback, ReplaySource
+from drstudio.renderer.optim.engine import Snapshot
+from drstudio.renderer.recording import RecordingError
 
 from .panels import _remember, begin
 from .state import AppState, ParamInfo

@@ -1,7 +1,7 @@
 """Regenerate docs/screenshot.png: the viewer on a shipped scene with the optimizer running, the
 target's key light selected (its gizmo shown), and gradient overlays on.
 
-    python -m app.viewer.screenshot [scenes/light.json] [docs/screenshot.png] [--steps 40]
+    python -m drstudio.app.viewer.screenshot [scenes/light.json] [docs/screenshot.png] [--steps 40]
 
 Needs a display (DISPLAY, e.g. Xvfb at 1280x720).
 """

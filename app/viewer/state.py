@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from renderer.optim.engine import Snapshot
+from drstudio.renderer.optim.engine import Snapshot
 
 from .camera import OrbitCamera, project
 from .field_layer import FieldViewSettings

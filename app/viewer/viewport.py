@@ -18,7 +18,7 @@ import moderngl
 import numpy as np
 from imgui_bundle import imgui, imguizmo
 
-from renderer import conventions as cv
+from drstudio.renderer import conventions as cv
 
 from . import geometry, gizmos
 from .camera import gl_bytes, intrinsics_projection, pose_view

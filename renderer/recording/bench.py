@@ -1,4 +1,4 @@
-"""What recording costs the optimizer: `python -m renderer.recording.bench [SCENE] [--steps N] [--repeats R]`.
+"""What recording costs the optimizer: `python -m drstudio.renderer.recording.bench [SCENE] [--steps N] [--repeats R]`.
 
 Runs the scene's optimization headless (engine thread, no images published) for N steps with recording
 off and on (default options), alternating, R times each, and prints the median steps/s of each, the

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import trimesh
 
-from renderer.scene import (
+from drstudio.renderer.scene import (
     AmbientLight,
     Camera,
     DirectionalLight,
