@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from drstudio.renderer import conventions as cv
 
 DEFAULT_FOV_Y = 40.0
@@ -217,7 +216,6 @@ class FieldFrames:
 
     def __init__(self, scene, device=None, params: dict | None = None, params_file: str = "params"):
         import warp as wp
-
         from drstudio.renderer.render_field import FieldState, field_grid
         from drstudio.renderer.volume import OccupancyGrid
 
@@ -250,7 +248,6 @@ class FieldFrames:
 
     def render(self, pose, intrinsics, width: int, height: int, time=None) -> np.ndarray:
         import warp as wp
-
         from drstudio.renderer.render_field import render_field_view
 
         dev = self.background.device
@@ -323,7 +320,6 @@ class MeshFrames:
 
     def render(self, pose, intrinsics, width: int, height: int, time=None) -> np.ndarray:
         import warp as wp
-
         from drstudio.renderer.render import render_view
 
         dev = self.ds.device

@@ -264,8 +264,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"drstudio bench: {bench} not found (the benchmarks ship with the source tree)", file=sys.stderr)
         return EXIT_USER_ERROR
     sys.path.insert(0, str(ROOT))
-    from benchmarks import bench_render
     from drstudio.renderer.device_scene import default_device
+
+    from benchmarks import bench_render
 
     quick = ["--quick"] if args.quick else []
     return bench_render.main(["--device", args.device or default_device(), *quick, *args.bench_args])

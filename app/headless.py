@@ -29,8 +29,6 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
-
 from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.images import atomic_write, write_image
 from drstudio.renderer.loading import load_scene
@@ -39,6 +37,7 @@ from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.metrics import parameter_metrics
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.render import render_view
+from tqdm import tqdm
 
 
 def default_out_dir(root: Path) -> Path:
@@ -151,7 +150,7 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
     values = {p: ds.get(p) for p in problem.param_specs}
     atomic_write(out / "params.npz", lambda tmp: np.savez(open(tmp, "wb"), **values))
     for path, value in values.items():
-        kind = ds.kinds[path]
+        kind = ds.kind(path)
         if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:
             write_image(out / f"{path}.png", value, srgb=(kind == "albedo"))
         if kind == "vertices":

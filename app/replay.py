@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from drstudio.renderer.optim.engine import Snapshot
 from drstudio.renderer.recording import RecordingError, load_recording, verify
 from drstudio.renderer.recording import format as fmt

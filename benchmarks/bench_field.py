@@ -21,10 +21,9 @@ import json
 import time
 from pathlib import Path
 
+import drstudio.renderer  # noqa: F401  (quiet Warp)
 import numpy as np
 import warp as wp
-
-import drstudio.renderer  # noqa: F401  (quiet Warp)
 from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.images import atomic_write
 from drstudio.renderer.loading import load_scene

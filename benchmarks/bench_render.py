@@ -42,7 +42,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import warp as wp
-
 from drstudio.renderer import conventions, primitives
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.optim import losses

@@ -13,7 +13,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
 from drstudio.renderer.images import atomic_write  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -1,7 +1,9 @@
 """A scene's values as Warp arrays on one device, and the per-step packing the stages read.
 
-`DeviceScene` holds one leaf array (requires_grad) per dotted path of `Scene.params()`: the optimizer
-updates these, the tape accumulates gradients into their `.grad`, the viewer reads them. `prepare()`
+`DeviceScene` holds one leaf array (requires_grad) per path of its parameter table (`self.params`, a
+`renderer.params.ParamTable`): the optimizer updates these, the tape accumulates gradients into their
+`.grad`, the viewer reads them. Values change through `self.params.update` (validated, versioned, and
+announced to subscribers such as the G-buffer cache); the table's writer stores them here. `prepare()`
 runs the differentiable work shared by every view of one step (world-space vertices, normals, packed
 attributes, texture pyramids, packed lights) and returns a `Frame`; `renderer.render.render_view`
 draws one camera from a `Frame`. Record `prepare()` and all views of a step under one `wp.Tape`.
@@ -14,13 +16,14 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from .params import Group, Kind, ParamPath, ParamTable
 from .scene import SHADING_MODELS, Scene
 from .stages import geometry, pack, visibility
 from .stages.antialias import face_neighbors
 from .stages.shading import Lights
 from .stages.texture import TexturePool
 
-_VEC3_KINDS = ("vertices",)
+_VEC3_KINDS = (Kind.VERTICES,)
 
 
 def default_device() -> str:
@@ -63,14 +66,11 @@ class DeviceScene:
     def __init__(self, scene: Scene, device: str | None = None):
         self.scene = scene
         self.device = wp.get_device(device or default_device())
-        self.arrays: dict[str, wp.array] = {}
-        self.kinds: dict[str, str] = {}
-        # per path, bumped by every `set`/`touch`: what `render_cache.GBufferCache` checks its entries with
-        self.versions: dict[str, int] = {}
+        self.params = ParamTable.from_scene(scene)
+        self.params.bind(self._write)
+        self.arrays: dict[ParamPath, wp.array] = {}
         for path, p in scene.params().items():
             self.arrays[path] = _leaf(p.value, p.kind, self.device)
-            self.kinds[path] = p.kind
-            self.versions[path] = 0
 
         mat_index = {name: i for i, name in enumerate(scene.materials)}
         self.material_model = wp.array(
@@ -105,24 +105,40 @@ class DeviceScene:
         self._bvh: wp.Mesh | None = None
 
     # -- values ---------------------------------------------------------------------------------
-    def get(self, path: str) -> np.ndarray:
-        """A NumPy copy of the current value at `path`, in the scene's shape."""
-        return self.arrays[path].numpy().reshape(self.scene.params()[path].shape).copy()
+    @property
+    def versions(self) -> dict[ParamPath, int]:
+        """Per path, bumped by every change the table hears of (what `GBufferCache` checks entries with)."""
+        return self.params.versions
 
-    def set(self, path: str, value: np.ndarray) -> None:
-        """Overwrite the value at `path` (shape must match)."""
+    def kind(self, path) -> Kind:
+        return self.params[path].kind
+
+    def get(self, path) -> np.ndarray:
+        """A NumPy copy of the current value at `path`, in the table's shape."""
+        return self.arrays[path].numpy().reshape(self.params[path].shape).copy()
+
+    def set(self, path, value: np.ndarray, *, check_range: bool = False) -> None:
+        """Overwrite the value at `path` through the table (`params.update`: shape and finiteness checked,
+        version bumped, subscribers told). The kind's range is checked with `check_range`; callers that
+        project their values themselves (the optimizer's constraints) leave it off."""
+        self.params.update(path, value, check_range=check_range)
+
+    def _write(self, path: ParamPath, value: np.ndarray) -> None:
         arr = self.arrays[path]
-        value = np.asarray(value, dtype=np.float32)
-        expected = self.scene.params()[path].shape
-        if value.shape != expected:
-            raise ValueError(f"{path}: expected shape {expected}, got {value.shape}")
         arr.assign(wp.array(value.reshape(arr.numpy().shape), dtype=arr.dtype, device=self.device))
-        self.touch(path)
 
-    def touch(self, path: str) -> None:
-        """Declare that the value at `path` changed (call after writing its leaf array in place other than
-        through `set`, e.g. an optimizer update of a path a `GBufferCache` was not told is varying)."""
-        self.versions[path] = self.versions.get(path, 0) + 1
+    def replace_leaf(self, path, value: np.ndarray) -> wp.array:
+        """A new leaf array of another shape at `path` (a field's lattice grows): the table's entry is
+        resized and the change announced. Returns the new array."""
+        entry = self.params[path]
+        arr = _leaf(value, entry.kind, self.device)
+        self.arrays[entry.path] = arr
+        self.params.resize(entry.path, value.shape)
+        return arr
+
+    def touch(self, path) -> None:
+        """Declare that the value at `path` changed in place (written other than through `set`)."""
+        self.params.changed((path,))
 
     def zero_grad(self) -> None:
         for arr in self.arrays.values():
@@ -145,7 +161,10 @@ class DeviceScene:
         mipmaps = sc.render.mipmaps if mipmaps is None else mipmaps
         if cache is not None and cache.ds is not self:
             raise ValueError("cache: expected a GBufferCache of this DeviceScene")
-        prefixes = [f"meshes.{m.name}" for m in sc.meshes.values()]
+        meshes = list(sc.meshes)
+
+        def leaf(group: Group, owner: str, name: str) -> wp.array:
+            return a[ParamPath(group, owner, name)]
 
         def build_geometry(const: bool):
             k = _constant if const else (lambda x: x)
@@ -153,23 +172,24 @@ class DeviceScene:
             # because the backward pass of its views reads them (several prepare() calls may share one
             # backward, e.g. render_torch for several cameras or several values of a path).
             world = wp.zeros(self.num_vertices, dtype=wp.vec3, device=dev, requires_grad=not const)
-            for off, p in zip(self.vertex_offsets, prefixes):
-                geometry.transform_vertices(k(a[f"{p}.vertices"]), k(a[f"{p}.translation"]), k(a[f"{p}.rotation"]),
-                                            k(a[f"{p}.scale"]), world, off)
+            for off, m in zip(self.vertex_offsets, meshes):
+                geometry.transform_vertices(*(k(leaf(Group.MESHES, m, n)) for n in ("vertices", "translation",
+                                                                                   "rotation", "scale")), world, off)
             return world, geometry.vertex_normals(world, self.faces)
 
-        def build_rows(leaf: str, width: int):
+        def build_rows(name: str, width: int):
             def build(const: bool):
                 out = wp.zeros((self.num_vertices, width), dtype=float, device=dev, requires_grad=not const)
-                for off, p in zip(self.vertex_offsets, prefixes):
-                    pack.copy_rows(_constant(a[f"{p}.{leaf}"]) if const else a[f"{p}.{leaf}"], out, off)
+                for off, m in zip(self.vertex_offsets, meshes):
+                    src = leaf(Group.MESHES, m, name)
+                    pack.copy_rows(_constant(src) if const else src, out, off)
                 return out
             return build
 
         def part(name: str, leaves: tuple | None, build, deps: list[str] | None = None):
             if cache is None:
                 return build(False)
-            deps = deps if deps is not None else [f"{p}.{leaf}" for p in prefixes for leaf in leaves]
+            deps = deps if deps is not None else [ParamPath(Group.MESHES, m, n) for m in meshes for n in leaves]
             return cache.fetch_static(name, deps, build)
 
         world, normals = part("geometry", ("vertices", "translation", "rotation", "scale"), build_geometry)
@@ -185,26 +205,27 @@ class DeviceScene:
 
         def build_pool(prop: str):
             def build(const: bool):
-                textures = [a[f"materials.{n}.{prop}"] for n in mats]
+                textures = [leaf(Group.MATERIALS, n, prop) for n in mats]
                 return TexturePool.build([_constant(t) for t in textures] if const else textures, self.wraps,
                                          mipmaps=mipmaps)
             return build
 
-        pools = [part(f"{prop} pool {bool(mipmaps)}", None, build_pool(prop), [f"materials.{n}.{prop}" for n in mats])
+        pools = [part(f"{prop} pool {bool(mipmaps)}", None, build_pool(prop),
+                      [ParamPath(Group.MATERIALS, n, prop) for n in mats])
                  for prop in ("albedo", "roughness", "metallic")]
         pl, dl, al = sc.point_lights, sc.directional_lights, sc.ambient_lights
 
         def build_lights(const: bool):
             k = _constant if const else (lambda x: x)
             return Lights(
-                point_position=pack.gather_vec3([k(a[f"lights.{n}.position"]) for n in pl], dev),
-                point_color=pack.gather_vec3([k(a[f"lights.{n}.color"]) for n in pl], dev),
-                point_intensity=pack.gather_scalar([k(a[f"lights.{n}.intensity"]) for n in pl], dev),
-                dir_direction=pack.gather_vec3([k(a[f"lights.{n}.direction"]) for n in dl], dev),
-                dir_color=pack.gather_vec3([k(a[f"lights.{n}.color"]) for n in dl], dev),
-                dir_intensity=pack.gather_scalar([k(a[f"lights.{n}.intensity"]) for n in dl], dev),
-                ambient=pack.sum_vec3([k(a[f"lights.{n}.color"]) for n in al], dev),
+                point_position=pack.gather_vec3([k(leaf(Group.LIGHTS, n, "position")) for n in pl], dev),
+                point_color=pack.gather_vec3([k(leaf(Group.LIGHTS, n, "color")) for n in pl], dev),
+                point_intensity=pack.gather_scalar([k(leaf(Group.LIGHTS, n, "intensity")) for n in pl], dev),
+                dir_direction=pack.gather_vec3([k(leaf(Group.LIGHTS, n, "direction")) for n in dl], dev),
+                dir_color=pack.gather_vec3([k(leaf(Group.LIGHTS, n, "color")) for n in dl], dev),
+                dir_intensity=pack.gather_scalar([k(leaf(Group.LIGHTS, n, "intensity")) for n in dl], dev),
+                ambient=pack.sum_vec3([k(leaf(Group.LIGHTS, n, "color")) for n in al], dev),
             )
 
-        lights = part("lights", None, build_lights, [p for p in a if p.startswith("lights.")])
+        lights = part("lights", None, build_lights, [e.path for e in self.params.select(group=Group.LIGHTS)])
         return Frame(world, normals, uvs, colors, self._bvh, *pools, lights)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .params import Kind, ParamPath, scene_values
+
 SHADING_MODELS = ("lambert", "ggx")
 RENDER_MODES = ("hard", "antialias", "soft")
 
@@ -172,9 +174,9 @@ class Field:
 class Param:
     """A view of one differentiable value. `value` is the NumPy array the scene holds (not a copy)."""
 
-    path: str
+    path: ParamPath
     value: np.ndarray
-    kind: str  # vertices, colors, uvs, texture, scalar, color, position, direction, intensity, ...
+    kind: Kind
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -196,42 +198,7 @@ class Scene:
     optimize: object | None = None  # the validated `optimize` section (renderer.scene_schema.OptimizeSpec)
     description: str = ""  # what the scene is about, from the scene file
 
-    def params(self) -> dict[str, Param]:
-        """Every differentiable value of the scene by dotted path, in a stable order."""
-        out: dict[str, Param] = {}
-
-        def add(path: str, value: np.ndarray, kind: str) -> None:
-            out[path] = Param(path, value, kind)
-
-        for m in self.meshes.values():
-            p = f"meshes.{m.name}"
-            add(f"{p}.vertices", m.vertices, "vertices")
-            add(f"{p}.colors", m.colors, "colors")
-            add(f"{p}.uvs", m.uvs, "uvs")
-            add(f"{p}.translation", m.translation, "position")
-            add(f"{p}.rotation", m.rotation, "quaternion")
-            add(f"{p}.scale", m.scale, "scale")
-        for mat in self.materials.values():
-            p = f"materials.{mat.name}"
-            add(f"{p}.albedo", mat.albedo, "albedo")
-            add(f"{p}.roughness", mat.roughness, "roughness")
-            add(f"{p}.metallic", mat.metallic, "metallic")
-        for light in self.point_lights.values():
-            p = f"lights.{light.name}"
-            add(f"{p}.position", light.position, "position")
-            add(f"{p}.color", light.color, "color")
-            add(f"{p}.intensity", light.intensity, "intensity")
-        for light in self.directional_lights.values():
-            p = f"lights.{light.name}"
-            add(f"{p}.direction", light.direction, "direction")
-            add(f"{p}.color", light.color, "color")
-            add(f"{p}.intensity", light.intensity, "intensity")
-        for light in self.ambient_lights.values():
-            add(f"lights.{light.name}.color", light.color, "color")
-        for cam in self.cameras.values():
-            add(f"cameras.{cam.name}.intrinsics", cam.intrinsics, "intrinsics")
-            add(f"cameras.{cam.name}.pose", cam.pose, "pose")
-        for f in self.fields.values():
-            for key, (value, kind) in f.values().items():
-                add(f"fields.{f.name}.{key}", value, kind)
-        return out
+    def params(self) -> dict[ParamPath, Param]:
+        """Every differentiable value of the scene by dotted path, in the parameter table's order
+        (`renderer.params.scene_values`); each `Param.value` is the array the scene holds."""
+        return {path: Param(path, value, kind) for path, (value, kind) in scene_values(self).items()}

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from drstudio.renderer import primitives
 from drstudio.renderer.images import atomic_write, write_image
 

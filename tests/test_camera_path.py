@@ -10,7 +10,6 @@ import threading
 
 import numpy as np
 import pytest
-
 from drstudio.app import camera_path as cp
 from drstudio.renderer import conventions as cv
 
@@ -161,9 +160,8 @@ def test_mesh_frames_match_the_renderer_through_a_scene_camera():
 def test_field_frames_with_trained_values(tmp_path):
     """A field renders from a params.npz at another lattice than the scene's; band rendering equals one
     piece; a params file without the field's values is refused by name."""
-    from test_viewer_fields import write_field_scene
-
     from drstudio.renderer.loading import load_scene
+    from test_viewer_fields import write_field_scene
 
     scene = load_scene(write_field_scene(tmp_path))
     f = scene.fields["nerf"]
@@ -190,7 +188,6 @@ def test_viewer_export_of_a_mesh_scene(tmp_path):
     """The Camera path window's export without the window: a one-turn orbit from the free camera of a
     mesh scene, rendered by the differentiable renderer in the export thread with the viewer's values."""
     import imageio.v3 as iio
-
     from drstudio.app.viewer.app import build
     from drstudio.app.viewer.camera_panel import orbit_here, settings, start_export
 

@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-
 from drstudio.renderer import conventions as cv
 
 RNG = np.random.default_rng(7)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from drstudio.app import cli
 from drstudio.renderer import conventions as cv
 from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset, plan_dataset

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim.commands import CommandError
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 
@@ -135,12 +135,18 @@ def _leaves(x):
 
 def test_bad_commands_are_reported_and_change_nothing(engine):
     before = engine.problem.ds.get(LIGHT)
-    engine.send("set_value", LIGHT, [np.nan, 0, 0])
-    snap = engine.wait(lambda s: bool(s.error))
-    assert "not finite" in snap.error and snap.state != "error"
-    np.testing.assert_array_equal(engine.problem.ds.get(LIGHT), before)
-    with pytest.raises(ValueError, match="unknown engine command"):
+    # what a command can tell alone is refused by `send` itself
+    with pytest.raises(CommandError, match="finite"):
+        engine.send("set_value", LIGHT, [np.nan, 0, 0])
+    with pytest.raises(CommandError, match="unknown command"):
         engine.send("explode")
+    with pytest.raises(CommandError, match="step count"):
+        engine.send("step", -3)
+    # what needs the problem is refused on the engine thread, published, and changes nothing
+    engine.send("set_value", LIGHT, [1.0, 2.0])
+    snap = engine.wait(lambda s: bool(s.error))
+    assert "shape" in snap.error and snap.state != "error" and snap.commands_rejected == 1
+    np.testing.assert_array_equal(engine.problem.ds.get(LIGHT), before)
 
 
 def test_exception_in_a_step_is_published_and_reset_recovers(engine):

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import warp as wp
-
 from drstudio.app import cli
 from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset
 from drstudio.renderer.errors import SceneError
@@ -448,7 +447,6 @@ def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bi
     assert cli.main(["video", str(scene), "--params", str(out / "params.npz"), "--frames", "3", "--size", "16x16",
                      "--out", str(video)]) == 0
     import imageio.v3 as iio
-
     from drstudio.app.camera_path import TrainedFieldFrames
     assert iio.imread(video).shape == (3, 16, 16, 3)
     trained = TrainedFieldFrames(load_scene(scene), "cpu", dict(np.load(out / "params.npz")))

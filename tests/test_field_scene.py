@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import warp as wp
-
 from drstudio.app import cli
 from drstudio.renderer.datasets import DatasetOptions, generate_dataset
 from drstudio.renderer.errors import SceneError

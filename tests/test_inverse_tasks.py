@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.metrics import parameter_metrics
 from drstudio.renderer.optim.problem import Problem

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 import warp as wp
-
 from drstudio.renderer.stages.camera import generate_rays
 from drstudio.renderer.volume import sample_rays
 from drstudio.renderer.volume.neural_field import (

@@ -13,10 +13,9 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
-from support.gradcheck import check_gradient
-
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim import regularizers as reg
+from support.gradcheck import check_gradient
 
 C1, C2 = 0.01**2, 0.03**2
 

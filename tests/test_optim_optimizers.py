@@ -11,7 +11,6 @@ import math
 import numpy as np
 import pytest
 import warp as wp
-
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim.optimizers import (
     CONSTRAINTS_BY_KIND,

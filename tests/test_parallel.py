@@ -9,13 +9,12 @@ import threading
 import numpy as np
 import pytest
 import warp as wp
-from support import scenes
-from support.gradcheck import weighted_loss
-
 from drstudio.renderer import parallel
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.render_cache import GBufferCache
+from support import scenes
+from support.gradcheck import weighted_loss
 
 wp.config.quiet = True
 PATHS = ["materials.canvas.albedo", "meshes.card.vertices", "lights.point0.color", "cameras.side.pose"]

@@ -17,7 +17,6 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem

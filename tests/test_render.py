@@ -10,11 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import warp as wp
-from support import scenes
-from support.scenes import mesh_labels, pixel_rays, project, world_geometry
-
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render, render_view
+from support import scenes
+from support.scenes import mesh_labels, pixel_rays, project, world_geometry
 
 DEV = "cpu"
 

@@ -13,13 +13,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import warp as wp
-from support import scenes
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer import parallel
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.render_cache import GBufferCache
+from support import scenes
+from support.gradcheck import check_gradient, weighted_loss
 
 wp.config.quiet = True
 ALBEDO = "materials.canvas.albedo"

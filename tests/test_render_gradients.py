@@ -36,11 +36,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import warp as wp
-from support import scenes
-from support.gradcheck import check_gradient
-
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
+from support import scenes
+from support.gradcheck import check_gradient
 
 DEV = "cpu"
 U = 6e-8

@@ -12,12 +12,11 @@ import imageio.v3 as iio
 import imageio_ffmpeg
 import numpy as np
 import pytest
-from test_recording import ALBEDO, EDITS, LIGHT, record_session, tiny_scene
-
 from drstudio.app import cli
 from drstudio.app.replay import VIDEO_SIZE, Playback, ReplaySource, export_video
 from drstudio.renderer.recording import format as fmt
 from drstudio.renderer.recording import load_recording, verify
+from test_recording import ALBEDO, EDITS, LIGHT, record_session, tiny_scene
 
 
 @pytest.fixture(scope="module")

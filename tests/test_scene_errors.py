@@ -5,10 +5,9 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from drstudio.renderer.errors import SceneError, field_path
 from drstudio.renderer.loading import load_scene
+from PIL import Image
 
 
 def base() -> dict:

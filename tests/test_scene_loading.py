@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trimesh
-from PIL import Image
-
 from drstudio.renderer import conventions as cv
 from drstudio.renderer import primitives
 from drstudio.renderer.initial_values import initial_value, scene_center
 from drstudio.renderer.loading import load_scene, summarize
+from PIL import Image
+
 from scenes import make_assets
 
 ROOT = Path(__file__).resolve().parents[1]

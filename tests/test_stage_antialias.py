@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.antialias import antialias, face_neighbors
+from support.gradcheck import check_gradient, weighted_loss
 
 DEV = "cpu"
 # an arbitrary camera: non-unit quaternion (the kernels normalize it) and a translation

@@ -4,9 +4,8 @@ coverage of hard rasterization ids."""
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.background import composite, composite_output, coverage_from_ids
+from support.gradcheck import check_gradient, weighted_loss
 
 N = 7
 

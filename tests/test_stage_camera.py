@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import warp as wp
+from drstudio.renderer.stages.camera import generate_rays, project_points
 from support.arrays import farr, quat_matrix
 from support.gradcheck import check_gradient, weighted_loss
-
-from drstudio.renderer.stages.camera import generate_rays, project_points
 
 W, H = 5, 4
 INTR = np.array([3.0, 2.5, 2.2, 1.9], np.float32)  # wide field of view: directions of order 1

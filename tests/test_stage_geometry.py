@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
+from drstudio.renderer.stages.geometry import transform_vertices, vertex_normals
 from support.arrays import farr, quat_matrix, varr
 from support.gradcheck import check_gradient, weighted_loss
-
-from drstudio.renderer.stages.geometry import transform_vertices, vertex_normals
 
 
 def numpy_normals(v, f):

@@ -4,11 +4,10 @@ and perspective-correctness of the visibility + interpolate chain on a quad tilt
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.camera import generate_rays
 from drstudio.renderer.stages.interpolate import interpolate, interpolate_derivatives
 from drstudio.renderer.stages.visibility import bary_derivatives, build_bvh, intersect, trace_primary
+from support.gradcheck import check_gradient, weighted_loss
 
 RNG = np.random.default_rng(11)
 ATTR = RNG.normal(size=(6, 3)).astype(np.float32)

@@ -12,11 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import warp as wp
-from support import scenes
-
 from drstudio.renderer.primitives import uv_sphere
 from drstudio.renderer.stages import camera as cam
 from drstudio.renderer.stages import raster, visibility
+from support import scenes
 
 wp.config.quiet = True
 

@@ -4,9 +4,8 @@ differentiable input, empty light lists, and shadow rays against a small occludi
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.shading import Lights, shade, shadow_mask
+from support.gradcheck import check_gradient, weighted_loss
 
 CAM = np.array([0.3, -0.2, 4.0, 0.1, 0.3, -0.2, 0.9], np.float32)  # unnormalized quaternion: unused
 

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 import warp as wp
+from drstudio.renderer.stages import softras
 from support import loss_kernels
 from support.gradcheck import check_gradient, weighted_loss
-
-from drstudio.renderer.stages import softras
 
 EPS_D = 1e-4  # coverage cutoff, as documented in softras
 

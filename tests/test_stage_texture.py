@@ -9,9 +9,8 @@ covers roundoff even at |uv * w| ~ 20 (float32 spacing there ~2e-6).
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.texture import TexturePool, footprint, sample, sample_bilinear_level, sample_footprint
+from support.gradcheck import check_gradient, weighted_loss
 
 wp.config.quiet = True
 ATOL = 2e-5

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
-from support.arrays import farr, quat_matrix, varr
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.stages.camera import generate_rays
 from drstudio.renderer.stages.visibility import bary_derivatives, build_bvh, intersect, refit_bvh, trace_primary
+from support.arrays import farr, quat_matrix, varr
+from support.gradcheck import check_gradient, weighted_loss
 
 
 def iarr(a):

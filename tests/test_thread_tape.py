@@ -8,17 +8,16 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import drstudio.renderer  # noqa: F401  (installs the per-thread tape)
 import numpy as np
 import warp as wp
-from support import scenes
-from support.gradcheck import weighted_loss
-
-import drstudio.renderer  # noqa: F401  (installs the per-thread tape)
 from drstudio.renderer import parallel, thread_tape
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.render import render_view
+from support import scenes
+from support.gradcheck import weighted_loss
 
 ROOT = Path(__file__).resolve().parents[1]
 PATHS = ["materials.canvas.albedo", "meshes.card.vertices", "meshes.card.colors", "lights.point0.color",

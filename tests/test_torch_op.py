@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import torch
 import warp as wp
-from support import scenes
-
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.torch import _wrap, render_torch
+from support import scenes
 
 DEV = "cpu"
 PATHS = ["materials.canvas.albedo", "meshes.orb.vertices", "lights.point0.position", "cameras.main.pose"]

@@ -6,9 +6,9 @@ as a user's do), pixels read back from the window.
 and shades it as the differentiable renderer does, start the optimizer, pause, orbit / pan / zoom /
 frame-all the free camera, toggle each gradient overlay and check the pixels it should change (and
 those it should not), switch the active view, fix and free a parameter, fix every parameter but the
-light, select the target's point light and drag its gizmo while the optimizer runs, then check the engine got the commands and the
-optimized light moved toward the new target. The script runs inside the viewer's `on_frame` hook (a
-generator advanced once per frame), so the UI thread is never blocked for more than one xdotool call.
+light, select the target's point light and drag its gizmo while the optimizer runs, then check the
+engine got the commands and the optimized light moved toward the new target. The script runs inside
+the viewer's `on_frame` hook (a generator advanced once per frame), so the UI thread is never blocked for more than one xdotool call.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from drstudio.renderer.images import write_image
 
 XDOTOOL = shutil.which("xdotool")

@@ -18,13 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_viewer import XDOTOOL, Input, changed, crop
-
 from drstudio.app.replay import ReplaySource
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.recording import Recorder, RecorderOptions
+from test_viewer import XDOTOOL, Input, changed, crop
 
 ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "lights.key.position"

@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.volume import composite, sample_rays
 from drstudio.renderer.volume.march import Samples
+from support.gradcheck import check_gradient, weighted_loss
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import warp as wp
-
 from drstudio.renderer.volume import OccupancyGrid, sample_rays
 
 BOX = (-1.0, -0.5, -1.0, 1.0, 0.5, 2.0)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 import warp as wp
-
 from drstudio.renderer.volume import OccupancyGrid
 
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)

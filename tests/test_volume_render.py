@@ -5,7 +5,6 @@ import math
 
 import numpy as np
 import warp as wp
-
 from drstudio.renderer.optim.losses import l2
 from drstudio.renderer.optim.optimizers import Adam
 from drstudio.renderer.stages.camera import generate_rays

@@ -7,13 +7,12 @@ import math
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer import parallel
 from drstudio.renderer.optim.losses import l2
 from drstudio.renderer.optim.optimizers import Adam
 from drstudio.renderer.stages.camera import generate_rays
 from drstudio.renderer.volume import OccupancyGrid, TimeGrid, VoxelGrid, composite, sample_rays
+from support.gradcheck import check_gradient, weighted_loss
 
 BOX = (-1.0, -0.5, 0.0, 1.0, 0.5, 1.5)
 RES = (4, 3, 5)

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import warp as wp
-from support.gradcheck import check_gradient, weighted_loss
-
 from drstudio.renderer.volume import VoxelGrid, composite, sample_rays
+from support.gradcheck import check_gradient, weighted_loss
 
 BOX = (-1.0, -0.5, 0.0, 1.0, 0.5, 1.5)
 RES = (4, 3, 5)

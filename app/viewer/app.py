@@ -24,7 +24,6 @@ from imgui_bundle import imgui, imguizmo, implot  # isort: split
 import glfw
 import moderngl
 import numpy as np
-
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.engine import Engine

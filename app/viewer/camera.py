@@ -13,7 +13,6 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-
 from drstudio.renderer import conventions as cv
 
 

@@ -12,9 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from imgui_bundle import imgui
-
 from drstudio.app import camera_path as cp
+from imgui_bundle import imgui
 
 from .state import AppState
 

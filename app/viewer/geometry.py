@@ -5,7 +5,6 @@ mesh, recomputed only when a value changes). Nothing here is differentiated."""
 from __future__ import annotations
 
 import numpy as np
-
 from drstudio.renderer import conventions as cv
 
 

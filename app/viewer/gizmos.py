@@ -7,9 +7,8 @@ Commands go out at most every TARGET_INTERVAL seconds while dragging, and once m
 from __future__ import annotations
 
 import numpy as np
-from imgui_bundle import imguizmo
-
 from drstudio.renderer import conventions as cv
+from imgui_bundle import imguizmo
 
 from . import geometry
 from .state import AppState

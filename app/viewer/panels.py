@@ -7,9 +7,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from imgui_bundle import imgui, implot
-
 from drstudio.renderer import conventions as cv
+from imgui_bundle import imgui, implot
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show

@@ -26,11 +26,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from imgui_bundle import imgui
-
 from drstudio.app.replay import Playback, ReplaySource
 from drstudio.renderer.optim.engine import Snapshot
 from drstudio.renderer.recording import RecordingError
+from imgui_bundle import imgui
 
 from .panels import _remember, begin
 from .state import AppState, ParamInfo

@@ -14,7 +14,6 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
-
 from drstudio.renderer.optim.engine import Snapshot
 
 from .camera import OrbitCamera, project

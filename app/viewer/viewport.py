@@ -16,9 +16,8 @@ import time
 
 import moderngl
 import numpy as np
-from imgui_bundle import imgui, imguizmo
-
 from drstudio.renderer import conventions as cv
+from imgui_bundle import imgui, imguizmo
 
 from . import geometry, gizmos
 from .camera import gl_bytes, intrinsics_projection, pose_view

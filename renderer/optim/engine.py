@@ -2,10 +2,15 @@
 steps, and publishes a snapshot after each step.
 
 Threading contract (shared by the headless CLI and the viewer):
-- Callers never touch the problem's Warp arrays while the engine runs; they `send()` commands.
-  Commands are applied by the engine thread between steps, never mid-step, in the order sent.
+- Callers never touch the problem's Warp arrays while the engine runs; they `send()` typed commands
+  (`renderer.optim.commands`). Commands are applied by the engine thread between steps, never mid-step,
+  in the order sent, through `commands.execute` (validated completely first: a refused command changes
+  nothing, is published as the snapshot's `error` and recorded as refused). The queue is bounded
+  (`send` raises EngineBusy when full) and at most COMMANDS_PER_STEP commands run between two steps, so
+  a flood of commands cannot stop the optimization.
 - After every step (and after every command that changes what a viewer shows) the engine builds a
-  new immutable `Snapshot` (NumPy copies) and publishes it by swapping one reference under a lock:
+  new immutable `Snapshot` (NumPy copies; histories are read-only views of append-only buffers) and
+  publishes it by swapping one reference under a lock:
   the back snapshot is built without the lock, then becomes the front. A reader (`snapshot()`)
   takes the lock only to read that reference, so it never waits for a step, never blocks the
   engine for more than the swap, and never sees a half-written snapshot.
@@ -24,22 +29,50 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import commands
+
 log = logging.getLogger("drstudio.engine")
 
-# Command kinds (payload in parentheses):
-#   start                 run until `steps` (the problem's budget) or pause/stop
-#   pause, resume, stop
-#   step (n)              run n more steps, then pause
-#   reset                 parameters back to their initial values, optimizer state cleared, step 0
-#   set_value (path, value)        a user edit of a parameter's current value
-#   set_free (path, bool)          make a parameter free or fixed
-#   set_lr (path, lr)
-#   set_target_value (path, value) edit the target scene (e.g. drag a light) and re-render targets
-#   set_loss_weight (name, weight)
-#   set_active_view (camera)
-#   set_steps (n)                  change the step budget
-COMMANDS = ("start", "pause", "resume", "stop", "step", "reset", "set_value", "set_free", "set_lr",
-            "set_target_value", "set_loss_weight", "set_active_view", "set_steps")
+# The commands a caller can send are the typed classes of `renderer.optim.commands` (Start, Pause, Step,
+# SetValue, SetFree, SetTargetValue, ...); `send("set_lr", path, lr)` builds one by its recorded kind.
+COMMANDS = tuple(commands.COMMANDS)
+MAX_QUEUED = 4096  # commands waiting for the engine thread; `send` refuses more (EngineBusy)
+COMMANDS_PER_STEP = 64  # while running, at most this many queued commands are applied between two steps
+
+
+class EngineBusy(commands.CommandError):
+    """The engine's command queue is full; the command was not queued."""
+
+
+class History:
+    """Per-name series of floats, appended once per step, published without copying: each series is a
+    float64 buffer that doubles when full; a snapshot holds read-only views of the filled prefix, which
+    later appends never modify (they write past it, or into a new buffer)."""
+
+    def __init__(self):
+        self._buf: dict[str, np.ndarray] = {}
+        self._n: dict[str, int] = {}
+
+    def append(self, name: str, value: float) -> None:
+        buf, n = self._buf.get(name), self._n.get(name, 0)
+        if buf is None or n == len(buf):
+            grown = np.empty(max(64, 2 * n), np.float64)
+            if buf is not None:
+                grown[:n] = buf[:n]
+            self._buf[name] = buf = grown
+        buf[n] = value
+        self._n[name] = n + 1
+
+    def views(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, buf in self._buf.items():
+            v = buf[:self._n[name]]
+            v.flags.writeable = False
+            out[name] = v
+        return out
+
+    def __len__(self) -> int:
+        return len(self._buf)
 
 
 @dataclass(frozen=True)
@@ -64,11 +97,15 @@ class Snapshot:
     skipped_steps: int = 0  # steps whose loss or gradients were not finite (update skipped)
     last_skip_step: int = -1
     steps_per_second: float = 0.0
-    history: dict = field(default_factory=dict)  # name -> list of floats per step (loss terms, grad norms)
+    history: dict = field(default_factory=dict)  # name -> read-only float64 array, one value per step
     thumbnails: dict = field(default_factory=dict)  # camera -> (H, W, 3) target image of every view
     targets_version: int = 0  # increases whenever the targets are re-rendered
     error: str = ""  # the last failed command or step, until the next start or reset
-    commands_applied: int = 0
+    commands_applied: int = 0  # commands taken off the queue, applied or refused
+    commands_rejected: int = 0  # of those, refused by validation (nothing changed)
+
+
+_EXIT = object()  # queued by shutdown(): ends the loop
 
 
 class Engine:
@@ -85,7 +122,7 @@ class Engine:
         self.image_interval = image_interval
         self._image_time = -1e9
         self._images: dict = {}
-        self._commands: queue.Queue = queue.Queue()
+        self._commands: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
         self._lock = threading.Lock()
         self._front = Snapshot(active_view=problem.active_view, free=tuple(problem.free_paths()))
         self._thread: threading.Thread | None = None
@@ -94,8 +131,9 @@ class Engine:
         self._skipped = 0
         self._last_skip = -1
         self._applied = 0
+        self._rejected = 0
         self._rate = 0.0
-        self._history: dict[str, list[float]] = {}
+        self._history = History()
         self._listeners = []  # callables(event: dict) for the recorder; called on the engine thread
         self._last: dict = {}
         self._last_error = ""  # shown until the next start or reset
@@ -106,10 +144,20 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, name="drstudio-engine", daemon=True)
             self._thread.start()
 
-    def send(self, kind: str, *args) -> None:
-        if kind not in COMMANDS:
-            raise ValueError(f"unknown engine command {kind!r}; expected one of {COMMANDS}")
-        self._commands.put((kind, args))
+    def send(self, command: commands.Command | str, *args) -> commands.Command:
+        """Queue a command for the engine thread (applied between steps, in order) and return it. A
+        `Command`, or a kind and its positional arguments (`send("set_lr", path, 0.01)`). Arguments are
+        validated here (CommandError); the check against the problem happens on the engine thread, and a
+        refused command changes nothing and is published as the snapshot's `error` (and recorded).
+        EngineBusy when the queue is full: the caller keeps the command and may retry."""
+        cmd = command if isinstance(command, commands.Command) else commands.make(command, *args)
+        if args and isinstance(command, commands.Command):
+            raise TypeError("send: pass a Command, or a kind and its arguments, not both")
+        try:
+            self._commands.put_nowait(cmd)
+        except queue.Full:
+            raise EngineBusy(f"engine busy: {MAX_QUEUED} commands are waiting; {cmd} was not queued") from None
+        return cmd
 
     def snapshot(self) -> Snapshot:
         with self._lock:
@@ -117,7 +165,7 @@ class Engine:
 
     def shutdown(self, timeout: float = 10.0) -> None:
         """Stop the loop and join the thread."""
-        self._commands.put(("_exit", ()))
+        self._commands.put(_EXIT)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -140,67 +188,73 @@ class Engine:
     # -- engine thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
         self._publish(force_images=True)
+        applied_since_step = 0
         while True:
             busy = self._state == "running" or self._pending_steps > 0
-            try:
-                cmd = self._commands.get_nowait() if busy else self._commands.get(timeout=0.1)
-            except queue.Empty:
-                cmd = None
+            cmd = None
+            if not busy or applied_since_step < COMMANDS_PER_STEP:  # a flood of commands cannot stall steps
+                try:
+                    cmd = self._commands.get_nowait() if busy else self._commands.get(timeout=0.1)
+                except queue.Empty:
+                    pass
             if cmd is not None:
-                if cmd[0] == "_exit":
+                if cmd is _EXIT:
                     return
                 self._apply(cmd)
-                continue  # drain every queued command before the next step
+                applied_since_step += 1
+                continue  # drain queued commands (up to COMMANDS_PER_STEP) before the next step
             if busy:
                 self._one_step()
+            applied_since_step = 0
 
-    def _apply(self, cmd) -> None:
-        kind, args = cmd
+    # -- run control (commands.RunControl), on the engine thread ---------------------------------------
+    def run_start(self) -> None:
         p = self.problem
+        self._state = "running" if p.step_index < p.steps else "finished"
+
+    def run_resume(self) -> None:
+        if self._state in ("paused", "idle", "stopped"):
+            self._state = "running"
+
+    def run_pause(self) -> None:
+        self._pending_steps = 0
+        if self._state == "running":
+            self._state = "paused"
+
+    def run_stop(self) -> None:
+        self._pending_steps = 0
+        self._state = "stopped"
+
+    def run_steps(self, n: int) -> None:
+        self._pending_steps += n
+        if self._state == "running":
+            self._state = "paused"
+
+    def run_reset(self) -> None:
+        self._pending_steps = 0
+        self._skipped, self._last_skip, self._history = 0, -1, History()
+        self._state = "idle"
+
+    def _apply(self, cmd: commands.Command) -> None:
+        p = self.problem
+        rejected = ""
+        if isinstance(cmd, (commands.Start, commands.Reset)):
+            self._last_error = ""
         try:
-            if kind in ("start", "reset"):
-                self._last_error = ""
-            if kind == "start":
-                self._state = "running" if p.step_index < p.steps else "finished"
-            elif kind == "resume":
-                if self._state in ("paused", "idle", "stopped"):
-                    self._state = "running"
-            elif kind == "pause":
-                self._pending_steps = 0
-                if self._state == "running":
-                    self._state = "paused"
-            elif kind == "stop":
-                self._pending_steps = 0
-                self._state = "stopped"
-            elif kind == "step":
-                self._pending_steps += int(args[0]) if args else 1
-                if self._state == "running":
-                    self._state = "paused"
-            elif kind == "reset":
-                p.reset()
-                self._pending_steps = 0
-                self._skipped, self._last_skip, self._history = 0, -1, {}
-                self._state = "idle"
-            elif kind == "set_value":
-                p.set_value(*args)
-            elif kind == "set_free":
-                p.set_free(*args)
-            elif kind == "set_lr":
-                p.set_lr(*args)
-            elif kind == "set_target_value":
-                p.set_target_value(*args)
-            elif kind == "set_loss_weight":
-                p.set_loss_weight(*args)
-            elif kind == "set_active_view":
-                p.set_active_view(*args)
-            elif kind == "set_steps":
-                p.steps = int(args[0])
-            self._applied += 1
-            self._emit({"type": "command", "kind": kind, "args": args, "step": p.step_index})
+            commands.execute(cmd, p, self)
         except Exception as exc:  # a bad command from the UI must not kill the engine
-            log.error("engine command %s%r failed: %s", kind, args, exc)
-            self._error(f"command {kind} failed: {exc}", fatal=False)
-        self._publish(force_images=True)
+            rejected = str(exc) if isinstance(exc, commands.CommandError) else f"{type(exc).__name__}: {exc}"
+            log.error("engine command %s refused: %s", cmd, rejected)
+            self._rejected += 1
+        self._applied += 1
+        event = {"type": "command", "command": cmd, "kind": cmd.kind, "args": cmd.args(), "step": p.step_index}
+        if rejected:
+            event["rejected"] = rejected
+        self._emit(event)
+        if rejected:
+            self._error(f"command {cmd.kind} refused: {rejected}", fatal=False)
+        else:
+            self._publish(force_images=True)
 
     def _one_step(self) -> None:
         p = self.problem
@@ -218,10 +272,10 @@ class Engine:
             self._last_skip = result.step
             log.warning("step %d: non-finite loss or gradient; update skipped, parameters kept", result.step)
         for name, value in result.loss_terms.items():
-            self._history.setdefault(f"loss.{name}", []).append(value)
-        self._history.setdefault("loss", []).append(result.loss)
+            self._history.append(f"loss.{name}", value)
+        self._history.append("loss", result.loss)
         for path, g in result.grad_norms.items():
-            self._history.setdefault(f"grad.{path}", []).append(g)
+            self._history.append(f"grad.{path}", g)
         self._last = {"result": result, "dt": dt}
         self._emit({"type": "step", "step": result.step, "loss": result.loss, "loss_terms": result.loss_terms,
                     "grad_norms": result.grad_norms, "applied": result.applied, "dt": dt})
@@ -268,10 +322,10 @@ class Engine:
             texture_grads=images.get("texture_grads", {}), vertex_grads=images.get("vertex_grads", {}),
             param_grads=images.get("param_grads", {}),
             skipped_steps=self._skipped, last_skip_step=self._last_skip, steps_per_second=self._rate,
-            history={k: list(v) for k, v in self._history.items()},
+            history=self._history.views(),
             thumbnails=p.target_images(), targets_version=p.targets_version,
             error=error or self._last_error,
-            commands_applied=self._applied,
+            commands_applied=self._applied, commands_rejected=self._rejected,
         )
         with self._lock:
             self._front = snap

@@ -80,13 +80,14 @@ class FieldDeviceScene(DeviceScene):
 
     training: FieldTraining | None = None
 
-    def set(self, path: str, value: np.ndarray) -> None:
-        if self.training is not None and path in self.kinds and self.kinds[path] in GRID_KINDS \
-                and self.training.states[path.split(".")[1]].field.type == "voxel_grid":
+    def set(self, path, value: np.ndarray, *, check_range: bool = False) -> None:
+        entry = self.params[path]
+        if self.training is not None and entry.kind.is_grid \
+                and self.training.states[entry.owner].field.type == "voxel_grid":
             shape = tuple(np.shape(value))
-            if shape != tuple(self.arrays[path].shape):
-                self.training.move_to_lattice(path.split(".")[1], shape[:3])
-        super().set(path, value)
+            if shape != tuple(self.arrays[entry.path].shape):
+                self.training.move_to_lattice(entry.owner, shape[:3])
+        super().set(path, value, check_range=check_range)
 
 
 class FieldTraining:
@@ -143,6 +144,7 @@ class FieldTraining:
         for key, arr, value in (("density", density, f.density), ("sh", sh, f.sh)):
             path = f"fields.{name}.{key}"
             p.ds.arrays[path] = arr
+            p.ds.params.resize(path, value.shape)
             p.truth[path] = value
         self.states[name].grid = self._grid(name)
 

@@ -71,7 +71,7 @@ def parameter_metrics(problem) -> dict:
     scene, size = problem.scene, scene_size(problem.scene)
     center = scene_center(scene)
     for path in problem.param_specs:
-        kind = problem.ds.kinds[path]
+        kind = problem.ds.kind(path)
         value, truth = problem.ds.get(path), problem.truth[path]
         m = {"max_abs_error": float(np.max(np.abs(value - truth)))}
         if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:

@@ -91,7 +91,7 @@ class Problem:
         """Per free vertex array: neighbor CSR and unique edges with rest lengths (regularizers)."""
         topo = {}
         for path in self.param_specs:
-            if self.ds.kinds[path] != "vertices":
+            if self.ds.kind(path) != "vertices":
                 continue
             mesh = self.scene.meshes[path.split(".")[1]]
             offsets, indices = regularizers.neighbor_csr(mesh.faces, len(mesh.vertices))
@@ -220,6 +220,11 @@ class Problem:
             raise KeyError(f"{camera!r} is not a target view; views: {self.views}")
         self.active_view = camera
 
+    @property
+    def targets_editable(self) -> bool:
+        """Whether the targets are rendered from the scene's values (so the target scene can be edited)."""
+        return self.target_spec.cameras is not None
+
     def set_target_value(self, path: str, value) -> None:
         """Edit the truth (drag a light of the target scene) and re-render the targets."""
         if path not in self.truth:
@@ -230,11 +235,11 @@ class Problem:
         self._invalidate_gbuffer()
 
     def _project_host(self, path: str, value: np.ndarray) -> np.ndarray:
-        if self.ds.kinds[path] in FIELD_KINDS:
+        if self.ds.kind(path) in FIELD_KINDS:
             return value  # raw grid values: unconstrained
         arr = wp.array(value.reshape(self.ds.arrays[path].numpy().shape), dtype=self.ds.arrays[path].dtype,
                        device=self.ds.device)
-        optimizers.project(arr, self.ds.kinds[path])
+        optimizers.project(arr, self.ds.kind(path))
         return arr.numpy().reshape(value.shape)
 
     # -- the step --------------------------------------------------------------------------------
@@ -277,7 +282,7 @@ class Problem:
                     else:
                         getattr(losses, name)(out.image, t.image, terms[name], weight=w)
         for path in self.free_paths():
-            kind, arr = self.ds.kinds[path], self.ds.arrays[path]
+            kind, arr = self.ds.kind(path), self.ds.arrays[path]
             if "tv" in terms and kind in ("albedo", "roughness", "metallic") and arr.shape[0] > 1:
                 regularizers.total_variation(arr, terms["tv"], weight=self.weights["tv"])
             if kind == "vertices":
@@ -305,11 +310,11 @@ class Problem:
         applied = self.optimizer.step(loss_value=loss)
         if applied:
             for path in self._opt_paths:
-                if self.ds.kinds[path] not in FIELD_KINDS:  # raw grid values are unconstrained
-                    optimizers.project(self.ds.arrays[path], self.ds.kinds[path])
+                if self.ds.kind(path) not in FIELD_KINDS:  # raw grid values are unconstrained
+                    optimizers.project(self.ds.arrays[path], self.ds.kind(path))
         # field grids are large: their gradient norms only, no copies
         self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()
-                                  if self.ds.kinds[p] not in FIELD_KINDS}
+                                  if self.ds.kind(p) not in FIELD_KINDS}
         grad_norms = {p: float(np.linalg.norm(self.ds.arrays[p].grad.numpy().ravel())) for p in self.free_paths()}
         self._last_grad_images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
                                   for cam, out in outputs.items()}
@@ -325,12 +330,12 @@ class Problem:
     def free_values(self) -> dict:
         """Current value of each free parameter; field grids are left out (megabytes per snapshot: read
         them with `ds.get`)."""
-        return {p: self.ds.get(p) for p in self.free_paths() if self.ds.kinds[p] not in FIELD_KINDS}
+        return {p: self.ds.get(p) for p in self.free_paths() if self.ds.kind(p) not in FIELD_KINDS}
 
     def parameter_errors(self) -> dict:
         """Max abs error of each optimizable parameter vs the truth (fields have none: see the test PSNR)."""
         return {p: float(np.max(np.abs(self.ds.get(p) - self.truth[p]))) for p in self.param_specs
-                if self.ds.kinds[p] not in FIELD_KINDS}
+                if self.ds.kind(p) not in FIELD_KINDS}
 
     def target_numpy(self, camera: str) -> np.ndarray:
         t = next(t for t in self.targets + self.test_targets if t.camera == camera)
@@ -356,7 +361,7 @@ class Problem:
         out = {"render": self.render_numpy(cam), "target": self._target_images[cam], "grad_image": grads.get(cam)}
         pg = getattr(self, "_last_param_grads", {})
         out["texture_grads"] = {p: g for p, g in pg.items()
-                                if self.ds.kinds[p] in ("albedo", "roughness", "metallic") and g.shape[0] > 1}
-        out["vertex_grads"] = {p: g for p, g in pg.items() if self.ds.kinds[p] == "vertices"}
+                                if self.ds.kind(p) in ("albedo", "roughness", "metallic") and g.shape[0] > 1}
+        out["vertex_grads"] = {p: g for p, g in pg.items() if self.ds.kind(p) == "vertices"}
         out["param_grads"] = {p: g for p, g in pg.items() if g.size <= 16}
         return out

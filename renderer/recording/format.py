@@ -1,4 +1,4 @@
-"""The on-disk format of a recording (version 1; docs/recording.md is the user-facing description).
+"""The on-disk format of a recording (version 2; docs/recording.md is the user-facing description).
 
 A recording is a directory:
 
@@ -26,8 +26,13 @@ import zlib
 
 import numpy as np
 
+from ..optim import commands as _commands
+
 FORMAT_NAME = "drstudio-recording"
-FORMAT_VERSION = 1
+# 2: command records are the typed commands of renderer.optim.commands (same "kind"/"args" fields) and
+#    may carry "rejected" (the engine refused it; nothing changed; re-execution must refuse it too).
+# 1: the first format; it reads unchanged (it has no refused commands).
+FORMAT_VERSION = 2
 
 META_FILE = "meta.json"
 LOG_FILE = "events.jsonl"
@@ -40,8 +45,8 @@ INLINE_ARRAY_MAX = 64
 # Commands that change what the optimizer computes: each one is followed by an edit keyframe and is
 # shown as a marker on the replay timeline. The others (start, pause, resume, stop, step,
 # set_active_view) only change when and what is displayed.
-EDIT_COMMANDS = ("set_value", "set_free", "set_lr", "set_target_value", "set_loss_weight", "set_steps", "reset")
-CONTROL_COMMANDS = ("start", "pause", "resume", "stop", "step", "set_active_view")
+EDIT_COMMANDS = tuple(k for k, c in _commands.COMMANDS.items() if c.edits)
+CONTROL_COMMANDS = tuple(k for k, c in _commands.COMMANDS.items() if not c.edits)
 
 
 class RecordingError(ValueError):

@@ -44,26 +44,22 @@ def build_problem(rec: Recording, device: str = "cpu"):
     return problem
 
 
-def apply_command(problem, kind: str, args) -> None:
-    """Apply a recorded command to `problem` as `Engine._apply` does (run-control commands such as start
-    and pause do not change the problem and are ignored)."""
-    args = fmt.from_json(list(args))
-    if kind == "reset":
-        problem.reset()
-    elif kind == "set_value":
-        problem.set_value(*args)
-    elif kind == "set_free":
-        problem.set_free(args[0], bool(args[1]))
-    elif kind == "set_lr":
-        problem.set_lr(args[0], float(args[1]))
-    elif kind == "set_target_value":
-        problem.set_target_value(*args)
-    elif kind == "set_loss_weight":
-        problem.set_loss_weight(args[0], float(args[1]))
-    elif kind == "set_active_view":
-        problem.set_active_view(*args)
-    elif kind == "set_steps":
-        problem.steps = int(args[0])
+def apply_command(problem, record: dict) -> None:
+    """Re-execute a recorded command on `problem` through the engine's dispatcher
+    (`renderer.optim.commands.execute`; run control such as start and pause does not change the problem).
+    A command the engine refused (`"rejected"` in the record) must be refused again: CommandError is
+    raised when the two disagree."""
+    from ..optim import commands
+
+    refused = record.get("rejected")
+    try:
+        commands.execute(commands.from_record(record), problem)
+    except Exception as exc:
+        if refused:
+            return  # refused then and now: nothing changed either time
+        raise commands.CommandError(f"refused on re-execution: {exc}") from exc
+    if refused:
+        raise commands.CommandError(f"was refused when recorded ({refused}) but is accepted on re-execution")
 
 
 @dataclass
@@ -121,9 +117,9 @@ def verify(rec: Recording, device: str = "cpu", rtol: float = DEFAULT_RTOL, prog
         at = int(r.get("at", at))
         if kind == "command":
             try:
-                apply_command(problem, r["kind"], r.get("args", []))
+                apply_command(problem, r)
             except Exception as exc:
-                return diverge(f"command {r['kind']} (failed on re-execution: {exc})", np.inf)
+                return diverge(f"command {r.get('kind')} ({exc})", np.inf)
         elif kind == "step":
             result = problem.step()
             pairs = [("loss", fmt.number(r.get("loss")), result.loss)]

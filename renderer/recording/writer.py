@@ -157,7 +157,7 @@ class Recorder:
             "start": {"at": self.at, "step": int(problem.step_index), "steps": int(problem.steps),
                       "spec_steps": int(problem.spec.steps)},
             "problem": {
-                "params": {p: {"kind": ds.kinds[p], "shape": list(problem.truth[p].shape)}
+                "params": {p: {"kind": ds.kind(p), "shape": list(problem.truth[p].shape)}
                            for p in problem.param_specs},
                 "views": list(problem.views), "loss_terms": list(problem.weights),
                 "optimizer": type(problem.optimizer).__name__,
@@ -234,8 +234,13 @@ class Recorder:
 
     def _on_command(self, ev: dict) -> None:
         kind = ev["kind"]
-        self._append({"type": "command", "at": self.at, "step": int(ev["step"]), "kind": kind,
-                      "args": list(ev.get("args", ()))})
+        record = {"type": "command", "at": self.at, "step": int(ev["step"]), "kind": kind,
+                  "args": list(ev.get("args", ()))}
+        if ev.get("rejected"):
+            record["rejected"] = str(ev["rejected"])
+            self._append(record)
+            return  # refused: nothing changed, so no keyframe or thumbnail
+        self._append(record)
         p = self.problem
         if kind == "reset" or (kind == "set_free" and tuple(p.free_paths()) != self._free):
             self._sched = int(p.steps)  # the optimizer was rebuilt with the budget of this moment

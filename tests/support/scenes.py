@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import numpy as np
 import trimesh
-
 from drstudio.renderer.scene import (
     AmbientLight,
     Camera,

@@ -1,0 +1,421 @@
+"""The command protocol: every change a user (viewer, CLI, remote) makes to a running optimization.
+
+A command is a frozen dataclass. Its constructor validates what it can alone (types, finiteness,
+signs); `check(problem)` validates it against the problem (the path exists and may be edited, the value
+has the parameter's shape and range, ...) without changing anything; `apply(problem, run)` then makes
+the change. `execute(command, problem, run)` is the one dispatcher: check, then apply, so a refused
+command leaves the state exactly as before. The same classes serve
+
+- the engine (`Engine.send` -> `execute` on the engine thread, `run` the engine's run state),
+- a recording's replay and verification (`from_record` -> `execute` with no run state: run control
+  has no effect on the problem), where a command the engine refused is refused again the same way,
+- the viewer's local mirror (`mirror(view)`: the values a viewer shows before the engine confirms).
+
+`to_record()` / `from_record()` are the recording's serialization (`{"kind": ..., "args": [...]}`, the
+format recordings have always used, so older recordings replay through these classes).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+
+from ..params import FLOAT32_MAX
+
+
+class CommandError(ValueError):
+    """A command refused by validation; nothing was changed."""
+
+
+class RunControl(Protocol):
+    """What run-control commands act on (the engine's loop state)."""
+
+    def run_start(self) -> None: ...
+    def run_resume(self) -> None: ...
+    def run_pause(self) -> None: ...
+    def run_stop(self) -> None: ...
+    def run_steps(self, n: int) -> None: ...
+    def run_reset(self) -> None: ...
+
+
+def _path(value) -> str:
+    if not isinstance(value, str) or not value:
+        raise CommandError(f"path: expected a dotted parameter path, got {value!r}")
+    return value
+
+
+def _number(what: str, value, lo: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise CommandError(f"{what}: expected a number, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or abs(value) > FLOAT32_MAX or value < lo:
+        raise CommandError(f"{what}: expected a finite number >= {lo:g} within float32's range, got {value!r}")
+    return value
+
+
+def _count(what: str, value, lo: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise CommandError(f"{what}: expected an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < lo or value > 2**31 - 1:
+        raise CommandError(f"{what}: expected an integer in [{lo}, {2**31 - 1}], got {value}")
+    return value
+
+
+def _array(what: str, value) -> np.ndarray:
+    try:
+        arr = np.array(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CommandError(f"{what}: expected numbers, got {type(value).__name__}") from exc
+    if not np.isfinite(arr).all() or (arr.size and np.abs(arr).max() > FLOAT32_MAX):
+        raise CommandError(f"{what}: expected finite values within float32's range")
+    arr = arr.astype(np.float32)
+    arr.setflags(write=False)
+    return arr
+
+
+@dataclass(frozen=True)
+class Command:
+    """Base class. `kind` is the name recorded in logs and sent over the wire."""
+
+    kind: ClassVar[str] = ""
+    edits: ClassVar[bool] = False  # changes the problem (recorded with a keyframe, undoable)
+
+    def check(self, problem) -> None:
+        """Validate against `problem`; raise CommandError naming what is wrong. Changes nothing."""
+
+    def apply(self, problem, run: RunControl | None) -> None:
+        """Make the change (after `check`)."""
+
+    def mirror(self, view) -> None:
+        """Update a viewer's local copy of the values (`view` has `values`, `targets`, `free`, `lrs`,
+        `weights`, `steps`, `active_view` and `reset_values()`)."""
+
+    def args(self) -> list:
+        return []
+
+    def to_record(self) -> dict:
+        return {"kind": self.kind, "args": self.args()}
+
+    def __str__(self) -> str:
+        return f"{self.kind}({', '.join(_short(a) for a in self.args())})"
+
+
+def _short(a) -> str:
+    if isinstance(a, np.ndarray):
+        return f"array{tuple(a.shape)}" if a.size > 4 else np.array2string(a, precision=4, separator=",")
+    return repr(a)
+
+
+def _require_param(problem, path: str):
+    if path not in problem.ds.params:
+        raise CommandError(problem.ds.params.unknown(path))
+    return problem.ds.params[path]
+
+
+def _require_optimizable(problem, path: str):
+    entry = _require_param(problem, path)
+    if path not in problem.param_specs:
+        raise CommandError(f"{path} is not an optimizable parameter of this scene (optimize.parameters lists "
+                           f"{sorted(problem.param_specs)})")
+    return entry
+
+
+def _checked_value(problem, path: str, value: np.ndarray, *, truth: bool) -> None:
+    entry = _require_param(problem, path)
+    shape = problem.truth[path].shape if truth else entry.shape
+    if value.size != int(np.prod(shape)):
+        raise CommandError(f"{path}: expected a value of shape {shape}, got {value.shape}")
+    if not entry.kind.is_field:  # raw grid / network values have no range
+        lo, hi = entry.range
+        if value.size and (value.min() < lo or value.max() > hi):
+            raise CommandError(f"{path}: expected values in [{lo:g}, {hi:g}] for {entry.kind.value} parameters")
+
+
+# -- run control -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Start(Command):
+    kind: ClassVar[str] = "start"
+
+    def apply(self, problem, run):
+        if run is not None:
+            run.run_start()
+
+
+@dataclass(frozen=True)
+class Resume(Command):
+    kind: ClassVar[str] = "resume"
+
+    def apply(self, problem, run):
+        if run is not None:
+            run.run_resume()
+
+
+@dataclass(frozen=True)
+class Pause(Command):
+    kind: ClassVar[str] = "pause"
+
+    def apply(self, problem, run):
+        if run is not None:
+            run.run_pause()
+
+
+@dataclass(frozen=True)
+class Stop(Command):
+    kind: ClassVar[str] = "stop"
+
+    def apply(self, problem, run):
+        if run is not None:
+            run.run_stop()
+
+
+@dataclass(frozen=True)
+class Step(Command):
+    """Run `n` (>= 1) more steps, then pause."""
+
+    kind: ClassVar[str] = "step"
+    n: int = 1
+
+    def __post_init__(self):
+        object.__setattr__(self, "n", _count("step count", self.n, 1))
+
+    def apply(self, problem, run):
+        if run is not None:
+            run.run_steps(self.n)
+
+    def args(self):
+        return [self.n]
+
+
+@dataclass(frozen=True)
+class SetSteps(Command):
+    """Change the step budget."""
+
+    kind: ClassVar[str] = "set_steps"
+    edits: ClassVar[bool] = True
+    n: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "n", _count("step budget", self.n, 0))
+
+    def apply(self, problem, run):
+        problem.steps = self.n
+
+    def mirror(self, view):
+        view.steps = self.n
+
+    def args(self):
+        return [self.n]
+
+
+# -- edits -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Reset(Command):
+    """Free parameters back to their initial values, optimizer state cleared, step 0."""
+
+    kind: ClassVar[str] = "reset"
+    edits: ClassVar[bool] = True
+
+    def apply(self, problem, run):
+        problem.reset()
+        if run is not None:
+            run.run_reset()
+
+    def mirror(self, view):
+        view.reset_values()
+
+
+@dataclass(frozen=True)
+class SetValue(Command):
+    """A user edit of a parameter's current value."""
+
+    kind: ClassVar[str] = "set_value"
+    edits: ClassVar[bool] = True
+    path: str = ""
+    value: Any = field(default=None, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", _path(self.path))
+        object.__setattr__(self, "value", _array(self.path, self.value))
+
+    def check(self, problem):
+        _checked_value(problem, self.path, self.value, truth=False)
+
+    def apply(self, problem, run):
+        problem.set_value(self.path, self.value)
+
+    def mirror(self, view):
+        view.values[self.path] = np.array(self.value, np.float32)
+
+    def args(self):
+        return [self.path, self.value]
+
+
+@dataclass(frozen=True)
+class SetTargetValue(Command):
+    """Edit the target scene (drag a light of the target) and re-render the targets."""
+
+    kind: ClassVar[str] = "set_target_value"
+    edits: ClassVar[bool] = True
+    path: str = ""
+    value: Any = field(default=None, compare=False)
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", _path(self.path))
+        object.__setattr__(self, "value", _array(self.path, self.value))
+
+    def check(self, problem):
+        if self.path not in problem.truth:
+            raise CommandError(problem.ds.params.unknown(self.path))
+        if not problem.targets_editable:
+            raise CommandError(f"{self.path}: the targets are images loaded from files; the target scene "
+                               f"cannot be edited")
+        _checked_value(problem, self.path, self.value, truth=True)
+
+    def apply(self, problem, run):
+        problem.set_target_value(self.path, self.value)
+
+    def mirror(self, view):
+        view.targets[self.path] = np.array(self.value, np.float32)
+
+    def args(self):
+        return [self.path, self.value]
+
+
+@dataclass(frozen=True)
+class SetFree(Command):
+    """Make an optimizable parameter free or fixed; at least one stays free."""
+
+    kind: ClassVar[str] = "set_free"
+    edits: ClassVar[bool] = True
+    path: str = ""
+    free: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", _path(self.path))
+        if not isinstance(self.free, (bool, np.bool_)):
+            raise CommandError(f"free: expected true or false, got {self.free!r}")
+        object.__setattr__(self, "free", bool(self.free))
+
+    def check(self, problem):
+        _require_optimizable(problem, self.path)
+        if not self.free and problem.free_paths() == [self.path]:
+            raise CommandError(f"{self.path} is the last free parameter; free another one before fixing it")
+
+    def apply(self, problem, run):
+        problem.set_free(self.path, self.free)
+
+    def mirror(self, view):
+        (view.free.add if self.free else view.free.discard)(self.path)
+
+    def args(self):
+        return [self.path, self.free]
+
+
+@dataclass(frozen=True)
+class SetLr(Command):
+    kind: ClassVar[str] = "set_lr"
+    edits: ClassVar[bool] = True
+    path: str = ""
+    lr: float = 0.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", _path(self.path))
+        object.__setattr__(self, "lr", _number(f"learning rate of {self.path}", self.lr))
+
+    def check(self, problem):
+        _require_optimizable(problem, self.path)
+
+    def apply(self, problem, run):
+        problem.set_lr(self.path, self.lr)
+
+    def mirror(self, view):
+        view.lrs[self.path] = self.lr
+
+    def args(self):
+        return [self.path, self.lr]
+
+
+@dataclass(frozen=True)
+class SetLossWeight(Command):
+    kind: ClassVar[str] = "set_loss_weight"
+    edits: ClassVar[bool] = True
+    name: str = ""
+    weight: float = 0.0
+
+    def __post_init__(self):
+        if not isinstance(self.name, str):
+            raise CommandError(f"loss term: expected a name, got {self.name!r}")
+        object.__setattr__(self, "weight", _number(f"loss weight {self.name}", self.weight))
+
+    def check(self, problem):
+        if self.name not in problem.weights:
+            raise CommandError(f"unknown loss term {self.name!r}; expected one of {tuple(problem.weights)}")
+
+    def apply(self, problem, run):
+        problem.set_loss_weight(self.name, self.weight)
+
+    def mirror(self, view):
+        view.weights[self.name] = self.weight
+
+    def args(self):
+        return [self.name, self.weight]
+
+
+@dataclass(frozen=True)
+class SetActiveView(Command):
+    kind: ClassVar[str] = "set_active_view"
+    camera: str = ""
+
+    def __post_init__(self):
+        if not isinstance(self.camera, str) or not self.camera:
+            raise CommandError(f"camera: expected a camera name, got {self.camera!r}")
+
+    def check(self, problem):
+        if self.camera not in problem.views:
+            raise CommandError(f"{self.camera!r} is not a target view; views: {problem.views}")
+
+    def apply(self, problem, run):
+        problem.set_active_view(self.camera)
+
+    def mirror(self, view):
+        view.active_view = self.camera
+
+    def args(self):
+        return [self.camera]
+
+
+COMMANDS: dict[str, type[Command]] = {c.kind: c for c in (
+    Start, Resume, Pause, Stop, Step, SetSteps, Reset, SetValue, SetTargetValue, SetFree, SetLr, SetLossWeight,
+    SetActiveView)}
+
+
+def make(kind: str, *args) -> Command:
+    """The command `kind` with positional `args` (as recorded); CommandError for an unknown kind or bad
+    arguments."""
+    cls = COMMANDS.get(kind)
+    if cls is None:
+        raise CommandError(f"unknown command {kind!r}; expected one of {tuple(COMMANDS)}")
+    try:
+        return cls(*args)
+    except TypeError as exc:
+        raise CommandError(f"command {kind}: wrong arguments {list(args)!r} ({exc})") from None
+
+
+def from_record(record: dict) -> Command:
+    """The command of a recording's log record `{"kind": ..., "args": [...]}` (arrays decoded)."""
+    from ..recording.format import from_json
+
+    return make(record["kind"], *from_json(list(record.get("args", []))))
+
+
+def execute(command: Command, problem, run: RunControl | None = None) -> None:
+    """The one dispatcher: validate `command` against `problem`, then apply it. A CommandError (or any
+    error `check` raises) leaves the problem and `run` exactly as they were."""
+    if not isinstance(command, Command):
+        raise TypeError(f"command: expected a Command, got {type(command).__name__}")
+    command.check(problem)
+    command.apply(problem, run)
