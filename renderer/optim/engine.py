@@ -188,24 +188,26 @@ class Engine:
     # -- engine thread ---------------------------------------------------------------------------
     def _loop(self) -> None:
         self._publish(force_images=True)
-        applied_since_step = 0
+        applied, rejected_only = 0, True  # commands applied since the last step / publish
         while True:
             busy = self._state == "running" or self._pending_steps > 0
             cmd = None
-            if not busy or applied_since_step < COMMANDS_PER_STEP:  # a flood of commands cannot stall steps
+            if not busy or applied < COMMANDS_PER_STEP:  # a flood of commands cannot stall the steps
                 try:
-                    cmd = self._commands.get_nowait() if busy else self._commands.get(timeout=0.1)
+                    cmd = self._commands.get_nowait() if (busy or applied) else self._commands.get(timeout=0.1)
                 except queue.Empty:
                     pass
+            if cmd is _EXIT:
+                return
             if cmd is not None:
-                if cmd is _EXIT:
-                    return
-                self._apply(cmd)
-                applied_since_step += 1
-                continue  # drain queued commands (up to COMMANDS_PER_STEP) before the next step
+                rejected_only &= not self._apply(cmd)
+                applied += 1
+                continue  # drain queued commands (up to COMMANDS_PER_STEP), then publish once
+            if applied:  # one snapshot for the whole batch of commands
+                self._publish(force_images=not rejected_only)
+                applied, rejected_only = 0, True
             if busy:
                 self._one_step()
-            applied_since_step = 0
 
     # -- run control (commands.RunControl), on the engine thread ---------------------------------------
     def run_start(self) -> None:
@@ -235,7 +237,8 @@ class Engine:
         self._skipped, self._last_skip, self._history = 0, -1, History()
         self._state = "idle"
 
-    def _apply(self, cmd: commands.Command) -> None:
+    def _apply(self, cmd: commands.Command) -> bool:
+        """Execute one command; True when it was applied, False when refused (published as the error)."""
         p = self.problem
         rejected = ""
         if isinstance(cmd, (commands.Start, commands.Reset)):
@@ -246,15 +249,13 @@ class Engine:
             rejected = str(exc) if isinstance(exc, commands.CommandError) else f"{type(exc).__name__}: {exc}"
             log.error("engine command %s refused: %s", cmd, rejected)
             self._rejected += 1
+            self._last_error = f"command {cmd.kind} refused: {rejected}"
         self._applied += 1
         event = {"type": "command", "command": cmd, "kind": cmd.kind, "args": cmd.args(), "step": p.step_index}
         if rejected:
             event["rejected"] = rejected
         self._emit(event)
-        if rejected:
-            self._error(f"command {cmd.kind} refused: {rejected}", fatal=False)
-        else:
-            self._publish(force_images=True)
+        return not rejected
 
     def _one_step(self) -> None:
         p = self.problem

@@ -48,6 +48,7 @@ import numpy as np
 
 from ..conventions import linear_to_srgb
 from ..images import atomic_write
+from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
 from .state import capture_state, schedule_steps, write_keyframe
@@ -370,7 +371,7 @@ def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, n
     ds = problem.ds
     intr = None
     if f > 1:
-        k = ds.arrays[f"cameras.{camera}.intrinsics"].numpy().astype(np.float32).copy()
+        k = ds.arrays[camera_intrinsics(camera)].numpy().astype(np.float32).copy()
         k *= np.array([w / c.width, h / c.height, w / c.width, h / c.height], np.float32)
         intr = wp.array(k, dtype=float, device=ds.device)
     # the problem's own render: the meshes', or the field's in a scene with fields
