@@ -521,16 +521,29 @@ def _transforms_camera(doc: dict, fr: dict, image: Path, file: str, field_: str)
 
 
 def _ngp_box(doc: dict, file: str) -> np.ndarray | None:
-    """instant-ngp's field box in the file's world: the unit cube of its normalized space scaled by
-    `aabb_scale` about (0.5, 0.5, 0.5); a file point p is p * scale + offset there (before its axis cycle,
-    which leaves a cube unchanged)."""
-    if "aabb_scale" not in doc:
+    """instant-ngp's field box in the file's world, when `aabb_scale` or `aabb` is given: the unit cube of
+    its normalized space scaled by `aabb_scale` (default 1) about (0.5, 0.5, 0.5), where a file point p is
+    p * scale + offset (before instant-ngp's axis cycle, which leaves a cube unchanged). `scale` (default
+    0.33) and `offset` (default 0.5; a number or 3) come from the file, or from `aabb` [[min], [max]],
+    which instant-ngp fits into the unit cube (its longest side)."""
+    if "aabb_scale" not in doc and "aabb" not in doc:
         return None
-    s = _number(doc["aabb_scale"], file, "aabb_scale", positive=True)
+    s = _number(doc.get("aabb_scale", 1), file, "aabb_scale", positive=True)
     scale = _number(doc.get("scale", NGP_SCALE), file, "scale", positive=True)
-    offset = np.asarray(doc.get("offset", NGP_OFFSET), dtype=np.float64)
+    raw = doc.get("offset", NGP_OFFSET)
+    offset = np.asarray([raw] * 3 if isinstance(raw, (int, float)) else raw, dtype=np.float64)
     if offset.shape != (3,) or not np.isfinite(offset).all():
-        raise SceneError(file, "offset", f"expected 3 finite numbers, got {doc.get('offset')!r}")
+        raise SceneError(file, "offset", f"expected a number or 3 finite numbers, got {raw!r}")
+    if "aabb" in doc:
+        try:
+            box = np.asarray(doc["aabb"], dtype=np.float64)
+        except (TypeError, ValueError):
+            box = np.zeros(0)
+        if box.shape != (2, 3) or not np.isfinite(box).all() or not (box[1] > box[0]).all():
+            raise SceneError(file, "aabb", f"expected [[min x, y, z], [max x, y, z]] with max > min, "
+                             f"got {doc['aabb']!r}")
+        scale = 1.0 / float((box[1] - box[0]).max())
+        offset = 0.5 - 0.5 * (box[0] + box[1]) * scale
     return np.stack([(0.5 - s / 2 - offset) / scale, (0.5 + s / 2 - offset) / scale])
 
 
@@ -872,19 +885,27 @@ def rotation_between(a, b) -> np.ndarray:
     return np.eye(3) + vx + vx @ vx / (1 + c)
 
 
-def focus_point(frames: Sequence[CaptureFrame]) -> np.ndarray:
-    """(3,) the point nearest (least squares) to every camera's optical axis; the mean position when the
-    axes are (nearly) parallel."""
-    m, rhs = np.zeros((3, 3)), np.zeros(3)
-    for f in frames:
-        c2w = f.c2w()
-        d, o = -c2w[:3, 2], c2w[:3, 3]
-        proj = np.eye(3) - np.outer(d, d)
-        m += proj
-        rhs += proj @ o
-    if np.linalg.cond(m) > 1e8:
-        return np.mean([f.pose[:3] for f in frames], axis=0)
-    return np.linalg.solve(m, rhs)
+def focus_point(frames: Sequence[CaptureFrame], iterations: int = 10) -> np.ndarray:
+    """(3,) the point nearest (least squares) to the optical axes of the cameras that have it in front of
+    them (nerfstudio's `focus_of_attention`: start from the mean position, drop the cameras facing away,
+    solve again until the set is stable); the mean position when fewer than two cameras face it."""
+    mats = np.stack([f.c2w() for f in frames])
+    dirs, origins = -mats[:, :3, 2], mats[:, :3, 3]
+    point = origins.mean(0)
+    active = np.einsum("ij,ij->i", dirs, point - origins) > 0
+    for _ in range(iterations):
+        if active.sum() < 2:
+            break
+        proj = np.eye(3) - dirs[active, :, None] * dirs[active, None, :]
+        m = proj.sum(0)
+        if np.linalg.cond(m) > 1e8:  # (nearly) parallel axes: no focus
+            break
+        point = np.linalg.solve(m, np.einsum("nij,nj->i", proj, origins[active]))
+        now = np.einsum("ij,ij->i", dirs, point - origins) > 0
+        if (now == active).all():
+            break
+        active = now
+    return point
 
 
 def transform_box(box, transform) -> np.ndarray:

@@ -35,6 +35,7 @@ from drstudio.renderer.captures import (
     undistort_image,
 )
 from drstudio.renderer.errors import SceneError
+from drstudio.renderer.transforms_json import load_transforms
 
 MODEL_IDS = {name: i for i, (name, _) in COLMAP_MODELS.items()}
 
@@ -141,6 +142,21 @@ def test_transforms_pose_of_a_camera_at_plus_z_looking_at_the_origin(tmp_path):
     np.testing.assert_allclose(b.c2w()[:3, 2], [1, 0, 0], atol=1e-12)  # looks down -Z: toward -X, the origin
     np.testing.assert_allclose(a.intrinsics, [10, 11, 4, 3])
     assert (a.width, a.height) == (8, 6) and a.distortion is None and cap.kind == "transforms"
+
+
+def test_drstudio_datasets_read_as_load_transforms_reads_them(tmp_path):
+    # the layout `drstudio dataset` writes: Blender-style paths without extension, header intrinsics
+    frames = [dict(f, file_path=f"./images/r_{i:03d}", split="test" if i == 2 else "train")
+              for i, f in enumerate(ring_frames(5, height=1.0))]
+    images = {f"images/r_{i:03d}.png": gray() for i in range(5)}
+    path = write_transforms(tmp_path, frames, images, camera_angle_x=0.8, fl_x=9.5, fl_y=9.5, cx=4, cy=3, w=8, h=6)
+    old, cap = load_transforms(path), read_transforms(path)
+    assert [f.image_path for f in old] == [f.image_path for f in cap.frames]
+    for a, b in zip(old, cap.frames, strict=True):
+        np.testing.assert_allclose(b.pose, a.pose, atol=1e-6)
+        np.testing.assert_allclose(b.intrinsics, a.intrinsics)
+        assert (a.width, a.height) == (b.width, b.height)
+    assert cap.test == [2]
 
 
 def test_transforms_camera_angle_and_per_frame_intrinsics(tmp_path):
@@ -416,6 +432,9 @@ def test_normalize_orients_up_to_plus_y_centers_and_fits_the_unit_box(tmp_path):
         assert cv.rigid_error(after.c2w()) < 1e-9
     np.testing.assert_allclose(out.aabb, transform_box(cap.aabb, out.transform))
     np.testing.assert_allclose(field_box(out), out.aabb)
+    box = read_transforms(write_transforms(tmp_path, frames, None, fl_x=10, w=8, h=6,
+                                           aabb=[[-1, -2, 0], [3, 2, 2]], aabb_scale=2)).aabb
+    np.testing.assert_allclose(box, [[-3, -4, -3], [5, 4, 5]])  # `aabb` fits the unit cube, then x 2
     # the cameras' target point in the local frame is where their axes meet
     focus = focus_point(cap.frames)
     np.testing.assert_allclose(focus, (world @ [0, 0.3, 0, 1])[:3], atol=1e-9)
