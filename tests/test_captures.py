@@ -490,3 +490,44 @@ def test_transforms_errors_name_the_field(tmp_path):
     assert e.value.field == "fl_x"
     with pytest.raises(SceneError, match="downscale"):
         read_transforms(tmp_path, downscale=0)
+
+
+# ---- against the renderer ------------------------------------------------------------------------
+
+def test_a_colmap_camera_re_renders_its_image(tmp_path):
+    """A camera written as COLMAP stores it (OpenCV world-to-camera, off-center principal point, a
+    non-square image) and read back renders the image it was written with: the conventions of
+    `renderer.conventions`, not just self-consistency."""
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.render import render
+    from drstudio.renderer.scene import Camera
+
+    scene = load_scene(Path(__file__).resolve().parents[1] / "scenes" / "texture.json")
+    w, h, k = 40, 28, np.array([30.0, 31.0, 17.0, 12.5])
+    c2w_gl = look_at_matrix([1.2, 0.9, 2.6], [0.1, 0.05, 0.0])
+
+    def draw(width, height, intrinsics, pose) -> np.ndarray:
+        scene.cameras = {"c": Camera("c", width, height, np.asarray(intrinsics, np.float32),
+                                     np.asarray(pose, np.float32))}
+        return render(DeviceScene(scene, "cpu"), "c").numpy()
+
+    image = draw(w, h, k, cv.matrix_to_pose(c2w_gl))
+    write_rgb(tmp_path / "images" / "view.png", cv.linear_to_srgb(image))
+    r_cv = c2w_gl[:3, :3] @ np.diag([1.0, -1.0, -1.0])  # OpenCV camera axes: x right, y down, z forward
+    r_w2c, t_w2c = r_cv.T, -r_cv.T @ c2w_gl[:3, 3]
+    qw = np.sqrt(max(0.0, 1 + np.trace(r_w2c))) / 2  # w-first quaternion (the rotation is far from 180 degrees)
+    q = [qw, (r_w2c[2, 1] - r_w2c[1, 2]) / (4 * qw), (r_w2c[0, 2] - r_w2c[2, 0]) / (4 * qw),
+         (r_w2c[1, 0] - r_w2c[0, 1]) / (4 * qw)]
+    np.testing.assert_allclose(qvec_to_matrix(q), r_w2c, atol=1e-12)
+    write_colmap(tmp_path / "sparse" / "0", [(1, "PINHOLE", w, h, list(k))], [(1, q, list(t_w2c), 1, "view.png")],
+                 binary=True)
+    cap = read_colmap(tmp_path)
+    f = cap.frames[0]
+    again = draw(f.width, f.height, f.intrinsics, f.pose)
+    stored = cap.load(0)
+    err = np.abs(cv.linear_to_srgb(again) - cv.linear_to_srgb(stored)).max()
+    assert err <= 1 / 255 + 1e-6, err
+    # the check has teeth: the image has structure, and a principal point flipped vertically misses it
+    flipped = draw(f.width, f.height, [*f.intrinsics[:3], h - f.intrinsics[3]], f.pose)
+    assert image.std() > 0.05 and np.abs(cv.linear_to_srgb(flipped) - cv.linear_to_srgb(stored)).max() > 0.1
