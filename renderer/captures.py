@@ -265,6 +265,29 @@ class Capture:
         """Indices into `frames` of the held-out frames."""
         return [i for i, f in enumerate(self.frames) if f.split == "test"]
 
+    def cameras(self, indices: Iterable[int] | None = None, prefix: str = "frame") -> dict:
+        """{name: renderer.scene.Camera} of these frames (default: all), named `<prefix>_<i>` with i the
+        position in `frames` (3 digits at least), float32 as scene cameras hold them."""
+        from .scene import Camera
+
+        order = range(len(self.frames)) if indices is None else indices
+        digits = max(3, len(str(len(self.frames) - 1)))
+        out = {}
+        for i in order:
+            f = self.frames[i]
+            name = f"{prefix}_{i:0{digits}d}"
+            out[name] = Camera(name, f.width, f.height, f.intrinsics.astype(np.float32), f.pose.astype(np.float32))
+        return out
+
+    def describe(self) -> str:
+        """One line for a person: frames, split, sizes, lens models, downscale."""
+        sizes = sorted({(f.width, f.height) for f in self.frames})
+        size = ", ".join(f"{w}x{h}" for w, h in sizes[:3]) + (" ..." if len(sizes) > 3 else "")
+        lenses = sorted({f.distortion.model if f.distortion else "pinhole" for f in self.frames})
+        scaled = f", downscale {self.downscale}" if self.downscale > 1 else ""
+        return (f"{self.file}: {len(self.frames)} frames ({len(self.train)} train, {len(self.test)} test), {size}, "
+                f"{'/'.join(lenses)} (undistorted on load){scaled}")
+
     def load(self, frame: int | CaptureFrame, channels: int = 3) -> np.ndarray:
         """(H, W, channels) float32 linear RGB(A) of one frame, at `frame.width` x `frame.height`,
         downscaled and undistorted as its intrinsics say. Raises SceneError naming the image and its
@@ -414,7 +437,7 @@ def _apply_downscale(frame: CaptureFrame, images_dir: Path, n: int, file: str, w
 
 
 def _finish(file: str, kind: str, frames: list[CaptureFrame], missing: list[CaptureFrame], strict: bool,
-            downscale: int, aabb=None) -> Capture:
+            downscale: int, aabb=None, images: Path | None = None) -> Capture:
     if missing and strict:
         f = missing[0]
         where = f"{f.source}.file_path" if kind == "transforms" else f"{f.source}.name"
@@ -426,7 +449,8 @@ def _finish(file: str, kind: str, frames: list[CaptureFrame], missing: list[Capt
         warnings.warn(f"{file}: skipped {len(missing)} of {len(frames) + len(missing)} frames whose image is "
                       f"missing: {names}{more}", CaptureWarning, stacklevel=3)
     if not frames:
-        raise SceneError(file, "", "no frame has an image file; expected images next to the dataset")
+        where = f" in '{images}'" if images is not None else " relative to the dataset"
+        raise SceneError(file, "", f"no frame has an image file{where}; expected the images the frames name")
     return Capture(file, kind, frames, np.eye(4), None if aabb is None else np.asarray(aabb, np.float64),
                    downscale)
 
@@ -856,7 +880,7 @@ def read_colmap(path, *, images=None, downscale: int = 1, strict: bool = False) 
             missing.append(frame)
             continue
         frames.append(_apply_downscale(frame, root, downscale, file, f"{source}.name"))
-    return _finish(file, "colmap", frames, missing, strict, downscale)
+    return _finish(file, "colmap", frames, missing, strict, downscale, images=root)
 
 
 def read_capture(path, *, downscale: int = 1, strict: bool = False, images=None) -> Capture:

@@ -399,6 +399,12 @@ def test_colmap_split_and_text_model_with_an_images_argument(tmp_path):
         write_rgb(tmp_path / "photos" / f"{k:02d}.png", gray())
     cap = read_colmap(tmp_path / "model", images=tmp_path / "photos")
     assert [cap.frames[i].name for i in cap.test] == ["00.png", "08.png"]
+    assert "10 frames (8 train, 2 test), 8x6, pinhole" in cap.describe()
+    cams = cap.cameras(cap.test, prefix="test")
+    assert list(cams) == ["test_000", "test_008"] and cams["test_008"].pose.dtype == np.float32
+    np.testing.assert_allclose(cams["test_008"].pose[:3], [0, 0, -8])  # camera center -R^T t
+    with pytest.warns(CaptureWarning), pytest.raises(SceneError, match="no frame has an image file in"):
+        read_colmap(tmp_path / "model", images=tmp_path / "elsewhere")
 
 
 # ---- normalization and the field box --------------------------------------------------------------
