@@ -54,7 +54,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
 from .errors import SceneError
-from .images import read_image
+from .images import atomic_write, read_image, write_image
 
 TEST_EVERY = 8  # frame i is held out when i % TEST_EVERY == 0 (nerfstudio "interval" split)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")  # tried for a file_path without one
@@ -1023,3 +1023,40 @@ def field_box(capture: Capture, **frustum_options) -> np.ndarray:
         return frustum_box(capture.frames, **frustum_options)
     except ValueError as e:
         raise SceneError(capture.file, "aabb_scale", str(e)) from None
+
+
+# ---- export -------------------------------------------------------------------------------------
+
+def export_transforms(capture: Capture, out, *, overwrite: bool = False,
+                      progress: Callable[[int, int], None] | None = None) -> Path:
+    """Write `capture` as a dataset that `renderer.transforms_json.load_transforms` (so today's
+    `targets.transforms`) reads: its frames loaded (downscaled, undistorted, in the capture's world) as
+    8-bit sRGB `images/frame_XXXXX.png`, then `transforms.json` (written last, atomically) with per-frame
+    `fl_x, fl_y, cx, cy, w, h`, `transform_matrix` (OpenGL camera-to-world), `split`, `time` when given and
+    `source` (the image the frame came from), and a `capture` block: the source file, `transform` (file
+    world -> this world, 4x4) and `aabb` (the field box, `field_box`). One image in memory at a time.
+    Returns the json's path; SceneError when `out` already holds a dataset and not `overwrite`."""
+    out = Path(out)
+    if (out / "transforms.json").exists() and not overwrite:
+        raise SceneError(str(out), "", "the folder already holds a dataset (transforms.json); choose another "
+                         "folder or overwrite it")
+    digits = max(5, len(str(len(capture.frames) - 1)))
+    records = []
+    for i, (frame, image) in enumerate(capture.images(progress=progress)):
+        name = f"images/frame_{i:0{digits}d}.png"
+        write_image(out / name, image)
+        fx, fy, cx, cy = (float(v) for v in frame.intrinsics)
+        rec = {"file_path": name, "transform_matrix": frame.c2w().tolist(), "fl_x": fx, "fl_y": fy, "cx": cx,
+               "cy": cy, "w": frame.width, "h": frame.height, "split": frame.split, "source": frame.name}
+        if frame.time is not None:
+            rec["time"] = frame.time
+        records.append(rec)
+    try:
+        box = field_box(capture).tolist()
+    except SceneError:
+        box = None
+    doc = {"frames": records, "capture": {"file": capture.file, "kind": capture.kind, "downscale": capture.downscale,
+                                          "transform": np.asarray(capture.transform).tolist(), "aabb": box}}
+    text = json.dumps(doc, indent=1) + "\n"
+    atomic_write(out / "transforms.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return out / "transforms.json"

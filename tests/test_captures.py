@@ -21,6 +21,7 @@ from drstudio.renderer.captures import (
     Distortion,
     colmap_intrinsics,
     default_split,
+    export_transforms,
     field_box,
     focus_point,
     frustum_box,
@@ -496,6 +497,33 @@ def test_transforms_errors_name_the_field(tmp_path):
     assert e.value.field == "fl_x"
     with pytest.raises(SceneError, match="downscale"):
         read_transforms(tmp_path, downscale=0)
+
+
+def test_export_writes_what_load_transforms_reads(tmp_path):
+    d = Distortion("opencv", (-0.25, 0.05, 0, 0), (0.002, -0.001))
+    frames = ring_frames(3, height=0.5)
+    images = {f["file_path"].replace(".png", ".16.png"): distorted_checker(d) for f in frames}
+    for f in frames:
+        f["file_path"] = f["file_path"].replace(".png", ".16.png")
+    path = write_transforms(tmp_path / "src", frames, images, camera_model="OPENCV", fl_x=K[0], fl_y=K[1], cx=K[2],
+                            cy=K[3], w=W, h=H, k1=-0.25, k2=0.05, p1=0.002, p2=-0.001)
+    cap = normalize(read_transforms(path, downscale=2))
+    calls = []
+    out = export_transforms(cap, tmp_path / "out", progress=lambda done, total: calls.append(done))
+    assert calls == [1, 2, 3]
+    frames_back = load_transforms(out)
+    for a, b in zip(cap.frames, frames_back, strict=True):
+        np.testing.assert_allclose(b.pose, a.pose, atol=1e-6)
+        np.testing.assert_allclose(b.intrinsics, a.intrinsics, rtol=1e-6)
+        assert (b.width, b.height) == (W // 2, H // 2)
+    again = read_transforms(out)
+    stored = cv.linear_to_srgb(again.load(1)) - cv.linear_to_srgb(cap.load(1))
+    assert np.abs(stored).max() <= 0.5 / 255 + 1e-6  # the images, rounded to 8-bit sRGB
+    doc = json.loads(out.read_text())
+    np.testing.assert_allclose(doc["capture"]["transform"], cap.transform)
+    assert doc["frames"][0]["split"] == "test" and doc["frames"][1]["source"] == "images/f_001.16.png"
+    with pytest.raises(SceneError, match="already holds a dataset"):
+        export_transforms(cap, tmp_path / "out")
 
 
 # ---- against the renderer ------------------------------------------------------------------------
