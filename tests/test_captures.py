@@ -282,16 +282,32 @@ def pinhole_checker(shift: float = 0.0) -> np.ndarray:
     return checker((u - K[2]) / K[0], (v - K[3]) / K[1])
 
 
-@pytest.mark.parametrize("model", ["OPENCV", "OPENCV_FISHEYE"])
-def test_loading_undistorts_a_synthetic_checkerboard(tmp_path, model):
-    coeffs = {"k1": -0.25, "k2": 0.05, "p1": 0.002, "p2": -0.001} if model == "OPENCV" else \
-        {"k1": 0.1, "k2": -0.05, "k3": 0.01}
-    d = (Distortion("opencv", (-0.25, 0.05, 0, 0), (0.002, -0.001)) if model == "OPENCV"
-         else Distortion("fisheye", (0.1, -0.05, 0.01, 0)))
-    frame = {"file_path": "images/c.16.png", "transform_matrix": np.eye(4).tolist()}
-    path = write_transforms(tmp_path, [frame], {"images/c.16.png": distorted_checker(d)}, camera_model=model,
-                            fl_x=K[0], fl_y=K[1], cx=K[2], cy=K[3], w=W, h=H, **coeffs)
-    cap = read_transforms(path)
+LENSES = {  # source, model: (the file's parameters, the Distortion they mean)
+    ("transforms", "OPENCV"): ({"k1": -0.25, "k2": 0.05, "p1": 0.002, "p2": -0.001},
+                               Distortion("opencv", (-0.25, 0.05, 0, 0), (0.002, -0.001))),
+    ("transforms", "OPENCV_FISHEYE"): ({"k1": 0.1, "k2": -0.05, "k3": 0.01},
+                                       Distortion("fisheye", (0.1, -0.05, 0.01, 0))),
+    ("colmap", "OPENCV"): ([*K, -0.25, 0.05, 0.002, -0.001],
+                           Distortion("opencv", (-0.25, 0.05, 0, 0), (0.002, -0.001))),
+    ("colmap", "FULL_OPENCV"): ([*K, -0.2, 0.05, 0.002, -0.001, 0.01, 0.05, 0.0, 0.0],
+                                Distortion("opencv", (-0.2, 0.05, 0.01, 0), (0.002, -0.001), (0.05, 0, 0))),
+    ("colmap", "OPENCV_FISHEYE"): ([*K, 0.1, -0.05, 0.01, 0.0], Distortion("fisheye", (0.1, -0.05, 0.01, 0))),
+}
+
+
+@pytest.mark.parametrize("source, model", list(LENSES))
+def test_loading_undistorts_a_synthetic_checkerboard(tmp_path, source, model):
+    params, d = LENSES[source, model]
+    if source == "transforms":
+        frame = {"file_path": "images/c.16.png", "transform_matrix": np.eye(4).tolist()}
+        path = write_transforms(tmp_path, [frame], {"images/c.16.png": distorted_checker(d)}, camera_model=model,
+                                fl_x=K[0], fl_y=K[1], cx=K[2], cy=K[3], w=W, h=H, **params)
+        cap = read_transforms(path)
+    else:
+        write_colmap(tmp_path / "sparse" / "0", [(1, model, W, H, params)],
+                     [(1, [1, 0, 0, 0], [0, 0, 0], 1, "c.16.png")], binary=True)
+        write_rgb(tmp_path / "images" / "c.16.png", distorted_checker(d))
+        cap = read_colmap(tmp_path)
     f = cap.frames[0]
     assert f.distortion == d
     np.testing.assert_array_equal(f.intrinsics, K)  # the pinhole image keeps fx, fy, cx, cy
