@@ -359,9 +359,12 @@ def resize_area(image: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.stack(chans, axis=-1).astype(np.float32)
 
 
-def default_split(count: int, every: int = TEST_EVERY) -> list[str]:
-    """Split of `count` frames in their sorted order: "test" when i % every == 0, else "train"."""
-    return ["test" if i % every == 0 else "train" for i in range(count)]
+def default_split(count: int, every: int | None = TEST_EVERY) -> list[str]:
+    """Split of `count` frames in their sorted order: "test" when i % every == 0, else "train" (every
+    frame "train" when `every` is None)."""
+    if every is not None and (not isinstance(every, (int, np.integer)) or isinstance(every, bool) or every < 2):
+        raise ValueError(f"test_every: expected an integer >= 2 or None, got {every!r}")
+    return ["test" if every is not None and i % every == 0 else "train" for i in range(count)]
 
 
 # ---- shared helpers -----------------------------------------------------------------------------
@@ -571,9 +574,10 @@ def _ngp_box(doc: dict, file: str) -> np.ndarray | None:
     return np.stack([(0.5 - s / 2 - offset) / scale, (0.5 + s / 2 - offset) / scale])
 
 
-def read_transforms(path, *, downscale: int = 1, strict: bool = False) -> Capture:
+def read_transforms(path, *, downscale: int = 1, strict: bool = False, test_every: int | None = TEST_EVERY) -> Capture:
     """Read a nerfstudio or instant-ngp `transforms.json` (or a folder holding one); see the module
-    docstring for the keys, conventions, splits, missing frames and `downscale`."""
+    docstring for the keys, conventions, splits, missing frames and `downscale`. `test_every`: the
+    automatic split when the file gives none (None: every frame trains)."""
     path = Path(path)
     if path.is_dir():
         path = path / "transforms.json"
@@ -594,7 +598,7 @@ def read_transforms(path, *, downscale: int = 1, strict: bool = False) -> Captur
                              "transform_matrix")
         listed.append((fr["file_path"], i, fr))
     listed.sort(key=lambda t: t[0])
-    splits = _transforms_splits(doc, [t[2] for t in listed], [t[1] for t in listed], file)
+    splits = _transforms_splits(doc, [t[2] for t in listed], [t[1] for t in listed], file, test_every)
     base = path.parent
     frames, missing = [], []
     for index, ((file_path, i, fr), split) in enumerate(zip(listed, splits, strict=True)):
@@ -614,7 +618,8 @@ def read_transforms(path, *, downscale: int = 1, strict: bool = False) -> Captur
     return _finish(file, "transforms", frames, missing, strict, downscale, _ngp_box(doc, file))
 
 
-def _transforms_splits(doc: dict, frames: list[dict], positions: list[int], file: str) -> list[str]:
+def _transforms_splits(doc: dict, frames: list[dict], positions: list[int], file: str,
+                       test_every: int | None) -> list[str]:
     """Per sorted frame: its "split", else nerfstudio's *_filenames lists, else every 8th held out."""
     if any("split" in fr for fr in frames):
         out = []
@@ -633,7 +638,7 @@ def _transforms_splits(doc: dict, frames: list[dict], positions: list[int], file
             held |= {os.path.normpath(n) for n in doc[key]}
     if lists:
         return ["test" if os.path.normpath(fr["file_path"]) in held else "train" for fr in frames]
-    return default_split(len(frames))
+    return default_split(len(frames), test_every)
 
 
 # ---- COLMAP -------------------------------------------------------------------------------------
@@ -829,11 +834,13 @@ def find_colmap_model(path) -> Path | None:
     return None
 
 
-def read_colmap(path, *, images=None, downscale: int = 1, strict: bool = False) -> Capture:
+def read_colmap(path, *, images=None, downscale: int = 1, strict: bool = False,
+                test_every: int | None = TEST_EVERY) -> Capture:
     """Read a COLMAP sparse model (a folder with cameras.bin|txt and images.bin|txt, binary preferred, or
     a project folder holding sparse/0). `images` is the image folder; default: the first of
     <project>/images, <model>/../images, <model>/images that exists (project = the folder above sparse/).
-    Poses: camera-to-world = inverse of COLMAP's world-to-camera (qvec, tvec), then OpenCV -> OpenGL."""
+    Poses: camera-to-world = inverse of COLMAP's world-to-camera (qvec, tvec), then OpenCV -> OpenGL.
+    Split: every `test_every`-th image by name is held out (None: every image trains)."""
     path = Path(path)
     model = find_colmap_model(path)
     if model is None:
@@ -852,7 +859,7 @@ def read_colmap(path, *, images=None, downscale: int = 1, strict: bool = False) 
                       project.parent / "images"]  # the last: nerfstudio's <data>/colmap/sparse/0 with <data>/images
         images = next((c for c in candidates if c.is_dir()), candidates[0])
     root = Path(images)
-    splits = default_split(len(records))
+    splits = default_split(len(records), test_every)
     intr_cache: dict[int, tuple[np.ndarray, Distortion | None]] = {}
     frames, missing = [], []
     for index, (im, split) in enumerate(zip(records, splits, strict=True)):
@@ -883,13 +890,14 @@ def read_colmap(path, *, images=None, downscale: int = 1, strict: bool = False) 
     return _finish(file, "colmap", frames, missing, strict, downscale, images=root)
 
 
-def read_capture(path, *, downscale: int = 1, strict: bool = False, images=None) -> Capture:
+def read_capture(path, *, downscale: int = 1, strict: bool = False, images=None,
+                 test_every: int | None = TEST_EVERY) -> Capture:
     """A `transforms.json` (the file or a folder holding one) or a COLMAP model / project folder."""
     path = Path(path)
     if path.suffix == ".json" or (path.is_dir() and (path / "transforms.json").is_file()):
-        return read_transforms(path, downscale=downscale, strict=strict)
+        return read_transforms(path, downscale=downscale, strict=strict, test_every=test_every)
     if path.is_dir() and find_colmap_model(path) is not None:
-        return read_colmap(path, images=images, downscale=downscale, strict=strict)
+        return read_colmap(path, images=images, downscale=downscale, strict=strict, test_every=test_every)
     raise SceneError(str(path), "", "expected a transforms.json, a folder holding one, or a COLMAP model "
                      "(cameras.bin|txt and images.bin|txt, or sparse/0 holding them)")
 
@@ -960,7 +968,7 @@ def normalize(capture: Capture, *, orient: bool = True, center: str = "poses", s
         origin = mats[:, :3, 3].mean(0)
     elif center == "focus":
         origin = focus_point(capture.frames)
-    positions = (mats[:, :3, 3] - origin) @ rot.T
+    positions = (mats[:, :3, 3] - origin) @ rot.T  # the oriented, centered camera positions
     s = 1.0
     if scale:
         extent = np.abs(positions).max()
@@ -968,11 +976,25 @@ def normalize(capture: Capture, *, orient: bool = True, center: str = "poses", s
     sim = np.eye(4)
     sim[:3, :3] = s * rot
     sim[:3, 3] = -s * rot @ origin
+    return transformed(capture, sim)
+
+
+def transformed(capture: Capture, similarity) -> Capture:
+    """A copy of `capture` moved by a (4, 4) similarity [s R | t] (s > 0, R a rotation): positions
+    p -> s R p + t, camera rotations -> R rot (poses stay rigid), `aabb` mapped, `transform` composed.
+    Use it to bring a second capture (a separate test set) into the world of a normalized one:
+    `transformed(test, train.transform)` (both read from the same file world)."""
+    sim = np.asarray(similarity, np.float64)
+    s = float(np.cbrt(np.linalg.det(sim[:3, :3]))) if sim.shape == (4, 4) else 0.0
+    if not s > 0 or cv.rigid_error(np.vstack([np.c_[sim[:3, :3] / s, sim[:3, 3]], [0, 0, 0, 1]])) > 1e-6:
+        raise ValueError("similarity: expected a (4, 4) matrix [s R | t] with s > 0 and R a rotation, last row 0 0 0 1")
+    rot = sim[:3, :3] / s
     frames = []
-    for f, m, p in zip(capture.frames, mats, positions, strict=True):
+    for f in capture.frames:
+        m = f.c2w()
         new = np.eye(4)
         new[:3, :3] = rot @ m[:3, :3]
-        new[:3, 3] = s * p
+        new[:3, 3] = sim[:3, :3] @ m[:3, 3] + sim[:3, 3]
         frames.append(replace(f, pose=cv.matrix_to_pose(new)))
     aabb = None if capture.aabb is None else transform_box(capture.aabb, sim)
     return replace(capture, frames=frames, transform=sim @ capture.transform, aabb=aabb)

@@ -33,6 +33,7 @@ from drstudio.renderer.captures import (
     read_colmap_images,
     read_transforms,
     transform_box,
+    transformed,
     undistort_image,
 )
 from drstudio.renderer.errors import SceneError
@@ -395,6 +396,8 @@ def test_split_holds_out_every_eighth_frame_when_none_is_given(tmp_path):
     assert [cap.frames[i].index for i in cap.test] == [0, 8, 16]  # a missing frame does not shift the split
     assert [cap.frames[i].name for i in cap.test] == ["images/f_000.png", "images/f_008.png", "images/f_016.png"]
     assert default_split(9) == ["test"] + ["train"] * 7 + ["test"]
+    with pytest.warns(CaptureWarning):
+        assert read_transforms(path, test_every=None).test == []  # no automatic split
 
 
 def test_explicit_splits_are_kept(tmp_path):
@@ -455,14 +458,20 @@ def test_normalize_orients_up_to_plus_y_centers_and_fits_the_unit_box(tmp_path):
         assert cv.rigid_error(after.c2w()) < 1e-9
     np.testing.assert_allclose(out.aabb, transform_box(cap.aabb, out.transform))
     np.testing.assert_allclose(field_box(out), out.aabb)
-    box = read_transforms(write_transforms(tmp_path, frames, None, fl_x=10, w=8, h=6,
-                                           aabb=[[-1, -2, 0], [3, 2, 2]], aabb_scale=2)).aabb
-    np.testing.assert_allclose(box, [[-3, -4, -3], [5, 4, 5]])  # `aabb` fits the unit cube, then x 2
     # the cameras' target point in the local frame is where their axes meet
     focus = focus_point(cap.frames)
     np.testing.assert_allclose(focus, (world @ [0, 0.3, 0, 1])[:3], atol=1e-9)
     centered = normalize(cap, center="focus")
     np.testing.assert_allclose(centered.transform @ np.r_[focus, 1], [0, 0, 0, 1], atol=1e-9)
+    # a second capture of the same world (a separate test set) follows with the same transform
+    same = transformed(read_transforms(path), out.transform)
+    for a, b in zip(out.frames, same.frames, strict=True):
+        np.testing.assert_allclose(b.pose, a.pose, atol=1e-12)
+    with pytest.raises(ValueError, match="similarity"):
+        transformed(cap, np.diag([1.0, 2.0, 1.0, 1.0]))
+    box = read_transforms(write_transforms(tmp_path, frames, None, fl_x=10, w=8, h=6,
+                                           aabb=[[-1, -2, 0], [3, 2, 2]], aabb_scale=2)).aabb
+    np.testing.assert_allclose(box, [[-3, -4, -3], [5, 4, 5]])  # `aabb` fits the unit cube, then x 2
 
 
 def test_frustum_box_is_the_region_most_cameras_see():
