@@ -28,14 +28,19 @@ Conventions (`renderer.conventions` states them once; this module only converts 
 - Frame order: sorted by image path (nerfstudio's order), `index` is the position in that order.
 - Splits: per-frame `"split"` ("train", "test", "val" = test), or nerfstudio's `train_filenames` /
   `val_filenames` / `test_filenames`; without either, every 8th frame is held out: index i % 8 == 0 is
-  "test" (nerfstudio's `eval_interval` convention, also LLFF's and mip-NeRF 360's). The split is decided on
-  every listed frame before missing images are skipped, so a missing file does not shift it.
+  "test" (nerfstudio's `eval_interval` convention, also LLFF's and mip-NeRF 360's; `test_every=None`: none
+  held out). The split is decided on every listed frame before missing images are skipped, so a missing
+  file does not shift it.
 - Missing images are skipped with one `CaptureWarning` naming the first few; `strict=True` raises a
   SceneError naming the file and the field instead. Every other bad input is a SceneError too.
 - `downscale=N` reads `images_N/<name>` beside the images folder when it holds the file (nerfstudio's
   `ns-process-data` layout); otherwise the full image is resized on load to round(size / N).
 
-Everything is NumPy float64 except the images (float32).
+- `normalize` (nerfstudio's orient/center/scale, +Y up) and `transformed` return new captures whose
+  `transform` maps the file's world to theirs; `field_box` gives the field bounds; `export_transforms`
+  writes a capture as a transforms.json dataset that `load_transforms` reads.
+
+Everything is NumPy float64 except the images (float32). docs/datasets.md "Real captures" is the user's page.
 """
 
 from __future__ import annotations
