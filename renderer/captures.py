@@ -601,7 +601,7 @@ def read_transforms(path, *, downscale: int = 1, strict: bool = False, test_ever
         if not isinstance(fr, dict) or not isinstance(fr.get("file_path"), str) or "transform_matrix" not in fr:
             raise SceneError(file, f"frames[{i}]", "expected an object with file_path (a string) and "
                              "transform_matrix")
-        listed.append((fr["file_path"], i, fr))
+        listed.append((fr["file_path"].replace("\\", "/"), i, fr))  # Windows paths, as instant-ngp allows
     listed.sort(key=lambda t: t[0])
     splits = _transforms_splits(doc, [t[2] for t in listed], [t[1] for t in listed], file, test_every)
     base = path.parent

@@ -133,7 +133,7 @@ def test_transforms_pose_of_a_camera_at_plus_z_looking_at_the_origin(tmp_path):
     m = np.eye(4)
     m[:3, 3] = [0, 0, 4]
     x_side = look_at_matrix([3, 0, 0])
-    path = write_transforms(tmp_path, [{"file_path": "images/a.png", "transform_matrix": m.tolist()},
+    path = write_transforms(tmp_path, [{"file_path": "images\\a.png", "transform_matrix": m.tolist()},
                                        {"file_path": "images/b", "transform_matrix": x_side.tolist()}],
                             {"images/a.png": gray(), "images/b.jpg": gray()}, fl_x=10, fl_y=11, cx=4, cy=3, w=8, h=6)
     cap = read_transforms(path)
