@@ -11,13 +11,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_recording import ALBEDO, LIGHT, SMALL, record_session, tiny_scene
-
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim import commands as C
 from drstudio.renderer.optim.engine import MAX_QUEUED, EngineBusy
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.recording import load_recording, verify
+from test_recording import ALBEDO, LIGHT, SMALL, record_session, tiny_scene
 
 ROOT = Path(__file__).resolve().parents[1]
 LEGACY = ROOT / "tests" / "data" / "recording_v1"  # recorded by main before the command protocol (format 1)

@@ -7,7 +7,6 @@ import pickle
 
 import numpy as np
 import pytest
-
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.params import (
     FIELD_KINDS,
