@@ -38,7 +38,8 @@ def test_construction_validates_alone():
                                 ("set_lr", (LIGHT, float("inf")), "finite"), ("set_lr", (LIGHT, -1.0), ">= 0"),
                                 ("set_value", (LIGHT, [1e39, 0, 0]), "float32"),
                                 ("set_value", (LIGHT, "abc"), "numbers"), ("set_free", (LIGHT, "yes"), "true or false"),
-                                ("set_loss_weight", ("l2", float("nan")), "finite"), ("set_active_view", ("",), "camera"),
+                                ("set_loss_weight", ("l2", float("nan")), "finite"),
+                                ("set_active_view", ("",), "camera"),
                                 ("explode", (), "unknown command"), ("pause", (1,), "wrong arguments")):
         with pytest.raises(C.CommandError, match=message):
             C.make(kind, *args)
