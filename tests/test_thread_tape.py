@@ -159,10 +159,15 @@ def test_optimizer_steps_are_unchanged_while_another_thread_renders(monkeypatch)
     workers) while e.g. the camera-path export renders mesh frames with `render_view` on another: the
     same losses and gradients, and every tape records the launches of one thread only."""
     ref = _steps(_problem(), 4)
-    recorders: dict[int, set[str]] = {}  # id(tape) -> names of the threads that recorded on it
+    # id(tape) -> names of the threads that recorded on it; the tapes are kept alive in `tapes` so that an
+    # id is never reused by a later tape (a freed step's tape and a new one can share an address)
+    recorders: dict[int, set[str]] = {}
+    tapes = []
     record_launch, record_func = wp.Tape.record_launch, wp.Tape.record_func
 
     def note(tape):
+        if id(tape) not in recorders:
+            tapes.append(tape)
         recorders.setdefault(id(tape), set()).add(threading.current_thread().name)
 
     monkeypatch.setattr(wp.Tape, "record_launch", lambda self, *a, **k: (note(self), record_launch(self, *a, **k)))
