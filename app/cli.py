@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -263,13 +264,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not bench.is_file():
         print(f"drstudio bench: {bench} not found (the benchmarks ship with the source tree)", file=sys.stderr)
         return EXIT_USER_ERROR
-    sys.path.insert(0, str(ROOT))
     from drstudio.renderer.device_scene import default_device
 
-    from benchmarks import bench_render
-
+    # run as its own program (`python -m benchmarks.bench_render` from the source tree): the benchmarks
+    # sit above the app and import it, never the other way round
     quick = ["--quick"] if args.quick else []
-    return bench_render.main(["--device", args.device or default_device(), *quick, *args.bench_args])
+    cmd = [sys.executable, "-m", "benchmarks.bench_render", "--device", args.device or default_device(), *quick,
+           *args.bench_args]
+    return subprocess.run(cmd, cwd=ROOT).returncode
 
 
 # ---- parser -------------------------------------------------------------------------------------
