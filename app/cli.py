@@ -1,8 +1,9 @@
 """The `drstudio` command line. Each subcommand is a small function `cmd_<name>(args) -> exit code`.
 
-Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake (bad scene file, bad
-arguments; the message names the file and field, no traceback), 130 interrupted, 141 output pipe
-closed.
+Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake or an unusable
+environment (bad scene file, bad arguments, an output folder that is a file, read-only, full or in use
+by another run, a CUDA device that is not there; the message names the file and field, no traceback),
+130 interrupted, 141 output pipe closed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,29 @@ def _device(text: str) -> str:
     raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
 
 
+def _check_device(device: str | None) -> None:
+    """A CUDA device that this machine does not have is a user error (exit 2), found before any work."""
+    if device and device.startswith("cuda"):
+        import warp as wp
+
+        count = wp.get_cuda_device_count()
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            have = f"{count} CUDA device(s)" if count else "no CUDA device"
+            raise UsageError(f"--device {device}: this machine has {have}; use --device cpu")
+
+
+class UsageError(Exception):
+    """A bad combination of arguments or an unusable environment: one line, exit 2."""
+
+
+def _fmt(value) -> str:
+    """A metric for the summary line: numbers to 4 significant digits; None, strings ("inf") as they are."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return "n/a" if value is None else str(value)
+    return f"{value:.4g}"
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -69,23 +93,27 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     from drstudio.renderer.recording import RecordingError
 
     from . import headless
+    from .outdir import claim
 
     resume = getattr(args, "resume", None)
     if resume is None and not args.scene:
-        print("drstudio optimize: error: give a scene file, or --resume DIR", file=sys.stderr)
-        return EXIT_USER_ERROR
+        raise UsageError("give a scene file, or --resume DIR")
+    if resume is not None and args.scene:
+        raise UsageError(f"give either a scene file ({args.scene}) or --resume DIR ({resume}), not both: a resumed "
+                         f"session continues the recording's own scene")
     out = args.out or headless.default_out_dir(Path.cwd())
     try:
-        metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
-                                    record=not getattr(args, "no_record", False), resume=resume,
-                                    from_step=getattr(args, "from_step", None))
+        with claim(out):
+            metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
+                                        record=not getattr(args, "no_record", False), resume=resume,
+                                        from_step=getattr(args, "from_step", None))
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    print(f"final loss {metrics['final_loss']:.4g}, render PSNR {metrics['psnr_render_vs_target_db']:.2f} dB, "
-          f"{metrics['steps']} steps in {metrics['seconds']:.1f} s")
+    print(f"final loss {_fmt(metrics['final_loss'])}, render PSNR {_fmt(metrics['psnr_render_vs_target_db'])} dB, "
+          f"{metrics['steps']} steps in {_fmt(metrics['seconds'])} s")
     for path, m in metrics["parameters"].items():
-        print(f"  {path}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in m.items()))
+        print(f"  {path}: " + ", ".join(f"{k} {_fmt(v)}" for k, v in m.items()))
     print(f"results written to {out}")
     if metrics.get("recording"):
         print(f"recording written to {metrics['recording']['path']} ({metrics['recording']['bytes'] / 1e6:.1f} MB)")
@@ -357,11 +385,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR
     try:
+        _check_device(getattr(args, "device", None))
         return args.func(args)
     except SceneError as e:
         print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
         for other in e.others:
             print(f"  also: {other}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except UsageError as e:
+        print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f"drstudio {args.command}: interrupted", file=sys.stderr)
@@ -369,6 +401,10 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into a reader that quit (`drstudio info x | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return EXIT_BROKEN_PIPE
+    except OSError as e:  # the output folder (OutputError), a full disk, a read-only file system
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"drstudio {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
