@@ -163,6 +163,54 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Recovered meshes (with their albedo texture or color) and trained voxel-grid fields (a marching-cubes
+    surface with vertex colors and a point cloud) of an optimization run, in formats other programs open."""
+    import json
+
+    import numpy as np
+    from drstudio.renderer import export
+    from drstudio.renderer.params import Group, ParamPath
+
+    run = args.run
+    if not run.is_dir():
+        raise UsageError(f"{run}: not a folder (expected the --out folder of drstudio optimize)")
+    out = args.out or run / "export"
+    fmt = f".{args.format}"
+    written = []
+    params_file, metrics_file = run / "params.npz", run / "metrics.json"
+    values = dict(np.load(params_file)) if params_file.is_file() else {}
+    scene_path = args.scene or (json.loads(metrics_file.read_text()).get("scene") if metrics_file.is_file() else None)
+    for npz in sorted(run.glob("field_*.npz")):
+        data = np.load(npz)
+        if "density" not in data or data["density"].ndim != 3:
+            raise UsageError(f"{npz}: only voxel-grid fields export as meshes so far (this one has no 3-D density "
+                             f"grid: a neural, NeRF-W or dynamic field; not built yet)")
+        grid = dict(aabb=data["aabb"], activation=str(data["activation"]), sh=data["sh"].astype(np.float32),
+                    sh_degree=int(data["sh_degree"]), level=args.level)
+        verts, faces, colors = export.grid_mesh(data["density"].astype(np.float32), **grid)
+        surface = ".ply" if fmt == ".obj" else fmt  # OBJ has no standard vertex colors
+        written.append(export.write_mesh(out / f"{npz.stem}{surface}", verts, faces, vertex_colors=colors))
+        pts, pcolors = export.grid_points(data["density"].astype(np.float32), **grid)
+        written.append(export.write_points(out / f"{npz.stem}_points.ply", pts, pcolors))
+    if scene_path:
+        scene = load_scene(scene_path)
+        for mesh in scene.meshes.values():
+            get = lambda leaf, m=mesh: values.get(ParamPath(Group.MESHES, m.name, leaf))  # noqa: E731
+            vertices = get("vertices") if get("vertices") is not None else mesh.vertices
+            material = scene.materials[mesh.material]
+            albedo = values.get(ParamPath(Group.MATERIALS, material.name, "albedo"), material.albedo)
+            textured = albedo.shape[0] * albedo.shape[1] > 1
+            colors = None if textured else np.broadcast_to(albedo.reshape(3), vertices.shape) * mesh.colors
+            written.append(export.write_mesh(out / f"{mesh.name}{fmt}", vertices, mesh.faces, uvs=mesh.uvs,
+                                             texture=albedo if textured else None, vertex_colors=colors))
+    if not written:
+        raise UsageError(f"{run}: nothing to export (no field_*.npz, and no scene with meshes: give --scene)")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def cmd_video(args: argparse.Namespace) -> int:
     """A camera-path video of a scene: its field, or its meshes (app.camera_path)."""
     import numpy as np
@@ -373,6 +421,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fps", type=_positive_float, default=24.0, help="frames per second (default 24)")
     p.add_argument("--out", type=Path, required=True, help="the .mp4 file to write")
     device(p)
+    p = command("export", cmd_export, "write a run's recovered meshes (OBJ/PLY/glTF, with texture) and voxel-grid "
+                "fields (marching-cubes surface and point cloud, PLY) for other programs")
+    p.add_argument("run", type=Path, help="the --out folder of drstudio optimize")
+    p.add_argument("--format", choices=("obj", "ply", "glb"), default="glb", help="mesh format (default glb)")
+    p.add_argument("--scene", help="the run's scene file (default: the one metrics.json names)")
+    p.add_argument("--level", type=float, help="fields: the density of the surface (default: opacity 1/2 across "
+                   "one voxel)")
+    p.add_argument("--out", type=Path, help="output folder (default RUN/export)")
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")
     return parser
