@@ -1,0 +1,48 @@
+"""Automatic UV atlases (xatlas) for meshes that carry no texture coordinates.
+
+A texture on a mesh without UVs would sample one texel everywhere (every uv is (0, 0)). `add_atlas` gives
+such a mesh a chart atlas instead: xatlas cuts it into charts, flattens and packs them into [0, 1]^2; the
+vertices on chart seams are split (as drstudio already splits them at creases), so positions, colors and
+faces are re-indexed and the mesh keeps its shape exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+
+def has_uvs(uvs: np.ndarray) -> bool:
+    """False when every vertex has the same uv (a mesh loaded without texture coordinates)."""
+    uvs = np.asarray(uvs)
+    return len(uvs) > 0 and bool(np.ptp(uvs, axis=0).max() > 0)
+
+
+def atlas(vertices: np.ndarray, faces: np.ndarray, resolution: int = 1024, padding: int = 2):
+    """(vmapping (V',) int, faces (F, 3) int32, uvs (V', 2) float32): the atlas of a triangle mesh.
+    Vertex i of the result is input vertex vmapping[i]; uvs are in [0, 1] with v = 0 the top texel row
+    (drstudio's convention); `resolution` and `padding` (texels between charts) set the packing."""
+    import xatlas
+
+    vertices = np.ascontiguousarray(vertices, np.float32)
+    faces = np.ascontiguousarray(faces, np.uint32)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or faces.ndim != 2 or faces.shape[1] != 3 or not len(faces):
+        raise ValueError(f"vertices, faces: expected (V, 3) and (F >= 1, 3), got {vertices.shape}, {faces.shape}")
+    a = xatlas.Atlas()
+    a.add_mesh(vertices, faces)
+    pack = xatlas.PackOptions()
+    pack.resolution, pack.padding = int(resolution), int(padding)
+    a.generate(pack_options=pack)
+    vmapping, indices, uvs = a[0]
+    uvs = np.asarray(uvs, np.float32).copy()
+    uvs[:, 1] = 1.0 - uvs[:, 1]  # xatlas: v up from the bottom; drstudio: v = 0 is the top row
+    return np.asarray(vmapping, np.int64), np.asarray(indices, np.int32), uvs
+
+
+def add_atlas(mesh, resolution: int = 1024):
+    """A copy of `mesh` (renderer.scene.Mesh) with an atlas: vertices and colors re-indexed, new faces
+    and uvs; the transform, material and name unchanged."""
+    vmapping, faces, uvs = atlas(mesh.vertices, mesh.faces, resolution)
+    return replace(mesh, vertices=np.ascontiguousarray(mesh.vertices[vmapping], np.float32), faces=faces, uvs=uvs,
+                   colors=np.ascontiguousarray(mesh.colors[vmapping], np.float32))
