@@ -8,7 +8,8 @@ frame-all the free camera, toggle each gradient overlay and check the pixels it 
 those it should not), switch the active view, fix and free a parameter, fix every parameter but the
 light, select the target's point light and drag its gizmo while the optimizer runs, then check the
 engine got the commands and the optimized light moved toward the new target. The script runs inside
-the viewer's `on_frame` hook (a generator advanced once per frame), so the UI thread is never blocked for more than one xdotool call.
+the viewer's `on_frame` hook (a generator advanced once per frame), so the UI thread is never blocked
+for more than one xdotool call.
 """
 
 from __future__ import annotations
