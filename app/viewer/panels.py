@@ -14,6 +14,7 @@ from .camera_panel import camera_path_panel
 from .image_panes import fit, show
 from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
 from .state import GROUPS, TEXTURE_KINDS, AppState, ParamInfo
+from .windows import begin, remember
 
 WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays", "Camera path")
 PSNR_TERM = "psnr_test_db"  # the engine's held-out PSNR read-out (scenes with fields), a loss term in dB
@@ -21,32 +22,6 @@ STATE_COLORS = {"running": (0.4, 0.9, 0.4, 1.0), "paused": (0.95, 0.8, 0.3, 1.0)
                 "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0),
                 "replay": (0.35, 0.8, 1.0, 1.0)}
 EDIT_INTERVAL = 0.1  # s between value commands while a widget is dragged
-
-
-WINDOW_BG = (0.06, 0.06, 0.06)  # ImGui's dark WindowBg; the app clears the screen with it
-
-
-def begin(state: AppState, name: str, flags: int = 0) -> bool:
-    """`imgui.begin` for a docked window: docked windows tile the screen, so they skip their own
-    background and show the clear color (software GL pays for every blended pixel; a floating window
-    keeps its background)."""
-    docked = state.docked.get(name, False)
-    if state.focus_window == name:  # bring a tabbed window to the front (menu, tests)
-        imgui.set_next_window_focus()
-        state.focus_window = None
-    if docked:
-        imgui.push_style_color(imgui.Col_.window_bg, (*WINDOW_BG, 0.0))
-    visible = imgui.begin(name, None, flags)[0]
-    if docked:
-        imgui.pop_style_color()
-    state.docked[name] = imgui.is_window_docked()
-    return visible
-
-
-def _remember(state: AppState, name: str) -> None:
-    """Record the last item's screen rect (for tests driving the real window)."""
-    lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
-    state.rects[name] = (lo.x, lo.y, hi.x - lo.x, hi.y - lo.y)
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -128,7 +103,7 @@ def scene_panel(state: AppState) -> None:
                     detail = f"{c.width}x{c.height}" + ("  (view)" if name in state.views else "")
                 label = f"{name}  [{detail}]" + (f"  {free} free" if free else "")
                 clicked, _ = imgui.selectable(f"{label}##{group}.{name}", state.selection == (group, name))
-                _remember(state, f"scene.{group}.{name}")
+                remember(state, f"scene.{group}.{name}")
                 if clicked:
                     state.selection = (group, name)
             imgui.tree_pop()
@@ -257,7 +232,7 @@ def _texture_previews(state: AppState, info: ParamInfo) -> None:
         imgui.begin_group()
         imgui.text("|gradient|")
         show(out, size)
-        _remember(state, f"inspector.grad.{info.path}")
+        remember(state, f"inspector.grad.{info.path}")
         imgui.end_group()
         lo = imgui.get_cursor_screen_pos()
         draw_legend(imgui.get_window_draw_list(), (lo.x + 4, lo.y + 4), 160.0, 10.0, gl.lut.glo, vmax,
@@ -308,7 +283,7 @@ def inspector_panel(state: AppState) -> None:
             imgui.begin_disabled(state.read_only)
             changed, free = imgui.checkbox("free", info.path in state.free)
             imgui.end_disabled()
-            _remember(state, f"free.{info.path}")
+            remember(state, f"free.{info.path}")
             if changed:
                 state.send("set_free", info.path, free)
         else:
@@ -341,7 +316,7 @@ def inspector_panel(state: AppState) -> None:
 
 def _button(state: AppState, label: str, name: str) -> bool:
     clicked = imgui.button(label)
-    _remember(state, name)
+    remember(state, name)
     return clicked
 
 
@@ -414,7 +389,7 @@ def _parameter_table(state: AppState) -> None:
         imgui.table_next_column()
         imgui.begin_disabled(state.read_only)
         changed, free = imgui.checkbox("##free", path in state.free)
-        _remember(state, f"table.free.{path}")
+        remember(state, f"table.free.{path}")
         if changed:
             state.send("set_free", path, free)
         imgui.table_next_column()
@@ -534,7 +509,7 @@ def _psnr_readout(state: AppState) -> None:
         imgui.text_colored((0.6, 0.95, 0.6, 1.0), f"held-out PSNR {v:.2f} dB")
     else:
         imgui.text_disabled("held-out PSNR: not evaluated yet")
-    _remember(state, "readout.psnr")
+    remember(state, "readout.psnr")
 
 
 def _item_rect() -> tuple[float, float, float, float]:
@@ -571,7 +546,7 @@ def views_panel(state: AppState) -> None:
                 imgui.pop_style_color()
         else:
             clicked = imgui.button(f"{cam}##view", (thumb, thumb))
-        _remember(state, f"view.{cam}")
+        remember(state, f"view.{cam}")
         if clicked and not active and not state.read_only:  # replay: the recorded active view
             state.send("set_active_view", cam)
         imgui.end_group()
@@ -594,7 +569,7 @@ def overlays_panel(state: AppState) -> None:
     ov = state.overlays
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
-        _remember(state, f"overlay.{name}")
+        remember(state, f"overlay.{name}")
         if changed:
             ov.enabled[name] = on
     imgui.separator()
@@ -637,11 +612,11 @@ def field_settings(state: AppState) -> None:
     """The field preview's options: on/off, meshes, occupancy overlay, upscaling, budget, time."""
     fv, pv = state.field_view, state.preview
     _, fv.preview = imgui.checkbox("field preview (own thread)", fv.preview)
-    _remember(state, "field.preview")
+    remember(state, "field.preview")
     _, fv.show_meshes = imgui.checkbox("meshes of the target scene", fv.show_meshes)
-    _remember(state, "field.meshes")
+    remember(state, "field.meshes")
     _, fv.occupancy = imgui.checkbox("occupancy grid (occupied cells)", fv.occupancy)
-    _remember(state, "field.occupancy")
+    remember(state, "field.occupancy")
     _, fv.nearest = imgui.checkbox("nearest upscaling (else linear)", fv.nearest)
     imgui.set_next_item_width(140)
     _, pv.settings.budget_ms = imgui.slider_float("ms budget while moving", pv.settings.budget_ms, 10.0, 500.0,
@@ -668,11 +643,11 @@ def time_controls(state: AppState) -> None:
         fv.time = t0 + (fv.time - t0 + dt * (t1 - t0) / max(fv.period, 1e-3)) % (t1 - t0)
     if imgui.button("Pause##time" if fv.playing else "Play##time"):
         fv.playing = not fv.playing
-    _remember(state, "field.play")
+    remember(state, "field.play")
     imgui.same_line()
     imgui.set_next_item_width(-1)
     changed, t = imgui.slider_float("##field.time", float(fv.time), t0, t1, "time %.3f")
-    _remember(state, "field.time")
+    remember(state, "field.time")
     if changed:
         fv.time = float(t)
 
@@ -695,7 +670,7 @@ def images_panel(state: AppState) -> None:
         imgui.same_line()
     imgui.set_next_item_width(160)
     _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
-    _remember(state, "images.split")
+    remember(state, "images.split")
     imgui.same_line()
     imgui.set_next_item_width(110)
     _, ps.diff_gain = imgui.slider_float("diff gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
@@ -730,7 +705,7 @@ def images_panel(state: AppState) -> None:
         imgui.begin_group()
         imgui.text(title)
         show(out, (pane_w, pane_h))
-        _remember(state, f"pane.{name}")
+        remember(state, f"pane.{name}")
         imgui.end_group()
     if grad is not None:
         x, y, _, ph = state.rects["pane.render"]
