@@ -27,11 +27,12 @@ from pathlib import Path
 
 import numpy as np
 from drstudio.app.replay_source import Playback, ReplaySource
+from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.engine import Snapshot
 from drstudio.renderer.recording import RecordingError
 from imgui_bundle import imgui
 
-from .state import AppState, ParamInfo
+from .state import AppState, param_infos
 from .windows import begin, remember
 
 log = logging.getLogger("drstudio.viewer")
@@ -61,7 +62,8 @@ class ReplayEngine:
             self._step = step
         return self._snap
 
-    def send(self, kind: str, *args) -> None:
+    def send(self, command: commands.Command | type[commands.Command] | str, *args) -> None:
+        kind = getattr(command, "kind", command)  # a Command, a Command class, or a kind
         raise RuntimeError(f"a replay is read-only: command {kind!r} cannot be sent")
 
 
@@ -92,12 +94,8 @@ class ReplayState(AppState):
         if scene is None:
             raise ValueError(f"{source.recording.path}: the recording holds no scene file (the session's scene "
                              f"was built in code), which the viewer needs; use --export or --verify")
-        specs = set(source.param_specs)
-        params, base = {}, {}
-        for path, p in scene.params().items():
-            group, owner = path.split(".")[:2]
-            params[path] = ParamInfo(path, p.kind, tuple(p.value.shape), group, owner, path in specs)
-            base[path] = np.ascontiguousarray(p.value, np.float32)
+        params = param_infos(scene, source.param_specs)
+        base = {path: np.ascontiguousarray(p.value, np.float32) for path, p in scene.params().items()}
         first = source.all_values_at(source.first_step)
         kf = _keyframe_state(source, source.first_step)
         return cls(source, Playback(source, speed), base, params=params, values=dict(base), targets=dict(base),

@@ -13,6 +13,7 @@ import math
 
 import moderngl
 import numpy as np
+from drstudio.renderer.params import Group, param_path
 
 from .camera import gl_bytes, perspective
 from .glsl import program, set_uniform, write_uniform
@@ -86,7 +87,8 @@ class ShadowMaps:
             return False
         v = state.values
         geo = [id(m.world) for m in meshes.values()]
-        light_vals = [v[f"lights.{n}.position"] for n in points] + [v[f"lights.{n}.direction"] for n in dirs]
+        light_vals = ([v[param_path(Group.LIGHTS, n, "position")] for n in points]
+                      + [v[param_path(Group.LIGHTS, n, "direction")] for n in dirs])
         key = (tuple(geo), tuple(np.asarray(x, np.float32).tobytes() for x in light_vals))
         if key == self._key:
             return True
@@ -105,7 +107,7 @@ class ShadowMaps:
         tile = 0
         set_uniform(self.prog, "u_directional", 0)
         for name in points:
-            pos = np.asarray(v[f"lights.{name}.position"], np.float64)
+            pos = np.asarray(v[param_path(Group.LIGHTS, name, "position")], np.float64)
             set_uniform(self.prog, "u_origin", tuple(float(x) for x in pos))
             for right, up, fwd in FACES:
                 self._draw_tile(tile, proj @ _view(right, up, fwd, pos), meshes)
@@ -116,7 +118,7 @@ class ShadowMaps:
         ortho = np.diag([1.0 / r, 1.0 / r, -1.0 / r, 1.0])
         ortho[2, 3] = -1.0  # camera z in [-2r, 0] (the sphere, entered at z = 0) -> ndc [1, -1]
         for name in dirs:
-            right, up, fwd = directional_basis(v[f"lights.{name}.direction"])
+            right, up, fwd = directional_basis(v[param_path(Group.LIGHTS, name, "direction")])
             set_uniform(self.prog, "u_direction", tuple(float(x) for x in fwd))
             # the light camera sits at the sphere's entry point, looking along the travel direction
             self._draw_tile(tile, ortho @ _view(right, up, fwd, self.center - fwd * r), meshes)
