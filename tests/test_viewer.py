@@ -430,6 +430,127 @@ def test_throttle_delivers_the_last_value():
     assert t.due(100.0) == []
 
 
+def write_many_lights_scene(folder: Path, points: int = 12, directionals: int = 10) -> Path:
+    """The session's ball on a floor (shadows on) under more lights than the viewer once drew (8 of each
+    type): `points` point lights around the ball and `directionals` directional lights, every light
+    beyond the eighth of its type brighter than the first eight together, so a viewport that drops
+    lights is far off the renderer. Free: one light's intensity (the problem needs a parameter)."""
+    lights = []
+    for i in range(points):
+        a = 2 * np.pi * i / points
+        strong = i >= 8
+        lights.append({"name": f"p{i}", "type": "point", "position": [2.0 * np.cos(a), 1.2 + 0.3 * (i % 3),
+                                                                        2.0 * np.sin(a)],
+                       "color": [1.0, 0.6 + 0.04 * i, 0.4 + 0.05 * i], "intensity": 3.0 if strong else 0.15})
+    for i in range(directionals):
+        a = 2 * np.pi * (i + 0.5) / directionals
+        strong = i >= 8
+        lights.append({"name": f"d{i}", "type": "directional", "direction": [np.cos(a), -1.0, np.sin(a)],
+                       "color": [0.3 + 0.07 * i, 0.8, 1.0 - 0.05 * i], "intensity": 0.5 if strong else 0.03})
+    lights.append({"name": "sky", "type": "ambient", "color": [0.05, 0.05, 0.05]})
+    lights.append({"name": "fill", "type": "ambient", "color": [0.02, 0.03, 0.01]})
+    scene = {
+        "version": 1,
+        "meshes": [{"name": "ball", "primitive": {"type": "sphere", "radius": 0.8, "resolution": 24},
+                    "material": "paint"},
+                   {"name": "floor", "primitive": {"type": "plane", "size": 4.0}, "material": "floor",
+                    "transform": {"translation": [0.0, -0.8, 0.0]}}],
+        "materials": [{"name": "paint", "model": "lambert", "albedo": [0.8, 0.7, 0.6]},
+                      {"name": "floor", "model": "ggx", "albedo": [0.6, 0.6, 0.6], "roughness": 0.6}],
+        "lights": lights,
+        "cameras": [{"name": "front", "width": 64, "height": 64, "fov_y": 45,
+                     "look_at": {"eye": [0, 1.2, 3.2], "target": [0, -0.2, 0]}}],
+        "background": [0.05, 0.05, 0.05],
+        "render": {"mode": "antialias", "shadows": True, "mipmaps": False},
+        "optimize": {"parameters": {"lights.p0.intensity": {"init": [0.2], "lr": 0.01}},
+                     "targets": {"cameras": ["front"]},
+                     "loss": {"l2": 1.0}, "optimizer": {"type": "adam", "lr": 0.01}, "steps": 10},
+    }
+    path = folder / "scene.json"
+    path.write_text(json.dumps(scene))
+    return path
+
+
+def test_light_packing_matches_the_renderer(tmp_path):
+    """The viewport's light packing (app/viewer/lights.py) is the renderer's (`DeviceScene.prepare`):
+    every light, point lights then directional ones, the ambient colors summed."""
+    from drstudio.app.viewer.lights import pack_lights
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.loading import load_scene
+
+    scene = load_scene(write_many_lights_scene(tmp_path))
+    ds = DeviceScene(scene, device="cpu")
+    values = {path: ds.get(path) for path in ds.params}
+    packed = pack_lights(scene, values)
+    warp = ds.prepare().lights
+    assert (packed.num_point, packed.num_directional) == (12, 10)
+    for name in ("point_position", "point_color", "point_intensity", "dir_direction", "dir_color",
+                 "dir_intensity"):
+        np.testing.assert_array_equal(getattr(packed, name), getattr(warp, name).numpy().reshape(
+            getattr(packed, name).shape), err_msg=name)
+    np.testing.assert_allclose(packed.ambient, warp.ambient.numpy().reshape(3), rtol=1e-6)
+    texels = packed.texels().reshape(-1, 4)  # what shaders/shading.glsl reads: 2 texels per light
+    np.testing.assert_array_equal(texels[2 * 12 + 2 * 3, :3], packed.dir_direction[3])
+    np.testing.assert_array_equal(texels[2 * 11 + 1, :3], packed.point_color[11])
+    assert texels[2 * 5, 3] == packed.point_intensity[5]
+
+
+def test_viewport_shades_every_light(display, tmp_path):
+    """12 point and 10 directional lights, shadows on: the viewport's GL shading (every light from the
+    light texture, a shadow map for each) equals the differentiable render of the same values, as in the
+    session with one light. Switching off the lights beyond the eighth of each type moves the GL image
+    far from the render, so a viewport that drops them fails here."""
+    from drstudio.app.viewer import run_viewer
+    from drstudio.renderer.params import Group, param_path
+
+    scene = write_many_lights_scene(tmp_path)
+    got: dict = {}
+    t0 = time.monotonic()
+
+    def on_frame(state):
+        if time.monotonic() - t0 > SESSION_TIMEOUT:
+            got["error"] = f"no snapshot with a render in {SESSION_TIMEOUT} s"
+            state.quit = True
+        if state.snapshot.render is None or state.gl is None or state.quit:
+            return
+        vp, cam = state.gl.viewport, state.active_view
+        c = state.scene.cameras[cam]
+
+        def render():
+            return vp.render_camera(state, state.values[camera_pose(cam)], state.values[camera_intrinsics(cam)],
+                                    c.width, c.height)
+
+        got.update(gl=render(), render=state.snapshot.render, lights=vp.lights, tiles=vp.shadows.grid)
+        extra = [param_path(Group.LIGHTS, n, "intensity") for n in ("p8", "p9", "p10", "p11", "d8", "d9")]
+        kept = {p: state.values[p] for p in extra}
+        state.values.update({p: np.zeros(1, np.float32) for p in extra})
+        got["first_eight"] = render()
+        state.values.update(kept)
+        state.quit = True
+
+    rc = run_viewer(str(scene), max_frames=5000, on_frame=on_frame)
+    assert rc == 0 and "gl" in got, got.get("error")
+    lights = got["lights"]
+    assert (lights.num_point, lights.num_directional) == (12, 10)
+    assert got["tiles"][0] * got["tiles"][1] >= 6 * 12 + 10, f"shadow atlas {got['tiles']} lacks tiles"
+    gl_img, ref = got["gl"], got["render"]
+    diff = np.abs(gl_img - ref)
+    dropped = np.abs(got["first_eight"] - ref)
+    if not (diff.mean() < 0.01 and np.median(diff) < 2e-3):
+        import imageio.v3 as iio
+
+        for name, img in (("viewport", gl_img), ("renderer", ref)):
+            iio.imwrite(tmp_path / f"{name}.png", (np.clip(img, 0, 1) * 255).astype(np.uint8))
+    assert diff.mean() < 0.01 and np.median(diff) < 2e-3, (
+        f"viewport shading differs from the renderer with 22 lights: mean {diff.mean():.4f}, median "
+        f"{np.median(diff):.4f} (images in {tmp_path})")
+    assert dropped.mean() > 10 * max(diff.mean(), 1e-3), (
+        f"the lights beyond the eighth barely matter (mean {dropped.mean():.4f}): the test would not see them "
+        f"dropped")
+    print(f"many lights: mean |gl - render| {diff.mean():.5f}, median {np.median(diff):.5f}; "
+          f"without the extra lights {dropped.mean():.4f}")
+
+
 class _Engine:
     """An engine stand-in for AppState: records what it is sent, or refuses as a full queue does."""
 

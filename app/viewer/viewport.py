@@ -25,17 +25,17 @@ from .camera import gl_bytes, intrinsics_projection, pose_view
 from .field_layer import FieldLayer
 from .field_preview import LADDER, PreviewRequest
 from .glsl import program, set_uniform, write_uniform
+from .lights import PackedLights, pack_lights
 from .overlays import arrow_lines, auto_vmax, draw_legend, magnitudes
 from .shadows import ShadowMaps
 from .state import TEXTURES, AppState
 from .uploads import Uploader
 
-MAX_LIGHTS = 8
 CURRENT_COLOR = (0.25, 0.85, 1.0, 1.0)  # markers of the optimized scene
 TARGET_COLOR = (1.0, 0.6, 0.15, 1.0)  # markers of the target scene
 ARROW_COLOR = (1.0, 0.25, 0.3, 1.0)  # -gradient arrows of lights and cameras
 MOVING_SCALE = 0.5  # resolution while the camera moves
-HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT = 3, 4, 5  # texture units of the mesh program (0-2: TEXTURES)
+HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT, LIGHTS_UNIT = 3, 4, 5, 6  # texture units of the mesh program (0-2: TEXTURES)
 SNAPSHOT_REDRAW_FPS = 5.0  # new optimizer values redraw the 3D view at most this often (input: always)
 
 gizmo = imguizmo.im_guizmo
@@ -74,6 +74,9 @@ class Viewport:
             set_uniform(self.mesh_prog, f"u_{kind.value}", unit)
         set_uniform(self.mesh_prog, "u_heat_texture", HEAT_UNIT)
         set_uniform(self.mesh_prog, "u_colormap", COLORMAP_UNIT)
+        set_uniform(self.mesh_prog, "u_lights", LIGHTS_UNIT)
+        self.light_texture: moderngl.Texture | None = None
+        self.lights: PackedLights | None = None  # as last uploaded
         self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
         self.shadows = ShadowMaps(ctx)
         self._shadows_on = False
@@ -157,28 +160,25 @@ class Viewport:
         return self.vmax.get(overlay, 1.0) if ov.auto_scale else float(ov.vmax[overlay])
 
     def _lights(self, state: AppState, prog: moderngl.Program) -> None:
-        sc, v = state.scene, state.values
-        pl = list(sc.point_lights)[:MAX_LIGHTS]
-        dl = list(sc.directional_lights)[:MAX_LIGHTS]
+        """Set `prog`'s light uniforms and bind the light texture (the lights `_pack_lights` packed last)."""
+        lights = self.lights if self.lights is not None else self._pack_lights(state)
+        set_uniform(prog, "u_num_point", lights.num_point)
+        set_uniform(prog, "u_num_dir", lights.num_directional)
+        set_uniform(prog, "u_ambient", tuple(float(x) for x in lights.ambient))
+        self.light_texture.use(LIGHTS_UNIT)
 
-        def pack(names, leaf, width):
-            a = np.zeros((MAX_LIGHTS, width), np.float32)
-            for i, n in enumerate(names):
-                a[i] = np.asarray(v[param_path(Group.LIGHTS, n, leaf)], np.float32).reshape(-1)[:width]
-            return a.tobytes()
-
-        set_uniform(prog, "u_num_point", len(pl))
-        write_uniform(prog, "u_point_position", pack(pl, "position", 3))
-        write_uniform(prog, "u_point_color", pack(pl, "color", 3))
-        write_uniform(prog, "u_point_intensity", pack(pl, "intensity", 1))
-        set_uniform(prog, "u_num_dir", len(dl))
-        write_uniform(prog, "u_dir_direction", pack(dl, "direction", 3))
-        write_uniform(prog, "u_dir_color", pack(dl, "color", 3))
-        write_uniform(prog, "u_dir_intensity", pack(dl, "intensity", 1))
-        ambient = np.zeros(3, np.float32)
-        for n in sc.ambient_lights:
-            ambient += v[param_path(Group.LIGHTS, n, "color")]
-        set_uniform(prog, "u_ambient", tuple(float(x) for x in ambient))
+    def _pack_lights(self, state: AppState) -> PackedLights:
+        """The lights of the current values, uploaded to the light texture (shaders/shading.glsl)."""
+        self.lights = lights = pack_lights(state.scene, state.values)
+        texels = lights.texels()
+        size = (texels.shape[1], texels.shape[0])
+        if self.light_texture is None or self.light_texture.size != size:
+            if self.light_texture is not None:
+                self.light_texture.release()
+            self.light_texture = self.ctx.texture(size, 4, dtype="f4")
+            self.light_texture.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self.light_texture.write(texels.tobytes())
+        return lights
 
     # -- drawing ----------------------------------------------------------------------------------
     def _ensure_target(self, width: int, height: int) -> None:
@@ -258,7 +258,8 @@ class Viewport:
         self.redraws += 1
         self.drawn = (w, h)
         ctx = self.ctx
-        self._shadows_on = self.shadows.update(state, self.meshes)  # uses its own framebuffer
+        lights = self._pack_lights(state)
+        self._shadows_on = self.shadows.update(state, self.meshes, lights)  # uses its own framebuffer
         self.fbo.use()
         ctx.viewport = (0, 0, w, h)
         bg = np.asarray(state.scene.background, np.float32)
@@ -295,7 +296,7 @@ class Viewport:
         depth = ctx.depth_renderbuffer((width, height))
         fbo = ctx.framebuffer(color_attachments=[color], depth_attachment=depth)
         try:
-            self._shadows_on = self.shadows.update(state, self.meshes)
+            self._shadows_on = self.shadows.update(state, self.meshes, self._pack_lights(state))
             fbo.use()
             ctx.viewport = (0, 0, width, height)
             bg = np.asarray(state.scene.background, np.float32)
@@ -416,6 +417,9 @@ class Viewport:
         self.line_vao.release()
         self.line_vbo.release()
         self.shadows.release()
+        if self.light_texture is not None:
+            self.light_texture.release()
+            self.light_texture = None
         self.mesh_prog.release()
         self.line_prog.release()
         self._release_target()
