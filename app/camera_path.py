@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer.params import Group, element_prefix, param_path
 
 DEFAULT_FOV_Y = 40.0
 
@@ -223,10 +224,10 @@ class FieldFrames:
         if getattr(f, "type", "voxel_grid") != "voxel_grid":
             raise PathError(f"{scene.path}: field {name!r} is a {f.type} field; use TrainedFieldFrames")
         params = params or {}
-        if params and not any(k.startswith(f"fields.{name}.") for k in params):
+        if params and not any(k.startswith(element_prefix(Group.FIELDS, name)) for k in params):
             raise PathError(f"{params_file}: no values of field {name!r} (it holds {', '.join(sorted(params))})")
-        density = params.get(f"fields.{name}.density", f.density)
-        sh = params.get(f"fields.{name}.sh", f.sh)
+        density = params.get(param_path(Group.FIELDS, name, "density"), f.density)
+        sh = params.get(param_path(Group.FIELDS, name, "sh"), f.sh)
         dev = wp.get_device(device)
         try:
             arrays = [wp.array(np.asarray(a, np.float32), dtype=float, device=dev, requires_grad=False)
@@ -271,7 +272,7 @@ class TrainedFieldFrames:
             raise PathError(f"{scene.path}: a {f.type} field is defined by its training set-up; the scene has no "
                             "'optimize' section")
         values = values or {}
-        if values and not any(k.startswith(f"fields.{name}.") for k in values):
+        if values and not any(k.startswith(element_prefix(Group.FIELDS, name)) for k in values):
             raise PathError(f"{params_file}: no values of field {name!r} (it holds {', '.join(sorted(values))})")
         self.problem = Problem(scene, device)
         for path, value in values.items():

@@ -9,18 +9,29 @@ const float INV_PI = 1.0 / PI;
 const float ALPHA_MIN = 1.0e-4;
 const int MODEL_LAMBERT = 0;
 const int MODEL_GGX = 1;
-#define MAX_POINT_LIGHTS 8
-#define MAX_DIR_LIGHTS 8
 
+// The lights, packed as the renderer packs them (app/viewer/lights.py, `renderer.stages.shading.Lights`):
+// light i < u_num_point is point light i, light u_num_point + j directional light j. Texel 2 i of
+// u_lights (counted row by row) holds the light's position (point) or travel direction (directional,
+// unnormalized) and its intensity, texel 2 i + 1 its color. Any number of lights.
 uniform int u_num_point;
-uniform vec3 u_point_position[MAX_POINT_LIGHTS];
-uniform vec3 u_point_color[MAX_POINT_LIGHTS];
-uniform float u_point_intensity[MAX_POINT_LIGHTS];
 uniform int u_num_dir;
-uniform vec3 u_dir_direction[MAX_DIR_LIGHTS];  // the direction the light travels (unnormalized)
-uniform vec3 u_dir_color[MAX_DIR_LIGHTS];
-uniform float u_dir_intensity[MAX_DIR_LIGHTS];
+uniform sampler2D u_lights;  // RGBA32F
 uniform vec3 u_ambient;  // sum of ambient light colors
+
+vec4 light_texel(int t) {
+    int w = textureSize(u_lights, 0).x;
+    return texelFetch(u_lights, ivec2(t % w, t / w), 0);
+}
+
+// Position (point light) or travel direction (directional light) of light `index`, and its intensity.
+vec4 light_vector(int index) {
+    return light_texel(2 * index);
+}
+
+vec3 light_color(int index) {
+    return light_texel(2 * index + 1).rgb;
+}
 
 float ggx_distribution(float nh, float alpha) {
     float a2 = alpha * alpha;
@@ -76,17 +87,19 @@ vec3 shade(vec3 p, vec3 n, vec3 eye, vec3 albedo, float roughness, float metalli
     vec3 v = normalize(eye - p);
     vec3 c = ambient_radiance(albedo, metallic, model);
     for (int j = 0; j < u_num_point; ++j) {
-        vec3 d = u_point_position[j] - p;
+        vec4 light = light_vector(j);
+        vec3 d = light.xyz - p;
         float d2 = max(dot(d, d), 1.0e-12);
         float cosine = max(dot(n, d) / sqrt(d2), 0.0);
-        vec3 e = u_point_color[j] * (u_point_intensity[j] * cosine / d2);
+        vec3 e = light_color(j) * (light.w * cosine / d2);
         c += brdf(n, v, normalize(d), albedo, roughness, metallic, model) * e * light_visibility(j, p, n);
     }
-    for (int j = 0; j < u_num_dir; ++j) {
-        vec3 l = -normalize(u_dir_direction[j]);
+    for (int j = u_num_point; j < u_num_point + u_num_dir; ++j) {
+        vec4 light = light_vector(j);
+        vec3 l = -normalize(light.xyz);
         float cosine = max(dot(n, l), 0.0);
-        vec3 e = u_dir_color[j] * (u_dir_intensity[j] * cosine);
-        c += brdf(n, v, l, albedo, roughness, metallic, model) * e * light_visibility(u_num_point + j, p, n);
+        vec3 e = light_color(j) * (light.w * cosine);
+        c += brdf(n, v, l, albedo, roughness, metallic, model) * e * light_visibility(j, p, n);
     }
     return c;
 }

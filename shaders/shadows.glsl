@@ -32,13 +32,14 @@ float shadow_lookup(int tile, vec2 ndc) {
 // Visibility of light `index` (shadow-mask column) from surface point p with unit normal n.
 float light_visibility(int index, vec3 p, vec3 n) {
     if (u_shadows == 0) return 1.0;
+    vec3 light = light_vector(index).xyz;
     if (index < u_num_point) {
-        vec3 to_light = u_point_position[index] - p;
+        vec3 to_light = light - p;
         float dist = length(to_light);
         // leave the surface on the light's side, by about a texel (the renderer offsets its rays too)
         float offset = u_shadow_texel_point * dist * 1.5;
         vec3 q = p + n * (dot(n, to_light) < 0.0 ? -offset : offset);
-        vec3 d = q - u_point_position[index];
+        vec3 d = q - light;
         vec3 a = abs(d);
         int f = a.x >= a.y && a.x >= a.z ? (d.x > 0.0 ? 0 : 1) : (a.y >= a.z ? (d.y > 0.0 ? 2 : 3) : (d.z > 0.0 ? 4 : 5));
         mat3 b = shadow_face(f);
@@ -47,7 +48,7 @@ float light_visibility(int index, vec3 p, vec3 n) {
         return length(d) <= stored + u_shadow_texel_point * length(d) * 2.0 ? 1.0 : 0.0;
     }
     int j = index - u_num_point;
-    vec3 dir = normalize(u_dir_direction[j]);
+    vec3 dir = normalize(light);
     float offset = u_shadow_texel_dir * 1.5;
     vec3 q = p + n * (dot(n, -dir) < 0.0 ? -offset : offset);
     vec3 up = abs(dir.y) < 0.9 ? vec3(0, 1, 0) : vec3(1, 0, 0);

@@ -24,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from drstudio.renderer.images import write_image
+from drstudio.renderer.optim import commands
+from drstudio.renderer.params import camera_intrinsics, camera_pose
 
 XDOTOOL = shutil.which("xdotool")
 SESSION_TIMEOUT = 75.0  # s, the whole scripted session
@@ -184,8 +186,8 @@ class Session:
         # render of the same values, up to silhouette anti-aliasing and shadow-map edges.
         cam = state.active_view
         c = state.scene.cameras[cam]
-        gl_img = state.gl.viewport.render_camera(state, state.values[f"cameras.{cam}.pose"],
-                                                 state.values[f"cameras.{cam}.intrinsics"], c.width, c.height)
+        gl_img = state.gl.viewport.render_camera(state, state.values[camera_pose(cam)],
+                                                 state.values[camera_intrinsics(cam)], c.width, c.height)
         diff = np.abs(gl_img - state.snapshot.render)
         self.results["shading_mean_abs"] = float(diff.mean())
         assert diff.mean() < 0.01 and np.median(diff) < 2e-3, \
@@ -204,7 +206,7 @@ class Session:
                               "the optimizer to run")
         yield from self.click(state, "button.pause")
         yield from self.until(state, lambda: state.snapshot.state == "paused", "pause")
-        assert [k for k, _ in state.sent][:2] == ["start", "pause"], state.sent
+        assert [c.kind for c in state.sent][:2] == ["start", "pause"], state.sent
         yield from self.frames(4)
 
         # Free camera: orbit (left drag), pan (right drag), zoom (wheel), frame all (F).
@@ -265,7 +267,7 @@ class Session:
         front_target = state.snapshot.target
         yield from self.click(state, "view.side")
         yield from self.until(state, lambda: state.snapshot.active_view == "side", "the side view to be active")
-        assert ("set_active_view", ("side",)) in state.sent
+        assert commands.SetActiveView("side") in state.sent
         assert np.abs(state.snapshot.target - front_target).max() > 0.05, "the target pane did not switch"
         yield from self.click(state, "view.front")
         yield from self.until(state, lambda: state.snapshot.active_view == "front", "the front view to be active")
@@ -276,7 +278,7 @@ class Session:
         yield from self.until(state, lambda: path not in state.snapshot.free, "the light position to be fixed")
         yield from self.click(state, f"table.free.{path}")
         yield from self.until(state, lambda: path in state.snapshot.free, "the light position to be free again")
-        assert ("set_free", (path, False)) in state.sent and ("set_free", (path, True)) in state.sent
+        assert commands.SetFree(path, False) in state.sent and commands.SetFree(path, True) in state.sent
 
         # The chase checks what it claims only if the light is identifiable: with the texture and the
         # vertices free too, the texture absorbs most of a moved light's shading change and the light
@@ -301,10 +303,10 @@ class Session:
         sent_before = len(state.sent)
         yield from self.drag(state, (gx, gy), (70, 0), button=1, steps=10)
         new_target = state.targets["lights.key.position"].copy()
-        target_cmds = [a for k, a in state.sent[sent_before:] if k == "set_target_value"]
+        target_cmds = [c for c in state.sent[sent_before:] if isinstance(c, commands.SetTargetValue)]
         assert target_cmds, f"dragging the gizmo sent no set_target_value: {state.sent[sent_before:]}"
-        assert target_cmds[-1][0] == "lights.key.position"
-        np.testing.assert_allclose(target_cmds[-1][1], new_target, atol=1e-6)
+        assert target_cmds[-1].path == "lights.key.position"
+        np.testing.assert_allclose(target_cmds[-1].value, new_target, atol=1e-6)
         nx, _ = state.project([new_target])[0]
         assert 40 < nx - gx < 100, f"the target light moved {nx - gx:.1f} px on screen, expected ~70"
         n_sent = len(state.sent)
@@ -415,11 +417,254 @@ def test_gizmo_matrices_round_trip():
 def test_throttle_delivers_the_last_value():
     from drstudio.app.viewer.state import Throttle
 
+    def lr(value):
+        return commands.SetLr("p", value)
+
     t = Throttle()
-    t.push("k", "set_value", ("p", 1), interval=10.0)
-    assert t.due(0.0) == [("set_value", ("p", 1))]
-    t.push("k", "set_value", ("p", 2), interval=10.0)
-    t.push("k", "set_value", ("p", 3), interval=10.0)
+    t.push("k", lr(1), interval=10.0)
+    assert t.due(0.0) == [("k", lr(1))]
+    t.push("k", lr(2), interval=10.0)
+    t.push("k", lr(3), interval=10.0)
     assert t.due(1.0) == []  # rate-limited
-    assert t.flush_key("k") == [("set_value", ("p", 3))]  # the release delivers the latest
+    assert t.flush_key("k") == [lr(3)]  # the release delivers the latest
     assert t.due(100.0) == []
+
+
+def write_many_lights_scene(folder: Path, points: int = 12, directionals: int = 10) -> Path:
+    """The session's ball on a floor (shadows on) under more lights than the viewer once drew (8 of each
+    type): `points` point lights around the ball and `directionals` directional lights, every light
+    beyond the eighth of its type brighter than the first eight together, so a viewport that drops
+    lights is far off the renderer. Free: one light's intensity (the problem needs a parameter)."""
+    lights = []
+    for i in range(points):
+        a = 2 * np.pi * i / points
+        strong = i >= 8
+        lights.append({"name": f"p{i}", "type": "point", "position": [2.0 * np.cos(a), 1.2 + 0.3 * (i % 3),
+                                                                        2.0 * np.sin(a)],
+                       "color": [1.0, 0.6 + 0.04 * i, 0.4 + 0.05 * i], "intensity": 3.0 if strong else 0.15})
+    for i in range(directionals):
+        a = 2 * np.pi * (i + 0.5) / directionals
+        strong = i >= 8
+        lights.append({"name": f"d{i}", "type": "directional", "direction": [np.cos(a), -1.0, np.sin(a)],
+                       "color": [0.3 + 0.07 * i, 0.8, 1.0 - 0.05 * i], "intensity": 0.5 if strong else 0.03})
+    lights.append({"name": "sky", "type": "ambient", "color": [0.05, 0.05, 0.05]})
+    lights.append({"name": "fill", "type": "ambient", "color": [0.02, 0.03, 0.01]})
+    scene = {
+        "version": 1,
+        "meshes": [{"name": "ball", "primitive": {"type": "sphere", "radius": 0.8, "resolution": 24},
+                    "material": "paint"},
+                   {"name": "floor", "primitive": {"type": "plane", "size": 4.0}, "material": "floor",
+                    "transform": {"translation": [0.0, -0.8, 0.0]}}],
+        "materials": [{"name": "paint", "model": "lambert", "albedo": [0.8, 0.7, 0.6]},
+                      {"name": "floor", "model": "ggx", "albedo": [0.6, 0.6, 0.6], "roughness": 0.6}],
+        "lights": lights,
+        "cameras": [{"name": "front", "width": 64, "height": 64, "fov_y": 45,
+                     "look_at": {"eye": [0, 1.2, 3.2], "target": [0, -0.2, 0]}}],
+        "background": [0.05, 0.05, 0.05],
+        "render": {"mode": "antialias", "shadows": True, "mipmaps": False},
+        "optimize": {"parameters": {"lights.p0.intensity": {"init": [0.2], "lr": 0.01}},
+                     "targets": {"cameras": ["front"]},
+                     "loss": {"l2": 1.0}, "optimizer": {"type": "adam", "lr": 0.01}, "steps": 10},
+    }
+    path = folder / "scene.json"
+    path.write_text(json.dumps(scene))
+    return path
+
+
+def test_light_packing_matches_the_renderer(tmp_path):
+    """The viewport's light packing (app/viewer/lights.py) is the renderer's (`DeviceScene.prepare`):
+    every light, point lights then directional ones, the ambient colors summed."""
+    from drstudio.app.viewer.lights import pack_lights
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.loading import load_scene
+
+    scene = load_scene(write_many_lights_scene(tmp_path))
+    ds = DeviceScene(scene, device="cpu")
+    values = {path: ds.get(path) for path in ds.params}
+    packed = pack_lights(scene, values)
+    warp = ds.prepare().lights
+    assert (packed.num_point, packed.num_directional) == (12, 10)
+    for name in ("point_position", "point_color", "point_intensity", "dir_direction", "dir_color",
+                 "dir_intensity"):
+        np.testing.assert_array_equal(getattr(packed, name), getattr(warp, name).numpy().reshape(
+            getattr(packed, name).shape), err_msg=name)
+    np.testing.assert_allclose(packed.ambient, warp.ambient.numpy().reshape(3), rtol=1e-6)
+    texels = packed.texels().reshape(-1, 4)  # what shaders/shading.glsl reads: 2 texels per light
+    np.testing.assert_array_equal(texels[2 * 12 + 2 * 3, :3], packed.dir_direction[3])
+    np.testing.assert_array_equal(texels[2 * 11 + 1, :3], packed.point_color[11])
+    assert texels[2 * 5, 3] == packed.point_intensity[5]
+
+
+def test_viewport_shades_every_light(display, tmp_path):
+    """12 point and 10 directional lights, shadows on: the viewport's GL shading (every light from the
+    light texture, a shadow map for each) equals the differentiable render of the same values, as in the
+    session with one light. Switching off the lights beyond the eighth of each type moves the GL image
+    far from the render, so a viewport that drops them fails here."""
+    from drstudio.app.viewer import run_viewer
+    from drstudio.renderer.params import Group, param_path
+
+    scene = write_many_lights_scene(tmp_path)
+    got: dict = {}
+    t0 = time.monotonic()
+
+    def on_frame(state):
+        if time.monotonic() - t0 > SESSION_TIMEOUT:
+            got["error"] = f"no snapshot with a render in {SESSION_TIMEOUT} s"
+            state.quit = True
+        if state.snapshot.render is None or state.gl is None or state.quit:
+            return
+        vp, cam = state.gl.viewport, state.active_view
+        c = state.scene.cameras[cam]
+
+        def render():
+            return vp.render_camera(state, state.values[camera_pose(cam)], state.values[camera_intrinsics(cam)],
+                                    c.width, c.height)
+
+        got.update(gl=render(), render=state.snapshot.render, lights=vp.lights, tiles=vp.shadows.grid)
+        extra = [param_path(Group.LIGHTS, n, "intensity") for n in ("p8", "p9", "p10", "p11", "d8", "d9")]
+        kept = {p: state.values[p] for p in extra}
+        state.values.update({p: np.zeros(1, np.float32) for p in extra})
+        got["first_eight"] = render()
+        state.values.update(kept)
+        state.quit = True
+
+    rc = run_viewer(str(scene), max_frames=5000, on_frame=on_frame)
+    assert rc == 0 and "gl" in got, got.get("error")
+    lights = got["lights"]
+    assert (lights.num_point, lights.num_directional) == (12, 10)
+    assert got["tiles"][0] * got["tiles"][1] >= 6 * 12 + 10, f"shadow atlas {got['tiles']} lacks tiles"
+    gl_img, ref = got["gl"], got["render"]
+    diff = np.abs(gl_img - ref)
+    dropped = np.abs(got["first_eight"] - ref)
+    if not (diff.mean() < 0.01 and np.median(diff) < 2e-3):
+        import imageio.v3 as iio
+
+        for name, img in (("viewport", gl_img), ("renderer", ref)):
+            iio.imwrite(tmp_path / f"{name}.png", (np.clip(img, 0, 1) * 255).astype(np.uint8))
+    assert diff.mean() < 0.01 and np.median(diff) < 2e-3, (
+        f"viewport shading differs from the renderer with 22 lights: mean {diff.mean():.4f}, median "
+        f"{np.median(diff):.4f} (images in {tmp_path})")
+    assert dropped.mean() > 10 * max(diff.mean(), 1e-3), (
+        f"the lights beyond the eighth barely matter (mean {dropped.mean():.4f}): the test would not see them "
+        f"dropped")
+    print(f"many lights: mean |gl - render| {diff.mean():.5f}, median {np.median(diff):.5f}; "
+          f"without the extra lights {dropped.mean():.4f}")
+
+
+class _Engine:
+    """An engine stand-in for AppState: records what it is sent, or refuses as a full queue does."""
+
+    def __init__(self, busy: bool = False):
+        from drstudio.renderer.optim.engine import Snapshot
+
+        self.busy = busy
+        self.got = []
+        self.snap = Snapshot(active_view="front")
+
+    def snapshot(self):
+        return self.snap
+
+    def send(self, cmd):
+        from drstudio.renderer.optim.engine import EngineBusy
+
+        if self.busy:
+            raise EngineBusy(f"engine busy: {cmd} was not queued")
+        self.got.append(cmd)
+        return cmd
+
+
+def _state(engine):
+    from drstudio.app.viewer.state import AppState
+
+    p = "lights.key.position"
+    return AppState(None, engine, params={}, values={p: np.zeros(3, np.float32)},
+                    targets={p: np.zeros(3, np.float32)}, initial={p: np.ones(3, np.float32)},
+                    lrs={p: 0.1}, weights={"l2": 1.0}, views=["front", "side"], steps=100, thumbnails={})
+
+
+def test_send_mirrors_typed_commands():
+    """`AppState.send` queues typed commands and updates the local copy through `Command.mirror`."""
+    p = "lights.key.position"
+    engine = _Engine()
+    state = _state(engine)
+    state.error_history[p] = [(0, 1.0)]
+    sent = [state.send("set_value", p, [1.0, 2.0, 3.0]), state.send(commands.SetTargetValue, p, [4.0, 5.0, 6.0]),
+            state.send(commands.SetFree(p, False)), state.send("set_lr", p, 0.5),
+            state.send("set_loss_weight", "l2", 2.0), state.send(commands.SetSteps, 7),
+            state.send("set_active_view", "side")]
+    assert engine.got == state.sent == sent and all(isinstance(c, commands.Command) for c in sent)
+    np.testing.assert_array_equal(state.values[p], [1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(state.targets[p], [4.0, 5.0, 6.0])
+    assert state.stale_thumbnails == {"front", "side"}
+    assert p not in state.free and state.lrs[p] == 0.5 and state.weights["l2"] == 2.0
+    assert state.steps == 7 and state.active_view == "side"
+    state.send("reset")
+    np.testing.assert_array_equal(state.values[p], [1.0, 1.0, 1.0])
+    assert state.error_history == {} and state.send_error == ""
+    # throttled: the local copy follows at once, the engine gets the latest value when due
+    state.send_throttled("drag", commands.SetValue, p, [7.0, 7.0, 7.0], interval=10.0)
+    np.testing.assert_array_equal(state.values[p], [7.0, 7.0, 7.0])
+    state.send_throttled("drag", commands.SetValue, p, [8.0, 8.0, 8.0], interval=10.0)
+    state.release("drag")
+    assert isinstance(engine.got[-1], commands.SetValue) and engine.got[-1].value.tolist() == [8.0, 8.0, 8.0]
+
+
+def test_refused_commands_do_not_raise():
+    """Bad arguments and a full engine queue are shown (`send_error`, with the engine's errors) and the UI
+    goes on; a throttled value the engine could not take is kept and sent again."""
+    from drstudio.app.viewer.panels import errors
+
+    p = "lights.key.position"
+    state = _state(_Engine())
+    assert state.send("set_lr", p, float("nan")) is None and "learning rate" in state.send_error
+    assert state.send("no_such_command") is None and "unknown command" in state.send_error
+    assert state.send_throttled("k", commands.Step, 0) is None and "step count" in state.send_error
+    assert state.sent == [] and errors(state) == [state.send_error]
+    busy = _Engine(busy=True)
+    state = _state(busy)
+    assert state.send("start") is None and "busy" in state.send_error and state.sent == []
+    state.send_throttled("drag", commands.SetValue, p, [1.0, 1.0, 1.0], interval=0.0)
+    state.flush()
+    assert state.throttle.pending(), "the value the engine could not take was dropped"
+    busy.busy = False
+    state.flush()
+    assert not state.throttle.pending() and state.sent == busy.got and busy.got[0].value.tolist() == [1, 1, 1]
+    state.send("start")
+    assert state.send_error == ""
+
+
+def test_plots_take_read_only_histories():
+    """A snapshot's histories are read-only float64 views: the plot helpers read them without copying into
+    them, and ImPlot draws them (in a headless ImGui frame)."""
+    from drstudio.app.viewer.panels import PSNR_TERM, _plot_series, decimate, loss_series, psnr_series
+    from imgui_bundle import imgui, implot
+
+    def ro(values):
+        a = np.asarray(values, np.float64)
+        a.flags.writeable = False
+        return a
+
+    hist = {"loss": ro(np.linspace(1.0, 0.1, 1000)), "loss.l2": ro(np.linspace(1.0, 0.1, 1000)),
+            f"loss.{PSNR_TERM}": ro([np.nan, np.nan, 20.0, 20.0, 21.5]), "grad.lights.key.position": ro([1.0, 2.0])}
+    loss = loss_series(hist, x0=5)
+    assert set(loss) == {"loss", "loss.l2"} and loss["loss"][0][0] == 5
+    xs, ys = psnr_series(hist)
+    assert xs.tolist() == [2.0, 4.0] and ys.tolist() == [20.0, 21.5]
+    x, y = decimate(*loss["loss"])
+    assert len(y) <= 301 and y[-1] == hist["loss"][-1]
+    imgui.create_context()
+    implot.create_context()
+    try:
+        io = imgui.get_io()
+        io.display_size = (800, 600)
+        io.backend_flags |= imgui.BackendFlags_.renderer_has_textures
+        imgui.new_frame()
+        imgui.begin("plots")
+        _plot_series(loss, "Loss")
+        _plot_series({"psnr": (xs, ys)}, "PSNR", log_y=False, span=(0, 10), marks=ro([3.0]))
+        _plot_series({"g": (np.arange(2), hist["grad.lights.key.position"])}, "Gradient norms", log_y=False)
+        imgui.end()
+        imgui.render()
+    finally:
+        implot.destroy_context()
+        imgui.destroy_context()

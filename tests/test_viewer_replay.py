@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from drstudio.app.replay import ReplaySource
 from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.recording import Recorder, RecorderOptions
@@ -94,11 +95,13 @@ def test_replay_state_follows_the_recording(recording):
     version = state.version
     state.send("set_value", LIGHT, np.zeros(3, np.float32))
     state.send_throttled("k", "set_lr", LIGHT, 0.1)
-    assert [kind for kind, _ in state.refused] == ["set_value", "set_lr"]
+    assert [c.kind for c in state.refused] == ["set_value", "set_lr"]
     assert state.sent == [] and not state.throttle.pending() and state.version == version
     np.testing.assert_array_equal(state.values[LIGHT], EDITED)
     with pytest.raises(RuntimeError, match="read-only"):
         state.engine.send("start")
+    with pytest.raises(RuntimeError, match="read-only"):
+        state.engine.send(commands.Start())
     # playing moves the position at `speed` times the recorded pace, and stops at the end
     state.playback.play()
     time.sleep(0.01)

@@ -2,10 +2,12 @@
 
 Modules: `app` (window, loop, lifecycle), `state` (the one AppState), `viewport` (3D view and free
 camera input), `camera` (orbit camera and GL matrices), `geometry` (host-side display geometry),
-`panels` (ImGui windows), `image_panes` (GPU compositing of the image panes), `overlays`
-(gradient overlays, colormaps, legends), `gizmos` (ImGuizmo handles on the target scene), `uploads`
-(NumPy / CUDA arrays to GL textures), `glsl` (shader files from shaders/), `replay_mode` (the viewer
-over a recorded session: `drstudio replay DIR`).
+`panels` (ImGui windows), `windows` (what every window function shares), `image_panes` (GPU
+compositing of the image panes), `overlays` (gradient overlays, colormaps, legends), `gizmos` (ImGuizmo
+handles on the target scene), `lights` (the lights packed as the renderer packs them, for the shaders),
+`shadows` (shadow maps), `uploads` (NumPy / CUDA arrays to GL textures), `glsl` (shader files from
+shaders/), `replay_mode` (the viewer over a recorded session, `drstudio replay DIR`, reading
+`app.replay_source`).
 """
 
 from __future__ import annotations

@@ -35,6 +35,7 @@ from .overlays import colormap_lut
 from .state import AppState
 from .uploads import Uploader
 from .viewport import Viewport, viewport_window
+from .windows import WINDOW_BG
 
 log = logging.getLogger("drstudio.viewer")
 EXIT_USER_ERROR, EXIT_INTERRUPTED = 2, 130
@@ -213,7 +214,7 @@ class ViewerApp:
             fb_w, fb_h = glfw.get_framebuffer_size(window)
             ctx.screen.use()
             ctx.viewport = (0, 0, fb_w, fb_h)
-            ctx.clear(*panels.WINDOW_BG, 1.0)  # the background of the docked windows
+            ctx.clear(*WINDOW_BG, 1.0)  # the background of the docked windows
             imgui.backends.opengl3_render_draw_data(imgui.get_draw_data())
             if on_frame is not None:
                 on_frame(state)  # the back buffer holds this frame until the swap

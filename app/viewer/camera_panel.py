@@ -16,6 +16,7 @@ from drstudio.app import camera_path as cp
 from imgui_bundle import imgui
 
 from .state import AppState
+from .windows import begin, remember
 
 
 @dataclass
@@ -106,14 +107,7 @@ def start_export(state: AppState) -> None:
         v.message = str(exc)
 
 
-def _remember(state: AppState, name: str) -> None:
-    lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
-    state.rects[name] = (lo.x, lo.y, hi.x - lo.x, hi.y - lo.y)
-
-
 def camera_path_panel(state: AppState) -> None:
-    from .panels import begin
-
     if not begin(state, "Camera path"):
         imgui.end()
         return
@@ -122,11 +116,11 @@ def camera_path_panel(state: AppState) -> None:
     if imgui.button("Add keyframe"):
         v.orbit = False
         v.keyframes.append(free_camera_keyframe(state))
-    _remember(state, "path.add")
+    remember(state, "path.add")
     imgui.same_line()
     if imgui.button("Orbit"):
         orbit_here(state)
-    _remember(state, "path.orbit")
+    remember(state, "path.orbit")
     imgui.same_line()
     if imgui.button("Clear"):
         v.keyframes.clear()
@@ -166,14 +160,14 @@ def camera_path_panel(state: AppState) -> None:
     if imgui.button("Export video"):
         start_export(state)
     imgui.end_disabled()
-    _remember(state, "path.export")
+    remember(state, "path.export")
     if running:
         imgui.same_line()
         if imgui.button("Cancel"):
             job.cancel()
     if job is not None:
         imgui.progress_bar(job.done / max(job.total, 1), (-1.0, 0.0), f"{job.done}/{job.total} frames")
-        _remember(state, "path.progress")
+        remember(state, "path.progress")
         if not running:
             imgui.text_wrapped(f"{job.message} ({job.seconds:.1f} s)")
     if v.message:

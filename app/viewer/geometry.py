@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer.params import Group, ParamPath, param_path
 
 
 def rotation_matrix(q) -> np.ndarray:
@@ -33,10 +34,17 @@ def vertex_normals(world: np.ndarray, faces: np.ndarray) -> np.ndarray:
     return np.where(length > 1e-20, acc / np.maximum(length, 1e-30), 0.0).astype(np.float32)
 
 
+TRANSFORM_LEAVES = ("vertices", "translation", "rotation", "scale")  # what a mesh's world positions come from
+
+
+def mesh_paths(name: str) -> tuple[ParamPath, ...]:
+    """The paths of mesh `name`'s object-space vertices, translation, rotation and scale."""
+    return tuple(param_path(Group.MESHES, name, leaf) for leaf in TRANSFORM_LEAVES)
+
+
 def mesh_values(values: dict, name: str) -> tuple:
-    p = f"meshes.{name}"
-    return (values[f"{p}.vertices"], values[f"{p}.translation"], values[f"{p}.rotation"],
-            values[f"{p}.scale"])
+    """(vertices, translation, rotation, scale) of mesh `name` in `values` (path -> array)."""
+    return tuple(values[p] for p in mesh_paths(name))
 
 
 def world_vertices(state, name: str, values: dict | None = None) -> np.ndarray:

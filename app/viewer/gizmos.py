@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer.optim import commands
+from drstudio.renderer.params import Group, camera_pose, param_path
 from imgui_bundle import imguizmo
 
 from . import geometry
@@ -49,45 +51,44 @@ def target_matrix(state: AppState, group: str, name: str):
     """(object matrix, operation name, mode) of the selected item's target, or None without a gizmo."""
     t = state.targets
     op = state.gizmo.operation
-    if group == "lights" and name in state.scene.point_lights:
+    if group == Group.LIGHTS and name in state.scene.point_lights:
         m = np.eye(4)
-        m[:3, 3] = t[f"lights.{name}.position"]
+        m[:3, 3] = t[param_path(Group.LIGHTS, name, "position")]
         return m, "translate", gizmo.MODE.world
-    if group == "lights" and name in state.scene.directional_lights:
+    if group == Group.LIGHTS and name in state.scene.directional_lights:
         center, radius = state.scene_bounds()
-        d = cv.normalize(t[f"lights.{name}.direction"])
+        d = cv.normalize(t[param_path(Group.LIGHTS, name, "direction")])
         m = np.eye(4)
         m[:3, :3] = _frame_along(d)
         m[:3, 3] = center - d * radius * 1.6
         return m, "rotate", gizmo.MODE.local
-    if group == "meshes":
-        p = f"meshes.{name}"
-        m = geometry.mesh_matrix(t[f"{p}.translation"], t[f"{p}.rotation"], t[f"{p}.scale"])
+    if group == Group.MESHES:
+        _, translation, rotation, scale = geometry.mesh_values(t, name)
+        m = geometry.mesh_matrix(translation, rotation, scale)
         return m, op, gizmo.MODE.local if op == "scale" else gizmo.MODE.world
-    if group == "cameras":
-        m = cv.pose_to_matrix(t[f"cameras.{name}.pose"])
+    if group == Group.CAMERAS:
+        m = cv.pose_to_matrix(t[camera_pose(name)])
         return m, "rotate" if op == "rotate" else "translate", gizmo.MODE.local
     return None
 
 
 def values_from_matrix(state: AppState, group: str, name: str, m: np.ndarray) -> dict:
     """Target values (dotted path -> array) a manipulated matrix stands for."""
-    if group == "lights" and name in state.scene.point_lights:
-        return {f"lights.{name}.position": m[:3, 3].astype(np.float32)}
-    if group == "lights":
-        return {f"lights.{name}.direction": cv.normalize(m[:3, 2]).astype(np.float32)}
-    if group == "meshes":
+    if group == Group.LIGHTS and name in state.scene.point_lights:
+        return {param_path(Group.LIGHTS, name, "position"): m[:3, 3].astype(np.float32)}
+    if group == Group.LIGHTS:
+        return {param_path(Group.LIGHTS, name, "direction"): cv.normalize(m[:3, 2]).astype(np.float32)}
+    if group == Group.MESHES:
         scale = np.linalg.norm(m[:3, :3], axis=0)
         rot = _orthonormal(m[:3, :3] / np.maximum(scale, 1e-12)[None, :])
-        p = f"meshes.{name}"
-        return {f"{p}.translation": m[:3, 3].astype(np.float32),
-                f"{p}.rotation": cv.quat_from_matrix(rot).astype(np.float32),
-                f"{p}.scale": scale.astype(np.float32)}
-    if group == "cameras":
+        _, translation, rotation, scale_path = geometry.mesh_paths(name)
+        return {translation: m[:3, 3].astype(np.float32), rotation: cv.quat_from_matrix(rot).astype(np.float32),
+                scale_path: scale.astype(np.float32)}
+    if group == Group.CAMERAS:
         r = np.eye(4)
         r[:3, :3] = _orthonormal(m[:3, :3])
         r[:3, 3] = m[:3, 3]
-        return {f"cameras.{name}.pose": cv.matrix_to_pose(r).astype(np.float32)}
+        return {camera_pose(name): cv.matrix_to_pose(r).astype(np.float32)}
     return {}
 
 
@@ -113,9 +114,10 @@ def edit_selected_target(state: AppState) -> bool:
     if changed:
         for path, value in values_from_matrix(state, *sel, from_matrix16(m16)).items():
             if not np.allclose(value, state.targets[path], rtol=0.0, atol=1e-7):
-                state.send_throttled(f"gizmo.{path}", "set_target_value", path, value, interval=TARGET_INTERVAL)
+                state.send_throttled(("gizmo", path), commands.SetTargetValue, path, value,
+                                     interval=TARGET_INTERVAL)
     if not using:  # released (or never dragged): deliver any pending final value
         for info in state.item_params(*sel):
-            state.release(f"gizmo.{info.path}")
+            state.release(("gizmo", info.path))
     state.gizmo_dragging = using
     return using or over

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from drstudio.renderer.params import Kind
 from imgui_bundle import imgui
 
 COLORMAPS = ("viridis", "magma", "inferno", "turbo", "coolwarm")
@@ -32,7 +33,7 @@ class OverlaySettings:
     opacity: float = 0.85
     arrows: bool = True  # geometry overlay: arrows in addition to vertex colors
     arrow_length: float = 0.15  # longest arrow, as a fraction of the scene radius
-    texture_property: str = "albedo"  # which texture gradient the mesh shows
+    texture_property: Kind = Kind.ALBEDO  # which texture gradient the mesh shows
 
     def on(self, name: str) -> bool:
         return bool(self.enabled.get(name, False))

@@ -8,12 +8,15 @@ import math
 
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer.optim import commands
+from drstudio.renderer.params import Group, Kind, camera_intrinsics, camera_pose
 from imgui_bundle import imgui, implot
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
 from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
-from .state import GROUPS, TEXTURE_KINDS, AppState, ParamInfo
+from .state import GROUPS, TEXTURES, AppState, ParamInfo
+from .windows import begin, remember
 
 WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays", "Camera path")
 PSNR_TERM = "psnr_test_db"  # the engine's held-out PSNR read-out (scenes with fields), a loss term in dB
@@ -21,32 +24,6 @@ STATE_COLORS = {"running": (0.4, 0.9, 0.4, 1.0), "paused": (0.95, 0.8, 0.3, 1.0)
                 "finished": (0.5, 0.8, 1.0, 1.0), "error": (1.0, 0.35, 0.35, 1.0),
                 "replay": (0.35, 0.8, 1.0, 1.0)}
 EDIT_INTERVAL = 0.1  # s between value commands while a widget is dragged
-
-
-WINDOW_BG = (0.06, 0.06, 0.06)  # ImGui's dark WindowBg; the app clears the screen with it
-
-
-def begin(state: AppState, name: str, flags: int = 0) -> bool:
-    """`imgui.begin` for a docked window: docked windows tile the screen, so they skip their own
-    background and show the clear color (software GL pays for every blended pixel; a floating window
-    keeps its background)."""
-    docked = state.docked.get(name, False)
-    if state.focus_window == name:  # bring a tabbed window to the front (menu, tests)
-        imgui.set_next_window_focus()
-        state.focus_window = None
-    if docked:
-        imgui.push_style_color(imgui.Col_.window_bg, (*WINDOW_BG, 0.0))
-    visible = imgui.begin(name, None, flags)[0]
-    if docked:
-        imgui.pop_style_color()
-    state.docked[name] = imgui.is_window_docked()
-    return visible
-
-
-def _remember(state: AppState, name: str) -> None:
-    """Record the last item's screen rect (for tests driving the real window)."""
-    lo, hi = imgui.get_item_rect_min(), imgui.get_item_rect_max()
-    state.rects[name] = (lo.x, lo.y, hi.x - lo.x, hi.y - lo.y)
 
 
 # -- layout ---------------------------------------------------------------------------------------
@@ -89,18 +66,25 @@ def menu_bar(state: AppState) -> None:
             state.quit = True
         imgui.end_menu()
     if not state.read_only and imgui.begin_menu("Optimize"):
-        for label, kind in (("Start", "start"), ("Pause", "pause"), ("Step", "step"), ("Reset", "reset")):
+        for label, command in (("Start", commands.Start), ("Pause", commands.Pause), ("Step", commands.Step),
+                               ("Reset", commands.Reset)):
             if imgui.menu_item(label, "", False)[0]:
-                state.send(kind)
+                state.send(command)
         imgui.end_menu()
     snap = state.snapshot
     imgui.separator()
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
     imgui.text(f"step {snap.step}/{state.steps}   loss {snap.loss:.4g}   {snap.steps_per_second:.1f} steps/s   "
                f"{state.fps:.0f} fps")
-    if snap.error:
-        imgui.text_colored(STATE_COLORS["error"], snap.error[:120])
+    for error in errors(state):
+        imgui.text_colored(STATE_COLORS["error"], error[:120])
     imgui.end_main_menu_bar()
+
+
+def errors(state: AppState) -> list[str]:
+    """What went wrong, to show: the engine's last failed command or step, and the last command the
+    engine would not queue (`AppState.send_error`)."""
+    return [e for e in (state.snapshot.error, state.send_error) if e]
 
 
 # -- Scene ----------------------------------------------------------------------------------------
@@ -116,19 +100,19 @@ def scene_panel(state: AppState) -> None:
             for name in names:
                 free = sum(1 for p in state.item_params(group, name) if p.path in state.free)
                 detail = ""
-                if group == "lights":
+                if group is Group.LIGHTS:
                     detail = state.light_type(name)
-                elif group == "materials":
+                elif group is Group.MATERIALS:
                     detail = sc.materials[name].model
-                elif group == "meshes":
+                elif group is Group.MESHES:
                     m = sc.meshes[name]
                     detail = f"{len(m.vertices)} v, {len(m.faces)} f"
-                elif group == "cameras":
+                elif group is Group.CAMERAS:
                     c = sc.cameras[name]
                     detail = f"{c.width}x{c.height}" + ("  (view)" if name in state.views else "")
                 label = f"{name}  [{detail}]" + (f"  {free} free" if free else "")
                 clicked, _ = imgui.selectable(f"{label}##{group}.{name}", state.selection == (group, name))
-                _remember(state, f"scene.{group}.{name}")
+                remember(state, f"scene.{group}.{name}")
                 if clicked:
                     state.selection = (group, name)
             imgui.tree_pop()
@@ -146,52 +130,89 @@ def quat_to_euler_deg(q) -> np.ndarray:
     return np.degrees([x, y, z])
 
 
+def _drag3(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    changed, out = imgui.drag_float3(f"{which}{label}", v.tolist(), speed, format="%.4f")
+    return np.asarray(out, np.float32) if changed else None
+
+
+def _light_color(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    flags = imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.hdr
+    changed, out = imgui.color_edit3(f"{which}{label}", v.tolist(), flags)
+    return np.asarray(out, np.float32) if changed else None
+
+
+def _intensity(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    lo = Kind.INTENSITY.range[0]
+    changed, out = imgui.drag_float(f"{which}{label}", float(v.reshape(-1)[0]), speed, lo, 1e6, "%.4f")
+    return np.array([max(out, lo)], np.float32) if changed else None
+
+
+def _quaternion(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    changed, out = imgui.drag_float3(f"{which} (euler deg){label}", quat_to_euler_deg(v).tolist(), 0.5,
+                                     format="%.2f")
+    return cv.quat_from_euler_deg(out).astype(np.float32) if changed else None
+
+
+def _pose(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    c1, pos = imgui.drag_float3(f"{which} position{label}", v[:3].tolist(), speed, format="%.4f")
+    c2, eul = imgui.drag_float3(f"{which} euler deg{label}", quat_to_euler_deg(v[3:]).tolist(), 0.5, format="%.2f")
+    return np.r_[pos, cv.quat_from_euler_deg(eul)].astype(np.float32) if c1 or c2 else None
+
+
+def _intrinsics(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    changed, out = imgui.drag_float4(f"{which} fx fy cx cy{label}", v.tolist(), 0.5, format="%.2f")
+    return np.asarray(out, np.float32) if changed else None
+
+
+# editors of small values by kind: (number of elements the widget shows, widget(which, id label, value, speed))
+EDITORS = {Kind.POSITION: (3, _drag3), Kind.SCALE: (3, _drag3), Kind.DIRECTION: (3, _drag3),
+           Kind.COLOR: (3, _light_color), Kind.INTENSITY: (None, _intensity), Kind.QUATERNION: (None, _quaternion),
+           Kind.POSE: (None, _pose), Kind.INTRINSICS: (None, _intrinsics)}
+
+
+def _row_color(label: str, row: np.ndarray, speed: float):
+    return imgui.color_edit3(label, row.tolist(), imgui.ColorEditFlags_.float)
+
+
+def _row_uv(label: str, row: np.ndarray, speed: float):
+    return imgui.drag_float2(label, row.tolist(), 0.001, format="%.4f")
+
+
+def _row_position(label: str, row: np.ndarray, speed: float):
+    return imgui.drag_float3(label, row.tolist(), speed, format="%.4f")
+
+
+# per-vertex arrays are edited one row at a time: widget(label, row, speed) -> (changed, row)
+ROW_EDITORS = {Kind.VERTICES: _row_position, Kind.COLORS: _row_color, Kind.UVS: _row_uv}
+
+
+def _edit_texture(kind: Kind, v: np.ndarray, which: str, label: str) -> np.ndarray | None:
+    """A constant texture (1x1) is edited as its value; a larger one can be filled with one value."""
+    lo, hi = kind.range
+    color = kind.channels == 3
+    if v.shape[:2] == (1, 1):
+        if color:
+            changed, out = imgui.color_edit3(f"{which}{label}", v.reshape(3).tolist(), imgui.ColorEditFlags_.float)
+        else:
+            changed, out = imgui.slider_float(f"{which}{label}", float(v.reshape(-1)[0]), lo, hi)
+        return np.asarray(out, np.float32).reshape(v.shape) if changed else None
+    if color:
+        mean = v.reshape(-1, 3).mean(axis=0)
+        changed, out = imgui.color_edit3(f"fill {which}{label}", mean.tolist(),
+                                         imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.no_inputs)
+    else:
+        changed, out = imgui.slider_float(f"fill {which}{label}", float(np.clip(v.mean(), lo, hi)), lo, hi)
+    return np.broadcast_to(np.asarray(out, np.float32), v.shape).copy() if changed else None
+
+
 def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed: float) -> np.ndarray | None:
     """Widgets for one value; returns the edited value (or None). `which`: current or target."""
     kind, label = info.kind, f"##{which}.{info.path}"
     v = np.asarray(value, np.float32)
-    new = None
-    if kind in ("position", "scale", "direction") and v.size == 3:
-        changed, out = imgui.drag_float3(f"{which}{label}", v.tolist(), speed, format="%.4f")
-        new = np.asarray(out, np.float32) if changed else None
-    elif kind == "color" and v.size == 3:
-        flags = imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.hdr
-        changed, out = imgui.color_edit3(f"{which}{label}", v.tolist(), flags)
-        new = np.asarray(out, np.float32) if changed else None
-    elif kind == "intensity":
-        changed, out = imgui.drag_float(f"{which}{label}", float(v.reshape(-1)[0]), speed, 0.0, 1e6, "%.4f")
-        new = np.array([max(out, 0.0)], np.float32) if changed else None
-    elif kind == "quaternion":
-        changed, out = imgui.drag_float3(f"{which} (euler deg){label}", quat_to_euler_deg(v).tolist(), 0.5,
-                                         format="%.2f")
-        new = cv.quat_from_euler_deg(out).astype(np.float32) if changed else None
-    elif kind == "pose":
-        c1, pos = imgui.drag_float3(f"{which} position{label}", v[:3].tolist(), speed, format="%.4f")
-        c2, eul = imgui.drag_float3(f"{which} euler deg{label}", quat_to_euler_deg(v[3:]).tolist(), 0.5,
-                                    format="%.2f")
-        if c1 or c2:
-            new = np.r_[pos, cv.quat_from_euler_deg(eul)].astype(np.float32)
-    elif kind == "intrinsics":
-        changed, out = imgui.drag_float4(f"{which} fx fy cx cy{label}", v.tolist(), 0.5, format="%.2f")
-        new = np.asarray(out, np.float32) if changed else None
-    elif kind in TEXTURE_KINDS and v.shape[:2] == (1, 1):
-        if kind == "albedo":
-            changed, out = imgui.color_edit3(f"{which}{label}", v.reshape(3).tolist(), imgui.ColorEditFlags_.float)
-            new = np.asarray(out, np.float32).reshape(1, 1, 3) if changed else None
-        else:
-            lo = 0.02 if kind == "roughness" else 0.0
-            changed, out = imgui.slider_float(f"{which}{label}", float(v.reshape(-1)[0]), lo, 1.0)
-            new = np.array(out, np.float32).reshape(1, 1, 1) if changed else None
-    elif kind in TEXTURE_KINDS:
-        if kind == "albedo":
-            mean = v.reshape(-1, 3).mean(axis=0)
-            changed, out = imgui.color_edit3(f"fill {which}{label}", mean.tolist(),
-                                             imgui.ColorEditFlags_.float | imgui.ColorEditFlags_.no_inputs)
-            new = np.broadcast_to(np.asarray(out, np.float32), v.shape).copy() if changed else None
-        else:
-            changed, out = imgui.slider_float(f"fill {which}{label}", float(v.mean()), 0.0, 1.0)
-            new = np.full(v.shape, out, np.float32) if changed else None
-    elif kind in ("vertices", "colors", "uvs"):
+    if kind.is_texture:
+        return _edit_texture(kind, v, which, label)
+    row_editor = ROW_EDITORS.get(kind)
+    if row_editor is not None:
         key = f"row.{info.path}"
         row = int(np.clip(state.inspector_rows.get(key, 0), 0, len(v) - 1))
         if state.read_only:  # choosing the row to look at is not an edit
@@ -200,26 +221,24 @@ def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed
         if state.read_only:
             imgui.begin_disabled()
         state.inspector_rows[key] = row
-        if kind == "colors":
-            changed, out = imgui.color_edit3(f"{which} row{label}", v[row].tolist(), imgui.ColorEditFlags_.float)
-        elif kind == "uvs":
-            changed, out = imgui.drag_float2(f"{which} row{label}", v[row].tolist(), 0.001, format="%.4f")
-        else:
-            changed, out = imgui.drag_float3(f"{which} row{label}", v[row].tolist(), speed, format="%.4f")
-        if changed:
-            new = v.copy()
-            new[row] = out
-    else:
+        changed, out = row_editor(f"{which} row{label}", v[row], speed)
+        if not changed:
+            return None
+        new = v.copy()
+        new[row] = out
+        return new
+    size, editor = EDITORS.get(kind, (None, None))
+    if editor is None or (size is not None and v.size != size):
         imgui.text(np.array2string(v.reshape(-1)[:8], precision=4))
-    return new
+        return None
+    return editor(which, label, v, speed)
 
 
 def _send_edit(state: AppState, info: ParamInfo, new, which: str) -> None:
-    kind = "set_value" if which == "current" else "set_target_value"
-    key = f"{which}.{info.path}"
+    command = commands.SetValue if which == "current" else commands.SetTargetValue
+    key = (which, info.path)
     if new is not None:
-        state.send_throttled(key, kind, info.path, new,
-                             interval=EDIT_INTERVAL if which == "current" else 0.25)
+        state.send_throttled(key, command, info.path, new, interval=EDIT_INTERVAL if which == "current" else 0.25)
     if imgui.is_item_deactivated_after_edit() or imgui.is_item_deactivated():
         state.release(key)
 
@@ -236,7 +255,7 @@ def _texture_previews(state: AppState, info: ParamInfo) -> None:
     spacing = imgui.get_style().item_spacing.x
     side = max(32.0, min(140.0, (imgui.get_content_region_avail().x - spacing * (shown - 1)) / shown))
     size = fit(w, h, side, side)
-    mode = "color" if info.kind == "albedo" else "value"
+    mode = "color" if info.kind.channels == 3 else "value"
     for which, arr in (("current", v), ("target", state.targets.get(info.path))):
         if arr is None:
             continue
@@ -257,7 +276,7 @@ def _texture_previews(state: AppState, info: ParamInfo) -> None:
         imgui.begin_group()
         imgui.text("|gradient|")
         show(out, size)
-        _remember(state, f"inspector.grad.{info.path}")
+        remember(state, f"inspector.grad.{info.path}")
         imgui.end_group()
         lo = imgui.get_cursor_screen_pos()
         draw_legend(imgui.get_window_draw_list(), (lo.x + 4, lo.y + 4), 160.0, 10.0, gl.lut.glo, vmax,
@@ -282,35 +301,35 @@ def inspector_panel(state: AppState) -> None:
     _, radius = state.scene_bounds()
     speed = radius * 0.005
     imgui.text(f"{group[:-1]} '{name}'")
-    if group == "meshes":
+    if group == Group.MESHES:
         m = sc.meshes[name]
         imgui.text_disabled(f"{len(m.vertices)} vertices, {len(m.faces)} faces, from {m.source}")
         if imgui.small_button(f"material: {m.material}"):
-            state.selection = ("materials", m.material)
-    elif group == "lights":
+            state.selection = (Group.MATERIALS, m.material)
+    elif group == Group.LIGHTS:
         imgui.text_disabled(f"{state.light_type(name)} light")
-    elif group == "materials":
+    elif group == Group.MATERIALS:
         imgui.text_disabled(f"{sc.materials[name].model}, {sc.materials[name].wrap}")
-    elif group == "cameras":
+    elif group == Group.CAMERAS:
         c = sc.cameras[name]
         imgui.text_disabled(f"{c.width}x{c.height}" + ("  target view" if name in state.views else ""))
         if name in state.views and not state.read_only and imgui.small_button("make active view"):
-            state.send("set_active_view", name)
+            state.send(commands.SetActiveView, name)
         imgui.same_line()
         if imgui.small_button("look through"):
             center, _ = state.scene_bounds()
-            state.camera.look_through(state.values[f"cameras.{name}.pose"], state.values[f"cameras.{name}.intrinsics"],
+            state.camera.look_through(state.values[camera_pose(name)], state.values[camera_intrinsics(name)],
                                       c.height, center)
     for info in state.item_params(group, name):
         imgui.push_id(info.path)
-        imgui.separator_text(info.path.split(".", 2)[2])
+        imgui.separator_text(info.name)
         if info.optimizable:
             imgui.begin_disabled(state.read_only)
             changed, free = imgui.checkbox("free", info.path in state.free)
             imgui.end_disabled()
-            _remember(state, f"free.{info.path}")
+            remember(state, f"free.{info.path}")
             if changed:
-                state.send("set_free", info.path, free)
+                state.send(commands.SetFree, info.path, free)
         else:
             imgui.text_disabled("fixed (not in optimize.parameters)")
         g = snap.grad_norms.get(info.path)
@@ -327,11 +346,11 @@ def inspector_panel(state: AppState) -> None:
         imgui.begin_disabled(state.read_only)  # replay: values shown, not editable
         new = _edit(state, info, state.values[info.path], "current", speed)
         _send_edit(state, info, new, "current")
-        if info.path in state.targets and info.kind not in ("vertices", "colors", "uvs"):
+        if info.path in state.targets and info.kind not in ROW_EDITORS:  # per-vertex targets: not editable
             new = _edit(state, info, state.targets[info.path], "target", speed)
             _send_edit(state, info, new, "target")
         imgui.end_disabled()
-        if info.kind in TEXTURE_KINDS:
+        if info.kind.is_texture:
             _texture_previews(state, info)
         imgui.pop_id()
     imgui.end()
@@ -341,7 +360,7 @@ def inspector_panel(state: AppState) -> None:
 
 def _button(state: AppState, label: str, name: str) -> bool:
     clicked = imgui.button(label)
-    _remember(state, name)
+    remember(state, name)
     return clicked
 
 
@@ -353,8 +372,8 @@ def optimizer_panel(state: AppState) -> None:
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state.upper())
     imgui.same_line()
     imgui.text(f"step {snap.step} / {state.steps}")
-    if snap.error:
-        imgui.text_colored(STATE_COLORS["error"], snap.error)
+    for error in errors(state):
+        imgui.text_colored(STATE_COLORS["error"], error)
     if state.read_only:  # replay: no run control; the recorded values, settings and plots
         imgui.text_disabled("replay of a recorded session (read-only): use the Timeline")
         imgui.text(f"loss {snap.loss:.5g}   recorded {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
@@ -365,16 +384,16 @@ def optimizer_panel(state: AppState) -> None:
         return
     if _button(state, "Start" if snap.state in ("idle", "finished", "stopped", "error") else "Resume",
                "button.start"):
-        state.send("start" if snap.state in ("idle", "finished", "stopped", "error") else "resume")
+        state.send(commands.Start if snap.state in ("idle", "finished", "stopped", "error") else commands.Resume)
     imgui.same_line()
     if _button(state, "Pause", "button.pause"):
-        state.send("pause")
+        state.send(commands.Pause)
     imgui.same_line()
     if _button(state, f"Step {state.step_count}", "button.step"):
-        state.send("step", state.step_count)
+        state.send(commands.Step, state.step_count)
     imgui.same_line()
     if _button(state, "Reset", "button.reset"):
-        state.send("reset")
+        state.send(commands.Reset)
     imgui.set_next_item_width(110)
     changed, n = imgui.input_int("steps per click", state.step_count)
     if changed:
@@ -382,7 +401,7 @@ def optimizer_panel(state: AppState) -> None:
     imgui.set_next_item_width(110)
     changed, budget = imgui.input_int("step budget", state.steps, 100, 1000)
     if changed and budget >= 1:
-        state.send_throttled("steps", "set_steps", int(budget), interval=0.3)
+        state.send_throttled("steps", commands.SetSteps, int(budget), interval=0.3)
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
     _psnr_readout(state)
@@ -414,17 +433,17 @@ def _parameter_table(state: AppState) -> None:
         imgui.table_next_column()
         imgui.begin_disabled(state.read_only)
         changed, free = imgui.checkbox("##free", path in state.free)
-        _remember(state, f"table.free.{path}")
+        remember(state, f"table.free.{path}")
         if changed:
-            state.send("set_free", path, free)
+            state.send(commands.SetFree, path, free)
         imgui.table_next_column()
         imgui.set_next_item_width(-1)
         changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.2e",
                                        imgui.SliderFlags_.logarithmic)
         if changed:
-            state.send_throttled(f"lr.{path}", "set_lr", path, float(lr), interval=EDIT_INTERVAL)
+            state.send_throttled(("lr", path), commands.SetLr, path, float(lr), interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
-            state.release(f"lr.{path}")
+            state.release(("lr", path))
         imgui.end_disabled()
         imgui.table_next_column()
         g = snap.grad_norms.get(path)
@@ -446,9 +465,10 @@ def _loss_weights(state: AppState) -> None:
         changed, w = imgui.drag_float(f"{name}##weight", w, 0.01, 0.0, 100.0, "%.3f")
         imgui.end_disabled()
         if changed:
-            state.send_throttled(f"weight.{name}", "set_loss_weight", name, max(0.0, float(w)), interval=EDIT_INTERVAL)
+            state.send_throttled(("weight", name), commands.SetLossWeight, name, max(0.0, float(w)),
+                                 interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
-            state.release(f"weight.{name}")
+            state.release(("weight", name))
         if name in terms:
             imgui.same_line()
             imgui.text_disabled(f"term {terms[name]:.4g}")
@@ -458,7 +478,8 @@ MAX_PLOT_POINTS = 300  # per series: software GL pays per vertex, and histories 
 
 
 def decimate(xs, ys, n: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
-    """At most ~n points of a series, evenly strided, always keeping the last one."""
+    """At most ~n points of a series, evenly strided, always keeping the last one. Never writes into its
+    inputs (a snapshot's history holds read-only views)."""
     xs, ys = np.asarray(xs, np.float64), np.asarray(ys, np.float64)
     if len(ys) <= n:
         return xs, ys
@@ -534,7 +555,7 @@ def _psnr_readout(state: AppState) -> None:
         imgui.text_colored((0.6, 0.95, 0.6, 1.0), f"held-out PSNR {v:.2f} dB")
     else:
         imgui.text_disabled("held-out PSNR: not evaluated yet")
-    _remember(state, "readout.psnr")
+    remember(state, "readout.psnr")
 
 
 def _item_rect() -> tuple[float, float, float, float]:
@@ -571,9 +592,9 @@ def views_panel(state: AppState) -> None:
                 imgui.pop_style_color()
         else:
             clicked = imgui.button(f"{cam}##view", (thumb, thumb))
-        _remember(state, f"view.{cam}")
+        remember(state, f"view.{cam}")
         if clicked and not active and not state.read_only:  # replay: the recorded active view
-            state.send("set_active_view", cam)
+            state.send(commands.SetActiveView, cam)
         imgui.end_group()
     imgui.end()
 
@@ -594,7 +615,7 @@ def overlays_panel(state: AppState) -> None:
     ov = state.overlays
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
-        _remember(state, f"overlay.{name}")
+        remember(state, f"overlay.{name}")
         if changed:
             ov.enabled[name] = on
     imgui.separator()
@@ -616,10 +637,10 @@ def overlays_panel(state: AppState) -> None:
     imgui.set_next_item_width(140)
     _, ov.arrow_length = imgui.slider_float("arrow length", ov.arrow_length, 0.01, 1.0)
     imgui.set_next_item_width(140)
-    props = list(TEXTURE_KINDS)
-    changed, idx = imgui.combo("texture gradient of", props.index(ov.texture_property), props)
+    changed, idx = imgui.combo("texture gradient of", TEXTURES.index(ov.texture_property),
+                               [k.value for k in TEXTURES])
     if changed:
-        ov.texture_property = props[idx]
+        ov.texture_property = TEXTURES[idx]
     imgui.separator_text("Gizmos")
     for op in ("translate", "rotate", "scale"):
         if imgui.radio_button(op, state.gizmo.operation == op):
@@ -637,11 +658,11 @@ def field_settings(state: AppState) -> None:
     """The field preview's options: on/off, meshes, occupancy overlay, upscaling, budget, time."""
     fv, pv = state.field_view, state.preview
     _, fv.preview = imgui.checkbox("field preview (own thread)", fv.preview)
-    _remember(state, "field.preview")
+    remember(state, "field.preview")
     _, fv.show_meshes = imgui.checkbox("meshes of the target scene", fv.show_meshes)
-    _remember(state, "field.meshes")
+    remember(state, "field.meshes")
     _, fv.occupancy = imgui.checkbox("occupancy grid (occupied cells)", fv.occupancy)
-    _remember(state, "field.occupancy")
+    remember(state, "field.occupancy")
     _, fv.nearest = imgui.checkbox("nearest upscaling (else linear)", fv.nearest)
     imgui.set_next_item_width(140)
     _, pv.settings.budget_ms = imgui.slider_float("ms budget while moving", pv.settings.budget_ms, 10.0, 500.0,
@@ -668,11 +689,11 @@ def time_controls(state: AppState) -> None:
         fv.time = t0 + (fv.time - t0 + dt * (t1 - t0) / max(fv.period, 1e-3)) % (t1 - t0)
     if imgui.button("Pause##time" if fv.playing else "Play##time"):
         fv.playing = not fv.playing
-    _remember(state, "field.play")
+    remember(state, "field.play")
     imgui.same_line()
     imgui.set_next_item_width(-1)
     changed, t = imgui.slider_float("##field.time", float(fv.time), t0, t1, "time %.3f")
-    _remember(state, "field.time")
+    remember(state, "field.time")
     if changed:
         fv.time = float(t)
 
@@ -695,7 +716,7 @@ def images_panel(state: AppState) -> None:
         imgui.same_line()
     imgui.set_next_item_width(160)
     _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
-    _remember(state, "images.split")
+    remember(state, "images.split")
     imgui.same_line()
     imgui.set_next_item_width(110)
     _, ps.diff_gain = imgui.slider_float("diff gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
@@ -730,7 +751,7 @@ def images_panel(state: AppState) -> None:
         imgui.begin_group()
         imgui.text(title)
         show(out, (pane_w, pane_h))
-        _remember(state, f"pane.{name}")
+        remember(state, f"pane.{name}")
         imgui.end_group()
     if grad is not None:
         x, y, _, ph = state.rects["pane.render"]

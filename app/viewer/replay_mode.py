@@ -2,7 +2,7 @@
 
 The same window, viewport, panels and overlays as `drstudio view`; what changes:
 - `ReplayEngine` stands where the `Engine` stands: `snapshot()` is `source.snapshot_at(position)` at
-  the timeline's position (`app.replay.Playback`), built once per position; `send()` refuses.
+  the timeline's position (`app.replay_source.Playback`), built once per position; `send()` refuses.
 - `ReplayState` is the `AppState` of a recording: read-only (commands are refused and every editing
   widget is disabled; the target gizmos are inactive), and `pull()` advances the playback clock and,
   when the position changes, takes that position's snapshot plus what a snapshot does not carry:
@@ -26,13 +26,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-from drstudio.app.replay import Playback, ReplaySource
+from drstudio.app.replay_source import Playback, ReplaySource
+from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.engine import Snapshot
 from drstudio.renderer.recording import RecordingError
 from imgui_bundle import imgui
 
-from .panels import _remember, begin
-from .state import AppState, ParamInfo
+from .state import AppState, param_infos
+from .windows import begin, remember
 
 log = logging.getLogger("drstudio.viewer")
 
@@ -61,7 +62,8 @@ class ReplayEngine:
             self._step = step
         return self._snap
 
-    def send(self, kind: str, *args) -> None:
+    def send(self, command: commands.Command | type[commands.Command] | str, *args) -> None:
+        kind = getattr(command, "kind", command)  # a Command, a Command class, or a kind
         raise RuntimeError(f"a replay is read-only: command {kind!r} cannot be sent")
 
 
@@ -92,12 +94,8 @@ class ReplayState(AppState):
         if scene is None:
             raise ValueError(f"{source.recording.path}: the recording holds no scene file (the session's scene "
                              f"was built in code), which the viewer needs; use --export or --verify")
-        specs = set(source.param_specs)
-        params, base = {}, {}
-        for path, p in scene.params().items():
-            group, owner = path.split(".")[:2]
-            params[path] = ParamInfo(path, p.kind, tuple(p.value.shape), group, owner, path in specs)
-            base[path] = np.ascontiguousarray(p.value, np.float32)
+        params = param_infos(scene, source.param_specs)
+        base = {path: np.ascontiguousarray(p.value, np.float32) for path, p in scene.params().items()}
         first = source.all_values_at(source.first_step)
         kf = _keyframe_state(source, source.first_step)
         return cls(source, Playback(source, speed), base, params=params, values=dict(base), targets=dict(base),
@@ -198,7 +196,7 @@ def slider_x(rect, first: int, last: int, step: float) -> float:
 
 def _icon_button(state: ReplayState, label: str, name: str, tip: str) -> bool:
     clicked = imgui.button(label)
-    _remember(state, name)
+    remember(state, name)
     imgui.set_item_tooltip(tip)
     return clicked
 
@@ -243,17 +241,17 @@ def timeline_panel(state: ReplayState) -> None:
         imgui.same_line()
     imgui.set_next_item_width(80)
     opened = imgui.begin_combo("speed", f"{pb.speed:g}x")
-    _remember(state, "timeline.speed")
+    remember(state, "timeline.speed")
     if opened:
         for s in state.speeds:
             if imgui.selectable(f"{s:g}x", s == pb.speed)[0]:
                 pb.speed = s
-            _remember(state, f"timeline.speed.{s:g}")
+            remember(state, f"timeline.speed.{s:g}")
         imgui.end_combo()
     imgui.same_line(0.0, 24.0)
     kf = src.values_step(snap.step)
     imgui.text(f"step {snap.step}  ({first}..{last})")
-    _remember(state, "timeline.step")
+    remember(state, "timeline.step")
     imgui.same_line()
     imgui.text_disabled(f"values: keyframe at {kf if kf is not None else '-'}   loss {snap.loss:.4g}   "
                         f"{len(src.edits)} edits   REPLAY (read-only)")
@@ -265,7 +263,7 @@ def timeline_panel(state: ReplayState) -> None:
     # the scrubber: dragging it pauses playback and resumes on release
     imgui.set_next_item_width(-1)
     changed, value = imgui.slider_int("##scrubber", pb.position, first, max(last, first), "step %d")
-    _remember(state, "timeline.scrubber")
+    remember(state, "timeline.scrubber")
     if imgui.is_item_activated():
         state._resume_after_scrub = pb.playing
         pb.pause()
@@ -295,7 +293,7 @@ def timeline_panel(state: ReplayState) -> None:
         x = slider_x(rect, first, last, step)
         imgui.set_cursor_screen_pos((x - mw / 2, top.y))
         clicked = imgui.invisible_button(f"##edit{i}", (mw, mh))
-        _remember(state, f"timeline.marker.{i}")
+        remember(state, f"timeline.marker.{i}")
         hovered = imgui.is_item_hovered()
         grow = 1.5 if hovered else 0.0
         draw.add_triangle_filled((x, top.y + 1 - grow), (x - mw / 2 - grow, top.y + mh),

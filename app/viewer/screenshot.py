@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import imageio.v3 as iio
+    from drstudio.renderer.params import Group
 
     from .app import run_viewer
 
@@ -32,8 +33,8 @@ def main(argv=None) -> int:
 
     def on_frame(state) -> None:
         if state.frame == 0:
-            group, name = args.select.split(".", 1)
-            state.selection = (group, name)
+            group, _, name = args.select.partition(".")
+            state.selection = (Group(group), name)
             for overlay in args.overlays.split(","):
                 if overlay:
                     state.overlays.enabled[overlay] = True

@@ -17,7 +17,7 @@ import numpy as np
 from .camera import gl_bytes, perspective
 from .glsl import program, set_uniform, write_uniform
 
-MAX_SHADOWED = 8  # lights of each type with shadows (the shader's light arrays hold 8)
+ATLAS_LIMIT = 4096  # texels along each side of the atlas at most: more lights, smaller tiles
 # Cube face bases (right, up, forward) in the order +X, -X, +Y, -Y, +Z, -Z, as in shadows.glsl.
 FACES = (((0, 0, -1), (0, 1, 0), (1, 0, 0)), ((0, 0, 1), (0, 1, 0), (-1, 0, 0)),
          ((1, 0, 0), (0, 0, -1), (0, 1, 0)), ((1, 0, 0), (0, 0, 1), (0, -1, 0)),
@@ -58,8 +58,11 @@ class ShadowMaps:
         self.radius = 1.0
 
     def _ensure(self, tiles: int) -> None:
+        limit = min(ATLAS_LIMIT, int(self.ctx.info.get("GL_MAX_TEXTURE_SIZE", ATLAS_LIMIT)))
         tile = 512 if tiles <= 12 else 256
-        cols = min(tiles, 6)
+        cols = min(tiles, max(6, math.ceil(math.sqrt(tiles))))
+        while tile > 16 and max(cols, math.ceil(tiles / cols)) * tile > limit:
+            tile //= 2
         grid = (cols, math.ceil(tiles / cols))
         size = (grid[0] * tile, grid[1] * tile)
         if self.atlas is not None and self.atlas.size == size:
@@ -73,21 +76,18 @@ class ShadowMaps:
         self.fbo = self.ctx.framebuffer(color_attachments=[self.atlas], depth_attachment=self.depth)
         self.grid, self.tile = grid, tile
 
-    def update(self, state, meshes: dict) -> bool:
+    def update(self, state, meshes: dict, lights) -> bool:
         """Redraw the maps if geometry or lights changed; False when shadows are off or no light
-        casts any. `meshes`: name -> the viewport's mesh buffers (world positions uploaded)."""
+        casts any. `meshes`: name -> the viewport's mesh buffers (world positions uploaded); `lights`:
+        the `lights.PackedLights` the mesh program shades with (every light casts shadows)."""
         sc = state.scene
         if not sc.render.shadows or sc.render.mode == "soft":
             return False
-        points = list(sc.point_lights)[:MAX_SHADOWED]
-        dirs = list(sc.directional_lights)[:MAX_SHADOWED]
-        tiles = 6 * len(points) + len(dirs)
+        tiles = 6 * lights.num_point + lights.num_directional
         if tiles == 0:
             return False
-        v = state.values
         geo = [id(m.world) for m in meshes.values()]
-        light_vals = [v[f"lights.{n}.position"] for n in points] + [v[f"lights.{n}.direction"] for n in dirs]
-        key = (tuple(geo), tuple(np.asarray(x, np.float32).tobytes() for x in light_vals))
+        key = (tuple(geo), lights.point_position.tobytes(), lights.dir_direction.tobytes())
         if key == self._key:
             return True
         self._key = key
@@ -104,8 +104,7 @@ class ShadowMaps:
         proj = perspective(90.0, 1.0, near, far)
         tile = 0
         set_uniform(self.prog, "u_directional", 0)
-        for name in points:
-            pos = np.asarray(v[f"lights.{name}.position"], np.float64)
+        for pos in np.asarray(lights.point_position, np.float64):
             set_uniform(self.prog, "u_origin", tuple(float(x) for x in pos))
             for right, up, fwd in FACES:
                 self._draw_tile(tile, proj @ _view(right, up, fwd, pos), meshes)
@@ -115,8 +114,8 @@ class ShadowMaps:
         r = self.radius
         ortho = np.diag([1.0 / r, 1.0 / r, -1.0 / r, 1.0])
         ortho[2, 3] = -1.0  # camera z in [-2r, 0] (the sphere, entered at z = 0) -> ndc [1, -1]
-        for name in dirs:
-            right, up, fwd = directional_basis(v[f"lights.{name}.direction"])
+        for direction in lights.dir_direction:
+            right, up, fwd = directional_basis(direction)
             set_uniform(self.prog, "u_direction", tuple(float(x) for x in fwd))
             # the light camera sits at the sphere's entry point, looking along the travel direction
             self._draw_tile(tile, ortho @ _view(right, up, fwd, self.center - fwd * r), meshes)

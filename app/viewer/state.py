@@ -8,30 +8,66 @@ touches Warp arrays or waits for a step; `pull()` only swaps in the engine's lat
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
-from drstudio.renderer.optim.engine import Snapshot
+from drstudio.renderer.optim import commands
+from drstudio.renderer.optim.engine import EngineBusy, Snapshot
+from drstudio.renderer.params import Entry, Group, Kind, ParamPath, ParamTable, param_path
 
 from .camera import OrbitCamera, project
 from .field_layer import FieldViewSettings
 from .overlays import OverlaySettings
 
-GROUPS = ("meshes", "materials", "lights", "cameras")
-TEXTURE_KINDS = ("albedo", "roughness", "metallic")
+log = logging.getLogger("drstudio.viewer")
+
+CommandLike = commands.Command | type[commands.Command] | str
+GROUPS = tuple(g for g in Group if g is not Group.FIELDS)  # the Scene panel's groups (fields: Overlays)
+TEXTURES = tuple(k for k in Kind if k.is_texture)  # albedo, roughness, metallic: the GL texture units' order
 
 
 @dataclass(frozen=True)
 class ParamInfo:
-    path: str
-    kind: str
-    shape: tuple
-    group: str  # meshes, materials, lights, cameras
-    owner: str  # the item's name, e.g. "key" for lights.key.position
-    optimizable: bool  # listed in the scene's optimize.parameters (can be made free)
+    """A parameter as the viewer lists it: its entry of the scene's parameter table, and whether the
+    scene's optimize.parameters lists it (it can be made free)."""
+
+    entry: Entry
+    optimizable: bool
+
+    @property
+    def path(self) -> ParamPath:
+        return self.entry.path
+
+    @property
+    def kind(self) -> Kind:
+        return self.entry.kind
+
+    @property
+    def shape(self) -> tuple:
+        return self.entry.shape
+
+    @property
+    def group(self) -> Group:
+        return self.entry.group
+
+    @property
+    def owner(self) -> str:
+        return self.entry.owner  # the element's name, e.g. "key" for lights.key.position
+
+    @property
+    def name(self) -> str:
+        return self.entry.name  # the leaf, e.g. "position"
+
+
+def param_infos(scene, optimizable) -> dict[ParamPath, ParamInfo]:
+    """Every parameter of `scene` in the table's order; `optimizable`: the paths that can be made free."""
+    optimizable = set(optimizable)
+    return {e.path: ParamInfo(e, e.path in optimizable) for e in ParamTable.from_scene(scene).entries()}
 
 
 @dataclass
@@ -53,17 +89,18 @@ class Throttle:
     command per key every `interval` seconds, and the last value is always delivered (`flush`)."""
 
     def __init__(self):
-        self._pending: dict[str, tuple[str, tuple, float]] = {}
-        self._last: dict[str, float] = {}
+        self._pending: dict[Hashable, tuple[commands.Command, float]] = {}
+        self._last: dict[Hashable, float] = {}
 
-    def push(self, key: str, kind: str, args: tuple, interval: float) -> None:
-        self._pending[key] = (kind, args, interval)
+    def push(self, key: Hashable, command: commands.Command, interval: float) -> None:
+        self._pending[key] = (command, interval)
 
-    def due(self, now: float, force: bool = False) -> list[tuple[str, tuple]]:
+    def due(self, now: float, force: bool = False) -> list[tuple[Hashable, commands.Command]]:
+        """(key, command) of every pending command whose interval has passed (all with `force`)."""
         out = []
-        for key, (kind, args, interval) in list(self._pending.items()):
+        for key, (command, interval) in list(self._pending.items()):
             if force or now - self._last.get(key, -math.inf) >= interval:
-                out.append((kind, args))
+                out.append((key, command))
                 self._last[key] = now
                 del self._pending[key]
         return out
@@ -71,12 +108,12 @@ class Throttle:
     def pending(self) -> bool:
         return bool(self._pending)
 
-    def flush_key(self, key: str) -> list[tuple[str, tuple]]:
+    def flush_key(self, key: Hashable) -> list[commands.Command]:
         item = self._pending.pop(key, None)
         if item is None:
             return []
         self._last[key] = time.monotonic()
-        return [(item[0], item[1])]
+        return [item[0]]
 
 
 class AppState:
@@ -87,7 +124,9 @@ class AppState:
                  lrs: dict, weights: dict, views: list, steps: int, thumbnails: dict):
         self.scene = scene  # topology and names (values in it are not kept current)
         self.engine = engine
-        self.params: dict[str, ParamInfo] = params
+        self.params: dict[ParamPath, ParamInfo] = params
+        self.table = ParamTable(info.entry for info in params.values())  # the scene's parameters (paths, kinds)
+        self._texture_paths: dict[str, dict[Kind, ParamPath]] = {}
         self.values: dict[str, np.ndarray] = values  # latest known value of every parameter
         self.targets: dict[str, np.ndarray] = targets  # the target scene's values, as last sent
         self.initial: dict[str, np.ndarray] = initial  # optimizable parameters after `reset`
@@ -112,7 +151,8 @@ class AppState:
         self.step_count = 1  # the Optimizer panel's "Step n"
         self.inspector_rows: dict[str, int] = {}  # per-vertex editors: the row being edited
 
-        self.sent: list[tuple[str, tuple]] = []  # every command sent, in order (log and tests)
+        self.sent: list[commands.Command] = []  # every command queued, in order (log and tests)
+        self.send_error = ""  # the last command the engine would not take (bad arguments, queue full)
         self.version = 0  # bumps with every local edit of values or targets (redraw keys)
         self.throttle = Throttle()
         self.frame = 0
@@ -139,7 +179,7 @@ class AppState:
 
         # Replay mode (app/viewer/replay_mode.py sets these; the live viewer keeps the defaults).
         self.read_only = False  # True: commands are refused (kept in `refused`), editing widgets disabled
-        self.refused: list[tuple[str, tuple]] = []  # commands dropped because the state is read-only
+        self.refused: list[commands.Command] = []  # commands dropped because the state is read-only
         self.history_start = 0  # timeline position of index 0 of `snapshot.history` (the plots' x)
         self.plot_span: tuple[int, int] | None = None  # fixed x-range of the plots; None: fit the data
         self.plot_marks: tuple[int, ...] = ()  # x positions marked on the plots (user edits)
@@ -147,13 +187,8 @@ class AppState:
     @classmethod
     def from_problem(cls, problem, engine) -> AppState:
         scene = problem.scene
-        ds = problem.ds
-        params = {}
-        for path, p in scene.params().items():
-            group, owner = path.split(".")[:2]
-            params[path] = ParamInfo(path, p.kind, tuple(p.value.shape), group, owner,
-                                     path in problem.param_specs)
-        values = {path: ds.get(path) for path in params}
+        params = param_infos(scene, problem.param_specs)
+        values = {path: problem.ds.get(path) for path in params}
         thumbnails = {}
         for cam in problem.views:
             try:
@@ -167,54 +202,91 @@ class AppState:
                    steps=int(problem.steps), thumbnails=thumbnails)
 
     # -- commands -----------------------------------------------------------------------------------
-    def send(self, kind: str, *args) -> None:
-        """Queue a command for the engine (applied between steps, in order). Read-only: refused."""
-        if self.read_only:
-            self.refused.append((kind, args))
-            return
-        self.engine.send(kind, *args)
-        self.sent.append((kind, args))
-        self.version += 1
-        if kind == "set_value":
-            self.values[args[0]] = np.array(args[1], np.float32)
-        elif kind == "set_target_value":
-            self.targets[args[0]] = np.array(args[1], np.float32)
-            self.stale_thumbnails = set(self.views)
-        elif kind == "set_free":
-            (self.free.add if args[1] else self.free.discard)(args[0])
-        elif kind == "set_lr":
-            self.lrs[args[0]] = float(args[1])
-        elif kind == "set_loss_weight":
-            self.weights[args[0]] = float(args[1])
-        elif kind == "set_steps":
-            self.steps = int(args[0])
-        elif kind == "set_active_view":
-            self.active_view = args[0]
-        elif kind == "reset":
-            for path, value in self.initial.items():
-                self.values[path] = value.copy()
-            self.error_history.clear()
+    def command(self, command: CommandLike, *args) -> commands.Command | None:
+        """The command to send: `command` itself, or a command class (`commands.SetLr`) or kind
+        (`"set_lr"`) with its arguments (`commands.make`). None, with the message in `send_error`, when the
+        arguments are bad."""
+        if isinstance(command, commands.Command):
+            if args:
+                raise TypeError("command: pass a Command, or a command class or kind and its arguments")
+            return command
+        kind = command.kind if isinstance(command, type) and issubclass(command, commands.Command) else command
+        try:
+            return commands.make(kind, *args)
+        except commands.CommandError as exc:
+            self._show_refusal(exc)
+            return None
 
-    def send_throttled(self, key: str, kind: str, *args, interval: float = 0.1) -> None:
+    def send(self, command: CommandLike, *args) -> commands.Command | None:
+        """Queue a command for the engine (applied between steps, in order) and show its effect at once
+        (`Command.mirror`). A `Command`, or a command class or kind and its arguments
+        (`send(commands.SetLr, path, 0.01)`, `send("set_lr", path, 0.01)`).
+        Returns the command queued, or None: read-only (kept in `refused`), or refused by `Engine.send`
+        (bad arguments, queue full: the message is in `send_error`, shown with the engine's errors)."""
+        cmd = self.command(command, *args)
+        if cmd is None:
+            return None
+        if self.read_only:
+            self.refused.append(cmd)
+            return None
+        try:
+            self._deliver(cmd)
+        except commands.CommandError as exc:  # engine.EngineBusy too
+            self._show_refusal(exc)
+            return None
+        return cmd
+
+    def _deliver(self, cmd: commands.Command) -> None:
+        self.engine.send(cmd)
+        self.sent.append(cmd)
+        self.version += 1
+        if isinstance(cmd, (commands.Start, commands.Reset)):
+            self.send_error = ""  # as the engine's own error: shown until the next start or reset
+        cmd.mirror(self)
+        if isinstance(cmd, commands.SetTargetValue):
+            self.stale_thumbnails = set(self.views)  # until the engine publishes the new targets
+
+    def _show_refusal(self, exc: Exception) -> None:
+        self.send_error = f"command refused: {exc}"
+        log.warning("%s", self.send_error)
+
+    def send_throttled(self, key: Hashable, command: CommandLike, *args, interval: float = 0.1) -> None:
         """For values edited continuously (drags): the latest value goes out at most every `interval`
-        seconds; call `release(key)` when the drag ends so the final value is sent."""
-        if self.read_only:
-            self.refused.append((kind, args))
+        seconds; call `release(key)` when the drag ends so the final value is sent. The local values
+        follow every call."""
+        cmd = self.command(command, *args)
+        if cmd is None:
             return
-        self.throttle.push(key, kind, args, interval)
+        if self.read_only:
+            self.refused.append(cmd)
+            return
+        self.throttle.push(key, cmd, interval)
         self.version += 1
-        if kind == "set_value":
-            self.values[args[0]] = np.array(args[1], np.float32)
-        elif kind == "set_target_value":
-            self.targets[args[0]] = np.array(args[1], np.float32)
+        cmd.mirror(self)
 
-    def release(self, key: str) -> None:
-        for kind, args in self.throttle.flush_key(key):
-            self.send(kind, *args)
+    def release(self, key: Hashable) -> None:
+        for cmd in self.throttle.flush_key(key):
+            self._send_pending(key, cmd)
 
     def flush(self, force: bool = False) -> None:
-        for kind, args in self.throttle.due(time.monotonic(), force):
-            self.send(kind, *args)
+        for key, cmd in self.throttle.due(time.monotonic(), force):
+            self._send_pending(key, cmd)
+
+    def _send_pending(self, key: Hashable, cmd: commands.Command) -> None:
+        try:
+            self._deliver(cmd)
+        except EngineBusy as exc:  # the latest value of a drag is not lost: retried at the next flush
+            self._show_refusal(exc)
+            self.throttle.push(key, cmd, 0.0)
+        except commands.CommandError as exc:
+            self._show_refusal(exc)
+
+    def reset_values(self) -> None:
+        """What `reset` does to the local copy (`commands.Reset.mirror`): the optimizable parameters back to
+        their initial values, the error plots cleared."""
+        for path, value in self.initial.items():
+            self.values[path] = value.copy()
+        self.error_history.clear()
 
     # -- engine state -------------------------------------------------------------------------------
     def pull(self) -> bool:
@@ -259,14 +331,22 @@ class AppState:
             self.fps = 1.0 / dt if self.fps == 0.0 else 0.95 * self.fps + 0.05 / dt
 
     # -- helpers ------------------------------------------------------------------------------------
-    def items(self, group: str) -> list[str]:
-        if group == "lights":
+    def items(self, group: Group | str) -> list[str]:
+        if group == Group.LIGHTS:
             sc = self.scene
             return [*sc.point_lights, *sc.directional_lights, *sc.ambient_lights]
         return list(getattr(self.scene, group))
 
-    def item_params(self, group: str, name: str) -> list[ParamInfo]:
-        return [p for p in self.params.values() if p.group == group and p.owner == name]
+    def item_params(self, group: Group | str, name: str) -> list[ParamInfo]:
+        return [self.params[path] for path in self.table.of_element(group, name)]
+
+    def texture_paths(self, material: str) -> dict[Kind, ParamPath]:
+        """The paths of material `material`'s textures, by kind (in `TEXTURES` order)."""
+        paths = self._texture_paths.get(material)
+        if paths is None:
+            found = {e.kind: e.path for e in self.table.select(group=Group.MATERIALS, owner=material)}
+            paths = self._texture_paths[material] = {k: found[k] for k in TEXTURES}
+        return paths
 
     def light_type(self, name: str) -> str:
         sc = self.scene
@@ -285,7 +365,7 @@ class AppState:
         if not pts and getattr(self.scene, "fields", None):  # a field-only scene: the fields' boxes
             pts = [np.asarray(f.aabb, np.float32).reshape(2, 3) for f in self.scene.fields.values()]
         if with_lights:
-            pts += [np.asarray(v[f"lights.{n}.position"], np.float32).reshape(1, 3)
+            pts += [np.asarray(v[param_path(Group.LIGHTS, n, "position")], np.float32).reshape(1, 3)
                     for n in self.scene.point_lights for v in (self.values, self.targets)]
         pts = np.concatenate(pts) if pts else np.zeros((1, 3))
         lo, hi = pts.min(axis=0), pts.max(axis=0)

@@ -17,6 +17,7 @@ import time
 import moderngl
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer.params import Group, Kind, ParamPath, camera_intrinsics, camera_pose, param_path
 from imgui_bundle import imgui, imguizmo
 
 from . import geometry, gizmos
@@ -24,16 +25,17 @@ from .camera import gl_bytes, intrinsics_projection, pose_view
 from .field_layer import FieldLayer
 from .field_preview import LADDER, PreviewRequest
 from .glsl import program, set_uniform, write_uniform
+from .lights import PackedLights, pack_lights
 from .overlays import arrow_lines, auto_vmax, draw_legend, magnitudes
 from .shadows import ShadowMaps
-from .state import AppState
+from .state import TEXTURES, AppState
 from .uploads import Uploader
 
-MAX_LIGHTS = 8
 CURRENT_COLOR = (0.25, 0.85, 1.0, 1.0)  # markers of the optimized scene
 TARGET_COLOR = (1.0, 0.6, 0.15, 1.0)  # markers of the target scene
 ARROW_COLOR = (1.0, 0.25, 0.3, 1.0)  # -gradient arrows of lights and cameras
 MOVING_SCALE = 0.5  # resolution while the camera moves
+HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT, LIGHTS_UNIT = 3, 4, 5, 6  # texture units of the mesh program (0-2: TEXTURES)
 SNAPSHOT_REDRAW_FPS = 5.0  # new optimizer values redraw the 3D view at most this often (input: always)
 
 gizmo = imguizmo.im_guizmo
@@ -68,8 +70,13 @@ class Viewport:
         self.colormap = colormap
         self.mesh_prog = program(ctx, "mesh.vert", "mesh.frag")
         self.line_prog = program(ctx, "lines.vert", "lines.frag")
-        for i, name in enumerate(("u_albedo", "u_roughness", "u_metallic", "u_heat_texture", "u_colormap")):
-            set_uniform(self.mesh_prog, name, i)
+        for unit, kind in enumerate(TEXTURES):  # units 0-2
+            set_uniform(self.mesh_prog, f"u_{kind.value}", unit)
+        set_uniform(self.mesh_prog, "u_heat_texture", HEAT_UNIT)
+        set_uniform(self.mesh_prog, "u_colormap", COLORMAP_UNIT)
+        set_uniform(self.mesh_prog, "u_lights", LIGHTS_UNIT)
+        self.light_texture: moderngl.Texture | None = None
+        self.lights: PackedLights | None = None  # as last uploaded
         self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
         self.shadows = ShadowMaps(ctx)
         self._shadows_on = False
@@ -97,8 +104,8 @@ class Viewport:
         cams = list(state.scene.cameras.values())
         if cams:  # start where the first view looks from, nerfstudio-style
             c = cams[0]
-            state.camera.look_through(state.values[f"cameras.{c.name}.pose"],
-                                      state.values[f"cameras.{c.name}.intrinsics"], c.height, center)
+            state.camera.look_through(state.values[camera_pose(c.name)], state.values[camera_intrinsics(c.name)],
+                                      c.height, center)
         else:
             state.camera.frame(center, radius)
 
@@ -108,33 +115,31 @@ class Viewport:
         values, snap = state.values, state.snapshot
         for name, mesh in state.scene.meshes.items():
             g = self.meshes[name]
-            p = f"meshes.{name}"
-            geo = [values[f"{p}.{k}"] for k in ("vertices", "translation", "rotation", "scale")]
+            geo = geometry.mesh_values(values, name)
             if any(g.sources.get(k) is not v for k, v in zip(("v", "t", "r", "s"), geo)):
                 g.world = geometry.transform(*geo)
                 normals = geometry.vertex_normals(g.world, mesh.faces)
                 g.pos_nrm.write(np.ascontiguousarray(np.concatenate([g.world, normals], axis=1), np.float32))
                 g.sources.update(zip(("v", "t", "r", "s"), geo))
             for key, buf in (("uvs", g.uv), ("colors", g.color)):
-                val = values[f"{p}.{key}"]
+                val = values[param_path(Group.MESHES, name, key)]
                 if g.sources.get(key) is not val:
                     buf.write(np.ascontiguousarray(val, np.float32))
                     g.sources[key] = val
-            heat = snap.vertex_grads.get(f"{p}.vertices") if state.overlays.on("geometry") else None
+            heat = snap.vertex_grads.get(param_path(Group.MESHES, name, "vertices")) \
+                if state.overlays.on("geometry") else None
             if g.heat_source is not heat:
                 g.heat.write(magnitudes(heat).astype(np.float32) if heat is not None
                              else np.zeros(len(mesh.vertices), np.float32))
                 g.heat_source = heat
         for mat in state.scene.materials.values():
-            for prop in ("albedo", "roughness", "metallic"):
-                path = f"materials.{mat.name}.{prop}"
+            for path in state.texture_paths(mat.name).values():
                 val = values[path]
                 if self._textures.get(path) is not val:
                     self.uploader.upload(path, val, mipmaps=state.scene.render.mipmaps,
                                          repeat=mat.wrap == "wrap")
                     self._textures[path] = val
-            path = f"materials.{mat.name}.{state.overlays.texture_property}"
-            grad = snap.texture_grads.get(path)
+            grad = snap.texture_grads.get(state.texture_paths(mat.name)[state.overlays.texture_property])
             if grad is not None and self._heat_textures.get(mat.name) is not grad:
                 self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
                 self._heat_textures[mat.name] = grad
@@ -146,7 +151,7 @@ class Viewport:
                 "image": auto_vmax([magnitudes(snap.grad_image)] if snap.grad_image is not None else []),
                 "texture": auto_vmax([magnitudes(g) for g in snap.texture_grads.values()]),
                 "geometry": auto_vmax([magnitudes(g) for g in snap.vertex_grads.values()]),
-                "params": auto_vmax([np.linalg.norm(_param_arrow_vector(path, g))
+                "params": auto_vmax([np.linalg.norm(param_arrow_vector(state, path, g))
                                      for path, g in snap.param_grads.items()]),
             }
 
@@ -155,28 +160,25 @@ class Viewport:
         return self.vmax.get(overlay, 1.0) if ov.auto_scale else float(ov.vmax[overlay])
 
     def _lights(self, state: AppState, prog: moderngl.Program) -> None:
-        sc, v = state.scene, state.values
-        pl = list(sc.point_lights)[:MAX_LIGHTS]
-        dl = list(sc.directional_lights)[:MAX_LIGHTS]
+        """Set `prog`'s light uniforms and bind the light texture (the lights `_pack_lights` packed last)."""
+        lights = self.lights if self.lights is not None else self._pack_lights(state)
+        set_uniform(prog, "u_num_point", lights.num_point)
+        set_uniform(prog, "u_num_dir", lights.num_directional)
+        set_uniform(prog, "u_ambient", tuple(float(x) for x in lights.ambient))
+        self.light_texture.use(LIGHTS_UNIT)
 
-        def pack(rows, width):
-            a = np.zeros((MAX_LIGHTS, width), np.float32)
-            if rows:
-                a[:len(rows)] = np.asarray(rows, np.float32).reshape(len(rows), width)
-            return a.tobytes()
-
-        set_uniform(prog, "u_num_point", len(pl))
-        write_uniform(prog, "u_point_position", pack([v[f"lights.{n}.position"] for n in pl], 3))
-        write_uniform(prog, "u_point_color", pack([v[f"lights.{n}.color"] for n in pl], 3))
-        write_uniform(prog, "u_point_intensity", pack([v[f"lights.{n}.intensity"][:1] for n in pl], 1))
-        set_uniform(prog, "u_num_dir", len(dl))
-        write_uniform(prog, "u_dir_direction", pack([v[f"lights.{n}.direction"] for n in dl], 3))
-        write_uniform(prog, "u_dir_color", pack([v[f"lights.{n}.color"] for n in dl], 3))
-        write_uniform(prog, "u_dir_intensity", pack([v[f"lights.{n}.intensity"][:1] for n in dl], 1))
-        ambient = np.zeros(3, np.float32)
-        for n in sc.ambient_lights:
-            ambient += v[f"lights.{n}.color"]
-        set_uniform(prog, "u_ambient", tuple(float(x) for x in ambient))
+    def _pack_lights(self, state: AppState) -> PackedLights:
+        """The lights of the current values, uploaded to the light texture (shaders/shading.glsl)."""
+        self.lights = lights = pack_lights(state.scene, state.values)
+        texels = lights.texels()
+        size = (texels.shape[1], texels.shape[0])
+        if self.light_texture is None or self.light_texture.size != size:
+            if self.light_texture is not None:
+                self.light_texture.release()
+            self.light_texture = self.ctx.texture(size, 4, dtype="f4")
+            self.light_texture.filter = (moderngl.NEAREST, moderngl.NEAREST)
+        self.light_texture.write(texels.tobytes())
+        return lights
 
     # -- drawing ----------------------------------------------------------------------------------
     def _ensure_target(self, width: int, height: int) -> None:
@@ -199,7 +201,7 @@ class Viewport:
     def draw_meshes(self, state: AppState, view_proj: np.ndarray, eye, *, linear: bool = False,
                     overlays: bool = True) -> None:
         prog = self.mesh_prog
-        self.shadows.bind(prog, 5, self._shadows_on)
+        self.shadows.bind(prog, SHADOW_UNIT, self._shadows_on)
         set_uniform(prog, "u_gouraud", int(state.scene.render.mode == "soft"))
         write_uniform(prog, "u_view_proj", gl_bytes(view_proj))
         set_uniform(prog, "u_eye", tuple(float(x) for x in eye))
@@ -208,21 +210,23 @@ class Viewport:
         ov = state.overlays
         set_uniform(prog, "u_heat_log", int(ov.log_scale))
         set_uniform(prog, "u_heat_opacity", float(ov.opacity))
-        self.colormap.use(4)
+        self.colormap.use(COLORMAP_UNIT)
         sc = state.scene
         for name, mesh in sc.meshes.items():
             mat = sc.materials[mesh.material]
-            for unit, prop in enumerate(("albedo", "roughness", "metallic")):
-                self.uploader.textures[f"materials.{mat.name}.{prop}"].use(unit)
+            textures = state.texture_paths(mat.name)
+            for unit, kind in enumerate(TEXTURES):
+                self.uploader.textures[textures[kind]].use(unit)
             set_uniform(prog, "u_model", 0 if mat.model == "lambert" else 1)
             mode = 0
             heat_tex = self.uploader.textures.get(f"heat.{mat.name}")
-            tex_path = f"materials.{mat.name}.{ov.texture_property}"
+            tex_path = textures[ov.texture_property]
             if overlays and ov.on("texture") and heat_tex is not None and tex_path in state.snapshot.texture_grads:
                 mode = 1
-                heat_tex.use(3)
+                heat_tex.use(HEAT_UNIT)
                 set_uniform(prog, "u_heat_max", self.scale_for(state, "texture"))
-            elif overlays and ov.on("geometry") and f"meshes.{name}.vertices" in state.snapshot.vertex_grads:
+            elif (overlays and ov.on("geometry")
+                  and param_path(Group.MESHES, name, "vertices") in state.snapshot.vertex_grads):
                 mode = 2
                 set_uniform(prog, "u_heat_max", self.scale_for(state, "geometry"))
             set_uniform(prog, "u_overlay", mode)
@@ -254,7 +258,8 @@ class Viewport:
         self.redraws += 1
         self.drawn = (w, h)
         ctx = self.ctx
-        self._shadows_on = self.shadows.update(state, self.meshes)  # uses its own framebuffer
+        lights = self._pack_lights(state)
+        self._shadows_on = self.shadows.update(state, self.meshes, lights)  # uses its own framebuffer
         self.fbo.use()
         ctx.viewport = (0, 0, w, h)
         bg = np.asarray(state.scene.background, np.float32)
@@ -291,7 +296,7 @@ class Viewport:
         depth = ctx.depth_renderbuffer((width, height))
         fbo = ctx.framebuffer(color_attachments=[color], depth_attachment=depth)
         try:
-            self._shadows_on = self.shadows.update(state, self.meshes)
+            self._shadows_on = self.shadows.update(state, self.meshes, self._pack_lights(state))
             fbo.use()
             ctx.viewport = (0, 0, width, height)
             bg = np.asarray(state.scene.background, np.float32)
@@ -323,33 +328,34 @@ class Viewport:
             if not show:
                 continue
             for name in state.scene.point_lights:
-                parts.append(_star(values[f"lights.{name}.position"], radius * 0.06, color))
+                parts.append(_star(values[param_path(Group.LIGHTS, name, "position")], radius * 0.06, color))
             for name in state.scene.directional_lights:
-                d = cv.normalize(values[f"lights.{name}.direction"])
+                d = cv.normalize(values[param_path(Group.LIGHTS, name, "direction")])
                 start = center - d * radius * 1.6
                 parts.append(arrow_lines([start], [d * radius * 0.5], [color]))
             eye = state.camera.eye()
             for name, cam in state.scene.cameras.items():
-                if np.linalg.norm(values[f"cameras.{name}.pose"][:3] - eye) < radius * 0.05:
+                pose = values[camera_pose(name)]
+                if np.linalg.norm(pose[:3] - eye) < radius * 0.05:
                     continue  # looking through it
-                parts.append(_frustum(values[f"cameras.{name}.pose"], values[f"cameras.{name}.intrinsics"],
+                parts.append(_frustum(pose, values[camera_intrinsics(name)],
                                       cam.width, cam.height, radius * 0.25, color))
         occ = self.field.occupancy if self.field is not None and state.field_view.occupancy else None
         if occ is not None:  # the field's box around the occupancy points
             parts.append(_box(occ.aabb, (1.0, 0.85, 0.3, 0.6)))
         sel = state.selection
-        if sel and sel[0] == "meshes" and giz.show_targets:
+        if sel and sel[0] == Group.MESHES and giz.show_targets:
             parts.append(_target_wire(state, sel[1]))
         ov = state.overlays
         snap = state.snapshot
         if ov.on("geometry") and ov.arrows:
             vmax = self.scale_for(state, "geometry")
             for path, g in snap.vertex_grads.items():
-                name = path.split(".")[1]
+                name = ParamPath.parse(path).owner
                 mesh = self.meshes.get(name)
                 if mesh is None:
                     continue
-                t, r, s = (state.values[f"meshes.{name}.{k}"] for k in ("translation", "rotation", "scale"))
+                _, t, r, s = geometry.mesh_values(state.values, name)
                 # one descent step moves world points by R S (-g_object)
                 step = (-np.asarray(g, np.float64) * np.asarray(s)) @ geometry.rotation_matrix(r).T
                 mag = magnitudes(g)
@@ -371,12 +377,13 @@ class Viewport:
             anchor = param_anchor(state, path, center, radius)
             if anchor is None:
                 continue
-            vec = -_param_arrow_vector(path, g)
+            vec = -param_arrow_vector(state, path, g)
             n = float(np.linalg.norm(vec))
             if not np.isfinite(n) or n <= 0.0:
                 continue
             length = radius * 0.5 * min(1.0, n / max(vmax, 1e-30)) + radius * 0.05
-            out.append((anchor, vec / n * length, f"{path.split('.', 1)[1]}  |g| {n:.2e}"))
+            info = state.params[path]
+            out.append((anchor, vec / n * length, f"{info.owner} {info.name}  |g| {n:.2e}"))
         return out
 
     def _grid(self, state: AppState) -> np.ndarray:
@@ -410,6 +417,9 @@ class Viewport:
         self.line_vao.release()
         self.line_vbo.release()
         self.shadows.release()
+        if self.light_texture is not None:
+            self.light_texture.release()
+            self.light_texture = None
         self.mesh_prog.release()
         self.line_prog.release()
         self._release_target()
@@ -453,9 +463,7 @@ def _frustum(pose, intrinsics, width: int, height: int, depth: float, color) -> 
 
 def _target_wire(state: AppState, name: str) -> np.ndarray | None:
     """Edges of the target mesh `name` when its target transform differs from the current one."""
-    p = f"meshes.{name}"
-    keys = ("vertices", "translation", "rotation", "scale")
-    if all(np.allclose(state.targets[f"{p}.{k}"], state.values[f"{p}.{k}"], atol=1e-6) for k in keys):
+    if all(np.allclose(state.targets[p], state.values[p], atol=1e-6) for p in geometry.mesh_paths(name)):
         return None
     world = geometry.world_vertices(state, name, state.targets)
     f = state.scene.meshes[name].faces
@@ -464,28 +472,30 @@ def _target_wire(state: AppState, name: str) -> np.ndarray | None:
     return _lines(world[edges.reshape(-1)], color)
 
 
-def _param_arrow_vector(path: str, grad) -> np.ndarray:
-    """The 3-vector drawn for a parameter gradient: position and direction gradients as they are,
-    a camera pose's position part; others (colors, intensities, quaternions) have no arrow."""
+# the parameters whose gradient is drawn as an arrow: (group, kind) -> the size of their gradient (a camera
+# pose's arrow is its position part)
+ARROWS = {(Group.LIGHTS, Kind.POSITION): 3, (Group.LIGHTS, Kind.DIRECTION): 3, (Group.CAMERAS, Kind.POSE): 7}
+
+
+def param_arrow_vector(state: AppState, path: str, grad) -> np.ndarray:
+    """The 3-vector drawn for a parameter gradient: light position and direction gradients as they are,
+    a camera pose's position part; others (colors, intensities, quaternions) have no arrow (zeros)."""
     g = np.asarray(grad, np.float64).reshape(-1)
-    kind = path.rsplit(".", 1)[-1]
-    if path.startswith("lights.") and kind in ("position", "direction") and g.size == 3:
-        return g
-    if path.startswith("cameras.") and kind == "pose" and g.size == 7:
-        return g[:3]
-    return np.zeros(3)
+    info = state.params.get(path)
+    if info is None or ARROWS.get((info.group, info.kind)) != g.size:
+        return np.zeros(3)
+    return g[:3]
 
 
 def param_anchor(state: AppState, path: str, center, radius) -> np.ndarray | None:
     """Where a parameter's gradient arrow starts: the current light, the camera, or None."""
-    group, name, kind = path.split(".")[:3]
-    if group == "lights" and kind == "position":
-        return np.asarray(state.values[path], np.float64)
-    if group == "lights" and kind == "direction":
-        return center - cv.normalize(state.values[path]) * radius * 1.6
-    if group == "cameras" and kind == "pose":
-        return np.asarray(state.values[path][:3], np.float64)
-    return None
+    info = state.params.get(path)
+    if info is None or (info.group, info.kind) not in ARROWS:
+        return None
+    value = np.asarray(state.values[path], np.float64)
+    if info.kind is Kind.DIRECTION:  # a directional light: drawn outside the scene, pointing at it
+        return center - cv.normalize(value) * radius * 1.6
+    return value[:3]  # a light's position, a camera pose's position
 
 
 # -- the ImGui window ----------------------------------------------------------------------------
@@ -554,10 +564,10 @@ def _labels(state: AppState, draw_list) -> None:
     names, points = [], []
     for name in state.scene.point_lights:
         names.append(name)
-        points.append(state.values[f"lights.{name}.position"])
+        points.append(state.values[param_path(Group.LIGHTS, name, "position")])
     for name in state.scene.cameras:
         names.append(name)
-        points.append(state.values[f"cameras.{name}.pose"][:3])
+        points.append(state.values[camera_pose(name)][:3])
     if not points:
         return
     screen = state.project(np.asarray(points))
@@ -590,11 +600,11 @@ def _legends(state: AppState, vp: Viewport, draw_list, pos, width: int, height: 
     ov = state.overlays
     snap = state.snapshot
     has = {"texture": bool(snap.texture_grads), "geometry": bool(snap.vertex_grads),
-           "params": any(np.any(_param_arrow_vector(p, g)) for p, g in snap.param_grads.items())}
+           "params": any(np.any(param_arrow_vector(state, p, g)) for p, g in snap.param_grads.items())}
     shown = [name for name in ("texture", "geometry", "params") if ov.on(name) and has[name]]
     y = pos.y + height - 8
     for name in shown:
-        title = {"texture": f"|dL/d {ov.texture_property} texel|", "geometry": "|dL/d vertex|",
+        title = {"texture": f"|dL/d {ov.texture_property.value} texel|", "geometry": "|dL/d vertex|",
                  "params": "|dL/d light, camera| (arrows: -grad)"}[name]
         block = 16 + 2 * imgui.get_text_line_height() + 12
         y -= block
