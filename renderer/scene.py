@@ -3,8 +3,8 @@
 A `Scene` is what the loader (`renderer.loading.load_scene`) produces from a validated scene file.
 Code past the loader trusts it. Every differentiable value has one stable dotted path
 (`materials.body.albedo`, `lights.key.position`, `cameras.main.pose`, `meshes.bunny.vertices`,
-`fields.nerf.density`); the
-optimizer, the viewer, the recorder and the CLI all address values through `Scene.params()`.
+`fields.nerf.density`); the optimizer, the viewer, the recorder and the CLI all address values through
+the parameter table (`renderer.params.ParamTable`, built in `Scene.params()`'s order).
 
 Conventions (stated once, see `renderer.conventions`):
 - World and camera space follow OpenGL: +Y up, the camera looks down -Z, +X to the right.
