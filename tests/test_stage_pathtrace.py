@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
-from support.cornell import cornell_box
 from support.gradcheck import check_gradient, weighted_loss
 
+from benchmarks.cornell import cornell_box
 from drstudio.renderer.stages import pathtrace as pt
 from drstudio.renderer.stages.shading import Lights
 

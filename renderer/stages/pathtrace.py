@@ -46,7 +46,7 @@ import numpy as np
 import warp as wp
 
 from ..checks import check_array
-from .camera import camera_ray, check_camera, pose_position, pose_rotation, read_intrinsics
+from .camera import camera_ray, check_camera
 from .sampler import sample_1d
 from .shading import (
     ALPHA_MIN,
@@ -666,7 +666,7 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
                             wp.atomic_add(gr.point_intensity, j, wp.dot(gf, sc.point_color[j]) * cos_l / d2)
                         if _has(gr.want, _W_PPOS):
                             ge = wp.cw_mul(gb, sc.point_color[j]) * sc.point_intensity[j]
-                            # d/dP of f(l) cos / d^2 with l = (P - p) / d: d(n.to / d^3)/dP = n / d^3 - 3 (n.to) to / d^5
+                            # d/dP of f(l) cos / d^2, l = (P - p) / d: d(n.to / d^3)/dP = n / d^3 - 3 (n.to) to / d^5
                             dgeo = n / (d2 * dist) - to * (3.0 * wp.dot(n, to) / (d2 * d2 * dist))
                             gl = brdf_grad_l(n, wo, l, albedo, rough, metal, model, ge) * (cos_l / d2)
                             dpos = (gl - l * wp.dot(l, gl)) / dist + dgeo * wp.dot(ge, fr)

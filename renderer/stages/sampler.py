@@ -18,7 +18,6 @@ from numbers import Integral
 
 import warp as wp
 
-
 # As typed constants: Warp emits an inline literal such as wp.uint32(2891336453) through an int32
 # temporary (a C++ narrowing warning; the bits survive, but say what is meant).
 _PCG_MUL = wp.constant(wp.uint32(747796405))

@@ -1,4 +1,5 @@
-"""A Cornell box as NumPy arrays (quads split into triangles), for path-tracing tests and benchmarks.
+"""A Cornell box as NumPy arrays (quads split into triangles), for the path-tracing tests and
+`benchmarks/mitsuba_path.py`.
 
 The box spans [-1, 1]^3 with its front (z = +1) open; the camera sits on +Z looking down -Z (OpenGL).
 Walls: floor, ceiling and back white, left (x = -1) red, right (x = +1) green; a square area light just
