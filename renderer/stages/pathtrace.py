@@ -39,6 +39,7 @@ boundaries, and none w.r.t. geometry or the camera).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -156,6 +157,7 @@ class RenderSettings:
     max_depth: int
     rr_depth: int
     jitter: int
+    row0: int  # first image row of this launch (a band of rows per CPU thread)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -775,7 +777,8 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
 
 @wp.kernel(enable_backward=False)
 def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, out: wp.array2d(dtype=float)):
-    py, px = wp.tid()
+    band_row, px = wp.tid()
+    py = band_row + rs.row0
     acc = wp.vec3(0.0)
     for s in range(rs.spp):
         acc += trace_path(sc, rs, px, py, s, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
@@ -788,7 +791,8 @@ def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, out: wp.a
 
 @wp.kernel(enable_backward=False)
 def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(dtype=float), gr: GradArrays):
-    py, px = wp.tid()
+    band_row, px = wp.tid()
+    py = band_row + rs.row0
     i = py * rs.width + px
     dl = wp.vec3(grad_image[i, 0], grad_image[i, 1], grad_image[i, 2]) / float(rs.spp)
     if dl[0] == 0.0 and dl[1] == 0.0 and dl[2] == 0.0:
@@ -1063,10 +1067,12 @@ def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, j
     rs.max_depth = int(max_depth)
     rs.rr_depth = int(rr_depth)
     rs.jitter = int(jitter)
+    rs.row0 = 0
     return rs
 
 
-def _grad_arrays(scene: PathScene, want: int) -> GradArrays:
+def _grad_arrays(scene: PathScene, want: int, grads: dict | None = None) -> GradArrays:
+    """The adjoint's targets: the parameters' .grad, or the arrays in `grads` (by name) instead."""
     dev = scene.device
     g = GradArrays()
     g.want = want
@@ -1075,7 +1081,9 @@ def _grad_arrays(scene: PathScene, want: int) -> GradArrays:
     params = scene.parameters()
 
     def grad(name, empty):
-        return params[name].grad if want & _WANT_BITS[name] else empty
+        if not want & _WANT_BITS[name]:
+            return empty
+        return grads[name] if grads is not None else params[name].grad
 
     g.albedo, g.roughness, g.metallic = grad("albedo", e1), grad("roughness", e1), grad("metallic", e1)
     g.emission = grad("emission", e1)
@@ -1087,8 +1095,64 @@ def _grad_arrays(scene: PathScene, want: int) -> GradArrays:
     return g
 
 
+@wp.kernel(enable_backward=False)
+def _add_into(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
+    i = wp.tid()
+    dst[i] = dst[i] + src[i]
+
+
+def _floats(a: wp.array) -> wp.array:
+    """A contiguous array viewed as flat floats (no copy; keep `a` alive meanwhile)."""
+    return wp.array(ptr=a.ptr, dtype=float, shape=(a.capacity // 4,), device=a.device)
+
+
+def _check_threads(threads) -> int:
+    if not isinstance(threads, Integral) or isinstance(threads, bool) or threads < 1:
+        raise ValueError(f"threads: expected an int >= 1, got {threads!r}")
+    return int(threads)
+
+
+def _run_bands(dev, height: int, threads: int, launch) -> None:
+    """launch(k, row0, rows) for `threads` bands of rows (one band on a GPU). Warp runs a CPU launch on one
+    core and releases the GIL meanwhile, so bands launched from separate threads run on separate cores."""
+    n = threads if dev.is_cpu else 1
+    n = max(1, min(n, height))
+    edges = [height * k // n for k in range(n + 1)]
+    bands = [(k, edges[k], edges[k + 1] - edges[k]) for k in range(n)]
+    if n == 1:
+        launch(*bands[0])
+        return
+    # compile before the threads start, so they do not race to build the module
+    wp.load_module(module=__name__, device=dev)
+    errors = []
+
+    def run(k, row0, rows):
+        try:
+            launch(k, row0, rows)
+        except BaseException as e:  # re-raised on the caller's thread below
+            errors.append(e)
+
+    workers = [threading.Thread(target=run, args=b) for b in bands[1:]]
+    for t in workers:
+        t.start()
+    run(*bands[0])
+    for t in workers:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def _band(rs: RenderSettings, row0: int) -> RenderSettings:
+    b = RenderSettings()
+    for name in ("intrinsics", "position", "rotation", "width", "spp", "seed", "max_depth", "rr_depth", "jitter"):
+        setattr(b, name, getattr(rs, name))
+    b.row0 = int(row0)
+    return b
+
+
 def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: int, height: int, *, spp: int = 16,
-                seed: int = 0, max_depth: int = 4, rr_depth: int = 5, jitter: bool = True) -> wp.array:
+                seed: int = 0, max_depth: int = 4, rr_depth: int = 5, jitter: bool = True,
+                threads: int = 1) -> wp.array:
     """Path-traced image of `scene` (see the module docstring for the light transport).
 
     Args:
@@ -1103,6 +1167,8 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
         max_depth: scattering events per path (0: emitters and environment seen directly; 1: direct light).
         rr_depth: Russian roulette from this depth on (>= max_depth: never).
         jitter: sample uniformly inside each pixel (True) or at its center (False).
+        threads: on the CPU, render this many bands of rows on as many threads (the image is the same:
+            each pixel's random numbers depend on the pixel only); ignored on a GPU.
 
     Returns:
         float32 array2d (N, 3), N = height * width, linear RGB radiance, row-major from the top row.
@@ -1117,14 +1183,19 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     check_array("intrinsics", intrinsics, wp.float32, (4,), dev)
     want = [k for k, a in scene.parameters().items() if a.requires_grad and a.size > 0]
     out = wp.zeros((int(width) * int(height), 3), dtype=float, device=dev, requires_grad=bool(want))
-    sc = scene.arrays()
-    wp.launch(render_kernel, dim=(int(height), int(width)), inputs=[sc, rs, _grad_arrays(scene, 0)],
-              outputs=[out], device=dev, record_tape=False)
+    threads = _check_threads(threads)
+    sc, no_grads = scene.arrays(), _grad_arrays(scene, 0)
+
+    def launch(k, row0, rows):
+        wp.launch(render_kernel, dim=(rows, int(width)), inputs=[sc, _band(rs, row0), no_grads], outputs=[out],
+                  device=dev, record_tape=False)
+
+    _run_bands(dev, int(height), threads, launch)
     tape = wp._src.context.runtime.tape
     if want and tape is not None:
         def backward():
             render_path_backward(scene, out.grad, intrinsics, pose, width, height, spp=spp, seed=seed,
-                                 max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=want)
+                                 max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=want, threads=threads)
 
         tape.record_func(backward, [out, *[scene.parameters()[k] for k in want]])
     return out
@@ -1132,7 +1203,7 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
 
 def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
                          height: int, *, spp: int = 16, seed: int = 0, max_depth: int = 4, rr_depth: int = 5,
-                         jitter: bool = True, wrt=None) -> None:
+                         jitter: bool = True, wrt=None, threads: int = 1) -> None:
     """Path replay backpropagation of `render_path` with the same arguments: ADDS
     sum_pixels grad_image . d(image)/d(theta) into `.grad` of each parameter array theta named in `wrt`.
 
@@ -1143,12 +1214,16 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
         wrt: names from `PathScene.parameters()` (albedo, roughness, metallic, emission, env,
             point_position, point_color, point_intensity, dir_direction, dir_color, dir_intensity), or None
             for every one whose array requires grad. Each named array must have a .grad.
+        threads: on the CPU, bands of rows on this many threads, each scattering into gradient buffers of
+            its own that are then added into `.grad` (Warp's CPU atomics are plain adds, so threads must
+            not share a buffer); the result equals one thread's up to float summation order.
 
     The gradient is that of the Monte Carlo estimate with sampling decisions held fixed (detached
     sampling): for parameters that do not change where paths go (albedo of Lambert surfaces, emission,
-    environment texels, light colors and intensities) it equals the derivative of the same-seed image;
-    for those that do (GGX roughness and metallic through the sampled directions, light positions
-    through shadow rays) it equals it in expectation. Visibility is not differentiated.
+    environment texels, light colors, intensities, positions and directions) it equals the derivative of
+    the same-seed image; for GGX roughness and metallic, which also steer the sampled directions, it equals
+    it in expectation. Visibility is not differentiated: no gradient from moving shadow boundaries or
+    silhouettes (e.g. of a light position whose shadow edge moves).
     Launched with record_tape=False.
     """
     if not isinstance(scene, PathScene):
@@ -1170,5 +1245,21 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
             want |= _WANT_BITS[k]
     if want == 0:
         return
-    wp.launch(adjoint_kernel, dim=(int(height), int(width)),
-              inputs=[scene.arrays(), rs, grad_image, _grad_arrays(scene, want)], device=dev, record_tape=False)
+    threads = _check_threads(threads)
+    sc = scene.arrays()
+    named = [k for k in wrt if params[k].size > 0]
+    private = {}  # band k > 0: its own zeroed gradient buffers
+
+    def launch(k, row0, rows):
+        grads = None
+        if k > 0:
+            grads = private[k] = {name: wp.zeros_like(params[name].grad) for name in named}
+        wp.launch(adjoint_kernel, dim=(rows, int(width)),
+                  inputs=[sc, _band(rs, row0), grad_image, _grad_arrays(scene, want, grads)], device=dev,
+                  record_tape=False)
+
+    _run_bands(dev, int(height), threads, launch)
+    for grads in private.values():
+        for name, g in grads.items():
+            dst = _floats(params[name].grad)
+            wp.launch(_add_into, dim=dst.shape[0], inputs=[_floats(g), dst], device=dev, record_tape=False)
