@@ -153,6 +153,7 @@ class RenderSettings:
     rotation: wp.quat
     width: int
     spp: int
+    first_sample: int  # sample indices first_sample .. first_sample + spp - 1 of the random sequence
     seed: int
     max_depth: int
     rr_depth: int
@@ -780,8 +781,8 @@ def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, out: wp.a
     band_row, px = wp.tid()
     py = band_row + rs.row0
     acc = wp.vec3(0.0)
-    for s in range(rs.spp):
-        acc += trace_path(sc, rs, px, py, s, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
+    for k in range(rs.spp):
+        acc += trace_path(sc, rs, px, py, rs.first_sample + k, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
     acc = acc / float(rs.spp)
     i = py * rs.width + px
     out[i, 0] = acc[0]
@@ -797,7 +798,8 @@ def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(d
     dl = wp.vec3(grad_image[i, 0], grad_image[i, 1], grad_image[i, 2]) / float(rs.spp)
     if dl[0] == 0.0 and dl[1] == 0.0 and dl[2] == 0.0:
         return
-    for s in range(rs.spp):
+    for k in range(rs.spp):
+        s = rs.first_sample + k
         # replay: the primal radiance of this sample first, then the same path with the adjoint
         total = trace_path(sc, rs, px, py, s, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
         trace_path(sc, rs, px, py, s, 1, total, dl, gr)
@@ -1044,9 +1046,11 @@ def path_scene_from_numpy(vertices, faces, materials: list[dict], face_material=
         face_light_pmf=wp.array(lpmf, dtype=float, device=device))
 
 
-def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter) -> RenderSettings:
+def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter,
+              first_sample) -> RenderSettings:
     check_camera(intrinsics, pose, width, height)
-    for name, val, lo in (("spp", spp, 1), ("max_depth", max_depth, 0), ("rr_depth", rr_depth, 0)):
+    for name, val, lo in (("spp", spp, 1), ("max_depth", max_depth, 0), ("rr_depth", rr_depth, 0),
+                          ("first_sample", first_sample, 0)):
         if not isinstance(val, Integral) or isinstance(val, bool) or val < lo:
             raise ValueError(f"{name}: expected an int >= {lo}, got {val!r}")
     if not isinstance(seed, Integral) or isinstance(seed, bool):
@@ -1062,6 +1066,7 @@ def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, j
     rs.rotation = wp.quat(*q)
     rs.width = int(width)
     rs.spp = int(spp)
+    rs.first_sample = int(first_sample)
     seed = int(seed) & 0xFFFFFFFF
     rs.seed = seed - (1 << 32) if seed >= (1 << 31) else seed
     rs.max_depth = int(max_depth)
@@ -1144,7 +1149,8 @@ def _run_bands(dev, height: int, threads: int, launch) -> None:
 
 def _band(rs: RenderSettings, row0: int) -> RenderSettings:
     b = RenderSettings()
-    for name in ("intrinsics", "position", "rotation", "width", "spp", "seed", "max_depth", "rr_depth", "jitter"):
+    for name in ("intrinsics", "position", "rotation", "width", "spp", "first_sample", "seed", "max_depth", "rr_depth",
+                 "jitter"):
         setattr(b, name, getattr(rs, name))
     b.row0 = int(row0)
     return b
@@ -1152,7 +1158,7 @@ def _band(rs: RenderSettings, row0: int) -> RenderSettings:
 
 def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: int, height: int, *, spp: int = 16,
                 seed: int = 0, max_depth: int = 4, rr_depth: int = 5, jitter: bool = True,
-                threads: int = 1) -> wp.array:
+                threads: int = 1, first_sample: int = 0) -> wp.array:
     """Path-traced image of `scene` (see the module docstring for the light transport).
 
     Args:
@@ -1169,6 +1175,8 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
         jitter: sample uniformly inside each pixel (True) or at its center (False).
         threads: on the CPU, render this many bands of rows on as many threads (the image is the same:
             each pixel's random numbers depend on the pixel only); ignored on a GPU.
+        first_sample: render samples first_sample .. first_sample + spp - 1 of each pixel's sequence, so
+            calls with first_sample = 0, spp, 2 spp, ... average (progressively) to one render of more spp.
 
     Returns:
         float32 array2d (N, 3), N = height * width, linear RGB radiance, row-major from the top row.
@@ -1178,7 +1186,7 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     """
     if not isinstance(scene, PathScene):
         raise TypeError(f"scene: expected a PathScene, got {type(scene).__name__}")
-    rs = _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter)
+    rs = _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter, first_sample)
     dev = scene.device
     check_array("intrinsics", intrinsics, wp.float32, (4,), dev)
     want = [k for k, a in scene.parameters().items() if a.requires_grad and a.size > 0]
@@ -1195,7 +1203,8 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     if want and tape is not None:
         def backward():
             render_path_backward(scene, out.grad, intrinsics, pose, width, height, spp=spp, seed=seed,
-                                 max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=want, threads=threads)
+                                 max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=want, threads=threads,
+                                 first_sample=first_sample)
 
         tape.record_func(backward, [out, *[scene.parameters()[k] for k in want]])
     return out
@@ -1203,13 +1212,13 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
 
 def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
                          height: int, *, spp: int = 16, seed: int = 0, max_depth: int = 4, rr_depth: int = 5,
-                         jitter: bool = True, wrt=None, threads: int = 1) -> None:
+                         jitter: bool = True, wrt=None, threads: int = 1, first_sample: int = 0) -> None:
     """Path replay backpropagation of `render_path` with the same arguments: ADDS
     sum_pixels grad_image . d(image)/d(theta) into `.grad` of each parameter array theta named in `wrt`.
 
     Args:
-        scene, intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter: exactly those of
-            the `render_path` call being differentiated (same seed: the paths are replayed).
+        scene, intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter, first_sample: exactly
+            those of the `render_path` call being differentiated (same seed: the paths are replayed).
         grad_image: float32 array2d (N, 3), the adjoint of the image.
         wrt: names from `PathScene.parameters()` (albedo, roughness, metallic, emission, env,
             point_position, point_color, point_intensity, dir_direction, dir_color, dir_intensity), or None
@@ -1228,7 +1237,7 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
     """
     if not isinstance(scene, PathScene):
         raise TypeError(f"scene: expected a PathScene, got {type(scene).__name__}")
-    rs = _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter)
+    rs = _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter, first_sample)
     n = int(width) * int(height)
     dev = scene.device
     check_array("grad_image", grad_image, wp.float32, (n, 3), dev)
