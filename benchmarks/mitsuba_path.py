@@ -8,8 +8,8 @@ noise level, the MAD between two drstudio images with different seeds and betwee
 with different seeds. Two unbiased renderers of one scene differ by about the noise level; a
 systematic difference shows as a MAD above it and as a ratio of the image means away from 1 (also
 printed for the pixels that do not see the light, whose partial coverage dominates the image mean's noise).
-Times are wall-clock seconds of one render after a warm-up render (drstudio: one CPU thread;
-Mitsuba: Dr.Jit's default thread count).
+Times are wall-clock seconds of one render after a warm-up render (drstudio: `--threads` CPU threads,
+default 1; Mitsuba: Dr.Jit's default thread count).
 
 Setup: `pip install mitsuba` and (Debian 12) `apt-get install libllvm19`; DRJIT_LIBLLVM_PATH is set from
 `benchmarks.mitsuba_baseline.find_libllvm()` when unset. Mitsuba variant `llvm_ad_rgb`.
@@ -29,7 +29,8 @@ import numpy as np
 from benchmarks.cornell import cornell_box
 
 
-def render_drstudio(cb: dict, spp: int, seed: int, max_depth: int, rr_depth: int) -> tuple[np.ndarray, float]:
+def render_drstudio(cb: dict, spp: int, seed: int, max_depth: int, rr_depth: int,
+                    threads: int = 1) -> tuple[np.ndarray, float]:
     import drstudio.renderer  # noqa: F401  (Warp settings)
     import warp as wp
     from drstudio.renderer.stages import pathtrace as pt
@@ -37,7 +38,7 @@ def render_drstudio(cb: dict, spp: int, seed: int, max_depth: int, rr_depth: int
     sc = pt.path_scene_from_numpy(cb["vertices"], cb["faces"], cb["materials"], face_material=cb["face_material"])
     intr = wp.array(cb["intrinsics"], dtype=float)
     pose = wp.array(cb["pose"], dtype=float)
-    kw = dict(spp=spp, seed=seed, max_depth=max_depth, rr_depth=rr_depth)
+    kw = dict(spp=spp, seed=seed, max_depth=max_depth, rr_depth=rr_depth, threads=threads)
     pt.render_path(sc, intr, pose, cb["width"], cb["height"], **dict(kw, spp=1))  # compile outside the timing
     t = time.perf_counter()
     img = pt.render_path(sc, intr, pose, cb["width"], cb["height"], **kw)
@@ -106,12 +107,12 @@ def render_mitsuba(cb: dict, spp: int, seed: int, max_depth: int, rr_depth: int)
         return out, time.perf_counter() - t
 
 
-def compare(size: int, spps, max_depth: int, rr_depth: int) -> list[dict]:
+def compare(size: int, spps, max_depth: int, rr_depth: int, threads: int = 1) -> list[dict]:
     cb = cornell_box(width=size, height=size)
     rows = []
     for spp in spps:
-        a, ta = render_drstudio(cb, spp, 1, max_depth, rr_depth)
-        a2, _ = render_drstudio(cb, spp, 2, max_depth, rr_depth)
+        a, ta = render_drstudio(cb, spp, 1, max_depth, rr_depth, threads)
+        a2, _ = render_drstudio(cb, spp, 2, max_depth, rr_depth, threads)
         b, tb = render_mitsuba(cb, spp, 1, max_depth, rr_depth)
         b2, _ = render_mitsuba(cb, spp, 2, max_depth, rr_depth)
         # pixels that see the light (radiance 17, 12, 4) dominate the image mean with the noise of their
@@ -130,10 +131,11 @@ def main(argv=None) -> int:
     ap.add_argument("--spp", type=int, nargs="+", default=[16, 64, 256])
     ap.add_argument("--max-depth", type=int, default=8, help="scattering events (drstudio convention)")
     ap.add_argument("--rr-depth", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads for drstudio (bands of rows)")
     args = ap.parse_args(argv)
-    rows = compare(args.size, args.spp, args.max_depth, args.rr_depth)
+    rows = compare(args.size, args.spp, args.max_depth, args.rr_depth, args.threads)
     print(f"Cornell box {args.size}x{args.size}, max_depth {args.max_depth} (Mitsuba {args.max_depth + 1}), "
-          f"rr_depth {args.rr_depth}; image mean {rows[0]['mean']:.4f}")
+          f"rr_depth {args.rr_depth}, drstudio threads {args.threads}; image mean {rows[0]['mean']:.4f}")
     print("| spp | MAD dr vs mi | noise dr vs dr | noise mi vs mi | mean dr / mi (r, g, b) | same, off the light "
           "| dr s | mi s |")
     print("|---|---|---|---|---|---|---|---|")
