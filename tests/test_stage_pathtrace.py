@@ -506,3 +506,30 @@ def test_inverse_rendering_recovers_a_wall_albedo():
     red, white = x[3:6], x[0:3]
     assert np.abs(red - np.array(cb["materials"][1]["albedo"])).max() < 0.12
     assert np.abs(white - 0.73).max() < 0.12
+
+
+def test_extreme_materials_stay_finite():
+    """Random triangles (both sides seen, degenerate ones included) with GGX at roughness 0 and 1 and
+    metallic 0 and 1, a Lambert of albedo 0 and 1, every light kind: the image and every gradient are
+    finite."""
+    rng = np.random.default_rng(5)
+    verts = rng.uniform(-1, 1, (60, 3)).astype(np.float32)
+    faces = rng.integers(0, 60, (20, 3)).astype(np.int32)
+    faces[0] = [3, 3, 7]  # degenerate
+    materials = [dict(model="ggx", albedo=(0.9, 0.5, 0.1), roughness=r, metallic=m) for r in (0.0, 1.0)
+                 for m in (0.0, 1.0)]
+    materials += [dict(albedo=(0.0, 0.0, 0.0)), dict(albedo=(1.0, 1.0, 1.0), emission=(2.0, 1.0, 0.5))]
+    lights = Lights.create(point_position=[[0.2, 0.3, 1.5]], point_intensity=[3.0], dir_direction=[[0.1, -1.0, 0.2]],
+                           requires_grad=True)
+    env = rng.uniform(0, 2, (4, 8, 3)).astype(np.float32)
+    sc = pt.path_scene_from_numpy(verts, faces, materials, face_material=rng.integers(0, 6, 20), lights=lights,
+                                  env=env, requires_grad=True)
+    intr, pose = camera((0.5, 0.4, 3.0), (0, 0, 0), 50.0, 16, 16)
+    tape = wp.Tape()
+    with tape:
+        img = pt.render_path(sc, intr, pose, 16, 16, spp=8, max_depth=6, rr_depth=2, seed=1)
+        loss = weighted_loss(img)
+    tape.backward(loss)
+    assert np.isfinite(img.numpy()).all() and img.numpy().max() > 0
+    for name, a in sc.parameters().items():
+        assert np.isfinite(a.grad.numpy()).all(), name

@@ -307,8 +307,9 @@ def ggx_brdf_grad(n: wp.vec3, v: wp.vec3, l: wp.vec3, albedo: wp.vec3, roughness
     dist = ggx_distribution(nh, alpha)
     vis = smith_visibility(nl, nv, alpha)
     dv = dist * vis
-    # d D / d a2 and d V / d a2
-    dd = nh * nh * (a2 - 1.0) + 1.0
+    # d D / d a2 and d V / d a2 (dd written as in `ggx_distribution`, robust for tiny a2)
+    nh2 = wp.min(nh * nh, 1.0)
+    dd = (1.0 - nh2) + nh2 * a2
     d_dist = wp.where(nh > 0.0, (dd - 2.0 * a2 * nh * nh) / (wp.pi * dd * dd * dd), 0.0)
     sv = wp.sqrt(nv * nv * (1.0 - a2) + a2)
     sl = wp.sqrt(nl * nl * (1.0 - a2) + a2)
@@ -353,7 +354,8 @@ def ggx_brdf_grad_l(n: wp.vec3, v: wp.vec3, l: wp.vec3, albedo: wp.vec3, roughne
     f = fresnel_schlick(f0, vh)
     dist = ggx_distribution(nh, alpha)
     vis = smith_visibility(nl, nv, alpha)
-    dd = nh * nh * (a2 - 1.0) + 1.0
+    nh2 = wp.min(nh * nh, 1.0)
+    dd = (1.0 - nh2) + nh2 * a2
     d_dist_dnh = wp.where(nh > 0.0, -4.0 * a2 * nh * (a2 - 1.0) / (wp.pi * dd * dd * dd), 0.0)
     sv = wp.sqrt(nv * nv * (1.0 - a2) + a2)
     sl = wp.sqrt(nl * nl * (1.0 - a2) + a2)
