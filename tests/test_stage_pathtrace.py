@@ -92,8 +92,9 @@ def test_plane_under_point_and_directional_light():
 
 
 def direct_light_scene():
-    """`support.scenes.two_meshes` (a Lambert box, a GGX sphere, a point and a directional light) without
-    ambient light and vertex colors, on a black background, with shadows: what both renderers model."""
+    """`support.scenes.two_meshes` (a Lambert box, a GGX sphere, random vertex colors, a point and a
+    directional light) without ambient light, on a black background, with shadows: what both renderers
+    model."""
     from support import scenes
 
     from drstudio.renderer.device_scene import DeviceScene
@@ -102,14 +103,12 @@ def direct_light_scene():
     sc.ambient_lights = {}
     sc.background = np.zeros(3, np.float32)
     sc.render.shadows = True
-    for m in sc.meshes.values():
-        m.colors[:] = 1.0
     return DeviceScene(sc, "cpu")
 
 
 def path_scene_of_frame(ds, frame):
-    """The PathScene of a prepared `Frame`: its BVH, normals, uvs, material pools and lights (no emission,
-    no environment). Gradients reaching the frame's arrays continue on the tape to the scene's leaves."""
+    """The PathScene of a prepared `Frame`: its BVH, normals, uvs, vertex colors, material pools and lights
+    (no emission, no environment). Gradients reaching the frame's arrays continue on the tape to the scene's leaves."""
     from drstudio.renderer.stages.texture import TexturePool
 
     zero = [wp.zeros((1, 1, 3), dtype=float) for _ in ds.scene.materials]
@@ -117,7 +116,7 @@ def path_scene_of_frame(ds, frame):
     return pt.PathScene(frame.bvh, frame.normals, frame.uvs, ds.face_material, ds.material_model, frame.albedo,
                         frame.roughness, frame.metallic, TexturePool.build(zero, ["wrap"] * len(zero), mipmaps=False),
                         frame.lights, wp.zeros((0, 0, 3), dtype=float), empty, empty, wp.zeros(0, dtype=wp.int32),
-                        empty, wp.zeros(ds.num_faces, dtype=float))
+                        empty, wp.zeros(ds.num_faces, dtype=float), frame.colors)
 
 
 def render_direct(ds, frame):
@@ -143,7 +142,8 @@ def test_depth_one_equals_rasterized_direct_light():
 def test_depth_one_gradients_equal_rasterized_gradients():
     """Through one wp.Tape over `DeviceScene.prepare` and the render, the path tracer's replayed adjoint
     reaches the scene's leaf arrays (via the texture pools' and light packing's recorded adjoints) with the
-    rasterizer's gradients: albedo, roughness, metallic, light colors, intensities, position, direction.
+    rasterizer's gradients: albedo, vertex colors, roughness, metallic, light colors, intensities, position,
+    direction.
     The pixels where the two images differ are left out of the loss; the rest is the same function, so
     the gradients agree to float32 summation order."""
     from support import loss_kernels
@@ -155,7 +155,7 @@ def test_depth_one_gradients_equal_rasterized_gradients():
     same = np.abs(render_direct(ds, frame).numpy() - render_view(ds, frame, "main").image.numpy()).max(-1) < 1e-6
     w = np.random.default_rng(0).uniform(-1, 1, (1200, 3)).astype(np.float32) * same[:, None]
     weights = wp.array(w, dtype=float)
-    paths = [p for p in ds.arrays if p.startswith(("materials.", "lights."))]
+    paths = [p for p in ds.arrays if p.startswith(("materials.", "lights.")) or p.endswith(".colors")]
     grads = []
     for render in (lambda f: render_direct(ds, f), lambda f: render_view(ds, f, "main").image):
         ds.zero_grad()
@@ -228,15 +228,17 @@ def test_argument_checks():
             "env_marginal", "env_conditional", "light_faces", "light_cdf", "face_light_pmf")])
     with pytest.raises(ValueError, match="face_material"):
         pt.path_scene_from_numpy(v, f, [dict()], face_material=[0, 1])
+    with pytest.raises(ValueError, match="colors"):
+        pt.path_scene_from_numpy(v, f, [dict()], colors=np.ones((3, 3)))
 
 
 # --- gradients ---------------------------------------------------------------------------------------
 
 
 def open_box_scene(requires_grad=True):
-    """Floor (Lambert, 3x3 albedo texture), back wall (GGX), left wall (Lambert), a textured emitter under
-    the ceiling facing down, a random environment seen through the open top-right, a point light inside
-    and a directional light from the front."""
+    """Floor (Lambert, 3x3 albedo texture), back wall (GGX), left wall (Lambert), all with vertex colors, a
+    textured emitter under the ceiling facing down, a random environment seen through the open top-right,
+    a point light inside and a directional light from the front."""
     rng = np.random.default_rng(0)
     parts = [quad([[-1, -1, 1], [1, -1, 1], [1, -1, -1], [-1, -1, -1]]),  # floor, normal +y
              quad([[-1, -1, -1], [1, -1, -1], [1, 1, -1], [-1, 1, -1]]),  # back, +z
@@ -253,8 +255,9 @@ def open_box_scene(requires_grad=True):
                            dir_direction=[[-0.3, -0.6, -0.8]], dir_color=[[0.7, 0.8, 1.0]], dir_intensity=[0.8],
                            requires_grad=requires_grad)
     env = rng.uniform(0.2, 1.0, (4, 8, 3)).astype(np.float32)
+    colors = rng.uniform(0.6, 1.0, (len(verts), 3))
     sc = pt.path_scene_from_numpy(verts, faces, materials, face_material=[0, 0, 1, 1, 2, 2, 3, 3], uvs=uvs,
-                                  lights=lights, env=env, requires_grad=requires_grad)
+                                  lights=lights, env=env, colors=colors, requires_grad=requires_grad)
     intr, pose = camera((0.3, 0.4, 3.2), (0.0, -0.2, 0.0), 50.0, 12, 12)
     return sc, intr, pose
 
@@ -267,7 +270,7 @@ def box():
     return open_box_scene()
 
 
-@pytest.mark.parametrize("name", ["albedo", "emission", "env", "point_color", "point_intensity", "dir_color",
+@pytest.mark.parametrize("name", ["albedo", "colors", "emission", "env", "point_color", "point_intensity", "dir_color",
                                   "dir_intensity", "point_position"])
 def test_gradient_matches_shared_rng_finite_differences(box, name):
     sc, intr, pose = box
@@ -276,7 +279,7 @@ def test_gradient_matches_shared_rng_finite_differences(box, name):
     def forward():
         return weighted_loss(pt.render_path(sc, intr, pose, 12, 12, **RENDER))
 
-    probes = {"albedo": 8, "emission": 6, "env": 10}.get(name, 3)
+    probes = {"albedo": 8, "colors": 8, "emission": 6, "env": 10}.get(name, 3)
     check_gradient(forward, param, eps=1e-2, rtol=1e-2, atol=2e-3, probes=probes, seed=1)
 
 
@@ -532,4 +535,4 @@ def test_extreme_materials_stay_finite():
     tape.backward(loss)
     assert np.isfinite(img.numpy()).all() and img.numpy().max() > 0
     for name, a in sc.parameters().items():
-        assert np.isfinite(a.grad.numpy()).all(), name
+        assert a.size == 0 or np.isfinite(a.grad.numpy()).all(), name

@@ -20,8 +20,8 @@ each further level adds one bounce of indirect light. (Mitsuba's max_depth is ou
 Materials are the shading stage's Lambert and GGX BRDFs (`shading.brdf`), both two-sided: at a hit the
 geometric and shading normals are turned to the side the ray came from, and directions below the
 geometric surface carry nothing. Material m's albedo, roughness, metallic and emission are texture m of
-four `TexturePool`s (level 0, bilinear; a constant is a 1x1 texture). Ambient light is not used (the
-environment plays its role); vertex colors are not applied.
+four `TexturePool`s (level 0, bilinear; a constant is a 1x1 texture); optional vertex colors multiply
+the albedo, as in the rasterizer. Ambient light is not used (the environment plays its role).
 
 Environment: an equirectangular (He, We, 3) float image, piecewise constant per texel. Direction
 d = (sin t sin p, cos t, -sin t cos p) (+Y up, p = 0 looking down -Z) is texel column
@@ -80,6 +80,7 @@ WANT_POINT_POSITION = 128
 WANT_DIR_COLOR = 256
 WANT_DIR_INTENSITY = 512
 WANT_DIR_DIRECTION = 1024
+WANT_COLORS = 2048
 _W_ALBEDO = wp.constant(WANT_ALBEDO)
 _W_ROUGHNESS = wp.constant(WANT_ROUGHNESS)
 _W_METALLIC = wp.constant(WANT_METALLIC)
@@ -91,6 +92,7 @@ _W_PPOS = wp.constant(WANT_POINT_POSITION)
 _W_DCOLOR = wp.constant(WANT_DIR_COLOR)
 _W_DINT = wp.constant(WANT_DIR_INTENSITY)
 _W_DDIR = wp.constant(WANT_DIR_DIRECTION)
+_W_COLORS = wp.constant(WANT_COLORS)
 
 vec5 = wp.types.vector(length=5, dtype=float)
 
@@ -104,6 +106,7 @@ class SceneArrays:
     faces: wp.array(dtype=wp.int32)
     normals: wp.array2d(dtype=float)
     uvs: wp.array2d(dtype=float)
+    colors: wp.array2d(dtype=float)
     face_material: wp.array(dtype=wp.int32)
     material_model: wp.array(dtype=wp.int32)
     albedo: wp.array(dtype=float)
@@ -134,6 +137,7 @@ class GradArrays:
 
     want: int
     albedo: wp.array(dtype=float)
+    colors: wp.array2d(dtype=float)
     roughness: wp.array(dtype=float)
     metallic: wp.array(dtype=float)
     emission: wp.array(dtype=float)
@@ -512,6 +516,21 @@ def interp_normal(sc: SceneArrays, f: int, b1: float, b2: float) -> wp.vec3:
 
 
 @wp.func
+def vertex_color(sc: SceneArrays, f: int, b1: float, b2: float) -> wp.vec3:
+    """Interpolated vertex color multiplying the albedo (1 without vertex colors)."""
+    c = wp.vec3(1.0)
+    if sc.colors.shape[0] > 0:
+        b0 = 1.0 - b1 - b2
+        i0 = tri_vertex(sc, f, 0)
+        i1 = tri_vertex(sc, f, 1)
+        i2 = tri_vertex(sc, f, 2)
+        c = wp.vec3(b0 * sc.colors[i0, 0] + b1 * sc.colors[i1, 0] + b2 * sc.colors[i2, 0],
+                    b0 * sc.colors[i0, 1] + b1 * sc.colors[i1, 1] + b2 * sc.colors[i2, 1],
+                    b0 * sc.colors[i0, 2] + b1 * sc.colors[i1, 2] + b2 * sc.colors[i2, 2])
+    return c
+
+
+@wp.func
 def emission_at(sc: SceneArrays, mat: int, uv: wp.vec2) -> wp.vec3:
     return sample_bilinear_level(sc.emission, sc.emission_table, mat, 0, uv[0], uv[1])
 
@@ -532,11 +551,20 @@ def unoccluded(sc: SceneArrays, p: wp.vec3, ng: wp.vec3, d: wp.vec3, dist: float
 
 
 @wp.func
-def scatter_material(sc: SceneArrays, gr: GradArrays, mat: int, uv: wp.vec2, g: vec5):
-    """Scatter a material-parameter adjoint (albedo rgb, roughness, metallic) into the texel gradients."""
+def scatter_material(sc: SceneArrays, gr: GradArrays, mat: int, uv: wp.vec2, f: int, b1: float, b2: float,
+                     tex_albedo: wp.vec3, vcolor: wp.vec3, g: vec5):
+    """Scatter a material-parameter adjoint (albedo rgb, roughness, metallic) into the texel gradients; the
+    albedo is texture x vertex color, so each factor gets the adjoint times the other."""
+    ga = wp.vec3(g[0], g[1], g[2])
     if _has(gr.want, _W_ALBEDO):
-        _bilinear_adjoint(sc.albedo, gr.albedo, 1, sc.albedo_table, mat, 0, uv[0], uv[1],
-                          wp.vec3(g[0], g[1], g[2]), 0)
+        _bilinear_adjoint(sc.albedo, gr.albedo, 1, sc.albedo_table, mat, 0, uv[0], uv[1], wp.cw_mul(ga, vcolor), 0)
+    if _has(gr.want, _W_COLORS):
+        gc = wp.cw_mul(ga, tex_albedo)
+        b0 = 1.0 - b1 - b2
+        for k in range(3):
+            wp.atomic_add(gr.colors, tri_vertex(sc, f, 0), k, b0 * gc[k])
+            wp.atomic_add(gr.colors, tri_vertex(sc, f, 1), k, b1 * gc[k])
+            wp.atomic_add(gr.colors, tri_vertex(sc, f, 2), k, b2 * gc[k])
     if _has(gr.want, _W_ROUGHNESS) and g[3] != 0.0:
         _bilinear_adjoint(sc.roughness, gr.roughness, 1, sc.roughness_table, mat, 0, uv[0], uv[1],
                           wp.vec3(g[3], 0.0, 0.0), 0)
@@ -640,7 +668,9 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
         n = wp.normalize(n)
         if wp.dot(n, ng) < 0.0:
             n = -n
-        albedo = sample_bilinear_level(sc.albedo, sc.albedo_table, mat, 0, uv[0], uv[1])
+        tex_albedo = sample_bilinear_level(sc.albedo, sc.albedo_table, mat, 0, uv[0], uv[1])
+        vcolor = vertex_color(sc, f, bt[0], bt[1])
+        albedo = wp.cw_mul(tex_albedo, vcolor)
         rough = sample_bilinear_level(sc.roughness, sc.roughness_table, mat, 0, uv[0], uv[1])[0]
         metal = sample_bilinear_level(sc.metallic, sc.metallic_table, mat, 0, uv[0], uv[1])[0]
         gb = wp.cw_mul(dl, beta)  # adjoint of a term beta * x is gb * dx
@@ -763,7 +793,7 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
             if alive:
                 # what the rest of the path brings is proportional to f(wi): d rest = rest * df / f
                 mgrad += brdf_grad(n, wo, wi, albedo, rough, metal, model, wp.cw_mul(dl, safe_ratio(rest, fr)))
-            scatter_material(sc, gr, mat, uv, mgrad)
+            scatter_material(sc, gr, mat, uv, f, bt[0], bt[1], tex_albedo, vcolor, mgrad)
         if not alive:
             break
         beta = wp.cw_mul(beta, fr) * (cos_i / pdf_b)
@@ -818,7 +848,8 @@ class PathScene:
     Geometry: `bvh` a wp.Mesh over world positions `bvh.points` wp.vec3 (V,) and faces `bvh.indices`
     wp.int32 (3F,) (counter-clockwise winding defines the emitting side); `normals` float (V, 3) shading
     normals (any length; zero rows fall back to the face normal); `uvs` float (V, 2) (v = 0 is a texture's
-    top row); `face_material` int32 (F,) material per face; `material_model` int32 (M,) per material
+    top row); `colors` float (V, 3) or None: vertex colors multiplying the albedo (as the rasterizer's);
+    `face_material` int32 (F,) material per face; `material_model` int32 (M,) per material
     -1 none (black, emission only), 0 Lambert, 1 GGX.
     Materials: `albedo` (3 channels), `roughness` (1), `metallic` (1), `emission` (3, radiance) are
     `TexturePool`s with texture m belonging to material m (level 0 sampled bilinearly; mip levels unused).
@@ -832,7 +863,8 @@ class PathScene:
 
     The sampling tables are inputs, not recomputed from the current values: rebuild them when the
     values they came from change a lot (any table gives an unbiased image; better tables less noise).
-    Gradients go to `.grad` of albedo/roughness/metallic/emission `.data`, `env` and the light arrays."""
+    Gradients go to `.grad` of albedo/roughness/metallic/emission `.data`, `colors`, `env` and the light
+    arrays."""
 
     bvh: wp.Mesh
     normals: wp.array
@@ -850,6 +882,7 @@ class PathScene:
     light_faces: wp.array
     light_cdf: wp.array
     face_light_pmf: wp.array
+    colors: wp.array | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.bvh, wp.Mesh):
@@ -861,6 +894,8 @@ class PathScene:
         v, f = world.shape[0], faces.shape[0] // 3
         check_array("normals", self.normals, wp.float32, (v, 3), dev)
         check_array("uvs", self.uvs, wp.float32, (v, 2), dev)
+        if self.colors is not None:
+            check_array("colors", self.colors, wp.float32, (v, 3), dev)
         check_array("face_material", self.face_material, wp.int32, (f,), dev)
         check_array("material_model", self.material_model, wp.int32, (None,), dev)
         m = self.material_model.shape[0]
@@ -894,6 +929,7 @@ class PathScene:
         s.bvh = self.bvh.id
         s.world, s.faces = self.bvh.points, self.bvh.indices
         s.normals, s.uvs = self.normals, self.uvs
+        s.colors = self.colors if self.colors is not None else wp.empty((0, 3), dtype=float, device=self.device)
         s.face_material, s.material_model = self.face_material, self.material_model
         s.albedo, s.albedo_table = self.albedo.data, self.albedo.table
         s.roughness, s.roughness_table = self.roughness.data, self.roughness.table
@@ -909,13 +945,15 @@ class PathScene:
     def parameters(self) -> dict[str, wp.array]:
         """The arrays `render_path_backward` can accumulate gradients into, by name."""
         lt = self.lights
-        return {"albedo": self.albedo.data, "roughness": self.roughness.data, "metallic": self.metallic.data,
+        colors = self.colors if self.colors is not None else wp.empty((0, 3), dtype=float, device=self.device)
+        return {"albedo": self.albedo.data, "colors": colors, "roughness": self.roughness.data,
+                "metallic": self.metallic.data,
                 "emission": self.emission.data, "env": self.env, "point_position": lt.point_position,
                 "point_color": lt.point_color, "point_intensity": lt.point_intensity,
                 "dir_direction": lt.dir_direction, "dir_color": lt.dir_color, "dir_intensity": lt.dir_intensity}
 
 
-_WANT_BITS = {"albedo": WANT_ALBEDO, "roughness": WANT_ROUGHNESS, "metallic": WANT_METALLIC,
+_WANT_BITS = {"albedo": WANT_ALBEDO, "colors": WANT_COLORS, "roughness": WANT_ROUGHNESS, "metallic": WANT_METALLIC,
               "emission": WANT_EMISSION, "env": WANT_ENV, "point_position": WANT_POINT_POSITION,
               "point_color": WANT_POINT_COLOR, "point_intensity": WANT_POINT_INTENSITY,
               "dir_direction": WANT_DIR_DIRECTION, "dir_color": WANT_DIR_COLOR, "dir_intensity": WANT_DIR_INTENSITY}
@@ -970,7 +1008,7 @@ def emitter_distribution(world: np.ndarray, faces: np.ndarray, face_material: np
 
 
 def path_scene_from_numpy(vertices, faces, materials: list[dict], face_material=None, normals=None, uvs=None,
-                          lights: Lights | None = None, env=None, device="cpu",
+                          lights: Lights | None = None, env=None, colors=None, device="cpu",
                           requires_grad: bool = False) -> PathScene:
     """Build a `PathScene` from NumPy inputs (tests, benchmarks).
 
@@ -984,6 +1022,7 @@ def path_scene_from_numpy(vertices, faces, materials: list[dict], face_material=
         uvs: (V, 2) (default zeros).
         lights: packed `Lights` on `device` (default none).
         env: (He, We, 3) equirectangular radiance or None.
+        colors: (V, 3) vertex colors multiplying the albedo, or None.
         requires_grad: make the parameter arrays (texture data, env, lights built here) require grad.
     """
     v = np.ascontiguousarray(vertices, np.float32).reshape(-1, 3)
@@ -1045,7 +1084,9 @@ def path_scene_from_numpy(vertices, faces, materials: list[dict], face_material=
         env_conditional=wp.array(cond, dtype=float, device=device),
         light_faces=wp.array(lf, dtype=wp.int32, device=device),
         light_cdf=wp.array(lcdf, dtype=float, device=device),
-        face_light_pmf=wp.array(lpmf, dtype=float, device=device))
+        face_light_pmf=wp.array(lpmf, dtype=float, device=device),
+        colors=None if colors is None else wp.array(np.ascontiguousarray(colors, np.float32).reshape(-1, 3),
+                                                    dtype=float, device=device, requires_grad=requires_grad))
 
 
 def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter,
@@ -1093,6 +1134,7 @@ def _grad_arrays(scene: PathScene, want: int, grads: dict | None = None) -> Grad
         return grads[name] if grads is not None else params[name].grad
 
     g.albedo, g.roughness, g.metallic = grad("albedo", e1), grad("roughness", e1), grad("metallic", e1)
+    g.colors = grad("colors", wp.empty((0, 3), dtype=float, device=dev))
     g.emission = grad("emission", e1)
     g.env = grad("env", wp.empty((0, 0, 3), dtype=float, device=dev))
     g.point_position, g.point_color = grad("point_position", e3), grad("point_color", e3)
@@ -1222,7 +1264,7 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
         scene, intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, jitter, first_sample: exactly
             those of the `render_path` call being differentiated (same seed: the paths are replayed).
         grad_image: float32 array2d (N, 3), the adjoint of the image.
-        wrt: names from `PathScene.parameters()` (albedo, roughness, metallic, emission, env,
+        wrt: names from `PathScene.parameters()` (albedo, colors, roughness, metallic, emission, env,
             point_position, point_color, point_intensity, dir_direction, dir_color, dir_intensity), or None
             for every one whose array requires grad. Each named array must have a .grad.
         threads: on the CPU, bands of rows on this many threads, each scattering into gradient buffers of
