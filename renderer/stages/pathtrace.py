@@ -27,6 +27,11 @@ Environment: an equirectangular (He, We, 3) float image, piecewise constant per 
 d = (sin t sin p, cos t, -sin t cos p) (+Y up, p = 0 looking down -Z) is texel column
 floor(We (p / 2 pi + 1/2)), row floor(He t / pi) (row 0 at the zenith, the image convention).
 
+Random numbers: `stages.sampler` at (seed, pixel, sample, dimension); dimensions 0-1 jitter the camera ray,
+bounce k uses 2 + 12 k + (0 lobe choice, 1-2 direction, 3 emitter, 4-5 point on it, 6-7 environment,
+8 roulette). The emitter and environment sampling tables are inputs (`PathScene`), built once, not
+recomputed from the values being differentiated.
+
 Gradients: path replay backpropagation (Vicini, Speierer and Jakob 2021). `render_path_backward`
 re-traces every path with the same random numbers twice in one thread: first to get the path's
 radiance L, then again subtracting each contribution from L as it is met, so that at every vertex the
