@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import trimesh
 import warp as wp
+from drstudio.renderer.stages import pathtrace as pt
+from drstudio.renderer.stages.shading import Lights
 from support.gradcheck import check_gradient, weighted_loss
 
 from benchmarks.cornell import cornell_box
-from drstudio.renderer.stages import pathtrace as pt
-from drstudio.renderer.stages.shading import Lights
 
 
 def farr(a):
@@ -95,9 +95,8 @@ def direct_light_scene():
     """`support.scenes.two_meshes` (a Lambert box, a GGX sphere, random vertex colors, a point and a
     directional light) without ambient light, on a black background, with shadows: what both renderers
     model."""
-    from support import scenes
-
     from drstudio.renderer.device_scene import DeviceScene
+    from support import scenes
 
     sc = scenes.two_meshes(40, 30)
     sc.ambient_lights = {}
@@ -146,9 +145,8 @@ def test_depth_one_gradients_equal_rasterized_gradients():
     direction.
     The pixels where the two images differ are left out of the loss; the rest is the same function, so
     the gradients agree to float32 summation order."""
-    from support import loss_kernels
-
     from drstudio.renderer.render import render_view
+    from support import loss_kernels
 
     ds = direct_light_scene()
     frame = ds.prepare()

@@ -4,7 +4,6 @@ seeds, and come from a table builder that validates its arguments."""
 
 import numpy as np
 import pytest
-
 from drstudio.renderer.stages.sampler import random_table
 
 MASK = 0xFFFFFFFF

@@ -1,7 +1,6 @@
 """Warp kernels for tests/test_stage_pathtrace.py (Warp needs kernels in an importable file)."""
 
 import warp as wp
-
 from drstudio.renderer.stages import pathtrace as pt
 from drstudio.renderer.stages.shading import ggx_brdf
 
