@@ -220,6 +220,9 @@ def test_argument_checks():
         pt.render_path(sc, intr, pose, 4, 4, jitter=1)
     with pytest.raises(ValueError, match="grad_image"):
         pt.render_path_backward(sc, wp.zeros((3, 3), dtype=float), intr, pose, 4, 4)
+    with pytest.raises(ValueError, match="path_radiance"):
+        pt.render_path_backward(sc, wp.zeros((16, 3), dtype=float), intr, pose, 4, 4, spp=2, wrt=[],
+                                path_radiance=wp.zeros(16, dtype=wp.vec3))
     with pytest.raises(ValueError, match="normals"):
         pt.PathScene(sc.bvh, wp.zeros((3, 3), dtype=float), *[getattr(sc, k) for k in (
             "uvs", "face_material", "material_model", "albedo", "roughness", "metallic", "emission", "lights", "env",
@@ -428,8 +431,9 @@ def test_nee_and_bsdf_sampling_agree():
 
 
 def test_tape_and_explicit_backward_agree():
-    """render_path under a wp.Tape gives the same gradients as render_path_backward called by hand; `wrt`
-    selects the parameters; gradients accumulate (a second backward adds)."""
+    """render_path under a wp.Tape (its backward starts from the radiance the forward pass kept per path)
+    gives the same gradients as render_path_backward called by hand (which traces each path once more for
+    it); `wrt` selects the parameters; gradients accumulate (a second backward adds)."""
     sc, intr, pose = corner_scene()
     kw = dict(spp=2, max_depth=2, seed=1)
     tape = wp.Tape()

@@ -33,10 +33,11 @@ bounce k uses 2 + 12 k + (0 lobe choice, 1-2 direction, 3 emitter, 4-5 point on 
 recomputed from the values being differentiated.
 
 Gradients: path replay backpropagation (Vicini, Speierer and Jakob 2021). `render_path_backward`
-re-traces every path with the same random numbers twice in one thread: first to get the path's
-radiance L, then again subtracting each contribution from L as it is met, so that at every vertex the
-radiance still to come is known and the derivative of the BSDF-sample weight can be applied to it:
-d(L_rest)/d(theta) = L_rest * (df/d(theta)) / f. Constant memory, time linear in the path length. The
+re-traces every path with the same random numbers, starting from the path's radiance L (kept by the
+forward pass when it records on a tape, one vec3 per sample; else traced once more first), subtracting
+each contribution from L as it is met, so that at every vertex the radiance still to come is known and
+the derivative of the BSDF-sample weight can be applied to it: d(L_rest)/d(theta) = L_rest *
+(df/d(theta)) / f. Memory independent of the path length, time linear in it (no tape of the path). The
 sampled directions, light and texel choices, MIS weights and Russian roulette are treated as constants
 (detached sampling); visibility is not differentiated (no gradients through silhouettes or shadow
 boundaries, and none w.r.t. geometry or the camera).
@@ -814,21 +815,26 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
 
 
 @wp.kernel(enable_backward=False)
-def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, out: wp.array2d(dtype=float)):
+def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, keep: int, samples: wp.array(dtype=wp.vec3),
+                  out: wp.array2d(dtype=float)):
     band_row, px = wp.tid()
     py = band_row + rs.row0
+    i = py * rs.width + px
     acc = wp.vec3(0.0)
     for k in range(rs.spp):
-        acc += trace_path(sc, rs, px, py, rs.first_sample + k, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
+        l = trace_path(sc, rs, px, py, rs.first_sample + k, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
+        if keep != 0:
+            samples[i * rs.spp + k] = l  # each path's radiance, for the adjoint (saves its first replay)
+        acc += l
     acc = acc / float(rs.spp)
-    i = py * rs.width + px
     out[i, 0] = acc[0]
     out[i, 1] = acc[1]
     out[i, 2] = acc[2]
 
 
 @wp.kernel(enable_backward=False)
-def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(dtype=float), gr: GradArrays):
+def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(dtype=float), kept: int,
+                   samples: wp.array(dtype=wp.vec3), gr: GradArrays):
     band_row, px = wp.tid()
     py = band_row + rs.row0
     i = py * rs.width + px
@@ -837,8 +843,13 @@ def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(d
         return
     for k in range(rs.spp):
         s = rs.first_sample + k
-        # replay: the primal radiance of this sample first, then the same path with the adjoint
-        total = trace_path(sc, rs, px, py, s, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
+        # replay: the primal radiance of this path (kept by the forward pass, or traced again), then the
+        # same path with the adjoint
+        total = wp.vec3(0.0)
+        if kept != 0:
+            total = samples[i * rs.spp + k]
+        else:
+            total = trace_path(sc, rs, px, py, s, 0, wp.vec3(0.0), wp.vec3(0.0), gr)
         trace_path(sc, rs, px, py, s, 1, total, dl, gr)
 
 
@@ -1242,18 +1253,21 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     out = wp.zeros((int(width) * int(height), 3), dtype=float, device=dev, requires_grad=bool(want))
     threads = _check_threads(threads)
     sc, no_grads = scene.arrays(), _grad_arrays(scene, 0)
+    tape = wp._src.context.runtime.tape
+    record = bool(want) and tape is not None
+    # for the tape's backward: each path's radiance (12 bytes per sample), so the adjoint traces it once
+    samples = wp.empty(int(width) * int(height) * int(spp) if record else 0, dtype=wp.vec3, device=dev)
 
     def launch(k, row0, rows):
-        wp.launch(render_kernel, dim=(rows, int(width)), inputs=[sc, _band(rs, row0), no_grads], outputs=[out],
-                  device=dev, record_tape=False)
+        wp.launch(render_kernel, dim=(rows, int(width)), inputs=[sc, _band(rs, row0), no_grads, int(record), samples],
+                  outputs=[out], device=dev, record_tape=False)
 
     _run_bands(dev, int(height), threads, launch)
-    tape = wp._src.context.runtime.tape
-    if want and tape is not None:
+    if record:
         def backward():
             render_path_backward(scene, out.grad, intrinsics, pose, width, height, spp=spp, seed=seed,
                                  max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=want, threads=threads,
-                                 first_sample=first_sample)
+                                 first_sample=first_sample, path_radiance=samples)
 
         tape.record_func(backward, [out, *[scene.parameters()[k] for k in want]])
     return out
@@ -1261,7 +1275,8 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
 
 def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
                          height: int, *, spp: int = 16, seed: int = 0, max_depth: int = 4, rr_depth: int = 5,
-                         jitter: bool = True, wrt=None, threads: int = 1, first_sample: int = 0) -> None:
+                         jitter: bool = True, wrt=None, threads: int = 1, first_sample: int = 0,
+                         path_radiance: wp.array | None = None) -> None:
     """Path replay backpropagation of `render_path` with the same arguments: ADDS
     sum_pixels grad_image . d(image)/d(theta) into `.grad` of each parameter array theta named in `wrt`.
 
@@ -1272,6 +1287,9 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
         wrt: names from `PathScene.parameters()` (albedo, colors, roughness, metallic, emission, env,
             point_position, point_color, point_intensity, dir_direction, dir_color, dir_intensity), or None
             for every one whose array requires grad. Each named array must have a .grad.
+        path_radiance: wp.vec3 (N * spp,) each path's radiance from the forward pass (pixel-major), which
+            `render_path` keeps when it records on a tape; None traces every path once more to get it (the
+            adjoint then costs about two primal renders instead of one).
         threads: on the CPU, bands of rows on this many threads, each scattering into gradient buffers of
             its own that are then added into `.grad` (Warp's CPU atomics are plain adds, so threads must
             not share a buffer); the result equals one thread's up to float summation order.
@@ -1301,9 +1319,12 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
             raise ValueError(f"wrt: {k} has no .grad (create its array with requires_grad=True)")
         if params[k].size > 0:
             want |= _WANT_BITS[k]
+    threads = _check_threads(threads)
+    if path_radiance is not None:
+        check_array("path_radiance", path_radiance, wp.vec3, (n * int(spp),), dev)
     if want == 0:
         return
-    threads = _check_threads(threads)
+    kept = wp.empty(0, dtype=wp.vec3, device=dev) if path_radiance is None else path_radiance
     sc = scene.arrays()
     named = [k for k in wrt if params[k].size > 0]
     private = {}  # band k > 0: its own zeroed gradient buffers
@@ -1313,8 +1334,8 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
         if k > 0:
             grads = private[k] = {name: wp.zeros_like(params[name].grad) for name in named}
         wp.launch(adjoint_kernel, dim=(rows, int(width)),
-                  inputs=[sc, _band(rs, row0), grad_image, _grad_arrays(scene, want, grads)], device=dev,
-                  record_tape=False)
+                  inputs=[sc, _band(rs, row0), grad_image, int(path_radiance is not None), kept,
+                          _grad_arrays(scene, want, grads)], device=dev, record_tape=False)
 
     _run_bands(dev, int(height), threads, launch)
     for grads in private.values():
