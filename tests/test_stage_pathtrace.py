@@ -125,8 +125,9 @@ def render_direct(ds, frame):
 
 def test_depth_one_equals_rasterized_direct_light():
     """The rasterized `render_view` (hard mode, shadows) equals the path tracer at max_depth 1 with one
-    sample at each pixel center: NEE to delta lights is deterministic. Measured: 1199 of 1200 pixels agree
-    to 1e-6; one grazing pixel differs (two-sided normal flip, geometric-normal light test)."""
+    sample at each pixel center: NEE to delta lights is deterministic. Measured: 1193 of 1200 pixels agree
+    to 1e-6 and 1199 to 1e-4; one grazing pixel differs by 0.01 (two-sided normal flip, geometric-normal
+    light test)."""
     from drstudio.renderer.render import render_view
 
     ds = direct_light_scene()
