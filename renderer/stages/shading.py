@@ -53,7 +53,10 @@ def lambert_brdf(albedo: wp.vec3) -> wp.vec3:
 def ggx_distribution(nh: float, alpha: float) -> float:
     """Trowbridge-Reitz normal distribution D(h), zero for microfacets facing below the surface."""
     a2 = alpha * alpha
-    d = nh * nh * (a2 - 1.0) + 1.0  # >= a2 > 0 for |nh| <= 1
+    # (1 - nh^2) + nh^2 a2, not nh^2 (a2 - 1) + 1: in float32 a2 - 1 rounds to -1 for a2 < 6e-8 (alpha
+    # 1e-4 gives a2 = 1e-8), which makes d = 0 and D = 0 / 0 at nh = 1; this form stays >= nh^2 a2 > 0
+    nh2 = wp.min(nh * nh, 1.0)
+    d = (1.0 - nh2) + nh2 * a2
     return wp.where(nh > 0.0, a2 / (wp.pi * d * d), 0.0)
 
 
