@@ -36,6 +36,7 @@ from .scene import (
 from .scene_schema import (
     DEFAULT_RAYS_PER_BATCH,
     MAX_CAMERA_SIZE,
+    MAX_JSON_DEPTH,
     AmbientLightSpec,
     DirectionalLightSpec,
     OptimizeSpec,
@@ -77,6 +78,12 @@ def read_json(path, what: str = "scene file"):
         raise SceneError(file, f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}") from None
     except _DuplicateKey as e:
         raise SceneError(file, "", f"invalid JSON: duplicate key \"{e.args[0]}\" in an object") from None
+    except RecursionError:
+        raise SceneError(file, "", f"invalid JSON: nested too deeply (a scene file is at most {MAX_JSON_DEPTH} "
+                                   "levels deep)") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
+        why = "an integer has too many digits" if "digits" in str(e) else str(e)
+        raise SceneError(file, "", f"invalid JSON: {why}") from None
 
 
 def load_scene(path) -> Scene:

@@ -1,7 +1,9 @@
 """Pydantic models of a drstudio scene file (JSON, version 1), documented in scenes/README.md.
 
 Every model forbids unknown keys and non-finite numbers and is strict (no "1" for 1, no 1.0 for an
-integer). `validate_scene(data, file)` turns any validation failure into a `SceneError` naming the
+integer, no true for 1). Every number must be finite in float32 (the renderer's type: |x| <= 3.4e38) and
+values that must be > 0 must stay > 0 in float32 (at least its smallest normal, 1.2e-38); nesting is at
+most `MAX_JSON_DEPTH` deep. `validate_scene(data, file)` turns any validation failure into a `SceneError` naming the
 JSON field path, e.g. ``meshes[1].transform.scale``. Checks that need more than one field of the
 file (names that must exist, files that must load, parameter paths) live in `renderer.loading`.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -34,6 +37,9 @@ from .scene import RENDER_MODES, SHADING_MODELS, RenderSettings
 
 MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf")
 MAX_CAMERA_SIZE = 8192
+MAX_JSON_DEPTH = 64  # nesting of objects and lists in a scene file (real scenes: under 10)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: larger numbers are inf in float32
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: smallest normal float32; below it values underflow
 
 
 class Strict(BaseModel):
@@ -62,6 +68,20 @@ def _exactly_one(model: BaseModel, *names: str) -> None:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _f32_positive(v: float) -> float:
+    """A value that must be > 0 stays > 0 (and normal) in float32."""
+    if v < FLOAT32_TINY:
+        raise ValueError(f"expected a number > 0 that float32 keeps > 0 (at least {FLOAT32_TINY:.2g})")
+    return v
+
+
+def _not_bool(v: Any) -> Any:
+    """JSON true/false are not the integers 1/0 (a Literal[0, 1] would take them)."""
+    if isinstance(v, bool):
+        raise ValueError("expected an integer (true and false are not integers)")
+    return v
 
 
 def _check_name(v: str) -> str:
@@ -94,11 +114,14 @@ def _number_or_file(check, what: str) -> PlainValidator:
 
 
 def _scale(v: Any) -> list[float]:
-    if _is_number(v) and v > 0:
+    def ok(x):
+        return _is_number(x) and FLOAT32_TINY <= x <= FLOAT32_MAX
+    if ok(v):
         return [float(v)] * 3
-    if isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v):
+    if isinstance(v, list) and len(v) == 3 and all(ok(x) for x in v):
         return [float(x) for x in v]
-    raise ValueError("expected a number > 0 or a list of 3 numbers > 0")
+    raise ValueError(f"expected a number > 0 or a list of 3 numbers > 0 (each at least {FLOAT32_TINY:.2g}, "
+                     f"smaller ones are 0 in float32)")
 
 
 def _number_array(v: Any) -> list:
@@ -122,7 +145,7 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 Vec4 = Annotated[list[float], Field(min_length=4, max_length=4)]
 NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
+Positive = Annotated[float, Field(gt=0), AfterValidator(_f32_positive)]
 Color = Annotated[list[NonNegative], Field(min_length=3, max_length=3)]
 Matrix4 = Annotated[list[Vec4], Field(min_length=4, max_length=4)]
 Resolution = Annotated[int, Field(ge=3, le=1024)]
@@ -297,7 +320,7 @@ class CameraSpec(Strict):
     name: Name
     width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
     height: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
-    fov_y: Annotated[float, Field(gt=0, lt=180)] | None = None  # degrees
+    fov_y: Annotated[float, Field(gt=0, lt=180), AfterValidator(_f32_positive)] | None = None  # degrees
     fx: Positive | None = None  # pixels
     fy: Positive | None = None
     cx: float | None = None  # pixels, default width / 2
@@ -366,9 +389,9 @@ def _grid_resolution(v: Any) -> list[int]:
 def _aabb(v: Any) -> list[list[float]]:
     if (isinstance(v, list) and len(v) == 2 and all(isinstance(c, list) and len(c) == 3 for c in v)
             and all(_is_number(x) for c in v for x in c)):
-        if all(lo < hi for lo, hi in zip(v[0], v[1], strict=True)):
+        if all(np.float32(lo) < np.float32(hi) for lo, hi in zip(v[0], v[1], strict=True)):
             return [[float(x) for x in c] for c in v]
-    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max")
+    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max (in float32)")
 
 
 GridResolution = Annotated[list[int], PlainValidator(_grid_resolution)]
@@ -400,7 +423,7 @@ class VoxelGridFieldSpec(Strict):
     type: Literal["voxel_grid"]
     resolution: GridResolution  # lattice points per axis at the end of training
     aabb: Aabb
-    sh_degree: Literal[0, 1, 2] = 0
+    sh_degree: Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)] = 0
     activation: Literal["softplus", "relu"] = "softplus"
     init_density: Positive = 0.1  # the activated density of the fresh grid
     storage: Literal["float32", "float16"] = "float32"
@@ -463,7 +486,7 @@ class DynamicFieldSpec(Strict):
     n_times: Annotated[int, Field(ge=2, le=256)]
     aabb: Aabb
     time_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.0, 1.0]
-    sh_degree: Literal[0, 1, 2] = 0
+    sh_degree: Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)] = 0
     activation: Literal["softplus", "relu"] = "softplus"
     init_density: Positive = 0.1
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
@@ -474,8 +497,8 @@ class DynamicFieldSpec(Strict):
     @field_validator("time_range")
     @classmethod
     def _ordered(cls, v: list[float]) -> list[float]:
-        if not v[0] < v[1]:
-            raise ValueError("expected [t_start, t_end] with t_start < t_end")
+        if not np.float32(v[0]) < np.float32(v[1]):
+            raise ValueError("expected [t_start, t_end] with t_start < t_end (in float32)")
         return v
 
 
@@ -606,7 +629,7 @@ class Loss(Strict):
 
 class ExponentialSchedule(Strict):
     type: Literal["exponential"]
-    gamma: Annotated[float, Field(gt=0, le=1)]  # lr multiplier per step
+    gamma: Annotated[float, Field(gt=0, le=1), AfterValidator(_f32_positive)]  # lr multiplier per step
 
 
 class CosineSchedule(Strict):
@@ -654,7 +677,7 @@ class OptimizeSpec(Strict):
 
 
 class SceneSpec(Strict):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_not_bool)]
     description: str = ""
     meshes: Annotated[list[MeshSpec], Field(min_length=1)]
     materials: Annotated[list[MaterialSpec], Field(min_length=1)]
@@ -731,7 +754,31 @@ def validate(model: type[BaseModel], data: Any, file: str):
         raise SceneError(errors[0].file, errors[0].field, errors[0].message, tuple(errors[1:])) from None
 
 
+def check_json_values(data: Any, file: str) -> None:
+    """Refuse what no model should see (SceneError naming the field path): nesting deeper than
+    `MAX_JSON_DEPTH` and numbers outside float32's finite range. Iterative, so any depth is safe."""
+    errors = []
+    stack = [(data, ())]
+    while stack:
+        value, parts = stack.pop()
+        if len(parts) > MAX_JSON_DEPTH:
+            raise SceneError(file, field_path(parts[:MAX_JSON_DEPTH]),
+                             f"nested more than {MAX_JSON_DEPTH} levels deep (a scene file is a few levels deep)")
+        if isinstance(value, dict):
+            stack.extend((v, parts + (k,)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, parts + (i,)) for i, v in reversed(list(enumerate(value))))
+        elif (isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float)
+              and math.isfinite(value)) and abs(value) > FLOAT32_MAX:  # inf and NaN: the models say "finite"
+            got = f"{value:.3g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+            errors.append(SceneError(file, field_path(parts), f"expected a number within float32's range "
+                                                             f"(|x| <= {FLOAT32_MAX:.3g}), got {got}"))
+    if errors:
+        raise SceneError(errors[0].file, errors[0].field, errors[0].message, tuple(errors[1:]))
+
+
 def validate_scene(data: Any, file: str) -> SceneSpec:
     """A scene needs at least one mesh, or at least one field (then meshes and materials are optional)."""
+    check_json_values(data, file)
     with_fields = isinstance(data, dict) and data.get("fields") not in (None, [])
     return validate(FieldSceneSpec if with_fields else SceneSpec, data, file)

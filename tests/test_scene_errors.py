@@ -267,6 +267,24 @@ CASES = [
     ("steps-zero", setting("optimize/steps", 0), "optimize.steps", "greater than or equal to 1"),
     ("steps-missing", setting("optimize/steps", DELETE), "optimize.steps", "required field is missing"),
     ("batch-views", setting("optimize/batch_views", 2), "optimize.batch_views", "at most 1"),
+    # hostile values (issue 14): finite in float64, not in float32; bools for integers; deep or huge JSON
+    ("float32-overflow", setting("lights/0/position", [1e39, 0, 0]), "lights[0].position[0]",
+     "expected a number within float32's range (|x| <= 3.4e+38), got 1e+39"),
+    ("float32-overflow-negative", setting("cameras/0/look_at/eye", [0, -1e39, 4]), "cameras[0].look_at.eye[1]",
+     "float32's range"),
+    ("int-overflows-float32", setting("optimize/seed", 10**39), "optimize.seed", "an integer of 40 digits"),
+    ("scale-underflow", setting("meshes/0/transform", {"scale": 1e-300}), "meshes[0].transform.scale",
+     "smaller ones are 0 in float32"),
+    ("scale-underflow-list", setting("meshes/0/transform", {"scale": [1, 1e-45, 1]}), "meshes[0].transform.scale",
+     "smaller ones are 0 in float32"),
+    ("radius-underflow", setting("meshes/0/primitive/radius", 1e-300), "meshes[0].primitive.radius",
+     "float32 keeps > 0"),
+    ("fov-underflow", setting("cameras/0/fov_y", 1e-40), "cameras[0].fov_y", "float32 keeps > 0"),
+    ("version-true", setting("version", True), "version", "true and false are not integers"),
+    ("nested-100000", text("[" * 100000 + "]" * 100000), "", "invalid JSON: nested too deeply"),
+    ("nested-900", edit(lambda d: d.update(description=json.loads("[" * 900 + "]" * 900))),
+     "description[0][0]", "nested more than 64 levels deep"),
+    ("integer-5000-digits", text('{"version": ' + "7" * 5000 + "}"), "", "invalid JSON: an integer has too many"),
 ]
 
 
