@@ -7,6 +7,7 @@ Every failure is a `SceneError` naming the scene file (`file`), the field that r
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,9 @@ from . import images
 from .errors import SceneError
 
 MAX_IMAGE_SIZE = 4096  # texels per side of a texture, background or target image
+# A float image (TIFF, ...) is used as stored, so its values must be in the range of what it holds;
+# 8- and 16-bit images are in [0, 1] by construction. Roughness below 0.02 is raised to 0.02 on load.
+TEXTURE_RANGES = {"albedo": (0.0, 1.0), "roughness": (0.0, 1.0), "metallic": (0.0, 1.0), "background": (0.0, 1.0)}
 
 
 def _check_file(path: Path, what: str, file: str, field: str) -> None:
@@ -33,23 +37,30 @@ def image_size(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_
     """(width, height) from the image header, checked against `max_size`, without decoding pixels."""
     path = Path(path)
     _check_file(path, "image", file, field)
+    limit = f"the limit {max_size}x{max_size} ({max_size * max_size:,} pixels)"
     try:
-        with Image.open(path) as im:
-            width, height = im.size
+        with warnings.catch_warnings():
+            # pillow warns above 89M pixels and refuses above 179M (a decompression bomb): our limit is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise SceneError(file, field, f"image '{path}' is larger than {limit}: its header declares more than "
+                                      f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels (refused before decoding)") from None
     except UnidentifiedImageError:
         raise SceneError(file, field, f"'{path}' is not an image (unrecognized format)") from None
     except OSError as e:
         raise SceneError(file, field, f"image '{path}' cannot be read: {e}") from None
     if width > max_size or height > max_size:
-        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than the limit "
-                                      f"{max_size}x{max_size}")
+        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than {limit}")
     return width, height
 
 
 def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = "",
-               max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
+               max_size: int = MAX_IMAGE_SIZE, kind: str = "") -> np.ndarray:
     """An image as (H, W, channels) float32 (`renderer.images.read_image`: 8/16-bit to [0, 1], gray
-    repeated, alpha dropped), decoded from sRGB to linear when `srgb`; size-checked before decoding."""
+    repeated, alpha dropped), decoded from sRGB to linear when `srgb`; size-checked before decoding.
+    Its values must lie in the range of `kind` (`TEXTURE_RANGES`; [0, 1] when not named)."""
     path = Path(path)
     image_size(path, file, field, max_size)
     try:
@@ -58,7 +69,12 @@ def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = 
         raise SceneError(file, field, f"image '{path}': {e.message}") from None
     if not np.isfinite(a).all():
         raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
-    return (cv.srgb_to_linear(np.clip(a, 0, 1)) if srgb else a).astype(np.float32)
+    lo, hi = TEXTURE_RANGES.get(kind, (0.0, 1.0))
+    if a.size and (a.min() < lo or a.max() > hi):
+        what = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} image" if kind else "an image"
+        raise SceneError(file, field, f"image '{path}' holds values in [{a.min():g}, {a.max():g}]; {what} must hold "
+                                      f"values in [{lo:g}, {hi:g}] (a float image is used as stored)")
+    return (cv.srgb_to_linear(a) if srgb else a).astype(np.float32)
 
 
 def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, ...]:

@@ -112,7 +112,7 @@ def _from_file(scene: Scene, path: str, kind: str, shape: tuple, file: Path, whe
         return SceneError(scene.path, where, msg)
 
     if kind in TEXTURE_KINDS:
-        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where)
+        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where, kind=kind)
         if value.shape != shape:
             raise error(f"image '{file}' is {value.shape[1]}x{value.shape[0]}x{value.shape[2]}, the "
                         f"parameter is {shape[1]}x{shape[0]}x{shape[2]} (W x H x C)")

@@ -150,7 +150,7 @@ def load_scene(path) -> Scene:
             raise err(("background",), "expected [r, g, b]: a scene with fields needs a background color "
                                        "(the volume renderer composites over a constant)")
         scene.background = read_image(base / spec.background, srgb=True, channels=3, file=file,
-                                      field="background")
+                                      field="background", kind="background")
     else:
         scene.background = _f32(spec.background)
     if spec.optimize is not None:
@@ -166,7 +166,8 @@ def _f32(x) -> np.ndarray:
 def _texture(value, channels: int, srgb: bool, base: Path, file: str, parts: tuple) -> np.ndarray:
     """A material property as an (H, W, C) texture: a constant becomes 1x1."""
     if isinstance(value, str):
-        return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts))
+        return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts),
+                          kind=parts[-1])
     return _f32(value).reshape(1, 1, channels)
 
 

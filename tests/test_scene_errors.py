@@ -2,6 +2,8 @@
 expected. Each case writes a small bad scene (and bad assets) into tmp_path."""
 
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -73,9 +75,35 @@ def image_targets(d, tmp):
     return d
 
 
+def edit_tmp(fn):
+    def mutate(d, tmp):
+        fn(d, tmp)
+        return d
+    return mutate
+
+
 def edit(fn):
     def mutate(d, tmp):
         fn(d)
+        return d
+    return mutate
+
+
+def png_bytes(width: int, height: int, rows: int) -> bytes:
+    """An RGB PNG whose header says width x height and whose pixel data holds only `rows` rows (a truncated
+    download, or a decompression bomb's header with next to no data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    pixels = zlib.compress((b"\x00" + b"\x80" * (3 * width)) * rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def with_float_tiff(name: str, array: np.ndarray, path: str):
+    """A 32-bit float TIFF (pillow mode F): values are used as stored, not scaled from 8 bits."""
+    def mutate(d, tmp):
+        Image.fromarray(array.astype(np.float32), mode="F").save(tmp / name)
+        put(d, path, name)
         return d
     return mutate
 
@@ -285,6 +313,23 @@ CASES = [
     ("nested-900", edit(lambda d: d.update(description=json.loads("[" * 900 + "]" * 900))),
      "description[0][0]", "nested more than 64 levels deep"),
     ("integer-5000-digits", text('{"version": ' + "7" * 5000 + "}"), "", "invalid JSON: an integer has too many"),
+    ("metallic-float-image-range", with_float_tiff("m.tif", np.linspace(-50, 100, 64).reshape(8, 8),
+                                                   "materials/0/metallic"),
+     "materials[0].metallic", "holds values in [-50, 100]; a metallic image must hold values in [0, 1]"),
+    ("roughness-float-image-range", with_float_tiff("r.tif", np.full((4, 4), 1.5), "materials/0/roughness"),
+     "materials[0].roughness", "a roughness image must hold values in [0, 1]"),
+    ("albedo-float-image-negative", with_float_tiff("a.tif", np.full((4, 4), -0.25), "materials/0/albedo"),
+     "materials[0].albedo", "an albedo image must hold values in [0, 1]"),
+    ("background-float-image-range", with_float_tiff("b.tif", np.full((4, 4), 7.0), "background"),
+     "background", "a background image must hold values in [0, 1]"),
+    ("png-truncated", with_file("t.png", png_bytes(4000, 4000, 10), "materials/0/albedo"),
+     "materials[0].albedo", "t.png': image data is truncated"),
+    ("png-bomb", with_file("bomb.png", png_bytes(30000, 30000, 1), "materials/0/albedo"),
+     "materials[0].albedo", "bomb.png' is larger than the limit 4096x4096 (16,777,216 pixels)"),
+    ("png-bomb-target", edit_tmp(lambda d, tmp: (tmp / "bomb.png").write_bytes(png_bytes(30000, 30000, 1))
+                                 and d["optimize"].update(parameters={"materials.paint.albedo": {}}, targets={
+                                     "images": [{"camera": "main", "file": "bomb.png"}]})),
+     "optimize.targets.images[0].file", "larger than the limit 8192x8192 (67,108,864 pixels)"),
 ]
 
 
@@ -353,3 +398,12 @@ def test_scene_error_format():
     assert field_path(("meshes", 1, "transform", "scale")) == "meshes[1].transform.scale"
     import pickle
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_a_float_image_in_range_is_used_as_stored(tmp_path):
+    data = base()
+    Image.fromarray(np.full((4, 4), 0.25, np.float32), mode="F").save(tmp_path / "m.tif")
+    data["materials"][0]["metallic"] = "m.tif"
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    np.testing.assert_array_equal(load_scene(path).materials["paint"].metallic, np.full((4, 4, 1), 0.25, np.float32))
