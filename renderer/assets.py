@@ -6,10 +6,12 @@ Every failure is a `SceneError` naming the scene file (`file`), the field that r
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
 
+import charset_normalizer
 import numpy as np
 import trimesh
 from PIL import Image, UnidentifiedImageError
@@ -90,7 +92,14 @@ def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, .
         return SceneError(file, field, f"mesh file '{path}' {msg}")
 
     try:
-        loaded = trimesh.load(str(path), process=False)
+        if path.suffix.lower() == ".obj":
+            text = _strict_obj_text(path.read_bytes(), error)
+            loaded = trimesh.load(io.BytesIO(text.encode("utf-8")), file_type="obj", process=False,
+                                  resolver=trimesh.resolvers.FilePathResolver(path))
+        else:
+            loaded = trimesh.load(str(path), process=False)
+    except SceneError:
+        raise
     except Exception as e:  # trimesh raises many types for malformed files
         raise error(f"cannot be read: {type(e).__name__}: {e}") from None
     if isinstance(loaded, trimesh.Scene):
@@ -121,3 +130,68 @@ def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, .
         colors = cv.srgb_to_linear(np.asarray(visual.vertex_colors, np.float64)[:, :3] / 255.0)
     f32 = np.float32
     return vertices.astype(f32), faces.astype(np.int32), uvs.astype(f32), colors.astype(f32)
+
+
+def _decode_text(data: bytes) -> str | None:
+    """UTF-8, else the encoding charset-normalizer finds most likely (an exporter's latin-1 or cp1252
+    comment or material name), else None."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        best = charset_normalizer.from_bytes(data).best()
+        return None if best is None else str(best)
+
+
+def _strict_obj_text(data: bytes, error) -> str:
+    """The OBJ text with every face index checked and written as an absolute 1-based index.
+
+    OBJ indices are 1-based; a negative index counts back from the last element defined so far (-1: the
+    previous vertex). trimesh reads `f 0 1 2` as a face on other vertices and resolves negative indices
+    against the whole file, so each reference (v, v/vt, v//vn, v/vt/vn) is checked here: 0, an index past
+    the file's elements or a negative one before the first, or not an integer, is an error naming the line."""
+    text = _decode_text(data)
+    if text is None:
+        raise error("is not text in any encoding charset-normalizer recognizes (an OBJ file is text)")
+    lines = text.splitlines()
+    totals = {"v": 0, "vt": 0, "vn": 0}
+    for line in lines:
+        tag = line.split(maxsplit=1)[0] if line.strip() else ""
+        if tag in totals:
+            totals[tag] += 1
+    seen = {"v": 0, "vt": 0, "vn": 0}
+    out = []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts or parts[0] != "f":
+            if parts and parts[0] in seen:
+                seen[parts[0]] += 1
+            out.append(line)
+            continue
+        if len(parts) < 4:
+            raise error(f"line {number}: a face needs at least 3 vertices, got '{line.strip()[:80]}'")
+        refs = []
+        for ref in parts[1:]:
+            slots = ref.split("/")
+            if len(slots) > 3 or not slots[0]:
+                raise error(f"line {number}: '{ref[:40]}' is not a face vertex (v, v/vt, v//vn or v/vt/vn)")
+            fixed = []
+            for kind, slot in zip(("v", "vt", "vn"), slots):
+                if not slot:
+                    fixed.append("")
+                    continue
+                try:
+                    index = int(slot)
+                except ValueError:
+                    raise error(f"line {number}: face index '{slot[:40]}' is not an integer") from None
+                if index == 0:
+                    raise error(f"line {number}: face index 0 is invalid (OBJ indices start at 1; negative "
+                                f"ones count back from the last {kind})")
+                absolute = index if index > 0 else seen[kind] + 1 + index
+                if not 1 <= absolute <= totals[kind]:
+                    raise error(f"line {number}: face index {index} is out of range: the file has {totals[kind]} "
+                                f"'{kind}' element{'s' * (totals[kind] != 1)}"
+                                + (f", {seen[kind]} before this line" if index < 0 else ""))
+                fixed.append(str(absolute))
+            refs.append("/".join(fixed))
+        out.append("f " + " ".join(refs))
+    return "\n".join(out) + "\n"

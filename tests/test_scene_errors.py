@@ -326,6 +326,16 @@ CASES = [
      "materials[0].albedo", "t.png': image data is truncated"),
     ("png-bomb", with_file("bomb.png", png_bytes(30000, 30000, 1), "materials/0/albedo"),
      "materials[0].albedo", "bomb.png' is larger than the limit 4096x4096 (16,777,216 pixels)"),
+    ("obj-index-zero", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 0 1 2\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 4: face index 0 is invalid (OBJ indices start at 1"),
+    ("obj-index-past-the-end", with_file("m.obj", "v 0 0 0\nv 1 0 0\n# c\nv 1 1 0\nf 1 2 4\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 5: face index 4 is out of range: the file has 3 'v' elements"),
+    ("obj-negative-before-first", with_file("m.obj", "v 0 0 0\nv 1 0 0\nf -1 -2 -3\nv 1 1 0\n", "meshes/0", TRI),
+     "meshes[0].file", "line 3: face index -3 is out of range: the file has 3 'v' elements, 2 before this line"),
+    ("obj-uv-index", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nvt 0 0\nf 1/1 2/2 3/1\n", "meshes/0", TRI),
+     "meshes[0].file", "line 5: face index 2 is out of range: the file has 1 'vt' element"),
+    ("obj-index-not-integer", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3.5\n", "meshes/0", TRI),
+     "meshes[0].file", "line 4: face index '3.5' is not an integer"),
     ("png-bomb-target", edit_tmp(lambda d, tmp: (tmp / "bomb.png").write_bytes(png_bytes(30000, 30000, 1))
                                  and d["optimize"].update(parameters={"materials.paint.albedo": {}}, targets={
                                      "images": [{"camera": "main", "file": "bomb.png"}]})),
@@ -407,3 +417,29 @@ def test_a_float_image_in_range_is_used_as_stored(tmp_path):
     path = tmp_path / "scene.json"
     path.write_text(json.dumps(data))
     np.testing.assert_array_equal(load_scene(path).materials["paint"].metallic, np.full((4, 4, 1), 0.25, np.float32))
+
+
+def load_obj(tmp_path, data: bytes):
+    (tmp_path / "m.obj").write_bytes(data)
+    scene = base()
+    scene["meshes"][0] = dict(TRI)
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    return load_scene(path).meshes["ball"]
+
+
+def test_an_obj_with_a_latin1_comment_loads(tmp_path):
+    text = "# mod\u00e8le export\u00e9 par Caf\u00e9 3D \u00a9 2026\nv 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n"
+    data = text.encode("latin-1")
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    mesh = load_obj(tmp_path, data)
+    np.testing.assert_array_equal(mesh.faces, [[0, 1, 2]])
+    np.testing.assert_array_equal(mesh.vertices[2], [1, 1, 0])
+
+
+def test_obj_negative_indices_count_back_from_the_last_vertex_so_far(tmp_path):
+    # trimesh resolved -1 against the whole file: the second triangle reused the first one's vertices
+    mesh = load_obj(tmp_path, b"v 0 0 0\nv 1 0 0\nv 1 1 0\nf -3 -2 -1\nv 5 0 0\nv 6 0 0\nv 6 1 0\nf -3 -2 -1\n")
+    assert len(mesh.vertices) == 6
+    np.testing.assert_array_equal(mesh.vertices[mesh.faces[1]], [[5, 0, 0], [6, 0, 0], [6, 1, 0]])
