@@ -58,7 +58,8 @@ def _png_data_problem(path: Path) -> str:
         return f"its pixel data is damaged ({exc})"
     if got >= expected:
         return ""
-    rows = f"{got // (1 + (width * bits + 7) // 8)} of its {height} rows" if not interlace else f"{got} of {expected} bytes"
+    row_bytes = 1 + (width * bits + 7) // 8
+    rows = f"{got // row_bytes} of its {height} rows" if not interlace else f"{got} of {expected} bytes"
     return f"its pixel data is truncated: the header says {width}x{height}, the data holds {rows}"
 
 
