@@ -64,6 +64,39 @@ def _exactly_one(model: BaseModel, *names: str) -> None:
         raise ValueError(f"expected exactly one of {listed}, got {got}")
 
 
+# ---- file references ----------------------------------------------------------------------------
+
+class FileRef:
+    """Field metadata: a string value of this field is the name of a file that loading the scene reads
+    (relative to the scene file). `kind`: "image", "mesh", "image_or_mesh" (an init), "transforms" (a
+    transforms.json, which names images in turn) or "scene" (another scene file). `file_references` lists
+    them; the recorder copies exactly these files into a recording and the reader checks exactly these."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"FileRef({self.kind!r})"
+
+
+def file_references(spec: BaseModel, parts: tuple = ()) -> list[tuple[tuple, str, str]]:
+    """(JSON path parts, file name as written, FileRef kind) of every file reference in a validated scene
+    (the JSON path of a model field is its path in the file: the models have no aliases)."""
+    out = []
+    for name, info in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        ref = next((m for m in info.metadata if isinstance(m, FileRef)), None)
+        if ref is not None and isinstance(value, str):
+            out.append((parts + (name,), value, ref.kind))
+            continue
+        items = (value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list)
+                 else [(None, value)])
+        for key, item in items:
+            if isinstance(item, BaseModel):
+                out += file_references(item, parts + ((name,) if key is None else (name, key)))
+    return out
+
+
 # ---- value types --------------------------------------------------------------------------------
 
 def _is_number(x: Any) -> bool:
@@ -240,7 +273,7 @@ class Transform(Strict):
 
 class MeshSpec(Strict):
     name: Name
-    file: str | None = None
+    file: Annotated[str | None, FileRef("mesh")] = None
     primitive: Primitive | None = None
     transform: Transform = Field(default_factory=Transform)
     material: Name
@@ -263,9 +296,9 @@ class MeshSpec(Strict):
 class MaterialSpec(Strict):
     name: Name
     model: Literal[SHADING_MODELS] = "lambert"
-    albedo: Albedo = [0.8, 0.8, 0.8]
-    roughness: Roughness = 0.5
-    metallic: Metallic = 0.0
+    albedo: Annotated[Albedo, FileRef("image")] = [0.8, 0.8, 0.8]
+    roughness: Annotated[Roughness, FileRef("image")] = 0.5
+    metallic: Annotated[Metallic, FileRef("image")] = 0.0
     wrap: Literal["wrap", "clamp"] = "wrap"
 
 
@@ -552,13 +585,13 @@ Init = Annotated[
 
 
 class ParameterSpec(Strict):
-    init: Init | None = None  # None: start from the scene's value
+    init: Annotated[Init | None, FileRef("image_or_mesh")] = None  # None: start from the scene's value
     lr: Positive | None = None  # overrides optimizer.lr for this parameter
 
 
 class TargetImage(Strict):
     camera: Name
-    file: str
+    file: Annotated[str, FileRef("image")]
 
 
 class DatasetRecipe(Strict):
@@ -566,7 +599,7 @@ class DatasetRecipe(Strict):
     scene that trains on a generated dataset that is not shipped: when the transforms file is missing, the
     loader generates it into the folder of `targets.transforms` (and says so, with the equivalent command).
     `scene` (relative to the scene file) is the scene rendered; the other keys are `drstudio dataset`'s options."""
-    scene: str
+    scene: Annotated[str, FileRef("scene")]
     views: Annotated[int, Field(ge=1, le=10000)] = 100
     test_views: Annotated[int, Field(ge=0)] = 0
     width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)] = 128
@@ -593,11 +626,11 @@ class DatasetRecipe(Strict):
 class Targets(Strict):
     cameras: Annotated[list[Name], Field(min_length=1)] | None = None  # rendered from the true scene
     images: Annotated[list[TargetImage], Field(min_length=1)] | None = None
-    transforms: str | None = None  # nerfstudio / instant-ngp transforms.json
+    transforms: Annotated[str | None, FileRef("transforms")] = None  # nerfstudio / instant-ngp transforms.json
     # held out of training, for the test PSNR of field scenes: cameras rendered from the scene (with
     # `cameras`) or a second transforms.json (with `transforms`; frames with "split": "test" are held out too)
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
-    test_transforms: str | None = None
+    test_transforms: Annotated[str | None, FileRef("transforms")] = None
     dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
 
     @model_validator(mode="after")
@@ -683,7 +716,7 @@ class SceneSpec(Strict):
     materials: Annotated[list[MaterialSpec], Field(min_length=1)]
     lights: list[LightSpec] = []
     cameras: Annotated[list[CameraSpec], Field(min_length=1)]
-    background: Background = [0.0, 0.0, 0.0]  # linear RGB or an image file
+    background: Annotated[Background, FileRef("image")] = [0.0, 0.0, 0.0]  # linear RGB or an image file
     render: RenderSpec = Field(default_factory=RenderSpec)
     optimize: OptimizeSpec | None = None
     fields: Annotated[list[FieldSpec], Field(max_length=1)] = []  # radiance fields; one per scene so far

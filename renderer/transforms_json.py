@@ -40,6 +40,12 @@ def _number(d: dict, key: str, file: str, field: str):
     return float(v)
 
 
+def frame_image_path(base: Path, file_path: str) -> Path:
+    """The image a frame's `file_path` names: relative to the json's folder, `.png` when it has no extension."""
+    img_path = Path(base) / file_path
+    return img_path if img_path.suffix else img_path.with_suffix(".png")
+
+
 def load_transforms(path) -> list[Frame]:
     path = Path(path)
     file = str(path)
@@ -56,9 +62,9 @@ def load_transforms(path) -> list[Frame]:
         field = f"frames[{i}]."
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise SceneError(file, f"frames[{i}]", "expected an object with file_path and transform_matrix")
-        img_path = path.parent / fr["file_path"]
-        if not img_path.suffix:
-            img_path = img_path.with_suffix(".png")
+        if not isinstance(fr["file_path"], str) or not fr["file_path"].strip():
+            raise SceneError(file, f"{field}file_path", f"expected an image file name, got {fr['file_path']!r}")
+        img_path = frame_image_path(path.parent, fr["file_path"])
         m = np.asarray(fr["transform_matrix"], dtype=np.float64)
         if m.shape != (4, 4) or not np.isfinite(m).all():
             raise SceneError(file, f"{field}transform_matrix", "expected a finite 4x4 matrix")
