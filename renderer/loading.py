@@ -196,7 +196,23 @@ def _check_dataset_present(targets, base: Path, file: str) -> None:
         if recipe is None or key != "transforms":
             raise SceneError(file, where, f"file not found: '{os.path.relpath(path)}' (generate a dataset with "
                              "`drstudio dataset SCENE --out DIR`)")
+        if not _inside_folder(path, base):
+            raise SceneError(file, where, f"'{rel}' is outside the scene's folder: loading generates a missing "
+                             "dataset (targets.dataset) only inside it, so a scene file cannot make it write "
+                             "elsewhere; generate it there with `drstudio dataset SCENE --out DIR`")
         _generate_dataset(recipe, base, path.parent, file)
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    """`path` stays inside `folder`, as written (no absolute path, no `..` out) and with links resolved."""
+    lexical = os.path.relpath(os.path.normpath(path), os.path.normpath(folder))
+    if lexical == ".." or lexical.startswith(".." + os.sep) or os.path.isabs(lexical):
+        return False
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
 
 
 def _generate_dataset(recipe, base: Path, out: Path, file: str) -> None:

@@ -443,3 +443,23 @@ def test_obj_negative_indices_count_back_from_the_last_vertex_so_far(tmp_path):
     mesh = load_obj(tmp_path, b"v 0 0 0\nv 1 0 0\nv 1 1 0\nf -3 -2 -1\nv 5 0 0\nv 6 0 0\nv 6 1 0\nf -3 -2 -1\n")
     assert len(mesh.vertices) == 6
     np.testing.assert_array_equal(mesh.vertices[mesh.faces[1]], [[5, 0, 0], [6, 0, 0], [6, 1, 0]])
+
+
+@pytest.mark.parametrize("where", ["ABSOLUTE", "../elsewhere/transforms.json", "link/transforms.json"])
+def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
+    """A scene with a dataset recipe and a missing transforms file makes the loader write a dataset: a
+    hostile scene must not point that at another folder (absolute, .., a link out)."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (scenes / "link").symlink_to(tmp_path / "elsewhere")
+    data = base()
+    (scenes / "source.json").write_text(json.dumps(data))
+    target = str(tmp_path / "elsewhere" / "transforms.json") if where == "ABSOLUTE" else where
+    data["optimize"]["targets"] = {"transforms": target, "dataset": {"scene": "source.json", "views": 2}}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    path = scenes / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError, match="optimize.targets.transforms: .* is outside the scene's folder"):
+        load_scene(path)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
