@@ -50,11 +50,19 @@ def load_transforms(path) -> list[Frame]:
     path = Path(path)
     file = str(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SceneError(file, "", "file not found") from None
     except json.JSONDecodeError as exc:
         raise SceneError(file, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise SceneError(file, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise SceneError(file, "", "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise SceneError(file, "", f"malformed JSON: {exc}") from None
+    except OSError as exc:  # a folder, no permission
+        raise SceneError(file, "", f"cannot be read: {exc.strerror or exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list) or not doc["frames"]:
         raise SceneError(file, "frames", "expected a non-empty list of frames")
     frames = []
@@ -65,7 +73,10 @@ def load_transforms(path) -> list[Frame]:
         if not isinstance(fr["file_path"], str) or not fr["file_path"].strip():
             raise SceneError(file, f"{field}file_path", f"expected an image file name, got {fr['file_path']!r}")
         img_path = frame_image_path(path.parent, fr["file_path"])
-        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        try:
+            m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # strings, ragged lists, 400-digit integers
+            m = np.zeros(0)
         if m.shape != (4, 4) or not np.isfinite(m).all():
             raise SceneError(file, f"{field}transform_matrix", "expected a finite 4x4 matrix")
         try:

@@ -463,3 +463,26 @@ def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
     with pytest.raises(SceneError, match="optimize.targets.transforms: .* is outside the scene's folder"):
         load_scene(path)
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[" * 100000, "nested too deeply"),
+    (b'{"frames": ' + b"9" * 5000 + b"}", "malformed JSON"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": 5, "transform_matrix": 1}]}).encode(),
+     "frames[0].file_path: expected an image file name, got 5"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [["x"]]}]}).encode(),
+     "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [[1, 2], [3]]}]}).encode(),
+     "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+])
+def test_a_hostile_transforms_file_is_a_scene_error(tmp_path, content, message):
+    (tmp_path / "t.json").write_bytes(content)
+    data = base()
+    data["optimize"]["targets"] = {"transforms": "t.json"}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert info.value.field == "optimize.targets.transforms" and message in info.value.message, str(info.value)
