@@ -399,6 +399,18 @@ def test_transforms_errors_name_both_files(tmp_path):
     assert "t.json" in info.value.message and "frames[0].transform_matrix" in info.value.message
 
 
+def test_a_scene_error_is_one_line_whatever_the_names_hold(tmp_path):
+    data = base()
+    data["materials"][0]["albedo"] = "sky\nline\u2028.png"
+    data["meshes"][0]["a\r\nb"] = 1
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert len(str(info.value).splitlines()) == 1 and 'meshes[0]["a\\r\\nb"]' in str(info.value)
+    assert info.value.field == 'meshes[0]["a\r\nb"]'  # the attributes keep the text as it is
+
+
 def test_scene_error_format():
     err = SceneError("scenes/x.json", "materials[0].albedo", "expected [r, g, b]")
     assert str(err) == "scenes/x.json: materials[0].albedo: expected [r, g, b]"
