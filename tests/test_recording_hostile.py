@@ -228,3 +228,18 @@ def test_a_checksummed_record_of_the_wrong_shape_is_skipped(work, field, value):
 def test_an_untampered_copy_loads_without_warnings(work):
     rec = load_recording(work, quiet=True)
     assert rec.warnings == [] and len(rec.steps) == 6 and os.path.samefile(rec.path, work)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("start", [], "meta.json: start: expected"),
+    ("start", {"at": "0"}, "meta.json: start: expected"),
+    ("parent", {"at": 3}, "meta.json: parent: expected null or"),
+    ("seed", 1.5, "meta.json: seed: expected an integer"),
+    ("version", True, "invalid format version True"),
+    ("scene", {"file": "scene/tiny.json", "files": ["scene/tiny.json"]}, "meta.json: scene: expected null or"),
+])
+def test_meta_fields_of_the_wrong_type_are_refused(work, key, value, message):
+    edit_meta(work, lambda m: m.update({key: value}))
+    with pytest.raises(RecordingError, match=re.escape(message)):
+        rec = load_recording(work, quiet=True)
+        rec.summary()

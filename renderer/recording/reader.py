@@ -143,7 +143,8 @@ class Recording:
             raise fmt.RecordingError(f"{file}: start: expected {{\"at\": int, \"step\": int, \"steps\": int, ...}}, "
                                      f"got {_short(start)}")
         parent = meta.get("parent")
-        if parent is not None and not (isinstance(parent, dict) and _is_int(parent.get("at"))):
+        if parent is not None and not (isinstance(parent, dict) and _is_int(parent.get("at"))
+                                       and isinstance(parent.get("path"), str)):
             raise fmt.RecordingError(f"{file}: parent: expected null or {{\"path\", \"at\": int, ...}}, got "
                                      f"{_short(parent)}")
         if not _is_int(meta.get("seed", 0)):
