@@ -405,7 +405,7 @@ class Recording:
         if img is None:
             file = self.entry(rel, "thumbnail")
             try:
-                data = np.asarray(iio.imread(file))
+                data = np.asarray(iio.imread(file, plugin="pillow"))  # thumbnails are PNGs: no format guessing
             except Exception as exc:  # imageio raises many types for damaged images
                 raise fmt.RecordingError(f"{self.path}: thumbnail {rel} unreadable ({type(exc).__name__}: "
                                          f"{exc})") from None
