@@ -544,7 +544,7 @@ NEURAL_FIELD_TYPES = ("neural", "nerf_w")
 
 class Perturb(Strict):
     sigma: NonNegative  # standard deviation of the Gaussian noise added to every entry
-    seed: int | None = None  # default: derived from optimize.seed and the parameter path
+    seed: Annotated[int, Field(ge=0)] | None = None  # default: derived from optimize.seed and the parameter path
 
 
 class PerturbInit(Strict):
@@ -554,7 +554,7 @@ class PerturbInit(Strict):
 class PerturbPose(Strict):
     degrees: NonNegative = 0.0  # rotation by exactly this angle about a random axis
     translation: NonNegative = 0.0  # shift by this fraction of the camera-to-scene-center distance
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
 
 
 class PerturbPoseInit(Strict):

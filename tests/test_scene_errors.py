@@ -326,6 +326,15 @@ CASES = [
      "materials[0].albedo", "t.png': image data is truncated"),
     ("png-bomb", with_file("bomb.png", png_bytes(30000, 30000, 1), "materials/0/albedo"),
      "materials[0].albedo", "bomb.png' is larger than the limit 4096x4096 (16,777,216 pixels)"),
+    ("perturb-seed-negative", setting("optimize/parameters", {"lights.key.position": {
+        "init": {"perturb": {"sigma": 1.0, "seed": -1}}}}),
+     'optimize.parameters["lights.key.position"].init.perturb.seed', "greater than or equal to 0"),
+    ("perturb-pose-seed-negative", setting("optimize/parameters", {"cameras.main.pose": {
+        "init": {"perturb_pose": {"degrees": 1, "seed": -5}}}}),
+     'optimize.parameters["cameras.main.pose"].init.perturb_pose.seed', "greater than or equal to 0"),
+    ("perturb-overflows-float32", setting("optimize/parameters", {"lights.key.position": {
+        "init": {"perturb": {"sigma": 3e38, "seed": 3}}}}),  # seed 3 draws 1.1 and -1.4 sigma
+     'optimize.parameters["lights.key.position"].init', "gives values outside float32's finite range"),
     ("obj-index-zero", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 0 1 2\n", "meshes/0", TRI),
      "meshes[0].file", "m.obj' line 4: face index 0 is invalid (OBJ indices start at 1"),
     ("obj-index-past-the-end", with_file("m.obj", "v 0 0 0\nv 1 0 0\n# c\nv 1 1 0\nf 1 2 4\n", "meshes/0", TRI),
