@@ -370,6 +370,11 @@ class CameraSpec(Strict):
         _exactly_one(self, "look_at", "matrix")
         if self.look_at is not None and "convention" in self.model_fields_set:
             raise ValueError('"convention" applies to "matrix" only (look_at is convention-free)')
+        with np.errstate(over="ignore", divide="ignore"):
+            k = self.intrinsics().astype(np.float32)
+        if not np.isfinite(k).all():  # fov_y 1e-38: a focal length of 1e39 pixels
+            raise ValueError(f"expected intrinsics finite in float32, got fx, fy, cx, cy = {k.tolist()} (fov_y "
+                             f"too small?)")
         return self
 
     @field_validator("matrix")

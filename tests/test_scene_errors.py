@@ -308,6 +308,7 @@ CASES = [
     ("radius-underflow", setting("meshes/0/primitive/radius", 1e-300), "meshes[0].primitive.radius",
      "float32 keeps > 0"),
     ("fov-underflow", setting("cameras/0/fov_y", 1e-40), "cameras[0].fov_y", "float32 keeps > 0"),
+    ("fov-focal-overflow", setting("cameras/0/fov_y", 1.2e-38), "cameras[0]", "expected intrinsics finite in float32"),
     ("version-true", setting("version", True), "version", "true and false are not integers"),
     ("nested-100000", text("[" * 100000 + "]" * 100000), "", "invalid JSON: nested too deeply"),
     ("nested-900", edit(lambda d: d.update(description=json.loads("[" * 900 + "]" * 900))),
