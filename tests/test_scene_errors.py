@@ -508,3 +508,19 @@ def test_a_hostile_transforms_file_is_a_scene_error(tmp_path, content, message):
     with pytest.raises(SceneError) as info:
         load_scene(path)
     assert info.value.field == "optimize.targets.transforms" and message in info.value.message, str(info.value)
+
+
+@pytest.mark.parametrize("radius", [1e-5, 1e-20, 1.2e-38])
+def test_a_small_primitive_keeps_its_triangles(tmp_path, radius):
+    """Primitives drop the zero-area triangles of collapsed rows relative to their size: an absolute 1e-12
+    threshold emptied a sphere of radius 1e-5 (a mesh with no triangles). Object-space size is free: the
+    scale brings it back (radius 1e-20, scale 1e20)."""
+    data = base()
+    data["meshes"][0]["primitive"].update(radius=radius, resolution=64)
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    mesh = load_scene(path).meshes["ball"]
+    data["meshes"][0]["primitive"]["radius"] = 1.0
+    path.write_text(json.dumps(data))
+    unit = load_scene(path).meshes["ball"]
+    np.testing.assert_array_equal(mesh.faces, unit.faces)
