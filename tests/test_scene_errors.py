@@ -1,6 +1,7 @@
 """Every bad input is a SceneError whose one-line message names the file, the field path and what was
 expected. Each case writes a small bad scene (and bad assets) into tmp_path."""
 
+import io
 import json
 import struct
 import zlib
@@ -97,6 +98,12 @@ def png_bytes(width: int, height: int, rows: int) -> bytes:
     pixels = zlib.compress((b"\x00" + b"\x80" * (3 * width)) * rows)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
             + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def jpeg_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(out, format="JPEG")
+    return out.getvalue()
 
 
 def with_float_tiff(name: str, array: np.ndarray, path: str):
@@ -325,6 +332,8 @@ CASES = [
      "background", "a background image must hold values in [0, 1]"),
     ("png-truncated", with_file("t.png", png_bytes(4000, 4000, 10), "materials/0/albedo"),
      "materials[0].albedo", "t.png': image data is truncated"),
+    ("jpeg-truncated", with_file("t.jpg", jpeg_bytes()[:2000], "materials/0/albedo"),
+     "materials[0].albedo", "t.jpg': image data is truncated or damaged (image file is truncated"),
     ("png-bomb", with_file("bomb.png", png_bytes(30000, 30000, 1), "materials/0/albedo"),
      "materials[0].albedo", "bomb.png' is larger than the limit 4096x4096 (16,777,216 pixels)"),
     ("perturb-seed-negative", setting("optimize/parameters", {"lights.key.position": {
