@@ -235,11 +235,13 @@ def test_an_untampered_copy_loads_without_warnings(work):
     ("start", {"at": "0"}, "meta.json: start: expected"),
     ("parent", {"at": 3}, "meta.json: parent: expected null or"),
     ("seed", 1.5, "meta.json: seed: expected an integer"),
+    ("seed", "DELETE", "meta.json: seed: expected an integer"),
+    ("start", {"at": 0, "step": 0}, "meta.json: start: expected"),
     ("version", True, "invalid format version True"),
     ("scene", {"file": "scene/tiny.json", "files": ["scene/tiny.json"]}, "meta.json: scene: expected null or"),
 ])
 def test_meta_fields_of_the_wrong_type_are_refused(work, key, value, message):
-    edit_meta(work, lambda m: m.update({key: value}))
+    edit_meta(work, lambda m: m.pop(key) if value == "DELETE" else m.update({key: value}))
     with pytest.raises(RecordingError, match=re.escape(message)):
         rec = load_recording(work, quiet=True)
         rec.summary()

@@ -139,7 +139,9 @@ class Recording:
                 f"{self.path}: recording format version {version} (written by drstudio {by}) is newer than the "
                 f"versions this drstudio reads (up to {fmt.FORMAT_VERSION}); upgrade drstudio to open it")
         start = meta.get("start", {})
-        if not isinstance(start, dict) or not all(_is_int(start.get(k, 0)) for k in ("at", "step", "steps")):
+        needed = ("steps",) if meta.get("scene") is not None else ()  # what build_problem reads
+        if (not isinstance(start, dict) or not all(_is_int(start.get(k, 0)) for k in ("at", "step", "steps"))
+                or not all(k in start for k in needed)):
             raise fmt.RecordingError(f"{file}: start: expected {{\"at\": int, \"step\": int, \"steps\": int, ...}}, "
                                      f"got {_short(start)}")
         parent = meta.get("parent")
@@ -147,7 +149,7 @@ class Recording:
                                        and isinstance(parent.get("path"), str)):
             raise fmt.RecordingError(f"{file}: parent: expected null or {{\"path\", \"at\": int, ...}}, got "
                                      f"{_short(parent)}")
-        if not _is_int(meta.get("seed", 0)):
+        if not _is_int(meta.get("seed", 0)) or (meta.get("scene") is not None and "seed" not in meta):
             raise fmt.RecordingError(f"{file}: seed: expected an integer, got {_short(meta.get('seed'))}")
         return meta
 
