@@ -6,9 +6,12 @@ Every failure is a `SceneError` naming the scene file (`file`), the field that r
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from pathlib import Path
 
+import charset_normalizer
 import numpy as np
 import trimesh
 from PIL import Image, UnidentifiedImageError
@@ -18,6 +21,9 @@ from . import images
 from .errors import SceneError
 
 MAX_IMAGE_SIZE = 4096  # texels per side of a texture, background or target image
+# A float image (TIFF, ...) is used as stored, so its values must be in the range of what it holds;
+# 8- and 16-bit images are in [0, 1] by construction. Roughness below 0.02 is raised to 0.02 on load.
+TEXTURE_RANGES = {"albedo": (0.0, 1.0), "roughness": (0.0, 1.0), "metallic": (0.0, 1.0), "background": (0.0, 1.0)}
 
 
 def _check_file(path: Path, what: str, file: str, field: str) -> None:
@@ -33,23 +39,30 @@ def image_size(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_
     """(width, height) from the image header, checked against `max_size`, without decoding pixels."""
     path = Path(path)
     _check_file(path, "image", file, field)
+    limit = f"the limit {max_size}x{max_size} ({max_size * max_size:,} pixels)"
     try:
-        with Image.open(path) as im:
-            width, height = im.size
+        with warnings.catch_warnings():
+            # pillow warns above 89M pixels and refuses above 179M (a decompression bomb): our limit is lower
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                width, height = im.size
+    except Image.DecompressionBombError:
+        raise SceneError(file, field, f"image '{path}' is larger than {limit}: its header declares more than "
+                                      f"{2 * Image.MAX_IMAGE_PIXELS:,} pixels (refused before decoding)") from None
     except UnidentifiedImageError:
         raise SceneError(file, field, f"'{path}' is not an image (unrecognized format)") from None
     except OSError as e:
         raise SceneError(file, field, f"image '{path}' cannot be read: {e}") from None
     if width > max_size or height > max_size:
-        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than the limit "
-                                      f"{max_size}x{max_size}")
+        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than {limit}")
     return width, height
 
 
 def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = "",
-               max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
+               max_size: int = MAX_IMAGE_SIZE, kind: str = "") -> np.ndarray:
     """An image as (H, W, channels) float32 (`renderer.images.read_image`: 8/16-bit to [0, 1], gray
-    repeated, alpha dropped), decoded from sRGB to linear when `srgb`; size-checked before decoding."""
+    repeated, alpha dropped), decoded from sRGB to linear when `srgb`; size-checked before decoding.
+    Its values must lie in the range of `kind` (`TEXTURE_RANGES`; [0, 1] when not named)."""
     path = Path(path)
     image_size(path, file, field, max_size)
     try:
@@ -58,7 +71,12 @@ def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = 
         raise SceneError(file, field, f"image '{path}': {e.message}") from None
     if not np.isfinite(a).all():
         raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
-    return (cv.srgb_to_linear(np.clip(a, 0, 1)) if srgb else a).astype(np.float32)
+    lo, hi = TEXTURE_RANGES.get(kind, (0.0, 1.0))
+    if a.size and (a.min() < lo or a.max() > hi):
+        what = f"{'an' if kind[:1] in 'aeiou' else 'a'} {kind} image" if kind else "an image"
+        raise SceneError(file, field, f"image '{path}' holds values in [{a.min():g}, {a.max():g}]; {what} must hold "
+                                      f"values in [{lo:g}, {hi:g}] (a float image is used as stored)")
+    return (cv.srgb_to_linear(a) if srgb else a).astype(np.float32)
 
 
 def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, ...]:
@@ -74,7 +92,14 @@ def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, .
         return SceneError(file, field, f"mesh file '{path}' {msg}")
 
     try:
-        loaded = trimesh.load(str(path), process=False)
+        if path.suffix.lower() == ".obj":
+            text = _strict_obj_text(path.read_bytes(), error)
+            loaded = trimesh.load(io.BytesIO(text.encode("utf-8")), file_type="obj", process=False,
+                                  resolver=trimesh.resolvers.FilePathResolver(path))
+        else:
+            loaded = trimesh.load(str(path), process=False)
+    except SceneError:
+        raise
     except Exception as e:  # trimesh raises many types for malformed files
         raise error(f"cannot be read: {type(e).__name__}: {e}") from None
     if isinstance(loaded, trimesh.Scene):
@@ -105,3 +130,68 @@ def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, .
         colors = cv.srgb_to_linear(np.asarray(visual.vertex_colors, np.float64)[:, :3] / 255.0)
     f32 = np.float32
     return vertices.astype(f32), faces.astype(np.int32), uvs.astype(f32), colors.astype(f32)
+
+
+def _decode_text(data: bytes) -> str | None:
+    """UTF-8, else the encoding charset-normalizer finds most likely (an exporter's latin-1 or cp1252
+    comment or material name), else None."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        best = charset_normalizer.from_bytes(data).best()
+        return None if best is None else str(best)
+
+
+def _strict_obj_text(data: bytes, error) -> str:
+    """The OBJ text with every face index checked and written as an absolute 1-based index.
+
+    OBJ indices are 1-based; a negative index counts back from the last element defined so far (-1: the
+    previous vertex). trimesh reads `f 0 1 2` as a face on other vertices and resolves negative indices
+    against the whole file, so each reference (v, v/vt, v//vn, v/vt/vn) is checked here: 0, an index past
+    the file's elements or a negative one before the first, or not an integer, is an error naming the line."""
+    text = _decode_text(data)
+    if text is None:
+        raise error("is not text in any encoding charset-normalizer recognizes (an OBJ file is text)")
+    lines = text.splitlines()
+    totals = {"v": 0, "vt": 0, "vn": 0}
+    for line in lines:
+        tag = line.split(maxsplit=1)[0] if line.strip() else ""
+        if tag in totals:
+            totals[tag] += 1
+    seen = {"v": 0, "vt": 0, "vn": 0}
+    out = []
+    for number, line in enumerate(lines, start=1):
+        parts = line.split()
+        if not parts or parts[0] != "f":
+            if parts and parts[0] in seen:
+                seen[parts[0]] += 1
+            out.append(line)
+            continue
+        if len(parts) < 4:
+            raise error(f"line {number}: a face needs at least 3 vertices, got '{line.strip()[:80]}'")
+        refs = []
+        for ref in parts[1:]:
+            slots = ref.split("/")
+            if len(slots) > 3 or not slots[0]:
+                raise error(f"line {number}: '{ref[:40]}' is not a face vertex (v, v/vt, v//vn or v/vt/vn)")
+            fixed = []
+            for kind, slot in zip(("v", "vt", "vn"), slots):
+                if not slot:
+                    fixed.append("")
+                    continue
+                try:
+                    index = int(slot)
+                except ValueError:
+                    raise error(f"line {number}: face index '{slot[:40]}' is not an integer") from None
+                if index == 0:
+                    raise error(f"line {number}: face index 0 is invalid (OBJ indices start at 1; negative "
+                                f"ones count back from the last {kind})")
+                absolute = index if index > 0 else seen[kind] + 1 + index
+                if not 1 <= absolute <= totals[kind]:
+                    raise error(f"line {number}: face index {index} is out of range: the file has {totals[kind]} "
+                                f"'{kind}' element{'s' * (totals[kind] != 1)}"
+                                + (f", {seen[kind]} before this line" if index < 0 else ""))
+                fixed.append(str(absolute))
+            refs.append("/".join(fixed))
+        out.append("f " + " ".join(refs))
+    return "\n".join(out) + "\n"

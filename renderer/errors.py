@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 
+_LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}  # what splitlines splits on
+
+
 class SceneError(ValueError):
     """A user mistake in a scene file or a file it references.
 
@@ -18,10 +21,11 @@ class SceneError(ValueError):
         self.others = tuple(others)
         super().__init__(str(self))
 
-    def __str__(self) -> str:
-        head = ": ".join(part for part in (self.file, self.field) if part)
+    def __str__(self) -> str:  # one line even when a file name or a JSON key holds a line break
+        head = ": ".join(part.translate(_LINE_BREAKS) for part in (self.file, self.field) if part)
         more = f" (and {len(self.others)} more error{'s' * (len(self.others) > 1)})" if self.others else ""
-        return f"{head}: {self.message}{more}" if head else f"{self.message}{more}"
+        message = self.message.translate(_LINE_BREAKS)
+        return f"{head}: {message}{more}" if head else f"{message}{more}"
 
     def __reduce__(self):  # keep the error picklable (worker processes, multiprocessing queues)
         return (type(self), (self.file, self.field, self.message, self.others))

@@ -104,7 +104,12 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         if value.min() < lo or value.max() > hi:
             raise error(f"expected values in [{lo:g}, {hi:g}] for {kind} parameters")
         value = _fix_range(kind, value)
-    return np.ascontiguousarray(value, dtype=np.float32)
+    with np.errstate(over="ignore"):
+        out = np.ascontiguousarray(value, dtype=np.float32)
+    if not np.isfinite(out).all():  # e.g. a perturb sigma of 3e38: finite in the file, inf in float32
+        raise error(f"gives values outside float32's finite range (|x| <= {np.finfo(np.float32).max:.3g}); "
+                    "use a smaller perturbation")
+    return out
 
 
 def _from_file(scene: Scene, path: str, kind: str, shape: tuple, file: Path, where: str) -> np.ndarray:
@@ -112,7 +117,7 @@ def _from_file(scene: Scene, path: str, kind: str, shape: tuple, file: Path, whe
         return SceneError(scene.path, where, msg)
 
     if kind in TEXTURE_KINDS:
-        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where)
+        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where, kind=kind)
         if value.shape != shape:
             raise error(f"image '{file}' is {value.shape[1]}x{value.shape[0]}x{value.shape[2]}, the "
                         f"parameter is {shape[1]}x{shape[0]}x{shape[2]} (W x H x C)")

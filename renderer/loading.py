@@ -36,6 +36,7 @@ from .scene import (
 from .scene_schema import (
     DEFAULT_RAYS_PER_BATCH,
     MAX_CAMERA_SIZE,
+    MAX_JSON_DEPTH,
     AmbientLightSpec,
     DirectionalLightSpec,
     OptimizeSpec,
@@ -77,6 +78,12 @@ def read_json(path, what: str = "scene file"):
         raise SceneError(file, f"line {e.lineno}, column {e.colno}", f"invalid JSON: {e.msg}") from None
     except _DuplicateKey as e:
         raise SceneError(file, "", f"invalid JSON: duplicate key \"{e.args[0]}\" in an object") from None
+    except RecursionError:
+        raise SceneError(file, "", f"invalid JSON: nested too deeply (a scene file is at most {MAX_JSON_DEPTH} "
+                                   "levels deep)") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits (4300)
+        why = "an integer has too many digits" if "digits" in str(e) else str(e)
+        raise SceneError(file, "", f"invalid JSON: {why}") from None
 
 
 def load_scene(path) -> Scene:
@@ -143,7 +150,7 @@ def load_scene(path) -> Scene:
             raise err(("background",), "expected [r, g, b]: a scene with fields needs a background color "
                                        "(the volume renderer composites over a constant)")
         scene.background = read_image(base / spec.background, srgb=True, channels=3, file=file,
-                                      field="background")
+                                      field="background", kind="background")
     else:
         scene.background = _f32(spec.background)
     if spec.optimize is not None:
@@ -159,7 +166,8 @@ def _f32(x) -> np.ndarray:
 def _texture(value, channels: int, srgb: bool, base: Path, file: str, parts: tuple) -> np.ndarray:
     """A material property as an (H, W, C) texture: a constant becomes 1x1."""
     if isinstance(value, str):
-        return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts))
+        return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts),
+                          kind=parts[-1])
     return _f32(value).reshape(1, 1, channels)
 
 
@@ -188,7 +196,23 @@ def _check_dataset_present(targets, base: Path, file: str) -> None:
         if recipe is None or key != "transforms":
             raise SceneError(file, where, f"file not found: '{os.path.relpath(path)}' (generate a dataset with "
                              "`drstudio dataset SCENE --out DIR`)")
+        if not _inside_folder(path, base):
+            raise SceneError(file, where, f"'{rel}' is outside the scene's folder: loading generates a missing "
+                             "dataset (targets.dataset) only inside it, so a scene file cannot make it write "
+                             "elsewhere; generate it there with `drstudio dataset SCENE --out DIR`")
         _generate_dataset(recipe, base, path.parent, file)
+
+
+def _inside_folder(path: Path, folder: Path) -> bool:
+    """`path` stays inside `folder`, as written (no absolute path, no `..` out) and with links resolved."""
+    lexical = os.path.relpath(os.path.normpath(path), os.path.normpath(folder))
+    if lexical == ".." or lexical.startswith(".." + os.sep) or os.path.isabs(lexical):
+        return False
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except (ValueError, OSError, RuntimeError):
+        return False
+    return True
 
 
 def _generate_dataset(recipe, base: Path, out: Path, file: str) -> None:

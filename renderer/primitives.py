@@ -40,7 +40,7 @@ def _grid(position, rows: int, cols: int) -> Built:
     faces = np.concatenate([np.stack([a, b, c], 1), np.stack([a, c, d], 1)])
     area = np.linalg.norm(np.cross(vertices[faces[:, 1]] - vertices[faces[:, 0]],
                                    vertices[faces[:, 2]] - vertices[faces[:, 0]]), axis=1)
-    faces = faces[area > 1e-12]
+    faces = faces[area > 1e-12 * area.max()]  # relative: a sphere of radius 1e-5 keeps its triangles
     used = np.unique(faces)  # a collapsed row has one vertex more than triangles touching it
     remap = np.zeros(len(vertices), np.int64)
     remap[used] = np.arange(len(used))

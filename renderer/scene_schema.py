@@ -1,7 +1,9 @@
 """Pydantic models of a drstudio scene file (JSON, version 1), documented in scenes/README.md.
 
 Every model forbids unknown keys and non-finite numbers and is strict (no "1" for 1, no 1.0 for an
-integer). `validate_scene(data, file)` turns any validation failure into a `SceneError` naming the
+integer, no true for 1). Every number must be finite in float32 (the renderer's type: |x| <= 3.4e38) and
+values that must be > 0 must stay > 0 in float32 (at least its smallest normal, 1.2e-38); nesting is at
+most `MAX_JSON_DEPTH` deep. `validate_scene(data, file)` turns any validation failure into a `SceneError` naming the
 JSON field path, e.g. ``meshes[1].transform.scale``. Checks that need more than one field of the
 file (names that must exist, files that must load, parameter paths) live in `renderer.loading`.
 """
@@ -17,6 +19,7 @@ import numpy as np
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Discriminator,
     Field,
@@ -34,6 +37,9 @@ from .scene import RENDER_MODES, SHADING_MODELS, RenderSettings
 
 MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf")
 MAX_CAMERA_SIZE = 8192
+MAX_JSON_DEPTH = 64  # nesting of objects and lists in a scene file (real scenes: under 10)
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: larger numbers are inf in float32
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: smallest normal float32; below it values underflow
 
 
 class Strict(BaseModel):
@@ -58,10 +64,57 @@ def _exactly_one(model: BaseModel, *names: str) -> None:
         raise ValueError(f"expected exactly one of {listed}, got {got}")
 
 
+# ---- file references ----------------------------------------------------------------------------
+
+class FileRef:
+    """Field metadata: a string value of this field is the name of a file that loading the scene reads
+    (relative to the scene file). `kind`: "image", "mesh", "image_or_mesh" (an init), "transforms" (a
+    transforms.json, which names images in turn) or "scene" (another scene file). `file_references` lists
+    them; the recorder copies exactly these files into a recording and the reader checks exactly these."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def __repr__(self) -> str:
+        return f"FileRef({self.kind!r})"
+
+
+def file_references(spec: BaseModel, parts: tuple = ()) -> list[tuple[tuple, str, str]]:
+    """(JSON path parts, file name as written, FileRef kind) of every file reference in a validated scene
+    (the JSON path of a model field is its path in the file: the models have no aliases)."""
+    out = []
+    for name, info in type(spec).model_fields.items():
+        value = getattr(spec, name)
+        ref = next((m for m in info.metadata if isinstance(m, FileRef)), None)
+        if ref is not None and isinstance(value, str):
+            out.append((parts + (name,), value, ref.kind))
+            continue
+        items = (value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list)
+                 else [(None, value)])
+        for key, item in items:
+            if isinstance(item, BaseModel):
+                out += file_references(item, parts + ((name,) if key is None else (name, key)))
+    return out
+
+
 # ---- value types --------------------------------------------------------------------------------
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _f32_positive(v: float) -> float:
+    """A value that must be > 0 stays > 0 (and normal) in float32."""
+    if v < FLOAT32_TINY:
+        raise ValueError(f"expected a number > 0 that float32 keeps > 0 (at least {FLOAT32_TINY:.2g})")
+    return v
+
+
+def _not_bool(v: Any) -> Any:
+    """JSON true/false are not the integers 1/0 (a Literal[0, 1] would take them)."""
+    if isinstance(v, bool):
+        raise ValueError("expected an integer (true and false are not integers)")
+    return v
 
 
 def _check_name(v: str) -> str:
@@ -94,11 +147,14 @@ def _number_or_file(check, what: str) -> PlainValidator:
 
 
 def _scale(v: Any) -> list[float]:
-    if _is_number(v) and v > 0:
+    def ok(x):
+        return _is_number(x) and FLOAT32_TINY <= x <= FLOAT32_MAX
+    if ok(v):
         return [float(v)] * 3
-    if isinstance(v, list) and len(v) == 3 and all(_is_number(x) and x > 0 for x in v):
+    if isinstance(v, list) and len(v) == 3 and all(ok(x) for x in v):
         return [float(x) for x in v]
-    raise ValueError("expected a number > 0 or a list of 3 numbers > 0")
+    raise ValueError(f"expected a number > 0 or a list of 3 numbers > 0 (each at least {FLOAT32_TINY:.2g}, "
+                     f"smaller ones are 0 in float32)")
 
 
 def _number_array(v: Any) -> list:
@@ -122,7 +178,7 @@ Name = Annotated[str, AfterValidator(_check_name)]
 Vec3 = Annotated[list[float], Field(min_length=3, max_length=3)]
 Vec4 = Annotated[list[float], Field(min_length=4, max_length=4)]
 NonNegative = Annotated[float, Field(ge=0)]
-Positive = Annotated[float, Field(gt=0)]
+Positive = Annotated[float, Field(gt=0), AfterValidator(_f32_positive)]
 Color = Annotated[list[NonNegative], Field(min_length=3, max_length=3)]
 Matrix4 = Annotated[list[Vec4], Field(min_length=4, max_length=4)]
 Resolution = Annotated[int, Field(ge=3, le=1024)]
@@ -217,7 +273,7 @@ class Transform(Strict):
 
 class MeshSpec(Strict):
     name: Name
-    file: str | None = None
+    file: Annotated[str | None, FileRef("mesh")] = None
     primitive: Primitive | None = None
     transform: Transform = Field(default_factory=Transform)
     material: Name
@@ -240,9 +296,9 @@ class MeshSpec(Strict):
 class MaterialSpec(Strict):
     name: Name
     model: Literal[SHADING_MODELS] = "lambert"
-    albedo: Albedo = [0.8, 0.8, 0.8]
-    roughness: Roughness = 0.5
-    metallic: Metallic = 0.0
+    albedo: Annotated[Albedo, FileRef("image")] = [0.8, 0.8, 0.8]
+    roughness: Annotated[Roughness, FileRef("image")] = 0.5
+    metallic: Annotated[Metallic, FileRef("image")] = 0.0
     wrap: Literal["wrap", "clamp"] = "wrap"
 
 
@@ -297,7 +353,7 @@ class CameraSpec(Strict):
     name: Name
     width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
     height: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)]
-    fov_y: Annotated[float, Field(gt=0, lt=180)] | None = None  # degrees
+    fov_y: Annotated[float, Field(gt=0, lt=180), AfterValidator(_f32_positive)] | None = None  # degrees
     fx: Positive | None = None  # pixels
     fy: Positive | None = None
     cx: float | None = None  # pixels, default width / 2
@@ -314,6 +370,11 @@ class CameraSpec(Strict):
         _exactly_one(self, "look_at", "matrix")
         if self.look_at is not None and "convention" in self.model_fields_set:
             raise ValueError('"convention" applies to "matrix" only (look_at is convention-free)')
+        with np.errstate(over="ignore", divide="ignore"):
+            k = self.intrinsics().astype(np.float32)
+        if not np.isfinite(k).all():  # fov_y 1e-38: a focal length of 1e39 pixels
+            raise ValueError(f"expected intrinsics finite in float32, got fx, fy, cx, cy = {k.tolist()} (fov_y "
+                             f"too small?)")
         return self
 
     @field_validator("matrix")
@@ -366,9 +427,9 @@ def _grid_resolution(v: Any) -> list[int]:
 def _aabb(v: Any) -> list[list[float]]:
     if (isinstance(v, list) and len(v) == 2 and all(isinstance(c, list) and len(c) == 3 for c in v)
             and all(_is_number(x) for c in v for x in c)):
-        if all(lo < hi for lo, hi in zip(v[0], v[1], strict=True)):
+        if all(np.float32(lo) < np.float32(hi) for lo, hi in zip(v[0], v[1], strict=True)):
             return [[float(x) for x in c] for c in v]
-    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max")
+    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max (in float32)")
 
 
 GridResolution = Annotated[list[int], PlainValidator(_grid_resolution)]
@@ -400,7 +461,7 @@ class VoxelGridFieldSpec(Strict):
     type: Literal["voxel_grid"]
     resolution: GridResolution  # lattice points per axis at the end of training
     aabb: Aabb
-    sh_degree: Literal[0, 1, 2] = 0
+    sh_degree: Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)] = 0
     activation: Literal["softplus", "relu"] = "softplus"
     init_density: Positive = 0.1  # the activated density of the fresh grid
     storage: Literal["float32", "float16"] = "float32"
@@ -463,7 +524,7 @@ class DynamicFieldSpec(Strict):
     n_times: Annotated[int, Field(ge=2, le=256)]
     aabb: Aabb
     time_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [0.0, 1.0]
-    sh_degree: Literal[0, 1, 2] = 0
+    sh_degree: Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)] = 0
     activation: Literal["softplus", "relu"] = "softplus"
     init_density: Positive = 0.1
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
@@ -474,8 +535,8 @@ class DynamicFieldSpec(Strict):
     @field_validator("time_range")
     @classmethod
     def _ordered(cls, v: list[float]) -> list[float]:
-        if not v[0] < v[1]:
-            raise ValueError("expected [t_start, t_end] with t_start < t_end")
+        if not np.float32(v[0]) < np.float32(v[1]):
+            raise ValueError("expected [t_start, t_end] with t_start < t_end (in float32)")
         return v
 
 
@@ -488,7 +549,7 @@ NEURAL_FIELD_TYPES = ("neural", "nerf_w")
 
 class Perturb(Strict):
     sigma: NonNegative  # standard deviation of the Gaussian noise added to every entry
-    seed: int | None = None  # default: derived from optimize.seed and the parameter path
+    seed: Annotated[int, Field(ge=0)] | None = None  # default: derived from optimize.seed and the parameter path
 
 
 class PerturbInit(Strict):
@@ -498,7 +559,7 @@ class PerturbInit(Strict):
 class PerturbPose(Strict):
     degrees: NonNegative = 0.0  # rotation by exactly this angle about a random axis
     translation: NonNegative = 0.0  # shift by this fraction of the camera-to-scene-center distance
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=0)] | None = None
 
 
 class PerturbPoseInit(Strict):
@@ -529,13 +590,13 @@ Init = Annotated[
 
 
 class ParameterSpec(Strict):
-    init: Init | None = None  # None: start from the scene's value
+    init: Annotated[Init | None, FileRef("image_or_mesh")] = None  # None: start from the scene's value
     lr: Positive | None = None  # overrides optimizer.lr for this parameter
 
 
 class TargetImage(Strict):
     camera: Name
-    file: str
+    file: Annotated[str, FileRef("image")]
 
 
 class DatasetRecipe(Strict):
@@ -543,7 +604,7 @@ class DatasetRecipe(Strict):
     scene that trains on a generated dataset that is not shipped: when the transforms file is missing, the
     loader generates it into the folder of `targets.transforms` (and says so, with the equivalent command).
     `scene` (relative to the scene file) is the scene rendered; the other keys are `drstudio dataset`'s options."""
-    scene: str
+    scene: Annotated[str, FileRef("scene")]
     views: Annotated[int, Field(ge=1, le=10000)] = 100
     test_views: Annotated[int, Field(ge=0)] = 0
     width: Annotated[int, Field(ge=1, le=MAX_CAMERA_SIZE)] = 128
@@ -570,11 +631,11 @@ class DatasetRecipe(Strict):
 class Targets(Strict):
     cameras: Annotated[list[Name], Field(min_length=1)] | None = None  # rendered from the true scene
     images: Annotated[list[TargetImage], Field(min_length=1)] | None = None
-    transforms: str | None = None  # nerfstudio / instant-ngp transforms.json
+    transforms: Annotated[str | None, FileRef("transforms")] = None  # nerfstudio / instant-ngp transforms.json
     # held out of training, for the test PSNR of field scenes: cameras rendered from the scene (with
     # `cameras`) or a second transforms.json (with `transforms`; frames with "split": "test" are held out too)
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
-    test_transforms: str | None = None
+    test_transforms: Annotated[str | None, FileRef("transforms")] = None
     dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
 
     @model_validator(mode="after")
@@ -606,7 +667,7 @@ class Loss(Strict):
 
 class ExponentialSchedule(Strict):
     type: Literal["exponential"]
-    gamma: Annotated[float, Field(gt=0, le=1)]  # lr multiplier per step
+    gamma: Annotated[float, Field(gt=0, le=1), AfterValidator(_f32_positive)]  # lr multiplier per step
 
 
 class CosineSchedule(Strict):
@@ -654,13 +715,13 @@ class OptimizeSpec(Strict):
 
 
 class SceneSpec(Strict):
-    version: Literal[1]
+    version: Annotated[Literal[1], BeforeValidator(_not_bool)]
     description: str = ""
     meshes: Annotated[list[MeshSpec], Field(min_length=1)]
     materials: Annotated[list[MaterialSpec], Field(min_length=1)]
     lights: list[LightSpec] = []
     cameras: Annotated[list[CameraSpec], Field(min_length=1)]
-    background: Background = [0.0, 0.0, 0.0]  # linear RGB or an image file
+    background: Annotated[Background, FileRef("image")] = [0.0, 0.0, 0.0]  # linear RGB or an image file
     render: RenderSpec = Field(default_factory=RenderSpec)
     optimize: OptimizeSpec | None = None
     fields: Annotated[list[FieldSpec], Field(max_length=1)] = []  # radiance fields; one per scene so far
@@ -731,7 +792,31 @@ def validate(model: type[BaseModel], data: Any, file: str):
         raise SceneError(errors[0].file, errors[0].field, errors[0].message, tuple(errors[1:])) from None
 
 
+def check_json_values(data: Any, file: str) -> None:
+    """Refuse what no model should see (SceneError naming the field path): nesting deeper than
+    `MAX_JSON_DEPTH` and numbers outside float32's finite range. Iterative, so any depth is safe."""
+    errors = []
+    stack = [(data, ())]
+    while stack:
+        value, parts = stack.pop()
+        if len(parts) > MAX_JSON_DEPTH:
+            raise SceneError(file, field_path(parts[:MAX_JSON_DEPTH]),
+                             f"nested more than {MAX_JSON_DEPTH} levels deep (a scene file is a few levels deep)")
+        if isinstance(value, dict):
+            stack.extend((v, parts + (k,)) for k, v in reversed(value.items()))
+        elif isinstance(value, list):
+            stack.extend((v, parts + (i,)) for i, v in reversed(list(enumerate(value))))
+        elif (isinstance(value, int) and not isinstance(value, bool) or isinstance(value, float)
+              and math.isfinite(value)) and abs(value) > FLOAT32_MAX:  # inf and NaN: the models say "finite"
+            got = f"{value:.3g}" if isinstance(value, float) else f"an integer of {len(str(abs(value)))} digits"
+            errors.append(SceneError(file, field_path(parts), f"expected a number within float32's range "
+                                                             f"(|x| <= {FLOAT32_MAX:.3g}), got {got}"))
+    if errors:
+        raise SceneError(errors[0].file, errors[0].field, errors[0].message, tuple(errors[1:]))
+
+
 def validate_scene(data: Any, file: str) -> SceneSpec:
     """A scene needs at least one mesh, or at least one field (then meshes and materials are optional)."""
+    check_json_values(data, file)
     with_fields = isinstance(data, dict) and data.get("fields") not in (None, [])
     return validate(FieldSceneSpec if with_fields else SceneSpec, data, file)

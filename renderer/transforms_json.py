@@ -40,15 +40,29 @@ def _number(d: dict, key: str, file: str, field: str):
     return float(v)
 
 
+def frame_image_path(base: Path, file_path: str) -> Path:
+    """The image a frame's `file_path` names: relative to the json's folder, `.png` when it has no extension."""
+    img_path = Path(base) / file_path
+    return img_path if img_path.suffix else img_path.with_suffix(".png")
+
+
 def load_transforms(path) -> list[Frame]:
     path = Path(path)
     file = str(path)
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise SceneError(file, "", "file not found") from None
     except json.JSONDecodeError as exc:
         raise SceneError(file, "", f"malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+    except UnicodeDecodeError as exc:
+        raise SceneError(file, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except RecursionError:
+        raise SceneError(file, "", "malformed JSON: nested too deeply") from None
+    except ValueError as exc:  # an integer of more than 4300 digits
+        raise SceneError(file, "", f"malformed JSON: {exc}") from None
+    except OSError as exc:  # a folder, no permission
+        raise SceneError(file, "", f"cannot be read: {exc.strerror or exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list) or not doc["frames"]:
         raise SceneError(file, "frames", "expected a non-empty list of frames")
     frames = []
@@ -56,10 +70,13 @@ def load_transforms(path) -> list[Frame]:
         field = f"frames[{i}]."
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
             raise SceneError(file, f"frames[{i}]", "expected an object with file_path and transform_matrix")
-        img_path = path.parent / fr["file_path"]
-        if not img_path.suffix:
-            img_path = img_path.with_suffix(".png")
-        m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        if not isinstance(fr["file_path"], str) or not fr["file_path"].strip():
+            raise SceneError(file, f"{field}file_path", f"expected an image file name, got {fr['file_path']!r}")
+        img_path = frame_image_path(path.parent, fr["file_path"])
+        try:
+            m = np.asarray(fr["transform_matrix"], dtype=np.float64)
+        except (TypeError, ValueError, OverflowError):  # strings, ragged lists, 400-digit integers
+            m = np.zeros(0)
         if m.shape != (4, 4) or not np.isfinite(m).all():
             raise SceneError(file, f"{field}transform_matrix", "expected a finite 4x4 matrix")
         try:

@@ -1,7 +1,10 @@
 """Every bad input is a SceneError whose one-line message names the file, the field path and what was
 expected. Each case writes a small bad scene (and bad assets) into tmp_path."""
 
+import io
 import json
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -72,9 +75,41 @@ def image_targets(d, tmp):
     return d
 
 
+def edit_tmp(fn):
+    def mutate(d, tmp):
+        fn(d, tmp)
+        return d
+    return mutate
+
+
 def edit(fn):
     def mutate(d, tmp):
         fn(d)
+        return d
+    return mutate
+
+
+def png_bytes(width: int, height: int, rows: int) -> bytes:
+    """An RGB PNG whose header says width x height and whose pixel data holds only `rows` rows (a truncated
+    download, or a decompression bomb's header with next to no data)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    pixels = zlib.compress((b"\x00" + b"\x80" * (3 * width)) * rows)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", pixels) + chunk(b"IEND", b""))
+
+
+def jpeg_bytes() -> bytes:
+    out = io.BytesIO()
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def with_float_tiff(name: str, array: np.ndarray, path: str):
+    """A 32-bit float TIFF (pillow mode F): values are used as stored, not scaled from 8 bits."""
+    def mutate(d, tmp):
+        Image.fromarray(array.astype(np.float32), mode="F").save(tmp / name)
+        put(d, path, name)
         return d
     return mutate
 
@@ -266,6 +301,63 @@ CASES = [
     ("steps-zero", setting("optimize/steps", 0), "optimize.steps", "greater than or equal to 1"),
     ("steps-missing", setting("optimize/steps", DELETE), "optimize.steps", "required field is missing"),
     ("batch-views", setting("optimize/batch_views", 2), "optimize.batch_views", "at most 1"),
+    # hostile values (issue 14): finite in float64, not in float32; bools for integers; deep or huge JSON
+    ("float32-overflow", setting("lights/0/position", [1e39, 0, 0]), "lights[0].position[0]",
+     "expected a number within float32's range (|x| <= 3.4e+38), got 1e+39"),
+    ("float32-overflow-negative", setting("cameras/0/look_at/eye", [0, -1e39, 4]), "cameras[0].look_at.eye[1]",
+     "float32's range"),
+    ("int-overflows-float32", setting("optimize/seed", 10**39), "optimize.seed", "an integer of 40 digits"),
+    ("scale-underflow", setting("meshes/0/transform", {"scale": 1e-300}), "meshes[0].transform.scale",
+     "smaller ones are 0 in float32"),
+    ("scale-underflow-list", setting("meshes/0/transform", {"scale": [1, 1e-45, 1]}), "meshes[0].transform.scale",
+     "smaller ones are 0 in float32"),
+    ("radius-underflow", setting("meshes/0/primitive/radius", 1e-300), "meshes[0].primitive.radius",
+     "float32 keeps > 0"),
+    ("fov-underflow", setting("cameras/0/fov_y", 1e-40), "cameras[0].fov_y", "float32 keeps > 0"),
+    ("fov-focal-overflow", setting("cameras/0/fov_y", 1.2e-38), "cameras[0]", "expected intrinsics finite in float32"),
+    ("version-true", setting("version", True), "version", "true and false are not integers"),
+    ("nested-100000", text("[" * 100000 + "]" * 100000), "", "invalid JSON: nested too deeply"),
+    ("nested-900", edit(lambda d: d.update(description=json.loads("[" * 900 + "]" * 900))),
+     "description[0][0]", "nested more than 64 levels deep"),
+    ("integer-5000-digits", text('{"version": ' + "7" * 5000 + "}"), "", "invalid JSON: an integer has too many"),
+    ("metallic-float-image-range", with_float_tiff("m.tif", np.linspace(-50, 100, 64).reshape(8, 8),
+                                                   "materials/0/metallic"),
+     "materials[0].metallic", "holds values in [-50, 100]; a metallic image must hold values in [0, 1]"),
+    ("roughness-float-image-range", with_float_tiff("r.tif", np.full((4, 4), 1.5), "materials/0/roughness"),
+     "materials[0].roughness", "a roughness image must hold values in [0, 1]"),
+    ("albedo-float-image-negative", with_float_tiff("a.tif", np.full((4, 4), -0.25), "materials/0/albedo"),
+     "materials[0].albedo", "an albedo image must hold values in [0, 1]"),
+    ("background-float-image-range", with_float_tiff("b.tif", np.full((4, 4), 7.0), "background"),
+     "background", "a background image must hold values in [0, 1]"),
+    ("png-truncated", with_file("t.png", png_bytes(4000, 4000, 10), "materials/0/albedo"),
+     "materials[0].albedo", "t.png': image data is truncated"),
+    ("jpeg-truncated", with_file("t.jpg", jpeg_bytes()[:2000], "materials/0/albedo"),
+     "materials[0].albedo", "t.jpg': image data is truncated or damaged (image file is truncated"),
+    ("png-bomb", with_file("bomb.png", png_bytes(30000, 30000, 1), "materials/0/albedo"),
+     "materials[0].albedo", "bomb.png' is larger than the limit 4096x4096 (16,777,216 pixels)"),
+    ("perturb-seed-negative", setting("optimize/parameters", {"lights.key.position": {
+        "init": {"perturb": {"sigma": 1.0, "seed": -1}}}}),
+     'optimize.parameters["lights.key.position"].init.perturb.seed', "greater than or equal to 0"),
+    ("perturb-pose-seed-negative", setting("optimize/parameters", {"cameras.main.pose": {
+        "init": {"perturb_pose": {"degrees": 1, "seed": -5}}}}),
+     'optimize.parameters["cameras.main.pose"].init.perturb_pose.seed', "greater than or equal to 0"),
+    ("perturb-overflows-float32", setting("optimize/parameters", {"lights.key.position": {
+        "init": {"perturb": {"sigma": 3e38, "seed": 3}}}}),  # seed 3 draws 1.1 and -1.4 sigma
+     'optimize.parameters["lights.key.position"].init', "gives values outside float32's finite range"),
+    ("obj-index-zero", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 0 1 2\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 4: face index 0 is invalid (OBJ indices start at 1"),
+    ("obj-index-past-the-end", with_file("m.obj", "v 0 0 0\nv 1 0 0\n# c\nv 1 1 0\nf 1 2 4\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 5: face index 4 is out of range: the file has 3 'v' elements"),
+    ("obj-negative-before-first", with_file("m.obj", "v 0 0 0\nv 1 0 0\nf -1 -2 -3\nv 1 1 0\n", "meshes/0", TRI),
+     "meshes[0].file", "line 3: face index -3 is out of range: the file has 3 'v' elements, 2 before this line"),
+    ("obj-uv-index", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nvt 0 0\nf 1/1 2/2 3/1\n", "meshes/0", TRI),
+     "meshes[0].file", "line 5: face index 2 is out of range: the file has 1 'vt' element"),
+    ("obj-index-not-integer", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3.5\n", "meshes/0", TRI),
+     "meshes[0].file", "line 4: face index '3.5' is not an integer"),
+    ("png-bomb-target", edit_tmp(lambda d, tmp: (tmp / "bomb.png").write_bytes(png_bytes(30000, 30000, 1))
+                                 and d["optimize"].update(parameters={"materials.paint.albedo": {}}, targets={
+                                     "images": [{"camera": "main", "file": "bomb.png"}]})),
+     "optimize.targets.images[0].file", "larger than the limit 8192x8192 (67,108,864 pixels)"),
 ]
 
 
@@ -325,6 +417,18 @@ def test_transforms_errors_name_both_files(tmp_path):
     assert "t.json" in info.value.message and "frames[0].transform_matrix" in info.value.message
 
 
+def test_a_scene_error_is_one_line_whatever_the_names_hold(tmp_path):
+    data = base()
+    data["materials"][0]["albedo"] = "sky\nline\u2028.png"
+    data["meshes"][0]["a\r\nb"] = 1
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert len(str(info.value).splitlines()) == 1 and 'meshes[0]["a\\r\\nb"]' in str(info.value)
+    assert info.value.field == 'meshes[0]["a\r\nb"]'  # the attributes keep the text as it is
+
+
 def test_scene_error_format():
     err = SceneError("scenes/x.json", "materials[0].albedo", "expected [r, g, b]")
     assert str(err) == "scenes/x.json: materials[0].albedo: expected [r, g, b]"
@@ -334,3 +438,97 @@ def test_scene_error_format():
     assert field_path(("meshes", 1, "transform", "scale")) == "meshes[1].transform.scale"
     import pickle
     assert str(pickle.loads(pickle.dumps(err))) == str(err)
+
+
+def test_a_float_image_in_range_is_used_as_stored(tmp_path):
+    data = base()
+    Image.fromarray(np.full((4, 4), 0.25, np.float32), mode="F").save(tmp_path / "m.tif")
+    data["materials"][0]["metallic"] = "m.tif"
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    np.testing.assert_array_equal(load_scene(path).materials["paint"].metallic, np.full((4, 4, 1), 0.25, np.float32))
+
+
+def load_obj(tmp_path, data: bytes):
+    (tmp_path / "m.obj").write_bytes(data)
+    scene = base()
+    scene["meshes"][0] = dict(TRI)
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(scene))
+    return load_scene(path).meshes["ball"]
+
+
+def test_an_obj_with_a_latin1_comment_loads(tmp_path):
+    text = "# mod\u00e8le export\u00e9 par Caf\u00e9 3D \u00a9 2026\nv 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n"
+    data = text.encode("latin-1")
+    with pytest.raises(UnicodeDecodeError):
+        data.decode("utf-8")
+    mesh = load_obj(tmp_path, data)
+    np.testing.assert_array_equal(mesh.faces, [[0, 1, 2]])
+    np.testing.assert_array_equal(mesh.vertices[2], [1, 1, 0])
+
+
+def test_obj_negative_indices_count_back_from_the_last_vertex_so_far(tmp_path):
+    # trimesh resolved -1 against the whole file: the second triangle reused the first one's vertices
+    mesh = load_obj(tmp_path, b"v 0 0 0\nv 1 0 0\nv 1 1 0\nf -3 -2 -1\nv 5 0 0\nv 6 0 0\nv 6 1 0\nf -3 -2 -1\n")
+    assert len(mesh.vertices) == 6
+    np.testing.assert_array_equal(mesh.vertices[mesh.faces[1]], [[5, 0, 0], [6, 0, 0], [6, 1, 0]])
+
+
+@pytest.mark.parametrize("where", ["ABSOLUTE", "../elsewhere/transforms.json", "link/transforms.json"])
+def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
+    """A scene with a dataset recipe and a missing transforms file makes the loader write a dataset: a
+    hostile scene must not point that at another folder (absolute, .., a link out)."""
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (scenes / "link").symlink_to(tmp_path / "elsewhere")
+    data = base()
+    (scenes / "source.json").write_text(json.dumps(data))
+    target = str(tmp_path / "elsewhere" / "transforms.json") if where == "ABSOLUTE" else where
+    data["optimize"]["targets"] = {"transforms": target, "dataset": {"scene": "source.json", "views": 2}}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    path = scenes / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError, match="optimize.targets.transforms: .* is outside the scene's folder"):
+        load_scene(path)
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe{}", "not UTF-8"),
+    (b"[" * 100000, "nested too deeply"),
+    (b'{"frames": ' + b"9" * 5000 + b"}", "malformed JSON"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": 5, "transform_matrix": 1}]}).encode(),
+     "frames[0].file_path: expected an image file name, got 5"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [["x"]]}]}).encode(),
+     "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [[1, 2], [3]]}]}).encode(),
+     "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+])
+def test_a_hostile_transforms_file_is_a_scene_error(tmp_path, content, message):
+    (tmp_path / "t.json").write_bytes(content)
+    data = base()
+    data["optimize"]["targets"] = {"transforms": "t.json"}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError) as info:
+        load_scene(path)
+    assert info.value.field == "optimize.targets.transforms" and message in info.value.message, str(info.value)
+
+
+@pytest.mark.parametrize("radius", [1e-5, 1e-20, 1.2e-38])
+def test_a_small_primitive_keeps_its_triangles(tmp_path, radius):
+    """Primitives drop the zero-area triangles of collapsed rows relative to their size: an absolute 1e-12
+    threshold emptied a sphere of radius 1e-5 (a mesh with no triangles). Object-space size is free: the
+    scale brings it back (radius 1e-20, scale 1e20)."""
+    data = base()
+    data["meshes"][0]["primitive"].update(radius=radius, resolution=64)
+    path = tmp_path / "scene.json"
+    path.write_text(json.dumps(data))
+    mesh = load_scene(path).meshes["ball"]
+    data["meshes"][0]["primitive"]["radius"] = 1.0
+    path.write_text(json.dumps(data))
+    unit = load_scene(path).meshes["ball"]
+    np.testing.assert_array_equal(mesh.faces, unit.faces)

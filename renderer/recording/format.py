@@ -140,7 +140,7 @@ def decode_line(line: bytes) -> dict | None:
         return None
     try:
         record = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (ValueError, RecursionError):  # not UTF-8, not JSON, a 5000-digit integer, 100,000-deep nesting
         return None
     return record if isinstance(record, dict) else None
 

@@ -95,7 +95,10 @@ def verify(rec: Recording, device: str = "cpu", rtol: float = DEFAULT_RTOL, prog
     """Re-execute the session from its initial scene, seed and recorded commands (a resumed session from
     its start keyframe) and compare every step's loss and loss terms and every keyframe's parameters and
     optimizer state with the recording, to `rtol` relative. Stops at the first divergence.
-    `progress(done, total)` is called after each step, if given."""
+    `progress(done, total)` is called after each step, if given. RecordingError when the log holds no
+    step to re-execute (empty, missing, or every line damaged: "reproduced: 0 steps" would claim nothing)."""
+    if not rec.steps:
+        raise fmt.RecordingError(f"{rec.path}: nothing to verify: {rec.log_state()}")
     report = VerifyReport()
     problem = build_problem(rec, device)
     start = rec.start_keyframe
