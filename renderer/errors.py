@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 _LINE_BREAKS = {ord(c): repr(c)[1:-1] for c in "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"}  # what splitlines splits on
 
 

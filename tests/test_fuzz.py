@@ -25,16 +25,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from drstudio.renderer.errors import SceneError
+from drstudio.renderer.loading import load_scene
+from drstudio.renderer.recording import RecordingError, load_recording
+from drstudio.renderer.recording import format as fmt
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from test_recording import LIGHT, SMALL, record_session, tiny_scene
 from test_scene_errors import base, png_bytes
-
-from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene
-from drstudio.renderer.recording import RecordingError, load_recording
-from drstudio.renderer.recording import format as fmt
 
 # No shrinking: a failure prints its draws, and the budget stays bounded (shrinking can take minutes).
 # DRSTUDIO_FUZZ_SCALE=20 runs 20 times the examples, randomized (a longer local hunt).

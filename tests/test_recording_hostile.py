@@ -13,12 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-from test_recording import LIGHT, SMALL, record_session, tiny_scene
-
 from drstudio.renderer.recording import RecordingError, load_recording, verify
 from drstudio.renderer.recording import format as fmt
 from drstudio.renderer.recording.scenecopy import copy_scene, sha256
+from PIL import Image
+from test_recording import LIGHT, SMALL, record_session, tiny_scene
 
 
 @pytest.fixture(scope="module")
