@@ -656,6 +656,7 @@ def test_plots_take_read_only_histories():
     implot.create_context()
     try:
         io = imgui.get_io()
+        io.set_ini_filename(None)  # no imgui.ini written into the working directory
         io.display_size = (800, 600)
         io.backend_flags |= imgui.BackendFlags_.renderer_has_textures
         imgui.new_frame()
