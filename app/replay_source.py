@@ -121,9 +121,9 @@ class ReplaySource:
             self._scene_loaded = True
             file = self.recording.scene_file
             if file is not None and file.is_file():
-                from drstudio.renderer.loading import load_scene
+                from drstudio.renderer.recording.session import load_scene_copy
 
-                self._scene = load_scene(file)
+                self._scene = load_scene_copy(self.recording)  # hash-checked, as verify and resume do
         return self._scene
 
     def values_step(self, step) -> int | None:

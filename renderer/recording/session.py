@@ -24,10 +24,10 @@ from .state import compare_state, restore_state
 DEFAULT_RTOL = 1e-5
 
 
-def build_problem(rec: Recording, device: str = "cpu"):
-    """A fresh `Problem` from the recording's scene copy, seed and initial step budget."""
+def load_scene_copy(rec: Recording):
+    """The recording's copy of its scene, loaded after every file of the copy was found unmodified (its
+    content hash in meta.json); RecordingError otherwise. What replay, resume and verify all read."""
     from ..loading import load_scene
-    from ..optim.problem import Problem
 
     scene = rec.meta.get("scene")
     if not scene:
@@ -39,7 +39,14 @@ def build_problem(rec: Recording, device: str = "cpu"):
             raise fmt.RecordingError(f"{rec.path}: {rel} of the scene copy is missing")
         if sha256(file) != digest:
             raise fmt.RecordingError(f"{rec.path}: {rel} of the scene copy was modified (content hash differs)")
-    problem = Problem(load_scene(rec.path / scene["file"]), device, seed=int(rec.meta["seed"]))
+    return load_scene(rec.path / scene["file"])
+
+
+def build_problem(rec: Recording, device: str = "cpu"):
+    """A fresh `Problem` from the recording's scene copy, seed and initial step budget."""
+    from ..optim.problem import Problem
+
+    problem = Problem(load_scene_copy(rec), device, seed=int(rec.meta["seed"]))
     problem.steps = int(rec.meta["start"]["steps"])
     return problem
 
