@@ -669,3 +669,16 @@ def test_plots_take_read_only_histories():
     finally:
         implot.destroy_context()
         imgui.destroy_context()
+
+
+def test_log_axes_are_bounded_by_the_data():
+    """A regularizer that starts at 0 and a NaN do not stretch a log axis (issue 13 / 17: the loss plot ran
+    from 1e-30 to 1); an axis with no positive value falls back to linear (None)."""
+    from drstudio.app.viewer.panels import log_axis_limits
+
+    series = {"loss": ([0, 1, 2], [1.0, 0.1, 0.01]), "loss.tv": ([0, 1, 2], [0.0, 1e-4, np.nan])}
+    lo, hi = log_axis_limits(series)
+    assert 1e-4 / 2 < lo < 1e-4 and 1.0 < hi < 2.0
+    assert log_axis_limits({"a": ([0], [0.0]), "b": ([], [])}) is None
+    lo, hi = log_axis_limits({"flat": ([0, 1], [0.5, 0.5])})
+    assert lo < 0.5 < hi

@@ -487,17 +487,33 @@ def decimate(xs, ys, n: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
     return xs[idx], ys[idx]
 
 
+def log_axis_limits(series: dict) -> tuple[float, float] | None:
+    """(lo, hi) of a log axis bounded by the data: the smallest and largest positive finite values of all
+    series (zeros, negative and non-finite values are not on a log axis: a regularizer that starts at 0
+    must not stretch the axis to 1e-30), padded by a fifth of a decade; None when there are none."""
+    values = [np.asarray(ys, np.float64) for _, ys in series.values() if len(ys)]
+    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values]) if values else np.zeros(0)
+    if not len(pos):
+        return None
+    lo, hi = float(pos.min()), float(pos.max())
+    pad = 10 ** 0.2
+    return lo / pad, (hi * pad if hi > lo else lo * pad * pad)
+
+
 def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=()) -> None:
     """Line plots of `series` (label -> (xs, ys)); `span`: a fixed (min, max) step range (replay: the
     timeline) instead of fitting the data; `marks`: steps drawn as vertical lines (replay: edits)."""
     if not implot.begin_plot(title, (-1.0, 150.0)):
         return
-    implot.setup_axes("step", "", implot.AxisFlags_.auto_fit if span is None else 0, implot.AxisFlags_.auto_fit)
+    limits = log_axis_limits(series) if log_y else None
+    log_y = limits is not None  # no positive data (replay at its start, all zeros): linear
+    implot.setup_axes("step", "", implot.AxisFlags_.auto_fit if span is None else 0,
+                      0 if log_y else implot.AxisFlags_.auto_fit)
     if span is not None:
         implot.setup_axis_limits(implot.ImAxis_.x1, float(span[0]), float(span[1]), implot.Cond_.always)
-    log_y = log_y and any(len(ys) for _, ys in series.values())  # no data (replay at its start): linear
     if log_y:
         implot.setup_axis_scale(implot.ImAxis_.y1, implot.Scale_.log10)
+        implot.setup_axis_limits(implot.ImAxis_.y1, limits[0], limits[1], implot.Cond_.always)
     if len(marks):
         spec = implot.Spec()
         spec.line_color = (1.0, 0.6, 0.15, 0.6)
@@ -505,8 +521,8 @@ def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=
     for label, (xs, ys) in series.items():
         if len(ys):
             x, y = decimate(xs, ys)
-            if log_y:
-                y = np.maximum(y, 1e-30)
+            if log_y:  # values a log axis cannot show become gaps in the line
+                y = np.where(np.isfinite(y) & (y > 0), y, np.nan)
             implot.plot_line(label, x, y)
     implot.end_plot()
 
