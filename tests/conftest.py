@@ -1,5 +1,10 @@
 """Shared pytest fixtures.
 
+`device`: the Warp device a test runs on, parametrized over `support.devices.test_devices()` (the CPU,
+plus CUDA when present; $DRSTUDIO_TEST_DEVICES restricts), ids `[cpu]`, `[cuda:0]`. While a test that
+takes `device` runs, it is also Warp's default device, so arrays the test builds without `device=` (and
+launches without one) live on it too. A test that must stay on the CPU says "cpu" with a comment why.
+
 `display`: a private Xvfb for tests that open windows. Without Xvfb the GUI tests are skipped on a
 developer machine but FAIL when the CI environment variable is set, so CI never passes by silently
 skipping them.
@@ -13,6 +18,8 @@ import os
 # backend is linked against (PYGLFW_LIBRARY); importing glfw first would load a second GLFW.
 import imgui_bundle  # noqa: F401
 import pytest
+import warp as wp
+from support.devices import test_devices
 from support.xvfb import MISSING_XVFB_MESSAGE, Xvfb, xvfb_executable
 
 
@@ -35,3 +42,26 @@ def display():
         # GLFW prefers Wayland when it sees a compositor; the tests always talk to our X server.
         mp.delenv("WAYLAND_DISPLAY", raising=False)
         yield server
+
+
+def pytest_generate_tests(metafunc):
+    # Parametrize here rather than in @pytest.fixture(params=...): the device list (and wp.init) is only
+    # computed for sessions that collect a test using `device`.
+    if "device" in metafunc.fixturenames:
+        metafunc.parametrize("device", test_devices(), ids=str, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The Warp device name this test runs on ("cpu", "cuda:0", ...)."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _default_device(request):
+    # A test (or fixture) that takes `device` runs with it as Warp's default device.
+    if "device" not in request.fixturenames:
+        yield
+        return
+    with wp.ScopedDevice(request.getfixturevalue("device")):
+        yield
