@@ -56,3 +56,10 @@ def test_environment_restricts_the_list(monkeypatch):
     else:
         monkeypatch.setenv(devices.ENV, "cuda")
         assert uncached() == ("cuda:0",)
+
+
+def test_assert_same_render_is_bit_exact_on_the_cpu():
+    a = np.float32([0.25, 0.5])
+    devices.assert_same_render(a, a.copy(), "cpu")
+    with pytest.raises(AssertionError):
+        devices.assert_same_render(a, np.nextafter(a, np.float32(1)), "cpu")

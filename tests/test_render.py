@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import warp as wp
 from support import scenes
+from support.devices import assert_same_render
 from support.scenes import mesh_labels, pixel_rays, project, world_geometry
 
 from drstudio.renderer.device_scene import DeviceScene
@@ -272,10 +273,9 @@ def test_background_color_and_image(device):
     box = image.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).reshape(-1, 3)
     hbg = half.tri_id.numpy() < 0
     np.testing.assert_allclose(half.image.numpy()[hbg], box[hbg], atol=1e-6)
-    # the background does not leak into covered pixels in hard mode (a leak would be ~0.1; rtol: on CUDA
-    # vertex normals sum in atomic order, so two DeviceScenes agree to float32 roundoff, not bit for bit)
+    # the background does not leak into covered pixels in hard mode
     sc.background = np.array([0.2, 0.25, 0.3], np.float32)
-    np.testing.assert_allclose(draw(sc)[1].image.numpy()[~bg], covered_before, rtol=1e-5, atol=1e-7)
+    assert_same_render(draw(sc)[1].image.numpy()[~bg], covered_before, device)
 
 
 def test_soft_mode_background(device):
@@ -315,8 +315,7 @@ def test_sphere_casts_a_shadow_on_the_plane(device):
     ambient_only = 0.8 * 0.1
     np.testing.assert_allclose(shaded.image.numpy()[umbra], ambient_only, rtol=1e-6)
     assert (lit.image.numpy()[umbra] > 2 * ambient_only).all()
-    # lit pixels see a shadow factor of 1 (rtol: on CUDA the two scenes' vertex normals sum in atomic order)
-    np.testing.assert_allclose(shaded.image.numpy()[clear], lit.image.numpy()[clear], rtol=1e-5, atol=1e-7)
+    assert_same_render(shaded.image.numpy()[clear], lit.image.numpy()[clear], device)
 
 
 # --- (f) antialiasing ------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ import numpy as np
 import pytest
 import warp as wp
 from support import scenes
+from support.devices import assert_same_render
 from support.gradcheck import check_gradient, set_entry
 
 from drstudio.renderer.device_scene import DeviceScene
@@ -150,8 +151,7 @@ def test_scene_preconditions(device):
     with_mips = s.render().image.numpy()
     s.ds.scene.render.mipmaps = False
     try:
-        # rtol: on CUDA each prepare() sums vertex normals in atomic order (float32 roundoff between renders)
-        np.testing.assert_allclose(with_mips, s.render().image.numpy(), rtol=1e-5, atol=1e-7)
+        assert_same_render(with_mips, s.render().image.numpy(), device)
     finally:
         s.ds.scene.render.mipmaps = True
     labels = scenes.mesh_labels(s.ds.scene, s.state)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import os
 
+import numpy as np
+import pytest
 import warp as wp
 
 ENV = "DRSTUDIO_TEST_DEVICES"
@@ -45,3 +47,24 @@ def test_devices() -> tuple[str, ...]:
 
 
 test_devices.__test__ = False  # a helper, not a test pytest should collect
+
+
+def assert_same_render(got, want, device, err_msg: str = "") -> None:
+    """Two computations that run the same kernels on the same inputs (e.g. two renders) agree: bit for bit
+    on the CPU; on CUDA to float32 roundoff (rtol 1e-5, atol 1e-7), since vertex normals, antialias edge
+    blends and volume composites are sums of atomic adds whose order varies between launches (each term
+    rounds differently: a few ulp of the sum, far below any change a test looks for)."""
+    if wp.get_device(device).is_cpu:
+        np.testing.assert_array_equal(got, want, err_msg=err_msg)
+    else:
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=err_msg)
+
+
+def torch_device(device: str):
+    """The torch device of Warp device `device`. Skips the calling test, naming the reason, when torch cannot
+    run there (requirements.lock installs the CPU build of torch, so a CUDA machine needs a CUDA torch)."""
+    import torch
+
+    if not wp.get_device(device).is_cpu and not torch.cuda.is_available():
+        pytest.skip(f"torch {torch.__version__} has no CUDA: the torch path cannot run on {device}")
+    return wp.device_to_torch(device)
