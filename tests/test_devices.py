@@ -63,3 +63,8 @@ def test_assert_same_render_is_bit_exact_on_the_cpu():
     devices.assert_same_render(a, a.copy(), "cpu")
     with pytest.raises(AssertionError):
         devices.assert_same_render(a, np.nextafter(a, np.float32(1)), "cpu")
+
+
+@pytest.mark.parametrize("device", ["cpu"])  # how a CPU-only test says so: the fixture leaves it alone
+def test_an_explicitly_cpu_only_test_runs_on_the_cpu_only(device, request):
+    assert request.node.name.endswith("[cpu]") and wp.get_device().is_cpu

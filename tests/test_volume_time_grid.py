@@ -202,7 +202,8 @@ def test_only_the_leaves_with_gradients_receive_them(device):
 
 
 # CPU only: renderer.parallel's lanes are CPU threads (its public entry points use one lane on CUDA)
-def test_at_time_records_on_per_thread_tapes():
+@pytest.mark.parametrize("device", ["cpu"])
+def test_at_time_records_on_per_thread_tapes(device):
     # renderer.parallel runs each lane under a tape of its own (renderer.thread_tape); at_time must record
     # there (the lanes read disjoint slices: t = 0.1 reads 0-1, t = 0.9 reads 2-3).
     grid, _, _ = random_grid(degree=1, seed=12)
