@@ -20,8 +20,6 @@ import os
 # backend is linked against (PYGLFW_LIBRARY); importing glfw first would load a second GLFW.
 import imgui_bundle  # noqa: F401
 import pytest
-import warp as wp
-from support.devices import test_devices
 from support.xvfb import MISSING_XVFB_MESSAGE, Xvfb, xvfb_executable
 
 
@@ -51,13 +49,15 @@ def _names(argnames) -> list[str]:
 
 
 def pytest_generate_tests(metafunc):
-    # Parametrize here rather than in @pytest.fixture(params=...): the device list (and wp.init) is only
-    # computed for sessions that collect a test using `device`. A CPU-only test says so itself with
+    # Parametrize here rather than in @pytest.fixture(params=...): Warp is imported and the device list (and
+    # wp.init) computed only in sessions that collect a test using `device`. A CPU-only test says so itself with
     # @pytest.mark.parametrize("device", ["cpu"]) (and a comment why); that one is left alone.
     if "device" not in metafunc.fixturenames:
         return
     if any("device" in _names(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
         return
+    from support.devices import test_devices
+
     metafunc.parametrize("device", test_devices(), ids=str, indirect=True, scope="session")
 
 
@@ -73,5 +73,7 @@ def _default_device(request):
     if "device" not in request.fixturenames:
         yield
         return
+    import warp as wp
+
     with wp.ScopedDevice(request.getfixturevalue("device")):
         yield
