@@ -14,7 +14,7 @@ from support.arrays import farr
 from drstudio.renderer.device_scene import default_device
 
 
-def test_fixture_lists_cpu_and_every_cuda_device():
+def test_fixture_lists_the_cpu_and_cuda_when_present():
     listed = devices.test_devices()
     if devices.ENV in os.environ:  # an explicit restriction is the user's choice, not silent
         pytest.skip(f"{devices.ENV} is set")
@@ -68,3 +68,12 @@ def test_assert_same_render_is_bit_exact_on_the_cpu():
 @pytest.mark.parametrize("device", ["cpu"])  # how a CPU-only test says so: the fixture leaves it alone
 def test_an_explicitly_cpu_only_test_runs_on_the_cpu_only(device, request):
     assert request.node.name.endswith("[cpu]") and wp.get_device().is_cpu
+
+
+def test_every_listed_device_gets_a_case(request):
+    """The collected cases of the fixture test above: one per listed device (on a GPU machine a [cuda:0] one)."""
+    cases = [item for item in request.session.items
+             if item.originalname == "test_fixture_is_the_default_device_with_a_readable_id"]
+    if not cases:
+        pytest.skip("test_fixture_is_the_default_device_with_a_readable_id is not selected")
+    assert sorted(item.callspec.params["device"] for item in cases) == sorted(devices.test_devices())
