@@ -1,5 +1,12 @@
 """Shared pytest fixtures.
 
+`device`: the Warp device a test runs on, parametrized over `support.devices.test_devices()` (the CPU,
+plus CUDA when present; $DRSTUDIO_TEST_DEVICES restricts), ids `[cpu]`, `[cuda:0]`. While a test that
+takes `device` runs, it is also Warp's default device, so arrays the test builds without `device=` (and
+launches without one) live on it too. A test that must stay on the CPU says "cpu" with a comment why:
+a literal "cpu" where it passes a device, or @pytest.mark.parametrize("device", ["cpu"]) where it relies
+on the default device.
+
 `display`: a private Xvfb for tests that open windows. Without Xvfb the GUI tests are skipped on a
 developer machine but FAIL when the CI environment variable is set, so CI never passes by silently
 skipping them.
@@ -35,3 +42,38 @@ def display():
         # GLFW prefers Wayland when it sees a compositor; the tests always talk to our X server.
         mp.delenv("WAYLAND_DISPLAY", raising=False)
         yield server
+
+
+def _names(argnames) -> list[str]:
+    return [n.strip() for n in argnames.split(",")] if isinstance(argnames, str) else list(argnames)
+
+
+def pytest_generate_tests(metafunc):
+    # Parametrize here rather than in @pytest.fixture(params=...): Warp is imported and the device list (and
+    # wp.init) computed only in sessions that collect a test using `device`. A CPU-only test says so itself with
+    # @pytest.mark.parametrize("device", ["cpu"]) (and a comment why); that one is left alone.
+    if "device" not in metafunc.fixturenames:
+        return
+    if any("device" in _names(m.args[0]) for m in metafunc.definition.iter_markers("parametrize")):
+        return
+    from support.devices import test_devices
+
+    metafunc.parametrize("device", test_devices(), ids=str, indirect=True, scope="session")
+
+
+@pytest.fixture(scope="session")
+def device(request) -> str:
+    """The Warp device name this test runs on ("cpu", "cuda:0", ...)."""
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _default_device(request):
+    # A test (or fixture) that takes `device` runs with it as Warp's default device.
+    if "device" not in request.fixturenames:
+        yield
+        return
+    import warp as wp
+
+    with wp.ScopedDevice(request.getfixturevalue("device")):
+        yield

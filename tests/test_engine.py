@@ -19,12 +19,12 @@ LIGHT = "lights.key.position"
 
 
 @pytest.fixture()
-def engine():
+def engine(device):
     scene = load_scene(ROOT / "scenes" / "light.json")
     for cam in scene.cameras.values():  # smaller images: these tests are about behaviour, not accuracy
         cam.width, cam.height = 48, 48
         cam.intrinsics[:] = [cam.intrinsics[0] * 48 / 128, cam.intrinsics[1] * 48 / 128, 24, 24]
-    problem = Problem(scene, "cpu")
+    problem = Problem(scene, device)
     eng = Engine(problem)
     eng.start_thread()
     yield eng

@@ -30,6 +30,8 @@ from drstudio.renderer.stages.camera import generate_rays
 from drstudio.renderer.volume.march import sample_rays
 from drstudio.renderer.volume.neural_field import FlatLayout, NerfWField, render_rays
 from drstudio.renderer.volume.readout import camera_rays
+from support.devices import torch_device
+from support.gradcheck import set_entry
 
 ROOT = Path(__file__).resolve().parents[1]
 BOX = [[-1.05, -1.05, -1.05], [1.05, 1.05, 1.05]]
@@ -80,13 +82,16 @@ def datasets(tmp_path_factory) -> Path:
     base = dict(views=16, test_views=3, width=16, height=16)
     for name, extra in (("plain", {}), ("wild", dict(lighting_variation=0.6, occluders=2)),
                         ("clean", dict(lighting_variation=0.6)), ("anim", dict(animate=Animation()))):
+        # CPU: the data files are the tests' inputs, generated once for every device
         generate_dataset(globe, folder / name, DatasetOptions(**base, **extra), device="cpu")
     return folder
 
 
-def problem_of(folder: Path, field: dict, data: str, **kw) -> Problem:
+def problem_of(folder: Path, field: dict, data: str, device: str = "cpu", **kw) -> Problem:
+    if field["type"] in ("neural", "nerf_w"):
+        torch_device(device)  # a torch module: skips (naming why) where torch cannot run
     return Problem(load_scene(write(folder, scene_doc(field, f"{data}/transforms.json", **kw),
-                                    f"{field['type']}_{data}.json")), "cpu")
+                                    f"{field['type']}_{data}.json")), device)
 
 
 # ---- schema and loading ---------------------------------------------------------------------------
@@ -197,6 +202,7 @@ def test_parameters_and_summary(datasets):
 
 # ---- gradients ------------------------------------------------------------------------------------
 
+# CPU only: the torch reference is built from host tensors (torch.from_numpy) next to the problem's
 def test_flat_weight_gradient_equals_torch_gradient_of_the_module(datasets):
     """One step's gradient in the flat leaf `fields.nerf.weights` equals the gradient torch computes for the
     same module (its parameters loaded from the flat vector) rendered by `render_rays` on the same rays."""
@@ -283,6 +289,7 @@ def nerf_w_reference(state, weights, app, tr, o, d, radii, view_ids, target, bac
     return data, td.mean()
 
 
+# CPU only: the float64 torch reference is built from host tensors (torch.from_numpy) next to the problem's
 def test_nerf_w_loss_and_gradients_match_a_float64_torch_reference(datasets):
     p = problem_of(datasets, NERF_W, "wild")
     ft, state = p.field_training, p.field_training.state
@@ -324,10 +331,10 @@ def step_loss(p: Problem, indices: np.ndarray, path: str) -> tuple[float, np.nda
     return value, grad
 
 
-def test_dynamic_step_gradient_matches_central_differences(datasets):
+def test_dynamic_step_gradient_matches_central_differences(datasets, device):
     """The gradient a dynamic field's step leaves in `fields.nerf.density` / `.sh` (blends per time, render,
     l2 shares, spatial + temporal TV) against central differences of the step's loss."""
-    p = problem_of(datasets, DYNAMIC, "anim")
+    p = problem_of(datasets, DYNAMIC, "anim", device)
     rng = np.random.default_rng(0)
     p.ds.set("fields.nerf.density", rng.normal(0.5, 1.0, p.ds.get("fields.nerf.density").shape).astype(np.float32))
     p.ds.set("fields.nerf.sh", rng.normal(0.0, 0.5, p.ds.get("fields.nerf.sh").shape).astype(np.float32))
@@ -335,14 +342,15 @@ def test_dynamic_step_gradient_matches_central_differences(datasets):
     indices = p.field_training.draw_batch()[:96]
     for path in ("fields.nerf.density", "fields.nerf.sh"):
         _, grad = step_loss(p, indices, path)
-        flat = p.ds.arrays[path].numpy().reshape(-1)  # a view (CPU)
+        arr = p.ds.arrays[path]
+        flat = arr.numpy().reshape(-1)  # a view on the CPU, a copy on CUDA (set_entry writes back)
         for idx in np.argsort(-np.abs(grad))[:4]:
             orig, eps = float(flat[idx]), 1e-2
-            flat[idx] = orig + eps
+            set_entry(arr, flat, idx, orig + eps)
             lp = step_loss(p, indices, path)[0]
-            flat[idx] = orig - eps
+            set_entry(arr, flat, idx, orig - eps)
             lm = step_loss(p, indices, path)[0]
-            flat[idx] = orig
+            set_entry(arr, flat, idx, orig)
             fd = (lp - lm) / (2 * eps)
             assert abs(fd - grad[idx]) <= 3e-2 * abs(grad[idx]) + 1e-6, (path, idx, fd, grad[idx])
 
@@ -352,8 +360,8 @@ def test_dynamic_step_gradient_matches_central_differences(datasets):
 @pytest.mark.parametrize("field, data", [(dict(NEURAL, encoding="pe"), "plain"), (NEURAL, "plain"),
                                          (NERF_W, "wild"), (DYNAMIC, "anim")],
                          ids=["neural-pe", "neural-ipe", "nerf_w", "dynamic"])
-def test_each_representation_trains_through_problem(datasets, field, data):
-    p = problem_of(datasets, field, data, steps=40)
+def test_each_representation_trains_through_problem(datasets, field, data, device):
+    p = problem_of(datasets, field, data, device, steps=40)
     losses = [p.step() for _ in range(40)]
     assert all(r.applied for r in losses)
     first, last = np.mean([r.loss for r in losses[:5]]), np.mean([r.loss for r in losses[-5:]])
@@ -367,10 +375,10 @@ def test_each_representation_trains_through_problem(datasets, field, data):
     np.testing.assert_array_equal(p.ds.get(first), p.initial[first])
 
 
-def test_viewer_read_outs_for_every_representation(datasets):
+def test_viewer_read_outs_for_every_representation(datasets, device):
     occupancy = {"resolution": 8, "update_every": 4}
     for field, data in ((dict(NEURAL, occupancy=occupancy), "plain"), (NERF_W, "wild"), (DYNAMIC, "anim")):
-        p = problem_of(datasets, field, data)
+        p = problem_of(datasets, field, data, device)
         for _ in range(9):
             p.step()
         ft = p.field_training
@@ -400,6 +408,7 @@ def test_viewer_read_outs_for_every_representation(datasets):
             assert np.abs(t0 - t1).max() > 0  # the slices differ after training on a moving globe
 
 
+# CPU only: two trainings' losses compared bit for bit (CUDA atomics reorder the sums between runs)
 def test_render_free_runs_while_the_optimizer_steps(datasets):
     """From another thread, during steps (the global Warp tape is active then): no crash, and the training
     is the one it would have been (the read-outs record nothing on the tape)."""
@@ -426,11 +435,12 @@ def test_render_free_runs_while_the_optimizer_steps(datasets):
     assert runs[0] == runs[1]
 
 
+# CPU only: the recording verifies bit for bit (rtol 0), which relies on the CPU's fixed summation order
 def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bit(datasets, tmp_path):
     doc = scene_doc(NERF_W, "wild/transforms.json", steps=8, rays=128)
     doc["optimize"]["eval_every"] = 4
     out = tmp_path / "run"
-    assert cli.main(["optimize", str(write(datasets, doc, "run_w.json")), "--out", str(out)]) == 0
+    assert cli.main(["optimize", str(write(datasets, doc, "run_w.json")), "--out", str(out), "--device", "cpu"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8 and len(metrics["psnr_test_by_view_db"]) == 3
     assert metrics["parameters"]["fields.nerf.appearance"]["shape"] == [13, 4]
@@ -456,15 +466,15 @@ def test_optimize_nerf_w_writes_results_and_a_recording_that_verifies_bit_for_bi
     assert np.abs(a - b).max() > 1e-3
 
 
-def test_video_of_a_dynamic_field_plays_its_time_range(datasets, tmp_path):
+def test_video_of_a_dynamic_field_plays_its_time_range(datasets, tmp_path, device):
     """A dynamic field's video sweeps its time range: frames of the same pose at t=0 and t=1 differ."""
     from drstudio.app.camera_path import TrainedFieldFrames
-    problem = problem_of(datasets, DYNAMIC, "anim", steps=30)
+    problem = problem_of(datasets, DYNAMIC, "anim", device, steps=30)
     for _ in range(30):
         problem.step()
     values = {p: problem.ds.get(p) for p in problem.param_specs}
     scene = write(datasets, scene_doc(DYNAMIC, "anim/transforms.json"), "video_dyn.json")
-    frames = TrainedFieldFrames(load_scene(scene), "cpu", values)
+    frames = TrainedFieldFrames(load_scene(scene), device, values)
     assert frames.time_range() == (0.0, 1.0)
     cam = load_scene(scene).cameras["preview"]
     t0, t1 = (frames.render(cam.pose, cam.intrinsics, 16, 16, time=t) for t in (0.0, 1.0))
@@ -475,6 +485,7 @@ def test_video_of_a_dynamic_field_plays_its_time_range(datasets, tmp_path):
                      "16x16", "--out", str(video)]) == 0
 
 
+# CPU only: reads the field's torch tensors with .numpy() (host memory)
 def test_nerf_w_held_out_protocol_fits_the_left_half_and_scores_the_right(datasets):
     p = problem_of(datasets, NERF_W, "wild")
     for _ in range(10):
@@ -491,7 +502,7 @@ def test_nerf_w_held_out_protocol_fits_the_left_half_and_scores_the_right(datase
 
 # ---- NeRF-W on varying lighting and occluders -----------------------------------------------------
 
-def test_nerf_w_embeddings_explain_lighting_and_the_transient_takes_the_occluders(datasets):
+def test_nerf_w_embeddings_explain_lighting_and_the_transient_takes_the_occluders(datasets, device):
     """On the `wild` dataset (lighting intensity/tint per view, occluder cubes in half the training views),
     150 steps: (a) the static render with each view's own appearance embedding is closer to that view's
     occluder-free image (`clean`) than the render of the same training without appearance embeddings and
@@ -504,7 +515,7 @@ def test_nerf_w_embeddings_explain_lighting_and_the_transient_takes_the_occluder
     clean = json.loads((datasets / "clean" / "transforms.json").read_text())["frames"]
     mse, on, off = {}, [], []
     for dim in (4, 0):
-        p = problem_of(datasets, dict(NERF_W, appearance_dim=dim), "wild", steps=150, rays=512)
+        p = problem_of(datasets, dict(NERF_W, appearance_dim=dim), "wild", device, steps=150, rays=512)
         for _ in range(150):
             p.step()
         ft = p.field_training
@@ -529,7 +540,7 @@ def test_nerf_w_embeddings_explain_lighting_and_the_transient_takes_the_occluder
     assert np.mean(on) > 1.4 * np.mean(off), (np.mean(on), np.mean(off))
 
 
-def test_tape_suspended_restores_the_active_tape():
+def test_tape_suspended_restores_the_active_tape(device):
     tape = wp.Tape()
     with tape:
         with tape_suspended():
@@ -538,7 +549,7 @@ def test_tape_suspended_restores_the_active_tape():
             with inner:
                 pass
         assert wp._src.context.runtime.tape is tape
-    o, d = camera_rays(np.array([8, 8, 4, 4], np.float32), np.array([0, 0, 3, 0, 0, 0, 1], np.float32), 8, 8, "cpu")
+    o, d = camera_rays(np.array([8, 8, 4, 4], np.float32), np.array([0, 0, 3, 0, 0, 0, 1], np.float32), 8, 8, device)
     ro, rd = generate_rays(wp.array([8, 8, 4, 4], dtype=float), wp.array([0, 0, 3, 0, 0, 0, 1], dtype=float), 8, 8)
     np.testing.assert_array_equal(o.numpy(), ro.numpy())
     np.testing.assert_array_equal(d.numpy(), rd.numpy())
@@ -546,18 +557,19 @@ def test_tape_suspended_restores_the_active_tape():
 
 # ---- shipped scenes -------------------------------------------------------------------------------
 
-def test_shipped_neural_scene_runs_two_steps():
+def test_shipped_neural_scene_runs_two_steps(device):
     scene = load_scene(ROOT / "scenes" / "nerf_neural.json")
     assert scene.fields["nerf"].type == "neural" and scene.fields["nerf"].model.encoding == "ipe"
     scene.optimize = scene.optimize.model_copy(update={"rays_per_batch": 64, "eval_every": 0})
-    problem = Problem(scene, "cpu")
+    torch_device(device)  # a torch module: skips (naming why) where torch cannot run
+    problem = Problem(scene, device)
     assert len(problem.targets) == 56 and len(problem.test_targets) == 8
     for _ in range(2):
         assert problem.step().applied
 
 
 @pytest.mark.parametrize("name", ["nerf_w", "nerf_dynamic"])
-def test_shipped_dataset_scenes_generate_their_dataset_and_train(tmp_path, name, capsys):
+def test_shipped_dataset_scenes_generate_their_dataset_and_train(tmp_path, name, capsys, device):
     """A copy of the shipped scene (its recipe made small: 10 views of 16x16) next to a copy of texture.json and
     its assets, without the dataset: loading generates it, and the scene trains on it."""
     import shutil
@@ -570,7 +582,9 @@ def test_shipped_dataset_scenes_generate_their_dataset_and_train(tmp_path, name,
     assert "its dataset is missing; generating it" in capsys.readouterr().err
     assert (tmp_path / "datasets" / name / "transforms.json").is_file()
     scene.optimize = scene.optimize.model_copy(update={"rays_per_batch": 64})
-    problem = Problem(scene, "cpu")
+    if name == "nerf_w":
+        torch_device(device)  # a torch module: skips (naming why) where torch cannot run
+    problem = Problem(scene, device)
     assert len(problem.targets) == 8 and len(problem.test_targets) == 2
     for _ in range(2):
         assert problem.step().applied

@@ -29,6 +29,14 @@ wp.init()
 BOX = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0)
 
 
+@pytest.fixture(autouse=True)
+def _on_the_cpu():
+    # CPU only: tensors are built on the host (torch.tensor, CPU torch.Generator) and shared with Warp through
+    # wp.from_torch, so Warp arrays built without device= must live there too (not on a GPU default device)
+    with wp.ScopedDevice("cpu"):
+        yield
+
+
 def rays(n=6, seed=0, miss=True):
     """Rays into BOX from z = 3 (the last one misses it when `miss`)."""
     g = torch.Generator().manual_seed(seed)

@@ -65,7 +65,7 @@ def masked_mean(per_value, mask):
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
-def test_pixel_losses_match_numpy_and_accumulate(use_mask):
+def test_pixel_losses_match_numpy_and_accumulate(use_mask, device):
     r, t, m = images(20)
     mask = farr(m) if use_mask else None
     out = accumulator()
@@ -77,7 +77,7 @@ def test_pixel_losses_match_numpy_and_accumulate(use_mask):
     assert out.numpy()[0] == pytest.approx(ref, rel=1e-5)
 
 
-def test_all_zero_mask_adds_nothing():
+def test_all_zero_mask_adds_nothing(device):
     r, t, _ = images(6)
     out = accumulator()
     losses.l2(farr(r), farr(t), out, mask=farr(np.zeros(6)))
@@ -86,7 +86,7 @@ def test_all_zero_mask_adds_nothing():
 
 
 @pytest.mark.parametrize("use_mask", [False, True])
-def test_ssim_matches_numpy(use_mask):
+def test_ssim_matches_numpy(use_mask, device):
     width, height = 16, 12  # larger than the 11x11 window: interior and cut windows
     r, t, m = images(width * height, seed=1)
     t = 0.6 * r + 0.4 * t  # correlated, so SSIM is well away from 0
@@ -96,14 +96,14 @@ def test_ssim_matches_numpy(use_mask):
     assert out.numpy()[0] == pytest.approx(ref, rel=1e-4, abs=1e-6)
 
 
-def test_ssim_of_identical_images_is_one():
+def test_ssim_of_identical_images_is_one(device):
     r, _, _ = images(35, seed=2)
     out = accumulator()
     losses.ssim_loss(farr(r), farr(r), 7, 5, out)
     assert abs(out.numpy()[0]) < 1e-6
 
 
-def test_psnr_matches_formula():
+def test_psnr_matches_formula(device):
     r, t, m = images(10)
     mse = ((r - t) ** 2).mean()
     assert losses.psnr(farr(r), farr(t)) == pytest.approx(10 * np.log10(1 / mse), rel=1e-5)
@@ -112,7 +112,7 @@ def test_psnr_matches_formula():
     assert losses.psnr(farr(r), farr(r)) == float("inf")
 
 
-def test_l1_gradient():
+def test_l1_gradient(device):
     r, _, m = images(12, seed=3)
     rng = np.random.default_rng(4)
     t = r + rng.choice([-1, 1], r.shape) * rng.uniform(0.1, 0.3, r.shape)  # residuals >= 0.1 >> eps
@@ -126,7 +126,7 @@ def test_l1_gradient():
     check_gradient(forward, render, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
-def test_l2_gradient_wrt_render_and_target():
+def test_l2_gradient_wrt_render_and_target(device):
     r, t, m = images(12, seed=5)
     render, target, mask = farr(r, grad=True), farr(t, grad=True), farr(m)
 
@@ -139,7 +139,7 @@ def test_l2_gradient_wrt_render_and_target():
     check_gradient(forward, target, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
-def test_ssim_gradient():
+def test_ssim_gradient(device):
     width, height = 7, 5  # the window is cut on every side
     r, t, m = images(width * height, seed=6)
     render, target, mask = farr(r, grad=True), farr(0.5 * r + 0.5 * t), farr(m)
@@ -152,7 +152,7 @@ def test_ssim_gradient():
     check_gradient(forward, render, eps=5e-3, rtol=1e-2, atol=2e-3, probes=16)
 
 
-def test_accumulate_sums_terms_differentiably():
+def test_accumulate_sums_terms_differentiably(device):
     r, t, _ = images(8, seed=12)
     assert np.abs(r - t).min() > 2e-3  # the l1 term is smooth where probed
     render, target = farr(r, grad=True), farr(t)
@@ -170,7 +170,7 @@ def test_accumulate_sums_terms_differentiably():
     check_gradient(forward, render, eps=1e-3, rtol=1e-2, atol=2e-3, probes=8)
 
 
-def test_loss_validation():
+def test_loss_validation(device):
     r, t, _ = images(6)
     with pytest.raises(ValueError, match="target"):
         losses.l1(farr(r), farr(t[:5]), accumulator())
@@ -194,7 +194,7 @@ def numpy_tv(tex, squared):
 
 
 @pytest.mark.parametrize("squared", [False, True])
-def test_total_variation_matches_numpy(squared):
+def test_total_variation_matches_numpy(squared, device):
     tex = np.random.default_rng(7).uniform(0, 1, (5, 6, 3))
     out = accumulator()
     reg.total_variation(wp.array(tex.astype(np.float32), dtype=float), out, weight=1.5, squared=squared)
@@ -202,7 +202,7 @@ def test_total_variation_matches_numpy(squared):
 
 
 @pytest.mark.parametrize("squared", [False, True])
-def test_total_variation_gradient(squared):
+def test_total_variation_gradient(squared, device):
     tex = np.random.default_rng(8).uniform(0, 1, (4, 5, 2)).astype(np.float32)
     # |d| is not differentiable at 0: the central difference must not straddle a kink.
     assert min(np.abs(np.diff(tex, axis=0)).min(), np.abs(np.diff(tex, axis=1)).min()) > 2e-3
@@ -216,7 +216,7 @@ def test_total_variation_gradient(squared):
     check_gradient(forward, texture, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
-def test_mesh_topology_helpers():
+def test_mesh_topology_helpers(device):
     faces = np.array([[0, 1, 2], [0, 2, 3]])
     np.testing.assert_array_equal(reg.unique_edges(faces), [[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]])
     offsets, indices = reg.neighbor_csr(faces, 5)  # vertex 4 is in no face
@@ -254,14 +254,14 @@ def topology(v, faces):
     return wp.array(offsets, dtype=wp.int32), wp.array(indices, dtype=wp.int32)
 
 
-def test_laplacian_matches_numpy():
+def test_laplacian_matches_numpy(device):
     v, faces = bumpy_mesh()
     out = accumulator()
     reg.laplacian_smoothing(varr(v), *topology(v, faces), out, weight=2.0)
     assert out.numpy()[0] == pytest.approx(2.0 * numpy_laplacian(v, faces), rel=1e-5)
 
 
-def test_laplacian_gradient():
+def test_laplacian_gradient(device):
     v, faces = bumpy_mesh()
     vertices = varr(v, grad=True)
     offsets, indices = topology(v, faces)
@@ -275,7 +275,7 @@ def test_laplacian_gradient():
 
 
 @pytest.mark.parametrize("use_rest", [False, True])
-def test_edge_length_matches_numpy(use_rest):
+def test_edge_length_matches_numpy(use_rest, device):
     v, faces = bumpy_mesh()
     edges = reg.unique_edges(faces)
     lengths = np.linalg.norm(v[edges[:, 1]].astype(np.float64) - v[edges[:, 0]], axis=1)
@@ -288,7 +288,7 @@ def test_edge_length_matches_numpy(use_rest):
 
 
 @pytest.mark.parametrize("use_rest", [False, True])
-def test_edge_length_gradient(use_rest):
+def test_edge_length_gradient(use_rest, device):
     v, faces = bumpy_mesh()
     edges = reg.unique_edges(faces)
     vertices, edges_wp = varr(v, grad=True), wp.array(edges, dtype=wp.int32)
@@ -302,7 +302,7 @@ def test_edge_length_gradient(use_rest):
     check_gradient(forward, vertices, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
-def test_regularizer_validation():
+def test_regularizer_validation(device):
     v, faces = bumpy_mesh()
     offsets, indices = topology(v, faces)
     with pytest.raises(ValueError, match="offsets"):

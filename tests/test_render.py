@@ -13,13 +13,12 @@ import warp as wp
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render, render_view
 from support import scenes
+from support.devices import assert_same_render
 from support.scenes import mesh_labels, pixel_rays, project, world_geometry
-
-DEV = "cpu"
 
 
 def draw(sc, **kwargs):
-    ds = DeviceScene(sc, DEV)
+    ds = DeviceScene(sc, wp.get_device())  # the test's `device` (conftest makes it the default)
     return ds, render_view(ds, ds.prepare(), "main", **kwargs)
 
 
@@ -64,7 +63,7 @@ def edge_distance(points, a, b):
 # --- (a) Lambert sphere under a directional light ----------------------------------------------------
 
 
-def test_lambert_sphere_matches_the_analytic_radiance_profile():
+def test_lambert_sphere_matches_the_analytic_radiance_profile(device):
     """L = albedo * color * I / pi * max(0, n.l) at the sphere's normal under each pixel.
 
     The mesh is a tessellated unit sphere, so the renderer's hit q lies on a flat triangle, between the
@@ -123,7 +122,7 @@ def test_lambert_sphere_matches_the_analytic_radiance_profile():
 
 
 @pytest.mark.parametrize("mipmaps", [False, True])
-def test_textured_quad_reproduces_its_texture(mipmaps):
+def test_textured_quad_reproduces_its_texture(mipmaps, device):
     """Texel (x, y) covers pixel (x, y) exactly, so bilinear sampling at the pixel center returns the texel
     (and the mip lod is log2(1) = 0, so trilinear sampling returns level 0). Ambient light 1: radiance is
     the albedo. Tolerance: the texel position u * w - 0.5 carries float32 roundoff ~1e-6 of a texel."""
@@ -134,13 +133,13 @@ def test_textured_quad_reproduces_its_texture(mipmaps):
     np.testing.assert_allclose(out.numpy(), tex, atol=1e-5 if not mipmaps else 1e-4, rtol=0)
 
 
-def test_textured_quad_magnified_twice_is_bilinear():
+def test_textured_quad_magnified_twice_is_bilinear(device):
     """At twice the resolution pixel centers fall at texel offsets -1/4 and +1/4 from the texel centers:
     the interior pixels are the 3/4-1/4 bilinear blends of the texture's neighbours (computed in NumPy)."""
     tex = np.random.default_rng(4).uniform(0.05, 0.95, (12, 16, 3)).astype(np.float32)
     sc = scenes.textured_quad(tex)
-    ds = DeviceScene(sc, DEV)
-    intr = wp.array(sc.cameras["main"].intrinsics * 2, dtype=float, device=DEV)
+    ds = DeviceScene(sc, device)
+    intr = wp.array(sc.cameras["main"].intrinsics * 2, dtype=float, device=device)
     img = render_view(ds, ds.prepare(), "main", intrinsics=intr, width=32, height=24).numpy()
     x = (np.arange(32) + 0.5) / 2 - 0.5  # texel coordinate of each pixel column: x/2 - 1/4
     y = (np.arange(24) + 0.5) / 2 - 0.5
@@ -231,7 +230,7 @@ def reference_render(sc):
     return img, np.where(covered, face, -1), depth, normal, margin
 
 
-def test_two_meshes_match_a_numpy_reference_renderer():
+def test_two_meshes_match_a_numpy_reference_renderer(device):
     sc = scenes.two_meshes()
     _, out = draw(sc, shadows=False)
     want, face, depth, normal, margin = reference_render(sc)
@@ -254,7 +253,7 @@ def test_two_meshes_match_a_numpy_reference_renderer():
 # --- (d) background --------------------------------------------------------------------------------
 
 
-def test_background_color_and_image():
+def test_background_color_and_image(device):
     sc = scenes.two_meshes()
     _, out = draw(sc)
     bg = out.tri_id.numpy() < 0
@@ -269,17 +268,17 @@ def test_background_color_and_image():
     np.testing.assert_allclose(out.image.numpy()[bg], image.reshape(-1, 3)[bg], atol=1e-6)
     covered_before = out.image.numpy()[~bg]
     # at half the resolution each pixel center sits between four image pixels: their 2x2 average
-    intr = wp.array(sc.cameras["main"].intrinsics / 2, dtype=float, device=DEV)
+    intr = wp.array(sc.cameras["main"].intrinsics / 2, dtype=float, device=device)
     half = render_view(ds, ds.prepare(), "main", intrinsics=intr, width=w // 2, height=h // 2)
     box = image.reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).reshape(-1, 3)
     hbg = half.tri_id.numpy() < 0
     np.testing.assert_allclose(half.image.numpy()[hbg], box[hbg], atol=1e-6)
     # the background does not leak into covered pixels in hard mode
     sc.background = np.array([0.2, 0.25, 0.3], np.float32)
-    np.testing.assert_array_equal(draw(sc)[1].image.numpy()[~bg], covered_before)
+    assert_same_render(draw(sc)[1].image.numpy()[~bg], covered_before, device)
 
 
-def test_soft_mode_background():
+def test_soft_mode_background(device):
     sc = scenes.two_meshes(mode="soft")
     _, out = draw(sc)
     far = out.alpha.numpy() == 0  # beyond every triangle's coverage radius
@@ -293,7 +292,7 @@ def test_soft_mode_background():
 # --- (e) shadows -----------------------------------------------------------------------------------
 
 
-def test_sphere_casts_a_shadow_on_the_plane():
+def test_sphere_casts_a_shadow_on_the_plane(device):
     """Ground pixels whose segment to the light passes well inside the sphere receive only ambient light
     (albedo * ambient); pixels whose segment passes well outside are unchanged by shadows. The margins
     (0.9 r and 1.05 r) cover the tessellation (inscribed radius 0.99 r) and the penumbra-free point light."""
@@ -316,17 +315,17 @@ def test_sphere_casts_a_shadow_on_the_plane():
     ambient_only = 0.8 * 0.1
     np.testing.assert_allclose(shaded.image.numpy()[umbra], ambient_only, rtol=1e-6)
     assert (lit.image.numpy()[umbra] > 2 * ambient_only).all()
-    np.testing.assert_array_equal(shaded.image.numpy()[clear], lit.image.numpy()[clear])
+    assert_same_render(shaded.image.numpy()[clear], lit.image.numpy()[clear], device)
 
 
 # --- (f) antialiasing ------------------------------------------------------------------------------
 
 
-def test_antialias_changes_only_silhouette_pixels():
+def test_antialias_changes_only_silhouette_pixels(device):
     """Both meshes of the gradient scene are welded (no crease edges), so the only visibility discontinuities
     are the boundaries between different meshes and the background."""
     sc = scenes.gradient_scene(mode="hard")
-    ds = DeviceScene(sc, DEV)
+    ds = DeviceScene(sc, device)
     frame = ds.prepare()
     hard = render_view(ds, frame, "main", mode="hard")
     aa = render_view(ds, frame, "main", mode="antialias")
@@ -343,12 +342,12 @@ def test_antialias_changes_only_silhouette_pixels():
 # --- (g) soft rasterization ------------------------------------------------------------------------
 
 
-def test_soft_alpha_approaches_hard_coverage_for_small_sigma():
+def test_soft_alpha_approaches_hard_coverage_for_small_sigma(device):
     """With sigma = 1e-4 px^2 a triangle's coverage falls from 1 - 1e-4 to 0 within sqrt(sigma ln 1e4) = 0.03 px
     of its edges, so alpha is the hard coverage except at pixel centers within 0.03 px of an edge."""
     sc = scenes.gradient_scene(mode="soft")
     sc.render.soft_sigma = 1e-4
-    ds = DeviceScene(sc, DEV)
+    ds = DeviceScene(sc, device)
     frame = ds.prepare()
     soft = render_view(ds, frame, "main")
     hard = render_view(ds, frame, "main", mode="hard")

@@ -18,6 +18,7 @@ from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.render_cache import GBufferCache
 from support import scenes
+from support.devices import assert_same_render
 from support.gradcheck import check_gradient, weighted_loss
 
 wp.config.quiet = True
@@ -51,8 +52,8 @@ def _step(ds, cache, paths, mode=None, split=False):
 
 @pytest.mark.parametrize("mode", ["hard", "antialias"])
 @pytest.mark.parametrize("lambert", [False, True])
-def test_cached_render_matches_uncached_image_and_appearance_gradients(mode, lambert):
-    ds = DeviceScene(_scene(mode, lambert), "cpu")
+def test_cached_render_matches_uncached_image_and_appearance_gradients(mode, lambert, device):
+    ds = DeviceScene(_scene(mode, lambert), device)
     paths = [ALBEDO, "materials.gloss.albedo", "lights.point0.color", "lights.point0.intensity", "lights.sun0.color",
              "lights.ambient0.color"]
     paths = [p for p in paths if p in ds.arrays]
@@ -68,10 +69,10 @@ def test_cached_render_matches_uncached_image_and_appearance_gradients(mode, lam
     assert cache.hits > 0
 
 
-def test_varying_light_color_and_vertex_colors_keep_exact_gradients():
+def test_varying_light_color_and_vertex_colors_keep_exact_gradients(device):
     """Free light colors and vertex colors: the parts depending on them are recomputed (differentiably)
     while the visibility part is reused; gradients equal the uncached ones and central differences."""
-    ds = DeviceScene(_scene("antialias", lambert=True), "cpu")
+    ds = DeviceScene(_scene("antialias", lambert=True), device)
     varying = [ALBEDO, "lights.point0.color", "meshes.card.colors"]
     _, ref = _step(ds, None, varying)
     cache = GBufferCache(ds, varying=varying)
@@ -89,8 +90,8 @@ def test_varying_light_color_and_vertex_colors_keep_exact_gradients():
         check_gradient(forward, ds.arrays[p], eps=1e-2 if p == ALBEDO else 1e-3, rtol=2e-2, atol=2e-3, probes=4)
 
 
-def test_texture_gradient_through_cached_path_matches_central_differences():
-    ds = DeviceScene(_scene("antialias", lambert=True), "cpu")
+def test_texture_gradient_through_cached_path_matches_central_differences(device):
+    ds = DeviceScene(_scene("antialias", lambert=True), device)
     cache = GBufferCache(ds, varying=[ALBEDO])
 
     def forward():
@@ -100,8 +101,8 @@ def test_texture_gradient_through_cached_path_matches_central_differences():
     check_gradient(forward, ds.arrays[ALBEDO], eps=1e-2, rtol=2e-2, atol=2e-3, probes=8)
 
 
-def test_edits_invalidate_the_stored_parts():
-    ds = DeviceScene(_scene("antialias"), "cpu")
+def test_edits_invalidate_the_stored_parts(device):
+    ds = DeviceScene(_scene("antialias"), device)
     cache = GBufferCache(ds, varying=[ALBEDO])
     render_view(ds, ds.prepare(), "main", cache=cache)
     for path, delta in (("meshes.orb.translation", np.array([0.1, 0.0, 0.0], np.float32)),
@@ -117,14 +118,14 @@ def test_edits_invalidate_the_stored_parts():
     a = ds.arrays["meshes.card.vertices"]
     a.assign(wp.array(a.numpy() * 1.1, dtype=wp.vec3))
     stale = render_view(ds, ds.prepare(), "main", cache=cache).numpy()
-    np.testing.assert_array_equal(stale, before)  # undeclared in-place edits are not seen: documented
+    assert_same_render(stale, before, device)  # undeclared in-place edits are not seen: documented
     ds.touch("meshes.card.vertices")
     np.testing.assert_allclose(render_view(ds, ds.prepare(cache=cache), "main", cache=cache).numpy(),
                                render_view(ds, ds.prepare(), "main").numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_varying_geometry_is_never_stored_and_changing_varying_clears():
-    ds = DeviceScene(_scene("antialias"), "cpu")
+def test_varying_geometry_is_never_stored_and_changing_varying_clears(device):
+    ds = DeviceScene(_scene("antialias"), device)
     cache = GBufferCache(ds, varying=["meshes.card.vertices"])
     assert not cache.cacheable("visibility", "main") and not cache.cacheable("uv", "main")
     render_view(ds, ds.prepare(), "main", cache=cache)
@@ -136,8 +137,8 @@ def test_varying_geometry_is_never_stored_and_changing_varying_clears():
     assert cache.nbytes == 0
 
 
-def test_stored_parts_are_built_off_the_tape():
-    ds = DeviceScene(_scene("antialias", lambert=True), "cpu")
+def test_stored_parts_are_built_off_the_tape(device):
+    ds = DeviceScene(_scene("antialias", lambert=True), device)
     cache = GBufferCache(ds, varying=[ALBEDO])
     counts = []
     for _ in range(3):
@@ -153,8 +154,8 @@ def test_stored_parts_are_built_off_the_tape():
     assert len(tape.launches) > counts[0]
 
 
-def test_split_render_with_cache_matches_single_thread():
-    ds = DeviceScene(_scene("antialias", lambert=True), "cpu")
+def test_split_render_with_cache_matches_single_thread(device):
+    ds = DeviceScene(_scene("antialias", lambert=True), device)
     ref_img, ref = _step(ds, None, [ALBEDO])
     cache = GBufferCache(ds, varying=[ALBEDO])
     for _ in range(2):
@@ -164,9 +165,9 @@ def test_split_render_with_cache_matches_single_thread():
     assert cache.hits > 0
 
 
-def test_arguments_are_validated():
-    ds = DeviceScene(_scene("hard"), "cpu")
-    other = DeviceScene(_scene("hard"), "cpu")
+def test_arguments_are_validated(device):
+    ds = DeviceScene(_scene("hard"), device)
+    other = DeviceScene(_scene("hard"), device)
     with pytest.raises(ValueError, match="cache"):
         render_view(ds, ds.prepare(), "main", cache=GBufferCache(other))
     with pytest.raises(TypeError, match="cache"):
@@ -179,15 +180,15 @@ def test_arguments_are_validated():
         GBufferCache(ds).dependencies("nope", "main")
 
 
-def test_memory_budget_drops_least_recently_used_views():
-    ds = DeviceScene(_scene("hard"), "cpu")
+def test_memory_budget_drops_least_recently_used_views(device):
+    ds = DeviceScene(_scene("hard"), device)
     cache = GBufferCache(ds, varying=[ALBEDO], max_bytes=1)
     render_view(ds, ds.prepare(), "main", cache=cache)
     assert len(cache._entries) == 1  # only the most recent part is kept over budget
 
 
-def test_prepare_reuses_the_packed_geometry_until_it_changes():
-    ds = DeviceScene(_scene("antialias"), "cpu")
+def test_prepare_reuses_the_packed_geometry_until_it_changes(device):
+    ds = DeviceScene(_scene("antialias"), device)
     cache = GBufferCache(ds, varying=[ALBEDO, "meshes.card.colors"])
     a, b = ds.prepare(cache=cache), ds.prepare(cache=cache)
     assert a.world is b.world and a.uvs is b.uvs and not a.world.requires_grad
@@ -200,4 +201,4 @@ def test_prepare_reuses_the_packed_geometry_until_it_changes():
     np.testing.assert_allclose(render_view(ds, ds.prepare(cache=cache), "main", cache=cache).numpy(),
                                render_view(ds, ds.prepare(), "main").numpy(), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="cache"):
-        DeviceScene(_scene("hard"), "cpu").prepare(cache=cache)
+        DeviceScene(_scene("hard"), device).prepare(cache=cache)

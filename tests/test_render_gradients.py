@@ -39,9 +39,9 @@ import warp as wp
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from support import scenes
-from support.gradcheck import check_gradient
+from support.devices import assert_same_render
+from support.gradcheck import check_gradient, set_entry
 
-DEV = "cpu"
 U = 6e-8
 W, H = 24, 20
 
@@ -68,7 +68,7 @@ class Setup:
 
     def __init__(self, mode: str, shadows: bool = False, seed: int = 0):
         self.mode, self.shadows = mode, shadows
-        self.ds = DeviceScene(scenes.gradient_scene(W, H), DEV)
+        self.ds = DeviceScene(scenes.gradient_scene(W, H), wp.get_device())  # the test's `device` (conftest)
         out = self.render()
         w = np.random.default_rng(seed).uniform(-1, 1, (H * W, 3)).astype(np.float32)
         if mode == "hard":
@@ -77,7 +77,7 @@ class Setup:
         else:
             self.weighted = np.ones(H * W, bool)
         w[~self.weighted] = 0
-        self.weights = wp.array(w, dtype=float, device=DEV)
+        self.weights = wp.array(w, dtype=float, device=self.ds.device)
         self.R = float(np.sqrt(((w * out.image.numpy()).astype(np.float64) ** 2).sum()))
         self.state = self.discrete(out)
 
@@ -92,8 +92,8 @@ class Setup:
 
     def loss(self) -> wp.array:
         image = self.render().image
-        loss = wp.zeros(1, dtype=wp.float64, device=DEV, requires_grad=True)
-        wp.launch(weighted_sum_f64, dim=image.shape, inputs=[image, self.weights, loss], device=DEV)
+        loss = wp.zeros(1, dtype=wp.float64, device=self.ds.device, requires_grad=True)
+        wp.launch(weighted_sum_f64, dim=image.shape, inputs=[image, self.weights, loss], device=self.ds.device)
         return loss
 
     def tape_gradient(self, path: str) -> np.ndarray:
@@ -107,13 +107,14 @@ class Setup:
         return g
 
     def stable(self, path: str, idx: int, eps: float) -> bool:
-        flat = self.ds.arrays[path].numpy().reshape(-1)  # a view of the CPU array
+        arr = self.ds.arrays[path]
+        flat = arr.numpy().reshape(-1)  # a view of a CPU array, a copy of a CUDA one (set_entry writes back)
         orig = float(flat[idx])
         same = True
         for step in (eps, -eps):
-            flat[idx] = orig + step
+            set_entry(arr, flat, idx, orig + step)
             same = same and np.array_equal(self.discrete(self.render()), self.state)
-        flat[idx] = orig
+        set_entry(arr, flat, idx, orig)
         return same
 
     def check(self, path: str, eps: float, probes: int, need: int) -> tuple[np.ndarray, list[int]]:
@@ -136,19 +137,20 @@ SETUPS: dict[tuple, Setup] = {}
 
 
 def setup(mode: str, shadows: bool = False) -> Setup:
-    if (mode, shadows) not in SETUPS:
-        SETUPS[(mode, shadows)] = Setup(mode, shadows)
-    return SETUPS[(mode, shadows)]
+    key = (mode, shadows, str(wp.get_device()))
+    if key not in SETUPS:
+        SETUPS[key] = Setup(mode, shadows)
+    return SETUPS[key]
 
 
-def test_scene_preconditions():
+def test_scene_preconditions(device):
     """The card's texture is magnified (lod < 0, clamped to level 0), so the mip lod -- a constant to the
     tape -- cannot change under a step; both meshes and many faces carry weight."""
     s = setup("hard")
     with_mips = s.render().image.numpy()
     s.ds.scene.render.mipmaps = False
     try:
-        np.testing.assert_array_equal(with_mips, s.render().image.numpy())
+        assert_same_render(with_mips, s.render().image.numpy(), device)
     finally:
         s.ds.scene.render.mipmaps = True
     labels = scenes.mesh_labels(s.ds.scene, s.state)
@@ -189,13 +191,13 @@ HARD_CASES = [
 
 
 @pytest.mark.parametrize("path, eps, probes, need", HARD_CASES, ids=[c[0] for c in HARD_CASES])
-def test_hard_mode_gradient(path, eps, probes, need):
+def test_hard_mode_gradient(path, eps, probes, need, device):
     g, chosen = setup("hard").check(path, eps, probes, need)
     assert np.abs(g[chosen]).max() > 1e-4, f"{path}: no gradient reaches the image"
 
 
 @pytest.mark.parametrize("path", ["materials.canvas.roughness", "materials.canvas.metallic", "meshes.orb.uvs"])
-def test_parameters_without_influence_get_zero_gradient(path):
+def test_parameters_without_influence_get_zero_gradient(path, device):
     """Lambert ignores roughness and metallic; the orb's constant (1x1) albedo makes its uvs irrelevant."""
     s = setup("hard")
     assert not s.tape_gradient(path).any()
@@ -203,7 +205,7 @@ def test_parameters_without_influence_get_zero_gradient(path):
 
 
 @pytest.mark.parametrize("path", ["lights.point0.intensity", "materials.canvas.albedo", "lights.sun0.color"])
-def test_hard_mode_gradient_with_shadows(path):
+def test_hard_mode_gradient_with_shadows(path, device):
     """Shadow rays are a constant mask to the tape; these values cannot move a shadow boundary."""
     s = setup("hard", shadows=True)
     assert not np.array_equal(s.render().image.numpy(), setup("hard").render().image.numpy())  # a shadow
@@ -227,11 +229,11 @@ AA_CASES = [
 
 
 @pytest.mark.parametrize("path, eps, probes, need", AA_CASES, ids=[c[0] for c in AA_CASES])
-def test_antialias_mode_gradient(path, eps, probes, need):
+def test_antialias_mode_gradient(path, eps, probes, need, device):
     setup("antialias").check(path, eps, probes, need)
 
 
-def test_antialias_adds_edge_gradients_to_silhouette_vertices():
+def test_antialias_adds_edge_gradients_to_silhouette_vertices(device):
     """The card's corners lie on silhouettes: antialias mode gives them a gradient beyond the interior one
     of hard mode (same weights on every pixel)."""
     aa, hard = setup("antialias"), Setup("hard")
@@ -264,7 +266,7 @@ SOFT_CASES = [
 
 
 @pytest.mark.parametrize("path, eps, probes, need", SOFT_CASES, ids=[c[0] for c in SOFT_CASES])
-def test_soft_mode_gradient(path, eps, probes, need):
+def test_soft_mode_gradient(path, eps, probes, need, device):
     setup("soft").check(path, eps, probes, need)
 
 
@@ -287,10 +289,10 @@ class SoftFringe(Setup):
         self.fringe = (out.tri_id.numpy() < 0) & (out.alpha.numpy() > 0.01)
         w = self.weights.numpy()
         w[~self.fringe] = 0
-        self.weights = wp.array(w, dtype=float, device=DEV)
-        self.neg_weights = wp.array(-w, dtype=float, device=DEV)
+        self.weights = wp.array(w, dtype=float, device=self.ds.device)
+        self.neg_weights = wp.array(-w, dtype=float, device=self.ds.device)
         self.b1 = self.ds.background_color
-        self.b2 = wp.array(B2, dtype=float, device=DEV)
+        self.b2 = wp.array(B2, dtype=float, device=self.ds.device)
         # the loss difference carries the roundoff of both renders (see the module docstring)
         r = [np.sqrt(((w * im.image.numpy()).astype(np.float64) ** 2).sum()) for im in self.render_both()]
         self.R = float(np.hypot(*r))
@@ -305,20 +307,22 @@ class SoftFringe(Setup):
 
     def loss(self) -> wp.array:
         first, second = self.render_both()
-        loss = wp.zeros(1, dtype=wp.float64, device=DEV, requires_grad=True)
-        wp.launch(weighted_sum_f64, dim=first.image.shape, inputs=[first.image, self.weights, loss], device=DEV)
+        loss = wp.zeros(1, dtype=wp.float64, device=self.ds.device, requires_grad=True)
+        wp.launch(weighted_sum_f64, dim=first.image.shape, inputs=[first.image, self.weights, loss],
+                  device=self.ds.device)
         wp.launch(weighted_sum_f64, dim=first.image.shape, inputs=[second.image, self.neg_weights, loss],
-                  device=DEV)
+                  device=self.ds.device)
         return loss
 
 
 def fringe_setup() -> SoftFringe:
-    if ("fringe",) not in SETUPS:
-        SETUPS[("fringe",)] = SoftFringe()
-    return SETUPS[("fringe",)]
+    key = ("fringe", str(wp.get_device()))
+    if key not in SETUPS:
+        SETUPS[key] = SoftFringe()
+    return SETUPS[key]
 
 
-def test_soft_image_blends_into_the_background_outside_silhouettes():
+def test_soft_image_blends_into_the_background_outside_silhouettes(device):
     """image(b1) - image(b2) = (1 - alpha) (b1 - b2) at every pixel; on the fringe 0 < alpha < 1 (a blend)."""
     s = fringe_setup()
     first, second = s.render_both()
@@ -330,19 +334,20 @@ def test_soft_image_blends_into_the_background_outside_silhouettes():
     assert (alpha[s.fringe] < 1).all() and (alpha[s.fringe] > 0.3).sum() >= 20
 
 
-def test_soft_image_is_continuous_across_silhouettes():
+def test_soft_image_is_continuous_across_silhouettes(device):
     """Rotating the camera in 20 steps of 1e-4 moves the image by ~0.003 px per step: a continuous image
     changes by ~1e-3 per step at most (measured 7e-4); SoftRas's jump to the background was ~0.5."""
     s = setup("soft")
-    flat = s.ds.arrays["cameras.main.pose"].numpy()
+    pose = s.ds.arrays["cameras.main.pose"]
+    flat = pose.numpy()
     orig = float(flat[4])
     images = []
     try:
         for t in np.linspace(-1e-3, 1e-3, 21):
-            flat[4] = orig + t
+            set_entry(pose, flat, 4, orig + t)
             images.append(s.render().image.numpy().copy())
     finally:
-        flat[4] = orig
+        set_entry(pose, flat, 4, orig)
     assert np.abs(np.diff(np.array(images), axis=0)).max() < 5e-3
 
 
@@ -356,7 +361,7 @@ FRINGE_CASES = [
 
 
 @pytest.mark.parametrize("path, eps, probes, need", FRINGE_CASES, ids=[c[0] for c in FRINGE_CASES])
-def test_soft_silhouette_gradient(path, eps, probes, need):
+def test_soft_silhouette_gradient(path, eps, probes, need, device):
     """The silhouette term of the fringe pixels reaches the card's vertices and placement and the camera,
     matching central differences; with SoftRas's aggregation it was 0."""
     g, chosen = fringe_setup().check(path, eps, probes, need)
@@ -364,15 +369,15 @@ def test_soft_silhouette_gradient(path, eps, probes, need):
 
 
 @pytest.mark.parametrize("mode", ["hard", "antialias", "soft"])
-def test_image_gradient_is_readable_after_backward(mode):
+def test_image_gradient_is_readable_after_backward(mode, device):
     """`RenderOutput.image.grad` is d(loss)/d(image) after the backward pass (the viewer's gradient overlay
     and the optimizer's per-view gradient images read it): here the loss weights themselves."""
     s = setup(mode)
     tape = wp.Tape()
     with tape:
         out = s.render()
-        loss = wp.zeros(1, dtype=wp.float64, device=DEV, requires_grad=True)
-        wp.launch(weighted_sum_f64, dim=out.image.shape, inputs=[out.image, s.weights, loss], device=DEV)
+        loss = wp.zeros(1, dtype=wp.float64, device=device, requires_grad=True)
+        wp.launch(weighted_sum_f64, dim=out.image.shape, inputs=[out.image, s.weights, loss], device=device)
     tape.backward(loss)
     np.testing.assert_array_equal(out.image.grad.numpy(), s.weights.numpy())
     tape.reset()

@@ -11,7 +11,6 @@ import warp as wp
 from drstudio.renderer.stages.antialias import antialias, face_neighbors
 from support.gradcheck import check_gradient, weighted_loss
 
-DEV = "cpu"
 # an arbitrary camera: non-unit quaternion (the kernels normalize it) and a translation
 POSE = np.array([0.3, -0.2, 1.5, 0.2, -0.4, 0.1, 1.8], np.float32)
 
@@ -114,15 +113,15 @@ class Setup:
         self.scr = project(world, intr, pose)
         self.tri_np, self.depth_np = rasterize(self.scr, self.faces_np, width, height)
         self.color_np = np.asarray(color, np.float32)
-        arr = lambda x, dt: wp.array(x, dtype=dt, device=DEV, requires_grad=grad)  # noqa: E731
+        arr = lambda x, dt: wp.array(x, dtype=dt, requires_grad=grad)  # noqa: E731
         self.color = arr(self.color_np, float)
         self.world = arr(np.asarray(world, np.float32), wp.vec3)
         self.intr = arr(np.asarray(intr, np.float32), float)
         self.pose = arr(np.asarray(pose, np.float32), float)
-        self.tri_id = wp.array(self.tri_np, dtype=wp.int32, device=DEV)
-        self.depth = wp.array(self.depth_np, dtype=float, device=DEV)
-        self.faces = wp.array(self.faces_np.ravel(), dtype=wp.int32, device=DEV)
-        self.neighbors = wp.array(self.nb_np.ravel(), dtype=wp.int32, device=DEV)
+        self.tri_id = wp.array(self.tri_np, dtype=wp.int32)
+        self.depth = wp.array(self.depth_np, dtype=float)
+        self.faces = wp.array(self.faces_np.ravel(), dtype=wp.int32)
+        self.neighbors = wp.array(self.nb_np.ravel(), dtype=wp.int32)
 
     def run(self) -> wp.array:
         return antialias(self.color, self.tri_id, self.depth, self.world, self.faces, self.neighbors,
@@ -135,13 +134,13 @@ class Setup:
 
 # ---------------------------------------------------------------------------------------------- adjacency
 
-def test_face_neighbors_quad():
+def test_face_neighbors_quad(device):
     nb = face_neighbors(np.array([[0, 1, 2], [0, 2, 3]]))
     assert nb.dtype == np.int32
     np.testing.assert_array_equal(nb, [[-1, -1, 1], [0, -1, -1]])
 
 
-def test_face_neighbors_closed_icosphere():
+def test_face_neighbors_closed_icosphere(device):
     faces = trimesh.creation.icosphere(subdivisions=2).faces
     nb = face_neighbors(faces)
     assert nb.shape == faces.shape and (nb >= 0).all()
@@ -152,14 +151,14 @@ def test_face_neighbors_closed_icosphere():
         assert f in nb[g]
 
 
-def test_face_neighbors_split_vertices_and_nonmanifold_are_boundary():
+def test_face_neighbors_split_vertices_and_nonmanifold_are_boundary(device):
     # the same quad with the diagonal's vertices duplicated, plus a third face on edge (0, 1) of a fan
     np.testing.assert_array_equal(face_neighbors(np.array([[0, 1, 2], [3, 4, 5]])), -np.ones((2, 3)))
     nb = face_neighbors(np.array([[0, 1, 2], [1, 0, 3], [0, 1, 4]]))
     assert nb[:, 0].tolist() == [-1, -1, -1]
 
 
-def test_face_neighbors_validates():
+def test_face_neighbors_validates(device):
     with pytest.raises(ValueError, match="faces"):
         face_neighbors(np.zeros((4, 2), np.int32))
     with pytest.raises(TypeError, match="faces"):
@@ -182,7 +181,7 @@ def half_plane(axis: int, edge_px: float, inside_low: bool, intr, depth=2.0, far
 @pytest.mark.parametrize("axis", [0, 1])
 @pytest.mark.parametrize("frac", [0.3, 0.7])
 @pytest.mark.parametrize("inside_low", [True, False])
-def test_straight_edge_gives_exact_pixel_coverage(axis, frac, inside_low):
+def test_straight_edge_gives_exact_pixel_coverage(axis, frac, inside_low, device):
     """A straight silhouette edge at pixel coordinate 10.3 / 10.7 (x) or 3.3 / 3.7 (y) of a 20x8 image:
     after AA every pixel holds coverage * inside + (1 - coverage) * outside, with coverage the
     analytic fraction of the pixel on the inside (1 or 0 away from the edge)."""
@@ -205,7 +204,7 @@ def test_straight_edge_gives_exact_pixel_coverage(axis, frac, inside_low):
     np.testing.assert_allclose(s.run().numpy(), expected, atol=2e-5)
 
 
-def test_interior_edge_of_connected_quad_changes_nothing():
+def test_interior_edge_of_connected_quad_changes_nothing(device):
     """A quad covering the whole image, its diagonal crossing it, random colors per pixel: the diagonal
     is shared by two front faces, so nothing blends. Without adjacency the same diagonal blends."""
     width, height = 12, 10
@@ -231,7 +230,7 @@ def sphere_setup(grad=False, width=24, height=24):
     return Setup(world, ico.faces, intr, POSE, width, height, color, grad=grad)
 
 
-def test_closed_sphere_blends_only_silhouette_pixels():
+def test_closed_sphere_blends_only_silhouette_pixels(device):
     """On a closed icosphere every interior edge joins two front faces, so only pixels next to the
     background change; the result matches the NumPy reference of the documented formula."""
     s = sphere_setup()
@@ -254,7 +253,7 @@ def test_closed_sphere_blends_only_silhouette_pixels():
     np.testing.assert_allclose(out, s.reference()[0], atol=1e-4)
 
 
-def test_antialias_validates_inputs():
+def test_antialias_validates_inputs(device):
     s = sphere_setup()
     with pytest.raises(ValueError, match="tri_id"):
         antialias(s.color, wp.zeros(5, dtype=wp.int32), s.depth, s.world, s.faces, s.neighbors, s.intr,
@@ -296,8 +295,9 @@ def grad_setup():
 
 
 @pytest.fixture(scope="module")
-def gs():
-    return grad_setup()
+def gs(device):
+    with wp.ScopedDevice(device):  # module scope: set up before the per-test default device
+        return grad_setup()
 
 
 def forward_of(s):
@@ -314,27 +314,27 @@ def tape_grad(s, arr):
     return g
 
 
-def test_gradient_world_vertices(gs):
+def test_gradient_world_vertices(gs, device):
     """Moving a vertex moves the silhouette and changes the blended coverage as the tape predicts."""
     g = tape_grad(gs, gs.world)
     assert (np.abs(g).max(axis=1) > 0.1).all()  # every vertex bounds a visible silhouette edge
     check_gradient(forward_of(gs), gs.world, eps=1e-3, rtol=1e-2, atol=2e-2, indices=range(12))
 
 
-def test_gradient_color(gs):
+def test_gradient_color(gs, device):
     # linear in color: only roundoff, ~1e-5 / (2 * 1e-2)
     changed = np.flatnonzero((gs.reference()[0] != gs.color_np).any(axis=1))
     idx = np.concatenate([changed[:6] * 3 + np.arange(len(changed[:6])) % 3, [0, 100, 200]])
     check_gradient(forward_of(gs), gs.color, eps=1e-2, rtol=1e-2, atol=5e-3, indices=idx)
 
 
-def test_gradient_intrinsics(gs):
+def test_gradient_intrinsics(gs, device):
     # a step of 1e-2 in cx/cy moves vertices 1e-2 px, in fx/fy <= 5e-3 px; quotient roundoff ~1e-5 / 2e-2
     assert np.abs(tape_grad(gs, gs.intr)).min() > 0.05
     check_gradient(forward_of(gs), gs.intr, eps=1e-2, rtol=1e-2, atol=5e-3, indices=range(4))
 
 
-def test_gradient_pose(gs):
+def test_gradient_pose(gs, device):
     # a translation step moves vertices by <= 0.007 px, a quaternion step (~1e-3 rad) by <= 0.016 px
     g = tape_grad(gs, gs.pose)
     assert np.abs(g[:3]).min() > 0.1

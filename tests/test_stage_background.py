@@ -23,7 +23,7 @@ def case(image_background: bool, seed=0):
 
 
 @pytest.mark.parametrize("image_background", [False, True])
-def test_composite_matches_numpy(image_background):
+def test_composite_matches_numpy(image_background, device):
     color, coverage, bg = case(image_background)
     out = composite(farr(color), farr(coverage), farr(bg)).numpy()
     want = coverage[:, None] * color + (1 - coverage[:, None]) * np.broadcast_to(bg, (N, 3))
@@ -37,14 +37,14 @@ def test_composite_matches_numpy(image_background):
 # and has no truncation error (second order in each argument separately, exact for the linear ones).
 @pytest.mark.parametrize("which", ["color", "coverage", "background"])
 @pytest.mark.parametrize("image_background", [False, True])
-def test_composite_gradients(image_background, which):
+def test_composite_gradients(image_background, which, device):
     color, coverage, bg = case(image_background, seed=1)
     arrays = {"color": farr(color, True), "coverage": farr(coverage, True), "background": farr(bg, True)}
     check_gradient(lambda: weighted_loss(composite(**arrays)), arrays[which], eps=1e-3, rtol=1e-3, atol=1e-3)
 
 
 @pytest.mark.parametrize("image_background", [False, True])
-def test_composite_output_equals_composite_and_keeps_its_gradient(image_background):
+def test_composite_output_equals_composite_and_keeps_its_gradient(image_background, device):
     color, coverage, bg = case(image_background, seed=4)
     want = composite(farr(color), farr(coverage), farr(bg)).numpy()
     arrays = [farr(color, True), farr(coverage, True), farr(bg, True)]
@@ -63,7 +63,7 @@ def test_composite_output_equals_composite_and_keeps_its_gradient(image_backgrou
 # both outputs feed the loss: the adjoint must add the composite's and the accumulated output's gradients
 @pytest.mark.parametrize("which", ["color", "coverage", "background"])
 @pytest.mark.parametrize("image_background", [False, True])
-def test_composite_output_gradients(image_background, which):
+def test_composite_output_gradients(image_background, which, device):
     color, coverage, bg = case(image_background, seed=6)
     arrays = {"color": farr(color, True), "coverage": farr(coverage, True), "background": farr(bg, True)}
 
@@ -81,7 +81,7 @@ def _add(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
     wp.atomic_add(dst, 0, src[0])
 
 
-def test_background_color_gradient_sums_over_pixels():
+def test_background_color_gradient_sums_over_pixels(device):
     # d/d bg_k of sum_i w_ik (1 - c_i) bg_k = sum_i w_ik (1 - c_i), exactly
     color, coverage, bg = case(False, seed=2)
     bg_arr = farr(bg, True)
@@ -95,14 +95,14 @@ def test_background_color_gradient_sums_over_pixels():
     np.testing.assert_allclose(bg_arr.grad.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_coverage_from_ids():
+def test_coverage_from_ids(device):
     ids = np.array([-1, 0, 5, -1, 2], np.int32)
     cov = coverage_from_ids(wp.array(ids, dtype=wp.int32))
     np.testing.assert_array_equal(cov.numpy(), (ids >= 0).astype(np.float32))
     assert cov.dtype == wp.float32 and cov.shape == (5,)
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     color, coverage, bg = case(False)
     with pytest.raises(ValueError, match="coverage"):
         composite(farr(color), farr(coverage[:-1]), farr(bg))

@@ -18,7 +18,7 @@ def camera_dirs(intr, w, h):
     return np.stack([(x - cx) / fx, -(y - cy) / fy, -np.ones_like(x)], 1)
 
 
-def test_identity_camera_directions():
+def test_identity_camera_directions(device):
     pose = [1.0, 2.0, 3.0, 0, 0, 0, 1]
     o, d = generate_rays(farr(INTR), farr(pose), W, H)
     np.testing.assert_allclose(o.numpy(), np.tile([1.0, 2.0, 3.0], (W * H, 1)))
@@ -29,21 +29,21 @@ def test_identity_camera_directions():
     np.testing.assert_allclose(d, camera_dirs(INTR, W, H), rtol=1e-6, atol=1e-7)
 
 
-def test_turned_camera_looks_down_minus_x():
+def test_turned_camera_looks_down_minus_x(device):
     # +90 degrees about +Y turns the view axis -Z into -X
     s = np.sqrt(0.5)
     _, d = generate_rays(farr([1, 1, 0.5, 0.5]), farr([0, 0, 0, 0, s, 0, s]), 1, 1)
     np.testing.assert_allclose(d.numpy()[0], [-1.0, 0.0, 0.0], atol=1e-6)
 
 
-def test_rotated_camera_matches_numpy():
+def test_rotated_camera_matches_numpy(device):
     o, d = generate_rays(farr(INTR), farr(POSE), W, H)
     np.testing.assert_allclose(o.numpy(), np.tile(POSE[:3], (W * H, 1)), rtol=1e-6)
     want = camera_dirs(INTR, W, H) @ quat_matrix(POSE[3:]).T
     np.testing.assert_allclose(d.numpy(), want, rtol=1e-5, atol=1e-6)
 
 
-def test_project_generated_points_round_trip():
+def test_project_generated_points_round_trip(device):
     o, d = generate_rays(farr(INTR), farr(POSE), W, H)
     t = np.random.default_rng(1).uniform(0.5, 5.0, W * H)
     pts = o.numpy() + t[:, None] * d.numpy()
@@ -54,7 +54,7 @@ def test_project_generated_points_round_trip():
     np.testing.assert_allclose(p[:, 2], t, rtol=1e-5)
 
 
-def test_project_behind_camera_has_negative_depth():
+def test_project_behind_camera_has_negative_depth(device):
     # identity camera at the origin: (1, 2, +4) is behind it, mirrored through the center of projection
     p = project_points(wp.array([[1.0, 2.0, 4.0]], dtype=wp.vec3), farr([10, 20, 5, 6]),
                        farr([0, 0, 0, 0, 0, 0, 1]))
@@ -77,7 +77,7 @@ def _add_kernel(a: wp.array(dtype=float), b: wp.array(dtype=float), out: wp.arra
 # roundoff of the central difference is ~ u |L| / eps = 6e-8 * 5 / 1e-3 = 3e-4, truncation eps^2 L''' / 6
 # ~ 1e-6. atol 2e-3 leaves a margin of ~6x.
 @pytest.mark.parametrize("which", ["intrinsics", "pose"])
-def test_generate_rays_gradient(which):
+def test_generate_rays_gradient(which, device):
     intr, pose = farr(INTR, which == "intrinsics"), farr(POSE, which == "pose")
 
     def forward():
@@ -94,7 +94,7 @@ def test_generate_rays_gradient(which):
 # ~ 5..10. With eps = 1e-2 roundoff is 6e-8 * 60 / 1e-2 = 4e-4 and truncation eps^2 / 6 * |L'''|
 # (~ 6 f |X| / z^4 per term, a few units) ~ 1e-4; atol 5e-3, rtol 1e-2.
 @pytest.mark.parametrize("which", ["points", "intrinsics", "pose"])
-def test_project_points_gradient(which):
+def test_project_points_gradient(which, device):
     rng = np.random.default_rng(3)
     cam = np.array([0.1, 0.2, 0.3, 0.05, -0.1, 0.02, 0.9], np.float32)
     local = np.c_[rng.uniform(-1, 1, (6, 2)), -rng.uniform(2, 4, 6)]
@@ -107,7 +107,7 @@ def test_project_points_gradient(which):
                    atol=5e-3, indices=range(param.numpy().size))
 
 
-def test_validation():
+def test_validation(device):
     with pytest.raises(ValueError, match="pose"):
         generate_rays(farr(INTR), farr(POSE[:6]), W, H)
     with pytest.raises(TypeError, match="intrinsics"):

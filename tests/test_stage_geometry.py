@@ -25,14 +25,14 @@ def bumpy_icosahedron():
     return v.astype(np.float32), ico.faces.astype(np.int32)
 
 
-def test_quarter_turn_about_z():
+def test_quarter_turn_about_z(device):
     s = np.sqrt(0.5)
     out = varr(np.zeros((1, 3)))
     transform_vertices(varr([[1.0, 0.0, 0.0]]), farr([1, 2, 3]), farr([0, 0, s, s]), farr([2, 1, 1]), out)
     np.testing.assert_allclose(out.numpy()[0], [1.0, 4.0, 3.0], atol=1e-6)  # (2, 0, 0) turned to (0, 2, 0)
 
 
-def test_two_meshes_pack_into_one_array():
+def test_two_meshes_pack_into_one_array(device):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(4, 3)), rng.normal(size=(3, 3))
     ta, qa, sa = [1, 2, 3], [0.1, 0.2, -0.3, 2.0], [1, 2, 3]  # unnormalized quaternion on purpose
@@ -49,7 +49,7 @@ def test_two_meshes_pack_into_one_array():
 # Tolerances: 5 vertices, world coordinates of order 1..3, |L| ~ 5; roundoff 6e-8 * 5 / 1e-3 = 3e-4, rotation
 # truncation eps^2 / 6 * |L'''| ~ 1e-6 * few; atol 2e-3, rtol 1e-2.
 @pytest.mark.parametrize("which", ["local", "translation", "rotation", "scale"])
-def test_transform_gradient(which):
+def test_transform_gradient(which, device):
     rng = np.random.default_rng(1)
     args = {"local": varr(rng.normal(size=(5, 3)), which == "local"),
             "translation": farr([0.5, -1, 2], which == "translation"),
@@ -64,13 +64,13 @@ def test_transform_gradient(which):
                    indices=range(args[which].numpy().size))
 
 
-def test_flat_quad_normals_face_the_ccw_side():
+def test_flat_quad_normals_face_the_ccw_side(device):
     v = varr([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0], [5, 5, 5]])  # the last vertex is on no face
     n = vertex_normals(v, wp.array([0, 1, 2, 0, 2, 3], dtype=wp.int32)).numpy()
     np.testing.assert_allclose(n, [[0, 0, 1]] * 4 + [[0, 0, 0]], atol=1e-7)
 
 
-def test_area_weighting():
+def test_area_weighting(device):
     # vertex 0 is shared by a big face (0, 1, 2) in the z = 0 plane (area 2, normal x cross y) and a small one
     # (0, 4, 3) in the x = 0 plane (area 0.5, normal y cross z): its normal is (0.5, 0, 2) normalized
     v = varr([[0, 0, 0], [2, 0, 0], [0, 2, 0], [0, 0, 1], [0, 1, 0]])
@@ -78,7 +78,7 @@ def test_area_weighting():
     np.testing.assert_allclose(n[0], np.array([0.5, 0, 2]) / np.hypot(0.5, 2), rtol=1e-6)
 
 
-def test_normals_match_numpy_on_a_closed_mesh():
+def test_normals_match_numpy_on_a_closed_mesh(device):
     v, f = bumpy_icosahedron()
     n = vertex_normals(varr(v), wp.array(f.reshape(-1), dtype=wp.int32)).numpy()
     np.testing.assert_allclose(n, numpy_normals(v.astype(np.float64), f), atol=1e-5)
@@ -87,14 +87,14 @@ def test_normals_match_numpy_on_a_closed_mesh():
 
 # Tolerances: 12 unit normals, |L| ~ 3; gradients ~ 1 / edge length ~ 1; roundoff 6e-8 * 3 / 1e-3 = 2e-4,
 # truncation eps^2 / 6 * |L'''| with |L'''| ~ 1 / edge^3 ~ 1: 2e-7. atol 2e-3, rtol 1e-2.
-def test_normals_gradient():
+def test_normals_gradient(device):
     v, f = bumpy_icosahedron()
     world, faces = varr(v, True), wp.array(f.reshape(-1), dtype=wp.int32)
     check_gradient(lambda: weighted_loss(vertex_normals(world, faces), seed=7), world, eps=1e-3, rtol=1e-2,
                    atol=2e-3, probes=12)
 
 
-def test_validation():
+def test_validation(device):
     with pytest.raises(ValueError, match="offset"):
         transform_vertices(varr(np.zeros((3, 3))), farr([0, 0, 0]), farr([0, 0, 0, 1]), farr([1, 1, 1]),
                            varr(np.zeros((4, 3))), 2)

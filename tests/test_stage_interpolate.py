@@ -30,13 +30,13 @@ def numpy_interpolate(attr, faces, tri, bary):
     return np.where(tri[:, None] >= 0, np.einsum("nk,nkc->nc", w, a), 0.0)
 
 
-def test_interpolate_matches_numpy():
+def test_interpolate_matches_numpy(device):
     out = interpolate(farr(ATTR), iarr(FACES), iarr(TRI), farr(BARY)).numpy()
     np.testing.assert_allclose(out, numpy_interpolate(ATTR, FACES, TRI, BARY), rtol=1e-6, atol=1e-6)
     assert np.all(out[TRI < 0] == 0)
 
 
-def test_interpolate_at_vertices_returns_vertex_values():
+def test_interpolate_at_vertices_returns_vertex_values(device):
     bary = farr([[0, 0], [1, 0], [0, 1]])
     out = interpolate(farr(ATTR), iarr(FACES), iarr([1, 1, 1]), bary).numpy()
     np.testing.assert_array_equal(out, ATTR[[2, 3, 4]])
@@ -46,14 +46,14 @@ def test_interpolate_at_vertices_returns_vertex_values():
 # eps^2 * 0 (the loss is linear in bary too); 7 x 3 outputs of order 1, |L| ~ 3: roundoff 6e-8 * 3 / 1e-3
 # = 2e-4. atol 1e-3, rtol 1e-2.
 @pytest.mark.parametrize("which", ["attr", "bary"])
-def test_interpolate_gradient(which):
+def test_interpolate_gradient(which, device):
     attr, bary = farr(ATTR, which == "attr"), farr(BARY, which == "bary")
     param = attr if which == "attr" else bary
     check_gradient(lambda: weighted_loss(interpolate(attr, iarr(FACES), iarr(TRI), bary), seed=9), param,
                    eps=1e-3, rtol=1e-2, atol=1e-3, indices=range(param.numpy().size))
 
 
-def test_interpolate_derivatives_matches_numpy():
+def test_interpolate_derivatives_matches_numpy(device):
     db = RNG.normal(size=(7, 4)).astype(np.float32)
     out = interpolate_derivatives(farr(ATTR), iarr(FACES), iarr(TRI), farr(db)).numpy()
     assert out.shape == (7, 6)
@@ -100,7 +100,7 @@ def render_quad_uv():
     return tri.numpy(), uv_px.numpy(), uv_da.numpy()
 
 
-def test_tilted_quad_uv_is_perspective_correct():
+def test_tilted_quad_uv_is_perspective_correct(device):
     tri, uv, _ = render_quad_uv()
     want = numpy_quad_uv()
     hit = tri >= 0
@@ -123,7 +123,7 @@ def test_tilted_quad_uv_is_perspective_correct():
     assert np.nanmax(np.abs(naive[hit] - want[hit, 1])) > 0.05
 
 
-def test_tilted_quad_uv_derivatives_are_neighbour_differences():
+def test_tilted_quad_uv_derivatives_are_neighbour_differences(device):
     # uv is affine in the hit on the plane, so the forward differences of uv between neighbour pixels' plane
     # hits equal interpolate_derivatives of bary_derivatives exactly (up to float32)
     tri, _, da = render_quad_uv()
@@ -135,7 +135,7 @@ def test_tilted_quad_uv_derivatives_are_neighbour_differences():
     assert np.ptp(da[hit, 3]) > 0.01  # dv/dy changes with depth: not a constant screen-space gradient
 
 
-def test_validation():
+def test_validation(device):
     with pytest.raises(ValueError, match="bary"):
         interpolate(farr(ATTR), iarr(FACES), iarr(TRI), farr(BARY[:5]))
     with pytest.raises(ValueError, match="attr"):

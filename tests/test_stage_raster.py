@@ -16,6 +16,7 @@ from drstudio.renderer.primitives import uv_sphere
 from drstudio.renderer.stages import camera as cam
 from drstudio.renderer.stages import raster, visibility
 from support import scenes
+from support.devices import assert_same_render
 
 wp.config.quiet = True
 
@@ -69,7 +70,7 @@ def _compare(vertices, faces, intrinsics, pose, width, height):
 
 @pytest.mark.parametrize("segments", [12, 40, 90])
 @pytest.mark.parametrize("eye", [(0.0, 0.4, 3.2), (2.0, -1.0, 1.5), (0.1, 0.0, 1.3)])
-def test_sphere_matches_bvh(segments, eye):
+def test_sphere_matches_bvh(segments, eye, device):
     v, f, _ = uv_sphere(1.0, segments)
     pose = scenes.look_at(eye, (0.0, 0.0, 0.0))
     w, h = 64, 48
@@ -77,7 +78,7 @@ def test_sphere_matches_bvh(segments, eye):
     assert (ids >= 0).mean() > 0.2
 
 
-def test_scenes_match_bvh():
+def test_scenes_match_bvh(device):
     for sc in (scenes.gradient_scene(40, 30), scenes.two_meshes(48, 36), scenes.shadow_scene(40, 30)):
         world, faces, _, _ = scenes.world_geometry(sc)
         c = next(iter(sc.cameras.values()))
@@ -85,7 +86,7 @@ def test_scenes_match_bvh():
         assert (ids >= 0).any()
 
 
-def test_floor_straddling_the_camera_plane_and_triangles_behind():
+def test_floor_straddling_the_camera_plane_and_triangles_behind(device):
     """A floor quad from z = -20 to z = +20 under a camera at the origin looking down -z (its vertices
     behind the camera project through the camera plane), a triangle behind the camera, and a triangle
     crossing the camera plane beside the view axis."""
@@ -102,7 +103,7 @@ def test_floor_straddling_the_camera_plane_and_triangles_behind():
     assert (ids.reshape(h, w)[:10, : w // 2] == -1).all()  # sky (the crossing triangle is on the right)
 
 
-def test_back_faces_are_hit_and_ties_go_to_the_lower_id():
+def test_back_faces_are_hit_and_ties_go_to_the_lower_id(device):
     v = np.array([[-1, -1, -2], [1, -1, -2], [0, 1, -2]], np.float64)
     pose = np.array([0, 0, 0, 0, 0, 0, 1], np.float32)
     intr = scenes.centered_intrinsics(60.0, 32, 32)
@@ -118,7 +119,7 @@ def test_back_faces_are_hit_and_ties_go_to_the_lower_id():
     np.testing.assert_array_equal(ids[front < 0], -1)
 
 
-def test_bands_of_a_shifted_principal_point_match_the_full_image():
+def test_bands_of_a_shifted_principal_point_match_the_full_image(device):
     v, f, _ = uv_sphere(1.0, 30)
     pose = scenes.look_at((0.3, 0.5, 3.0), (0.0, 0.0, 0.0))
     intr = scenes.centered_intrinsics(45.0, 40, 40)
@@ -130,7 +131,7 @@ def test_bands_of_a_shifted_principal_point_match_the_full_image():
     np.testing.assert_array_equal(band, full[17 * 40:28 * 40])
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     world, f, i, p = _arrays(np.zeros((3, 3)), [[0, 1, 2]], [10, 10, 5, 5], [0, 0, 0, 0, 0, 0, 1])
     with pytest.raises(ValueError, match="faces"):
         raster.rasterize(world, wp.array(np.zeros(4, np.int32), dtype=wp.int32), i, p, 8, 8)
@@ -140,14 +141,14 @@ def test_validation_errors_name_the_argument():
         raster.rasterize(world, f, wp.zeros(3, dtype=float), p, 8, 8)
 
 
-def test_render_view_gives_the_same_image_with_either_visibility_method(monkeypatch):
+def test_render_view_gives_the_same_image_with_either_visibility_method(monkeypatch, device):
     """render_view rasterizes unless the mesh has more than RASTER_MAX_TRIANGLES_PER_PIXEL triangles per
     pixel; forcing the BVH path must give the same image (no exact ties in this scene)."""
     from drstudio.renderer import render
     from drstudio.renderer.device_scene import DeviceScene
 
-    ds = DeviceScene(scenes.gradient_scene(40, 30, mode="antialias"), "cpu")
+    ds = DeviceScene(scenes.gradient_scene(40, 30, mode="antialias"), device)
     raster_img = render.render_view(ds, ds.prepare(), "main").numpy()
     monkeypatch.setattr(render, "RASTER_MAX_TRIANGLES_PER_PIXEL", 0.0)
     bvh_img = render.render_view(ds, ds.prepare(), "main").numpy()
-    np.testing.assert_array_equal(raster_img, bvh_img)
+    assert_same_render(raster_img, bvh_img, device)

@@ -90,7 +90,7 @@ def _away_from_centers(rng, n, sizes, lo=-0.4, hi=1.4, margin=0.1):
 
 
 @pytest.mark.parametrize("wrap", ["wrap", "clamp"])
-def test_bilinear_matches_numpy_reference(wrap):
+def test_bilinear_matches_numpy_reference(wrap, device):
     rng = np.random.default_rng(1)
     tex = rng.random((5, 7, 3)).astype(np.float32)
     uv = rng.uniform(-1.3, 2.2, (64, 2)).astype(np.float32)
@@ -102,7 +102,7 @@ def test_bilinear_matches_numpy_reference(wrap):
     np.testing.assert_allclose(got[3], tex[4, 6], atol=ATOL)
 
 
-def test_constant_1x1_texture_everywhere():
+def test_constant_1x1_texture_everywhere(device):
     for value in ([0.2, 0.5, 0.9], [0.35]):
         pool = TexturePool.build([_arr(np.reshape(value, (1, 1, -1)))], ["wrap"])
         assert pool.levels(0) == 1
@@ -114,7 +114,7 @@ def test_constant_1x1_texture_everywhere():
             np.testing.assert_allclose(got, np.tile(value, (20, 1)), atol=1e-6)
 
 
-def test_mip_pyramid_is_clamped_2x2_box_filter():
+def test_mip_pyramid_is_clamped_2x2_box_filter(device):
     rng = np.random.default_rng(3)
     a = rng.random((4, 4, 3)).astype(np.float32)
     b = rng.random((3, 5, 1)).astype(np.float32)
@@ -132,7 +132,7 @@ def test_mip_pyramid_is_clamped_2x2_box_filter():
     assert TexturePool.build([_arr(a)], ["wrap"], mipmaps=False).sizes[0] == [(4, 4)]
 
 
-def test_trilinear_at_lod_one_equals_level_one_bilinear():
+def test_trilinear_at_lod_one_equals_level_one_bilinear(device):
     rng = np.random.default_rng(4)
     tex = rng.random((8, 8, 3)).astype(np.float32)
     uv = rng.uniform(0, 1, (16, 2)).astype(np.float32)
@@ -154,7 +154,7 @@ def test_trilinear_at_lod_one_equals_level_one_bilinear():
 
 
 @pytest.mark.parametrize("wrap", ["wrap", "clamp"])
-def test_trilinear_matches_numpy_reference_anisotropic(wrap):
+def test_trilinear_matches_numpy_reference_anisotropic(wrap, device):
     rng = np.random.default_rng(5)
     tex = rng.random((4, 16, 3)).astype(np.float32)  # w != h exercises the per-axis scaling of the lod
     n = 40
@@ -165,7 +165,7 @@ def test_trilinear_matches_numpy_reference_anisotropic(wrap):
     np.testing.assert_allclose(got, ref_trilinear(tex, uv[:, 0], uv[:, 1], da, wrap), atol=ATOL)
 
 
-def test_checkerboard_minified_averages_with_mipmaps_and_aliases_without():
+def test_checkerboard_minified_averages_with_mipmaps_and_aliases_without(device):
     checker = (np.indices((64, 64)).sum(axis=0) % 2).astype(np.float32)[..., None]
     grid = (8 * np.arange(8) + 0.5) / 64  # texel centers 8 texels apart: all the same checker color
     uv = np.stack(np.meshgrid(grid, grid), axis=-1).reshape(-1, 2).astype(np.float32)
@@ -177,7 +177,7 @@ def test_checkerboard_minified_averages_with_mipmaps_and_aliases_without():
     assert np.all(np.isin(aliased, [0.0, 1.0])) and abs(aliased.mean() - 0.5) > 0.45
 
 
-def test_many_textures_in_one_pool_by_index():
+def test_many_textures_in_one_pool_by_index(device):
     rng = np.random.default_rng(6)
     for c in (3, 1):
         texs = [rng.random(s + (c,)).astype(np.float32) for s in [(3, 5), (1, 1), (6, 4), (2, 2)]]
@@ -203,7 +203,7 @@ def test_many_textures_in_one_pool_by_index():
             np.testing.assert_allclose(got_tri[k], ref, atol=ATOL)
 
 
-def test_negative_index_gives_zeros_and_no_gradient():
+def test_negative_index_gives_zeros_and_no_gradient(device):
     tex = _arr(np.ones((2, 2, 3)), grad=True)
     uv = _arr(np.full((5, 2), 0.3), grad=True)
     tape = wp.Tape()
@@ -242,14 +242,14 @@ def _grad_setup(seed, n=24, mips=False):
 
 
 @pytest.mark.parametrize("mips", [False, True])
-def test_gradient_wrt_source_texels(mips):
+def test_gradient_wrt_source_texels(mips, device):
     texs, _, forward = _grad_setup(7, mips=mips)
     for t in texs:
         check_gradient(forward, t, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(t.size))
 
 
 @pytest.mark.parametrize("mips", [False, True])
-def test_gradient_wrt_uv(mips):
+def test_gradient_wrt_uv(mips, device):
     _, uv, forward = _grad_setup(8, mips=mips)
     check_gradient(forward, uv, eps=5e-3, rtol=1e-2, atol=2e-3, indices=range(uv.size))
 
@@ -280,7 +280,7 @@ def _add_scalar(src: wp.array(dtype=float), dst: wp.array(dtype=float)):
     wp.atomic_add(dst, 0, src[0])
 
 
-def test_scale_multiplies_the_sample():
+def test_scale_multiplies_the_sample(device):
     tex, uv, scale, index, da, _ = _scaled_setup(11)
     pool = TexturePool.build([tex], ["wrap"])
     plain = sample(pool, index, uv, da).numpy()
@@ -288,7 +288,7 @@ def test_scale_multiplies_the_sample():
 
 
 @pytest.mark.parametrize("which", ["texels", "uv", "scale"])
-def test_gradients_with_scale_and_shared_uv(which):
+def test_gradients_with_scale_and_shared_uv(which, device):
     tex, uv, scale, _, _, forward = _scaled_setup(12)
     if which == "texels":
         check_gradient(forward, tex, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(tex.size))
@@ -298,7 +298,7 @@ def test_gradients_with_scale_and_shared_uv(which):
         check_gradient(forward, scale, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(scale.size))
 
 
-def test_no_gradient_through_lod():
+def test_no_gradient_through_lod(device):
     rng = np.random.default_rng(9)
     pool_src = _arr(rng.random((8, 8, 3)), grad=True)
     uv = _arr(rng.uniform(0, 1, (6, 2)), grad=True)
@@ -314,7 +314,7 @@ def test_no_gradient_through_lod():
 # ---- argument validation ----------------------------------------------------------------------------------
 
 
-def test_build_rejects_bad_arguments():
+def test_build_rejects_bad_arguments(device):
     good, gray = _arr(np.zeros((2, 2, 3))), _arr(np.zeros((2, 2, 1)))
     cases = [
         (ValueError, "textures", lambda: TexturePool.build([], [])),
@@ -331,7 +331,7 @@ def test_build_rejects_bad_arguments():
             call()
 
 
-def test_sample_rejects_bad_scale():
+def test_sample_rejects_bad_scale(device):
     pool = TexturePool.build([_arr(np.zeros((2, 2, 3)))], ["wrap"])
     uv, idx = _arr(np.zeros((4, 2))), _idx(np.zeros(4))
     with pytest.raises(ValueError, match="scale"):
@@ -340,7 +340,7 @@ def test_sample_rejects_bad_scale():
         sample(pool, idx, uv, None, scale=np.zeros((4, 3)))
 
 
-def test_sample_rejects_bad_arguments():
+def test_sample_rejects_bad_arguments(device):
     pool = TexturePool.build([_arr(np.zeros((2, 2, 3)))], ["wrap"])
     idx, uv = _idx(np.zeros(4)), _arr(np.zeros((4, 2)))
     cases = [
@@ -356,7 +356,7 @@ def test_sample_rejects_bad_arguments():
             call()
 
 
-def test_uv_gradient_with_constant_texels():
+def test_uv_gradient_with_constant_texels(device):
     """Texels without gradient (e.g. a fixed texture in the torch op): only uv is differentiated."""
     rng = np.random.default_rng(13)
     tex = _arr(rng.random((6, 8, 3)))
@@ -370,7 +370,7 @@ def test_uv_gradient_with_constant_texels():
 
 
 @pytest.mark.parametrize("mips", [False, True])
-def test_footprint_gather_equals_sample(mips):
+def test_footprint_gather_equals_sample(mips, device):
     tex, uv, scale, index, da, _ = _scaled_setup(14)
     pool = TexturePool.build([tex], ["wrap"])
     da = da if mips else None
@@ -385,7 +385,7 @@ def test_footprint_gather_equals_sample(mips):
 
 
 @pytest.mark.parametrize("which", ["texels", "scale"])
-def test_footprint_gradients(which):
+def test_footprint_gradients(which, device):
     tex, uv, scale, index, da, _ = _scaled_setup(15)
 
     def forward():

@@ -34,7 +34,7 @@ QUAD_F = np.array([[0, 1, 2], [0, 2, 3]], np.int32)
 IDENTITY = np.array([0, 0, 0, 0, 0, 0, 1], np.float32)
 
 
-def test_quad_coverage_triangles_and_depth():
+def test_quad_coverage_triangles_and_depth(device):
     w, h, intr = 16, 12, np.array([12.0, 12.0, 8.0, 6.0], np.float32)
     world, faces = varr(QUAD_V), iarr(QUAD_F)
     o, d = generate_rays(farr(intr), farr(IDENTITY), w, h)
@@ -57,7 +57,7 @@ def test_quad_coverage_triangles_and_depth():
     np.testing.assert_allclose(bary[f0, 0], (x[f0] + 1) / 2 - (y[f0] + 1) / 2, atol=1e-6)
 
 
-def test_sphere_coverage_and_depth():
+def test_sphere_coverage_and_depth(device):
     w, h, intr = 32, 24, np.array([40.0, 40.0, 16.0, 12.0], np.float32)
     pose = np.array([0.2, 0.1, 0.5, 0.0, 0.05, 0.0, 1.0], np.float32)
     center = np.array([0.0, 0.0, -4.0])
@@ -91,7 +91,7 @@ def test_sphere_coverage_and_depth():
     np.testing.assert_array_less(depth[inner], near_root(r_in)[inner] + 1e-5)
 
 
-def test_intersect_matches_linear_solve():
+def test_intersect_matches_linear_solve(device):
     rng = np.random.default_rng(2)
     v = rng.normal(size=(9, 3)).astype(np.float32)
     f = np.arange(9).reshape(3, 3)
@@ -104,7 +104,7 @@ def test_intersect_matches_linear_solve():
         np.testing.assert_allclose(np.r_[bary.numpy()[i], depth.numpy()[i]], want, rtol=1e-4, atol=1e-4)
 
 
-def test_parallel_ray_gives_zeros():
+def test_parallel_ray_gives_zeros(device):
     bary, depth = intersect(varr(QUAD_V), iarr(QUAD_F), wp.array([0], dtype=wp.int32), varr([[0, 0, 0]]),
                             varr([[1, 0, 0]]))
     assert np.all(bary.numpy() == 0) and depth.numpy()[0] == 0
@@ -126,7 +126,7 @@ def aimed_rays():
 
 
 @pytest.mark.parametrize("which", ["world", "origins", "directions"])
-def test_intersect_gradient(which):
+def test_intersect_gradient(which, device):
     world = varr(TILTED, which == "world")
     faces = iarr(QUAD_F)
     origins = varr(np.tile(ORIGIN, (len(TARGETS), 1)), which == "origins")
@@ -155,7 +155,7 @@ def _add_weighted_depth(depth: wp.array(dtype=float), loss: wp.array(dtype=float
     wp.atomic_add(loss, 0, (0.3 - 0.1 * float(i)) * depth[i])
 
 
-def test_refit_follows_moved_vertices():
+def test_refit_follows_moved_vertices(device):
     world, faces = varr(QUAD_V), iarr(QUAD_F)
     o, d = varr([[2.0, 0.2, 0.0]]), varr([[0.0, 0.0, -1.0]])
     bvh = build_bvh(world, faces)
@@ -165,7 +165,7 @@ def test_refit_follows_moved_vertices():
     assert trace_primary(refit_bvh(bvh, varr(QUAD_V + np.float32([0, 5, 0]))), o, d).numpy()[0] == -1
 
 
-def test_bary_derivatives_match_neighbour_rays():
+def test_bary_derivatives_match_neighbour_rays(device):
     w, h = 12, 10
     intr = np.array([14.0, 13.0, 6.0, 5.2], np.float32)
     pose = np.array([0.1, -0.1, 0.3, 0.05, 0.08, -0.03, 1.0], np.float32)
@@ -185,7 +185,7 @@ def test_bary_derivatives_match_neighbour_rays():
         np.testing.assert_allclose(got[i], want, atol=2e-5)
 
 
-def test_bary_derivatives_of_a_fronto_parallel_triangle_are_constant():
+def test_bary_derivatives_of_a_fronto_parallel_triangle_are_constant(device):
     # on a plane z = -2 facing an identity camera the barycentrics are affine in pixel coordinates: the
     # derivatives are exact and the same everywhere; with f = 10 the triangle spans (0,0), (20,0), (0,20)
     # pixels from the center (5, 5), so b1 = (x - 5) / 20 and b2 = -(y - 5) / 20
@@ -197,7 +197,7 @@ def test_bary_derivatives_of_a_fronto_parallel_triangle_are_constant():
     np.testing.assert_allclose(got[:50], np.tile([0.05, 0.0, 0.0, -0.05], (50, 1)), atol=1e-6)
 
 
-def test_validation():
+def test_validation(device):
     world, faces = varr(QUAD_V), iarr(QUAD_F)
     with pytest.raises(ValueError, match="faces"):
         build_bvh(world, iarr([0, 1]))

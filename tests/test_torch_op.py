@@ -8,12 +8,17 @@ import numpy as np
 import pytest
 import torch
 import warp as wp
+<<<<<<< HEAD
+=======
+from support import scenes
+from support.devices import assert_same_render, torch_device
+
+>>>>>>> devices
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.torch import _wrap, render_torch
 from support import scenes
 
-DEV = "cpu"
 PATHS = ["materials.canvas.albedo", "meshes.orb.vertices", "lights.point0.position", "cameras.main.pose"]
 
 
@@ -23,8 +28,15 @@ def weighted_sum(x: wp.array2d(dtype=float), w: wp.array2d(dtype=float), loss: w
     wp.atomic_add(loss, 0, x[i, j] * w[i, j])
 
 
+@pytest.fixture(autouse=True)
+def _torch_on_the_test_device(device):
+    # tensors built without device= live on the test's device, as Warp arrays do (conftest)
+    with torch.device(torch_device(device)):
+        yield
+
+
 def make_ds(mode: str = "antialias") -> DeviceScene:
-    return DeviceScene(scenes.gradient_scene(mode=mode), DEV)
+    return DeviceScene(scenes.gradient_scene(mode=mode), wp.get_device())  # the test's `device` (conftest)
 
 
 def weights(ds: DeviceScene, seed: int = 0) -> np.ndarray:
@@ -37,7 +49,7 @@ def params(ds: DeviceScene, paths=PATHS) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("mode", ["hard", "antialias", "soft"])
-def test_image_and_gradients_equal_the_warp_path(mode):
+def test_image_and_gradients_equal_the_warp_path(mode, device):
     """Same scene, same loss sum(w * image): the torch op runs the same kernels, so the image is identical
     and the gradients agree to float32 roundoff of the atomic accumulations."""
     ds = make_ds(mode)
@@ -46,7 +58,7 @@ def test_image_and_gradients_equal_the_warp_path(mode):
     tape = wp.Tape()
     with tape:
         out = render_view(ds, ds.prepare(), "main")
-        loss = wp.zeros(1, dtype=float, device=DEV, requires_grad=True)
+        loss = wp.zeros(1, dtype=float, device=device, requires_grad=True)
         wp.launch(weighted_sum, dim=out.image.shape, inputs=[out.image, wp.array(w.reshape(-1, 3), dtype=float), loss])
     tape.backward(loss)
     warp_grads = {p: ds.arrays[p].grad.numpy().reshape(ds.get(p).shape).copy() for p in PATHS}
@@ -55,10 +67,10 @@ def test_image_and_gradients_equal_the_warp_path(mode):
 
     ts = params(ds)
     image = render_torch(ds, "main", ts)
-    np.testing.assert_array_equal(image.detach().numpy(), out.numpy())
-    (image * torch.from_numpy(w)).sum().backward()
+    assert_same_render(image.detach().cpu().numpy(), out.numpy(), device)
+    (image * torch.tensor(w)).sum().backward()
     for p in PATHS:
-        g = ts[p].grad.numpy()
+        g = ts[p].grad.cpu().numpy()
         np.testing.assert_allclose(g, warp_grads[p], rtol=1e-5, atol=1e-6 * np.abs(warp_grads[p]).max(), err_msg=p)
     # the op writes gradients only into the tensors: the DeviceScene's leaves keep a zero .grad
     assert all(not ds.arrays[p].grad.numpy().any() for p in ds.arrays)
@@ -80,28 +92,28 @@ def test_wrap_is_zero_copy():
     strided = torch.rand(5, 4, 3).transpose(0, 1)
     arr, _ = _wrap(ds, "materials.canvas.albedo", strided)
     assert arr.ptr != strided.data_ptr()
-    np.testing.assert_array_equal(arr.numpy(), strided.numpy())
+    np.testing.assert_array_equal(arr.numpy(), strided.cpu().numpy())
 
 
-def test_tensors_replace_the_leaves_only_for_the_call():
+def test_tensors_replace_the_leaves_only_for_the_call(device):
     ds = make_ds("hard")
     before = dict(ds.arrays)
     base = render_view(ds, ds.prepare(), "main").numpy()
     dark = torch.zeros(4, 5, 3)
-    image = render_torch(ds, "main", {"materials.canvas.albedo": dark}).numpy()
+    image = render_torch(ds, "main", {"materials.canvas.albedo": dark}).cpu().numpy()
     assert ds.arrays.keys() == before.keys() and all(ds.arrays[p] is before[p] for p in before)
     assert not np.array_equal(image, base)
-    np.testing.assert_array_equal(render_view(ds, ds.prepare(), "main").numpy(), base)
+    assert_same_render(render_view(ds, ds.prepare(), "main").numpy(), base, device)
     # options reach render_view
     soft = render_torch(ds, "main", {}, mode="soft")
-    np.testing.assert_array_equal(soft.numpy(), render_view(ds, ds.prepare(), "main", mode="soft").numpy())
+    assert_same_render(soft.cpu().numpy(), render_view(ds, ds.prepare(), "main", mode="soft").numpy(), device)
 
 
 def test_several_renders_feed_one_backward():
     """Two renders with different values of one path, one loss: each prepare() has its own world positions,
     so the gradients equal those of two separate backward passes."""
     ds = make_ds("antialias")
-    w = torch.from_numpy(weights(ds))
+    w = torch.tensor(weights(ds))
     v0 = torch.tensor(ds.get("meshes.orb.vertices"))
 
     def grads(together: bool):
@@ -142,8 +154,8 @@ def test_adam_on_a_texture_reduces_the_loss():
         losses.append(loss.item())
     assert losses[-1] < 0.05 * losses[0], losses[::8]
     # texels that cover pixels converge to the scene's texture
-    seen = np.abs(tex.grad.numpy()).sum(axis=2) > 0
-    np.testing.assert_allclose(tex.detach().numpy()[seen], ds.get("materials.canvas.albedo")[seen], atol=0.1)
+    seen = np.abs(tex.grad.cpu().numpy()).sum(axis=2) > 0
+    np.testing.assert_allclose(tex.detach().cpu().numpy()[seen], ds.get("materials.canvas.albedo")[seen], atol=0.1)
 
 
 def test_validation_errors_name_the_path_and_the_expectation():

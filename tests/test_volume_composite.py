@@ -50,7 +50,7 @@ def reference(samples: Samples, sigma, colors, bg, min_transmittance=1e-4):
 
 
 @pytest.mark.parametrize("dense", [False, True])
-def test_composite_matches_numpy(dense):
+def test_composite_matches_numpy(dense, device):
     samples, sigma, colors, bg = case(dense=dense, n_samples=12)
     rgb, opacity, depth = composite(farr(sigma), farr(colors), samples, farr(bg))
     want = reference(samples, sigma.astype(np.float32), colors.astype(np.float32), bg.astype(np.float32))
@@ -63,7 +63,7 @@ def test_composite_matches_numpy(dense):
     assert opacity.numpy()[-1] == 0.0 and depth.numpy()[-1] == 0.0
 
 
-def test_early_termination_leaves_out_the_tail():
+def test_early_termination_leaves_out_the_tail(device):
     samples, sigma, colors, bg = case(seed=3, n_samples=16)
     sigma[:] = 60.0  # T falls by exp(-60 * 0.125 * |d|) ~ 5e-4 per sample: stops after the 2nd sample
     on = composite(farr(sigma), farr(colors), samples, farr(bg))
@@ -94,7 +94,7 @@ def test_early_termination_leaves_out_the_tail():
                                                ("densities", 1), ("densities", 2)],
                          ids=["rgb-densities", "rgb-colors", "rgb-background", "opacity-densities",
                               "depth-densities"])
-def test_composite_gradients(which, output):
+def test_composite_gradients(which, output, device):
     # (opacity and depth depend on the densities only)
     samples, sigma, colors, bg = case(seed=1)
     arrays = {"densities": farr(sigma, True), "colors": farr(colors, True), "background": farr(bg, True)}
@@ -105,7 +105,7 @@ def test_composite_gradients(which, output):
     check_gradient(forward, arrays[which], eps=1e-3, rtol=1e-2, atol=2e-3, probes=10)
 
 
-def test_gradients_with_termination_active():
+def test_gradients_with_termination_active(device):
     # Densities high enough that some rays terminate: FD still matches the truncated sum wherever the
     # perturbation does not move a sample across the threshold (true for these fixed draws).
     samples, sigma, colors, bg = case(seed=2, dense=True, n_samples=8)
@@ -117,7 +117,7 @@ def test_gradients_with_termination_active():
                    eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
-def test_output_gradients_survive_backward():
+def test_output_gradients_survive_backward(device):
     # outputs are atomic-add accumulations, so their .grad holds d(loss)/d(output) after backward
     samples, sigma, colors, bg = case(seed=4)
     tape = wp.Tape()
@@ -129,13 +129,13 @@ def test_output_gradients_survive_backward():
     np.testing.assert_allclose(rgb.grad.numpy(), w, rtol=1e-6)
 
 
-def test_no_rays_and_no_samples():
+def test_no_rays_and_no_samples(device):
     empty = sample_rays(wp.zeros(0, dtype=wp.vec3), wp.zeros(0, dtype=wp.vec3), BOX, 4)
     rgb, opacity, depth = composite(farr(np.zeros(0)), farr(np.zeros((0, 3))), empty, farr([1, 1, 1]))
     assert rgb.shape == (0, 3) and opacity.shape == (0,) and depth.shape == (0,)
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     samples, sigma, colors, bg = case()
     with pytest.raises(ValueError, match="densities"):
         composite(farr(sigma[:-1]), farr(colors), samples, farr(bg))

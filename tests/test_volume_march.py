@@ -39,7 +39,7 @@ def rays(seed=0):
 
 
 @pytest.mark.parametrize("jitter", [False, True])
-def test_samples_tile_the_clipped_segment(jitter):
+def test_samples_tile_the_clipped_segment(jitter, device):
     o, d = rays()
     near, far, n = 0.5, 6.0, 7
     s = sample_rays(vec3s(o), vec3s(d), BOX, n, near, far, seed=3, jitter=jitter)
@@ -72,7 +72,7 @@ def test_samples_tile_the_clipped_segment(jitter):
     assert counts[1] == 0 and counts[3] == 0 and counts[0] == n and counts[2] == n
 
 
-def test_jitter_is_stratified_and_reproducible():
+def test_jitter_is_stratified_and_reproducible(device):
     o, d = rays()
     a = sample_rays(vec3s(o), vec3s(d), BOX, 64, seed=1)
     b = sample_rays(vec3s(o), vec3s(d), BOX, 64, seed=1)
@@ -83,7 +83,7 @@ def test_jitter_is_stratified_and_reproducible():
     assert 0.0 <= u.min() and u.max() <= 1.0 and abs(u.mean() - 0.5) < 0.02  # uniform within each stratum
 
 
-def test_occupancy_drops_samples_in_empty_cells():
+def test_occupancy_drops_samples_in_empty_cells(device):
     o, d = rays(1)
     grid = OccupancyGrid((4, 2, 3), BOX)
     occ = np.zeros((4, 2, 3), np.uint8)
@@ -111,7 +111,7 @@ def test_occupancy_drops_samples_in_empty_cells():
                                   np.concatenate([[0], np.cumsum(kept.ray_counts.numpy())[:-1]]))
 
 
-def test_sampling_is_not_recorded():
+def test_sampling_is_not_recorded(device):
     o, d = rays()
     origins, directions = vec3s(o), vec3s(d)
     origins.requires_grad = True
@@ -122,14 +122,14 @@ def test_sampling_is_not_recorded():
     assert not s.positions.requires_grad
 
 
-def test_empty_inputs():
+def test_empty_inputs(device):
     s = sample_rays(vec3s(np.zeros((0, 3))), vec3s(np.zeros((0, 3))), BOX, 4)
     assert s.n_rays == 0 and s.n_samples == 0
     s = sample_rays(vec3s([[5.0, 5.0, 5.0]]), vec3s([[1.0, 0.0, 0.0]]), BOX, 4)
     assert s.n_rays == 1 and s.n_samples == 0
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     o, d = vec3s(np.zeros((2, 3))), vec3s(np.ones((2, 3)))
     with pytest.raises(TypeError, match="origins"):
         sample_rays(np.zeros((2, 3)), d, BOX, 4)

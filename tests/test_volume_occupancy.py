@@ -34,7 +34,7 @@ def cell_distance_range(grid, center):
     return nearest, farthest
 
 
-def test_marks_empty_space_empty_and_keeps_the_blob():
+def test_marks_empty_space_empty_and_keeps_the_blob(device):
     grid = OccupancyGrid(16, BOX)
     assert grid.occupied.numpy().all()  # nothing is skipped before the first update
     center, radius = np.array([0.3, -0.2, 0.1]), 0.35
@@ -55,7 +55,7 @@ def test_marks_empty_space_empty_and_keeps_the_blob():
     assert grid.density.numpy().max() == 10.0
 
 
-def test_decayed_maximum_forgets_moved_content():
+def test_decayed_maximum_forgets_moved_content(device):
     grid = OccupancyGrid(8, BOX)
     a, b = np.array([-0.5, 0.0, 0.0]), np.array([0.5, 0.0, 0.0])
     grid.update(ball(a, 0.3), ema=0.5, threshold=0.01, points_per_cell=8)
@@ -70,7 +70,7 @@ def test_decayed_maximum_forgets_moved_content():
     assert grid.occupied.numpy()[cell_a] == 0 and grid.occupied.numpy()[cell_b] == 1
 
 
-def test_threshold_is_clamped_to_the_mean():
+def test_threshold_is_clamped_to_the_mean(device):
     # threshold = min(threshold, mean density): a faint blob in empty space is kept even below the
     # threshold (NerfAcc's rule, so early, faint fields are not skipped away) ...
     grid = OccupancyGrid(8, BOX)
@@ -86,7 +86,7 @@ def test_threshold_is_clamped_to_the_mean():
     assert grid.occupied_fraction() == 0.0
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     with pytest.raises(ValueError, match="resolution"):
         OccupancyGrid(0, BOX)
     with pytest.raises(ValueError, match="aabb"):

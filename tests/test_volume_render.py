@@ -65,7 +65,7 @@ def analytic_sphere(o, d):
     return opacity, depth
 
 
-def test_sphere_matches_the_closed_form():
+def test_sphere_matches_the_closed_form(device):
     origins, directions = camera(0.3, 24)
     bg = wp.array(np.array([0.1, 0.2, 0.8], np.float32), dtype=float)
     rgb, opacity, depth, samples = render(SphereField(), origins, directions, 512, bg, seed=4)
@@ -83,7 +83,7 @@ def test_sphere_matches_the_closed_form():
     assert samples.n_samples == 512 * (samples.ray_counts.numpy() > 0).sum()
 
 
-def test_occupancy_skipping_keeps_the_image():
+def test_occupancy_skipping_keeps_the_image(device):
     field = SphereField(slope=0.3)
     grid = OccupancyGrid(32, BOX)
     for step in range(10):  # as over training: grazing cells are found by some update's jittered points
@@ -101,7 +101,7 @@ def test_occupancy_skipping_keeps_the_image():
         assert diff.max() < 0.03 and (diff > 1e-4).mean() < 0.01, (diff.max(), (diff > 1e-4).mean())
 
 
-def test_rays_that_miss_render_the_background_under_a_tape():
+def test_rays_that_miss_render_the_background_under_a_tape(device):
     grid = VoxelGrid(4, BOX)
     bg = wp.array(np.array([0.2, 0.4, 0.6], np.float32), dtype=float, requires_grad=True)
     tape = wp.Tape()
@@ -146,7 +146,7 @@ def fit(grid, samples, targets, bg, steps):
     return losses
 
 
-def test_fit_a_voxel_grid_to_four_views():
+def test_fit_a_voxel_grid_to_four_views(device):
     samples, targets, bg = fit_setup()
     grid = VoxelGrid(16, BOX, sh_degree=0)
     losses = fit(grid, samples, targets, bg, 50)
@@ -157,7 +157,7 @@ def test_fit_a_voxel_grid_to_four_views():
     assert dens[8, 8, 8] > 1.0 and dens[0, 0, 0] < 0.1 and dens[15, 15, 15] < 0.1
 
 
-def test_coarse_to_fine_fit():
+def test_coarse_to_fine_fit(device):
     # 8^3 for 25 steps, upsampled to 15^3 (the coarse lattice points stay lattice points), 25 more steps
     samples, targets, bg = fit_setup()
     coarse = VoxelGrid(8, BOX, sh_degree=0)

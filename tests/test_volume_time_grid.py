@@ -38,7 +38,7 @@ def blend_reference(values, t):
 
 
 @pytest.mark.parametrize("t", [0.0, 0.2, 1 / 3, 0.5, 0.9, 1.0])
-def test_at_time_is_the_linear_blend_of_the_slices(t):
+def test_at_time_is_the_linear_blend_of_the_slices(t, device):
     grid, density, sh = random_grid(seed=1)
     g = grid.at_time(t)
     assert isinstance(g, VoxelGrid) and g.resolution == RES and g.aabb == grid.aabb and g.sh_degree == 1
@@ -57,7 +57,7 @@ def test_at_time_is_the_linear_blend_of_the_slices(t):
                                rtol=1e-5, atol=1e-6)
 
 
-def test_slices_times_and_layout():
+def test_slices_times_and_layout(device):
     grid, density, sh = random_grid(degree=2, seed=3)
     np.testing.assert_allclose(grid.times(), [0, 1 / 3, 2 / 3, 1])
     assert grid.density.shape == (T, *RES) and grid.sh.shape == (T * RES[0], *RES[1:], 27)
@@ -86,7 +86,7 @@ def time_reference(v):
     return float((np.diff(v, axis=0) ** 2).mean())
 
 
-def test_total_variation_matches_numpy():
+def test_total_variation_matches_numpy(device):
     grid, density, sh = random_grid(degree=1, seed=5)
     d32, sh32 = density.astype(np.float32), sh.astype(np.float32)
     loss = wp.zeros(1, dtype=float, requires_grad=True)
@@ -105,7 +105,7 @@ def test_total_variation_matches_numpy():
 
 
 @pytest.mark.parametrize(("weights"), [(0.7, 0.3, 0.5, 0.2), (0.0, 0.0, 1.0, 2.0)])
-def test_total_variation_gradients(weights):
+def test_total_variation_gradients(weights, device):
     grid, _, _ = random_grid(degree=1, seed=6)
 
     def forward():
@@ -152,7 +152,7 @@ def rendered_loss(grid, t, samples, bg):
 # so the float32 argument of the VoxelGrid tests holds: eps 1e-3 on an O(1) loss gives differences good
 # to ~1e-3 (roundoff u |L| / eps ~ 1e-4 plus truncation), hence atol 2e-3, rtol 1e-2.
 @pytest.mark.parametrize("t", [0.47, 1 / 3, 0.0, 1.0])
-def test_render_gradients_through_at_time(t):
+def test_render_gradients_through_at_time(t, device):
     grid, _, _ = random_grid(degree=1, seed=10)
     samples, bg = render_setup()
     k, w = grid.slice_weights(t)
@@ -189,7 +189,7 @@ def test_render_gradients_through_at_time(t):
     assert not grid.density.grad.numpy().any()
 
 
-def test_only_the_leaves_with_gradients_receive_them():
+def test_only_the_leaves_with_gradients_receive_them(device):
     grid, density, sh = random_grid(degree=0, seed=13)
     grid.sh = wp.array(grid.sh.numpy(), dtype=float)  # a fixed SH leaf: no .grad
     samples, bg = render_setup()
@@ -200,7 +200,9 @@ def test_only_the_leaves_with_gradients_receive_them():
     assert grid.sh.grad is None and np.abs(grid.density.grad.numpy()).max() > 1e-3
 
 
-def test_at_time_records_on_per_thread_tapes():
+# CPU only: renderer.parallel's lanes are CPU threads (its public entry points use one lane on CUDA)
+@pytest.mark.parametrize("device", ["cpu"])
+def test_at_time_records_on_per_thread_tapes(device):
     # renderer.parallel runs each lane under a tape of its own (renderer.thread_tape); at_time must record
     # there (the lanes read disjoint slices: t = 0.1 reads 0-1, t = 0.9 reads 2-3).
     grid, _, _ = random_grid(degree=1, seed=12)
@@ -250,7 +252,7 @@ def _add(a: wp.array(dtype=float), out: wp.array(dtype=float)):
 
 # ---- occupancy, upsampling, storage, validation -------------------------------------------------
 
-def test_query_density_max_bounds_every_time():
+def test_query_density_max_bounds_every_time(device):
     grid, density, _ = random_grid(degree=0, seed=20)
     p = vec3s(np.random.default_rng(21).uniform(np.array(BOX[:3]) - 0.1, np.array(BOX[3:]) + 0.1, (200, 3)))
     top = grid.query_density_max(p).numpy()
@@ -263,7 +265,7 @@ def test_query_density_max_bounds_every_time():
     occ.update(grid.query_density_max, threshold=0.5)  # the documented use
 
 
-def test_upsample_and_astype():
+def test_upsample_and_astype(device):
     grid, _, _ = random_grid(degree=1, seed=30)
     fine = grid.upsample((7, 5, 9))
     assert fine.resolution == (7, 5, 9) and fine.n_times == T and fine.sh.shape == (T * 7, 5, 9, 12)
@@ -279,7 +281,7 @@ def test_upsample_and_astype():
                                atol=2e-3)
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     with pytest.raises(ValueError, match="n_times"):
         TimeGrid(4, 1, BOX)
     with pytest.raises(ValueError, match="resolution"):
@@ -339,7 +341,7 @@ def centroid_x(grid, threshold=1.0):
     return float((w * x).sum() / w.sum())
 
 
-def test_fit_a_moving_ball():
+def test_fit_a_moving_ball(device):
     # 3 times (the model's slices), 4 views per time around the y axis, rotated by 45 degrees between
     # times; targets rendered from a fine ground-truth TimeGrid with 4 slices (so t = 0.5 is a blend there)
     truth = ball_grid([0.0, 1 / 3, 2 / 3, 1.0])

@@ -64,7 +64,7 @@ def random_grid(degree, activation="softplus", dtype=wp.float32, seed=0):
 
 @pytest.mark.parametrize("activation", ["softplus", "relu"])
 @pytest.mark.parametrize("degree", [0, 1, 2])
-def test_query_matches_numpy(degree, activation):
+def test_query_matches_numpy(degree, activation, device):
     grid, density, sh = random_grid(degree, activation)
     p, d = points()
     sigma, color = grid.query(vec3s(p), vec3s(d))
@@ -75,7 +75,7 @@ def test_query_matches_numpy(degree, activation):
     np.testing.assert_allclose(grid.query_density(vec3s(p)).numpy(), want_sigma, rtol=1e-5, atol=1e-6)
 
 
-def test_lattice_points_are_interpolated_exactly():
+def test_lattice_points_are_interpolated_exactly(device):
     grid, density, _ = random_grid(0, "relu")
     lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
     idx = np.array([[0, 0, 0], [3, 2, 4], [1, 2, 3], [2, 0, 1]])
@@ -91,7 +91,7 @@ def test_lattice_points_are_interpolated_exactly():
 @pytest.mark.parametrize(("degree", "activation", "which"),
                          [(0, "softplus", "density"), (2, "softplus", "density"), (2, "relu", "density"),
                           (0, "softplus", "sh"), (1, "softplus", "sh"), (2, "relu", "sh")])
-def test_query_gradients(degree, activation, which):
+def test_query_gradients(degree, activation, which, device):
     grid, _, _ = random_grid(degree, activation, seed=1)
     p, d = points(seed=2)
     pos, dirs = vec3s(p), vec3s(d)
@@ -109,7 +109,7 @@ def test_query_gradients(degree, activation, which):
     check_gradient(forward, param, eps=1e-3, rtol=1e-2, atol=2e-3, indices=idx)
 
 
-def test_query_density_gradient():
+def test_query_density_gradient(device):
     grid, _, _ = random_grid(1, seed=11)
     p, _ = points(seed=12)
     pos = vec3s(p)
@@ -144,7 +144,7 @@ def tv_reference(v):
     return e / v.size
 
 
-def test_total_variation_matches_numpy_and_its_gradients():
+def test_total_variation_matches_numpy_and_its_gradients(device):
     grid, density, sh = random_grid(1, seed=5)
     loss = wp.zeros(1, dtype=float, requires_grad=True)
     grid.total_variation(loss, 0.7, sh_weight=0.3)
@@ -161,7 +161,7 @@ def test_total_variation_matches_numpy_and_its_gradients():
     check_gradient(forward, grid.sh, eps=1e-2, rtol=1e-3, atol=1e-4, probes=10)
 
 
-def test_upsample_reproduces_a_linear_field_and_lattice_values():
+def test_upsample_reproduces_a_linear_field_and_lattice_values(device):
     lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
 
     def lattice(res):
@@ -187,7 +187,7 @@ def test_upsample_reproduces_a_linear_field_and_lattice_values():
         np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_float16_storage_halves_memory_and_keeps_the_render():
+def test_float16_storage_halves_memory_and_keeps_the_render(device):
     grid, _, _ = random_grid(2, seed=8)
     half = grid.astype(wp.float16)
     assert half.density.dtype == wp.float16 and half.sh.dtype == wp.float16
@@ -211,7 +211,7 @@ def test_float16_storage_halves_memory_and_keeps_the_render():
     np.testing.assert_allclose(g16, g32, atol=2e-3 * np.abs(g32).max())
 
 
-def test_fresh_grid_has_the_initial_density():
+def test_fresh_grid_has_the_initial_density(device):
     for activation in ("softplus", "relu"):
         grid = VoxelGrid(3, BOX, 0, activation=activation, init_density=0.25)
         sigma, color = grid.query(vec3s([[0.1, 0.2, 0.3]]), vec3s([[0.0, 0.0, 1.0]]))
@@ -219,7 +219,7 @@ def test_fresh_grid_has_the_initial_density():
         np.testing.assert_allclose(color.numpy(), [[0.5, 0.5, 0.5]], rtol=1e-6)
 
 
-def test_render_through_a_grid_is_differentiable_end_to_end():
+def test_render_through_a_grid_is_differentiable_end_to_end(device):
     # sample_rays -> query -> composite: the density gradient of a rendered pixel matches FD
     grid, _, _ = random_grid(1, seed=10)
     o = np.array([[0.1 * i - 0.4, 0.05 * i - 0.2, 3.0] for i in range(8)])
@@ -237,7 +237,7 @@ def test_render_through_a_grid_is_differentiable_end_to_end():
                    indices=np.flatnonzero(_touched(grid, samples.positions.numpy(), "sh"))[::17][:10])
 
 
-def test_validation_errors_name_the_argument():
+def test_validation_errors_name_the_argument(device):
     with pytest.raises(ValueError, match="resolution"):
         VoxelGrid(1, BOX)
     with pytest.raises(ValueError, match="aabb"):

@@ -36,29 +36,39 @@ def weighted_loss(out: wp.array, seed: int = 0) -> wp.array:
     return loss
 
 
+def set_entry(param: wp.array, flat: np.ndarray, idx: int, value: float) -> None:
+    """Set flat entry `idx` of `param` to `value`; `flat` is `param.numpy().reshape(-1)`, a view of the
+    array on the CPU and a host copy on CUDA (copied back to the device here)."""
+    flat[idx] = value
+    if not param.device.is_cpu:
+        host = wp.array(flat.reshape(param.numpy().shape), dtype=param.dtype, device="cpu")
+        wp.copy(param, host)
+
+
 def check_gradient(forward, param: wp.array, *, eps: float = 1e-3, rtol: float = 1e-2, atol: float = 1e-3,
                    probes: int = 8, seed: int = 0, indices=None) -> None:
     """Compare the tape gradient of `forward()` w.r.t. `param` with central differences.
 
-    `param` must be a CPU array with requires_grad=True that `forward` reads. Probes `probes`
-    random flat entries (or `indices`). Raises AssertionError naming the entry on mismatch."""
+    `param` must be a contiguous array with requires_grad=True that `forward` reads, on any device.
+    Probes `probes` random flat entries (or `indices`). Raises AssertionError naming the entry on
+    mismatch."""
     tape = wp.Tape()
     with tape:
         loss = forward()
     tape.backward(loss)
     analytic = param.grad.numpy().reshape(-1).copy()
     tape.zero()
-    flat = param.numpy().reshape(-1)  # a view: edits change the Warp array (CPU)
+    flat = param.numpy().reshape(-1)  # on the CPU a view: edits change the Warp array
     rng = np.random.default_rng(seed)
     if indices is None:
         indices = rng.choice(flat.size, size=min(probes, flat.size), replace=False)
     for idx in indices:
         orig = float(flat[idx])
-        flat[idx] = orig + eps
+        set_entry(param, flat, idx, orig + eps)
         lp = float(forward().numpy()[0])
-        flat[idx] = orig - eps
+        set_entry(param, flat, idx, orig - eps)
         lm = float(forward().numpy()[0])
-        flat[idx] = orig
+        set_entry(param, flat, idx, orig)
         fd = (lp - lm) / (2 * eps)
         g = float(analytic[idx])
         if not abs(g - fd) <= atol + rtol * max(abs(fd), abs(g)):
