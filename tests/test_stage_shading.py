@@ -152,17 +152,11 @@ def test_lambert_point_light_inverse_square(device):
     np.testing.assert_allclose(out, np.repeat((8.0 / np.pi * cos / d2)[:, None], 3, 1), rtol=1e-6)
 
 
-<<<<<<< HEAD
 @pytest.mark.parametrize("rough, metal", [(0.3, 0.0), (0.5, 0.7), (1.0, 1.0), (0.0, 1.0), (0.005, 0.5)])
-def test_ggx_normal_incidence_closed_form(rough, metal):
+def test_ggx_normal_incidence_closed_form(rough, metal, device):
     # n = v = l = h: D = 1 / (pi a^2), G2 = 1, F = F0, so f = (1 - F0)(1 - m) albedo / pi + F0 / (4 pi a^2);
     # roughness below 0.01 acts as 0.01 (a = 1e-4, a^2 = 1e-8: below float32's epsilon next to 1, the case
     # where D's denominator must not be formed as n.h^2 (a^2 - 1) + 1)
-=======
-@pytest.mark.parametrize("rough, metal", [(0.3, 0.0), (0.5, 0.7), (1.0, 1.0)])
-def test_ggx_normal_incidence_closed_form(rough, metal, device):
-    # n = v = l = h: D = 1 / (pi a^2), G2 = 1, F = F0, so f = (1 - F0)(1 - m) albedo / pi + F0 / (4 pi a^2)
->>>>>>> devices
     albedo = np.array([0.8, 0.5, 0.1])
     lights = Lights.create(dir_direction=[[0, 0, -1.0]], dir_intensity=[2.0], ambient=[0.1, 0.2, 0.3])
     out = shade(farr([[0, 0, 0]]), farr([[0, 0, 1]]), farr([albedo]), farr([[rough]]), farr([[metal]]),

@@ -8,16 +8,11 @@ import numpy as np
 import pytest
 import torch
 import warp as wp
-<<<<<<< HEAD
-=======
-from support import scenes
-from support.devices import assert_same_render, torch_device
-
->>>>>>> devices
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.render import render_view
 from drstudio.renderer.torch import _wrap, render_torch
 from support import scenes
+from support.devices import assert_same_render, torch_device
 
 PATHS = ["materials.canvas.albedo", "meshes.orb.vertices", "lights.point0.position", "cameras.main.pose"]
 
