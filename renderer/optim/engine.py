@@ -63,6 +63,16 @@ class History:
         buf[n] = value
         self._n[name] = n + 1
 
+    def lengths(self) -> dict[str, int]:
+        return dict(self._n)
+
+    def truncate(self, name: str, n: int) -> None:
+        """Keep the first `n` values of `name`, in a new buffer (views already handed out stay as they were)."""
+        if name in self._buf and n < self._n[name]:
+            buf = np.empty(max(64, 2 * n), np.float64)
+            buf[:n] = self._buf[name][:n]
+            self._buf[name], self._n[name] = buf, n
+
     def views(self) -> dict[str, np.ndarray]:
         out = {}
         for name, buf in self._buf.items():
