@@ -102,14 +102,29 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         raise UsageError(f"give either a scene file ({args.scene}) or --resume DIR ({resume}), not both: a resumed "
                          f"session continues the recording's own scene")
     out = args.out or headless.default_out_dir(Path.cwd())
+    servers = []
+
+    def serve(engine, problem):  # --serve: the run is watched and steered by `drstudio view --attach`
+        from drstudio.renderer.optim.remote import EngineServer, parse_address
+
+        server = EngineServer(engine, problem, parse_address(args.serve))
+        servers.append(server)
+        host, port = server.address
+        print(f"serving on {host}:{port}; attach with: drstudio view --attach {host}:{port} --token {server.token}",
+              file=sys.stderr, flush=True)
+
     try:
         with claim(out):
             metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
                                         record=not getattr(args, "no_record", False), resume=resume,
-                                        from_step=getattr(args, "from_step", None))
+                                        from_step=getattr(args, "from_step", None),
+                                        on_start=serve if getattr(args, "serve", None) is not None else None)
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
+    finally:
+        for server in servers:
+            server.close()
     print(f"final loss {_fmt(metrics['final_loss'])}, render PSNR {_fmt(metrics['psnr_render_vs_target_db'])} dB, "
           f"{metrics['steps']} steps in {_fmt(metrics['seconds'])} s")
     for path, m in metrics["parameters"].items():
@@ -153,6 +168,16 @@ def cmd_view(args: argparse.Namespace) -> int:
     from . import headless
     from .viewer import run_viewer
 
+    if getattr(args, "attach", None):
+        from drstudio.renderer.optim.remote import parse_address
+
+        try:
+            address = parse_address(args.attach)
+        except ValueError as e:
+            raise UsageError(str(e)) from None
+        if not args.token:
+            raise UsageError("--attach needs the --token the served run printed")
+        return run_viewer(None, attach=address, token=args.token)
     record_dir = None if getattr(args, "no_record", False) else headless.default_out_dir(Path.cwd()) / "recording"
     return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir)
 
@@ -379,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("view", cmd_view, "open the viewer (on a scene, if given)")
     p.add_argument("scene", nargs="?", help="scene file")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
+    p.add_argument("--attach", metavar="HOST:PORT", help="show and steer a run started with optimize --serve")
+    p.add_argument("--token", help="with --attach: the token the served run printed")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
     p.add_argument("scene", nargs="?", help="scene file (not with --resume)")
@@ -387,6 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue a recorded session from a keyframe")
     p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
+    p.add_argument("--serve", nargs="?", const="", metavar="ADDR", help="serve the run to `drstudio view --attach` "
+                   "(default 127.0.0.1:7391; a random token is printed and required)")
     device(p)
     p = command("render", cmd_render, "render a scene to an image file")
     p.add_argument("scene", help="scene file")

@@ -46,13 +46,14 @@ def default_out_dir(root: Path) -> Path:
 
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
-             record_options=None) -> dict:
+             record_options=None, on_start=None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
     record: write a recording of the session to out/recording/ (renderer.recording; another free name
     when that exists). resume: a recording folder to continue from its keyframe at `from_step` (default
-    its last) instead of starting `scene_path` afresh; the new recording names it as its parent."""
+    its last) instead of starting `scene_path` afresh; the new recording names it as its parent.
+    on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there)."""
     parent = None
     if resume is not None:
         from drstudio.renderer.recording import load_recording, resume_problem
@@ -73,6 +74,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
         if progress:
             print(f"recording to {recorder.dir}", file=sys.stderr)
     engine.start_thread()
+    if on_start is not None:
+        on_start(engine, problem)
     t0 = time.perf_counter()
     engine.send("start")
     # a terminal gets a live bar; a log file (CI, pipes) a line every few seconds

@@ -13,12 +13,11 @@ shaders/), `replay_mode` (the viewer over a recorded session, `drstudio replay D
 from __future__ import annotations
 
 
-def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | None = None, on_frame=None,
-               record_dir=None) -> int:
+def run_viewer(scene_path: str | None, **kwargs) -> int:
     """See `app.viewer.app.run_viewer` (imported on call: importing the package opens no GL library)."""
     from .app import run_viewer as run
 
-    return run(scene_path, device=device, max_frames=max_frames, on_frame=on_frame, record_dir=record_dir)
+    return run(scene_path, **kwargs)
 
 
 def run_replay(source, *, speed: float = 1.0, max_frames: int | None = None, on_frame=None) -> int:

@@ -16,6 +16,7 @@ import ctypes
 import logging
 import sys
 import time
+from multiprocessing import AuthenticationError
 from pathlib import Path
 
 # imgui_bundle before glfw: it points pyGLFW at the libglfw its native backend is linked against.
@@ -269,22 +270,42 @@ def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]
     return state, engine
 
 
-def run_viewer(scene_path: str, *, device: str | None = None, max_frames: int | None = None, on_frame=None,
-               record_dir: str | Path | None = None) -> int:
+def build_attached(address: tuple[str, int], token: str) -> tuple[AppState, object]:
+    """The viewer state of a run served by `drstudio optimize --serve` (renderer.optim.remote): the
+    scene file it names is loaded here (it must be readable from this machine), values come from it."""
+    from drstudio.renderer.optim.remote import RemoteEngine
+
+    engine = RemoteEngine(address, token)
+    scene = load_scene(engine.description["scene"])
+    return AppState.from_description(scene, engine, engine.description), engine
+
+
+def run_viewer(scene_path: str | None, *, device: str | None = None, max_frames: int | None = None,
+               on_frame=None, record_dir: str | Path | None = None, attach: tuple[str, int] | None = None,
+               token: str | None = None) -> int:
     """Open the viewer-editor on a scene file and run until the window closes (or `max_frames`).
 
     `record_dir`: record the session into a new folder below it (see docs/recording.md); None: off.
+    `attach` (host, port) and `token`: show and steer a run served by `drstudio optimize --serve` instead
+    (its own process records it; `scene_path` and `record_dir` are not used).
 
     `on_frame(state)` is called every frame after drawing, before the buffer swap (a test hook; the
     back buffer can be read with `state.screenshot()`). Returns the process exit code: 0, 2 for a bad
     scene file or no display, 130 when interrupted."""
     try:
-        state, engine = build(scene_path, device)
+        if attach is not None:
+            state, engine = build_attached(attach, token or "")
+            scene_path, record_dir = state.scene.path, None
+        else:
+            state, engine = build(scene_path, device)
     except SceneError as exc:
         print(f"drstudio view: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except ValueError as exc:  # e.g. a scene without an optimize section
         print(f"drstudio view: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (OSError, TimeoutError, AuthenticationError) as exc:  # attach: nothing served there, a wrong token
+        print(f"drstudio view: cannot attach to {attach}: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     recorder = None
     if record_dir is not None:

@@ -201,6 +201,16 @@ class AppState:
                    lrs=dict(problem.lrs), weights=dict(problem.weights), views=list(problem.views),
                    steps=int(problem.steps), thumbnails=thumbnails)
 
+    @classmethod
+    def from_description(cls, scene, engine, d: dict) -> AppState:
+        """The state of a viewer attached to a served run (`renderer.optim.remote`): the problem's
+        description the server sent (`RemoteEngine.description`) instead of the problem itself."""
+        params = param_infos(scene, d["param_specs"])
+        f32 = lambda m: {k: np.array(v, np.float32) for k, v in m.items()}  # noqa: E731
+        return cls(scene, engine, params=params, values=f32(d["values"]), targets=f32(d["truth"]),
+                   initial=f32(d["initial"]), lrs=dict(d["lrs"]), weights=dict(d["weights"]), views=list(d["views"]),
+                   steps=int(d["steps"]), thumbnails=f32(d["thumbnails"]))
+
     # -- commands -----------------------------------------------------------------------------------
     def command(self, command: CommandLike, *args) -> commands.Command | None:
         """The command to send: `command` itself, or a command class (`commands.SetLr`) or kind

@@ -175,7 +175,7 @@ class EngineServer:
     def _describe(self) -> dict:
         p = self.problem
         return {"scene": str(p.scene.path), "param_specs": list(p.param_specs),
-                "values": {k: p.ds.get(k) for k in p.param_specs}, "truth": dict(p.truth),
+                "values": {k: p.ds.get(k) for k in p.ds.params}, "truth": dict(p.truth),
                 "initial": dict(p.initial), "lrs": dict(p.lrs), "weights": dict(p.weights),
                 "views": list(p.views), "steps": int(p.steps),
                 "thumbnails": {c: _image(p.target_numpy(c)) for c in p.views}}
@@ -289,6 +289,13 @@ class RemoteEngine:
         if not answer.get("ok"):
             raise commands.CommandError(answer.get("error", "refused by the served engine"))
         return cmd
+
+    # the rest of Engine's surface a viewer uses: the served process runs and records the engine
+    def start_thread(self) -> None:
+        pass
+
+    def shutdown(self, timeout: float = 0.0) -> None:
+        self.close()
 
     def close(self) -> None:
         self._conn.close()
