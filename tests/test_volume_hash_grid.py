@@ -1,0 +1,259 @@
+"""Hash-grid encoding: hash and level resolutions, forward features against an independent NumPy reference,
+table and point gradients, sparsity of the table gradient, the torch wrapper, CPU determinism."""
+
+import numpy as np
+import pytest
+import torch
+import warp as wp
+from drstudio.renderer.volume.hash_grid import HashGridEncoding
+from support.gradcheck import check_gradient, weighted_loss
+
+BOX = (-1.0, -0.5, 0.0, 1.0, 0.5, 1.5)  # not a cube: each axis is normalized by its own extent
+# 5 levels, 2^9 entries: resolutions 2, 3, 4, 6, 10 -> (N+1)^3 = 27, 64, 125, 343 (dense) and 1331 (hashed)
+CONFIG = dict(n_levels=5, log2_table_size=9, n_features=3, base_resolution=2, growth=1.5)
+
+
+# ---- an independent NumPy reference (uint64 arithmetic reduced mod 2^32, float64 interpolation) ----
+
+def ref_resolutions(n_levels, base, growth):
+    return np.floor(base * growth ** np.arange(n_levels, dtype=np.float64)).astype(np.int64)
+
+
+def ref_hash(x, y, z, table_size):
+    x, y, z = (np.asarray(v, np.uint64) for v in (x, y, z))
+    m32 = np.uint64(0xFFFFFFFF)
+    h = (x & m32) ^ ((y * np.uint64(2654435761)) & m32) ^ ((z * np.uint64(805459861)) & m32)
+    return (h % np.uint64(table_size)).astype(np.int64)
+
+
+def ref_rows(p, box, n_levels, log2_t, base, growth):
+    """(rows (S, L, 8) into the flat table, weights (S, L, 8)) of points p (S, 3)."""
+    lo, hi = np.array(box[:3]), np.array(box[3:])
+    t = 2 ** log2_t
+    u = np.clip((p - lo) / (hi - lo), 0.0, 1.0)
+    rows = np.zeros((len(p), n_levels, 8), np.int64)
+    weights = np.zeros((len(p), n_levels, 8))
+    for level, res in enumerate(ref_resolutions(n_levels, base, growth)):
+        s = u * res
+        i = np.minimum(np.floor(s), res - 1).astype(np.int64)
+        f = s - i
+        for c in range(8):
+            o = np.array([c & 1, (c >> 1) & 1, (c >> 2) & 1])
+            j = i + o
+            if (res + 1) ** 3 <= t:
+                idx = j[:, 0] + (res + 1) * j[:, 1] + (res + 1) ** 2 * j[:, 2]
+            else:
+                idx = ref_hash(j[:, 0], j[:, 1], j[:, 2], t)
+            rows[:, level, c] = level * t + idx
+            weights[:, level, c] = np.prod(np.where(o == 1, f, 1.0 - f), axis=1)
+    return rows, weights
+
+
+def ref_encode(p, table, box=BOX, **cfg):
+    rows, w = ref_rows(p, box, cfg["n_levels"], cfg["log2_table_size"], cfg["base_resolution"], cfg["growth"])
+    feats = (w[..., None] * table.astype(np.float64)[rows]).sum(axis=2)  # (S, L, F)
+    return feats.reshape(len(p), -1)
+
+
+# ---- helpers ----
+
+def points(n=64, seed=0, margin=0.1):
+    rng = np.random.default_rng(seed)
+    lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
+    return rng.uniform(lo - margin, hi + margin, (n, 3))  # a few outside: clamped into the box
+
+
+def vec3s(a, grad=False):
+    return wp.array(np.asarray(a, np.float32), dtype=wp.vec3, requires_grad=grad)
+
+
+def make(seed=0, **over):
+    cfg = {**CONFIG, **over}
+    enc = HashGridEncoding(BOX, **cfg)
+    table = np.random.default_rng(seed).uniform(-1, 1, enc.table_shape).astype(np.float32)
+    return enc, cfg, table, wp.array(table, dtype=float, requires_grad=True)
+
+
+# ---- tests ----
+
+def test_level_resolutions_and_dense_levels():
+    enc = HashGridEncoding(BOX, n_levels=16, log2_table_size=19, n_features=2, base_resolution=16, growth=1.3819)
+    want = ref_resolutions(16, 16, 1.3819)
+    assert enc.resolutions == tuple(int(r) for r in want)
+    assert enc.resolutions[0] == 16 and enc.resolutions[-1] == 2047
+    assert enc.dense == tuple(bool((r + 1) ** 3 <= 2**19) for r in want)
+    assert enc.dense[:4] == (True, True, True, True) and not any(enc.dense[5:])  # 80^3 > 2^19 hashed
+    assert HashGridEncoding.growth_for(16, 2048, 16) == pytest.approx(np.exp(np.log(128) / 15))
+    small = HashGridEncoding(BOX, **CONFIG)
+    assert small.resolutions == (2, 3, 4, 6, 10) and small.dense == (True, True, True, True, False)
+
+
+@pytest.mark.parametrize("res", [64, 4096])
+def test_hash_matches_numpy_reference(res):
+    # with the table holding each row's index, a lattice point (offset f = 0, weight 1 on corner (i, j, k))
+    # reads exactly its row; points i / res with res a power of two are exact in float32. Coordinates up to
+    # 4096 make y * 2654435761 and z * 805459861 wrap modulo 2^32 many times.
+    enc = HashGridEncoding((0, 0, 0, 1, 1, 1), n_levels=1, log2_table_size=10, n_features=1, base_resolution=res,
+                           growth=1.0)
+    assert enc.dense == (False,)  # (res + 1)^3 > 1024
+    table = np.arange(1024, dtype=np.float32)[:, None]
+    ijk = np.random.default_rng(1).integers(0, res, (300, 3))
+    ijk[:4] = [[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]]
+    got = enc.encode(vec3s(ijk / res), wp.array(table, dtype=float)).numpy()[:, 0]
+    want = ref_hash(ijk[:, 0], ijk[:, 1], ijk[:, 2], 1024)
+    assert list(want[:4]) == [0, 1, 2654435761 % 1024, 805459861 % 1024]
+    np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_forward_matches_numpy_trilinear():
+    enc, cfg, table, tab = make()
+    p = points(200).astype(np.float32)
+    got = enc.encode(vec3s(p), tab).numpy()
+    want = ref_encode(p.astype(np.float64), table, **cfg)
+    assert got.shape == (200, 15)
+    # float32 interpolation of O(1) values: the offsets f carry ~|s| * 6e-8 error, s <= 10
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_wrapper_matches_warp_and_gradients():
+    enc, cfg, table, tab = make(seed=3)
+    p = points(50, seed=4).astype(np.float32)
+    pt = torch.tensor(p, requires_grad=True)
+    tt = torch.tensor(table, requires_grad=True)
+    out = enc.encode_torch(pt, tt)
+    np.testing.assert_array_equal(out.detach().numpy(), enc.encode(vec3s(p), tab).numpy())
+    w = torch.tensor(np.random.default_rng(0).uniform(-1, 1, out.shape).astype(np.float32))
+    (out * w).sum().backward()
+    # against the Warp tape's gradients of the same loss
+    pw = vec3s(p, grad=True)
+    tape = wp.Tape()
+    with tape:
+        o = enc.encode(pw, tab)
+    tape.backward(grads={o: wp.array(w.numpy(), dtype=float)})
+    np.testing.assert_allclose(tt.grad.numpy(), tab.grad.numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(pt.grad.numpy(), pw.grad.numpy(), rtol=1e-6, atol=1e-6)
+    # the weight gradient is the transposed interpolation: reference scatter
+    rows, wts = ref_rows(p.astype(np.float64), BOX, cfg["n_levels"], cfg["log2_table_size"], cfg["base_resolution"],
+                         cfg["growth"])
+    g = w.numpy().reshape(50, cfg["n_levels"], cfg["n_features"]).astype(np.float64)
+    want = np.zeros(table.shape)
+    np.add.at(want, rows.reshape(-1), (wts[..., None] * g[:, :, None, :]).reshape(-1, cfg["n_features"]))
+    np.testing.assert_allclose(tt.grad.numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+# The features are linear in the table, so central differences have no truncation error at any eps; the
+# only error is float32 roundoff of the loss: sum of 64 x 15 terms w * out with |out| <= 1, |loss| ~ 10,
+# each evaluation off by ~ sqrt(960) * 6e-8 * 1 ~ 2e-6, so with eps = 1e-2 the difference quotient is good to
+# ~ 2e-6 / 1e-2 = 2e-4: atol 1e-3, rtol 1e-3 leave a 5x margin.
+@pytest.mark.parametrize("level", [0, 3, 4])  # dense, dense, hashed
+def test_table_gradient_central_differences(level):
+    enc, cfg, table, tab = make(seed=1)
+    p = vec3s(points(64, seed=2))
+    rows, _ = ref_rows(points(64, seed=2).astype(np.float32).astype(np.float64), BOX, cfg["n_levels"],
+                       cfg["log2_table_size"], cfg["base_resolution"], cfg["growth"])
+    touched = np.unique(rows[:, level, :])
+    rng = np.random.default_rng(level)
+    chosen = rng.choice(touched, size=min(8, len(touched)), replace=False)
+    f = cfg["n_features"]
+    idx = chosen * f + rng.integers(0, f, len(chosen))
+    check_gradient(lambda: weighted_loss(enc.encode(p, tab), seed=7), tab, eps=1e-2, rtol=1e-3, atol=1e-3,
+                   indices=idx)
+
+
+def test_table_gradient_only_on_touched_rows():
+    enc, cfg, _, tab = make(seed=2)
+    p = points(20, seed=9).astype(np.float32)
+    tape = wp.Tape()
+    with tape:
+        loss = weighted_loss(enc.encode(vec3s(p), tab), seed=1)
+    tape.backward(loss)
+    grad = tab.grad.numpy()
+    rows, weights = ref_rows(p.astype(np.float64), BOX, cfg["n_levels"], cfg["log2_table_size"],
+                             cfg["base_resolution"], cfg["growth"])
+    touched = np.zeros(grad.shape[0], bool)
+    touched[rows[weights > 0]] = True  # clamped points give some corners weight exactly 0
+    assert touched.sum() < grad.shape[0] // 4  # the test is not vacuous
+    assert np.all(grad[~touched] == 0.0)
+    # generic weights and points: every touched row gets some gradient
+    assert np.all(np.abs(grad[touched]).sum(axis=1) > 0)
+
+
+# The features are trilinear in p inside a cell (smooth), so the float64 reference is differentiated by
+# central differences with h = 1e-6 world units (truncation ~h^2 |f'''| ~ 1e-12 x res^3 ~ 1e-9); a step
+# must not cross a cell face on any level: cells are >= 1/10 of the box, and points whose coordinate lies
+# within 1e-5 of a face are skipped. The Warp gradient is float32: the products res / extent * table
+# values sum ~8 * 10 terms of O(10): relative error ~1e-5, tolerance rtol 1e-4 plus atol 1e-3.
+def test_point_gradient_matches_reference_differences():
+    enc, cfg, table, tab = make(seed=4)
+    p = points(40, seed=6, margin=0.0)[:, :]
+    p32 = p.astype(np.float32).astype(np.float64)
+    w = np.random.default_rng(2).uniform(-1, 1, (40, enc.output_dim))
+    lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
+    keep = np.ones(40, bool)
+    for res in enc.resolutions:
+        s = (p32 - lo) / (hi - lo) * res
+        keep &= np.all(np.abs(s - np.round(s)) > 1e-4 * res, axis=1)
+    pw = vec3s(p32, grad=True)
+    tape = wp.Tape()
+    with tape:
+        o = enc.encode(pw, tab)
+    tape.backward(grads={o: wp.array(w.astype(np.float32), dtype=float)})
+    got = pw.grad.numpy()
+    h = 1e-6
+    want = np.zeros((40, 3))
+    for a in range(3):
+        e = np.zeros(3)
+        e[a] = h
+        fp = (ref_encode(p32 + e, table, **cfg) * w).sum(axis=1)
+        fm = (ref_encode(p32 - e, table, **cfg) * w).sum(axis=1)
+        want[:, a] = (fp - fm) / (2 * h)
+    assert keep.sum() >= 30
+    np.testing.assert_allclose(got[keep], want[keep], rtol=1e-4, atol=1e-3)
+
+
+def test_point_gradient_zero_outside_box():
+    enc, _, _, tab = make(seed=5)
+    p = np.array([[-1.5, 0.0, 0.7], [0.2, 0.9, 0.7], [0.3, 0.1, 2.0]])  # x, y, z clamped respectively
+    pw = vec3s(p, grad=True)
+    tape = wp.Tape()
+    with tape:
+        loss = weighted_loss(enc.encode(pw, tab))
+    tape.backward(loss)
+    g = pw.grad.numpy()
+    assert g[0, 0] == 0.0 and g[1, 1] == 0.0 and g[2, 2] == 0.0
+    assert np.all(g[0, 1:] != 0.0) and g[1, 0] != 0.0 and g[2, 0] != 0.0
+
+
+def test_cpu_determinism():
+    enc, _, _, _ = make()
+    p = vec3s(points(3000, seed=8))
+    results = []
+    for _ in range(2):
+        tab = wp.array(np.random.default_rng(0).uniform(-1, 1, enc.table_shape).astype(np.float32), dtype=float,
+                       requires_grad=True)
+        tape = wp.Tape()
+        with tape:
+            out = enc.encode(p, tab)
+            loss = weighted_loss(out, seed=3)
+        tape.backward(loss)
+        results.append((out.numpy().copy(), tab.grad.numpy().copy()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+
+
+def test_argument_errors():
+    enc, _, _, tab = make()
+    with pytest.raises(ValueError, match="n_levels"):
+        HashGridEncoding(BOX, n_levels=0)
+    with pytest.raises(ValueError, match="growth"):
+        HashGridEncoding(BOX, growth=0.5)
+    with pytest.raises(ValueError, match="aabb"):
+        HashGridEncoding((0, 0, 0, 1, -1, 1))
+    with pytest.raises(ValueError, match="table"):
+        enc.encode(vec3s(points(3)), wp.zeros((10, 3), dtype=float))
+    with pytest.raises(TypeError, match="points"):
+        enc.encode(wp.zeros(3, dtype=float), tab)
+    with pytest.raises(ValueError, match="table"):
+        enc.encode_torch(torch.zeros(3, 3), torch.zeros(5, 3))
+    with pytest.raises(TypeError, match="points"):
+        enc.encode_torch(torch.zeros(3, 3, dtype=torch.float64), torch.zeros(enc.table_shape))
