@@ -10,7 +10,7 @@ from support.gradcheck import check_gradient, weighted_loss
 
 BOX = (-1.0, -0.5, 0.0, 1.0, 0.5, 1.5)  # not a cube: each axis is normalized by its own extent
 # 5 levels, 2^9 entries: resolutions 2, 3, 4, 6, 10 -> (N+1)^3 = 27, 64, 125, 343 (dense) and 1331 (hashed)
-CONFIG = dict(n_levels=5, log2_table_size=9, n_features=3, base_resolution=2, growth=1.5)
+CONFIG = dict(n_levels=5, log2_table_size=9, n_features=4, base_resolution=2, growth=1.5)
 
 
 # ---- an independent NumPy reference (uint64 arithmetic reduced mod 2^32, float64 interpolation) ----
@@ -110,7 +110,7 @@ def test_forward_matches_numpy_trilinear():
     p = points(200).astype(np.float32)
     got = enc.encode(vec3s(p), tab).numpy()
     want = ref_encode(p.astype(np.float64), table, **cfg)
-    assert got.shape == (200, 15)
+    assert got.shape == (200, 20)
     # float32 interpolation of O(1) values: the offsets f carry ~|s| * 6e-8 error, s <= 10
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
@@ -142,8 +142,8 @@ def test_torch_wrapper_matches_warp_and_gradients():
 
 
 # The features are linear in the table, so central differences have no truncation error at any eps; the
-# only error is float32 roundoff of the loss: sum of 64 x 15 terms w * out with |out| <= 1, |loss| ~ 10,
-# each evaluation off by ~ sqrt(960) * 6e-8 * 1 ~ 2e-6, so with eps = 1e-2 the difference quotient is good to
+# only error is float32 roundoff of the loss: sum of 64 x 20 terms w * out with |out| <= 1, |loss| ~ 10,
+# each evaluation off by ~ sqrt(1280) * 6e-8 * 1 ~ 2e-6, so with eps = 1e-2 the difference quotient is good to
 # ~ 2e-6 / 1e-2 = 2e-4: atol 1e-3, rtol 1e-3 leave a 5x margin.
 @pytest.mark.parametrize("level", [0, 3, 4])  # dense, dense, hashed
 def test_table_gradient_central_differences(level):

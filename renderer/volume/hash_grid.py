@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
+from typing import Any
 
 import numpy as np
 import torch
@@ -101,57 +102,68 @@ def corner_weight_gradient(f: wp.vec3, c: int) -> wp.vec3:
 @wp.kernel
 def _encode(points: wp.array(dtype=wp.vec3), lo: wp.vec3, inv_extent: wp.vec3,
             resolutions: wp.array(dtype=wp.int32), dense: wp.array(dtype=wp.int32), table_size: int,
-            table: wp.array2d(dtype=float), out: wp.array2d(dtype=float)):
-    # one thread per (point, level); out must hold zeros
-    n, l = wp.tid()
-    res = resolutions[l]
-    i, f, inside = level_cell(points[n], lo, inv_extent, res)
-    n_feat = table.shape[1]
-    base = l * table_size
+            table: wp.array(dtype=Any), out: wp.array2d(dtype=Any)):
+    # one thread per point, all levels; table (L*T,) and out (N, L) hold F-vectors (views of the float arrays)
+    n = wp.tid()
+    p = points[n]
     mask = wp.uint32(table_size - 1)
-    col = l * n_feat
-    for c in range(8):
-        w = corner_weight(f, c)
-        row = base + lattice_index(i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1), res, dense[l], mask)
-        for k in range(n_feat):
-            out[n, col + k] = out[n, col + k] + w * table[row, k]
+    for l in range(resolutions.shape[0]):
+        res = resolutions[l]
+        i, f, inside = level_cell(p, lo, inv_extent, res)
+        base = l * table_size
+        acc = table.dtype()
+        for c in range(8):
+            row = base + lattice_index(i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1), res, dense[l],
+                                       mask)
+            acc += corner_weight(f, c) * table[row]
+        out[n, l] = acc
 
 
 @wp.kernel
 def _encode_backward(points: wp.array(dtype=wp.vec3), lo: wp.vec3, inv_extent: wp.vec3,
                      resolutions: wp.array(dtype=wp.int32), dense: wp.array(dtype=wp.int32), table_size: int,
-                     table: wp.array2d(dtype=float), adj_out: wp.array2d(dtype=float), want_table: int,
-                     grad_table: wp.array2d(dtype=float), want_points: int, grad_points: wp.array(dtype=wp.vec3)):
-    # The exact adjoint of _encode: row r of corner c gets w_c * adj (atomic: rows are shared); the point
-    # gets sum_c (dw_c/df) . (table row . adj) * res / extent on its unclamped axes.
-    n, l = wp.tid()
-    n_feat = table.shape[1]
-    col = l * n_feat
-    nonzero = int(0)
-    for k in range(n_feat):
-        if adj_out[n, col + k] != 0.0:
-            nonzero = 1
-    if nonzero == 0:
-        return  # e.g. a sample past early termination
-    res = resolutions[l]
-    i, f, inside = level_cell(points[n], lo, inv_extent, res)
-    base = l * table_size
+                     table: wp.array(dtype=Any), adj_out: wp.array2d(dtype=Any), want_table: int,
+                     grad_table: wp.array(dtype=Any), want_points: int, grad_points: wp.array(dtype=wp.vec3)):
+    # The exact adjoint of _encode: row r of corner c gets w_c * adj (atomic: rows are shared by points and,
+    # on hashed levels, by colliding lattice points); the point gets
+    # sum_c (dw_c/df) (table row . adj) * res / extent on its unclamped axes.
+    n = wp.tid()
+    p = points[n]
     mask = wp.uint32(table_size - 1)
     dp = wp.vec3(0.0, 0.0, 0.0)
-    for c in range(8):
-        w = corner_weight(f, c)
-        row = base + lattice_index(i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1), res, dense[l], mask)
-        if want_table != 0:
-            for k in range(n_feat):
-                wp.atomic_add(grad_table, row, k, w * adj_out[n, col + k])
-        if want_points != 0:
-            dot = float(0.0)
-            for k in range(n_feat):
-                dot += table[row, k] * adj_out[n, col + k]
-            dp += corner_weight_gradient(f, c) * dot
+    zero = table.dtype()
+    for l in range(resolutions.shape[0]):
+        adj = adj_out[n, l]
+        if adj == zero:
+            continue  # e.g. a sample past early termination
+        res = resolutions[l]
+        i, f, inside = level_cell(p, lo, inv_extent, res)
+        base = l * table_size
+        dl = wp.vec3(0.0, 0.0, 0.0)
+        for c in range(8):
+            row = base + lattice_index(i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1), res, dense[l],
+                                       mask)
+            if want_table != 0:
+                wp.atomic_add(grad_table, row, corner_weight(f, c) * adj)
+            if want_points != 0:
+                dl += corner_weight_gradient(f, c) * wp.dot(table[row], adj)
+        dp += wp.cw_mul(dl, inside) * float(res)
     if want_points != 0:
-        scale = wp.cw_mul(inside, inv_extent) * float(res)
-        wp.atomic_add(grad_points, n, wp.cw_mul(dp, scale))
+        grad_points[n] = grad_points[n] + wp.cw_mul(dp, inv_extent)
+
+
+_VECTORS = {1: wp.types.vector(length=1, dtype=wp.float32), 2: wp.vec2, 4: wp.vec4,
+            8: wp.types.vector(length=8, dtype=wp.float32)}
+
+
+def _vector_view(a: wp.array, length: int, shape: tuple) -> wp.array:
+    """The contiguous float32 array `a` seen as an array of `shape` of `length`-vectors (same memory, no copy;
+    the caller keeps `a` alive)."""
+    if not a.is_contiguous:
+        raise ValueError("expected a contiguous float32 array")
+    if a.size == 0:
+        return wp.empty(shape, dtype=_VECTORS[length], device=a.device)
+    return wp.array(ptr=a.ptr, dtype=_VECTORS[length], shape=shape, device=a.device, copy=False)
 
 
 def level_resolutions(n_levels: int, base_resolution: int, growth: float) -> tuple[int, ...]:
@@ -167,7 +179,7 @@ class HashGridEncoding:
         aabb: the box, 6 numbers (xmin, ymin, zmin, xmax, ymax, zmax); points outside are clamped into it.
         n_levels: L >= 1.
         log2_table_size: T = 2^log2_table_size entries per level, 4..24.
-        n_features: F >= 1 features per entry.
+        n_features: F features per entry: 1, 2, 4 or 8 (the kernels read an entry as one F-vector).
         base_resolution: N_min >= 1 cells per axis of level 0.
         growth: b >= 1, the per-level scale (level l has floor(N_min b^l) cells per axis). Instant-NGP picks
             b = exp((ln N_max - ln N_min) / (L - 1)) for a finest resolution N_max: `growth_for(...)`.
@@ -182,9 +194,11 @@ class HashGridEncoding:
         self.lo, self.hi = parse_aabb("aabb", aabb)
         self.aabb = tuple(float(v) for v in (*self.lo, *self.hi))
         for name, v, least, most in (("n_levels", n_levels, 1, 64), ("log2_table_size", log2_table_size, 4, 24),
-                                     ("n_features", n_features, 1, 64), ("base_resolution", base_resolution, 1, 2**20)):
+                                     ("base_resolution", base_resolution, 1, 2**20)):
             if not isinstance(v, Integral) or isinstance(v, bool) or not least <= v <= most:
                 raise ValueError(f"{name}: expected an int in [{least}, {most}], got {v!r}")
+        if n_features not in _VECTORS or isinstance(n_features, bool):
+            raise ValueError(f"n_features: expected 1, 2, 4 or 8, got {n_features!r}")
         if not isinstance(growth, Real) or not math.isfinite(growth) or growth < 1.0:
             raise ValueError(f"growth: expected a number >= 1, got {growth!r}")
         self.n_levels, self.n_features = int(n_levels), int(n_features)
@@ -218,13 +232,34 @@ class HashGridEncoding:
         """Bytes of a float32 table."""
         return 4 * self.table_shape[0] * self.table_shape[1]
 
-    def _launch_args(self, points, table):
-        return [points, self.lo, self.inv_extent, self._resolutions, self._dense, self.table_size, table]
-
     def _check(self, points: wp.array, table: wp.array) -> int:
         check_array("points", points, wp.vec3, (None,), self.device)
         check_array("table", table, wp.float32, self.table_shape, self.device)
         return points.shape[0]
+
+    def _launch_forward(self, points: wp.array, table: wp.array, out: wp.array) -> None:
+        """_encode on checked float32 arrays: table (L*T, F), out (N, L*F) viewed as F-vectors."""
+        n, f = points.shape[0], self.n_features
+        if n == 0:
+            return
+        wp.launch(_encode, dim=n, device=self.device, record_tape=False,
+                  inputs=[points, self.lo, self.inv_extent, self._resolutions, self._dense, self.table_size,
+                          _vector_view(table, f, (self.table_shape[0],)),
+                          _vector_view(out, f, (n, self.n_levels))])
+
+    def _launch_backward(self, points, table, adj_out, grad_table, grad_points) -> None:
+        n, f = points.shape[0], self.n_features
+        if n == 0 or (grad_table is None and grad_points is None):
+            return
+        rows = (self.table_shape[0],)
+        wp.launch(_encode_backward, dim=n, device=self.device, record_tape=False,
+                  inputs=[points, self.lo, self.inv_extent, self._resolutions, self._dense, self.table_size,
+                          _vector_view(table, f, rows), _vector_view(adj_out, f, (n, self.n_levels)),
+                          int(grad_table is not None),
+                          wp.empty(1, dtype=_VECTORS[f], device=self.device) if grad_table is None
+                          else _vector_view(grad_table, f, rows),
+                          int(grad_points is not None),
+                          wp.empty(1, dtype=wp.vec3, device=self.device) if grad_points is None else grad_points])
 
     def encode(self, points: wp.array, table: wp.array, out: wp.array | None = None) -> wp.array:
         """Features of points.
@@ -232,7 +267,7 @@ class HashGridEncoding:
         Args:
             points: vec3 (N,) world points (clamped into the box).
             table: float32 array2d (L*T, F).
-            out: optional float32 array2d (N, L*F) to write into (its contents are replaced).
+            out: optional contiguous float32 array2d (N, L*F) to write into (its contents are replaced).
 
         Returns:
             float32 array2d (N, L*F), level-major (`out[n, l*F + k]`). Under an active `wp.Tape` (or
@@ -242,13 +277,10 @@ class HashGridEncoding:
         n = self._check(points, table)
         want_grad = table.requires_grad or points.requires_grad
         if out is None:
-            out = wp.zeros((n, self.output_dim), dtype=float, device=self.device, requires_grad=want_grad)
+            out = wp.empty((n, self.output_dim), dtype=float, device=self.device, requires_grad=want_grad)
         else:
             check_array("out", out, wp.float32, (n, self.output_dim), self.device)
-            out.zero_()
-        if n > 0:
-            wp.launch(_encode, dim=(n, self.n_levels), device=self.device, record_tape=False,
-                      inputs=[*self._launch_args(points, table), out])
+        self._launch_forward(points, table, out)
         tape = wp._src.context.runtime.tape
         if tape is not None and want_grad and n > 0:
             if out.grad is None:
@@ -268,18 +300,11 @@ class HashGridEncoding:
         (atomic adds) and, if given, `grad_points` vec3 (N,). Not recorded on any tape."""
         n = self._check(points, table)
         check_array("adj_out", adj_out, wp.float32, (n, self.output_dim), self.device)
-        dummy_t = wp.empty((1, 1), dtype=float, device=self.device)
-        dummy_p = wp.empty(1, dtype=wp.vec3, device=self.device)
         if grad_table is not None:
             check_array("grad_table", grad_table, wp.float32, self.table_shape, self.device)
         if grad_points is not None:
             check_array("grad_points", grad_points, wp.vec3, (n,), self.device)
-        if n == 0 or (grad_table is None and grad_points is None):
-            return
-        wp.launch(_encode_backward, dim=(n, self.n_levels), device=self.device, record_tape=False,
-                  inputs=[*self._launch_args(points, table), adj_out, int(grad_table is not None),
-                          dummy_t if grad_table is None else grad_table, int(grad_points is not None),
-                          dummy_p if grad_points is None else grad_points])
+        self._launch_backward(points, table, adj_out, grad_table, grad_points)
 
     def encode_torch(self, points: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         """`encode` on float32 tensors: points (N, 3), table (L*T, F) -> (N, L*F), differentiable w.r.t. both
@@ -316,10 +341,8 @@ class _HashGridFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, points, table, encoding: HashGridEncoding):
         p, t = points.detach().contiguous(), table.detach().contiguous()
-        out = torch.zeros((p.shape[0], encoding.output_dim), dtype=torch.float32, device=p.device)
-        if p.shape[0] > 0:
-            wp.launch(_encode, dim=(p.shape[0], encoding.n_levels), device=encoding.device, record_tape=False,
-                      inputs=[*encoding._launch_args(_vec3_view(p), _float_view(t)), _float_view(out)])
+        out = torch.empty((p.shape[0], encoding.output_dim), dtype=torch.float32, device=p.device)
+        encoding._launch_forward(_vec3_view(p), _float_view(t), _float_view(out))
         ctx.save_for_backward(p, t)
         ctx.encoding = encoding
         return out
@@ -331,9 +354,9 @@ class _HashGridFunction(torch.autograd.Function):
         want_points, want_table = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_points = torch.zeros_like(p) if want_points else None
         grad_table = torch.zeros_like(t) if want_table else None
-        if p.shape[0] > 0 and (want_points or want_table):
+        if want_points or want_table:
             g = grad_out.to(torch.float32).contiguous()
-            enc.encode_backward(_vec3_view(p), _float_view(t), _float_view(g),
+            enc._launch_backward(_vec3_view(p), _float_view(t), _float_view(g),
                                 _float_view(grad_table) if want_table else None,
                                 _vec3_view(grad_points) if want_points else None)
         return grad_points, grad_table, None
