@@ -262,9 +262,8 @@ def test_argument_errors():
 # ---- the hash-grid field (hash_field.py): SH basis, trunc_exp, rendering gradients ----
 
 def test_field_sh_basis_matches_voxel_grid_reference():
-    from test_volume_voxel_grid import sh_basis as reference_sh_basis
-
     from drstudio.renderer.volume.hash_field import sh_basis_torch
+    from test_volume_voxel_grid import sh_basis as reference_sh_basis
     d = np.random.default_rng(0).normal(size=(30, 3))
     d /= np.linalg.norm(d, axis=1, keepdims=True)
     want = reference_sh_basis(d)
