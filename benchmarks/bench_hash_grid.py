@@ -14,7 +14,9 @@ number on a shared machine. Rows:
 - `hash field ngp`: L 16, T 2^19, F 2, N 16 -> 1024, density MLP 32 -> 64 -> 16, color MLP (15 + 9 SH) ->
   64 -> 64 -> 3 (Instant-NGP's NeRF shape), trunc_exp.
 - `hash field small`: the same with L 8, T 2^16, N 16 -> 256 (a table 64x smaller).
-- `hash encoding ngp` / `small`: the Warp encoding alone (forward; backward into a zeroed table gradient).
+- `hash encoding ngp` / `small`: the Warp encoding alone (forward; backward into a freshly allocated zeroed
+  table gradient, as the torch wrapper returns one); `kept grad`: into one buffer kept between steps and
+  zeroed (a Warp leaf's `.grad`): a fresh 64 MiB buffer costs its page faults every step.
 - `neural field (pe)`: `NeuralField` defaults (PE 8 position / 4 direction frequencies, 4 x 64 trunk).
 - `mlp torch` / `mlp warp`: the density MLP alone (32 -> 64 -> 16, ReLU) in torch and as a Warp kernel
   with per-point loops and a hand-written backward (weight gradients by atomic adds), the option
@@ -137,14 +139,19 @@ def field_step(module, positions, dirs, backward: bool):
     return run
 
 
-def encoding_step(enc: HashGridEncoding, points: wp.array, table: wp.array, backward: bool):
+def encoding_step(enc: HashGridEncoding, points: wp.array, table: wp.array, backward: bool, persistent: bool = False):
     out = wp.zeros((points.shape[0], enc.output_dim), dtype=float)
     adj = wp.ones((points.shape[0], enc.output_dim), dtype=float)
+    kept = wp.zeros(enc.table_shape, dtype=float)
 
     def run():
         enc.encode(points, table, out=out)
         if backward:
-            grad = wp.zeros(enc.table_shape, dtype=float)
+            if persistent:  # a gradient buffer kept between steps (a Warp leaf's .grad), zeroed
+                kept.zero_()
+                grad = kept
+            else:  # a fresh buffer, as torch's autograd returns one
+                grad = wp.zeros(enc.table_shape, dtype=float)
             enc.encode_backward(points, table, adj, grad)
     return run
 
@@ -186,6 +193,8 @@ def main() -> None:
             pw = wp.from_torch(p, dtype=wp.vec3)
             cases[f"hash encoding {name}"] = (encoding_step(f.encoding, pw, tab, False),
                                               encoding_step(f.encoding, pw, tab, True))
+            cases[f"hash encoding {name} kept grad"] = (encoding_step(f.encoding, pw, tab, False),
+                                                        encoding_step(f.encoding, pw, tab, True, persistent=True))
         cases["neural field (pe)"] = (field_step(neural, p, d, False), field_step(neural, p, d, True))
         mlp = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 16))
         x = torch.randn(batch, 32)
@@ -220,7 +229,7 @@ def main() -> None:
         for name, (fwd, both) in cases.items():
             (tf, cf), (tb, cb) = timed(fwd, args.repeat), timed(both, args.repeat)
             rows.append((batch, name, tf, cf, tb, cb))
-            print(f"  {batch:6d} {name:22s} fwd {batch / tf / 1e6:7.3f} Mpts/s ({tf * 1e3:7.2f} ms, cpu "
+            print(f"  {batch:6d} {name:30s} fwd {batch / tf / 1e6:7.3f} Mpts/s ({tf * 1e3:7.2f} ms, cpu "
                   f"{cf * 1e3:7.2f} ms)  fwd+bwd {batch / tb / 1e6:7.3f} Mpts/s ({tb * 1e3:7.2f} ms, cpu "
                   f"{cb * 1e3:7.2f} ms)", flush=True)
     print(f"\nload average at the end {os.getloadavg()[0]:.1f}")
