@@ -351,3 +351,35 @@ def test_field_with_occupancy_grid_and_density_fn():
     with torch.no_grad():
         want = field.query_density(torch.tensor(points(50), dtype=torch.float32)).numpy()
     np.testing.assert_allclose(dens, want, rtol=1e-6)
+
+
+def test_encode_torch_into_adds_the_same_gradient_into_a_kept_buffer():
+    enc, _, table, _ = make(seed=6)
+    p = points(40, seed=3).astype(np.float32)
+    w = torch.tensor(np.random.default_rng(4).uniform(-1, 1, (40, enc.output_dim)).astype(np.float32))
+    tt = torch.tensor(table, requires_grad=True)
+    pt = torch.tensor(p, requires_grad=True)
+    (enc.encode_torch(pt, tt) * w).sum().backward()
+    kept = torch.zeros(enc.table_shape)
+    pk = torch.tensor(p, requires_grad=True)
+    out = enc.encode_torch_into(pk, torch.tensor(table), kept)
+    np.testing.assert_array_equal(out.detach().numpy(), enc.encode_torch(pt, tt).detach().numpy())
+    (out * w).sum().backward()
+    np.testing.assert_array_equal(kept.numpy(), tt.grad.numpy())
+    np.testing.assert_array_equal(pk.grad.numpy(), pt.grad.numpy())
+    # points without grad: the backward still runs (anchor) and adds again
+    (enc.encode_torch_into(torch.tensor(p), torch.tensor(table), kept) * w).sum().backward()
+    np.testing.assert_allclose(kept.numpy(), 2 * tt.grad.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_field_kept_table_grad_matches_autograd():
+    from drstudio.renderer.volume.hash_field import render_rays
+    o, d = field_rays(seed=5)
+    grads = []
+    for kept in (False, True):
+        field = small_field(kept_table_grad=kept)
+        rgb, _, _ = render_rays(field, o, d, 16, torch.zeros(3), jitter=False)
+        rgb.square().sum().backward()
+        grads.append((field.table.grad.numpy().copy(), field.density_mlp[0].weight.grad.numpy().copy()))
+    np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-8)

@@ -86,6 +86,10 @@ class HashGridField(torch.nn.Module):
         density_scale: multiplies the softplus density (ignored by trunc_exp).
         seed: the table's initialization (uniform in +-1e-4); the MLPs use torch's default initialization
             from the global RNG.
+        kept_table_grad: add the table's gradient into `table.grad` in place (`encode_torch_into`, allocated
+            once) instead of letting autograd allocate a fresh one every backward; zero it with
+            `optimizer.zero_grad(set_to_none=False)`. Faster for large tables; the table gradient is then
+            invisible to `torch.autograd.grad`.
         device: Warp device of the encoding (the torch tensors must live there too).
 
     Parameters: `table` (L*T, F) and the MLPs' weights (`parameters()`).
@@ -95,7 +99,7 @@ class HashGridField(torch.nn.Module):
                  base_resolution: int = 16, finest_resolution: int = 1024, growth: float | None = None,
                  width: int = 64, geo_features: int = 15, color_layers: int = 2, sh_degree: int = 2,
                  use_view_dirs: bool = True, density_activation: str = "trunc_exp", density_bias: float = 0.0,
-                 density_scale: float = 1.0, seed: int = 0, device=None):
+                 density_scale: float = 1.0, seed: int = 0, kept_table_grad: bool = False, device=None):
         super().__init__()
         if growth is None:
             if not isinstance(finest_resolution, Integral) or finest_resolution < base_resolution:
@@ -117,6 +121,7 @@ class HashGridField(torch.nn.Module):
         self.geo_features, self.sh_degree, self.use_view_dirs = int(geo_features), int(sh_degree), bool(use_view_dirs)
         self.density_activation, self.density_bias = density_activation, float(density_bias)
         self.density_scale = float(density_scale)
+        self.kept_table_grad = bool(kept_table_grad)
         self.table = torch.nn.Parameter(torch.from_numpy(self.encoding.init_table(seed)))
         self.density_mlp = torch.nn.Sequential(torch.nn.Linear(self.encoding.output_dim, width), torch.nn.ReLU(),
                                                torch.nn.Linear(width, 1 + self.geo_features))
@@ -127,6 +132,13 @@ class HashGridField(torch.nn.Module):
             n_in = width
         self.color_mlp = torch.nn.Sequential(*layers, torch.nn.Linear(n_in, 3))
 
+    def _encode(self, positions: torch.Tensor) -> torch.Tensor:
+        if not self.kept_table_grad or not torch.is_grad_enabled():
+            return self.encoding.encode_torch(positions, self.table)
+        if self.table.grad is None:
+            self.table.grad = torch.zeros_like(self.table)
+        return self.encoding.encode_torch_into(positions, self.table, self.table.grad)
+
     def _density(self, raw: torch.Tensor) -> torch.Tensor:
         if self.density_activation == "trunc_exp":
             return trunc_exp(raw + self.density_bias)
@@ -135,7 +147,7 @@ class HashGridField(torch.nn.Module):
     def forward(self, positions: torch.Tensor, view_dirs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(density (S,) per unit world length, color (S, 3) in (0, 1)) at world points (S, 3) seen along unit
         directions (S, 3), float32 tensors on the encoding's device."""
-        h = self.density_mlp(self.encoding.encode_torch(positions, self.table))
+        h = self.density_mlp(self._encode(positions))
         density = self._density(h[:, 0])
         parts = [h[:, 1:]]
         if self.use_view_dirs:
@@ -145,7 +157,7 @@ class HashGridField(torch.nn.Module):
 
     def query_density(self, positions: torch.Tensor) -> torch.Tensor:
         """density (S,) at world points (S, 3) (no color head)."""
-        return self._density(self.density_mlp(self.encoding.encode_torch(positions, self.table))[:, 0])
+        return self._density(self.density_mlp(self._encode(positions))[:, 0])
 
     def density_fn(self, chunk: int = 1 << 16):
         """A `density_fn` for `OccupancyGrid.update`: vec3 (S,) wp.array -> float32 (S,) wp.array, without

@@ -323,6 +323,32 @@ class HashGridEncoding:
         return _HashGridFunction.apply(points, table, self)
 
 
+    def encode_torch_into(self, points: torch.Tensor, table: torch.Tensor, grad_table: torch.Tensor) -> torch.Tensor:
+        """`encode_torch` whose table gradient is ADDED into a buffer kept by the caller instead of returned.
+
+        Args:
+            points: float32 (N, 3); the output is differentiable w.r.t. them as in `encode_torch`.
+            table: float32 (L*T, F) values (read, not differentiated through autograd).
+            grad_table: float32 (L*T, F) contiguous: the backward adds dL/d(table) into it (e.g. the table
+                Parameter's `.grad` or a Warp leaf's `.grad` seen through `wp.to_torch`); zeroing it is the
+                caller's job.
+
+        Returns:
+            (N, L*F) tensor. Why: torch's contract makes `encode_torch` allocate a fresh zeroed (L*T, F) gradient
+        every backward, which for a 64 MiB table costs more than the scatter itself (page faults); a kept buffer
+        is zeroed in place instead. The table gradient is invisible to autograd (`torch.autograd.grad` w.r.t. the
+        table does not see it); the backward runs even when `points` do not require grad.
+        """
+        for name, t, shape in (("table", table, self.table_shape), ("grad_table", grad_table, self.table_shape)):
+            if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:
+                raise ValueError(f"{name}: expected a float32 tensor of shape {shape}, got "
+                                 f"{getattr(t, 'dtype', type(t).__name__)} {tuple(getattr(t, 'shape', ()))}")
+        if not grad_table.is_contiguous():
+            raise ValueError("grad_table: expected a contiguous tensor (the backward writes into it)")
+        anchor = torch.empty(0, requires_grad=True)  # makes autograd call the backward
+        return _HashGridIntoFunction.apply(points, table, anchor, grad_table, self)
+
+
 def _vec3_view(t: torch.Tensor) -> wp.array:
     if t.shape[0] == 0:
         return wp.empty(0, dtype=wp.vec3, device=wp.device_from_torch(t.device))
@@ -360,3 +386,25 @@ class _HashGridFunction(torch.autograd.Function):
                                 _float_view(grad_table) if want_table else None,
                                 _vec3_view(grad_points) if want_points else None)
         return grad_points, grad_table, None
+
+
+class _HashGridIntoFunction(torch.autograd.Function):
+    """`HashGridEncoding.encode_torch_into`: the table gradient goes into a caller's buffer."""
+
+    @staticmethod
+    def forward(ctx, points, table, anchor, grad_table, encoding: HashGridEncoding):
+        p, t = points.detach().contiguous(), table.detach().contiguous()
+        out = torch.empty((p.shape[0], encoding.output_dim), dtype=torch.float32, device=p.device)
+        encoding._launch_forward(_vec3_view(p), _float_view(t), _float_view(out))
+        ctx.save_for_backward(p, t)
+        ctx.grad_table, ctx.encoding = grad_table, encoding
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        p, t = ctx.saved_tensors
+        grad_points = torch.zeros_like(p) if ctx.needs_input_grad[0] else None
+        g = grad_out.to(torch.float32).contiguous()
+        ctx.encoding._launch_backward(_vec3_view(p), _float_view(t), _float_view(g), _float_view(ctx.grad_table),
+                                      _vec3_view(grad_points) if grad_points is not None else None)
+        return grad_points, None, None, None, None
