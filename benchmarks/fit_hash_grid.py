@@ -69,6 +69,7 @@ def main(argv=None) -> None:
     ap.add_argument("--finest", type=int, default=256)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--occupancy-every", type=int, default=16)
+    ap.add_argument("--density-bias", type=float, default=0.0, help="initial density exp(bias) per unit length")
     ap.add_argument("--torch-threads", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -84,7 +85,8 @@ def main(argv=None) -> None:
     n_samples = args.samples or int(spec.samples_per_ray)
     field = HashGridField(aabb, n_levels=args.levels, log2_table_size=args.log2_table, n_features=2,
                           base_resolution=16, finest_resolution=args.finest, width=args.width, geo_features=15,
-                          color_layers=2, sh_degree=2 if spec.sh_degree > 0 else 0, seed=args.seed)
+                          color_layers=2, sh_degree=2 if spec.sh_degree > 0 else 0, seed=args.seed,
+                          density_bias=args.density_bias)
     mlp = [p for n, p in field.named_parameters() if n != "table"]
     opt = torch.optim.Adam([{"params": [field.table], "weight_decay": 0.0},
                             {"params": mlp, "weight_decay": 1e-6}], lr=args.lr, betas=(0.9, 0.99), eps=1e-15)
