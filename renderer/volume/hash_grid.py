@@ -20,9 +20,14 @@ are shared by points and, on hashed levels, by colliding lattice points); w.r.t.
 d out / d p_a = sum_c (d w_c / d f_a) table[..] N_l / (hi_a - lo_a) inside the box, 0 where a coordinate
 was clamped. The features are continuous in p but their derivative jumps across cell faces.
 
-Two ways in: `HashGridEncoding.encode` on Warp arrays records the adjoint on the active `wp.Tape`
-(`tape.record_func`, as `VoxelGrid.query`), and `encode_torch` is a `torch.autograd.Function` on float32
-tensors handed to Warp zero-copy (`wp.from_torch`), for fields whose heads are torch modules.
+Three ways in: `HashGridEncoding.encode` on Warp arrays records the adjoint on the active `wp.Tape`
+(`tape.record_func`, as `VoxelGrid.query`); `encode_torch` is a `torch.autograd.Function` on float32 tensors
+handed to Warp zero-copy (`wp.from_torch`), for fields whose heads are torch modules; `encode_torch_into` is
+the same but adds the table gradient into a buffer the caller keeps (no fresh (L*T, F) gradient per step).
+
+Kernels: one thread per point walks all levels and reads a table entry as one F-vector (F in 1, 2, 4, 8; the
+float arrays are viewed as vector arrays without copies). CPU launches run serially, so the atomic adds of
+the backward are deterministic there.
 """
 
 from __future__ import annotations
