@@ -160,12 +160,12 @@ def encoding_step(enc: HashGridEncoding, points: wp.array, table: wp.array, back
     return run
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     wp.init()  # wp.from_torch needs the runtime
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)

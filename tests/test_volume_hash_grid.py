@@ -383,3 +383,12 @@ def test_field_kept_table_grad_matches_autograd():
         grads.append((field.table.grad.numpy().copy(), field.density_mlp[0].weight.grad.numpy().copy()))
     np.testing.assert_allclose(grads[1][0], grads[0][0], rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(grads[1][1], grads[0][1], rtol=1e-6, atol=1e-8)
+
+
+def test_benchmark_entry_point_smoke(capsys):
+    from benchmarks import bench_hash_grid
+    bench_hash_grid.main(["--batches", "64", "--repeat", "1"])  # also checks its Warp MLP against torch
+    out = capsys.readouterr().out
+    for row in ("hash field ngp", "hash field small kept grad", "hash encoding small", "neural field (pe)",
+                "mlp warp 32-64-16", "| batch | case |"):
+        assert row in out, row
