@@ -30,11 +30,10 @@ import argparse
 import os
 import time
 
+import drstudio.renderer  # noqa: F401  (quiet Warp)
 import numpy as np
 import torch
 import warp as wp
-
-import drstudio.renderer  # noqa: F401  (quiet Warp)
 from drstudio.renderer.volume.hash_field import HashGridField
 from drstudio.renderer.volume.hash_grid import HashGridEncoding
 from drstudio.renderer.volume.neural_field import NeuralField

@@ -21,11 +21,10 @@ from __future__ import annotations
 import argparse
 import time
 
+import drstudio.renderer  # noqa: F401  (quiet Warp)
 import numpy as np
 import torch
 import warp as wp
-
-import drstudio.renderer  # noqa: F401  (quiet Warp)
 from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim.problem import Problem
