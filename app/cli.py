@@ -18,6 +18,7 @@ from pathlib import Path
 
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.memory import MemoryBudgetError
 from drstudio.renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
         for other in e.others:
             print(f"  also: {other}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except UsageError as e:
+    except (UsageError, MemoryBudgetError) as e:
         print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

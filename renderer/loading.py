@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import conventions as cv
-from . import primitives
+from . import memory, primitives
 from .assets import image_size, load_mesh_file, read_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
@@ -144,6 +144,19 @@ def load_scene(path) -> Scene:
                 raise err(("fields", i, "type"), "a nerf_w field needs an optimize section: its per-image "
                                                  "embeddings are sized by the training views")
             n_images = _training_view_count(spec.optimize.targets, base, file)
+        if f.type in ("voxel_grid", "dynamic"):
+            # the lattice allocated now (start of coarse to fine), twice (the fresh grid and the scene's copy);
+            # training holds four copies of the final lattice (values, gradients, two Adam moments)
+            start = tuple(f.coarse_to_fine.start_resolution) if getattr(f, "coarse_to_fine", None) else f.resolution
+            times = f.n_times if f.type == "dynamic" else 1
+            first, last = ("x".join(map(str, r)) for r in (start, f.resolution))
+            try:
+                memory.require(memory.grid_bytes(start, f.sh_degree, 2) * times, f"the field's {first} lattice")
+                if spec.optimize is not None:
+                    memory.require(memory.grid_bytes(f.resolution, f.sh_degree, 4) * times,
+                                   f"training the field at {last}")
+            except memory.MemoryBudgetError as exc:
+                raise err(("fields", i, "resolution"), str(exc)) from None
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from . import memory
 from .device_scene import DeviceScene, Frame
 from .render_cache import GBufferCache, constant
 from .scene import RENDER_MODES, Scene
@@ -108,6 +109,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     shadows = sc.render.shadows if shadows is None else shadows
     c = sc.cameras[camera]
     width, height = width or c.width, height or c.height
+    if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
+        memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
     intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
     pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]

@@ -1,0 +1,68 @@
+"""renderer.memory: schema-valid inputs too large for this machine are refused before allocating, with
+a message naming them (issue 14: an 8192x8192 camera, a 512^3 SH-2 grid during `info`)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from drstudio.renderer import memory
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_estimates_and_budget():
+    assert memory.grid_bytes((512, 512, 512), 2) == 512**3 * 28 * 4
+    assert memory.render_bytes(100, 10) == 1000 * memory.RENDER_BYTES_PER_PIXEL
+    memory.require(10**6, "a small thing", available=10**9)
+    with pytest.raises(memory.MemoryBudgetError, match="a big thing needs about 0.9 GiB.*0.9 GiB free"):
+        memory.require(10**9, "a big thing", available=10**9)
+    assert memory.available_bytes() > 0
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "drstudio.app.cli", *map(str, args)], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_a_huge_grid_is_refused_by_info(tmp_path):
+    scene = json.loads((ROOT / "scenes" / "nerf_grid.json").read_text())
+    scene["fields"][0]["resolution"] = [512, 512, 512]
+    scene["fields"][0]["sh_degree"] = 2  # 512^3 x 28 float32 values: 15 GiB a copy
+    scene["fields"][0].pop("coarse_to_fine", None)
+    scene.pop("optimize", None)
+    shutil.copytree(ROOT / "scenes" / "assets", tmp_path / "assets")
+    path = tmp_path / "huge.json"
+    path.write_text(json.dumps(scene))
+    out = run("info", path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "fields[0].resolution" in out.stderr and "GiB" in out.stderr
+
+
+def test_a_huge_camera_is_refused_before_rendering(tmp_path, monkeypatch):
+    """An 8192x8192 camera (the schema's maximum) with the machine's memory shrunk to 8 GiB for the test:
+    refused before any buffer is allocated, exit 2."""
+    scene = json.loads((ROOT / "scenes" / "light.json").read_text())
+    for cam in scene["cameras"]:
+        cam["width"] = cam["height"] = 8192
+    scene.pop("optimize", None)
+    for key in ("meshes", "materials"):
+        for item in scene.get(key, []):
+            for k, v in list(item.items()):
+                if isinstance(v, str) and v.endswith((".png", ".obj")):
+                    item[k] = str((ROOT / "scenes" / v).resolve())
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(scene))
+    from drstudio.renderer.device_scene import DeviceScene
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.render import render_view
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: 8 * 2**30)
+    sc = load_scene(path)
+    ds = DeviceScene(sc, "cpu")
+    with pytest.raises(memory.MemoryBudgetError, match="8192x8192"):
+        render_view(ds, ds.prepare(), next(iter(sc.cameras)))
