@@ -3,13 +3,14 @@
 A path is a list of keyframes (camera-to-world pose (7,) [px, py, pz, qx, qy, qz, qw] and a vertical
 field of view in degrees), sampled at N frames evenly in keyframe index: positions by a Catmull-Rom
 spline through the keyframes (end keyframes repeated), orientations by quaternion slerp along the
-shorter arc, the field of view linearly. An orbit is sampled directly: a camera circling the vertical
-axis through a center at a fixed distance and elevation, looking at the center.
+shorter arc, the field of view linearly. An orbit is sampled directly: a camera circling the up axis
+through a center at a fixed distance and elevation, looking at the center.
 
 Path files (JSON):
     {"fov_y": 40, "keyframes": [{"pose": [px, py, pz, qx, qy, qz, qw]},
-                                {"eye": [x, y, z], "target": [x, y, z], "fov_y": 30}, ...]}
-(each keyframe a pose or an eye/target pair; fov_y per keyframe or for all, default 40).
+                                {"eye": [x, y, z], "target": [x, y, z], "up": [0, 0, 1], "fov_y": 30}, ...]}
+(each keyframe a pose or an eye/target pair with an optional `up`, default +Y; fov_y per keyframe or for
+all, default 40). The default orbit turns about the scene's up vector: the mean up of its cameras.
 
 Frames render the scene's radiance field when it has one (`FieldFrames`), else the meshes with the
 differentiable renderer (`MeshFrames`, `renderer.render.render_view` with pose/intrinsics overrides),
@@ -92,22 +93,52 @@ def interpolate(keyframes: list[Keyframe], frames: int) -> list[Keyframe]:
     return out
 
 
+def _orbit_frame(up) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(u, a, b): the unit `up` and two unit vectors completing a right-handed frame; for +Y up, a = +X
+    and b = +Z (so yaw 0 looks from +Z, as before up vectors were supported)."""
+    u = np.asarray(up, np.float64)
+    n = np.linalg.norm(u)
+    if not (np.isfinite(u).all() and n > 1e-9):
+        raise PathError(f"up: expected a nonzero direction, got {up!r}")
+    u = u / n
+    ref = np.array([0.0, 0.0, 1.0]) if abs(u[2]) < 0.9 else np.array([1.0, 0.0, 0.0])
+    a = np.cross(u, ref)
+    a /= np.linalg.norm(a)
+    b = np.cross(a, u)
+    return u, a, b
+
+
 def orbit(center, distance: float, frames: int, *, elevation_deg: float = 20.0, start_yaw_deg: float = 0.0,
-          fov_y: float = DEFAULT_FOV_Y, turns: float = 1.0) -> list[Keyframe]:
-    """One turn (by default) around the vertical axis through `center`, looking at it; frame i at yaw
-    start + 360 * turns * i / frames (the last frame stops one step short of the first: loops cleanly)."""
+          fov_y: float = DEFAULT_FOV_Y, turns: float = 1.0, up=(0.0, 1.0, 0.0)) -> list[Keyframe]:
+    """One turn (by default) around the axis through `center` along `up` (the scene's up vector: +Y by
+    drstudio's convention, +Z for many captures), looking at it with `up` up; frame i at yaw
+    start + 360 * turns * i / frames (the last frame stops one step short of the first: loops cleanly);
+    elevation above the plane perpendicular to `up`."""
     if frames < 1:
         raise PathError(f"frames: expected at least 1, got {frames}")
     if not distance > 0:
         raise PathError(f"orbit distance: expected > 0, got {distance}")
     c = np.asarray(center, np.float64)
+    u, a, b = _orbit_frame(up)
     el = math.radians(float(np.clip(elevation_deg, -89.0, 89.0)))
     out = []
     for i in range(frames):
         yaw = math.radians(start_yaw_deg) + 2 * math.pi * turns * i / frames
-        eye = c + distance * np.array([math.cos(el) * math.sin(yaw), math.sin(el), math.cos(el) * math.cos(yaw)])
-        out.append(Keyframe(cv.look_at(eye, c), float(fov_y)))
+        direction = math.cos(el) * (math.sin(yaw) * a + math.cos(yaw) * b) + math.sin(el) * u
+        out.append(Keyframe(cv.look_at(c + distance * direction, c, u), float(fov_y)))
     return out
+
+
+def scene_up(scene) -> np.ndarray:
+    """The scene's up vector: the mean of its cameras' up directions (camera +Y in world space), as
+    nerfstudio orients captures; +Y when that mean is degenerate or there are no cameras."""
+    ups = [cv.quat_to_matrix(np.asarray(c.pose[3:], np.float64)) @ np.array([0.0, 1.0, 0.0])
+           for c in scene.cameras.values()]
+    if ups:
+        m = np.mean(ups, axis=0)
+        if np.linalg.norm(m) > 0.3:
+            return m / np.linalg.norm(m)
+    return np.array([0.0, 1.0, 0.0])
 
 
 # -- files ----------------------------------------------------------------------------------------------
@@ -345,18 +376,19 @@ def scene_frames(scene, device=None, params_path=None):
 
 def default_orbit(scene, frames_renderer, frames: int) -> list[Keyframe]:
     """The orbit `drstudio video --path orbit` renders: around the field's box center (or the meshes'),
-    at the first camera's distance, elevation and field of view."""
+    about the scene's up vector (`scene_up`), at the first camera's distance, elevation and field of view."""
     center = frames_renderer.center
     cam = next(iter(scene.cameras.values()), None)
     if cam is None:
         return orbit(center, 4.0, frames)
-    eye = np.asarray(cam.pose[:3], np.float64)
-    d = eye - center
+    up = scene_up(scene)
+    u, a, b = _orbit_frame(up)
+    d = np.asarray(cam.pose[:3], np.float64) - center
     dist = float(np.linalg.norm(d)) or 4.0
-    elevation = math.degrees(math.asin(float(np.clip(d[1] / dist, -1.0, 1.0))))
-    yaw = math.degrees(math.atan2(d[0], d[2]))
+    elevation = math.degrees(math.asin(float(np.clip(np.dot(d, u) / dist, -1.0, 1.0))))
+    yaw = math.degrees(math.atan2(np.dot(d, a), np.dot(d, b)))
     return orbit(center, dist, frames, elevation_deg=float(np.clip(elevation, -60, 60)), start_yaw_deg=yaw,
-                 fov_y=cv.intrinsics_to_fov_y(cam.intrinsics, cam.height))
+                 fov_y=cv.intrinsics_to_fov_y(cam.intrinsics, cam.height), up=up)
 
 
 # -- the video ------------------------------------------------------------------------------------------

@@ -206,3 +206,29 @@ def test_viewer_export_of_a_mesh_scene(tmp_path):
     v.out = str(tmp_path / "missing" / "x.mp4")
     start_export(state)
     assert "does not exist" in v.message
+
+
+def test_orbit_turns_about_the_scene_up_vector():
+    """A +Z-up capture orbits about +Z, upright (issue 13: the orbit was about +Y, rolled and behind the
+    wall); +Y up gives the same orbit as before up vectors existed."""
+    from types import SimpleNamespace
+
+    from drstudio.app import camera_path as cp
+    from drstudio.renderer import conventions as cv
+
+    center = np.array([0.5, -0.2, 0.3])
+    for up in ((0, 0, 1), (0, 1, 0), (1, 1, 0)):
+        u = np.asarray(up, float) / np.linalg.norm(up)
+        path = cp.orbit(center, 2.0, 8, elevation_deg=30, up=up)
+        for k in path:
+            eye, rot = k.pose[:3], cv.quat_to_matrix(k.pose[3:])
+            assert np.linalg.norm(eye - center) == pytest.approx(2.0)
+            assert np.dot(eye - center, u) / 2.0 == pytest.approx(np.sin(np.radians(30)), abs=1e-9)
+            np.testing.assert_allclose(rot @ [0, 0, -1], (center - eye) / 2.0, atol=1e-9)  # looks at the center
+            assert np.dot(rot @ [0, 1, 0], u) > 0.8  # upright: the camera's up leans along the scene's up
+    old_style = cp.orbit(center, 2.0, 4, elevation_deg=20)
+    eye0 = center + 2.0 * np.array([0, np.sin(np.radians(20)), np.cos(np.radians(20))])
+    np.testing.assert_allclose(old_style[0].pose[:3], eye0, atol=1e-9)
+    cams = {n: SimpleNamespace(pose=cv.look_at(np.array(e, float), np.zeros(3), (0, 0, 1)))
+            for n, e in (("a", (3, 0, 1)), ("b", (0, 3, 1)), ("c", (-3, -1, 1)))}
+    np.testing.assert_allclose(cp.scene_up(SimpleNamespace(cameras=cams)), [0, 0, 1], atol=0.2)
