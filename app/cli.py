@@ -150,18 +150,56 @@ def cmd_run(args: argparse.Namespace) -> int:
     return cmd_optimize(args)
 
 
+def _render_cameras(scene) -> dict:
+    """Every camera `drstudio render` can use: the scene's, then the frames of its `transforms` dataset
+    (named frame_000, frame_001, ... as the optimizer names them), as {name: scene Camera}."""
+    from drstudio.renderer.scene import Camera
+    from drstudio.renderer.transforms_json import load_transforms
+
+    cameras = dict(scene.cameras)
+    targets = getattr(scene.optimize, "targets", None)
+    transforms = getattr(targets, "transforms", None)
+    if transforms:
+        base = Path(scene.path).parent if scene.path else Path(".")
+        for i, f in enumerate(load_transforms(base / transforms)):
+            name = f"frame_{i:03d}"
+            cameras.setdefault(name, Camera(name, f.width, f.height, f.intrinsics, f.pose))
+    return cameras
+
+
 def cmd_render(args: argparse.Namespace) -> int:
+    """One image of a scene: its meshes, or its radiance field (with trained values from --params), from
+    any of its cameras or its dataset's, by name or index."""
     from drstudio.renderer.device_scene import DeviceScene
     from drstudio.renderer.images import write_image
     from drstudio.renderer.render import render
 
+    from . import camera_path as cp
+
     scene = load_scene(args.scene)
-    camera = args.camera or next(iter(scene.cameras))
-    if camera not in scene.cameras:
-        raise SceneError(args.scene, "cameras", f"no camera named {camera!r}; cameras: {', '.join(scene.cameras)}")
-    out = render(DeviceScene(scene, args.device), camera)
-    write_image(args.output, out.numpy())
-    print(f"wrote {args.output} ({out.width}x{out.height}, camera {camera!r})")
+    cameras = _render_cameras(scene)
+    if not cameras:
+        raise SceneError(args.scene, "cameras", "the scene has no camera and no dataset to take one from")
+    names = list(cameras)
+    choice = args.camera if args.camera is not None else names[0]
+    if choice not in cameras and choice.isdigit() and int(choice) < len(names):
+        choice = names[int(choice)]
+    if choice not in cameras:
+        shown = ", ".join(names[:8]) + (f", ... ({len(names)} in all)" if len(names) > 8 else "")
+        raise SceneError(args.scene, "cameras", f"no camera named {choice!r}; cameras (or an index "
+                                                f"0..{len(names) - 1}): {shown}")
+    c = cameras[choice]
+    try:
+        if scene.fields or args.params:
+            frames = cp.scene_frames(scene, args.device, args.params)
+            image = cp.render_banded(frames.render, c.pose, c.intrinsics, c.width, c.height, band_rays=1 << 16) \
+                if scene.fields else frames.render(c.pose, c.intrinsics, c.width, c.height)
+        else:
+            image = render(DeviceScene(scene, args.device), choice).numpy()
+    except cp.PathError as e:
+        raise UsageError(str(e)) from None
+    write_image(args.output, image)
+    print(f"wrote {args.output} ({c.width}x{c.height}, camera {choice!r})")
     return 0
 
 
@@ -421,7 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("render", cmd_render, "render a scene to an image file")
     p.add_argument("scene", help="scene file")
     p.add_argument("-o", "--output", type=Path, required=True, help="image file to write (.png, .jpg)")
-    p.add_argument("--camera", help="camera name (default: the scene's first camera)")
+    p.add_argument("--camera", help="camera name or index, the scene's or its dataset's (frame_005; default: the "
+                   "first)")
+    p.add_argument("--params", type=Path, metavar="FILE", help="trained values: a params.npz of drstudio optimize")
     device(p)
     p = command("replay", cmd_replay, "replay a recorded optimization session in the viewer, export it as a "
                 "video, or verify that it reproduces")

@@ -351,3 +351,28 @@ def test_shipped_field_scene_runs_two_steps(tmp_path):
     assert {t.camera for t in problem.test_targets} == set(scene.optimize.targets.test_cameras)
     for _ in range(2):
         assert problem.step().applied
+
+
+def test_render_of_a_field_scene_at_any_camera(dataset, tmp_path):
+    """`drstudio render` on a field-only scene (issue 13): without --camera it renders the first camera
+    (it crashed on the empty mesh list), --camera takes a dataset frame by name or index, an unknown one
+    is an error listing the cameras, exit 2."""
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+
+    scene = write(dataset, field_scene(), "render_scene.json")
+
+    def render(*extra):
+        return subprocess.run([sys.executable, "-m", "drstudio.app.cli", "render", str(scene), "-o",
+                               str(tmp_path / "out.png"), *extra], capture_output=True, text=True, cwd=ROOT,
+                              timeout=300)
+
+    for extra, camera in (((), "preview"), (("--camera", "frame_005"), "frame_005"), (("--camera", "3"), "frame_002")):
+        out = render(*extra)
+        assert out.returncode == 0, out.stderr
+        assert f"camera {camera!r}" in out.stdout
+        assert iio.imread(tmp_path / "out.png").shape[:2] == (24, 24)
+    out = render("--camera", "nope")
+    assert out.returncode == 2 and "frame_000" in out.stderr and "Traceback" not in out.stderr
