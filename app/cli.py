@@ -521,8 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     except (UsageError, MemoryBudgetError) as e:
         print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f"drstudio {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        print(f"drstudio {args.command}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         return EXIT_INTERRUPTED
     except BrokenPipeError:  # output piped into a reader that quit (`drstudio info x | head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit

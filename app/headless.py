@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import sys
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -46,14 +48,17 @@ def default_out_dir(root: Path) -> Path:
 
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
-             record_options=None, on_start=None) -> dict:
+             record_options=None, on_start=None, partial_every: float = 30.0) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
     record: write a recording of the session to out/recording/ (renderer.recording; another free name
     when that exists). resume: a recording folder to continue from its keyframe at `from_step` (default
     its last) instead of starting `scene_path` afresh; the new recording names it as its parent.
-    on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there)."""
+    on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there).
+    partial_every: seconds between writes of the latest values (params.npz, a partial metrics.json).
+    Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
+    "interrupted": true) and raises `Interrupted`."""
     parent = None
     if resume is not None:
         from drstudio.renderer.recording import load_recording, resume_problem
@@ -82,6 +87,9 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     interactive = sys.stderr.isatty()
     bar = tqdm(total=problem.steps, desc="optimize", unit="step", disable=not progress, dynamic_ncols=True,
                mininterval=0.1 if interactive else 5.0)
+    interrupted = False
+    restore = _terminate_as_interrupt()
+    last_partial = time.monotonic()
     try:
         while True:
             snap = engine.snapshot()
@@ -89,10 +97,15 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
             bar.update(snap.step - bar.n)
             if snap.state in ("finished", "stopped", "error"):
                 break
+            if partial_every and time.monotonic() - last_partial > partial_every:
+                write_partial(out, snap)  # what survives a kill or a power cut: the latest values
+                last_partial = time.monotonic()
             time.sleep(0.1)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop after the current step and write the results so far
+        interrupted = True
     finally:
+        restore()
         bar.close()
-        engine.send("stop")
         engine.shutdown()
         if recorder is not None:
             recorder.close()
@@ -100,11 +113,40 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     snap = engine.snapshot()
     if snap.state == "error":
         raise RuntimeError(snap.error)
-    extra = {}
+    extra = {"interrupted": True} if interrupted else {}
     if recorder is not None:
         extra["recording"] = {"path": str(recorder.dir), "bytes": recorder.bytes_written,
                               "error": recorder.failed or None}
-    return write_results(problem, snap, out, elapsed, extra)
+    metrics = write_results(problem, snap, out, elapsed, extra)
+    if interrupted:
+        raise Interrupted(f"stopped at step {snap.step}; the results so far are in {out}")
+    return metrics
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was interrupted (Ctrl-C, SIGTERM) and its results so far were written."""
+
+
+def _terminate_as_interrupt():
+    """While a headless run is in progress, SIGTERM (a scheduler stopping the job, `kill`) acts as Ctrl-C,
+    so the run ends the same clean way. Returns the function that restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def write_partial(out: Path, snap) -> None:
+    """The latest values of the free parameters and where the run is, written atomically while it runs
+    (`write_results` replaces both at the end)."""
+    values = {p: np.asarray(v) for p, v in snap.values.items()}
+    atomic_write(out / "params.npz", lambda tmp: np.savez(open(tmp, "wb"), **values))
+    doc = _json_safe({"partial": True, "steps": snap.step, "final_loss": snap.loss, "state": snap.state})
+    atomic_write(out / "metrics.json", lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2) + "\n"))
 
 
 def _side_by_side(render: np.ndarray, target: np.ndarray) -> np.ndarray:
