@@ -20,6 +20,7 @@ import numpy as np
 import warp as wp
 
 from .device_scene import DeviceScene, Frame
+from .params import camera_intrinsics, camera_pose
 from .render_cache import GBufferCache, constant
 from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
@@ -109,8 +110,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     c = sc.cameras[camera]
     width, height = width or c.width, height or c.height
     overridden = intrinsics is not None or pose is not None
-    intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
-    pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
+    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
+    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
     background = _background(ds, width, height)
     if mode == "soft":
         origins, directions = cam.generate_rays(intr, pose, width, height)
