@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.loading import open_scene, summarize
 from drstudio.renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def _positive_float(text: str) -> float:
 # ---- subcommands --------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(summarize(load_scene(args.scene)))
+    print(summarize(open_scene(args.scene)))
     return 0
 
 
@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _has_display() and not args.headless:
         args.command = "view"
         return cmd_view(args)
-    print(summarize(load_scene(args.scene)))
+    print(summarize(open_scene(args.scene)))
     args.command = "optimize"
     return cmd_optimize(args)
 
@@ -110,7 +110,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     from drstudio.renderer.images import write_image
     from drstudio.renderer.render import render
 
-    scene = load_scene(args.scene)
+    scene = open_scene(args.scene)
     camera = args.camera or next(iter(scene.cameras))
     if camera not in scene.cameras:
         raise SceneError(args.scene, "cameras", f"no camera named {camera!r}; cameras: {', '.join(scene.cameras)}")
@@ -153,7 +153,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             return fail(f"--out {out}: folder {out.parent} does not exist")
         if args.path != "orbit" and not Path(args.path).is_file():
             return fail(f"--path {args.path}: expected 'orbit' or a camera path JSON file")
-        scene = load_scene(args.scene)
+        scene = open_scene(args.scene)
         keyframes = cp.load_path(args.path) if args.path != "orbit" else None
         frames = cp.scene_frames(scene, args.device, args.params)
         path = cp.default_orbit(scene, frames, args.frames) if keyframes is None else cp.interpolate(keyframes,
@@ -200,7 +200,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     """Render a NeRF-style dataset of a scene (renderer.datasets)."""
     from drstudio.renderer.datasets import Animation, DatasetOptions, plan_dataset, write_dataset
 
-    scene = load_scene(args.scene)
+    scene = open_scene(args.scene)
     try:
         animate = Animation(mesh=args.animate_mesh, degrees=args.animate_degrees,
                             translation=args.animate_translation, times=args.animate_times) if (

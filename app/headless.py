@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.images import atomic_write, write_image
-from drstudio.renderer.loading import load_scene
+from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.metrics import parameter_metrics
 from drstudio.renderer.optim.problem import Problem
+from drstudio.renderer.params import Kind
 from drstudio.renderer.render import render_view
 from tqdm import tqdm
 
@@ -59,7 +60,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
 
         problem, parent = resume_problem(load_recording(resume), from_step, device)
     else:
-        problem = Problem(load_scene(scene_path), device)
+        problem = Problem(open_scene(scene_path), device)
     if steps is not None:
         problem.steps = steps
     engine = Engine(problem, publish_images=False, publish_every=1)
@@ -151,12 +152,12 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
     atomic_write(out / "params.npz", lambda tmp: np.savez(open(tmp, "wb"), **values))
     for path, value in values.items():
         kind = ds.kind(path)
-        if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:
-            write_image(out / f"{path}.png", value, srgb=(kind == "albedo"))
-        if kind == "vertices":
+        if kind.is_texture and value.shape[0] * value.shape[1] > 1:
+            write_image(out / f"{path}.png", value, srgb=(kind is Kind.ALBEDO))
+        if kind is Kind.VERTICES:
             import trimesh
 
-            mesh = problem.scene.meshes[path.split(".")[1]]
+            mesh = problem.scene.meshes[ds.params[path].owner]
             tm = trimesh.Trimesh(value, mesh.faces, process=False)
             atomic_write(out / f"{mesh.name}.obj", lambda tmp, tm=tm: tm.export(tmp, file_type="obj"))
     fields = problem.field_training

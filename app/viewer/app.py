@@ -25,7 +25,7 @@ import glfw
 import moderngl
 import numpy as np
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene
+from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 
@@ -250,7 +250,7 @@ class ViewerApp:
 
 def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:
     """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
-    scene = load_scene(scene_path)
+    scene = open_scene(scene_path)
     problem = Problem(scene, device)
     # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
     # training live, so the image panes of field scenes refresh once a second instead of ten times.
