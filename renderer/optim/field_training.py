@@ -356,12 +356,12 @@ class FieldModel:
             elif state.occupancy is not None and step > 0 and step % occ.update_every == 0:
                 state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step)
 
-    def record_loss(self, indices: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
+    def record_loss(self, batch: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
         """Forward pass of one step under the caller's tape: the ray batch through every field, image
         losses on the batch, TV of the free grids. Neural fields run (and back-propagate) in torch here and
         leave their gradients in their leaves' `.grad` and their loss values in `terms`. Returns {} (no
-        whole-image outputs)."""
-        p = self.p
+        whole-image outputs). `batch`: flat ray indices (`batch`)."""
+        p, indices = self.p, batch
         free = set(p.free_paths())
         for name, state in self.states.items():
             kind = state.field.type
