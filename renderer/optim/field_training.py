@@ -412,6 +412,27 @@ class FieldModel:
         """{PSNR_TERM: the mean PSNR of the held-out views} ({} without test views)."""
         return {PSNR_TERM: self.test_psnr()} if self.p.test_targets else {}
 
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        """NeRF-W first fits the held-out views' appearance embeddings on their left halves; a held-out view's
+        mask is then its right half (`eval_mask`)."""
+        held_out = [t for t in targets if t.camera in {u.camera for u in self.p.test_targets}]
+        self.fit_test_appearance(held_out)
+        return {t.camera: (self.render(t.camera), self.eval_mask(t.camera)) for t in targets}
+
+    def result_images(self) -> dict[str, np.ndarray]:
+        """NeRF-W with transient embeddings: `transient_<camera>` for the first four training views: the static
+        + transient render, the target and the transient share of the opacity, side by side."""
+        state, out = self.state, {}
+        if state.field.type != "nerf_w" or state.leaf("transient") is None:
+            return out
+        targets = self.p.target_images()
+        for camera in self.train_cameras[:4]:
+            rgb, share = self.render_transient(camera)
+            gap = np.ones((rgb.shape[0], 2, 3), np.float32)
+            out[f"transient_{camera}"] = np.concatenate([rgb, gap, targets[camera], gap,
+                                                         np.repeat(share[..., None], 3, -1)], axis=1)
+        return out
+
     def view_images(self, camera: str, param_grads: dict) -> dict:
         """The snapshot render of `camera` (field leaves have no gradient images); publishes a copy of the
         field for other threads too (the engine asks after every command)."""

@@ -77,6 +77,19 @@ class Model(Protocol):
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics (test PSNR), {} when the model has none."""
 
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        """{camera: (its final render, the pixel mask its PSNR is measured on or None)} of `targets`, for the
+        results of a run (renders of the model's own protocol, e.g. NeRF-W's held-out half-images)."""
+
+    def parameter_metrics(self) -> dict:
+        """{path: {metric: value}} of the optimized parameters (against the truth when there is one)."""
+
+    def export(self) -> dict[str, dict[str, np.ndarray]]:
+        """{name: arrays} the results folder stores as `field_<name>.npz` ({} for none)."""
+
+    def result_images(self) -> dict[str, np.ndarray]:
+        """{file stem: (H, W, 3) linear image} of model-specific result images ({} for none)."""
+
     def view_images(self, camera: str, param_grads: dict) -> dict:
         """Snapshot images of `camera`: "render", plus per-parameter gradient images ("texture_grads",
         "vertex_grads") from `param_grads` {path: gradient}."""
@@ -211,6 +224,22 @@ class MeshModel:
                            cache=cache)
 
     def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        ds = self.p.ds
+        frame = ds.prepare()  # without the G-buffer cache: the reference render of every view
+        return {t.camera: (render_view(ds, frame, t.camera), None) for t in targets}
+
+    def parameter_metrics(self) -> dict:
+        from .metrics import parameter_metrics
+
+        return parameter_metrics(self.p)
+
+    def export(self) -> dict[str, dict[str, np.ndarray]]:
+        return {}
+
+    def result_images(self) -> dict[str, np.ndarray]:
         return {}
 
     def view_images(self, camera: str, param_grads: dict) -> dict:
