@@ -17,7 +17,7 @@ from importlib import metadata
 from pathlib import Path
 
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.loading import open_scene, summarize
 from drstudio.renderer.memory import MemoryBudgetError
 from drstudio.renderer.scene import RENDER_MODES
 
@@ -86,7 +86,7 @@ def _positive_float(text: str) -> float:
 # ---- subcommands --------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
-    print(summarize(load_scene(args.scene)))
+    print(summarize(open_scene(args.scene)))
     return 0
 
 
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if _has_display() and not args.headless:
         args.command = "view"
         return cmd_view(args)
-    print(summarize(load_scene(args.scene)))
+    print(summarize(open_scene(args.scene)))
     args.command = "optimize"
     return cmd_optimize(args)
 
@@ -176,7 +176,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
     from . import camera_path as cp
 
-    scene = load_scene(args.scene)
+    scene = open_scene(args.scene)
     cameras = _render_cameras(scene)
     if not cameras:
         raise SceneError(args.scene, "cameras", "the scene has no camera and no dataset to take one from")
@@ -258,7 +258,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         pts, pcolors = export.grid_points(data["density"].astype(np.float32), **grid)
         written.append(export.write_points(out / f"{npz.stem}_points.ply", pts, pcolors))
     if scene_path:
-        scene = load_scene(scene_path)
+        scene = open_scene(scene_path)
         for mesh in scene.meshes.values():
             get = lambda leaf, m=mesh: values.get(ParamPath(Group.MESHES, m.name, leaf))  # noqa: E731
             vertices = get("vertices") if get("vertices") is not None else mesh.vertices
@@ -294,7 +294,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             return fail(f"--out {out}: folder {out.parent} does not exist")
         if args.path != "orbit" and not Path(args.path).is_file():
             return fail(f"--path {args.path}: expected 'orbit' or a camera path JSON file")
-        scene = load_scene(args.scene)
+        scene = open_scene(args.scene)
         keyframes = cp.load_path(args.path) if args.path != "orbit" else None
         frames = cp.scene_frames(scene, args.device, args.params)
         path = cp.default_orbit(scene, frames, args.frames) if keyframes is None else cp.interpolate(keyframes,
@@ -341,7 +341,7 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     """Render a NeRF-style dataset of a scene (renderer.datasets)."""
     from drstudio.renderer.datasets import Animation, DatasetOptions, plan_dataset, write_dataset
 
-    scene = load_scene(args.scene)
+    scene = open_scene(args.scene)
     try:
         animate = Animation(mesh=args.animate_mesh, degrees=args.animate_degrees,
                             translation=args.animate_translation, times=args.animate_times) if (

@@ -33,12 +33,11 @@ from pathlib import Path
 import numpy as np
 from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.images import atomic_write, write_image
-from drstudio.renderer.loading import load_scene
+from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim.engine import Engine
-from drstudio.renderer.optim.metrics import parameter_metrics
 from drstudio.renderer.optim.problem import Problem
-from drstudio.renderer.render import render_view
+from drstudio.renderer.params import Kind
 from tqdm import tqdm
 
 
@@ -65,7 +64,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
 
         problem, parent = resume_problem(load_recording(resume), from_step, device)
     else:
-        problem = Problem(load_scene(scene_path), device)
+        problem = Problem(open_scene(scene_path), device)
     if steps is not None:
         problem.steps = steps
     engine = Engine(problem, publish_images=False, publish_every=1)
@@ -196,23 +195,21 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
     atomic_write(out / "params.npz", lambda tmp: np.savez(open(tmp, "wb"), **values))
     for path, value in values.items():
         kind = ds.kind(path)
-        if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:
-            write_image(out / f"{path}.png", value, srgb=(kind == "albedo"))
-        if kind == "vertices":
+        if kind.is_texture and value.shape[0] * value.shape[1] > 1:
+            write_image(out / f"{path}.png", value, srgb=(kind is Kind.ALBEDO))
+        if kind is Kind.VERTICES:
             import trimesh
 
-            mesh = problem.scene.meshes[path.split(".")[1]]
+            mesh = problem.scene.meshes[ds.params[path].owner]
             tm = trimesh.Trimesh(value, mesh.faces, process=False)
             atomic_write(out / f"{mesh.name}.obj", lambda tmp, tm=tm: tm.export(tmp, file_type="obj"))
-    fields = problem.field_training
-    frame = ds.prepare() if fields is None else None
+    model = problem.model
     psnrs, test_psnrs, test_srgb = {}, {}, []
     held_out = {t.camera for t in problem.test_targets}
-    if fields is not None:  # NeRF-W: fit the held-out views' appearance embeddings (left halves) first
-        fields.fit_test_appearance(problem.test_targets)
-    for t in problem.targets + problem.test_targets:
-        rendered = render_view(ds, frame, t.camera) if fields is None else fields.render(t.camera)
-        mask = fields.eval_mask(t.camera) if fields is not None else None  # NeRF-W held out: the right half
+    targets = problem.targets + problem.test_targets
+    views = model.evaluation_views(targets)  # e.g. NeRF-W fits the held-out views' embeddings first
+    for t in targets:
+        rendered, mask = views[t.camera]  # mask: e.g. NeRF-W held out, the right half
         (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image, mask)
         target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
         if t.camera in held_out:  # also as NeRF papers measure it: on the sRGB-encoded images
@@ -220,15 +217,10 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
             test_srgb.append(_psnr_srgb(rendered.numpy()[m] if m is not None else rendered.numpy(),
                                         target[m] if m is not None else target))
         write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
-    if fields is not None:
-        for name, arrays in fields.export().items():
-            atomic_write(out / f"field_{name}.npz", lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a))
-        if fields.state.field.type == "nerf_w" and fields.state.leaf("transient") is not None:
-            for camera in fields.train_cameras[:4]:
-                rgb, share = fields.render_transient(camera)
-                gap = np.ones((rgb.shape[0], 2, 3), np.float32)
-                write_image(out / f"transient_{camera}.png", np.concatenate(
-                    [rgb, gap, problem.target_images()[camera], gap, np.repeat(share[..., None], 3, -1)], axis=1))
+    for name, arrays in model.export().items():
+        atomic_write(out / f"field_{name}.npz", lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a))
+    for stem, image in model.result_images().items():
+        write_image(out / f"{stem}.png", image)
     _loss_plot(out / "loss.png", snap.history)
     metrics = {
         "scene": problem.scene.path,
@@ -239,7 +231,7 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "psnr_by_view_db": psnrs,
         **({"psnr_test_db": float(np.mean(list(test_psnrs.values()))), "psnr_test_by_view_db": test_psnrs,
             "psnr_test_srgb_db": float(np.mean(test_srgb))} if test_psnrs else {}),
-        "parameters": parameter_metrics(problem) if fields is None else fields.parameter_metrics(),
+        "parameters": model.parameter_metrics(),
         "skipped_steps": snap.skipped_steps,
         "seconds": elapsed,
         "steps_per_second": snap.step / elapsed if elapsed > 0 else 0.0,

@@ -51,12 +51,13 @@ from . import primitives
 from .device_scene import DeviceScene
 from .errors import SceneError
 from .images import atomic_write, write_image
+from .params import Group, ParamPath, camera_pose
 from .render import render_view
 from .scene import RENDER_MODES, Camera, Material, Mesh, Scene
 from .scene_schema import MAX_CAMERA_SIZE
 
 CAMERA = "dataset"  # the one camera of the render scene; its pose is set per view
-CAMERA_POSE = f"cameras.{CAMERA}.pose"
+CAMERA_POSE = camera_pose(CAMERA)
 OCCLUDER = "dataset-occluder-{}"  # mesh and material names; "-" cannot occur in a scene file's names
 _POSES, _LIGHTING, _OCCLUDERS = 0, 1, 2  # random streams: np.random.default_rng([seed, stream])
 
@@ -340,8 +341,8 @@ def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
         if anim is not None:
             v.time = times[i]
             t, r = _animated(scene.meshes[anim["mesh"]], anim, v.time)
-            path = f"meshes.{anim['mesh']}"
-            v.mesh_values = {f"{path}.translation": t.astype(np.float32), f"{path}.rotation": r.astype(np.float32)}
+            v.mesh_values = {ParamPath(Group.MESHES, anim["mesh"], "translation"): t.astype(np.float32),
+                             ParamPath(Group.MESHES, anim["mesh"], "rotation"): r.astype(np.float32)}
         if o.lighting_variation > 0:
             v.lights = _vary_lights(scene, light_rng, o.lighting_variation)
         if o.occluders:
@@ -355,8 +356,8 @@ def plan_dataset(scene: Scene, options: DatasetOptions) -> DatasetPlan:
 def _light_paths(scene: Scene) -> list[str]:
     paths = []
     for n in list(scene.point_lights) + list(scene.directional_lights):
-        paths += [f"lights.{n}.color", f"lights.{n}.intensity"]
-    return paths + [f"lights.{n}.color" for n in scene.ambient_lights]
+        paths += [ParamPath(Group.LIGHTS, n, "color"), ParamPath(Group.LIGHTS, n, "intensity")]
+    return paths + [ParamPath(Group.LIGHTS, n, "color") for n in scene.ambient_lights]
 
 
 def _vary_lights(scene: Scene, rng: np.random.Generator, s: float) -> dict[str, np.ndarray]:
@@ -365,11 +366,11 @@ def _vary_lights(scene: Scene, rng: np.random.Generator, s: float) -> dict[str, 
     out = {}
     for n, light in list(scene.point_lights.items()) + list(scene.directional_lights.items()):
         scale, tint = math.exp(rng.uniform(-s, s)), 1 + rng.uniform(-s / 2, s / 2, 3)
-        out[f"lights.{n}.color"] = (light.color * tint).astype(np.float32)
-        out[f"lights.{n}.intensity"] = (light.intensity * scale).astype(np.float32)
+        out[ParamPath(Group.LIGHTS, n, "color")] = (light.color * tint).astype(np.float32)
+        out[ParamPath(Group.LIGHTS, n, "intensity")] = (light.intensity * scale).astype(np.float32)
     for n, light in scene.ambient_lights.items():
         scale, tint = math.exp(rng.uniform(-s, s)), 1 + rng.uniform(-s / 2, s / 2, 3)
-        out[f"lights.{n}.color"] = (light.color * scale * tint).astype(np.float32)
+        out[ParamPath(Group.LIGHTS, n, "color")] = (light.color * scale * tint).astype(np.float32)
     return out
 
 
@@ -452,11 +453,11 @@ def _render_scene(scene: Scene, plan: DatasetPlan, occluder_slots: int) -> Scene
 def _view_values(view: ViewPlan) -> dict[str, np.ndarray]:
     values = {CAMERA_POSE: view.pose, **view.lights, **view.mesh_values}
     for k, occ in enumerate(view.occluders or []):
-        p = f"meshes.{OCCLUDER.format(k)}"
-        values[f"{p}.translation"] = occ.translation
-        values[f"{p}.rotation"] = occ.rotation
-        values[f"{p}.scale"] = np.full(3, occ.size)
-        values[f"materials.{OCCLUDER.format(k)}.albedo"] = occ.color.reshape(1, 1, 3)
+        name = OCCLUDER.format(k)
+        values[ParamPath(Group.MESHES, name, "translation")] = occ.translation
+        values[ParamPath(Group.MESHES, name, "rotation")] = occ.rotation
+        values[ParamPath(Group.MESHES, name, "scale")] = np.full(3, occ.size)
+        values[ParamPath(Group.MATERIALS, name, "albedo")] = occ.color.reshape(1, 1, 3)
     return values
 
 

@@ -24,12 +24,9 @@ import numpy as np
 from . import conventions as cv
 from .assets import load_mesh_file, read_image
 from .errors import SceneError, field_path
+from .params import Kind, ParamPath
 from .scene import Scene
 from .scene_schema import PerturbInit, PerturbPoseInit
-
-TEXTURE_KINDS = ("albedo", "roughness", "metallic")
-RANGES = {"albedo": (0.0, 1.0), "roughness": (0.02, 1.0), "metallic": (0.0, 1.0), "color": (0.0, np.inf),
-          "colors": (0.0, np.inf), "intensity": (0.0, np.inf), "scale": (1e-3, np.inf)}
 
 
 def scene_center(scene: Scene) -> np.ndarray:
@@ -51,12 +48,13 @@ def _rng(scene: Scene, path: str, seed: int | None, rng: np.random.Generator | N
     return np.random.default_rng([base, zlib.crc32(path.encode())])
 
 
-def _fix_range(kind: str, value: np.ndarray) -> np.ndarray:
-    if kind in RANGES:
-        value = np.clip(value, *RANGES[kind])
-    if kind == "quaternion":
+def _fix_range(kind: Kind, value: np.ndarray) -> np.ndarray:
+    lo, hi = kind.range
+    if np.isfinite(lo) or np.isfinite(hi):
+        value = np.clip(value, lo, hi)
+    if kind is Kind.QUATERNION:
         value = cv.normalize(value, "quaternion")
-    if kind == "pose":
+    if kind is Kind.POSE:
         value = np.r_[value[:3], cv.normalize(value[3:], "pose quaternion")]
     return value
 
@@ -76,14 +74,14 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
     def error(msg: str) -> SceneError:
         return SceneError(scene.path, where, msg)
 
-    shape, kind, current = param.shape, param.kind, param.value.astype(np.float64)
+    shape, kind, current = param.shape, Kind(param.kind), param.value.astype(np.float64)
     if spec is None:
         value = current
     elif isinstance(spec, PerturbInit):
         noise = _rng(scene, path, spec.perturb.seed, rng).normal(0.0, spec.perturb.sigma, shape)
         value = _fix_range(kind, current + noise)
     elif isinstance(spec, PerturbPoseInit):
-        if kind != "pose":
+        if kind is not Kind.POSE:
             raise error(f'"perturb_pose" applies to camera poses (cameras.NAME.pose), not to {kind} '
                         'parameters')
         p, g = spec.perturb_pose, _rng(scene, path, spec.perturb_pose.seed, rng)
@@ -100,7 +98,7 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         except ValueError:
             raise error(f"value of shape {given.shape} does not broadcast to the parameter's shape "
                         f"{shape}") from None
-        lo, hi = RANGES.get(kind, (-np.inf, np.inf))
+        lo, hi = kind.range
         if value.min() < lo or value.max() > hi:
             raise error(f"expected values in [{lo:g}, {hi:g}] for {kind} parameters")
         value = _fix_range(kind, value)
@@ -112,18 +110,19 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
     return out
 
 
-def _from_file(scene: Scene, path: str, kind: str, shape: tuple, file: Path, where: str) -> np.ndarray:
+def _from_file(scene: Scene, path: str, kind: Kind, shape: tuple, file: Path, where: str) -> np.ndarray:
     def error(msg: str) -> SceneError:
         return SceneError(scene.path, where, msg)
 
-    if kind in TEXTURE_KINDS:
-        value = read_image(file, srgb=kind == "albedo", channels=shape[2], file=scene.path, field=where, kind=kind)
+    if kind.is_texture:
+        value = read_image(file, srgb=kind is Kind.ALBEDO, channels=shape[2], file=scene.path, field=where,
+                           kind=kind)
         if value.shape != shape:
             raise error(f"image '{file}' is {value.shape[1]}x{value.shape[0]}x{value.shape[2]}, the "
                         f"parameter is {shape[1]}x{shape[0]}x{shape[2]} (W x H x C)")
         return _fix_range(kind, value)
-    if kind == "vertices":
-        mesh = scene.meshes[path.split(".")[1]]
+    if kind is Kind.VERTICES:
+        mesh = scene.meshes[ParamPath.parse(path).owner]
         vertices, faces, _, _ = load_mesh_file(file, scene.path, where)
         if vertices.shape != shape or not np.array_equal(faces, mesh.faces):
             raise error(f"mesh file '{file}' has {len(vertices)} vertices and {len(faces)} triangles, the "

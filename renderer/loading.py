@@ -21,6 +21,7 @@ from . import memory, primitives
 from .assets import image_size, load_mesh_file, read_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
+from .params import MATERIAL_LEAVES
 from .scene import (
     AmbientLight,
     Camera,
@@ -87,7 +88,8 @@ def read_json(path, what: str = "scene file"):
 
 
 def load_scene(path) -> Scene:
-    """Load, validate and cross-check a scene file (see scenes/README.md)."""
+    """Load, validate and cross-check a scene file (see scenes/README.md). Reads files and nothing else: a
+    missing dataset is a SceneError (`generate_missing_dataset` renders one from the scene's recipe)."""
     file = str(path)
     spec = validate_scene(read_json(path), file)
     base = Path(path).parent
@@ -196,10 +198,18 @@ def _primitive(p) -> primitives.Built:
     return primitives.torus(p.major_radius, p.minor_radius, p.resolution)
 
 
+def _missing_dataset(targets, base: Path) -> Path | None:
+    """The `targets.transforms` file when it is missing and the scene gives a recipe to render it from
+    (`targets.dataset`), else None."""
+    rel = targets.transforms
+    if rel is None or targets.dataset is None or (base / rel).exists():
+        return None
+    return base / rel
+
+
 def _check_dataset_present(targets, base: Path, file: str) -> None:
-    """A missing `targets.transforms` / `test_transforms` file: generated when the scene gives its recipe
-    (`targets.dataset`; a note with the equivalent `drstudio dataset` command goes to stderr), else a
-    SceneError that says how to generate one."""
+    """A missing `targets.transforms` / `test_transforms` file is a SceneError that says how to make one
+    (`generate_missing_dataset` or `drstudio dataset` when the scene gives a recipe)."""
     for key in ("transforms", "test_transforms"):
         rel = getattr(targets, key)
         if rel is None or (base / rel).exists():
@@ -209,11 +219,10 @@ def _check_dataset_present(targets, base: Path, file: str) -> None:
         if recipe is None or key != "transforms":
             raise SceneError(file, where, f"file not found: '{os.path.relpath(path)}' (generate a dataset with "
                              "`drstudio dataset SCENE --out DIR`)")
-        if not _inside_folder(path, base):
-            raise SceneError(file, where, f"'{rel}' is outside the scene's folder: loading generates a missing "
-                             "dataset (targets.dataset) only inside it, so a scene file cannot make it write "
-                             "elsewhere; generate it there with `drstudio dataset SCENE --out DIR`")
-        _generate_dataset(recipe, base, path.parent, file)
+        command = recipe.command(shlex.quote(os.path.relpath(base / recipe.scene)),
+                                 shlex.quote(os.path.relpath(path.parent)))
+        raise SceneError(file, where, f"file not found: '{os.path.relpath(path)}'; the scene's recipe "
+                         f"(optimize.targets.dataset) renders it: `{command}`")
 
 
 def _inside_folder(path: Path, folder: Path) -> bool:
@@ -228,26 +237,59 @@ def _inside_folder(path: Path, folder: Path) -> bool:
     return True
 
 
-def _generate_dataset(recipe, base: Path, out: Path, file: str) -> None:
-    """Render the dataset of `recipe` (targets.dataset) into `out` (renderer.datasets)."""
-    from .datasets import Animation, DatasetOptions, plan_dataset, write_dataset
+def _dataset_plan(recipe, file: str, source: Scene):
+    """The `renderer.datasets` plan of `recipe` (targets.dataset) over `source` (SceneError on bad options)."""
+    from .datasets import Animation, DatasetOptions, plan_dataset
 
     where = "optimize.targets.dataset"
+    animate = Animation(times=recipe.animate_times) if recipe.animate or recipe.animate_times else None
+    try:
+        options = DatasetOptions(views=recipe.views, test_views=recipe.test_views, width=recipe.width,
+                                 height=recipe.height, lighting_variation=recipe.lighting_variation,
+                                 occluders=recipe.occluders, animate=animate, seed=recipe.seed)
+        return plan_dataset(source, options)
+    except ValueError as e:
+        raise SceneError(file, where, str(e)) from None
+
+
+def generate_missing_dataset(path) -> Path | None:
+    """Render the dataset of scene file `path` from its recipe (`optimize.targets.dataset`) when its
+    `targets.transforms` file is missing; a note with the equivalent `drstudio dataset` command goes to
+    stderr. Returns the directory written, or None when there was nothing to do. The explicit step the CLI and
+    the viewer take before `load_scene` (which never writes files)."""
+    from .datasets import write_dataset
+
+    file = str(path)
+    spec = validate_scene(read_json(path), file)
+    base = Path(path).parent
+    if spec.optimize is None:
+        return None
+    missing = _missing_dataset(spec.optimize.targets, base)
+    if missing is None:
+        return None
+    recipe, out = spec.optimize.targets.dataset, missing.parent
+    where = "optimize.targets.dataset"
+    if not _inside_folder(missing, base):
+        raise SceneError(file, "optimize.targets.transforms", f"'{os.path.relpath(missing)}' is outside the scene's "
+                         "folder: a missing dataset is generated (targets.dataset) only inside it, so a scene file "
+                         "cannot make drstudio write elsewhere; generate it there with `drstudio dataset SCENE "
+                         "--out DIR`")
     command = recipe.command(shlex.quote(os.path.relpath(base / recipe.scene)), shlex.quote(os.path.relpath(out)))
     print(f"drstudio: {file}: its dataset is missing; generating it (the same as `{command}`)", file=sys.stderr)
     try:
         source = load_scene(base / recipe.scene)
     except SceneError as e:
         raise SceneError(file, f"{where}.scene", str(e)) from None
-    animate = Animation(times=recipe.animate_times) if recipe.animate or recipe.animate_times else None
-    try:
-        options = DatasetOptions(views=recipe.views, test_views=recipe.test_views, width=recipe.width,
-                                 height=recipe.height, lighting_variation=recipe.lighting_variation,
-                                 occluders=recipe.occluders, animate=animate, seed=recipe.seed)
-        plan = plan_dataset(source, options)
-    except ValueError as e:
-        raise SceneError(file, where, str(e)) from None
-    write_dataset(source, plan, out, overwrite=True)
+    write_dataset(source, _dataset_plan(recipe, file, source), out, overwrite=True)
+    return out
+
+
+def open_scene(path, *, generate_datasets: bool = True) -> Scene:
+    """`load_scene`, after rendering a missing dataset from the scene's recipe when `generate_datasets`
+    (`generate_missing_dataset`): what the CLI and the viewer open a scene with."""
+    if generate_datasets:
+        generate_missing_dataset(path)
+    return load_scene(path)
 
 
 def _training_view_count(targets, base: Path, file: str) -> int:
@@ -461,7 +503,7 @@ def summarize(scene: Scene) -> str:
                          + f" after steps {', '.join(map(str, f.upsample_at))}")
         lines.append(f"  field {f.name}: {f.type} {'x'.join(map(str, f.resolution))} over {box}, " + ", ".join(extra))
     for mat in scene.materials.values():
-        props = ", ".join(f"{k} {_value_text(getattr(mat, k))}" for k in ("albedo", "roughness", "metallic"))
+        props = ", ".join(f"{k} {_value_text(getattr(mat, k))}" for k, _ in MATERIAL_LEAVES)
         lines.append(f"  material {mat.name}: {mat.model}, {props}, wrap {mat.wrap}")
     for light in scene.point_lights.values():
         lines.append(f"  light {light.name}: point at {_value_text(light.position)}, color "

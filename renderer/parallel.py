@@ -30,6 +30,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import warp as wp
 
 from .device_scene import DeviceScene, Frame
+from .params import camera_intrinsics, camera_pose
 from .render import RenderOutput, render_view
 from .render_cache import GBufferCache
 from .stages.shading import Lights
@@ -202,8 +203,8 @@ def _record_backward(lanes: list[_Lane], outer: wp.Tape) -> None:
 
 def _resolve_camera(ds: DeviceScene, camera: str, intrinsics, pose, width, height):
     c = ds.scene.cameras[camera]
-    intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
-    pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
+    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
+    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
     return intr, pose, int(width or c.width), int(height or c.height)
 
 
@@ -311,8 +312,8 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
         done = []
         for i in range(lane.index, len(cameras), workers):
             c = cameras[i]
-            intr = lane.alias(ds.arrays[f"cameras.{c}.intrinsics"])
-            pose = lane.alias(ds.arrays[f"cameras.{c}.pose"])
+            intr = lane.alias(ds.arrays[camera_intrinsics(c)])
+            pose = lane.alias(ds.arrays[camera_pose(c)])
             # the aliases read the camera's own leaves: the view's cache entry is the camera's
             done.append((i, render_view(ds, lane_frame, c, mode=mode, shadows=shadows, intrinsics=intr,
                                         pose=pose, cache=cache, cache_key=("view",))))

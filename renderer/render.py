@@ -21,6 +21,7 @@ import warp as wp
 
 from . import memory
 from .device_scene import DeviceScene, Frame
+from .params import camera_intrinsics, camera_pose
 from .render_cache import GBufferCache, constant
 from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
@@ -112,8 +113,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
         memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
-    intr = intrinsics if intrinsics is not None else ds.arrays[f"cameras.{camera}.intrinsics"]
-    pose = pose if pose is not None else ds.arrays[f"cameras.{camera}.pose"]
+    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
+    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
     background = _background(ds, width, height)
     if mode == "soft":
         origins, directions = cam.generate_rays(intr, pose, width, height)

@@ -18,10 +18,12 @@ scene paths it depends on has changed:
   ambient + sum_j E_j s_j / pi of every pixel, so that the radiance is the albedo sample times it: the
   visibility paths plus every mesh's colors and every light path (colors and intensities too).
 
-A path "has changed" when its `DeviceScene.versions` counter moved (`DeviceScene.set` and `touch` bump it)
-or its leaf array was replaced. Paths that change in place without either (the optimizer's FREE
-parameters) must be declared `varying`: a part that depends on a varying path is never stored and is
-recomputed, differentiably, at every render, exactly as without a cache.
+A path "has changed" when its `DeviceScene.versions` counter moved (`DeviceScene.set` and `touch` bump
+it) or its leaf array was replaced. The cache subscribes to the scene's parameter table, so a change also
+drops the stored parts computed from it at once (their memory is freed; no caller invalidates by hand).
+Paths that change in place without either (the optimizer's FREE parameters) must be declared `varying`: a
+part that depends on a varying path is never stored and is recomputed, differentiably, at every render,
+exactly as without a cache.
 
 Gradients. A stored part is built off the tape from inputs without gradients, so it is a constant of
 every later render. That is exact for every path the part does not depend on: texels, albedo, roughness,
@@ -46,9 +48,10 @@ from collections import OrderedDict
 
 import warp as wp
 
+from .params import Group, Kind, camera_intrinsics, camera_pose
 from .thread_tape import recording
 
-# what a cached part depends on, by part: (path prefix, leaf names)
+# the mesh leaves every part depends on (they move the geometry)
 _GEOMETRY = ("vertices", "translation", "rotation", "scale")
 PARTS = ("visibility", "uv", "footprint", "colors", "shadow", "lambert")
 
@@ -101,6 +104,17 @@ class GBufferCache:
         self.hits = 0
         self.builds = 0
         self.set_varying(varying)
+        # every change the parameter table hears of (an edit, a reset, a truth edit, a resized leaf) drops
+        # the parts computed from the changed paths: no caller has to invalidate by hand
+        self.close = ds.params.subscribe(self._changed)
+
+    def _changed(self, paths) -> None:
+        """Drop the stored parts whose inputs include one of `paths` (their tokens would no longer match)."""
+        changed = set(paths)
+        with self._lock:
+            stale = [k for k, (token, _, _) in self._entries.items() if any(d[0] in changed for d in token)]
+            for k in stale:
+                del self._entries[k]
 
     # -- control ---------------------------------------------------------------------------------
     @property
@@ -139,18 +153,19 @@ class GBufferCache:
     def _dependencies(self, part: str, camera: str) -> list[str]:
         if part not in PARTS:
             raise ValueError(f"part: expected one of {PARTS}, got {part!r}")
-        paths = [p for p in self.ds.arrays if p.startswith("meshes.") and p.rsplit(".", 1)[1] in _GEOMETRY]
-        paths += [p for p in (f"cameras.{camera}.intrinsics", f"cameras.{camera}.pose") if p in self.ds.arrays]
+        table = self.ds.params
+        meshes = table.select(group=Group.MESHES)
+        paths = [e.path for e in meshes if e.name in _GEOMETRY]
+        paths += [p for p in (camera_intrinsics(camera), camera_pose(camera)) if p in table]
         if part in ("uv", "footprint"):
-            paths += [p for p in self.ds.arrays if p.startswith("meshes.") and p.endswith(".uvs")]
+            paths += [e.path for e in meshes if e.kind is Kind.UVS]
         elif part == "colors":
-            paths += [p for p in self.ds.arrays if p.startswith("meshes.") and p.endswith(".colors")]
+            paths += [e.path for e in meshes if e.kind is Kind.COLORS]
         elif part == "shadow":
-            paths += [p for p in self.ds.arrays if p.startswith("lights.")
-                      and p.rsplit(".", 1)[1] in ("position", "direction")]
+            paths += [e.path for e in table.select(group=Group.LIGHTS) if e.kind in (Kind.POSITION, Kind.DIRECTION)]
         elif part == "lambert":
-            paths += [p for p in self.ds.arrays if p.startswith("meshes.") and p.endswith(".colors")]
-            paths += [p for p in self.ds.arrays if p.startswith("lights.")]
+            paths += [e.path for e in meshes if e.kind is Kind.COLORS]
+            paths += [e.path for e in table.select(group=Group.LIGHTS)]
         return paths
 
     def _token(self, part: str, camera: str):

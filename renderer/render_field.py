@@ -22,6 +22,7 @@ import warp as wp
 from .render import RenderOutput
 from .scene import Field
 from .stages.camera import generate_rays
+from .thread_tape import active_tape, recording
 from .volume import OccupancyGrid, VoxelGrid, readout, sample_rays
 from .volume import render as volume_render
 
@@ -79,6 +80,17 @@ class FieldState:
     def time_range(self) -> tuple[float, float] | None:
         return None
 
+    def published_copy(self) -> FieldState:
+        """A copy for readers on other threads (the viewer's preview): the grid at the storage precision and
+        the occupied cells, cloned off every tape, so the training thread may update or replace the
+        originals meanwhile."""
+        with recording(None):
+            grid = self.storage_grid()
+            if grid is self.grid:
+                grid = field_grid(self.field, wp.clone(grid.density, requires_grad=False),
+                                  wp.clone(grid.sh, requires_grad=False))
+            return FieldState(self.field, grid, readout.occupancy_snapshot(self.occupancy))
+
     def render_rays_readout(self, origins: wp.array, directions: wp.array, background: wp.array, *,
                             time: float | None = None, appearance=None, chunk: int = DEFAULT_CHUNK,
                             **_) -> np.ndarray:
@@ -124,7 +136,7 @@ def render_field_view(state: FieldState, intrinsics: wp.array, pose: wp.array, w
         rgb, opacity, depth, _ = volume_render(grid, origins, directions, state.n_samples, background, seed=step,
                                                jitter=jitter, occupancy=occupancy)
         return RenderOutput(width, height, rgb, depth=depth, alpha=opacity)
-    if wp._src.context.runtime.tape is not None:
+    if active_tape() is not None:
         raise ValueError(f"render_field_view: a {width}x{height} view is rendered in chunks of {chunk} rays, "
                          "which is not differentiable; use ray batches (RayBank) or a larger chunk under a tape")
     dev = origins.device

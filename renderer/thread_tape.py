@@ -7,11 +7,14 @@ a viewer thread rendering while the optimizer thread is inside `with wp.Tape():`
 optimizer's tape, and a second thread entering a tape of its own would raise.
 
 `install()` (run by `import renderer`) replaces that attribute by a data descriptor on Warp's `Runtime`
-class that stores the value in a `threading.local()`: every read and write of `runtime.tape` — Warp's own
-and this repo's (the hand-written adjoints record on `wp._src.context.runtime.tape`) — then sees the
-calling thread's tape. A thread starts with no tape. Warp's native code never reads the tape (it is a
-Python-only recorder), and there is one `Runtime` instance per process, so one thread-local slot per
-thread is the whole state. Consequences:
+class that stores the value in a `threading.local()`: every read and write of `runtime.tape` — Warp's
+own and this repo's — then sees the calling thread's tape. This module is the one place that touches
+that attribute: the hand-written adjoints find the tape to record on with `active_tape()`, and code that
+must not record (a read-out inside another's tape) uses `recording(None)`. A thread starts with no tape.
+(Warp 1.19 has no per-thread tape of its own: `Tape.__enter__` and `wp.launch` use the one runtime
+attribute; `record_tape=False` only keeps single launches off the tape.) Warp's native code never reads
+the tape (it is a Python-only recorder), and there is one `Runtime` instance per process, so one
+thread-local slot per thread is the whole state. Consequences:
 
 - launches record on the tape of the thread that issues them, and only there;
 - each thread may have its own tape active (`with wp.Tape():` in two threads at once is fine);

@@ -30,7 +30,7 @@ def _wrap(ds: DeviceScene, path: str, tensor: torch.Tensor) -> tuple[wp.array, t
     if not isinstance(tensor, torch.Tensor):
         raise TypeError(f"render_torch: value for {path!r} is a {type(tensor).__name__}, expected a torch.Tensor")
     leaf = ds.arrays[path]
-    expected = tuple(ds.scene.params()[path].shape)
+    expected = tuple(ds.params[path].shape)
     if tuple(tensor.shape) != expected:
         raise ValueError(f"render_torch: tensor for {path!r} has shape {tuple(tensor.shape)}, expected {expected}")
     if tensor.dtype != torch.float32:

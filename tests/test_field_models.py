@@ -13,6 +13,7 @@ import json
 import os
 import threading
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,12 +22,14 @@ import warp as wp
 from drstudio.app import cli
 from drstudio.renderer.datasets import Animation, DatasetOptions, generate_dataset
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene
+from drstudio.renderer.loading import load_scene, open_scene
+from drstudio.renderer.optim import field_training
 from drstudio.renderer.optim.field_models import TRANSIENT_TERM, per_sample_rows, tape_suspended
 from drstudio.renderer.optim.field_training import PSNR_TERM
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.recording import load_recording, verify
 from drstudio.renderer.stages.camera import generate_rays
+from drstudio.renderer.thread_tape import active_tape
 from drstudio.renderer.volume.march import sample_rays
 from drstudio.renderer.volume.neural_field import FlatLayout, NerfWField, render_rays
 from drstudio.renderer.volume.readout import camera_rays
@@ -148,7 +151,11 @@ def test_missing_dataset_is_generated_from_the_recipe_or_named(tmp_path, capsys)
     doc = scene_doc(NERF_W, "datasets/w/transforms.json")
     doc["optimize"]["targets"]["dataset"] = {"scene": "globe.json", "views": 8, "test_views": 2, "width": 16,
                                              "height": 16, "occluders": 2, "lighting_variation": 0.3}
-    scene = load_scene(write(tmp_path, doc))
+    with pytest.raises(SceneError) as info:  # loading reads files and nothing else
+        load_scene(write(tmp_path, doc))
+    assert info.value.field == "optimize.targets.transforms" and "drstudio dataset" in str(info.value)
+    assert not (tmp_path / "datasets").exists()
+    scene = open_scene(write(tmp_path, doc))  # the explicit step the CLI and the viewer take
     err = capsys.readouterr().err
     assert (f"drstudio dataset {os.path.relpath(tmp_path / 'globe.json')} --out "
             f"{os.path.relpath(tmp_path / 'datasets' / 'w')} --views 8 --test-views 2 --width 16 --height 16 "
@@ -156,16 +163,16 @@ def test_missing_dataset_is_generated_from_the_recipe_or_named(tmp_path, capsys)
     frames = json.loads((tmp_path / "datasets" / "w" / "transforms.json").read_text())["frames"]
     assert len(frames) == 8 and scene.params()["fields.nerf.appearance"].shape == (6, 4)
     assert any(f["occluders"] for f in frames) and all("appearance" in f for f in frames)
-    load_scene(write(tmp_path, doc))  # present now: nothing generated
+    open_scene(write(tmp_path, doc))  # present now: nothing generated
     assert "generating" not in capsys.readouterr().err
     doc["optimize"]["targets"]["dataset"]["views"] = 0
     doc["optimize"]["targets"]["transforms"] = "datasets/v/transforms.json"
-    with pytest.raises(SceneError) as info:
-        load_scene(write(tmp_path, doc))
+    with pytest.raises(SceneError) as info:  # the recipe is checked when it is used
+        open_scene(write(tmp_path, doc))
     assert info.value.field == "optimize.targets.dataset.views"
     doc["optimize"]["targets"]["dataset"] = {"scene": "nope.json"}
     with pytest.raises(SceneError) as info:
-        load_scene(write(tmp_path, doc))
+        open_scene(write(tmp_path, doc))
     assert info.value.field == "optimize.targets.dataset.scene" and "not found" in info.value.message
     del doc["optimize"]["targets"]["dataset"]
     with pytest.raises(SceneError, match="drstudio dataset SCENE --out DIR"):
@@ -409,9 +416,11 @@ def test_viewer_read_outs_for_every_representation(datasets, device):
 
 
 # CPU only: two trainings' losses compared bit for bit (CUDA atomics reorder the sums between runs)
-def test_render_free_runs_while_the_optimizer_steps(datasets):
-    """From another thread, during steps (the global Warp tape is active then): no crash, and the training
-    is the one it would have been (the read-outs record nothing on the tape)."""
+def test_published_field_renders_while_the_optimizer_steps(datasets):
+    """Another thread renders the published copy during steps (the optimizer's tape is active then): no
+    crash, and the training is the one it would have been (the read-outs record nothing on its tape and
+    read nothing of the live state). Every step publishes here (interval 0), so copies replace each other
+    while the reader renders."""
     runs = []
     for concurrent in (False, True):  # occupancy updated every 2 steps, in place, while the viewer samples
         p = problem_of(datasets, dict(NEURAL, occupancy={"resolution": 8, "update_every": 2}), "plain")
@@ -420,13 +429,14 @@ def test_render_free_runs_while_the_optimizer_steps(datasets):
 
         def viewer(p=p, cam=cam, stop=stop, count=count):
             while not stop.is_set():
-                p.field_training.render_free(cam.pose, cam.intrinsics, 12, 12)
+                p.model.published().render(cam.pose, cam.intrinsics, 12, 12)
                 count[0] += 1
 
         th = threading.Thread(target=viewer) if concurrent else None
         if th:
             th.start()
-        losses = [p.step().loss for _ in range(8)]
+        with mock.patch.object(field_training, "PUBLISH_INTERVAL", 0.0):
+            losses = [p.step().loss for _ in range(8)]
         stop.set()
         if th:
             th.join()
@@ -544,11 +554,11 @@ def test_tape_suspended_restores_the_active_tape(device):
     tape = wp.Tape()
     with tape:
         with tape_suspended():
-            assert wp._src.context.runtime.tape is None
+            assert active_tape() is None
             inner = wp.Tape()
             with inner:
                 pass
-        assert wp._src.context.runtime.tape is tape
+        assert active_tape() is tape
     o, d = camera_rays(np.array([8, 8, 4, 4], np.float32), np.array([0, 0, 3, 0, 0, 0, 1], np.float32), 8, 8, device)
     ro, rd = generate_rays(wp.array([8, 8, 4, 4], dtype=float), wp.array([0, 0, 3, 0, 0, 0, 1], dtype=float), 8, 8)
     np.testing.assert_array_equal(o.numpy(), ro.numpy())
@@ -578,7 +588,7 @@ def test_shipped_dataset_scenes_generate_their_dataset_and_train(tmp_path, name,
     (tmp_path / f"{name}.json").write_text(json.dumps(doc))
     shutil.copy(ROOT / "scenes" / "texture.json", tmp_path / "texture.json")
     shutil.copytree(ROOT / "scenes" / "assets", tmp_path / "assets")
-    scene = load_scene(tmp_path / f"{name}.json")
+    scene = open_scene(tmp_path / f"{name}.json")
     assert "its dataset is missing; generating it" in capsys.readouterr().err
     assert (tmp_path / "datasets" / name / "transforms.json").is_file()
     scene.optimize = scene.optimize.model_copy(update={"rays_per_batch": 64})

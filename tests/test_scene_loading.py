@@ -10,7 +10,7 @@ import trimesh
 from drstudio.renderer import conventions as cv
 from drstudio.renderer import primitives
 from drstudio.renderer.initial_values import initial_value, scene_center
-from drstudio.renderer.loading import load_scene, summarize
+from drstudio.renderer.loading import load_scene, open_scene, summarize
 from PIL import Image
 
 from scenes import make_assets
@@ -315,7 +315,7 @@ def test_there_are_five_shipped_scenes():
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[p.stem for p in SHIPPED])
 def test_shipped_scene_loads(path):
-    scene = load_scene(path)
+    scene = open_scene(path)  # a scene with a dataset recipe renders its dataset first, as the CLI does
     assert scene.meshes and scene.cameras and scene.optimize is not None
     params = scene.params()
     for p in scene.optimize.parameters:

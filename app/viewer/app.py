@@ -26,7 +26,7 @@ import glfw
 import moderngl
 import numpy as np
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.loading import load_scene
+from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 
@@ -252,7 +252,7 @@ class ViewerApp:
 
 def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:
     """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
-    scene = load_scene(scene_path)
+    scene = open_scene(scene_path)
     problem = Problem(scene, device)
     # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
     # training live, so the image panes of field scenes refresh once a second instead of ten times.
@@ -276,7 +276,7 @@ def build_attached(address: tuple[str, int], token: str) -> tuple[AppState, obje
     from drstudio.renderer.optim.remote import RemoteEngine
 
     engine = RemoteEngine(address, token)
-    scene = load_scene(engine.description["scene"])
+    scene = open_scene(engine.description["scene"])
     return AppState.from_description(scene, engine, engine.description), engine
 
 

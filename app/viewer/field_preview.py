@@ -17,7 +17,9 @@ optimizer trains it in the engine thread.
 - With the occupancy overlay on, it also reads the occupancy grid when the optimizer's step changed
   (at most `occupancy_hz` times a second) and publishes the occupied cell centers (thinned).
 
-`FieldSource` is what the thread renders from: `FieldTraining.render_free` / `time_range` / `occupancy`.
+`FieldSource` is what the thread renders from: the copy of the field the engine thread publishes
+(`FieldModel.published()`, at most every `PUBLISH_INTERVAL` seconds while training and after every command),
+never the live training state.
 """
 
 from __future__ import annotations
@@ -40,26 +42,35 @@ MAX_OCCUPANCY_POINTS = 30000  # occupied cells drawn (a strided subset beyond th
 # -- what the preview renders from -------------------------------------------------------------------
 
 class FieldSource:
-    """The live field of a training `Problem`, read from a thread other than the optimizer's through
-    `FieldTraining.render_free / time_range / occupancy` (forward only, off every Warp tape, the values
-    of the moment: the renderer's contract for viewer threads)."""
+    """What the preview renders from: the copy of the field the training thread last published
+    (`FieldModel.published()`, a `PublishedField`), never the live training state, so the preview takes no
+    lock and records on no tape of the optimizer's."""
 
     def __init__(self, problem):
-        self.problem = problem
-        self.training = problem.field_training
+        self.model = problem.model
+
+    def _field(self):
+        pub = self.model.published()
+        if pub is None:
+            raise RuntimeError("the field has not been published yet (the problem publishes it when built)")
+        return pub
+
+    @property
+    def step(self) -> int:
+        """The optimizer step whose values the preview shows."""
+        return self._field().step
 
     def time_range(self):
-        return self.training.time_range()
+        return self._field().time_range()
 
     def occupancy(self):
         """(mask bool (nx, ny, nz), aabb (6,)) of the first field, or None."""
-        return self.training.occupancy()
+        return self._field().occupancy()
 
     def render(self, pose, intrinsics, width: int, height: int, *, time=None) -> np.ndarray:
         """(height, width, 3) float32 linear RGB through a camera pose (7,) / intrinsics (4,)."""
-        # render_free samples against a copy of the occupancy grid, so the engine may update it meanwhile
-        return np.asarray(self.training.render_free(np.asarray(pose, np.float32), np.asarray(intrinsics, np.float32),
-                                                    int(width), int(height), time=time), np.float32)
+        return np.asarray(self._field().render(np.asarray(pose, np.float32), np.asarray(intrinsics, np.float32),
+                                               int(width), int(height), time=time), np.float32)
 
 
 # -- requests and results ------------------------------------------------------------------------------

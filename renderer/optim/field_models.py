@@ -14,22 +14,24 @@
   `fields.NAME.sh` (T * nx, ny, nz, 3K); a step's rays come from a few frames, one `at_time` blend per frame
   time, recorded on the problem's tape like the voxel grid's queries.
 
-Every state also renders read-outs off every tape (`render_rays_readout`), safe from a viewer thread.
+Every state also renders read-outs off every tape (`render_rays_readout`); readers on other threads render a
+`published_copy()` (arrays, occupied cells and module of its own), never the live state.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
+import copy
 import math
-import threading
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 import warp as wp
 
+from ..params import Group, ParamPath
 from ..render import RenderOutput
 from ..scene import Field
+from ..thread_tape import recording
 from ..volume import OccupancyGrid, readout, sample_rays
 from ..volume import render as volume_render
 from ..volume.neural_field import FlatLayout, module_from_spec, pixel_radius, sample_inputs
@@ -43,18 +45,19 @@ APPEARANCE_FIT_STEPS = 60  # Adam steps fitting a held-out view's appearance emb
 APPEARANCE_FIT_LR = 0.05
 
 
-@contextlib.contextmanager
 def tape_suspended():
     """Run torch code that uses Warp ops with their own tapes (`composite_torch`) inside `Problem.step`'s
-    tape: Warp has one global tape, and entering a second one while the first is active is an error. The
-    launches in the block are not recorded on the outer tape (they need not be: torch differentiates them)."""
-    ctx = wp._src.context.runtime
-    saved = ctx.tape
-    ctx.tape = None
-    try:
-        yield
-    finally:
-        ctx.tape = saved
+    tape (entering a second tape while one is active is an error). The launches in the block are not
+    recorded on the outer tape (they need not be: torch differentiates them); other threads are unaffected."""
+    return recording(None)
+
+
+@dataclass(frozen=True)
+class _Leaves:
+    """What a published copy of a state reads instead of the DeviceScene: its own leaf arrays."""
+
+    arrays: dict
+    device: object
 
 
 def _alias(a: wp.array) -> wp.array:
@@ -105,21 +108,6 @@ def _segment_sum(values: torch.Tensor, ray: torch.Tensor, n: int) -> torch.Tenso
     return torch.segment_reduce(values, "sum", lengths=lengths, axis=0)
 
 
-def _torch_serialized(method):
-    """Run a NeuralState method under its `torch_lock`. Torch CPU kernels (MKL/oneDNN GEMMs, reductions) may
-    split their work differently when another thread of the process is inside torch at the same time, which
-    changes float rounding: a viewer rendering concurrently would make training steps differ from an
-    undisturbed run (and `replay --verify` fail). So every torch use of a neural field, training or read-out,
-    takes the lock; a viewer render waits for the torch part of the current step and vice versa."""
-
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self.torch_lock:
-            return method(self, *args, **kwargs)
-
-    return wrapper
-
-
 class _ExpandToSamples(torch.autograd.Function):
     """per_ray (N, D) -> per sample (S, D) = per_ray[ray] for packed samples (`ray` sorted); the backward
     sums per ray with `torch.segment_reduce` (deterministic, unlike the scatter-add of indexing)."""
@@ -156,11 +144,11 @@ class NeuralState:
         self.module.requires_grad_(False)  # its own parameters are placeholders: the values are the leaf's
         self.layout = FlatLayout(self.module)
         if self.layout.size != field.weights.size:
-            raise ValueError(f"fields.{name}.weights: expected {self.layout.size} weights for the network, got "
+            raise ValueError(f"{ParamPath(Group.FIELDS, name, 'weights')}: expected {self.layout.size} weights for "
+                             f"the network, got "
                              f"{field.weights.size}")
         self.occupancy: OccupancyGrid | None = None
         self.fitted_appearance: dict[str, np.ndarray] = {}  # held-out camera -> embedding fitted on its left half
-        self.torch_lock = threading.RLock()  # see `_torch_serialized`
 
     # -- leaves ----------------------------------------------------------------------------------
     @property
@@ -172,7 +160,11 @@ class NeuralState:
         return tuple(float(x) for x in self.field.aabb)
 
     def leaf(self, key: str) -> wp.array | None:
-        return self.ds.arrays.get(f"fields.{self.name}.{key}")
+        return self.ds.arrays.get(self.path(key))
+
+    def path(self, key: str) -> ParamPath:
+        """The dotted path of this field's leaf `key`."""
+        return ParamPath(Group.FIELDS, self.name, key)
 
     def _tensor(self, key: str, grad: bool) -> torch.Tensor | None:
         """The leaf as a torch tensor sharing its memory; a fresh autograd leaf when `grad`."""
@@ -191,12 +183,24 @@ class NeuralState:
     def time_range(self) -> None:
         return None
 
+    def published_copy(self) -> NeuralState:
+        """A copy for readers on other threads (the viewer's preview): the leaves cloned off every tape, its own
+        module (torch's functional call swaps a module's parameters while it runs) and occupied cells."""
+        c = copy.copy(self)
+        with recording(None):
+            c.ds = _Leaves({self.path(k): wp.clone(self.leaf(k), requires_grad=False)
+                            for k in ("weights", "appearance", "transient") if self.leaf(k) is not None},
+                           self.ds.device)
+            c.occupancy = readout.occupancy_snapshot(self.occupancy)
+        c.module = copy.deepcopy(self.module)
+        c.fitted_appearance = dict(self.fitted_appearance)
+        return c
+
     # -- the field -------------------------------------------------------------------------------
     def _run(self, weights: torch.Tensor, features, dirs, appearance=None, transient=None):
         args = (features, dirs) if not self.nerf_w else (features, dirs, appearance, transient)
         return torch.func.functional_call(self.module, self.layout.views(weights), args)
 
-    @_torch_serialized
     def query_density(self, points: wp.array) -> wp.array:
         """Static density at world points vec3 (S,) (float32 (S,)), no gradient: the occupancy grid's
         `density_fn` (PE of the points: IPE of a zero-size frustum)."""
@@ -211,7 +215,6 @@ class NeuralState:
                 out[a:a + chunk.shape[0]] = self._run(w, self.module.encode(chunk), dirs[:chunk.shape[0]])[0]
         return wp.array(out.numpy(), dtype=float, device=self.ds.device)
 
-    @_torch_serialized
     def update_occupancy(self, step: int) -> None:
         occ = self.field.occupancy
         if self.occupancy is not None and step > 0 and step % occ.update_every == 0:
@@ -222,7 +225,6 @@ class NeuralState:
         return None if a is None or a.shape[0] == 0 else a.mean(0).clone()
 
     # -- training --------------------------------------------------------------------------------
-    @_torch_serialized
     def record_loss(self, origins: wp.array, directions: wp.array, target: wp.array, view_ids: np.ndarray,
                     radii: np.ndarray, terms: dict, weights: dict, step: int, free: set[str]) -> None:
         """One step's loss of a ray batch (origins, directions vec3 (B,), target (B, 3), view_ids (B,) index of
@@ -230,7 +232,7 @@ class NeuralState:
         the free leaves land in their `.grad`, the loss values in `terms` (l2 / l1 weighted by `weights`;
         NeRF-W: its data term under "l2" and `TRANSIENT_TERM`)."""
         keys = [k for k in ("weights", "appearance", "transient") if self.leaf(k) is not None]
-        grad_keys = {k for k in keys if f"fields.{self.name}.{k}" in free}
+        grad_keys = {k for k in keys if self.path(k) in free}
         with tape_suspended():
             t = {k: self._tensor(k, k in grad_keys) for k in keys}
             samples = sample_rays(origins, directions, self.aabb, self.n_samples, seed=step, jitter=True,
@@ -307,7 +309,6 @@ class NeuralState:
                              f"{a.shape[0]}")
         return a
 
-    @_torch_serialized
     def render_rays_readout(self, origins: wp.array, directions: wp.array, background: wp.array, *,
                             time: float | None = None, appearance=None, radius: float = 0.0,
                             transient_view: int | None = None, with_opacity: bool = False):
@@ -355,7 +356,6 @@ class NeuralState:
                 out[a:b] = rgb.numpy()
         return (out, share) if with_opacity else out
 
-    @_torch_serialized
     def fit_appearance(self, origins: wp.array, directions: wp.array, target: np.ndarray, background: wp.array,
                        radius: float, seed: int = 0) -> np.ndarray:
         """NeRF-W's held-out protocol: the appearance embedding that best explains the rays (e.g. the left half
@@ -427,12 +427,16 @@ class DynamicState:
     def n_samples(self) -> int:
         return int(self.field.samples_per_ray)
 
+    def path(self, key: str) -> ParamPath:
+        """The dotted path of this field's leaf `key`."""
+        return ParamPath(Group.FIELDS, self.name, key)
+
     def grid(self, arrays: dict | None = None) -> TimeGrid:
         """The TimeGrid over the current leaves (not copies: blends record gradients into their `.grad`)."""
         a = self.ds.arrays if arrays is None else arrays
         f = self.field
         g = TimeGrid(2, f.n_times, f.aabb, f.sh_degree, f.activation, device=self.ds.device, requires_grad=False)
-        density, sh = a[f"fields.{self.name}.density"], a[f"fields.{self.name}.sh"]
+        density, sh = a[self.path("density")], a[self.path("sh")]
         g.resolution = tuple(int(n) for n in density.shape[1:])
         g.density, g.sh = density, sh
         return g
@@ -445,6 +449,16 @@ class DynamicState:
 
     def time_range(self) -> tuple[float, float]:
         return tuple(float(x) for x in self.field.time_range)
+
+    def published_copy(self) -> DynamicState:
+        """A copy for readers on other threads (the viewer's preview): the leaves and occupied cells cloned off
+        every tape."""
+        c = copy.copy(self)
+        with recording(None):
+            c.ds = _Leaves({p: wp.clone(self.ds.arrays[p], requires_grad=False)
+                            for p in (self.path("density"), self.path("sh"))}, self.ds.device)
+            c.occupancy = readout.occupancy_snapshot(self.occupancy)
+        return c
 
     def unit_time(self, time: float | None) -> float:
         """A scene time mapped to the grid's [0, 1] (clamped); None: the start of the range."""
@@ -481,8 +495,8 @@ class DynamicState:
                 if loss in terms:
                     getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * share)
         if "tv" in terms:
-            w_density = weights["tv"] if f"fields.{self.name}.density" in free else 0.0
-            w_sh = weights["tv"] if f"fields.{self.name}.sh" in free else 0.0
+            w_density = weights["tv"] if self.path("density") in free else 0.0
+            w_sh = weights["tv"] if self.path("sh") in free else 0.0
             if w_density or w_sh:
                 k = float(self.spec.time_tv)
                 g.total_variation(terms["tv"], w_density, w_sh, time_weight=w_density * k, sh_time_weight=w_sh * k)

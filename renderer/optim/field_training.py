@@ -1,4 +1,5 @@
-"""Training a scene's radiance field inside a `Problem` (scenes/README.md "fields", docs/volume.md "Training").
+"""`FieldModel`: a scene's radiance field as the `Model` a `Problem` trains (scenes/README.md "fields",
+docs/volume.md "Training"; the protocol is `renderer.optim.models.Model`).
 
 A field is another scene element with free parameters (`fields.NAME.density`, `fields.NAME.sh`, leaves
 of the `DeviceScene` like every other value) and a training run is another optimization session: the
@@ -15,25 +16,32 @@ same `Problem.step()`, optimizer, engine and recorder. What differs, and lives h
 - every `eval_every` steps the mean PSNR over the test views is computed and reported as the loss
   term `psnr_test_db` (carried between evaluations; it is a read-out, not part of the loss).
 The other representations ("neural", "nerf_w", "dynamic") keep their state in `field_models`
-(`NeuralState`, `DynamicState`); this class dispatches on the field's type.
+(`NeuralState`, `DynamicState`); this class dispatches on the field's type. The field's leaves live in a
+`renderer.field_scene.FieldDeviceScene`, which holds no training state: a lattice change (an upsample, a
+reset, a restored keyframe of another lattice) replaces the leaves there, and this model hears of it from
+the parameter table.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time as _time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import warp as wp
 
-from ..device_scene import DeviceScene
 from ..errors import SceneError
+from ..field_scene import FieldDeviceScene
+from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
 from ..render import RenderOutput
 from ..render_field import FieldState, RayBank, field_grid, gather_rays, render_field_view
 from ..scene import Camera, Scene
 from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_RAYS_PER_BATCH
+from ..thread_tape import recording
 from ..transforms_json import load_transforms
 from ..volume import OccupancyGrid, readout
 from ..volume import render as volume_render
@@ -41,11 +49,66 @@ from . import losses
 from .field_models import DynamicState, NeuralState, render_output, view_radius
 from .targets import Target, build_targets
 
-# parameter kinds of fields: unconstrained raw values (grids), flat network weights, per-image embeddings
-FIELD_KINDS = ("density", "sh", "weights", "embedding")
-GRID_KINDS = ("density", "sh")
 PSNR_TERM = "psnr_test_db"
+PUBLISH_INTERVAL = 0.5  # s: while training, a copy of the field for other threads at most this often
 APPEARANCE_FIT_RAYS = 2048  # NeRF-W's held-out protocol: at most this many left-half pixels fit a view's embedding
+
+
+def _render_free(state, background: wp.array, pose, intrinsics, width: int, height: int, time, appearance):
+    width, height = int(width), int(height)
+    if width < 1 or height < 1:
+        raise ValueError(f"width, height: expected positive sizes, got {width}x{height}")
+    origins, directions = readout.camera_rays(intrinsics, pose, width, height, background.device)
+    rgb = state.render_rays_readout(origins, directions, background, time=time, appearance=appearance,
+                                    radius=view_radius(np.asarray(intrinsics).ravel()))
+    return rgb.reshape(height, width, 3)
+
+
+def _occupancy(occ) -> tuple[np.ndarray, np.ndarray] | None:
+    if occ is None:
+        return None
+    return occ.occupied.numpy().astype(bool), np.asarray(occ.aabb, np.float32)
+
+
+@dataclass(frozen=True)
+class PublishedField:
+    """A copy of a training field that readers on other threads render from (the viewer's preview): made
+    on the training thread by `FieldModel.publish`, never changed afterwards, so reading it needs no lock and
+    no tape of anyone's. `step`: the optimizer step whose values it holds."""
+
+    state: object  # FieldState / NeuralState / DynamicState over arrays of its own
+    background: wp.array
+    step: int
+
+    def render(self, pose, intrinsics, width: int, height: int, *, time: float | None = None,
+               appearance=None) -> np.ndarray:
+        """(height, width, 3) float32 linear RGB of the field seen from a free camera.
+
+        pose (7,) camera-to-world [px, py, pz, qx, qy, qz, qw], intrinsics (4,) [fx, fy, cx, cy] for this
+        width/height. Forward only and off every tape (launches `record_tape=False`, torch under `no_grad`),
+        midpoint samples, the copied occupancy grid. `time`: for dynamic fields (default: the start of the time
+        range), ignored otherwise; `appearance`: a NeRF-W appearance embedding (appearance_dim,) (default:
+        the mean of the training embeddings), ignored otherwise; NeRF-W renders its static component only.
+        One reader at a time per copy (a neural field's module is the copy's own, not shared)."""
+        return _render_free(self.state, self.background, pose, intrinsics, width, height, time, appearance)
+
+    def time_range(self) -> tuple[float, float] | None:
+        return self.state.time_range()
+
+    def occupancy(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(occupied cells bool (nx, ny, nz), aabb float32 (6,)), None without an occupancy grid."""
+        return _occupancy(self.state.occupancy)
+
+
+def _label(name: str) -> str:
+    """`fields.NAME`: how messages name field `name`."""
+    return element_prefix(Group.FIELDS, name).rstrip(".")
+
+
+def occupancy_key(name: str, key: str) -> str:
+    """The keyframe entry of field `name`'s occupancy array `key` ("density", "occupied"): `occupancy.NAME.KEY`,
+    a name in the recording's extra state (not a parameter path; recordings of earlier versions use it)."""
+    return ".".join(("occupancy", name, key))
 
 
 def add_test_cameras(scene: Scene, target_spec) -> dict[str, str]:
@@ -74,24 +137,24 @@ def held_out_frames(scene: Scene, target_spec) -> set[str]:
     return {f"frame_{i:03d}" for i, fr in enumerate(frames) if isinstance(fr, dict) and fr.get("split") == "test"}
 
 
-class FieldDeviceScene(DeviceScene):
-    """A DeviceScene whose field values may be set at another lattice of the field's coarse-to-fine
-    schedule (restoring a keyframe taken after an upsample): the field first moves to that lattice."""
+class FieldModel:
+    """The radiance fields of a `Problem`'s scene as a `renderer.optim.models.Model` (see the module
+    docstring)."""
 
-    training: FieldTraining | None = None
+    kind = "field"
 
-    def set(self, path, value: np.ndarray, *, check_range: bool = False) -> None:
-        entry = self.params[path]
-        if self.training is not None and entry.kind.is_grid \
-                and self.training.states[entry.owner].field.type == "voxel_grid":
-            shape = tuple(np.shape(value))
-            if shape != tuple(self.arrays[entry.path].shape):
-                self.training.move_to_lattice(entry.owner, shape[:3])
-        super().set(path, value, check_range=check_range)
+    @staticmethod
+    def applies(scene: Scene) -> bool:
+        return bool(scene.fields)
 
+    @staticmethod
+    def add_cameras(scene: Scene, target_spec) -> dict[str, str]:
+        """The held-out test cameras of `targets.test_transforms` (added to the problem's copy of the scene)."""
+        return add_test_cameras(scene, target_spec)
 
-class FieldTraining:
-    """The field-specific part of a `Problem` whose scene has fields (see the module docstring)."""
+    @staticmethod
+    def device_scene(scene: Scene, device) -> FieldDeviceScene:
+        return FieldDeviceScene(scene, device)
 
     def __init__(self, problem, test_files: dict[str, str]):
         self.p = problem
@@ -113,7 +176,7 @@ class FieldTraining:
             else:
                 self.states[name] = NeuralState(f, problem.ds, name)
             for key in f.values():
-                path = f"fields.{name}.{key}"
+                path = ParamPath(Group.FIELDS, name, key)
                 self.start_values[path] = problem.initial.get(path, params[path].value.copy())
         self.bank: RayBank | None = None
         self.train_cameras: list[str] = []
@@ -121,8 +184,13 @@ class FieldTraining:
         self.view_radius = np.zeros(0, np.float32)  # cone radius per unit depth of each training view (IPE)
         self.view_time: dict[str, float] = {}  # camera -> frame time (dynamic fields)
         self.psnr_test = math.nan
-        if isinstance(problem.ds, FieldDeviceScene):
-            problem.ds.training = self
+        self._published: PublishedField | None = None
+        self._published_at = -math.inf
+        # the grid leaves each voxel-grid field's state is built on (a replaced leaf is a new lattice)
+        self._held: dict[str, tuple[wp.array, wp.array]] = {
+            name: tuple(problem.ds.arrays[p] for p in problem.ds.grid_paths(name))
+            for name, st in self.states.items() if st.field.type == "voxel_grid"}
+        self.close = problem.ds.params.subscribe(self._changed)
         self.reset_state()
 
     @property
@@ -131,36 +199,54 @@ class FieldTraining:
         return next(iter(self.states.values()))
 
     # -- arrays ----------------------------------------------------------------------------------
+    def parameters(self) -> list[ParamPath]:
+        """The table entries this model trains: every field leaf."""
+        return [e.path for e in self.p.ds.params.select(group=Group.FIELDS)]
+
+    def reports(self, path) -> bool:
+        """Whether snapshots copy the value, gradient and error of `path`: not for field leaves (megabytes;
+        no ground truth)."""
+        return not self.p.ds.kind(path).is_field
+
     def _grid(self, name: str):
         a = self.p.ds.arrays
-        return field_grid(self.p.scene.fields[name], a[f"fields.{name}.density"], a[f"fields.{name}.sh"])
+        density, sh = self.p.ds.grid_paths(name)
+        return field_grid(self.p.scene.fields[name], a[density], a[sh])
 
-    def _install(self, name: str, density: wp.array, sh: wp.array) -> None:
-        """Make (density, sh) the field's leaf arrays (a new lattice): DeviceScene leaves, the scene's values
-        (so `Scene.params()` shapes follow) and the problem's `truth` (a field has none; it mirrors the
-        scene so nothing reads as an edited target)."""
-        p, f = self.p, self.p.scene.fields[name]
-        f.density, f.sh = density.numpy().copy(), sh.numpy().copy()
-        for key, arr, value in (("density", density, f.density), ("sh", sh, f.sh)):
-            path = f"fields.{name}.{key}"
-            p.ds.arrays[path] = arr
-            p.ds.params.resize(path, value.shape)
-            p.truth[path] = value
-        self.states[name].grid = self._grid(name)
+    def _changed(self, paths) -> None:
+        """Table listener: a voxel-grid field whose leaves were replaced (both, at one lattice) is at a new
+        lattice. Its state, phase, the scene's values (so `Scene.params()` shapes follow) and the problem's
+        `truth` (a field has none; it mirrors the scene so nothing reads as an edited target) follow, and the
+        optimizer is rebuilt for the new arrays (fresh moments, same schedule clock)."""
+        ds, p = self.p.ds, self.p
+        for name, held in self._held.items():
+            arrays = tuple(ds.arrays[q] for q in ds.grid_paths(name))
+            if all(a is b for a, b in zip(arrays, held, strict=True)):
+                continue
+            density, sh = arrays
+            if tuple(sh.shape[:3]) != tuple(density.shape):
+                continue  # half replaced: the other leaf follows
+            self._held[name] = arrays
+            f = p.scene.fields[name]
+            f.density, f.sh = density.numpy().copy(), sh.numpy().copy()
+            for path, value in zip(ds.grid_paths(name), (f.density, f.sh), strict=True):
+                p.truth[path] = value
+            self.states[name].grid = self._grid(name)
+            lattices = f.resolutions()
+            self.phase[name] = lattices.index(ds.lattice(name)) if ds.lattice(name) in lattices else 0
+            if hasattr(p, "optimizer"):
+                p._rebuild_optimizer_keep_clock()
 
     def move_to_lattice(self, name: str, resolution: tuple[int, int, int]) -> None:
-        """Resample field `name` to `resolution`, one of its schedule's lattices (`Field.resolutions()`),
-        and rebuild the optimizer for its new arrays (fresh moments; a restored keyframe then loads them)."""
-        state = self.states[name]
-        lattices = state.field.resolutions()
-        if tuple(resolution) not in lattices:
-            raise ValueError(f"fields.{name}: a value of lattice {tuple(resolution)} does not fit the field, whose "
-                             f"lattices are {lattices}")
-        self.phase[name] = lattices.index(tuple(resolution))
-        new = state.grid.upsample(resolution)
-        self._install(name, new.density, new.sh)
-        if hasattr(self.p, "optimizer"):
-            self.p._rebuild_optimizer_keep_clock()
+        """Resample field `name` to `resolution`, one of its schedule's lattices (`Field.resolutions()`);
+        the optimizer is rebuilt for its new arrays (fresh moments; a restored keyframe then loads them)."""
+        self.p.ds.move_to_lattice(name, resolution)
+
+    def reset(self) -> None:
+        self.reset_state()
+
+    def after_reset(self) -> None:
+        self.publish()
 
     def reset_state(self) -> None:
         """Each field back to its first lattice and starting values, a fresh occupancy grid, no test PSNR
@@ -172,9 +258,8 @@ class FieldTraining:
                 state.reset()  # fresh occupancy; the leaves keep their shapes (Problem.reset writes the values)
                 continue
             self.phase[name] = 0
-            density, sh = (self.start_values[f"fields.{name}.{k}"] for k in ("density", "sh"))
-            self._install(name, wp.array(density, dtype=float, device=p.ds.device, requires_grad=True),
-                          wp.array(sh, dtype=float, device=p.ds.device, requires_grad=True))
+            density, sh = (self.start_values[q] for q in p.ds.grid_paths(name))
+            p.ds.replace_grid(name, density, sh)
             state.occupancy = (OccupancyGrid(f.occupancy.resolution, state.grid.aabb, device=p.ds.device)
                                if f.occupancy is not None else None)
         self.psnr_test = math.nan
@@ -204,7 +289,7 @@ class FieldTraining:
         elif spec.test_cameras:
             test = build_targets(scene, ds, p.truth, SimpleNamespace(cameras=spec.test_cameras, images=None),
                                  current)
-        self.bank = RayBank([(ds.arrays[f"cameras.{t.camera}.intrinsics"], ds.arrays[f"cameras.{t.camera}.pose"],
+        self.bank = RayBank([(ds.arrays[camera_intrinsics(t.camera)], ds.arrays[camera_pose(t.camera)],
                               scene.cameras[t.camera].width, scene.cameras[t.camera].height, t.image)
                              for t in train], ds.device)
         self.train_cameras = [t.camera for t in train]
@@ -216,12 +301,12 @@ class FieldTraining:
             rows = getattr(state.field, "appearance", None)
             rows = rows if rows is not None else getattr(state.field, "transient", None)
             if rows is not None and rows.shape[0] != len(train):
-                raise SceneError(scene.path, "optimize.targets", f"fields.{name}: its per-image embeddings have "
+                raise SceneError(scene.path, "optimize.targets", f"{_label(name)}: its per-image embeddings have "
                                  f"{rows.shape[0]} rows, the targets {len(train)} training views")
             if state.field.type == "dynamic":
                 missing = [t.camera for t in train + test if t.camera not in self.view_time]
                 if missing:
-                    raise SceneError(scene.path, "optimize.targets", f"fields.{name} is dynamic: views "
+                    raise SceneError(scene.path, "optimize.targets", f"{_label(name)} is dynamic: views "
                                      f"{', '.join(missing[:4])} have no frame time")
         return train, test
 
@@ -244,10 +329,13 @@ class FieldTraining:
 
     # -- the step --------------------------------------------------------------------------------
     def draw_batch(self) -> np.ndarray:
-        """Flat ray indices of this step's batch (the problem's batch RNG): uniform over every training pixel;
-        for a dynamic field, `frames_per_batch` distinct training views (so times) and the rays uniform over
-        their pixels, grouped by view."""
-        rng, state = self.p._view_rng, self.state
+        return self.batch(self.p._view_rng)
+
+    def batch(self, rng: np.random.Generator) -> np.ndarray:
+        """Flat ray indices of this step's batch (`rng`: the problem's batch RNG): uniform over every training
+        pixel; for a dynamic field, `frames_per_batch` distinct training views (so times) and the rays
+        uniform over their pixels, grouped by view."""
+        state = self.state
         if state.field.type != "dynamic":
             return rng.integers(0, len(self.bank), size=self.rays_per_batch)
         n_views = len(self.train_cameras)
@@ -268,12 +356,12 @@ class FieldTraining:
             elif state.occupancy is not None and step > 0 and step % occ.update_every == 0:
                 state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step)
 
-    def record_loss(self, indices: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
+    def record_loss(self, batch: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
         """Forward pass of one step under the caller's tape: the ray batch through every field, image
         losses on the batch, TV of the free grids. Neural fields run (and back-propagate) in torch here and
         leave their gradients in their leaves' `.grad` and their loss values in `terms`. Returns {} (no
-        whole-image outputs)."""
-        p = self.p
+        whole-image outputs). `batch`: flat ray indices (`batch`)."""
+        p, indices = self.p, batch
         free = set(p.free_paths())
         for name, state in self.states.items():
             kind = state.field.type
@@ -298,17 +386,21 @@ class FieldTraining:
                 if loss in terms:
                     getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss])
             if "tv" in terms:
-                w_density = weights["tv"] if f"fields.{name}.density" in free else 0.0
-                w_sh = weights["tv"] if f"fields.{name}.sh" in free else 0.0
+                density, sh = p.ds.grid_paths(name)
+                w_density = weights["tv"] if density in free else 0.0
+                w_sh = weights["tv"] if sh in free else 0.0
                 if w_density or w_sh:
                     state.grid.total_variation(terms["tv"], w_density, w_sh)
         return {}
 
     def after_step(self, step: int) -> dict:
-        """Upsample the grids due after this step, evaluate the test PSNR when due; the read-out terms."""
+        """Upsample the grids due after this step, evaluate the test PSNR when due, publish a copy for other
+        threads when due; the read-out terms."""
         for name, state in self.states.items():
             if state.field.type == "voxel_grid" and step + 1 in state.field.upsample_at:
                 self.move_to_lattice(name, state.field.resolutions()[self.phase[name] + 1])
+        if _time.monotonic() - self._published_at >= PUBLISH_INTERVAL:
+            self.publish(step + 1)
         if not self.p.test_targets or self.eval_every == 0:
             return {}
         if step % self.eval_every == 0:
@@ -316,6 +408,37 @@ class FieldTraining:
         return {PSNR_TERM: self.psnr_test}
 
     # -- read-outs -------------------------------------------------------------------------------
+    def evaluate(self) -> dict[str, float]:
+        """{PSNR_TERM: the mean PSNR of the held-out views} ({} without test views)."""
+        return {PSNR_TERM: self.test_psnr()} if self.p.test_targets else {}
+
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        """NeRF-W first fits the held-out views' appearance embeddings on their left halves; a held-out view's
+        mask is then its right half (`eval_mask`)."""
+        held_out = [t for t in targets if t.camera in {u.camera for u in self.p.test_targets}]
+        self.fit_test_appearance(held_out)
+        return {t.camera: (self.render(t.camera), self.eval_mask(t.camera)) for t in targets}
+
+    def result_images(self) -> dict[str, np.ndarray]:
+        """NeRF-W with transient embeddings: `transient_<camera>` for the first four training views: the static
+        + transient render, the target and the transient share of the opacity, side by side."""
+        state, out = self.state, {}
+        if state.field.type != "nerf_w" or state.leaf("transient") is None:
+            return out
+        targets = self.p.target_images()
+        for camera in self.train_cameras[:4]:
+            rgb, share = self.render_transient(camera)
+            gap = np.ones((rgb.shape[0], 2, 3), np.float32)
+            out[f"transient_{camera}"] = np.concatenate([rgb, gap, targets[camera], gap,
+                                                         np.repeat(share[..., None], 3, -1)], axis=1)
+        return out
+
+    def view_images(self, camera: str, param_grads: dict) -> dict:
+        """The snapshot render of `camera` (field leaves have no gradient images); publishes a copy of the
+        field for other threads too (the engine asks after every command)."""
+        self.publish()
+        return {"render": self.render(camera).numpy(), "texture_grads": {}, "vertex_grads": {}}
+
     def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
                height: int | None = None) -> RenderOutput:
         """A whole view through `camera` (midpoint samples, occupancy skipping, the storage precision);
@@ -325,13 +448,13 @@ class FieldTraining:
         evaluation), else the mean embedding."""
         p = self.p
         c = p.scene.cameras[camera]
-        intr = p.ds.arrays[f"cameras.{camera}.intrinsics"] if intrinsics is None else intrinsics
+        intr = p.ds.arrays[camera_intrinsics(camera)] if intrinsics is None else intrinsics
         state = self.state
         w, h = width or c.width, height or c.height
         if state.field.type == "voxel_grid":
-            return render_field_view(state, intr, p.ds.arrays[f"cameras.{camera}.pose"], w, h,
+            return render_field_view(state, intr, p.ds.arrays[camera_pose(camera)], w, h,
                                      p.ds.background_color, state.occupancy, grid=state.storage_grid())
-        origins, directions = readout.camera_rays(intr, p.ds.arrays[f"cameras.{camera}.pose"], w, h, p.ds.device)
+        origins, directions = readout.camera_rays(intr, p.ds.arrays[camera_pose(camera)], w, h, p.ds.device)
         rgb = state.render_rays_readout(origins, directions, p.ds.background_color, **self._view_settings(camera,
                                                                                                     intr.numpy()))
         return render_output(rgb, w, h, p.ds.device)
@@ -362,27 +485,13 @@ class FieldTraining:
                                                transient_view=self.train_cameras.index(camera), with_opacity=True)
         return rgb.reshape(c.height, c.width, 3), share.reshape(c.height, c.width)
 
-    # -- viewer read-outs (any thread) -------------------------------------------------------------
+    # -- free-camera read-outs --------------------------------------------------------------------
     def render_free(self, pose, intrinsics, width: int, height: int, *, time: float | None = None,
                     appearance=None) -> np.ndarray:
-        """(height, width, 3) float32 linear RGB of the field seen from a free camera.
-
-        pose (7,) camera-to-world [px, py, pz, qx, qy, qz, qw], intrinsics (4,) [fx, fy, cx, cy] for this
-        width/height. Safe from a viewer thread while the optimizer steps in another: no tape (every launch
-        is `record_tape=False`, torch under `no_grad`), it reads the current values (references taken once at
-        the start, so a concurrent upsample does not disturb it; it samples from a copy of the occupancy grid,
-        which the training thread updates in place) and mutates no training state. Midpoint samples, the
-        occupancy grid of the moment. `time`: for dynamic fields (default: the start of the time
-        range), ignored otherwise; `appearance`: a NeRF-W appearance embedding (appearance_dim,) (default:
-        the mean of the training embeddings), ignored otherwise; NeRF-W renders its static component only."""
-        width, height = int(width), int(height)
-        if width < 1 or height < 1:
-            raise ValueError(f"width, height: expected positive sizes, got {width}x{height}")
-        state = self.state
-        origins, directions = readout.camera_rays(intrinsics, pose, width, height, self.p.ds.device)
-        rgb = state.render_rays_readout(origins, directions, self.p.ds.background_color, time=time,
-                                        appearance=appearance, radius=view_radius(np.asarray(intrinsics).ravel()))
-        return rgb.reshape(height, width, 3)
+        """(height, width, 3) float32 linear RGB of the live field seen from a free camera, on the training
+        thread (other threads render `published()`, a copy). See `PublishedField.render` for the arguments."""
+        return _render_free(self.state, self.p.ds.background_color, pose, intrinsics, width, height, time,
+                            appearance)
 
     def time_range(self) -> tuple[float, float] | None:
         """(t_min, t_max) of a dynamic field's time axis, None for static fields."""
@@ -392,10 +501,23 @@ class FieldTraining:
         """(occupied cells bool (nx, ny, nz), aabb float32 (6,)) of field `name` (default: the first), None
         when it has no occupancy grid. A copy of the grid of the moment."""
         state = self.states[name] if name is not None else self.state
-        occ = state.occupancy
-        if occ is None:
-            return None
-        return occ.occupied.numpy().astype(bool), np.asarray(occ.aabb, np.float32)
+        return _occupancy(state.occupancy)
+
+    # -- the published copy (what other threads read) ------------------------------------------------
+    def publish(self, step: int | None = None) -> PublishedField:
+        """Make a copy of the first field's state (values, occupied cells) the one `published()` returns.
+        Called on the training thread: after a reset, from `view_images` (after every engine command and at
+        the engine's image rate) and after a step when `PUBLISH_INTERVAL` seconds have passed."""
+        with recording(None):
+            pub = PublishedField(self.state.published_copy(), wp.clone(self.p.ds.background_color,
+                                                                        requires_grad=False),
+                                 self.p.step_index if step is None else step)
+        self._published, self._published_at = pub, _time.monotonic()
+        return pub
+
+    def published(self) -> PublishedField | None:
+        """The last published copy (any thread; a reference read, never a wait), None before the first."""
+        return self._published
 
     def eval_mask(self, camera: str) -> wp.array | None:
         """(N,) float32 mask of the pixels a held-out view's PSNR is measured on: NeRF-W's protocol fits the
@@ -440,8 +562,7 @@ class FieldTraining:
         """{path: {...}} for the optimized field parameters: shape, storage, bytes (no ground truth)."""
         out = {}
         for path in self.p.param_specs:
-            name, key = path.split(".")[1:]
-            state = self.states[name]
+            state = self.states[self.p.ds.params[path].owner]
             arr = self.p.ds.arrays[path]
             storage = state.field.storage if state.field.type == "voxel_grid" else "float32"
             itemsize = 2 if storage == "float16" else 4
@@ -457,8 +578,8 @@ class FieldTraining:
         out = {PSNR_TERM: np.array([self.psnr_test], np.float64)}
         for name, state in self.states.items():
             if state.occupancy is not None:
-                out[f"occupancy.{name}.density"] = state.occupancy.density.numpy().copy()
-                out[f"occupancy.{name}.occupied"] = state.occupancy.occupied.numpy().copy()
+                out[occupancy_key(name, "density")] = state.occupancy.density.numpy().copy()
+                out[occupancy_key(name, "occupied")] = state.occupancy.occupied.numpy().copy()
         return out
 
     def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
@@ -470,7 +591,7 @@ class FieldTraining:
             if st.occupancy is None:
                 continue
             for key in ("density", "occupied"):
-                entry = f"occupancy.{name}.{key}"
+                entry = occupancy_key(name, key)
                 if entry not in state:
                     continue
                 arr = getattr(st.occupancy, key)
@@ -494,3 +615,6 @@ class FieldTraining:
                          "aabb": np.asarray(g.aabb, np.float32), "sh_degree": np.int32(g.sh_degree),
                          "activation": np.array(g.activation)}
         return out
+
+
+FieldTraining = FieldModel  # the name of earlier versions

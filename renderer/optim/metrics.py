@@ -17,6 +17,7 @@ import warp as wp
 
 from .. import conventions as cv
 from ..initial_values import scene_center
+from ..params import Group, Kind
 from ..render import render_view
 
 
@@ -74,18 +75,18 @@ def parameter_metrics(problem) -> dict:
         kind = problem.ds.kind(path)
         value, truth = problem.ds.get(path), problem.truth[path]
         m = {"max_abs_error": float(np.max(np.abs(value - truth)))}
-        if kind in ("albedo", "roughness", "metallic") and value.shape[0] * value.shape[1] > 1:
+        if kind.is_texture and value.shape[0] * value.shape[1] > 1:
             mask = seen_texels(problem, path)
             m["psnr_db_seen_texels"] = texture_psnr(value, truth, mask)
             m["seen_texel_fraction"] = float(mask.mean())
-        elif kind == "position" and path.startswith("lights."):
+        elif kind is Kind.POSITION and problem.ds.params[path].group is Group.LIGHTS:
             m["distance"] = float(np.linalg.norm(value - truth))
             m["distance_fraction_of_scene_size"] = m["distance"] / size
-        elif kind == "pose":
+        elif kind is Kind.POSE:
             m["rotation_error_deg"] = rotation_error_deg(value[3:], truth[3:])
             dist = float(np.linalg.norm(truth[:3] - center))
             m["position_error_fraction_of_distance"] = float(np.linalg.norm(value[:3] - truth[:3])) / dist
-        elif kind == "vertices":
+        elif kind is Kind.VERTICES:
             diag = float(np.linalg.norm(truth.max(0) - truth.min(0)))
             m["chamfer"] = chamfer(value, truth)
             m["chamfer_fraction_of_bbox_diagonal"] = m["chamfer"] / diag

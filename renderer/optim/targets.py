@@ -59,12 +59,15 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
             targets.append(Target(cam, arr))
         return targets
     cameras = list(getattr(target_spec, "cameras", None) or scene.cameras)
-    for path, value in truth.items():
-        ds.set(path, value)
-    frame = ds.prepare()
-    for cam in cameras:
-        out = render_view(ds, frame, cam)
-        targets.append(Target(cam, wp.clone(out.image, requires_grad=False)))
-    for path, value in current.items():
-        ds.set(path, value)
+    # the truth goes into the live leaves for the render and the current values come back whatever happens
+    try:
+        for path, value in truth.items():
+            ds.set(path, value)
+        frame = ds.prepare()
+        for cam in cameras:
+            out = render_view(ds, frame, cam)
+            targets.append(Target(cam, wp.clone(out.image, requires_grad=False)))
+    finally:
+        for path, value in current.items():
+            ds.set(path, value)
     return targets

@@ -16,8 +16,8 @@ Layouts (Warp arrays have at most 4 dimensions, so the SH slices are stacked alo
 
 Gradients: `at_time` launches its blend off the tape and records a hand-written exact adjoint (each slice
 receives its blend weight times the blended grid's gradient) on the active tape, i.e. whatever
-`wp._src.context.runtime.tape` is for the calling thread (`renderer.thread_tape`; `renderer.parallel` gives
-each lane its own).
+`renderer.thread_tape.active_tape()` is for the calling thread (`renderer.parallel` gives each lane its
+own).
 Call it inside the tape the loss is recorded on; gradients of anything rendered with the returned grid
 then reach this grid's `density.grad` / `sh.grad`. `total_variation` records its adjoint the same way.
 Queries for the occupancy grid (`query_density_at`, `query_density_max`) are not differentiable.
@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import warp as wp
 
+from ..thread_tape import active_tape
 from .march import check_array, parse_aabb
 from .occupancy import parse_resolution
 from .voxel_grid import ACTIVATIONS, VoxelGrid, activate_density, corner_weight, lattice_cell, tv_stencil
@@ -264,7 +265,7 @@ class TimeGrid:
                           requires_grad=grad)
         wp.launch(_blend, dim=self.resolution, device=self.device, record_tape=False,
                   inputs=[self.density, self.sh, k, w, nx, out_density, out_sh])
-        tape = wp._src.context.runtime.tape  # the active tape (or renderer.parallel's stand-in), None outside
+        tape = active_tape()  # the calling thread's tape (or renderer.parallel's stand-in), None outside
         if tape is not None and grad:
             density, sh, res = self.density, self.sh, self.resolution
 
@@ -363,7 +364,7 @@ def _total_variation(values: wp.array, nx: int, scale: float, time_scale: float,
     dim = values.shape[:3]
     wp.launch(_tv_forward, dim=dim, device=values.device, record_tape=False,
               inputs=[values, nx, scale, time_scale, out_loss])
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     if tape is not None and values.requires_grad and out_loss.requires_grad:
         def backward():
             wp.launch(_tv_backward, dim=dim, device=values.device, record_tape=False,

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import warp as wp
 
+from ..thread_tape import active_tape
 from .march import check_array, parse_aabb
 from .occupancy import parse_resolution
 
@@ -247,7 +248,7 @@ def _total_variation(values: wp.array, scale: float, out_loss: wp.array) -> None
     adjoint recorded on the active tape."""
     wp.launch(_tv_forward, dim=values.shape[:3], device=values.device, record_tape=False,
               inputs=[values, scale, out_loss])
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     if tape is not None and values.requires_grad and out_loss.requires_grad:
         def backward():
             wp.launch(_tv_backward, dim=values.shape[:3], device=values.device, record_tape=False,
@@ -369,7 +370,7 @@ class VoxelGrid:
         wp.launch(_query, dim=s, device=self.device, record_tape=False,
                   inputs=[self.density, self.sh, self.lo, self.hi, self.n_coeffs, activation, positions, directions,
                           out_density, out_color])
-        tape = wp._src.context.runtime.tape  # the active tape (or renderer.parallel's stand-in), None outside
+        tape = active_tape()  # the calling thread's tape (or renderer.parallel's stand-in), None outside
         if tape is not None and grad and s > 0:
             density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
 

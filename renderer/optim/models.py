@@ -1,0 +1,268 @@
+"""What a `Problem` optimizes, behind one protocol (nerfstudio's `Model`): the mesh scene (`MeshModel`) or a
+scene's radiance fields (`renderer.optim.field_training.FieldModel`).
+
+The `Problem` owns what every representation shares — the truth, the free set, learning rates, loss
+weights, the optimizer with its NaN guard and projections, the step's tape and the batch RNG — and asks its
+model for the rest. A new representation is one new model class (listed in `MODELS`), not a branch in the
+problem or the engine.
+
+A model is built in three stages (the problem's copy of the scene gains cameras before its DeviceScene
+exists): `add_cameras(scene, target_spec)` and `device_scene(scene, device)` (static), then
+`Model(problem, extra)` with what `add_cameras` returned.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import warp as wp
+
+from .. import parallel
+from ..device_scene import DeviceScene
+from ..params import Group, Kind, ParamPath
+from ..render import RenderOutput, render_view
+from ..render_cache import GBufferCache
+from ..scene import Scene
+from . import losses, regularizers
+from .targets import Target, build_targets
+
+IMAGE_LOSSES = ("l1", "l2", "ssim")
+
+
+class Model(Protocol):
+    """The protocol every representation implements (see the module docstring)."""
+
+    kind: str  # "mesh", "field": what the viewer shows for it
+
+    @staticmethod
+    def applies(scene: Scene) -> bool:
+        """Whether this model represents `scene` (the first of `MODELS` that applies is used)."""
+
+    @staticmethod
+    def add_cameras(scene: Scene, target_spec) -> dict[str, str]:
+        """Add the model's own cameras to the problem's copy of `scene`; returns {camera: image file}."""
+
+    @staticmethod
+    def device_scene(scene: Scene, device) -> DeviceScene:
+        """The DeviceScene holding the scene's values for this model."""
+
+    def parameters(self) -> list[ParamPath]:
+        """The table entries this model renders from and trains."""
+
+    def reports(self, path) -> bool:
+        """Whether snapshots copy the value, gradient and error of `path` (small values with a truth)."""
+
+    def build_targets(self) -> tuple[list[Target], list[Target]]:
+        """(training targets, held-out test targets) from the problem's truth and target spec."""
+
+    def batch(self, rng: np.random.Generator) -> Any:
+        """This step's batch (views, ray indices), drawn with the problem's batch RNG."""
+
+    def before_step(self, step: int) -> None:
+        """Work due before step `step`, off the tape (an occupancy refresh)."""
+
+    def record_loss(self, batch, terms: dict, weights: dict, step: int) -> dict[str, RenderOutput]:
+        """The forward pass of one step under the problem's tape: weighted loss terms into `terms` (one
+        (1,) array per term with a weight > 0). Returns whole-view outputs by camera (their image
+        gradients are shown), or {}."""
+
+    def after_step(self, step: int) -> dict[str, float]:
+        """Work due after step `step` (an upsample, an evaluation); read-out terms to report."""
+
+    def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
+               height: int | None = None) -> RenderOutput:
+        """A whole view through `camera` as the model sees it (overrides for thumbnails)."""
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out metrics (test PSNR), {} when the model has none."""
+
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        """{camera: (its final render, the pixel mask its PSNR is measured on or None)} of `targets`, for the
+        results of a run (renders of the model's own protocol, e.g. NeRF-W's held-out half-images)."""
+
+    def parameter_metrics(self) -> dict:
+        """{path: {metric: value}} of the optimized parameters (against the truth when there is one)."""
+
+    def export(self) -> dict[str, dict[str, np.ndarray]]:
+        """{name: arrays} the results folder stores as `field_<name>.npz` ({} for none)."""
+
+    def result_images(self) -> dict[str, np.ndarray]:
+        """{file stem: (H, W, 3) linear image} of model-specific result images ({} for none)."""
+
+    def view_images(self, camera: str, param_grads: dict) -> dict:
+        """Snapshot images of `camera`: "render", plus per-parameter gradient images ("texture_grads",
+        "vertex_grads") from `param_grads` {path: gradient}."""
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        """Training state outside the parameters that steers later steps (keyframes store it)."""
+
+    def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what `extra_state` returned."""
+
+    def reset(self) -> None:
+        """Back to the start (before the problem writes the initial values and rebuilds the optimizer)."""
+
+    def after_reset(self) -> None:
+        """The problem is back at step 0 with its initial values (e.g. publish a copy for other threads)."""
+
+
+class MeshModel:
+    """The mesh scene: whole views rasterized by `renderer.render`, image losses and mesh/texture
+    regularizers, G-buffer parts that no free parameter affects reused across steps."""
+
+    kind = "mesh"
+
+    @staticmethod
+    def applies(scene: Scene) -> bool:
+        return True
+
+    @staticmethod
+    def add_cameras(scene: Scene, target_spec) -> dict[str, str]:
+        return {}
+
+    @staticmethod
+    def device_scene(scene: Scene, device) -> DeviceScene:
+        return DeviceScene(scene, device)
+
+    def __init__(self, problem, extra: dict[str, str] | None = None):
+        self.p = problem
+        # G-buffer parts of the target views that no free parameter affects, reused across steps; the cache
+        # listens to the parameter table, so every edit drops what it invalidates
+        self.gbuffer_cache = GBufferCache(problem.ds)
+        self.parallel_views = True  # render a step's views on all cores (renderer.parallel.render_views)
+        self._topology = self._mesh_topology()
+
+    def _mesh_topology(self) -> dict:
+        """Per optimizable vertex array: neighbor CSR and unique edges with rest lengths (regularizers)."""
+        p, topo = self.p, {}
+        for path in p.param_specs:
+            if p.ds.kind(path) is not Kind.VERTICES:
+                continue
+            mesh = p.scene.meshes[p.ds.params[path].owner]
+            offsets, indices = regularizers.neighbor_csr(mesh.faces, len(mesh.vertices))
+            edges = regularizers.unique_edges(mesh.faces)
+            init = p.initial[path]
+            rest = np.linalg.norm(init[edges[:, 0]] - init[edges[:, 1]], axis=1).astype(np.float32)
+            dev = p.ds.device
+            topo[path] = dict(
+                offsets=wp.array(offsets, dtype=wp.int32, device=dev),
+                indices=wp.array(indices, dtype=wp.int32, device=dev),
+                edges=wp.array(edges.astype(np.int32), dtype=wp.int32, device=dev),
+                rest=wp.array(rest, dtype=float, device=dev))
+        return topo
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def parameters(self) -> list[ParamPath]:
+        return [e.path for e in self.p.ds.params.entries() if e.group is not Group.FIELDS]
+
+    def reports(self, path) -> bool:
+        return True
+
+    def build_targets(self) -> tuple[list[Target], list[Target]]:
+        p = self.p
+        return build_targets(p.scene, p.ds, p.truth, p.target_spec, p._current_values(), p._dataset_files), []
+
+    def batch(self, rng: np.random.Generator) -> list[Target]:
+        targets, n = self.p.targets, self.p.batch_views
+        if n >= len(targets):
+            return list(targets)
+        idx = rng.choice(len(targets), size=n, replace=False)
+        return [targets[i] for i in sorted(idx)]
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def gbuffer(self) -> GBufferCache:
+        """The G-buffer cache for this step: parts depending on a free parameter are never reused. The free
+        set is read at every step (a restored keyframe sets `free` directly)."""
+        self.gbuffer_cache.set_varying(self.p.free_paths())
+        return self.gbuffer_cache
+
+    def record_loss(self, batch: list[Target], terms: dict, weights: dict, step: int) -> dict[str, RenderOutput]:
+        ds = self.p.ds
+        cache = self.gbuffer()
+        frame = ds.prepare(cache=cache)
+        outputs = {}
+        scale = 1.0 / len(batch)
+        if len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
+            # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
+            # sums in a fixed, different order)
+            rendered = parallel.render_views(ds, frame, [t.camera for t in batch], cache=cache)
+        else:
+            rendered = [render_view(ds, frame, t.camera, cache=cache) for t in batch]
+        for t, out in zip(batch, rendered, strict=True):
+            outputs[t.camera] = out
+            for name in IMAGE_LOSSES:
+                if name in terms:
+                    w = weights[name] * scale
+                    if name == "ssim":
+                        losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
+                    else:
+                        getattr(losses, name)(out.image, t.image, terms[name], weight=w)
+        for path in self.p.free_paths():
+            kind, arr = ds.kind(path), ds.arrays[path]
+            if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
+                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"])
+            if kind is Kind.VERTICES:
+                topo = self._topology[path]
+                if "laplacian" in terms:
+                    regularizers.laplacian_smoothing(arr, topo["offsets"], topo["indices"], terms["laplacian"],
+                                                     weight=weights["laplacian"])
+                if "edge_length" in terms:
+                    regularizers.edge_length(arr, topo["edges"], topo["rest"], terms["edge_length"],
+                                             weight=weights["edge_length"])
+        return outputs
+
+    def after_step(self, step: int) -> dict[str, float]:
+        return {}
+
+    def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
+               height: int | None = None) -> RenderOutput:
+        ds, cache = self.p.ds, self.gbuffer()
+        return render_view(ds, ds.prepare(cache=cache), camera, intrinsics=intrinsics, width=width, height=height,
+                           cache=cache)
+
+    def evaluate(self) -> dict[str, float]:
+        return {}
+
+    def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
+        ds = self.p.ds
+        frame = ds.prepare()  # without the G-buffer cache: the reference render of every view
+        return {t.camera: (render_view(ds, frame, t.camera), None) for t in targets}
+
+    def parameter_metrics(self) -> dict:
+        from .metrics import parameter_metrics
+
+        return parameter_metrics(self.p)
+
+    def export(self) -> dict[str, dict[str, np.ndarray]]:
+        return {}
+
+    def result_images(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def view_images(self, camera: str, param_grads: dict) -> dict:
+        kind = self.p.ds.kind
+        return {"render": self.render(camera).numpy(),
+                "texture_grads": {p: g for p, g in param_grads.items() if kind(p).is_texture and g.shape[0] > 1},
+                "vertex_grads": {p: g for p, g in param_grads.items() if kind(p) is Kind.VERTICES}}
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass  # the G-buffer cache hears of the values the problem writes next from the table
+
+    def after_reset(self) -> None:
+        pass  # readers on other threads read the engine's snapshots
+
+
+def model_class(scene: Scene) -> type:
+    """The model that represents `scene`: the first of `MODELS` that applies."""
+    from .field_training import FieldModel  # it builds on this module's protocol
+
+    return next(m for m in (FieldModel, MeshModel) if m.applies(scene))
