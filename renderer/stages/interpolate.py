@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warp as wp
 
+from ..thread_tape import active_tape
 from .camera import check_array
 
 
@@ -95,7 +96,7 @@ def interpolate(attr: wp.array, faces: wp.array, tri_id: wp.array, bary: wp.arra
     # instead of Warp's generated replay (about half the time of the (N, C) kernel and its adjoint)
     wp.launch(interpolate_kernel, dim=n, inputs=[attr, faces, tri_id, bary], outputs=[out], device=dev,
               record_tape=False)
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     if (want_attr or want_bary) and tape is not None:
         empty = wp.empty((0, 0), dtype=float, device=dev)
 

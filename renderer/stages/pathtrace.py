@@ -53,6 +53,7 @@ import numpy as np
 import warp as wp
 
 from ..checks import check_array
+from ..thread_tape import active_tape
 from .camera import camera_ray, check_camera
 from .sampler import sample_1d
 from .shading import (
@@ -1253,7 +1254,7 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     out = wp.zeros((int(width) * int(height), 3), dtype=float, device=dev, requires_grad=bool(want))
     threads = _check_threads(threads)
     sc, no_grads = scene.arrays(), _grad_arrays(scene, 0)
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     record = bool(want) and tape is not None
     # for the tape's backward: each path's radiance (12 bytes per sample), so the adjoint traces it once
     samples = wp.empty(int(width) * int(height) * int(spp) if record else 0, dtype=wp.vec3, device=dev)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from ..thread_tape import active_tape
+
 WRAP_REPEAT = wp.constant(0)
 WRAP_CLAMP = wp.constant(1)
 WRAP_MODES = {"wrap": 0, "clamp": 1}
@@ -469,7 +471,7 @@ class TexturePool:
                 (sw, sh), (dw, dh) = chain[level - 1], chain[level]
                 wp.launch(_downsample, dim=(dh, dw), inputs=[data, offs[level - 1], sw, sh, offs[level], dw, channels],
                           device=device, record_tape=False)
-        tape = wp._src.context.runtime.tape
+        tape = active_tape()
         if grad and tape is not None:
             def backward():
                 for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
@@ -543,7 +545,7 @@ def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array
     # The forward is not recorded; the hand-written adjoint below is (Warp's generated one replays the
     # whole lookup and scatters per channel through branches: about 2x slower).
     wp.launch(_sample, dim=n, inputs=inputs, outputs=[out], device=device, record_tape=False)
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     if grad and tape is not None:
         data, adj_uv, adj_scale = pool.data, uv.grad if want_uv else empty, scale.grad if want_scale else empty
 
@@ -614,7 +616,7 @@ def sample_footprint(pool: TexturePool, fp: Footprint, scale: wp.array | None = 
     out = wp.zeros((n, c), dtype=float, device=dev, requires_grad=want_data or want_scale)
     inputs = [pool.data, fp.index, fp.weight, scale_arr, int(scale is not None)]
     wp.launch(_gather, dim=n, inputs=inputs, outputs=[out], device=dev, record_tape=False)
-    tape = wp._src.context.runtime.tape
+    tape = active_tape()
     if (want_data or want_scale) and tape is not None:
         data = pool.data
 

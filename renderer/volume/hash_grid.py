@@ -41,6 +41,7 @@ import torch
 import warp as wp
 
 from ..checks import check_array
+from ..thread_tape import active_tape
 from .march import parse_aabb
 
 # the paper's primes for y and z (x's is 1); any large odd constants would do
@@ -286,7 +287,7 @@ class HashGridEncoding:
         else:
             check_array("out", out, wp.float32, (n, self.output_dim), self.device)
         self._launch_forward(points, table, out)
-        tape = wp._src.context.runtime.tape
+        tape = active_tape()
         if tape is not None and want_grad and n > 0:
             if out.grad is None:
                 raise ValueError("out: expected an array with requires_grad=True under a tape")
