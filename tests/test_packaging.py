@@ -37,10 +37,10 @@ def locked_pins(lock: Path) -> dict[str, str]:
 def frozen_pins(freeze: str) -> dict[str, str]:
     pins = {}
     for line in freeze.splitlines():
-        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)$", line.strip())
-        if m:
-            pins[_canonical(m.group(1))] = m.group(2)
-        elif line.strip() and not line.startswith(("#", "-e ")) and " @ " not in line:
+        m = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(==| @ )(\S+)$", line.strip())
+        if m:  # `name @ url`: installed from a file or URL, not from the lock: shows as a version mismatch
+            pins[_canonical(m.group(1))] = m.group(3) if m.group(2) == "==" else f"@ {m.group(3)}"
+        elif line.strip() and not line.startswith(("#", "-e ")):
             raise AssertionError(f"pip freeze line not understood: {line!r}")
     return pins
 
@@ -49,7 +49,8 @@ def test_lock_parser(tmp_path):
     lock = tmp_path / "lock.txt"
     lock.write_text("a-b==1.0 \\\n    --hash=sha256:00\n# c==2\nTyping_Extensions==4.1 ; python_version < '3.12'\n")
     assert locked_pins(lock) == {"a-b": "1.0", "typing-extensions": "4.1"}
-    assert frozen_pins("A_B==1.0\n-e /x\n# Editable install\n") == {"a-b": "1.0"}
+    assert frozen_pins("A_B==1.0\n-e /x\n# Editable install\nc @ file:///w.whl\n") == {"a-b": "1.0",
+                                                                                       "c": "@ file:///w.whl"}
 
 
 @pytest.mark.skipif(os.environ.get("DRSTUDIO_LOCK_CHECK") != "1",
