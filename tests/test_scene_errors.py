@@ -477,8 +477,9 @@ def test_obj_negative_indices_count_back_from_the_last_vertex_so_far(tmp_path):
 
 @pytest.mark.parametrize("where", ["ABSOLUTE", "../elsewhere/transforms.json", "link/transforms.json"])
 def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
-    """A scene with a dataset recipe and a missing transforms file makes the loader write a dataset: a
-    hostile scene must not point that at another folder (absolute, .., a link out)."""
+    """A scene with a dataset recipe and a missing transforms file makes `open_scene` (what the CLI and the
+    viewer call) write a dataset: a hostile scene must not point that at another folder (absolute, .., a
+    link out). `load_scene` never writes: it reports the missing file."""
     scenes = tmp_path / "scenes"
     scenes.mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -490,7 +491,11 @@ def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
     data["optimize"]["parameters"]["materials.paint.albedo"] = {}
     path = scenes / "scene.json"
     path.write_text(json.dumps(data))
+    from drstudio.renderer.loading import open_scene
+
     with pytest.raises(SceneError, match="optimize.targets.transforms: .* is outside the scene's folder"):
+        open_scene(path)
+    with pytest.raises(SceneError, match="file not found"):
         load_scene(path)
     assert list((tmp_path / "elsewhere").iterdir()) == []
 
