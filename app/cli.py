@@ -275,6 +275,42 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_capture(args: argparse.Namespace) -> int:
+    """A real capture (nerfstudio / instant-ngp transforms.json, or a COLMAP model) as a dataset drstudio
+    trains on: frames whose image is missing skipped (or refused with --strict), images downscaled and
+    undistorted, cameras oriented (mean up -> +Y), centred and scaled into a unit box, the field box from
+    aabb_scale or the camera frustums (renderer.captures)."""
+    from drstudio.renderer import captures
+
+    from .outdir import claim
+
+    with claim(args.out):
+        cap = captures.read_capture(args.source, downscale=args.downscale, strict=args.strict,
+                                    test_every=args.test_every or None)
+        if not args.no_normalize:
+            cap = captures.normalize(cap)
+        print(cap.describe(), file=sys.stderr)
+        bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(cap.frames), desc="images", unit="img")
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.update(done - bar.n)
+            elif done == total or done % 10 == 0:
+                print(f"images {done}/{total}", file=sys.stderr)
+
+        try:
+            out = captures.export_transforms(cap, args.out, overwrite=args.force, progress=progress)
+        finally:
+            if bar is not None:
+                bar.close()
+    print(f"wrote {out} ({len(cap.frames)} frames; train on it with targets.transforms)")
+    return 0
+
+
 def cmd_video(args: argparse.Namespace) -> int:
     """A camera-path video of a scene: its field, or its meshes (app.camera_path)."""
     import numpy as np
@@ -499,6 +535,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=float, help="fields: the density of the surface (default: opacity 1/2 across "
                    "one voxel)")
     p.add_argument("--out", type=Path, help="output folder (default RUN/export)")
+    p = command("capture", cmd_capture, "turn a real capture (transforms.json or a COLMAP model) into a dataset: "
+                "missing frames skipped, images downscaled and undistorted, cameras normalized")
+    p.add_argument("source", help="a transforms.json, a folder holding one, or a COLMAP model / project folder")
+    p.add_argument("--out", type=Path, required=True, help="output folder for images/ and transforms.json")
+    p.add_argument("--downscale", type=_positive_int, default=1, help="divide the image size by N (uses images_N/ "
+                   "when present)")
+    p.add_argument("--strict", action="store_true", help="refuse frames whose image is missing (default: skip them "
+                   "with a warning)")
+    p.add_argument("--test-every", type=int, default=8, metavar="N", help="hold out every Nth frame when the "
+                   "capture names no split (nerfstudio's convention; 0: none)")
+    p.add_argument("--no-normalize", action="store_true", help="keep the capture's own world (no orienting, "
+                   "centring or scaling)")
+    p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")
     return parser

@@ -296,11 +296,10 @@ def _training_view_count(targets, base: Path, file: str) -> int:
     """The number of training views of `targets` (held-out views excluded): the rows of per-image embeddings."""
     if targets.transforms is not None:
         try:
-            load_transforms(base / targets.transforms)  # its own checks, reported under the scene's field
+            frames = load_transforms(base / targets.transforms)  # its own checks, under the scene's field
         except SceneError as e:
             raise SceneError(file, "optimize.targets.transforms", str(e)) from None
-        doc = json.loads((base / targets.transforms).read_text())
-        return sum(1 for fr in doc["frames"] if not (isinstance(fr, dict) and fr.get("split") == "test"))
+        return sum(1 for f in frames if f.split != "test")
     return len(targets.images or targets.cameras or [])
 
 

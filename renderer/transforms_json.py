@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ class Frame:
     intrinsics: np.ndarray  # (4,) float32
     pose: np.ndarray  # (7,) float32 camera-to-world
     time: float | None = None
+    split: str | None = None  # the frame's "split" ("train", "test", ...), when it has one
 
 
 def _number(d: dict, key: str, file: str, field: str):
@@ -46,7 +48,14 @@ def frame_image_path(base: Path, file_path: str) -> Path:
     return img_path if img_path.suffix else img_path.with_suffix(".png")
 
 
-def load_transforms(path) -> list[Frame]:
+_DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
+
+
+def load_transforms(path, *, strict: bool = False) -> list[Frame]:
+    """The frames of a transforms.json whose image exists. Frames whose image is missing are skipped with
+    one warning naming them and their count (real captures list frames COLMAP could not register or that
+    were deleted); `strict=True` refuses them instead. Lens distortion (nonzero `k1..k4, p1, p2`, a fisheye
+    model) is refused, never ignored: `drstudio capture` undistorts a capture into a dataset this reads."""
     path = Path(path)
     file = str(path)
     try:
@@ -65,7 +74,14 @@ def load_transforms(path) -> list[Frame]:
         raise SceneError(file, "", f"cannot be read: {exc.strerror or exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("frames"), list) or not doc["frames"]:
         raise SceneError(file, "frames", "expected a non-empty list of frames")
-    frames = []
+    frames, missing = [], []
+    for where, d in [("", doc)] + [(f"frames[{i}].", fr) for i, fr in enumerate(doc["frames"]) if isinstance(fr, dict)]:
+        bent = [k for k in _DISTORTION_KEYS if isinstance(d.get(k), (int, float)) and d.get(k)]
+        if bent or d.get("is_fisheye") or str(d.get("camera_model", "")).upper() == "OPENCV_FISHEYE":
+            what = ", ".join(f"{k}={d[k]:g}" for k in bent) or "a fisheye camera model"
+            raise SceneError(file, f"{where}{bent[0] if bent else 'camera_model'}", f"lens distortion ({what}) is "
+                             "not applied to transforms.json targets; undistort the capture into a dataset first: "
+                             f"`drstudio capture {file} --out DIR [--downscale N]`")
     for i, fr in enumerate(doc["frames"]):
         field = f"frames[{i}]."
         if not isinstance(fr, dict) or "file_path" not in fr or "transform_matrix" not in fr:
@@ -83,6 +99,15 @@ def load_transforms(path) -> list[Frame]:
             pose = matrix_to_pose(m, tolerance=1e-3)
         except ValueError as exc:
             raise SceneError(file, f"{field}transform_matrix", str(exc)) from None
+        t = _number(fr, "time", file, field)
+        if t is not None and not 0.0 <= t <= 1.0:
+            raise SceneError(file, f"{field}time", f"expected a time in [0, 1] (D-NeRF convention), got {t!r}")
+        if not img_path.is_file():  # checked after the frame's own fields, which are errors either way
+            if strict:
+                raise SceneError(file, f"{field}file_path", f"image '{img_path}' not found (without strict, frames "
+                                 "whose image is missing are skipped with a warning)")
+            missing.append(fr["file_path"])
+            continue
         w = _number(fr, "w", file, field) or _number(doc, "w", file, "")
         h = _number(fr, "h", file, field) or _number(doc, "h", file, "")
         if w is None or h is None:
@@ -99,10 +124,15 @@ def load_transforms(path) -> list[Frame]:
         fl_y = fl_y or fl_x
         cx = _number(fr, "cx", file, field) or _number(doc, "cx", file, "") or w / 2
         cy = _number(fr, "cy", file, field) or _number(doc, "cy", file, "") or h / 2
-        t = _number(fr, "time", file, field)
-        if t is not None and not 0.0 <= t <= 1.0:
-            raise SceneError(file, f"{field}time", f"expected a time in [0, 1] (D-NeRF convention), got {t!r}")
-        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t))
+        split = fr.get("split") if isinstance(fr.get("split"), str) else None
+        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t,
+                            split))
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        warnings.warn(f"{file}: skipped {len(missing)} of {len(doc['frames'])} frames whose image is missing "
+                      f"({shown})", stacklevel=1)  # one location: shown once per run, however often read
+    if not frames:
+        raise SceneError(file, "frames", f"none of the {len(doc['frames'])} frames has its image")
     timed = [f.time is not None for f in frames]
     if any(timed) and not all(timed):
         i = timed.index(False)

@@ -590,3 +590,55 @@ def test_a_colmap_camera_re_renders_its_image(tmp_path):
     # the check has teeth: the image has structure, and a principal point flipped vertically misses it
     flipped = draw(f.width, f.height, [*f.intrinsics[:3], h - f.intrinsics[3]], f.pose)
     assert image.std() > 0.05 and np.abs(cv.linear_to_srgb(flipped) - cv.linear_to_srgb(stored)).max() > 0.1
+
+
+# ---- the command line and load_transforms -----------------------------------------------------------
+
+def test_load_transforms_skips_missing_frames_and_refuses_distortion(tmp_path):
+    """Targets read a phone capture's transforms.json as users have it (issue 13): frames without an image
+    are skipped with one warning (or refused with strict=True), and lens distortion is refused with the
+    command that undistorts, never ignored."""
+    from drstudio.renderer.transforms_json import load_transforms
+
+    frames = ring_frames(10)
+    for fr, split in zip(frames, ["train"] * 9 + ["test"]):
+        fr["split"] = split
+    images = {fr["file_path"]: gray() for i, fr in enumerate(frames) if i not in (2, 5, 6)}
+    path = write_transforms(tmp_path / "cap", frames, images, fl_x=8.0, w=8, h=6)
+    with pytest.warns(UserWarning, match=r"skipped 3 of 10 frames whose image is missing \(images/f_002.png"):
+        got = load_transforms(path)
+    assert len(got) == 7 and got[-1].split == "test"
+    with pytest.raises(SceneError, match=r"frames\[2\]\.file_path: image .* not found"):
+        load_transforms(path, strict=True)
+    bent = write_transforms(tmp_path / "bent", ring_frames(2), {f"images/f_{i:03d}.png": gray() for i in range(2)},
+                            fl_x=8.0, w=8, h=6, k1=-0.1)
+    with pytest.raises(SceneError, match=r"k1: lens distortion \(k1=-0.1\) .*`drstudio capture .*json --out DIR"):
+        load_transforms(bent)
+
+
+def test_drstudio_capture_makes_a_dataset(tmp_path):
+    """`drstudio capture` on a capture with missing frames and distortion: a dataset load_transforms reads,
+    downscaled, undistorted, normalized (cameras inside the unit box), every 8th frame held out."""
+    import subprocess
+    import sys
+
+    from drstudio.renderer.transforms_json import load_transforms
+
+    frames = ring_frames(12, radius=6.0, height=1.0)
+    images = {fr["file_path"]: gray(12, 16) for i, fr in enumerate(frames) if i != 4}
+    path = write_transforms(tmp_path / "cap", frames, images, fl_x=14.0, fl_y=14.0, cx=8.0, cy=6.0, w=16, h=12,
+                            k1=-0.05, p1=0.001, camera_model="OPENCV")
+    out = tmp_path / "data"
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out", str(out),
+                          "--downscale", "2"], capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "skipped 1 of 12" in run.stderr
+    got = load_transforms(out / "transforms.json")
+    assert len(got) == 11 and all((f.width, f.height) == (8, 6) for f in got)
+    positions = np.array([f.pose[:3] for f in got])
+    assert np.abs(positions).max() <= 1.0 + 1e-5
+    assert sum(f.split == "test" for f in got) == 2  # frames 0 and 8 of the 11 kept
+    again = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out", str(out)],
+                           capture_output=True, text=True, cwd=root, timeout=300)
+    assert again.returncode == 2 and "already holds a dataset" in again.stderr

@@ -260,6 +260,9 @@ def test_load_transforms_checks_frame_times(tmp_path):
 
     frame = {"file_path": "a.png", "transform_matrix": np.eye(4).tolist()}
     doc = {"camera_angle_x": 0.8, "w": 4, "h": 4}
+    import imageio.v3 as iio
+
+    iio.imwrite(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))  # frames without an image are skipped
     for frames, message in ((([{**frame, "time": 1.5}]), r"frames\[0\]\.time.*expected a time in \[0, 1\]"),
                             ([{**frame, "time": 0.5}, frame], r"frames\[1\]\.time.*missing")):
         (tmp_path / "t.json").write_text(json.dumps({**doc, "frames": frames}))

@@ -24,7 +24,6 @@ the parameter table.
 
 from __future__ import annotations
 
-import json
 import math
 import time as _time
 from dataclasses import dataclass
@@ -133,8 +132,8 @@ def held_out_frames(scene: Scene, target_spec) -> set[str]:
     if not path:
         return set()
     base = Path(scene.path).parent if scene.path else Path(".")
-    frames = json.loads((base / path).read_text()).get("frames", [])
-    return {f"frame_{i:03d}" for i, fr in enumerate(frames) if isinstance(fr, dict) and fr.get("split") == "test"}
+    # indices of the frames load_transforms keeps (frames without an image are skipped), as the cameras are named
+    return {f"frame_{i:03d}" for i, f in enumerate(load_transforms(base / path)) if f.split == "test"}
 
 
 class FieldModel:
