@@ -146,6 +146,8 @@ def load_scene(path) -> Scene:
                 raise err(("fields", i, "type"), "a nerf_w field needs an optimize section: its per-image "
                                                  "embeddings are sized by the training views")
             n_images = _training_view_count(spec.optimize.targets, base, file)
+        if f.aabb == "auto":
+            f = f.model_copy(update={"aabb": _auto_aabb(spec.optimize, base, file, i)})
         if f.type in ("voxel_grid", "dynamic"):
             # the lattice allocated now (start of coarse to fine), twice (the fresh grid and the scene's copy);
             # training holds four copies of the final lattice (values, gradients, two Adam moments)
@@ -290,6 +292,31 @@ def open_scene(path, *, generate_datasets: bool = True) -> Scene:
     if generate_datasets:
         generate_missing_dataset(path)
     return load_scene(path)
+
+
+def _auto_aabb(opt, base: Path, file: str, i: int) -> list[list[float]]:
+    """A field's `"aabb": "auto"`: the box of its training dataset (`targets.transforms`): the `capture.aabb`
+    `drstudio capture` wrote, else instant-ngp's `aabb_scale` box or the region the cameras' frustums
+    share (renderer.captures.field_box)."""
+    from .captures import field_box, read_transforms
+
+    where = ("fields", i, "aabb")
+    transforms = getattr(getattr(opt, "targets", None), "transforms", None)
+    if not transforms:
+        raise SceneError(file, field_path(where), '"auto" takes the box from optimize.targets.transforms, which '
+                         "this scene does not have")
+    path = base / transforms
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        doc = None  # load_transforms reports the file's own problems under optimize.targets.transforms
+    box = (doc.get("capture") or {}).get("aabb") if isinstance(doc, dict) else None
+    if box is None:
+        box = field_box(read_transforms(path, test_every=None)).tolist()
+    arr = np.asarray(box, np.float64)
+    if arr.shape != (2, 3) or not np.isfinite(arr).all() or not (arr[1] > arr[0]).all():
+        raise SceneError(file, field_path(where), f"the dataset's box {box!r} is not [[min], [max]] with max > min")
+    return arr.tolist()
 
 
 def _training_view_count(targets, base: Path, file: str) -> int:

@@ -424,16 +424,19 @@ def _grid_resolution(v: Any) -> list[int]:
     raise ValueError(f"expected an integer in [2, {MAX_GRID_RESOLUTION}] or a list of 3 of them")
 
 
-def _aabb(v: Any) -> list[list[float]]:
+def _aabb(v: Any) -> list[list[float]] | str:
+    if v == "auto":  # from the training dataset: its `capture.aabb` (drstudio capture), aabb_scale, or frustums
+        return v
     if (isinstance(v, list) and len(v) == 2 and all(isinstance(c, list) and len(c) == 3 for c in v)
             and all(_is_number(x) for c in v for x in c)):
         if all(np.float32(lo) < np.float32(hi) for lo, hi in zip(v[0], v[1], strict=True)):
             return [[float(x) for x in c] for c in v]
-    raise ValueError("expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max (in float32)")
+    raise ValueError('expected [[xmin, ymin, zmin], [xmax, ymax, zmax]] with each min < max (in float32), or '
+                     '"auto" (from the targets.transforms dataset)')
 
 
 GridResolution = Annotated[list[int], PlainValidator(_grid_resolution)]
-Aabb = Annotated[list[list[float]], PlainValidator(_aabb)]
+Aabb = Annotated[list[list[float]] | str, PlainValidator(_aabb)]
 
 
 class OccupancySpec(Strict):

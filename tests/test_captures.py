@@ -642,3 +642,39 @@ def test_drstudio_capture_makes_a_dataset(tmp_path):
     again = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out", str(out)],
                            capture_output=True, text=True, cwd=root, timeout=300)
     assert again.returncode == 2 and "already holds a dataset" in again.stderr
+
+
+def test_a_field_box_from_the_dataset(tmp_path):
+    """`"aabb": "auto"` (issue 13: no guessing the field's box): the box `drstudio capture` wrote into the
+    dataset, else the frustum box of its cameras; without a transforms target, an error naming the field."""
+    import subprocess
+    import sys
+
+    from drstudio.renderer.loading import load_scene
+
+    frames = ring_frames(8, radius=6.0, height=1.0)
+    images = {fr["file_path"]: gray(12, 16) for fr in frames}
+    path = write_transforms(tmp_path / "cap", frames, images, fl_x=14.0, w=16, h=12)
+    root = Path(__file__).resolve().parents[1]
+    run = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out",
+                          str(tmp_path / "data")], capture_output=True, text=True, cwd=root, timeout=300)
+    assert run.returncode == 0, run.stderr
+    written = json.loads((tmp_path / "data" / "transforms.json").read_text())["capture"]["aabb"]
+    scene = {"version": 1, "background": [0, 0, 0],
+             "cameras": [{"name": "preview", "width": 8, "height": 8, "fov_y": 40,
+                          "look_at": {"eye": [0, 0, 3], "target": [0, 0, 0]}}],
+             "fields": [{"name": "f", "type": "voxel_grid", "resolution": 8, "aabb": "auto", "sh_degree": 0,
+                         "samples_per_ray": 8}],
+             "optimize": {"parameters": {"fields.f.density": {}}, "targets": {"transforms": "data/transforms.json"},
+                          "steps": 2}}
+    (tmp_path / "s.json").write_text(json.dumps(scene))
+    np.testing.assert_allclose(load_scene(tmp_path / "s.json").fields["f"].aabb, np.ravel(written), rtol=1e-6)
+    raw = json.loads((tmp_path / "data" / "transforms.json").read_text())
+    del raw["capture"]
+    (tmp_path / "data" / "transforms.json").write_text(json.dumps(raw))
+    box = load_scene(tmp_path / "s.json").fields["f"].aabb.reshape(2, 3)
+    assert (box[1] > box[0]).all() and (box[0] <= 0).all() and (box[1] >= 0).all()  # around the ring's centre
+    scene["optimize"]["targets"] = {"cameras": ["preview"]}
+    (tmp_path / "s.json").write_text(json.dumps(scene))
+    with pytest.raises(SceneError, match=r"fields\[0\]\.aabb"):
+        load_scene(tmp_path / "s.json")
