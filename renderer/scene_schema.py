@@ -117,10 +117,16 @@ def _not_bool(v: Any) -> Any:
     return v
 
 
+MAX_NAME = 64  # names become file names of results (views/<camera>.png, <path>.png): well under 255 bytes
+
+
 def _check_name(v: str) -> str:
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
         raise ValueError("expected a name of letters, digits and _ not starting with a digit "
                          "(names become dotted-path segments)")
+    if len(v) > MAX_NAME:
+        raise ValueError(f"expected a name of at most {MAX_NAME} characters (names become file names of the "
+                         f"results), got {len(v)}")
     return v
 
 

@@ -537,3 +537,15 @@ def test_a_small_primitive_keeps_its_triangles(tmp_path, radius):
     path.write_text(json.dumps(data))
     unit = load_scene(path).meshes["ball"]
     np.testing.assert_array_equal(mesh.faces, unit.faces)
+
+
+@pytest.mark.parametrize("where", ["cameras", "materials"])
+def test_a_very_long_name_is_refused(tmp_path, where):
+    """A 250-character camera or material name (issue 14) would make result file names longer than the
+    file system allows and lose a finished run's results: refused at load, naming the field."""
+    data = base()
+    data[where][0]["name"] = "n" * 250
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(SceneError, match=rf"{where}\[0\]\.name: expected a name of at most 64 characters"):
+        load_scene(path)
