@@ -177,7 +177,19 @@ def _loss_plot(path: Path, history: dict) -> None:
 def _psnr_srgb(render: np.ndarray, target: np.ndarray) -> float:
     """PSNR (dB, peak 1) between the sRGB encodings of two linear images clipped to [0, 1]."""
     mse = float(np.mean((linear_to_srgb(np.clip(render, 0, 1)) - linear_to_srgb(np.clip(target, 0, 1))) ** 2))
+    if not math.isfinite(mse):
+        return math.nan  # a non-finite render is no match, not a perfect one
     return 10 * math.log10(1.0 / mse) if mse > 0 else math.inf
+
+
+def _mean_psnr(values) -> float:
+    """The mean PSNR of views: NaN (null in metrics.json) when any view's is NaN (a non-finite render), inf
+    ("inf") only when every view matches exactly, else the mean over the views that do not match exactly."""
+    values = list(values)
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.inf
 
 
 def _json_safe(x):
@@ -227,9 +239,9 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "steps": snap.step,
         "final_loss": snap.loss,
         "loss_terms": snap.loss_terms,
-        "psnr_render_vs_target_db": float(np.mean([v for v in psnrs.values() if math.isfinite(v)] or [math.inf])),
+        "psnr_render_vs_target_db": _mean_psnr(psnrs.values()),
         "psnr_by_view_db": psnrs,
-        **({"psnr_test_db": float(np.mean(list(test_psnrs.values()))), "psnr_test_by_view_db": test_psnrs,
+        **({"psnr_test_db": _mean_psnr(test_psnrs.values()), "psnr_test_by_view_db": test_psnrs,
             "psnr_test_srgb_db": float(np.mean(test_srgb))} if test_psnrs else {}),
         "parameters": model.parameter_metrics(),
         "skipped_steps": snap.skipped_steps,

@@ -91,3 +91,18 @@ def test_claim_refuses_unwritable_and_full_folders(tmp_path, monkeypatch):
         with outdir.claim(tmp_path / "b"):
             pass
     assert not (tmp_path / "b" / outdir.LOCK_FILE).exists()
+
+
+def test_non_finite_renders_are_not_perfect_psnr():
+    """lr 1e308 made metrics.json report PSNR "inf", which reads as perfect (issue 14): a NaN render is NaN
+    (null in the file); only exact matches are inf."""
+    import math
+
+    import numpy as np
+    from drstudio.app.headless import _json_safe, _mean_psnr, _psnr_srgb
+
+    nan_img, img = np.full((2, 2, 3), np.nan, np.float32), np.full((2, 2, 3), 0.5, np.float32)
+    assert math.isnan(_psnr_srgb(nan_img, img)) and _psnr_srgb(img, img) == math.inf
+    assert math.isnan(_mean_psnr([30.0, math.nan])) and _mean_psnr([math.inf, math.inf]) == math.inf
+    assert _mean_psnr([math.inf, 30.0, 20.0]) == 25.0 and math.isnan(_mean_psnr([]))
+    assert _json_safe({"psnr": math.nan, "x": math.inf}) == {"psnr": None, "x": "inf"}
