@@ -114,10 +114,28 @@ def atomic_write(path, write_fn) -> Path:
     return path
 
 
+def write_image_bytes(path, data: np.ndarray) -> Path:
+    """Write an (H, W), (H, W, 3) or (H, W, 4) uint8 image atomically, its format by the suffix (Pillow).
+    A write that fails (a full disk) raises its OSError once and leaves no file (imageio's writer would
+    report the same failure a second time from a finalizer)."""
+    from PIL import Image
+
+    fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF"}.get(
+        Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"path: expected a .png, .jpg, .bmp or .tif file, got {Path(path).name!r}")
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            Image.fromarray(np.ascontiguousarray(data)).save(f, format=fmt)
+
+    return atomic_write(path, write)
+
+
 def write_image(path, linear: np.ndarray, srgb: bool = True) -> Path:
     """Write an (H, W, C) linear image as 8-bit PNG/JPEG (sRGB-encoded unless srgb=False)."""
     img = linear_to_srgb(linear) if srgb else np.clip(linear, 0, 1)
     data = np.round(np.asarray(img) * 255).astype(np.uint8)
     if data.ndim == 3 and data.shape[2] == 1:
         data = data[..., 0]
-    return atomic_write(path, lambda tmp: iio.imwrite(tmp, data, extension=Path(path).suffix))
+    return write_image_bytes(path, data)

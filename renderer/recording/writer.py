@@ -43,11 +43,10 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
-import imageio.v3 as iio
 import numpy as np
 
 from ..conventions import linear_to_srgb
-from ..images import atomic_write
+from ..images import atomic_write, write_image_bytes
 from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
@@ -384,5 +383,5 @@ def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, n
 
 def _write_png(path: Path, linear: np.ndarray) -> int:
     data = np.round(linear_to_srgb(linear) * 255).astype(np.uint8)
-    atomic_write(path, lambda tmp: iio.imwrite(tmp, data, extension=".png"))
+    write_image_bytes(path, data)
     return path.stat().st_size
