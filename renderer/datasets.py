@@ -546,6 +546,12 @@ def write_dataset(scene: Scene, plan: DatasetPlan, out, device: str | None = Non
     start = time.perf_counter()
     out = Path(out)
     _check_out(out, overwrite)
+    if not overwrite:  # no dataset file there, but images of the same names: never overwrite them silently
+        taken = [f"images/{v.name}.png" for v in plan.views if (out / "images" / f"{v.name}.png").exists()]
+        if taken:
+            more = f" and {len(taken) - 3} more" if len(taken) > 3 else ""
+            raise SceneError(str(out), "", f"writing the dataset would overwrite {', '.join(taken[:3])}{more}; "
+                             "remove them or overwrite them (--force)")
     o = plan.options
     base = DeviceScene(_render_scene(scene, plan, 0), device)
     slots = max((len(v.occluders or []) for v in plan.views), default=0)

@@ -282,7 +282,7 @@ def generate_missing_dataset(path) -> Path | None:
         source = load_scene(base / recipe.scene)
     except SceneError as e:
         raise SceneError(file, f"{where}.scene", str(e)) from None
-    write_dataset(source, _dataset_plan(recipe, file, source), out, overwrite=True)
+    write_dataset(source, _dataset_plan(recipe, file, source), out)  # never over existing images
     return out
 
 

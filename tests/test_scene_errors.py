@@ -549,3 +549,22 @@ def test_a_very_long_name_is_refused(tmp_path, where):
     path.write_text(json.dumps(data))
     with pytest.raises(SceneError, match=rf"{where}\[0\]\.name: expected a name of at most 64 characters"):
         load_scene(path)
+
+
+def test_a_generated_dataset_never_overwrites_existing_images(tmp_path):
+    """Issue 14: opening a scene whose dataset is missing generates it, but an image already in its folder
+    (images/r_001.png) is refused, not overwritten."""
+    from drstudio.renderer.loading import open_scene
+
+    data = base()
+    (tmp_path / "source.json").write_text(json.dumps(data))
+    data["optimize"]["targets"] = {"transforms": "data/transforms.json", "dataset": {"scene": "source.json",
+                                                                                     "views": 2}}
+    data["optimize"]["parameters"]["materials.paint.albedo"] = {}
+    (tmp_path / "scene.json").write_text(json.dumps(data))
+    keep = tmp_path / "data" / "images" / "r_001.png"
+    keep.parent.mkdir(parents=True)
+    keep.write_bytes(b"mine")
+    with pytest.raises(SceneError, match=r"would overwrite images/r_001.png.*--force"):
+        open_scene(tmp_path / "scene.json")
+    assert keep.read_bytes() == b"mine" and not (tmp_path / "data" / "transforms.json").exists()
