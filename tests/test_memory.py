@@ -66,3 +66,28 @@ def test_a_huge_camera_is_refused_before_rendering(tmp_path, monkeypatch):
     ds = DeviceScene(sc, "cpu")
     with pytest.raises(memory.MemoryBudgetError, match="8192x8192"):
         render_view(ds, ds.prepare(), next(iter(sc.cameras)))
+
+
+def test_target_images_beyond_the_machine_are_refused(tmp_path, monkeypatch):
+    """A dataset whose target images do not fit (the full-resolution capture at 7.7 GB RSS) is refused
+    before one is read, with the way out (downscale), naming the scene's field."""
+
+    from drstudio.renderer.errors import SceneError
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.optim.problem import Problem
+
+    scene = json.loads((ROOT / "scenes" / "texture.json").read_text())
+    shutil.copytree(ROOT / "scenes" / "assets", tmp_path / "assets")
+    cam = scene["cameras"][0]
+    import imageio.v3 as iio
+    import numpy as np
+
+    iio.imwrite(tmp_path / "t.png", np.zeros((cam["height"], cam["width"], 3), np.uint8))
+    scene["optimize"]["targets"] = {"images": [{"camera": cam["name"], "file": "t.png"}]}
+    scene["optimize"]["batch_views"] = 1
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(scene))
+    sc = load_scene(path)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    with pytest.raises(SceneError, match=r"optimize.targets: the 1 target images .* --downscale"):
+        Problem(sc, "cpu")

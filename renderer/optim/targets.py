@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import warp as wp
 
+from .. import memory
 from ..conventions import srgb_to_linear
 from ..device_scene import DeviceScene
 from ..errors import SceneError
@@ -49,6 +50,13 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
         files[item.camera] = str(base / item.file)
     targets = []
     if files:
+        # held as float32 linear RGB on the device (12 bytes a pixel), with a decoding copy of one at a time
+        pixels = sum(scene.cameras[c].width * scene.cameras[c].height for c in files)
+        try:
+            memory.require(12 * pixels, f"the {len(files)} target images ({pixels / 1e6:.0f} Mpixels)")
+        except memory.MemoryBudgetError as exc:
+            raise SceneError(scene.path, "optimize.targets", f"{exc}; use a downscaled dataset (drstudio capture "
+                             "--downscale N)") from None
         for cam, file in files.items():
             c = scene.cameras[cam]
             img = srgb_to_linear(read_image(file, channels=3))
