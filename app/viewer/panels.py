@@ -14,7 +14,8 @@ from imgui_bundle import imgui, implot
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
-from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
+from .menus import edit_menu, render_menu, view_menu
+from .overlays import COLORMAPS, OVERLAYS, auto_vmax, draw_legend, magnitudes
 from .state import GROUPS, TEXTURES, AppState, ParamInfo
 from .windows import begin, remember
 
@@ -46,8 +47,8 @@ def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
     if bottom_window:
         strip, root = split(dockspace_id, imgui.Dir.down, 0.15)
         internal.dock_builder_dock_window(bottom_window, strip)
-    left, rest = split(root, imgui.Dir.left, 0.21)
-    right, center = split(rest, imgui.Dir.right, 0.29)
+    left, rest = split(root, imgui.Dir.left, 0.2)
+    right, center = split(rest, imgui.Dir.right, 0.33)  # the parameter table's paths need the width
     bottom, center = split(center, imgui.Dir.down, 0.37)
     views, images = split(bottom, imgui.Dir.right, 0.26)
     inspector, scene = split(left, imgui.Dir.down, 0.58)
@@ -65,12 +66,15 @@ def menu_bar(state: AppState) -> None:
         if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
             state.quit = True
         imgui.end_menu()
+    edit_menu(state)
     if not state.read_only and imgui.begin_menu("Optimize"):
         for label, command in (("Start", commands.Start), ("Pause", commands.Pause), ("Step", commands.Step),
                                ("Reset", commands.Reset)):
             if imgui.menu_item(label, "", False)[0]:
                 state.send(command)
         imgui.end_menu()
+    render_menu(state)
+    view_menu(state)
     snap = state.snapshot
     imgui.separator()
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
@@ -237,6 +241,7 @@ def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed
 def _send_edit(state: AppState, info: ParamInfo, new, which: str) -> None:
     command = commands.SetValue if which == "current" else commands.SetTargetValue
     key = (which, info.path)
+    remember(state, f"edit.{which}.{info.path}")
     if new is not None:
         state.send_throttled(key, command, info.path, new, interval=EDIT_INTERVAL if which == "current" else 0.25)
     if imgui.is_item_deactivated_after_edit() or imgui.is_item_deactivated():
@@ -268,7 +273,7 @@ def _texture_previews(state: AppState, info: ParamInfo) -> None:
         imgui.same_line()
     if grad is not None:
         ov = state.overlays
-        vmax = float(magnitudes(grad).max()) if ov.auto_scale else float(ov.vmax["texture"])
+        vmax = auto_vmax([magnitudes(grad)]) if ov.auto_scale else float(ov.vmax["texture"])
         src = gl.uploader.upload(f"igrad.{info.path}", grad, nearest=True)
         out = gl.compositor.draw(f"igrad.{info.path}", (w, h), "heat", src,
                                  key=(id(grad), vmax, ov.log_scale, ov.colormap), heat_max=vmax,
@@ -358,6 +363,12 @@ def inspector_panel(state: AppState) -> None:
 
 # -- Optimizer ------------------------------------------------------------------------------------
 
+def _tooltip(text: str) -> None:
+    """`text` as the last item's hover tooltip (also when it is disabled)."""
+    if imgui.is_item_hovered(imgui.HoveredFlags_.allow_when_disabled):
+        imgui.set_tooltip(text)
+
+
 def _button(state: AppState, label: str, name: str) -> bool:
     clicked = imgui.button(label)
     remember(state, name)
@@ -382,26 +393,36 @@ def optimizer_panel(state: AppState) -> None:
         _loss_weights(state)
         imgui.end()
         return
-    if _button(state, "Start" if snap.state in ("idle", "finished", "stopped", "error") else "Resume",
-               "button.start"):
-        state.send(commands.Start if snap.state in ("idle", "finished", "stopped", "error") else commands.Resume)
+    label, command = start_button(snap.state)
+    imgui.begin_disabled(command is None)
+    if _button(state, label, "button.start") and command is not None:
+        state.send(command)
+    imgui.end_disabled()
+    _tooltip({"Start": "start optimizing from the current values", "Resume": "continue the paused optimization"}
+             .get(label.split("###")[0], "the optimizer is running"))
     imgui.same_line()
     if _button(state, "Pause", "button.pause"):
         state.send(commands.Pause)
+    _tooltip("pause after the current step")
     imgui.same_line()
     if _button(state, f"Step {state.step_count}", "button.step"):
         state.send(commands.Step, state.step_count)
+    _tooltip("run this many steps, then pause (steps per click below)")
     imgui.same_line()
     if _button(state, "Reset", "button.reset"):
         state.send(commands.Reset)
+    _tooltip("free parameters back to their initial values, optimizer state cleared, step 0 (clears undo)")
     imgui.set_next_item_width(110)
     changed, n = imgui.input_int("steps per click", state.step_count)
     if changed:
         state.step_count = max(1, n)
     imgui.set_next_item_width(110)
     changed, budget = imgui.input_int("step budget", state.steps, 100, 1000)
+    _tooltip("the optimization finishes at this step")
     if changed and budget >= 1:
         state.send_throttled("steps", commands.SetSteps, int(budget), interval=0.3)
+    if imgui.is_item_deactivated():
+        state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
     _psnr_readout(state)
@@ -414,13 +435,26 @@ def optimizer_panel(state: AppState) -> None:
     imgui.end()
 
 
+def start_button(engine_state: str) -> tuple[str, type[commands.Command] | None]:
+    """The Start button's label and command for the engine's state: Start (idle, finished, stopped, error),
+    Resume (paused), "Running..." (running: nothing to do, disabled)."""
+    if engine_state == "paused":
+        return "Resume###start", commands.Resume
+    if engine_state == "running":
+        return "Running...###start", None
+    return "Start###start", commands.Start
+
+
 def _parameter_table(state: AppState) -> None:
     snap = state.snapshot
     flags = imgui.TableFlags_.borders_inner_h | imgui.TableFlags_.row_bg | imgui.TableFlags_.sizing_stretch_prop
     if not imgui.begin_table("parameters", 5, flags):
         return
-    for col in ("parameter", "free", "learning rate", "|grad|", "error"):
-        imgui.table_setup_column(col)
+    # the path gets the widest column; what is still clipped shows in full in its tooltip
+    em = imgui.calc_text_size("0").x
+    imgui.table_setup_column("parameter", imgui.TableColumnFlags_.width_stretch)
+    for col, width in (("free", 3.5), ("lr", 8.5), ("|grad|", 7.5), ("error", 7.5)):
+        imgui.table_setup_column(col, imgui.TableColumnFlags_.width_fixed, width * em)
     imgui.table_headers_row()
     for path, info in state.params.items():
         if not info.optimizable:
@@ -428,18 +462,24 @@ def _parameter_table(state: AppState) -> None:
         imgui.push_id(path)
         imgui.table_next_row()
         imgui.table_next_column()
-        if imgui.selectable(path, state.selection == (info.group, info.owner))[0]:
+        # the element and leaf ("ball.vertices"): the group is implied by the leaf; the tooltip has the path
+        if imgui.selectable(f"{info.owner}.{info.name}", state.selection == (info.group, info.owner))[0]:
             state.selection = (info.group, info.owner)
+        remember(state, f"table.path.{path}")
+        _tooltip(f"{path} ({info.kind.value}, shape {tuple(info.shape)}): click to inspect")
         imgui.table_next_column()
         imgui.begin_disabled(state.read_only)
         changed, free = imgui.checkbox("##free", path in state.free)
         remember(state, f"table.free.{path}")
+        _tooltip("free: optimized; fixed: kept at its value")
         if changed:
             state.send(commands.SetFree, path, free)
         imgui.table_next_column()
         imgui.set_next_item_width(-1)
-        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.2e",
+        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.1e",
                                        imgui.SliderFlags_.logarithmic)
+        remember(state, f"table.lr.{path}")
+        _tooltip(f"learning rate of {path} (drag, or Ctrl+click to type)")
         if changed:
             state.send_throttled(("lr", path), commands.SetLr, path, float(lr), interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
@@ -447,10 +487,10 @@ def _parameter_table(state: AppState) -> None:
         imgui.end_disabled()
         imgui.table_next_column()
         g = snap.grad_norms.get(path)
-        imgui.text("-" if g is None else f"{g:.2e}")
+        imgui.text("-" if g is None else f"{g:.1e}")
         imgui.table_next_column()
         e = snap.errors.get(path)
-        imgui.text("-" if e is None else f"{e:.2e}")
+        imgui.text("-" if e is None else f"{e:.1e}")
         imgui.pop_id()
     imgui.end_table()
 
@@ -464,6 +504,8 @@ def _loss_weights(state: AppState) -> None:
         imgui.begin_disabled(state.read_only)
         changed, w = imgui.drag_float(f"{name}##weight", w, 0.01, 0.0, 100.0, "%.3f")
         imgui.end_disabled()
+        remember(state, f"weight.{name}")
+        _tooltip(f"weight of the {name} loss term (drag, or Ctrl+click to type)")
         if changed:
             state.send_throttled(("weight", name), commands.SetLossWeight, name, max(0.0, float(w)),
                                  interval=EDIT_INTERVAL)
@@ -639,7 +681,9 @@ def overlays_panel(state: AppState) -> None:
     changed, idx = imgui.combo("colormap", COLORMAPS.index(ov.colormap), list(COLORMAPS))
     if changed:
         ov.colormap = COLORMAPS[idx]
-    _, ov.auto_scale = imgui.checkbox("auto scale (max of the current step)", ov.auto_scale)
+    _, ov.auto_scale = imgui.checkbox("auto scale (99th percentile)", ov.auto_scale)
+    _tooltip("scale each overlay by the 99th percentile of its current magnitudes (the top 1% saturate);\n"
+             "off: set the largest magnitude shown per overlay")
     if not ov.auto_scale:
         for name in OVERLAYS:
             imgui.set_next_item_width(140)
@@ -745,8 +789,8 @@ def images_panel(state: AppState) -> None:
     target = gl.uploader.upload("img.target", snap.target)
     grad = None
     vmax = 1.0
-    if ov.on("image") and snap.grad_image is not None:
-        grad = gl.uploader.upload("img.grad", snap.grad_image)
+    if ov.on("image") and state.grad_image is not None:
+        grad = gl.uploader.upload("img.grad", state.grad_image)
         vmax = gl.viewport.scale_for(state, "image")
     avail = imgui.get_content_region_avail()
     legend_h = 2 * imgui.get_text_line_height() + 22 if grad is not None else 0.0
