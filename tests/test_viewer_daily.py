@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
+from drstudio.renderer.conventions import linear_to_srgb
 from drstudio.renderer.optim import commands
 from test_viewer import Session, write_scene
 
@@ -197,10 +200,36 @@ class DailySession(Session):
         yield from self.frames(3)
         self.screen(state, "08_scale_1.25")
 
+        # -- File > Save render: into the recording folder; Screenshot: where the (test's) dialog says --
+        yield from self.click(state, "menu.file")
+        yield from self.click(state, "menu.file.render")
+        saved = state.saved[-1]
+        assert saved.parent == Path(state.record_dir) and saved.name.startswith("render_front_"), saved
+        expected = np.round(linear_to_srgb(state.snapshot.render) * 255)
+        assert np.abs(iio.imread(saved)[..., :3].astype(float) - expected).max() <= 1.0
+        state.record_dir = None
+        yield from self.click(state, "menu.file")
+        yield from self.click(state, "menu.file.screenshot")
+        yield from self.until(state, lambda: state.saved[-1] != saved, "the screenshot")
+        assert state.saved[-1] == self.evidence / "chosen.png"
+        assert iio.imread(state.saved[-1]).shape[:2] == (720, 1280)
+
 
 def test_viewer_daily_tool(display, tmp_path, monkeypatch):
-    from drstudio.app.viewer import run_viewer
+    from drstudio.app.viewer import menus, run_viewer
     from drstudio.app.viewer.menus import settings_path
+
+    class Chosen:  # the native save dialog, answered at once
+        def __init__(self, title, default):
+            assert default.endswith(".png"), default
+
+        def ready(self):
+            return True
+
+        def result(self):
+            return str(tmp_path / "chosen")  # no suffix: .png is added
+
+    monkeypatch.setattr(menus, "save_dialog", Chosen)
 
     config = tmp_path / "config"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(config))
@@ -216,7 +245,7 @@ def test_viewer_daily_tool(display, tmp_path, monkeypatch):
             return
         session.step(state)
 
-    rc = run_viewer(str(scene), device="cpu", max_frames=20000, on_frame=on_frame)
+    rc = run_viewer(str(scene), device="cpu", max_frames=20000, on_frame=on_frame, record_dir=tmp_path / "rec")
     if session.error is not None:
         raise AssertionError(f"{session.error}\n(screenshots in {tmp_path})") from session.error
     assert session.done and rc == 0

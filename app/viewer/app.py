@@ -219,6 +219,7 @@ class ViewerApp:
             ctx.viewport = (0, 0, fb_w, fb_h)
             ctx.clear(*WINDOW_BG, 1.0)  # the background of the docked windows
             imgui.backends.opengl3_render_draw_data(imgui.get_draw_data())
+            menus.take_screenshot(state)
             if on_frame is not None:
                 on_frame(state)  # the back buffer holds this frame until the swap
             glfw.swap_buffers(window)
@@ -234,6 +235,7 @@ class ViewerApp:
     def _frame(self, state: AppState) -> None:
         imgui.get_style().font_scale_main = state.ui_scale
         menus.shortcuts(state)
+        menus.poll_dialog(state)
         panels.menu_bar(state)
         dockspace = imgui.get_id("drstudio.dockspace")
         if not self._layout_done:
@@ -316,6 +318,7 @@ def run_viewer(scene_path: str | None, *, device: str | None = None, max_frames:
 
         recorder = Recorder(next_recording_dir(record_dir), engine.problem)
         engine.add_listener(recorder)
+        state.record_dir = recorder.dir  # File > Save render / Screenshot write there
         print(f"recording to {recorder.dir}", file=sys.stderr)
     engine.start_thread()
     if state.preview is not None:

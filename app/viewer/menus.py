@@ -11,6 +11,8 @@ import logging
 import os
 from pathlib import Path
 
+import numpy as np
+from drstudio.renderer.images import write_image
 from drstudio.renderer.optim import commands
 from imgui_bundle import imgui
 
@@ -84,6 +86,95 @@ def set_ui_scale(state: AppState, scale: float) -> None:
     state.ui_scale = scale
     state.settings["ui_scale"] = scale
     save_settings(state.settings)
+
+
+# -- File: save the render pane's image, a screenshot of the window -------------------------------
+
+def save_dialog(title: str, default_path: str):
+    """A native "save as" dialog (imgui-bundle's portable-file-dialogs), not blocking: the returned object
+    has `ready()` (poll it each frame) and `result()` (the chosen path, "" when cancelled). Tests replace
+    this function (no dialogs in tests)."""
+    from imgui_bundle import portable_file_dialogs as pfd
+
+    return pfd.save_file(title, default_path, ["PNG images", "*.png"])
+
+
+def save_image(state: AppState, what: str) -> None:
+    """Save the active view's render ("render") or the window ("screenshot") as PNG: into the folder the
+    session records into, else where the user chooses (`save_dialog`, polled by `poll_dialog`)."""
+    name = f"{what}_{state.active_view}_step{state.snapshot.step:06d}.png"
+    if state.record_dir is not None:
+        _write(state, what, Path(state.record_dir) / name)
+        return
+    state.dialog = (save_dialog(f"Save {what} as PNG", str(Path.cwd() / name)), what)
+
+
+def poll_dialog(state: AppState) -> None:
+    """Once per frame: a save dialog that has an answer is acted on (the UI never waits for it)."""
+    if state.dialog is None:
+        return
+    dialog, what = state.dialog
+    if not dialog.ready():
+        return
+    state.dialog = None
+    path = dialog.result()
+    if path:
+        _write(state, what, Path(path) if Path(path).suffix else Path(path).with_suffix(".png"))
+
+
+def _write(state: AppState, what: str, path: Path) -> None:
+    if what == "screenshot":  # the back buffer of a frame without the menu: written after it is drawn
+        state.pending_screenshot = (path, 2)
+        return
+    render = state.snapshot.render
+    if render is None:
+        state.send_error = "save render: no render yet"
+        return
+    try:
+        write_image(path, np.asarray(render, np.float32))  # atomic: a temporary file renamed
+    except (OSError, ValueError) as exc:
+        state.send_error = f"save render: cannot write {path}: {exc}"
+        return
+    state.saved.append(path)
+    log.info("saved %s", path)
+
+
+def take_screenshot(state: AppState) -> None:
+    """Called by the app after a frame is drawn (before the swap): write a pending screenshot."""
+    if state.pending_screenshot is None or state.screenshot is None:
+        return
+    path, frames = state.pending_screenshot
+    if frames > 0:
+        state.pending_screenshot = (path, frames - 1)
+        return
+    state.pending_screenshot = None
+    try:
+        write_image(path, state.screenshot().astype(np.float32) / 255.0, srgb=False)  # already sRGB
+    except (OSError, ValueError) as exc:
+        state.send_error = f"screenshot: cannot write {path}: {exc}"
+        return
+    state.saved.append(path)
+    log.info("saved %s", path)
+
+
+def file_menu(state: AppState) -> None:
+    opened = imgui.begin_menu("File")
+    remember(state, "menu.file")
+    if not opened:
+        return
+    where = f" (into {state.record_dir})" if state.record_dir is not None else "..."
+    if imgui.menu_item(f"Save render as PNG{where}###saverender", "", False, state.snapshot.render is not None)[0]:
+        save_image(state, "render")
+    remember(state, "menu.file.render")
+    if imgui.is_item_hovered():
+        imgui.set_tooltip("the active view's render (the Images window's render pane), as PNG")
+    if imgui.menu_item(f"Screenshot{where}###screenshot", "", False)[0]:
+        save_image(state, "screenshot")
+    remember(state, "menu.file.screenshot")
+    imgui.separator()
+    if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
+        state.quit = True
+    imgui.end_menu()
 
 
 # -- menus ------------------------------------------------------------------------------------------

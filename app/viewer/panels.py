@@ -14,7 +14,7 @@ from imgui_bundle import imgui, implot
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
-from .menus import edit_menu, render_menu, view_menu
+from .menus import edit_menu, file_menu, render_menu, view_menu
 from .overlays import COLORMAPS, OVERLAYS, auto_vmax, draw_legend, magnitudes
 from .state import GROUPS, TEXTURES, AppState, ParamInfo
 from .windows import begin, remember
@@ -62,10 +62,7 @@ def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
 def menu_bar(state: AppState) -> None:
     if not imgui.begin_main_menu_bar():
         return
-    if imgui.begin_menu("File"):
-        if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
-            state.quit = True
-        imgui.end_menu()
+    file_menu(state)
     edit_menu(state)
     if not state.read_only and imgui.begin_menu("Optimize"):
         for label, command in (("Start", commands.Start), ("Pause", commands.Pause), ("Step", commands.Step),

@@ -183,6 +183,10 @@ class AppState:
         # publishes none (batch_views < views), and the overlay must not blink off for those snapshots.
         self.grad_image: np.ndarray | None = None
         self._grad_view = ""
+        self.record_dir = None  # the folder this session records into (File > Save render writes there)
+        self.dialog = None  # (a pending save dialog, what to save) (menus.poll_dialog)
+        self.pending_screenshot = None  # (path, frames to wait) (menus.take_screenshot)
+        self.saved: list = []  # files saved from the File menu
         self.show_help = False  # the shortcut and mouse overlay (F1, ?)
         self.settings: dict = {}  # the viewer's own settings (menus.load_settings, ~/.config/drstudio)
         self.ui_scale = 1.0
