@@ -13,6 +13,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 from drstudio.renderer.conventions import linear_to_srgb
+from drstudio.renderer.loading import load_scene
 from drstudio.renderer.optim import commands
 from test_viewer import Session, write_scene
 
@@ -213,6 +214,12 @@ class DailySession(Session):
         yield from self.until(state, lambda: state.saved[-1] != saved, "the screenshot")
         assert state.saved[-1] == self.evidence / "chosen.png"
         assert iio.imread(state.saved[-1]).shape[:2] == (720, 1280)
+        # File > Save scene as: the current values in a scene file that loads (its rendering: test_save_scene)
+        yield from self.click(state, "menu.file")
+        yield from self.click(state, "menu.file.scene")
+        assert self.evidence / "saved_scene.json" in state.saved, state.saved  # and the optimized texture
+        loaded = load_scene(self.evidence / "saved_scene.json")
+        np.testing.assert_allclose(loaded.point_lights["key"].position, state.values[LIGHT], atol=1e-6)
 
 
 def test_viewer_daily_tool(display, tmp_path, monkeypatch):
@@ -220,14 +227,15 @@ def test_viewer_daily_tool(display, tmp_path, monkeypatch):
     from drstudio.app.viewer.menus import settings_path
 
     class Chosen:  # the native save dialog, answered at once
-        def __init__(self, title, default):
-            assert default.endswith(".png"), default
+        def __init__(self, title, default, filters=("PNG images", "*.png")):
+            self.name = "saved_scene.json" if "scene" in title else "chosen"
+            assert default.endswith(".json" if "scene" in title else ".png"), default
 
         def ready(self):
             return True
 
         def result(self):
-            return str(tmp_path / "chosen")  # no suffix: .png is added
+            return str(tmp_path / self.name)  # chosen: no suffix, .png is added
 
     monkeypatch.setattr(menus, "save_dialog", Chosen)
 

@@ -90,13 +90,13 @@ def set_ui_scale(state: AppState, scale: float) -> None:
 
 # -- File: save the render pane's image, a screenshot of the window -------------------------------
 
-def save_dialog(title: str, default_path: str):
+def save_dialog(title: str, default_path: str, filters: tuple[str, str] = ("PNG images", "*.png")):
     """A native "save as" dialog (imgui-bundle's portable-file-dialogs), not blocking: the returned object
     has `ready()` (poll it each frame) and `result()` (the chosen path, "" when cancelled). Tests replace
     this function (no dialogs in tests)."""
     from imgui_bundle import portable_file_dialogs as pfd
 
-    return pfd.save_file(title, default_path, ["PNG images", "*.png"])
+    return pfd.save_file(title, default_path, list(filters))
 
 
 def save_image(state: AppState, what: str) -> None:
@@ -119,10 +119,28 @@ def poll_dialog(state: AppState) -> None:
     state.dialog = None
     path = dialog.result()
     if path:
-        _write(state, what, Path(path) if Path(path).suffix else Path(path).with_suffix(".png"))
+        suffix = ".json" if what == "scene" else ".png"
+        _write(state, what, Path(path) if Path(path).suffix else Path(path).with_suffix(suffix))
+
+
+def save_scene(state: AppState) -> None:
+    """File > Save scene as: the scene JSON with the current values, where the user chooses."""
+    default = Path(state.scene.path).with_name(Path(state.scene.path).stem + "_edited.json")
+    state.dialog = (save_dialog("Save scene as", str(default), ("drstudio scenes", "*.json")), "scene")
 
 
 def _write(state: AppState, what: str, path: Path) -> None:
+    if what == "scene":
+        from .save_scene import save_scene_as
+
+        try:
+            files = save_scene_as(state.scene, state.values, path)
+        except (OSError, ValueError) as exc:
+            state.send_error = f"save scene as {path}: {exc}"
+            return
+        state.saved.extend(files)
+        log.info("saved %s", ", ".join(map(str, files)))
+        return
     if what == "screenshot":  # the back buffer of a frame without the menu: written after it is drawn
         state.pending_screenshot = (path, 2)
         return
@@ -171,6 +189,11 @@ def file_menu(state: AppState) -> None:
     if imgui.menu_item(f"Screenshot{where}###screenshot", "", False)[0]:
         save_image(state, "screenshot")
     remember(state, "menu.file.screenshot")
+    if imgui.menu_item("Save scene as...###savescene", "", False, not getattr(state.scene, "fields", None))[0]:
+        save_scene(state)
+    remember(state, "menu.file.scene")
+    if imgui.is_item_hovered():
+        imgui.set_tooltip("the scene JSON with the current values (changed textures as PNG, meshes as OBJ beside it)")
     imgui.separator()
     if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
         state.quit = True
