@@ -4,6 +4,7 @@ renders as the values it was saved from."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -43,18 +44,20 @@ def test_saved_scene_loads_and_renders_identically(tmp_path):
 
     out = tmp_path / "saved" / "edited.json"
     out.parent.mkdir()
-    files = save_scene_as(scene, values, out)
+    render = dataclasses.replace(scene.render, mode="hard")  # the viewer's Render menu changed it
+    files = save_scene_as(scene, values, out, render)
     names = sorted(f.name for f in files)
     assert names == ["edited.ball.obj", "edited.json", "edited.paint.albedo.png"], names
     doc = json.loads(out.read_text())
     assert doc["meshes"][0]["file"] == "edited.ball.obj" and doc["materials"][0]["albedo"] == "edited.paint.albedo.png"
-    assert "optimize" in doc and doc["render"] == {"mode": "antialias", "shadows": True, "mipmaps": False}
+    assert "optimize" in doc and doc["render"] == {"mode": "hard", "shadows": True, "mipmaps": False}
 
     loaded = load_scene(out)
     saved = DeviceScene(loaded, "cpu")
     for p in paths:  # every value round-trips (textures up to 8-bit sRGB quantization)
         tol = 5e-3 if p == "materials.paint.albedo" else 1e-5  # half an 8-bit sRGB step near 1
         np.testing.assert_allclose(saved.get(p), values[p], atol=tol, err_msg=p)
+    scene.render.mode = "hard"
     for cam in ("front", "side"):
         a, b = _render(ds, cam), _render(saved, cam)
         assert np.abs(a - b).max() < 0.01 and np.abs(a - b).mean() < 1e-3, (cam, np.abs(a - b).max())

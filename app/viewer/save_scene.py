@@ -51,16 +51,20 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarr
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
-def save_scene_as(scene, values: dict, dest) -> list[Path]:
+def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
     """Write `scene` (loaded from `scene.path`) with `values` (dotted path -> array, the viewer's current
-    values) to `dest` (.json), and the textures and meshes that changed beside it. Returns the files
-    written. ValueError for a scene with radiance fields (their grids are saved by `drstudio optimize`)."""
+    values) and `render` (a RenderSettings, the viewer's current ones; None: the file's) to `dest` (.json),
+    and the textures and meshes that changed beside it. Returns the files written.
+    ValueError for a scene with radiance fields (their grids are saved by `drstudio optimize`)."""
     dest = Path(dest)
     if getattr(scene, "fields", None):
         raise ValueError("save scene as: scenes with radiance fields are saved as a params.npz by drstudio optimize")
     src = Path(scene.path)
     doc = _relink(json.loads(src.read_text()), src.parent, dest.parent)
     written: list[Path] = []
+    if render is not None:
+        doc.setdefault("render", {}).update(mode=render.mode, shadows=bool(render.shadows),
+                                            mipmaps=bool(render.mipmaps))
 
     def value(group, owner, leaf):
         return values.get(param_path(group, owner, leaf))
