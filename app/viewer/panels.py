@@ -542,10 +542,12 @@ def log_axis_limits(series: dict) -> tuple[float, float] | None:
 def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=()) -> None:
     """Line plots of `series` (label -> (xs, ys)); `span`: a fixed (min, max) step range (replay: the
     timeline) instead of fitting the data; `marks`: steps drawn as vertical lines (replay: edits)."""
-    if not implot.begin_plot(title, (-1.0, 150.0)):
+    if not implot.begin_plot(title, (-1.0, 150.0 + 16.0 * max(0, len(series) // 3))):  # legend rows
         return
     limits = log_axis_limits(series) if log_y else None
     log_y = limits is not None  # no positive data (replay at its start, all zeros): linear
+    # the legend above the plot area, in a row: inside it covered the curves' start (where losses are largest)
+    implot.setup_legend(implot.Location_.north, implot.LegendFlags_.outside | implot.LegendFlags_.horizontal)
     implot.setup_axes("step", "", implot.AxisFlags_.auto_fit if span is None else 0,
                       0 if log_y else implot.AxisFlags_.auto_fit)
     if span is not None:
