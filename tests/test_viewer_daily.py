@@ -58,6 +58,7 @@ class DailySession(Session):
                               and state.lrs[LIGHT] != lr0, "the dragged learning rate to reach the engine")
         assert len(state.undo_stack) == 1, [s.label for s in state.undo_stack]  # the whole drag: one step
         lr1 = state.lrs[LIGHT]
+        assert lr1 < 1.0, lr1  # a short drag changes a learning rate a little (it used to jump to 10)
         yield from self.key(state, "ctrl+z")
         assert state.lrs[LIGHT] == lr0 and state.sent[-1] == commands.SetLr(LIGHT, lr0), state.sent[-1]
         yield from self.until(state, lambda: problem.lrs[LIGHT] == lr0, "the engine to take the undo")
@@ -141,12 +142,16 @@ class DailySession(Session):
                               and problem.scene.render.mode == "antialias", "the render settings undone")
 
         # -- Start / Resume / Running... (the Optimizer window scrolled back to its top) --
-        yield from self.hover(state, "weight.l2")
-        for _ in range(20):
-            if state.rects["button.start"][1] > state.rects["window.Optimizer"][1] + 20:
-                break
-            self.input("click", 4)  # wheel up
+        wx, wy, ww, wh = state.rects["window.Optimizer"]
+        ox, oy = state.window_pos
+        self.input.move(ox + wx + 3, oy + wy + wh / 2)  # the window's margin: over a plot, the wheel zooms it
+        yield from self.frames(3)
+        for _ in range(30):  # wheel up until the window stops scrolling (at its top)
+            y = state.rects["button.start"][1]
+            self.input("click", 4)
             yield from self.frames(3)
+            if state.rects["button.start"][1] == y:
+                break
         yield from self.click(state, "button.start")
         yield from self.until(state, lambda: state.snapshot.state == "running", "start")
         yield from self.frames(3)

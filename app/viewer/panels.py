@@ -473,7 +473,9 @@ def _parameter_table(state: AppState) -> None:
             state.send(commands.SetFree, path, free)
         imgui.table_next_column()
         imgui.set_next_item_width(-1)
-        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.1e",
+        # not a %e format: ImGui takes its precision as -1, so a logarithmic drag's zero epsilon became
+        # 10^1 and the first pixel of any drag jumped the learning rate to the maximum, 10
+        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.6g",
                                        imgui.SliderFlags_.logarithmic)
         remember(state, f"table.lr.{path}")
         _tooltip(f"learning rate of {path} (drag, or Ctrl+click to type)")
@@ -687,7 +689,7 @@ def overlays_panel(state: AppState) -> None:
         for name in OVERLAYS:
             imgui.set_next_item_width(140)
             _, v = imgui.drag_float(f"max |grad| {name}", ov.vmax[name], ov.vmax[name] * 0.01 + 1e-12, 1e-12, 1e12,
-                                    "%.3e", imgui.SliderFlags_.logarithmic)
+                                    "%.12g", imgui.SliderFlags_.logarithmic)  # not %e: see the lr drag
             ov.vmax[name] = max(v, 1e-12)
     _, ov.log_scale = imgui.checkbox("log scale (3 decades)", ov.log_scale)
     imgui.set_next_item_width(140)
