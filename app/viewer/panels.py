@@ -361,9 +361,14 @@ def inspector_panel(state: AppState) -> None:
 # -- Optimizer ------------------------------------------------------------------------------------
 
 def _tooltip(text: str) -> None:
-    """`text` as the last item's hover tooltip (also when it is disabled)."""
-    if imgui.is_item_hovered(imgui.HoveredFlags_.allow_when_disabled):
-        imgui.set_tooltip(text)
+    """`text` as the last item's hover tooltip (also when it is disabled), once the mouse rests on it (ImGui's
+    normal delay, ~0.4 s: not in the way of clicks)."""
+    flags = imgui.HoveredFlags_.allow_when_disabled | imgui.HoveredFlags_.delay_normal | imgui.HoveredFlags_.stationary
+    if imgui.is_item_hovered(flags) and imgui.begin_tooltip():
+        imgui.push_text_wrap_pos(imgui.get_font_size() * 24.0)  # a narrow box near the mouse, not a banner
+        imgui.text_unformatted(text)
+        imgui.pop_text_wrap_pos()
+        imgui.end_tooltip()
 
 
 def _button(state: AppState, label: str, name: str) -> bool:
@@ -582,10 +587,16 @@ def _plots(state: AppState) -> None:
         state.rects["plot.psnr"] = _item_rect()
     loss = loss_series(hist, x0)
     _plot_series(loss, "Loss", span=span, marks=marks)
-    grads = {k[5:]: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
+    grads = {_short_path(state, k[5:]): (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
     _plot_series(grads, "Gradient norms", span=span, marks=marks)
-    errs = {k: ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
+    errs = {_short_path(state, k): ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
     _plot_series(errs, "Parameter error vs truth (max abs)", span=span, marks=marks)
+
+
+def _short_path(state: AppState, path: str) -> str:
+    """`element.leaf` of a parameter path (legends side by side fit a narrow plot); others as they are."""
+    info = state.params.get(path)
+    return f"{info.owner}.{info.name}" if info is not None else path
 
 
 def loss_series(history: dict, x0: int = 0) -> dict:
@@ -652,6 +663,7 @@ def views_panel(state: AppState) -> None:
         else:
             clicked = imgui.button(f"{cam}##view", (thumb, thumb))
         remember(state, f"view.{cam}")
+        _tooltip(f"target view {cam}" + (" (active)" if active else ": click to make it the active view"))
         if clicked and not active and not state.read_only:  # replay: the recorded active view
             state.send(commands.SetActiveView, cam)
         imgui.end_group()
@@ -660,6 +672,11 @@ def views_panel(state: AppState) -> None:
 
 # -- Overlays -------------------------------------------------------------------------------------
 
+OVERLAY_HELP = {"image": "|dLoss/dPixel| of the active view over the Images window's render pane",
+                "texture": "|dLoss/dTexel| of free textures as a heatmap on the mesh (and in the Inspector)",
+                "geometry": "|dLoss/dVertex| as vertex colors, with arrows along -gradient",
+                "params": "the gradient of free light positions / directions and camera poses as arrows "
+                          "(-gradient: where a descent step moves them)"}
 OVERLAY_LABELS = {"image": "image-space gradient (render pane)", "texture": "texture-space gradient (mesh)",
                   "geometry": "vertex gradients (colors + arrows)", "params": "light / camera gradient arrows"}
 
@@ -675,6 +692,7 @@ def overlays_panel(state: AppState) -> None:
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
         remember(state, f"overlay.{name}")
+        _tooltip(OVERLAY_HELP[name])
         if changed:
             ov.enabled[name] = on
     imgui.separator()
@@ -778,9 +796,11 @@ def images_panel(state: AppState) -> None:
     imgui.set_next_item_width(160)
     _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
     remember(state, "images.split")
+    _tooltip("where the split pane changes from the render (left) to the target (right); the blend weight")
     imgui.same_line()
     imgui.set_next_item_width(110)
-    _, ps.diff_gain = imgui.slider_float("diff gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
+    _, ps.diff_gain = imgui.slider_float("gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
+    _tooltip("the |render - target| pane's gain")
     if snap.render is None or snap.target is None:
         imgui.text_disabled("waiting for the first render...")
         imgui.end()
