@@ -728,6 +728,8 @@ def overlays_panel(state: AppState) -> None:
     imgui.new_line()
     _, state.gizmo.show_targets = imgui.checkbox("target scene (orange, draggable)", state.gizmo.show_targets)
     _, state.gizmo.show_current = imgui.checkbox("current estimate (cyan)", state.gizmo.show_current)
+    _, state.gizmo.show_cameras = imgui.checkbox("camera markers", state.gizmo.show_cameras)
+    _tooltip("the cameras' frustums and names (a dataset's dozens of cameras cover the view); also View menu")
     imgui.text_disabled("Select a light, mesh or camera, then drag its gizmo:\n"
                         "the target scene changes and the optimizer chases it.")
     imgui.end()
