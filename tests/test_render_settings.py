@@ -86,3 +86,16 @@ def test_inverse_of_every_edit_is_the_value_before():
         if hasattr(before, "value"):
             np.testing.assert_array_equal(inverse.value, before.value)
     assert C.Start().inverse(view) is None and C.Reset().inverse(view) is None
+
+
+def test_recorded_and_verified(scene_file, tmp_path):
+    """A session that changes the render mode mid-run is recorded and reproduced by `verify` (the command
+    re-executed at its position re-renders the targets the same way)."""
+    from drstudio.renderer.recording import load_recording, verify
+    from test_recording import record_session
+
+    edits = [(3, "set_render_setting", ("mode", "hard")), (6, "set_render_setting", ("shadows", True))]
+    recorder, snap = record_session(tmp_path / "rec", scene_file, steps=9, edits=edits)
+    assert snap.error == "" and snap.commands_applied >= 2
+    report = verify(load_recording(recorder.dir))
+    assert report.ok, report
