@@ -795,12 +795,12 @@ def images_panel(state: AppState) -> None:
         if imgui.radio_button(mode, ps.compare == mode):
             ps.compare = mode
         imgui.same_line()
-    imgui.set_next_item_width(160)
+    imgui.set_next_item_width(140)
     _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
     remember(state, "images.split")
     _tooltip("where the split pane changes from the render (left) to the target (right); the blend weight")
     imgui.same_line()
-    imgui.set_next_item_width(110)
+    imgui.set_next_item_width(70)
     _, ps.diff_gain = imgui.slider_float("gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
     _tooltip("the |render - target| pane's gain")
     if snap.render is None or snap.target is None:
