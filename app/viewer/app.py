@@ -30,7 +30,7 @@ from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 
-from . import panels
+from . import menus, panels
 from .image_panes import Compositor
 from .overlays import colormap_lut
 from .state import AppState
@@ -146,6 +146,8 @@ class ViewerApp:
         implot.create_context()
         io = imgui.get_io()
         io.set_ini_filename(None)  # the layout is rebuilt at start; nothing written to the working directory
+        state.settings = menus.load_settings()  # ~/.config/drstudio/viewer.json: the UI scale
+        state.ui_scale = menus.ui_scale(state.settings)
         io.config_flags |= imgui.ConfigFlags_.docking_enable
         self._install_callbacks(window)
         imgui.backends.glfw_init_for_opengl(ctypes.cast(window, ctypes.c_void_p).value, True)
@@ -217,6 +219,7 @@ class ViewerApp:
             ctx.viewport = (0, 0, fb_w, fb_h)
             ctx.clear(*WINDOW_BG, 1.0)  # the background of the docked windows
             imgui.backends.opengl3_render_draw_data(imgui.get_draw_data())
+            menus.take_screenshot(state)
             if on_frame is not None:
                 on_frame(state)  # the back buffer holds this frame until the swap
             glfw.swap_buffers(window)
@@ -230,9 +233,9 @@ class ViewerApp:
         state.flush(force=True)
 
     def _frame(self, state: AppState) -> None:
-        io = imgui.get_io()
-        if io.key_ctrl and imgui.is_key_pressed(imgui.Key.q):
-            state.quit = True
+        imgui.get_style().font_scale_main = state.ui_scale
+        menus.shortcuts(state)
+        menus.poll_dialog(state)
         panels.menu_bar(state)
         dockspace = imgui.get_id("drstudio.dockspace")
         if not self._layout_done:
@@ -248,6 +251,8 @@ class ViewerApp:
         panels.draw_windows(state)
         for window in self.extra_windows:
             window(state)
+        menus.help_window(state)
+        menus.error_popup(state, panels.errors(state))
 
 
 def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:
@@ -313,6 +318,7 @@ def run_viewer(scene_path: str | None, *, device: str | None = None, max_frames:
 
         recorder = Recorder(next_recording_dir(record_dir), engine.problem)
         engine.add_listener(recorder)
+        state.record_dir = recorder.dir  # File > Save render / Screenshot write there
         print(f"recording to {recorder.dir}", file=sys.stderr)
     engine.start_thread()
     if state.preview is not None:

@@ -14,7 +14,8 @@ from imgui_bundle import imgui, implot
 
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
-from .overlays import COLORMAPS, OVERLAYS, draw_legend, magnitudes
+from .menus import edit_menu, file_menu, render_menu, view_menu
+from .overlays import COLORMAPS, OVERLAYS, auto_vmax, draw_legend, magnitudes
 from .state import GROUPS, TEXTURES, AppState, ParamInfo
 from .windows import begin, remember
 
@@ -46,8 +47,8 @@ def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
     if bottom_window:
         strip, root = split(dockspace_id, imgui.Dir.down, 0.15)
         internal.dock_builder_dock_window(bottom_window, strip)
-    left, rest = split(root, imgui.Dir.left, 0.21)
-    right, center = split(rest, imgui.Dir.right, 0.29)
+    left, rest = split(root, imgui.Dir.left, 0.2)
+    right, center = split(rest, imgui.Dir.right, 0.33)  # the parameter table's paths need the width
     bottom, center = split(center, imgui.Dir.down, 0.37)
     views, images = split(bottom, imgui.Dir.right, 0.26)
     inspector, scene = split(left, imgui.Dir.down, 0.58)
@@ -61,16 +62,16 @@ def dock_layout(dockspace_id, bottom_window: str | None = None) -> None:
 def menu_bar(state: AppState) -> None:
     if not imgui.begin_main_menu_bar():
         return
-    if imgui.begin_menu("File"):
-        if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
-            state.quit = True
-        imgui.end_menu()
+    file_menu(state)
+    edit_menu(state)
     if not state.read_only and imgui.begin_menu("Optimize"):
         for label, command in (("Start", commands.Start), ("Pause", commands.Pause), ("Step", commands.Step),
                                ("Reset", commands.Reset)):
             if imgui.menu_item(label, "", False)[0]:
                 state.send(command)
         imgui.end_menu()
+    render_menu(state)
+    view_menu(state)
     snap = state.snapshot
     imgui.separator()
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
@@ -237,6 +238,7 @@ def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed
 def _send_edit(state: AppState, info: ParamInfo, new, which: str) -> None:
     command = commands.SetValue if which == "current" else commands.SetTargetValue
     key = (which, info.path)
+    remember(state, f"edit.{which}.{info.path}")
     if new is not None:
         state.send_throttled(key, command, info.path, new, interval=EDIT_INTERVAL if which == "current" else 0.25)
     if imgui.is_item_deactivated_after_edit() or imgui.is_item_deactivated():
@@ -268,7 +270,7 @@ def _texture_previews(state: AppState, info: ParamInfo) -> None:
         imgui.same_line()
     if grad is not None:
         ov = state.overlays
-        vmax = float(magnitudes(grad).max()) if ov.auto_scale else float(ov.vmax["texture"])
+        vmax = auto_vmax([magnitudes(grad)]) if ov.auto_scale else float(ov.vmax["texture"])
         src = gl.uploader.upload(f"igrad.{info.path}", grad, nearest=True)
         out = gl.compositor.draw(f"igrad.{info.path}", (w, h), "heat", src,
                                  key=(id(grad), vmax, ov.log_scale, ov.colormap), heat_max=vmax,
@@ -358,6 +360,17 @@ def inspector_panel(state: AppState) -> None:
 
 # -- Optimizer ------------------------------------------------------------------------------------
 
+def _tooltip(text: str) -> None:
+    """`text` as the last item's hover tooltip (also when it is disabled), once the mouse rests on it (ImGui's
+    normal delay, ~0.4 s: not in the way of clicks)."""
+    flags = imgui.HoveredFlags_.allow_when_disabled | imgui.HoveredFlags_.delay_normal | imgui.HoveredFlags_.stationary
+    if imgui.is_item_hovered(flags) and imgui.begin_tooltip():
+        imgui.push_text_wrap_pos(imgui.get_font_size() * 24.0)  # a narrow box near the mouse, not a banner
+        imgui.text_unformatted(text)
+        imgui.pop_text_wrap_pos()
+        imgui.end_tooltip()
+
+
 def _button(state: AppState, label: str, name: str) -> bool:
     clicked = imgui.button(label)
     remember(state, name)
@@ -382,26 +395,36 @@ def optimizer_panel(state: AppState) -> None:
         _loss_weights(state)
         imgui.end()
         return
-    if _button(state, "Start" if snap.state in ("idle", "finished", "stopped", "error") else "Resume",
-               "button.start"):
-        state.send(commands.Start if snap.state in ("idle", "finished", "stopped", "error") else commands.Resume)
+    label, command = start_button(snap.state)
+    imgui.begin_disabled(command is None)
+    if _button(state, label, "button.start") and command is not None:
+        state.send(command)
+    imgui.end_disabled()
+    _tooltip({"Start": "start optimizing from the current values", "Resume": "continue the paused optimization"}
+             .get(label.split("###")[0], "the optimizer is running"))
     imgui.same_line()
     if _button(state, "Pause", "button.pause"):
         state.send(commands.Pause)
+    _tooltip("pause after the current step")
     imgui.same_line()
     if _button(state, f"Step {state.step_count}", "button.step"):
         state.send(commands.Step, state.step_count)
+    _tooltip("run this many steps, then pause (steps per click below)")
     imgui.same_line()
     if _button(state, "Reset", "button.reset"):
         state.send(commands.Reset)
+    _tooltip("free parameters back to their initial values, optimizer state cleared, step 0 (clears undo)")
     imgui.set_next_item_width(110)
     changed, n = imgui.input_int("steps per click", state.step_count)
     if changed:
         state.step_count = max(1, n)
     imgui.set_next_item_width(110)
     changed, budget = imgui.input_int("step budget", state.steps, 100, 1000)
+    _tooltip("the optimization finishes at this step")
     if changed and budget >= 1:
         state.send_throttled("steps", commands.SetSteps, int(budget), interval=0.3)
+    if imgui.is_item_deactivated():
+        state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
     _psnr_readout(state)
@@ -414,13 +437,26 @@ def optimizer_panel(state: AppState) -> None:
     imgui.end()
 
 
+def start_button(engine_state: str) -> tuple[str, type[commands.Command] | None]:
+    """The Start button's label and command for the engine's state: Start (idle, finished, stopped, error),
+    Resume (paused), "Running..." (running: nothing to do, disabled)."""
+    if engine_state == "paused":
+        return "Resume###start", commands.Resume
+    if engine_state == "running":
+        return "Running...###start", None
+    return "Start###start", commands.Start
+
+
 def _parameter_table(state: AppState) -> None:
     snap = state.snapshot
     flags = imgui.TableFlags_.borders_inner_h | imgui.TableFlags_.row_bg | imgui.TableFlags_.sizing_stretch_prop
     if not imgui.begin_table("parameters", 5, flags):
         return
-    for col in ("parameter", "free", "learning rate", "|grad|", "error"):
-        imgui.table_setup_column(col)
+    # the path gets the widest column; what is still clipped shows in full in its tooltip
+    em = imgui.calc_text_size("0").x
+    imgui.table_setup_column("parameter", imgui.TableColumnFlags_.width_stretch)
+    for col, width in (("free", 3.5), ("lr", 8.5), ("|grad|", 7.5), ("error", 7.5)):
+        imgui.table_setup_column(col, imgui.TableColumnFlags_.width_fixed, width * em)
     imgui.table_headers_row()
     for path, info in state.params.items():
         if not info.optimizable:
@@ -428,18 +464,26 @@ def _parameter_table(state: AppState) -> None:
         imgui.push_id(path)
         imgui.table_next_row()
         imgui.table_next_column()
-        if imgui.selectable(path, state.selection == (info.group, info.owner))[0]:
+        # the element and leaf ("ball.vertices"): the group is implied by the leaf; the tooltip has the path
+        if imgui.selectable(f"{info.owner}.{info.name}", state.selection == (info.group, info.owner))[0]:
             state.selection = (info.group, info.owner)
+        remember(state, f"table.path.{path}")
+        _tooltip(f"{path} ({info.kind.value}, shape {tuple(info.shape)}): click to inspect")
         imgui.table_next_column()
         imgui.begin_disabled(state.read_only)
         changed, free = imgui.checkbox("##free", path in state.free)
         remember(state, f"table.free.{path}")
+        _tooltip("free: optimized; fixed: kept at its value")
         if changed:
             state.send(commands.SetFree, path, free)
         imgui.table_next_column()
         imgui.set_next_item_width(-1)
-        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.2e",
+        # not a %e format: ImGui takes its precision as -1, so a logarithmic drag's zero epsilon became
+        # 10^1 and the first pixel of any drag jumped the learning rate to the maximum, 10
+        changed, lr = imgui.drag_float("##lr", state.lrs.get(path, 0.0), 0.002, 1e-6, 10.0, "%.6g",
                                        imgui.SliderFlags_.logarithmic)
+        remember(state, f"table.lr.{path}")
+        _tooltip(f"learning rate of {path} (drag, or Ctrl+click to type)")
         if changed:
             state.send_throttled(("lr", path), commands.SetLr, path, float(lr), interval=EDIT_INTERVAL)
         if imgui.is_item_deactivated():
@@ -447,10 +491,10 @@ def _parameter_table(state: AppState) -> None:
         imgui.end_disabled()
         imgui.table_next_column()
         g = snap.grad_norms.get(path)
-        imgui.text("-" if g is None else f"{g:.2e}")
+        imgui.text("-" if g is None else f"{g:.1e}")
         imgui.table_next_column()
         e = snap.errors.get(path)
-        imgui.text("-" if e is None else f"{e:.2e}")
+        imgui.text("-" if e is None else f"{e:.1e}")
         imgui.pop_id()
     imgui.end_table()
 
@@ -464,6 +508,8 @@ def _loss_weights(state: AppState) -> None:
         imgui.begin_disabled(state.read_only)
         changed, w = imgui.drag_float(f"{name}##weight", w, 0.01, 0.0, 100.0, "%.3f")
         imgui.end_disabled()
+        remember(state, f"weight.{name}")
+        _tooltip(f"weight of the {name} loss term (drag, or Ctrl+click to type)")
         if changed:
             state.send_throttled(("weight", name), commands.SetLossWeight, name, max(0.0, float(w)),
                                  interval=EDIT_INTERVAL)
@@ -503,10 +549,12 @@ def log_axis_limits(series: dict) -> tuple[float, float] | None:
 def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=()) -> None:
     """Line plots of `series` (label -> (xs, ys)); `span`: a fixed (min, max) step range (replay: the
     timeline) instead of fitting the data; `marks`: steps drawn as vertical lines (replay: edits)."""
-    if not implot.begin_plot(title, (-1.0, 150.0)):
+    if not implot.begin_plot(title, (-1.0, 150.0 + 16.0 * max(0, len(series) // 3))):  # legend rows
         return
     limits = log_axis_limits(series) if log_y else None
     log_y = limits is not None  # no positive data (replay at its start, all zeros): linear
+    # the legend above the plot area, in a row: inside it covered the curves' start (where losses are largest)
+    implot.setup_legend(implot.Location_.north, implot.LegendFlags_.outside | implot.LegendFlags_.horizontal)
     implot.setup_axes("step", "", implot.AxisFlags_.auto_fit if span is None else 0,
                       0 if log_y else implot.AxisFlags_.auto_fit)
     if span is not None:
@@ -539,10 +587,16 @@ def _plots(state: AppState) -> None:
         state.rects["plot.psnr"] = _item_rect()
     loss = loss_series(hist, x0)
     _plot_series(loss, "Loss", span=span, marks=marks)
-    grads = {k[5:]: (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
+    grads = {_short_path(state, k[5:]): (x0 + np.arange(len(v)), v) for k, v in hist.items() if k.startswith("grad.")}
     _plot_series(grads, "Gradient norms", span=span, marks=marks)
-    errs = {k: ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
+    errs = {_short_path(state, k): ([s for s, _ in v], [e for _, e in v]) for k, v in state.error_history.items()}
     _plot_series(errs, "Parameter error vs truth (max abs)", span=span, marks=marks)
+
+
+def _short_path(state: AppState, path: str) -> str:
+    """`element.leaf` of a parameter path (legends side by side fit a narrow plot); others as they are."""
+    info = state.params.get(path)
+    return f"{info.owner}.{info.name}" if info is not None else path
 
 
 def loss_series(history: dict, x0: int = 0) -> dict:
@@ -609,6 +663,7 @@ def views_panel(state: AppState) -> None:
         else:
             clicked = imgui.button(f"{cam}##view", (thumb, thumb))
         remember(state, f"view.{cam}")
+        _tooltip(f"target view {cam}" + (" (active)" if active else ": click to make it the active view"))
         if clicked and not active and not state.read_only:  # replay: the recorded active view
             state.send(commands.SetActiveView, cam)
         imgui.end_group()
@@ -617,6 +672,11 @@ def views_panel(state: AppState) -> None:
 
 # -- Overlays -------------------------------------------------------------------------------------
 
+OVERLAY_HELP = {"image": "|dLoss/dPixel| of the active view over the Images window's render pane",
+                "texture": "|dLoss/dTexel| of free textures as a heatmap on the mesh (and in the Inspector)",
+                "geometry": "|dLoss/dVertex| as vertex colors, with arrows along -gradient",
+                "params": "the gradient of free light positions / directions and camera poses as arrows "
+                          "(-gradient: where a descent step moves them)"}
 OVERLAY_LABELS = {"image": "image-space gradient (render pane)", "texture": "texture-space gradient (mesh)",
                   "geometry": "vertex gradients (colors + arrows)", "params": "light / camera gradient arrows"}
 
@@ -632,6 +692,7 @@ def overlays_panel(state: AppState) -> None:
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
         remember(state, f"overlay.{name}")
+        _tooltip(OVERLAY_HELP[name])
         if changed:
             ov.enabled[name] = on
     imgui.separator()
@@ -639,12 +700,14 @@ def overlays_panel(state: AppState) -> None:
     changed, idx = imgui.combo("colormap", COLORMAPS.index(ov.colormap), list(COLORMAPS))
     if changed:
         ov.colormap = COLORMAPS[idx]
-    _, ov.auto_scale = imgui.checkbox("auto scale (max of the current step)", ov.auto_scale)
+    _, ov.auto_scale = imgui.checkbox("auto scale (99th percentile)", ov.auto_scale)
+    _tooltip("scale each overlay by the 99th percentile of its current magnitudes (the top 1% saturate);\n"
+             "off: set the largest magnitude shown per overlay")
     if not ov.auto_scale:
         for name in OVERLAYS:
             imgui.set_next_item_width(140)
             _, v = imgui.drag_float(f"max |grad| {name}", ov.vmax[name], ov.vmax[name] * 0.01 + 1e-12, 1e-12, 1e12,
-                                    "%.3e", imgui.SliderFlags_.logarithmic)
+                                    "%.12g", imgui.SliderFlags_.logarithmic)  # not %e: see the lr drag
             ov.vmax[name] = max(v, 1e-12)
     _, ov.log_scale = imgui.checkbox("log scale (3 decades)", ov.log_scale)
     imgui.set_next_item_width(140)
@@ -665,6 +728,8 @@ def overlays_panel(state: AppState) -> None:
     imgui.new_line()
     _, state.gizmo.show_targets = imgui.checkbox("target scene (orange, draggable)", state.gizmo.show_targets)
     _, state.gizmo.show_current = imgui.checkbox("current estimate (cyan)", state.gizmo.show_current)
+    _, state.gizmo.show_cameras = imgui.checkbox("camera markers", state.gizmo.show_cameras)
+    _tooltip("the cameras' frustums and names (a dataset's dozens of cameras cover the view); also View menu")
     imgui.text_disabled("Select a light, mesh or camera, then drag its gizmo:\n"
                         "the target scene changes and the optimizer chases it.")
     imgui.end()
@@ -730,12 +795,14 @@ def images_panel(state: AppState) -> None:
         if imgui.radio_button(mode, ps.compare == mode):
             ps.compare = mode
         imgui.same_line()
-    imgui.set_next_item_width(160)
+    imgui.set_next_item_width(140)
     _, ps.split = imgui.slider_float("##split", ps.split, 0.0, 1.0, "render | target %.2f")
     remember(state, "images.split")
+    _tooltip("where the split pane changes from the render (left) to the target (right); the blend weight")
     imgui.same_line()
-    imgui.set_next_item_width(110)
-    _, ps.diff_gain = imgui.slider_float("diff gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
+    imgui.set_next_item_width(70)
+    _, ps.diff_gain = imgui.slider_float("gain", ps.diff_gain, 1.0, 32.0, "%.1f", imgui.SliderFlags_.logarithmic)
+    _tooltip("the |render - target| pane's gain")
     if snap.render is None or snap.target is None:
         imgui.text_disabled("waiting for the first render...")
         imgui.end()
@@ -745,8 +812,8 @@ def images_panel(state: AppState) -> None:
     target = gl.uploader.upload("img.target", snap.target)
     grad = None
     vmax = 1.0
-    if ov.on("image") and snap.grad_image is not None:
-        grad = gl.uploader.upload("img.grad", snap.grad_image)
+    if ov.on("image") and state.grad_image is not None:
+        grad = gl.uploader.upload("img.grad", state.grad_image)
         vmax = gl.viewport.scale_for(state, "image")
     avail = imgui.get_content_region_avail()
     legend_h = 2 * imgui.get_text_line_height() + 22 if grad is not None else 0.0

@@ -80,8 +80,7 @@ class ShadowMaps:
         """Redraw the maps if geometry or lights changed; False when shadows are off or no light
         casts any. `meshes`: name -> the viewport's mesh buffers (world positions uploaded); `lights`:
         the `lights.PackedLights` the mesh program shades with (every light casts shadows)."""
-        sc = state.scene
-        if not sc.render.shadows or sc.render.mode == "soft":
+        if not state.render.shadows or state.render.mode == "soft":
             return False
         tiles = 6 * lights.num_point + lights.num_directional
         if tiles == 0:

@@ -8,6 +8,7 @@ touches Warp arrays or waits for a step; `pull()` only swaps in the engine's lat
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -19,6 +20,7 @@ import numpy as np
 from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.engine import EngineBusy, Snapshot
 from drstudio.renderer.params import Entry, Group, Kind, ParamPath, ParamTable, param_path
+from drstudio.renderer.scene import RenderSettings
 
 from .camera import OrbitCamera, project
 from .field_layer import FieldViewSettings
@@ -26,6 +28,7 @@ from .overlays import OverlaySettings
 
 log = logging.getLogger("drstudio.viewer")
 
+MAX_UNDO = 200  # undo steps kept
 CommandLike = commands.Command | type[commands.Command] | str
 GROUPS = tuple(g for g in Group if g is not Group.FIELDS)  # the Scene panel's groups (fields: Overlays)
 TEXTURES = tuple(k for k in Kind if k.is_texture)  # albedo, roughness, metallic: the GL texture units' order
@@ -82,6 +85,23 @@ class GizmoSettings:
     operation: str = "translate"  # translate, rotate, scale (what the viewport gizmo edits)
     show_targets: bool = True  # markers of the target scene's lights and cameras
     show_current: bool = True  # markers of the current (optimized) lights and cameras
+    show_cameras: bool = True  # camera frustums among those markers (datasets have dozens of cameras)
+
+
+@dataclass
+class UndoStep:
+    """One undoable action: the last command sent (a drag's final value) and the command restoring the
+    value before it (its first value's inverse)."""
+
+    key: Hashable  # the throttle key of a drag (its commands merge into this step); None for a single edit
+    command: commands.Command
+    inverse: commands.Command
+
+    @property
+    def label(self) -> str:
+        c = self.command
+        what = getattr(c, "path", None) or getattr(c, "name", None)
+        return f"{c.kind.replace('_', ' ')}" + (f" {what}" if what else "")
 
 
 class Throttle:
@@ -152,6 +172,24 @@ class AppState:
         self.inspector_rows: dict[str, int] = {}  # per-vertex editors: the row being edited
 
         self.sent: list[commands.Command] = []  # every command queued, in order (log and tests)
+        # the render settings as last sent (the viewport draws with them; the engine's scene is not ours)
+        self.render = dataclasses.replace(scene.render) if scene is not None else RenderSettings()
+        self.undo_stack: list[UndoStep] = []
+        self.redo_stack: list[UndoStep] = []
+        self._open_step: UndoStep | None = None  # a drag still going on (merges its commands)
+        self.errors_seen: set[str] = set()  # errors acknowledged in the error popup (OK)
+        self.error_shown: str | None = None  # the error the popup shows
+        # The active view's last image-space gradient: a step whose view batch left the active view out
+        # publishes none (batch_views < views), and the overlay must not blink off for those snapshots.
+        self.grad_image: np.ndarray | None = None
+        self._grad_view = ""
+        self.record_dir = None  # the folder this session records into (File > Save render writes there)
+        self.dialog = None  # (a pending save dialog, what to save) (menus.poll_dialog)
+        self.pending_screenshot = None  # (path, frames to wait) (menus.take_screenshot)
+        self.saved: list = []  # files saved from the File menu
+        self.show_help = False  # the shortcut and mouse overlay (F1, ?)
+        self.settings: dict = {}  # the viewer's own settings (menus.load_settings, ~/.config/drstudio)
+        self.ui_scale = 1.0
         self.send_error = ""  # the last command the engine would not take (bad arguments, queue full)
         self.version = 0  # bumps with every local edit of values or targets (redraw keys)
         self.throttle = Throttle()
@@ -239,9 +277,73 @@ class AppState:
         if self.read_only:
             self.refused.append(cmd)
             return None
+        inverse = cmd.inverse(self)
         try:
             self._deliver(cmd)
         except commands.CommandError as exc:  # engine.EngineBusy too
+            self._show_refusal(exc)
+            return None
+        self._record_undo(None, cmd, inverse)
+        return cmd
+
+    # -- undo / redo --------------------------------------------------------------------------------
+    def _record_undo(self, key: Hashable, cmd: commands.Command, inverse: commands.Command | None) -> None:
+        """Remember `cmd` as an undo step; commands of an open drag with the same `key` merge into it."""
+        if isinstance(cmd, commands.Reset):  # values before a reset are not restorable one command at a time
+            self.undo_stack.clear()
+            self.redo_stack.clear()
+            self._open_step = None
+            return
+        if inverse is None:
+            return
+        step = self._open_step
+        if key is not None and step is not None and step.key == key:
+            step.command = cmd
+            return
+        step = UndoStep(key, cmd, inverse)
+        self.undo_stack.append(step)
+        del self.undo_stack[:-MAX_UNDO]
+        self.redo_stack.clear()
+        self._open_step = step if key is not None else None
+
+    def undo(self) -> commands.Command | None:
+        """Send the inverse of the last edit (recorded like any command); None when there is nothing."""
+        self._close_drags()
+        if not self.undo_stack:
+            return None
+        step = self.undo_stack.pop()
+        sent = self._send_untracked(step.inverse)
+        if sent is None:
+            self.undo_stack.append(step)
+            return None
+        self.redo_stack.append(step)
+        return sent
+
+    def redo(self) -> commands.Command | None:
+        """Send again the last undone edit; None when there is nothing."""
+        self._close_drags()
+        if not self.redo_stack:
+            return None
+        step = self.redo_stack.pop()
+        sent = self._send_untracked(step.command)
+        if sent is None:
+            self.redo_stack.append(step)
+            return None
+        self.undo_stack.append(step)
+        return sent
+
+    def _close_drags(self) -> None:
+        if self._open_step is not None:
+            self.release(self._open_step.key)
+        self._open_step = None
+
+    def _send_untracked(self, cmd: commands.Command) -> commands.Command | None:
+        if self.read_only:
+            self.refused.append(cmd)
+            return None
+        try:
+            self._deliver(cmd)
+        except commands.CommandError as exc:
             self._show_refusal(exc)
             return None
         return cmd
@@ -270,13 +372,18 @@ class AppState:
         if self.read_only:
             self.refused.append(cmd)
             return
+        inverse = cmd.inverse(self)
         self.throttle.push(key, cmd, interval)
         self.version += 1
         cmd.mirror(self)
+        self._record_undo(key, cmd, inverse)  # a drag: one undo step, its first value's inverse
 
     def release(self, key: Hashable) -> None:
+        """The drag of `key` ended: its last value is sent and its undo step closed."""
         for cmd in self.throttle.flush_key(key):
             self._send_pending(key, cmd)
+        if self._open_step is not None and self._open_step.key == key:
+            self._open_step = None
 
     def flush(self, force: bool = False) -> None:
         for key, cmd in self.throttle.due(time.monotonic(), force):
@@ -297,6 +404,7 @@ class AppState:
         for path, value in self.initial.items():
             self.values[path] = value.copy()
         self.error_history.clear()
+        self.grad_image = None
 
     # -- engine state -------------------------------------------------------------------------------
     def pull(self) -> bool:
@@ -310,6 +418,10 @@ class AppState:
         self.free = set(snap.free)
         if snap.active_view:
             self.active_view = snap.active_view
+        if snap.grad_image is not None:
+            self.grad_image, self._grad_view = snap.grad_image, snap.active_view
+        elif self._grad_view != self.active_view:  # another view's gradient: not shown over this one
+            self.grad_image = None
         if snap.target is not None and snap.active_view:
             self.thumbnails[snap.active_view] = snap.target
             self.stale_thumbnails.discard(snap.active_view)

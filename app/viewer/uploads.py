@@ -46,6 +46,10 @@ class Uploader:
             self.textures[name] = tex
         return tex
 
+    def forget(self, name: str) -> None:
+        """The next `upload(name, ...)` writes even the same array (its sampling settings changed)."""
+        self._sources.pop(name, None)
+
     def upload(self, name: str, image, *, mipmaps: bool = False, repeat: bool = False,
                nearest: bool = False) -> moderngl.Texture:
         """Write an (H, W, C) float32/uint8 NumPy array or a CUDA wp.array of that shape into the

@@ -135,10 +135,11 @@ class Viewport:
         for mat in state.scene.materials.values():
             for path in state.texture_paths(mat.name).values():
                 val = values[path]
-                if self._textures.get(path) is not val:
-                    self.uploader.upload(path, val, mipmaps=state.scene.render.mipmaps,
-                                         repeat=mat.wrap == "wrap")
-                    self._textures[path] = val
+                seen = self._textures.get(path)
+                if seen is None or seen[0] is not val or seen[1] != state.render.mipmaps:
+                    self.uploader.forget(path)  # a changed mipmap setting re-uploads the same value
+                    self.uploader.upload(path, val, mipmaps=state.render.mipmaps, repeat=mat.wrap == "wrap")
+                    self._textures[path] = (val, state.render.mipmaps)
             grad = snap.texture_grads.get(state.texture_paths(mat.name)[state.overlays.texture_property])
             if grad is not None and self._heat_textures.get(mat.name) is not grad:
                 self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
@@ -148,11 +149,11 @@ class Viewport:
         if self._vmax_serial != state.serial:
             self._vmax_serial = state.serial
             self.vmax = {
-                "image": auto_vmax([magnitudes(snap.grad_image)] if snap.grad_image is not None else []),
+                "image": auto_vmax([magnitudes(state.grad_image)] if state.grad_image is not None else []),
                 "texture": auto_vmax([magnitudes(g) for g in snap.texture_grads.values()]),
                 "geometry": auto_vmax([magnitudes(g) for g in snap.vertex_grads.values()]),
                 "params": auto_vmax([np.linalg.norm(param_arrow_vector(state, path, g))
-                                     for path, g in snap.param_grads.items()]),
+                                     for path, g in snap.param_grads.items()], 100.0),  # a few arrows
             }
 
     def scale_for(self, state: AppState, overlay: str) -> float:
@@ -202,7 +203,7 @@ class Viewport:
                     overlays: bool = True) -> None:
         prog = self.mesh_prog
         self.shadows.bind(prog, SHADOW_UNIT, self._shadows_on)
-        set_uniform(prog, "u_gouraud", int(state.scene.render.mode == "soft"))
+        set_uniform(prog, "u_gouraud", int(state.render.mode == "soft"))
         write_uniform(prog, "u_view_proj", gl_bytes(view_proj))
         set_uniform(prog, "u_eye", tuple(float(x) for x in eye))
         set_uniform(prog, "u_output_linear", int(linear))
@@ -334,7 +335,7 @@ class Viewport:
                 start = center - d * radius * 1.6
                 parts.append(arrow_lines([start], [d * radius * 0.5], [color]))
             eye = state.camera.eye()
-            for name, cam in state.scene.cameras.items():
+            for name, cam in (state.scene.cameras.items() if giz.show_cameras else ()):
                 pose = values[camera_pose(name)]
                 if np.linalg.norm(pose[:3] - eye) < radius * 0.05:
                     continue  # looking through it
@@ -565,7 +566,7 @@ def _labels(state: AppState, draw_list) -> None:
     for name in state.scene.point_lights:
         names.append(name)
         points.append(state.values[param_path(Group.LIGHTS, name, "position")])
-    for name in state.scene.cameras:
+    for name in (state.scene.cameras if state.gizmo.show_cameras else ()):
         names.append(name)
         points.append(state.values[camera_pose(name)][:3])
     if not points:
@@ -624,8 +625,13 @@ def _toolbar(state: AppState, vp: Viewport, pos) -> None:
         imgui.text_colored((1.0, 0.9, 0.5, 0.95), preview_status(state))
         line *= 2
     imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
-    imgui.text_colored((1.0, 1.0, 1.0, 0.45), "drag: orbit   right/middle drag: pan   wheel: zoom   F: frame all   "
-                       f"W/E/R: move/rotate/scale the target gizmo ({state.gizmo.operation})")
+    # wrapped at the viewport's width (1280x720: one line does not fit); F1 lists everything
+    imgui.push_text_wrap_pos(imgui.get_cursor_pos().x + max(imgui.get_content_region_avail().x - 16, 100.0))
+    imgui.push_style_color(imgui.Col_.text, (1.0, 1.0, 1.0, 0.45))
+    imgui.text_wrapped("drag: orbit   right/middle drag: pan   wheel: zoom   F: frame all   "
+                       f"W/E/R: move/rotate/scale the target gizmo ({state.gizmo.operation})   F1: help")
+    imgui.pop_style_color()
+    imgui.pop_text_wrap_pos()
 
 
 def preview_status(state: AppState) -> str:

@@ -23,6 +23,8 @@ def begin(state, name: str, flags: int = 0) -> bool:
     if docked:
         imgui.pop_style_color()
     state.docked[name] = imgui.is_window_docked()
+    pos, size = imgui.get_window_pos(), imgui.get_window_size()
+    state.rects[f"window.{name}"] = (pos.x, pos.y, size.x, size.y)
     return visible
 
 

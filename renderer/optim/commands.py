@@ -94,6 +94,11 @@ class Command:
         """Update a viewer's local copy of the values (`view` has `values`, `targets`, `free`, `lrs`,
         `weights`, `steps`, `active_view` and `reset_values()`)."""
 
+    def inverse(self, view) -> Command | None:
+        """The command that undoes this one, read from `view` (the mirror's values) before it is mirrored:
+        the same class with the value before the edit. None: not undoable (run control, reset)."""
+        return None
+
     def args(self) -> list:
         return []
 
@@ -207,6 +212,9 @@ class SetSteps(Command):
     def mirror(self, view):
         view.steps = self.n
 
+    def inverse(self, view):
+        return SetSteps(int(view.steps))
+
     def args(self):
         return [self.n]
 
@@ -250,6 +258,9 @@ class SetValue(Command):
     def mirror(self, view):
         view.values[self.path] = np.array(self.value, np.float32)
 
+    def inverse(self, view):
+        return SetValue(self.path, view.values[self.path]) if self.path in view.values else None
+
     def args(self):
         return [self.path, self.value]
 
@@ -281,6 +292,9 @@ class SetTargetValue(Command):
     def mirror(self, view):
         view.targets[self.path] = np.array(self.value, np.float32)
 
+    def inverse(self, view):
+        return SetTargetValue(self.path, view.targets[self.path]) if self.path in view.targets else None
+
     def args(self):
         return [self.path, self.value]
 
@@ -311,6 +325,9 @@ class SetFree(Command):
     def mirror(self, view):
         (view.free.add if self.free else view.free.discard)(self.path)
 
+    def inverse(self, view):
+        return SetFree(self.path, self.path in view.free)
+
     def args(self):
         return [self.path, self.free]
 
@@ -334,6 +351,9 @@ class SetLr(Command):
 
     def mirror(self, view):
         view.lrs[self.path] = self.lr
+
+    def inverse(self, view):
+        return SetLr(self.path, view.lrs[self.path]) if self.path in view.lrs else None
 
     def args(self):
         return [self.path, self.lr]
@@ -360,6 +380,9 @@ class SetLossWeight(Command):
 
     def mirror(self, view):
         view.weights[self.name] = self.weight
+
+    def inverse(self, view):
+        return SetLossWeight(self.name, view.weights[self.name]) if self.name in view.weights else None
 
     def args(self):
         return [self.name, self.weight]
@@ -388,9 +411,60 @@ class SetActiveView(Command):
         return [self.camera]
 
 
+RENDER_SETTINGS: dict[str, tuple] = {"mode": ("hard", "antialias", "soft"), "shadows": (False, True),
+                                     "mipmaps": (False, True)}  # what SetRenderSetting may change, and to what
+
+
+@dataclass(frozen=True)
+class SetRenderSetting(Command):
+    """Change one of the scene's render settings (`scene.render.<name>`: mode, shadows, mipmaps); targets
+    rendered from the scene are re-rendered with it, so the optimizer compares like with like."""
+
+    kind: ClassVar[str] = "set_render_setting"
+    edits: ClassVar[bool] = True
+    name: str = ""
+    value: Any = None
+
+    def __post_init__(self):
+        allowed = RENDER_SETTINGS.get(self.name) if isinstance(self.name, str) else None
+        if allowed is None:
+            raise CommandError(f"render setting: expected one of {tuple(RENDER_SETTINGS)}, got {self.name!r}")
+        value = self.value
+        if allowed == (False, True):
+            if not isinstance(value, (bool, np.bool_)):
+                raise CommandError(f"render.{self.name}: expected true or false, got {value!r}")
+            value = bool(value)
+        elif value not in allowed:
+            raise CommandError(f"render.{self.name}: expected one of {allowed}, got {value!r}")
+        object.__setattr__(self, "value", value)
+
+    def check(self, problem):
+        scene = problem.scene
+        if self.name == "mode" and self.value == "soft" and np.ndim(scene.background) == 3:
+            raise CommandError("render.mode: soft supports a background color only, and this scene's background "
+                               "is an image")
+
+    def apply(self, problem, run):
+        setattr(problem.scene.render, self.name, self.value)
+        if problem.targets_editable:  # rendered from the scene: re-rendered with the new setting
+            problem.render_targets()
+        cache = getattr(problem, "gbuffer_cache", None)  # parts packed with the old setting (mipmaps)
+        if cache is not None:
+            cache.clear()
+
+    def mirror(self, view):
+        setattr(view.render, self.name, self.value)
+
+    def inverse(self, view):
+        return SetRenderSetting(self.name, getattr(view.render, self.name))
+
+    def args(self):
+        return [self.name, self.value]
+
+
 COMMANDS: dict[str, type[Command]] = {c.kind: c for c in (
     Start, Resume, Pause, Stop, Step, SetSteps, Reset, SetValue, SetTargetValue, SetFree, SetLr, SetLossWeight,
-    SetActiveView)}
+    SetActiveView, SetRenderSetting)}
 
 
 def make(kind: str, *args) -> Command:
