@@ -189,11 +189,20 @@ def cmd_render(args: argparse.Namespace) -> int:
         raise SceneError(args.scene, "cameras", f"no camera named {choice!r}; cameras (or an index "
                                                 f"0..{len(names) - 1}): {shown}")
     c = cameras[choice]
+    from drstudio.renderer import memory
+
+    # a render larger than the memory at hand is drawn in bands of rows, each within the budget (silhouette
+    # anti-aliasing pairs no pixels across two bands: edges on band seams are hard there)
+    budget = memory.BUDGET_FRACTION * memory.available_bytes() / 2
+    banded = memory.render_bytes(c.width, c.height) > budget
     try:
-        if scene.fields or args.params:
+        if scene.fields or args.params or banded:
             frames = cp.scene_frames(scene, args.device, args.params)
-            image = cp.render_banded(frames.render, c.pose, c.intrinsics, c.width, c.height, band_rays=1 << 16) \
-                if scene.fields else frames.render(c.pose, c.intrinsics, c.width, c.height)
+            if scene.fields or banded:
+                rays = 1 << 16 if scene.fields else max(c.width, int(budget // memory.RENDER_BYTES_PER_PIXEL))
+                image = cp.render_banded(frames.render, c.pose, c.intrinsics, c.width, c.height, band_rays=rays)
+            else:
+                image = frames.render(c.pose, c.intrinsics, c.width, c.height)
         else:
             image = render(DeviceScene(scene, args.device), choice).numpy()
     except cp.PathError as e:
