@@ -63,7 +63,7 @@ def test_a_client_drives_a_served_run(served):
     assert set(d["param_specs"]) == {ALBEDO, LIGHT} and d["views"] and d["thumbnails"]
     client.send("start")
     engine.wait(lambda s: s.step >= 3)
-    snap = client.snapshot()
+    snap = client.refresh()
     assert snap.step >= 3 and snap.render is not None and snap.render.dtype == np.float32
     assert len(snap.history["loss"]) == snap.step and not snap.history["loss"].flags.writeable
     client.send(C.Pause())
@@ -73,16 +73,16 @@ def test_a_client_drives_a_served_run(served):
     client.send(C.SetTargetValue(LIGHT, np.array([1.4, 2.1, 2.4], np.float32)))  # a target drag
     engine.wait(lambda s: s.commands_applied >= n + 2)
     np.testing.assert_allclose(engine.problem.truth[LIGHT], [1.4, 2.1, 2.4])
-    np.testing.assert_allclose(client.snapshot().values[LIGHT], [1.0, 2.0, 2.0])
+    np.testing.assert_allclose(client.refresh().values[LIGHT], [1.0, 2.0, 2.0])
     with pytest.raises(C.CommandError, match="step count"):
         client.send("step", -3)
     client.send("step", 2)
     s0 = engine.snapshot().step
     engine.wait(lambda s: s.step >= s0 + 2 and s.state == "paused")
-    before = dict(client._history.lengths())
-    snap = client.snapshot()  # only the new values travel; the series stay whole on the client
-    assert len(snap.history["loss"]) == engine.snapshot().step > before["loss"]
+    snap = client.refresh()  # only new values travel each poll; the series stay whole on the client
+    assert len(snap.history["loss"]) == engine.snapshot().step
     np.testing.assert_array_equal(snap.history["loss"], engine.snapshot().history["loss"])
+    assert client.snapshot().step == snap.step  # the poller keeps snapshot() current without a round trip
     client.close()
 
 
@@ -102,7 +102,7 @@ def test_wrong_token_and_bad_messages_leave_the_run_going(served):
     step = engine.snapshot().step
     engine.wait(lambda s: s.step >= step + 3)  # still optimizing
     client = RemoteEngine(server.address, server.token)  # and a good client is served
-    assert client.snapshot().state == "running"
+    assert client.refresh().state == "running"
     client.close()  # a client that leaves does not stop the run
     engine.wait(lambda s: s.step >= step + 6)
     assert server.refused >= 1

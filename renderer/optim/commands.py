@@ -142,39 +142,38 @@ def _checked_value(problem, path: str, value: np.ndarray, *, truth: bool) -> Non
 
 # -- run control -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Start(Command):
+class _RunCommand(Command):
+    """A run-control command without arguments: calls `run.<method>()` (nothing without a run)."""
+
+    method: ClassVar[str] = ""
+
+    def apply(self, problem, run):
+        if run is not None:
+            getattr(run, self.method)()
+
+
+@dataclass(frozen=True)
+class Start(_RunCommand):
     kind: ClassVar[str] = "start"
-
-    def apply(self, problem, run):
-        if run is not None:
-            run.run_start()
+    method: ClassVar[str] = "run_start"
 
 
 @dataclass(frozen=True)
-class Resume(Command):
+class Resume(_RunCommand):
     kind: ClassVar[str] = "resume"
-
-    def apply(self, problem, run):
-        if run is not None:
-            run.run_resume()
+    method: ClassVar[str] = "run_resume"
 
 
 @dataclass(frozen=True)
-class Pause(Command):
+class Pause(_RunCommand):
     kind: ClassVar[str] = "pause"
-
-    def apply(self, problem, run):
-        if run is not None:
-            run.run_pause()
+    method: ClassVar[str] = "run_pause"
 
 
 @dataclass(frozen=True)
-class Stop(Command):
+class Stop(_RunCommand):
     kind: ClassVar[str] = "stop"
-
-    def apply(self, problem, run):
-        if run is not None:
-            run.run_stop()
+    method: ClassVar[str] = "run_stop"
 
 
 @dataclass(frozen=True)

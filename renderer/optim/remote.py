@@ -23,7 +23,6 @@ import json
 import logging
 import secrets
 import threading
-import time
 from dataclasses import fields, replace
 from multiprocessing.connection import Client, Connection, Listener
 
@@ -241,46 +240,64 @@ class EngineServer:
 # -- client -------------------------------------------------------------------------------------------
 class RemoteEngine:
     """The client side: `snapshot()` and `send()` like `Engine`, over one authenticated connection.
-    `snapshot()` polls at most every `poll` seconds and otherwise returns the last one (the UI never
-    waits for more than one round trip)."""
+    A background thread fetches snapshots every `poll` seconds; `snapshot()` returns the latest one
+    without touching the network, so a UI calling it every frame never waits for the served process.
+    `refresh()` fetches one now (tests, scripts). A lost connection shows as the snapshot's `error`."""
 
-    def __init__(self, address: tuple[str, int], token: str, poll: float = 0.05, timeout: float = 10.0):
+    def __init__(self, address: tuple[str, int], token: str, poll: float = 0.05, timeout: float = 60.0):
         self._conn = Client(address, family="AF_INET", authkey=token.encode())
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self.poll, self.timeout = poll, timeout
         self.description = self._call({"op": "hello"})
         self._history = History()  # appended as the server's series grow; views go into snapshots
         self._snap = Snapshot()
-        self._time = 0.0
+        self._closed = threading.Event()
+        self.refresh()
+        self._poller = threading.Thread(target=self._poll_loop, name="drstudio-attach", daemon=True)
+        self._poller.start()
 
     def _call(self, msg: dict) -> dict:
         with self._lock:
-            self._conn.send_bytes(encode(msg))
-            if not self._conn.poll(self.timeout):
-                raise TimeoutError(f"the served engine did not answer in {self.timeout} s")
-            answer = decode(self._conn.recv_bytes(MAX_MESSAGE))
+            return self._call_locked(msg)
+
+    def _call_locked(self, msg: dict) -> dict:
+        self._conn.send_bytes(encode(msg))
+        if not self._conn.poll(self.timeout):
+            raise TimeoutError(f"the served engine did not answer in {self.timeout} s")
+        answer = decode(self._conn.recv_bytes(MAX_MESSAGE))
         if not isinstance(answer, dict):
             raise ValueError("malformed answer")
         return answer
 
+    def _poll_loop(self) -> None:
+        while not self._closed.wait(self.poll):
+            try:
+                self.refresh()
+            except (OSError, EOFError, ValueError, TimeoutError) as exc:
+                if not self._closed.is_set():
+                    self._snap = replace(self._snap, error=f"connection to the served run lost: {exc}")
+                return
+
     def snapshot(self) -> Snapshot:
-        now = time.monotonic()
-        if now - self._time < self.poll:
-            return self._snap
-        self._time = now
-        since = self._history.lengths()
-        raw = self._call({"op": "snapshot", "since": since})["snapshot"]
-        for name, part in raw.pop("history").items():
-            start = int(part["start"])
-            if start < since.get(name, 0):
-                self._history.truncate(name, start)
-            for value in np.asarray(part["data"], np.float64):
-                self._history.append(name, float(value))
+        return self._snap
+
+    def refresh(self) -> Snapshot:
+        """Fetch the served engine's latest snapshot now (histories: only what is new)."""
+        with self._lock:  # one refresh at a time: the history lengths sent must be the ones appended to
+            since = self._history.lengths()
+            raw = self._call_locked({"op": "snapshot", "since": since})["snapshot"]
+            for name, part in raw.pop("history").items():
+                start = int(part["start"])
+                if start < since.get(name, 0):
+                    self._history.truncate(name, start)
+                for value in np.asarray(part["data"], np.float64):
+                    self._history.append(name, float(value))
+            views = self._history.views()
         raw["free"] = tuple(raw["free"])
         for name in _IMAGE_FIELDS:
             raw[name] = None if raw[name] is None else np.asarray(raw[name], np.float32)
         raw["thumbnails"] = {k: np.asarray(v, np.float32) for k, v in raw["thumbnails"].items()}
-        self._snap = replace(Snapshot(), **raw, history=self._history.views())
+        self._snap = replace(Snapshot(), **raw, history=views)
         return self._snap
 
     def send(self, command, *args) -> commands.Command:
@@ -298,4 +315,6 @@ class RemoteEngine:
         self.close()
 
     def close(self) -> None:
-        self._conn.close()
+        self._closed.set()
+        with self._lock:  # not in the middle of the poller's exchange
+            self._conn.close()

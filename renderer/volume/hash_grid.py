@@ -43,6 +43,7 @@ import warp as wp
 from ..checks import check_array
 from ..thread_tape import active_tape
 from .march import parse_aabb
+from .voxel_grid import corner_weight  # the same trilinear corner weight as the voxel grid
 
 # the paper's primes for y and z (x's is 1); any large odd constants would do
 PRIME_Y = 2654435761
@@ -82,15 +83,6 @@ def level_cell(p: wp.vec3, lo: wp.vec3, inv_extent: wp.vec3, res: int):
         i[a] = wp.min(int(s), res - 1)
         f[a] = s - float(i[a])
     return i, f, inside
-
-
-@wp.func
-def corner_weight(f: wp.vec3, c: int) -> float:
-    """Trilinear weight of corner c (bit 0: +x, bit 1: +y, bit 2: +z) of a cell at offset f."""
-    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
-    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
-    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
-    return wx * wy * wz
 
 
 @wp.func
