@@ -86,11 +86,11 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     interactive = sys.stderr.isatty()
     bar = tqdm(total=problem.steps, desc="optimize", unit="step", disable=not progress, dynamic_ncols=True,
                mininterval=0.1 if interactive else 5.0)
-    interrupted = False
-    restore = _terminate_as_interrupt()
+    stop = threading.Event()
+    restore = _stop_on_signals(stop)
     last_partial = time.monotonic()
     try:
-        while True:
+        while not stop.is_set():
             snap = engine.snapshot()
             bar.set_postfix(loss=f"{snap.loss:.3e}", steps_s=f"{snap.steps_per_second:.1f}", refresh=False)
             bar.update(snap.step - bar.n)
@@ -99,15 +99,16 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
             if partial_every and time.monotonic() - last_partial > partial_every:
                 write_partial(out, snap)  # what survives a kill or a power cut: the latest values
                 last_partial = time.monotonic()
-            time.sleep(0.1)
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop after the current step and write the results so far
-        interrupted = True
+            stop.wait(0.1)
     finally:
         restore()
         bar.close()
-        engine.shutdown()
+        # the engine finishes its current step first (a step is bounded), so nothing below races with it
+        if not engine.shutdown(timeout=None):
+            raise RuntimeError("the optimizer thread did not stop")
         if recorder is not None:
             recorder.close()
+    interrupted = stop.is_set()
     elapsed = time.perf_counter() - t0
     snap = engine.snapshot()
     if snap.state == "error":
@@ -126,17 +127,19 @@ class Interrupted(KeyboardInterrupt):
     """The run was interrupted (Ctrl-C, SIGTERM) and its results so far were written."""
 
 
-def _terminate_as_interrupt():
-    """While a headless run is in progress, SIGTERM (a scheduler stopping the job, `kill`) acts as Ctrl-C,
-    so the run ends the same clean way. Returns the function that restores the previous handler."""
+def _stop_on_signals(stop: threading.Event):
+    """While a headless run is in progress, Ctrl-C (SIGINT) and SIGTERM (a scheduler stopping the job,
+    `kill`) set `stop` instead of raising KeyboardInterrupt wherever the main thread happens to be (an
+    exception between a lock's acquire and its release would leave the engine's snapshot lock held), so
+    the run ends the same clean way. Returns the function that restores the previous handlers."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        stop.set()
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in previous.items()]
 
 
 def write_partial(out: Path, snap) -> None:

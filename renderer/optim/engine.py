@@ -173,12 +173,17 @@ class Engine:
         with self._lock:
             return self._front
 
-    def shutdown(self, timeout: float = 10.0) -> None:
-        """Stop the loop and join the thread."""
+    def shutdown(self, timeout: float | None = 10.0) -> bool:
+        """Stop the loop (after the current step or command) and join the thread, waiting at most `timeout`
+        seconds (None: until it ends). True when the thread has ended."""
         self._commands.put(_EXIT)
-        if self._thread is not None:
-            self._thread.join(timeout)
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
+                return False
             self._thread = None
+        return True
 
     def add_listener(self, fn) -> None:
         self._listeners.append(fn)
