@@ -236,17 +236,26 @@ class Reset(Command):
 
 
 @dataclass(frozen=True)
-class SetValue(Command):
-    """A user edit of a parameter's current value."""
+class _PathValue(Command):
+    """A command carrying a parameter path and a value (validated alone: a finite float32 array)."""
 
-    kind: ClassVar[str] = "set_value"
-    edits: ClassVar[bool] = True
     path: str = ""
     value: Any = field(default=None, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "path", _path(self.path))
         object.__setattr__(self, "value", _array(self.path, self.value))
+
+    def args(self):
+        return [self.path, self.value]
+
+
+@dataclass(frozen=True)
+class SetValue(_PathValue):
+    """A user edit of a parameter's current value."""
+
+    kind: ClassVar[str] = "set_value"
+    edits: ClassVar[bool] = True
 
     def check(self, problem):
         _checked_value(problem, self.path, self.value, truth=False)
@@ -260,22 +269,13 @@ class SetValue(Command):
     def inverse(self, view):
         return SetValue(self.path, view.values[self.path]) if self.path in view.values else None
 
-    def args(self):
-        return [self.path, self.value]
-
 
 @dataclass(frozen=True)
-class SetTargetValue(Command):
+class SetTargetValue(_PathValue):
     """Edit the target scene (drag a light of the target) and re-render the targets."""
 
     kind: ClassVar[str] = "set_target_value"
     edits: ClassVar[bool] = True
-    path: str = ""
-    value: Any = field(default=None, compare=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "path", _path(self.path))
-        object.__setattr__(self, "value", _array(self.path, self.value))
 
     def check(self, problem):
         if self.path not in problem.truth:
@@ -293,9 +293,6 @@ class SetTargetValue(Command):
 
     def inverse(self, view):
         return SetTargetValue(self.path, view.targets[self.path]) if self.path in view.targets else None
-
-    def args(self):
-        return [self.path, self.value]
 
 
 @dataclass(frozen=True)
