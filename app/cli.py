@@ -226,8 +226,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         if not args.token:
             raise UsageError("--attach needs the --token the served run printed")
         return run_viewer(None, attach=address, token=args.token)
-    record_dir = None if getattr(args, "no_record", False) else headless.default_out_dir(Path.cwd()) / "recording"
-    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir)
+    out = headless.default_out_dir(Path.cwd())  # the session's results when it ends, as `drstudio optimize`'s
+    record_dir = None if getattr(args, "no_record", False) else out / "recording"
+    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir, results_dir=out)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from drstudio.renderer.images import atomic_write, write_image
 from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.identifiability import underdetermined
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.params import Kind
 from tqdm import tqdm
@@ -67,6 +68,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
         problem = Problem(open_scene(scene_path), device)
     if steps is not None:
         problem.steps = steps
+    for warning in underdetermined(problem.free_paths(), problem.views):
+        print(f"warning: {warning}", file=sys.stderr)
     engine = Engine(problem, publish_images=False, publish_every=1)
     recorder = None
     if record:

@@ -87,25 +87,32 @@ def test_a_refused_command_changes_nothing(problem):
         with pytest.raises(C.CommandError):
             C.execute(cmd, problem)
         assert_same_state(state_of(problem), before)
-    # the last free parameter cannot be fixed (the optimizer would have nothing to hold); fixing the
-    # other one first is fine, and the refusal of the second leaves the first fixed and the second free
+    # every parameter can be fixed (an undo may fix the only free one); with none free a run is refused
+    # (Start, Resume, Step) and the problem does not step, until one is free again
     C.execute(C.SetFree(ALBEDO, False), problem)
-    with pytest.raises(C.CommandError, match="last free parameter"):
-        C.execute(C.SetFree(LIGHT, False), problem)
+    C.execute(C.SetFree(LIGHT, False), problem)
+    assert problem.free_paths() == []
+    for cmd in (C.Start(), C.Resume(), C.Step(2)):
+        with pytest.raises(C.CommandError, match="nothing is free"):
+            C.execute(cmd, problem)
+    with pytest.raises(ValueError, match="nothing is free"):
+        problem.step()
+    C.execute(C.SetFree(LIGHT, True), problem)
     assert problem.free_paths() == [LIGHT]
-    problem.step()  # and the optimizer still steps
+    problem.step()  # and the optimizer steps again
     C.execute(C.Reset(), problem)  # reset rebuilds the optimizer with the current free set
     assert problem.step_index == 0
 
 
 def test_refusals_are_recorded_and_verify(scene_file, tmp_path):
     edits = [(2, "set_lr", (LIGHT, 0.1)), (3, "set_value", (LIGHT, np.array([1.0, 2.0], np.float32))),
-             (4, "set_free", (ALBEDO, False)), (4, "set_free", (LIGHT, False)), (5, "set_free", (ALBEDO, True))]
+             (4, "set_free", (ALBEDO, False)), (4, "set_free", ("lights.key.color", False)),
+             (5, "set_free", (ALBEDO, True))]
     recorder, snap = record_session(tmp_path / "rec", scene_file, steps=7, edits=edits, options=SMALL)
     assert snap.commands_rejected == 2
     rec = load_recording(tmp_path / "rec")
     refused = [r for r in rec.records if r["type"] == "command" and r.get("rejected")]
-    assert [r["kind"] for r in refused] == ["set_value", "set_free"] and "last free" in refused[1]["rejected"]
+    assert [r["kind"] for r in refused] == ["set_value", "set_free"] and "optimizable" in refused[1]["rejected"]
     report = verify(rec)
     assert report.ok and report.steps_checked == 7, report.message()
 

@@ -27,10 +27,11 @@ import moderngl
 import numpy as np
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import open_scene
+from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 
-from . import menus, panels
+from . import document, menus, panels
 from .image_panes import Compositor
 from .overlays import colormap_lut
 from .state import AppState
@@ -92,8 +93,11 @@ class ViewerApp:
     bottom_window: str | None = None
 
     def __init__(self, state: AppState, *, title: str, size=(1280, 720), max_fps: float = 40.0,
-                 snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0):
+                 snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0, opener=None):
         self.state = state
+        # opener(path) -> AppState: File > Open (a new scene's state, its engine running and the old scene's
+        # ended), raising SceneError / ValueError / OSError with the CLI's message for a scene it cannot open
+        self.opener = opener
         self.title = title
         self.size = size
         self.max_fps = max_fps
@@ -146,8 +150,11 @@ class ViewerApp:
         implot.create_context()
         io = imgui.get_io()
         io.set_ini_filename(None)  # the layout is rebuilt at start; nothing written to the working directory
-        state.settings = menus.load_settings()  # ~/.config/drstudio/viewer.json: the UI scale
+        state.settings = menus.load_settings()  # ~/.config/drstudio/viewer.json: the UI scale, recent files
         state.ui_scale = menus.ui_scale(state.settings)
+        if self.opener is not None and state.scene is not None and state.scene.path:
+            document.add_recent(state.settings, state.scene.path)
+            menus.save_settings(state.settings)
         io.config_flags |= imgui.ConfigFlags_.docking_enable
         self._install_callbacks(window)
         imgui.backends.glfw_init_for_opengl(ctypes.cast(window, ctypes.c_void_p).value, True)
@@ -158,9 +165,9 @@ class ViewerApp:
                 state.screenshot = lambda: read_back_buffer(ctx)
                 self._loop(window, ctx, max_frames, on_frame)
             finally:
-                state.screenshot = None
-                state.gl.release()
-                state.gl = None
+                self.state.screenshot = None
+                self.state.gl.release()
+                self.state.gl = None
         finally:
             imgui.backends.opengl3_shutdown()
             imgui.backends.glfw_shutdown()
@@ -185,11 +192,36 @@ class ViewerApp:
             return 1.0 / max(self.snapshot_fps, floor) - since
         return 1.0 / floor - since
 
+    def _open(self, window, ctx: moderngl.Context) -> None:
+        """File > Open: the scene `state.open_request` replaces the open one (its engine stopped, its GL
+        resources released); a scene that cannot be opened leaves the old one, with the message in the
+        error popup."""
+        old = self.state
+        path, old.open_request = old.open_request, None
+        try:
+            new = self.opener(path)
+        except (SceneError, ValueError, OSError) as exc:
+            old.send_error = str(exc)  # the error popup shows it, as `drstudio view FILE` prints it
+            log.error("cannot open %s: %s", path, exc)
+            return
+        old.gl.release()
+        old.gl = None
+        for name in ("settings", "ui_scale", "screenshot", "window_pos", "frame", "errors_seen"):
+            setattr(new, name, getattr(old, name))
+        new.gl = GLResources(ctx, new)
+        document.add_recent(new.settings, new.scene.path)
+        menus.save_settings(new.settings)
+        glfw.set_window_title(window, f"drstudio - {Path(new.scene.path).name}")
+        self.state = new
+
     def _loop(self, window, ctx: moderngl.Context, max_frames, on_frame) -> None:
         state = self.state
         last_draw = time.perf_counter()
         seen_events, settle, dirty = -1, self.SETTLE_FRAMES, True
         while not glfw.window_should_close(window) and not state.quit:
+            if state.open_request is not None and self.opener is not None:
+                self._open(window, ctx)
+                state, dirty, settle = self.state, True, self.SETTLE_FRAMES
             glfw.poll_events()
             if self._events != seen_events:
                 seen_events, settle = self._events, self.SETTLE_FRAMES
@@ -230,7 +262,7 @@ class ViewerApp:
             last_draw = t_frame
             if max_frames is not None and state.frame >= max_frames:
                 break
-        state.flush(force=True)
+        self.state.flush(force=True)
 
     def _frame(self, state: AppState) -> None:
         imgui.get_style().font_scale_main = state.ui_scale
@@ -255,15 +287,21 @@ class ViewerApp:
         menus.error_popup(state, panels.errors(state))
 
 
-def build(scene_path: str, device: str | None = None) -> tuple[AppState, Engine]:
-    """Load the scene, set up its problem and engine, and the viewer state (engine not started)."""
-    scene = open_scene(scene_path)
-    problem = Problem(scene, device)
+def build(scene_path: str, device: str | None = None, scene=None) -> tuple[AppState, Engine]:
+    """Load the scene (or take `scene`, loaded from `scene_path`), set up its problem and engine, and the
+    viewer state (engine not started). A scene without an optimize section opens as a viewer/editor
+    (`document.editor_scene`: every parameter listed, none free)."""
+    scene = open_scene(scene_path) if scene is None else scene
+    editor = scene.optimize is None
+    problem = Problem(document.editor_scene(scene) if editor else scene, device)
+    if editor:
+        document.fix_all(problem)
     # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
     # training live, so the image panes of field scenes refresh once a second instead of ten times.
     engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1)
     state = AppState.from_problem(problem, engine)
     state.problem = problem
+    state.editor = editor
     if problem.field_training is not None:  # the field preview thread (started with the engine)
         from .field_preview import FieldPreview, FieldSource
 
@@ -285,56 +323,121 @@ def build_attached(address: tuple[str, int], token: str) -> tuple[AppState, obje
     return AppState.from_description(scene, engine, engine.description), engine
 
 
-def run_viewer(scene_path: str | None, *, device: str | None = None, max_frames: int | None = None,
-               on_frame=None, record_dir: str | Path | None = None, attach: tuple[str, int] | None = None,
-               token: str | None = None) -> int:
-    """Open the viewer-editor on a scene file and run until the window closes (or `max_frames`).
+class LiveSession:
+    """One open scene of a live viewer: its state, engine (running), recorder and results folder.
+    `end()` stops it and, with a results folder, writes what `drstudio optimize` writes there."""
 
-    `record_dir`: record the session into a new folder below it (see docs/recording.md); None: off.
-    `attach` (host, port) and `token`: show and steer a run served by `drstudio optimize --serve` instead
-    (its own process records it; `scene_path` and `record_dir` are not used).
+    def __init__(self, state: AppState, engine, recorder=None, results_dir: Path | None = None):
+        self.state, self.engine, self.recorder = state, engine, recorder
+        state.results_dir = results_dir
+        if recorder is not None:
+            engine.add_listener(recorder)
+            state.record_dir = recorder.dir  # File > Save render / Screenshot write there
+            print(f"recording to {recorder.dir}", file=sys.stderr)
+        engine.start_thread()
+        if state.preview is not None:
+            state.preview.start()
 
-    `on_frame(state)` is called every frame after drawing, before the buffer swap (a test hook; the
-    back buffer can be read with `state.screenshot()`). Returns the process exit code: 0, 2 for a bad
-    scene file or no display, 130 when interrupted."""
-    try:
-        if attach is not None:
-            state, engine = build_attached(attach, token or "")
-            scene_path, record_dir = state.scene.path, None
-        else:
-            state, engine = build(scene_path, device)
-    except SceneError as exc:
-        print(f"drstudio view: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except ValueError as exc:  # e.g. a scene without an optimize section
-        print(f"drstudio view: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except (OSError, TimeoutError, AuthenticationError) as exc:  # attach: nothing served there, a wrong token
-        print(f"drstudio view: cannot attach to {attach}: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    recorder = None
-    if record_dir is not None:
-        from drstudio.renderer.recording import Recorder, next_recording_dir
-
-        recorder = Recorder(next_recording_dir(record_dir), engine.problem)
-        engine.add_listener(recorder)
-        state.record_dir = recorder.dir  # File > Save render / Screenshot write there
-        print(f"recording to {recorder.dir}", file=sys.stderr)
-    engine.start_thread()
-    if state.preview is not None:
-        state.preview.start()
-    try:
-        app = ViewerApp(state, title=f"drstudio - {Path(scene_path).name}")
-        return app.run(max_frames=max_frames, on_frame=on_frame)
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
-    finally:
+    def end(self) -> None:
+        state, engine = self.state, self.engine
         if state.preview is not None:
             state.preview.stop()
         if state.video is not None and state.video.job is not None:
             state.video.job.cancel()
             state.video.job.join(30)
-        engine.shutdown()
-        if recorder is not None:
-            recorder.close()
-            print(recorder.summary(), file=sys.stderr)
+        stopped = engine.shutdown(timeout=120.0)
+        if self.recorder is not None:
+            self.recorder.close()
+            print(self.recorder.summary(), file=sys.stderr)
+        if state.results_dir is None or state.problem is None:
+            return
+        if not stopped:
+            print(f"drstudio view: the optimizer did not stop; no results written to {state.results_dir}",
+                  file=sys.stderr)
+            return
+        extra = {"viewer": True}
+        if self.recorder is not None:
+            extra["recording"] = {"path": str(self.recorder.dir), "bytes": self.recorder.bytes_written,
+                                  "error": self.recorder.failed or None}
+        from drstudio.app.headless import write_results
+
+        print(f"writing results to {state.results_dir}", file=sys.stderr)
+        try:
+            write_results(state.problem, engine.snapshot(), Path(state.results_dir),
+                          time.monotonic() - state.opened_at, extra)
+        except OSError as exc:
+            print(f"drstudio view: cannot write results to {state.results_dir}: {exc}", file=sys.stderr)
+
+
+def run_viewer(scene_path: str | None, *, device: str | None = None, max_frames: int | None = None,
+               on_frame=None, record_dir: str | Path | None = None, attach: tuple[str, int] | None = None,
+               token: str | None = None, results_dir: str | Path | None = None) -> int:
+    """Open the viewer-editor on a scene file and run until the window closes (or `max_frames`).
+
+    `record_dir`: record the session into a new folder below it (see docs/recording.md); None: off.
+    `results_dir`: when the session ends (quit, or File > Open of another scene), write there what
+    `drstudio optimize` writes (params.npz, metrics.json, views/, ...); a scene opened later gets a fresh
+    folder beside it (`<results_dir>-2`, ...), and its recording goes below that when `record_dir` was inside
+    `results_dir`. None: nothing written at the end.
+    `attach` (host, port) and `token`: show and steer a run served by `drstudio optimize --serve` instead
+    (its own process records it; `scene_path`, `record_dir` and `results_dir` are not used).
+
+    `on_frame(state)` is called every frame after drawing, before the buffer swap (a test hook; the
+    back buffer can be read with `state.screenshot()`; File > Open replaces the state). Returns the process
+    exit code: 0, 2 for a bad scene file or no display, 130 when interrupted."""
+    from drstudio.renderer.recording import Recorder, next_recording_dir
+
+    results_dir = None if results_dir is None or attach is not None else Path(results_dir)
+    inside = results_dir is not None and record_dir is not None and \
+        Path(record_dir).resolve().is_relative_to(results_dir.resolve())
+    rec_rel = Path(record_dir).resolve().relative_to(results_dir.resolve()) if inside else None
+
+    def start(path: str, scene=None, first: bool = False) -> LiveSession:
+        state, engine = build(path, device, scene)
+        out = results_dir if first or results_dir is None else next_recording_dir(results_dir)
+        rec = record_dir if not inside or first else out / rec_rel
+        recorder = None if rec is None else Recorder(next_recording_dir(rec), engine.problem)
+        return LiveSession(state, engine, recorder, out)
+
+    try:
+        if attach is not None:
+            state, engine = build_attached(attach, token or "")
+            scene_path = state.scene.path
+            session = LiveSession(state, engine)
+        else:
+            session = start(scene_path, first=True)
+    except SceneError as exc:
+        print(f"drstudio view: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except ValueError as exc:  # e.g. a scene with fields but no optimize section
+        print(f"drstudio view: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (OSError, TimeoutError, AuthenticationError) as exc:  # attach: nothing served there, a wrong token
+        print(f"drstudio view: cannot attach to {attach}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+
+    def opener(path: str) -> AppState:
+        """File > Open: validate the file first (a bad one leaves the open scene running), pause the old
+        engine (no two threads load Warp modules at once), build the new scene, then end the old one."""
+        nonlocal session
+        scene = open_scene(path)
+        old = session
+        was_running = document.pause_engine(old.state)
+        try:
+            new = start(path, scene)
+        except BaseException:
+            if was_running:
+                old.state.send(commands.Resume)
+            raise
+        old.end()
+        session = new
+        return new.state
+
+    try:
+        app = ViewerApp(session.state, title=f"drstudio - {Path(scene_path).name}",
+                        opener=None if attach is not None else opener)
+        return app.run(max_frames=max_frames, on_frame=on_frame)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    finally:
+        session.end()

@@ -29,6 +29,7 @@ SHORTCUTS = (  # (keys, what): the help overlay's table
     ("Ctrl+Z", "undo the last edit (a whole drag is one step)"),
     ("Ctrl+Shift+Z, Ctrl+Y", "redo"),
     ("F1, ?", "this help"),
+    ("Ctrl+O", "open a scene (File > Open path: type one)"),
     ("Ctrl+Q", "quit"),
     ("F (over the 3D view)", "frame the scene and its lights"),
     ("W / E / R (over the 3D view)", "gizmo: translate / rotate / scale"),
@@ -99,6 +100,43 @@ def save_dialog(title: str, default_path: str, filters: tuple[str, str] = ("PNG 
     return pfd.save_file(title, default_path, list(filters))
 
 
+def open_dialog(title: str, default_path: str, filters: tuple[str, str] = ("drstudio scenes", "*.json")):
+    """A native "open file" dialog, not blocking (as `save_dialog`); `result()` is a list of chosen paths
+    ([] when cancelled). Tests replace this function, or type a path into File > Open path."""
+    from imgui_bundle import portable_file_dialogs as pfd
+
+    return pfd.open_file(title, default_path, list(filters))
+
+
+def folder_dialog(title: str, default_path: str):
+    """A native "select folder" dialog, not blocking; `result()` is the folder ("" when cancelled)."""
+    from imgui_bundle import portable_file_dialogs as pfd
+
+    return pfd.select_folder(title, default_path)
+
+
+def native_dialogs() -> bool:
+    """Whether portable-file-dialogs has a backend here (zenity, kdialog, ... on Linux)."""
+    try:
+        from imgui_bundle import portable_file_dialogs as pfd
+
+        return bool(pfd.settings.available())
+    except Exception:  # noqa: BLE001 - no dialogs: File > Open path still works
+        return False
+
+
+def request_open(state: AppState, path: str) -> None:
+    """Open `path` instead of the current scene (the app acts on it after this frame). A file that is not
+    there is reported at once; every other problem comes from loading it (the error popup, the scene kept)."""
+    path = os.path.expanduser(path.strip())
+    if not path:
+        return
+    if not Path(path).is_file():
+        state.send_error = f"open: {path}: no such file"
+        return
+    state.open_request = path
+
+
 def save_image(state: AppState, what: str) -> None:
     """Save the active view's render ("render") or the window ("screenshot") as PNG: into the folder the
     session records into, else where the user chooses (`save_dialog`, polled by `poll_dialog`)."""
@@ -118,6 +156,14 @@ def poll_dialog(state: AppState) -> None:
         return
     state.dialog = None
     path = dialog.result()
+    if what == "open":
+        if path:
+            request_open(state, path[0] if isinstance(path, list) else path)
+        return
+    if what == "export":
+        if path:
+            export(state, Path(path))
+        return
     if path:
         suffix = ".json" if what == "scene" else ".png"
         _write(state, what, Path(path) if Path(path).suffix else Path(path).with_suffix(suffix))
@@ -157,6 +203,26 @@ def _write(state: AppState, what: str, path: Path) -> None:
     log.info("saved %s", path)
 
 
+def export(state: AppState, out: Path) -> None:
+    """File > Export results: what `drstudio optimize` writes, into `out` (document.export_results)."""
+    from .document import export_results
+
+    try:
+        export_results(state, out)
+    except (OSError, ValueError, TimeoutError) as exc:
+        state.send_error = f"export results to {out}: {exc}"
+        return
+    state.exported.append(out)
+    log.info("exported results to %s", out)
+
+
+def export_default(state: AppState) -> Path:
+    """Where Export results offers to write: the session's results folder's sibling, else runs/<time>."""
+    from drstudio.app.headless import default_out_dir
+
+    return default_out_dir(Path.cwd())
+
+
 def take_screenshot(state: AppState) -> None:
     """Called by the app after a frame is drawn (before the swap): write a pending screenshot."""
     if state.pending_screenshot is None or state.screenshot is None:
@@ -180,6 +246,16 @@ def file_menu(state: AppState) -> None:
     remember(state, "menu.file")
     if not opened:
         return
+    live = not state.read_only and state.problem is not None  # a local engine (not a replay, not attached)
+    if imgui.menu_item("Open...###open", "Ctrl+O", False, live)[0]:
+        open_scene_dialog(state)
+    remember(state, "menu.file.open")
+    if imgui.is_item_hovered():
+        imgui.set_tooltip("open another scene file (this one's session ends and its results are written)"
+                          + ("" if native_dialogs() else "; no native dialog here: use Open path"))
+    open_path_field(state, live)
+    recent_menu(state, live)
+    imgui.separator()
     where = f" (into {state.record_dir})" if state.record_dir is not None else "..."
     if imgui.menu_item(f"Save render as PNG{where}###saverender", "", False, state.snapshot.render is not None)[0]:
         save_image(state, "render")
@@ -194,9 +270,62 @@ def file_menu(state: AppState) -> None:
     remember(state, "menu.file.scene")
     if imgui.is_item_hovered():
         imgui.set_tooltip("the scene JSON with the current values (changed textures as PNG, meshes as OBJ beside it)")
+    if imgui.menu_item("Export results...###export", "", False, live)[0]:
+        state.dialog = (folder_dialog("Export results into a folder", str(export_default(state))), "export")
+    remember(state, "menu.file.export")
+    if imgui.is_item_hovered():
+        imgui.set_tooltip("what `drstudio optimize` writes: params.npz, metrics.json, views/, loss.png, recovered "
+                          "textures and meshes (the optimizer pauses for the final evaluation)")
     imgui.separator()
     if imgui.menu_item("Quit", "Ctrl+Q", False)[0]:
         state.quit = True
+    imgui.end_menu()
+
+
+def open_scene_dialog(state: AppState) -> None:
+    default = str(Path(state.scene.path).parent) + os.sep if state.scene is not None and state.scene.path else ""
+    state.dialog = (open_dialog("Open a scene", default), "open")
+
+
+def open_path_field(state: AppState, enabled: bool) -> None:
+    """File > Open path: type a scene file's path, Enter opens it (no native dialog needed)."""
+    imgui.begin_disabled(not enabled)
+    imgui.set_next_item_width(imgui.calc_text_size("0").x * 28)
+    flags = imgui.InputTextFlags_.enter_returns_true | imgui.InputTextFlags_.auto_select_all  # a click selects it all
+    entered, state.open_text = imgui.input_text_with_hint("##openpath", "Open path: type a scene file, Enter",
+                                                          state.open_text, flags)
+    remember(state, "menu.file.openpath")
+    if imgui.is_item_hovered():
+        imgui.set_tooltip("a scene file's path (absolute, or relative to the working folder); Enter opens it")
+    if entered:
+        request_open(state, state.open_text)
+        if state.open_request is not None:
+            state.open_text = ""
+        imgui.close_current_popup()
+    imgui.end_disabled()
+
+
+def recent_menu(state: AppState, enabled: bool) -> None:
+    """File > Open Recent: the last scenes opened (greyed out when the file is gone; Clear missing)."""
+    from .document import prune_recent, recent
+
+    items = recent(state.settings)
+    opened = imgui.begin_menu("Open Recent", enabled and bool(items))
+    remember(state, "menu.file.recent")
+    if not opened:
+        return
+    for i, path in enumerate(items):
+        there = Path(path).is_file()
+        if imgui.menu_item(f"{Path(path).name}  ({Path(path).parent})###recent{i}", "", False, there)[0]:
+            request_open(state, path)
+        remember(state, f"menu.file.recent.{i}")
+        if imgui.is_item_hovered(imgui.HoveredFlags_.allow_when_disabled):
+            imgui.set_tooltip(path if there else f"{path} (missing)")
+    imgui.separator()
+    if imgui.menu_item("Clear missing", "", False, any(not Path(p).is_file() for p in items))[0]:
+        prune_recent(state.settings)
+        save_settings(state.settings)
+    remember(state, "menu.file.recent.prune")
     imgui.end_menu()
 
 
@@ -280,6 +409,8 @@ def shortcuts(state: AppState) -> None:
         return
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.q):
         state.quit = True
+    if io.key_ctrl and imgui.is_key_pressed(imgui.Key.o) and not state.read_only and state.problem is not None:
+        open_scene_dialog(state)
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.z):
         state.redo() if io.key_shift else state.undo()
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.y):

@@ -9,6 +9,7 @@ import math
 import numpy as np
 from drstudio.renderer import conventions as cv
 from drstudio.renderer.optim import commands
+from drstudio.renderer.optim.identifiability import underdetermined
 from drstudio.renderer.params import Group, Kind, camera_intrinsics, camera_pose
 from imgui_bundle import imgui, implot
 
@@ -395,6 +396,18 @@ def optimizer_panel(state: AppState) -> None:
         _loss_weights(state)
         imgui.end()
         return
+    if state.editor:  # no optimize section in the file: how to optimize anything (document.editor_scene)
+        from .document import EDITOR_HELP
+
+        imgui.push_style_color(imgui.Col_.text, (0.55, 0.8, 1.0, 1.0))
+        imgui.text_wrapped(EDITOR_HELP)
+        imgui.pop_style_color()
+        remember(state, "optimizer.editor_help")
+    for warning in underdetermined(state.free, state.views):
+        imgui.push_style_color(imgui.Col_.text, STATE_COLORS["paused"])
+        imgui.text_wrapped(f"warning: {warning}")
+        imgui.pop_style_color()
+        remember(state, "optimizer.warning")
     label, command = start_button(snap.state)
     imgui.begin_disabled(command is None)
     if _button(state, label, "button.start") and command is not None:

@@ -213,6 +213,12 @@ class AppState:
         self.field_view = FieldViewSettings()
         self._preview_seen = (None, None)
         self.problem = None  # the Problem (for the video export's renderers; never stepped here)
+        self.editor = False  # the scene has no optimize section: a viewer/editor (document.editor_scene)
+        self.opened_at = time.monotonic()  # when this scene was opened (the results' "seconds")
+        self.open_request: str | None = None  # a scene file to open instead (File > Open; the app acts on it)
+        self.open_text = ""  # File > Open path: the typed path
+        self.results_dir = None  # where this session's results go when it ends (`drstudio view`: runs/<ts>)
+        self.exported: list = []  # folders File > Export results wrote
         self.video = None  # camera_panel.VideoSettings (created by the Camera path window)
 
         # Replay mode (app/viewer/replay_mode.py sets these; the live viewer keeps the defaults).

@@ -152,16 +152,30 @@ class _RunCommand(Command):
             getattr(run, self.method)()
 
 
+def _require_free(problem) -> None:
+    """A run needs something to optimize (a scene opened to edit starts with nothing free)."""
+    if not problem.free_paths():
+        from .problem import NOTHING_FREE
+
+        raise CommandError(NOTHING_FREE)
+
+
 @dataclass(frozen=True)
 class Start(_RunCommand):
     kind: ClassVar[str] = "start"
     method: ClassVar[str] = "run_start"
+
+    def check(self, problem):
+        _require_free(problem)
 
 
 @dataclass(frozen=True)
 class Resume(_RunCommand):
     kind: ClassVar[str] = "resume"
     method: ClassVar[str] = "run_resume"
+
+    def check(self, problem):
+        _require_free(problem)
 
 
 @dataclass(frozen=True)
@@ -185,6 +199,9 @@ class Step(Command):
 
     def __post_init__(self):
         object.__setattr__(self, "n", _count("step count", self.n, 1))
+
+    def check(self, problem):
+        _require_free(problem)
 
     def apply(self, problem, run):
         if run is not None:
@@ -297,7 +314,7 @@ class SetTargetValue(_PathValue):
 
 @dataclass(frozen=True)
 class SetFree(Command):
-    """Make an optimizable parameter free or fixed; at least one stays free."""
+    """Make an optimizable parameter free or fixed (with none free, a run is refused: Start, Step)."""
 
     kind: ClassVar[str] = "set_free"
     edits: ClassVar[bool] = True
@@ -312,8 +329,6 @@ class SetFree(Command):
 
     def check(self, problem):
         _require_optimizable(problem, self.path)
-        if not self.free and problem.free_paths() == [self.path]:
-            raise CommandError(f"{self.path} is the last free parameter; free another one before fixing it")
 
     def apply(self, problem, run):
         problem.set_free(self.path, self.free)

@@ -113,15 +113,16 @@ class _Optimizer:
     _buffer_names: tuple[str, ...] = ()
 
     def __init__(self, params: Sequence[wp.array] | Mapping[str, wp.array], lr: float | Sequence[float],
-                 schedule: Callable[[int], float] | None):
+                 schedule: Callable[[int], float] | None, device=None):
         if isinstance(params, Mapping):
             self.names, self.params = list(params.keys()), list(params.values())
         else:
             self.params = list(params)
             self.names = [str(i) for i in range(len(self.params))]
-        if not self.params:
-            raise ValueError("params: expected at least one wp.array")
-        self.device = self.params[0].device
+        if not self.params and device is None:
+            raise ValueError("params: expected at least one wp.array (or, for an optimizer of none, a device)")
+        # an optimizer of no parameters (nothing free yet, e.g. a scene opened to edit) steps nothing
+        self.device = self.params[0].device if self.params else wp.get_device(device)
         for name, p in zip(self.names, self.params, strict=True):
             _check_param(f"params[{name!r}]", p)
             if not p.requires_grad:
@@ -237,12 +238,12 @@ class Adam(_Optimizer):
     _buffer_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float | Sequence[float] = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None):
+                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None, device=None):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas: expected two values in [0, 1), got {betas}")
         if not eps > 0.0:
             raise ValueError(f"eps: expected eps > 0, got {eps}")
-        super().__init__(params, lr, schedule)
+        super().__init__(params, lr, schedule, device)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
 
@@ -260,10 +261,10 @@ class SGD(_Optimizer):
     _buffer_names = ("velocity",)
 
     def __init__(self, params, lr: float | Sequence[float] = 1e-2, momentum: float = 0.0,
-                 schedule: Callable[[int], float] | None = None):
+                 schedule: Callable[[int], float] | None = None, device=None):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum: expected a value in [0, 1), got {momentum}")
-        super().__init__(params, lr, schedule)
+        super().__init__(params, lr, schedule, device)
         self.momentum = float(momentum)
 
     def _update(self, i, grad, lr):

@@ -30,6 +30,7 @@ from .models import IMAGE_LOSSES, Model, model_class
 from .targets import Target, add_dataset_cameras
 
 REGULARIZERS = ("tv", "laplacian", "edge_length")
+NOTHING_FREE = "nothing is free: make a parameter free first (the Optimizer panel's 'free' checkbox, set_free)"
 
 
 @dataclass
@@ -144,10 +145,10 @@ class Problem:
                                            base_lr=float(opt.lr))
         if opt.type == "sgd":
             self.optimizer = optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
-                                            schedule=schedule)
+                                            schedule=schedule, device=self.ds.device)
         else:
             betas = tuple(getattr(opt, "betas", None) or (0.9, 0.999))
-            self.optimizer = optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule)
+            self.optimizer = optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=self.ds.device)
 
     @property
     def opt_paths(self) -> list[str]:
@@ -232,6 +233,8 @@ class Problem:
         return total, terms, outputs
 
     def step(self) -> StepResult:
+        if not self._opt_paths:
+            raise ValueError(NOTHING_FREE)
         batch = self.model.batch(self._view_rng)
         self.model.before_step(self.step_index)
         self.ds.zero_grad()
