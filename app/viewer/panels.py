@@ -78,9 +78,25 @@ def menu_bar(state: AppState) -> None:
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
     imgui.text(f"step {snap.step}/{state.steps}   loss {snap.loss:.4g}   {snap.steps_per_second:.1f} steps/s   "
                f"{state.fps:.0f} fps")
-    for error in errors(state):
-        imgui.text_colored(STATE_COLORS["error"], error[:120])
+    for error in errors(state):  # cut to the bar's width; the full message in the tooltip (and the popup)
+        imgui.text_colored(STATE_COLORS["error"], fit_text(error, imgui.get_content_region_avail().x))
+        if imgui.is_item_hovered():
+            imgui.set_tooltip(error)
     imgui.end_main_menu_bar()
+
+
+def fit_text(text: str, width: float) -> str:
+    """`text`, or its longest head that fits `width` pixels with "..." appended."""
+    if imgui.calc_text_size(text).x <= width:
+        return text
+    lo, hi = 0, len(text)
+    while lo < hi:  # the longest prefix whose "prefix..." fits
+        mid = (lo + hi + 1) // 2
+        if imgui.calc_text_size(text[:mid] + "...").x <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "..."
 
 
 def errors(state: AppState) -> list[str]:
@@ -149,20 +165,28 @@ def _intensity(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarra
     return np.array([max(out, lo)], np.float32) if changed else None
 
 
+# The Inspector's value labels are short ("current", "target rot"): at 1280x720 the window leaves them the
+# width of "fill current" (INSPECTOR_LABEL); what a label abbreviates is in the widget's tooltip.
+INSPECTOR_LABEL = "fill current"
+
+
 def _quaternion(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
-    changed, out = imgui.drag_float3(f"{which} (euler deg){label}", quat_to_euler_deg(v).tolist(), 0.5,
-                                     format="%.2f")
+    changed, out = imgui.drag_float3(f"{which} rot{label}", quat_to_euler_deg(v).tolist(), 0.5, format="%.2f")
+    _tooltip(f"{which} rotation as Euler angles in degrees (X, Y, Z)")
     return cv.quat_from_euler_deg(out).astype(np.float32) if changed else None
 
 
 def _pose(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
-    c1, pos = imgui.drag_float3(f"{which} position{label}", v[:3].tolist(), speed, format="%.4f")
-    c2, eul = imgui.drag_float3(f"{which} euler deg{label}", quat_to_euler_deg(v[3:]).tolist(), 0.5, format="%.2f")
+    c1, pos = imgui.drag_float3(f"{which} pos{label}", v[:3].tolist(), speed, format="%.4f")
+    _tooltip(f"{which} camera position (world)")
+    c2, eul = imgui.drag_float3(f"{which} rot{label}", quat_to_euler_deg(v[3:]).tolist(), 0.5, format="%.2f")
+    _tooltip(f"{which} camera rotation as Euler angles in degrees (X, Y, Z)")
     return np.r_[pos, cv.quat_from_euler_deg(eul)].astype(np.float32) if c1 or c2 else None
 
 
 def _intrinsics(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
-    changed, out = imgui.drag_float4(f"{which} fx fy cx cy{label}", v.tolist(), 0.5, format="%.2f")
+    changed, out = imgui.drag_float4(f"{which}{label}", v.tolist(), 0.5, format="%.2f")
+    _tooltip(f"{which} intrinsics: fx, fy, cx, cy in pixels")
     return np.asarray(out, np.float32) if changed else None
 
 
@@ -223,7 +247,7 @@ def _edit(state: AppState, info: ParamInfo, value: np.ndarray, which: str, speed
         if state.read_only:
             imgui.begin_disabled()
         state.inspector_rows[key] = row
-        changed, out = row_editor(f"{which} row{label}", v[row], speed)
+        changed, out = row_editor(f"{which}{label}", v[row], speed)  # the row: the index slider above
         if not changed:
             return None
         new = v.copy()
@@ -298,6 +322,20 @@ def inspector_panel(state: AppState) -> None:
         imgui.text_wrapped("Select a mesh, material, light or camera in the Scene panel.")
         imgui.end()
         return
+    imgui.push_item_width(-(imgui.calc_text_size(INSPECTOR_LABEL).x + imgui.get_style().item_inner_spacing.x))
+    _inspector(state, sel)
+    imgui.pop_item_width()
+    imgui.end()
+
+
+def _note(text: str) -> None:
+    """A disabled-colored line that wraps at the window's edge (never clipped)."""
+    imgui.push_style_color(imgui.Col_.text, imgui.get_style().color_(imgui.Col_.text_disabled))
+    imgui.text_wrapped(text)
+    imgui.pop_style_color()
+
+
+def _inspector(state: AppState, sel) -> None:
     group, name = sel
     sc = state.scene
     snap = state.snapshot
@@ -306,7 +344,7 @@ def inspector_panel(state: AppState) -> None:
     imgui.text(f"{group[:-1]} '{name}'")
     if group == Group.MESHES:
         m = sc.meshes[name]
-        imgui.text_disabled(f"{len(m.vertices)} vertices, {len(m.faces)} faces, from {m.source}")
+        _note(f"{len(m.vertices)} vertices, {len(m.faces)} faces, from {m.source}")
         if imgui.small_button(f"material: {m.material}"):
             state.selection = (Group.MATERIALS, m.material)
     elif group == Group.LIGHTS:
@@ -334,7 +372,7 @@ def inspector_panel(state: AppState) -> None:
             if changed:
                 state.send(commands.SetFree, info.path, free)
         else:
-            imgui.text_disabled("fixed (not in optimize.parameters)")
+            _note("fixed (not in optimize.parameters)")
         g = snap.grad_norms.get(info.path)
         if g is not None:
             imgui.same_line()
@@ -345,7 +383,7 @@ def inspector_panel(state: AppState) -> None:
             imgui.text(f"err {err:.3e}")
         pg = snap.param_grads.get(info.path)
         if pg is not None and np.size(pg) <= 8:
-            imgui.text_disabled("grad " + np.array2string(np.asarray(pg).reshape(-1), precision=3))
+            _note("grad " + np.array2string(np.asarray(pg).reshape(-1), precision=3))
         imgui.begin_disabled(state.read_only)  # replay: values shown, not editable
         new = _edit(state, info, state.values[info.path], "current", speed)
         _send_edit(state, info, new, "current")
@@ -356,7 +394,6 @@ def inspector_panel(state: AppState) -> None:
         if info.kind.is_texture:
             _texture_previews(state, info)
         imgui.pop_id()
-    imgui.end()
 
 
 # -- Optimizer ------------------------------------------------------------------------------------
