@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import moderngl
 import numpy as np
 from drstudio.renderer import conventions as cv
 from drstudio.renderer.optim import commands
@@ -832,7 +833,7 @@ def time_controls(state: AppState) -> None:
 # -- Images ---------------------------------------------------------------------------------------
 
 def images_panel(state: AppState) -> None:
-    if not begin(state, "Images"):
+    if not begin(state, "Images", imgui.WindowFlags_.no_scroll_with_mouse):  # the wheel zooms the panes
         imgui.end()
         return
     gl = state.gl
@@ -867,7 +868,10 @@ def images_panel(state: AppState) -> None:
         vmax = gl.viewport.scale_for(state, "image")
     avail = imgui.get_content_region_avail()
     legend_h = 2 * imgui.get_text_line_height() + 22 if grad is not None else 0.0
-    pane_w, pane_h = fit(w, h, (avail.x - 24) / 4, avail.y - imgui.get_text_line_height() - 12 - legend_h)
+    readout_h = imgui.get_text_line_height_with_spacing()
+    pane_w, pane_h = fit(w, h, (avail.x - 24) / 4, avail.y - imgui.get_text_line_height() - 12 - legend_h - readout_h)
+    u0, v0, u1, v1 = ps.region()
+    hovered_at = None
     ser = state.serial
     panes = (
         ("render", "render" + (" + grad" if grad is not None else ""), "color", render, None, grad,
@@ -883,15 +887,54 @@ def images_panel(state: AppState) -> None:
                                  gain=ps.diff_gain, heat_max=vmax, heat_log=ov.log_scale, heat_opacity=ov.opacity)
         imgui.begin_group()
         imgui.text(title)
-        show(out, (pane_w, pane_h))
+        out.texture.filter = (moderngl.NEAREST, moderngl.NEAREST) if ps.zoom > 1.0 else (moderngl.LINEAR,) * 2
+        pos = imgui.get_cursor_screen_pos()
+        imgui.image(imgui.ImTextureRef(out.texture.glo), (pane_w, pane_h), (u0, 1.0 - v0), (u1, 1.0 - v1))
+        imgui.set_cursor_screen_pos(pos)
+        imgui.invisible_button(f"##pane.{name}", (pane_w, pane_h))  # takes the drag (pan), not the window
         remember(state, f"pane.{name}")
+        mouse = imgui.get_mouse_pos()
+        at = ((mouse.x - pos.x) / pane_w, (mouse.y - pos.y) / pane_h)
+        if imgui.is_item_hovered() or imgui.is_item_active():
+            hovered_at = at
+            wheel = imgui.get_io().mouse_wheel
+            if wheel:
+                ps.zoom_at(1.25 ** wheel, at)
+            if imgui.is_mouse_double_clicked(imgui.MouseButton_.left):
+                ps.zoom, ps.center = 1.0, (0.5, 0.5)
+        if imgui.is_item_active() and imgui.is_mouse_dragging(imgui.MouseButton_.left, 0.0):
+            d = imgui.get_io().mouse_delta
+            ps.pan(d.x / pane_w, d.y / pane_h)
+        _tooltip("wheel: zoom, drag: pan, double-click: fit; the pixel under the mouse is read out below")
         imgui.end_group()
     if grad is not None:
         x, y, _, ph = state.rects["pane.render"]
         draw_legend(imgui.get_window_draw_list(), (x + 4, y + ph + 6), min(pane_w - 8, 200.0), 10.0, gl.lut.glo,
                     vmax, ov.log_scale, "|dL/d pixel|")
         imgui.dummy((pane_w, legend_h))
+    _pixel_readout(state, hovered_at, snap.render, snap.target)
     imgui.end()
+
+
+def _pixel_readout(state: AppState, at, render: np.ndarray, target: np.ndarray) -> None:
+    """The linear values of the pixel under the mouse in render, target and |render - target|."""
+    ps = state.panes
+    zoom = f"zoom {ps.zoom:.2g}x   " if ps.zoom > 1.0 else ""
+    if at is None or not (0.0 <= at[0] <= 1.0 and 0.0 <= at[1] <= 1.0):
+        ps.probe, ps.probe_values = None, {}
+        imgui.text_disabled(fit_text(zoom + "hover a pane: pixel values (wheel zooms, drag pans)",
+                                     imgui.get_content_region_avail().x))
+        return
+    h, w = render.shape[:2]
+    x, y = ps.pixel(at, w, h)
+    r, t = np.asarray(render[y, x], np.float64), np.asarray(target[y, x], np.float64)
+    ps.probe, ps.probe_values = (x, y), {"render": r, "target": t, "diff": np.abs(r - t)}
+    fmt = lambda v: " ".join(f"{c:.3f}" for c in v)  # noqa: E731
+    text = f"{zoom}({x}, {y})  render {fmt(r)}  target {fmt(t)}  |diff| {fmt(np.abs(r - t))}"
+    imgui.text(fit_text(text, imgui.get_content_region_avail().x))
+    remember(state, "images.readout")
+    _tooltip(f"pixel ({x}, {y}) of {w}x{h}, linear RGB: render {fmt(r)}, target {fmt(t)}, |render - target| "
+             f"{fmt(np.abs(r - t))}")
 
 
 def draw_windows(state: AppState) -> None:

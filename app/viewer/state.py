@@ -78,6 +78,44 @@ class PaneSettings:
     compare: str = "split"  # split or blend
     split: float = 0.5
     diff_gain: float = 4.0
+    # zoom and pan, shared by the four panes (they stay aligned): the shown part of the image is the
+    # square of side 1/zoom (in image units, 0..1) around `center` (x right, y down)
+    zoom: float = 1.0
+    center: tuple = (0.5, 0.5)
+    probe: tuple | None = None  # (x, y) pixel under the mouse, and its values: {"render": rgb, ...}
+    probe_values: dict = dataclasses.field(default_factory=dict)
+
+    MAX_ZOOM = 64.0
+
+    def region(self) -> tuple[float, float, float, float]:
+        """(u0, v0, u1, v1): the shown part of the image in 0..1 (v down), kept inside the image."""
+        half = 0.5 / self.zoom
+        cx = min(max(self.center[0], half), 1.0 - half)
+        cy = min(max(self.center[1], half), 1.0 - half)
+        self.center = (cx, cy)
+        return cx - half, cy - half, cx + half, cy + half
+
+    def zoom_at(self, factor: float, at: tuple[float, float]) -> None:
+        """Zoom by `factor` keeping the image point under `at` (0..1 within the pane) where it is."""
+        u0, v0, u1, v1 = self.region()
+        px, py = u0 + at[0] * (u1 - u0), v0 + at[1] * (v1 - v0)  # the image point under the mouse
+        self.zoom = min(max(self.zoom * factor, 1.0), self.MAX_ZOOM)
+        span = 1.0 / self.zoom
+        self.center = (px - at[0] * span + span / 2, py - at[1] * span + span / 2)
+        self.region()
+
+    def pan(self, dx: float, dy: float) -> None:
+        """Move the image by (dx, dy) panes (a drag right moves the image right: the view left)."""
+        span = 1.0 / self.zoom
+        self.center = (self.center[0] - dx * span, self.center[1] - dy * span)
+        self.region()
+
+    def pixel(self, at: tuple[float, float], w: int, h: int) -> tuple[int, int]:
+        """The image pixel (x, y) under `at` (0..1 within the pane)."""
+        u0, v0, u1, v1 = self.region()
+        x = int(min(max((u0 + at[0] * (u1 - u0)) * w, 0), w - 1))
+        y = int(min(max((v0 + at[1] * (v1 - v0)) * h, 0), h - 1))
+        return x, y
 
 
 @dataclass
