@@ -16,6 +16,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from drstudio.renderer import progress
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import open_scene, summarize
 from drstudio.renderer.memory import MemoryBudgetError
@@ -571,7 +572,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     try:
         _check_device(getattr(args, "device", None))
-        return args.func(args)
+        with progress.terminal():  # kernels compiled on a first run, images loaded, the final evaluation
+            return args.func(args)
     except SceneError as e:
         print(f"drstudio {args.command}: error: {e}", file=sys.stderr)
         for other in e.others:

@@ -121,6 +121,9 @@ class OpenSession(Session):
         yield from self.until_opened(state, self.optimized)
         state = self.state
         assert not state.editor and "optimizer.editor_help" not in state.rects
+        # building it held the UI thread: its phases were drawn (renderer.progress), then the editor's results
+        assert "rendering the targets" in state.phases_shown and "final evaluation" in state.phases_shown, \
+            state.phases_shown
         self.results.setdefault("dirs", []).append(state.results_dir)
         first = self.results["first_results"]
         assert all((first / f).exists() for f in RESULT_FILES), sorted(p.name for p in first.iterdir())
@@ -149,6 +152,7 @@ class OpenSession(Session):
         yield from self.until(state, lambda: state.exported, "the export")
         exported = state.exported[-1]
         assert all((exported / f).exists() for f in RESULT_FILES), sorted(p.name for p in exported.iterdir())
+        assert state.phases_shown[-1] == "final evaluation", state.phases_shown
         metrics = json.loads((exported / "metrics.json").read_text())
         assert metrics["viewer"] is True and metrics["steps"] >= 2
         yield from self.until(state, lambda: state.snapshot.state == "running", "the run to resume")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import sys
+import threading
 import time
 from multiprocessing import AuthenticationError
 from pathlib import Path
@@ -25,6 +26,7 @@ from imgui_bundle import imgui, imguizmo, implot  # isort: split
 import glfw
 import moderngl
 import numpy as np
+from drstudio.renderer import progress
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim import commands
@@ -105,6 +107,8 @@ class ViewerApp:
         self.idle_fps = idle_fps
         self.running_fps = running_fps
         self._layout_done = False
+        self._between_frames = False  # no ImGui frame is open (a phase frame may be drawn)
+        self._phase_drawn = 0.0
         self._events = 0  # input events seen by our GLFW callbacks (ImGui's backend chains them)
 
     def run(self, max_frames: int | None = None, on_frame=None) -> int:
@@ -159,12 +163,17 @@ class ViewerApp:
         self._install_callbacks(window)
         imgui.backends.glfw_init_for_opengl(ctypes.cast(window, ctypes.c_void_p).value, True)
         imgui.backends.opengl3_init("#version 330")
+        def on_phase(event: str, phase) -> None:  # work that holds the UI thread draws its progress
+            self._phase_frame(window, ctx, event, phase)
+
+        progress.add_listener(on_phase)
         try:
             state.gl = GLResources(ctx, state)
             try:
                 state.screenshot = lambda: read_back_buffer(ctx)
                 self._loop(window, ctx, max_frames, on_frame)
             finally:
+                progress.remove_listener(on_phase)
                 self.state.screenshot = None
                 self.state.gl.release()
                 self.state.gl = None
@@ -192,6 +201,46 @@ class ViewerApp:
             return 1.0 / max(self.snapshot_fps, floor) - since
         return 1.0 / floor - since
 
+    def _phase_frame(self, window, ctx: moderngl.Context, event: str, phase) -> None:
+        """A frame with only the progress of `phase` (name, bar, ETA), drawn while work between two frames
+        holds the UI thread (File > Open building a scene, Export results' final evaluation): at its start
+        and then at most ten times a second. Phases on other threads show in the menu bar instead."""
+        if event == "end" or threading.current_thread() is not threading.main_thread() or not self._between_frames:
+            return
+        now = time.monotonic()
+        if event != "start" and now - self._phase_drawn < 0.1:
+            return
+        self._phase_drawn = now
+        self.state.phases_shown.append(phase.name)
+        glfw.poll_events()
+        imgui.backends.opengl3_new_frame()
+        imgui.backends.glfw_new_frame()
+        imgui.new_frame()
+        vp = imgui.get_main_viewport()
+        imgui.set_next_window_pos((vp.work_pos.x + vp.work_size.x / 2, vp.work_pos.y + vp.work_size.y / 2),
+                                  imgui.Cond_.always, (0.5, 0.5))
+        flags = (imgui.WindowFlags_.no_decoration | imgui.WindowFlags_.always_auto_resize
+                 | imgui.WindowFlags_.no_docking | imgui.WindowFlags_.no_saved_settings)
+        imgui.begin("##drstudio.phase", None, flags)
+        imgui.text(phase.name)
+        imgui.progress_bar(phase.fraction, (420, 0), f"{phase.done}/{phase.total} {phase.unit}")
+        eta = phase.eta()
+        imgui.text_disabled(f"ETA {eta:.0f} s" if eta is not None else "ETA: after the first one")
+        imgui.end()
+        imgui.render()
+        fb_w, fb_h = glfw.get_framebuffer_size(window)
+        ctx.screen.use()
+        ctx.viewport = (0, 0, fb_w, fb_h)
+        ctx.clear(*WINDOW_BG, 1.0)
+        imgui.backends.opengl3_render_draw_data(imgui.get_draw_data())
+        glfw.swap_buffers(window)
+
+    def _export(self) -> None:
+        """File > Export results, between frames (its final evaluation draws progress frames)."""
+        state = self.state
+        out, state.export_request = state.export_request, None
+        menus.export(state, out)
+
     def _open(self, window, ctx: moderngl.Context) -> None:
         """File > Open: the scene `state.open_request` replaces the open one (its engine stopped, its GL
         resources released); a scene that cannot be opened leaves the old one, with the message in the
@@ -206,7 +255,7 @@ class ViewerApp:
             return
         old.gl.release()
         old.gl = None
-        for name in ("settings", "ui_scale", "screenshot", "window_pos", "frame", "errors_seen"):
+        for name in ("settings", "ui_scale", "screenshot", "window_pos", "frame", "errors_seen", "phases_shown"):
             setattr(new, name, getattr(old, name))
         new.gl = GLResources(ctx, new)
         document.add_recent(new.settings, new.scene.path)
@@ -219,9 +268,13 @@ class ViewerApp:
         last_draw = time.perf_counter()
         seen_events, settle, dirty = -1, self.SETTLE_FRAMES, True
         while not glfw.window_should_close(window) and not state.quit:
+            self._between_frames = True
             if state.open_request is not None and self.opener is not None:
                 self._open(window, ctx)
                 state, dirty, settle = self.state, True, self.SETTLE_FRAMES
+            if state.export_request is not None:
+                self._export()
+                dirty, settle = True, self.SETTLE_FRAMES
             glfw.poll_events()
             if self._events != seen_events:
                 seen_events, settle = self._events, self.SETTLE_FRAMES
@@ -239,6 +292,7 @@ class ViewerApp:
             state.flush()
             state.gl.update(state)
 
+            self._between_frames = False
             imgui.backends.opengl3_new_frame()
             imgui.backends.glfw_new_frame()
             imgui.new_frame()

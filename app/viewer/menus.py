@@ -162,7 +162,7 @@ def poll_dialog(state: AppState) -> None:
         return
     if what == "export":
         if path:
-            export(state, Path(path))
+            state.export_request = Path(path)  # done between frames: its progress is drawn
         return
     if path:
         suffix = ".json" if what == "scene" else ".png"

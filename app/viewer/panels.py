@@ -9,6 +9,7 @@ import math
 import moderngl
 import numpy as np
 from drstudio.renderer import conventions as cv
+from drstudio.renderer import progress
 from drstudio.renderer.optim import commands
 from drstudio.renderer.optim.identifiability import underdetermined
 from drstudio.renderer.params import Group, Kind, camera_intrinsics, camera_pose
@@ -79,6 +80,9 @@ def menu_bar(state: AppState) -> None:
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
     imgui.text(f"step {snap.step}/{state.steps}   loss {snap.loss:.4g}   {snap.steps_per_second:.1f} steps/s   "
                f"{state.fps:.0f} fps")
+    phase = progress.current()  # work on another thread (the engine's, the preview's) the user waits for
+    if phase is not None:
+        imgui.text_colored(STATE_COLORS["paused"], phase.describe())
     for error in errors(state):  # cut to the bar's width; the full message in the tooltip (and the popup)
         imgui.text_colored(STATE_COLORS["error"], fit_text(error, imgui.get_content_region_avail().x))
         if imgui.is_item_hovered():

@@ -257,6 +257,8 @@ class AppState:
         self.open_text = ""  # File > Open path: the typed path
         self.results_dir = None  # where this session's results go when it ends (`drstudio view`: runs/<ts>)
         self.exported: list = []  # folders File > Export results wrote
+        self.export_request = None  # a folder to export the results into (the app does it between frames)
+        self.phases_shown: list[str] = []  # phases whose progress the app drew while they held the UI thread
         self.video = None  # camera_panel.VideoSettings (created by the Camera path window)
 
         # Replay mode (app/viewer/replay_mode.py sets these; the live viewer keeps the defaults).

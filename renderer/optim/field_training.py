@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import warp as wp
 
+from .. import progress
 from ..errors import SceneError
 from ..field_scene import FieldDeviceScene
 from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
@@ -46,6 +47,7 @@ from ..volume import OccupancyGrid, readout
 from ..volume import render as volume_render
 from . import losses
 from .field_models import DynamicState, NeuralState, render_output, view_radius
+from .models import EVALUATION_PHASE
 from .targets import Target, build_targets
 
 PSNR_TERM = "psnr_test_db"
@@ -416,7 +418,8 @@ class FieldModel:
         mask is then its right half (`eval_mask`)."""
         held_out = [t for t in targets if t.camera in {u.camera for u in self.p.test_targets}]
         self.fit_test_appearance(held_out)
-        return {t.camera: (self.render(t.camera), self.eval_mask(t.camera)) for t in targets}
+        return {t.camera: (self.render(t.camera), self.eval_mask(t.camera))
+                for t in progress.track(EVALUATION_PHASE, targets, unit="view")}
 
     def result_images(self) -> dict[str, np.ndarray]:
         """NeRF-W with transient embeddings: `transient_<camera>` for the first four training views: the static

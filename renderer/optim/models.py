@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import warp as wp
 
-from .. import parallel
+from .. import parallel, progress
 from ..device_scene import DeviceScene
 from ..params import Group, Kind, ParamPath
 from ..render import RenderOutput, render_view
@@ -26,6 +26,8 @@ from ..render_cache import GBufferCache
 from ..scene import Scene
 from . import losses, regularizers
 from .targets import Target, build_targets
+
+EVALUATION_PHASE = "final evaluation"  # the results' render of every view (renderer.progress)
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
 
@@ -229,7 +231,8 @@ class MeshModel:
     def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
         ds = self.p.ds
         frame = ds.prepare()  # without the G-buffer cache: the reference render of every view
-        return {t.camera: (render_view(ds, frame, t.camera), None) for t in targets}
+        return {t.camera: (render_view(ds, frame, t.camera), None)
+                for t in progress.track(EVALUATION_PHASE, targets, unit="view")}
 
     def parameter_metrics(self) -> dict:
         from .metrics import parameter_metrics

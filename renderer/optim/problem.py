@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from .. import progress
 from ..initial_values import initial_value
 from ..scene import Scene
 from . import losses, optimizers
@@ -58,6 +59,7 @@ class Problem:
         spec = scene.optimize
         self.scene, self.spec = scene, spec
         model_cls = model_class(scene)
+        progress.load_kernels(device)  # a phase of its own: minutes on a new machine, not a silent first step
         self._dataset_files = add_dataset_cameras(scene, spec.targets)
         model_files = model_cls.add_cameras(scene, spec.targets)
         self.ds = model_cls.device_scene(scene, device)

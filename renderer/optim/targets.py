@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import warp as wp
 
-from .. import memory
+from .. import memory, progress
 from ..conventions import srgb_to_linear
 from ..device_scene import DeviceScene
 from ..errors import SceneError
@@ -57,7 +57,7 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
         except memory.MemoryBudgetError as exc:
             raise SceneError(scene.path, "optimize.targets", f"{exc}; use a downscaled dataset (drstudio capture "
                              "--downscale N)") from None
-        for cam, file in files.items():
+        for cam, file in progress.track("loading target images", files.items(), unit="image"):
             c = scene.cameras[cam]
             img = srgb_to_linear(read_image(file, channels=3))
             if img.shape[:2] != (c.height, c.width):
@@ -72,7 +72,7 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
         for path, value in truth.items():
             ds.set(path, value)
         frame = ds.prepare()
-        for cam in cameras:
+        for cam in progress.track("rendering the targets", cameras, unit="view"):
             out = render_view(ds, frame, cam)
             targets.append(Target(cam, wp.clone(out.image, requires_grad=False)))
     finally:
