@@ -143,6 +143,15 @@ class OpenSession(Session):
         yield from self.click(state, "menu.file.scene")
         saved = self.evidence / "saved.json"
         yield from self.until(state, lambda: saved in state.saved, "Save scene as")
+        # Ctrl+S: saved again over the same file, with the values of now (no dialog)
+        assert state.save_path == saved
+        n = len(state.saved)
+        vx, vy, vw, vh = state.viewport_rect
+        ox, oy = state.window_pos
+        self.input.move(ox + vx + vw * 0.1, oy + vy + vh * 0.9)
+        yield from self.frames(2)
+        self.input("key", "ctrl+s")
+        yield from self.until(state, lambda: len(state.saved) > n and saved in state.saved[n:], "Ctrl+S")
 
         # -- Export results (the optimizer paused for it and resumed) --
         yield from self.click(state, "button.start")

@@ -30,6 +30,7 @@ SHORTCUTS = (  # (keys, what): the help overlay's table
     ("Ctrl+Shift+Z, Ctrl+Y", "redo"),
     ("F1, ?", "this help"),
     ("Ctrl+O", "open a scene (File > Open path: type one)"),
+    ("Ctrl+S", "save the scene (again where it was last saved as; else Save scene as)"),
     ("Ctrl+Q", "quit"),
     ("F (over the 3D view)", "frame the scene and its lights"),
     ("W / E / R (over the 3D view)", "gizmo: translate / rotate / scale"),
@@ -169,6 +170,15 @@ def poll_dialog(state: AppState) -> None:
         _write(state, what, Path(path) if Path(path).suffix else Path(path).with_suffix(suffix))
 
 
+def save_scene_again(state: AppState) -> None:
+    """File > Save scene (Ctrl+S): over the file this session last saved the scene as; the first time, Save
+    scene as (the scene's own file is never overwritten without the dialog)."""
+    if state.save_path is None:
+        save_scene(state)
+    else:
+        _write(state, "scene", Path(state.save_path))
+
+
 def save_scene(state: AppState) -> None:
     """File > Save scene as: the scene JSON with the current values, where the user chooses."""
     default = Path(state.scene.path).with_name(Path(state.scene.path).stem + "_edited.json")
@@ -185,6 +195,7 @@ def _write(state: AppState, what: str, path: Path) -> None:
             state.send_error = f"save scene as {path}: {exc}"
             return
         state.saved.extend(files)
+        state.save_path = path
         log.info("saved %s", ", ".join(map(str, files)))
         return
     if what == "screenshot":  # the back buffer of a frame without the menu: written after it is drawn
@@ -265,7 +276,12 @@ def file_menu(state: AppState) -> None:
     if imgui.menu_item(f"Screenshot{where}###screenshot", "", False)[0]:
         save_image(state, "screenshot")
     remember(state, "menu.file.screenshot")
-    if imgui.menu_item("Save scene as...###savescene", "", False, not getattr(state.scene, "fields", None))[0]:
+    savable = not getattr(state.scene, "fields", None)
+    again = f"Save scene ({Path(state.save_path).name})" if state.save_path else "Save scene..."
+    if imgui.menu_item(again + "###savescene1", "Ctrl+S", False, savable)[0]:
+        save_scene_again(state)
+    remember(state, "menu.file.save")
+    if imgui.menu_item("Save scene as...###savescene", "", False, savable)[0]:
         save_scene(state)
     remember(state, "menu.file.scene")
     if imgui.is_item_hovered():
@@ -411,6 +427,8 @@ def shortcuts(state: AppState) -> None:
         state.quit = True
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.o) and not state.read_only and state.problem is not None:
         open_scene_dialog(state)
+    if io.key_ctrl and imgui.is_key_pressed(imgui.Key.s) and not getattr(state.scene, "fields", None):
+        save_scene_again(state)
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.z):
         state.redo() if io.key_shift else state.undo()
     if io.key_ctrl and imgui.is_key_pressed(imgui.Key.y):

@@ -257,6 +257,7 @@ class AppState:
         self.open_text = ""  # File > Open path: the typed path
         self.results_dir = None  # where this session's results go when it ends (`drstudio view`: runs/<ts>)
         self.exported: list = []  # folders File > Export results wrote
+        self.save_path = None  # where Save scene as last wrote the scene (File > Save scene, Ctrl+S, writes there)
         self.export_request = None  # a folder to export the results into (the app does it between frames)
         self.phases_shown: list[str] = []  # phases whose progress the app drew while they held the UI thread
         self.video = None  # camera_panel.VideoSettings (created by the Camera path window)
