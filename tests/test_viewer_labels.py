@@ -82,6 +82,9 @@ class WalkSession(Session):
     def run(self, state):
         yield from self.until(state, lambda: state.snapshot.render is not None and "pane.render" in state.rects,
                               "the first snapshot with images", timeout=60)
+        state.send("step", 3)  # the read-outs a run adds (gradient norms, errors, rates) must fit too
+        yield from self.until(state, lambda: state.snapshot.step >= 3 and state.snapshot.state == "paused"
+                              and state.snapshot.grad_norms, "three steps", timeout=60)
         yield from self.frames(4)
         self.audit.on = True
         yield from self.frames(2)

@@ -378,14 +378,14 @@ def _inspector(state: AppState, sel) -> None:
                 state.send(commands.SetFree, info.path, free)
         else:
             _note("fixed (not in optimize.parameters)")
-        g = snap.grad_norms.get(info.path)
-        if g is not None:
+        g, err = snap.grad_norms.get(info.path), snap.errors.get(info.path)
+        readout = "   ".join(t for t in (None if g is None else f"|grad| {g:.3e}",
+                                         None if err is None else f"err {err:.3e}") if t)
+        if readout:  # beside the checkbox when it fits, else on its own (wrapped) line
             imgui.same_line()
-            imgui.text(f"|grad| {g:.3e}")
-        err = snap.errors.get(info.path)
-        if err is not None:
-            imgui.same_line()
-            imgui.text(f"err {err:.3e}")
+            if imgui.calc_text_size(readout).x > imgui.get_content_region_avail().x:
+                imgui.new_line()
+            _note(readout)
         pg = snap.param_grads.get(info.path)
         if pg is not None and np.size(pg) <= 8:
             _note("grad " + np.array2string(np.asarray(pg).reshape(-1), precision=3))
@@ -432,7 +432,8 @@ def optimizer_panel(state: AppState) -> None:
         imgui.text_colored(STATE_COLORS["error"], error)
     if state.read_only:  # replay: no run control; the recorded values, settings and plots
         imgui.text_disabled("replay of a recorded session (read-only): use the Timeline")
-        imgui.text(f"loss {snap.loss:.5g}   recorded {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+        imgui.text_wrapped(f"loss {snap.loss:.5g}   recorded {snap.steps_per_second:.2f} steps/s   "
+                           f"viewer {state.fps:.0f} fps")
         _parameter_table(state)
         _plots(state)
         _loss_weights(state)
@@ -481,7 +482,7 @@ def optimizer_panel(state: AppState) -> None:
     if imgui.is_item_deactivated():
         state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
-    imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    imgui.text_wrapped(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
     _psnr_readout(state)
     if snap.skipped_steps:
         imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "
