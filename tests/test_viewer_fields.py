@@ -374,6 +374,30 @@ def test_preview_resolution_steps():
     assert rows[0][2] == pytest.approx(100.0) and rows[1][2] == pytest.approx(100.0 - BAND_RAYS // 320)
 
 
+def test_preview_reaches_a_quarter_while_training_without_pauses():
+    """While the optimizer runs, a still camera gets at least 1/4 resolution whatever the estimates say, and
+    that frame is not slowed by the pauses a refine beyond it leaves the optimizer (issue 17: the preview sat
+    at 1/16; measured on nerf_grid.json, 1/4 of a 680x420 viewport now arrives 0.8-1.0 s after the camera
+    stops, 1.6-1.8 s with the pauses)."""
+    from drstudio.app.viewer.field_preview import TRAINING_FLOOR, PreviewRequest
+
+    pv, src, eng = _preview()
+    pv.settings.share_while_training = 0.01  # a pause 99x the band's render time, if any were taken
+    eng.state = "running"
+    pv.ms_by_scale = {1 / 16: 30.0, 1 / 8: 900.0, 1 / 4: 5000.0}  # 1/4 over the 1 s training budget
+    assert pv.training_scale(1280 * 800) == TRAINING_FLOOR == 1 / 4
+    pose = np.array([0, 0, 3, 0, 0, 0, 1], np.float64)
+    pv.request(PreviewRequest(pose, 40.0, 1280, 800, moving=False))
+    pv._tick()  # a new view: the quick frame first
+    assert pv.latest.scale == 1 / 16
+    src.hook = lambda: time.sleep(0.005)  # 5 ms a band: a pause would be 0.5 s after each of the 8 bands
+    src.calls.clear()
+    t0 = time.perf_counter()
+    pv._tick()
+    assert pv.latest.scale == 1 / 4 and (pv.latest.width, pv.latest.height) == (320, 200) and len(src.calls) == 8
+    assert time.perf_counter() - t0 < 2.0  # bands back to back (with the pauses: > 3.5 s)
+
+
 def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
     from drstudio.app.viewer.field_preview import PreviewRequest
 
