@@ -186,8 +186,13 @@ class ViewerApp:
         return 0
 
     def _on_drop(self, window, paths) -> None:
+        """A scene file dropped on the window opens like File > Open (the first .json of the drop)."""
         self._events += 1
-        log.info("dropped %s (open scenes with `drstudio view FILE`)", paths)
+        scenes = [p for p in paths if str(p).lower().endswith(".json")]
+        if scenes and self.opener is not None and not self.state.read_only:
+            menus.request_open(self.state, str(scenes[0]))
+        else:
+            log.info("dropped %s: not a scene file (.json)", paths)
 
     def _due(self, now: float, last_draw: float, dirty: bool, settle: int) -> float:
         """Seconds until the next frame should be drawn (<= 0: now)."""
