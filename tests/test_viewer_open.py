@@ -265,3 +265,22 @@ def test_recent_list_and_editor_scene(tmp_path):
         np.testing.assert_array_equal(value, scene.params()[path].value.astype(np.float32))
     commands.execute(commands.SetFree(LIGHT, True), problem)
     problem.step()
+
+
+def test_a_dropped_scene_file_is_opened(tmp_path):
+    """Dropping files on the window: the first .json opens (File > Open's route); other files do not."""
+    from types import SimpleNamespace
+
+    from drstudio.app.viewer.app import ViewerApp
+
+    scene = tmp_path / "dropped.json"
+    scene.write_text("{}")
+    state = SimpleNamespace(read_only=False, open_request=None, send_error="")
+    app = ViewerApp(state, title="t", opener=lambda path: None)
+    app._on_drop(None, [str(tmp_path / "photo.png")])
+    assert state.open_request is None
+    app._on_drop(None, [str(tmp_path / "photo.png"), str(scene)])
+    assert state.open_request == str(scene)
+    state.open_request = None
+    app._on_drop(None, [str(tmp_path / "gone.json")])
+    assert state.open_request is None and "no such file" in state.send_error
