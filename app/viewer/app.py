@@ -107,7 +107,9 @@ class ViewerApp:
         self.idle_fps = idle_fps
         self.running_fps = running_fps
         self._layout_done = False
-        self._between_frames = False  # no ImGui frame is open (a phase frame may be drawn)
+        # File > Open or Export results runs between two frames: the phases it reports draw frames of their own
+        # (only then: a phase frame's ImGui frame takes the input events queued for the next real frame)
+        self._blocking = False
         self._phase_drawn = 0.0
         self._events = 0  # input events seen by our GLFW callbacks (ImGui's backend chains them)
 
@@ -210,7 +212,7 @@ class ViewerApp:
         """A frame with only the progress of `phase` (name, bar, ETA), drawn while work between two frames
         holds the UI thread (File > Open building a scene, Export results' final evaluation): at its start
         and then at most ten times a second. Phases on other threads show in the menu bar instead."""
-        if event == "end" or threading.current_thread() is not threading.main_thread() or not self._between_frames:
+        if event == "end" or threading.current_thread() is not threading.main_thread() or not self._blocking:
             return
         now = time.monotonic()
         if event != "start" and now - self._phase_drawn < 0.1:
@@ -244,7 +246,11 @@ class ViewerApp:
         """File > Export results, between frames (its final evaluation draws progress frames)."""
         state = self.state
         out, state.export_request = state.export_request, None
-        menus.export(state, out)
+        self._blocking = True
+        try:
+            menus.export(state, out)
+        finally:
+            self._blocking = False
 
     def _open(self, window, ctx: moderngl.Context) -> None:
         """File > Open: the scene `state.open_request` replaces the open one (its engine stopped, its GL
@@ -252,12 +258,15 @@ class ViewerApp:
         error popup."""
         old = self.state
         path, old.open_request = old.open_request, None
+        self._blocking = True
         try:
             new = self.opener(path)
         except (SceneError, ValueError, OSError) as exc:
             old.send_error = str(exc)  # the error popup shows it, as `drstudio view FILE` prints it
             log.error("cannot open %s: %s", path, exc)
             return
+        finally:
+            self._blocking = False
         old.gl.release()
         old.gl = None
         for name in ("settings", "ui_scale", "screenshot", "window_pos", "frame", "errors_seen", "phases_shown"):
@@ -273,7 +282,6 @@ class ViewerApp:
         last_draw = time.perf_counter()
         seen_events, settle, dirty = -1, self.SETTLE_FRAMES, True
         while not glfw.window_should_close(window) and not state.quit:
-            self._between_frames = True
             if state.open_request is not None and self.opener is not None:
                 self._open(window, ctx)
                 state, dirty, settle = self.state, True, self.SETTLE_FRAMES
@@ -297,7 +305,6 @@ class ViewerApp:
             state.flush()
             state.gl.update(state)
 
-            self._between_frames = False
             imgui.backends.opengl3_new_frame()
             imgui.backends.glfw_new_frame()
             imgui.new_frame()
