@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -294,6 +295,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .outdir import claim
 
     with claim(args.out):
+        scene_file = Path(args.out) / "scene.json"
+        if scene_file.exists() and not args.force:
+            raise UsageError(f"{scene_file}: exists; choose another --out or add --force")
         cap = captures.read_capture(args.source, downscale=args.downscale, strict=args.strict,
                                     test_every=args.test_every or None)
         if not args.no_normalize:
@@ -316,7 +320,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"wrote {out} ({len(cap.frames)} frames; train on it with targets.transforms)")
+        scene_file = captures.write_training_scene(cap, args.out, overwrite=True, field_type=args.field)
+    print(f"wrote {out} ({len(cap.frames)} frames) and {scene_file}; train with: drstudio optimize {scene_file}")
     return 0
 
 
@@ -557,12 +562,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="keep the capture's own world (no orienting, "
                    "centring or scaling)")
     p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
+    p.add_argument("--field", choices=("voxel_grid",), default="voxel_grid",
+                   help="the radiance field of the scene.json written beside the dataset (default voxel_grid)")
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as a command-line user reads them: one line, no source location."""
+    return f"drstudio: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
