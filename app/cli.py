@@ -237,6 +237,31 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _export_cameras(scene, values: dict, path: Path) -> Path:
+    """The scene's cameras and its dataset's frames (as `drstudio render` names them), with the run's
+    optimized pose and intrinsics where it has them, as a transforms.json (renderer.export.write_cameras):
+    what nerfstudio, instant-ngp or another drstudio scene reads."""
+    from drstudio.renderer import export
+    from drstudio.renderer.params import Group, ParamPath
+    from drstudio.renderer.transforms_json import load_transforms
+
+    files = {}
+    targets = getattr(scene.optimize, "targets", None)
+    transforms = getattr(targets, "transforms", None)
+    base = Path(scene.path).parent if scene.path else Path(".")
+    if transforms:
+        for i, f in enumerate(load_transforms(base / transforms)):
+            files[f"frame_{i:03d}"] = f.image_path.resolve().as_posix()
+    cams = []
+    for name, c in _render_cameras(scene).items():
+        pose = values.get(ParamPath(Group.CAMERAS, name, "pose"))
+        intrinsics = values.get(ParamPath(Group.CAMERAS, name, "intrinsics"))
+        cams.append({"name": name, "width": c.width, "height": c.height, "file_path": files.get(name),
+                     "intrinsics": c.intrinsics if intrinsics is None else intrinsics,
+                     "pose": c.pose if pose is None else pose, "optimized": pose is not None or intrinsics is not None})
+    return export.write_cameras(path, cams)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     """Recovered meshes (with their albedo texture or color) and trained voxel-grid fields (a marching-cubes
     surface with vertex colors and a point cloud) of an optimization run, in formats other programs open."""
@@ -278,6 +303,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             colors = None if textured else np.broadcast_to(albedo.reshape(3), vertices.shape) * mesh.colors
             written.append(export.write_mesh(out / f"{mesh.name}{fmt}", vertices, mesh.faces, uvs=mesh.uvs,
                                              texture=albedo if textured else None, vertex_colors=colors))
+        written.append(_export_cameras(scene, values, out / "transforms.json"))
     if not written:
         raise UsageError(f"{run}: nothing to export (no field_*.npz, and no scene with meshes: give --scene)")
     for path in written:

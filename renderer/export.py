@@ -1,6 +1,7 @@
 """Results in formats other programs open: meshes (OBJ, PLY, glTF binary) with their texture or vertex
-colors, and radiance fields as a surface (marching cubes, PyMCubes) with vertex colors or as a colored
-point cloud (PLY). Every file is written atomically (`renderer.images.atomic_write`).
+colors, radiance fields as a surface (marching cubes, PyMCubes) with vertex colors or as a colored
+point cloud (PLY), and cameras (optimized or not) as a nerfstudio / instant-ngp `transforms.json`.
+Every file is written atomically (`renderer.images.atomic_write`).
 
 Conventions: positions are world space (+Y up, OpenGL, as the renderer); colors and textures are linear
 RGB in drstudio and sRGB-encoded 8-bit in the files (what viewers expect); uv v = 0 is the top texel row
@@ -80,6 +81,34 @@ def write_points(path, points: np.ndarray, colors: np.ndarray | None = None) -> 
         rgba = np.c_[rgb, np.full(len(rgb), 255, np.uint8)]
     cloud = trimesh.PointCloud(pts, colors=rgba)
     return atomic_write(path, lambda tmp: cloud.export(tmp, file_type="ply"))
+
+
+# -- cameras -------------------------------------------------------------------------------------------
+def write_cameras(path, cameras, *, extra: dict | None = None) -> Path:
+    """Cameras as a nerfstudio / instant-ngp `transforms.json` (.json): one frame per camera with its
+    `file_path`, `fl_x`, `fl_y`, `cx`, `cy`, `w`, `h` and `transform_matrix` (camera-to-world, OpenGL: looks
+    down -Z, +Y up; drstudio's world), plus drstudio's `name` and `optimized` keys, which those tools ignore.
+
+    cameras: iterable of dicts with `name`, `width`, `height`, `intrinsics` (fx, fy, cx, cy),
+    `pose` (position + quaternion x, y, z, w), `file_path` (default `images/<name>.png`) and `optimized`
+    (bool, default False). `extra` adds top-level keys (e.g. the capture block of the source dataset)."""
+    import json
+
+    from .conventions import pose_to_matrix
+
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"path: expected a .json file, got {path.name!r}")
+    frames = []
+    for cam in cameras:
+        fx, fy, cx, cy = (float(v) for v in np.asarray(cam["intrinsics"], np.float64).reshape(4))
+        frames.append({"file_path": cam.get("file_path") or f"images/{cam['name']}.png",
+                       "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(cam["width"]), "h": int(cam["height"]),
+                       "transform_matrix": pose_to_matrix(cam["pose"]).tolist(),
+                       "name": cam["name"], "optimized": bool(cam.get("optimized", False))})
+    doc = {**(extra or {}), "frames": frames}
+    text = json.dumps(doc, indent=1) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 # -- voxel-grid fields --------------------------------------------------------------------------------
