@@ -286,7 +286,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"{npz}: only voxel-grid fields export as meshes so far (this one has no 3-D density "
                              f"grid: a neural, NeRF-W or dynamic field; not built yet)")
         grid = dict(aabb=data["aabb"], activation=str(data["activation"]), sh=data["sh"].astype(np.float32),
-                    sh_degree=int(data["sh_degree"]), level=args.level)
+                    sh_degree=int(data["sh_degree"]), level=args.level,
+                    contract=bool(data["contract"]) if "contract" in data else False)
         verts, faces, colors = export.grid_mesh(data["density"].astype(np.float32), **grid)
         surface = ".ply" if fmt == ".obj" else fmt  # OBJ has no standard vertex colors
         written.append(export.write_mesh(out / f"{npz.stem}{surface}", verts, faces, vertex_colors=colors))

@@ -359,13 +359,16 @@ def _field(f, n_images: int = 0) -> Field:
                      n_times=f.n_times, time_range=(float(f.time_range[0]), float(f.time_range[1])))
 
     start = tuple(f.coarse_to_fine.start_resolution) if f.coarse_to_fine else tuple(f.resolution)
+    if f.contract:  # the lattice spans the contracted space: the inner box given, doubled about its centre
+        center, half = (aabb[:3] + aabb[3:]) / 2, (aabb[3:] - aabb[:3]) / 2
+        aabb = _f32(np.r_[center - 2 * half, center + 2 * half])
     # the VoxelGrid constructor is the one definition of a fresh grid's raw values
     grid = VoxelGrid(start, aabb, f.sh_degree, activation=f.activation, init_density=f.init_density,
                      device="cpu", requires_grad=False)
     return Field(f.name, f.type, tuple(f.resolution), aabb, f.sh_degree, f.activation, f.storage,
                  f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(), occupancy,
                  start if f.coarse_to_fine else None,
-                 tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else ())
+                 tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else (), contract=bool(f.contract))
 
 
 def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
@@ -524,6 +527,8 @@ def summarize(scene: Scene) -> str:
         if f.occupancy is not None:
             extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every {f.occupancy.update_every} "
                          "steps")
+        if f.contract:
+            extra.append("contracted (unbounded; the inner box is the central half)")
         if f.upsample_at:
             extra.append("coarse to fine " + " -> ".join("x".join(map(str, r)) for r in f.resolutions())
                          + f" after steps {', '.join(map(str, f.upsample_at))}")

@@ -148,6 +148,7 @@ class Field:
     transient: np.ndarray | None = None  # nerf_w: (n_images, transient_dim) float32
     n_times: int = 0  # dynamic: time slices
     time_range: tuple[float, float] | None = None  # dynamic: the times of the first and last slice
+    contract: bool = False  # voxel_grid: the lattice holds contracted space; `aabb` is its box, twice the inner one
 
     def resolutions(self) -> list[tuple[int, int, int]]:
         """The lattice of each training phase: start_resolution, then one per `upsample_at` step, the

@@ -477,6 +477,7 @@ class VoxelGridFieldSpec(Strict):
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
     occupancy: OccupancySpec | None = None
     coarse_to_fine: CoarseToFineSpec | None = None
+    contract: bool = False  # model unbounded space: aabb is the inner box, the lattice spans twice it
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:

@@ -612,7 +612,7 @@ class FieldModel:
             g = state.storage_grid()
             out[name] = {"density": g.density.numpy().copy(), "sh": g.sh.numpy().copy(),
                          "aabb": np.asarray(g.aabb, np.float32), "sh_degree": np.int32(g.sh_degree),
-                         "activation": np.array(g.activation)}
+                         "activation": np.array(g.activation), "contract": np.bool_(g.contract)}
         return out
 
 
