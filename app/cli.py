@@ -228,7 +228,30 @@ def cmd_view(args: argparse.Namespace) -> int:
             raise UsageError("--attach needs the --token the served run printed")
         return run_viewer(None, attach=address, token=args.token)
     record_dir = None if getattr(args, "no_record", False) else headless.default_out_dir(Path.cwd()) / "recording"
-    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir)
+    scene = args.scene or str(DEFAULT_SCENE)
+    if getattr(args, "engine", "thread") == "process":
+        return _view_with_engine_process(scene, args.device, record_dir)
+    return run_viewer(scene, device=args.device, record_dir=record_dir)
+
+
+def _view_with_engine_process(scene: str, device, record_dir) -> int:
+    """`drstudio view --engine process`: the optimizer in a child process (app.engine_process), the viewer
+    attached to it; the child stops when the window closes."""
+    from .engine_process import EngineProcess, EngineProcessError
+    from .viewer import run_viewer
+
+    open_scene(scene)  # a bad scene file: the CLI's message and exit 2, before a process starts
+    print("starting the optimizer process", file=sys.stderr, flush=True)
+    child = EngineProcess(scene, device, record_dir)
+    try:
+        child.start()
+    except EngineProcessError as e:
+        print(f"drstudio view: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return run_viewer(None, attach=child.address, token=child.token)
+    finally:
+        child.close()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -521,6 +544,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scene", nargs="?", help="scene file")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--attach", metavar="HOST:PORT", help="show and steer a run started with optimize --serve")
+    p.add_argument("--engine", choices=("thread", "process"), default="thread",
+                   help="where the optimizer runs: a thread of the viewer's process (default; shares buffers, "
+                   "shows the field preview) or a child process (no shared GIL: faster optimizer, mesh scenes)")
     p.add_argument("--token", help="with --attach: the token the served run printed")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
