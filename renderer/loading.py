@@ -21,7 +21,7 @@ from . import memory, primitives
 from .assets import image_size, load_mesh_file, read_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
-from .params import MATERIAL_LEAVES
+from .params import MATERIAL_LEAVES, ParamPath, scene_values
 from .scene import (
     AmbientLight,
     Camera,
@@ -170,10 +170,43 @@ def load_scene(path) -> Scene:
                                       field="background", kind="background")
     else:
         scene.background = _f32(spec.background)
+    _check_ranges(scene, spec, file)
     if spec.optimize is not None:
         scene.optimize = spec.optimize
         _check_optimize(scene, spec.optimize)
     return scene
+
+
+def _range_field(spec, path: ParamPath) -> tuple:
+    """The scene-file field a parameter's value comes from (for range errors)."""
+    group = getattr(spec, str(path.group))
+    i = next(i for i, item in enumerate(group) if item.name == path.owner)
+    if path.group == "meshes":
+        if path.name in ("translation", "rotation", "scale"):
+            return ("meshes", i, "transform", path.name)
+        return ("meshes", i, "file" if group[i].file is not None else "primitive")
+    if path.group == "cameras":
+        c = group[i]
+        if path.name == "pose":
+            return ("cameras", i) + (("look_at", "eye") if c.look_at is not None else ("matrix",))
+        return ("cameras", i, "fov_y" if c.fov_y is not None else "fx")
+    return (str(path.group), i, path.name)
+
+
+def _check_ranges(scene: Scene, spec, file: str) -> None:
+    """Every mesh, light and camera value within its kind's range (`Kind.range`: bounds that keep the
+    renderer's products finite in float32, so a schema-valid 3e38 cannot render as inf or NaN)."""
+    for path, (value, kind) in scene_values(scene).items():
+        if path.group not in ("meshes", "lights", "cameras") or not value.size:
+            continue
+        lo, hi = kind.range
+        if value.min() >= lo and value.max() <= hi:
+            continue
+        what = {"vertices": "vertex coordinates", "uvs": "texture coordinates", "colors": "vertex colors",
+                "intrinsics": "intrinsics fx, fy, cx, cy", "pose": "camera position"}.get(path.name, path.name)
+        raise SceneError(file, field_path(_range_field(spec, path)),
+                         f"expected {what} in [{lo:g}, {hi:g}] ({path}: the {kind.value} range that keeps rendering "
+                         f"finite in float32), got values in [{float(value.min()):g}, {float(value.max()):g}]")
 
 
 def _f32(x) -> np.ndarray:
