@@ -161,6 +161,7 @@ def load_scene(path) -> Scene:
                                    f"training the field at {last}")
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "resolution"), str(exc)) from None
+        _check_field_batches(f, spec.optimize, file, i)
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
@@ -207,6 +208,31 @@ def _check_ranges(scene: Scene, spec, file: str) -> None:
         raise SceneError(file, field_path(_range_field(spec, path)),
                          f"expected {what} in [{lo:g}, {hi:g}] ({path}: the {kind.value} range that keeps rendering "
                          f"finite in float32), got values in [{float(value.min()):g}, {float(value.max()):g}]")
+
+
+def _check_field_batches(f, opt, file: str, i: int) -> None:
+    """A field's ray batches fit in memory: a training step's `rays_per_batch` rays and a render's group of rays,
+    times `samples_per_ray` (memory.field_batch_bytes), checked before anything is allocated."""
+    from .render_field import DEFAULT_CHUNK
+
+    samples, group = f.samples_per_ray, DEFAULT_CHUNK
+    if f.type in ("neural", "nerf_w"):  # (torch is loaded for these fields anyway)
+        from .optim.field_models import READOUT_CHUNK as group
+    try:
+        memory.require(memory.field_batch_bytes(f, group, training=False),
+                       f"rendering fields[{i}] ('{f.name}') in groups of {group} rays x {samples} samples per ray")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, field_path(("fields", i, "samples_per_ray")), str(exc)) from None
+    if opt is None:
+        return
+    rays = opt.rays_per_batch or DEFAULT_RAYS_PER_BATCH
+    try:
+        memory.require(memory.field_batch_bytes(f, rays, training=True),
+                       f"a training step of {rays} rays x {samples} samples per ray (fields[{i}] '{f.name}'"
+                       + (f", an MLP {f.depth} x {f.width}" if f.type in ("neural", "nerf_w") else "") + ")")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, "optimize.rays_per_batch", f"{exc}; use fewer rays per batch or samples per ray") \
+            from None
 
 
 def _f32(x) -> np.ndarray:
