@@ -137,6 +137,10 @@ def _from_file(scene: Scene, path: str, kind: Kind, shape: tuple, file: Path, wh
     if kind is Kind.VERTICES:
         mesh = scene.meshes[ParamPath.parse(path).owner]
         vertices, faces, _, _ = load_mesh_file(file, scene.path, where)
+        source = mesh.atlas_source
+        if source is not None and len(vertices) > source.max() and np.array_equal(faces, source[mesh.faces]):
+            vertices = vertices[source]  # the mesh's vertices before its automatic UV atlas split them on seams
+            faces = mesh.faces
         if vertices.shape != shape or not np.array_equal(faces, mesh.faces):
             raise error(f"mesh file '{file}' has {len(vertices)} vertices and {len(faces)} triangles, the "
                         f"mesh {shape[0]} and {len(mesh.faces)}: the same vertices and faces are required")

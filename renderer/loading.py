@@ -126,6 +126,7 @@ def load_scene(path) -> Scene:
         rotation = t.rotation.to_quaternion() if t.rotation else np.array([0.0, 0.0, 0.0, 1.0])
         scene.meshes[m.name] = Mesh(m.name, vertices, faces, uvs, colors, _f32(t.translation), _f32(rotation),
                                     _f32(t.scale), m.material, m.file or f"primitive {m.primitive.type}")
+    _add_atlases(scene, spec, file)
     for light in spec.lights:
         if isinstance(light, AmbientLightSpec):
             scene.ambient_lights[light.name] = AmbientLight(light.name, _f32(light.color))
@@ -176,6 +177,43 @@ def load_scene(path) -> Scene:
         scene.optimize = spec.optimize
         _check_optimize(scene, spec.optimize)
     return scene
+
+
+def _add_atlases(scene: Scene, spec, file: str) -> None:
+    """A mesh without texture coordinates whose material has a texture (larger than 1x1, free or not) gets an
+    automatic UV atlas (renderer.uv_atlas, xatlas; deterministic, so recordings replay), noted once on stderr;
+    where one cannot apply (an init listing the mesh's per-vertex values, which the atlas re-indexes, or
+    xatlas fails) a SceneError names the mesh. Without it every vertex would sample texel (0, 0)."""
+    from .uv_atlas import add_atlas, has_uvs
+
+    for i, m in enumerate(spec.meshes):
+        mesh = scene.meshes[m.name]
+        mat = scene.materials[mesh.material]
+        sizes = [getattr(mat, leaf).shape[:2] for leaf, _ in MATERIAL_LEAVES]
+        textured = [s for s in sizes if s != (1, 1)]
+        if not textured or has_uvs(mesh.uvs):
+            continue
+        where = ("meshes", i, "file" if m.file is not None else "primitive")
+        h, w = max(textured, key=lambda s: s[0] * s[1])
+        why = (f"mesh '{m.name}' has no texture coordinates and its material '{mesh.material}' has a {w}x{h} "
+               "texture")
+        params = spec.optimize.parameters if spec.optimize is not None else {}
+        for leaf in ("vertices", "colors", "uvs"):
+            init = getattr(params.get(f"meshes.{m.name}.{leaf}"), "init", None)
+            # (a mesh file init is mapped through the atlas: initial_values reads it per original vertex)
+            if isinstance(init, list) and np.ndim(init) >= 2 and np.shape(init)[0] > 1:
+                raise SceneError(file, field_path(where), f"{why}: an automatic UV atlas splits its vertices on "
+                                 f"chart seams, so optimize.parameters[\"meshes.{m.name}.{leaf}\"].init (per "
+                                 "original vertex) cannot apply; give the mesh file texture coordinates")
+        try:
+            scene.meshes[m.name], charts, fresh = add_atlas(mesh, int(np.clip(max(h, w), 64, 4096)),
+                                                            with_charts=True)
+        except Exception as exc:  # xatlas: degenerate input, charts that do not pack
+            raise SceneError(file, field_path(where), f"{why}, and no automatic UV atlas could be made for it "
+                             f"({type(exc).__name__}: {exc}); give the mesh file texture coordinates") from None
+        if fresh:
+            print(f"drstudio: {file}: {field_path(where)}: {why}; gave it an automatic UV atlas (xatlas: {charts} "
+                  f"charts, {len(mesh.vertices)} -> {len(scene.meshes[m.name].vertices)} vertices)", file=sys.stderr)
 
 
 def _range_field(spec, path: ParamPath) -> tuple:
