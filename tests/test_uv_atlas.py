@@ -193,3 +193,19 @@ def test_save_scene_keeps_the_atlas(tmp_path):
     back = load_scene(out / "moved.json").meshes["ball"]
     np.testing.assert_allclose(back.uvs, mesh.uvs, atol=1e-6)
     np.testing.assert_allclose(back.vertices, moved, atol=1e-5)
+
+
+def test_a_recording_of_an_atlas_mesh_replays(tmp_path):
+    """The recording's scene copy holds the UV-less OBJ; loading it again makes the same atlas (from scratch:
+    the cache is cleared), so the recorded session verifies."""
+    from drstudio.renderer import uv_atlas
+    from drstudio.renderer.recording import load_recording, verify
+    from test_recording import SMALL, record_session
+
+    opt = {"parameters": {"materials.paint.albedo": {"init": 0.5}}, "targets": {"cameras": ["front", "left"]},
+           "loss": {"l2": 1.0}, "optimizer": {"type": "adam", "lr": 0.05}, "steps": 4, "batch_views": 1}
+    path = uvless_scene(tmp_path, tex=32, optimize=opt)
+    record_session(tmp_path / "rec", path, steps=4, edits=[], options=SMALL)
+    uv_atlas._CACHE.clear()
+    report = verify(load_recording(tmp_path / "rec"))
+    assert report.ok and report.steps_checked == 4, report.message()
