@@ -27,9 +27,14 @@ TEXTURE_RANGES = {"albedo": (0.0, 1.0), "roughness": (0.0, 1.0), "metallic": (0.
 
 
 def _check_file(path: Path, what: str, file: str, field: str) -> None:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # a name longer than the file system allows (ENAMETOOLONG), a loop of links
+        shown = f"{str(path)[:80]}... ({len(str(path))} characters)" if len(str(path)) > 100 else str(path)
+        raise SceneError(file, field, f"{what} '{shown}' cannot be opened: {e.strerror or e}") from None
+    if not exists:
         raise SceneError(file, field, f"{what} '{path}' not found")
-    if not path.is_file():
+    if not is_file:
         raise SceneError(file, field, f"{what} '{path}' is not a file")
     if not os.access(path, os.R_OK):
         raise SceneError(file, field, f"{what} '{path}' is not readable (permission denied)")

@@ -402,6 +402,16 @@ CASES = [
                                                             "fy": 1e30, "look_at": {"eye": [0, 0, 4],
                                                                                     "target": [0, 0, 0]}}),
      "cameras[0].fx", "expected intrinsics fx, fy, cx, cy in [-1e+08, 1e+08]"),
+    # a 300-character file name (issue 14) ended in "File name too long" without the field
+    ("texture-name-300", setting("materials/0/albedo", "t" * 300 + ".png"), "materials[0].albedo",
+     "expected a file name whose parts are at most 255 bytes"),
+    ("mesh-name-300", setting("meshes/0", {"name": "ball", "file": "m" * 300 + ".obj", "material": "paint"}),
+     "meshes[0].file", "got a part of 304 bytes"),
+    ("transforms-name-300", setting("optimize/targets", {"transforms": "d/" + "t" * 300 + ".json"}),
+     "optimize.targets.transforms", "at most 255 bytes"),
+    ("file-loop", edit_tmp(lambda d, tmp: (tmp / "loop.png").symlink_to(tmp / "loop.png")
+                           or d["materials"][0].update(albedo="loop.png")),
+     "materials[0].albedo", "image '"),
     ("png-bomb-target", edit_tmp(lambda d, tmp: (tmp / "bomb.png").write_bytes(png_bytes(30000, 30000, 1))
                                  and d["optimize"].update(parameters={"materials.paint.albedo": {}}, targets={
                                      "images": [{"camera": "main", "file": "bomb.png"}]})),
