@@ -338,8 +338,8 @@ class MeshFrames:
         for path, value in (values or {}).items():
             if path not in self.ds.arrays:
                 raise PathError(f"{params_file}: {path!r} is not a parameter of {scene.path}")
-            try:
-                self.ds.set(path, np.asarray(value, np.float32))
+            try:  # within the kind's range, as at load: bounds that keep the render finite
+                self.ds.set(path, np.asarray(value, np.float32), check_range=True)
             except ValueError as exc:
                 raise PathError(f"{params_file}: {exc}") from None
         for arr in self.ds.arrays.values():

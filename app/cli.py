@@ -171,6 +171,7 @@ def _render_cameras(scene) -> dict:
 def cmd_render(args: argparse.Namespace) -> int:
     """One image of a scene: its meshes, or its radiance field (with trained values from --params), from
     any of its cameras or its dataset's, by name or index."""
+    import numpy as np
     from drstudio.renderer.device_scene import DeviceScene
     from drstudio.renderer.images import write_image
     from drstudio.renderer.render import render
@@ -208,6 +209,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             image = render(DeviceScene(scene, args.device), choice).numpy()
     except cp.PathError as e:
         raise UsageError(str(e)) from None
+    bad = int(np.count_nonzero(~np.isfinite(image).all(axis=-1)))
+    if bad:  # a safety net: load and set bound every value, but a trained field can still overflow
+        raise UsageError(f"{args.params or args.scene}: the render from camera {choice!r} has {bad} non-finite "
+                         f"pixel{'s' * (bad != 1)} (inf or NaN: a value overflowed float32 while rendering); "
+                         f"{args.output} not written")
     write_image(args.output, image)
     print(f"wrote {args.output} ({c.width}x{c.height}, camera {choice!r})")
     return 0

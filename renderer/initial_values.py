@@ -24,7 +24,7 @@ import numpy as np
 from . import conventions as cv
 from .assets import load_mesh_file, read_image
 from .errors import SceneError, field_path
-from .params import Kind, ParamPath
+from .params import COORD_MAX, Kind, ParamPath
 from .scene import Scene
 from .scene_schema import PerturbInit, PerturbPoseInit
 
@@ -46,6 +46,18 @@ def _rng(scene: Scene, path: str, seed: int | None, rng: np.random.Generator | N
         return rng
     base = getattr(scene.optimize, "seed", 0)
     return np.random.default_rng([base, zlib.crc32(path.encode())])
+
+
+def _within_render_bounds(kind: Kind, value: np.ndarray, error) -> np.ndarray:
+    """`value` when it lies within its kind's bounds that keep rendering finite in float32 (those of magnitude
+    >= COORD_MAX, e.g. positions within +-1e6); beyond them is an error, never clipped. The kind's other
+    bounds (albedo in [0, 1], scale >= 1e-3) are projections `_fix_range` applies."""
+    lo, hi = kind.range
+    lo, hi = (lo if lo <= -COORD_MAX else -np.inf), (hi if hi >= COORD_MAX else np.inf)
+    if value.size and (value.min() < lo or value.max() > hi):
+        raise error(f"gives values in [{value.min():g}, {value.max():g}], beyond [{lo:g}, {hi:g}]: the range of "
+                    f"{kind} parameters that keeps rendering finite in float32 (use a smaller perturbation)")
+    return value
 
 
 def _fix_range(kind: Kind, value: np.ndarray) -> np.ndarray:
@@ -79,7 +91,7 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         value = current
     elif isinstance(spec, PerturbInit):
         noise = _rng(scene, path, spec.perturb.seed, rng).normal(0.0, spec.perturb.sigma, shape)
-        value = _fix_range(kind, current + noise)
+        value = _fix_range(kind, _within_render_bounds(kind, current + noise, error))
     elif isinstance(spec, PerturbPoseInit):
         if kind is not Kind.POSE:
             raise error(f'"perturb_pose" applies to camera poses (cameras.NAME.pose), not to {kind} '
@@ -88,7 +100,8 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         axis, shift = cv.normalize(g.normal(size=3)), cv.normalize(g.normal(size=3))
         distance = max(float(np.linalg.norm(current[:3] - scene_center(scene))), 1e-6)
         rot = cv.quat_to_matrix(current[3:]) @ cv.quat_to_matrix(cv.quat_from_axis_angle(axis, p.degrees))
-        value = np.r_[current[:3] + p.translation * distance * shift, cv.quat_from_matrix(rot)]
+        value = np.r_[_within_render_bounds(kind, current[:3] + p.translation * distance * shift, error),
+                      cv.quat_from_matrix(rot)]
     elif isinstance(spec, str):
         value = _from_file(scene, path, kind, shape, Path(scene.path).parent / spec, where)
     else:
@@ -124,9 +137,13 @@ def _from_file(scene: Scene, path: str, kind: Kind, shape: tuple, file: Path, wh
     if kind is Kind.VERTICES:
         mesh = scene.meshes[ParamPath.parse(path).owner]
         vertices, faces, _, _ = load_mesh_file(file, scene.path, where)
+        source = mesh.atlas_source
+        if source is not None and len(vertices) > source.max() and np.array_equal(faces, source[mesh.faces]):
+            vertices = vertices[source]  # the mesh's vertices before its automatic UV atlas split them on seams
+            faces = mesh.faces
         if vertices.shape != shape or not np.array_equal(faces, mesh.faces):
             raise error(f"mesh file '{file}' has {len(vertices)} vertices and {len(faces)} triangles, the "
                         f"mesh {shape[0]} and {len(mesh.faces)}: the same vertices and faces are required")
-        return vertices
+        return _within_render_bounds(kind, vertices, error)
     raise error("a file init applies to textures (albedo, roughness, metallic) and vertices, not to "
                 f"{kind} parameters")

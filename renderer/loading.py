@@ -21,7 +21,7 @@ from . import memory, primitives
 from .assets import image_size, load_mesh_file, read_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
-from .params import MATERIAL_LEAVES
+from .params import MATERIAL_LEAVES, ParamPath, scene_values
 from .scene import (
     AmbientLight,
     Camera,
@@ -126,6 +126,7 @@ def load_scene(path) -> Scene:
         rotation = t.rotation.to_quaternion() if t.rotation else np.array([0.0, 0.0, 0.0, 1.0])
         scene.meshes[m.name] = Mesh(m.name, vertices, faces, uvs, colors, _f32(t.translation), _f32(rotation),
                                     _f32(t.scale), m.material, m.file or f"primitive {m.primitive.type}")
+    _add_atlases(scene, spec, file)
     for light in spec.lights:
         if isinstance(light, AmbientLightSpec):
             scene.ambient_lights[light.name] = AmbientLight(light.name, _f32(light.color))
@@ -161,6 +162,7 @@ def load_scene(path) -> Scene:
                                    f"training the field at {last}")
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "resolution"), str(exc)) from None
+        _check_field_batches(f, spec.optimize, file, i)
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
@@ -170,10 +172,105 @@ def load_scene(path) -> Scene:
                                       field="background", kind="background")
     else:
         scene.background = _f32(spec.background)
+    _check_ranges(scene, spec, file)
     if spec.optimize is not None:
         scene.optimize = spec.optimize
         _check_optimize(scene, spec.optimize)
     return scene
+
+
+def _add_atlases(scene: Scene, spec, file: str) -> None:
+    """A mesh without texture coordinates whose material has a texture (larger than 1x1, free or not) gets an
+    automatic UV atlas (renderer.uv_atlas, xatlas; deterministic, so recordings replay), noted once on stderr;
+    where one cannot apply (an init listing the mesh's per-vertex values, which the atlas re-indexes, or
+    xatlas fails) a SceneError names the mesh. Without it every vertex would sample texel (0, 0)."""
+    from .uv_atlas import add_atlas, has_uvs
+
+    for i, m in enumerate(spec.meshes):
+        mesh = scene.meshes[m.name]
+        mat = scene.materials[mesh.material]
+        sizes = [getattr(mat, leaf).shape[:2] for leaf, _ in MATERIAL_LEAVES]
+        textured = [s for s in sizes if s != (1, 1)]
+        if not textured or has_uvs(mesh.uvs):
+            continue
+        where = ("meshes", i, "file" if m.file is not None else "primitive")
+        h, w = max(textured, key=lambda s: s[0] * s[1])
+        why = (f"mesh '{m.name}' has no texture coordinates and its material '{mesh.material}' has a {w}x{h} "
+               "texture")
+        params = spec.optimize.parameters if spec.optimize is not None else {}
+        for leaf in ("vertices", "colors", "uvs"):
+            init = getattr(params.get(f"meshes.{m.name}.{leaf}"), "init", None)
+            # (a mesh file init is mapped through the atlas: initial_values reads it per original vertex)
+            if isinstance(init, list) and np.ndim(init) >= 2 and np.shape(init)[0] > 1:
+                raise SceneError(file, field_path(where), f"{why}: an automatic UV atlas splits its vertices on "
+                                 f"chart seams, so optimize.parameters[\"meshes.{m.name}.{leaf}\"].init (per "
+                                 "original vertex) cannot apply; give the mesh file texture coordinates")
+        try:
+            scene.meshes[m.name], charts, fresh = add_atlas(mesh, int(np.clip(max(h, w), 64, 4096)),
+                                                            with_charts=True)
+        except Exception as exc:  # xatlas: degenerate input, charts that do not pack
+            raise SceneError(file, field_path(where), f"{why}, and no automatic UV atlas could be made for it "
+                             f"({type(exc).__name__}: {exc}); give the mesh file texture coordinates") from None
+        if fresh:
+            print(f"drstudio: {file}: {field_path(where)}: {why}; gave it an automatic UV atlas (xatlas: {charts} "
+                  f"charts, {len(mesh.vertices)} -> {len(scene.meshes[m.name].vertices)} vertices)", file=sys.stderr)
+
+
+def _range_field(spec, path: ParamPath) -> tuple:
+    """The scene-file field a parameter's value comes from (for range errors)."""
+    group = getattr(spec, str(path.group))
+    i = next(i for i, item in enumerate(group) if item.name == path.owner)
+    if path.group == "meshes":
+        if path.name in ("translation", "rotation", "scale"):
+            return ("meshes", i, "transform", path.name)
+        return ("meshes", i, "file" if group[i].file is not None else "primitive")
+    if path.group == "cameras":
+        c = group[i]
+        if path.name == "pose":
+            return ("cameras", i) + (("look_at", "eye") if c.look_at is not None else ("matrix",))
+        return ("cameras", i, "fov_y" if c.fov_y is not None else "fx")
+    return (str(path.group), i, path.name)
+
+
+def _check_ranges(scene: Scene, spec, file: str) -> None:
+    """Every mesh, light and camera value within its kind's range (`Kind.range`: bounds that keep the
+    renderer's products finite in float32, so a schema-valid 3e38 cannot render as inf or NaN)."""
+    for path, (value, kind) in scene_values(scene).items():
+        if path.group not in ("meshes", "lights", "cameras") or not value.size:
+            continue
+        lo, hi = kind.range
+        if value.min() >= lo and value.max() <= hi:
+            continue
+        what = {"vertices": "vertex coordinates", "uvs": "texture coordinates", "colors": "vertex colors",
+                "intrinsics": "intrinsics fx, fy, cx, cy", "pose": "camera position"}.get(path.name, path.name)
+        raise SceneError(file, field_path(_range_field(spec, path)),
+                         f"expected {what} in [{lo:g}, {hi:g}] ({path}: the {kind.value} range that keeps rendering "
+                         f"finite in float32), got values in [{float(value.min()):g}, {float(value.max()):g}]")
+
+
+def _check_field_batches(f, opt, file: str, i: int) -> None:
+    """A field's ray batches fit in memory: a training step's `rays_per_batch` rays and a render's group of rays,
+    times `samples_per_ray` (memory.field_batch_bytes), checked before anything is allocated."""
+    from .render_field import DEFAULT_CHUNK
+
+    samples, group = f.samples_per_ray, DEFAULT_CHUNK
+    if f.type in ("neural", "nerf_w"):  # (torch is loaded for these fields anyway)
+        from .optim.field_models import READOUT_CHUNK as group
+    try:
+        memory.require(memory.field_batch_bytes(f, group, training=False),
+                       f"rendering fields[{i}] ('{f.name}') in groups of {group} rays x {samples} samples per ray")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, field_path(("fields", i, "samples_per_ray")), str(exc)) from None
+    if opt is None:
+        return
+    rays = opt.rays_per_batch or DEFAULT_RAYS_PER_BATCH
+    try:
+        memory.require(memory.field_batch_bytes(f, rays, training=True),
+                       f"a training step of {rays} rays x {samples} samples per ray (fields[{i}] '{f.name}'"
+                       + (f", an MLP {f.depth} x {f.width}" if f.type in ("neural", "nerf_w") else "") + ")")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, "optimize.rays_per_batch", f"{exc}; use fewer rays per batch or samples per ray") \
+            from None
 
 
 def _f32(x) -> np.ndarray:

@@ -92,9 +92,23 @@ GRID_KINDS = frozenset({Kind.DENSITY, Kind.SH})
 # kinds whose change moves silhouettes or visibility (edge gradients, no G-buffer reuse)
 DISCONTINUOUS_KINDS = frozenset({Kind.VERTICES, Kind.POSITION, Kind.QUATERNION, Kind.SCALE, Kind.INTRINSICS,
                                  Kind.POSE})
+# Bounds that keep every product the renderer forms finite in float32 (|x| <= 3.4e38), so a value that
+# passes float32's range cannot overflow while rendering (scenes/README.md, "Value ranges"): world
+# coordinates stay within COORD_MAX * SCALE_MAX + COORD_MAX = 1e12 (squared distances ~1e24); a point
+# light's radiance intensity * color / d^2 (d^2 >= 1e-12 in the kernels) times GGX's peak (~3e7) stays
+# near 3e34; focal lengths up to 1e8 pixels are a field of view of 0.005 degrees at 8192 pixels.
+COORD_MAX = 1e6  # vertices, translations, light and camera positions, uvs (scene units)
+SCALE_MAX = 1e6
+LIGHT_COLOR_MAX = 1e6  # light colors and per-vertex color multipliers
+INTENSITY_MAX = 1e9
+INTRINSICS_MAX = 1e8  # fx, fy, cx, cy in pixels
 _RANGES = {Kind.ALBEDO: (0.0, 1.0), Kind.ROUGHNESS: (0.02, 1.0), Kind.METALLIC: (0.0, 1.0),
-           Kind.COLOR: (0.0, np.inf), Kind.COLORS: (0.0, np.inf), Kind.INTENSITY: (0.0, np.inf),
-           Kind.SCALE: (1e-3, np.inf)}
+           Kind.COLOR: (0.0, LIGHT_COLOR_MAX), Kind.COLORS: (0.0, LIGHT_COLOR_MAX),
+           Kind.INTENSITY: (0.0, INTENSITY_MAX),
+           Kind.SCALE: (1e-3, SCALE_MAX), Kind.VERTICES: (-COORD_MAX, COORD_MAX), Kind.UVS: (-COORD_MAX, COORD_MAX),
+           Kind.POSITION: (-COORD_MAX, COORD_MAX), Kind.POSE: (-COORD_MAX, COORD_MAX),
+           Kind.QUATERNION: (-COORD_MAX, COORD_MAX), Kind.DIRECTION: (-COORD_MAX, COORD_MAX),
+           Kind.INTRINSICS: (-INTRINSICS_MAX, INTRINSICS_MAX)}
 # the leaf names of each element type, in the table's order, with their kinds
 MESH_LEAVES = (("vertices", Kind.VERTICES), ("colors", Kind.COLORS), ("uvs", Kind.UVS),
                ("translation", Kind.POSITION), ("rotation", Kind.QUATERNION), ("scale", Kind.SCALE))

@@ -42,6 +42,8 @@ class Mesh:
     scale: np.ndarray  # (3,) float32
     material: str
     source: str = ""  # the file or primitive it came from, for summaries
+    # with an automatic UV atlas (renderer.uv_atlas): the source vertex of each vertex, which seams split
+    atlas_source: np.ndarray | None = None
 
 
 @dataclass

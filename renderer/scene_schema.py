@@ -38,6 +38,7 @@ from .scene import RENDER_MODES, SHADING_MODELS, RenderSettings
 MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf")
 MAX_CAMERA_SIZE = 8192
 MAX_JSON_DEPTH = 64  # nesting of objects and lists in a scene file (real scenes: under 10)
+NAME_MAX = 255  # bytes in one part of a file name (Linux, macOS and Windows file systems)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: larger numbers are inf in float32
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: smallest normal float32; below it values underflow
 
@@ -829,4 +830,11 @@ def validate_scene(data: Any, file: str) -> SceneSpec:
     """A scene needs at least one mesh, or at least one field (then meshes and materials are optional)."""
     check_json_values(data, file)
     with_fields = isinstance(data, dict) and data.get("fields") not in (None, [])
-    return validate(FieldSceneSpec if with_fields else SceneSpec, data, file)
+    spec = validate(FieldSceneSpec if with_fields else SceneSpec, data, file)
+    for parts, name, _ in file_references(spec):
+        longest = max((len(p.encode("utf-8", "surrogatepass")) for p in re.split(r"[/\\]", name)), default=0)
+        if longest > NAME_MAX:  # the file system would refuse it ("File name too long") wherever it is opened
+            raise SceneError(file, field_path(parts), f"expected a file name whose parts are at most {NAME_MAX} "
+                             f"bytes (the file system's limit), got a part of {longest} bytes: "
+                             f"'{name[:60]}...'")
+    return spec

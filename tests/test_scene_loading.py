@@ -278,7 +278,11 @@ def test_file_inits(tmp_path):
     data["meshes"][0] = {"name": "blob", "file": "truth.obj", "material": "paint"}
     data["materials"][0]["albedo"] = "truth.png"
     scene = load_scene(write(tmp_path, data))
-    np.testing.assert_allclose(initial_value(scene, "meshes.blob.vertices"), plain * 0.5, atol=1e-6)
+    # the OBJ has no uvs and the material a 4x4 texture: an automatic atlas split the vertices on its seams, and
+    # the init file (the original vertices) is read through it
+    source = scene.meshes["blob"].atlas_source
+    assert source is not None and len(source) > len(plain)
+    np.testing.assert_allclose(initial_value(scene, "meshes.blob.vertices"), (plain * 0.5)[source], atol=1e-6)
     gray = cv.srgb_to_linear(188 / 255)
     np.testing.assert_allclose(initial_value(scene, "materials.paint.albedo"), gray, rtol=1e-5)
 
