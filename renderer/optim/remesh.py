@@ -8,9 +8,10 @@ remeshing approach to multiresolution modeling"), for shape optimization.
    manifold (link condition: the two endpoints share exactly two neighbours), leave a vertex of valence
    below 3, create an edge longer than 4/3 target or turn a face over;
 3. flip edges where it brings the four vertices' valences closer to 6 and turns no face over;
-4. tangential relaxation: each vertex moves halfway to its neighbours' centroid within its tangent plane.
-A closed, consistently oriented 2-manifold stays one. Everything is deterministic (stable orders, no
-randomness), so a recorded optimization that remeshes re-executes exactly (`drstudio replay --verify`).
+4. tangential relaxation: each vertex moves halfway to its neighbours' centroid within its tangent plane;
+and splits once more at the end, so no edge is longer than 4/3 target. A closed, consistently oriented
+2-manifold stays one. Everything is deterministic (stable orders, no randomness), so a recorded
+optimization that remeshes re-executes exactly (`drstudio replay --verify`).
 
 `nearest_vertices(old, new)` maps each new vertex to the nearest old one: how per-vertex optimizer state
 follows the mesh across a remesh.
@@ -238,6 +239,7 @@ def isotropic_remesh(vertices, faces, target: float, iterations: int = 5) -> tup
         v, f = _collapse_short(v, f, lo, hi)
         v, f = _flip_edges(v, f)
         v = _relax(v, f)
+    v, f = _split_long(v, f, hi)  # the relaxation may have stretched an edge: none ends above 4/3 target
     return v.astype(np.float32), f.astype(np.int32)
 
 
