@@ -171,6 +171,6 @@ def start_mesh(scene: Scene, path: str, spec=None) -> tuple[np.ndarray, np.ndarr
             return None
         vertices, faces = _welded(vertices, faces)
         if len(faces) == 0:
-            raise SceneError(scene.path, where, f"mesh file '{spec}' has no triangle with three distinct vertices")
+            raise SceneError(scene.path, where, f"mesh file '{spec}' has no triangle of nonzero area")
         return vertices, faces
     return None
