@@ -181,7 +181,8 @@ class Problem:
 
     def set_value(self, path: str, value) -> None:
         value = _finite(path, value)
-        self.ds.set(path, self._project_host(path, value.reshape(self.truth[path].shape)))
+        # the table's shape: a remeshed mesh's vertices differ in count from the truth's
+        self.ds.set(path, self._project_host(path, value.reshape(self.ds.params[path].shape)))
 
     def set_free(self, path: str, free: bool) -> None:
         if path not in self.param_specs:
