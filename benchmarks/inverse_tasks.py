@@ -6,7 +6,9 @@
 Thresholds (issue "Optimization engine"): texture PSNR >= 35 dB over the seen texels; light position
 within 1% of the scene size and color within 0.01; albedo, roughness, metallic within 0.02; camera
 back within 0.5 deg and 1% of its distance (from 10 deg / 10%); shape Chamfer < 1% of the bounding-box
-diagonal; each in under a minute on this CPU.
+diagonal; each in under a minute on this CPU. shape_sphere (issue 13): a 162-vertex icosphere becomes a
+non-convex blob of its own topology (large steps and remeshing): surface Chamfer under 1 % of the
+reference's bounding-box diagonal, no self-intersecting triangle, in under 3 minutes.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ CHECKS = {
     "camera": [("cameras.main.pose", "rotation_error_deg", "<=", 0.5),
                ("cameras.main.pose", "position_error_fraction_of_distance", "<=", 0.01)],
     "shape": [("meshes.blob.vertices", "chamfer_fraction_of_bbox_diagonal", "<=", 0.01)],
+    "shape_sphere": [("meshes.blob.vertices", "chamfer_percent", "<=", 1.0),
+                     ("meshes.blob.vertices", "self_intersecting_faces", "<=", 0)],
 }
+SECONDS = {"shape_sphere": 180}  # the time limit of a task (default 60)
 
 
 def main(argv=None) -> int:
@@ -44,7 +49,7 @@ def main(argv=None) -> int:
         for path, metric, op, bound in checks:
             value = m["parameters"][path][metric]
             ok = value >= bound if op == ">=" else value <= bound
-            ok_all &= ok and m["seconds"] < 60
+            ok_all &= ok and m["seconds"] < SECONDS.get(task, 60)
             rows.append(f"| {task} | `{path}` {metric} | {value:.4g} | {op} {bound:g} | {'yes' if ok else 'NO'} "
                         f"| {m['steps']} | {m['seconds']:.1f} |")
     print("| task | metric | result | threshold | met | steps | seconds |")

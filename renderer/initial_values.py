@@ -5,7 +5,10 @@
 - a number or nested list: broadcast (NumPy rules) to the parameter's shape; must lie in the
   parameter's valid range (albedo and metallic [0, 1], roughness [0.02, 1], colors >= 0, ...).
 - a file name, relative to the scene file: an image for albedo/roughness/metallic (same size as the
-  scene's texture), a mesh file for vertices (same vertex count and faces as the scene's mesh).
+  scene's texture), a mesh file for vertices: with the scene mesh's faces, its vertices; with any other
+  topology, the welded mesh of the file becomes the optimized mesh (`start_mesh`).
+- {"primitive": {...}} for vertices: a welded primitive (icosphere, sphere, cube, torus) becomes the
+  optimized mesh, of any topology (`start_mesh`).
 - {"perturb": {"sigma", "seed"?}}: the scene's value plus Gaussian noise, then clipped into the valid
   range (quaternions renormalized).
 - {"perturb_pose": {"degrees", "translation", "seed"?}} for camera poses: rotated by exactly
@@ -26,7 +29,7 @@ from .assets import load_mesh_file, read_image
 from .errors import SceneError, field_path
 from .params import COORD_MAX, Kind, ParamPath
 from .scene import Scene
-from .scene_schema import PerturbInit, PerturbPoseInit
+from .scene_schema import PerturbInit, PerturbPoseInit, PrimitiveInit
 
 
 def scene_center(scene: Scene) -> np.ndarray:
@@ -87,6 +90,10 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         return SceneError(scene.path, where, msg)
 
     shape, kind, current = param.shape, Kind(param.kind), param.value.astype(np.float64)
+    if kind is Kind.VERTICES and isinstance(spec, (PrimitiveInit, str)):
+        own = start_mesh(scene, path, spec)
+        if own is not None:
+            return own[0]
     if spec is None:
         value = current
     elif isinstance(spec, PerturbInit):
@@ -102,6 +109,8 @@ def initial_value(scene: Scene, path: str, spec=None, rng: np.random.Generator |
         rot = cv.quat_to_matrix(current[3:]) @ cv.quat_to_matrix(cv.quat_from_axis_angle(axis, p.degrees))
         value = np.r_[_within_render_bounds(kind, current[:3] + p.translation * distance * shift, error),
                       cv.quat_from_matrix(rot)]
+    elif isinstance(spec, PrimitiveInit):
+        raise error(f'"primitive" applies to mesh vertices (meshes.NAME.vertices), not to {kind} parameters')
     elif isinstance(spec, str):
         value = _from_file(scene, path, kind, shape, Path(scene.path).parent / spec, where)
     else:
@@ -147,3 +156,38 @@ def _from_file(scene: Scene, path: str, kind: Kind, shape: tuple, file: Path, wh
         return _within_render_bounds(kind, vertices, error)
     raise error("a file init applies to textures (albedo, roughness, metallic) and vertices, not to "
                 f"{kind} parameters")
+
+
+def _welded(vertices: np.ndarray, faces: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One vertex per position (seams and poles merged), degenerate and duplicate faces dropped."""
+    import trimesh
+
+    m = trimesh.Trimesh(np.asarray(vertices, np.float64), np.asarray(faces, np.int64), process=True)
+    m.update_faces(m.nondegenerate_faces())
+    m.update_faces(m.unique_faces())
+    m.remove_unreferenced_vertices()
+    return np.ascontiguousarray(m.vertices, np.float32), np.ascontiguousarray(m.faces, np.int32)
+
+
+def start_mesh(scene: Scene, path: str, spec=None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(vertices (V, 3) float32, faces (F, 3) int32) of the mesh a vertices parameter starts from when its
+    `init` gives it a topology of its own (a primitive, or a mesh file whose faces differ from the scene
+    mesh's); None when it keeps the scene mesh's faces. Raises SceneError naming the init."""
+    from .loading import _primitive
+
+    if spec is None and scene.optimize is not None and path in scene.optimize.parameters:
+        spec = scene.optimize.parameters[path].init
+    where = field_path(("optimize", "parameters", path, "init"))
+    mesh = scene.meshes[ParamPath.parse(path).owner]
+    if isinstance(spec, PrimitiveInit):
+        vertices, faces, _ = _primitive(spec.primitive)
+        return _welded(vertices, faces)
+    if isinstance(spec, str):
+        vertices, faces, _, _ = load_mesh_file(Path(scene.path).parent / spec, scene.path, where)
+        if vertices.shape == mesh.vertices.shape and np.array_equal(faces, mesh.faces):
+            return None
+        vertices, faces = _welded(vertices, faces)
+        if len(faces) == 0:
+            raise SceneError(scene.path, where, f"mesh file '{spec}' has no triangle of nonzero area")
+        return vertices, faces
+    return None

@@ -559,10 +559,36 @@ def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
             raise SceneError(scene.path, where + ".init", "required when the targets are rendered from the "
                              "scene (targets.cameras): without an init the optimization starts at the answer")
         initial_value(scene, path)  # validates the init against the parameter
+        _check_shape_settings(scene, opt, path, p, where)
     views = _count_target_views(scene, opt.targets)
     if opt.batch_views > views:
         raise SceneError(scene.path, "optimize.batch_views",
                          f"expected at most {views} (the number of target views), got {opt.batch_views}")
+
+
+def _check_shape_settings(scene: Scene, opt: OptimizeSpec, path: str, p, where: str) -> None:
+    """The vertices-only settings of a parameter (parametrization, remesh, reference, a topology of its own)."""
+    from .initial_values import start_mesh
+
+    is_vertices = path.startswith("meshes.") and path.endswith(".vertices")
+    for key in ("parametrization", "remesh", "reference"):
+        if getattr(p, key) is not None and not is_vertices:
+            raise SceneError(scene.path, f"{where}.{key}", "applies to mesh vertices (meshes.NAME.vertices) only")
+    if not is_vertices:
+        return
+    if p.reference is not None:
+        load_mesh_file(Path(scene.path).parent / p.reference, scene.path, f"{where}.reference")
+    owner = path.split(".")[1]
+    if p.remesh is not None or start_mesh(scene, path) is not None:
+        for leaf in ("uvs", "colors"):
+            if f"meshes.{owner}.{leaf}" in opt.parameters:
+                why = "is remeshed" if p.remesh is not None else "starts from a mesh of its own topology"
+                raise SceneError(scene.path, field_path(("optimize", "parameters", f"meshes.{owner}.{leaf}")),
+                                 f"cannot be optimized: the mesh's vertices {why} (per-vertex values would not "
+                                 "follow the topology)")
+    if p.remesh is not None and p.remesh.steps[-1] >= opt.steps:
+        raise SceneError(scene.path, f"{where}.remesh.steps", f"expected steps before the last step (optimize.steps "
+                         f"= {opt.steps}), got {p.remesh.steps[-1]}")
 
 
 def _count_target_views(scene: Scene, targets) -> int:

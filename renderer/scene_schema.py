@@ -26,6 +26,7 @@ from pydantic import (
     PlainValidator,
     Tag,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -577,6 +578,15 @@ class PerturbPoseInit(Strict):
     perturb_pose: PerturbPose
 
 
+ShapePrimitive = Annotated[SpherePrimitive | IcospherePrimitive | CubePrimitive | TorusPrimitive,
+                           Field(discriminator="type")]
+
+
+class PrimitiveInit(Strict):
+    """Vertices only: start from a primitive of any topology (welded: one vertex per position)."""
+    primitive: ShapePrimitive
+
+
 def _init_tag(v: Any) -> str | None:
     if _is_number(v):
         return "number"
@@ -586,23 +596,61 @@ def _init_tag(v: Any) -> str | None:
         return "file"
     if isinstance(v, dict) and len(v) == 1:
         key = next(iter(v))
-        return key if key in ("perturb", "perturb_pose") else None
+        return key if key in ("perturb", "perturb_pose", "primitive") else None
     return None
 
 
 Init = Annotated[
     Annotated[float, Tag("number")] | Annotated[list, PlainValidator(_number_array), Tag("list")]
     | Annotated[str, Tag("file")] | Annotated[PerturbInit, Tag("perturb")]
-    | Annotated[PerturbPoseInit, Tag("perturb_pose")],
+    | Annotated[PerturbPoseInit, Tag("perturb_pose")] | Annotated[PrimitiveInit, Tag("primitive")],
     Discriminator(_init_tag, custom_error_type="init_type", custom_error_message=(
-        'expected a finite number, a list of numbers, a file name, {"perturb": {...}} '
-        'or {"perturb_pose": {...}}')),
+        'expected a finite number, a list of numbers, a file name, {"perturb": {...}}, '
+        '{"perturb_pose": {...}} or {"primitive": {...}}')),
 ]
+
+
+DEFAULT_LARGE_STEPS_LAMBDA = 19.0
+# Nicolet et al. 2021: optimize u = (I + lambda L) x with uniform Adam (renderer.optim.large_steps). Built with
+# create_model: the field's name, `lambda`, is a Python keyword (read it with getattr(spec, "lambda")).
+LargeStepsParametrization = create_model(
+    "LargeStepsParametrization", __base__=Strict, type=(Literal["large_steps"], ...),
+    **{"lambda": (Annotated[float, Field(ge=0, le=1e6)], DEFAULT_LARGE_STEPS_LAMBDA)})
+
+
+class PlainParametrization(Strict):
+    """The vertex positions themselves, updated by `optimizer`."""
+    type: Literal["plain"]
+
+
+Parametrization = Annotated[LargeStepsParametrization | PlainParametrization, Field(discriminator="type")]
+
+
+class RemeshSpec(Strict):
+    """Isotropic remeshing of optimized vertices (renderer.optim.remesh) after the listed steps: edges split,
+    collapsed and flipped towards `edge_length[i]` (object-space units) after step `steps[i]`."""
+    steps: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=64)]
+    edge_length: Annotated[list[Positive], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _paired(self) -> RemeshSpec:
+        if len(self.steps) != len(self.edge_length):
+            raise ValueError(f'expected as many "edge_length" values as "steps", got {len(self.edge_length)} '
+                             f"and {len(self.steps)}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f'"steps": expected strictly increasing step numbers, got {self.steps}')
+        return self
 
 
 class ParameterSpec(Strict):
     init: Annotated[Init | None, FileRef("image_or_mesh")] = None  # None: start from the scene's value
     lr: Positive | None = None  # overrides optimizer.lr for this parameter
+    # vertices only: default {"type": "large_steps", "lambda": 19}
+    parametrization: Parametrization | None = None
+    remesh: RemeshSpec | None = None  # vertices only
+    # vertices only: the mesh the result is measured against (object space of the mesh); default: the scene's
+    # mesh when the targets are rendered from it, none for image or dataset targets
+    reference: Annotated[str | None, FileRef("mesh")] = None
 
 
 class TargetImage(Strict):

@@ -9,6 +9,8 @@
 - sphere.obj     the icosphere primitive (radius 1, 3 subdivisions: 642 vertices), the initial shape.
 - bumpy_sphere.obj the same vertices and faces pushed along their normals by smooth bumps: the target
                  shape; vertex i of both files is the same point of the sphere, so they compare 1:1.
+- blob.obj       a non-convex target for shape_sphere.json: a finer icosphere (4 subdivisions) with lobes
+                 pushed out and dents pushed in (the valleys between them are concave), of its own topology.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ ASSETS = Path(__file__).resolve().parent / "assets"
 SIZE = 128
 ICO_SUBDIVISIONS = 3
 BUMPS = np.array([[0, 1, 0], [1, 0.2, 0.3], [-0.6, -0.4, 0.7], [-0.3, 0.5, -0.8], [0.4, -0.9, -0.2]], float)
+# blob.obj: (direction, height, width) of each lobe (height > 0) or dent (height < 0)
+BLOB_SUBDIVISIONS = 4
+BLOB = [([0, 1, 0.2], 0.45, 0.12), ([1, -0.1, 0.3], 0.4, 0.1), ([-0.7, -0.3, 0.6], 0.4, 0.1),
+        ([-0.2, 0.4, -0.9], 0.35, 0.12), ([0.3, -1, -0.3], 0.4, 0.1), ([0.2, 0.2, 1], -0.25, 0.08),
+        ([-1, 0.3, -0.2], -0.2, 0.1)]
 
 
 def albedo() -> np.ndarray:
@@ -57,6 +64,18 @@ def spheres() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return v, n * (1 + height)[:, None], faces
 
 
+def blob() -> tuple[np.ndarray, np.ndarray]:
+    """(vertices, faces) of the non-convex target: r(n) = 1 + sum_k h_k exp(-(1 - n.c_k) / w_k) on the sphere."""
+    vertices, faces, _ = primitives.icosphere(1.0, BLOB_SUBDIVISIONS)
+    n = vertices.astype(np.float64)
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    r = np.ones(len(n))
+    for direction, height, width in BLOB:
+        c = np.asarray(direction, float) / np.linalg.norm(direction)
+        r += height * np.exp(-(1 - n @ c) / width)
+    return n * r[:, None], faces
+
+
 def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, comment: str) -> None:
     lines = [f"# {comment}", *(f"v {x:.6f} {y:.6f} {z:.6f}" for x, y, z in vertices),
              *(f"f {a + 1} {b + 1} {c + 1}" for a, b, c in faces)]
@@ -70,7 +89,8 @@ def build(out: Path) -> list[Path]:
     plain, bumpy, faces = spheres()
     write_obj(out / "sphere.obj", plain, faces, f"icosphere, radius 1, {ICO_SUBDIVISIONS} subdivisions")
     write_obj(out / "bumpy_sphere.obj", bumpy, faces, "target shape: sphere.obj with smooth bumps")
-    return [out / n for n in ("albedo.png", "roughness.png", "sphere.obj", "bumpy_sphere.obj")]
+    write_obj(out / "blob.obj", *blob(), "non-convex target shape: an icosphere with lobes and dents")
+    return [out / n for n in ("albedo.png", "roughness.png", "sphere.obj", "bumpy_sphere.obj", "blob.obj")]
 
 
 def main(argv: list[str] | None = None) -> int:
