@@ -30,6 +30,7 @@ from .stages import camera as cam
 from .stages import gbuffer, interpolate, pack, raster, shading, softras, texture, visibility
 from .stages import pathtrace as pt
 from .stages.shading import Lights
+from .thread_tape import active_tape, recording
 
 
 @dataclass
@@ -89,11 +90,11 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                 pose: wp.array | None = None, width: int | None = None,
                 height: int | None = None, cache: GBufferCache | None = None,
                 cache_key: tuple | None = None, spp: int | None = None, seed: int | None = None,
-                max_depth: int | None = None) -> RenderOutput:
+                max_depth: int | None = None, adjoint_seed: int | None = None) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
     `mode` and `shadows` default to the scene's render settings; so do `spp`, `seed` and `max_depth` of
-    the path mode (`_render_path`; the other modes ignore them). `intrinsics`/`pose` override the
+    the path mode (`_render_path`; the other modes ignore them, and `adjoint_seed`). `intrinsics`/`pose` override the
     camera's leaf arrays (e.g. the viewer's free camera); `width`/`height` override its resolution
     (intrinsics are then used as given, so scale them to match).
 
@@ -122,7 +123,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         r = sc.render
         return _render_path(ds, frame, intr, pose, width, height, spp=r.spp if spp is None else spp,
                             seed=r.seed if seed is None else seed,
-                            max_depth=r.max_depth if max_depth is None else max_depth)
+                            max_depth=r.max_depth if max_depth is None else max_depth, adjoint_seed=adjoint_seed)
     background = _background(ds, width, height)
     if mode == "soft":
         origins, directions = cam.generate_rays(intr, pose, width, height)
@@ -266,15 +267,38 @@ def path_scene(ds: DeviceScene, frame: Frame) -> pt.PathScene:
 
 
 def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: int, *, spp: int, seed: int,
-                 max_depth: int) -> RenderOutput:
+                 max_depth: int, adjoint_seed: int | None = None) -> RenderOutput:
     """Path mode: `renderer.stages.pathtrace.render_path` of the frame (every CPU core renders a band of
-    rows), differentiable through an enclosing tape by path replay backpropagation. The auxiliary buffers
-    (tri_id, depth, normals, coverage) come from the rasterized primary visibility, off the tape."""
+    rows), differentiable through an enclosing tape by path replay backpropagation.
+
+    The adjoint replays the paths of `seed` (None: the exact derivative of this very image, what a
+    finite-difference check with shared random numbers sees) or of `adjoint_seed`, an independent estimate
+    of the derivative of the expected image. A loss such as L2 multiplies the image's error by its
+    derivative; estimated from the same paths, the two are correlated and the product's expectation is
+    biased (by their covariance), estimated from independent paths it is not (what the optimizer uses).
+    The auxiliary buffers (tri_id, depth, normals, coverage) come from the rasterized primary visibility,
+    off the tape."""
     from .parallel import default_workers
 
-    image = pt.render_path(path_scene(ds, frame), constant(intr), constant(pose), width, height,
-                           spp=int(spp), seed=int(seed), max_depth=int(max_depth), rr_depth=PATH_RR_DEPTH,
-                           threads=default_workers())
+    scene = path_scene(ds, frame)
+    intr_c, pose_c = constant(intr), constant(pose)
+    kwargs = dict(spp=int(spp), max_depth=int(max_depth), rr_depth=PATH_RR_DEPTH, threads=default_workers())
+    tape = active_tape()
+    if adjoint_seed is None or tape is None:
+        image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
+    else:
+        with recording(None):
+            image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
+        params = scene.parameters()
+        want = [k for k, a in params.items() if a.requires_grad and a.size > 0]
+        if want:  # the image requires grad then (render_path made it so)
+            def backward():
+                pt.render_path_backward(scene, image.grad, intr_c, pose_c, width, height, seed=int(adjoint_seed),
+                                        wrt=want, **kwargs)
+
+            tape.record_func(backward, [image, *[params[k] for k in want]])
+    if tape is not None and not image.requires_grad:
+        image.requires_grad = True  # nothing to differentiate, but the loss's adjoint still lands in .grad
     world, i, p = constant(frame.world), constant(intr), constant(pose)
     origins, directions = cam.generate_rays(i, p, width, height)
     tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)

@@ -32,6 +32,9 @@ IMAGE_LOSSES = ("l1", "l2", "ssim")
 # far from any step's (step k uses render.seed + k), so target noise and step noise are independent
 TARGET_SEED_OFFSET = 1 << 30
 TARGET_SPP_FACTOR = 4  # default targets.spp: this many times render.spp
+# step k's adjoint replays the independent paths of seed step_seed(k) + ADJOINT_SEED_OFFSET (an unbiased
+# gradient of the expected loss: renderer.render._render_path)
+ADJOINT_SEED_OFFSET = 1 << 29
 
 
 def step_seed(scene: Scene, step: int) -> int:
@@ -46,7 +49,8 @@ def seed_schedule(scene: Scene) -> dict | None:
     if r.mode != "path":
         return None
     spp = getattr(scene.optimize.targets, "spp", None) if scene.optimize is not None else None
-    return {"step_seed": f"(render.seed + step) mod 2^31, render.seed = {r.seed}", "spp": r.spp,
+    return {"step_seed": f"(render.seed + step) mod 2^31, render.seed = {r.seed}",
+            "adjoint_seed": f"(step seed + {ADJOINT_SEED_OFFSET}) mod 2^31", "spp": r.spp,
             "max_depth": r.max_depth, "target_seed": (r.seed + TARGET_SEED_OFFSET) % (1 << 31),
             "target_spp": spp or TARGET_SPP_FACTOR * r.spp}
 
@@ -214,7 +218,8 @@ class MeshModel:
         if ds.scene.render.mode == "path":
             # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
             seed = step_seed(ds.scene, step)
-            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed) for t in batch]
+            adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
+            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed, adjoint_seed=adjoint) for t in batch]
         elif len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
             # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
             # sums in a fixed, different order)
