@@ -282,7 +282,8 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
 
     scene = path_scene(ds, frame)
     intr_c, pose_c = constant(intr), constant(pose)
-    kwargs = dict(spp=int(spp), max_depth=int(max_depth), rr_depth=PATH_RR_DEPTH, threads=default_workers())
+    kwargs = dict(spp=int(spp), max_depth=int(max_depth), rr_depth=PATH_RR_DEPTH, threads=default_workers(),
+                  jitter=bool(ds.scene.render.jitter))
     tape = active_tape()
     if adjoint_seed is None or tape is None:
         image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)

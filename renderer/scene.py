@@ -114,6 +114,7 @@ class RenderSettings:
     spp: int = 16
     max_depth: int = 4
     seed: int = 0
+    jitter: bool = True  # sample uniformly inside each pixel (antialiased); False: at the pixel centers
 
 
 @dataclass

@@ -431,6 +431,7 @@ class RenderSpec(Strict):
     spp: Annotated[int, Field(ge=1, le=1 << 16)] = RenderSettings.spp
     max_depth: Annotated[int, Field(ge=0, le=64)] = RenderSettings.max_depth
     seed: Annotated[int, Field(ge=0, le=(1 << 31) - 1)] = RenderSettings.seed
+    jitter: bool = RenderSettings.jitter
 
 
 # ---- fields (radiance fields) -------------------------------------------------------------------

@@ -379,3 +379,20 @@ def test_unchanged_tables_are_not_rebuilt(grad_scene):
     render_view(ds, ds.prepare(), "main")
     assert ds.path_tables["env_marginal"] is not marg and ds.path_tables["light_cdf"] is cdf
     ds.set("lights.sky.radiance", old)
+
+
+def test_cornell_box_renders_and_runs_from_the_cli(tmp_path, capsys):
+    image = tmp_path / "cornell.png"
+    assert cli.main(["render", str(CORNELL), "-o", str(image)]) == 0
+    img = iio.imread(image)
+    assert img.shape[:2] == (48, 48) and img[..., 0].mean() > 20
+    doc = json.loads(CORNELL.read_text())  # a smaller copy: 16x16 and 8-spp targets
+    cam = doc["cameras"][0]
+    cam["width"] = cam["height"] = 16
+    doc["optimize"]["targets"]["spp"] = 8
+    out = tmp_path / "run"
+    assert cli.main(["run", str(write(tmp_path, doc)), "--headless", "--steps", "2", "--out", str(out)]) == 0
+    assert "render: mode path, 4 spp, max depth 3, seed 0" in capsys.readouterr().out
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and "noisy" in metrics["final_loss_note"]
+    assert metrics["parameters"]["materials.light.emission"]["max_rel_error"] > 0
