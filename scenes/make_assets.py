@@ -10,21 +10,21 @@
 - bumpy_sphere.obj the same vertices and faces pushed along their normals by smooth bumps: the target
                  shape; vertex i of both files is the same point of the sphere, so they compare 1:1.
 - sky.tif        32x64 float32 linear radiance, equirectangular (row 0 the zenith, the middle column -Z):
-                 a blue sky brightening to the horizon, a sun of radiance 60 at 35 degrees elevation (azimuth 150: behind the front camera, to its right), a
-                 warm and a cool panel on the horizon, a dark ground: the environment of env_object.json.
-                 (.hdr / .exr have no imageio backend in the lock; a float TIFF holds the same values.)
+                 a blue sky brightening to the horizon, a sun of radiance 60 at 35 degrees elevation
+                 (azimuth 150: behind the front camera of env_object.json, to its right), a warm and a
+                 cool panel on the horizon, a dark ground. (.hdr / .exr have no imageio backend in the
+                 lock; a float TIFF holds the same values.)
 """
 
 from __future__ import annotations
 
 import argparse
 import colorsys
+import datetime
 import filecmp
 import sys
 import tempfile
 from pathlib import Path
-
-import datetime
 
 import imageio.v2 as iio2
 import numpy as np
