@@ -396,3 +396,25 @@ def test_cornell_box_renders_and_runs_from_the_cli(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and "noisy" in metrics["final_loss_note"]
     assert metrics["parameters"]["materials.light.emission"]["max_rel_error"] > 0
+
+
+def test_save_scene_as_keeps_emission_and_environment_edits(tmp_path):
+    """File > Save scene as: an edited emission constant and an edited environment image round-trip (the
+    image as a float TIFF beside the scene, values exact)."""
+    from drstudio.app.viewer.save_scene import save_scene_as
+
+    write_env(tmp_path)
+    scene = load_scene(write(tmp_path, room()))
+    ds = DeviceScene(scene, "cpu")
+    values = {p: ds.get(p) for p in ds.arrays}
+    values["materials.light.emission"] = np.array([[[7.5, 2.0, 0.25]]], np.float32)
+    env = values["lights.sky.radiance"].copy()
+    env[1, 3] = [5.0, 0.0, 12.5]
+    values["lights.sky.radiance"] = env
+    out = tmp_path / "saved" / "edited.json"
+    out.parent.mkdir()
+    files = save_scene_as(scene, values, out, None)
+    assert sorted(f.name for f in files) == ["edited.json", "edited.sky.radiance.tif"]
+    loaded = load_scene(out)
+    np.testing.assert_array_equal(loaded.materials["light"].emission, values["materials.light.emission"])
+    np.testing.assert_array_equal(loaded.environment_lights["sky"].radiance, env)
