@@ -17,7 +17,7 @@ import trimesh
 from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
-from . import images
+from . import images, memory
 from .errors import SceneError
 
 MAX_IMAGE_SIZE = 4096  # texels per side of a texture, background or target image
@@ -82,6 +82,54 @@ def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = 
         raise SceneError(file, field, f"image '{path}' holds values in [{a.min():g}, {a.max():g}]; {what} must hold "
                                       f"values in [{lo:g}, {hi:g}] (a float image is used as stored)")
     return (cv.srgb_to_linear(a) if srgb else a).astype(np.float32)
+
+
+HDR_ONLY_EXTENSIONS = (".hdr", ".exr")  # float formats with no imageio backend in the lock (opencv, freeimage)
+# an environment or emission image while optimizing: its texels, their gradient, two Adam moments, the
+# sampling tables and the device copy
+RADIANCE_BYTES_PER_TEXEL = 3 * 4 * 6
+
+
+def read_radiance_image(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
+    """A radiance image (environment or emission) as (H, W, 3) float32 linear RGB >= 0, read through imageio:
+    a float file (e.g. a 32-bit float TIFF) as stored, an 8/16-bit file (PNG) decoded from sRGB to linear.
+    Its header's size is checked against `max_size` and against the memory at hand (`renderer.memory`)
+    before decoding; every failure is a SceneError naming `file` and `field`."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    _check_file(path, "image", file, field)
+    if path.suffix.lower() in HDR_ONLY_EXTENSIONS:
+        raise SceneError(file, field, f"image '{path}': reading {path.suffix} files needs an imageio backend "
+                                      "(opencv or freeimage) that drstudio does not install; save the image as a "
+                                      "32-bit float TIFF (.tif) instead")
+    try:
+        props = iio.improps(path)
+    except Exception as exc:  # imageio raises many types for non-images
+        raise SceneError(file, field, f"'{path}' is not a readable image ({exc.__class__.__name__})") from None
+    shape = tuple(props.shape)
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 4):
+        raise SceneError(file, field, f"image '{path}': expected a 2-D image, got an array of shape {shape}")
+    height, width = shape[:2]
+    if width > max_size or height > max_size:
+        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than the limit "
+                                      f"{max_size}x{max_size}")
+    try:
+        memory.require(width * height * RADIANCE_BYTES_PER_TEXEL, f"the {width}x{height} radiance image '{path}'")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, field, str(exc)) from None
+    try:
+        a = images.read_image(path, 3)
+    except SceneError as e:
+        raise SceneError(file, field, f"image '{path}': {e.message}") from None
+    if not np.isfinite(a).all():
+        raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
+    if a.size and a.min() < 0:
+        raise SceneError(file, field, f"image '{path}' holds negative values (down to {a.min():g}); radiance "
+                                      "must be >= 0")
+    if np.issubdtype(props.dtype, np.integer):
+        a = cv.srgb_to_linear(a)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, ...]:

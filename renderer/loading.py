@@ -18,14 +18,15 @@ import numpy as np
 
 from . import conventions as cv
 from . import memory, primitives
-from .assets import image_size, load_mesh_file, read_image
+from .assets import image_size, load_mesh_file, read_image, read_radiance_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
-from .params import MATERIAL_LEAVES, ParamPath, scene_values
+from .params import MATERIAL_LEAVES, Group, Kind, ParamPath, scene_values
 from .scene import (
     AmbientLight,
     Camera,
     DirectionalLight,
+    EnvironmentLight,
     Field,
     Material,
     Mesh,
@@ -40,6 +41,7 @@ from .scene_schema import (
     MAX_JSON_DEPTH,
     AmbientLightSpec,
     DirectionalLightSpec,
+    EnvironmentLightSpec,
     OptimizeSpec,
     validate_scene,
 )
@@ -111,7 +113,8 @@ def load_scene(path) -> Scene:
         scene.materials[m.name] = Material(
             m.name, m.model, _texture(m.albedo, 3, True, base, file, where + ("albedo",)),
             np.clip(_texture(m.roughness, 1, False, base, file, where + ("roughness",)), 0.02, 1.0),
-            _texture(m.metallic, 1, False, base, file, where + ("metallic",)), m.wrap)
+            _texture(m.metallic, 1, False, base, file, where + ("metallic",)), m.wrap,
+            _radiance(m.emission, m.emission_scale, base, file, where + ("emission",)))
     for i, m in enumerate(spec.meshes):
         if m.material not in scene.materials:
             raise err(("meshes", i, "material"), f"unknown material '{m.material}'; defined: "
@@ -127,8 +130,24 @@ def load_scene(path) -> Scene:
         scene.meshes[m.name] = Mesh(m.name, vertices, faces, uvs, colors, _f32(t.translation), _f32(rotation),
                                     _f32(t.scale), m.material, m.file or f"primitive {m.primitive.type}")
     _add_atlases(scene, spec, file)
-    for light in spec.lights:
-        if isinstance(light, AmbientLightSpec):
+    path_mode = spec.render.mode == "path"
+    if path_mode and spec.fields:
+        raise err(("render", "mode"), "render mode 'path' traces the scene's meshes; a scene with fields is "
+                                      "volume-rendered (use another mode)")
+    for i, light in enumerate(spec.lights):
+        if isinstance(light, EnvironmentLightSpec):
+            if not path_mode:
+                raise err(("lights", i, "type"), f"an environment light needs render.mode 'path' (the "
+                                                 f"'{spec.render.mode}' mode has no light from infinity)")
+            if scene.environment_lights:
+                raise err(("lights", i, "type"), "a scene has at most one environment light")
+            scene.environment_lights[light.name] = EnvironmentLight(
+                light.name, _radiance(light.radiance, light.scale, base, file, ("lights", i, "radiance")))
+        elif isinstance(light, AmbientLightSpec):
+            if path_mode:
+                raise err(("lights", i, "type"), "an ambient light has no meaning in render mode 'path' "
+                                                 "(light comes from surfaces and lights; use an environment "
+                                                 "light)")
             scene.ambient_lights[light.name] = AmbientLight(light.name, _f32(light.color))
         elif isinstance(light, DirectionalLightSpec):
             scene.directional_lights[light.name] = DirectionalLight(
@@ -173,6 +192,9 @@ def load_scene(path) -> Scene:
     else:
         scene.background = _f32(spec.background)
     _check_ranges(scene, spec, file)
+    if path_mode and (isinstance(spec.background, str) or any(spec.background)):
+        raise err(("background",), "render mode 'path' shows the environment light where rays escape (black "
+                                   "without one); expected the default [0, 0, 0] (use an environment light)")
     if spec.optimize is not None:
         scene.optimize = spec.optimize
         _check_optimize(scene, spec.optimize)
@@ -283,6 +305,20 @@ def _texture(value, channels: int, srgb: bool, base: Path, file: str, parts: tup
         return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts),
                           kind=parts[-1])
     return _f32(value).reshape(1, 1, channels)
+
+
+def _radiance(value, scale: float, base: Path, file: str, parts: tuple) -> np.ndarray:
+    """Emitted or environment radiance as an (H, W, 3) float32 image: a constant becomes 1x1; an image file
+    is read through imageio (8/16-bit files decoded from sRGB, float files such as .hdr/.exr as stored),
+    after checking that its texels (and their gradients and optimizer state) fit in memory."""
+    if not isinstance(value, str):
+        return (_f32(value) * np.float32(scale)).reshape(1, 1, 3)
+    where = field_path(parts)
+    img = read_radiance_image(base / value, file, where)
+    out = img * np.float32(scale)
+    if not np.isfinite(out).all():
+        raise SceneError(file, where, f"image '{value}' times scale {scale:g} exceeds float32's range")
+    return out.astype(np.float32)
 
 
 def _primitive(p) -> primitives.Built:
@@ -545,6 +581,18 @@ def _check_times(scene: Scene, opt: OptimizeSpec, f: Field, index: int) -> None:
                                  f"(dynamic) needs every frame's time in its time_range [{t0:g}, {t1:g}]")
 
 
+PATH_GRADIENTS = ("material albedo, roughness, metallic and emission, mesh vertex colors, environment radiance, "
+                  "point and directional light color, intensity, position and direction")
+
+
+def path_differentiable(p) -> bool:
+    """Whether the path tracer's adjoint (renderer.stages.pathtrace) gives a gradient for parameter `p`."""
+    if p.path.group is Group.MESHES:
+        return p.kind is Kind.COLORS
+    # every light of a path-mode scene (ambient lights are refused there); no camera or field gradients
+    return p.path.group in (Group.MATERIALS, Group.LIGHTS)
+
+
 def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     params = scene.params()
     _check_field_optimize(scene, opt)
@@ -558,6 +606,9 @@ def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
         if p.init is None and opt.targets.cameras is not None and not path.startswith("fields."):
             raise SceneError(scene.path, where + ".init", "required when the targets are rendered from the "
                              "scene (targets.cameras): without an init the optimization starts at the answer")
+        if scene.render.mode == "path" and not path_differentiable(params[path]):
+            raise SceneError(scene.path, where, f"render mode 'path' gives no gradient for {params[path].kind} "
+                             f"parameters of {params[path].path.group}; it differentiates {PATH_GRADIENTS}")
         initial_value(scene, path)  # validates the init against the parameter
         _check_shape_settings(scene, opt, path, p, where)
     views = _count_target_views(scene, opt.targets)
@@ -667,14 +718,19 @@ def summarize(scene: Scene) -> str:
                      f"{_value_text(light.color)}, intensity {light.intensity[0]:g}")
     for light in scene.ambient_lights.values():
         lines.append(f"  light {light.name}: ambient {_value_text(light.color)}")
+    for light in scene.environment_lights.values():
+        lines.append(f"  light {light.name}: environment {_value_text(light.radiance)}")
     for c in scene.cameras.values():
         fov = cv.intrinsics_to_fov_y(c.intrinsics, c.height)
         lines.append(f"  camera {c.name}: {c.width}x{c.height}, fov_y {fov:.1f} deg, "
                      f"at {_value_text(c.pose[:3])}")
     r = scene.render
     lines.append(f"  background {_value_text(scene.background)}")
-    lines.append(f"  render: mode {r.mode}, shadows {'on' if r.shadows else 'off'}, mipmaps "
-                 f"{'on' if r.mipmaps else 'off'}, soft sigma {r.soft_sigma:g} gamma {r.soft_gamma:g}")
+    if r.mode == "path":
+        lines.append(f"  render: mode path, {r.spp} spp, max depth {r.max_depth}, seed {r.seed}")
+    else:
+        lines.append(f"  render: mode {r.mode}, shadows {'on' if r.shadows else 'off'}, mipmaps "
+                     f"{'on' if r.mipmaps else 'off'}, soft sigma {r.soft_sigma:g} gamma {r.soft_gamma:g}")
     opt = scene.optimize
     if opt is not None:
         t = opt.targets

@@ -199,6 +199,8 @@ Metallic = Annotated[float | str, _number_or_file(
     _numbers(0, 0.0, 1.0), "a number in [0, 1] or an image file name")]
 Background = Annotated[list[float] | str, _number_or_file(
     _numbers(3, 0.0, math.inf), "[r, g, b] with each >= 0, or an image file name")]
+Radiance = Annotated[list[float] | str, _number_or_file(
+    _numbers(3, 0.0, FLOAT32_MAX), "[r, g, b] radiance with each >= 0, or an image file name")]
 Scale = Annotated[list[float], PlainValidator(_scale)]
 
 
@@ -308,6 +310,8 @@ class MaterialSpec(Strict):
     roughness: Annotated[Roughness, FileRef("image")] = 0.5
     metallic: Annotated[Metallic, FileRef("image")] = 0.0
     wrap: Literal["wrap", "clamp"] = "wrap"
+    emission: Annotated[Radiance, FileRef("image")] = [0.0, 0.0, 0.0]  # emitted radiance (linear RGB)
+    emission_scale: Annotated[float, Field(ge=0, le=FLOAT32_MAX)] = 1.0  # multiplies an emission image
 
 
 class PointLightSpec(Strict):
@@ -339,7 +343,17 @@ class AmbientLightSpec(Strict):
     color: Color
 
 
-LightSpec = Annotated[PointLightSpec | DirectionalLightSpec | AmbientLightSpec, Field(discriminator="type")]
+class EnvironmentLightSpec(Strict):
+    """Radiance from every direction at infinity (render mode "path" only): a constant or an equirectangular
+    image (+Y up, row 0 at the zenith, the middle column towards -Z), times `scale`."""
+    name: Name
+    type: Literal["environment"]
+    radiance: Annotated[Radiance, FileRef("image")]
+    scale: Annotated[float, Field(ge=0, le=FLOAT32_MAX)] = 1.0
+
+
+LightSpec = Annotated[PointLightSpec | DirectionalLightSpec | AmbientLightSpec | EnvironmentLightSpec,
+                      Field(discriminator="type")]
 
 
 class LookAt(Strict):
@@ -415,6 +429,11 @@ class RenderSpec(Strict):
     soft_sigma: Positive = RenderSettings.soft_sigma
     soft_gamma: Positive = RenderSettings.soft_gamma
     mipmaps: bool = RenderSettings.mipmaps
+    # mode "path" (others ignore them): samples per pixel, scattering events per path, random sequence
+    spp: Annotated[int, Field(ge=1, le=1 << 16)] = RenderSettings.spp
+    max_depth: Annotated[int, Field(ge=0, le=64)] = RenderSettings.max_depth
+    seed: Annotated[int, Field(ge=0, le=(1 << 31) - 1)] = RenderSettings.seed
+    jitter: bool = RenderSettings.jitter
 
 
 # ---- fields (radiance fields) -------------------------------------------------------------------
@@ -696,6 +715,9 @@ class Targets(Strict):
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
     test_transforms: Annotated[str | None, FileRef("transforms")] = None
     dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
+    # render mode "path", with `cameras`: samples per pixel of the rendered targets (default 4 x render.spp);
+    # they use their own random sequence, independent of every step's
+    spp: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Targets:
@@ -706,6 +728,8 @@ class Targets(Strict):
             raise ValueError('"test_cameras" goes with "cameras" (use "test_transforms" with "transforms")')
         if self.test_transforms is not None and self.transforms is None:
             raise ValueError('"test_transforms" goes with "transforms"')
+        if self.spp is not None and self.cameras is None:
+            raise ValueError('"spp" (samples of the path-traced targets) goes with "cameras"')
         return self
 
 

@@ -250,7 +250,7 @@ CASES = [
     # background and render
     ("background-negative", setting("background", [-1, 0, 0]), "background", "each >= 0"),
     ("background-missing", setting("background", "sky.png"), "background", "not found"),
-    ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias' or 'soft'"),
+    ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias', 'soft' or 'path'"),
     ("render-sigma", setting("render", {"soft_sigma": 0}), "render.soft_sigma", "greater than 0"),
     ("render-shadows", setting("render", {"shadows": "yes"}), "render.shadows", "valid boolean"),
     # optimize

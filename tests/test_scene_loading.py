@@ -134,8 +134,8 @@ def test_parameter_paths(tmp_path):
     assert list(params) == [
         "meshes.ball.vertices", "meshes.ball.colors", "meshes.ball.uvs", "meshes.ball.translation",
         "meshes.ball.rotation", "meshes.ball.scale", "materials.paint.albedo", "materials.paint.roughness",
-        "materials.paint.metallic", "lights.key.position", "lights.key.color", "lights.key.intensity",
-        "lights.sun.direction", "lights.sun.color", "lights.sun.intensity", "lights.sky.color",
+        "materials.paint.metallic", "materials.paint.emission", "lights.key.position", "lights.key.color",
+        "lights.key.intensity", "lights.sun.direction", "lights.sun.color", "lights.sun.intensity", "lights.sky.color",
         "cameras.main.intrinsics", "cameras.main.pose"]
     np.testing.assert_allclose(scene.directional_lights["sun"].direction, [0, -1, 0])  # normalized
     assert params["cameras.main.pose"].shape == (7,)

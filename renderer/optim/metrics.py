@@ -85,6 +85,8 @@ def parameter_metrics(problem) -> dict:
             mask = seen_texels(problem, path)
             m["psnr_db_seen_texels"] = texture_psnr(value, truth, mask)
             m["seen_texel_fraction"] = float(mask.mean())
+        elif kind in (Kind.EMISSION, Kind.ENVIRONMENT):  # radiance: relative to the true value
+            m["max_rel_error"] = float(np.max(np.abs(value - truth) / np.maximum(np.abs(truth), 1e-6)))
         elif kind is Kind.POSITION and problem.ds.params[path].group is Group.LIGHTS:
             m["distance"] = float(np.linalg.norm(value - truth))
             m["distance_fraction_of_scene_size"] = m["distance"] / size

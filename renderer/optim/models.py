@@ -30,6 +30,31 @@ from . import losses, regularizers
 from .targets import Target, build_targets
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
+# path mode: the targets rendered from the truth use the random sequence render.seed + TARGET_SEED_OFFSET,
+# far from any step's (step k uses render.seed + k), so target noise and step noise are independent
+TARGET_SEED_OFFSET = 1 << 30
+TARGET_SPP_FACTOR = 4  # default targets.spp: this many times render.spp
+# step k's adjoint replays the independent paths of seed step_seed(k) + ADJOINT_SEED_OFFSET (an unbiased
+# gradient of the expected loss: renderer.render._render_path)
+ADJOINT_SEED_OFFSET = 1 << 29
+
+
+def step_seed(scene: Scene, step: int) -> int:
+    """The path tracer's seed of optimization step `step` (fresh random numbers every step, so the gradients
+    are unbiased; a function of the scene file and the step only, so a replay renders the same paths)."""
+    return (int(scene.render.seed) + int(step)) % (1 << 31)
+
+
+def seed_schedule(scene: Scene) -> dict | None:
+    """What a recording states about the random numbers of a path-mode run (None in the other modes)."""
+    r = scene.render
+    if r.mode != "path":
+        return None
+    spp = getattr(scene.optimize.targets, "spp", None) if scene.optimize is not None else None
+    return {"step_seed": f"(render.seed + step) mod 2^31, render.seed = {r.seed}",
+            "adjoint_seed": f"(step seed + {ADJOINT_SEED_OFFSET}) mod 2^31", "spp": r.spp,
+            "max_depth": r.max_depth, "target_seed": (r.seed + TARGET_SEED_OFFSET) % (1 << 31),
+            "target_spp": spp or TARGET_SPP_FACTOR * r.spp}
 
 
 class Model(Protocol):
@@ -115,6 +140,11 @@ class MeshModel:
 
     kind = "mesh"
 
+    @property
+    def noisy_loss(self) -> bool:
+        """Whether a step's loss is a Monte Carlo estimate (path mode: each step's own random numbers)."""
+        return self.p.ds.scene.render.mode == "path"
+
     @staticmethod
     def applies(scene: Scene) -> bool:
         return True
@@ -188,7 +218,12 @@ class MeshModel:
         frame = ds.prepare(cache=cache)
         outputs = {}
         scale = 1.0 / len(batch)
-        if len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
+        if ds.scene.render.mode == "path":
+            # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
+            seed = step_seed(ds.scene, step)
+            adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
+            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed, adjoint_seed=adjoint) for t in batch]
+        elif len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
             # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
             # sums in a fixed, different order)
             rendered = parallel.render_views(ds, frame, [t.camera for t in batch], cache=cache)

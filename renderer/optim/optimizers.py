@@ -329,6 +329,8 @@ CONSTRAINTS_BY_KIND: dict[str, tuple[tuple[str, int, int | None], ...]] = {
     "albedo": (("unit_interval", 0, None),),
     "roughness": (("roughness", 0, None),),
     "metallic": (("unit_interval", 0, None),),
+    "emission": (("nonnegative", 0, None),),  # emitted radiance
+    "environment": (("nonnegative", 0, None),),  # environment radiance texels
     "color": (("nonnegative", 0, None),),  # light colors
     "intensity": (("nonnegative", 0, None),),
     "intrinsics": (("positive", 0, 2),),  # fx, fy; the principal point is free

@@ -97,6 +97,11 @@ class Problem:
         return getattr(self.model, "gbuffer_cache", None)
 
     @property
+    def noisy_loss(self) -> bool:
+        """Whether the loss of a step is a Monte Carlo estimate that varies from step to step (path mode)."""
+        return bool(getattr(self.model, "noisy_loss", False))
+
+    @property
     def parallel_views(self) -> bool:
         """Whether a step's views render on all cores (mesh models)."""
         return bool(getattr(self.model, "parallel_views", False))

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..conventions import linear_to_srgb
 from ..images import atomic_write, write_image_bytes
+from ..optim.models import seed_schedule
 from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
@@ -162,6 +163,7 @@ class Recorder:
                            for p in problem.param_specs},
                 "views": list(problem.views), "loss_terms": list(problem.weights),
                 "optimizer": type(problem.optimizer).__name__,
+                **({"render_seeds": schedule} if (schedule := seed_schedule(problem.scene)) else {}),
             },
             "argv": list(sys.argv),
         }
