@@ -186,6 +186,9 @@ def start_mesh(scene: Scene, path: str, spec=None) -> tuple[np.ndarray, np.ndarr
         vertices, faces, _, _ = load_mesh_file(Path(scene.path).parent / spec, scene.path, where)
         if vertices.shape == mesh.vertices.shape and np.array_equal(faces, mesh.faces):
             return None
+        source = mesh.atlas_source  # the scene mesh's topology before its automatic UV atlas split it
+        if source is not None and len(vertices) > source.max() and np.array_equal(faces, source[mesh.faces]):
+            return None
         vertices, faces = _welded(vertices, faces)
         if len(faces) == 0:
             raise SceneError(scene.path, where, f"mesh file '{spec}' has no triangle of nonzero area")
