@@ -419,6 +419,10 @@ def write_video(out, frames, width: int, height: int, render, *, fps: float = 24
                 intr = cv.fov_y_to_intrinsics(kf.fov_y, width, height)
                 t = None if times is None else times[i]
                 img = render(kf.pose, intr, width, height, time=t)
+                bad = int(np.count_nonzero(~np.isfinite(img).all(axis=-1)))
+                if bad:  # a trained field can still overflow float32: say so instead of encoding garbage
+                    raise PathError(f"{out}: frame {i} has {bad} non-finite pixel{'s' * (bad != 1)} (inf or NaN: "
+                                    "a value overflowed float32 while rendering); the video was not written")
                 writer.append_data(np.round(cv.linear_to_srgb(img) * 255.0).astype(np.uint8))
                 if progress is not None:
                     progress(i + 1, len(frames))

@@ -38,7 +38,7 @@ def available_bytes() -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 0.1 * 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def require(nbytes: float, what: str, available: int | None = None) -> None:
@@ -66,6 +66,7 @@ GRID_SAMPLE_BYTES = 128  # a voxel / time grid's training step, per ray sample (
 NEURAL_SAMPLE_BYTES = 1024  # an MLP field's training step, per ray sample: this ...
 NEURAL_UNIT_BYTES = 8  # ... plus this per hidden unit and layer (measured 904 + 5.9 * width * depth)
 RENDER_SAMPLE_BYTES = 64  # a forward render's sample arrays (44 B) and queried values, per ray sample
+RAY_BANK_BYTES_PER_PIXEL = 48  # a field's training pixel: its ray (origin, direction) and color, and the target
 
 
 def field_batch_bytes(field, rays: int, *, training: bool) -> int:

@@ -164,3 +164,18 @@ def test_a_field_render_group_beyond_memory_is_refused(tmp_path):
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert "fields[0].samples_per_ray" in out.stderr or "optimize.rays_per_batch" in out.stderr, out.stderr
     assert "GiB" in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr
+
+
+def test_a_field_ray_bank_beyond_memory_is_refused(tmp_path, monkeypatch):
+    """A field trains from every pixel's ray (origin, direction, color: 48 B a pixel with its target): the 56
+    views of nerf_grid.json at 128x128 need about 44 MB, refused before a target is rendered on a machine with
+    25 MB (the target renders themselves would fit)."""
+    from drstudio.renderer.errors import SceneError
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.optim.problem import Problem
+
+    sc = load_scene(field_scene_file(tmp_path, "nerf_grid.json"))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 25 * 2**20)
+    with pytest.raises(SceneError, match=r"optimize.targets: the rays of the 56 training views \(0.9 Mpixels, 48 B "
+                                         r"each\) needs about 42 MiB.*--downscale"):
+        Problem(sc, "cpu")

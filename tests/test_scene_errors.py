@@ -569,6 +569,13 @@ def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
      "frames[0].transform_matrix: expected a finite 4x4 matrix"),
     (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [[1, 2], [3]]}]}).encode(),
      "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+    # finite, but a render from there overflows float32 (issue 14)
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [
+        [1, 0, 0, 3e38], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}).encode(),
+     "frames[0].transform_matrix: expected a camera position in [-1e+06, 1e+06]"),
+    (json.dumps({"fl_x": 1e30, "w": 4, "h": 4, "frames": [{"file_path": "a", "transform_matrix": [
+        [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}).encode(),
+     "frames[0].fl_x: expected intrinsics fl_x, fl_y, cx, cy within 1e+08 pixels"),
 ])
 def test_a_hostile_transforms_file_is_a_scene_error(tmp_path, content, message):
     (tmp_path / "t.json").write_bytes(content)

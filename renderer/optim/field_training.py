@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import warp as wp
 
+from .. import memory
 from ..errors import SceneError
 from ..field_scene import FieldDeviceScene
 from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
@@ -278,6 +279,14 @@ class FieldModel:
             raise SceneError(scene.path, "optimize.targets", "every view is held out (split: test); nothing "
                              "is left to train on")
         no_images = SimpleNamespace(images=None)
+        views = list(train_files) if files else list(spec.cameras or [])
+        pixels = sum(scene.cameras[c].width * scene.cameras[c].height for c in views if c in scene.cameras)
+        try:  # before a target is read or rendered
+            memory.require(memory.RAY_BANK_BYTES_PER_PIXEL * pixels, f"the rays of the {len(views)} training views "
+                           f"({pixels / 1e6:.1f} Mpixels, {memory.RAY_BANK_BYTES_PER_PIXEL} B each)")
+        except memory.MemoryBudgetError as exc:
+            raise SceneError(scene.path, "optimize.targets", f"{exc}; use a downscaled dataset (drstudio capture "
+                             "--downscale N)") from None
         if files:
             train = build_targets(scene, ds, p.truth, no_images, current, train_files)
         else:
