@@ -338,8 +338,8 @@ class MeshFrames:
         for path, value in (values or {}).items():
             if path not in self.ds.arrays:
                 raise PathError(f"{params_file}: {path!r} is not a parameter of {scene.path}")
-            try:
-                self.ds.set(path, np.asarray(value, np.float32))
+            try:  # within the kind's range, as at load: bounds that keep the render finite
+                self.ds.set(path, np.asarray(value, np.float32), check_range=True)
             except ValueError as exc:
                 raise PathError(f"{params_file}: {exc}") from None
         for arr in self.ds.arrays.values():
@@ -419,6 +419,10 @@ def write_video(out, frames, width: int, height: int, render, *, fps: float = 24
                 intr = cv.fov_y_to_intrinsics(kf.fov_y, width, height)
                 t = None if times is None else times[i]
                 img = render(kf.pose, intr, width, height, time=t)
+                bad = int(np.count_nonzero(~np.isfinite(img).all(axis=-1)))
+                if bad:  # a trained field can still overflow float32: say so instead of encoding garbage
+                    raise PathError(f"{out}: frame {i} has {bad} non-finite pixel{'s' * (bad != 1)} (inf or NaN: "
+                                    "a value overflowed float32 while rendering); the video was not written")
                 writer.append_data(np.round(cv.linear_to_srgb(img) * 255.0).astype(np.uint8))
                 if progress is not None:
                     progress(i + 1, len(frames))

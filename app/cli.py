@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -171,6 +172,7 @@ def _render_cameras(scene) -> dict:
 def cmd_render(args: argparse.Namespace) -> int:
     """One image of a scene: its meshes, or its radiance field (with trained values from --params), from
     any of its cameras or its dataset's, by name or index."""
+    import numpy as np
     from drstudio.renderer.device_scene import DeviceScene
     from drstudio.renderer.images import write_image
     from drstudio.renderer.render import render
@@ -208,6 +210,11 @@ def cmd_render(args: argparse.Namespace) -> int:
             image = render(DeviceScene(scene, args.device), choice).numpy()
     except cp.PathError as e:
         raise UsageError(str(e)) from None
+    bad = int(np.count_nonzero(~np.isfinite(image).all(axis=-1)))
+    if bad:  # a safety net: load and set bound every value, but a trained field can still overflow
+        raise UsageError(f"{args.params or args.scene}: the render from camera {choice!r} has {bad} non-finite "
+                         f"pixel{'s' * (bad != 1)} (inf or NaN: a value overflowed float32 while rendering); "
+                         f"{args.output} not written")
     write_image(args.output, image)
     print(f"wrote {args.output} ({c.width}x{c.height}, camera {choice!r})")
     return 0
@@ -229,13 +236,61 @@ def cmd_view(args: argparse.Namespace) -> int:
         return run_viewer(None, attach=address, token=args.token)
     out = headless.default_out_dir(Path.cwd())  # the session's results when it ends, as `drstudio optimize`'s
     record_dir = None if getattr(args, "no_record", False) else out / "recording"
-    return run_viewer(args.scene or str(DEFAULT_SCENE), device=args.device, record_dir=record_dir, results_dir=out)
+    scene = args.scene or str(DEFAULT_SCENE)
+    if getattr(args, "engine", "thread") == "process":
+        return _view_with_engine_process(scene, args.device, record_dir)
+    return run_viewer(scene, device=args.device, record_dir=record_dir, results_dir=out)
+
+
+def _view_with_engine_process(scene: str, device, record_dir) -> int:
+    """`drstudio view --engine process`: the optimizer in a child process (app.engine_process), the viewer
+    attached to it; the child stops when the window closes."""
+    from .engine_process import EngineProcess, EngineProcessError
+    from .viewer import run_viewer
+
+    open_scene(scene)  # a bad scene file: the CLI's message and exit 2, before a process starts
+    print("starting the optimizer process", file=sys.stderr, flush=True)
+    child = EngineProcess(scene, device, record_dir)
+    try:
+        child.start()
+    except EngineProcessError as e:
+        print(f"drstudio view: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    try:
+        return run_viewer(None, attach=child.address, token=child.token)
+    finally:
+        child.close()
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import cmd_replay as run
 
     return run(args)
+
+
+def _export_cameras(scene, values: dict, path: Path) -> Path:
+    """The scene's cameras and its dataset's frames (as `drstudio render` names them), with the run's
+    optimized pose and intrinsics where it has them, as a transforms.json (renderer.export.write_cameras):
+    what nerfstudio, instant-ngp or another drstudio scene reads."""
+    from drstudio.renderer import export
+    from drstudio.renderer.params import Group, ParamPath
+    from drstudio.renderer.transforms_json import load_transforms
+
+    files = {}
+    targets = getattr(scene.optimize, "targets", None)
+    transforms = getattr(targets, "transforms", None)
+    base = Path(scene.path).parent if scene.path else Path(".")
+    if transforms:
+        for i, f in enumerate(load_transforms(base / transforms)):
+            files[f"frame_{i:03d}"] = f.image_path.resolve().as_posix()
+    cams = []
+    for name, c in _render_cameras(scene).items():
+        pose = values.get(ParamPath(Group.CAMERAS, name, "pose"))
+        intrinsics = values.get(ParamPath(Group.CAMERAS, name, "intrinsics"))
+        cams.append({"name": name, "width": c.width, "height": c.height, "file_path": files.get(name),
+                     "intrinsics": c.intrinsics if intrinsics is None else intrinsics,
+                     "pose": c.pose if pose is None else pose, "optimized": pose is not None or intrinsics is not None})
+    return export.write_cameras(path, cams)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -262,7 +317,8 @@ def cmd_export(args: argparse.Namespace) -> int:
             raise UsageError(f"{npz}: only voxel-grid fields export as meshes so far (this one has no 3-D density "
                              f"grid: a neural, NeRF-W or dynamic field; not built yet)")
         grid = dict(aabb=data["aabb"], activation=str(data["activation"]), sh=data["sh"].astype(np.float32),
-                    sh_degree=int(data["sh_degree"]), level=args.level)
+                    sh_degree=int(data["sh_degree"]), level=args.level,
+                    contract=bool(data["contract"]) if "contract" in data else False)
         verts, faces, colors = export.grid_mesh(data["density"].astype(np.float32), **grid)
         surface = ".ply" if fmt == ".obj" else fmt  # OBJ has no standard vertex colors
         written.append(export.write_mesh(out / f"{npz.stem}{surface}", verts, faces, vertex_colors=colors))
@@ -279,6 +335,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             colors = None if textured else np.broadcast_to(albedo.reshape(3), vertices.shape) * mesh.colors
             written.append(export.write_mesh(out / f"{mesh.name}{fmt}", vertices, mesh.faces, uvs=mesh.uvs,
                                              texture=albedo if textured else None, vertex_colors=colors))
+        written.append(_export_cameras(scene, values, out / "transforms.json"))
     if not written:
         raise UsageError(f"{run}: nothing to export (no field_*.npz, and no scene with meshes: give --scene)")
     for path in written:
@@ -296,6 +353,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
     from .outdir import claim
 
     with claim(args.out):
+        scene_file = Path(args.out) / "scene.json"
+        if scene_file.exists() and not args.force:
+            raise UsageError(f"{scene_file}: exists; choose another --out or add --force")
         cap = captures.read_capture(args.source, downscale=args.downscale, strict=args.strict,
                                     test_every=args.test_every or None)
         if not args.no_normalize:
@@ -318,7 +378,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
         finally:
             if bar is not None:
                 bar.close()
-    print(f"wrote {out} ({len(cap.frames)} frames; train on it with targets.transforms)")
+        scene_file = captures.write_training_scene(cap, args.out, overwrite=True, field_type=args.field)
+    print(f"wrote {out} ({len(cap.frames)} frames) and {scene_file}; train with: drstudio optimize {scene_file}")
     return 0
 
 
@@ -491,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("scene", nargs="?", help="scene file")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--attach", metavar="HOST:PORT", help="show and steer a run started with optimize --serve")
+    p.add_argument("--engine", choices=("thread", "process"), default="thread",
+                   help="where the optimizer runs: a thread of the viewer's process (default; shares buffers, "
+                   "shows the field preview) or a child process (no shared GIL: faster optimizer, mesh scenes)")
     p.add_argument("--token", help="with --attach: the token the served run printed")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
@@ -559,12 +623,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-normalize", action="store_true", help="keep the capture's own world (no orienting, "
                    "centring or scaling)")
     p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
+    p.add_argument("--field", choices=("voxel_grid",), default="voxel_grid",
+                   help="the radiance field of the scene.json written beside the dataset (default voxel_grid)")
     p = command("info", cmd_info, "validate a scene and print its summary and parameter paths")
     p.add_argument("scene", help="scene file")
     return parser
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings as a command-line user reads them: one line, no source location."""
+    return f"drstudio: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

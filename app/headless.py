@@ -89,13 +89,16 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     interactive = sys.stderr.isatty()
     bar = tqdm(total=problem.steps, desc="optimize", unit="step", disable=not progress, dynamic_ncols=True,
                mininterval=0.1 if interactive else 5.0)
+    loss_label = "loss (noisy estimate)" if problem.noisy_loss else "loss"
     stop = threading.Event()
     restore = _stop_on_signals(stop)
     last_partial = time.monotonic()
     try:
         while not stop.is_set():
             snap = engine.snapshot()
-            bar.set_postfix(loss=f"{snap.loss:.3e}", steps_s=f"{snap.steps_per_second:.1f}", refresh=False)
+            # path mode: each step's loss is a Monte Carlo estimate with its own random numbers
+            bar.set_postfix({loss_label: f"{snap.loss:.3e}", "steps_s": f"{snap.steps_per_second:.1f}"},
+                            refresh=False)
             bar.update(snap.step - bar.n)
             if snap.state in ("finished", "stopped", "error"):
                 break
@@ -244,6 +247,8 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "scene": problem.scene.path,
         "steps": snap.step,
         "final_loss": snap.loss,
+        **({"final_loss_note": "a Monte Carlo estimate of the last step (path mode), noisy"}
+           if problem.noisy_loss else {}),
         "loss_terms": snap.loss_terms,
         "psnr_render_vs_target_db": _mean_psnr(psnrs.values()),
         "psnr_by_view_db": psnrs,

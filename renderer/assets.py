@@ -17,7 +17,7 @@ import trimesh
 from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
-from . import images
+from . import images, memory
 from .errors import SceneError
 
 MAX_IMAGE_SIZE = 4096  # texels per side of a texture, background or target image
@@ -27,9 +27,14 @@ TEXTURE_RANGES = {"albedo": (0.0, 1.0), "roughness": (0.0, 1.0), "metallic": (0.
 
 
 def _check_file(path: Path, what: str, file: str, field: str) -> None:
-    if not path.exists():
+    try:
+        exists, is_file = path.exists(), path.is_file()
+    except OSError as e:  # a name longer than the file system allows (ENAMETOOLONG), a loop of links
+        shown = f"{str(path)[:80]}... ({len(str(path))} characters)" if len(str(path)) > 100 else str(path)
+        raise SceneError(file, field, f"{what} '{shown}' cannot be opened: {e.strerror or e}") from None
+    if not exists:
         raise SceneError(file, field, f"{what} '{path}' not found")
-    if not path.is_file():
+    if not is_file:
         raise SceneError(file, field, f"{what} '{path}' is not a file")
     if not os.access(path, os.R_OK):
         raise SceneError(file, field, f"{what} '{path}' is not readable (permission denied)")
@@ -77,6 +82,54 @@ def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = 
         raise SceneError(file, field, f"image '{path}' holds values in [{a.min():g}, {a.max():g}]; {what} must hold "
                                       f"values in [{lo:g}, {hi:g}] (a float image is used as stored)")
     return (cv.srgb_to_linear(a) if srgb else a).astype(np.float32)
+
+
+HDR_ONLY_EXTENSIONS = (".hdr", ".exr")  # float formats with no imageio backend in the lock (opencv, freeimage)
+# an environment or emission image while optimizing: its texels, their gradient, two Adam moments, the
+# sampling tables and the device copy
+RADIANCE_BYTES_PER_TEXEL = 3 * 4 * 6
+
+
+def read_radiance_image(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
+    """A radiance image (environment or emission) as (H, W, 3) float32 linear RGB >= 0, read through imageio:
+    a float file (e.g. a 32-bit float TIFF) as stored, an 8/16-bit file (PNG) decoded from sRGB to linear.
+    Its header's size is checked against `max_size` and against the memory at hand (`renderer.memory`)
+    before decoding; every failure is a SceneError naming `file` and `field`."""
+    import imageio.v3 as iio
+
+    path = Path(path)
+    _check_file(path, "image", file, field)
+    if path.suffix.lower() in HDR_ONLY_EXTENSIONS:
+        raise SceneError(file, field, f"image '{path}': reading {path.suffix} files needs an imageio backend "
+                                      "(opencv or freeimage) that drstudio does not install; save the image as a "
+                                      "32-bit float TIFF (.tif) instead")
+    try:
+        props = iio.improps(path)
+    except Exception as exc:  # imageio raises many types for non-images
+        raise SceneError(file, field, f"'{path}' is not a readable image ({exc.__class__.__name__})") from None
+    shape = tuple(props.shape)
+    if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 4):
+        raise SceneError(file, field, f"image '{path}': expected a 2-D image, got an array of shape {shape}")
+    height, width = shape[:2]
+    if width > max_size or height > max_size:
+        raise SceneError(file, field, f"image '{path}' is {width}x{height}, larger than the limit "
+                                      f"{max_size}x{max_size}")
+    try:
+        memory.require(width * height * RADIANCE_BYTES_PER_TEXEL, f"the {width}x{height} radiance image '{path}'")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, field, str(exc)) from None
+    try:
+        a = images.read_image(path, 3)
+    except SceneError as e:
+        raise SceneError(file, field, f"image '{path}': {e.message}") from None
+    if not np.isfinite(a).all():
+        raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
+    if a.size and a.min() < 0:
+        raise SceneError(file, field, f"image '{path}' holds negative values (down to {a.min():g}); radiance "
+                                      "must be >= 0")
+    if np.issubdtype(props.dtype, np.integer):
+        a = cv.srgb_to_linear(a)
+    return np.ascontiguousarray(a, dtype=np.float32)
 
 
 def load_mesh_file(path, file: str = "", field: str = "") -> tuple[np.ndarray, ...]:
@@ -142,56 +195,73 @@ def _decode_text(data: bytes) -> str | None:
         return None if best is None else str(best)
 
 
+# the OBJ statements that reference elements by index: tag -> (leading numbers that are not indices (a free-form
+# curve's or surface's parameter range), the element each slot of a reference names, the fewest references)
+OBJ_INDEXED = {"f": (0, ("v", "vt", "vn"), 3), "fo": (0, ("v", "vt", "vn"), 3), "l": (0, ("v", "vt"), 2),
+               "p": (0, ("v",), 1), "curv": (2, ("v",), 2), "curv2": (0, ("vp",), 2),
+               "surf": (4, ("v", "vt", "vn"), 1), "sp": (0, ("vp",), 1)}
+OBJ_STATEMENT = {"f": "a face", "fo": "a face", "l": "a line", "p": "a point", "curv": "a curve", "curv2": "a curve",
+                 "surf": "a surface", "sp": "a special point"}
+
+
 def _strict_obj_text(data: bytes, error) -> str:
-    """The OBJ text with every face index checked and written as an absolute 1-based index.
+    """The OBJ text with every element index checked, and face indices written as absolute 1-based indices.
 
     OBJ indices are 1-based; a negative index counts back from the last element defined so far (-1: the
     previous vertex). trimesh reads `f 0 1 2` as a face on other vertices and resolves negative indices
-    against the whole file, so each reference (v, v/vt, v//vn, v/vt/vn) is checked here: 0, an index past
-    the file's elements or a negative one before the first, or not an integer, is an error naming the line."""
+    against the whole file, so each reference of every index-bearing statement (`OBJ_INDEXED`: faces v,
+    v/vt, v//vn, v/vt/vn; lines `l`, points `p`, free-form `curv`, `curv2`, `surf`, `sp`) is checked here:
+    0, an index past the file's elements or a negative one before the first, or not an integer, is an error
+    naming the line. Only faces make triangles (trimesh ignores the others)."""
     text = _decode_text(data)
     if text is None:
         raise error("is not text in any encoding charset-normalizer recognizes (an OBJ file is text)")
     lines = text.splitlines()
-    totals = {"v": 0, "vt": 0, "vn": 0}
+    totals = {"v": 0, "vt": 0, "vn": 0, "vp": 0}
     for line in lines:
         tag = line.split(maxsplit=1)[0] if line.strip() else ""
         if tag in totals:
             totals[tag] += 1
-    seen = {"v": 0, "vt": 0, "vn": 0}
+    seen = dict.fromkeys(totals, 0)
     out = []
     for number, line in enumerate(lines, start=1):
         parts = line.split()
-        if not parts or parts[0] != "f":
+        if not parts or parts[0] not in OBJ_INDEXED:
             if parts and parts[0] in seen:
                 seen[parts[0]] += 1
             out.append(line)
             continue
-        if len(parts) < 4:
-            raise error(f"line {number}: a face needs at least 3 vertices, got '{line.strip()[:80]}'")
+        tag, (skip, kinds, least) = parts[0], OBJ_INDEXED[parts[0]]
+        what = OBJ_STATEMENT[tag]
+        noun = what.split()[-1]
+        if len(parts) < 1 + skip + least:
+            raise error(f"line {number}: {what} needs at least {least} vert{'ices' if least != 1 else 'ex'}, got "
+                        f"'{line.strip()[:80]}'")
         refs = []
-        for ref in parts[1:]:
+        for ref in parts[1 + skip:]:
             slots = ref.split("/")
-            if len(slots) > 3 or not slots[0]:
-                raise error(f"line {number}: '{ref[:40]}' is not a face vertex (v, v/vt, v//vn or v/vt/vn)")
+            if len(slots) > len(kinds) or not slots[0]:
+                forms = {3: "v, v/vt, v//vn or v/vt/vn", 2: "v or v/vt", 1: kinds[0]}[len(kinds)]
+                raise error(f"line {number}: '{ref[:40]}' is not {'an' if noun[0] in 'aeiou' else 'a'} {noun} "
+                            f"vertex ({forms})")
             fixed = []
-            for kind, slot in zip(("v", "vt", "vn"), slots):
+            for kind, slot in zip(kinds, slots):
                 if not slot:
                     fixed.append("")
                     continue
                 try:
                     index = int(slot)
                 except ValueError:
-                    raise error(f"line {number}: face index '{slot[:40]}' is not an integer") from None
+                    raise error(f"line {number}: {noun} index '{slot[:40]}' is not an integer") from None
                 if index == 0:
-                    raise error(f"line {number}: face index 0 is invalid (OBJ indices start at 1; negative "
+                    raise error(f"line {number}: {noun} index 0 is invalid (OBJ indices start at 1; negative "
                                 f"ones count back from the last {kind})")
                 absolute = index if index > 0 else seen[kind] + 1 + index
                 if not 1 <= absolute <= totals[kind]:
-                    raise error(f"line {number}: face index {index} is out of range: the file has {totals[kind]} "
+                    raise error(f"line {number}: {noun} index {index} is out of range: the file has {totals[kind]} "
                                 f"'{kind}' element{'s' * (totals[kind] != 1)}"
                                 + (f", {seen[kind]} before this line" if index < 0 else ""))
                 fixed.append(str(absolute))
             refs.append("/".join(fixed))
-        out.append("f " + " ".join(refs))
+        out.append("f " + " ".join(refs) if tag in ("f", "fo") else line)
     return "\n".join(out) + "\n"

@@ -1087,3 +1087,68 @@ def export_transforms(capture: Capture, out, *, overwrite: bool = False,
     text = json.dumps(doc, indent=1) + "\n"
     atomic_write(out / "transforms.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return out / "transforms.json"
+
+
+# ---- a scene that trains on an exported capture -------------------------------------------------
+
+#: Field settings `training_scene` writes, per field type: measured on instant-ngp's fox capture at 8x
+#: downscale (benchmarks/README.md, "Real captures"); the box is the capture's (`"aabb": "auto"`).
+CAPTURE_FIELDS = {
+    "voxel_grid": {
+        "field": {"type": "voxel_grid", "resolution": 128, "aabb": "auto", "sh_degree": 1, "storage": "float32",
+                  "samples_per_ray": 192, "occupancy": {"resolution": 64, "update_every": 4, "threshold": 0.01},
+                  "coarse_to_fine": {"start_resolution": 64, "upsample_at": [800]}},
+        "parameters": {"density": {"lr": 0.5}, "sh": {"lr": 0.2}},
+        "loss": {"l2": 1.0, "tv": 1e-05},
+        "optimizer": {"type": "adam", "lr": 0.1},
+    },
+}
+
+
+def training_scene(capture: Capture, transforms: str = "transforms.json", *, field_type: str = "voxel_grid",
+                   steps: int = 3000) -> dict:
+    """A scene file (as a dict) that trains a radiance field of `field_type` on the dataset that
+    `export_transforms(capture, ...)` writes, with `transforms` its path relative to the scene file:
+    the field over the capture's box (`"aabb": "auto"`), held-out frames as the capture splits them, and
+    a `preview` camera at the first held-out frame (else the first frame) for the viewer and
+    `drstudio render`. The settings are CAPTURE_FIELDS[field_type]."""
+    if field_type not in CAPTURE_FIELDS:
+        raise ValueError(f"field type {field_type!r}: expected one of {', '.join(CAPTURE_FIELDS)}")
+    if not capture.frames:
+        raise SceneError(capture.file, "frames", "no frames to train on")
+    preset = CAPTURE_FIELDS[field_type]
+    shown = capture.frames[capture.test[0] if capture.test else 0]
+    fx, fy, cx, cy = (float(v) for v in shown.intrinsics)
+    preview = {"name": "preview", "width": int(shown.width), "height": int(shown.height),
+               "fx": fx, "fy": fy, "cx": cx, "cy": cy,
+               "matrix": [[float(v) for v in row] for row in shown.c2w()], "convention": "opengl"}
+    return {
+        "version": 1,
+        "description": f"A {field_type.replace('_', ' ')} radiance field trained on {Path(capture.file).name} "
+                       f"({len(capture.train)} training and {len(capture.test)} held-out frames, downscale "
+                       f"{capture.downscale}); written by `drstudio capture`.",
+        "cameras": [preview],
+        "background": [0.0, 0.0, 0.0],
+        "fields": [{"name": "nerf", **preset["field"]}],
+        "optimize": {
+            "parameters": {f"fields.nerf.{name}": dict(v) for name, v in preset["parameters"].items()},
+            "targets": {"transforms": transforms},
+            "loss": dict(preset["loss"]),
+            "optimizer": dict(preset["optimizer"]),
+            "steps": steps,
+            "rays_per_batch": 4096,
+            "eval_every": 500,
+            "seed": 0,
+        },
+    }
+
+
+def write_training_scene(capture: Capture, out, *, overwrite: bool = False, **options) -> Path:
+    """`training_scene` written as `out/scene.json` (atomically) beside the exported `transforms.json`;
+    SceneError when it exists and not `overwrite`."""
+    path = Path(out) / "scene.json"
+    if path.exists() and not overwrite:
+        raise SceneError(str(path), "", "the file exists; choose another folder or overwrite it")
+    text = json.dumps(training_scene(capture, "transforms.json", **options), indent=1) + "\n"
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    return path

@@ -58,6 +58,8 @@ class Frame:
     roughness: TexturePool
     metallic: TexturePool
     lights: Lights
+    emission: TexturePool | None = None  # (3 channels) emitted radiance per material
+    env: wp.array | None = None  # (He, We, 3) float environment radiance (path mode); None without one
 
 
 class DeviceScene:
@@ -103,6 +105,8 @@ class DeviceScene:
             img = wp.array(backdrop, dtype=float, device=self.device)
             self.background_pool = TexturePool.build([img], ["clamp"], mipmaps=False)
         self._bvh: wp.Mesh | None = None
+        self._emits: tuple | None = None
+        self.path_tables: dict = {}  # renderer.render's path-mode sampling tables, by the versions they came from
 
     # -- values ---------------------------------------------------------------------------------
     @property
@@ -212,7 +216,7 @@ class DeviceScene:
 
         pools = [part(f"{prop} pool {bool(mipmaps)}", None, build_pool(prop),
                       [ParamPath(Group.MATERIALS, n, prop) for n in mats])
-                 for prop in ("albedo", "roughness", "metallic")]
+                 for prop in ("albedo", "roughness", "metallic", "emission")]
         pl, dl, al = sc.point_lights, sc.directional_lights, sc.ambient_lights
 
         def build_lights(const: bool):
@@ -228,4 +232,18 @@ class DeviceScene:
             )
 
         lights = part("lights", None, build_lights, [e.path for e in self.params.select(group=Group.LIGHTS)])
-        return Frame(world, normals, uvs, colors, self._bvh, *pools, lights)
+        env = None
+        if sc.environment_lights:
+            path = ParamPath(Group.LIGHTS, next(iter(sc.environment_lights)), "radiance")
+            env = part("environment", None, lambda const: _constant(a[path]) if const else a[path], [path])
+        return Frame(world, normals, uvs, colors, self._bvh, *pools[:3], lights, pools[3], env)
+
+    def emits(self) -> bool:
+        """Whether any material's emission is nonzero or may change under a tape (requires grad through a
+        free path): the rasterized modes then add it to the shaded color. Read from the host once per
+        change of the emission values (the table's versions)."""
+        paths = [ParamPath(Group.MATERIALS, n, "emission") for n in self.scene.materials]
+        key = tuple(self.params.versions[p] for p in paths)
+        if self._emits is None or self._emits[0] != key:
+            self._emits = (key, any(bool(np.any(self.arrays[p].numpy())) for p in paths))
+        return self._emits[1]

@@ -1,6 +1,7 @@
 """Results in formats other programs open: meshes (OBJ, PLY, glTF binary) with their texture or vertex
-colors, and radiance fields as a surface (marching cubes, PyMCubes) with vertex colors or as a colored
-point cloud (PLY). Every file is written atomically (`renderer.images.atomic_write`).
+colors, radiance fields as a surface (marching cubes, PyMCubes) with vertex colors or as a colored
+point cloud (PLY), and cameras (optimized or not) as a nerfstudio / instant-ngp `transforms.json`.
+Every file is written atomically (`renderer.images.atomic_write`).
 
 Conventions: positions are world space (+Y up, OpenGL, as the renderer); colors and textures are linear
 RGB in drstudio and sRGB-encoded 8-bit in the files (what viewers expect); uv v = 0 is the top texel row
@@ -82,6 +83,34 @@ def write_points(path, points: np.ndarray, colors: np.ndarray | None = None) -> 
     return atomic_write(path, lambda tmp: cloud.export(tmp, file_type="ply"))
 
 
+# -- cameras -------------------------------------------------------------------------------------------
+def write_cameras(path, cameras, *, extra: dict | None = None) -> Path:
+    """Cameras as a nerfstudio / instant-ngp `transforms.json` (.json): one frame per camera with its
+    `file_path`, `fl_x`, `fl_y`, `cx`, `cy`, `w`, `h` and `transform_matrix` (camera-to-world, OpenGL: looks
+    down -Z, +Y up; drstudio's world), plus drstudio's `name` and `optimized` keys, which those tools ignore.
+
+    cameras: iterable of dicts with `name`, `width`, `height`, `intrinsics` (fx, fy, cx, cy),
+    `pose` (position + quaternion x, y, z, w), `file_path` (default `images/<name>.png`) and `optimized`
+    (bool, default False). `extra` adds top-level keys (e.g. the capture block of the source dataset)."""
+    import json
+
+    from .conventions import pose_to_matrix
+
+    path = Path(path)
+    if path.suffix.lower() != ".json":
+        raise ValueError(f"path: expected a .json file, got {path.name!r}")
+    frames = []
+    for cam in cameras:
+        fx, fy, cx, cy = (float(v) for v in np.asarray(cam["intrinsics"], np.float64).reshape(4))
+        frames.append({"file_path": cam.get("file_path") or f"images/{cam['name']}.png",
+                       "fl_x": fx, "fl_y": fy, "cx": cx, "cy": cy, "w": int(cam["width"]), "h": int(cam["height"]),
+                       "transform_matrix": pose_to_matrix(cam["pose"]).tolist(),
+                       "name": cam["name"], "optimized": bool(cam.get("optimized", False))})
+    doc = {**(extra or {}), "frames": frames}
+    text = json.dumps(doc, indent=1) + "\n"
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 # -- voxel-grid fields --------------------------------------------------------------------------------
 def activate(raw: np.ndarray, activation: str) -> np.ndarray:
     """The density a voxel grid's raw value stands for (renderer.volume.voxel_grid)."""
@@ -126,11 +155,23 @@ def grid_colors(sh: np.ndarray, idx: np.ndarray, sh_degree: int) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-_SH_C0 * _trilinear(dc, idx)))
 
 
+#: Contracted fields export what lies within this max-norm of the contracted space (2 is infinity; 1.9
+#: is 10 inner half-sizes from the centre): the far shell is a backdrop, not geometry.
+CONTRACTED_EXPORT_NORM = 1.9
+
+
+def _contracted_keep(points: np.ndarray, aabb) -> np.ndarray:
+    box = np.asarray(aabb, np.float64).reshape(2, 3)
+    x = (points - box.mean(axis=0)) / ((box[1] - box[0]) / 4.0)
+    return np.abs(x).max(axis=1) < CONTRACTED_EXPORT_NORM
+
+
 def grid_mesh(density_raw: np.ndarray, aabb, activation: str = "softplus", sh: np.ndarray | None = None,
-              sh_degree: int = 0, level: float | None = None):
+              sh_degree: int = 0, level: float | None = None, contract: bool = False):
     """Marching cubes of a voxel grid's activated density at `level` (default `default_level`).
     Returns (vertices (V, 3) world, faces (F, 3), colors (V, 3) linear or None); ValueError when no
-    surface crosses the level."""
+    surface crosses the level. A contracted grid (`contract`) keeps the triangles within
+    CONTRACTED_EXPORT_NORM of the contracted space, their vertices mapped back to the world."""
     import mcubes
 
     density = activate(density_raw, activation)
@@ -142,14 +183,34 @@ def grid_mesh(density_raw: np.ndarray, aabb, activation: str = "softplus", sh: n
     colors = grid_colors(sh, idx, sh_degree) if sh is not None else None
     # mcubes' triangles are counter-clockwise seen from the low-density side: normals point out of the
     # dense region, as the renderer's front faces (tests/test_export.py checks the signed volume)
-    return _world(idx, aabb, density.shape), faces.astype(np.int64), colors
+    vertices, faces = _world(idx, aabb, density.shape), faces.astype(np.int64)
+    if contract:
+        from .volume.march import uncontract_points
+
+        keep = _contracted_keep(vertices, aabb)
+        faces = faces[keep[faces].all(axis=1)]
+        used = np.unique(faces)
+        remap = np.full(len(vertices), -1, np.int64)
+        remap[used] = np.arange(len(used))
+        vertices, faces = uncontract_points(vertices[used], aabb), remap[faces]
+        colors = colors[used] if colors is not None else None
+        if not len(faces):
+            raise ValueError("the surface lies only in the contracted far shell: nothing near enough to export")
+    return vertices, faces, colors
 
 
 def grid_points(density_raw: np.ndarray, aabb, activation: str = "softplus", sh: np.ndarray | None = None,
-                sh_degree: int = 0, level: float | None = None):
-    """The lattice points whose activated density exceeds `level`: (points (N, 3) world, colors or None)."""
+                sh_degree: int = 0, level: float | None = None, contract: bool = False):
+    """The lattice points whose activated density exceeds `level`: (points (N, 3) world, colors or None);
+    a contracted grid's within CONTRACTED_EXPORT_NORM, mapped back to the world."""
     density = activate(density_raw, activation)
     level = default_level(aabb, density.shape) if level is None else float(level)
     idx = np.argwhere(density > level).astype(np.float64)
     colors = grid_colors(sh, idx, sh_degree) if sh is not None else None
-    return _world(idx, aabb, density.shape), colors
+    points = _world(idx, aabb, density.shape)
+    if contract:
+        from .volume.march import uncontract_points
+
+        keep = _contracted_keep(points, aabb)
+        points, colors = uncontract_points(points[keep], aabb), (colors[keep] if colors is not None else None)
+    return points, colors

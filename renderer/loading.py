@@ -18,14 +18,15 @@ import numpy as np
 
 from . import conventions as cv
 from . import memory, primitives
-from .assets import image_size, load_mesh_file, read_image
+from .assets import image_size, load_mesh_file, read_image, read_radiance_image
 from .errors import SceneError, field_path
 from .initial_values import initial_value
-from .params import MATERIAL_LEAVES
+from .params import MATERIAL_LEAVES, Group, Kind, ParamPath, scene_values
 from .scene import (
     AmbientLight,
     Camera,
     DirectionalLight,
+    EnvironmentLight,
     Field,
     Material,
     Mesh,
@@ -40,6 +41,7 @@ from .scene_schema import (
     MAX_JSON_DEPTH,
     AmbientLightSpec,
     DirectionalLightSpec,
+    EnvironmentLightSpec,
     OptimizeSpec,
     validate_scene,
 )
@@ -111,7 +113,8 @@ def load_scene(path) -> Scene:
         scene.materials[m.name] = Material(
             m.name, m.model, _texture(m.albedo, 3, True, base, file, where + ("albedo",)),
             np.clip(_texture(m.roughness, 1, False, base, file, where + ("roughness",)), 0.02, 1.0),
-            _texture(m.metallic, 1, False, base, file, where + ("metallic",)), m.wrap)
+            _texture(m.metallic, 1, False, base, file, where + ("metallic",)), m.wrap,
+            _radiance(m.emission, m.emission_scale, base, file, where + ("emission",)))
     for i, m in enumerate(spec.meshes):
         if m.material not in scene.materials:
             raise err(("meshes", i, "material"), f"unknown material '{m.material}'; defined: "
@@ -126,8 +129,25 @@ def load_scene(path) -> Scene:
         rotation = t.rotation.to_quaternion() if t.rotation else np.array([0.0, 0.0, 0.0, 1.0])
         scene.meshes[m.name] = Mesh(m.name, vertices, faces, uvs, colors, _f32(t.translation), _f32(rotation),
                                     _f32(t.scale), m.material, m.file or f"primitive {m.primitive.type}")
-    for light in spec.lights:
-        if isinstance(light, AmbientLightSpec):
+    _add_atlases(scene, spec, file)
+    path_mode = spec.render.mode == "path"
+    if path_mode and spec.fields:
+        raise err(("render", "mode"), "render mode 'path' traces the scene's meshes; a scene with fields is "
+                                      "volume-rendered (use another mode)")
+    for i, light in enumerate(spec.lights):
+        if isinstance(light, EnvironmentLightSpec):
+            if not path_mode:
+                raise err(("lights", i, "type"), f"an environment light needs render.mode 'path' (the "
+                                                 f"'{spec.render.mode}' mode has no light from infinity)")
+            if scene.environment_lights:
+                raise err(("lights", i, "type"), "a scene has at most one environment light")
+            scene.environment_lights[light.name] = EnvironmentLight(
+                light.name, _radiance(light.radiance, light.scale, base, file, ("lights", i, "radiance")))
+        elif isinstance(light, AmbientLightSpec):
+            if path_mode:
+                raise err(("lights", i, "type"), "an ambient light has no meaning in render mode 'path' "
+                                                 "(light comes from surfaces and lights; use an environment "
+                                                 "light)")
             scene.ambient_lights[light.name] = AmbientLight(light.name, _f32(light.color))
         elif isinstance(light, DirectionalLightSpec):
             scene.directional_lights[light.name] = DirectionalLight(
@@ -161,6 +181,7 @@ def load_scene(path) -> Scene:
                                    f"training the field at {last}")
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "resolution"), str(exc)) from None
+        _check_field_batches(f, spec.optimize, file, i)
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
@@ -170,10 +191,108 @@ def load_scene(path) -> Scene:
                                       field="background", kind="background")
     else:
         scene.background = _f32(spec.background)
+    _check_ranges(scene, spec, file)
+    if path_mode and (isinstance(spec.background, str) or any(spec.background)):
+        raise err(("background",), "render mode 'path' shows the environment light where rays escape (black "
+                                   "without one); expected the default [0, 0, 0] (use an environment light)")
     if spec.optimize is not None:
         scene.optimize = spec.optimize
         _check_optimize(scene, spec.optimize)
     return scene
+
+
+def _add_atlases(scene: Scene, spec, file: str) -> None:
+    """A mesh without texture coordinates whose material has a texture (larger than 1x1, free or not) gets an
+    automatic UV atlas (renderer.uv_atlas, xatlas; deterministic, so recordings replay), noted once on stderr;
+    where one cannot apply (an init listing the mesh's per-vertex values, which the atlas re-indexes, or
+    xatlas fails) a SceneError names the mesh. Without it every vertex would sample texel (0, 0)."""
+    from .uv_atlas import add_atlas, has_uvs
+
+    for i, m in enumerate(spec.meshes):
+        mesh = scene.meshes[m.name]
+        mat = scene.materials[mesh.material]
+        sizes = [getattr(mat, leaf).shape[:2] for leaf, _ in MATERIAL_LEAVES]
+        textured = [s for s in sizes if s != (1, 1)]
+        if not textured or has_uvs(mesh.uvs):
+            continue
+        where = ("meshes", i, "file" if m.file is not None else "primitive")
+        h, w = max(textured, key=lambda s: s[0] * s[1])
+        why = (f"mesh '{m.name}' has no texture coordinates and its material '{mesh.material}' has a {w}x{h} "
+               "texture")
+        params = spec.optimize.parameters if spec.optimize is not None else {}
+        for leaf in ("vertices", "colors", "uvs"):
+            init = getattr(params.get(f"meshes.{m.name}.{leaf}"), "init", None)
+            # (a mesh file init is mapped through the atlas: initial_values reads it per original vertex)
+            if isinstance(init, list) and np.ndim(init) >= 2 and np.shape(init)[0] > 1:
+                raise SceneError(file, field_path(where), f"{why}: an automatic UV atlas splits its vertices on "
+                                 f"chart seams, so optimize.parameters[\"meshes.{m.name}.{leaf}\"].init (per "
+                                 "original vertex) cannot apply; give the mesh file texture coordinates")
+        try:
+            scene.meshes[m.name], charts, fresh = add_atlas(mesh, int(np.clip(max(h, w), 64, 4096)),
+                                                            with_charts=True)
+        except Exception as exc:  # xatlas: degenerate input, charts that do not pack
+            raise SceneError(file, field_path(where), f"{why}, and no automatic UV atlas could be made for it "
+                             f"({type(exc).__name__}: {exc}); give the mesh file texture coordinates") from None
+        if fresh:
+            print(f"drstudio: {file}: {field_path(where)}: {why}; gave it an automatic UV atlas (xatlas: {charts} "
+                  f"charts, {len(mesh.vertices)} -> {len(scene.meshes[m.name].vertices)} vertices)", file=sys.stderr)
+
+
+def _range_field(spec, path: ParamPath) -> tuple:
+    """The scene-file field a parameter's value comes from (for range errors)."""
+    group = getattr(spec, str(path.group))
+    i = next(i for i, item in enumerate(group) if item.name == path.owner)
+    if path.group == "meshes":
+        if path.name in ("translation", "rotation", "scale"):
+            return ("meshes", i, "transform", path.name)
+        return ("meshes", i, "file" if group[i].file is not None else "primitive")
+    if path.group == "cameras":
+        c = group[i]
+        if path.name == "pose":
+            return ("cameras", i) + (("look_at", "eye") if c.look_at is not None else ("matrix",))
+        return ("cameras", i, "fov_y" if c.fov_y is not None else "fx")
+    return (str(path.group), i, path.name)
+
+
+def _check_ranges(scene: Scene, spec, file: str) -> None:
+    """Every mesh, light and camera value within its kind's range (`Kind.range`: bounds that keep the
+    renderer's products finite in float32, so a schema-valid 3e38 cannot render as inf or NaN)."""
+    for path, (value, kind) in scene_values(scene).items():
+        if path.group not in ("meshes", "lights", "cameras") or not value.size:
+            continue
+        lo, hi = kind.range
+        if value.min() >= lo and value.max() <= hi:
+            continue
+        what = {"vertices": "vertex coordinates", "uvs": "texture coordinates", "colors": "vertex colors",
+                "intrinsics": "intrinsics fx, fy, cx, cy", "pose": "camera position"}.get(path.name, path.name)
+        raise SceneError(file, field_path(_range_field(spec, path)),
+                         f"expected {what} in [{lo:g}, {hi:g}] ({path}: the {kind.value} range that keeps rendering "
+                         f"finite in float32), got values in [{float(value.min()):g}, {float(value.max()):g}]")
+
+
+def _check_field_batches(f, opt, file: str, i: int) -> None:
+    """A field's ray batches fit in memory: a training step's `rays_per_batch` rays and a render's group of rays,
+    times `samples_per_ray` (memory.field_batch_bytes), checked before anything is allocated."""
+    from .render_field import DEFAULT_CHUNK
+
+    samples, group = f.samples_per_ray, DEFAULT_CHUNK
+    if f.type in ("neural", "nerf_w"):  # (torch is loaded for these fields anyway)
+        from .optim.field_models import READOUT_CHUNK as group
+    try:
+        memory.require(memory.field_batch_bytes(f, group, training=False),
+                       f"rendering fields[{i}] ('{f.name}') in groups of {group} rays x {samples} samples per ray")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, field_path(("fields", i, "samples_per_ray")), str(exc)) from None
+    if opt is None:
+        return
+    rays = opt.rays_per_batch or DEFAULT_RAYS_PER_BATCH
+    try:
+        memory.require(memory.field_batch_bytes(f, rays, training=True),
+                       f"a training step of {rays} rays x {samples} samples per ray (fields[{i}] '{f.name}'"
+                       + (f", an MLP {f.depth} x {f.width}" if f.type in ("neural", "nerf_w") else "") + ")")
+    except memory.MemoryBudgetError as exc:
+        raise SceneError(file, "optimize.rays_per_batch", f"{exc}; use fewer rays per batch or samples per ray") \
+            from None
 
 
 def _f32(x) -> np.ndarray:
@@ -186,6 +305,20 @@ def _texture(value, channels: int, srgb: bool, base: Path, file: str, parts: tup
         return read_image(base / value, srgb=srgb, channels=channels, file=file, field=field_path(parts),
                           kind=parts[-1])
     return _f32(value).reshape(1, 1, channels)
+
+
+def _radiance(value, scale: float, base: Path, file: str, parts: tuple) -> np.ndarray:
+    """Emitted or environment radiance as an (H, W, 3) float32 image: a constant becomes 1x1; an image file
+    is read through imageio (8/16-bit files decoded from sRGB, float files such as .hdr/.exr as stored),
+    after checking that its texels (and their gradients and optimizer state) fit in memory."""
+    if not isinstance(value, str):
+        return (_f32(value) * np.float32(scale)).reshape(1, 1, 3)
+    where = field_path(parts)
+    img = read_radiance_image(base / value, file, where)
+    out = img * np.float32(scale)
+    if not np.isfinite(out).all():
+        raise SceneError(file, where, f"image '{value}' times scale {scale:g} exceeds float32's range")
+    return out.astype(np.float32)
 
 
 def _primitive(p) -> primitives.Built:
@@ -359,13 +492,16 @@ def _field(f, n_images: int = 0) -> Field:
                      n_times=f.n_times, time_range=(float(f.time_range[0]), float(f.time_range[1])))
 
     start = tuple(f.coarse_to_fine.start_resolution) if f.coarse_to_fine else tuple(f.resolution)
+    if f.contract:  # the lattice spans the contracted space: the inner box given, doubled about its centre
+        center, half = (aabb[:3] + aabb[3:]) / 2, (aabb[3:] - aabb[:3]) / 2
+        aabb = _f32(np.r_[center - 2 * half, center + 2 * half])
     # the VoxelGrid constructor is the one definition of a fresh grid's raw values
     grid = VoxelGrid(start, aabb, f.sh_degree, activation=f.activation, init_density=f.init_density,
                      device="cpu", requires_grad=False)
     return Field(f.name, f.type, tuple(f.resolution), aabb, f.sh_degree, f.activation, f.storage,
                  f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(), occupancy,
                  start if f.coarse_to_fine else None,
-                 tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else ())
+                 tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else (), contract=bool(f.contract))
 
 
 def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
@@ -445,6 +581,18 @@ def _check_times(scene: Scene, opt: OptimizeSpec, f: Field, index: int) -> None:
                                  f"(dynamic) needs every frame's time in its time_range [{t0:g}, {t1:g}]")
 
 
+PATH_GRADIENTS = ("material albedo, roughness, metallic and emission, mesh vertex colors, environment radiance, "
+                  "point and directional light color, intensity, position and direction")
+
+
+def path_differentiable(p) -> bool:
+    """Whether the path tracer's adjoint (renderer.stages.pathtrace) gives a gradient for parameter `p`."""
+    if p.path.group is Group.MESHES:
+        return p.kind is Kind.COLORS
+    # every light of a path-mode scene (ambient lights are refused there); no camera or field gradients
+    return p.path.group in (Group.MATERIALS, Group.LIGHTS)
+
+
 def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     params = scene.params()
     _check_field_optimize(scene, opt)
@@ -458,11 +606,40 @@ def _check_optimize(scene: Scene, opt: OptimizeSpec) -> None:
         if p.init is None and opt.targets.cameras is not None and not path.startswith("fields."):
             raise SceneError(scene.path, where + ".init", "required when the targets are rendered from the "
                              "scene (targets.cameras): without an init the optimization starts at the answer")
+        if scene.render.mode == "path" and not path_differentiable(params[path]):
+            raise SceneError(scene.path, where, f"render mode 'path' gives no gradient for {params[path].kind} "
+                             f"parameters of {params[path].path.group}; it differentiates {PATH_GRADIENTS}")
         initial_value(scene, path)  # validates the init against the parameter
+        _check_shape_settings(scene, opt, path, p, where)
     views = _count_target_views(scene, opt.targets)
     if opt.batch_views > views:
         raise SceneError(scene.path, "optimize.batch_views",
                          f"expected at most {views} (the number of target views), got {opt.batch_views}")
+
+
+def _check_shape_settings(scene: Scene, opt: OptimizeSpec, path: str, p, where: str) -> None:
+    """The vertices-only settings of a parameter (parametrization, remesh, reference, a topology of its own)."""
+    from .initial_values import start_mesh
+
+    is_vertices = path.startswith("meshes.") and path.endswith(".vertices")
+    for key in ("parametrization", "remesh", "reference"):
+        if getattr(p, key) is not None and not is_vertices:
+            raise SceneError(scene.path, f"{where}.{key}", "applies to mesh vertices (meshes.NAME.vertices) only")
+    if not is_vertices:
+        return
+    if p.reference is not None:
+        load_mesh_file(Path(scene.path).parent / p.reference, scene.path, f"{where}.reference")
+    owner = path.split(".")[1]
+    if p.remesh is not None or start_mesh(scene, path) is not None:
+        for leaf in ("uvs", "colors"):
+            if f"meshes.{owner}.{leaf}" in opt.parameters:
+                why = "is remeshed" if p.remesh is not None else "starts from a mesh of its own topology"
+                raise SceneError(scene.path, field_path(("optimize", "parameters", f"meshes.{owner}.{leaf}")),
+                                 f"cannot be optimized: the mesh's vertices {why} (per-vertex values would not "
+                                 "follow the topology)")
+    if p.remesh is not None and p.remesh.steps[-1] >= opt.steps:
+        raise SceneError(scene.path, f"{where}.remesh.steps", f"expected steps before the last step (optimize.steps "
+                         f"= {opt.steps}), got {p.remesh.steps[-1]}")
 
 
 def _count_target_views(scene: Scene, targets) -> int:
@@ -524,6 +701,8 @@ def summarize(scene: Scene) -> str:
         if f.occupancy is not None:
             extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every {f.occupancy.update_every} "
                          "steps")
+        if f.contract:
+            extra.append("contracted (unbounded; the inner box is the central half)")
         if f.upsample_at:
             extra.append("coarse to fine " + " -> ".join("x".join(map(str, r)) for r in f.resolutions())
                          + f" after steps {', '.join(map(str, f.upsample_at))}")
@@ -539,14 +718,19 @@ def summarize(scene: Scene) -> str:
                      f"{_value_text(light.color)}, intensity {light.intensity[0]:g}")
     for light in scene.ambient_lights.values():
         lines.append(f"  light {light.name}: ambient {_value_text(light.color)}")
+    for light in scene.environment_lights.values():
+        lines.append(f"  light {light.name}: environment {_value_text(light.radiance)}")
     for c in scene.cameras.values():
         fov = cv.intrinsics_to_fov_y(c.intrinsics, c.height)
         lines.append(f"  camera {c.name}: {c.width}x{c.height}, fov_y {fov:.1f} deg, "
                      f"at {_value_text(c.pose[:3])}")
     r = scene.render
     lines.append(f"  background {_value_text(scene.background)}")
-    lines.append(f"  render: mode {r.mode}, shadows {'on' if r.shadows else 'off'}, mipmaps "
-                 f"{'on' if r.mipmaps else 'off'}, soft sigma {r.soft_sigma:g} gamma {r.soft_gamma:g}")
+    if r.mode == "path":
+        lines.append(f"  render: mode path, {r.spp} spp, max depth {r.max_depth}, seed {r.seed}")
+    else:
+        lines.append(f"  render: mode {r.mode}, shadows {'on' if r.shadows else 'off'}, mipmaps "
+                     f"{'on' if r.mipmaps else 'off'}, soft sigma {r.soft_sigma:g} gamma {r.soft_gamma:g}")
     opt = scene.optimize
     if opt is not None:
         t = opt.targets

@@ -5,6 +5,12 @@ The estimates are measured, not derived: `RENDER_BYTES_PER_PIXEL` is the peak re
 mesh render under a tape on the CPU (316 B/pixel at 1024^2 and 2048^2, benchmarks of 2026-12-07),
 doubled for the backward pass's adjoints. A request is refused when it needs more than
 `BUDGET_FRACTION` of the memory the system reports available now (`MemAvailable`).
+
+Radiance fields cost memory per ray sample (`field_batch_bytes`): one training step of a voxel grid grew
+the peak resident size by 78 B per ray sample (SH degree 1, 32^3, 2,048 -> 16,384 rays of 128 samples,
+98 % of them inside the box), an MLP field by 904 + 5.9 * width * depth B (width 64 and 256, depth 4,
+1,024 -> 4,096 rays of 64 samples); the constants round these up. A forward render holds the sample
+arrays of one group of rays (44 B a sample) plus the values queried there.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ def available_bytes() -> int:
 
 
 def gib(n: float) -> str:
-    return f"{n / 2**30:.1f} GiB"
+    return f"{n / 2**30:.1f} GiB" if n >= 0.1 * 2**30 else f"{n / 2**20:.0f} MiB"
 
 
 def require(nbytes: float, what: str, available: int | None = None) -> None:
@@ -54,3 +60,22 @@ def grid_bytes(resolution, sh_degree: int, copies: int = 1) -> int:
     for r in resolution:
         n *= int(r)
     return n * (1 + 3 * (int(sh_degree) + 1) ** 2) * 4 * int(copies)
+
+
+GRID_SAMPLE_BYTES = 128  # a voxel / time grid's training step, per ray sample (measured 78)
+NEURAL_SAMPLE_BYTES = 1024  # an MLP field's training step, per ray sample: this ...
+NEURAL_UNIT_BYTES = 8  # ... plus this per hidden unit and layer (measured 904 + 5.9 * width * depth)
+RENDER_SAMPLE_BYTES = 64  # a forward render's sample arrays (44 B) and queried values, per ray sample
+RAY_BANK_BYTES_PER_PIXEL = 48  # a field's training pixel: its ray (origin, direction) and color, and the target
+
+
+def field_batch_bytes(field, rays: int, *, training: bool) -> int:
+    """The memory a batch of `rays` rays of `field` (a scene-schema field spec: its `type`, `samples_per_ray`,
+    and `width`, `depth` for MLP fields) needs: a training step under a tape, or a forward render of a group."""
+    samples = int(rays) * int(field.samples_per_ray)
+    neural = getattr(field, "type", "") in ("neural", "nerf_w")
+    if training:
+        per = NEURAL_SAMPLE_BYTES + NEURAL_UNIT_BYTES * field.width * field.depth if neural else GRID_SAMPLE_BYTES
+    else:  # torch keeps two layers' activations alive at a time without a tape
+        per = RENDER_SAMPLE_BYTES + (2 * 4 * field.width if neural else 0)
+    return samples * per

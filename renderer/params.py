@@ -50,6 +50,8 @@ class Kind(str, Enum):
     ALBEDO = "albedo"  # (H, W, 3) texture in [0, 1]
     ROUGHNESS = "roughness"  # (H, W, 1) texture in [0.02, 1]
     METALLIC = "metallic"  # (H, W, 1) texture in [0, 1]
+    EMISSION = "emission"  # (H, W, 3) emitted radiance texture, >= 0
+    ENVIRONMENT = "environment"  # (He, We, 3) equirectangular radiance of an environment light, >= 0
     COLOR = "color"  # (3,) light color, >= 0
     INTENSITY = "intensity"  # (1,) >= 0
     DIRECTION = "direction"  # (3,) direction a directional light travels (normalized in kernels)
@@ -92,16 +94,33 @@ GRID_KINDS = frozenset({Kind.DENSITY, Kind.SH})
 # kinds whose change moves silhouettes or visibility (edge gradients, no G-buffer reuse)
 DISCONTINUOUS_KINDS = frozenset({Kind.VERTICES, Kind.POSITION, Kind.QUATERNION, Kind.SCALE, Kind.INTRINSICS,
                                  Kind.POSE})
+# Bounds that keep every product the renderer forms finite in float32 (|x| <= 3.4e38), so a value that
+# passes float32's range cannot overflow while rendering (scenes/README.md, "Value ranges"): world
+# coordinates stay within COORD_MAX * SCALE_MAX + COORD_MAX = 1e12 (squared distances ~1e24); a point
+# light's radiance intensity * color / d^2 (d^2 >= 1e-12 in the kernels) times GGX's peak (~3e7) stays
+# near 3e34; focal lengths up to 1e8 pixels are a field of view of 0.005 degrees at 8192 pixels.
+COORD_MAX = 1e6  # vertices, translations, light and camera positions, uvs (scene units)
+SCALE_MAX = 1e6
+LIGHT_COLOR_MAX = 1e6  # light colors and per-vertex color multipliers
+INTENSITY_MAX = 1e9
+INTRINSICS_MAX = 1e8  # fx, fy, cx, cy in pixels
 _RANGES = {Kind.ALBEDO: (0.0, 1.0), Kind.ROUGHNESS: (0.02, 1.0), Kind.METALLIC: (0.0, 1.0),
-           Kind.COLOR: (0.0, np.inf), Kind.COLORS: (0.0, np.inf), Kind.INTENSITY: (0.0, np.inf),
-           Kind.SCALE: (1e-3, np.inf)}
+           Kind.COLOR: (0.0, LIGHT_COLOR_MAX), Kind.COLORS: (0.0, LIGHT_COLOR_MAX),
+           Kind.INTENSITY: (0.0, INTENSITY_MAX), Kind.EMISSION: (0.0, INTENSITY_MAX),
+           Kind.ENVIRONMENT: (0.0, INTENSITY_MAX),
+           Kind.SCALE: (1e-3, SCALE_MAX), Kind.VERTICES: (-COORD_MAX, COORD_MAX), Kind.UVS: (-COORD_MAX, COORD_MAX),
+           Kind.POSITION: (-COORD_MAX, COORD_MAX), Kind.POSE: (-COORD_MAX, COORD_MAX),
+           Kind.QUATERNION: (-COORD_MAX, COORD_MAX), Kind.DIRECTION: (-COORD_MAX, COORD_MAX),
+           Kind.INTRINSICS: (-INTRINSICS_MAX, INTRINSICS_MAX)}
 # the leaf names of each element type, in the table's order, with their kinds
 MESH_LEAVES = (("vertices", Kind.VERTICES), ("colors", Kind.COLORS), ("uvs", Kind.UVS),
                ("translation", Kind.POSITION), ("rotation", Kind.QUATERNION), ("scale", Kind.SCALE))
-MATERIAL_LEAVES = (("albedo", Kind.ALBEDO), ("roughness", Kind.ROUGHNESS), ("metallic", Kind.METALLIC))
+MATERIAL_LEAVES = (("albedo", Kind.ALBEDO), ("roughness", Kind.ROUGHNESS), ("metallic", Kind.METALLIC),
+                   ("emission", Kind.EMISSION))
 POINT_LIGHT_LEAVES = (("position", Kind.POSITION), ("color", Kind.COLOR), ("intensity", Kind.INTENSITY))
 DIRECTIONAL_LIGHT_LEAVES = (("direction", Kind.DIRECTION), ("color", Kind.COLOR), ("intensity", Kind.INTENSITY))
 AMBIENT_LIGHT_LEAVES = (("color", Kind.COLOR),)
+ENVIRONMENT_LIGHT_LEAVES = (("radiance", Kind.ENVIRONMENT),)
 CAMERA_LEAVES = (("intrinsics", Kind.INTRINSICS), ("pose", Kind.POSE))
 
 
@@ -219,8 +238,8 @@ class Entry:
 
 def scene_values(scene) -> dict[ParamPath, tuple[np.ndarray, Kind]]:
     """{path: (the NumPy array the scene holds — not a copy, kind)} of every differentiable value of
-    `scene` (a `renderer.scene.Scene`) in a stable order: meshes, materials, point / directional / ambient
-    lights, cameras, fields."""
+    `scene` (a `renderer.scene.Scene`) in a stable order: meshes, materials, point / directional / ambient /
+    environment lights, cameras, fields."""
     out: dict[ParamPath, tuple[np.ndarray, Kind]] = {}
 
     def add(group: Group, owner: str, leaves, values) -> None:
@@ -230,13 +249,15 @@ def scene_values(scene) -> dict[ParamPath, tuple[np.ndarray, Kind]]:
     for m in scene.meshes.values():
         add(Group.MESHES, m.name, MESH_LEAVES, (m.vertices, m.colors, m.uvs, m.translation, m.rotation, m.scale))
     for mat in scene.materials.values():
-        add(Group.MATERIALS, mat.name, MATERIAL_LEAVES, (mat.albedo, mat.roughness, mat.metallic))
+        add(Group.MATERIALS, mat.name, MATERIAL_LEAVES, (mat.albedo, mat.roughness, mat.metallic, mat.emission))
     for light in scene.point_lights.values():
         add(Group.LIGHTS, light.name, POINT_LIGHT_LEAVES, (light.position, light.color, light.intensity))
     for light in scene.directional_lights.values():
         add(Group.LIGHTS, light.name, DIRECTIONAL_LIGHT_LEAVES, (light.direction, light.color, light.intensity))
     for light in scene.ambient_lights.values():
         add(Group.LIGHTS, light.name, AMBIENT_LIGHT_LEAVES, (light.color,))
+    for light in getattr(scene, "environment_lights", {}).values():
+        add(Group.LIGHTS, light.name, ENVIRONMENT_LIGHT_LEAVES, (light.radiance,))
     for cam in scene.cameras.values():
         add(Group.CAMERAS, cam.name, CAMERA_LEAVES, (cam.intrinsics, cam.pose))
     for f in scene.fields.values():

@@ -21,14 +21,16 @@ import warp as wp
 
 from . import memory
 from .device_scene import DeviceScene, Frame
-from .params import camera_intrinsics, camera_pose
+from .params import Group, ParamPath, camera_intrinsics, camera_pose
 from .render_cache import GBufferCache, constant
 from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
 from .stages import background as bg
 from .stages import camera as cam
 from .stages import gbuffer, interpolate, pack, raster, shading, softras, texture, visibility
+from .stages import pathtrace as pt
 from .stages.shading import Lights
+from .thread_tape import active_tape, recording
 
 
 @dataclass
@@ -87,10 +89,12 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                 shadows: bool | None = None, intrinsics: wp.array | None = None,
                 pose: wp.array | None = None, width: int | None = None,
                 height: int | None = None, cache: GBufferCache | None = None,
-                cache_key: tuple | None = None) -> RenderOutput:
+                cache_key: tuple | None = None, spp: int | None = None, seed: int | None = None,
+                max_depth: int | None = None, adjoint_seed: int | None = None) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
-    `mode` and `shadows` default to the scene's render settings. `intrinsics`/`pose` override the
+    `mode` and `shadows` default to the scene's render settings; so do `spp`, `seed` and `max_depth` of
+    the path mode (`_render_path`; the other modes ignore them, and `adjoint_seed`). `intrinsics`/`pose` override the
     camera's leaf arrays (e.g. the viewer's free camera); `width`/`height` override its resolution
     (intrinsics are then used as given, so scale them to match).
 
@@ -115,6 +119,11 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     overridden = intrinsics is not None or pose is not None
     intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
     pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
+    if mode == "path":
+        r = sc.render
+        return _render_path(ds, frame, intr, pose, width, height, spp=r.spp if spp is None else spp,
+                            seed=r.seed if seed is None else seed,
+                            max_depth=r.max_depth if max_depth is None else max_depth, adjoint_seed=adjoint_seed)
     background = _background(ds, width, height)
     if mode == "soft":
         origins, directions = cam.generate_rays(intr, pose, width, height)
@@ -200,11 +209,103 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         shadow = part("shadow", build_shadow) if shadows else None
         radiance = shading.shade(g["positions"], g["normals"], albedo, rough, metal, model, pose, frame.lights,
                                  shadow)
+    if frame.emission is not None and ds.emits():
+        radiance = gbuffer.add(radiance, texture.sample(frame.emission, mat, uv, uv_da))
     # composite fused with the output copy (whose gradient stays readable); the blend adds into it
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
     return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
+
+
+PATH_RR_DEPTH = 5  # Russian roulette from this scattering event on (renderer.stages.pathtrace)
+
+
+def _path_tables(ds: DeviceScene, frame: Frame) -> dict:
+    """The path tracer's importance-sampling tables (emissive triangles by area x emission, environment
+    texels by luminance), built on the host from the current values and rebuilt only when the values they
+    come from changed (the table's versions). Any table gives an unbiased image; they are constants of the
+    render (not differentiated)."""
+    sc, dev = ds.scene, ds.device
+    emission_paths = [ParamPath(Group.MATERIALS, n, "emission") for n in sc.materials]
+    geometry_paths = [ParamPath(Group.MESHES, m, n) for m in sc.meshes
+                      for n in ("vertices", "translation", "rotation", "scale")]
+    env_paths = [ParamPath(Group.LIGHTS, n, "radiance") for n in sc.environment_lights]
+    versions = ds.params.versions
+    tables = ds.path_tables
+    key = tuple(versions[p] for p in emission_paths + geometry_paths)
+    if tables.get("emitters_key") != key:
+        means = np.stack([ds.arrays[p].numpy().reshape(-1, 3).mean(0) for p in emission_paths])
+        world = frame.world.numpy()
+        lf, cdf, pmf = pt.emitter_distribution(world, ds.faces_np, ds.face_material.numpy(), means)
+        tables.update(emitters_key=key, light_faces=wp.array(lf, dtype=wp.int32, device=dev),
+                      light_cdf=wp.array(cdf, dtype=float, device=dev),
+                      face_light_pmf=wp.array(pmf, dtype=float, device=dev))
+    key = tuple(versions[p] for p in env_paths)
+    if tables.get("env_key") != key:
+        if env_paths:
+            marg, cond = pt.env_distribution(ds.arrays[env_paths[0]].numpy())
+        else:
+            marg, cond = np.zeros(0, np.float32), np.zeros(0, np.float32)
+        tables.update(env_key=key, env_marginal=wp.array(marg, dtype=float, device=dev),
+                      env_conditional=wp.array(cond, dtype=float, device=dev))
+    return tables
+
+
+def path_scene(ds: DeviceScene, frame: Frame) -> pt.PathScene:
+    """The `PathScene` of a prepared frame: its arrays are the frame's (outputs of recorded kernels or the
+    leaves themselves), so gradients the path tracer accumulates into them flow on to the leaves through the
+    enclosing tape."""
+    t = _path_tables(ds, frame)
+    env = frame.env if frame.env is not None else wp.zeros((0, 0, 3), dtype=float, device=ds.device)
+    return pt.PathScene(
+        bvh=frame.bvh, normals=frame.normals, uvs=frame.uvs, face_material=ds.face_material,
+        material_model=ds.material_model, albedo=frame.albedo, roughness=frame.roughness, metallic=frame.metallic,
+        emission=frame.emission, lights=frame.lights, env=env, env_marginal=t["env_marginal"],
+        env_conditional=t["env_conditional"], light_faces=t["light_faces"], light_cdf=t["light_cdf"],
+        face_light_pmf=t["face_light_pmf"], colors=frame.colors)
+
+
+def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: int, *, spp: int, seed: int,
+                 max_depth: int, adjoint_seed: int | None = None) -> RenderOutput:
+    """Path mode: `renderer.stages.pathtrace.render_path` of the frame (every CPU core renders a band of
+    rows), differentiable through an enclosing tape by path replay backpropagation.
+
+    The adjoint replays the paths of `seed` (None: the exact derivative of this very image, what a
+    finite-difference check with shared random numbers sees) or of `adjoint_seed`, an independent estimate
+    of the derivative of the expected image. A loss such as L2 multiplies the image's error by its
+    derivative; estimated from the same paths, the two are correlated and the product's expectation is
+    biased (by their covariance), estimated from independent paths it is not (what the optimizer uses).
+    The auxiliary buffers (tri_id, depth, normals, coverage) come from the rasterized primary visibility,
+    off the tape."""
+    from .parallel import default_workers
+
+    scene = path_scene(ds, frame)
+    intr_c, pose_c = constant(intr), constant(pose)
+    kwargs = dict(spp=int(spp), max_depth=int(max_depth), rr_depth=PATH_RR_DEPTH, threads=default_workers(),
+                  jitter=bool(ds.scene.render.jitter))
+    tape = active_tape()
+    if adjoint_seed is None or tape is None:
+        image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
+    else:
+        with recording(None):
+            image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
+        params = scene.parameters()
+        want = [k for k, a in params.items() if a.requires_grad and a.size > 0]
+        if want:  # the image requires grad then (render_path made it so)
+            def backward():
+                pt.render_path_backward(scene, image.grad, intr_c, pose_c, width, height, seed=int(adjoint_seed),
+                                        wrt=want, **kwargs)
+
+            tape.record_func(backward, [image, *[params[k] for k in want]])
+    if tape is not None and not image.requires_grad:
+        image.requires_grad = True  # nothing to differentiate, but the loss's adjoint still lands in .grad
+    world, i, p = constant(frame.world), constant(intr), constant(pose)
+    origins, directions = cam.generate_rays(i, p, width, height)
+    tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)
+    bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
+    normals = interpolate.interpolate(constant(frame.normals), ds.faces, tri, bary)
+    return RenderOutput(width, height, image, tri, depth, normals, bg.coverage_from_ids(tri))
 
 
 def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals) -> RenderOutput:
@@ -215,6 +316,8 @@ def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, n
     rough, metal = _roughness_metallic(ds, frame, ds.vertex_material, frame.uvs, None)
     model = _vertex_models(ds)
     vcolors = shading.shade(positions, frame.normals, albedo, rough, metal, model, pose, frame.lights, None)
+    if frame.emission is not None and ds.emits():
+        vcolors = gbuffer.add(vcolors, texture.sample(frame.emission, ds.vertex_material, frame.uvs, None))
     s = ds.scene.render
     color, alpha = softras.soft_rasterize(frame.world, ds.faces, vcolors, intr, pose, width, height,
                                           s.soft_sigma, s.soft_gamma, background)

@@ -25,6 +25,7 @@ from .stages.camera import generate_rays
 from .thread_tape import active_tape, recording
 from .volume import OccupancyGrid, VoxelGrid, readout, sample_rays
 from .volume import render as volume_render
+from .volume.march import contract_far
 
 DEFAULT_CHUNK = 1 << 16  # rays per launch group when a view is rendered without gradients
 
@@ -53,7 +54,7 @@ def field_grid(field: Field, density: wp.array, sh: wp.array) -> VoxelGrid:
                          f"got {sh.shape[3]}")
     # a 2^3 placeholder lattice from the constructor (it validates box, degree and activation), then our arrays
     grid = VoxelGrid(2, field.aabb, field.sh_degree, dtype=density.dtype, activation=field.activation,
-                     device=density.device, requires_grad=False)
+                     device=density.device, requires_grad=False, contract=field.contract)
     grid.resolution, grid.density, grid.sh = tuple(int(n) for n in density.shape), density, sh
     return grid
 
@@ -103,7 +104,8 @@ class FieldState:
         for a in range(0, n, chunk):
             b = min(a + chunk, n)
             samples = sample_rays(origins[a:b], directions[a:b], grid.aabb, self.n_samples, jitter=False,
-                                  occupancy=occupancy)
+                                  occupancy=occupancy, contract=grid.contract,
+                                  far=contract_far(grid.aabb) if grid.contract else 1.0e10)
             density, color = readout.grid_query(grid, samples.positions, samples.directions)
             rgb, _, _ = readout.composite_forward(density, color, samples, background)
             out[a:b] = rgb.numpy()

@@ -24,7 +24,8 @@ import numpy as np
 from .params import Kind, ParamPath, scene_values
 
 SHADING_MODELS = ("lambert", "ggx")
-RENDER_MODES = ("hard", "antialias", "soft")
+RENDER_MODES = ("hard", "antialias", "soft", "path")
+RASTER_MODES = ("hard", "antialias", "soft")
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Mesh:
     scale: np.ndarray  # (3,) float32
     material: str
     source: str = ""  # the file or primitive it came from, for summaries
+    # with an automatic UV atlas (renderer.uv_atlas): the source vertex of each vertex, which seams split
+    atlas_source: np.ndarray | None = None
 
 
 @dataclass
@@ -55,6 +58,9 @@ class Material:
     roughness: np.ndarray  # (H, W, 1) float32 in [0.02, 1]
     metallic: np.ndarray  # (H, W, 1) float32 in [0, 1]
     wrap: str = "wrap"  # texture address mode: "wrap" or "clamp"
+    # (H, W, 3) float32 linear RGB radiance >= 0 emitted by the surface (an area light in path mode; added to
+    # the shaded color in the rasterized modes)
+    emission: np.ndarray = field(default_factory=lambda: np.zeros((1, 1, 3), np.float32))
 
 
 @dataclass
@@ -80,6 +86,16 @@ class AmbientLight:
 
 
 @dataclass
+class EnvironmentLight:
+    """Light from every direction at infinity (path mode only): an equirectangular (He, We, 3) linear RGB
+    radiance image (a constant is 1x1), +Y up, column 0 at azimuth -pi (the -Z direction is the middle
+    column), row 0 at the zenith (`renderer.stages.pathtrace`'s convention)."""
+
+    name: str
+    radiance: np.ndarray  # (He, W, 3) float32 >= 0
+
+
+@dataclass
 class Camera:
     name: str
     width: int
@@ -95,6 +111,12 @@ class RenderSettings:
     soft_sigma: float = 1.0  # SoftRas sharpness in pixels^2
     soft_gamma: float = 1e-2  # SoftRas depth-aggregation temperature
     mipmaps: bool = True
+    # path mode (renderer.stages.pathtrace): samples per pixel, scattering events per path (1: direct light
+    # only), the random sequence (the optimizer's step k uses seed + k)
+    spp: int = 16
+    max_depth: int = 4
+    seed: int = 0
+    jitter: bool = True  # sample uniformly inside each pixel (antialiased); False: at the pixel centers
 
 
 @dataclass
@@ -148,6 +170,7 @@ class Field:
     transient: np.ndarray | None = None  # nerf_w: (n_images, transient_dim) float32
     n_times: int = 0  # dynamic: time slices
     time_range: tuple[float, float] | None = None  # dynamic: the times of the first and last slice
+    contract: bool = False  # voxel_grid: the lattice holds contracted space; `aabb` is its box, twice the inner one
 
     def resolutions(self) -> list[tuple[int, int, int]]:
         """The lattice of each training phase: start_resolution, then one per `upsample_at` step, the
@@ -191,6 +214,7 @@ class Scene:
     point_lights: dict[str, PointLight] = field(default_factory=dict)
     directional_lights: dict[str, DirectionalLight] = field(default_factory=dict)
     ambient_lights: dict[str, AmbientLight] = field(default_factory=dict)
+    environment_lights: dict[str, EnvironmentLight] = field(default_factory=dict)  # at most one (path mode)
     cameras: dict[str, Camera] = field(default_factory=dict)
     fields: dict[str, Field] = field(default_factory=dict)  # radiance fields (scene file `fields`)
     background: np.ndarray = field(default_factory=lambda: np.zeros(3, np.float32))  # (3,) or (H, W, 3)

@@ -26,6 +26,7 @@ from pydantic import (
     PlainValidator,
     Tag,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -38,6 +39,7 @@ from .scene import RENDER_MODES, SHADING_MODELS, RenderSettings
 MESH_EXTENSIONS = (".obj", ".ply", ".glb", ".gltf")
 MAX_CAMERA_SIZE = 8192
 MAX_JSON_DEPTH = 64  # nesting of objects and lists in a scene file (real scenes: under 10)
+NAME_MAX = 255  # bytes in one part of a file name (Linux, macOS and Windows file systems)
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4e38: larger numbers are inf in float32
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: smallest normal float32; below it values underflow
 
@@ -197,6 +199,8 @@ Metallic = Annotated[float | str, _number_or_file(
     _numbers(0, 0.0, 1.0), "a number in [0, 1] or an image file name")]
 Background = Annotated[list[float] | str, _number_or_file(
     _numbers(3, 0.0, math.inf), "[r, g, b] with each >= 0, or an image file name")]
+Radiance = Annotated[list[float] | str, _number_or_file(
+    _numbers(3, 0.0, FLOAT32_MAX), "[r, g, b] radiance with each >= 0, or an image file name")]
 Scale = Annotated[list[float], PlainValidator(_scale)]
 
 
@@ -306,6 +310,8 @@ class MaterialSpec(Strict):
     roughness: Annotated[Roughness, FileRef("image")] = 0.5
     metallic: Annotated[Metallic, FileRef("image")] = 0.0
     wrap: Literal["wrap", "clamp"] = "wrap"
+    emission: Annotated[Radiance, FileRef("image")] = [0.0, 0.0, 0.0]  # emitted radiance (linear RGB)
+    emission_scale: Annotated[float, Field(ge=0, le=FLOAT32_MAX)] = 1.0  # multiplies an emission image
 
 
 class PointLightSpec(Strict):
@@ -337,7 +343,17 @@ class AmbientLightSpec(Strict):
     color: Color
 
 
-LightSpec = Annotated[PointLightSpec | DirectionalLightSpec | AmbientLightSpec, Field(discriminator="type")]
+class EnvironmentLightSpec(Strict):
+    """Radiance from every direction at infinity (render mode "path" only): a constant or an equirectangular
+    image (+Y up, row 0 at the zenith, the middle column towards -Z), times `scale`."""
+    name: Name
+    type: Literal["environment"]
+    radiance: Annotated[Radiance, FileRef("image")]
+    scale: Annotated[float, Field(ge=0, le=FLOAT32_MAX)] = 1.0
+
+
+LightSpec = Annotated[PointLightSpec | DirectionalLightSpec | AmbientLightSpec | EnvironmentLightSpec,
+                      Field(discriminator="type")]
 
 
 class LookAt(Strict):
@@ -413,6 +429,11 @@ class RenderSpec(Strict):
     soft_sigma: Positive = RenderSettings.soft_sigma
     soft_gamma: Positive = RenderSettings.soft_gamma
     mipmaps: bool = RenderSettings.mipmaps
+    # mode "path" (others ignore them): samples per pixel, scattering events per path, random sequence
+    spp: Annotated[int, Field(ge=1, le=1 << 16)] = RenderSettings.spp
+    max_depth: Annotated[int, Field(ge=0, le=64)] = RenderSettings.max_depth
+    seed: Annotated[int, Field(ge=0, le=(1 << 31) - 1)] = RenderSettings.seed
+    jitter: bool = RenderSettings.jitter
 
 
 # ---- fields (radiance fields) -------------------------------------------------------------------
@@ -477,6 +498,7 @@ class VoxelGridFieldSpec(Strict):
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 128
     occupancy: OccupancySpec | None = None
     coarse_to_fine: CoarseToFineSpec | None = None
+    contract: bool = False  # model unbounded space: aabb is the inner box, the lattice spans twice it
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:
@@ -575,6 +597,15 @@ class PerturbPoseInit(Strict):
     perturb_pose: PerturbPose
 
 
+ShapePrimitive = Annotated[SpherePrimitive | IcospherePrimitive | CubePrimitive | TorusPrimitive,
+                           Field(discriminator="type")]
+
+
+class PrimitiveInit(Strict):
+    """Vertices only: start from a primitive of any topology (welded: one vertex per position)."""
+    primitive: ShapePrimitive
+
+
 def _init_tag(v: Any) -> str | None:
     if _is_number(v):
         return "number"
@@ -584,23 +615,61 @@ def _init_tag(v: Any) -> str | None:
         return "file"
     if isinstance(v, dict) and len(v) == 1:
         key = next(iter(v))
-        return key if key in ("perturb", "perturb_pose") else None
+        return key if key in ("perturb", "perturb_pose", "primitive") else None
     return None
 
 
 Init = Annotated[
     Annotated[float, Tag("number")] | Annotated[list, PlainValidator(_number_array), Tag("list")]
     | Annotated[str, Tag("file")] | Annotated[PerturbInit, Tag("perturb")]
-    | Annotated[PerturbPoseInit, Tag("perturb_pose")],
+    | Annotated[PerturbPoseInit, Tag("perturb_pose")] | Annotated[PrimitiveInit, Tag("primitive")],
     Discriminator(_init_tag, custom_error_type="init_type", custom_error_message=(
-        'expected a finite number, a list of numbers, a file name, {"perturb": {...}} '
-        'or {"perturb_pose": {...}}')),
+        'expected a finite number, a list of numbers, a file name, {"perturb": {...}}, '
+        '{"perturb_pose": {...}} or {"primitive": {...}}')),
 ]
+
+
+DEFAULT_LARGE_STEPS_LAMBDA = 19.0
+# Nicolet et al. 2021: optimize u = (I + lambda L) x with uniform Adam (renderer.optim.large_steps). Built with
+# create_model: the field's name, `lambda`, is a Python keyword (read it with getattr(spec, "lambda")).
+LargeStepsParametrization = create_model(
+    "LargeStepsParametrization", __base__=Strict, type=(Literal["large_steps"], ...),
+    **{"lambda": (Annotated[float, Field(ge=0, le=1e6)], DEFAULT_LARGE_STEPS_LAMBDA)})
+
+
+class PlainParametrization(Strict):
+    """The vertex positions themselves, updated by `optimizer`."""
+    type: Literal["plain"]
+
+
+Parametrization = Annotated[LargeStepsParametrization | PlainParametrization, Field(discriminator="type")]
+
+
+class RemeshSpec(Strict):
+    """Isotropic remeshing of optimized vertices (renderer.optim.remesh) after the listed steps: edges split,
+    collapsed and flipped towards `edge_length[i]` (object-space units) after step `steps[i]`."""
+    steps: Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=1, max_length=64)]
+    edge_length: Annotated[list[Positive], Field(min_length=1, max_length=64)]
+
+    @model_validator(mode="after")
+    def _paired(self) -> RemeshSpec:
+        if len(self.steps) != len(self.edge_length):
+            raise ValueError(f'expected as many "edge_length" values as "steps", got {len(self.edge_length)} '
+                             f"and {len(self.steps)}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError(f'"steps": expected strictly increasing step numbers, got {self.steps}')
+        return self
 
 
 class ParameterSpec(Strict):
     init: Annotated[Init | None, FileRef("image_or_mesh")] = None  # None: start from the scene's value
     lr: Positive | None = None  # overrides optimizer.lr for this parameter
+    # vertices only: default {"type": "large_steps", "lambda": 19}
+    parametrization: Parametrization | None = None
+    remesh: RemeshSpec | None = None  # vertices only
+    # vertices only: the mesh the result is measured against (object space of the mesh); default: the scene's
+    # mesh when the targets are rendered from it, none for image or dataset targets
+    reference: Annotated[str | None, FileRef("mesh")] = None
 
 
 class TargetImage(Strict):
@@ -646,6 +715,9 @@ class Targets(Strict):
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
     test_transforms: Annotated[str | None, FileRef("transforms")] = None
     dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
+    # render mode "path", with `cameras`: samples per pixel of the rendered targets (default 4 x render.spp);
+    # they use their own random sequence, independent of every step's
+    spp: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
 
     @model_validator(mode="after")
     def _one(self) -> Targets:
@@ -656,6 +728,8 @@ class Targets(Strict):
             raise ValueError('"test_cameras" goes with "cameras" (use "test_transforms" with "transforms")')
         if self.test_transforms is not None and self.transforms is None:
             raise ValueError('"test_transforms" goes with "transforms"')
+        if self.spp is not None and self.cameras is None:
+            raise ValueError('"spp" (samples of the path-traced targets) goes with "cameras"')
         return self
 
 
@@ -828,4 +902,11 @@ def validate_scene(data: Any, file: str) -> SceneSpec:
     """A scene needs at least one mesh, or at least one field (then meshes and materials are optional)."""
     check_json_values(data, file)
     with_fields = isinstance(data, dict) and data.get("fields") not in (None, [])
-    return validate(FieldSceneSpec if with_fields else SceneSpec, data, file)
+    spec = validate(FieldSceneSpec if with_fields else SceneSpec, data, file)
+    for parts, name, _ in file_references(spec):
+        longest = max((len(p.encode("utf-8", "surrogatepass")) for p in re.split(r"[/\\]", name)), default=0)
+        if longest > NAME_MAX:  # the file system would refuse it ("File name too long") wherever it is opened
+            raise SceneError(file, field_path(parts), f"expected a file name whose parts are at most {NAME_MAX} "
+                             f"bytes (the file system's limit), got a part of {longest} bytes: "
+                             f"'{name[:60]}...'")
+    return spec

@@ -20,6 +20,7 @@ import numpy as np
 from .conventions import matrix_to_pose
 from .errors import SceneError
 from .images import read_image
+from .params import COORD_MAX, INTRINSICS_MAX
 
 
 @dataclass
@@ -99,9 +100,18 @@ def load_transforms(path, *, strict: bool = False) -> list[Frame]:
             pose = matrix_to_pose(m, tolerance=1e-3)
         except ValueError as exc:
             raise SceneError(file, f"{field}transform_matrix", str(exc)) from None
+        if np.abs(pose[:3]).max() > COORD_MAX:  # finite, but a render from there overflows float32 (Kind.range)
+            raise SceneError(file, f"{field}transform_matrix", f"expected a camera position in [{-COORD_MAX:g}, "
+                             f"{COORD_MAX:g}] (the range that keeps rendering finite in float32), got "
+                             f"{np.abs(pose[:3]).max():g}")
         t = _number(fr, "time", file, field)
         if t is not None and not 0.0 <= t <= 1.0:
             raise SceneError(file, f"{field}time", f"expected a time in [0, 1] (D-NeRF convention), got {t!r}")
+        given = [_number(fr, k, file, field) or _number(doc, k, file, "") for k in ("fl_x", "fl_y", "cx", "cy")]
+        if max(abs(v or 0.0) for v in given) > INTRINSICS_MAX:
+            raise SceneError(file, f"{field}fl_x", f"expected intrinsics fl_x, fl_y, cx, cy within "
+                             f"{INTRINSICS_MAX:g} pixels (the range that keeps rendering finite in float32), got "
+                             + ", ".join("-" if v is None else f"{v:g}" for v in given))
         if not img_path.is_file():  # checked after the frame's own fields, which are errors either way
             if strict:
                 raise SceneError(file, f"{field}file_path", f"image '{img_path}' not found (without strict, frames "

@@ -142,6 +142,18 @@ def test_cancelled_or_failed_export_leaves_nothing(tmp_path):
         cp.write_video(tmp_path / "v.gif", [], 32, 32, broken)
 
 
+def test_a_non_finite_frame_stops_the_video_and_leaves_nothing(tmp_path):
+    """A render that overflowed float32 (issue 14) is reported, not encoded as garbage."""
+    def overflowing(pose, intrinsics, width, height, time=None):
+        img = _gradient_render(pose, intrinsics, width, height)
+        img[2, 3] = np.inf if pose[0] > 0 else 0.5
+        return img
+
+    with pytest.raises(cp.PathError, match=r"frame \d+ has 1 non-finite pixel .*not written"):
+        cp.write_video(tmp_path / "v.mp4", cp.orbit([0, 0, 0], 3.0, 6), 32, 32, overflowing)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_mesh_frames_match_the_renderer_through_a_scene_camera():
     """The path renderer with a pose/intrinsics override of a scene camera's own values gives that
     camera's render."""

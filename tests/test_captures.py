@@ -633,7 +633,7 @@ def test_drstudio_capture_makes_a_dataset(tmp_path):
     run = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out", str(out),
                           "--downscale", "2"], capture_output=True, text=True, cwd=root, timeout=300)
     assert run.returncode == 0, run.stderr
-    assert "skipped 1 of 12" in run.stderr
+    assert "drstudio: warning: " in run.stderr and "skipped 1 of 12" in run.stderr and "Warning" not in run.stderr
     got = load_transforms(out / "transforms.json")
     assert len(got) == 11 and all((f.width, f.height) == (8, 6) for f in got)
     positions = np.array([f.pose[:3] for f in got])
@@ -641,7 +641,51 @@ def test_drstudio_capture_makes_a_dataset(tmp_path):
     assert sum(f.split == "test" for f in got) == 2  # frames 0 and 8 of the 11 kept
     again = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "capture", str(path), "--out", str(out)],
                            capture_output=True, text=True, cwd=root, timeout=300)
-    assert again.returncode == 2 and "already holds a dataset" in again.stderr
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_drstudio_capture_writes_a_scene_that_trains(tmp_path):
+    """Issue 13: a capture trains with one more command and no hand edits: `drstudio capture` writes
+    scene.json beside the dataset (the field over the capture's box, the held-out split, a preview camera
+    at the first held-out frame), and `drstudio optimize` runs it; a second capture into the folder is
+    refused before anything is written, --force replaces both files."""
+    import subprocess
+    import sys
+
+    from drstudio.renderer.loading import load_scene
+
+    frames = ring_frames(9, radius=6.0, height=1.0)
+    images = {fr["file_path"]: gray(12, 16) for fr in frames}
+    path = write_transforms(tmp_path / "cap", frames, images, fl_x=14.0, w=16, h=12)
+    out = tmp_path / "data"
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "drstudio.app.cli", *args], capture_output=True, text=True,
+                              cwd=root, timeout=300)
+
+    run = cli("capture", str(path), "--out", str(out))
+    assert run.returncode == 0, run.stderr
+    assert f"drstudio optimize {out / 'scene.json'}" in run.stdout
+    scene = load_scene(out / "scene.json")
+    written = json.loads((out / "transforms.json").read_text())
+    np.testing.assert_allclose(scene.fields["nerf"].aabb, np.ravel(written["capture"]["aabb"]), rtol=1e-6)
+    test = [fr for fr in written["frames"] if fr["split"] == "test"]
+    assert len(test) == 2  # frames 0 and 8
+    preview = scene.cameras["preview"]
+    np.testing.assert_allclose(preview.intrinsics, [test[0][k] for k in ("fl_x", "fl_y", "cx", "cy")], rtol=1e-6)
+    assert (preview.width, preview.height) == (test[0]["w"], test[0]["h"])
+    before = (out / "scene.json").read_bytes(), sorted(p.name for p in out.rglob("*"))
+    again = cli("capture", str(path), "--out", str(out), "--downscale", "2")
+    assert again.returncode == 2 and "scene.json: exists" in again.stderr and "Traceback" not in again.stderr
+    assert ((out / "scene.json").read_bytes(), sorted(p.name for p in out.rglob("*"))) == before
+    trained = cli("optimize", str(out / "scene.json"), "--steps", "2", "--out", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and "psnr_test_db" in metrics
+    forced = cli("capture", str(path), "--out", str(out), "--downscale", "2", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert load_scene(out / "scene.json").cameras["preview"].width == 8
 
 
 def test_a_field_box_from_the_dataset(tmp_path):

@@ -106,3 +106,60 @@ def test_non_finite_renders_are_not_perfect_psnr():
     assert math.isnan(_mean_psnr([30.0, math.nan])) and _mean_psnr([math.inf, math.inf]) == math.inf
     assert _mean_psnr([math.inf, 30.0, 20.0]) == 25.0 and math.isnan(_mean_psnr([]))
     assert _json_safe({"psnr": math.nan, "x": math.inf}) == {"psnr": None, "x": "inf"}
+
+
+def tiny_render_scene(folder: Path, **changes) -> Path:
+    import json
+
+    doc = {"version": 1,
+           "meshes": [{"name": "ball", "primitive": {"type": "sphere", "radius": 1.0, "resolution": 12},
+                       "material": "paint"}],
+           "materials": [{"name": "paint", "albedo": [0.8, 0.5, 0.3]}],
+           "lights": [{"name": "key", "type": "point", "position": [2, 3, 2], "intensity": 20.0}],
+           "cameras": [{"name": "front", "width": 16, "height": 16, "fov_y": 40,
+                        "look_at": {"eye": [0, 0, 3.5], "target": [0, 0, 0]}}]}
+    doc["meshes"][0].update(changes)
+    path = folder / "scene.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_a_render_overflowing_float32_is_refused(tmp_path):
+    """A translation of 3e38 is finite in float32 but made an all-NaN image (issue 14): refused at load, naming the
+    field and the bound; nothing written."""
+    scene = tiny_render_scene(tmp_path, transform={"translation": [3e38, 0, 0]})
+    result = drstudio("render", scene, "-o", tmp_path / "x.png")
+    assert_user_error(result, "meshes[0].transform.translation", "[-1e+06, 1e+06]")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_params_beyond_the_render_bounds_are_refused(tmp_path):
+    import numpy as np
+
+    scene = tiny_render_scene(tmp_path)
+    np.savez(tmp_path / "params.npz", **{"lights.key.intensity": np.array([3e38], np.float32)})
+    result = drstudio("render", scene, "--params", tmp_path / "params.npz", "-o", tmp_path / "x.png")
+    assert_user_error(result, "params.npz", "lights.key.intensity", "[0, 1e+09]")
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_non_finite_render_is_reported_not_written(tmp_path, monkeypatch, capsys):
+    """The safety net behind the bounds (a trained field can still overflow): a render with inf or NaN pixels
+    is exit 2, one line, and no image."""
+    import numpy as np
+    from drstudio.app import cli
+    from drstudio.renderer import render as render_module
+
+    class Image:
+        def numpy(self):
+            out = np.zeros((16, 16, 3), np.float32)
+            out[3, 4, 1] = np.inf
+            out[5, 5] = np.nan
+            return out
+
+    monkeypatch.setattr(render_module, "render", lambda *a, **k: Image())
+    scene = tiny_render_scene(tmp_path)
+    assert cli.main(["render", str(scene), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "2 non-finite pixels" in err and "not written" in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()

@@ -82,7 +82,12 @@ def test_a_refused_command_changes_nothing(problem):
                C.SetValue(ALBEDO, np.full(problem.ds.params[ALBEDO].shape, 1.5)),  # albedo is in [0, 1]
                C.SetFree("lights.key.color", False),  # not optimizable in this scene
                C.SetLr("meshes.ball.vertices", 0.1), C.SetLossWeight("nope", 1.0), C.SetActiveView("nope"),
-               C.SetTargetValue(LIGHT, [1.0]), C.SetTargetValue("materials.paint.roughness", [[[5.0]]])]
+               C.SetTargetValue(LIGHT, [1.0]), C.SetTargetValue("materials.paint.roughness", [[[5.0]]]),
+               # within float32 but overflowing while rendering (issue 14): beyond the kinds' bounds
+               C.SetValue(LIGHT, [3e38, 0.0, 0.0]), C.SetTargetValue(LIGHT, [0.0, -2e6, 0.0]),
+               C.SetValue("lights.key.intensity", [3e38]), C.SetValue("meshes.ball.scale", [1e30, 1.0, 1.0]),
+               C.SetValue("meshes.ball.translation", [0.0, 0.0, 3e38]),
+               C.SetValue("cameras.front.pose", [0.0, 0.0, 3e38, 0.0, 0.0, 0.0, 1.0])]
     for cmd in refused:
         with pytest.raises(C.CommandError):
             C.execute(cmd, problem)

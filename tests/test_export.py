@@ -113,10 +113,75 @@ def test_cli_exports_a_run(tmp_path):
     assert "field_nerf.glb" in files and "field_nerf_points.ply" in files
     surface = trimesh.load(run / "export" / "field_nerf.glb", force="mesh")
     assert abs(np.linalg.norm(surface.vertices, axis=1).mean() - 0.6) < 0.03
-    globe = [f for f in files if f not in ("field_nerf.glb", "field_nerf_points.ply")]
+    globe = [f for f in files if f not in ("field_nerf.glb", "field_nerf_points.ply", "transforms.json")]
     assert globe and trimesh.load(run / "export" / globe[0], force="mesh").visual.kind == "texture"
     empty = tmp_path / "empty"
     empty.mkdir()
     out = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "export", str(empty)], capture_output=True,
                          text=True, cwd=root, timeout=300)
     assert out.returncode == 2 and "nothing to export" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_exports_optimized_cameras(tmp_path):
+    """Issue 13: a run's cameras leave as a transforms.json that nerfstudio / instant-ngp (and drstudio's own
+    reader) load: the optimized pose and intrinsics where the run has them, the scene's elsewhere."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from drstudio.renderer.conventions import quat_to_matrix
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.transforms_json import load_transforms
+
+    root = Path(__file__).resolve().parents[1]
+    scene = load_scene(root / "scenes" / "camera.json")
+    main = scene.cameras["main"]
+    angle = np.radians(20.0)
+    pose = np.r_[main.pose[:3] + [0.1, -0.2, 0.3], 0.0, np.sin(angle / 2), 0.0, np.cos(angle / 2)].astype(np.float32)
+    intrinsics = (main.intrinsics * [1.1, 1.1, 1.0, 1.0]).astype(np.float32)
+    run = tmp_path / "run"
+    run.mkdir()
+    np.savez(run / "params.npz", **{"cameras.main.pose": pose, "cameras.main.intrinsics": intrinsics})
+    out = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "export", str(run), "--scene",
+                          str(root / "scenes" / "camera.json"), "--format", "ply"],
+                         capture_output=True, text=True, cwd=root, timeout=300)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads((run / "export" / "transforms.json").read_text())
+    assert [f["name"] for f in doc["frames"]] == ["main"] and doc["frames"][0]["optimized"] is True
+    m = np.array(doc["frames"][0]["transform_matrix"])
+    np.testing.assert_allclose(m[:3, 3], pose[:3], atol=1e-6)
+    np.testing.assert_allclose(m[:3, :3], quat_to_matrix(pose[3:].astype(np.float64)), atol=1e-6)
+    from drstudio.renderer.images import write_image
+
+    write_image(run / "export" / "images" / "main.png", np.zeros((main.height, main.width, 3), np.float32))
+    (back,) = load_transforms(run / "export" / "transforms.json")  # the image a reader wants beside it
+    np.testing.assert_allclose(back.pose[:3], pose[:3], atol=1e-5)
+    assert abs(abs(float(np.dot(back.pose[3:], pose[3:]))) - 1.0) < 1e-6  # the same rotation (q or -q)
+    np.testing.assert_allclose(back.intrinsics, intrinsics, rtol=1e-6)
+    frame = doc["frames"][0]
+    assert [frame[k] for k in ("fl_x", "fl_y", "cx", "cy")] == pytest.approx(intrinsics.tolist(), rel=1e-6)
+    assert (frame["w"], frame["h"]) == (main.width, main.height)
+
+
+def test_contracted_grid_exports_world_geometry():
+    """A contracted grid (renderer.volume.march) holding a ball of world radius 3 around an inner box of
+    half-size 1 (so in the contracted shell): the exported surface and points lie at world radius 3."""
+    from drstudio.renderer.volume.march import uncontract_points
+
+    box = np.array([-2.0, -2.0, -2.0, 2.0, 2.0, 2.0])
+    n = 64
+    axis = np.linspace(-2, 2, n)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    world_r = np.full(len(lattice), np.inf)
+    inside = np.abs(lattice).max(axis=1) < 2 - 1e-9
+    world_r[inside] = np.linalg.norm(uncontract_points(lattice[inside], box), axis=1)
+    raw = np.where(world_r < 3.0, 30.0, -30.0).reshape(n, n, n)
+    verts, faces, _ = export.grid_mesh(raw, box, contract=True)
+    r = np.linalg.norm(verts, axis=1)
+    # the lattice spacing in contracted space (4/63) is ~0.5 world units at radius 3 (dm/dm' = m^2)
+    assert len(faces) > 100 and abs(np.median(r) - 3.0) < 0.3 and r.min() > 2.3 and r.max() < 3.8
+    points, _ = export.grid_points(raw, box, contract=True)
+    assert np.linalg.norm(points, axis=1).max() < 3.0 + 1e-9
+    plain, _, _ = export.grid_mesh(raw, box)  # read bounded, the same lattice is a smaller, boxier shape
+    assert np.abs(plain).max() < 2.0 and abs(np.median(np.linalg.norm(plain, axis=1)) - 3.0) > 0.5

@@ -117,3 +117,65 @@ def test_a_render_larger_than_memory_is_drawn_in_bands(tmp_path, monkeypatch):
     bands = iio.imread(tmp_path / "bands.png").astype(int)
     diff = np.abs(bands - whole).max(axis=-1)
     assert (diff > 2).mean() < 0.01  # the same picture but for anti-aliased edges on the band seams
+
+
+def test_field_batch_estimates():
+    from types import SimpleNamespace
+
+    grid = SimpleNamespace(type="voxel_grid", samples_per_ray=128)
+    mlp = SimpleNamespace(type="neural", samples_per_ray=64, width=256, depth=4)
+    assert memory.field_batch_bytes(grid, 4096, training=True) == 4096 * 128 * memory.GRID_SAMPLE_BYTES
+    assert memory.field_batch_bytes(mlp, 1024, training=True) == 1024 * 64 * (
+        memory.NEURAL_SAMPLE_BYTES + memory.NEURAL_UNIT_BYTES * 256 * 4)
+    assert memory.field_batch_bytes(grid, 1 << 16, training=False) == (1 << 16) * 128 * memory.RENDER_SAMPLE_BYTES
+    assert memory.field_batch_bytes(mlp, 8192, training=False) > memory.field_batch_bytes(grid, 8192, training=False)
+
+
+def field_scene_file(tmp_path, name: str, **changes) -> Path:
+    scene = json.loads((ROOT / "scenes" / name).read_text())
+    scene["fields"][0].update(changes.pop("field", {}))
+    scene["optimize"].update(changes)
+    shutil.copytree(ROOT / "scenes" / "assets", tmp_path / "assets")
+    path = tmp_path / "field.json"
+    path.write_text(json.dumps(scene))
+    return path
+
+
+def test_a_training_batch_beyond_memory_is_refused_at_load(tmp_path, monkeypatch):
+    """A field's ray batch (rays_per_batch x samples_per_ray samples under a tape) is estimated before
+    anything is allocated and refused naming the option, the field and the estimate (issue 14)."""
+    from drstudio.renderer.errors import SceneError
+    from drstudio.renderer.loading import load_scene
+
+    path = field_scene_file(tmp_path, "nerf_neural.json", rays_per_batch=1 << 16)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 4 * 2**30)
+    with pytest.raises(SceneError, match=r"optimize.rays_per_batch: a training step of 65536 rays x 48 samples per "
+                                         r"ray \(fields\[0\] 'nerf', an MLP 4 x 64\) needs about 9.0 GiB"):
+        load_scene(path)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 64 * 2**30)
+    load_scene(path)  # the same batch fits a larger machine
+
+
+def test_a_field_render_group_beyond_memory_is_refused(tmp_path):
+    """4096 samples per ray (the schema's maximum) on 65,536-ray render groups: 16 GiB; with 4M rays per
+    training batch 2 TiB: `drstudio info` exits 2 naming the field."""
+    path = field_scene_file(tmp_path, "nerf_grid.json", rays_per_batch=1 << 22, field={"samples_per_ray": 4096})
+    out = run("info", path)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "fields[0].samples_per_ray" in out.stderr or "optimize.rays_per_batch" in out.stderr, out.stderr
+    assert "GiB" in out.stderr and len(out.stderr.strip().splitlines()) <= 2, out.stderr
+
+
+def test_a_field_ray_bank_beyond_memory_is_refused(tmp_path, monkeypatch):
+    """A field trains from every pixel's ray (origin, direction, color: 48 B a pixel with its target): the 56
+    views of nerf_grid.json at 128x128 need about 44 MB, refused before a target is rendered on a machine with
+    25 MB (the target renders themselves would fit)."""
+    from drstudio.renderer.errors import SceneError
+    from drstudio.renderer.loading import load_scene
+    from drstudio.renderer.optim.problem import Problem
+
+    sc = load_scene(field_scene_file(tmp_path, "nerf_grid.json"))
+    monkeypatch.setattr(memory, "available_bytes", lambda: 25 * 2**20)
+    with pytest.raises(SceneError, match=r"optimize.targets: the rays of the 56 training views \(0.9 Mpixels, 48 B "
+                                         r"each\) needs about 42 MiB.*--downscale"):
+        Problem(sc, "cpu")

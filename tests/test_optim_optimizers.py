@@ -325,3 +325,27 @@ def test_project_by_scene_param_kind(device):
         project(rough, "texture")
     with pytest.raises(ValueError, match="offset"):
         project(rough, "albedo", 1)
+
+
+def test_updates_stay_within_the_render_bounds(device):
+    """Issue 14: an update with a huge learning rate cannot carry a value past its kind's render bound
+    (params.Kind.range, what the loader and the commands check): positions and intensities are clamped."""
+    from drstudio.renderer.params import COORD_MAX, INTENSITY_MAX
+
+    position = farr([3e38, -5e20, 1.0])
+    project(position, "position")
+    np.testing.assert_array_equal(position.numpy(), np.float32([COORD_MAX, -COORD_MAX, 1.0]))
+    intensity = farr([2e30])
+    project(intensity, "intensity")
+    assert intensity.numpy()[0] == np.float32(INTENSITY_MAX)
+    pose = farr([1e9, 0.0, 0.0, 0.0, 0.0, 0.0, 2.0])
+    project(pose, "pose")
+    np.testing.assert_allclose(pose.numpy(), [COORD_MAX, 0, 0, 0, 0, 0, 1])
+    moved = wp.array(np.float32([0.0, 0.0, 1.0]), dtype=float, requires_grad=True)
+    opt = Adam([moved], lr=1e30)
+    moved.grad = farr([-1.0, 1.0, -1.0])
+    opt.step()
+    assert np.abs(moved.numpy()).max() > 1e29  # what the update alone would leave
+    project(moved, "position")
+    position = moved
+    assert np.isfinite(position.numpy()).all() and np.abs(position.numpy()).max() <= COORD_MAX

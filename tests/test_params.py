@@ -44,7 +44,8 @@ def test_kinds_carry_their_vocabulary():
     assert Kind.ALBEDO == "albedo" and Kind("roughness") is Kind.ROUGHNESS
     assert {k for k in Kind if k.is_texture} == set(TEXTURE_KINDS) == {Kind.ALBEDO, Kind.ROUGHNESS, Kind.METALLIC}
     assert {k for k in Kind if k.is_field} == set(FIELD_KINDS)
-    assert Kind.ROUGHNESS.range == (0.02, 1.0) and Kind.POSITION.range == (-np.inf, np.inf)
+    assert Kind.ROUGHNESS.range == (0.02, 1.0) and Kind.POSITION.range == (-1e6, 1e6)  # finite renders
+    assert Kind.DENSITY.range == (-np.inf, np.inf)  # raw field values
     assert (Kind.ALBEDO.channels, Kind.METALLIC.channels, Kind.POSE.channels) == (3, 1, None)
 
 

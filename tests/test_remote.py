@@ -106,3 +106,33 @@ def test_wrong_token_and_bad_messages_leave_the_run_going(served):
     client.close()  # a client that leaves does not stop the run
     engine.wait(lambda s: s.step >= step + 6)
     assert server.refused >= 1
+
+
+def test_images_travel_once(served):
+    """Snapshots polled faster than the engine re-renders send its images and thumbnails once: the same
+    arrays again go as a marker, and the client keeps what it has (equal to the served images)."""
+    from drstudio.renderer.optim.remote import _UNCHANGED, snapshot_message
+
+    engine, _ = served
+    engine.send("step", 1)
+    engine.wait(lambda s: s.step >= 1 and s.state != "running" and s.render is not None)
+    snap = engine.snapshot()
+    sent: dict = {}
+    first = snapshot_message(snap, {}, sent)
+    again = snapshot_message(engine.snapshot(), {}, sent)
+    assert isinstance(first["render"], np.ndarray) and first["thumbnails"]
+    assert again["render"] == _UNCHANGED and again["thumbnails"] == _UNCHANGED
+    assert len(encode(again)) < len(encode(first)) - 3 * 12 * 12 * 3 * 2  # at least the three 12x12 images
+    assert isinstance(snapshot_message(snap, {}, {})["render"], np.ndarray)  # another client: all of it
+
+
+def test_a_polling_client_keeps_the_images(served):
+    engine, server = served
+    client = RemoteEngine(server.address, server.token, poll=0.0)
+    engine.send("step", 1)
+    engine.wait(lambda s: s.step >= 1 and s.state != "running" and s.render is not None)
+    a = client.refresh()
+    b = client.refresh()  # nothing re-rendered in between: the images came once
+    assert b.render is a.render and b.thumbnails is a.thumbnails and b.render is not None
+    np.testing.assert_allclose(b.render, engine.snapshot().render, atol=1e-3)  # float16 on the wire
+    client.close()

@@ -114,6 +114,13 @@ def with_float_tiff(name: str, array: np.ndarray, path: str):
     return mutate
 
 
+def far_vertices_init(d, tmp):
+    (tmp / "m.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n")
+    (tmp / "far.obj").write_text("v 0 0 0\nv 1 0 0\nv 1 3e38 0\nf 1 2 3\n")
+    d["meshes"][0] = TRI
+    d["optimize"]["parameters"]["meshes.ball.vertices"] = {"init": "far.obj"}
+
+
 PLY_HEAD = ("ply\nformat ascii 1.0\nelement vertex 3\nproperty float x\nproperty float y\nproperty float z\n")
 TRI = {"name": "ball", "file": "m.obj", "material": "paint"}
 SCALED = np.diag([2, 2, 2, 1]).tolist()
@@ -243,7 +250,7 @@ CASES = [
     # background and render
     ("background-negative", setting("background", [-1, 0, 0]), "background", "each >= 0"),
     ("background-missing", setting("background", "sky.png"), "background", "not found"),
-    ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias' or 'soft'"),
+    ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias', 'soft' or 'path'"),
     ("render-sigma", setting("render", {"soft_sigma": 0}), "render.soft_sigma", "greater than 0"),
     ("render-shadows", setting("render", {"shadows": "yes"}), "render.shadows", "valid boolean"),
     # optimize
@@ -271,9 +278,10 @@ CASES = [
     ("texture-init-size", with_image("gray.png", np.zeros((3, 3, 3), np.uint8),
                                      "optimize/parameters/materials.paint.albedo/init"),
      'optimize.parameters["materials.paint.albedo"].init', "the parameter is 1x1x3"),
-    ("vertices-init-topology", with_file("other.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\n",
-                                         "optimize/parameters", VERTICES_INIT),
-     'optimize.parameters["meshes.ball.vertices"].init', "the same vertices and faces are required"),
+    # a file of another topology is a start mesh of its own (tests/test_shape.py); a flat one has no triangle
+    ("vertices-init-degenerate", with_file("other.obj", "v 0 0 0\nv 1 0 0\nv 2 0 0\nf 1 2 3\n",
+                                           "optimize/parameters", VERTICES_INIT),
+     'optimize.parameters["meshes.ball.vertices"].init', "has no triangle of nonzero area"),
     ("init-required", setting("optimize/parameters/materials.paint.albedo", {}),
      'optimize.parameters["materials.paint.albedo"].init', "starts at the answer"),
     ("lr-zero", setting("optimize/parameters/materials.paint.albedo/lr", 0),
@@ -343,7 +351,9 @@ CASES = [
      'optimize.parameters["cameras.main.pose"].init.perturb_pose.seed', "greater than or equal to 0"),
     ("perturb-overflows-float32", setting("optimize/parameters", {"lights.key.position": {
         "init": {"perturb": {"sigma": 3e38, "seed": 3}}}}),  # seed 3 draws 1.1 and -1.4 sigma
-     'optimize.parameters["lights.key.position"].init', "gives values outside float32's finite range"),
+     'optimize.parameters["lights.key.position"].init', "beyond [-1e+06, 1e+06]: the range of position parameters"),
+    ("init-vertices-file-overflows", edit_tmp(far_vertices_init),
+     'optimize.parameters["meshes.ball.vertices"].init', "beyond [-1e+06, 1e+06]"),
     ("obj-index-zero", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 0 1 2\n", "meshes/0", TRI),
      "meshes[0].file", "m.obj' line 4: face index 0 is invalid (OBJ indices start at 1"),
     ("obj-index-past-the-end", with_file("m.obj", "v 0 0 0\nv 1 0 0\n# c\nv 1 1 0\nf 1 2 4\n", "meshes/0", TRI),
@@ -354,6 +364,55 @@ CASES = [
      "meshes[0].file", "line 5: face index 2 is out of range: the file has 1 'vt' element"),
     ("obj-index-not-integer", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3.5\n", "meshes/0", TRI),
      "meshes[0].file", "line 4: face index '3.5' is not an integer"),
+    ("obj-line-index-zero", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\nl 0 1\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 5: line index 0 is invalid (OBJ indices start at 1"),
+    ("obj-line-index-past-the-end", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\nl 1 2 9\n", "meshes/0",
+                                              TRI),
+     "meshes[0].file", "m.obj' line 5: line index 9 is out of range: the file has 3 'v' elements"),
+    ("obj-line-uv-index", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nvt 0 0\nf 1 2 3\nl 1/1 2/3\n", "meshes/0",
+                                    TRI),
+     "meshes[0].file", "m.obj' line 6: line index 3 is out of range: the file has 1 'vt' element"),
+    ("obj-line-one-vertex", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\nl 1\n", "meshes/0", TRI),
+     "meshes[0].file", "m.obj' line 5: a line needs at least 2 vertices"),
+    ("obj-point-negative-before-first", with_file("m.obj", "v 0 0 0\np -2\nv 1 0 0\nv 1 1 0\nf 1 2 3\n", "meshes/0",
+                                                  TRI),
+     "meshes[0].file", "m.obj' line 2: point index -2 is out of range: the file has 3 'v' elements, 1 before"),
+    ("obj-curve-index", with_file("m.obj", "v 0 0 0\nv 1 0 0\nv 1 1 0\nf 1 2 3\ncurv 0.0 1.0 1 4\n", "meshes/0",
+                                  TRI),
+     "meshes[0].file", "m.obj' line 5: curve index 4 is out of range: the file has 3 'v' elements"),
+    # values that pass float32's range but overflow while rendering: refused with the field and the bound
+    ("render-overflow-translation", setting("meshes/0/transform", {"translation": [3e38, 0, 0]}),
+     "meshes[0].transform.translation", "expected translation in [-1e+06, 1e+06]"),
+    ("render-overflow-scale", setting("meshes/0/transform", {"scale": 1e30}),
+     "meshes[0].transform.scale", "expected scale in [0.001, 1e+06]"),
+    ("render-overflow-vertices", with_file("m.obj", "v 0 0 0\nv 3e38 0 0\nv 1 1 0\nf 1 2 3\n", "meshes/0", TRI),
+     "meshes[0].file", "expected vertex coordinates in [-1e+06, 1e+06]"),
+    ("render-overflow-intensity", setting("lights/0/intensity", 3e38),
+     "lights[0].intensity", "expected intensity in [0, 1e+09]"),
+    ("render-overflow-light-color", setting("lights/0/color", [3e38, 1, 1]),
+     "lights[0].color", "expected color in [0, 1e+06]"),
+    ("render-overflow-light-position", setting("lights/0/position", [0, -3e38, 0]),
+     "lights[0].position", "expected position in [-1e+06, 1e+06]"),
+    ("render-overflow-camera-eye", setting("cameras/0/look_at", {"eye": [0, 0, 3e38], "target": [0, 0, 0]}),
+     "cameras[0].look_at.eye", "expected camera position in [-1e+06, 1e+06]"),
+    ("render-overflow-camera-matrix", setting("cameras/0", {"name": "main", "width": 32, "height": 24, "fov_y": 45,
+                                                             "matrix": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1e30],
+                                                                        [0, 0, 0, 1]]}),
+     "cameras[0]", "expected camera position in [-1e+06, 1e+06]"),
+    ("render-overflow-focal-length", setting("cameras/0", {"name": "main", "width": 32, "height": 24, "fx": 1e30,
+                                                            "fy": 1e30, "look_at": {"eye": [0, 0, 4],
+                                                                                    "target": [0, 0, 0]}}),
+     "cameras[0].fx", "expected intrinsics fx, fy, cx, cy in [-1e+08, 1e+08]"),
+    # a 300-character file name (issue 14) ended in "File name too long" without the field
+    ("texture-name-300", setting("materials/0/albedo", "t" * 300 + ".png"), "materials[0].albedo",
+     "expected a file name whose parts are at most 255 bytes"),
+    ("mesh-name-300", setting("meshes/0", {"name": "ball", "file": "m" * 300 + ".obj", "material": "paint"}),
+     "meshes[0].file", "got a part of 304 bytes"),
+    ("transforms-name-300", setting("optimize/targets", {"transforms": "d/" + "t" * 300 + ".json"}),
+     "optimize.targets.transforms", "at most 255 bytes"),
+    ("file-loop", edit_tmp(lambda d, tmp: (tmp / "loop.png").symlink_to(tmp / "loop.png")
+                           or d["materials"][0].update(albedo="loop.png")),
+     "materials[0].albedo", "image '"),
     ("png-bomb-target", edit_tmp(lambda d, tmp: (tmp / "bomb.png").write_bytes(png_bytes(30000, 30000, 1))
                                  and d["optimize"].update(parameters={"materials.paint.albedo": {}}, targets={
                                      "images": [{"camera": "main", "file": "bomb.png"}]})),
@@ -510,6 +569,13 @@ def test_a_dataset_is_generated_only_inside_the_scene_folder(tmp_path, where):
      "frames[0].transform_matrix: expected a finite 4x4 matrix"),
     (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [[1, 2], [3]]}]}).encode(),
      "frames[0].transform_matrix: expected a finite 4x4 matrix"),
+    # finite, but a render from there overflows float32 (issue 14)
+    (json.dumps({"camera_angle_x": 0.8, "frames": [{"file_path": "a", "transform_matrix": [
+        [1, 0, 0, 3e38], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}).encode(),
+     "frames[0].transform_matrix: expected a camera position in [-1e+06, 1e+06]"),
+    (json.dumps({"fl_x": 1e30, "w": 4, "h": 4, "frames": [{"file_path": "a", "transform_matrix": [
+        [1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]]}]}).encode(),
+     "frames[0].fl_x: expected intrinsics fl_x, fl_y, cx, cy within 1e+08 pixels"),
 ])
 def test_a_hostile_transforms_file_is_a_scene_error(tmp_path, content, message):
     (tmp_path / "t.json").write_bytes(content)

@@ -147,3 +147,103 @@ def test_validation_errors_name_the_argument(device):
         sample_rays(o, d, BOX, 4, near=2.0, far=1.0)
     with pytest.raises(TypeError, match="occupancy"):
         sample_rays(o, d, BOX, 4, occupancy=np.ones((2, 2, 2)))
+
+
+def lindisp_reference(o, d, box, n, near, far):
+    """NumPy reference of a contracted march (march module docstring): (t_starts, t_ends, t_points at the
+    midpoints) of one ray, the inner box the central half of `box`."""
+    lo, hi = np.array(box[:3]), np.array(box[3:])
+    c, h = (lo + hi) / 2, (hi - lo) / 4
+    inner = slab(o, d, (*(c - h), *(c + h)), near, far)
+    if inner is None:
+        a, b = near, max(h.mean() / np.linalg.norm(d), near)
+    else:
+        a, b = inner
+    s1 = 2 * b - b * b / far
+
+    def t_of(s):
+        return np.where(s <= b, s, b * b / np.maximum(2 * b - s, 1e-30))
+
+    edges = a + (s1 - a) * np.arange(n + 1) / n
+    mids = a + (s1 - a) * (np.arange(n) + 0.5) / n
+    def g(t):
+        return np.where(t <= b, t, 2 * b - b * b / np.maximum(t, b))
+
+    return t_of(edges[:-1]), t_of(edges[1:]), t_of(mids), g
+
+
+def test_contracted_march_matches_numpy():
+    """Issue 13 (unbounded captures): contracted samples tile the ray from the inner box's entry (or the
+    camera) to `far`, uniform in s (linear in t inside, in disparity outside), at the contracted points of
+    a NumPy reference; half the strata of a ray starting inside lie in the inner box; all positions lie in
+    the lattice box however far the world point is."""
+    from drstudio.renderer.volume.march import contract_far, contract_points, uncontract_points
+
+    o, d = rays(3)
+    o[4], d[4] = [0.0, 0.0, 0.5], [0.0, 0.0, 1.0]  # inside the inner box
+    n, far = 16, contract_far(BOX)
+    s = sample_rays(vec3s(o), vec3s(d), BOX, n, 0.0, far, jitter=False, contract=True)
+    offsets, counts = s.ray_offsets.numpy(), s.ray_counts.numpy()
+    assert (counts == n).all()  # every ray is marched: space is unbounded
+    pos = s.positions.numpy()
+    lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
+    assert (pos >= lo - 1e-5).all() and (pos <= hi + 1e-5).all()
+    for r in range(len(o)):
+        t0, t1, tp, g = lindisp_reference(o[r], d[r], BOX, n, 0.0, far)
+        sl = slice(offsets[r], offsets[r] + n)
+        # compared in s = g(t), where strata are uniform (t itself near `far` is float32-sensitive)
+        for got, want in ((s.t_starts, t0), (s.t_ends, t1), (s.t_points, tp)):
+            np.testing.assert_allclose(g(got.numpy()[sl].astype(np.float64)), g(want), rtol=1e-5, atol=1e-5)
+        inner = tp <= tp[n // 2 - 1] * 1.0001  # the linear part: plain lengths
+        np.testing.assert_allclose(s.deltas.numpy()[sl][inner], ((t1 - t0) * np.linalg.norm(d[r]))[inner],
+                                   rtol=1e-4, atol=1e-5)
+        world = o[r] + s.t_points.numpy()[sl, None].astype(np.float64) * d[r]
+        np.testing.assert_allclose(pos[sl], contract_points(world, BOX), rtol=1e-4, atol=1e-4)
+    c, h = (lo + hi) / 2, (hi - lo) / 4
+    inside = np.abs((pos[offsets[4]:offsets[4] + n] - c) / h).max(axis=1) <= 1.0
+    assert inside.sum() == n // 2
+    world = np.random.default_rng(0).normal(size=(200, 3)) * 5
+    np.testing.assert_allclose(uncontract_points(contract_points(world, BOX), BOX), world, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="far"):
+        sample_rays(vec3s(o), vec3s(d), BOX, n, contract=True)
+
+
+def test_contracted_grid_models_far_space():
+    """A contracted voxel grid holds what lies far outside its inner box: a solid shell from 4 inner
+    half-sizes outwards renders its colour from the centre at the depth the lattice puts its face at; the
+    same lattice read bounded is a shell inside the box (what a bounded grid can do with a far wall)."""
+    from drstudio.renderer.volume import VoxelGrid
+    from drstudio.renderer.volume import render as volume_render
+    from drstudio.renderer.volume.march import uncontract_points
+
+    box = np.array([-2.0, -2.0, -2.0, 2.0, 2.0, 2.0])  # inner box [-1, 1]^3
+    n = 48
+    axis = np.linspace(-2, 2, n)
+    lattice = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    inside = np.abs(lattice).max(axis=1) < 2 - 1e-6
+    world_norm = np.full(len(lattice), np.inf)
+    world_norm[inside] = np.abs(uncontract_points(lattice[inside], box)).max(axis=1)
+    raw = np.where(world_norm >= 4.0, 50.0, -20.0).reshape(n, n, n)
+    sh = np.zeros((n, n, n, 3))
+    sh[..., 0], sh[..., 1], sh[..., 2] = 3.0, -3.0, 0.0  # sigmoid(C0 * 3) red-ish: SH DC as the grid holds it
+    rng = np.random.default_rng(1)
+    d = rng.normal(size=(64, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    o = np.zeros_like(d)
+    background = wp.array(np.array([0.0, 0.0, 1.0], np.float32), dtype=float)
+    expected_depth = 4.0 / np.abs(d).max(axis=1)
+    for contract in (True, False):
+        grid = VoxelGrid(n, box, 0, density=raw, sh=sh, requires_grad=False, contract=contract)
+        rgb, opacity, depth, _ = volume_render(grid, vec3s(o), vec3s(d), 64, background, jitter=False)
+        if contract:
+            assert opacity.numpy().min() > 0.999
+            colour = 1.0 / (1.0 + np.exp(-0.28209479177387814 * np.array([3.0, -3.0, 0.0])))
+            np.testing.assert_allclose(rgb.numpy(), np.broadcast_to(colour, (64, 3)), atol=2e-3)
+            # the shell's face lies between the lattice planes around contracted norm 1.75 (world norm 4),
+            # which far from the centre are world norms apart
+            below, above = axis[axis < 1.75].max(), axis[axis >= 1.75].min()
+            lo_norm, hi_norm = 1 / (2 - below), 1 / (2 - above)
+            ratio = depth.numpy() / expected_depth
+            assert (ratio > lo_norm / 4 * 0.98).all() and (ratio < hi_norm / 4 * 1.02).all(), (ratio, lo_norm, hi_norm)
+        else:  # bounded, the same lattice is a shell inside the box (its faces 2 from the centre), not at 4
+            assert (depth.numpy() <= 2.0 / np.abs(d).max(axis=1) + 1e-4).all()

@@ -74,13 +74,21 @@ def _orbit_mouse(state, stop: threading.Event) -> None:
     subprocess.run([xdo, "mouseup", "1"], env=env, check=True)
 
 
-def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False
-           ) -> tuple[float, float, float, dict]:
-    """(steps/s, median frames/s, 5th-percentile frames/s, field preview stats) with the viewer open."""
-    from .app import ViewerApp, build
+def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False,
+           process: bool = False) -> tuple[float, float, float, dict]:
+    """(steps/s, median frames/s, 5th-percentile frames/s, field preview stats) with the viewer open;
+    `process`: the optimizer in a child process (`drstudio view --engine process`), the viewer attached."""
+    from .app import ViewerApp, build, build_attached
 
-    state, engine = build(scene_path, device)
-    engine.start_thread()
+    child = None
+    if process:
+        from ..engine_process import EngineProcess
+
+        child = EngineProcess(scene_path, device).start()
+        state, engine = build_attached(child.address, child.token)
+    else:
+        state, engine = build(scene_path, device)
+        engine.start_thread()
     if state.preview is not None:
         state.preview.start()
     marks: dict = {}
@@ -119,6 +127,8 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
             preview = {"ms_by_scale": dict(sorted(pv.ms_by_scale.items())), "renders": pv.renders,
                        "aborted": pv.aborted, "size": (pv.latest.width, pv.latest.height) if pv.latest else None}
         engine.shutdown()
+        if child is not None:
+            child.close()
     dt = np.diff(frame_times)
     steps = (marks["s1"] - marks["s0"]) / (marks["t1"] - marks["t0"])
     return steps, 1.0 / float(np.median(dt)), 1.0 / float(np.percentile(dt, 95)), preview
@@ -176,6 +186,10 @@ def main(argv=None) -> int:
     parser.add_argument("--preview-steps", type=int, default=0, metavar="N",
                         help="field scenes only: time the preview at each resolution step, untrained and after "
                         "N training steps (no window), instead of the viewer runs")
+    parser.add_argument("--process", action="store_true",
+                        help="also run the viewer with its optimizer in a child process (drstudio view --engine "
+                        "process), watching and orbiting")
+    parser.add_argument("--only-watching", action="store_true", help="skip the runs with the mouse orbiting")
     args = parser.parse_args(argv)
     if args.preview_steps:
         for scene in args.scenes:
@@ -186,13 +200,21 @@ def main(argv=None) -> int:
             for k in range(0, len(rows), 5):
                 print(f"| {rows[k][0]} | " + " | ".join(f"{r[4]:.0f} ms" for r in rows[k:k + 5]) + " |")
         return 0
-    rows = []
+    rows, process_rows = [], []
+    skipped = (float("nan"),) * 3 + ({},)
     for scene in args.scenes:
         a = headless(scene, args.device, args.seconds, args.warmup, publish_images=False)
         b = headless(scene, args.device, args.seconds, args.warmup, publish_images=True)
         watch = viewer(scene, args.device, args.seconds, args.warmup)
-        orbit = viewer(scene, args.device, args.seconds, args.warmup, orbit=True)
+        orbit = skipped if args.only_watching else viewer(scene, args.device, args.seconds, args.warmup, orbit=True)
         rows.append((scene, a, b, watch, orbit))
+        if args.process:
+            p_watch = viewer(scene, args.device, args.seconds, args.warmup, process=True)
+            p_orbit = (skipped if args.only_watching
+                       else viewer(scene, args.device, args.seconds, args.warmup, orbit=True, process=True))
+            process_rows.append((scene, a, p_watch, p_orbit))
+            print(f"{scene}: engine in a child process: watching {p_watch[0]:.2f} steps/s at {p_watch[1]:.1f} fps; "
+                  f"orbiting {p_orbit[0]:.2f} steps/s at {p_orbit[1]:.1f} fps", flush=True)
         print(f"{scene}: headless {a:.2f} steps/s, +images {b:.2f}; viewer watching {watch[0]:.2f} steps/s "
               f"at {watch[1]:.1f} fps; orbiting {orbit[0]:.2f} steps/s at {orbit[1]:.1f} fps "
               f"(5% of frames below {orbit[2]:.1f} fps)", flush=True)
@@ -206,6 +228,14 @@ def main(argv=None) -> int:
     for scene, a, b, watch, orbit in rows:
         print(f"| {scene} | {a:.2f} | {b:.2f} ({b / a:.0%}) | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f} | "
               f"{orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
+    if process_rows:
+        print()
+        print("| scene | headless steps/s | engine in a child process, watching: steps/s, fps | orbiting: steps/s, "
+              "fps (median / 5th pct) |")
+        print("|---|---|---|---|")
+        for scene, a, watch, orbit in process_rows:
+            print(f"| {scene} | {a:.2f} | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f} | "
+                  f"{orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
     return 0
 
 

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 from drstudio.renderer import conventions as cv
 from drstudio.renderer.export import write_mesh
@@ -119,6 +120,23 @@ def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
                 write_image(path, v, srgb=leaf == "albedo")
                 written.append(path)
                 spec[leaf] = path.name
+    # radiance (path mode): emission and environment, constants inline, images as float TIFFs
+    radiance = [(spec, value(Group.MATERIALS, spec["name"], "emission"), "emission", "emission_scale")
+                for spec in doc.get("materials", [])]
+    radiance += [(spec, value(Group.LIGHTS, spec["name"], "radiance"), "radiance", "scale")
+                 for spec in doc.get("lights", []) if spec.get("type") == "environment"]
+    for spec, v, key, scale_key in radiance:
+        if v is None:
+            continue
+        v = np.asarray(v, np.float32)
+        spec.pop(scale_key, None)  # the value is the scaled radiance
+        if v.shape[:2] == (1, 1):
+            spec[key] = _floats(v)
+        else:
+            path = dest.parent / f"{dest.stem}.{spec['name']}.{key}.tif"
+            atomic_write(path, lambda tmp, v=v: iio.imwrite(tmp, v, extension=".tif"))
+            written.append(path)
+            spec[key] = path.name
     text = json.dumps(doc, indent=1)
     atomic_write(dest, lambda tmp: Path(tmp).write_text(text))
     return [dest, *written]

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import warp as wp
 
-from .. import progress
+from .. import memory, progress
 from ..errors import SceneError
 from ..field_scene import FieldDeviceScene
 from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
@@ -280,6 +280,14 @@ class FieldModel:
             raise SceneError(scene.path, "optimize.targets", "every view is held out (split: test); nothing "
                              "is left to train on")
         no_images = SimpleNamespace(images=None)
+        views = list(train_files) if files else list(spec.cameras or [])
+        pixels = sum(scene.cameras[c].width * scene.cameras[c].height for c in views if c in scene.cameras)
+        try:  # before a target is read or rendered
+            memory.require(memory.RAY_BANK_BYTES_PER_PIXEL * pixels, f"the rays of the {len(views)} training views "
+                           f"({pixels / 1e6:.1f} Mpixels, {memory.RAY_BANK_BYTES_PER_PIXEL} B each)")
+        except memory.MemoryBudgetError as exc:
+            raise SceneError(scene.path, "optimize.targets", f"{exc}; use a downscaled dataset (drstudio capture "
+                             "--downscale N)") from None
         if files:
             train = build_targets(scene, ds, p.truth, no_images, current, train_files)
         else:
@@ -615,7 +623,7 @@ class FieldModel:
             g = state.storage_grid()
             out[name] = {"density": g.density.numpy().copy(), "sh": g.sh.numpy().copy(),
                          "aabb": np.asarray(g.aabb, np.float32), "sh_degree": np.int32(g.sh_degree),
-                         "activation": np.array(g.activation)}
+                         "activation": np.array(g.activation), "contract": np.bool_(g.contract)}
         return out
 
 

@@ -6,8 +6,11 @@
   bounding box of all meshes); colors, intensities, scalar materials: max abs error;
 - camera poses: rotation error in degrees and position error as a fraction of the camera's distance
   to the scene center;
-- vertices: symmetric Chamfer distance (mean nearest-neighbour distance, both ways, averaged) between
-  recovered and true vertex sets, as a fraction of the true mesh's bounding-box diagonal.
+- vertices: surface to surface against the parameter's reference mesh (`reference` in the scene, or the
+  scene's mesh when the targets are rendered from it; `renderer.optim.mesh_metrics`): Chamfer distance
+  both ways in percent of the reference's bounding-box diagonal, normal consistency, self-intersecting
+  triangles. Without a reference (image or dataset targets and no `reference`) only the self-intersections
+  and a `reference` entry saying there is none: the start is no reference.
 """
 
 from __future__ import annotations
@@ -74,11 +77,16 @@ def parameter_metrics(problem) -> dict:
     for path in problem.param_specs:
         kind = problem.ds.kind(path)
         value, truth = problem.ds.get(path), problem.truth[path]
+        if kind is Kind.VERTICES and hasattr(problem.model, "reference_mesh"):
+            out[path] = vertex_metrics(problem, path)
+            continue
         m = {"max_abs_error": float(np.max(np.abs(value - truth)))}
         if kind.is_texture and value.shape[0] * value.shape[1] > 1:
             mask = seen_texels(problem, path)
             m["psnr_db_seen_texels"] = texture_psnr(value, truth, mask)
             m["seen_texel_fraction"] = float(mask.mean())
+        elif kind in (Kind.EMISSION, Kind.ENVIRONMENT):  # radiance: relative to the true value
+            m["max_rel_error"] = float(np.max(np.abs(value - truth) / np.maximum(np.abs(truth), 1e-6)))
         elif kind is Kind.POSITION and problem.ds.params[path].group is Group.LIGHTS:
             m["distance"] = float(np.linalg.norm(value - truth))
             m["distance_fraction_of_scene_size"] = m["distance"] / size
@@ -92,3 +100,21 @@ def parameter_metrics(problem) -> dict:
             m["chamfer_fraction_of_bbox_diagonal"] = m["chamfer"] / diag
         out[path] = m
     return out
+
+
+def vertex_metrics(problem, path: str, samples: int = 100_000) -> dict:
+    """Metrics of the optimized mesh of vertices parameter `path` against its reference (module docstring)."""
+    from .mesh_metrics import compare_meshes, self_intersections
+
+    model = problem.model
+    value, faces = problem.ds.get(path), model.faces(path)
+    ref = model.reference_mesh(path)
+    if ref is None:
+        return {"reference": f"none: no optimize.parameters[\"{path}\"].reference mesh is given and the targets "
+                             "are images, so there is nothing to compare with",
+                "self_intersecting_faces": self_intersections(value, faces, problem.ds.device),
+                "vertices": int(len(value)), "faces": int(len(faces))}
+    rv, rf, what = ref
+    m = compare_meshes(value, faces, rv, rf, samples=samples, device=problem.ds.device)
+    m["reference"] = what
+    return m

@@ -13,6 +13,8 @@ exists): `add_cameras(scene, target_spec)` and `device_scene(scene, device)` (st
 
 from __future__ import annotations
 
+import copy
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -30,6 +32,31 @@ from .targets import Target, build_targets
 EVALUATION_PHASE = "final evaluation"  # the results' render of every view (renderer.progress)
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
+# path mode: the targets rendered from the truth use the random sequence render.seed + TARGET_SEED_OFFSET,
+# far from any step's (step k uses render.seed + k), so target noise and step noise are independent
+TARGET_SEED_OFFSET = 1 << 30
+TARGET_SPP_FACTOR = 4  # default targets.spp: this many times render.spp
+# step k's adjoint replays the independent paths of seed step_seed(k) + ADJOINT_SEED_OFFSET (an unbiased
+# gradient of the expected loss: renderer.render._render_path)
+ADJOINT_SEED_OFFSET = 1 << 29
+
+
+def step_seed(scene: Scene, step: int) -> int:
+    """The path tracer's seed of optimization step `step` (fresh random numbers every step, so the gradients
+    are unbiased; a function of the scene file and the step only, so a replay renders the same paths)."""
+    return (int(scene.render.seed) + int(step)) % (1 << 31)
+
+
+def seed_schedule(scene: Scene) -> dict | None:
+    """What a recording states about the random numbers of a path-mode run (None in the other modes)."""
+    r = scene.render
+    if r.mode != "path":
+        return None
+    spp = getattr(scene.optimize.targets, "spp", None) if scene.optimize is not None else None
+    return {"step_seed": f"(render.seed + step) mod 2^31, render.seed = {r.seed}",
+            "adjoint_seed": f"(step seed + {ADJOINT_SEED_OFFSET}) mod 2^31", "spp": r.spp,
+            "max_depth": r.max_depth, "target_seed": (r.seed + TARGET_SEED_OFFSET) % (1 << 31),
+            "target_spp": spp or TARGET_SPP_FACTOR * r.spp}
 
 
 class Model(Protocol):
@@ -115,6 +142,11 @@ class MeshModel:
 
     kind = "mesh"
 
+    @property
+    def noisy_loss(self) -> bool:
+        """Whether a step's loss is a Monte Carlo estimate (path mode: each step's own random numbers)."""
+        return self.p.ds.scene.render.mode == "path"
+
     @staticmethod
     def applies(scene: Scene) -> bool:
         return True
@@ -135,8 +167,9 @@ class MeshModel:
         self.parallel_views = True  # render a step's views on all cores (renderer.parallel.render_views)
         self._topology = self._mesh_topology()
 
-    def _mesh_topology(self) -> dict:
-        """Per optimizable vertex array: neighbor CSR and unique edges with rest lengths (regularizers)."""
+    def _mesh_topology(self, rest_from: dict | None = None) -> dict:
+        """Per optimizable vertex array: neighbor CSR and unique edges with rest lengths (regularizers), the
+        rest lengths those of `rest_from[path]` (default: the initial values)."""
         p, topo = self.p, {}
         for path in p.param_specs:
             if p.ds.kind(path) is not Kind.VERTICES:
@@ -144,7 +177,7 @@ class MeshModel:
             mesh = p.scene.meshes[p.ds.params[path].owner]
             offsets, indices = regularizers.neighbor_csr(mesh.faces, len(mesh.vertices))
             edges = regularizers.unique_edges(mesh.faces)
-            init = p.initial[path]
+            init = (p.initial if rest_from is None else rest_from)[path]
             rest = np.linalg.norm(init[edges[:, 0]] - init[edges[:, 1]], axis=1).astype(np.float32)
             dev = p.ds.device
             topo[path] = dict(
@@ -187,7 +220,12 @@ class MeshModel:
         frame = ds.prepare(cache=cache)
         outputs = {}
         scale = 1.0 / len(batch)
-        if len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
+        if ds.scene.render.mode == "path":
+            # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
+            seed = step_seed(ds.scene, step)
+            adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
+            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed, adjoint_seed=adjoint) for t in batch]
+        elif len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
             # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
             # sums in a fixed, different order)
             rendered = parallel.render_views(ds, frame, [t.camera for t in batch], cache=cache)
@@ -264,8 +302,189 @@ class MeshModel:
         pass  # readers on other threads read the engine's snapshots
 
 
+def _is_vertices(path: str) -> bool:
+    return path.startswith("meshes.") and path.endswith(".vertices")
+
+
+class ShapeModel(MeshModel):
+    """A mesh scene whose vertices are optimized: the optimized meshes have a topology of their own.
+
+    The targets are rendered from the scene as loaded (the truth, `target_ds`); each optimized mesh starts
+    from its `init` (a primitive or a mesh file of any topology, or the scene mesh's faces) and is remeshed
+    after the steps its `remesh` lists (`renderer.optim.remesh`), so `problem.ds` is rebuilt whenever a
+    topology changes. The optimizer's per-vertex state follows each vertex to the nearest vertex of the mesh
+    before the change. Keyframes store each optimized mesh's faces (`extra_state`); `load_topology` puts
+    them back before the values. The results are measured against each parameter's `reference` mesh (or the
+    scene's mesh when the targets are rendered from it; none for image and dataset targets)."""
+
+    @staticmethod
+    def applies(scene: Scene) -> bool:
+        opt = scene.optimize
+        return opt is not None and any(_is_vertices(p) for p in opt.parameters)
+
+    def __init__(self, problem, extra: dict[str, str] | None = None):
+        from ..initial_values import start_mesh
+
+        p = self.p = problem
+        self.target_scene = copy.deepcopy(p.scene)  # the truth, as loaded: what the targets render
+        self.target_ds = p.ds
+        self.target_ds.scene = self.target_scene
+        self.shape_paths = [path for path in p.param_specs if p.ds.kind(path) is Kind.VERTICES]
+        self.remesh_specs = {path: p.param_specs[path].remesh for path in self.shape_paths
+                             if p.param_specs[path].remesh is not None}
+        self.start = {}
+        for path in self.shape_paths:
+            own = start_mesh(p.scene, path)
+            faces = own[1] if own is not None else p.scene.meshes[self._owner(path)].faces
+            self.start[path] = (p.initial[path].copy(), np.array(faces, np.int32))
+        self.topology_version = 0  # bumped by every change of topology (the recorder keyframes it)
+        self.parallel_views = True
+        self._set_topology(self.start, count=False)
+
+    def _owner(self, path) -> str:
+        return self.p.ds.params[path].owner
+
+    def faces(self, path) -> np.ndarray:
+        """(F, 3) int32 faces of the optimized mesh of vertices parameter `path` now."""
+        return self.p.scene.meshes[self._owner(path)].faces
+
+    def _set_topology(self, meshes: dict, count: bool = True) -> None:
+        """Give the optimized meshes {path: (vertices, faces)} and rebuild `problem.ds` around them (every
+        other value keeps its current value; vertex colors follow the nearest old vertex)."""
+        from .remesh import nearest_vertices
+
+        p = self.p
+        old = p.ds
+        owners = {self._owner(path): path for path in meshes}
+        per_vertex = ("vertices", "uvs", "colors")
+        values = {path: old.get(path) for path in old.arrays
+                  if not (old.params[path].owner in owners and old.params[path].path.name in per_vertex)}
+        for owner, path in owners.items():
+            v, f = meshes[path]
+            mesh = p.scene.meshes[owner]
+            before = old.get(path)
+            colors = old.get(f"meshes.{owner}.colors")
+            near = nearest_vertices(before, v) if len(before) else np.zeros(len(v), np.int64)
+            mesh.vertices = np.ascontiguousarray(v, np.float32)
+            mesh.faces = np.ascontiguousarray(f, np.int32)
+            mesh.uvs = np.zeros((len(v), 2), np.float32)
+            mesh.colors = np.ascontiguousarray(colors[near], np.float32)
+        p.ds = DeviceScene(p.scene, old.device)
+        for path, value in values.items():
+            p.ds.set(path, value)
+        self.gbuffer_cache = GBufferCache(p.ds)
+        self._topology = self._mesh_topology({path: p.ds.get(path) for path in self.shape_paths})
+        if count:
+            self.topology_version += 1
+
+    def _same_topology(self, path) -> bool:
+        mesh, target = self.p.scene.meshes[self._owner(path)], self.target_scene.meshes[self._owner(path)]
+        return mesh.faces.shape == target.faces.shape and np.array_equal(mesh.faces, target.faces)
+
+    # -- the protocol ----------------------------------------------------------------------------
+    def reports(self, path) -> bool:
+        # a mesh of another topology than the scene's: its vertices do not line up with the truth (nor with
+        # the faces of the viewer's copy of the scene)
+        return path not in self.shape_paths or self._same_topology(path)
+
+    def build_targets(self) -> tuple[list[Target], list[Target]]:
+        p, ds = self.p, self.target_ds
+        current = {path: ds.get(path) for path in ds.arrays}
+        return build_targets(self.target_scene, ds, p.truth, p.target_spec, current, p._dataset_files), []
+
+    def after_step(self, step: int) -> dict[str, float]:
+        due = {path: spec.edge_length[spec.steps.index(step + 1)] for path, spec in self.remesh_specs.items()
+               if step + 1 in spec.steps}
+        if due:
+            self.remesh(due)
+        return {}
+
+    def remesh(self, targets: dict) -> None:
+        """Remesh the optimized meshes {path: target edge length} now, carrying the optimizer's state over
+        (per-vertex moments from the nearest old vertex; counters, learning rates and the schedule kept)."""
+        from .remesh import isotropic_remesh, nearest_vertices
+
+        p = self.p
+        old = {path: p.ds.get(path) for path in targets}
+        state = p.optimizer.state_dict()
+        paths = list(p.opt_paths)
+        meshes = {path: isotropic_remesh(old[path], self.faces(path), float(length))
+                  for path, length in targets.items()}
+        self._set_topology(meshes)
+        near = {path: nearest_vertices(old[path], meshes[path][0]) for path in targets}
+        for path in targets:
+            if path not in paths:
+                continue
+            i = paths.index(path)
+            for key, values in state.items():
+                if isinstance(values, list) and key != "lr" and values[i].size:
+                    per = values[i].reshape(len(old[path]), -1)
+                    values[i] = per[near[path]].ravel()
+            if "u" in state and state["u"][i].size:
+                # u = (I + lam L) x on the new mesh (its Laplacian is new), not a copy of the old u
+                state["u"][i] = np.zeros(0)
+        self._load_optimizer_state(state)
+
+    def _load_optimizer_state(self, state: dict) -> None:
+        p = self.p
+        iteration, horizon = state["iteration"], p.schedule_steps
+        p._build_optimizer(horizon)
+        fresh = p.optimizer.state_dict()
+        if "u" in state:
+            state["u"] = [fresh["u"][i] if s.size == 0 and fresh["u"][i].size else s
+                          for i, s in enumerate(state["u"])]
+        state["iteration"] = iteration
+        p.optimizer.load_state_dict(state)
+
+    def parameter_metrics(self) -> dict:
+        from .metrics import parameter_metrics
+
+        return parameter_metrics(self.p)
+
+    def reference_mesh(self, path) -> tuple[np.ndarray, np.ndarray, str] | None:
+        """(vertices, faces, what it is) the optimized mesh of `path` is measured against, or None."""
+        from ..assets import load_mesh_file
+
+        p = self.p
+        ref = p.param_specs[path].reference
+        if ref is not None:
+            v, f, _, _ = load_mesh_file(Path(p.scene.path).parent / ref, p.scene.path, "reference")
+            return v, f, f"reference mesh {ref}"
+        if p.target_spec.cameras is not None:
+            mesh = self.target_scene.meshes[self._owner(path)]
+            return p.truth[path], mesh.faces, "the scene's mesh (the truth the targets are rendered from)"
+        return None
+
+    def extra_state(self) -> dict[str, np.ndarray]:
+        return {f"faces/{path}": self.faces(path).copy() for path in self.shape_paths}
+
+    def load_topology(self, extra: dict[str, np.ndarray], values: dict[str, np.ndarray]) -> None:
+        """Give the optimized meshes the faces of a keyframe's `extra` with its `values` (before the values and
+        the optimizer's state are restored: this rebuilds the optimizer at that topology)."""
+        meshes = {}
+        for path in self.shape_paths:
+            faces = extra.get(f"faces/{path}")
+            if faces is None or path not in values:
+                continue
+            faces = np.asarray(faces, np.int32)
+            if not np.array_equal(faces, self.faces(path)) or len(values[path]) != len(self.p.ds.get(path)):
+                meshes[path] = (np.asarray(values[path], np.float32), faces)
+        if meshes:
+            self._set_topology(meshes)
+            self.p._build_optimizer(self.p.schedule_steps)
+
+    def load_extra_state(self, state: dict[str, np.ndarray]) -> None:
+        pass  # the faces: `load_topology`, before the values
+
+    def reset(self) -> None:
+        changed = {path: self.start[path] for path in self.shape_paths
+                   if not np.array_equal(self.faces(path), self.start[path][1])}
+        if changed:
+            self._set_topology(changed)
+
+
 def model_class(scene: Scene) -> type:
     """The model that represents `scene`: the first of `MODELS` that applies."""
     from .field_training import FieldModel  # it builds on this module's protocol
 
-    return next(m for m in (FieldModel, MeshModel) if m.applies(scene))
+    return next(m for m in (FieldModel, ShapeModel, MeshModel) if m.applies(scene))

@@ -330,11 +330,29 @@ CONSTRAINTS_BY_KIND: dict[str, tuple[tuple[str, int, int | None], ...]] = {
     "albedo": (("unit_interval", 0, None),),
     "roughness": (("roughness", 0, None),),
     "metallic": (("unit_interval", 0, None),),
+    "emission": (("nonnegative", 0, None),),  # emitted radiance
+    "environment": (("nonnegative", 0, None),),  # environment radiance texels
     "color": (("nonnegative", 0, None),),  # light colors
     "intensity": (("nonnegative", 0, None),),
     "intrinsics": (("positive", 0, 2),),  # fx, fy; the principal point is free
     "pose": (("unit_quaternion", 3, 4),),  # [px, py, pz, qx, qy, qz, qw]
 }
+
+
+def _clamp_to_render_bounds(array: wp.array, kind: str) -> None:
+    """Clamp every element to its kind's range (`params.Kind.range`: the bounds within which rendering
+    stays finite in float32, the same the loader and commands check), so that an update with a huge
+    learning rate cannot carry a value where the renderer overflows."""
+    from ..params import Kind
+
+    lo, hi = Kind(kind).range
+    if math.isinf(lo) and math.isinf(hi):
+        return
+    big = float(np.finfo(np.float32).max)
+    _check_param("array", array)
+    flat = _flat(array)
+    wp.launch(_clamp, dim=flat.shape[0], inputs=[flat, 0, max(float(lo), -big), min(float(hi), big)],
+              device=flat.device, record_tape=False)
 
 
 def project(array: wp.array, kind: str, offset: int = 0, count: int | None = None) -> None:
@@ -354,6 +372,7 @@ def project(array: wp.array, kind: str, offset: int = 0, count: int | None = Non
             raise ValueError(f"offset, count: not used with the scene parameter kind {kind!r}")
         for sub_kind, sub_offset, sub_count in CONSTRAINTS_BY_KIND[kind]:
             project(array, sub_kind, sub_offset, sub_count)
+        _clamp_to_render_bounds(array, kind)
         return
     _check_param("array", array)
     flat = _flat(array)

@@ -25,8 +25,10 @@ import warp as wp
 
 from .. import progress
 from ..initial_values import initial_value
+from ..params import Kind
 from ..scene import Scene
 from . import losses, optimizers
+from .large_steps import ShapeOptimizer, large_steps_lambda
 from .models import IMAGE_LOSSES, Model, model_class
 from .targets import Target, add_dataset_cameras
 
@@ -98,6 +100,11 @@ class Problem:
         return getattr(self.model, "gbuffer_cache", None)
 
     @property
+    def noisy_loss(self) -> bool:
+        """Whether the loss of a step is a Monte Carlo estimate that varies from step to step (path mode)."""
+        return bool(getattr(self.model, "noisy_loss", False))
+
+    @property
     def parallel_views(self) -> bool:
         """Whether a step's views render on all cores (mesh models)."""
         return bool(getattr(self.model, "parallel_views", False))
@@ -145,12 +152,25 @@ class Problem:
         lrs = [self.lrs[p] for p in paths]
         schedule = optimizers.make_schedule(getattr(opt, "schedule", None), self.schedule_steps,
                                            base_lr=float(opt.lr))
-        if opt.type == "sgd":
-            self.optimizer = optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
-                                            schedule=schedule, device=self.ds.device)
+        betas = tuple(getattr(opt, "betas", None) or (0.9, 0.999))
+        device = self.ds.device  # an optimizer of no parameters (nothing free yet) needs it
+
+        def make(arrays, lrs):
+            if opt.type == "sgd":
+                return optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
+                                      schedule=schedule, device=device)
+            return optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=device)
+
+        # free vertices take large steps unless their parametrization is "plain" (renderer.optim.large_steps)
+        large = {}
+        for i, path in enumerate(paths):
+            lam = large_steps_lambda(self.param_specs[path]) if self.ds.kind(path) is Kind.VERTICES else None
+            if lam is not None:
+                large[i] = (self.scene.meshes[self.ds.params[path].owner].faces, lam)
+        if large:
+            self.optimizer = ShapeOptimizer(arrays, lrs, large, make, betas=betas, schedule=schedule)
         else:
-            betas = tuple(getattr(opt, "betas", None) or (0.9, 0.999))
-            self.optimizer = optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=self.ds.device)
+            self.optimizer = make(arrays, lrs)
 
     @property
     def opt_paths(self) -> list[str]:
@@ -170,7 +190,8 @@ class Problem:
 
     def set_value(self, path: str, value) -> None:
         value = _finite(path, value)
-        self.ds.set(path, self._project_host(path, value.reshape(self.truth[path].shape)))
+        # the table's shape: a remeshed mesh's vertices differ in count from the truth's
+        self.ds.set(path, self._project_host(path, value.reshape(self.ds.params[path].shape)))
 
     def set_free(self, path: str, free: bool) -> None:
         if path not in self.param_specs:

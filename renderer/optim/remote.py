@@ -130,15 +130,32 @@ def _image(a):
     return None if a is None else np.asarray(a, np.float16)
 
 
-def snapshot_message(snap: Snapshot, since: dict) -> dict:
+_UNCHANGED = "__unchanged__"
+
+
+def snapshot_message(snap: Snapshot, since: dict, sent: dict | None = None) -> dict:
     """A snapshot as a message: images as float16, histories past `since` (name -> length the client
-    has; a shorter series on the server, after a reset, is sent whole)."""
+    has; a shorter series on the server, after a reset, is sent whole). `sent` (one dict per client,
+    kept by the server) holds the image arrays and thumbnails last sent: the same objects again (the
+    engine re-renders images at most ten times a second, thumbnails when targets change) go as the
+    string `_UNCHANGED`, so a client polling twenty times a second does not receive (and the served
+    process does not encode) what it already has."""
     out = {}
     for f in fields(Snapshot):
         v = getattr(snap, f.name)
         if f.name in _IMAGE_FIELDS:
+            if sent is not None and v is not None and sent.get(f.name) is v:
+                out[f.name] = _UNCHANGED
+                continue
+            if sent is not None:
+                sent[f.name] = v  # held, so its id is not reused while compared
             v = _image(v)
-        elif f.name == "thumbnails":
+        elif f.name == "thumbnails":  # a new dict every snapshot; new images only with new targets
+            if sent is not None and sent.get("targets_version") == snap.targets_version:
+                out[f.name] = _UNCHANGED
+                continue
+            if sent is not None:
+                sent["targets_version"] = snap.targets_version
             v = {k: _image(t) for k, t in v.items()}
         elif f.name == "history":
             parts = {}
@@ -193,6 +210,7 @@ class EngineServer:
             threading.Thread(target=self._serve, args=(conn,), name="drstudio-serve-client", daemon=True).start()
 
     def _serve(self, conn: Connection) -> None:
+        sent: dict = {}  # what this client already has (snapshot_message)
         try:
             while not self._stop.is_set():
                 try:
@@ -202,13 +220,13 @@ class EngineServer:
                 except ValueError as exc:
                     log.warning("dropping a client that sent a malformed message: %s", exc)
                     return
-                conn.send_bytes(encode(self._answer(msg)))
+                conn.send_bytes(encode(self._answer(msg, sent)))
         except (OSError, ValueError) as exc:
             log.warning("client connection ended: %s", exc)
         finally:
             conn.close()
 
-    def _answer(self, msg) -> dict:
+    def _answer(self, msg, sent: dict | None = None) -> dict:
         if not isinstance(msg, dict):
             return {"ok": False, "error": "expected a message object"}
         op = msg.get("op")
@@ -217,7 +235,7 @@ class EngineServer:
         if op == "snapshot":
             since = msg.get("since") if isinstance(msg.get("since"), dict) else {}
             since = {k: v for k, v in since.items() if isinstance(v, int) and v >= 0}
-            return {"ok": True, "snapshot": snapshot_message(self.engine.snapshot(), since)}
+            return {"ok": True, "snapshot": snapshot_message(self.engine.snapshot(), since, sent)}
         if op == "command":
             try:
                 args = msg.get("args", [])
@@ -294,9 +312,16 @@ class RemoteEngine:
                     self._history.append(name, float(value))
             views = self._history.views()
         raw["free"] = tuple(raw["free"])
+        previous = self._snap
         for name in _IMAGE_FIELDS:
-            raw[name] = None if raw[name] is None else np.asarray(raw[name], np.float32)
-        raw["thumbnails"] = {k: np.asarray(v, np.float32) for k, v in raw["thumbnails"].items()}
+            if isinstance(raw[name], str):  # _UNCHANGED: the one we have
+                raw[name] = getattr(previous, name)
+            else:
+                raw[name] = None if raw[name] is None else np.asarray(raw[name], np.float32)
+        if isinstance(raw["thumbnails"], str):
+            raw["thumbnails"] = previous.thumbnails
+        else:
+            raw["thumbnails"] = {k: np.asarray(v, np.float32) for k, v in raw["thumbnails"].items()}
         self._snap = replace(Snapshot(), **raw, history=views)
         return self._snap
 

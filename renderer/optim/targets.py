@@ -72,8 +72,14 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
         for path, value in truth.items():
             ds.set(path, value)
         frame = ds.prepare()
+        path = {}
+        if scene.render.mode == "path":  # a less noisy estimate, with random numbers no step uses
+            from .models import TARGET_SEED_OFFSET, TARGET_SPP_FACTOR
+
+            path = dict(spp=getattr(target_spec, "spp", None) or TARGET_SPP_FACTOR * scene.render.spp,
+                        seed=(scene.render.seed + TARGET_SEED_OFFSET) % (1 << 31))
         for cam in progress.track("rendering the targets", cameras, unit="view"):
-            out = render_view(ds, frame, cam)
+            out = render_view(ds, frame, cam, **path)
             targets.append(Target(cam, wp.clone(out.image, requires_grad=False)))
     finally:
         for path, value in current.items():

@@ -8,8 +8,9 @@ would have (the determinism `--verify` checks):
   holds, in order;
 - the free flags, per-parameter learning rates, loss weights, active view, step index and budget,
   the step budget the learning-rate schedule was built with, and the view-batch RNG's state;
-- extra state the problem's `field_training` keeps outside the parameters (a radiance field's occupancy
-  grid), when it offers the hook `extra_state() -> dict[str, np.ndarray]` / `load_extra_state(dict)`:
+- extra state the problem's `model` keeps outside the parameters (a radiance field's occupancy grid, the
+  faces of a remeshed mesh: its `load_topology(extra, values)` puts them back before the values), when it
+  offers the hook `extra_state() -> dict[str, np.ndarray]` / `load_extra_state(dict)`:
   stored as `extra/<name>` arrays (a prefix of their own, so no name can clash with a parameter path's
   `value/<path>`), restored last.
 
@@ -36,8 +37,8 @@ log = logging.getLogger("drstudio.recording")
 
 def extra_state_owner(problem):
     """The object whose `extra_state()` / `load_extra_state(dict)` keyframes store and restore (the
-    problem's `field_training` when it has both methods), or None."""
-    owner = getattr(problem, "field_training", None)
+    problem's `field_training`, else its `model`, when it has both methods), or None."""
+    owner = getattr(problem, "field_training", None) or getattr(problem, "model", None)
     if owner is not None and callable(getattr(owner, "extra_state", None)) and callable(
             getattr(owner, "load_extra_state", None)):
         return owner
@@ -86,7 +87,8 @@ def capture_state(problem, *, at: int, sched_steps: int, reason: str) -> tuple[d
     buffers = [k for k in sd if k not in ("iteration", "steps", "lr")]
     for b in buffers:
         for i, v in enumerate(sd[b]):
-            arrays[f"opt/{b}/{i}"] = np.asarray(v, np.float32)
+            v = np.asarray(v)  # float64 stays float64 (large steps' u: positions are solved from it)
+            arrays[f"opt/{b}/{i}"] = v if v.dtype == np.float64 else v.astype(np.float32)
     state = {
         "at": int(at), "reason": reason,
         "step": int(problem.step_index), "steps": int(problem.steps), "schedule_steps": int(sched_steps),
@@ -171,6 +173,9 @@ def restore_state(problem, kf: Keyframe) -> None:
     if type(problem.optimizer).__name__ != s["optimizer"]["class"]:
         raise ValueError(f"keyframe at {kf.at}: optimizer {s['optimizer']['class']}, but the scene builds "
                          f"{type(problem.optimizer).__name__}")
+    load_topology = getattr(problem.model, "load_topology", None)
+    if load_topology is not None:  # a remeshed mesh: its faces first (the values and the optimizer fit them)
+        load_topology(kf.extra, kf.values)
     for path, value in kf.values.items():
         problem.ds.set(path, value)
     problem.optimizer.load_state_dict(kf.optimizer)
@@ -215,8 +220,8 @@ def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | Non
             err = rel(sd[b][i], ref) if i < len(sd.get(b, [])) else np.inf
             if not err <= rtol:
                 return f"optimizer {b} of {kf.state['optimizer']['paths'][i]}", err
-    if kf.extra and extra_state_owner(problem) is not None:
-        got = extra_arrays(problem)
+    got = extra_arrays(problem) if kf.extra else {}
+    if got:  # a model that keeps no extra state compares as one without the hook
         for name, ref in sorted(kf.extra.items()):
             err = rel(got[name], ref) if name in got else np.inf
             if not err <= rtol:

@@ -47,6 +47,7 @@ import numpy as np
 
 from ..conventions import linear_to_srgb
 from ..images import atomic_write, write_image_bytes
+from ..optim.models import seed_schedule
 from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
@@ -124,6 +125,7 @@ class Recorder:
         self.closed = False
         self.at = int(problem.step_index)
         self.steps_recorded = 0
+        self._topology = getattr(problem.model, "topology_version", None)  # remeshes so far
         self._sched = schedule_steps(problem)
         self._free = tuple(problem.free_paths())
         self._target_serial = 0
@@ -161,6 +163,7 @@ class Recorder:
                            for p in problem.param_specs},
                 "views": list(problem.views), "loss_terms": list(problem.weights),
                 "optimizer": type(problem.optimizer).__name__,
+                **({"render_seeds": schedule} if (schedule := seed_schedule(problem.scene)) else {}),
             },
             "argv": list(sys.argv),
         }
@@ -227,7 +230,11 @@ class Recorder:
                       "applied": bool(ev.get("applied", True)), "dt": ev.get("dt", 0.0)})
         self.at += 1
         self.steps_recorded += 1
-        if self.at % self.keyframe_every == 0:
+        topology = getattr(self.problem.model, "topology_version", None)
+        if topology != self._topology:  # a remeshed mesh: its faces are in the keyframe
+            self._topology = topology
+            self._keyframe("topology")
+        elif self.at % self.keyframe_every == 0:
             self._keyframe("periodic")
         if self.at % self.thumb_every == 0:
             self._thumbnail()

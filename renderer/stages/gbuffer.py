@@ -41,6 +41,12 @@ def _multiply(a: wp.array2d(dtype=float), b: wp.array2d(dtype=float), out: wp.ar
 
 
 @wp.kernel
+def _add(a: wp.array2d(dtype=float), b: wp.array2d(dtype=float), out: wp.array2d(dtype=float)):
+    i, c = wp.tid()
+    out[i, c] = a[i, c] + b[i, c]
+
+
+@wp.kernel
 def _accumulate_copy(src: wp.array2d(dtype=float), out: wp.array2d(dtype=float)):
     i, j = wp.tid()
     # an atomic add, not a store: the adjoint of a store zeroes the output's gradient after reading it
@@ -81,6 +87,15 @@ def multiply(a: wp.array2d, b: wp.array2d) -> wp.array2d:
         raise ValueError(f"multiply: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
     wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device)
+    return out
+
+
+def add(a: wp.array2d, b: wp.array2d) -> wp.array2d:
+    """Elementwise a + b of two (N, C) arrays (emitted plus reflected radiance). Differentiable w.r.t. both."""
+    if a.shape != b.shape:
+        raise ValueError(f"add: shapes {a.shape} and {b.shape} differ")
+    out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
+    wp.launch(_add, dim=a.shape, inputs=[a, b, out], device=a.device)
     return out
 
 

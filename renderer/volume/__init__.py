@@ -19,7 +19,7 @@ from __future__ import annotations
 import warp as wp
 
 from .composite import composite
-from .march import Samples, sample_rays
+from .march import Samples, contract_far, sample_rays
 from .occupancy import OccupancyGrid
 from .time_grid import TimeGrid as TimeGrid
 from .voxel_grid import VoxelGrid
@@ -30,12 +30,16 @@ __all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "samp
 def render(field, origins: wp.array, directions: wp.array, n_samples: int, background: wp.array, *,
            near: float = 0.0, far: float = 1.0e10, seed: int = 0, jitter: bool = True, occupancy=None,
            min_transmittance: float = 1.0e-4):
-    """sample_rays over `field.aabb`, `field.query` at the samples, `composite`.
+    """sample_rays over `field.aabb` (through the scene contraction when `field.contract`), `field.query`
+    at the samples, `composite`.
 
     Returns (rgb (N, 3), opacity (N,), depth (N,), samples): see the three ops for the contracts.
     Differentiable w.r.t. what `field.query` is differentiable w.r.t. and the background."""
+    contract = bool(getattr(field, "contract", False))
+    if contract and far >= 1.0e10:
+        far = contract_far(field.aabb)
     samples = sample_rays(origins, directions, field.aabb, n_samples, near, far, seed=seed, jitter=jitter,
-                          occupancy=occupancy)
+                          occupancy=occupancy, contract=contract)
     density, color = field.query(samples.positions, samples.directions)
     rgb, opacity, depth = composite(density, color, samples, background, min_transmittance)
     return rgb, opacity, depth, samples

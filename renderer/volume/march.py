@@ -7,6 +7,19 @@ at a jittered point (stratified sampling) or at its midpoint. With an occupancy 
 point lies in an unoccupied cell are dropped (NerfAcc-style empty-space skipping), so rays carry
 different sample counts: samples are packed ray after ray, located by per-ray offsets and counts.
 
+Scene contraction (`contract=True`, for unbounded captures; mip-NeRF 360's idea with the L-infinity norm,
+as nerfstudio does for grids): the box given is the lattice's box, and its central half (the same centre,
+half the size per axis) is the "inner" box, where the scene is modelled as is. A world point p with
+normalized position x = (p - c) / h (c the centre, h the inner half-size per axis, m = max_a |x_a|) is
+stored at c + h * f(x), f(x) = x for m <= 1 and (2 - 1 / m) x / m beyond: all of space maps into the
+lattice's box, far points towards its faces. Rays are then marched from the inner box's entry (or `near`)
+to `far`, with intervals uniform in s = g(t): g(t) = t up to the inner box's exit b, then
+g(t) = 2 b - b^2 / t (linear in disparity; continuous with slope 1 at b), so half the strata of a ray
+that starts inside lie inside the inner box and half in the contracted rest. A ray that misses the inner
+box is marched from `near` with b = the inner box's mean half-size (in units of |d|). Sample positions
+are the contracted points (what the field is queried at and the occupancy grid is kept over); `deltas`
+stay world lengths, as densities integrate over world space.
+
 Sampling is not differentiable: sample parameters and positions are constants of the rays (launched
 with record_tape=False), so no gradient reaches ray origins, directions, the box or near/far.
 """
@@ -79,16 +92,74 @@ def stratum_point(t0: float, dt: float, k: int, jitter: int, seed: int, ray: int
     return t0 + (float(k) + u) * dt
 
 
+@wp.func
+def contract_point(p: wp.vec3, center: wp.vec3, half: wp.vec3) -> wp.vec3:
+    """p stored in the contracted lattice box: identity in the inner box [center - half, center + half],
+    then (2 - 1/m) x / m in normalized coordinates x = (p - center) / half, m = max |x_a|."""
+    x = wp.cw_div(p - center, half)
+    m = wp.max(wp.abs(x[0]), wp.max(wp.abs(x[1]), wp.abs(x[2])))
+    if m <= 1.0:
+        return p
+    return center + wp.cw_mul(half, x * ((2.0 - 1.0 / m) / m))
+
+
+@wp.func
+def lindisp_t(s: float, span: wp.vec4) -> float:
+    """The ray parameter at s of the piecewise sampling (g^-1) of span = (s0, s1, b, far): t = s up to b,
+    then b^2 / (2 b - s), evaluated as 1/t linear from 1/b at s = b to 1/far at s = s1 (no cancellation
+    near far)."""
+    b = span[2]
+    if s <= b:
+        return s
+    u = wp.min((s - b) / wp.max(span[1] - b, 1.0e-30), 1.0)
+    return 1.0 / (1.0 / b + (1.0 / span[3] - 1.0 / b) * u)
+
+
+@wp.func
+def contracted_span(o: wp.vec3, d: wp.vec3, lo: wp.vec3, hi: wp.vec3, near: float, far: float) -> wp.vec4:
+    """(s0, s1, b, far) of a contracted march: strata are uniform in s over [s0, s1], t = lindisp_t(s, span).
+    lo, hi: the lattice's box; its central half is the inner box."""
+    center = (lo + hi) * 0.5
+    half = (hi - lo) * 0.25
+    span = clip_ray_to_box(o, d, center - half, center + half, near, far)
+    a = near
+    b = (half[0] + half[1] + half[2]) / (3.0 * wp.length(d))
+    if span[1] > span[0]:
+        a = span[0]
+        b = span[1]
+    else:
+        b = wp.max(b, near)
+    s1 = 2.0 * b - b * b / far
+    if b >= far:  # the whole march lies in the linear part
+        s1 = far
+    return wp.vec4(a, s1, b, far)
+
+
 @wp.kernel
 def _count_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3), lo: wp.vec3,
                    hi: wp.vec3, near: float, far: float, n_samples: int, jitter: int, seed: int,
                    use_occupancy: int, occupancy: wp.array3d(dtype=wp.uint8), occ_lo: wp.vec3,
-                   occ_hi: wp.vec3, counts: wp.array(dtype=wp.int32)):
+                   occ_hi: wp.vec3, contract: int, counts: wp.array(dtype=wp.int32)):
     r = wp.tid()
     o = origins[r]
     d = directions[r]
-    span = clip_ray_to_box(o, d, lo, hi, near, far)
     n = int(0)
+    if contract != 0:
+        cs = contracted_span(o, d, lo, hi, near, far)
+        if cs[1] > cs[0]:
+            if use_occupancy == 0:
+                n = n_samples
+            else:
+                center = (lo + hi) * 0.5
+                half = (hi - lo) * 0.25
+                ds = (cs[1] - cs[0]) / float(n_samples)
+                for k in range(n_samples):
+                    t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, r, n_samples), cs)
+                    if occupied_at(contract_point(o + t * d, center, half), occupancy, occ_lo, occ_hi):
+                        n += 1
+        counts[r] = n
+        return
+    span = clip_ray_to_box(o, d, lo, hi, near, far)
     if span[1] > span[0]:
         if use_occupancy == 0:
             n = n_samples
@@ -108,10 +179,34 @@ def _write_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
                    occ_hi: wp.vec3, offsets: wp.array(dtype=wp.int32), ray_indices: wp.array(dtype=wp.int32),
                    t_starts: wp.array(dtype=float), t_ends: wp.array(dtype=float),
                    t_points: wp.array(dtype=float), deltas: wp.array(dtype=float),
-                   positions: wp.array(dtype=wp.vec3), view_dirs: wp.array(dtype=wp.vec3)):
+                   positions: wp.array(dtype=wp.vec3), view_dirs: wp.array(dtype=wp.vec3), contract: int):
     r = wp.tid()
     o = origins[r]
     d = directions[r]
+    if contract != 0:
+        cs = contracted_span(o, d, lo, hi, near, far)
+        if cs[1] > cs[0]:
+            center = (lo + hi) * 0.5
+            half = (hi - lo) * 0.25
+            ds = (cs[1] - cs[0]) / float(n_samples)
+            scale = wp.length(d)
+            unit = d / scale
+            s = offsets[r]
+            for k in range(n_samples):
+                t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, r, n_samples), cs)
+                p = contract_point(o + t * d, center, half)
+                if use_occupancy == 0 or occupied_at(p, occupancy, occ_lo, occ_hi):
+                    t0 = lindisp_t(cs[0] + float(k) * ds, cs)
+                    t1 = lindisp_t(cs[0] + float(k + 1) * ds, cs)
+                    ray_indices[s] = r
+                    t_starts[s] = t0
+                    t_ends[s] = t1
+                    t_points[s] = t
+                    deltas[s] = (t1 - t0) * scale
+                    positions[s] = p
+                    view_dirs[s] = unit
+                    s += 1
+        return
     span = clip_ray_to_box(o, d, lo, hi, near, far)
     if span[1] > span[0]:
         dt = (span[1] - span[0]) / float(n_samples)
@@ -142,7 +237,7 @@ class Samples:
     t_points: float32 (S,) ray parameter of the sample point, inside its interval.
     deltas: float32 (S,) interval length in world units, (t_end - t_start) * |d|: the length densities
         integrate over.
-    positions: vec3 (S,) world sample points o + t_point d.
+    positions: vec3 (S,) world sample points o + t_point d (contracted, with `contract`).
     directions: vec3 (S,) unit view direction of the sample's ray (from the camera into the scene).
     """
 
@@ -179,7 +274,8 @@ def parse_aabb(name: str, aabb) -> tuple[wp.vec3, wp.vec3]:
 
 
 def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, near: float = 0.0,
-                far: float = 1.0e10, *, seed: int = 0, jitter: bool = True, occupancy=None) -> Samples:
+                far: float = 1.0e10, *, seed: int = 0, jitter: bool = True, occupancy=None,
+                contract: bool = False) -> Samples:
     """Stratified samples along rays inside a box.
 
     Args:
@@ -192,6 +288,9 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
         jitter: one uniform random point per interval (stratified sampling) if True, else the midpoint.
         occupancy: an `OccupancyGrid` or None. When given, samples whose point lies in an unoccupied cell,
             or outside the grid's box, are dropped; the intervals kept still tile their part of the ray.
+        contract: march unbounded space through the scene contraction (module docstring): `aabb` is the
+            lattice's box, its central half the inner box; rays run to `far` (give a finite one, e.g.
+            CONTRACT_FAR times the box size), sample positions are contracted points.
 
     Returns:
         `Samples` (S samples packed ray after ray). Reads the total sample count back to the host to
@@ -215,10 +314,12 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
         occ, occ_lo, occ_hi = occupancy.occupied, occupancy.lo, occupancy.hi
         if occ.device != dev:
             raise ValueError(f"occupancy: is on {occ.device}, expected {dev} (the device of origins)")
+    if contract and not far < 1.0e10:
+        raise ValueError(f"far: a contracted march needs a finite far bound, got {far!r}")
     common = [origins, directions, lo, hi, float(near), float(far), int(n_samples), int(bool(jitter)),
               int(seed) % (2**31), int(occupancy is not None), occ, occ_lo, occ_hi]
     counts = wp.empty(n, dtype=wp.int32, device=dev)
-    wp.launch(_count_samples, dim=n, inputs=[*common, counts], device=dev, record_tape=False)
+    wp.launch(_count_samples, dim=n, inputs=[*common, int(bool(contract)), counts], device=dev, record_tape=False)
     offsets = wp.empty(n, dtype=wp.int32, device=dev)
     if n > 0:
         wp.utils.array_scan(counts, offsets, inclusive=False)
@@ -233,5 +334,38 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
                   directions=wp.empty(total, dtype=wp.vec3, device=dev))
     wp.launch(_write_samples, dim=n, device=dev, record_tape=False,
               inputs=[*common, offsets, out.ray_indices, out.t_starts, out.t_ends, out.t_points, out.deltas,
-                      out.positions, out.directions])
+                      out.positions, out.directions, int(bool(contract))])
     return out
+
+
+#: The far bound of a contracted march, in units of the lattice box's largest size: beyond it the
+#: contracted point lies within ~1/CONTRACT_FAR of the box's faces.
+CONTRACT_FAR = 1000.0
+
+
+def contract_far(aabb) -> float:
+    """The far bound (view depth) of a contracted march through a lattice over `aabb`."""
+    lo, hi = parse_aabb("aabb", aabb)
+    return CONTRACT_FAR * max(hi[a] - lo[a] for a in range(3))
+
+
+def contract_points(points: np.ndarray, aabb) -> np.ndarray:
+    """NumPy reference of the contraction (module docstring): world points (N, 3) -> lattice-box points."""
+    box = np.asarray(aabb, np.float64).reshape(2, 3)
+    center, half = box.mean(axis=0), (box[1] - box[0]) / 4.0
+    x = (np.asarray(points, np.float64) - center) / half
+    m = np.abs(x).max(axis=1, keepdims=True)
+    scale = np.where(m <= 1.0, 1.0, (2.0 - 1.0 / np.maximum(m, 1.0)) / np.maximum(m, 1.0))
+    return center + half * x * scale
+
+
+def uncontract_points(points: np.ndarray, aabb) -> np.ndarray:
+    """The inverse of `contract_points` for lattice-box points strictly inside its box (max-norm < 2)."""
+    box = np.asarray(aabb, np.float64).reshape(2, 3)
+    center, half = box.mean(axis=0), (box[1] - box[0]) / 4.0
+    y = (np.asarray(points, np.float64) - center) / half
+    m2 = np.abs(y).max(axis=1, keepdims=True)
+    if np.any(m2 >= 2.0):
+        raise ValueError("points: contracted points must lie strictly inside the lattice box (max-norm < 2)")
+    m = np.where(m2 <= 1.0, 1.0, 1.0 / (2.0 - np.maximum(m2, 1.0)))
+    return center + half * y * np.where(m2 <= 1.0, 1.0, m / np.maximum(m2, 1.0))

@@ -293,6 +293,8 @@ class VoxelGrid:
         density: optional raw values, array-like (nx, ny, nz); sh: optional raw coefficients (nx, ny, nz, 3K)
             (default 0: color sigmoid(0) = 0.5).
         requires_grad: allocate gradients for the value arrays.
+        contract: the lattice holds contracted space (`march` module docstring): `volume.render` and the
+            read-outs march rays through the scene contraction; the box's central half is the inner box.
 
     Attributes:
         density: array3d (nx, ny, nz) raw densities; sh: array4d (nx, ny, nz, 3K) coefficients; both of
@@ -300,8 +302,10 @@ class VoxelGrid:
     """
 
     def __init__(self, resolution, aabb, sh_degree: int = 0, dtype=wp.float32, activation: str = "softplus",
-                 init_density: float = 0.1, density=None, sh=None, device=None, requires_grad: bool = True):
+                 init_density: float = 0.1, density=None, sh=None, device=None, requires_grad: bool = True,
+                 contract: bool = False):
         self.resolution = parse_resolution("resolution", resolution, minimum=2)
+        self.contract = bool(contract)
         self.lo, self.hi = parse_aabb("aabb", aabb)
         self.aabb = tuple(float(v) for v in (*self.lo, *self.hi))
         if sh_degree not in (0, 1, 2) or isinstance(sh_degree, bool):
@@ -416,11 +420,12 @@ class VoxelGrid:
         wp.launch(_resample, dim=res, device=self.device, record_tape=False,
                   inputs=[self.density, self.sh, density, sh])
         return VoxelGrid(res, self.aabb, self.sh_degree, self.dtype, self.activation, density=density.numpy(),
-                         sh=sh.numpy(), device=self.device, requires_grad=self.density.requires_grad)
+                         sh=sh.numpy(), device=self.device, requires_grad=self.density.requires_grad,
+                         contract=self.contract)
 
     def astype(self, dtype, requires_grad: bool | None = None) -> VoxelGrid:
         """A copy stored as `dtype` (wp.float32 or wp.float16; float16 rounds to nearest)."""
         requires_grad = self.density.requires_grad if requires_grad is None else requires_grad
         return VoxelGrid(self.resolution, self.aabb, self.sh_degree, dtype, self.activation,
                          density=self.density.numpy().astype(np.float64), sh=self.sh.numpy().astype(np.float64),
-                         device=self.device, requires_grad=requires_grad)
+                         device=self.device, requires_grad=requires_grad, contract=self.contract)
