@@ -31,6 +31,10 @@ def write_scenes(folder: Path) -> tuple[Path, Path, Path]:
     """(a scene with an optimize section, the same scene without one, a scene file the loader refuses)."""
     optimized = write_scene(folder)
     data = json.loads(optimized.read_text())
+    # free vertices make the problem a shape optimization whose start mesh replaces the scene's (its uvs
+    # zeroed): not what this test is about
+    del data["optimize"]["parameters"]["meshes.ball.vertices"]
+    optimized.write_text(json.dumps(data))
     data.pop("optimize")
     editor = folder / "look.json"
     editor.write_text(json.dumps(data))

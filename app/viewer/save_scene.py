@@ -52,6 +52,11 @@ def write_obj(path: Path, vertices: np.ndarray, faces: np.ndarray, uvs: np.ndarr
     return atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
+def _same(value, file_value) -> bool:
+    a, b = np.asarray(value), np.asarray(file_value)
+    return a.size == b.size and np.array_equal(a.reshape(b.shape), b)
+
+
 def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
     """Write `scene` (loaded from `scene.path`) with `values` (dotted path -> array, the viewer's current
     values) and `render` (a RenderSettings, the viewer's current ones; None: the file's) to `dest` (.json),
@@ -69,6 +74,16 @@ def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
 
     def value(group, owner, leaf):
         return values.get(param_path(group, owner, leaf))
+
+    loaded = []
+
+    def original():
+        """The source file's scene as it loads (read once, when a mesh's arrays are compared)."""
+        if not loaded:
+            from drstudio.renderer.loading import load_scene
+
+            loaded.append(load_scene(src))
+        return loaded[0]
 
     for spec in doc.get("lights", []):
         for leaf in ("position", "direction", "color", "intensity"):
@@ -92,8 +107,9 @@ def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
                              "rotation": {"quaternion": _floats(mesh.rotation if r is None else r)},
                              "scale": _floats(mesh.scale if s is None else s)}
         arrays = {leaf: value(Group.MESHES, name, leaf) for leaf in ("vertices", "uvs", "colors")}
-        if all(a is None or np.array_equal(np.asarray(a).reshape(np.shape(getattr(mesh, leaf))), getattr(mesh, leaf))
-               for leaf, a in arrays.items()):
+        # unchanged means as in the source file: a problem's scene may hold a start mesh of its own instead
+        # (a shape optimization's init), which is not what the file says
+        if all(a is None or _same(a, getattr(original().meshes[name], leaf)) for leaf, a in arrays.items()):
             continue
         verts, uvs, colors = (np.asarray(getattr(mesh, leaf) if a is None else a, np.float32).reshape(-1, n)
                               for (leaf, a), n in zip(arrays.items(), (3, 2, 3)))
