@@ -136,3 +136,13 @@ def test_no_clipped_labels_at_1280x720(display, tmp_path, monkeypatch):
     assert session.results["at_2x"] > 5, session.results  # the audit sees clipping where there is some
     clipped = {f"{w}: {t!r} needs {n:.0f} px, has {r:.0f}": None for (w, t), (n, r) in session.audit.clipped.items()}
     assert not clipped, "clipped labels at 1280x720:\n" + "\n".join(clipped)
+
+
+def test_no_nan_loss_before_the_first_step():
+    from types import SimpleNamespace
+
+    from drstudio.app.viewer.panels import loss_text
+
+    assert loss_text(SimpleNamespace(step=0, loss=float("nan"))) == "-"  # idle: no loss yet
+    assert loss_text(SimpleNamespace(step=3, loss=float("nan"))) == "nan"  # a step's NaN is news: shown
+    assert loss_text(SimpleNamespace(step=3, loss=0.00123456), 4) == "0.001235"

@@ -78,7 +78,7 @@ def menu_bar(state: AppState) -> None:
     snap = state.snapshot
     imgui.separator()
     imgui.text_colored(STATE_COLORS.get(snap.state, (0.8, 0.8, 0.8, 1.0)), snap.state)
-    imgui.text(f"step {snap.step}/{state.steps}   loss {snap.loss:.4g}   {snap.steps_per_second:.1f} steps/s   "
+    imgui.text(f"step {snap.step}/{state.steps}   loss {loss_text(snap, 4)}   {snap.steps_per_second:.1f} steps/s   "
                f"{state.fps:.0f} fps")
     phase = progress.current()  # work on another thread (the engine's, the preview's) the user waits for
     if phase is not None:
@@ -102,6 +102,13 @@ def fit_text(text: str, width: float) -> str:
         else:
             hi = mid - 1
     return text[:lo] + "..."
+
+
+def loss_text(snap, digits: int = 5) -> str:
+    """The loss to show: "-" before the first step (no loss yet, not "nan"); a NaN of a step shows as nan."""
+    if snap.step == 0 and not math.isfinite(snap.loss):
+        return "-"
+    return f"{snap.loss:.{digits}g}"
 
 
 def errors(state: AppState) -> list[str]:
@@ -432,7 +439,7 @@ def optimizer_panel(state: AppState) -> None:
         imgui.text_colored(STATE_COLORS["error"], error)
     if state.read_only:  # replay: no run control; the recorded values, settings and plots
         imgui.text_disabled("replay of a recorded session (read-only): use the Timeline")
-        imgui.text_wrapped(f"loss {snap.loss:.5g}   recorded {snap.steps_per_second:.2f} steps/s   "
+        imgui.text_wrapped(f"loss {loss_text(snap)}   recorded {snap.steps_per_second:.2f} steps/s   "
                            f"viewer {state.fps:.0f} fps")
         _parameter_table(state)
         _plots(state)
@@ -482,7 +489,7 @@ def optimizer_panel(state: AppState) -> None:
     if imgui.is_item_deactivated():
         state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
-    imgui.text_wrapped(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    imgui.text_wrapped(f"loss {loss_text(snap)}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
     _psnr_readout(state)
     if snap.skipped_steps:
         imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "
