@@ -279,3 +279,23 @@ def test_schema_errors_exit_2_naming_the_field(tmp_path, capsys, edit, field):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert field in err, err
+
+
+def test_a_textured_mesh_keeps_its_uvs_when_its_vertices_are_free(tmp_path):
+    """Freeing the vertices of a textured mesh (the scene's own topology) keeps its uvs and vertex colors;
+    a remesh carries them to the new vertices by nearest old vertex instead of zeroing them."""
+    from test_viewer import write_scene
+
+    scene = load_scene(write_scene(tmp_path))
+    uvs = scene.meshes["ball"].uvs.copy()
+    assert np.ptp(uvs) > 0.5
+    problem = Problem(scene, "cpu")
+    np.testing.assert_array_equal(problem.scene.meshes["ball"].uvs, uvs)
+    np.testing.assert_array_equal(problem.ds.get("meshes.ball.uvs"), uvs)
+    model = problem.model
+    v = problem.ds.get("meshes.ball.vertices")
+    f = problem.scene.meshes["ball"].faces
+    new_v, new_f = isotropic_remesh(v, f, float(np.linalg.norm(v[f[:, 0]] - v[f[:, 1]], axis=1).mean() * 0.7))
+    model._set_topology({"meshes.ball.vertices": (new_v, new_f)})
+    moved = problem.scene.meshes["ball"].uvs
+    assert moved.shape == (len(new_v), 2) and np.ptp(moved) > 0.5

@@ -350,7 +350,9 @@ class ShapeModel(MeshModel):
 
     def _set_topology(self, meshes: dict, count: bool = True) -> None:
         """Give the optimized meshes {path: (vertices, faces)} and rebuild `problem.ds` around them (every
-        other value keeps its current value; vertex colors follow the nearest old vertex)."""
+        other value keeps its current value). A mesh whose faces do not change keeps its uvs and vertex
+        colors; across a change of topology both follow the nearest old vertex (uvs are exact for vertices
+        that did not move and approximate near texture seams)."""
         from .remesh import nearest_vertices
 
         p = self.p
@@ -364,10 +366,14 @@ class ShapeModel(MeshModel):
             mesh = p.scene.meshes[owner]
             before = old.get(path)
             colors = old.get(f"meshes.{owner}.colors")
-            near = nearest_vertices(before, v) if len(before) else np.zeros(len(v), np.int64)
+            uvs = old.get(f"meshes.{owner}.uvs") if f"meshes.{owner}.uvs" in old.arrays else mesh.uvs
+            same = len(v) == len(before) and np.array_equal(np.asarray(f), mesh.faces)
+            near = (np.arange(len(v)) if same else nearest_vertices(before, v) if len(before)
+                    else np.zeros(len(v), np.int64))
             mesh.vertices = np.ascontiguousarray(v, np.float32)
             mesh.faces = np.ascontiguousarray(f, np.int32)
-            mesh.uvs = np.zeros((len(v), 2), np.float32)
+            mesh.uvs = (np.ascontiguousarray(uvs[near], np.float32) if len(uvs) == len(before)
+                        else np.zeros((len(v), 2), np.float32))
             mesh.colors = np.ascontiguousarray(colors[near], np.float32)
         p.ds = DeviceScene(p.scene, old.device)
         for path, value in values.items():
