@@ -8,6 +8,10 @@ rasterizer aggregates the vertex colors with probabilistic coverage; its alpha g
 gradients everywhere near an edge. Shadows are not computed in soft mode. The auxiliary buffers
 (tri_id, depth, normals) of every mode come from the same visibility pass. Primary visibility is
 rasterized (`stages.raster`, the ids BVH ray casting would give); the BVH serves the shadow rays.
+Emissive materials add their emission to the shaded color in these modes.
+Path mode: `stages.pathtrace` over the prepared frame (`path_scene`: the frame's packed arrays, so the
+path-replay adjoint hands its gradients to the same tape), light transport with emitters and the
+environment light; the auxiliary buffers come from the rasterized primary visibility.
 `render_view(..., cache=GBufferCache)` reuses what the optimized parameters do not change
 (`render_cache`).
 """
