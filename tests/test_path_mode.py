@@ -474,3 +474,33 @@ def test_viewer_opens_a_path_mode_scene(display, tmp_path):
     assert rc == 0 and "render" in got, got.get("error")
     img = got["render"]
     assert img.shape == (16, 16, 3) and np.isfinite(img).all() and img.mean() > 0.05
+
+
+def test_switching_to_and_from_path_mode(tmp_path):
+    """SetRenderSetting("mode", ...) (the viewer's Render menu): a path scene without an environment light
+    switches to a rasterized mode and back (targets re-rendered, steps taken in both); one with an
+    environment light, or a scene the path mode cannot differentiate, is refused with a message."""
+    from drstudio.renderer.optim import commands as C
+
+    doc = optimize_doc()
+    doc["lights"] = [{"name": "key", "type": "point", "position": [0, 0.5, 1.5], "intensity": 2.0}]
+    problem = Problem(load_scene(write(tmp_path, doc)), "cpu")
+    C.execute(C.SetRenderSetting("mode", "hard"), problem)
+    assert problem.scene.render.mode == "hard"
+    problem.step()
+    C.execute(C.SetRenderSetting("mode", "path"), problem)
+    assert problem.scene.render.mode == "path" and problem.noisy_loss
+    problem.step()
+
+    with_env = Problem(load_scene(write(tmp_path, optimize_doc(), "env.json")), "cpu")
+    with pytest.raises(C.CommandError, match="environment light"):
+        C.execute(C.SetRenderSetting("mode", "antialias"), with_env)
+    assert with_env.scene.render.mode == "path"
+
+    doc = optimize_doc()
+    doc["render"] = {"mode": "antialias"}
+    doc["lights"] = [{"name": "key", "type": "point", "position": [0, 0.5, 1.5]}]
+    doc["optimize"]["parameters"] = {"meshes.floor.translation": {"init": [0, -0.9, 0]}}
+    raster = Problem(load_scene(write(tmp_path, doc, "raster.json")), "cpu")
+    with pytest.raises(C.CommandError, match="no gradient for meshes.floor.translation"):
+        C.execute(C.SetRenderSetting("mode", "path"), raster)
