@@ -290,6 +290,9 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
                   jitter=bool(ds.scene.render.jitter))
     tape = active_tape()
     if adjoint_seed is None or tape is None:
+        if tape is not None:  # render_path keeps each path's radiance (12 bytes a sample) for the adjoint
+            memory.require(12 * width * height * int(spp), f"the {width}x{height}x{spp}-sample path radiance kept "
+                           "for the adjoint")
         image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
     else:
         with recording(None):
