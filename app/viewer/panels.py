@@ -434,6 +434,9 @@ def optimizer_panel(state: AppState) -> None:
         state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text(f"loss {snap.loss:.5g}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    if state.render.mode == "path":
+        _tooltip("path tracing: each step's loss is a Monte Carlo estimate with fresh random numbers (noisy)")
+        imgui.text_disabled("loss: a noisy estimate (path tracing)")
     _psnr_readout(state)
     if snap.skipped_steps:
         imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "
