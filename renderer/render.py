@@ -213,13 +213,22 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         shadow = part("shadow", build_shadow) if shadows else None
         radiance = shading.shade(g["positions"], g["normals"], albedo, rough, metal, model, pose, frame.lights,
                                  shadow)
-    if frame.emission is not None and ds.emits():
+    if _adds_emission(ds, frame):
         radiance = gbuffer.add(radiance, texture.sample(frame.emission, mat, uv, uv_da))
     # composite fused with the output copy (whose gradient stays readable); the blend adds into it
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
     return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
+
+
+def _adds_emission(ds: DeviceScene, frame: Frame) -> bool:
+    """Whether a rasterized render adds the emission: when some emission is nonzero, or under a tape when the
+    emission may be differentiated (its pool requires grad: a free or uncached emission), so that a zero
+    emission still gets its gradient."""
+    if frame.emission is None:
+        return False
+    return ds.emits() or (frame.emission.data.requires_grad and active_tape() is not None)
 
 
 PATH_RR_DEPTH = 5  # Russian roulette from this scattering event on (renderer.stages.pathtrace)
@@ -323,7 +332,7 @@ def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, n
     rough, metal = _roughness_metallic(ds, frame, ds.vertex_material, frame.uvs, None)
     model = _vertex_models(ds)
     vcolors = shading.shade(positions, frame.normals, albedo, rough, metal, model, pose, frame.lights, None)
-    if frame.emission is not None and ds.emits():
+    if _adds_emission(ds, frame):
         vcolors = gbuffer.add(vcolors, texture.sample(frame.emission, ds.vertex_material, frame.uvs, None))
     s = ds.scene.render
     color, alpha = softras.soft_rasterize(frame.world, ds.faces, vcolors, intr, pose, width, height,

@@ -537,3 +537,24 @@ def test_light_and_vertex_color_gradients_through_the_parameter_table(lit_scene,
     ds.zero_grad()
     n = ds.arrays[path].numpy().size
     check_gradient(forward, ds.arrays[path], eps=eps, rtol=1e-2, atol=2e-3, indices=list(range(min(n, 3))))
+
+
+def test_rasterized_gradient_of_a_zero_emission(tmp_path):
+    """A free emission that is zero still gets its gradient in a rasterized mode: d(sum w . image)/d(emission)
+    is the sum of the weights over the pixels the emitter covers."""
+    doc = room(env=None)
+    doc["render"] = {"mode": "hard", "shadows": False}
+    doc["lights"] = [{"name": "key", "type": "point", "position": [0, 2, 2], "intensity": 4.0}]
+    doc["materials"][2]["emission"] = [0, 0, 0]
+    ds = DeviceScene(load_scene(write(tmp_path, doc)), "cpu")
+    tape = wp.Tape()
+    with tape:
+        out = render_view(ds, ds.prepare(), "main")
+        loss = weighted_loss(out.image, seed=1)
+    tape.backward(loss)
+    w = np.random.default_rng(1).uniform(-1, 1, (out.image.shape[0], 3)).astype(np.float32)
+    lamp = np.isin(out.tri_id.numpy(), _mesh_faces(ds.scene, "lamp"))
+    assert lamp.any()
+    np.testing.assert_allclose(ds.arrays["materials.light.emission"].grad.numpy().reshape(3), w[lamp].sum(0),
+                               rtol=1e-4, atol=1e-5)
+    tape.zero()
