@@ -238,7 +238,9 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
     band_cache = cache if intrinsics is None and pose is None else None
     intr, pose, width, height = _resolve_camera(ds, camera, intrinsics, pose, width, height)
     bands = band_rows(height, parts)
-    if len(bands) == 1 or not ds.device.is_cpu or ds.background_pool is not None:
+    # the path mode already renders bands of rows on every core (renderer.stages.pathtrace)
+    path_mode = (mode or ds.scene.render.mode) == "path"
+    if len(bands) == 1 or not ds.device.is_cpu or ds.background_pool is not None or path_mode:
         return render_view(ds, frame, camera, **kwargs)
 
     outer = active_tape()
@@ -301,7 +303,7 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
         if c not in ds.scene.cameras:
             raise ValueError(f"cameras: unknown camera {c!r}; the scene has {list(ds.scene.cameras)}")
     workers = min(workers, len(cameras))
-    if workers <= 1 or not ds.device.is_cpu:
+    if workers <= 1 or not ds.device.is_cpu or (mode or ds.scene.render.mode) == "path":  # path: see above
         return [render_view(ds, frame, c, mode=mode, shadows=shadows, cache=cache) for c in cameras]
 
     outer = active_tape()

@@ -8,6 +8,10 @@ rasterizer aggregates the vertex colors with probabilistic coverage; its alpha g
 gradients everywhere near an edge. Shadows are not computed in soft mode. The auxiliary buffers
 (tri_id, depth, normals) of every mode come from the same visibility pass. Primary visibility is
 rasterized (`stages.raster`, the ids BVH ray casting would give); the BVH serves the shadow rays.
+Emissive materials add their emission to the shaded color in these modes.
+Path mode: `stages.pathtrace` over the prepared frame (`path_scene`: the frame's packed arrays, so the
+path-replay adjoint hands its gradients to the same tape), light transport with emitters and the
+environment light; the auxiliary buffers come from the rasterized primary visibility.
 `render_view(..., cache=GBufferCache)` reuses what the optimized parameters do not change
 (`render_cache`).
 """
@@ -90,11 +94,15 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                 pose: wp.array | None = None, width: int | None = None,
                 height: int | None = None, cache: GBufferCache | None = None,
                 cache_key: tuple | None = None, spp: int | None = None, seed: int | None = None,
-                max_depth: int | None = None, adjoint_seed: int | None = None) -> RenderOutput:
+                max_depth: int | None = None, adjoint_seed: int | None = None,
+                emission_grad: bool = False) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
     `mode` and `shadows` default to the scene's render settings; so do `spp`, `seed` and `max_depth` of
-    the path mode (`_render_path`; the other modes ignore them, and `adjoint_seed`). `intrinsics`/`pose` override the
+    the path mode (`_render_path`; the other modes ignore them, and `adjoint_seed`). The rasterized modes add
+    the emission of emissive materials when it is nonzero, or, under a tape, when an emission is free in
+    `cache` or `emission_grad` asks for its gradient (a zero emission otherwise costs nothing and gets no
+    gradient). `intrinsics`/`pose` override the
     camera's leaf arrays (e.g. the viewer's free camera); `width`/`height` override its resolution
     (intrinsics are then used as given, so scale them to match).
 
@@ -130,7 +138,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         tri = _primary_ids(ds, frame, frame.world, intr, pose, origins, directions, width, height)
         bary, depth = visibility.intersect(frame.world, ds.faces, tri, origins, directions)
         normals = interpolate.interpolate(frame.normals, ds.faces, tri, bary)
-        return _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals)
+        return _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals,
+                            _adds_emission(ds, frame, cache, emission_grad))
     if overridden and cache_key is None:
         cache = None
     mipmaps = bool(sc.render.mipmaps)
@@ -209,13 +218,29 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         shadow = part("shadow", build_shadow) if shadows else None
         radiance = shading.shade(g["positions"], g["normals"], albedo, rough, metal, model, pose, frame.lights,
                                  shadow)
-    if frame.emission is not None and ds.emits():
+    if _adds_emission(ds, frame, cache, emission_grad):
         radiance = gbuffer.add(radiance, texture.sample(frame.emission, mat, uv, uv_da))
     # composite fused with the output copy (whose gradient stays readable); the blend adds into it
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
     return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
+
+
+def _adds_emission(ds: DeviceScene, frame: Frame, cache: GBufferCache | None, emission_grad: bool) -> bool:
+    """Whether a rasterized render adds the emission: when some emission is nonzero, or under a tape when a
+    zero emission is to be differentiated (free in the optimizer's cache, or `emission_grad`). Sampling it
+    costs ~15 % of an uncached 256x256 step, so a zero emission nobody differentiates is skipped."""
+    if frame.emission is None:
+        return False
+    if ds.emits():
+        return True
+    if active_tape() is None or not frame.emission.data.requires_grad:
+        return False
+    if emission_grad:
+        return True
+    return cache is not None and any(ParamPath(Group.MATERIALS, m, "emission") in cache.varying
+                                     for m in ds.scene.materials)
 
 
 PATH_RR_DEPTH = 5  # Russian roulette from this scattering event on (renderer.stages.pathtrace)
@@ -286,6 +311,9 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
                   jitter=bool(ds.scene.render.jitter))
     tape = active_tape()
     if adjoint_seed is None or tape is None:
+        if tape is not None:  # render_path keeps each path's radiance (12 bytes a sample) for the adjoint
+            memory.require(12 * width * height * int(spp), f"the {width}x{height}x{spp}-sample path radiance kept "
+                           "for the adjoint")
         image = pt.render_path(scene, intr_c, pose_c, width, height, seed=int(seed), **kwargs)
     else:
         with recording(None):
@@ -308,7 +336,8 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
     return RenderOutput(width, height, image, tri, depth, normals, bg.coverage_from_ids(tri))
 
 
-def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals) -> RenderOutput:
+def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, normals,
+                 emission: bool = False) -> RenderOutput:
     if background.ndim != 1:
         raise ValueError("soft render mode supports a background color only, not an image")
     positions = pack.vec3_to_rows(frame.world)
@@ -316,7 +345,7 @@ def _render_soft(ds, frame, intr, pose, width, height, background, tri, depth, n
     rough, metal = _roughness_metallic(ds, frame, ds.vertex_material, frame.uvs, None)
     model = _vertex_models(ds)
     vcolors = shading.shade(positions, frame.normals, albedo, rough, metal, model, pose, frame.lights, None)
-    if frame.emission is not None and ds.emits():
+    if emission:
         vcolors = gbuffer.add(vcolors, texture.sample(frame.emission, ds.vertex_material, frame.uvs, None))
     s = ds.scene.render
     color, alpha = softras.soft_rasterize(frame.world, ds.faces, vcolors, intr, pose, width, height,

@@ -94,4 +94,6 @@ def render_torch(ds: DeviceScene, camera: str, params: dict[str, torch.Tensor], 
     Raises KeyError for an unknown path, ValueError for a wrong shape or device, TypeError for a
     dtype other than torch.float32."""
     paths = tuple(params)
+    if any(ds.kind(p) == "emission" for p in paths if p in ds.arrays):  # differentiated even while zero
+        options = {**options, "emission_grad": True}
     return _RenderFunction.apply(ds, camera, paths, options, *(params[p] for p in paths))

@@ -169,7 +169,9 @@ def test_depth_one_gradients_equal_rasterized_gradients():
         ref = grads[1][p]
         assert np.allclose(grads[0][p], ref, rtol=1e-4, atol=1e-5 * max(np.abs(ref).max(), 1e-3)), p
     zero = sorted(p for p in paths if not np.abs(grads[0][p]).any())
-    assert zero == ["materials.matte.metallic", "materials.matte.roughness"]  # Lambert ignores both
+    # Lambert ignores roughness and metallic; the emission (zero, not part of this PathScene) has none
+    assert zero == ["materials.matte.emission", "materials.matte.metallic", "materials.matte.roughness",
+                    "materials.shiny.emission"]
 
 
 def test_colour_bleeding_and_energy():

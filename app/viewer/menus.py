@@ -376,7 +376,8 @@ def render_menu(state: AppState) -> None:
         return
     imgui.begin_disabled(state.read_only)
     for mode in RENDER_MODES:
-        if imgui.menu_item(f"{mode} rasterization", "", state.render.mode == mode)[0] and state.render.mode != mode:
+        label = "path tracing" if mode == "path" else f"{mode} rasterization"
+        if imgui.menu_item(label, "", state.render.mode == mode)[0] and state.render.mode != mode:
             state.send(commands.SetRenderSetting, "mode", mode)
         remember(state, f"menu.render.{mode}")
         if imgui.is_item_hovered():
@@ -393,7 +394,9 @@ def render_menu(state: AppState) -> None:
 
 RENDER_MODE_HELP = {"hard": "hard rasterization: no gradient at silhouettes (fastest)",
                     "antialias": "analytic antialiasing: gradients at silhouette edges",
-                    "soft": "SoftRas: blurred silhouettes, gradients reach far pixels (background color only)"}
+                    "soft": "SoftRas: blurred silhouettes, gradients reach far pixels (background color only)",
+                    "path": "path tracing: indirect light, emitters, environment light (noisy; no geometry "
+                            "gradients)"}
 
 
 def view_menu(state: AppState) -> None:

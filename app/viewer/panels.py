@@ -171,6 +171,12 @@ def _light_color(which: str, label: str, v: np.ndarray, speed: float) -> np.ndar
     return np.asarray(out, np.float32) if changed else None
 
 
+def _radiance(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
+    """A constant emission or environment radiance (1x1x3): an HDR color, kept >= 0."""
+    out = _light_color(which, label, v.reshape(3), speed)
+    return None if out is None else np.maximum(out, 0).reshape(v.shape).astype(np.float32)
+
+
 def _intensity(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarray | None:
     lo = Kind.INTENSITY.range[0]
     changed, out = imgui.drag_float(f"{which}{label}", float(v.reshape(-1)[0]), speed, lo, 1e6, "%.4f")
@@ -205,7 +211,8 @@ def _intrinsics(which: str, label: str, v: np.ndarray, speed: float) -> np.ndarr
 # editors of small values by kind: (number of elements the widget shows, widget(which, id label, value, speed))
 EDITORS = {Kind.POSITION: (3, _drag3), Kind.SCALE: (3, _drag3), Kind.DIRECTION: (3, _drag3),
            Kind.COLOR: (3, _light_color), Kind.INTENSITY: (None, _intensity), Kind.QUATERNION: (None, _quaternion),
-           Kind.POSE: (None, _pose), Kind.INTRINSICS: (None, _intrinsics)}
+           Kind.POSE: (None, _pose), Kind.INTRINSICS: (None, _intrinsics),
+           Kind.EMISSION: (3, _radiance), Kind.ENVIRONMENT: (3, _radiance)}
 
 
 def _row_color(label: str, row: np.ndarray, speed: float):
@@ -490,6 +497,9 @@ def optimizer_panel(state: AppState) -> None:
         state.release("steps")
     imgui.progress_bar(min(1.0, snap.step / max(state.steps, 1)), (-1.0, 0.0), f"{snap.step}/{state.steps}")
     imgui.text_wrapped(f"loss {loss_text(snap)}   {snap.steps_per_second:.2f} steps/s   viewer {state.fps:.0f} fps")
+    if state.render.mode == "path":
+        _tooltip("path tracing: each step's loss is a Monte Carlo estimate with fresh random numbers (noisy)")
+        imgui.text_disabled("loss: a noisy estimate (path tracing)")
     _psnr_readout(state)
     if snap.skipped_steps:
         imgui.text_colored(STATE_COLORS["paused"], f"{snap.skipped_steps} steps skipped (non-finite), "

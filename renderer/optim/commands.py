@@ -422,7 +422,7 @@ class SetActiveView(Command):
         return [self.camera]
 
 
-RENDER_SETTINGS: dict[str, tuple] = {"mode": ("hard", "antialias", "soft"), "shadows": (False, True),
+RENDER_SETTINGS: dict[str, tuple] = {"mode": ("hard", "antialias", "soft", "path"), "shadows": (False, True),
                                      "mipmaps": (False, True)}  # what SetRenderSetting may change, and to what
 
 
@@ -454,6 +454,8 @@ class SetRenderSetting(Command):
         if self.name == "mode" and self.value == "soft" and np.ndim(scene.background) == 3:
             raise CommandError("render.mode: soft supports a background color only, and this scene's background "
                                "is an image")
+        if self.name == "mode":
+            _check_path_mode(problem, self.value)
 
     def apply(self, problem, run):
         setattr(problem.scene.render, self.name, self.value)
@@ -471,6 +473,29 @@ class SetRenderSetting(Command):
 
     def args(self):
         return [self.name, self.value]
+
+
+def _check_path_mode(problem, mode: str) -> None:
+    """What the loader refuses for a path-mode scene (renderer.loading), refused for a switch of mode too."""
+    from ..loading import PATH_GRADIENTS, path_differentiable
+
+    scene = problem.scene
+    if mode != "path":
+        if scene.environment_lights:
+            raise CommandError(f"render.mode: {mode} cannot show the environment light; it needs 'path'")
+        return
+    if scene.fields:
+        raise CommandError("render.mode: path traces meshes; this scene's fields are volume-rendered")
+    if scene.ambient_lights:
+        raise CommandError("render.mode: path has no ambient light (this scene has one); use an environment light")
+    if np.ndim(scene.background) != 1 or np.any(scene.background):
+        raise CommandError("render.mode: path shows the environment where rays escape, and this scene has a "
+                           "background")
+    params = scene.params()
+    for path in problem.param_specs:
+        if not path_differentiable(params[path]):
+            raise CommandError(f"render.mode: path gives no gradient for {path} (it differentiates "
+                               f"{PATH_GRADIENTS})")
 
 
 COMMANDS: dict[str, type[Command]] = {c.kind: c for c in (
