@@ -84,7 +84,60 @@ def read_image(path, *, srgb: bool, channels: int, file: str = "", field: str = 
     return (cv.srgb_to_linear(a) if srgb else a).astype(np.float32)
 
 
-HDR_ONLY_EXTENSIONS = (".hdr", ".exr")  # float formats with no imageio backend in the lock (opencv, freeimage)
+HDR_EXTENSIONS = (".hdr", ".exr")  # Radiance RGBE and OpenEXR: read through imageio's opencv plugin
+
+
+def _hdr_header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from a Radiance .hdr header (text lines up to a blank one, then "-Y H +X W")
+    without decoding the pixels; ValueError when the header is not one."""
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    if not head.startswith((b"#?RADIANCE", b"#?RGBE")):
+        raise ValueError("not a Radiance HDR file (no #?RADIANCE signature)")
+    lines = head.split(b"\n")
+    for i, line in enumerate(lines):
+        if not line.strip() and i + 1 < len(lines):
+            parts = lines[i + 1].split()
+            if len(parts) == 4 and parts[0] in (b"-Y", b"+Y") and parts[2] in (b"+X", b"-X"):
+                return int(parts[3]), int(parts[1])
+            break
+    raise ValueError("no resolution line (e.g. '-Y 512 +X 1024') after the header")
+
+
+def _exr_header_size(path: Path) -> tuple[int, int]:
+    """(width, height) from an OpenEXR header's dataWindow attribute without decoding the pixels;
+    ValueError when the header is not one (OpenEXR file layout: magic, version, then attributes as
+    name\\0 type\\0 int32 size, value, up to an empty name)."""
+    with open(path, "rb") as f:
+        head = f.read(1 << 20)
+    if head[:4] != b"\x76\x2f\x31\x01":
+        raise ValueError("not an OpenEXR file (no magic number)")
+    at = 8
+    while at < len(head) and head[at] != 0:
+        name_end = head.index(b"\0", at)
+        type_end = head.index(b"\0", name_end + 1)
+        size = int.from_bytes(head[type_end + 1:type_end + 5], "little", signed=True)
+        value = head[type_end + 5:type_end + 5 + size]
+        if size < 0 or len(value) < size:
+            break
+        if head[at:name_end] == b"dataWindow" and size == 16:
+            x0, y0, x1, y1 = np.frombuffer(value, "<i4")
+            if x1 < x0 or y1 < y0:
+                raise ValueError(f"an empty dataWindow ({x0}, {y0}, {x1}, {y1})")
+            return int(x1 - x0 + 1), int(y1 - y0 + 1)
+        at = type_end + 5 + size
+    raise ValueError("no dataWindow attribute in its header")
+
+
+def _read_hdr(path: Path) -> np.ndarray:
+    """An .hdr / .exr image as (H, W, 3) float32 RGB through imageio's opencv plugin (OpenCV reads
+    OpenEXR only when OPENCV_IO_ENABLE_OPENEXR is set before it is first imported)."""
+    os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
+    import cv2
+    import imageio.v3 as iio
+
+    a = iio.imread(path, plugin="opencv", flags=cv2.IMREAD_ANYDEPTH | cv2.IMREAD_COLOR)
+    return np.asarray(a, np.float32)
 # an environment or emission image while optimizing: its texels, their gradient, two Adam moments, the
 # sampling tables and the device copy
 RADIANCE_BYTES_PER_TEXEL = 3 * 4 * 6
@@ -92,22 +145,25 @@ RADIANCE_BYTES_PER_TEXEL = 3 * 4 * 6
 
 def read_radiance_image(path, file: str = "", field: str = "", max_size: int = MAX_IMAGE_SIZE) -> np.ndarray:
     """A radiance image (environment or emission) as (H, W, 3) float32 linear RGB >= 0, read through imageio:
-    a float file (e.g. a 32-bit float TIFF) as stored, an 8/16-bit file (PNG) decoded from sRGB to linear.
+    a float file (Radiance .hdr, OpenEXR .exr, a 32-bit float TIFF) as stored, an 8/16-bit file (PNG) decoded
+    from sRGB to linear.
     Its header's size is checked against `max_size` and against the memory at hand (`renderer.memory`)
     before decoding; every failure is a SceneError naming `file` and `field`."""
     import imageio.v3 as iio
 
     path = Path(path)
     _check_file(path, "image", file, field)
-    if path.suffix.lower() in HDR_ONLY_EXTENSIONS:
-        raise SceneError(file, field, f"image '{path}': reading {path.suffix} files needs an imageio backend "
-                                      "(opencv or freeimage) that drstudio does not install; save the image as a "
-                                      "32-bit float TIFF (.tif) instead")
+    hdr = path.suffix.lower() in HDR_EXTENSIONS
     try:
-        props = iio.improps(path)
+        if hdr:  # the size from the header: a decompression bomb is refused before decoding
+            width, height = (_hdr_header_size if path.suffix.lower() == ".hdr" else _exr_header_size)(path)
+            shape, dtype = (height, width, 3), np.dtype(np.float32)
+        else:
+            props = iio.improps(path)
+            shape, dtype = tuple(props.shape), props.dtype
     except Exception as exc:  # imageio raises many types for non-images
-        raise SceneError(file, field, f"'{path}' is not a readable image ({exc.__class__.__name__})") from None
-    shape = tuple(props.shape)
+        detail = f": {exc}" if hdr else ""
+        raise SceneError(file, field, f"'{path}' is not a readable image ({exc.__class__.__name__}{detail})") from None
     if len(shape) not in (2, 3) or (len(shape) == 3 and shape[2] > 4):
         raise SceneError(file, field, f"image '{path}': expected a 2-D image, got an array of shape {shape}")
     height, width = shape[:2]
@@ -119,15 +175,22 @@ def read_radiance_image(path, file: str = "", field: str = "", max_size: int = M
     except memory.MemoryBudgetError as exc:
         raise SceneError(file, field, str(exc)) from None
     try:
-        a = images.read_image(path, 3)
+        if hdr:
+            a = _read_hdr(path)
+            if a.shape != shape:
+                raise SceneError(file, field, f"decoded as {a.shape}, its header says {shape}")
+        else:
+            a = images.read_image(path, 3)
     except SceneError as e:
         raise SceneError(file, field, f"image '{path}': {e.message}") from None
+    except Exception as exc:  # OpenCV: a truncated or corrupt file
+        raise SceneError(file, field, f"image '{path}' cannot be decoded ({exc.__class__.__name__})") from None
     if not np.isfinite(a).all():
         raise SceneError(file, field, f"image '{path}' contains NaN or infinite values")
     if a.size and a.min() < 0:
         raise SceneError(file, field, f"image '{path}' holds negative values (down to {a.min():g}); radiance "
                                       "must be >= 0")
-    if np.issubdtype(props.dtype, np.integer):
+    if np.issubdtype(dtype, np.integer):
         a = cv.srgb_to_linear(a)
     return np.ascontiguousarray(a, dtype=np.float32)
 

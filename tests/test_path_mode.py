@@ -559,3 +559,34 @@ def test_rasterized_gradient_of_a_zero_emission(tmp_path):
     np.testing.assert_allclose(ds.arrays["materials.light.emission"].grad.numpy().reshape(3), w[lamp].sum(0),
                                rtol=1e-4, atol=1e-5)
     tape.zero()
+
+
+@pytest.mark.parametrize("ext", [".hdr", ".exr"])
+def test_environment_maps_in_hdr_and_exr(tmp_path, ext):
+    """Issue 15: an environment map in Radiance .hdr or OpenEXR .exr loads through imageio (values as
+    stored: .exr exactly, .hdr to its 8-bit shared-exponent precision), with its size read from the header
+    before decoding; a header that claims a huge image is refused before any pixel is decoded."""
+    import cv2  # the files are written with OpenCV itself, the independent writer
+    from drstudio.renderer.assets import read_radiance_image
+    from drstudio.renderer.errors import SceneError
+
+    sky = (np.random.default_rng(0).random((16, 32, 3)) * 4).astype(np.float32)
+    sky[2, 3] = [50.0, 40.0, 30.0]  # a sun, beyond any 8-bit range
+    path = tmp_path / f"sky{ext}"
+    assert cv2.imwrite(str(path), sky[..., ::-1].copy())  # OpenCV writes BGR
+    got = read_radiance_image(path, "scene.json", "lights[0].radiance")
+    assert got.shape == (16, 32, 3) and got.dtype == np.float32
+    if ext == ".exr":
+        np.testing.assert_array_equal(got, sky)
+    else:  # RGBE: 8-bit mantissas sharing the pixel's exponent, so the error scales with its largest channel
+        assert (np.abs(got - sky) <= sky.max(axis=2, keepdims=True) / 64).all()
+        np.testing.assert_allclose(got[2, 3], sky[2, 3], rtol=0.01)
+    if ext == ".hdr":  # a header claiming 100000 x 100000 with no pixels
+        path.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 100000 +X 100000\n")
+    else:
+        raw = bytearray(path.read_bytes())
+        at = raw.index(b"dataWindow\0box2i\0") + len(b"dataWindow\0box2i\0") + 4
+        raw[at:at + 16] = np.array([0, 0, 99999, 99999], "<i4").tobytes()
+        path.write_bytes(bytes(raw))
+    with pytest.raises(SceneError, match=r"lights\[0\]\.radiance.*100000x100000"):
+        read_radiance_image(path, "scene.json", "lights[0].radiance")
