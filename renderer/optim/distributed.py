@@ -67,7 +67,8 @@ def _first_line(exc: BaseException) -> str:
     # gloo prefixes its source location: "[.../pair.cc:553] Connection closed by peer ..."
     if line.startswith("[") and "] " in line:
         line = line.split("] ", 1)[1]
-    return line[:200]
+    # and adds advice after the first sentence ("... This is typically caused by a remote worker crashing.")
+    return line.split(". ", 1)[0][:200]
 
 
 class Comm:

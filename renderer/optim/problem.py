@@ -329,10 +329,16 @@ class Problem:
         self.comm.check_same(distributed.checksum(self.ds, self.param_specs), i)
 
     def step(self) -> StepResult:
+        rng_state = self.view_rng_state() if self.comm is not None else None
         batch = self.model.batch(self._view_rng)
         self.model.before_step(self.step_index)
         if self.shards > 1 or self.comm is not None:
-            loss, terms, grad_images, tape = self._step_sharded(batch)
+            try:
+                loss, terms, grad_images, tape = self._step_sharded(batch)
+            except Exception:
+                if rng_state is not None:  # a lost rank: the step was not taken, so its batch is drawn again
+                    self.set_view_rng_state(rng_state)  # by whoever resumes from the closing keyframe
+                raise
         else:
             loss, terms, grad_images, tape = self._forward_backward(batch)
         applied = self.optimizer.step(loss_value=loss)
