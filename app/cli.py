@@ -106,9 +106,10 @@ def _check_shardable(args: argparse.Namespace) -> None:
     else:
         scene = open_scene(args.scene)
     model = model_class(scene)
-    if scene.optimize is not None and not getattr(model, "shardable", False):
-        raise UsageError(f"{args.scene or args.resume}: --nproc and torchrun support mesh scenes only so far; this "
-                         f"scene trains a {model.kind}")
+    ok = model.can_shard(scene) if hasattr(model, "can_shard") else getattr(model, "shardable", False)
+    if scene.optimize is not None and not ok:
+        raise UsageError(f"{args.scene or args.resume}: --nproc and torchrun support mesh scenes and voxel-grid "
+                         f"fields only so far; this scene trains a {model.kind} of another type")
 
 
 def cmd_optimize(args: argparse.Namespace) -> int:

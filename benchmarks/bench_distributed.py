@@ -10,7 +10,8 @@ Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce
 timed one by one after `--warmup` steps; the table gives the median. The ranks are separate processes
 started the way `drstudio optimize --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each
 rendering its share of the views on `cores // nproc` threads; rank 0's step times are the run's (a step
-ends for every rank at the all-reduce). `busy` is how many cores other processes used while a case was
+ends for every rank at the all-reduce); `all-reduce ms` is the median time rank 0 spent in it (waiting for
+the slower rank, plus the transfer). `busy` is how many cores other processes used while a case was
 measured (see benchmarks/bench_render.py `ForeignLoad`): it should be ~0; a busy neighbour on a 2-core
 machine makes every number here meaningless, and the two-core cases suffer most.
 """
@@ -86,8 +87,20 @@ def rank_main(args) -> int:
     p.set_shards(comm.world, comm)
     p.model.workers = threads_per_rank(comm.local_world)
     p.check_every = 10**9  # not part of a step's cost worth measuring here
+    waits = []  # seconds each step spent in the all-reduce (waiting for the other ranks, and the transfer)
+    total_sum = comm.sum
+
+    def timed_sum(flat, step):
+        t = time.perf_counter()
+        try:
+            return total_sum(flat, step)
+        finally:
+            waits.append(time.perf_counter() - t)
+
+    comm.sum = timed_sum
     for _ in range(args.warmup):
         p.step()
+    waits.clear()
     t0, s0 = time.perf_counter(), _ticks()
     times = _time_steps(p, 0, args.steps)
     elapsed, s1 = time.perf_counter() - t0, _ticks()
@@ -99,7 +112,8 @@ def rank_main(args) -> int:
         busy = None
         if s0 and s1:
             busy = max(0.0, (s1[0] - s0[0] - float(own[0])) / (elapsed * os.sysconf("SC_CLK_TCK")))
-        Path(args.result).write_text(json.dumps({"median_s": float(np.median(times)), "busy": busy}))
+        Path(args.result).write_text(json.dumps({"median_s": float(np.median(times)), "busy": busy,
+                                                 "wait_s": float(np.median(waits))}))
     return 0
 
 
@@ -153,18 +167,19 @@ def main(argv=None) -> int:
             if args.wait_idle > 0:
                 wait_until_idle(args.wait_idle)
             cases[name] = run(path, arg, *opts)
-            print(f"{scene} {name}: {1 / cases[name]['median_s']:.2f} steps/s (busy {cases[name]['busy']})",
+            extra = f", all-reduce {1e3 * cases[name]['wait_s']:.1f} ms" if "wait_s" in cases[name] else ""
+            print(f"{scene} {name}: {1 / cases[name]['median_s']:.2f} steps/s (busy {cases[name]['busy']}{extra})",
                   file=sys.stderr, flush=True)
         rows.append((scene, cases))
     t, p = f"{args.threads}t", f"{args.nproc}p"
     head = ["scene", "1 thread", f"{args.threads} threads", f"--nproc {args.nproc}", f"{p} / 1t", f"{p} / {t}",
-            "busy 1t / 2t / np"]
+            "all-reduce ms", "busy 1t / 2t / np"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if args.markdown else ["  ".join(head)]
     for scene, c in rows:
         rate = {k: 1.0 / v["median_s"] for k, v in c.items()}
         busy = " / ".join("n/a" if v["busy"] is None else f"{v['busy']:.1f}" for v in c.values())
         cells = [Path(scene).name, f"{rate['1t']:.2f}", f"{rate[t]:.2f}", f"{rate[p]:.2f}",
-                 f"{rate[p] / rate['1t']:.2f}x", f"{rate[p] / rate[t]:.2f}x", busy]
+                 f"{rate[p] / rate['1t']:.2f}x", f"{rate[p] / rate[t]:.2f}x", f"{1e3 * c[p]['wait_s']:.1f}", busy]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     print("\n".join(lines))
     return 0

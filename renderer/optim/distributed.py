@@ -101,6 +101,8 @@ class Comm:
         tdev = f"cuda:{local_rank}" if cuda else "cpu"
         if cuda:
             torch.cuda.set_device(local_rank)
+        else:  # the buffers are small; torch's own thread pool would only compete with the ranks' renders
+            torch.set_num_threads(1)
         try:
             dist.init_process_group(backend, rank=rank, world_size=world,
                                     timeout=datetime.timedelta(seconds=float(timeout)))

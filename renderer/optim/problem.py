@@ -273,7 +273,8 @@ class Problem:
             raise ValueError(f"shards: expected an integer >= 1, got {shards}")
         if shards > 1 and not getattr(self.model, "shardable", False):
             raise ValueError(f"{self.scene.path or 'scene'}: data-parallel optimization (--nproc, torchrun) "
-                             f"supports mesh scenes only so far; this scene trains a {self.model.kind}")
+                             f"supports mesh scenes and voxel-grid fields only so far; this scene trains a "
+                             f"{self.model.kind} of another type")
         if comm is not None and comm.world != shards:
             raise ValueError(f"shards {shards} differs from the process group's {comm.world} ranks")
         self.shards, self.comm = shards, comm
