@@ -1,8 +1,9 @@
 """Optimizer steps per second of data-parallel ranks (`drstudio optimize --nproc N`,
 renderer.optim.distributed) against one process rendering a step's views on one thread and on several
-threads (renderer.parallel.render_views), on the multi-view mesh tasks.
+threads (renderer.parallel.render_views), on the multi-view mesh tasks and the voxel-grid field (whose ray
+batch has no threaded path: its "2 threads" column is n/a).
 
-    python -m benchmarks.bench_distributed                       # shape.json and texture.json, 1t / 2t / 2 ranks
+    python -m benchmarks.bench_distributed                       # shape, texture, nerf_grid: 1t / 2t / 2 ranks
     python -m benchmarks.bench_distributed --markdown            # the table for benchmarks/README.md
     python -m benchmarks.bench_distributed --scenes scenes/shape.json --steps 40 --warmup 8 --wait-idle 120
 
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENES = ("scenes/shape.json", "scenes/texture.json")
+SCENES = ("scenes/shape.json", "scenes/texture.json", "scenes/nerf_grid.json")
 
 
 def _ticks():
@@ -162,8 +163,11 @@ def main(argv=None) -> int:
         path = str(ROOT / scene) if not Path(scene).is_absolute() else scene
         cases = {}
         opts = (args.warmup, args.steps, args.batch_views)
+        field = bool(json.loads(Path(path).read_text()).get("fields"))
         for name, run, arg in (("1t", measure_local, 1), (f"{args.threads}t", measure_local, args.threads),
                                (f"{args.nproc}p", measure_ranks, args.nproc)):
+            if field and run is measure_local and arg > 1:
+                continue  # a field's ray batch renders in one launch per stage: no threaded path to compare
             if args.wait_idle > 0:
                 wait_until_idle(args.wait_idle)
             cases[name] = run(path, arg, *opts)
@@ -178,8 +182,9 @@ def main(argv=None) -> int:
     for scene, c in rows:
         rate = {k: 1.0 / v["median_s"] for k, v in c.items()}
         busy = " / ".join("n/a" if v["busy"] is None else f"{v['busy']:.1f}" for v in c.values())
-        cells = [Path(scene).name, f"{rate['1t']:.2f}", f"{rate[t]:.2f}", f"{rate[p]:.2f}",
-                 f"{rate[p] / rate['1t']:.2f}x", f"{rate[p] / rate[t]:.2f}x", f"{1e3 * c[p]['wait_s']:.1f}", busy]
+        cells = [Path(scene).name, f"{rate['1t']:.2f}", f"{rate[t]:.2f}" if t in rate else "n/a", f"{rate[p]:.2f}",
+                 f"{rate[p] / rate['1t']:.2f}x", f"{rate[p] / rate[t]:.2f}x" if t in rate else "n/a",
+                 f"{1e3 * c[p]['wait_s']:.1f}", busy]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     print("\n".join(lines))
     return 0
