@@ -134,7 +134,10 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         from .launch import run_ranks
 
         _check_shardable(args)  # one message here rather than one per rank
-        return run_ranks(args.argv, nproc, timeout=args.dist_timeout)
+        out = args.out or headless.default_out_dir(Path.cwd())
+        with claim(out):  # refused here (exit 2) rather than by rank 0 after every rank started
+            pass
+        return run_ranks([*args.argv, "--out", str(out)], nproc, timeout=args.dist_timeout)
     if rank is not None:
         return _optimize_rank(args, rank)
     out = args.out or headless.default_out_dir(Path.cwd())

@@ -261,3 +261,6 @@ def test_serve_and_fields_are_refused_with_nproc(scene, tmp_path, monkeypatch, c
     assert app_cli.main(["optimize", str(ROOT / "scenes" / "nerf_neural.json"), "--nproc", "2"]) == 2
     assert "mesh scenes and voxel-grid fields only" in capsys.readouterr().err
     assert files_under(tmp_path) == set()
+    (tmp_path / "afile").write_text("")  # an unusable output folder: refused before any rank starts
+    assert app_cli.main(["optimize", str(scene), "--nproc", "2", "--out", "afile"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
