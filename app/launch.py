@@ -51,7 +51,9 @@ def run_ranks(argv: list[str], nproc: int, *, timeout: float, grace: float = 10.
     store = TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False,
                      timeout=datetime.timedelta(seconds=timeout))
     base = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
-            "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True"}
+            "LOCAL_WORLD_SIZE": str(nproc), "GROUP_RANK": "0", "TORCHELASTIC_USE_AGENT_STORE": "True",
+            # c10d's C++ warnings (a timed-out socket poll) would repeat what the rank's one line says
+            "TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "ERROR")}
     procs: list[subprocess.Popen] = []
     forwarded: list[int] = []
 
