@@ -264,3 +264,13 @@ def test_serve_and_fields_are_refused_with_nproc(scene, tmp_path, monkeypatch, c
     (tmp_path / "afile").write_text("")  # an unusable output folder: refused before any rank starts
     assert app_cli.main(["optimize", str(scene), "--nproc", "2", "--out", "afile"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_benchmark_runs_briefly(scene, capsys, monkeypatch):
+    """benchmarks/bench_distributed.py end to end on the tiny scene (one timed step per case)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_distributed
+
+    assert bench_distributed.main(["--scenes", str(scene), "--steps", "1", "--warmup", "1", "--markdown"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[0].startswith("| scene | 1 thread | 2 threads | --nproc 2 |") and table[2].startswith("| tiny.json |")
