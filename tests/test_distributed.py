@@ -167,6 +167,45 @@ def test_distributed_recording_verifies_in_one_process(runs):
     assert report.max_rel_error == 0.0  # the emulated ranks sum in the order the two processes did
 
 
+def test_a_bad_data_parallel_entry_is_refused(runs, tmp_path):
+    import shutil
+
+    from drstudio.renderer.recording import RecordingError, load_recording, verify
+
+    rec = tmp_path / "rec"
+    shutil.copytree(runs[2] / "out" / "recording", rec)
+    meta = json.loads((rec / "meta.json").read_text())
+    meta["data_parallel"] = {"ranks": "two", "threads_per_rank": 1}
+    (rec / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(RecordingError, match="data_parallel"):
+        verify(load_recording(rec))
+
+
+def test_sigterm_stops_every_rank_after_the_same_step(scene, tmp_path):
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "drstudio.app.cli", "optimize", str(scene), "--steps", "100000",
+                             "--nproc", "2", "--out", str(out)], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        log = out / "recording" / "events.jsonl"
+        while not (log.exists() and log.read_text().count('"type":"step"') >= 3):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the run did not start stepping"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)  # to the launcher, which passes it on to both ranks
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err
+    steps = json.loads((out / "metrics.json").read_text())
+    assert steps["interrupted"] is True
+    # both ranks name the same last step
+    assert f"rank 1 stopped at step {steps['steps']}" in err and f"stopped at step {steps['steps']};" in err
+
+
 def test_torchrun_two_nodes_on_localhost(scene, runs, tmp_path):
     """Two launches of torchrun, one process each, meeting through its c10d rendezvous on 127.0.0.1."""
     port = free_port()
