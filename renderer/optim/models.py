@@ -141,6 +141,7 @@ class MeshModel:
     kind = "mesh"
     shardable = True  # a step's views split over ranks (Problem.set_shards, renderer.optim.distributed)
     share = (0, 1)  # (rank, ranks) while the problem records one rank's part of a step
+    workers: int | None = None  # threads for a step's views (renderer.parallel.render_views; None: one per core)
 
     @property
     def noisy_loss(self) -> bool:
@@ -165,7 +166,6 @@ class MeshModel:
         # listens to the parameter table, so every edit drops what it invalidates
         self.gbuffer_cache = GBufferCache(problem.ds)
         self.parallel_views = True  # render a step's views on all cores (renderer.parallel.render_views)
-        self.workers: int | None = None  # threads for that (None: one per core)
         self._topology = self._mesh_topology()
 
     def _mesh_topology(self, rest_from: dict | None = None) -> dict:
