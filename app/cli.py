@@ -182,9 +182,12 @@ def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
     out = args.out or headless.default_out_dir(Path.cwd())
     try:
         with claim(out) if rank == 0 else contextlib.nullcontext():
-            comm = Comm.from_env(args.device, timeout=getattr(args, "dist_timeout", DEFAULT_TIMEOUT))
+            from drstudio.renderer.device_scene import default_device
+
+            timeout = getattr(args, "dist_timeout", DEFAULT_TIMEOUT)
+            comm = Comm.from_env(args.device or default_device(), timeout=timeout)  # cuda: cuda:LOCAL_RANK
             try:
-                metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
+                metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=comm.warp_device,
                                             record=not getattr(args, "no_record", False),
                                             resume=getattr(args, "resume", None),
                                             from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm)

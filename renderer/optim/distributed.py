@@ -73,12 +73,14 @@ def _first_line(exc: BaseException) -> str:
 
 class Comm:
     """This process's rank in a process group: `rank`, `world`, `local_rank`, `local_world`, `device` (the
-    torch device the buffers live on), `backend`."""
+    torch device the buffers live on), `backend`, `warp_device` (the Warp device the rank optimizes on: the
+    CPU, or cuda:LOCAL_RANK)."""
 
     def __init__(self, rank: int, world: int, local_rank: int, local_world: int, backend: str, device: str):
         self.rank, self.world = rank, world
         self.local_rank, self.local_world = local_rank, local_world
         self.backend, self.device = backend, device
+        self.warp_device = device  # "cpu" or "cuda:N": the same names in Warp and torch
 
     @classmethod
     def from_env(cls, device: str | None, timeout: float = DEFAULT_TIMEOUT) -> Comm:
