@@ -3,7 +3,8 @@
 Exit codes: 0 success, 1 `replay --verify` found a divergence, 2 a user mistake or an unusable
 environment (bad scene file, bad arguments, an output folder that is a file, read-only, full or in use
 by another run, a CUDA device that is not there; the message names the file and field, no traceback),
-130 interrupted, 141 output pipe closed.
+3 a distributed run lost a rank (killed, crashed, timed out) or its ranks diverged, 130 interrupted,
+141 output pipe closed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from drstudio.renderer.scene import RENDER_MODES
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SCENE = ROOT / "scenes" / "texture.json"
-EXIT_USER_ERROR, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 130, 141
+EXIT_USER_ERROR, EXIT_DISTRIBUTED, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 2, 3, 130, 141
 
 
 def version() -> str:
@@ -92,7 +93,28 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_shardable(args: argparse.Namespace) -> None:
+    """Before starting ranks: the scene (or the resumed recording's) must be one whose steps split over ranks."""
+    from drstudio.renderer.optim.models import model_class
+    from drstudio.renderer.recording import RecordingError, load_recording
+    from drstudio.renderer.recording.session import load_scene_copy
+
+    if args.resume is not None:
+        try:
+            scene = load_scene_copy(load_recording(args.resume))
+        except RecordingError as e:
+            raise UsageError(str(e)) from None
+    else:
+        scene = open_scene(args.scene)
+    model = model_class(scene)
+    ok = model.can_shard(scene) if hasattr(model, "can_shard") else getattr(model, "shardable", False)
+    if scene.optimize is not None and not ok:
+        raise UsageError(f"{args.scene or args.resume}: --nproc and torchrun support mesh scenes and voxel-grid "
+                         f"fields only so far; this scene trains a {model.kind} of another type")
+
+
 def cmd_optimize(args: argparse.Namespace) -> int:
+    from drstudio.renderer.optim import distributed
     from drstudio.renderer.recording import RecordingError
 
     from . import headless
@@ -104,6 +126,21 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     if resume is not None and args.scene:
         raise UsageError(f"give either a scene file ({args.scene}) or --resume DIR ({resume}), not both: a resumed "
                          f"session continues the recording's own scene")
+    nproc = getattr(args, "nproc", 1) or 1
+    rank = distributed.env_rank() if distributed.launched() else None  # started as one rank of several
+    if (nproc > 1 or rank is not None) and getattr(args, "serve", None) is not None:
+        raise UsageError("--serve is not supported with --nproc > 1 or under torchrun yet: run the distributed "
+                         "optimization headless, or serve a one-process run")
+    if rank is None and nproc > 1:
+        from .launch import run_ranks
+
+        _check_shardable(args)  # one message here rather than one per rank
+        out = args.out or headless.default_out_dir(Path.cwd())
+        with claim(out):  # refused here (exit 2) rather than by rank 0 after every rank started
+            pass
+        return run_ranks([*args.argv, "--out", str(out)], nproc, timeout=args.dist_timeout)
+    if rank is not None:
+        return _optimize_rank(args, rank)
     out = args.out or headless.default_out_dir(Path.cwd())
     servers = []
 
@@ -128,6 +165,48 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     finally:
         for server in servers:
             server.close()
+    _print_summary(metrics, out)
+    return 0
+
+
+def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
+    """One rank of a distributed `optimize` (renderer.optim.distributed): rank 0 claims the output folder, records
+    and writes the results; the other ranks write nothing. Exit 3 when the run lost a rank."""
+    import contextlib
+
+    from drstudio.renderer.optim.distributed import DEFAULT_TIMEOUT, Comm, DistributedError
+    from drstudio.renderer.recording import RecordingError
+
+    from . import headless
+    from .outdir import claim
+
+    out = args.out or headless.default_out_dir(Path.cwd())
+    try:
+        with claim(out) if rank == 0 else contextlib.nullcontext():
+            from drstudio.renderer.device_scene import default_device
+
+            timeout = getattr(args, "dist_timeout", DEFAULT_TIMEOUT)
+            comm = Comm.from_env(args.device or default_device(), timeout=timeout)  # cuda: cuda:LOCAL_RANK
+            try:
+                metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=comm.warp_device,
+                                            record=not getattr(args, "no_record", False),
+                                            resume=getattr(args, "resume", None),
+                                            from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm)
+            finally:
+                comm.close()
+    except (RecordingError, ValueError) as e:
+        print(f"drstudio optimize: error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except DistributedError as e:
+        print(f"drstudio optimize: error: {e}", file=sys.stderr)
+        return EXIT_DISTRIBUTED
+    if rank != 0:
+        return 0
+    _print_summary(metrics, out)
+    return 0
+
+
+def _print_summary(metrics: dict, out: Path) -> None:
     print(f"final loss {_fmt(metrics['final_loss'])}, render PSNR {_fmt(metrics['psnr_render_vs_target_db'])} dB, "
           f"{metrics['steps']} steps in {_fmt(metrics['seconds'])} s")
     for path, m in metrics["parameters"].items():
@@ -135,7 +214,6 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     print(f"results written to {out}")
     if metrics.get("recording"):
         print(f"recording written to {metrics['recording']['path']} ({metrics['recording']['bytes'] / 1e6:.1f} MB)")
-    return 0
 
 
 def _has_display() -> bool:
@@ -566,6 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
     p.add_argument("--serve", nargs="?", const="", metavar="ADDR", help="serve the run to `drstudio view --attach` "
                    "(default 127.0.0.1:7391; a random token is printed and required)")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="run N processes on this machine, "
+                   "each rendering its share of every step's views (data parallel, torch.distributed; "
+                   "docs/distributed.md)")
+    p.add_argument("--dist-timeout", type=_positive_float, default=300.0, metavar="S",
+                   help="distributed runs: seconds a rank waits for the others before giving up (default 300)")
     device(p)
     p = command("render", cmd_render, "render a scene to an image file")
     p.add_argument("scene", help="scene file")
@@ -639,6 +722,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `--nproc` starts each rank with
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USER_ERROR

@@ -48,7 +48,7 @@ def default_out_dir(root: Path) -> Path:
 
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
-             record_options=None, on_start=None, partial_every: float = 30.0) -> dict:
+             record_options=None, on_start=None, partial_every: float = 30.0, comm=None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
@@ -58,7 +58,12 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there).
     partial_every: seconds between writes of the latest values (params.npz, a partial metrics.json).
     Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
-    "interrupted": true) and raises `Interrupted`."""
+    "interrupted": true) and raises `Interrupted`.
+
+    comm: this process is one rank of a distributed run (`renderer.optim.distributed.Comm`): it renders its
+    share of each step's views; only rank 0 records, shows progress and writes `out` (other ranks write
+    nothing and return the final step and loss). A stop signal on any rank stops every rank after the same
+    step; a lost rank raises DistributedError."""
     parent = None
     if resume is not None:
         from drstudio.renderer.recording import load_recording, resume_problem
@@ -68,8 +73,15 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
         problem = Problem(open_scene(scene_path), device)
     if steps is not None:
         problem.steps = steps
-    for warning in underdetermined(problem.free_paths(), problem.views):
+    lead = comm is None or comm.rank == 0  # the process that writes
+    for warning in underdetermined(problem.free_paths(), problem.views) if lead else ():
         print(f"warning: {warning}", file=sys.stderr)
+    if comm is not None:
+        from drstudio.renderer.optim.distributed import threads_per_rank
+
+        problem.set_shards(comm.world, comm)
+        problem.model.workers = threads_per_rank(comm.local_world)
+        record, progress, partial_every = record and lead, progress and lead, partial_every if lead else 0
     engine = Engine(problem, publish_images=False, publish_every=1)
     recorder = None
     if record:
@@ -94,7 +106,9 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     restore = _stop_on_signals(stop)
     last_partial = time.monotonic()
     try:
-        while not stop.is_set():
+        while comm is not None or not stop.is_set():
+            if stop.is_set():  # distributed: every rank stops after the step in which one asked
+                problem.stop_request = True
             snap = engine.snapshot()
             # path mode: each step's loss is a Monte Carlo estimate with its own random numbers
             bar.set_postfix({loss_label: f"{snap.loss:.3e}", "steps_s": f"{snap.steps_per_second:.1f}"},
@@ -105,7 +119,10 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
             if partial_every and time.monotonic() - last_partial > partial_every:
                 write_partial(out, snap)  # what survives a kill or a power cut: the latest values
                 last_partial = time.monotonic()
-            stop.wait(0.1)
+            if stop.is_set():  # distributed: waiting for the agreed last step
+                time.sleep(0.1)
+            else:
+                stop.wait(0.1)
     finally:
         restore()
         bar.close()
@@ -114,11 +131,19 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
             raise RuntimeError("the optimizer thread did not stop")
         if recorder is not None:
             recorder.close()
-    interrupted = stop.is_set()
+    interrupted = stop.is_set() or problem.stop_agreed
     elapsed = time.perf_counter() - t0
     snap = engine.snapshot()
     if snap.state == "error":
+        if comm is not None:
+            from drstudio.renderer.optim.distributed import DistributedError
+
+            raise DistributedError(snap.error)
         raise RuntimeError(snap.error)
+    if not lead:
+        if interrupted:
+            raise Interrupted(f"rank {comm.rank} stopped at step {snap.step}")
+        return {"steps": snap.step, "final_loss": snap.loss, "seconds": elapsed}
     extra = {"interrupted": True} if interrupted else {}
     if recorder is not None:
         extra["recording"] = {"path": str(recorder.dir), "bytes": recorder.bytes_written,

@@ -278,7 +278,10 @@ class Engine:
         try:
             result = p.step()
         except Exception as exc:
-            log.error("optimization step failed:\n%s", traceback.format_exc())
+            if getattr(exc, "expected", False):  # a lost rank of a distributed run: the caller reports the message
+                log.info("optimization step %d failed: %s", p.step_index, exc)
+            else:
+                log.error("optimization step failed:\n%s", traceback.format_exc())
             self._error(f"step {p.step_index} failed: {exc}", fatal=True)
             return
         dt = time.perf_counter() - t0
@@ -301,6 +304,8 @@ class Engine:
                 self._state = "paused"
         if p.step_index >= p.steps and self._state == "running":
             self._state = "finished"
+        elif getattr(p, "stop_agreed", False) and self._state == "running":
+            self._state = "stopped"  # a distributed run: every rank stops after this same step
         done = self._state != "running" and self._pending_steps == 0
         if done or p.step_index % self.publish_every == 0:
             self._publish(force_images=done)

@@ -143,10 +143,20 @@ class FieldModel:
     docstring)."""
 
     kind = "field"
+    share = (0, 1)  # (rank, ranks) while the problem records one rank's part of a step (voxel grids)
 
     @staticmethod
     def applies(scene: Scene) -> bool:
         return bool(scene.fields)
+
+    @staticmethod
+    def can_shard(scene: Scene) -> bool:
+        """Whether a step's ray batch splits over ranks (renderer.optim.distributed): voxel grids only so far."""
+        return all(f.type == "voxel_grid" for f in scene.fields.values())
+
+    @property
+    def shardable(self) -> bool:
+        return self.can_shard(self.p.scene)
 
     @staticmethod
     def add_cameras(scene: Scene, target_spec) -> dict[str, str]:
@@ -388,13 +398,20 @@ class FieldModel:
                     groups.append((float(time), o, d, t))
                 state.record_loss(groups, len(indices), terms, weights, step, free)
                 continue
-            origins, directions, target = self.bank.gather(indices)
-            rgb, _, _, _ = volume_render(state.grid, origins, directions, state.n_samples, p.ds.background_color,
-                                         seed=step, jitter=True, occupancy=state.occupancy)
-            for loss in ("l1", "l2"):
-                if loss in terms:
-                    getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss])
-            if "tv" in terms:
+            # a rank's share: a contiguous block of the batch, its jitter and its part of the batch mean as in
+            # the whole batch (renderer.optim.distributed)
+            rank, ranks = self.share
+            lo, hi = rank * len(indices) // ranks, (rank + 1) * len(indices) // ranks
+            if hi > lo:
+                origins, directions, target = self.bank.gather(indices[lo:hi])
+                rgb, _, _, _ = volume_render(state.grid, origins, directions, state.n_samples,
+                                             p.ds.background_color, seed=step, jitter=True,
+                                             occupancy=state.occupancy, first_ray=lo)
+                part = (hi - lo) / len(indices)
+                for loss in ("l1", "l2"):
+                    if loss in terms:
+                        getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * part)
+            if "tv" in terms and rank == 0:
                 density, sh = p.ds.grid_paths(name)
                 w_density = weights["tv"] if density in free else 0.0
                 w_sh = weights["tv"] if sh in free else 0.0

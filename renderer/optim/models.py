@@ -141,6 +141,9 @@ class MeshModel:
     regularizers, G-buffer parts that no free parameter affects reused across steps."""
 
     kind = "mesh"
+    shardable = True  # a step's views split over ranks (Problem.set_shards, renderer.optim.distributed)
+    share = (0, 1)  # (rank, ranks) while the problem records one rank's part of a step
+    workers: int | None = None  # threads for a step's views (renderer.parallel.render_views; None: one per core)
 
     @property
     def noisy_loss(self) -> bool:
@@ -219,19 +222,21 @@ class MeshModel:
         cache = self.gbuffer()
         frame = ds.prepare(cache=cache)
         outputs = {}
-        scale = 1.0 / len(batch)
+        scale = 1.0 / len(batch)  # the mean over the whole batch, also when a rank renders part of it
+        rank, ranks = self.share
+        mine = batch[rank::ranks]  # rank r: views r, r + ranks, ... of the batch
         if ds.scene.render.mode == "path":
             # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
             seed = step_seed(ds.scene, step)
             adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
-            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed, adjoint_seed=adjoint) for t in batch]
-        elif len(batch) > 1 and ds.device.is_cpu and self.parallel_views:
+            rendered = [render_view(ds, frame, t.camera, cache=cache, seed=seed, adjoint_seed=adjoint) for t in mine]
+        elif len(mine) > 1 and ds.device.is_cpu and self.parallel_views and self.workers != 1:
             # one CPU launch runs on one core: spread the views over the cores (same images; the gradient
             # sums in a fixed, different order)
-            rendered = parallel.render_views(ds, frame, [t.camera for t in batch], cache=cache)
+            rendered = parallel.render_views(ds, frame, [t.camera for t in mine], cache=cache, workers=self.workers)
         else:
-            rendered = [render_view(ds, frame, t.camera, cache=cache) for t in batch]
-        for t, out in zip(batch, rendered, strict=True):
+            rendered = [render_view(ds, frame, t.camera, cache=cache) for t in mine]
+        for t, out in zip(mine, rendered, strict=True):
             outputs[t.camera] = out
             for name in IMAGE_LOSSES:
                 if name in terms:
@@ -240,7 +245,7 @@ class MeshModel:
                         losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
                     else:
                         getattr(losses, name)(out.image, t.image, terms[name], weight=w)
-        for path in self.p.free_paths():
+        for path in self.p.free_paths() if rank == 0 else ():  # regularizers once, on rank 0
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
                 regularizers.total_variation(arr, terms["tv"], weight=weights["tv"])

@@ -28,6 +28,7 @@ from ..initial_values import initial_value
 from ..params import Kind
 from ..scene import Scene
 from . import losses, optimizers
+from .distributed import CHECK_EVERY
 from .large_steps import ShapeOptimizer, large_steps_lambda
 from .models import IMAGE_LOSSES, Model, model_class
 from .targets import Target, add_dataset_cameras
@@ -86,6 +87,13 @@ class Problem:
                     for path, pspec in self.param_specs.items()}
         self.free = {path: True for path in self.param_specs}
         self._view_rng = np.random.default_rng(self.seed + 1)
+        # data parallelism (renderer.optim.distributed): the step's batch is split over `shards` ranks; with
+        # `comm` this process is one of them, without it `shards` > 1 emulates them one after another (replay)
+        self.shards = 1
+        self.comm = None
+        self.check_every = CHECK_EVERY
+        self.stop_request = False  # set from another thread: ask every rank to stop after this step
+        self.stop_agreed = False  # a rank asked; every rank stops after the same step
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -243,29 +251,103 @@ class Problem:
         return arr.numpy().reshape(value.shape)
 
     # -- the step --------------------------------------------------------------------------------
-    def _record_loss(self, batch):
+    def _record_loss(self, batch, share: tuple[int, int] = (0, 1)):
         """Forward pass of one step (the model's); returns (total loss array, per-term arrays, outputs by
-        camera)."""
+        camera). `share` (rank, ranks): the part of the batch this pass renders (`shards`)."""
         dev = self.ds.device
         terms = {name: wp.zeros(1, dtype=float, device=dev, requires_grad=True)
                  for name, w in self.weights.items() if w > 0}
         total = wp.zeros(1, dtype=float, device=dev, requires_grad=True)
-        outputs = self.model.record_loss(batch, terms, self.weights, self.step_index)
+        if share != (0, 1):
+            self.model.share = share
+        try:
+            outputs = self.model.record_loss(batch, terms, self.weights, self.step_index)
+        finally:
+            if share != (0, 1):
+                self.model.share = (0, 1)
         for arr in terms.values():
             losses.accumulate(arr, total)
         return total, terms, outputs
 
-    def step(self) -> StepResult:
-        if not self._opt_paths:
-            raise ValueError(NOTHING_FREE)
-        batch = self.model.batch(self._view_rng)
-        self.model.before_step(self.step_index)
+    def set_shards(self, shards: int, comm=None) -> None:
+        """Split each step's batch over `shards` ranks: this process is one of them when `comm` (a
+        `distributed.Comm` of that world size) is given, else the ranks are emulated in turn."""
+        shards = int(shards)
+        if shards < 1:
+            raise ValueError(f"shards: expected an integer >= 1, got {shards}")
+        if shards > 1 and not getattr(self.model, "shardable", False):
+            raise ValueError(f"{self.scene.path or 'scene'}: data-parallel optimization (--nproc, torchrun) "
+                             f"supports mesh scenes and voxel-grid fields only so far; this scene trains a "
+                             f"{self.model.kind} of another type")
+        if comm is not None and comm.world != shards:
+            raise ValueError(f"shards {shards} differs from the process group's {comm.world} ranks")
+        self.shards, self.comm = shards, comm
+
+    def _forward_backward(self, batch):
+        """(loss, term values, gradient images by camera, tape to reset after the update) of this step, with
+        the gradients of every parameter in their `.grad`."""
         self.ds.zero_grad()
         tape = wp.Tape()
         with tape:
             total, terms, outputs = self._record_loss(batch)
         tape.backward(total)
         loss = float(total.numpy()[0])
+        images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
+                  for cam, out in outputs.items()}
+        return loss, {k: float(v.numpy()[0]) for k, v in terms.items()}, images, tape
+
+    def _step_sharded(self, batch):
+        """`_forward_backward` split over `shards` ranks (renderer.optim.distributed): each rank's part of the
+        batch under its own tape into one flat buffer, the buffers summed across ranks (or, emulated, in rank
+        order), the sums written back into the `.grad` of the optimizer's parameters."""
+        from . import distributed
+
+        comm, paths = self.comm, self._opt_paths
+        names = [n for n, w in self.weights.items() if w > 0]
+        ranks = [comm.rank] if comm is not None else range(self.shards)
+        device = comm.device if comm is not None else "cpu"
+        parts, images = [], {}
+        for r in ranks:
+            self.ds.zero_grad()
+            tape = wp.Tape()
+            with tape:
+                total, terms, outputs = self._record_loss(batch, (r, self.shards))
+            tape.backward(total)
+            parts.append(distributed.pack(self.ds, paths, [terms[n] for n in names], total, self.stop_request,
+                                          device))
+            images.update({cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
+                           for cam, out in outputs.items()})
+            tape.reset()
+        flat = comm.sum(parts[0], self.step_index) if comm is not None else distributed.ordered_sum(parts)
+        values, loss, stop = distributed.unpack(flat, self.ds, paths, len(names))
+        self.stop_agreed = self.stop_agreed or stop
+        return loss, dict(zip(names, values, strict=True)), images, None
+
+    def _check_ranks(self) -> None:
+        """Every `check_every` steps, at the last step and before an agreed stop: every rank must hold the
+        same parameters (DistributedError otherwise)."""
+        from . import distributed
+
+        i = self.step_index
+        if self.comm is None or not (i % self.check_every == 0 or i >= self.steps or self.stop_agreed):
+            return
+        self.comm.check_same(distributed.checksum(self.ds, self.param_specs), i)
+
+    def step(self) -> StepResult:
+        if not self._opt_paths:
+            raise ValueError(NOTHING_FREE)
+        rng_state = self.view_rng_state() if self.comm is not None else None
+        batch = self.model.batch(self._view_rng)
+        self.model.before_step(self.step_index)
+        if self.shards > 1 or self.comm is not None:
+            try:
+                loss, terms, grad_images, tape = self._step_sharded(batch)
+            except Exception:
+                if rng_state is not None:  # a lost rank: the step was not taken, so its batch is drawn again
+                    self.set_view_rng_state(rng_state)  # by whoever resumes from the closing keyframe
+                raise
+        else:
+            loss, terms, grad_images, tape = self._forward_backward(batch)
         applied = self.optimizer.step(loss_value=loss)
         if applied:
             for path in self._opt_paths:
@@ -275,13 +357,13 @@ class Problem:
         self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()
                                   if self.model.reports(p)}
         grad_norms = {p: float(np.linalg.norm(self.ds.arrays[p].grad.numpy().ravel())) for p in self.free_paths()}
-        self._last_grad_images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
-                                  for cam, out in outputs.items()}
-        tape.reset()
-        terms = {k: float(v.numpy()[0]) for k, v in terms.items()}
+        self._last_grad_images = grad_images
+        if tape is not None:
+            tape.reset()
         terms.update(self.model.after_step(self.step_index))  # e.g. upsampling, a test PSNR (a read-out)
         result = StepResult(self.step_index, loss, terms, grad_norms, applied)
         self.step_index += 1
+        self._check_ranks()
         return result
 
     # -- read-outs -------------------------------------------------------------------------------

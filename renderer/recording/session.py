@@ -108,6 +108,18 @@ def verify(rec: Recording, device: str = "cpu", rtol: float = DEFAULT_RTOL, prog
         raise fmt.RecordingError(f"{rec.path}: nothing to verify: {rec.log_state()}")
     report = VerifyReport()
     problem = build_problem(rec, device)
+    split = rec.meta.get("data_parallel")
+    if isinstance(split, dict):  # a distributed run: its ranks emulated in turn, their sums in the same order
+        ranks, threads = split.get("ranks"), split.get("threads_per_rank")
+        if not (isinstance(ranks, int) and 1 <= ranks <= 4096 and (threads is None or isinstance(threads, int)
+                                                                    and 1 <= threads <= 4096)):
+            raise fmt.RecordingError(f"{rec.path}: meta.json data_parallel: expected ranks and threads_per_rank "
+                                     f"integers in [1, 4096], got {split}")
+        try:
+            problem.set_shards(ranks)
+        except ValueError as e:
+            raise fmt.RecordingError(f"{rec.path}: meta.json data_parallel: {e}") from None
+        problem.model.workers = threads
     start = rec.start_keyframe
     if rec.parent is not None or rec.first_at != 0:
         if start is None:

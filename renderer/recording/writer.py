@@ -167,6 +167,9 @@ class Recorder:
             },
             "argv": list(sys.argv),
         }
+        if getattr(problem, "shards", 1) > 1:  # a distributed run: what verify emulates in one process
+            self.meta["data_parallel"] = {"ranks": int(problem.shards),
+                                          "threads_per_rank": getattr(problem.model, "workers", None)}
         text = json.dumps(fmt.to_json(self.meta), indent=2) + "\n"
         atomic_write(self.dir / fmt.META_FILE, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
         self._other_bytes += len(text)

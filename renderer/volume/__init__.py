@@ -29,7 +29,7 @@ __all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "samp
 
 def render(field, origins: wp.array, directions: wp.array, n_samples: int, background: wp.array, *,
            near: float = 0.0, far: float = 1.0e10, seed: int = 0, jitter: bool = True, occupancy=None,
-           min_transmittance: float = 1.0e-4):
+           min_transmittance: float = 1.0e-4, first_ray: int = 0):
     """sample_rays over `field.aabb` (through the scene contraction when `field.contract`), `field.query`
     at the samples, `composite`.
 
@@ -39,7 +39,7 @@ def render(field, origins: wp.array, directions: wp.array, n_samples: int, backg
     if contract and far >= 1.0e10:
         far = contract_far(field.aabb)
     samples = sample_rays(origins, directions, field.aabb, n_samples, near, far, seed=seed, jitter=jitter,
-                          occupancy=occupancy, contract=contract)
+                          occupancy=occupancy, contract=contract, first_ray=first_ray)
     density, color = field.query(samples.positions, samples.directions)
     rgb, opacity, depth = composite(density, color, samples, background, min_transmittance)
     return rgb, opacity, depth, samples

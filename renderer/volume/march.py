@@ -138,7 +138,7 @@ def contracted_span(o: wp.vec3, d: wp.vec3, lo: wp.vec3, hi: wp.vec3, near: floa
 @wp.kernel
 def _count_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3), lo: wp.vec3,
                    hi: wp.vec3, near: float, far: float, n_samples: int, jitter: int, seed: int,
-                   use_occupancy: int, occupancy: wp.array3d(dtype=wp.uint8), occ_lo: wp.vec3,
+                   first_ray: int, use_occupancy: int, occupancy: wp.array3d(dtype=wp.uint8), occ_lo: wp.vec3,
                    occ_hi: wp.vec3, contract: int, counts: wp.array(dtype=wp.int32)):
     r = wp.tid()
     o = origins[r]
@@ -154,7 +154,7 @@ def _count_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
                 half = (hi - lo) * 0.25
                 ds = (cs[1] - cs[0]) / float(n_samples)
                 for k in range(n_samples):
-                    t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, r, n_samples), cs)
+                    t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, first_ray + r, n_samples), cs)
                     if occupied_at(contract_point(o + t * d, center, half), occupancy, occ_lo, occ_hi):
                         n += 1
         counts[r] = n
@@ -166,7 +166,7 @@ def _count_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
         else:
             dt = (span[1] - span[0]) / float(n_samples)
             for k in range(n_samples):
-                t = stratum_point(span[0], dt, k, jitter, seed, r, n_samples)
+                t = stratum_point(span[0], dt, k, jitter, seed, first_ray + r, n_samples)
                 if occupied_at(o + t * d, occupancy, occ_lo, occ_hi):
                     n += 1
     counts[r] = n
@@ -175,7 +175,7 @@ def _count_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
 @wp.kernel
 def _write_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3), lo: wp.vec3,
                    hi: wp.vec3, near: float, far: float, n_samples: int, jitter: int, seed: int,
-                   use_occupancy: int, occupancy: wp.array3d(dtype=wp.uint8), occ_lo: wp.vec3,
+                   first_ray: int, use_occupancy: int, occupancy: wp.array3d(dtype=wp.uint8), occ_lo: wp.vec3,
                    occ_hi: wp.vec3, offsets: wp.array(dtype=wp.int32), ray_indices: wp.array(dtype=wp.int32),
                    t_starts: wp.array(dtype=float), t_ends: wp.array(dtype=float),
                    t_points: wp.array(dtype=float), deltas: wp.array(dtype=float),
@@ -193,7 +193,7 @@ def _write_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
             unit = d / scale
             s = offsets[r]
             for k in range(n_samples):
-                t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, r, n_samples), cs)
+                t = lindisp_t(stratum_point(cs[0], ds, k, jitter, seed, first_ray + r, n_samples), cs)
                 p = contract_point(o + t * d, center, half)
                 if use_occupancy == 0 or occupied_at(p, occupancy, occ_lo, occ_hi):
                     t0 = lindisp_t(cs[0] + float(k) * ds, cs)
@@ -214,7 +214,7 @@ def _write_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
         unit = d / scale
         s = offsets[r]
         for k in range(n_samples):
-            t = stratum_point(span[0], dt, k, jitter, seed, r, n_samples)
+            t = stratum_point(span[0], dt, k, jitter, seed, first_ray + r, n_samples)
             p = o + t * d
             if use_occupancy == 0 or occupied_at(p, occupancy, occ_lo, occ_hi):
                 ray_indices[s] = r
@@ -275,7 +275,7 @@ def parse_aabb(name: str, aabb) -> tuple[wp.vec3, wp.vec3]:
 
 def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, near: float = 0.0,
                 far: float = 1.0e10, *, seed: int = 0, jitter: bool = True, occupancy=None,
-                contract: bool = False) -> Samples:
+                contract: bool = False, first_ray: int = 0) -> Samples:
     """Stratified samples along rays inside a box.
 
     Args:
@@ -286,6 +286,8 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
         near, far: ray-parameter bounds (view depth for camera rays), 0 <= near < far.
         seed: random stream of the jitter; pass the training step to draw new points every step.
         jitter: one uniform random point per interval (stratified sampling) if True, else the midpoint.
+        first_ray: the jitter of ray i is that of ray first_ray + i of a larger batch (a rank's slice of a
+            batch draws the points the whole batch would; renderer.optim.distributed).
         occupancy: an `OccupancyGrid` or None. When given, samples whose point lies in an unoccupied cell,
             or outside the grid's box, are dropped; the intervals kept still tile their part of the ray.
         contract: march unbounded space through the scene contraction (module docstring): `aabb` is the
@@ -317,7 +319,7 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
     if contract and not far < 1.0e10:
         raise ValueError(f"far: a contracted march needs a finite far bound, got {far!r}")
     common = [origins, directions, lo, hi, float(near), float(far), int(n_samples), int(bool(jitter)),
-              int(seed) % (2**31), int(occupancy is not None), occ, occ_lo, occ_hi]
+              int(seed) % (2**31), int(first_ray), int(occupancy is not None), occ, occ_lo, occ_hi]
     counts = wp.empty(n, dtype=wp.int32, device=dev)
     wp.launch(_count_samples, dim=n, inputs=[*common, int(bool(contract)), counts], device=dev, record_tape=False)
     offsets = wp.empty(n, dtype=wp.int32, device=dev)

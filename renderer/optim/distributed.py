@@ -1,0 +1,191 @@
+"""Data-parallel optimization on torch.distributed: each rank renders its share of a step's views, the
+gradients of the free parameters are summed across ranks in one flat float32 buffer, and every rank applies
+the same optimizer update, so the parameters stay identical on every rank (docs/distributed.md).
+
+`Comm` is one rank's membership in the process group (gloo on the CPU, NCCL on CUDA), made from the
+environment a launcher sets (`torchrun`, or `drstudio optimize --nproc N`): RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT. A `Problem` with `comm` set (and `shards` = world size) takes its
+steps through `Problem._step_sharded`, which uses the helpers below; the same function with `comm=None`
+emulates the ranks one after another in one process (what `replay --verify` of a distributed recording does),
+summing the per-rank buffers in the same order, so the emulation reproduces the run.
+
+The flat buffer of one rank: the gradients of the optimizer's parameters (in `Problem.opt_paths` order, each
+flattened), then the rank's share of each weighted loss term (in `Problem.weights` order, terms with weight 0
+left out), its share of the total loss, and a stop flag (1 when that rank was asked to stop: Ctrl-C, SIGTERM).
+
+Reduction order: 1 or 2 ranks: `all_reduce(SUM)` (a + b is exact and commutative in float32, so every rank and
+the emulation get the same bits); more ranks: `all_gather`, then the buffers are added in rank order,
+((b0 + b1) + b2) + ..., on every rank — the same bits everywhere and in the emulation, which a backend's ring
+all-reduce would not give. A failed collective (a rank crashed or was killed, or did not answer within the
+process-group timeout) raises `DistributedError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import zlib
+from typing import TYPE_CHECKING
+
+import numpy as np
+import warp as wp
+
+if TYPE_CHECKING:  # torch is imported where it is used: a one-process run never loads it for this module
+    import torch
+
+DEFAULT_TIMEOUT = 300.0  # seconds a collective waits for the other ranks (first steps compile kernels)
+CHECK_EVERY = 10  # steps between checks that every rank holds the same parameters
+
+
+class DistributedError(RuntimeError):
+    """A distributed run cannot go on: a rank was lost, timed out, or the ranks' parameters diverged.
+    `expected`: the engine reports it as a one-line error without a traceback."""
+
+    expected = True
+
+
+def launched() -> bool:
+    """Whether this process was started as one rank of several (RANK and WORLD_SIZE > 1 in the environment)."""
+    try:
+        return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def env_rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def threads_per_rank(local_world: int) -> int:
+    """Render threads each rank uses: the machine's cores shared by the ranks on it (at least 1)."""
+    return max(1, (os.cpu_count() or 1) // max(1, int(local_world)))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    # gloo prefixes its source location: "[.../pair.cc:553] Connection closed by peer ..."
+    if line.startswith("[") and "] " in line:
+        line = line.split("] ", 1)[1]
+    # and adds advice after the first sentence ("... This is typically caused by a remote worker crashing.")
+    return line.split(". ", 1)[0][:200]
+
+
+class Comm:
+    """This process's rank in a process group: `rank`, `world`, `local_rank`, `local_world`, `device` (the
+    torch device the buffers live on), `backend`, `warp_device` (the Warp device the rank optimizes on: the
+    CPU, or cuda:LOCAL_RANK)."""
+
+    def __init__(self, rank: int, world: int, local_rank: int, local_world: int, backend: str, device: str):
+        self.rank, self.world = rank, world
+        self.local_rank, self.local_world = local_rank, local_world
+        self.backend, self.device = backend, device
+        self.warp_device = device  # "cpu" or "cuda:N": the same names in Warp and torch
+
+    @classmethod
+    def from_env(cls, device: str | None, timeout: float = DEFAULT_TIMEOUT) -> Comm:
+        """Join the process group the environment describes (blocks until every rank has joined, at most
+        `timeout` seconds). `device`: the Warp device of the run ("cpu", "cuda", None: cpu); on CUDA each
+        rank takes cuda:LOCAL_RANK and NCCL."""
+        import torch.distributed as dist
+
+        env = os.environ
+        try:
+            rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+            local_rank = int(env.get("LOCAL_RANK", rank))
+            local_world = int(env.get("LOCAL_WORLD_SIZE", world))
+        except (KeyError, ValueError) as e:
+            raise DistributedError(f"bad launcher environment: RANK and WORLD_SIZE must be integers ({e})") from None
+        import torch
+
+        cuda = bool(device) and device.startswith("cuda")
+        backend = "nccl" if cuda else "gloo"
+        tdev = f"cuda:{local_rank}" if cuda else "cpu"
+        if cuda:
+            torch.cuda.set_device(local_rank)
+        else:  # the buffers are small; torch's own thread pool would only compete with the ranks' renders
+            torch.set_num_threads(1)
+        try:
+            dist.init_process_group(backend, rank=rank, world_size=world,
+                                    timeout=datetime.timedelta(seconds=float(timeout)))
+        except Exception as exc:  # the rendezvous failed or timed out
+            raise DistributedError(f"rank {rank} could not join the other {world - 1} rank(s) at "
+                                   f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}: {_first_line(exc)}") from None
+        return cls(rank, world, local_rank, local_world, backend, tdev)
+
+    def _lost(self, step: int, exc: BaseException) -> DistributedError:
+        return DistributedError(f"rank {self.rank}: lost contact with the other ranks at step {step} (one crashed, "
+                                f"was killed or stopped answering): {_first_line(exc)}")
+
+    def sum(self, flat: torch.Tensor, step: int) -> torch.Tensor:
+        """The element-wise sum of every rank's `flat` (float32, same length), identical on every rank."""
+        import torch
+        import torch.distributed as dist
+
+        try:
+            if self.world <= 2:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                return flat
+            parts = [torch.empty_like(flat) for _ in range(self.world)]
+            dist.all_gather(parts, flat)
+        except Exception as exc:
+            raise self._lost(step, exc) from None
+        return ordered_sum(parts)
+
+    def check_same(self, checksum: int, step: int) -> None:
+        """Raise DistributedError unless every rank passed the same `checksum` (of its parameters)."""
+        import torch
+        import torch.distributed as dist
+
+        t = torch.tensor([checksum, -checksum], dtype=torch.int64, device=self.device)
+        try:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        except Exception as exc:
+            raise self._lost(step, exc) from None
+        if int(t[0]) != -int(t[1]):
+            raise DistributedError(f"rank {self.rank}: the ranks' parameters diverged after step {step} (checksums "
+                                   f"differ); every rank must run the same drstudio, scene and device")
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
+    """((p0 + p1) + p2) + ...: the reduction order of `Comm.sum` and of the one-process emulation."""
+    acc = parts[0].clone()
+    for p in parts[1:]:
+        acc += p
+    return acc
+
+
+def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: bool, device: str) -> torch.Tensor:
+    """One rank's flat buffer (module docstring): gradients of `paths`, the term and total values, the stop
+    flag. A copy: the tape's reset zeroes the gradients afterwards."""
+    import torch
+
+    chunks = [wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1) for p in paths]
+    chunks += [wp.to_torch(t, requires_grad=False).reshape(-1) for t in (*terms, total)]
+    chunks.append(torch.tensor([1.0 if stop else 0.0], dtype=torch.float32, device=chunks[-1].device))
+    return torch.cat(chunks).to(device)
+
+
+def unpack(flat: torch.Tensor, ds, paths: list[str], n_terms: int) -> tuple[list[float], float, bool]:
+    """Write the summed gradients back into the parameters' `.grad`; return (term values, total, stop)."""
+    offset = 0
+    for p in paths:
+        g = wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1)
+        g.copy_(flat[offset:offset + g.numel()].to(g.device))
+        offset += g.numel()
+    tail = flat[offset:].cpu().numpy()
+    return [float(x) for x in tail[:n_terms]], float(tail[n_terms]), bool(tail[n_terms + 1] > 0)
+
+
+def checksum(ds, paths) -> int:
+    """CRC-32 of the bytes of the parameters `paths` (what `Comm.check_same` compares across ranks)."""
+    crc = 0
+    for p in paths:
+        crc = zlib.crc32(np.ascontiguousarray(ds.arrays[p].numpy()).tobytes(), crc)
+    return crc
