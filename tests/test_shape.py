@@ -221,6 +221,19 @@ def test_a_short_run_from_a_primitive_reduces_chamfer_and_remeshes(tmp_path):
     assert len(problem.ds.get(path)) == 42
 
 
+def test_a_plain_parametrization_remeshes_with_adam_state_carried(tmp_path):
+    scene = tiny_shape_scene(tmp_path, steps=4, remesh={"steps": [2], "edge_length": [0.25]},
+                             parametrization={"type": "plain"})
+    problem = Problem(load_scene(scene), "cpu")
+    for _ in range(3):
+        assert problem.step().applied
+    n = len(problem.ds.get("meshes.blob.vertices"))
+    state = problem.optimizer.state_dict()
+    assert n > 42 and type(problem.optimizer).__name__ == "Adam"
+    assert state["exp_avg"][0].size == state["exp_avg_sq"][0].size == 3 * n and state["steps"] == 3
+    assert (state["exp_avg_sq"][0] > 0).mean() > 0.5  # carried over, not zeroed (unseen vertices stay at 0)
+
+
 def test_replay_verify_reproduces_a_run_with_a_remesh(tmp_path):
     scene = tiny_shape_scene(tmp_path / "scene", steps=10, remesh={"steps": [4], "edge_length": [0.3]})
     optimize(str(scene), steps=None, out=tmp_path / "out", device="cpu", progress=False)
