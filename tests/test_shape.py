@@ -255,6 +255,11 @@ def test_replay_verify_reproduces_a_run_with_a_remesh(tmp_path):
     source = ReplaySource(rec)
     assert "meshes.blob.vertices" not in source.all_values_at(at)
     assert "meshes.blob.vertices" not in source.snapshot_at(at).values
+    # drstudio export writes the recovered mesh with its own faces
+    assert cli.main(["export", str(tmp_path / "out"), "--format", "ply"]) == 0
+    exported = trimesh.load(tmp_path / "out" / "export" / "blob.ply", process=False)
+    final = np.load(tmp_path / "out" / "params.npz")["meshes.blob.vertices"]
+    assert len(exported.vertices) == len(final) != 162 and exported.is_watertight
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["parameters"]["meshes.blob.vertices"]["self_intersecting_faces"] == 0
 
