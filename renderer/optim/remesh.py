@@ -131,7 +131,7 @@ def _collapse_short(v: np.ndarray, f: np.ndarray, min_len: float, max_len: float
         if len(common) != 2 or any(len(nb[c]) <= 3 for c in common):
             continue
         ring = (nb[a] | nb[b]) - {a, b}
-        if len(ring) - 0 < 3:
+        if len(ring) < 3:
             continue
         p = 0.5 * (v[a] + v[b])
         ring_idx = np.fromiter(ring, np.int64)
