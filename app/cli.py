@@ -407,11 +407,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         for mesh in scene.meshes.values():
             get = lambda leaf, m=mesh: values.get(ParamPath(Group.MESHES, m.name, leaf))  # noqa: E731
             vertices = get("vertices") if get("vertices") is not None else mesh.vertices
+            faces, uvs, mesh_colors = mesh.faces, mesh.uvs, mesh.colors
+            own = run / f"{mesh.name}.obj"  # the run's recovered mesh: its faces, whatever its topology
+            if get("vertices") is not None and own.is_file():
+                from drstudio.renderer.assets import load_mesh_file
+
+                own_vertices, own_faces, _, _ = load_mesh_file(own)
+                if len(own_vertices) == len(vertices) and not np.array_equal(own_faces, mesh.faces):
+                    faces, uvs, mesh_colors = own_faces, None, np.ones_like(vertices)  # a remeshed mesh
             material = scene.materials[mesh.material]
             albedo = values.get(ParamPath(Group.MATERIALS, material.name, "albedo"), material.albedo)
             textured = albedo.shape[0] * albedo.shape[1] > 1
-            colors = None if textured else np.broadcast_to(albedo.reshape(3), vertices.shape) * mesh.colors
-            written.append(export.write_mesh(out / f"{mesh.name}{fmt}", vertices, mesh.faces, uvs=mesh.uvs,
+            colors = None if textured else np.broadcast_to(albedo.reshape(3), vertices.shape) * mesh_colors
+            written.append(export.write_mesh(out / f"{mesh.name}{fmt}", vertices, faces, uvs=uvs,
                                              texture=albedo if textured else None, vertex_colors=colors))
         written.append(_export_cameras(scene, values, out / "transforms.json"))
     if not written:

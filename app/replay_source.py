@@ -139,9 +139,23 @@ class ReplaySource:
             earlier = [k for k in self.keyframe_steps if k < at]
             return self._keyframe(earlier[-1]) if earlier else None
 
+    def _shown(self, kf) -> dict:
+        """The keyframe's values without the vertices of a mesh in a topology of its own (its faces in the
+        keyframe's extra state differ from the scene's: a remeshed mesh), which the scene's faces cannot draw."""
+        scene = self.scene
+        out = {}
+        for path, value in kf.values.items():
+            faces = kf.extra.get(f"faces/{path}")
+            if faces is not None and scene is not None:
+                mesh = scene.meshes.get(path.split(".")[1]) if path.startswith("meshes.") else None
+                if mesh is None or np.shape(faces) != mesh.faces.shape or not np.array_equal(faces, mesh.faces):
+                    continue
+            out[path] = value
+        return out
+
     def all_values_at(self, step) -> dict:
         kf = self._keyframe(step)
-        return dict(kf.values) if kf else {}
+        return self._shown(kf) if kf else {}
 
     def targets_at(self, step) -> dict:
         kf = self._keyframe(step)
@@ -195,7 +209,7 @@ class ReplaySource:
             loss=fmt.number(last.get("loss")) if last else math.nan,
             loss_terms={k: fmt.number(v) for k, v in last.get("terms", {}).items()} if last else {},
             grad_norms={k: fmt.number(v) for k, v in last.get("grads", {}).items()} if last else {},
-            values={p: kf.values[p] for p in free if p in kf.values} if kf else {},
+            values={p: v for p, v in self._shown(kf).items() if p in free} if kf else {},
             errors=self._errors(kf), free=free,
             active_view=thumb["view"] if thumb else (kf.state["active_view"] if kf else ""),
             render=render, target=target,

@@ -103,6 +103,17 @@ def test_remesh_keeps_a_closed_manifold_closed_at_the_target_edge_length(target)
     np.testing.assert_array_equal(f2, f3)
 
 
+def test_remesh_keeps_a_torus_a_torus():
+    from drstudio.renderer import primitives
+    from drstudio.renderer.initial_values import _welded
+
+    v, f = _welded(*primitives.torus(1.0, 0.4, 16)[:2])
+    v2, f2 = isotropic_remesh(v, f, 0.15)
+    m = trimesh.Trimesh(v2, f2, process=False)
+    assert m.is_watertight and m.is_winding_consistent and m.euler_number == 0  # genus 1 kept
+    assert len(v2) > 2 * len(v)
+
+
 # ---- metrics -----------------------------------------------------------------------------------------
 
 def test_metrics_of_a_sphere_against_a_scaled_copy_are_analytic():
@@ -210,6 +221,19 @@ def test_a_short_run_from_a_primitive_reduces_chamfer_and_remeshes(tmp_path):
     assert len(problem.ds.get(path)) == 42
 
 
+def test_a_plain_parametrization_remeshes_with_adam_state_carried(tmp_path):
+    scene = tiny_shape_scene(tmp_path, steps=4, remesh={"steps": [2], "edge_length": [0.25]},
+                             parametrization={"type": "plain"})
+    problem = Problem(load_scene(scene), "cpu")
+    for _ in range(3):
+        assert problem.step().applied
+    n = len(problem.ds.get("meshes.blob.vertices"))
+    state = problem.optimizer.state_dict()
+    assert n > 42 and type(problem.optimizer).__name__ == "Adam"
+    assert state["exp_avg"][0].size == state["exp_avg_sq"][0].size == 3 * n and state["steps"] == 3
+    assert (state["exp_avg_sq"][0] > 0).mean() > 0.5  # carried over, not zeroed (unseen vertices stay at 0)
+
+
 def test_replay_verify_reproduces_a_run_with_a_remesh(tmp_path):
     scene = tiny_shape_scene(tmp_path / "scene", steps=10, remesh={"steps": [4], "edge_length": [0.3]})
     optimize(str(scene), steps=None, out=tmp_path / "out", device="cpu", progress=False)
@@ -225,6 +249,17 @@ def test_replay_verify_reproduces_a_run_with_a_remesh(tmp_path):
     kf = rec.keyframe(at)
     assert compare_state(problem, kf, 1e-6) is None
     assert len(problem.ds.get("meshes.blob.vertices")) == len(kf.values["meshes.blob.vertices"]) != 42
+    # the replay viewer's source leaves out vertices the scene's faces cannot draw (after the remesh)
+    from drstudio.app.replay import ReplaySource
+
+    source = ReplaySource(rec)
+    assert "meshes.blob.vertices" not in source.all_values_at(at)
+    assert "meshes.blob.vertices" not in source.snapshot_at(at).values
+    # drstudio export writes the recovered mesh with its own faces
+    assert cli.main(["export", str(tmp_path / "out"), "--format", "ply"]) == 0
+    exported = trimesh.load(tmp_path / "out" / "export" / "blob.ply", process=False)
+    final = np.load(tmp_path / "out" / "params.npz")["meshes.blob.vertices"]
+    assert len(exported.vertices) == len(final) != 162 and exported.is_watertight
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["parameters"]["meshes.blob.vertices"]["self_intersecting_faces"] == 0
 
@@ -246,6 +281,24 @@ def test_a_reference_file_is_measured_and_no_reference_is_said(tmp_path):
     scene.write_text(json.dumps(data))
     m = parameter_metrics(Problem(load_scene(scene), "cpu"))["meshes.blob.vertices"]
     assert m["reference"].startswith("none:") and "chamfer_percent" not in m
+
+
+def test_a_mesh_file_of_another_topology_starts_the_optimization(tmp_path):
+    scene = tiny_shape_scene(tmp_path, steps=3)
+    box = trimesh.creation.box(extents=(1.2, 1.2, 1.2))
+    box.export(tmp_path / "start.obj")
+    data = json.loads(scene.read_text())
+    data["optimize"]["parameters"]["meshes.blob.vertices"]["init"] = "start.obj"
+    scene.write_text(json.dumps(data))
+    problem = Problem(load_scene(scene), "cpu")
+    path = "meshes.blob.vertices"
+    assert len(problem.ds.get(path)) == 8 and problem.model.faces(path).shape == (12, 3)
+    assert not problem.model.reports(path)  # its values do not line up with the truth's 162 vertices
+    for _ in range(3):
+        assert problem.step().applied
+    assert problem.parameter_errors() == {}  # nothing to compare vertex by vertex
+    problem.set_value(path, problem.ds.get(path) * 1.01)  # an edit of the optimized mesh's own shape
+    assert problem.step().applied
 
 
 # ---- schema ------------------------------------------------------------------------------------------

@@ -37,9 +37,10 @@ def _check(vertices, faces) -> tuple[np.ndarray, np.ndarray]:
 
 def _edge_table(f: np.ndarray):
     """(edges (E, 2) sorted pairs, half-edge -> edge id (3F,)); half-edge k is face k % F from corner k // F."""
-    he = np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]])
-    edges, inverse = np.unique(np.sort(he, axis=1), axis=0, return_inverse=True)
-    return edges, inverse.ravel()
+    he = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
+    n = int(f.max()) + 1 if f.size else 1
+    keys, inverse = np.unique(he[:, 0] * n + he[:, 1], return_inverse=True)  # rows in (a, b) order
+    return np.stack([keys // n, keys % n], 1), inverse.ravel()
 
 
 def _edge_faces(f: np.ndarray, inverse: np.ndarray, n_edges: int) -> np.ndarray:
@@ -119,27 +120,26 @@ def _collapse_short(v: np.ndarray, f: np.ndarray, min_len: float, max_len: float
     n = len(v)
     nb, vf = _neighbours(f, n), _vertex_faces(f, n)
     normals = _face_normals(v, f)
-    locked = np.zeros(n, bool)
-    removed = np.zeros(len(f), bool)
-    remap = np.arange(n)
+    fl = f.tolist()  # Python lists in the loop: per-element NumPy indexing costs more than the work
+    locked = [False] * n
+    removed = [False] * len(f)
     alive = n
-    for e in short[np.argsort(length[short], kind="stable")]:
-        a, b = (int(x) for x in edges[e])
+    for a, b in edges[short[np.argsort(length[short], kind="stable")]].tolist():
         if locked[a] or locked[b] or alive <= 6:
             continue
         common = nb[a] & nb[b]
         if len(common) != 2 or any(len(nb[c]) <= 3 for c in common):
             continue
         ring = (nb[a] | nb[b]) - {a, b}
-        if len(ring) - 0 < 3:
+        if len(ring) < 3:
             continue
         p = 0.5 * (v[a] + v[b])
         ring_idx = np.fromiter(ring, np.int64)
         if np.any(np.linalg.norm(v[ring_idx] - p, axis=1) > max_len):
             continue
         moved = [fi for fi in set(vf[a]) | set(vf[b]) if not removed[fi]]
-        keep = [fi for fi in moved if not (a in f[fi] and b in f[fi])]
-        tri = f[keep]
+        keep = [fi for fi in moved if not (a in fl[fi] and b in fl[fi])]
+        tri = np.array([fl[fi] for fi in keep], np.int64).reshape(-1, 3)
         tv = v[tri]
         tv[(tri == a) | (tri == b)] = p
         new_n = np.cross(tv[:, 1] - tv[:, 0], tv[:, 2] - tv[:, 0])
@@ -147,11 +147,10 @@ def _collapse_short(v: np.ndarray, f: np.ndarray, min_len: float, max_len: float
             continue  # a face would turn over (or degenerate)
         v[a] = p
         for fi in moved:
-            if a in f[fi] and b in f[fi]:
+            if a in fl[fi] and b in fl[fi]:
                 removed[fi] = True
         for fi in keep:
-            f[fi][f[fi] == b] = a
-        remap[b] = a
+            fl[fi] = [a if x == b else x for x in fl[fi]]
         for x in nb[b] - {a}:
             nb[x].discard(b)
             nb[x].add(a)
@@ -159,9 +158,10 @@ def _collapse_short(v: np.ndarray, f: np.ndarray, min_len: float, max_len: float
         nb[b] = set()
         vf[a] = keep
         locked[a] = locked[b] = True
-        locked[ring_idx] = True
+        for x in ring:
+            locked[x] = True
         alive -= 1
-    f = f[~removed]
+    f = np.array(fl, np.int64).reshape(-1, 3)[~np.array(removed, bool)]
     used = np.unique(f)
     index = np.full(n, -1, np.int64)
     index[used] = np.arange(len(used))
@@ -169,42 +169,44 @@ def _collapse_short(v: np.ndarray, f: np.ndarray, min_len: float, max_len: float
 
 
 def _flip_edges(v: np.ndarray, f: np.ndarray):
+    # Python lists in the loop: per-element NumPy indexing costs more than the work
     edges, inverse = _edge_table(f)
     nf = len(f)
-    halves = _edge_faces(f, inverse, len(edges))
+    halves = _edge_faces(f, inverse, len(edges)).tolist()
+    fl = f.tolist()
     nb = _neighbours(f, len(v))
-    valence = np.array([len(s) for s in nb], np.int64)
-    locked = np.zeros(len(v), bool)
-    for e in range(len(edges)):
-        h0, h1 = halves[e]
+    valence = [len(x) for x in nb]
+    locked = [False] * len(v)
+    for h0, h1 in halves:
         if h0 < 0 or h1 < 0:
             continue
         fa, ca = h0 % nf, h0 // nf
         fb, cb = h1 % nf, h1 // nf
-        a, b, c = f[fa, ca], f[fa, (ca + 1) % 3], f[fa, (ca + 2) % 3]  # fa = (a, b, c)
-        d = f[fb, (cb + 2) % 3]  # fb = (b, a, d)
-        if f[fb, cb] != b or locked[[a, b, c, d]].any() or c == d or d in nb[c]:
+        ta, tb = fl[fa], fl[fb]
+        a, b, c = ta[ca], ta[(ca + 1) % 3], ta[(ca + 2) % 3]  # fa = (a, b, c)
+        d = tb[(cb + 2) % 3]  # fb = (b, a, d)
+        if tb[cb] != b or locked[a] or locked[b] or locked[c] or locked[d] or c == d or d in nb[c]:
             continue
-        if valence[a] <= 3 or valence[b] <= 3:
+        va, vb, vc, vd = valence[a], valence[b], valence[c], valence[d]
+        if va <= 3 or vb <= 3:
             continue
-        before = sum((valence[x] - 6) ** 2 for x in (a, b, c, d))
-        after = ((valence[a] - 7) ** 2 + (valence[b] - 7) ** 2 + (valence[c] - 5) ** 2 + (valence[d] - 5) ** 2)
+        before = (va - 6) ** 2 + (vb - 6) ** 2 + (vc - 6) ** 2 + (vd - 6) ** 2
+        after = (va - 7) ** 2 + (vb - 7) ** 2 + (vc - 5) ** 2 + (vd - 5) ** 2
         if after >= before:
             continue
-        t1, t2 = np.array([a, d, c]), np.array([d, b, c])
-        n_old = _face_normals(v, f[[fa, fb]]).sum(0)
-        n1, n2 = _face_normals(v, t1[None])[0], _face_normals(v, t2[None])[0]
+        t1, t2 = [a, d, c], [d, b, c]
+        normals = _face_normals(v, np.array([ta, tb, t1, t2]))  # one call: the loop's cost is per call
+        n_old, n1, n2 = normals[0] + normals[1], normals[2], normals[3]
         if n1 @ n_old <= 0 or n2 @ n_old <= 0 or n1 @ n2 <= 0:
             continue
-        f[fa], f[fb] = t1, t2
+        fl[fa], fl[fb] = t1, t2
         nb[a].discard(b)
         nb[b].discard(a)
         nb[c].add(d)
         nb[d].add(c)
-        valence[[a, b]] -= 1
-        valence[[c, d]] += 1
-        locked[[a, b, c, d]] = True
-    return v, f
+        valence[a], valence[b], valence[c], valence[d] = va - 1, vb - 1, vc + 1, vd + 1
+        locked[a] = locked[b] = locked[c] = locked[d] = True
+    return v, np.array(fl, np.int64).reshape(-1, 3)
 
 
 def _relax(v: np.ndarray, f: np.ndarray, weight: float = 0.5) -> np.ndarray:

@@ -173,7 +173,7 @@ def restore_state(problem, kf: Keyframe) -> None:
     if type(problem.optimizer).__name__ != s["optimizer"]["class"]:
         raise ValueError(f"keyframe at {kf.at}: optimizer {s['optimizer']['class']}, but the scene builds "
                          f"{type(problem.optimizer).__name__}")
-    load_topology = getattr(problem.model, "load_topology", None)
+    load_topology = getattr(getattr(problem, "model", None), "load_topology", None)
     if load_topology is not None:  # a remeshed mesh: its faces first (the values and the optimizer fit them)
         load_topology(kf.extra, kf.values)
     for path, value in kf.values.items():

@@ -125,7 +125,7 @@ class Recorder:
         self.closed = False
         self.at = int(problem.step_index)
         self.steps_recorded = 0
-        self._topology = getattr(problem.model, "topology_version", None)  # remeshes so far
+        self._topology = getattr(getattr(problem, "model", None), "topology_version", None)  # remeshes so far
         self._sched = schedule_steps(problem)
         self._free = tuple(problem.free_paths())
         self._target_serial = 0
@@ -233,7 +233,7 @@ class Recorder:
                       "applied": bool(ev.get("applied", True)), "dt": ev.get("dt", 0.0)})
         self.at += 1
         self.steps_recorded += 1
-        topology = getattr(self.problem.model, "topology_version", None)
+        topology = getattr(getattr(self.problem, "model", None), "topology_version", None)
         if topology != self._topology:  # a remeshed mesh: its faces are in the keyframe
             self._topology = topology
             self._keyframe("topology")
