@@ -262,7 +262,7 @@ class RemoteEngine:
     without touching the network, so a UI calling it every frame never waits for the served process.
     `refresh()` fetches one now (tests, scripts). A lost connection shows as the snapshot's `error`."""
 
-    def __init__(self, address: tuple[str, int], token: str, poll: float = 0.05, timeout: float = 60.0):
+    def __init__(self, address: tuple[str, int], token: str, poll: float = 0.1, timeout: float = 60.0):
         self._conn = Client(address, family="AF_INET", authkey=token.encode())
         self._lock = threading.RLock()
         self.poll, self.timeout = poll, timeout
