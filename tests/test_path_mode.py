@@ -590,3 +590,27 @@ def test_environment_maps_in_hdr_and_exr(tmp_path, ext):
         path.write_bytes(bytes(raw))
     with pytest.raises(SceneError, match=r"lights\[0\]\.radiance.*100000x100000"):
         read_radiance_image(path, "scene.json", "lights[0].radiance")
+
+
+def test_spp_and_max_depth_are_render_settings(tmp_path):
+    """The Render menu's path settings are commands: spp and max_depth change the renders (a deeper path
+    carries indirect light: the image brightens), are validated before anything changes, and undo."""
+    from drstudio.renderer.optim import commands as C
+
+    problem = Problem(load_scene(write(tmp_path, optimize_doc())), "cpu")
+    cam = problem.views[0]
+    C.execute(C.SetRenderSetting("max_depth", 1), problem)
+    direct = problem.render_numpy(cam)
+    assert problem.scene.render.max_depth == 1
+    C.execute(C.SetRenderSetting("max_depth", 4), problem)
+    C.execute(C.SetRenderSetting("spp", 8), problem)
+    assert (problem.scene.render.max_depth, problem.scene.render.spp) == (4, 8)
+    assert problem.render_numpy(cam).mean() > direct.mean() * 1.02
+    for bad in (0, -1, 70000, 2.5, True, "8"):
+        with pytest.raises(C.CommandError, match="render.spp"):
+            C.SetRenderSetting("spp", bad)
+    with pytest.raises(C.CommandError, match="render.max_depth"):
+        C.SetRenderSetting("max_depth", 65)
+    undo = C.SetRenderSetting("spp", 32).inverse(problem.scene)
+    assert undo.args() == ["spp", 8]
+    problem.step()

@@ -387,10 +387,29 @@ def render_menu(state: AppState) -> None:
         if imgui.menu_item(label, "", getattr(state.render, name))[0]:
             state.send(commands.SetRenderSetting, name, not getattr(state.render, name))
         remember(state, f"menu.render.{name}")
+    if state.render.mode == "path":
+        imgui.separator()
+        for name, label, choices, tip in PATH_SETTINGS:
+            current = int(getattr(state.render, name))
+            opened_sub = imgui.begin_menu(f"{label}: {current}")
+            remember(state, f"menu.render.{name}")
+            if imgui.is_item_hovered():
+                imgui.set_tooltip(tip)
+            if opened_sub:
+                for value in sorted(set(choices) | {current}):
+                    if imgui.menu_item(str(value), "", value == current)[0] and value != current:
+                        state.send(commands.SetRenderSetting, name, value)
+                    remember(state, f"menu.render.{name}.{value}")
+                imgui.end_menu()
     imgui.end_disabled()
     imgui.text_disabled("re-renders the targets (when rendered from the scene)")
     imgui.end_menu()
 
+
+PATH_SETTINGS = (("spp", "samples per pixel", (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024),
+                  "path tracing: samples per pixel of every render (more: less noise, slower steps)"),
+                 ("max_depth", "max depth", (0, 1, 2, 3, 4, 5, 6, 8, 12, 16),
+                  "path tracing: scattering events per path (1: direct light only; each more adds a bounce)"))
 
 RENDER_MODE_HELP = {"hard": "hard rasterization: no gradient at silhouettes (fastest)",
                     "antialias": "analytic antialiasing: gradients at silhouette edges",

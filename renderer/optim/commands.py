@@ -422,14 +422,17 @@ class SetActiveView(Command):
         return [self.camera]
 
 
-RENDER_SETTINGS: dict[str, tuple] = {"mode": ("hard", "antialias", "soft", "path"), "shadows": (False, True),
-                                     "mipmaps": (False, True)}  # what SetRenderSetting may change, and to what
+# what SetRenderSetting may change, and to what (the path mode's integers: the scene schema's ranges)
+RENDER_SETTINGS: dict[str, tuple | range] = {"mode": ("hard", "antialias", "soft", "path"), "shadows": (False, True),
+                                             "mipmaps": (False, True), "spp": range(1, 65537),
+                                             "max_depth": range(0, 65)}
 
 
 @dataclass(frozen=True)
 class SetRenderSetting(Command):
-    """Change one of the scene's render settings (`scene.render.<name>`: mode, shadows, mipmaps); targets
-    rendered from the scene are re-rendered with it, so the optimizer compares like with like."""
+    """Change one of the scene's render settings (`scene.render.<name>`: mode, shadows, mipmaps, and the
+    path mode's spp and max_depth); targets rendered from the scene are re-rendered with it, so the
+    optimizer compares like with like."""
 
     kind: ClassVar[str] = "set_render_setting"
     edits: ClassVar[bool] = True
@@ -445,6 +448,11 @@ class SetRenderSetting(Command):
             if not isinstance(value, (bool, np.bool_)):
                 raise CommandError(f"render.{self.name}: expected true or false, got {value!r}")
             value = bool(value)
+        elif isinstance(allowed, range):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value not in allowed:
+                raise CommandError(f"render.{self.name}: expected an integer in [{allowed.start}, {allowed.stop - 1}], "
+                                   f"got {value!r}")
+            value = int(value)
         elif value not in allowed:
             raise CommandError(f"render.{self.name}: expected one of {allowed}, got {value!r}")
         object.__setattr__(self, "value", value)
