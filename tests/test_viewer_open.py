@@ -186,7 +186,11 @@ class OpenSession(Session):
         names = [Path(p).name for p in json.loads(self.config.read_text())["recent"]]
         assert names[:3] == ["saved.json", "scene.json", "look.json"], names
         yield from self.click(state, "menu.file")
-        yield from self.click(state, "menu.file.recent")
+        # hover the submenu's header (ImGui opens it on hover; a click there can toggle it shut again)
+        ox, oy = state.window_pos
+        x, y, w, h = state.rects["menu.file.recent"]
+        self.input.move(ox + x + min(w / 2, 60), oy + y + h / 2)
+        yield from self.until(state, lambda: "menu.file.recent.2" in state.rects, "the Open Recent submenu")
         yield from self.frames(3)
         self.screen(state, "04_recent")
         yield from self.click(state, "menu.file.recent.2")
