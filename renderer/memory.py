@@ -54,3 +54,9 @@ def grid_bytes(resolution, sh_degree: int, copies: int = 1) -> int:
     for r in resolution:
         n *= int(r)
     return n * (1 + 3 * (int(sh_degree) + 1) ** 2) * 4 * int(copies)
+
+
+def hash_table_bytes(n_levels: int, log2_table_size: int, n_features: int, copies: int = 1) -> int:
+    """A hash-grid field's tables (float32 (L * 2^log2_T, F)) times `copies` (training holds the values, their
+    gradient, torch's fresh gradient of a step and two Adam moments: 5)."""
+    return int(n_levels) * (1 << int(log2_table_size)) * int(n_features) * 4 * int(copies)

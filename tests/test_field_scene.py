@@ -318,9 +318,10 @@ def test_optimize_writes_test_psnr_and_a_recording_that_verifies_and_resumes(dat
     doc["optimize"]["eval_every"] = 5
     scene = write(dataset, doc, "run.json")
     out = tmp_path / "run"
-    assert cli.main(["optimize", str(scene), "--out", str(out)]) == 0
+    assert cli.main(["optimize", str(scene), "--out", str(out), "--final-eval", "full"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 16 and list(metrics["psnr_test_by_view_db"]) == held_out(dataset)
+    assert metrics["final_eval"] == "full"
     assert metrics["psnr_test_db"] > 10 and "psnr_test_srgb_db" in metrics
     assert metrics["parameters"]["fields.nerf.sh"] == {"shape": [16, 16, 16, 3], "storage": "float16",
                                                        "bytes": 16**3 * 3 * 2}
