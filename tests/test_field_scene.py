@@ -99,8 +99,8 @@ def setting(path: str, value):
 DELETE = object()
 
 ERRORS = [
-    ("type", setting("fields/0/type", "hash_grid"), "fields[0].type",
-     "expected one of 'voxel_grid', 'neural', 'nerf_w', 'dynamic', got 'hash_grid'"),
+    ("type", setting("fields/0/type", "octree"), "fields[0].type",
+     "expected one of 'voxel_grid', 'neural', 'nerf_w', 'hash_grid', 'dynamic', got 'octree'"),
     ("resolution", setting("fields/0/resolution", 1), "fields[0].resolution", "integer in [2, 512]"),
     ("resolution-list", setting("fields/0/resolution", [16, 16]), "fields[0].resolution", "list of 3"),
     ("resolution-float", setting("fields/0/resolution", 16.0), "fields[0].resolution", "integer"),
