@@ -181,16 +181,18 @@ def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differ
 # ---- training, evaluation, recording --------------------------------------------------------------
 
 def test_training_raises_the_held_out_psnr(data):
-    """80 steps of 512 rays on the tiny globe: the full held-out PSNR (every pixel) rises by more than 4 dB
-    (measured: 12.6 -> 19.9 dB); the sampled evaluation with enough rays for every pixel is the full one."""
-    doc = scene_doc(steps=80, rays=512, eval_every=0)
+    """60 steps of 512 rays on the tiny globe: the full held-out PSNR (every pixel) rises by more than 4 dB
+    (measured: 11.25 -> 21.83 dB); the sampled evaluation with enough rays for every pixel is the
+    full one."""
+    doc = scene_doc(steps=60, rays=512, eval_every=0)
     doc["optimize"]["eval_rays"] = 256  # every pixel of a 16x16 view
     p = Problem(load_scene(write(data, doc, "train.json")), "cpu")
     ft = p.field_training
     before = ft.test_psnr()
-    for _ in range(80):
+    for _ in range(60):
         assert p.step().applied
     after = ft.test_psnr()
+    print(f"held-out PSNR {before:.2f} -> {after:.2f} dB")
     assert after > before + 4.0, (before, after)
     assert ft.test_psnr(sampled=True) == pytest.approx(after, abs=1e-4)
     # the viewer's preview: the published copy renders what the problem renders
