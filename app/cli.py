@@ -158,6 +158,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=args.device,
                                         record=not getattr(args, "no_record", False), resume=resume,
                                         from_step=getattr(args, "from_step", None),
+                                        final_eval=getattr(args, "final_eval", None),
                                         on_start=serve if getattr(args, "serve", None) is not None else None)
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
@@ -392,8 +393,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     for npz in sorted(run.glob("field_*.npz")):
         data = np.load(npz)
         if "density" not in data or data["density"].ndim != 3:
-            raise UsageError(f"{npz}: only voxel-grid fields export as meshes so far (this one has no 3-D density "
-                             f"grid: a neural, NeRF-W or dynamic field; not built yet)")
+            raise UsageError(f"{npz}: only voxel-grid and hash-grid fields export as meshes so far (this one has "
+                             f"no 3-D density grid: a neural, NeRF-W or dynamic field; not built yet)")
         grid = dict(aabb=data["aabb"], activation=str(data["activation"]), sh=data["sh"].astype(np.float32),
                     sh_degree=int(data["sh_degree"]), level=args.level,
                     contract=bool(data["contract"]) if "contract" in data else False)
@@ -650,6 +651,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue a recorded session from a keyframe")
     p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
+    p.add_argument("--final-eval", choices=("full", "sampled", "none"), help="the evaluation at the end: every "
+                   "pixel of every view (full), each view at optimize.eval_rays fixed pixels (sampled; the default for "
+                   "scenes with fields, which then write views/ for one held-out view only) or none; metrics.json "
+                   "says which")
     p.add_argument("--serve", nargs="?", const="", metavar="ADDR", help="serve the run to `drstudio view --attach` "
                    "(default 127.0.0.1:7391; a random token is printed and required)")
     p.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="run N processes on this machine, "

@@ -48,7 +48,8 @@ def default_out_dir(root: Path) -> Path:
 
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
-             record_options=None, on_start=None, partial_every: float = 30.0, comm=None) -> dict:
+             record_options=None, on_start=None, partial_every: float = 30.0, comm=None,
+             final_eval: str | None = None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
@@ -57,6 +58,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     its last) instead of starting `scene_path` afresh; the new recording names it as its parent.
     on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there).
     partial_every: seconds between writes of the latest values (params.npz, a partial metrics.json).
+    final_eval: how the final PSNRs are measured (`write_results`).
     Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
     "interrupted": true) and raises `Interrupted`.
 
@@ -148,7 +150,7 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     if recorder is not None:
         extra["recording"] = {"path": str(recorder.dir), "bytes": recorder.bytes_written,
                               "error": recorder.failed or None}
-    metrics = write_results(problem, snap, out, elapsed, extra)
+    metrics = write_results(problem, snap, out, elapsed, extra, final_eval=final_eval)
     if interrupted:
         raise Interrupted(f"stopped at step {snap.step}; the results so far are in {out}")
     return metrics
@@ -234,7 +236,51 @@ def _json_safe(x):
     return x
 
 
-def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None) -> dict:
+FINAL_EVAL_MODES = ("full", "sampled", "none")
+
+
+def _evaluate_views(problem: Problem, out: Path, mode: str):
+    """The final evaluation of `write_results`: (PSNR by training view, PSNR by held-out view, sRGB PSNRs of the
+    held-out views). "full": every pixel of every view, each written as views/<camera>.png; "sampled" (fields):
+    each view at its `eval_pixels` only, and views/<camera>.png for the first held-out view (else the first
+    training view); "none": nothing."""
+    model = problem.model
+    psnrs, test_psnrs, test_srgb = {}, {}, []
+    held_out = {t.camera for t in problem.test_targets}
+    targets = problem.targets + problem.test_targets
+    if mode == "none":
+        return psnrs, test_psnrs, test_srgb
+    if mode == "sampled":
+        for camera, (rgb, ref) in model.sampled_views(targets).items():
+            mse = float(np.mean((rgb.astype(np.float64) - ref.astype(np.float64)) ** 2))
+            value = math.nan if not math.isfinite(mse) else (10 * math.log10(1.0 / mse) if mse > 0 else math.inf)
+            (test_psnrs if camera in held_out else psnrs)[camera] = value
+            if camera in held_out:
+                test_srgb.append(_psnr_srgb(rgb, ref))
+        shown = (problem.test_targets or problem.targets)[:1]
+        for t in shown:
+            rendered = model.render(t.camera)
+            target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
+            write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+        return psnrs, test_psnrs, test_srgb
+    views = model.evaluation_views(targets)  # e.g. NeRF-W fits the held-out views' embeddings first
+    for t in targets:
+        rendered, mask = views[t.camera]  # mask: e.g. NeRF-W held out, the right half
+        (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image, mask)
+        target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
+        if t.camera in held_out:  # also as NeRF papers measure it: on the sRGB-encoded images
+            m = None if mask is None else mask.numpy().reshape(rendered.height, rendered.width).astype(bool)
+            test_srgb.append(_psnr_srgb(rendered.numpy()[m] if m is not None else rendered.numpy(),
+                                        target[m] if m is not None else target))
+        write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+    return psnrs, test_psnrs, test_srgb
+
+
+def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None,
+                  final_eval: str | None = None) -> dict:
+    """Write the results (module docstring) and return the metrics. `final_eval`: how the final PSNRs are
+    measured, one of FINAL_EVAL_MODES (`_evaluate_views`); default "sampled" for a scene with fields, "full"
+    otherwise (a scene without fields has no sampled evaluation: "sampled" means "full" there)."""
     out.mkdir(parents=True, exist_ok=True)
     ds = problem.ds
     values = {p: ds.get(p) for p in problem.param_specs}
@@ -250,19 +296,18 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
             tm = trimesh.Trimesh(value, mesh.faces, process=False)
             atomic_write(out / f"{mesh.name}.obj", lambda tmp, tm=tm: tm.export(tmp, file_type="obj"))
     model = problem.model
-    psnrs, test_psnrs, test_srgb = {}, {}, []
-    held_out = {t.camera for t in problem.test_targets}
-    targets = problem.targets + problem.test_targets
-    views = model.evaluation_views(targets)  # e.g. NeRF-W fits the held-out views' embeddings first
-    for t in targets:
-        rendered, mask = views[t.camera]  # mask: e.g. NeRF-W held out, the right half
-        (test_psnrs if t.camera in held_out else psnrs)[t.camera] = losses.psnr(rendered.image, t.image, mask)
-        target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
-        if t.camera in held_out:  # also as NeRF papers measure it: on the sRGB-encoded images
-            m = None if mask is None else mask.numpy().reshape(rendered.height, rendered.width).astype(bool)
-            test_srgb.append(_psnr_srgb(rendered.numpy()[m] if m is not None else rendered.numpy(),
-                                        target[m] if m is not None else target))
-        write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+    is_field = getattr(model, "kind", None) == "field"
+    mode = final_eval or ("sampled" if is_field else "full")
+    if mode not in FINAL_EVAL_MODES:
+        raise ValueError(f"final_eval: expected one of {FINAL_EVAL_MODES}, got {mode!r}")
+    if mode == "sampled" and not is_field:
+        mode = "full"
+    start = time.perf_counter()
+    psnrs, test_psnrs, test_srgb = _evaluate_views(problem, out, mode)
+    eval_info = {"final_eval": mode, "final_eval_seconds": time.perf_counter() - start}
+    if is_field:
+        eval_info.update(eval_rays_per_view=model.eval_rays, eval_seconds=model.eval_seconds,
+                         eval_every=model.eval_every)
     for name, arrays in model.export().items():
         atomic_write(out / f"field_{name}.npz", lambda tmp, a=arrays: np.savez(open(tmp, "wb"), **a))
     for stem, image in model.result_images().items():
@@ -284,6 +329,7 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "seconds": elapsed,
         "steps_per_second": snap.step / elapsed if elapsed > 0 else 0.0,
         "device": str(ds.device),
+        **eval_info,
         **(extra or {}),
     }
     metrics = _json_safe(metrics)

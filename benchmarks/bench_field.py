@@ -1,9 +1,10 @@
 """Radiance-field training on the CPU: held-out PSNR against training time, and rays/s (docs/volume.md, "Training").
 
     .venv/bin/python benchmarks/bench_field.py scenes/nerf_grid.json --seconds 300
+    .venv/bin/python benchmarks/bench_field.py scenes/nerf_hash.json --seconds 300
     .venv/bin/python benchmarks/bench_field.py scenes/nerf_w.json --size 200 --views 64 --json w200.json
 
-Trains the scene's field (any representation: voxel_grid, neural, nerf_w, dynamic) through `Problem.step()`
+Trains the scene's field (any representation: voxel_grid, neural, nerf_w, hash_grid, dynamic) through `Problem.step()`
 (no engine, no recorder) until the wall-clock budget of training steps or the scene's step budget is spent.
 Evaluations are taken out of the timed steps: at 15, 30, 60, 90, 120, 180, 240, 300 s it prints the mean PSNR
 over the held-out views with the scene's protocol (NeRF-W: each view's appearance embedding fitted on its left

@@ -182,6 +182,16 @@ def load_scene(path) -> Scene:
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "resolution"), str(exc)) from None
         _check_field_batches(f, spec.optimize, file, i)
+        if f.type == "hash_grid":
+            # the table allocated now twice (the fresh one and the scene's copy); training holds five copies
+            try:
+                memory.require(memory.hash_table_bytes(f.n_levels, f.log2_table_size, f.n_features, 2),
+                               f"the field's hash tables ({f.n_levels} levels of 2^{f.log2_table_size} entries)")
+                if spec.optimize is not None:
+                    memory.require(memory.hash_table_bytes(f.n_levels, f.log2_table_size, f.n_features, 5),
+                                   "training the field's hash tables")
+            except memory.MemoryBudgetError as exc:
+                raise err(("fields", i, "log2_table_size"), str(exc)) from None
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
@@ -482,6 +492,12 @@ def _field(f, n_images: int = 0) -> Field:
             if f.transient_dim:
                 field.transient = np.zeros((n_images, f.transient_dim), np.float32)
         return field
+    if f.type == "hash_grid":
+        from .volume.hash_field import initial_values
+
+        table, weights = initial_values(f)
+        return Field(f.name, f.type, (), aabb, f.sh_degree, "trunc_exp", "float32", f.samples_per_ray, None, None,
+                     occupancy, model=f, weights=weights, table=table)
     if f.type == "dynamic":
         from .volume.time_grid import TimeGrid
 
@@ -508,7 +524,7 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     """A scene with fields trains its fields from ray batches; one without has no use for the ray options."""
     file = scene.path
     if not scene.fields:
-        for key in ("rays_per_batch", "eval_every"):
+        for key in ("rays_per_batch", "eval_every", "eval_rays"):
             if getattr(opt, key) is not None:
                 raise SceneError(file, f"optimize.{key}", "applies to scenes with fields only")
         for key in ("test_cameras", "test_transforms"):
@@ -527,7 +543,7 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
             raise SceneError(file, f"optimize.loss.{key}", "not available for fields (they train on batches "
                              "of rays, not whole images, and have no vertices); use l2, l1 and tv")
     for i, f in enumerate(scene.fields.values()):
-        if f.type in ("neural", "nerf_w") and opt.loss.tv > 0:
+        if f.type in ("neural", "nerf_w", "hash_grid") and opt.loss.tv > 0:
             raise SceneError(file, "optimize.loss.tv", f"total variation regularizes grids; fields[{i}] is a "
                              f"{f.type} field (an MLP): use l2 or l1")
         if f.type == "nerf_w" and opt.loss.l1 > 0:
@@ -690,6 +706,17 @@ def summarize(scene: Scene) -> str:
                 extra.append(f"appearance {m.appearance_dim}, transient {m.transient_dim} per image "
                              f"({0 if f.appearance is None else len(f.appearance)} images), beta_min {m.beta_min:g}, "
                              f"lambda_u {m.lambda_u:g}")
+            if f.occupancy is not None:
+                extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every "
+                             f"{f.occupancy.update_every} steps")
+            lines.append(f"  field {f.name}: {f.type} over {box}, " + ", ".join(extra))
+            continue
+        if f.type == "hash_grid":
+            m = f.model
+            extra = [f"{m.n_levels} levels x 2^{m.log2_table_size} entries x {m.n_features} features "
+                     f"({f.table.size} table values), cells {m.base_resolution}..{m.finest_resolution}",
+                     f"MLP width {m.width} ({f.weights.size} weights), SH degree {m.sh_degree}",
+                     f"{f.samples_per_ray} samples per ray"]
             if f.occupancy is not None:
                 extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every "
                              f"{f.occupancy.update_every} steps")

@@ -79,3 +79,9 @@ def field_batch_bytes(field, rays: int, *, training: bool) -> int:
     else:  # torch keeps two layers' activations alive at a time without a tape
         per = RENDER_SAMPLE_BYTES + (2 * 4 * field.width if neural else 0)
     return samples * per
+
+
+def hash_table_bytes(n_levels: int, log2_table_size: int, n_features: int, copies: int = 1) -> int:
+    """A hash-grid field's tables (float32 (L * 2^log2_T, F)) times `copies` (training holds the values, their
+    gradient, torch's fresh gradient of a step and two Adam moments: 5)."""
+    return int(n_levels) * (1 << int(log2_table_size)) * int(n_features) * 4 * int(copies)

@@ -128,7 +128,7 @@ class OccupancySettings:
     threshold: float = 0.01  # density (per unit world length) below which a cell is empty
 
 
-FIELD_TYPES = ("voxel_grid", "neural", "nerf_w", "dynamic")
+FIELD_TYPES = ("voxel_grid", "neural", "nerf_w", "hash_grid", "dynamic")
 
 
 @dataclass
@@ -149,6 +149,9 @@ class Field:
     - "nerf_w" (renderer.volume.neural_field.NerfWField): a neural field plus per-training-image embeddings
       `appearance` (n_images, appearance_dim) and `transient` (n_images, transient_dim), rows in the order
       of the training views.
+    - "hash_grid" (renderer.volume.hash_field.HashGridField, Instant-NGP): `table` (L * T, F) the hash tables of
+      every level, `weights` (P,) the density and color MLPs' weights flat (`FlatLayout` of the MLPs); `model`
+      the validated spec. `density`, `sh` are None.
     """
 
     name: str
@@ -165,7 +168,8 @@ class Field:
     start_resolution: tuple[int, int, int] | None = None  # coarse-to-fine: the first lattice
     upsample_at: tuple[int, ...] = ()  # coarse-to-fine: steps after which the lattice grows
     model: object | None = None  # neural, nerf_w, dynamic: the validated field spec (renderer.scene_schema)
-    weights: np.ndarray | None = None  # neural, nerf_w: (P,) float32
+    weights: np.ndarray | None = None  # neural, nerf_w, hash_grid: (P,) float32
+    table: np.ndarray | None = None  # hash_grid: (L * T, F) float32
     appearance: np.ndarray | None = None  # nerf_w: (n_images, appearance_dim) float32
     transient: np.ndarray | None = None  # nerf_w: (n_images, transient_dim) float32
     n_times: int = 0  # dynamic: time slices
@@ -185,7 +189,7 @@ class Field:
     def values(self) -> dict[str, tuple[np.ndarray, str]]:
         """{key: (value, parameter kind)} of the field's parameters `fields.NAME.<key>`."""
         out = {}
-        for key, kind in (("density", "density"), ("sh", "sh"), ("weights", "weights"),
+        for key, kind in (("density", "density"), ("sh", "sh"), ("table", "weights"), ("weights", "weights"),
                           ("appearance", "embedding"), ("transient", "embedding")):
             value = getattr(self, key)
             if value is not None:

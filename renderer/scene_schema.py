@@ -545,6 +545,39 @@ class NerfWFieldSpec(_NeuralCommon):
     transient_bias: float = -4.0  # added to the raw transient density (negative: starts nearly empty)
 
 
+class HashGridFieldSpec(Strict):
+    """Instant-NGP's multiresolution hash-grid encoding (Warp, renderer.volume.hash_grid) feeding a small density
+    MLP and a color MLP (torch, renderer.volume.hash_field.HashGridField). Parameters `fields.NAME.table`
+    (n_levels * 2^log2_table_size, n_features), the hash tables, and `fields.NAME.weights` (P,), both MLPs' weights
+    flat. The defaults are Instant-NGP's scaled for a CPU (8 levels of 2^16 entries instead of 16 of 2^19)."""
+    name: Name
+    type: Literal["hash_grid"]
+    aabb: Aabb
+    n_levels: Annotated[int, Field(ge=1, le=32)] = 8
+    n_features: Annotated[Literal[1, 2, 4, 8], BeforeValidator(_not_bool)] = 2  # per level
+    log2_table_size: Annotated[int, Field(ge=4, le=24)] = 16  # entries per level: 2^log2_table_size
+    base_resolution: Annotated[int, Field(ge=1, le=4096)] = 16  # cells per axis of the coarsest level
+    finest_resolution: Annotated[int, Field(ge=1, le=1 << 16)] = 256  # cells per axis of the finest level
+    width: Annotated[int, Field(ge=2, le=1024)] = 64  # hidden width of both MLPs
+    geo_features: Annotated[int, Field(ge=0, le=256)] = 15  # density MLP outputs passed on to the color MLP
+    color_layers: Annotated[int, Field(ge=1, le=8)] = 2  # hidden layers of the color MLP
+    sh_degree: Annotated[Literal[0, 1, 2], BeforeValidator(_not_bool)] = 2  # view-direction SH encoding
+    use_view_dirs: bool = True
+    density_activation: Literal["trunc_exp", "softplus"] = "trunc_exp"
+    density_bias: float = 0.0  # added to the raw density before the activation
+    density_scale: Positive = 1.0  # softplus only: density = density_scale * softplus(raw + density_bias)
+    samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 64
+    occupancy: OccupancySpec | None = None
+    seed: Annotated[int, Field(ge=0)] = 0  # of the table's and the MLPs' initialization
+
+    @model_validator(mode="after")
+    def _finest_above_base(self) -> HashGridFieldSpec:
+        if self.finest_resolution < self.base_resolution:
+            raise ValueError(f"finest_resolution {self.finest_resolution} must be >= base_resolution "
+                             f"{self.base_resolution}")
+        return self
+
+
 class DynamicFieldSpec(Strict):
     """A time-conditioned voxel grid (renderer.volume.time_grid.TimeGrid): `n_times` lattices over the time
     range, linearly blended between neighbouring slices. Parameters `fields.NAME.density` (T, nx, ny, nz),
@@ -571,7 +604,7 @@ class DynamicFieldSpec(Strict):
         return v
 
 
-FieldSpec = Annotated[VoxelGridFieldSpec | NeuralFieldSpec | NerfWFieldSpec | DynamicFieldSpec,
+FieldSpec = Annotated[VoxelGridFieldSpec | NeuralFieldSpec | NerfWFieldSpec | HashGridFieldSpec | DynamicFieldSpec,
                       Field(discriminator="type")]
 NEURAL_FIELD_TYPES = ("neural", "nerf_w")
 
@@ -781,6 +814,7 @@ OptimizerSpec = Annotated[AdamSpec | SgdSpec, Field(discriminator="type")]
 
 DEFAULT_RAYS_PER_BATCH = 4096  # optimize.rays_per_batch of a scene with fields
 DEFAULT_EVAL_EVERY = 100  # optimize.eval_every of a scene with fields
+DEFAULT_EVAL_RAYS = 1024  # optimize.eval_rays of a scene with fields
 
 
 class OptimizeSpec(Strict):
@@ -795,6 +829,8 @@ class OptimizeSpec(Strict):
     # between evaluations of the PSNR on the held-out views (0: only at the end)
     rays_per_batch: Annotated[int, Field(ge=1, le=1 << 22)] | None = None
     eval_every: Annotated[int, Field(ge=0)] | None = None
+    # rays (pixels) per held-out view of the sampled evaluations during training (fields only)
+    eval_rays: Annotated[int, Field(ge=1, le=1 << 22)] | None = None
 
 
 class SceneSpec(Strict):

@@ -99,8 +99,8 @@ def setting(path: str, value):
 DELETE = object()
 
 ERRORS = [
-    ("type", setting("fields/0/type", "hash_grid"), "fields[0].type",
-     "expected one of 'voxel_grid', 'neural', 'nerf_w', 'dynamic', got 'hash_grid'"),
+    ("type", setting("fields/0/type", "octree"), "fields[0].type",
+     "expected one of 'voxel_grid', 'neural', 'nerf_w', 'hash_grid', 'dynamic', got 'octree'"),
     ("resolution", setting("fields/0/resolution", 1), "fields[0].resolution", "integer in [2, 512]"),
     ("resolution-list", setting("fields/0/resolution", [16, 16]), "fields[0].resolution", "list of 3"),
     ("resolution-float", setting("fields/0/resolution", 16.0), "fields[0].resolution", "integer"),
@@ -318,9 +318,10 @@ def test_optimize_writes_test_psnr_and_a_recording_that_verifies_and_resumes(dat
     doc["optimize"]["eval_every"] = 5
     scene = write(dataset, doc, "run.json")
     out = tmp_path / "run"
-    assert cli.main(["optimize", str(scene), "--out", str(out)]) == 0
+    assert cli.main(["optimize", str(scene), "--out", str(out), "--final-eval", "full"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 16 and list(metrics["psnr_test_by_view_db"]) == held_out(dataset)
+    assert metrics["final_eval"] == "full"
     assert metrics["psnr_test_db"] > 10 and "psnr_test_srgb_db" in metrics
     assert metrics["parameters"]["fields.nerf.sh"] == {"shape": [16, 16, 16, 3], "storage": "float16",
                                                        "bytes": 16**3 * 3 * 2}

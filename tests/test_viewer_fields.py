@@ -423,7 +423,7 @@ def test_preview_abandons_a_refine_when_the_camera_moves_and_reads_occupancy():
 # -- torch fields (neural, NeRF-W) in the viewer ----------------------------------------------------------
 
 def write_torch_field_scene(folder: Path, kind: str) -> Path:
-    """A tiny neural (IPE) or NeRF-W field on a 10-view 16x16 dataset of the globe (NeRF-W: varied
+    """A tiny neural (IPE), NeRF-W or hash-grid field on a 10-view 16x16 dataset of the globe (NeRF-W: varied
     lighting and occluders), 2 views held out."""
     from drstudio.renderer.datasets import DatasetOptions, generate_dataset
     from drstudio.renderer.loading import load_scene
@@ -439,6 +439,11 @@ def write_torch_field_scene(folder: Path, kind: str) -> Path:
     if kind == "nerf_w":
         field.update(appearance_dim=4, transient_dim=4)
         params.update({"fields.nerf.appearance": {"lr": 0.03}, "fields.nerf.transient": {"lr": 0.03}})
+    if kind == "hash_grid":
+        field = {"name": "nerf", "type": kind, "aabb": box, "n_levels": 4, "log2_table_size": 10, "base_resolution": 4,
+                 "finest_resolution": 32, "width": 16, "color_layers": 1, "sh_degree": 0, "samples_per_ray": 16,
+                 "occupancy": {"resolution": 8, "update_every": 4}}
+        params = {"fields.nerf.table": {"lr": 0.03}, "fields.nerf.weights": {"lr": 0.01}}
     doc = {"version": 1,
            "cameras": [{"name": "preview", "width": 16, "height": 16, "fov_y": 40,
                         "look_at": {"eye": [0, 0.8, 3.5], "target": [0, 0, 0]}}],
@@ -472,7 +477,7 @@ def _torch_field_session(s: Script, state):
     yield from s.until(state, lambda: state.snapshot.state == "paused", "pause")
 
 
-@pytest.mark.parametrize("kind", ["neural", "nerf_w"])
+@pytest.mark.parametrize("kind", ["neural", "nerf_w", "hash_grid"])
 def test_torch_fields_train_and_preview_in_the_viewer(display, tmp_path, kind):
     _need_xdotool()
     from drstudio.app.viewer import run_viewer

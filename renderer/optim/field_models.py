@@ -34,12 +34,15 @@ from ..scene import Field
 from ..thread_tape import recording
 from ..volume import OccupancyGrid, readout, sample_rays
 from ..volume import render as volume_render
+from ..volume.hash_field import sh_basis_torch
 from ..volume.neural_field import FlatLayout, module_from_spec, pixel_radius, sample_inputs
 from ..volume.time_grid import TimeGrid
 from ..volume.torch_bridge import composite_torch
 from . import losses
 
 READOUT_CHUNK = 8192  # rays per torch forward when a neural field renders a view
+EXPORT_RESOLUTION = 128  # at most this many lattice points per axis of a hash-grid field's baked export
+SH_C0 = 0.28209479177387814  # the SH DC constant (voxel_grid.SH_C0)
 TRANSIENT_TERM = "transient"  # NeRF-W's transient-density regularizer, a loss term of its own
 APPEARANCE_FIT_STEPS = 60  # Adam steps fitting a held-out view's appearance embedding (NeRF-W protocol)
 APPEARANCE_FIT_LR = 0.05
@@ -413,6 +416,174 @@ class NeuralState:
             if self.leaf(key) is not None:
                 out[key] = self.leaf(key).numpy().copy()
         return out
+
+
+class HashState(NeuralState):
+    """A hash-grid field ("hash_grid", Instant-NGP) of a problem: a `HashGridField` module whose values are the
+    leaves `fields.NAME.table` (L*T, F) and `fields.NAME.weights` (the MLPs flat, `FlatLayout(mlps(.))`), an
+    occupancy grid. A step runs like a neural field's: the module in torch on views of the leaves (the encoding's
+    Warp kernels with their hand-written adjoint inside), `composite_torch`, the loss back-propagated in torch and
+    the gradients copied into the leaves' `.grad`."""
+
+    KEYS = ("table", "weights")
+
+    def __init__(self, field: Field, ds, name: str):
+        from ..volume.hash_field import mlps, module_from_spec
+
+        self.field, self.ds, self.name = field, ds, name
+        self.spec = field.model
+        self.nerf_w = False
+        self.module = module_from_spec(self.spec)
+        self.module.requires_grad_(False)  # placeholders: the values are the leaves'
+        self.layout = FlatLayout(mlps(self.module))
+        for key, want in (("weights", (self.layout.size,)), ("table", self.module.encoding.table_shape)):
+            got = tuple(getattr(field, key).shape)
+            if got != tuple(want):
+                raise ValueError(f"{ParamPath(Group.FIELDS, name, key)}: expected shape {tuple(want)} for the "
+                                 f"field's settings, got {got}")
+        self.occupancy: OccupancyGrid | None = None
+        self.fitted_appearance = {}
+
+    def published_copy(self) -> HashState:
+        c = copy.copy(self)
+        with recording(None):
+            c.ds = _Leaves({self.path(k): wp.clone(self.leaf(k), requires_grad=False) for k in self.KEYS},
+                           self.ds.device)
+            c.occupancy = readout.occupancy_snapshot(self.occupancy)
+        # the encoding (configuration and read-only Warp arrays) is shared; the parameters torch swaps are not
+        c.module = copy.deepcopy(self.module, {id(self.module.encoding): self.module.encoding})
+        return c
+
+    def _params(self, table: torch.Tensor, weights: torch.Tensor) -> dict:
+        return {**self.layout.views(weights), "table": table}
+
+    def _field(self, table, weights, positions, dirs):
+        return torch.func.functional_call(self.module, self._params(table, weights), (positions, dirs))
+
+    def query_density(self, points: wp.array) -> wp.array:
+        """Density at world points vec3 (S,) (float32 (S,)), no gradient: the occupancy grid's `density_fn`."""
+        with torch.no_grad():
+            params = self._params(self._tensor("table", False).clone(), self._tensor("weights", False).clone())
+            p = wp.to_torch(points, requires_grad=False).reshape(-1, 3)
+            out = torch.empty(p.shape[0], dtype=torch.float32)
+            for a in range(0, p.shape[0], 1 << 16):
+                chunk = p[a:a + (1 << 16)].contiguous()
+                out[a:a + chunk.shape[0]] = self._query(params, chunk)
+        return wp.array(out.numpy(), dtype=float, device=self.ds.device)
+
+    def _query(self, params: dict, points: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        feats = m.encoding.encode_torch(points, params["table"])
+        h = torch.func.functional_call(m.density_mlp, {k[len("density_mlp."):]: v for k, v in params.items()
+                                                       if k.startswith("density_mlp.")}, (feats,))
+        return m._density(h[:, 0])
+
+    def mean_appearance(self) -> None:
+        return None
+
+    def record_loss(self, origins: wp.array, directions: wp.array, target: wp.array, view_ids: np.ndarray,
+                    radii: np.ndarray, terms: dict, weights: dict, step: int, free: set[str]) -> None:
+        """One step's loss of a ray batch (origins, directions vec3 (B,), target (B, 3); view_ids and radii
+        unused), back-propagated in torch: gradients of the free leaves land in their `.grad`, the weighted l2 /
+        l1 values in `terms`."""
+        grad_keys = {k for k in self.KEYS if self.path(k) in free}
+        with tape_suspended():
+            t = {k: self._tensor(k, k in grad_keys) for k in self.KEYS}
+            samples = sample_rays(origins, directions, self.aabb, self.n_samples, seed=step, jitter=True,
+                                  occupancy=self.occupancy)
+            positions = wp.to_torch(samples.positions, requires_grad=False).reshape(-1, 3)
+            dirs = wp.to_torch(samples.directions, requires_grad=False).reshape(-1, 3)
+            target_t = wp.to_torch(target, requires_grad=False)
+            background = wp.to_torch(self.ds.background_color, requires_grad=False).detach()
+            values: dict[str, torch.Tensor] = {}
+            if samples.n_samples:
+                density, color = self._field(t["table"], t["weights"], positions, dirs)
+            else:
+                density, color = torch.zeros(0), torch.zeros((0, 3))
+            rgb, _, _ = composite_torch(density.contiguous(), color.contiguous(), samples, background)
+            if "l2" in terms:
+                values["l2"] = weights["l2"] * ((rgb - target_t) ** 2).mean()
+            if "l1" in terms:
+                values["l1"] = weights["l1"] * (rgb - target_t).abs().mean()
+            total = sum(values.values())
+            if grad_keys and isinstance(total, torch.Tensor) and total.requires_grad:
+                total.backward()
+            for k in grad_keys:
+                g = wp.to_torch(self.leaf(k).grad, requires_grad=False)
+                if t[k].grad is not None:
+                    g.copy_(t[k].grad)
+                else:
+                    g.zero_()
+        for name, v in values.items():
+            if name not in terms:
+                terms[name] = wp.zeros(1, dtype=float, device=self.ds.device, requires_grad=True)
+            _add_value(terms[name], float(v.detach()))
+
+    def render_rays_readout(self, origins: wp.array, directions: wp.array, background: wp.array, **_) -> np.ndarray:
+        """(N, 3) float32 NumPy colors of rays (midpoints, the occupancy grid of the moment), forward only and
+        off every tape."""
+        with torch.no_grad():
+            table, w = self._tensor("table", False).clone(), self._tensor("weights", False).clone()
+            occupancy = readout.occupancy_snapshot(self.occupancy)
+            n = origins.shape[0]
+            out = np.empty((n, 3), np.float32)
+            for a in range(0, n, READOUT_CHUNK):
+                b = min(a + READOUT_CHUNK, n)
+                o, d = origins[a:b], directions[a:b]
+                samples = sample_rays(o, d, self.aabb, self.n_samples, jitter=False, occupancy=occupancy)
+                if samples.n_samples == 0:
+                    out[a:b] = background.numpy()
+                    continue
+                positions = wp.to_torch(samples.positions, requires_grad=False).reshape(-1, 3)
+                dirs = wp.to_torch(samples.directions, requires_grad=False).reshape(-1, 3)
+                density, color = self._field(table, w, positions, dirs)
+                rgb, _, _ = readout.composite_forward(_wp(density, o.device), _wp(color, o.device), samples,
+                                                      background)
+                out[a:b] = rgb.numpy()
+        return out
+
+    def baked_lattice(self, resolution: int = EXPORT_RESOLUTION) -> tuple[np.ndarray, np.ndarray]:
+        """The field sampled on a resolution^3 lattice spanning its box (lattice points at the box's corners, as a
+        voxel grid's): (density (n, n, n) float32 per unit length, color (n, n, n, 3) float32: the mean of the
+        colors seen along +-x, +-y, +-z)."""
+        lo, hi = np.asarray(self.aabb[:3]), np.asarray(self.aabb[3:])
+        axes = [np.linspace(lo[a], hi[a], resolution, dtype=np.float32) for a in range(3)]
+        points = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+        m = self.module
+        dirs = torch.tensor([[1, 0, 0], [-1, 0, 0], [0, 1, 0], [0, -1, 0], [0, 0, 1], [0, 0, -1]], dtype=torch.float32)
+        density = np.empty(len(points), np.float32)
+        color = np.zeros((len(points), 3), np.float32)
+        with torch.no_grad():
+            params = self._params(self._tensor("table", False).clone(), self._tensor("weights", False).clone())
+            dmlp = {k[len("density_mlp."):]: v for k, v in params.items() if k.startswith("density_mlp.")}
+            cmlp = {k[len("color_mlp."):]: v for k, v in params.items() if k.startswith("color_mlp.")}
+            for a in range(0, len(points), 1 << 16):
+                chunk = torch.from_numpy(points[a:a + (1 << 16)])
+                h = torch.func.functional_call(m.density_mlp, dmlp, (m.encoding.encode_torch(chunk, params["table"]),))
+                density[a:a + len(chunk)] = m._density(h[:, 0]).numpy()
+                for d in dirs:
+                    parts = [h[:, 1:]]
+                    if m.use_view_dirs:
+                        parts.append(sh_basis_torch(d.expand(len(chunk), 3), m.sh_degree))
+                    c = torch.sigmoid(torch.func.functional_call(m.color_mlp, cmlp, (torch.cat(parts, -1),)))
+                    color[a:a + len(chunk)] += c.numpy() / len(dirs)
+        n = (resolution,) * 3
+        return density.reshape(n), color.reshape(*n, 3)
+
+    def export(self) -> dict[str, np.ndarray]:
+        """The leaves ("table", "weights" with the MLPs' layout), the spec (JSON), aabb, type; and the field baked
+        on a lattice of min(`EXPORT_RESOLUTION`, finest_resolution + 1) points per axis as a voxel grid's arrays
+        (what `drstudio export` meshes): "density" the density itself (activation "relu", the identity on it),
+        "sh" degree 0 whose sigmoid-activated DC term is the mean color over six view directions."""
+        density, color = self.baked_lattice(min(EXPORT_RESOLUTION, int(self.spec.finest_resolution) + 1))
+        dc = np.log(np.clip(color, 1e-6, 1 - 1e-6) / (1 - np.clip(color, 1e-6, 1 - 1e-6))) / SH_C0
+        return {"table": self.leaf("table").numpy().copy(), "weights": self.leaf("weights").numpy().copy(),
+                "aabb": np.asarray(self.aabb, np.float32), "type": np.array(self.field.type),
+                "spec": np.array(self.spec.model_dump_json()),
+                "layout_names": np.array([n for n, _, _ in self.layout.entries]),
+                "layout_offsets": np.array([o for _, o, _ in self.layout.entries], np.int64),
+                "density": density, "sh": dc.astype(np.float32), "sh_degree": np.int32(0),
+                "activation": np.array("relu")}
 
 
 class DynamicState:

@@ -14,9 +14,12 @@ same `Problem.step()`, optimizer, engine and recorder. What differs, and lives h
   replace the leaves (their shapes change) and the optimizer is rebuilt for them (fresh moments, same
   schedule clock);
 - every `eval_every` steps the mean PSNR over the test views is computed and reported as the loss
-  term `psnr_test_db` (carried between evaluations; it is a read-out, not part of the loss).
-The other representations ("neural", "nerf_w", "dynamic") keep their state in `field_models`
-(`NeuralState`, `DynamicState`); this class dispatches on the field's type. The field's leaves live in a
+  term `psnr_test_db` (carried between evaluations; it is a read-out, not part of the loss). It is sampled:
+  each held-out view is rendered at `eval_rays` fixed pixels only (chosen once per view from a seed of the
+  camera's name, independent of the run's RNGs), so an evaluation costs a small fraction of training; the
+  time spent is kept in `eval_seconds`. `test_psnr(sampled=False)` renders every pixel.
+The other representations ("neural", "nerf_w", "hash_grid", "dynamic") keep their state in `field_models`
+(`NeuralState`, `HashState`, `DynamicState`); this class dispatches on the field's type. The field's leaves live in a
 `renderer.field_scene.FieldDeviceScene`, which holds no training state: a lattice change (an upsample, a
 reset, a restored keyframe of another lattice) replaces the leaves there, and this model hears of it from
 the parameter table.
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time as _time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,13 +44,13 @@ from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_p
 from ..render import RenderOutput
 from ..render_field import FieldState, RayBank, field_grid, gather_rays, render_field_view
 from ..scene import Camera, Scene
-from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_RAYS_PER_BATCH
+from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH
 from ..thread_tape import recording
 from ..transforms_json import load_transforms
 from ..volume import OccupancyGrid, readout
 from ..volume import render as volume_render
 from . import losses
-from .field_models import DynamicState, NeuralState, render_output, view_radius
+from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
 from .targets import Target, build_targets
 
@@ -172,9 +176,12 @@ class FieldModel:
         spec = problem.spec
         self.rays_per_batch = int(spec.rays_per_batch or DEFAULT_RAYS_PER_BATCH)
         self.eval_every = int(DEFAULT_EVAL_EVERY if spec.eval_every is None else spec.eval_every)
+        self.eval_rays = int(DEFAULT_EVAL_RAYS if getattr(spec, "eval_rays", None) is None else spec.eval_rays)
+        self.eval_seconds = 0.0  # wall time spent in the periodic (sampled) held-out evaluations
+        self._eval_pixels: dict[str, np.ndarray] = {}
         self.test_files = dict(test_files)
         self.held_out = held_out_frames(problem.scene, spec.targets)
-        self.states: dict[str, FieldState | NeuralState | DynamicState] = {}
+        self.states: dict[str, FieldState | NeuralState | HashState | DynamicState] = {}
         self.phase: dict[str, int] = {}
         params = problem.scene.params()
         # the values each field starts (and resets) from: the optimized ones' inits, the fixed ones' values
@@ -184,6 +191,8 @@ class FieldModel:
                 self.states[name] = FieldState(f, self._grid(name))
             elif f.type == "dynamic":
                 self.states[name] = DynamicState(f, problem.ds, name)
+            elif f.type == "hash_grid":
+                self.states[name] = HashState(f, problem.ds, name)
             else:
                 self.states[name] = NeuralState(f, problem.ds, name)
             for key in f.values():
@@ -384,7 +393,7 @@ class FieldModel:
         free = set(p.free_paths())
         for name, state in self.states.items():
             kind = state.field.type
-            if kind in ("neural", "nerf_w"):
+            if kind in ("neural", "nerf_w", "hash_grid"):
                 origins, directions, target = self.bank.gather(indices)
                 views = self.view_ids(indices)
                 state.record_loss(origins, directions, target, views, self.view_radius[views], terms, weights,
@@ -430,7 +439,9 @@ class FieldModel:
         if not self.p.test_targets or self.eval_every == 0:
             return {}
         if step % self.eval_every == 0:
-            self.psnr_test = self.test_psnr()
+            start = _time.perf_counter()
+            self.psnr_test = self.test_psnr(sampled=True)
+            self.eval_seconds += _time.perf_counter() - start
         return {PSNR_TERM: self.psnr_test}
 
     # -- read-outs -------------------------------------------------------------------------------
@@ -575,14 +586,61 @@ class FieldModel:
             state.fitted_appearance[t.camera] = state.fit_appearance(lo, ld, lt.numpy(), p.ds.background_color,
                                                                      view_radius(c.intrinsics))
 
-    def psnr_by_view(self, targets: list[Target]) -> dict[str, float]:
-        self.fit_test_appearance([t for t in targets if t.camera not in self.train_cameras])
-        return {t.camera: losses.psnr(self.render(t.camera).image, t.image, self.eval_mask(t.camera))
-                for t in targets}
+    def eval_pixels(self, camera: str) -> np.ndarray:
+        """The flat pixel indices (sorted int64) a sampled evaluation of `camera` renders: at most `eval_rays`
+        of the pixels its PSNR is measured on (`eval_mask`), drawn without replacement with a seed made from the
+        camera's name (the same pixels at every evaluation, in every run; the run's RNGs are not touched)."""
+        if camera not in self._eval_pixels:
+            c = self.p.scene.cameras[camera]
+            mask = self.eval_mask(camera)
+            pixels = np.arange(c.width * c.height) if mask is None else np.flatnonzero(mask.numpy() > 0)
+            if pixels.size > self.eval_rays:
+                rng = np.random.default_rng(zlib.crc32(camera.encode()))
+                pixels = np.sort(rng.choice(pixels, self.eval_rays, replace=False))
+            self._eval_pixels[camera] = pixels.astype(np.int64)
+        return self._eval_pixels[camera]
 
-    def test_psnr(self) -> float:
-        """Mean over the held-out views of each view's PSNR (dB, peak 1), NaN without test views."""
-        values = list(self.psnr_by_view(self.p.test_targets).values())
+    def render_pixels(self, camera: str, pixels: np.ndarray) -> np.ndarray:
+        """(len(pixels), 3) float32 colors of the flat pixel indices `pixels` of `camera`'s view, as `render`
+        draws them (midpoints, the occupancy grid, the storage precision, the view's time / embedding)."""
+        p = self.p
+        c = p.scene.cameras[camera]
+        intr = p.ds.arrays[camera_intrinsics(camera)]
+        o, d = readout.camera_rays(intr, p.ds.arrays[camera_pose(camera)], c.width, c.height, p.ds.device)
+        idx = wp.array(np.asarray(pixels, np.int32), dtype=wp.int32, device=p.ds.device)
+        colors = wp.zeros((c.width * c.height, 3), dtype=float, device=p.ds.device)
+        o, d, _ = gather_rays(idx, o, d, colors)
+        return self.state.render_rays_readout(o, d, p.ds.background_color,
+                                              **self._view_settings(camera, intr.numpy()))
+
+    def psnr_by_view(self, targets: list[Target], sampled: bool = False) -> dict[str, float]:
+        """{camera: PSNR (dB, peak 1)} of each target view: of every pixel (on its `eval_mask`), or with
+        `sampled` of its `eval_pixels` only."""
+        if not sampled:
+            self.fit_test_appearance([t for t in targets if t.camera not in self.train_cameras])
+            return {t.camera: losses.psnr(self.render(t.camera).image, t.image, self.eval_mask(t.camera))
+                    for t in targets}
+        out = {}
+        for camera, (rgb, ref) in self.sampled_views(targets).items():
+            mse = float(np.mean((rgb.astype(np.float64) - ref.astype(np.float64)) ** 2))
+            out[camera] = math.inf if mse == 0.0 else (10.0 * math.log10(1.0 / mse) if math.isfinite(mse)
+                                                       else math.nan)
+        return out
+
+    def sampled_views(self, targets: list[Target]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{camera: (rendered (n, 3), target (n, 3))} float32 colors at each view's `eval_pixels` (NeRF-W first
+        fits the held-out views' appearance embeddings on their left halves)."""
+        self.fit_test_appearance([t for t in targets if t.camera not in self.train_cameras])
+        out = {}
+        for t in targets:
+            pixels = self.eval_pixels(t.camera)
+            out[t.camera] = (self.render_pixels(t.camera, pixels), t.image.numpy()[pixels])
+        return out
+
+    def test_psnr(self, sampled: bool = False) -> float:
+        """Mean over the held-out views of each view's PSNR (dB, peak 1), NaN without test views; `sampled`:
+        on each view's `eval_pixels` only (what training reports)."""
+        values = list(self.psnr_by_view(self.p.test_targets, sampled=sampled).values())
         return float(np.mean(values)) if values else math.nan
 
     def parameter_metrics(self) -> dict:

@@ -213,6 +213,37 @@ def render_rays(field: HashGridField, origins, directions, n_samples: int, backg
     return composite_torch(density.contiguous(), color.contiguous(), samples, background, min_transmittance)
 
 
+def module_from_spec(spec) -> HashGridField:
+    """The (freshly initialized) `HashGridField` of a validated scene field spec of type "hash_grid"
+    (renderer.scene_schema.HashGridFieldSpec), on the CPU; its MLPs from the global torch RNG."""
+    aabb = [x for corner in spec.aabb for x in corner]
+    return HashGridField(aabb, n_levels=spec.n_levels, log2_table_size=spec.log2_table_size,
+                         n_features=spec.n_features, base_resolution=spec.base_resolution,
+                         finest_resolution=spec.finest_resolution, width=spec.width, geo_features=spec.geo_features,
+                         color_layers=spec.color_layers, sh_degree=spec.sh_degree, use_view_dirs=spec.use_view_dirs,
+                         density_activation=spec.density_activation, density_bias=spec.density_bias,
+                         density_scale=spec.density_scale, seed=spec.seed, device="cpu")
+
+
+def mlps(field: HashGridField) -> torch.nn.Module:
+    """The field's two MLPs as one module whose parameter names are the field's ("density_mlp.0.weight", ...):
+    `FlatLayout(mlps(field))` is the layout of the scene parameter `fields.NAME.weights`."""
+    return torch.nn.ModuleDict({"density_mlp": field.density_mlp, "color_mlp": field.color_mlp})
+
+
+def initial_values(spec) -> tuple[np.ndarray, np.ndarray]:
+    """(table float32 (L*T, F), MLP weights float32 (P,) flat in `FlatLayout(mlps(.))` order) of
+    `module_from_spec(spec)`: the table uniform in +-1e-4 from `spec.seed`, the MLPs by torch's default rules from
+    `spec.seed` (a private generator state: the global torch RNG is left as it was)."""
+    from .neural_field import FlatLayout
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec.seed))
+        field = module_from_spec(spec)
+    heads = mlps(field)
+    return field.table.detach().numpy().copy(), FlatLayout(heads).flatten(heads)
+
+
 def psnr(image: np.ndarray, target: np.ndarray) -> float:
     """10 log10(1 / MSE) of two images in [0, 1] (linear RGB, the repo's convention)."""
     mse = float(np.mean((np.asarray(image, np.float64) - np.asarray(target, np.float64)) ** 2))
