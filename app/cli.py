@@ -192,7 +192,8 @@ def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
                 metrics = headless.optimize(args.scene, steps=args.steps, out=out, device=comm.warp_device,
                                             record=not getattr(args, "no_record", False),
                                             resume=getattr(args, "resume", None),
-                                            from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm)
+                                            from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm,
+                                            final_eval=getattr(args, "final_eval", None))
             finally:
                 comm.close()
     except (RecordingError, ValueError) as e:

@@ -181,7 +181,6 @@ def load_scene(path) -> Scene:
                                    f"training the field at {last}")
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "resolution"), str(exc)) from None
-        _check_field_batches(f, spec.optimize, file, i)
         if f.type == "hash_grid":
             # the table allocated now twice (the fresh one and the scene's copy); training holds five copies
             try:
@@ -192,6 +191,7 @@ def load_scene(path) -> Scene:
                                    "training the field's hash tables")
             except memory.MemoryBudgetError as exc:
                 raise err(("fields", i, "log2_table_size"), str(exc)) from None
+        _check_field_batches(f, spec.optimize, file, i)
         scene.fields[f.name] = _field(f, n_images)
     if isinstance(spec.background, str):
         if scene.fields:
