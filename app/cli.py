@@ -399,7 +399,10 @@ def cmd_export(args: argparse.Namespace) -> int:
         grid = dict(aabb=data["aabb"], activation=str(data["activation"]), sh=data["sh"].astype(np.float32),
                     sh_degree=int(data["sh_degree"]), level=args.level,
                     contract=bool(data["contract"]) if "contract" in data else False)
-        verts, faces, colors = export.grid_mesh(data["density"].astype(np.float32), **grid)
+        try:
+            verts, faces, colors = export.grid_mesh(data["density"].astype(np.float32), **grid)
+        except ValueError as e:  # no surface at that level: say which file and what to change
+            raise UsageError(f"{npz}: {e}; give another --level") from None
         surface = ".ply" if fmt == ".obj" else fmt  # OBJ has no standard vertex colors
         written.append(export.write_mesh(out / f"{npz.stem}{surface}", verts, faces, vertex_colors=colors))
         pts, pcolors = export.grid_points(data["density"].astype(np.float32), **grid)

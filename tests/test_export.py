@@ -185,3 +185,22 @@ def test_contracted_grid_exports_world_geometry():
     assert np.linalg.norm(points, axis=1).max() < 3.0 + 1e-9
     plain, _, _ = export.grid_mesh(raw, box)  # read bounded, the same lattice is a smaller, boxier shape
     assert np.abs(plain).max() < 2.0 and abs(np.median(np.linalg.norm(plain, axis=1)) - 3.0) > 0.5
+
+
+def test_export_of_a_field_without_a_surface_exits_2(tmp_path):
+    """A field whose density never crosses the level: exit 2 naming the file and the density range, no
+    traceback (issue 14's rule for every CLI failure)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    run = tmp_path / "run"
+    run.mkdir()
+    raw = np.full((8, 8, 8), -20.0, np.float32)  # softplus: ~2e-9 everywhere
+    np.savez(run / "field_nerf.npz", density=raw, sh=np.zeros((8, 8, 8, 3), np.float32),
+             aabb=np.float32([-1, -1, -1, 1, 1, 1]), sh_degree=np.int32(0), activation=np.array("softplus"))
+    out = subprocess.run([sys.executable, "-m", "drstudio.app.cli", "export", str(run)], capture_output=True,
+                         text=True, cwd=root, timeout=300)
+    assert out.returncode == 2 and "field_nerf.npz" in out.stderr and "--level" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and not (run / "export").exists()
