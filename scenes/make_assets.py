@@ -28,7 +28,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import imageio.v2 as iio2
 import numpy as np
 from drstudio.renderer import primitives
 from drstudio.renderer.images import atomic_write, write_image
@@ -105,9 +104,10 @@ def environment(height: int = 32, width: int = 64) -> np.ndarray:
 
 def write_float_tiff(path: Path, image: np.ndarray) -> None:
     """A float32 TIFF with a fixed creation time, so that a rebuild is byte-identical."""
+    import tifffile
+
     def write(tmp):
-        with iio2.get_writer(tmp, format="TIFF") as w:
-            w.append_data(image, meta={"datetime": datetime.datetime(2026, 1, 1)})
+        tifffile.imwrite(tmp, image, photometric="rgb", datetime=datetime.datetime(2026, 1, 1))
     atomic_write(path, write)
 
 

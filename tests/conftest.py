@@ -7,6 +7,8 @@ launches without one) live on it too. A test that must stay on the CPU says "cpu
 a literal "cpu" where it passes a device, or @pytest.mark.parametrize("device", ["cpu"]) where it relies
 on the default device.
 
+`private_config` (autouse): an empty $XDG_CONFIG_HOME per test, so viewer settings never leak.
+
 `display`: a private Xvfb for tests that open windows. Without Xvfb the GUI tests are skipped on a
 developer machine but FAIL when the CI environment variable is set, so CI never passes by silently
 skipping them.
@@ -21,6 +23,13 @@ import os
 import imgui_bundle  # noqa: F401
 import pytest
 from support.xvfb import MISSING_XVFB_MESSAGE, Xvfb, xvfb_executable
+
+
+@pytest.fixture(autouse=True)
+def private_config(tmp_path_factory, monkeypatch):
+    """Every test gets its own empty $XDG_CONFIG_HOME: the viewer's settings (UI scale, recent files,
+    ~/.config/drstudio/viewer.json) never leak from one test into another, nor into the user's."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))
 
 
 def running_in_ci() -> bool:
