@@ -204,7 +204,8 @@ def _loss_plot(path: Path, history: dict) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    if ax.lines:  # a session that took no step has no curve to name
+        ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
