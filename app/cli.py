@@ -10,6 +10,7 @@ by another run, a CUDA device that is not there; the message names the file and 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import re
 import subprocess
@@ -86,6 +87,16 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 1e7:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected seconds in (0, 1e7], got {text!r}")
+    return value
+
+
 # ---- subcommands --------------------------------------------------------------------------------
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -159,6 +170,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                         record=not getattr(args, "no_record", False), resume=resume,
                                         from_step=getattr(args, "from_step", None),
                                         final_eval=getattr(args, "final_eval", None),
+                                        max_seconds=getattr(args, "max_seconds", None),
                                         on_start=serve if getattr(args, "serve", None) is not None else None)
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
@@ -193,7 +205,8 @@ def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
                                             record=not getattr(args, "no_record", False),
                                             resume=getattr(args, "resume", None),
                                             from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm,
-                                            final_eval=getattr(args, "final_eval", None))
+                                            final_eval=getattr(args, "final_eval", None),
+                                            max_seconds=getattr(args, "max_seconds", None))
             finally:
                 comm.close()
     except (RecordingError, ValueError) as e:
@@ -659,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "pixel of every view (full), each view at optimize.eval_rays fixed pixels (sampled; the default for "
                    "scenes with fields, which then write views/ for one held-out view only) or none; metrics.json "
                    "says which")
+    p.add_argument("--max-seconds", type=_seconds, metavar="S", help="a time budget: end the run after the step "
+                   "that finishes S seconds after the optimization started, with its results as at a normal end "
+                   "(metrics.json time_budget); with --nproc every rank ends after the same step")
     p.add_argument("--serve", nargs="?", const="", metavar="ADDR", help="serve the run to `drstudio view --attach` "
                    "(default 127.0.0.1:7391; a random token is printed and required)")
     p.add_argument("--nproc", type=_positive_int, default=1, metavar="N", help="run N processes on this machine, "

@@ -49,7 +49,7 @@ def default_out_dir(root: Path) -> Path:
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
              record_options=None, on_start=None, partial_every: float = 30.0, comm=None,
-             final_eval: str | None = None) -> dict:
+             final_eval: str | None = None, max_seconds: float | None = None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
@@ -59,6 +59,10 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there).
     partial_every: seconds between writes of the latest values (params.npz, a partial metrics.json).
     final_eval: how the final PSNRs are measured (`write_results`).
+    max_seconds: a time budget: the run ends after the first step that finishes this many wall-clock seconds
+    after the optimization started (first-step kernel compilation included; loading the scene and targets
+    before, the final evaluation and the results after are not), as a normal end with its results; every rank of
+    a distributed run ends after the same step. metrics.json "time_budget" says whether it ran out.
     Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
     "interrupted": true) and raises `Interrupted`.
 
@@ -98,6 +102,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     if on_start is not None:
         on_start(engine, problem)
     t0 = time.perf_counter()
+    if max_seconds is not None:
+        problem.deadline = time.monotonic() + float(max_seconds)
     engine.send("start")
     # a terminal gets a live bar; a log file (CI, pipes) a line every few seconds
     interactive = sys.stderr.isatty()
@@ -147,6 +153,11 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
             raise Interrupted(f"rank {comm.rank} stopped at step {snap.step}")
         return {"steps": snap.step, "final_loss": snap.loss, "seconds": elapsed}
     extra = {"interrupted": True} if interrupted else {}
+    if max_seconds is not None:
+        extra["time_budget"] = {"max_seconds": float(max_seconds), "ran_out": bool(problem.out_of_time)}
+        if problem.out_of_time and progress:
+            print(f"time budget of {max_seconds:g} s reached: stopped after step {snap.step} of {problem.steps}",
+                  file=sys.stderr)
     if recorder is not None:
         extra["recording"] = {"path": str(recorder.dir), "bytes": recorder.bytes_written,
                               "error": recorder.failed or None}
@@ -278,7 +289,7 @@ def _evaluate_views(problem: Problem, out: Path, mode: str):
 
 
 def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None,
-                  final_eval: str | None = None) -> dict:
+                  final_eval: str | None = None, max_seconds: float | None = None) -> dict:
     """Write the results (module docstring) and return the metrics. `final_eval`: how the final PSNRs are
     measured, one of FINAL_EVAL_MODES (`_evaluate_views`); default "sampled" for a scene with fields, "full"
     otherwise (a scene without fields has no sampled evaluation: "sampled" means "full" there)."""

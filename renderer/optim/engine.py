@@ -302,8 +302,8 @@ class Engine:
             self._pending_steps -= 1
             if self._pending_steps == 0 and self._state != "running":
                 self._state = "paused"
-        if p.step_index >= p.steps and self._state == "running":
-            self._state = "finished"
+        if (p.step_index >= p.steps or getattr(p, "out_of_time", False)) and self._state == "running":
+            self._state = "finished"  # the step budget, or the time budget (optimize --max-seconds)
         elif getattr(p, "stop_agreed", False) and self._state == "running":
             self._state = "stopped"  # a distributed run: every rank stops after this same step
         done = self._state != "running" and self._pending_steps == 0

@@ -18,6 +18,7 @@ All heavy work stays on the device; the host reads back only scalars and snapsho
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -94,6 +95,10 @@ class Problem:
         self.check_every = CHECK_EVERY
         self.stop_request = False  # set from another thread: ask every rank to stop after this step
         self.stop_agreed = False  # a rank asked; every rank stops after the same step
+        # a time budget (`optimize --max-seconds`): `deadline` a time.monotonic() value; once a step ends past
+        # it (on any rank), `out_of_time` is set and the engine finishes after that step (every rank the same)
+        self.deadline: float | None = None
+        self.out_of_time = False
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -314,14 +319,18 @@ class Problem:
                 total, terms, outputs = self._record_loss(batch, (r, self.shards))
             tape.backward(total)
             parts.append(distributed.pack(self.ds, paths, [terms[n] for n in names], total, self.stop_request,
-                                          device))
+                                          device, self._past_deadline()))
             images.update({cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
                            for cam, out in outputs.items()})
             tape.reset()
         flat = comm.sum(parts[0], self.step_index) if comm is not None else distributed.ordered_sum(parts)
-        values, loss, stop = distributed.unpack(flat, self.ds, paths, len(names))
+        values, loss, stop, out_of_time = distributed.unpack(flat, self.ds, paths, len(names))
         self.stop_agreed = self.stop_agreed or stop
+        self.out_of_time = self.out_of_time or out_of_time
         return loss, dict(zip(names, values, strict=True)), images, None
+
+    def _past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     def _check_ranks(self) -> None:
         """Every `check_every` steps, at the last step and before an agreed stop: every rank must hold the
@@ -329,7 +338,8 @@ class Problem:
         from . import distributed
 
         i = self.step_index
-        if self.comm is None or not (i % self.check_every == 0 or i >= self.steps or self.stop_agreed):
+        if self.comm is None or not (i % self.check_every == 0 or i >= self.steps or self.stop_agreed
+                                     or self.out_of_time):
             return
         self.comm.check_same(distributed.checksum(self.ds, self.param_specs), i)
 
@@ -348,6 +358,7 @@ class Problem:
                 raise
         else:
             loss, terms, grad_images, tape = self._forward_backward(batch)
+            self.out_of_time = self.out_of_time or self._past_deadline()
         applied = self.optimizer.step(loss_value=loss)
         if applied:
             for path in self._opt_paths:
