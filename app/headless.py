@@ -88,7 +88,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
         problem.set_shards(comm.world, comm)
         problem.model.workers = threads_per_rank(comm.local_world)
         record, progress, partial_every = record and lead, progress and lead, partial_every if lead else 0
-    engine = Engine(problem, publish_images=False, publish_every=1)
+    # images only for a watcher (`--serve`, through on_start): at start, on commands and at the end
+    engine = Engine(problem, publish_images=False, publish_every=1, render_images=on_start is not None)
     recorder = None
     if record:
         from drstudio.renderer.recording import Recorder, next_recording_dir

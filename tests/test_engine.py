@@ -193,3 +193,24 @@ def test_snapshots_are_never_torn(engine):
     stop.set()
     t.join()
     assert not problems, problems[:3]
+
+
+def test_an_engine_that_renders_no_images_never_renders_a_view(device):
+    """The headless CLI's engine (nobody watches): no view is rendered, not even at the start, on a pause or
+    at the end: one full-resolution view of a radiance field can take minutes (a 1080x1920 capture did)."""
+    scene = load_scene(ROOT / "scenes" / "light.json")
+    problem = Problem(scene, device)
+    rendered = []
+    problem.view_images = lambda result=None: rendered.append(1) or {}
+    eng = Engine(problem, publish_images=False, render_images=False)
+    eng.start_thread()
+    try:
+        eng.send("set_steps", 3)
+        eng.send("start")
+        snap = eng.wait(lambda s: s.state == "finished", timeout=120)
+        eng.send("pause")
+        eng.send("step")
+        eng.wait(lambda s: s.step == 4, timeout=120)
+    finally:
+        eng.shutdown()
+    assert snap.step == 3 and snap.render is None and rendered == []

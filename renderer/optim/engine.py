@@ -122,12 +122,15 @@ class Engine:
     """Runs `problem.step()` in a daemon thread. See the module docstring for the contract."""
 
     def __init__(self, problem, *, publish_images: bool = True, publish_every: int = 1,
-                 image_interval: float = 0.1):
+                 image_interval: float = 0.1, render_images: bool = True):
         """`publish_images`: render the active view for snapshots (a viewer wants it; the headless CLI
         does not). Images are re-rendered at most every `image_interval` seconds while running (a viewer
-        shows about ten snapshot frames a second), and always when a run pauses or a command lands."""
+        shows about ten snapshot frames a second), and always when a run starts, pauses or a command lands.
+        `render_images` False: never render them, not even then (a headless run that nobody watches: one
+        full-resolution view of a radiance field can take minutes)."""
         self.problem = problem
         self.publish_images = publish_images
+        self.render_images = render_images
         self.publish_every = max(1, publish_every)
         self.image_interval = image_interval
         self._image_time = -1e9
@@ -328,7 +331,8 @@ class Engine:
         p = self.problem
         result = self._last.get("result")
         now = time.perf_counter()
-        if force_images or (self.publish_images and now - self._image_time >= self.image_interval):
+        if self.render_images and (force_images or (self.publish_images
+                                                    and now - self._image_time >= self.image_interval)):
             self._images = p.view_images(result)
             self._image_time = now
         images = self._images
