@@ -250,13 +250,14 @@ def _json_safe(x):
 
 
 FINAL_EVAL_MODES = ("full", "sampled", "none")
+SHOWN_SIZE = 640  # the longest side of the one view a sampled evaluation writes (the resolution divided by an integer)
 
 
 def _evaluate_views(problem: Problem, out: Path, mode: str):
     """The final evaluation of `write_results`: (PSNR by training view, PSNR by held-out view, sRGB PSNRs of the
     held-out views). "full": every pixel of every view, each written as views/<camera>.png; "sampled" (fields):
     each view at its `eval_pixels` only, and views/<camera>.png for the first held-out view (else the first
-    training view); "none": nothing."""
+    training view), downscaled by an integer to at most SHOWN_SIZE pixels a side; "none": nothing."""
     model = problem.model
     psnrs, test_psnrs, test_srgb = {}, {}, []
     held_out = {t.camera for t in problem.test_targets}
@@ -270,11 +271,12 @@ def _evaluate_views(problem: Problem, out: Path, mode: str):
             (test_psnrs if camera in held_out else psnrs)[camera] = value
             if camera in held_out:
                 test_srgb.append(_psnr_srgb(rgb, ref))
+        from drstudio.renderer.recording.writer import render_thumbnail
+
         shown = (problem.test_targets or problem.targets)[:1]
-        for t in shown:
-            rendered = model.render(t.camera)
-            target = t.image.numpy().reshape(rendered.height, rendered.width, 3)
-            write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered.numpy(), target))
+        for t in shown:  # at most SHOWN_SIZE pixels a side: a capture's full-resolution view takes minutes
+            rendered, target = render_thumbnail(problem, t.camera, SHOWN_SIZE)
+            write_image(out / "views" / f"{t.camera}.png", _side_by_side(rendered, target))
         return psnrs, test_psnrs, test_srgb
     views = model.evaluation_views(targets)  # e.g. NeRF-W fits the held-out views' embeddings first
     for t in targets:

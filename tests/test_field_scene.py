@@ -407,3 +407,19 @@ def test_a_contracted_grid_trains_and_exports(dataset, tmp_path):
     inner = surface.vertices[np.abs(surface.vertices).max(axis=1) <= 1.05]
     assert len(inner) > 100 and 0.8 < np.median(np.linalg.norm(inner, axis=1)) < 1.2  # the globe
     assert np.abs(surface.vertices).max() < 1.05 * 10  # world points, within the exported part of the shell
+
+
+def test_a_sampled_evaluation_writes_its_one_view_downscaled(dataset, tmp_path, monkeypatch):
+    """The one view a sampled final evaluation writes is drawn at most SHOWN_SIZE pixels a side (the
+    resolution divided by an integer): a capture's full-resolution view took minutes."""
+    import imageio.v3 as iio
+    from drstudio.app import headless
+
+    monkeypatch.setattr(headless, "SHOWN_SIZE", 10)  # the views are 24x24: divided by 3, 8x8
+    out = tmp_path / "run"
+    assert cli.main(["optimize", str(write(dataset, field_scene(steps=2), "s.json")), "--out", str(out),
+                     "--no-record"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["final_eval"] == "sampled"
+    (image,) = (out / "views").iterdir()
+    assert image.name == f"{held_out(dataset)[0]}.png"
+    assert iio.imread(image).shape == (8, 3 * 8 + 2 * 2, 3)  # render | target | difference, 2-pixel gaps
