@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LIGHT = "lights.key.position"
 STEPS, EDIT_AT = 30, 15
 EDITED = np.array([0.5, 2.6, 2.4], np.float32)
-SESSION_TIMEOUT = 30.0  # s, the scripted GUI session
+SESSION_TIMEOUT = 90.0  # s, the scripted GUI session (a bound on a hang, not a speed test)
 
 
 def small_light_scene(folder: Path) -> Path:
@@ -298,7 +298,7 @@ class ReplaySession:
         seen = [state.position]
         t0 = time.monotonic()
         while state.playback.playing:
-            if time.monotonic() - t0 > 15.0:
+            if time.monotonic() - t0 > 45.0:  # about 5 s on an idle machine
                 raise AssertionError(f"playing did not reach the end: positions {seen[-5:]}")
             seen.append(state.position)
             yield
