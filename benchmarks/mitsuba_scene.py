@@ -281,10 +281,11 @@ def _look_at(mi, pose: np.ndarray):
 
 
 def to_mitsuba(ld: Loaded, tmp: str, *, spp: int, max_depth: int, rr_depth: int = 5, seed: int = 0,
-               integrator: str = "path", env_upsample: int = 16, principled: bool = False):
+               integrator: str = "path", env_upsample: int = 64, principled: bool = False):
     """The Mitsuba scene of `ld` (see the module docstring); OBJ files go to folder `tmp` (keep it until the
-    scene is loaded). Material m's BSDF has the id `mat-<name>` (`mi.traverse` keys
-    `mat-<name>.brdf_0.reflectance.value` for Lambert)."""
+    scene is loaded). The mesh of material <name> is `mesh-<name>` (`mi.traverse` keys
+    `mesh-<name>.bsdf.brdf_0.reflectance.value` for Lambert, `mesh-<name>.bsdf.brdf_0.albedo` for GGX; Mitsuba
+    may merge meshes whose BSDFs are equal)."""
     mi, _ = mitsuba()
     from drstudio.renderer.stages import pathtrace as pt
 
@@ -353,3 +354,194 @@ def render_mitsuba(ld: Loaded, spp: int, seed: int, max_depth: int, rr_depth: in
         scene = to_mitsuba(ld, tmp, spp=spp, max_depth=max_depth, rr_depth=rr_depth, seed=seed, **kwargs)
     img = mi.render(scene, spp=spp, seed=seed)
     return np.array(img, dtype=np.float32)[..., :3]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Albedo-gradient images
+
+
+def gradient_drstudio(ld: Loaded, material: str, spp: int, seed: int, max_depth: int, rr_depth: int = 5,
+                      jitter: bool = True) -> np.ndarray:
+    """d image / d albedo of `material` (H, W, 3): channel c of pixel p is d image[p, c] / d albedo[c] (the
+    channels of Lambert and dielectric GGX albedos are independent), by drstudio's path replay
+    backpropagation (`render_path_backward`) with a one-hot image adjoint per pixel. `ld` must be loaded
+    with requires_grad=True."""
+    import warp as wp
+    from drstudio.renderer.stages import pathtrace as pt
+
+    ps = ld.scene
+    m = ld.names.index(material)
+    o = ps.albedo.offsets[m][0]
+    n = ld.width * ld.height
+    out = np.zeros((n, 3), np.float32)
+    one_hot = np.zeros((n, 3), np.float32)
+    adj = wp.zeros((n, 3), dtype=float, device=ps.device)
+    for i in range(n):
+        one_hot[i] = 1.0
+        adj.assign(one_hot)
+        one_hot[i] = 0.0
+        ps.albedo.data.grad.zero_()
+        pt.render_path_backward(ps, adj, ld.intrinsics, ld.pose, ld.width, ld.height, spp=spp, seed=seed,
+                                max_depth=max_depth, rr_depth=rr_depth, jitter=jitter, wrt=["albedo"])
+        out[i] = ps.albedo.data.grad.numpy()[o:o + 3]
+    return out.reshape(ld.height, ld.width, 3)
+
+
+def gradient_mitsuba(ld: Loaded, material: str, spp: int, seed: int, max_depth: int, rr_depth: int = 5,
+                     passes: int = 1) -> np.ndarray:
+    """The same gradient image by Mitsuba's `prb` in forward mode (the albedo's three channels seeded with
+    1), averaged over `passes` renders of spp / passes samples (seeds seed, seed + 1, ...)."""
+    mi, dr = mitsuba()
+    with tempfile.TemporaryDirectory() as tmp:
+        scene = to_mitsuba(ld, tmp, spp=spp, max_depth=max_depth, rr_depth=rr_depth, seed=seed, integrator="prb")
+    params = mi.traverse(scene)
+    keys = [k for k in (f"mesh-{material}.bsdf.brdf_0.reflectance.value", f"mesh-{material}.bsdf.brdf_0.albedo")
+            if k in params]
+    if not keys:
+        raise ValueError(f"material {material!r}: no albedo parameter in the Mitsuba scene")
+    key = keys[0]
+    acc = np.zeros((ld.height, ld.width, 3))
+    for k in range(passes):
+        dr.enable_grad(params[key])
+        params.update()
+        img = mi.render(scene, params, spp=spp // passes, seed=seed + k)
+        dr.forward(params[key])
+        acc += np.array(dr.grad(img), dtype=np.float64)[..., :3]
+        dr.disable_grad(params[key])
+    return (acc / passes).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Comparisons
+
+
+SCENES = {"cornell_box": ("scenes/cornell_box.json", "red"), "env_object": ("scenes/env_object.json", "glossy")}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stats(a, a2, b, b2) -> dict:
+    """MAD between the renderers, the noise of each (MAD between two seeds), and what two unbiased estimates
+    with those noises differ by: |a - b| has the variance of (|a - a2| + |b - b2|) / 2, so the expected MAD
+    is sqrt((noise_a^2 + noise_b^2) / 2) for Gaussian-like errors."""
+    na, nb = float(np.abs(a - a2).mean()), float(np.abs(b - b2).mean())
+    return dict(mad=float(np.abs(a - b).mean()), noise_dr=na, noise_mi=nb,
+                expected=float(np.sqrt((na * na + nb * nb) / 2)),
+                mean_ratio=((a + a2).mean((0, 1)) / (b + b2).mean((0, 1))).tolist())
+
+
+def compare(name: str, spp: int, size: int | None = None, max_depth: int | None = None, threads: int = 1,
+            env_upsample: int = 64) -> dict:
+    """drstudio vs Mitsuba `path` on shipped scene `name` (a key of SCENES) at `spp`, two seeds each
+    (the file's depth and resolution unless given; drstudio jittered: a box pixel filter as Mitsuba's)."""
+    ld = load(ROOT / SCENES[name][0], size=size)
+    depth = ld.render.max_depth if max_depth is None else max_depth
+    a = render_drstudio(ld, spp, 1, depth, threads=threads)
+    a2 = render_drstudio(ld, spp, 2, depth, threads=threads)
+    b = render_mitsuba(ld, spp, 1, depth, env_upsample=env_upsample)
+    b2 = render_mitsuba(ld, spp, 2, depth, env_upsample=env_upsample)
+    return dict(_stats(a, a2, b, b2), scene=name, spp=spp, width=ld.width, height=ld.height, max_depth=depth,
+                images=(a, b), mean=float(b.mean()))
+
+
+def compare_gradient(name: str, spp: int, size: int | None = None, max_depth: int | None = None,
+                     passes: int = 1) -> dict:
+    """drstudio's path-replay albedo-gradient image vs Mitsuba `prb` forward mode on shipped scene `name`
+    (the albedo of SCENES[name][1]), two seeds each; adds the relative L1 error sum|a - b| / sum|b| and the
+    same for two seeds of each."""
+    ld = load(ROOT / SCENES[name][0], size=size, requires_grad=True)
+    depth = ld.render.max_depth if max_depth is None else max_depth
+    mat = SCENES[name][1]
+    a = gradient_drstudio(ld, mat, spp, 1, depth)
+    a2 = gradient_drstudio(ld, mat, spp, 2, depth)
+    b = gradient_mitsuba(ld, mat, spp, 1, depth, passes=passes)
+    b2 = gradient_mitsuba(ld, mat, spp, 1 + passes, depth, passes=passes)
+    ref = float(np.abs(b + b2).sum() / 2)
+
+    def rel(x, y):
+        return float(np.abs(x - y).sum() / ref)
+
+    return dict(_stats(a, a2, b, b2), scene=name, material=mat, spp=spp, width=ld.width, height=ld.height,
+                max_depth=depth, rel=rel(a, b), rel_noise_dr=rel(a, a2), rel_noise_mi=rel(b, b2),
+                sum_ratio=((a + a2).sum((0, 1)) / (b + b2).sum((0, 1))).tolist(), images=(a, b))
+
+
+def _tone(x: np.ndarray) -> np.ndarray:
+    return np.clip(x / (1 + x), 0, 1) ** (1 / 2.2)
+
+
+def save_figure(path, rows: list[dict], title: str, gradient: bool = False) -> None:
+    """One row per comparison: drstudio, Mitsuba, |difference| x 4 (images: sRGB-ish tone map; gradients:
+    a diverging map of the channel sum, one scale per row)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 3, figsize=(7.5, 2.6 * len(rows)), squeeze=False)
+    for r, ax in zip(rows, axes):
+        a, b = r["images"]
+        if gradient:
+            sa, sb = a.sum(-1), b.sum(-1)
+            lim = float(np.percentile(np.abs(sb), 99)) or 1.0
+            for k, (im, label) in enumerate(((sa, "drstudio path replay"), (sb, "Mitsuba prb (forward)"))):
+                ax[k].imshow(im, cmap="RdBu_r", vmin=-lim, vmax=lim)
+                ax[k].set_title(f"{r['scene']}: {label}", fontsize=7)
+            ax[2].imshow(np.abs(sa - sb), cmap="magma", vmin=0, vmax=lim / 4)
+            ax[2].set_title(f"|difference| (x4); rel. {r['rel']:.3f}", fontsize=7)
+        else:
+            ax[0].imshow(_tone(a))
+            ax[0].set_title(f"{r['scene']}: drstudio {r['spp']} spp", fontsize=7)
+            ax[1].imshow(_tone(b))
+            ax[1].set_title(f"Mitsuba path {r['spp']} spp", fontsize=7)
+            ax[2].imshow(np.clip(np.abs(a - b).mean(-1) * 4, 0, 1), cmap="magma", vmin=0, vmax=1)
+            ax[2].set_title(f"|difference| x4; MAD {r['mad']:.4f}", fontsize=7)
+        for x in ax:
+            x.axis("off")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="drstudio's path mode vs Mitsuba 3 on the shipped path scenes")
+    ap.add_argument("--scenes", nargs="+", default=list(SCENES), choices=list(SCENES))
+    ap.add_argument("--spp", type=int, default=1024)
+    ap.add_argument("--grad-spp", type=int, default=0, help="also compare albedo-gradient images at this spp")
+    ap.add_argument("--size", type=int, default=None, help="square image size (default: the scene file's)")
+    ap.add_argument("--grad-size", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--figure", default=None, help="write the comparison figure(s) with this path prefix")
+    args = ap.parse_args(argv)
+    rows = [compare(s, args.spp, args.size, threads=args.threads) for s in args.scenes]
+    print("| scene | size | spp | max depth | MAD drstudio vs Mitsuba | noise drstudio | noise Mitsuba "
+          "| expected MAD | mean ratio dr / mi (r, g, b) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = ", ".join(f"{x:.4f}" for x in r["mean_ratio"])
+        print(f"| {r['scene']} | {r['width']}x{r['height']} | {r['spp']} | {r['max_depth']} | {r['mad']:.4f} | "
+              f"{r['noise_dr']:.4f} | {r['noise_mi']:.4f} | {r['expected']:.4f} | {ratio} |")
+    if args.figure:
+        save_figure(f"{args.figure}_images.png", rows, "drstudio path mode vs Mitsuba 3 path")
+    if args.grad_spp:
+        grows = [compare_gradient(s, args.grad_spp, args.grad_size, passes=max(1, args.grad_spp // 256))
+                 for s in args.scenes]
+        print()
+        print("| scene | d image / d albedo of | size | spp | rel. L1 error dr vs mi | rel. noise dr | rel. noise mi "
+              "| MAD | noise dr | noise mi | expected MAD | sum ratio dr / mi (r, g, b) |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for r in grows:
+            ratio = ", ".join(f"{x:.4f}" for x in r["sum_ratio"])
+            print(f"| {r['scene']} | {r['material']} | {r['width']}x{r['height']} | {r['spp']} | {r['rel']:.4f} | "
+                  f"{r['rel_noise_dr']:.4f} | {r['rel_noise_mi']:.4f} | {r['mad']:.4f} | {r['noise_dr']:.4f} | "
+                  f"{r['noise_mi']:.4f} | {r['expected']:.4f} | {ratio} |")
+        if args.figure:
+            save_figure(f"{args.figure}_gradients.png", grows, "d image / d albedo: drstudio path replay vs "
+                        "Mitsuba prb", gradient=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
