@@ -33,15 +33,18 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGE = "drstudio.renderer.stages.pathtrace"
 
 
-def _median_ms(fn, repeats: int, warmup: int) -> float:
+def _median_ms(fn, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median wall ms, median CPU ms of this process, all its threads) of fn(i) over `repeats` calls after
+    `warmup` untimed ones. CPU time is the work done, much less sensitive to other processes' load."""
     for i in range(warmup):
         fn(1000 + i)
-    times = []
+    wall, cpu = [], []
     for i in range(repeats):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         fn(i)
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+        wall.append((time.perf_counter() - t) * 1e3)
+        cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def _l2_kernel():
@@ -97,10 +100,11 @@ def measure_drstudio(scene: str, size: int, spp: int, max_depth: int | None, thr
         tape.reset()
 
     with ForeignLoad() as busy_f:
-        fwd = _median_ms(forward, repeats, warmup)
+        fwd, fwd_cpu = _median_ms(forward, repeats, warmup)
     with ForeignLoad() as busy_s:
-        stp = _median_ms(step, repeats, warmup)
-    return dict(forward_ms=fwd, step_ms=stp, busy_forward=busy_f.cores, busy_step=busy_s.cores, max_depth=depth)
+        stp, stp_cpu = _median_ms(step, repeats, warmup)
+    return dict(forward_ms=fwd, step_ms=stp, forward_cpu_ms=fwd_cpu, step_cpu_ms=stp_cpu, busy_forward=busy_f.cores,
+                busy_step=busy_s.cores, max_depth=depth)
 
 
 def measure_mitsuba(scene: str, size: int, spp: int, max_depth: int, threads: int, repeats: int,
@@ -156,8 +160,8 @@ def _mitsuba_worker(args) -> dict:
         for k in keys:
             dr.disable_grad(params[k])
 
-    out["forward_ms"] = _median_ms(forward, args.repeats, args.warmup)
-    out["step_ms"] = _median_ms(step, args.repeats, args.warmup)
+    out["forward_ms"], out["forward_cpu_ms"] = _median_ms(forward, args.repeats, args.warmup)
+    out["step_ms"], out["step_cpu_ms"] = _median_ms(step, args.repeats, args.warmup)
     return out
 
 
@@ -170,17 +174,25 @@ def print_table(rows: list[dict], scene: str, size: int, spp: int) -> None:
     load = os.getloadavg()
     print(f"{Path(scene).name} {size}x{size}, {spp} spp, max_depth {depth} (Mitsuba {depth + 1}); "
           f"load average at the end {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
-    print("| threads | drstudio fwd ms | Mitsuba path fwd ms | fwd dr/mi | drstudio step ms | Mitsuba prb step ms "
-          "| step dr/mi | busy dr (fwd, step) | busy mi | before: fwd ms, step ms (busy) |")
+    print("Wall ms (CPU ms of the process, all threads); ratios of wall times, CPU-time ratios in brackets.")
+    print("| threads | drstudio fwd | Mitsuba path fwd | fwd dr/mi | drstudio step | Mitsuba prb step | step dr/mi "
+          "| busy dr (fwd, step) | busy mi | before: fwd, step |")
     print("|---|---|---|---|---|---|---|---|---|---|")
+
+    def cell(x, key):
+        return f"{x[key + '_ms']:.0f} ({x[key + '_cpu_ms']:.0f})" if x else "n/a"
+
+    def ratio(d, m, key):
+        if not m:
+            return "n/a"
+        return f"{d[key + '_ms'] / m[key + '_ms']:.2f} ({d[key + '_cpu_ms'] / m[key + '_cpu_ms']:.2f})"
+
     for r in rows:
-        d, m, b = r["dr"], r.get("mi", {}), r.get("before")
-        mf, ms_ = m.get("forward_ms"), m.get("step_ms")
-        before = (f"{b['forward_ms']:.1f}, {b['step_ms']:.1f} ({_fmt(b['busy_forward'])}, {_fmt(b['busy_step'])})"
-                  if b else "-")
-        print(f"| {r['threads']} | {d['forward_ms']:.1f} | {_fmt(mf, 1)} | {_fmt(mf and d['forward_ms'] / mf)} "
-              f"| {d['step_ms']:.1f} | {_fmt(ms_, 1)} | {_fmt(ms_ and d['step_ms'] / ms_)} | "
-              f"{_fmt(d['busy_forward'])}, {_fmt(d['busy_step'])} | {_fmt(m.get('busy'))} | {before} |")
+        d, m, b = r["dr"], r.get("mi"), r.get("before")
+        before = f"{cell(b, 'forward')}, {cell(b, 'step')}" if b else "-"
+        print(f"| {r['threads']} | {cell(d, 'forward')} | {cell(m, 'forward')} | {ratio(d, m, 'forward')} "
+              f"| {cell(d, 'step')} | {cell(m, 'step')} | {ratio(d, m, 'step')} | "
+              f"{_fmt(d['busy_forward'])}, {_fmt(d['busy_step'])} | {_fmt(m and m.get('busy'))} | {before} |")
 
 
 def main(argv=None) -> int:
