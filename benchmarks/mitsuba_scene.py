@@ -26,9 +26,9 @@ per-material textures, lights, environment, camera). `to_mitsuba(...)` builds th
 - the environment -> `envmap`. Mitsuba's envmap interpolates bilinearly between point samples (a vertex
   grid: row j at theta = j pi / (rows - 1), column i at u = (i + 1/2) / columns, u = atan2(x, -z) / 2 pi),
   drstudio's is piecewise constant per texel (u = atan2(x, -z) / 2 pi + 1/2). The direction formulas are
-  the same; the converter point-samples drstudio's texels at Mitsuba's vertex directions on a grid
-  `env_upsample` times finer, so the two agree except within 1/env_upsample of a texel at texel edges
-  (column edges fall midway between samples, so the ramp there integrates to the step);
+  the same; the converter samples drstudio's texels at Mitsuba's vertex directions on a grid
+  `env_upsample` times finer (`env_for_mitsuba`), so the two differ only within 1/env_upsample of a texel
+  at texel edges, by a ramp symmetric about the edge;
 - the camera -> `perspective` with the same vertical field of view and pose (needs fx = fy and the
   principal point at the image center), `hdrfilm` with a `box` pixel filter, `independent` sampler;
 - `path` (or `prb`) with max_depth = drstudio's + 1 (Mitsuba counts the camera vertex) and
@@ -252,16 +252,22 @@ def _write_obj(path: str, verts: np.ndarray, normals: np.ndarray, faces: np.ndar
 
 
 def env_for_mitsuba(env: np.ndarray, upsample: int) -> np.ndarray:
-    """drstudio's piecewise-constant (He, We, 3) environment point-sampled at Mitsuba envmap's vertex grid
-    (upsample He + 1 rows at theta = j pi / (rows - 1), upsample We columns at u = (i + 1/2) / columns)."""
+    """drstudio's piecewise-constant (He, We, 3) environment sampled at Mitsuba envmap's vertex grid, which
+    Mitsuba interpolates bilinearly: upsample * He + 1 rows at theta = j pi / (rows - 1), upsample * We columns
+    at u = (i + 1/2) / columns. Column edges of drstudio's texels fall midway between Mitsuba's columns; row
+    edges fall on Mitsuba's rows, which get the mean of the two texels: either way the bilinear ramp across
+    an edge is symmetric about it and integrates (to first order) to the step."""
     he, we = env.shape[:2]
     rows, cols = upsample * he + 1, upsample * we
-    theta = np.arange(rows) / (rows - 1) * np.pi
     u_mi = (np.arange(cols) + 0.5) / cols
-    # same direction for u_mi in Mitsuba and u_dr = u_mi + 1/2 in drstudio
+    # the same direction has u_mi in Mitsuba and u_dr = u_mi + 1/2 in drstudio
     col = np.floor(((u_mi + 0.5) % 1.0) * we).astype(int).clip(0, we - 1)
-    row = np.floor(theta / np.pi * he).astype(int).clip(0, he - 1)
-    return np.ascontiguousarray(env[row][:, col], np.float32)
+    j = np.arange(rows)
+    above = ((j - 1) // upsample).clip(0, he - 1)  # texel rows just above and below theta_j = (j / upsample) pi / He
+    below = (j // upsample).clip(0, he - 1)
+    edge = (j % upsample == 0)[:, None, None]
+    img = np.where(edge, 0.5 * (env[above] + env[below]), env[below])
+    return np.ascontiguousarray(img[:, col], np.float32)
 
 
 def camera_fov(intrinsics: np.ndarray, width: int, height: int) -> float:
