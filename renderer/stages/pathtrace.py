@@ -1211,8 +1211,8 @@ def _check_threads(threads) -> int:
 
 def _run_bands(dev, height: int, threads: int, launch) -> None:
     """launch(k, row0, rows, stride) for `threads` sets of rows (one on a GPU): set k is rows k, k + stride,
-    ... (interleaved, so every thread gets a like share of costly and cheap rows; contiguous bands left a
-    thread idle while the other finished the costlier half). Warp runs a CPU launch on one core and releases
+    ... (interleaved, so the threads get like shares of costly and cheap rows, where contiguous bands could
+    give one thread the costlier half and leave the other idle). Warp runs a CPU launch on one core and releases
     the GIL meanwhile, so sets launched from separate threads run on separate cores."""
     n = threads if dev.is_cpu else 1
     n = max(1, min(n, height))
