@@ -88,3 +88,15 @@ def test_field_benchmark_runs_the_hash_grid_scene(tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert doc["train_views"] == 56 and doc["curve"][-1]["step"] > 0
     assert all(np.isfinite(c["psnr_linear_db"]) for c in doc["curve"])
+
+
+def test_path_benchmark_runs_without_mitsuba(capsys):
+    """benchmarks/bench_path.py at 8x8 (drstudio only: Mitsuba is not in the locked environment): one row per
+    thread count, wall and CPU times."""
+    from benchmarks import bench_path
+
+    argv = ["--size", "8", "--spp", "1", "--repeats", "1", "--warmup", "0", "--threads", "1", "2", "--no-mitsuba"]
+    assert bench_path.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 2 and all("n/a" in r for r in rows), out

@@ -169,7 +169,8 @@ class RenderSettings:
     max_depth: int
     rr_depth: int
     jitter: int
-    row0: int  # first image row of this launch (a band of rows per CPU thread)
+    row0: int  # first image row of this launch (one set of rows per CPU thread)
+    row_stride: int  # launch row r renders image row row0 + r * row_stride (rows interleaved between threads)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -538,8 +539,36 @@ def vertex_color(sc: SceneArrays, f: int, b1: float, b2: float) -> wp.vec3:
 
 
 @wp.func
+def material_value(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), mat: int, uv: wp.vec2) -> wp.vec3:
+    """Level 0 of texture `mat` at uv, bilinear; a 1x1 texture (a constant) is read directly (what bilinear
+    filtering gives, without its addressing and four fetches)."""
+    if table[mat, 4] == 1 and table[mat, 5] == 1:
+        i = table[mat, 3]
+        c = table[mat, 2]
+        out = wp.vec3(data[i], 0.0, 0.0)
+        if c > 1:
+            out[1] = data[i + 1]
+        if c > 2:
+            out[2] = data[i + 2]
+        return out
+    return sample_bilinear_level(data, table, mat, 0, uv[0], uv[1])
+
+
+@wp.func
+def material_adjoint(data: wp.array(dtype=float), adj: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32),
+                     mat: int, uv: wp.vec2, g: wp.vec3):
+    """Adjoint of `material_value`: adds g (times the bilinear weights) into adj."""
+    if table[mat, 4] == 1 and table[mat, 5] == 1:
+        i = table[mat, 3]
+        for k in range(table[mat, 2]):
+            wp.atomic_add(adj, i + k, g[k])
+    else:
+        _bilinear_adjoint(data, adj, 1, table, mat, 0, uv[0], uv[1], g, 0)
+
+
+@wp.func
 def emission_at(sc: SceneArrays, mat: int, uv: wp.vec2) -> wp.vec3:
-    return sample_bilinear_level(sc.emission, sc.emission_table, mat, 0, uv[0], uv[1])
+    return material_value(sc.emission, sc.emission_table, mat, uv)
 
 
 @wp.func
@@ -564,7 +593,7 @@ def scatter_material(sc: SceneArrays, gr: GradArrays, mat: int, uv: wp.vec2, f: 
     albedo is texture x vertex color, so each factor gets the adjoint times the other."""
     ga = wp.vec3(g[0], g[1], g[2])
     if _has(gr.want, _W_ALBEDO):
-        _bilinear_adjoint(sc.albedo, gr.albedo, 1, sc.albedo_table, mat, 0, uv[0], uv[1], wp.cw_mul(ga, vcolor), 0)
+        material_adjoint(sc.albedo, gr.albedo, sc.albedo_table, mat, uv, wp.cw_mul(ga, vcolor))
     if _has(gr.want, _W_COLORS):
         gc = wp.cw_mul(ga, tex_albedo)
         b0 = 1.0 - b1 - b2
@@ -573,17 +602,15 @@ def scatter_material(sc: SceneArrays, gr: GradArrays, mat: int, uv: wp.vec2, f: 
             wp.atomic_add(gr.colors, tri_vertex(sc, f, 1), k, b1 * gc[k])
             wp.atomic_add(gr.colors, tri_vertex(sc, f, 2), k, b2 * gc[k])
     if _has(gr.want, _W_ROUGHNESS) and g[3] != 0.0:
-        _bilinear_adjoint(sc.roughness, gr.roughness, 1, sc.roughness_table, mat, 0, uv[0], uv[1],
-                          wp.vec3(g[3], 0.0, 0.0), 0)
+        material_adjoint(sc.roughness, gr.roughness, sc.roughness_table, mat, uv, wp.vec3(g[3], 0.0, 0.0))
     if _has(gr.want, _W_METALLIC) and g[4] != 0.0:
-        _bilinear_adjoint(sc.metallic, gr.metallic, 1, sc.metallic_table, mat, 0, uv[0], uv[1],
-                          wp.vec3(g[4], 0.0, 0.0), 0)
+        material_adjoint(sc.metallic, gr.metallic, sc.metallic_table, mat, uv, wp.vec3(g[4], 0.0, 0.0))
 
 
 @wp.func
 def scatter_emission(sc: SceneArrays, gr: GradArrays, mat: int, uv: wp.vec2, g: wp.vec3):
     if _has(gr.want, _W_EMISSION):
-        _bilinear_adjoint(sc.emission, gr.emission, 1, sc.emission_table, mat, 0, uv[0], uv[1], g, 0)
+        material_adjoint(sc.emission, gr.emission, sc.emission_table, mat, uv, g)
 
 
 @wp.func
@@ -675,11 +702,14 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
         n = wp.normalize(n)
         if wp.dot(n, ng) < 0.0:
             n = -n
-        tex_albedo = sample_bilinear_level(sc.albedo, sc.albedo_table, mat, 0, uv[0], uv[1])
+        tex_albedo = material_value(sc.albedo, sc.albedo_table, mat, uv)
         vcolor = vertex_color(sc, f, bt[0], bt[1])
         albedo = wp.cw_mul(tex_albedo, vcolor)
-        rough = sample_bilinear_level(sc.roughness, sc.roughness_table, mat, 0, uv[0], uv[1])[0]
-        metal = sample_bilinear_level(sc.metallic, sc.metallic_table, mat, 0, uv[0], uv[1])[0]
+        rough = float(0.0)  # Lambert reads neither (and its adjoint for them is 0)
+        metal = float(0.0)
+        if model == MODEL_GGX:
+            rough = material_value(sc.roughness, sc.roughness_table, mat, uv)[0]
+            metal = material_value(sc.metallic, sc.metallic_table, mat, uv)[0]
         gb = wp.cw_mul(dl, beta)  # adjoint of a term beta * x is gb * dx
         mgrad = vec5()  # material-parameter adjoint accumulated over this vertex's terms
         # --- NEE: point lights
@@ -819,7 +849,7 @@ def trace_path(sc: SceneArrays, rs: RenderSettings, px: int, py: int, s: int, ad
 def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, keep: int, samples: wp.array(dtype=wp.vec3),
                   out: wp.array2d(dtype=float)):
     band_row, px = wp.tid()
-    py = band_row + rs.row0
+    py = band_row * rs.row_stride + rs.row0
     i = py * rs.width + px
     acc = wp.vec3(0.0)
     for k in range(rs.spp):
@@ -837,7 +867,7 @@ def render_kernel(sc: SceneArrays, rs: RenderSettings, gr: GradArrays, keep: int
 def adjoint_kernel(sc: SceneArrays, rs: RenderSettings, grad_image: wp.array2d(dtype=float), kept: int,
                    samples: wp.array(dtype=wp.vec3), gr: GradArrays):
     band_row, px = wp.tid()
-    py = band_row + rs.row0
+    py = band_row * rs.row_stride + rs.row0
     i = py * rs.width + px
     dl = wp.vec3(grad_image[i, 0], grad_image[i, 1], grad_image[i, 2]) / float(rs.spp)
     if dl[0] == 0.0 and dl[1] == 0.0 and dl[2] == 0.0:
@@ -1133,6 +1163,7 @@ def _settings(intrinsics, pose, width, height, spp, seed, max_depth, rr_depth, j
     rs.rr_depth = int(rr_depth)
     rs.jitter = int(jitter)
     rs.row0 = 0
+    rs.row_stride = 1
     return rs
 
 
@@ -1179,12 +1210,13 @@ def _check_threads(threads) -> int:
 
 
 def _run_bands(dev, height: int, threads: int, launch) -> None:
-    """launch(k, row0, rows) for `threads` bands of rows (one band on a GPU). Warp runs a CPU launch on one
-    core and releases the GIL meanwhile, so bands launched from separate threads run on separate cores."""
+    """launch(k, row0, rows, stride) for `threads` sets of rows (one on a GPU): set k is rows k, k + stride,
+    ... (interleaved, so the threads get like shares of costly and cheap rows, where contiguous bands could
+    give one thread the costlier half and leave the other idle). Warp runs a CPU launch on one core and releases
+    the GIL meanwhile, so sets launched from separate threads run on separate cores."""
     n = threads if dev.is_cpu else 1
     n = max(1, min(n, height))
-    edges = [height * k // n for k in range(n + 1)]
-    bands = [(k, edges[k], edges[k + 1] - edges[k]) for k in range(n)]
+    bands = [(k, k, (height - k + n - 1) // n, n) for k in range(n)]
     if n == 1:
         launch(*bands[0])
         return
@@ -1192,9 +1224,9 @@ def _run_bands(dev, height: int, threads: int, launch) -> None:
     wp.load_module(module=__name__, device=dev)
     errors = []
 
-    def run(k, row0, rows):
+    def run(k, row0, rows, stride):
         try:
-            launch(k, row0, rows)
+            launch(k, row0, rows, stride)
         except BaseException as e:  # re-raised on the caller's thread below
             errors.append(e)
 
@@ -1208,12 +1240,13 @@ def _run_bands(dev, height: int, threads: int, launch) -> None:
         raise errors[0]
 
 
-def _band(rs: RenderSettings, row0: int) -> RenderSettings:
+def _band(rs: RenderSettings, row0: int, stride: int) -> RenderSettings:
     b = RenderSettings()
     for name in ("intrinsics", "position", "rotation", "width", "spp", "first_sample", "seed", "max_depth", "rr_depth",
                  "jitter"):
         setattr(b, name, getattr(rs, name))
     b.row0 = int(row0)
+    b.row_stride = int(stride)
     return b
 
 
@@ -1234,7 +1267,7 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
         max_depth: scattering events per path (0: emitters and environment seen directly; 1: direct light).
         rr_depth: Russian roulette from this depth on (>= max_depth: never).
         jitter: sample uniformly inside each pixel (True) or at its center (False).
-        threads: on the CPU, render this many bands of rows on as many threads (the image is the same:
+        threads: on the CPU, render this many interleaved sets of rows on as many threads (the image is the same:
             each pixel's random numbers depend on the pixel only); ignored on a GPU.
         first_sample: render samples first_sample .. first_sample + spp - 1 of each pixel's sequence, so
             calls with first_sample = 0, spp, 2 spp, ... average (progressively) to one render of more spp.
@@ -1259,9 +1292,10 @@ def render_path(scene: PathScene, intrinsics: wp.array, pose: wp.array, width: i
     # for the tape's backward: each path's radiance (12 bytes per sample), so the adjoint traces it once
     samples = wp.empty(int(width) * int(height) * int(spp) if record else 0, dtype=wp.vec3, device=dev)
 
-    def launch(k, row0, rows):
-        wp.launch(render_kernel, dim=(rows, int(width)), inputs=[sc, _band(rs, row0), no_grads, int(record), samples],
-                  outputs=[out], device=dev, record_tape=False)
+    def launch(k, row0, rows, stride):
+        wp.launch(render_kernel, dim=(rows, int(width)),
+                  inputs=[sc, _band(rs, row0, stride), no_grads, int(record), samples], outputs=[out], device=dev,
+                  record_tape=False)
 
     _run_bands(dev, int(height), threads, launch)
     if record:
@@ -1291,7 +1325,7 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
         path_radiance: wp.vec3 (N * spp,) each path's radiance from the forward pass (pixel-major), which
             `render_path` keeps when it records on a tape; None traces every path once more to get it (the
             adjoint then costs about two primal renders instead of one).
-        threads: on the CPU, bands of rows on this many threads, each scattering into gradient buffers of
+        threads: on the CPU, interleaved sets of rows on this many threads, each scattering into gradient buffers of
             its own that are then added into `.grad` (Warp's CPU atomics are plain adds, so threads must
             not share a buffer); the result equals one thread's up to float summation order.
 
@@ -1330,12 +1364,12 @@ def render_path_backward(scene: PathScene, grad_image: wp.array, intrinsics: wp.
     named = [k for k in wrt if params[k].size > 0]
     private = {}  # band k > 0: its own zeroed gradient buffers
 
-    def launch(k, row0, rows):
+    def launch(k, row0, rows, stride):
         grads = None
         if k > 0:
             grads = private[k] = {name: wp.zeros_like(params[name].grad) for name in named}
         wp.launch(adjoint_kernel, dim=(rows, int(width)),
-                  inputs=[sc, _band(rs, row0), grad_image, int(path_radiance is not None), kept,
+                  inputs=[sc, _band(rs, row0, stride), grad_image, int(path_radiance is not None), kept,
                           _grad_arrays(scene, want, grads)], device=dev, record_tape=False)
 
     _run_bands(dev, int(height), threads, launch)
