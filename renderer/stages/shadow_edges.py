@@ -1,0 +1,398 @@
+"""Shadow-edge stage: gradients through the shadow boundaries of point lights, by edge sampling.
+
+A shadow ray is a 0/1 test, so an image with hard shadows is piecewise constant in whatever moves a
+shadow boundary (the occluder's geometry, the light's position, the receiver, the camera); the shading
+stage's gradient stops there. This stage adds the missing boundary term of the derivative of the
+box-filtered (area-averaged) image, by edge sampling (Li, Aittala, Durand, Lehtinen 2018,
+"Differentiable Monte Carlo Ray Tracing through Edge Sampling", as redner does for direct illumination),
+specialised to point lights.
+
+For a point light at c, the shadow boundaries on the surfaces behind an occluder are the central
+projections from c of the occluder's silhouette edges as seen from c: edges between a face whose front
+side faces c and one whose back does, and boundary edges (no neighbour in `neighbors`). A point
+e(s) = v0 + s (v1 - v0), s in [0, 1], of such an edge is projected from the light onto the first surface
+behind it, the receiver point y(s) on face r, and y into the image: x(s) = pi(y(s)). With L the
+radiance of the pixel p containing x with light j unshadowed minus shadowed (light j's term there:
+BRDF x irradiance; the other terms are continuous across this boundary), the derivative of the pixel's
+area average I_p w.r.t. any parameter theta is (Reynolds transport on the pixel's lit region)
+
+    dI_p / dtheta = integral over the boundary curve in the pixel of  L (dx/dtheta . n) dl,
+
+n the unit normal of the curve pointing into the shadow, pixels of unit area. With the curve
+parametrized by s, (dx/dtheta . n) dl = sigma cross(dx/dtheta, dx/ds) ds, cross(a, b) = a0 b1 - a1 b0
+and sigma = +1 when (dx/ds)_1, -(dx/ds)_0 points into the shadow, -1 otherwise. Each edge gets K
+stratified jittered samples s_k = (k + u_k) / K, so d loss / d theta is estimated by
+
+    sum over samples  sigma (dloss/dI_p . L) cross(dx/dtheta, dx/ds) / K,
+
+which is unbiased for the box-filtered image. The side and the validity of a sample are decided
+numerically: the receiver points seen at x +- h n (h = PROBE_PX pixels, on the receiver face's plane)
+are tested with shadow rays to the light; exactly one of them must be lit (otherwise the edge casts no
+visible shadow boundary there: it is inside another shadow, or grazes its own faces). A sample also
+needs y visible from the camera (an unoccluded ray) and a pixel that sees a surface.
+
+dx/dtheta is taken by Warp's autodiff of `boundary_kernel` (the closed-form chain: edge point ->
+ray-plane intersection with the receiver face's plane -> pinhole projection), so theta is every
+vertex of the edge and of the receiver face, the light's position, the intrinsics and the pose.
+
+What is held constant (not differentiated): the choice of edges and samples, the receiver face, sigma,
+dx/ds and the weights (L and the pixel's loss gradient), as in edge sampling. L is evaluated at y with
+the shading normal and material of the pixel's own sample (the pixel-centre G-buffer); a pixel whose
+centre sees another surface than y (a primary silhouette inside it) therefore gets L of that surface.
+Not covered: directional lights (their shadow boundaries move only with the occluder; not implemented),
+area lights and soft shadows, shadows seen through reflections, and the self-shadowing terminator of a
+smooth surface (continuous there: max(0, n.l) reaches 0 where the shadow starts).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import warp as wp
+
+from ..checks import check_array as _check
+from ..thread_tape import recording
+from .antialias import face_neighbors
+from .camera import camera_ray, pose_position, pose_rotation, project_point, read_intrinsics
+from .shading import point_light_direction, point_light_irradiance, shade_point
+
+PROBE_PX = wp.constant(0.05)  # probe offset across the boundary, in pixels
+RAY_EPS = wp.constant(1.0e-4)  # ray offsets relative to 1 + max|p| (as the shading stage's shadow rays)
+FAR = wp.constant(1.0e20)
+MAX_SKIP = 4  # faces of the edge itself skipped along the ray past the edge
+
+
+@wp.func
+def _cross2(a: wp.vec2, b: wp.vec2) -> float:
+    return a[0] * b[1] - a[1] * b[0]
+
+
+@wp.func
+def _scale(p: wp.vec3) -> float:
+    return 1.0 + wp.max(wp.abs(p[0]), wp.max(wp.abs(p[1]), wp.abs(p[2])))
+
+
+@wp.func
+def _vertex(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int, k: int) -> wp.vec3:
+    return world[faces[3 * f + k]]
+
+
+@wp.func
+def _faces_light(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int, c: wp.vec3) -> bool:
+    a = _vertex(world, faces, f, 0)
+    n = wp.cross(_vertex(world, faces, f, 1) - a, _vertex(world, faces, f, 2) - a)
+    return wp.dot(n, c - a) > 0.0
+
+
+@wp.func
+def receiver_point(c: wp.vec3, e: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
+    """Where the ray from c through e meets the plane of the triangle r0 r1 r2."""
+    nr = wp.cross(r1 - r0, r2 - r0)
+    d = e - c
+    return c + d * (wp.dot(nr, r0 - c) / wp.dot(nr, d))
+
+
+@wp.func
+def receiver_point_ds(c: wp.vec3, e: wp.vec3, de: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
+    """d receiver_point / ds for an edge point moving at de per unit s."""
+    nr = wp.cross(r1 - r0, r2 - r0)
+    d = e - c
+    nd = wp.dot(nr, d)
+    tau = wp.dot(nr, r0 - c) / nd
+    return de * tau - d * (tau * wp.dot(nr, de) / nd)
+
+
+@wp.func
+def project_ds(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, p: wp.vec3, dp: wp.vec3) -> wp.vec2:
+    """Directional derivative of `camera.project_point`'s pixel position at p along dp."""
+    q = wp.quat_rotate_inv(rot, p - pos)
+    dq = wp.quat_rotate_inv(rot, dp)
+    z = -q[2]
+    dz = -dq[2]
+    return wp.vec2(intr[0] * (dq[0] * z - q[0] * dz) / (z * z), -intr[1] * (dq[1] * z - q[1] * dz) / (z * z))
+
+
+@wp.func
+def _plane_point(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, x: wp.vec2, r0: wp.vec3, nr: wp.vec3) -> wp.vec3:
+    """The point of the plane (r0, nr) seen at image position x."""
+    d = camera_ray(intr, pos, rot, x[0], x[1])
+    return pos + d * (wp.dot(nr, r0 - pos) / wp.dot(nr, d))
+
+
+@wp.func
+def _lit(bvh: wp.uint64, p: wp.vec3, nr: wp.vec3, c: wp.vec3) -> bool:
+    to_light = c - p
+    side = wp.where(wp.dot(nr, to_light) < 0.0, -1.0, 1.0)
+    o = p + wp.normalize(nr) * (side * RAY_EPS * _scale(p))
+    d = c - o
+    return not wp.mesh_query_ray_anyhit(bvh, o, wp.normalize(d), wp.length(d))
+
+
+@wp.kernel(enable_backward=False)
+def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
+                neighbors: wp.array(dtype=wp.int32), tri_id: wp.array(dtype=wp.int32),
+                point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
+                pose: wp.array(dtype=float), width: int, height: int, samples: int, seed: int,
+                pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
+                s_out: wp.array(dtype=float), sign: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2),
+                point: wp.array(dtype=wp.vec3)):
+    # one thread per (light j, half-edge h, sample k); slot = (j * 3F + h) * samples + k
+    j, h, k = wp.tid()
+    slot = (j * faces.shape[0] + h) * samples + k
+    pixel[slot] = -1
+    f = h // 3
+    nb = neighbors[h]
+    if nb >= 0 and nb < f:  # an interior edge is handled once, by its lower-numbered face
+        return
+    c = point_position[j]
+    if nb >= 0 and _faces_light(world, faces, f, c) == _faces_light(world, faces, nb, c):
+        return  # not a silhouette from the light
+    v0 = world[faces[h]]
+    v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
+    state = wp.rand_init(seed, slot)
+    s = (float(k) + wp.randf(state)) / float(samples)
+    e = v0 + (v1 - v0) * s
+    dn = wp.normalize(e - c)
+    delta = RAY_EPS * _scale(e)
+    o = e + dn * delta
+    fr = int(-1)
+    for _i in range(MAX_SKIP):
+        q = wp.mesh_query_ray(bvh, o, dn, FAR)
+        if not q.result:
+            return
+        if q.face != f and q.face != nb:
+            fr = q.face
+            break
+        o = o + dn * (q.t + delta)
+    if fr < 0:
+        return
+    r0 = _vertex(world, faces, fr, 0)
+    r1 = _vertex(world, faces, fr, 1)
+    r2 = _vertex(world, faces, fr, 2)
+    nr = wp.cross(r1 - r0, r2 - r0)
+    if wp.abs(wp.dot(wp.normalize(nr), dn)) < 1.0e-4:  # the ray grazes the receiver's plane
+        return
+    y = receiver_point(c, e, r0, r1, r2)
+    intr = read_intrinsics(intrinsics)
+    pos = pose_position(pose)
+    rot = pose_rotation(pose)
+    xp = project_point(intr, pos, rot, y)
+    if xp[2] <= 0.0 or xp[0] < 0.0 or xp[1] < 0.0 or xp[0] >= float(width) or xp[1] >= float(height):
+        return
+    p = int(xp[1]) * width + int(xp[0])
+    if tri_id[p] < 0:
+        return
+    to_y = y - pos
+    dist = wp.length(to_y)
+    if wp.mesh_query_ray_anyhit(bvh, pos, to_y / dist, dist * (1.0 - 1.0e-4)):
+        return  # the camera does not see y
+    t = project_ds(intr, pos, rot, y, receiver_point_ds(c, e, v1 - v0, r0, r1, r2))
+    tl = wp.length(t)
+    if tl <= 0.0:
+        return
+    n = wp.vec2(t[1], -t[0]) / tl
+    x = wp.vec2(xp[0], xp[1])
+    lit_plus = _lit(bvh, _plane_point(intr, pos, rot, x + n * PROBE_PX, r0, nr), nr, c)
+    lit_minus = _lit(bvh, _plane_point(intr, pos, rot, x - n * PROBE_PX, r0, nr), nr, c)
+    if lit_plus == lit_minus:
+        return
+    pixel[slot] = p
+    receiver[slot] = fr
+    s_out[slot] = s
+    sign[slot] = wp.where(lit_minus, 1.0, -1.0)
+    tangent[slot] = t
+    point[slot] = y
+
+
+@wp.kernel(enable_backward=False)
+def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), point: wp.array(dtype=wp.vec3),
+                  samples_per_light: int, samples: int, grad_image: wp.array2d(dtype=float),
+                  normals: wp.array2d(dtype=float), albedo: wp.array2d(dtype=float),
+                  roughness: wp.array2d(dtype=float), metallic: wp.array2d(dtype=float),
+                  model: wp.array(dtype=wp.int32), pose: wp.array(dtype=float),
+                  point_position: wp.array(dtype=wp.vec3), point_color: wp.array(dtype=wp.vec3),
+                  point_intensity: wp.array(dtype=float), weight: wp.array(dtype=float)):
+    """weight = sigma (dloss/dI_p . L) / K, L light j's unshadowed term at y with pixel p's G-buffer."""
+    slot = wp.tid()
+    weight[slot] = 0.0
+    p = pixel[slot]
+    if p < 0:
+        return
+    m = int(model[p])
+    if m < 0:
+        return
+    j = slot // samples_per_light
+    c = point_position[j]
+    y = point[slot]
+    n = wp.normalize(wp.vec3(normals[p, 0], normals[p, 1], normals[p, 2]))
+    v = wp.normalize(pose_position(pose) - y)
+    e = point_light_irradiance(y, n, c, point_color[j], point_intensity[j])
+    a = wp.vec3(albedo[p, 0], albedo[p, 1], albedo[p, 2])
+    radiance = shade_point(n, v, point_light_direction(y, c), e, a, roughness[p, 0], metallic[p, 0], m)
+    g = wp.vec3(grad_image[p, 0], grad_image[p, 1], grad_image[p, 2])
+    weight[slot] = sign[slot] * wp.dot(g, radiance) / float(samples)
+
+
+@wp.kernel
+def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
+                    point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
+                    pose: wp.array(dtype=float), samples_per_light: int, samples: int,
+                    pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
+                    s_in: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2), weight: wp.array(dtype=float),
+                    out: wp.array(dtype=float)):
+    """out = weight cross(x(theta), dx/ds): its adjoint with d out = 1 is the boundary term's gradient."""
+    slot = wp.tid()
+    if pixel[slot] < 0:
+        return
+    w = weight[slot]
+    if w == 0.0:
+        return
+    j = slot // samples_per_light
+    h = (slot % samples_per_light) // samples
+    f = h // 3
+    v0 = world[faces[h]]
+    v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
+    e = v0 + (v1 - v0) * s_in[slot]
+    fr = receiver[slot]
+    y = receiver_point(point_position[j], e, _vertex(world, faces, fr, 0), _vertex(world, faces, fr, 1),
+                       _vertex(world, faces, fr, 2))
+    xp = project_point(read_intrinsics(intrinsics), pose_position(pose), pose_rotation(pose), y)
+    out[slot] = w * _cross2(wp.vec2(xp[0], xp[1]), tangent[slot])
+
+
+def welded_neighbors(vertices: list[np.ndarray], faces: np.ndarray) -> np.ndarray:
+    """Face adjacency for the silhouette test, with each mesh's vertices welded by position.
+
+    Meshes split at creases (a cube's 24 vertices) have boundary edges there by index; a shadow edge
+    must see the two faces of a crease as neighbours, or it would count the crease twice (once per side)
+    and take every crease for a silhouette. Args: `vertices`, one (V_m, 3) array per mesh in packing
+    order (vertex offsets follow their lengths); `faces` (F, 3) packed vertex indices. Returns int32 (3F,)
+    as `antialias.face_neighbors` does, for the welded indices. Positions are compared exactly (the
+    split copies of a vertex are equal); the welding is done once, so it is the topology at load."""
+    canon, offset = [], 0
+    for v in vertices:
+        v = np.asarray(v, np.float32).reshape(-1, 3)
+        _, first, inverse = np.unique(v, axis=0, return_index=True, return_inverse=True)
+        canon.append(first[inverse.reshape(-1)] + offset)
+        offset += len(v)
+    index = np.concatenate(canon) if canon else np.zeros(0, np.int64)
+    f = np.asarray(faces).reshape(-1, 3)
+    return face_neighbors(index[f] if f.size else f).reshape(-1)
+
+
+class EdgeSamples:
+    """The discrete half: the samples on the lights' silhouette edges that land on a visible shadow boundary
+    (`find`). Arrays are per slot, (Lp * 3F * K,); pixel -1 marks an unused slot."""
+
+    def __init__(self, pixel, receiver, s, sign, tangent, point, samples: int, num_half_edges: int):
+        self.pixel, self.receiver, self.s, self.sign = pixel, receiver, s, sign
+        self.tangent, self.point = tangent, point
+        self.samples = samples
+        self.samples_per_light = num_half_edges * samples
+
+    def count(self) -> int:
+        """Samples on a visible boundary (a host read)."""
+        return int((self.pixel.numpy() >= 0).sum())
+
+
+def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: wp.array,
+         point_position: wp.array, intrinsics: wp.array, pose: wp.array, width: int, height: int, *,
+         samples: int, seed: int = 0) -> EdgeSamples:
+    """Sample the silhouette edges of the mesh `bvh_id` as seen from each point light (see the module).
+
+    Args:
+        bvh_id: the `wp.Mesh.id` (wp.uint64) of the scene's BVH over `world`.
+        world: wp.vec3 (V,) world positions; faces: int32 (3F,); neighbors: int32 (3F,)
+            (`welded_neighbors`, or `antialias.face_neighbors(faces).ravel()` for meshes not split at creases).
+        tri_id: int32 (N,) the primary visibility, N = width * height (-1 background).
+        point_position: wp.vec3 (Lp,); intrinsics float32 (4,); pose float32 (7,).
+        samples: K samples per edge (stratified, jittered by `seed`).
+
+    Not differentiable (launched off the tape)."""
+    _check("world", world, wp.vec3, (None,))
+    dev = world.device
+    _check("faces", faces, wp.int32, (None,), dev)
+    nh = faces.shape[0]
+    _check("neighbors", neighbors, wp.int32, (nh,), dev)
+    _check("tri_id", tri_id, wp.int32, (width * height,), dev)
+    _check("point_position", point_position, wp.vec3, (None,), dev)
+    _check("intrinsics", intrinsics, wp.float32, (4,), dev)
+    _check("pose", pose, wp.float32, (7,), dev)
+    if isinstance(bvh_id, wp.Mesh):
+        raise TypeError("bvh_id: expected the mesh id (wp.Mesh.id, a wp.uint64), got the wp.Mesh itself")
+    if not isinstance(samples, (int, np.integer)) or samples < 1:
+        raise ValueError(f"samples: expected a positive int, got {samples!r}")
+    lp = point_position.shape[0]
+    m = lp * nh * samples
+    pixel = wp.full(m, -1, dtype=wp.int32, device=dev)
+    receiver = wp.zeros(m, dtype=wp.int32, device=dev)
+    s = wp.zeros(m, dtype=float, device=dev)
+    sign = wp.zeros(m, dtype=float, device=dev)
+    tangent = wp.zeros(m, dtype=wp.vec2, device=dev)
+    point = wp.zeros(m, dtype=wp.vec3, device=dev)
+    if m > 0:
+        wp.launch(find_kernel, dim=(lp, nh, samples), device=dev, record_tape=False,
+                  inputs=[bvh_id, world, faces, neighbors, tri_id, point_position, intrinsics, pose, int(width),
+                          int(height), int(samples), int(seed)],
+                  outputs=[pixel, receiver, s, sign, tangent, point])
+    return EdgeSamples(pixel, receiver, s, sign, tangent, point, int(samples), nh)
+
+
+def accumulate(es: EdgeSamples, weight: wp.array, world: wp.array, faces: wp.array, point_position: wp.array,
+               intrinsics: wp.array, pose: wp.array) -> None:
+    """Add the boundary term sum_slots weight cross(dx/dtheta, dx/ds) into the .grad of those of `world`,
+    `point_position`, `intrinsics` and `pose` that require grad (the adjoint of `boundary_kernel`)."""
+    m = es.pixel.shape[0]
+    inputs = [world, point_position, intrinsics, pose]
+    if m == 0 or not any(a.requires_grad for a in inputs):
+        return
+    dev = world.device
+    out = wp.zeros(m, dtype=float, device=dev, requires_grad=True)
+    local = wp.Tape()
+    with recording(local):
+        wp.launch(boundary_kernel, dim=m, device=dev,
+                  inputs=[world, faces, point_position, intrinsics, pose, es.samples_per_light, es.samples,
+                          es.pixel, es.receiver, es.s, es.tangent, weight],
+                  outputs=[out])
+    with recording(None):
+        local.backward(grads={out: wp.ones(m, dtype=float, device=dev)})
+
+
+def shading_weights(es: EdgeSamples, grad_image: wp.array, normals: wp.array, albedo: wp.array,
+                    roughness: wp.array, metallic: wp.array, model: wp.array, pose: wp.array, lights) -> wp.array:
+    """Per-slot weights sigma (dloss/dI_p . L) / K for the rasterized modes: L is light j's term of the
+    shading stage (`shading.shade_point` x `point_light_irradiance`) at y with pixel p's G-buffer
+    (normals, albedo (N, 3), roughness, metallic (N, 1), model (N,)); `grad_image` (N, 3) is the
+    loss's adjoint of the image."""
+    m = es.pixel.shape[0]
+    weight = wp.zeros(m, dtype=float, device=grad_image.device)
+    if m > 0:
+        wp.launch(weight_kernel, dim=m, device=grad_image.device, record_tape=False,
+                  inputs=[es.pixel, es.sign, es.point, es.samples_per_light, es.samples, grad_image, normals,
+                          albedo, roughness, metallic, model, pose, lights.point_position, lights.point_color,
+                          lights.point_intensity],
+                  outputs=[weight])
+    return weight
+
+
+def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array,
+                            tri_id: wp.array, normals: wp.array, albedo: wp.array, roughness: wp.array,
+                            metallic: wp.array, model: wp.array, lights, intrinsics: wp.array, pose: wp.array,
+                            width: int, height: int, *, samples: int, seed: int = 0) -> bool:
+    """Hook of the rasterized modes: record on `tape` a backward step that adds the point lights' shadow
+    boundary term (see the module) to the gradients of `world`, the lights' positions, `intrinsics` and
+    `pose`, reading `image.grad` (N, 3) when the tape runs backward. The G-buffer arrays are those the
+    image was shaded from. Returns whether anything was recorded (nothing when no point light, no sample
+    or none of those arrays requires grad)."""
+    targets = [a for a in (world, lights.point_position, intrinsics, pose) if a.requires_grad]
+    if tape is None or samples <= 0 or lights.num_point == 0 or not targets or not image.requires_grad:
+        return False
+
+    def backward():
+        with recording(None):
+            es = find(bvh_id, world, faces, neighbors, tri_id, lights.point_position, intrinsics, pose, width,
+                      height, samples=samples, seed=seed)
+            weight = shading_weights(es, image.grad, normals, albedo, roughness, metallic, model, pose, lights)
+        accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
+
+    tape.record_func(backward, [image, *targets])
+    return True
