@@ -350,6 +350,11 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
     world, i, p = constant(frame.world), constant(intr), constant(pose)
     origins, directions = cam.generate_rays(i, p, width, height)
     tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)
+    if max_depth >= 1 and ds.scene.render.shadow_edges > 0:
+        # the point lights' shadow boundaries on directly seen surfaces (edge sampling)
+        # (camera: constants, as in the rest of the path mode, which gives the camera no gradient)
+        shadow_edges.record_path_boundary(tape, image, scene, _shadow_neighbors(ds), tri, intr_c, pose_c, width,
+                                          height, samples=int(ds.scene.render.shadow_edges), seed=int(seed))
     bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
     normals = interpolate.interpolate(constant(frame.normals), ds.faces, tri, bary)
     return RenderOutput(width, height, image, tri, depth, normals, bg.coverage_from_ids(tri))

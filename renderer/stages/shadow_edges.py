@@ -53,7 +53,16 @@ from ..checks import check_array as _check
 from ..thread_tape import recording
 from .antialias import face_neighbors
 from .camera import camera_ray, pose_position, pose_rotation, project_point, read_intrinsics
-from .shading import point_light_direction, point_light_irradiance, shade_point
+from .pathtrace import (
+    SceneArrays,
+    face_normal_area,
+    interp_normal,
+    interp_uv,
+    tri_vertex,
+    vertex_color,
+)
+from .shading import brdf, point_light_direction, point_light_irradiance, shade_point
+from .texture import sample_bilinear_level
 
 PROBE_PX = wp.constant(0.05)  # probe offset across the boundary, in pixels
 RAY_EPS = wp.constant(1.0e-4)  # ray offsets relative to 1 + max|p| (as the shading stage's shadow rays)
@@ -232,6 +241,66 @@ def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), 
     weight[slot] = sign[slot] * wp.dot(g, radiance) / float(samples)
 
 
+@wp.kernel(enable_backward=False)
+def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
+                       sign: wp.array(dtype=float), point: wp.array(dtype=wp.vec3), samples_per_light: int,
+                       samples: int, grad_image: wp.array2d(dtype=float), pose: wp.array(dtype=float),
+                       weight: wp.array(dtype=float)):
+    """weight = sigma (dloss/dI_p . L) / K for the path mode: L is the path tracer's next-event estimate of
+    point light j at the camera ray's hit y on face r (`pathtrace.trace_path` at depth 0: two-sided normals,
+    the material sampled at y's uv, vertex colors)."""
+    slot = wp.tid()
+    weight[slot] = 0.0
+    p = pixel[slot]
+    if p < 0:
+        return
+    f = receiver[slot]
+    mat = sc.face_material[f]
+    model = sc.material_model[mat]
+    if model < 0:
+        return
+    y = point[slot]
+    p0 = sc.world[tri_vertex(sc, f, 0)]
+    e1 = sc.world[tri_vertex(sc, f, 1)] - p0
+    e2 = sc.world[tri_vertex(sc, f, 2)] - p0
+    r = y - p0
+    d11 = wp.dot(e1, e1)
+    d12 = wp.dot(e1, e2)
+    d22 = wp.dot(e2, e2)
+    det = d11 * d22 - d12 * d12
+    if det <= 0.0:
+        return
+    b1 = (d22 * wp.dot(r, e1) - d12 * wp.dot(r, e2)) / det
+    b2 = (d11 * wp.dot(r, e2) - d12 * wp.dot(r, e1)) / det
+    na = face_normal_area(sc, f)
+    ng = wp.vec3(na[0], na[1], na[2])
+    wo = wp.normalize(pose_position(pose) - y)
+    if wp.dot(ng, wo) < 0.0:
+        ng = -ng
+    n = interp_normal(sc, f, b1, b2)
+    if wp.length(n) < 1.0e-12:
+        n = ng
+    n = wp.normalize(n)
+    if wp.dot(n, ng) < 0.0:
+        n = -n
+    j = slot // samples_per_light
+    to = sc.point_position[j] - y
+    d2 = wp.max(wp.dot(to, to), 1.0e-12)
+    l = to / wp.sqrt(d2)
+    cos_l = wp.dot(n, l)
+    if cos_l <= 0.0 or wp.dot(ng, l) <= 0.0:
+        return
+    uv = interp_uv(sc, f, b1, b2)
+    albedo = wp.cw_mul(sample_bilinear_level(sc.albedo, sc.albedo_table, mat, 0, uv[0], uv[1]),
+                       vertex_color(sc, f, b1, b2))
+    rough = sample_bilinear_level(sc.roughness, sc.roughness_table, mat, 0, uv[0], uv[1])[0]
+    metal = sample_bilinear_level(sc.metallic, sc.metallic_table, mat, 0, uv[0], uv[1])[0]
+    e = sc.point_color[j] * (sc.point_intensity[j] * cos_l / d2)
+    radiance = wp.cw_mul(brdf(n, wo, l, albedo, rough, metal, model), e)
+    g = wp.vec3(grad_image[p, 0], grad_image[p, 1], grad_image[p, 2])
+    weight[slot] = sign[slot] * wp.dot(g, radiance) / float(samples)
+
+
 @wp.kernel
 def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                     point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
@@ -392,6 +461,38 @@ def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, face
             es = find(bvh_id, world, faces, neighbors, tri_id, lights.point_position, intrinsics, pose, width,
                       height, samples=samples, seed=seed)
             weight = shading_weights(es, image.grad, normals, albedo, roughness, metallic, model, pose, lights)
+        accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
+
+    tape.record_func(backward, [image, *targets])
+    return True
+
+
+def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_id: wp.array,
+                         intrinsics: wp.array, pose: wp.array, width: int, height: int, *, samples: int,
+                         seed: int = 0) -> bool:
+    """Hook of the path mode (`pathtrace.render_path`'s image of the `PathScene` `scene`): record on `tape`
+    a backward step adding the point lights' shadow-boundary term of the directly seen surfaces (the
+    next-event estimate at the camera ray's first hit) to the gradients of the scene's world positions
+    (`scene.bvh.points`), its point lights' positions, `intrinsics` and `pose`. Shadows seen through
+    reflections (deeper path vertices) and the boundaries of area lights' soft shadows are not covered.
+    Returns whether anything was recorded."""
+    lights, world = scene.lights, scene.bvh.points
+    targets = [a for a in (world, lights.point_position, intrinsics, pose) if a.requires_grad]
+    if tape is None or samples <= 0 or lights.num_point == 0 or not targets or not image.requires_grad:
+        return False
+    faces = scene.bvh.indices
+
+    def backward():
+        with recording(None):
+            es = find(scene.bvh.id, world, faces, neighbors, tri_id, lights.point_position, intrinsics, pose,
+                      width, height, samples=samples, seed=seed)
+            m = es.pixel.shape[0]
+            weight = wp.zeros(m, dtype=float, device=world.device)
+            if m > 0:
+                wp.launch(path_weight_kernel, dim=m, device=world.device, record_tape=False,
+                          inputs=[scene.arrays(), es.pixel, es.receiver, es.sign, es.point, es.samples_per_light,
+                                  es.samples, image.grad, pose],
+                          outputs=[weight])
         accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
 
     tape.record_func(backward, [image, *targets])
