@@ -137,17 +137,11 @@ def _lit(bvh: wp.uint64, p: wp.vec3, nr: wp.vec3, c: wp.vec3) -> bool:
 
 
 @wp.kernel(enable_backward=False)
-def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
-                neighbors: wp.array(dtype=wp.int32), tri_id: wp.array(dtype=wp.int32),
-                point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
-                pose: wp.array(dtype=float), width: int, height: int, samples: int, seed: int,
-                pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
-                s_out: wp.array(dtype=float), sign: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2),
-                point: wp.array(dtype=wp.vec3)):
-    # one thread per (light j, half-edge h, sample k); slot = (j * 3F + h) * samples + k
-    j, h, k = wp.tid()
-    slot = (j * faces.shape[0] + h) * samples + k
-    pixel[slot] = -1
+def silhouette_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
+                      neighbors: wp.array(dtype=wp.int32), point_position: wp.array(dtype=wp.vec3),
+                      count: wp.array(dtype=wp.int32), edges: wp.array(dtype=wp.int32)):
+    # one thread per (light j, half-edge h): list j * 3F + h if it is a silhouette edge from light j
+    j, h = wp.tid()
     f = h // 3
     nb = neighbors[h]
     if nb >= 0 and nb < f:  # an interior edge is handled once, by its lower-numbered face
@@ -155,9 +149,31 @@ def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(
     c = point_position[j]
     if nb >= 0 and _faces_light(world, faces, f, c) == _faces_light(world, faces, nb, c):
         return  # not a silhouette from the light
+    edges[wp.atomic_add(count, 0, 1)] = j * faces.shape[0] + h
+
+
+@wp.kernel(enable_backward=False)
+def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
+                neighbors: wp.array(dtype=wp.int32), tri_id: wp.array(dtype=wp.int32),
+                point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
+                pose: wp.array(dtype=float), width: int, height: int, edges: wp.array(dtype=wp.int32),
+                samples: int, seed: int,
+                pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
+                s_out: wp.array(dtype=float), sign: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2),
+                point: wp.array(dtype=wp.vec3)):
+    # one thread per (listed edge i, sample k); slot = i * samples + k
+    i, k = wp.tid()
+    slot = i * samples + k
+    pixel[slot] = -1
+    edge = edges[i]
+    j = edge // faces.shape[0]
+    h = edge % faces.shape[0]
+    f = h // 3
+    nb = neighbors[h]
+    c = point_position[j]
     v0 = world[faces[h]]
     v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
-    state = wp.rand_init(seed, slot)
+    state = wp.rand_init(seed, edge * samples + k)  # keyed by the edge: the list's order does not matter
     s = (float(k) + wp.randf(state)) / float(samples)
     e = v0 + (v1 - v0) * s
     dn = wp.normalize(e - c)
@@ -214,7 +230,8 @@ def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(
 
 @wp.kernel(enable_backward=False)
 def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), point: wp.array(dtype=wp.vec3),
-                  samples_per_light: int, samples: int, grad_image: wp.array2d(dtype=float),
+                  edges: wp.array(dtype=wp.int32), num_half_edges: int, samples: int,
+                  grad_image: wp.array2d(dtype=float),
                   normals: wp.array2d(dtype=float), albedo: wp.array2d(dtype=float),
                   roughness: wp.array2d(dtype=float), metallic: wp.array2d(dtype=float),
                   model: wp.array(dtype=wp.int32), pose: wp.array(dtype=float),
@@ -229,7 +246,7 @@ def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), 
     m = int(model[p])
     if m < 0:
         return
-    j = slot // samples_per_light
+    j = edges[slot // samples] // num_half_edges
     c = point_position[j]
     y = point[slot]
     n = wp.normalize(wp.vec3(normals[p, 0], normals[p, 1], normals[p, 2]))
@@ -243,8 +260,9 @@ def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), 
 
 @wp.kernel(enable_backward=False)
 def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
-                       sign: wp.array(dtype=float), point: wp.array(dtype=wp.vec3), samples_per_light: int,
-                       samples: int, grad_image: wp.array2d(dtype=float), pose: wp.array(dtype=float),
+                       sign: wp.array(dtype=float), point: wp.array(dtype=wp.vec3), edges: wp.array(dtype=wp.int32),
+                       num_half_edges: int, samples: int, grad_image: wp.array2d(dtype=float),
+                       pose: wp.array(dtype=float),
                        weight: wp.array(dtype=float)):
     """weight = sigma (dloss/dI_p . L) / K for the path mode: L is the path tracer's next-event estimate of
     point light j at the camera ray's hit y on face r (`pathtrace.trace_path` at depth 0: two-sided normals,
@@ -283,7 +301,7 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
     n = wp.normalize(n)
     if wp.dot(n, ng) < 0.0:
         n = -n
-    j = slot // samples_per_light
+    j = edges[slot // samples] // num_half_edges
     to = sc.point_position[j] - y
     d2 = wp.max(wp.dot(to, to), 1.0e-12)
     l = to / wp.sqrt(d2)
@@ -304,7 +322,7 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
 @wp.kernel
 def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                     point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
-                    pose: wp.array(dtype=float), samples_per_light: int, samples: int,
+                    pose: wp.array(dtype=float), edges: wp.array(dtype=wp.int32), num_half_edges: int, samples: int,
                     pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
                     s_in: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2), weight: wp.array(dtype=float),
                     out: wp.array(dtype=float)):
@@ -315,8 +333,8 @@ def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int
     w = weight[slot]
     if w == 0.0:
         return
-    j = slot // samples_per_light
-    h = (slot % samples_per_light) // samples
+    j = edges[slot // samples] // num_half_edges
+    h = edges[slot // samples] % num_half_edges
     f = h // 3
     v0 = world[faces[h]]
     v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
@@ -350,13 +368,15 @@ def welded_neighbors(vertices: list[np.ndarray], faces: np.ndarray) -> np.ndarra
 
 class EdgeSamples:
     """The discrete half: the samples on the lights' silhouette edges that land on a visible shadow boundary
-    (`find`). Arrays are per slot, (Lp * 3F * K,); pixel -1 marks an unused slot."""
+    (`find`). `edges` (E,) lists the silhouette edges as j * 3F + h (light j, half-edge h); the other
+    arrays are per slot i * K + k, (E * K,); pixel -1 marks an unused slot."""
 
-    def __init__(self, pixel, receiver, s, sign, tangent, point, samples: int, num_half_edges: int):
+    def __init__(self, edges, pixel, receiver, s, sign, tangent, point, samples: int, num_half_edges: int):
+        self.edges = edges
         self.pixel, self.receiver, self.s, self.sign = pixel, receiver, s, sign
         self.tangent, self.point = tangent, point
         self.samples = samples
-        self.samples_per_light = num_half_edges * samples
+        self.num_half_edges = num_half_edges
 
     def count(self) -> int:
         """Samples on a visible boundary (a host read)."""
@@ -391,7 +411,14 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     if not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ValueError(f"samples: expected a positive int, got {samples!r}")
     lp = point_position.shape[0]
-    m = lp * nh * samples
+    edges = wp.empty(lp * nh, dtype=wp.int32, device=dev)
+    count = wp.zeros(1, dtype=wp.int32, device=dev)
+    if lp * nh > 0:
+        wp.launch(silhouette_kernel, dim=(lp, nh), device=dev, record_tape=False,
+                  inputs=[world, faces, neighbors, point_position], outputs=[count, edges])
+    ne = int(count.numpy()[0])
+    edges = edges[:ne]
+    m = ne * samples
     pixel = wp.full(m, -1, dtype=wp.int32, device=dev)
     receiver = wp.zeros(m, dtype=wp.int32, device=dev)
     s = wp.zeros(m, dtype=float, device=dev)
@@ -399,11 +426,11 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     tangent = wp.zeros(m, dtype=wp.vec2, device=dev)
     point = wp.zeros(m, dtype=wp.vec3, device=dev)
     if m > 0:
-        wp.launch(find_kernel, dim=(lp, nh, samples), device=dev, record_tape=False,
+        wp.launch(find_kernel, dim=(ne, samples), device=dev, record_tape=False,
                   inputs=[bvh_id, world, faces, neighbors, tri_id, point_position, intrinsics, pose, int(width),
-                          int(height), int(samples), int(seed)],
+                          int(height), edges, int(samples), int(seed)],
                   outputs=[pixel, receiver, s, sign, tangent, point])
-    return EdgeSamples(pixel, receiver, s, sign, tangent, point, int(samples), nh)
+    return EdgeSamples(edges, pixel, receiver, s, sign, tangent, point, int(samples), nh)
 
 
 def accumulate(es: EdgeSamples, weight: wp.array, world: wp.array, faces: wp.array, point_position: wp.array,
@@ -419,7 +446,7 @@ def accumulate(es: EdgeSamples, weight: wp.array, world: wp.array, faces: wp.arr
     local = wp.Tape()
     with recording(local):
         wp.launch(boundary_kernel, dim=m, device=dev,
-                  inputs=[world, faces, point_position, intrinsics, pose, es.samples_per_light, es.samples,
+                  inputs=[world, faces, point_position, intrinsics, pose, es.edges, es.num_half_edges, es.samples,
                           es.pixel, es.receiver, es.s, es.tangent, weight],
                   outputs=[out])
     with recording(None):
@@ -436,7 +463,7 @@ def shading_weights(es: EdgeSamples, grad_image: wp.array, normals: wp.array, al
     weight = wp.zeros(m, dtype=float, device=grad_image.device)
     if m > 0:
         wp.launch(weight_kernel, dim=m, device=grad_image.device, record_tape=False,
-                  inputs=[es.pixel, es.sign, es.point, es.samples_per_light, es.samples, grad_image, normals,
+                  inputs=[es.pixel, es.sign, es.point, es.edges, es.num_half_edges, es.samples, grad_image, normals,
                           albedo, roughness, metallic, model, pose, lights.point_position, lights.point_color,
                           lights.point_intensity],
                   outputs=[weight])
@@ -490,8 +517,8 @@ def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_
             weight = wp.zeros(m, dtype=float, device=world.device)
             if m > 0:
                 wp.launch(path_weight_kernel, dim=m, device=world.device, record_tape=False,
-                          inputs=[scene.arrays(), es.pixel, es.receiver, es.sign, es.point, es.samples_per_light,
-                                  es.samples, image.grad, pose],
+                          inputs=[scene.arrays(), es.pixel, es.receiver, es.sign, es.point, es.edges,
+                                  es.num_half_edges, es.samples, image.grad, pose],
                           outputs=[weight])
         accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
 
