@@ -74,7 +74,7 @@ class Case:
         lo.render.mode, lo.render.spp, lo.render.max_depth = mode, 4, 1
         self.lo = DeviceScene(lo, dev)
         self.fd: dict = {}
-        if mode == "path":  # differentiated only, against a rasterized Case's reference
+        if mode != "hard":  # differentiated only, against the hard Case's reference
             return
         self.hi = DeviceScene(shadow_scene(W * SS, H * SS, target, edges), dev)
         shadowed = self.supersampled()
@@ -176,13 +176,14 @@ def test_no_shadow_edge_in_view_gives_zero_boundary_gradient(device):
     assert np.abs(with_edges).max() > 0
 
 
-def test_path_mode_shadow_boundary_gradient(device):
-    """Path mode, direct light (max_depth 1, 4 jittered samples a pixel): the next-event estimate's shadow
-    boundary gets the same edge-sampled term; the light position's interior part comes from path replay.
-    Same reference (the path mode's expected image is the rasterized one without the ambient term, which
-    no shadow moves)."""
+@pytest.mark.parametrize("mode", ["antialias", "path"])
+def test_other_modes_shadow_boundary_gradient(mode, device):
+    """Antialias mode: the same hook (nothing of the occluder is in view to blend). Path mode, direct light
+    (max_depth 1, 4 jittered samples a pixel): the next-event estimate's shadow boundary gets the same
+    edge-sampled term; the light position's interior part comes from path replay. Same reference (the path
+    mode's expected image is the rasterized one without the ambient term, which no shadow moves)."""
     c = case(device)
-    p = Case(mode="path")
+    p = Case(mode=mode)
     p.w = c.w
     for path in (TRANSLATION, LIGHT):
         ref = c.finite_difference(path)
