@@ -226,8 +226,10 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
-    if shadows and gb is not None and sc.render.shadow_edges > 0:
-        # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass
+    # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass; not when
+    # the cache holds the shadow mask as a constant (nothing that moves a shadow is being optimized)
+    if (shadows and gb is not None and sc.render.shadow_edges > 0
+            and not (cache is not None and cache.cacheable("shadow", camera))):
         shadow_edges.record_shading_boundary(
             active_tape(), image, frame.bvh.id, frame.world, ds.faces, _shadow_neighbors(ds), tri, g["normals"], *gb,
             model, frame.lights, intr, pose, width, height, samples=int(sc.render.shadow_edges),
@@ -355,6 +357,9 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
         # (camera: constants, as in the rest of the path mode, which gives the camera no gradient)
         shadow_edges.record_path_boundary(tape, image, scene, _shadow_neighbors(ds), tri, intr_c, pose_c, width,
                                           height, samples=int(ds.scene.render.shadow_edges), seed=int(seed))
+        # emissive meshes and the environment: the edges seen from the surfaces (per pixel)
+        shadow_edges.record_area_boundary(tape, image, scene, _shadow_neighbors(ds), intr_c, pose_c, width, height,
+                                          samples=int(ds.scene.render.shadow_edges), seed=int(seed))
     bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
     normals = interpolate.interpolate(constant(frame.normals), ds.faces, tri, bary)
     return RenderOutput(width, height, image, tri, depth, normals, bg.coverage_from_ids(tri))

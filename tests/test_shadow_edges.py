@@ -22,10 +22,13 @@ gets no gradient at all and the light position only its interior part: errors of
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import warp as wp
 from drstudio.renderer.device_scene import DeviceScene
+from drstudio.renderer.loading import load_scene
 from drstudio.renderer.params import Group, ParamPath
 from drstudio.renderer.render import render_view
 from drstudio.renderer.stages import shadow_edges
@@ -198,3 +201,68 @@ def test_welded_neighbors_join_creases():
     assert (face_neighbors(f) < 0).any()
     nb = shadow_edges.welded_neighbors([v], f)
     assert nb.shape == (f.size,) and (nb >= 0).all()
+
+
+def area_light_scene(tmp_path, spp: int, edges: int):
+    """A block between a square emitter (0.6 wide, facing down) and the floor; the camera sees the soft shadow
+    only (block and emitter out of view). Path mode, direct light."""
+    doc = {"version": 1,
+           "meshes": [
+               {"name": "block", "primitive": {"type": "cube", "size": 0.5}, "material": "clay",
+                "transform": {"translation": [0.0, 1.2, 0.0], "rotation": {"euler_deg": [0, 25, 0]}}},
+               {"name": "floor", "primitive": {"type": "plane", "size": 6.0}, "material": "floor"},
+               {"name": "lamp", "primitive": {"type": "plane", "size": 0.6}, "material": "light",
+                "transform": {"translation": [0.3, 2.8, 0.2], "rotation": {"euler_deg": [180, 0, 0]}}}],
+           "materials": [{"name": "clay", "albedo": [0.7, 0.4, 0.3]}, {"name": "floor", "albedo": [0.8, 0.8, 0.8]},
+                         {"name": "light", "albedo": [0, 0, 0], "emission": [8.0, 8.0, 8.0]}],
+           "cameras": [{"name": "main", "width": 24, "height": 18, "fov_y": 40,
+                        "look_at": {"eye": [0.0, 0.5, 1.8], "target": [-0.1, 0.0, -0.4]}}],
+           "render": {"mode": "path", "spp": spp, "max_depth": 1, "seed": 3, "shadow_edges": edges}}
+    path = tmp_path / f"area_{spp}_{edges}.json"
+    path.write_text(json.dumps(doc))
+    return DeviceScene(load_scene(path), wp.get_device())
+
+
+def test_area_light_soft_shadow_gradient(tmp_path, device):
+    """Path mode, an emissive square: the soft shadow's gradient w.r.t. the occluder's translation (edge
+    sampling of the edges seen from the surface points, 1024 samples a pixel) against central differences
+    (step 0.02) of 1024-spp renders with shared random numbers. Measured: 2.5-4.4 % of the norm over four
+    sampling seeds (the estimator picks edges uniformly, so most samples find no boundary), the reference
+    within ~2 % (256 vs 1024 spp, steps 0.02 and 0.05): rtol 8 %. Off (shadow_edges 0): no gradient."""
+    ref_ds = area_light_scene(tmp_path, 1024, 0)
+    h, w = 18, 24
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    weights = np.zeros((h, w, 3))
+    for c in range(3):
+        for _ in range(4):
+            f = rng.uniform(-1, 1, 2) * (2 * np.pi / 10.0)
+            weights[..., c] += rng.uniform(-1, 1) * np.cos(f[0] * xx + f[1] * yy + rng.uniform(0, 2 * np.pi))
+    a = ref_ds.arrays[TRANSLATION]
+    v = a.numpy().copy()
+    ref = np.zeros(3)
+    for i in range(3):
+        losses = []
+        for step in (EPS, -EPS):
+            vv = v.copy()
+            vv[i] += step
+            a.assign(vv)
+            losses.append((render_view(ref_ds, ref_ds.prepare(), "main").numpy().astype(np.float64) * weights).sum())
+        ref[i] = (losses[0] - losses[1]) / (2 * EPS)
+    assert np.linalg.norm(ref) > 5.0
+
+    def gradient(edges: int) -> np.ndarray:
+        ds = area_light_scene(tmp_path, 4, edges)
+        ds.arrays[TRANSLATION].requires_grad = True
+        wts = wp.array(weights.reshape(-1, 3).astype(np.float32), dtype=float, device=ds.device)
+        tape = wp.Tape()
+        with tape:
+            image = render_view(ds, ds.prepare(), "main").image
+            loss = wp.zeros(1, dtype=wp.float64, device=ds.device, requires_grad=True)
+            wp.launch(weighted_sum, dim=image.shape, inputs=[image, wts, loss], device=ds.device)
+        tape.backward(loss)
+        return ds.arrays[TRANSLATION].grad.numpy().astype(np.float64)
+
+    g = gradient(1024)
+    assert relative_error(g, ref) < 0.08, f"edge sampling {g} vs central differences {ref}"
+    assert not gradient(0).any()

@@ -55,16 +55,22 @@ from .antialias import face_neighbors
 from .camera import camera_ray, pose_position, pose_rotation, project_point, read_intrinsics
 from .pathtrace import (
     SceneArrays,
+    emission_at,
+    env_texel,
+    env_value,
     face_normal_area,
     interp_normal,
     interp_uv,
+    offset_origin,
     tri_vertex,
     vertex_color,
 )
 from .shading import brdf, point_light_direction, point_light_irradiance, shade_point
 from .texture import sample_bilinear_level
+from .visibility import ray_triangle
 
 PROBE_PX = wp.constant(0.05)  # probe offset across the boundary, in pixels
+PROBE_ANGLE = wp.constant(2.0e-4)  # area lights: probe offset across the boundary, in radians
 RAY_EPS = wp.constant(1.0e-4)  # ray offsets relative to 1 + max|p| (as the shading stage's shadow rays)
 FAR = wp.constant(1.0e20)
 MAX_SKIP = 4  # faces of the edge itself skipped along the ray past the edge
@@ -523,4 +529,181 @@ def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_
         accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
 
     tape.record_func(backward, [image, *targets])
+    return True
+
+
+# ---------------------------------------------------------------------------------------------------
+# Area lights and the environment in the path mode: edges seen from the surface point (secondary edges)
+
+
+@wp.func
+def _radiance_from(sc: SceneArrays, o: wp.vec3, d: wp.vec3) -> wp.vec3:
+    """Emitted radiance arriving at o from unit direction d: the first hit's one-sided emission, or the
+    environment's on a miss (what the path mode's direct light integrates)."""
+    le = wp.vec3(0.0)
+    q = wp.mesh_query_ray(sc.bvh, o, d, FAR)
+    if q.result:
+        f = q.face
+        p0 = sc.world[tri_vertex(sc, f, 0)]
+        bt = ray_triangle(o, d, p0, sc.world[tri_vertex(sc, f, 1)], sc.world[tri_vertex(sc, f, 2)])
+        na = face_normal_area(sc, f)
+        if na[0] * d[0] + na[1] * d[1] + na[2] * d[2] < 0.0:
+            le = emission_at(sc, sc.face_material[f], interp_uv(sc, f, bt[0], bt[1]))
+    elif sc.env.shape[0] > 0:
+        le = env_value(sc.env, env_texel(sc.env, d))
+    return le
+
+
+@wp.kernel(enable_backward=False)
+def area_find_kernel(sc: SceneArrays, neighbors: wp.array(dtype=wp.int32), edge_list: wp.array(dtype=wp.int32),
+                     intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int, samples: int,
+                     seed: int, grad_image: wp.array2d(dtype=float), edge: wp.array(dtype=wp.int32),
+                     s_out: wp.array(dtype=float), origin: wp.array(dtype=wp.vec3), normal: wp.array(dtype=wp.vec3),
+                     weight: wp.array(dtype=float)):
+    # one thread per (pixel i, sample k): a jittered camera ray's first hit p, one edge chosen uniformly from
+    # the list and a point on it; weight (dloss/dI_i . (g- - g+)) E / K where g = f L_e cos is the direct-light
+    # integrand on either side of the boundary the edge casts in p's sphere of directions
+    i, k = wp.tid()
+    slot = i * samples + k
+    weight[slot] = 0.0
+    edge[slot] = -1
+    state = wp.rand_init(seed, slot)
+    intr = read_intrinsics(intrinsics)
+    pos = pose_position(pose)
+    d = wp.normalize(camera_ray(intr, pos, pose_rotation(pose), float(i % width) + wp.randf(state),
+                                float(i // width) + wp.randf(state)))
+    q = wp.mesh_query_ray(sc.bvh, pos, d, FAR)
+    if not q.result:
+        return
+    f = q.face
+    mat = sc.face_material[f]
+    model = sc.material_model[mat]
+    if model < 0:
+        return
+    p0 = sc.world[tri_vertex(sc, f, 0)]
+    bt = ray_triangle(pos, d, p0, sc.world[tri_vertex(sc, f, 1)], sc.world[tri_vertex(sc, f, 2)])
+    p = pos + d * bt[2]
+    wo = -d
+    na = face_normal_area(sc, f)
+    ng = wp.vec3(na[0], na[1], na[2])
+    if wp.dot(ng, wo) < 0.0:
+        ng = -ng
+    n = interp_normal(sc, f, bt[0], bt[1])
+    if wp.length(n) < 1.0e-12:
+        n = ng
+    n = wp.normalize(n)
+    if wp.dot(n, ng) < 0.0:
+        n = -n
+    ne = edge_list.shape[0]
+    h = edge_list[wp.min(int(wp.randf(state) * float(ne)), ne - 1)]
+    fe = h // 3
+    nb = neighbors[h]
+    if nb >= 0 and _faces_light(sc.world, sc.faces, fe, p) == _faces_light(sc.world, sc.faces, nb, p):
+        return  # not a silhouette seen from p
+    v0 = sc.world[sc.faces[h]]
+    v1 = sc.world[sc.faces[3 * fe + (h % 3 + 1) % 3]]
+    s = wp.randf(state)
+    # directions are taken from the shadow rays' origin (lifted off the surface): taken from p, the
+    # boundary would sit up to ~RAY_EPS / distance off the probes' centre, and probes would miss it
+    o = offset_origin(p, ng, ng)
+    r = v0 + (v1 - v0) * s - o
+    dist = wp.length(r)
+    if dist <= 0.0:
+        return
+    w = r / dist
+    dw = ((v1 - v0) - w * wp.dot(w, v1 - v0)) / dist
+    m = wp.cross(w, dw)
+    ml = wp.length(m)
+    if ml <= 0.0:
+        return
+    w_plus = wp.normalize(w + m * (PROBE_ANGLE / ml))
+    w_minus = wp.normalize(w - m * (PROBE_ANGLE / ml))
+    if wp.dot(ng, w_plus) <= 0.0 or wp.dot(ng, w_minus) <= 0.0:
+        return
+    cos_plus = wp.dot(n, w_plus)
+    cos_minus = wp.dot(n, w_minus)
+    if cos_plus <= 0.0 or cos_minus <= 0.0:
+        return
+    le_plus = _radiance_from(sc, o, w_plus)
+    le_minus = _radiance_from(sc, o, w_minus)
+    if le_plus == le_minus:
+        return
+    uv = interp_uv(sc, f, bt[0], bt[1])
+    albedo = wp.cw_mul(sample_bilinear_level(sc.albedo, sc.albedo_table, mat, 0, uv[0], uv[1]),
+                       vertex_color(sc, f, bt[0], bt[1]))
+    rough = sample_bilinear_level(sc.roughness, sc.roughness_table, mat, 0, uv[0], uv[1])[0]
+    metal = sample_bilinear_level(sc.metallic, sc.metallic_table, mat, 0, uv[0], uv[1])[0]
+    g_plus = wp.cw_mul(brdf(n, wo, w_plus, albedo, rough, metal, model), le_plus) * cos_plus
+    g_minus = wp.cw_mul(brdf(n, wo, w_minus, albedo, rough, metal, model), le_minus) * cos_minus
+    g = wp.vec3(grad_image[i, 0], grad_image[i, 1], grad_image[i, 2])
+    edge[slot] = h
+    s_out[slot] = s
+    origin[slot] = o
+    normal[slot] = m
+    weight[slot] = wp.dot(g, g_minus - g_plus) * float(ne) / float(samples)
+
+
+@wp.kernel
+def area_boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
+                         edge: wp.array(dtype=wp.int32), s_in: wp.array(dtype=float),
+                         origin: wp.array(dtype=wp.vec3), normal: wp.array(dtype=wp.vec3),
+                         weight: wp.array(dtype=float), out: wp.array(dtype=float)):
+    """out = weight (omega(theta) . m): its adjoint is weight (d omega/d theta . m), m = omega x d omega/ds."""
+    slot = wp.tid()
+    h = edge[slot]
+    if h < 0:
+        return
+    f = h // 3
+    v0 = world[faces[h]]
+    v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
+    w = wp.normalize(v0 + (v1 - v0) * s_in[slot] - origin[slot])
+    out[slot] = weight[slot] * wp.dot(w, normal[slot])
+
+
+def record_area_boundary(tape, image: wp.array, scene, neighbors: wp.array, intrinsics: wp.array, pose: wp.array,
+                         width: int, height: int, *, samples: int, seed: int = 0) -> bool:
+    """Path mode, emissive meshes and the environment: record on `tape` a backward step adding the
+    visibility-boundary term of the direct light at the surfaces the camera sees (edge sampling of the
+    secondary edges, Li et al. 2018): per pixel, `samples` jittered camera rays to a surface point p, each
+    with one edge chosen uniformly among all edges and a uniform point e(s) on it. The edge's image in p's
+    sphere of directions, omega(s) = normalize(e(s) - p), is a boundary of the integrand
+    g = BRDF L_e cos when the directions just beside it (PROBE_ANGLE either way along m = omega x d omega/ds)
+    see different emitted radiance (an emitter's face, another face, the environment); the term is
+    (g- - g+) (d omega/d theta . m) per unit s. Gradients reach the world positions (the occluders' and the
+    emitters' edges); p is held fixed (the camera, the receiver's geometry: none). The jump counts emitted
+    radiance only: exact for max_depth 1, without the indirect part of the jump deeper. Returns whether
+    anything was recorded."""
+    world = scene.bvh.points
+    if (tape is None or samples <= 0 or not world.requires_grad or not image.requires_grad
+            or (scene.light_faces.shape[0] == 0 and scene.env.shape[0] == 0)):
+        return False
+    faces = scene.bvh.indices
+    nb = neighbors.numpy()
+    f = np.arange(nb.size) // 3
+    edge_list = wp.array(np.nonzero((nb < 0) | (f < nb))[0].astype(np.int32), dtype=wp.int32, device=world.device)
+    if edge_list.shape[0] == 0:
+        return False
+
+    def backward():
+        dev = world.device
+        m = width * height * samples
+        edge = wp.empty(m, dtype=wp.int32, device=dev)
+        s = wp.empty(m, dtype=float, device=dev)
+        origin = wp.empty(m, dtype=wp.vec3, device=dev)
+        normal = wp.empty(m, dtype=wp.vec3, device=dev)
+        weight = wp.empty(m, dtype=float, device=dev)
+        with recording(None):
+            wp.launch(area_find_kernel, dim=(width * height, samples), device=dev, record_tape=False,
+                      inputs=[scene.arrays(), neighbors, edge_list, intrinsics, pose, int(width), int(samples),
+                              int(seed), image.grad],
+                      outputs=[edge, s, origin, normal, weight])
+        out = wp.zeros(m, dtype=float, device=dev, requires_grad=True)
+        local = wp.Tape()
+        with recording(local):
+            wp.launch(area_boundary_kernel, dim=m, device=dev,
+                      inputs=[world, faces, edge, s, origin, normal, weight], outputs=[out])
+        with recording(None):
+            local.backward(grads={out: wp.ones(m, dtype=float, device=dev)})
+
+    tape.record_func(backward, [image, world])
     return True
