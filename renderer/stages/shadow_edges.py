@@ -1,4 +1,5 @@
-"""Shadow-edge stage: gradients through the shadow boundaries of point lights, by edge sampling.
+"""Shadow-edge stage: gradients through shadow boundaries (point lights; area lights in the path mode), by
+edge sampling.
 
 A shadow ray is a 0/1 test, so an image with hard shadows is piecewise constant in whatever moves a
 shadow boundary (the occluder's geometry, the light's position, the receiver, the camera); the shading
@@ -39,9 +40,20 @@ What is held constant (not differentiated): the choice of edges and samples, the
 dx/ds and the weights (L and the pixel's loss gradient), as in edge sampling. L is evaluated at y with
 the shading normal and material of the pixel's own sample (the pixel-centre G-buffer); a pixel whose
 centre sees another surface than y (a primary silhouette inside it) therefore gets L of that surface.
-Not covered: directional lights (their shadow boundaries move only with the occluder; not implemented),
-area lights and soft shadows, shadows seen through reflections, and the self-shadowing terminator of a
-smooth surface (continuous there: max(0, n.l) reaches 0 where the shadow starts).
+Not covered by this part: directional lights (their shadow boundaries move only with the occluder; not
+implemented), shadows seen through reflections, and the self-shadowing terminator of a smooth surface
+(continuous there: max(0, n.l) reaches 0 where the shadow starts).
+
+Area lights (emissive meshes) and the environment, path mode only (`record_area_boundary`, at the end):
+the soft shadow's discontinuities lie inside the integral over directions at each surface point p the
+camera sees, so the edges are sampled per pixel sample ("secondary edges" in Li et al.): an edge of any
+mesh chosen uniformly, a point e(s) on it, omega(s) = normalize(e(s) - p); where the directions just
+beside omega (PROBE_ANGLE either way) see different emitted radiance, the jump of the integrand
+BRDF L_e cos times the boundary's normal velocity on the unit sphere, (d omega/d theta) . (omega x
+d omega/ds), is added. The jump counts emitted radiance only (exact for direct light, max_depth 1; deeper
+paths' indirect light on the two sides is not compared), p is held fixed (no receiver or camera
+gradient), and uniform edge choice wastes most samples on edges that cast no boundary from p (variance,
+not bias).
 """
 
 from __future__ import annotations
