@@ -61,6 +61,7 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
+from .. import memory
 from ..checks import check_array as _check
 from ..thread_tape import recording
 from .antialias import face_neighbors
@@ -86,6 +87,7 @@ PROBE_ANGLE = wp.constant(2.0e-4)  # area lights: probe offset across the bounda
 RAY_EPS = wp.constant(1.0e-4)  # ray offsets relative to 1 + max|p| (as the shading stage's shadow rays)
 FAR = wp.constant(1.0e20)
 MAX_SKIP = 4  # faces of the edge itself skipped along the ray past the edge
+AREA_SLOTS = 1 << 20  # area-light samples per launch (~44 MB of sample arrays)
 
 
 @wp.func
@@ -437,6 +439,7 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     ne = int(count.numpy()[0])
     edges = edges[:ne]
     m = ne * samples
+    memory.require(48 * m, f"the {ne} x {samples} shadow-edge samples")
     pixel = wp.full(m, -1, dtype=wp.int32, device=dev)
     receiver = wp.zeros(m, dtype=wp.int32, device=dev)
     s = wp.zeros(m, dtype=float, device=dev)
@@ -568,18 +571,19 @@ def _radiance_from(sc: SceneArrays, o: wp.vec3, d: wp.vec3) -> wp.vec3:
 
 @wp.kernel(enable_backward=False)
 def area_find_kernel(sc: SceneArrays, neighbors: wp.array(dtype=wp.int32), edge_list: wp.array(dtype=wp.int32),
-                     intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int, samples: int,
-                     seed: int, grad_image: wp.array2d(dtype=float), edge: wp.array(dtype=wp.int32),
+                     intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int, pixel0: int,
+                     samples: int, seed: int, grad_image: wp.array2d(dtype=float), edge: wp.array(dtype=wp.int32),
                      s_out: wp.array(dtype=float), origin: wp.array(dtype=wp.vec3), normal: wp.array(dtype=wp.vec3),
                      weight: wp.array(dtype=float)):
     # one thread per (pixel i, sample k): a jittered camera ray's first hit p, one edge chosen uniformly from
     # the list and a point on it; weight (dloss/dI_i . (g- - g+)) E / K where g = f L_e cos is the direct-light
     # integrand on either side of the boundary the edge casts in p's sphere of directions
-    i, k = wp.tid()
-    slot = i * samples + k
+    c, k = wp.tid()
+    i = pixel0 + c
+    slot = c * samples + k
     weight[slot] = 0.0
     edge[slot] = -1
-    state = wp.rand_init(seed, slot)
+    state = wp.rand_init(seed, i * samples + k)
     intr = read_intrinsics(intrinsics)
     pos = pose_position(pose)
     d = wp.normalize(camera_ray(intr, pos, pose_rotation(pose), float(i % width) + wp.randf(state),
@@ -698,24 +702,29 @@ def record_area_boundary(tape, image: wp.array, scene, neighbors: wp.array, intr
 
     def backward():
         dev = world.device
-        m = width * height * samples
-        edge = wp.empty(m, dtype=wp.int32, device=dev)
-        s = wp.empty(m, dtype=float, device=dev)
-        origin = wp.empty(m, dtype=wp.vec3, device=dev)
-        normal = wp.empty(m, dtype=wp.vec3, device=dev)
-        weight = wp.empty(m, dtype=float, device=dev)
-        with recording(None):
-            wp.launch(area_find_kernel, dim=(width * height, samples), device=dev, record_tape=False,
-                      inputs=[scene.arrays(), neighbors, edge_list, intrinsics, pose, int(width), int(samples),
-                              int(seed), image.grad],
-                      outputs=[edge, s, origin, normal, weight])
-        out = wp.zeros(m, dtype=float, device=dev, requires_grad=True)
-        local = wp.Tape()
-        with recording(local):
-            wp.launch(area_boundary_kernel, dim=m, device=dev,
-                      inputs=[world, faces, edge, s, origin, normal, weight], outputs=[out])
-        with recording(None):
-            local.backward(grads={out: wp.ones(m, dtype=float, device=dev)})
+        n = width * height
+        chunk = max(1, AREA_SLOTS // samples)  # pixels per launch: bounded memory at any size and spp
+        arrays = scene.arrays()
+        for pixel0 in range(0, n, chunk):
+            rows = min(chunk, n - pixel0)
+            m = rows * samples
+            edge = wp.empty(m, dtype=wp.int32, device=dev)
+            s = wp.empty(m, dtype=float, device=dev)
+            origin = wp.empty(m, dtype=wp.vec3, device=dev)
+            normal = wp.empty(m, dtype=wp.vec3, device=dev)
+            weight = wp.empty(m, dtype=float, device=dev)
+            with recording(None):
+                wp.launch(area_find_kernel, dim=(rows, samples), device=dev, record_tape=False,
+                          inputs=[arrays, neighbors, edge_list, intrinsics, pose, int(width), pixel0, int(samples),
+                                  int(seed), image.grad],
+                          outputs=[edge, s, origin, normal, weight])
+            out = wp.zeros(m, dtype=float, device=dev, requires_grad=True)
+            local = wp.Tape()
+            with recording(local):
+                wp.launch(area_boundary_kernel, dim=m, device=dev,
+                          inputs=[world, faces, edge, s, origin, normal, weight], outputs=[out])
+            with recording(None):
+                local.backward(grads={out: wp.ones(m, dtype=float, device=dev)})
 
     tape.record_func(backward, [image, world])
     return True
