@@ -39,14 +39,16 @@ TRANSLATION = ParamPath(Group.MESHES, "block", "translation")
 LIGHT = ParamPath(Group.LIGHTS, "point0", "position")
 
 
-def shadow_scene(width: int, height: int, target=(-0.1, 0.0, -0.3), edges: int = 64):
+def shadow_scene(width: int, height: int, target=(-0.1, 0.0, -0.3), edges: int = 64, light: str = "point"):
     bv, bf = S.box((0.6, 0.3, 0.6))
     gv, gf, guv = S.grid_quad(6.0, 6.0, 2, 2)
     ground = S.mesh("ground", gv, gf, "floor", uvs=guv, rotation=S.axis_angle_quat((1, 0, 0), -90.0))
     block = S.mesh("block", bv, bf, "clay", translation=(0.0, 1.3, 0.0), rotation=S.axis_angle_quat((0, 1, 0), 25.0))
     sc = S.scene([block, ground], [S.material("clay", albedo=(0.7, 0.4, 0.3)), S.material("floor", albedo=(0.8,) * 3)],
                  camera=S.cam(width, height, S.look_at((0.0, 0.7, 2.2), target), 40.0),
-                 point=[((0.4, 3.2, 0.3), (1.0, 1.0, 1.0), 12.0)], ambient=[(0.1, 0.1, 0.1)], shadows=True)
+                 point=[((0.4, 3.2, 0.3), (1.0, 1.0, 1.0), 12.0)] if light == "point" else [],
+                 directional=[((-0.3, -1.0, -0.2), (1.0, 1.0, 1.0), 3.0)] if light == "directional" else [],
+                 ambient=[(0.1, 0.1, 0.1)], shadows=True)
     sc.render.shadow_edges = edges
     return sc
 
@@ -71,15 +73,15 @@ def weighted_sum(x: wp.array2d(dtype=float), w: wp.array2d(dtype=float), loss: w
 class Case:
     """The low-resolution DeviceScene the tape differentiates, the 16x one the reference renders."""
 
-    def __init__(self, target=(-0.1, 0.0, -0.3), edges: int = 64, mode: str = "hard"):
+    def __init__(self, target=(-0.1, 0.0, -0.3), edges: int = 64, mode: str = "hard", light: str = "point"):
         dev = wp.get_device()
-        lo = shadow_scene(W, H, target, edges)
+        lo = shadow_scene(W, H, target, edges, light)
         lo.render.mode, lo.render.spp, lo.render.max_depth = mode, 4, 1
         self.lo = DeviceScene(lo, dev)
         self.fd: dict = {}
         if mode != "hard":  # differentiated only, against the hard Case's reference
             return
-        self.hi = DeviceScene(shadow_scene(W * SS, H * SS, target, edges), dev)
+        self.hi = DeviceScene(shadow_scene(W * SS, H * SS, target, edges, light), dev)
         shadowed = self.supersampled()
         self.hi.scene.render.shadows = False
         lit = self.supersampled()
@@ -192,6 +194,22 @@ def test_other_modes_shadow_boundary_gradient(mode, device):
         ref = c.finite_difference(path)
         g = p.gradient(path)
         assert relative_error(g, ref) < RTOL, f"{path}: edge sampling {g} vs central differences {ref}"
+
+
+SUN = ParamPath(Group.LIGHTS, "sun0", "direction")
+
+
+@pytest.mark.parametrize("path", [TRANSLATION, SUN], ids=["occluder_translation", "light_direction"])
+def test_directional_light_shadow_boundary_gradient(path, device):
+    """A directional light instead of the point light: the same check (its boundaries are the occluder's
+    silhouette from the direction the light comes from, projected along it)."""
+    c = CASES.setdefault(f"{device}-directional", None) or Case(light="directional")
+    CASES[f"{device}-directional"] = c
+    assert c.mask.sum() > 20  # a smaller shadow than the point light's (parallel projection)
+    ref = c.finite_difference(path)
+    assert np.linalg.norm(ref) > 10.0
+    g = c.gradient(path)
+    assert relative_error(g, ref) < RTOL, f"{path}: edge sampling {g} vs central differences {ref}"
 
 
 def test_welded_neighbors_join_creases():

@@ -78,7 +78,14 @@ from .pathtrace import (
     tri_vertex,
     vertex_color,
 )
-from .shading import brdf, point_light_direction, point_light_irradiance, shade_point
+from .shading import (
+    brdf,
+    directional_light_direction,
+    directional_light_irradiance,
+    point_light_direction,
+    point_light_irradiance,
+    shade_point,
+)
 from .texture import sample_bilinear_level
 from .visibility import ray_triangle
 
@@ -106,28 +113,50 @@ def _vertex(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: 
 
 
 @wp.func
-def _faces_light(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int, c: wp.vec3) -> bool:
+def light_at(point_position: wp.array(dtype=wp.vec3), dir_direction: wp.array(dtype=wp.vec3), j: int) -> wp.vec4:
+    """Light j as a homogeneous point: (c, 1) for point light j, (-direction, 0) (a point at infinity) for
+    directional light j - Lp (lights ordered as the shadow mask's columns)."""
+    h = wp.vec4(0.0)
+    lp = point_position.shape[0]
+    if j < lp:
+        c = point_position[j]
+        h = wp.vec4(c[0], c[1], c[2], 1.0)
+    else:
+        d = dir_direction[j - lp]
+        h = wp.vec4(-d[0], -d[1], -d[2], 0.0)
+    return h
+
+
+@wp.func
+def toward_light(h: wp.vec4, p: wp.vec3) -> wp.vec3:
+    """From p towards the light (unnormalized; its length is the distance for a point light)."""
+    return wp.vec3(h[0], h[1], h[2]) - p * h[3]
+
+
+@wp.func
+def _faces_light(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: int, h: wp.vec4) -> bool:
     a = _vertex(world, faces, f, 0)
     n = wp.cross(_vertex(world, faces, f, 1) - a, _vertex(world, faces, f, 2) - a)
-    return wp.dot(n, c - a) > 0.0
+    return wp.dot(n, toward_light(h, a)) > 0.0
 
 
 @wp.func
-def receiver_point(c: wp.vec3, e: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
-    """Where the ray from c through e meets the plane of the triangle r0 r1 r2."""
+def receiver_point(h: wp.vec4, e: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
+    """Where the light's ray through e meets the plane of the triangle r0 r1 r2."""
     nr = wp.cross(r1 - r0, r2 - r0)
-    d = e - c
-    return c + d * (wp.dot(nr, r0 - c) / wp.dot(nr, d))
+    d = -toward_light(h, e)
+    return e + d * (wp.dot(nr, r0 - e) / wp.dot(nr, d))
 
 
 @wp.func
-def receiver_point_ds(c: wp.vec3, e: wp.vec3, de: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
+def receiver_point_ds(h: wp.vec4, e: wp.vec3, de: wp.vec3, r0: wp.vec3, r1: wp.vec3, r2: wp.vec3) -> wp.vec3:
     """d receiver_point / ds for an edge point moving at de per unit s."""
     nr = wp.cross(r1 - r0, r2 - r0)
-    d = e - c
+    d = -toward_light(h, e)
+    dd = de * h[3]
     nd = wp.dot(nr, d)
-    tau = wp.dot(nr, r0 - c) / nd
-    return de * tau - d * (tau * wp.dot(nr, de) / nd)
+    tau = wp.dot(nr, r0 - e) / nd
+    return de + dd * tau - d * ((wp.dot(nr, de) + tau * wp.dot(nr, dd)) / nd)
 
 
 @wp.func
@@ -148,25 +177,26 @@ def _plane_point(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, x: wp.vec2, r0: wp.v
 
 
 @wp.func
-def _lit(bvh: wp.uint64, p: wp.vec3, nr: wp.vec3, c: wp.vec3) -> bool:
-    to_light = c - p
-    side = wp.where(wp.dot(nr, to_light) < 0.0, -1.0, 1.0)
+def _lit(bvh: wp.uint64, p: wp.vec3, nr: wp.vec3, h: wp.vec4) -> bool:
+    side = wp.where(wp.dot(nr, toward_light(h, p)) < 0.0, -1.0, 1.0)
     o = p + wp.normalize(nr) * (side * RAY_EPS * _scale(p))
-    d = c - o
-    return not wp.mesh_query_ray_anyhit(bvh, o, wp.normalize(d), wp.length(d))
+    d = toward_light(h, o)
+    max_t = wp.where(h[3] > 0.0, wp.length(d), FAR)
+    return not wp.mesh_query_ray_anyhit(bvh, o, wp.normalize(d), max_t)
 
 
 @wp.kernel(enable_backward=False)
 def silhouette_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                       neighbors: wp.array(dtype=wp.int32), point_position: wp.array(dtype=wp.vec3),
-                      count: wp.array(dtype=wp.int32), edges: wp.array(dtype=wp.int32)):
+                      dir_direction: wp.array(dtype=wp.vec3), count: wp.array(dtype=wp.int32),
+                      edges: wp.array(dtype=wp.int32)):
     # one thread per (light j, half-edge h): list j * 3F + h if it is a silhouette edge from light j
     j, h = wp.tid()
     f = h // 3
     nb = neighbors[h]
     if nb >= 0 and nb < f:  # an interior edge is handled once, by its lower-numbered face
         return
-    c = point_position[j]
+    c = light_at(point_position, dir_direction, j)
     if nb >= 0 and _faces_light(world, faces, f, c) == _faces_light(world, faces, nb, c):
         return  # not a silhouette from the light
     edges[wp.atomic_add(count, 0, 1)] = j * faces.shape[0] + h
@@ -175,8 +205,9 @@ def silhouette_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.i
 @wp.kernel(enable_backward=False)
 def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                 neighbors: wp.array(dtype=wp.int32), tri_id: wp.array(dtype=wp.int32),
-                point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
-                pose: wp.array(dtype=float), width: int, height: int, edges: wp.array(dtype=wp.int32),
+                point_position: wp.array(dtype=wp.vec3), dir_direction: wp.array(dtype=wp.vec3),
+                intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int, height: int,
+                edges: wp.array(dtype=wp.int32),
                 samples: int, seed: int,
                 pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
                 s_out: wp.array(dtype=float), sign: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2),
@@ -190,13 +221,13 @@ def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(
     h = edge % faces.shape[0]
     f = h // 3
     nb = neighbors[h]
-    c = point_position[j]
+    c = light_at(point_position, dir_direction, j)
     v0 = world[faces[h]]
     v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
     state = wp.rand_init(seed, edge * samples + k)  # keyed by the edge: the list's order does not matter
     s = (float(k) + wp.randf(state)) / float(samples)
     e = v0 + (v1 - v0) * s
-    dn = wp.normalize(e - c)
+    dn = wp.normalize(-toward_light(c, e))
     delta = RAY_EPS * _scale(e)
     o = e + dn * delta
     fr = int(-1)
@@ -256,7 +287,9 @@ def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), 
                   roughness: wp.array2d(dtype=float), metallic: wp.array2d(dtype=float),
                   model: wp.array(dtype=wp.int32), pose: wp.array(dtype=float),
                   point_position: wp.array(dtype=wp.vec3), point_color: wp.array(dtype=wp.vec3),
-                  point_intensity: wp.array(dtype=float), weight: wp.array(dtype=float)):
+                  point_intensity: wp.array(dtype=float), dir_direction: wp.array(dtype=wp.vec3),
+                  dir_color: wp.array(dtype=wp.vec3), dir_intensity: wp.array(dtype=float),
+                  weight: wp.array(dtype=float)):
     """weight = sigma (dloss/dI_p . L) / K, L light j's unshadowed term at y with pixel p's G-buffer."""
     slot = wp.tid()
     weight[slot] = 0.0
@@ -267,13 +300,20 @@ def weight_kernel(pixel: wp.array(dtype=wp.int32), sign: wp.array(dtype=float), 
     if m < 0:
         return
     j = edges[slot // samples] // num_half_edges
-    c = point_position[j]
     y = point[slot]
     n = wp.normalize(wp.vec3(normals[p, 0], normals[p, 1], normals[p, 2]))
     v = wp.normalize(pose_position(pose) - y)
-    e = point_light_irradiance(y, n, c, point_color[j], point_intensity[j])
+    lp = point_position.shape[0]
+    e = wp.vec3(0.0)
+    l = wp.vec3(0.0)
+    if j < lp:
+        e = point_light_irradiance(y, n, point_position[j], point_color[j], point_intensity[j])
+        l = point_light_direction(y, point_position[j])
+    else:
+        e = directional_light_irradiance(n, dir_direction[j - lp], dir_color[j - lp], dir_intensity[j - lp])
+        l = directional_light_direction(dir_direction[j - lp])
     a = wp.vec3(albedo[p, 0], albedo[p, 1], albedo[p, 2])
-    radiance = shade_point(n, v, point_light_direction(y, c), e, a, roughness[p, 0], metallic[p, 0], m)
+    radiance = shade_point(n, v, l, e, a, roughness[p, 0], metallic[p, 0], m)
     g = wp.vec3(grad_image[p, 0], grad_image[p, 1], grad_image[p, 2])
     weight[slot] = sign[slot] * wp.dot(g, radiance) / float(samples)
 
@@ -322,9 +362,20 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
     if wp.dot(n, ng) < 0.0:
         n = -n
     j = edges[slot // samples] // num_half_edges
-    to = sc.point_position[j] - y
-    d2 = wp.max(wp.dot(to, to), 1.0e-12)
-    l = to / wp.sqrt(d2)
+    lp = sc.point_position.shape[0]
+    l = wp.vec3(0.0)
+    geo = float(0.0)
+    color = wp.vec3(0.0)
+    if j < lp:
+        to = sc.point_position[j] - y
+        d2 = wp.max(wp.dot(to, to), 1.0e-12)
+        l = to / wp.sqrt(d2)
+        geo = sc.point_intensity[j] / d2
+        color = sc.point_color[j]
+    else:
+        l = -wp.normalize(sc.dir_direction[j - lp])
+        geo = sc.dir_intensity[j - lp]
+        color = sc.dir_color[j - lp]
     cos_l = wp.dot(n, l)
     if cos_l <= 0.0 or wp.dot(ng, l) <= 0.0:
         return
@@ -333,7 +384,7 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
                        vertex_color(sc, f, b1, b2))
     rough = sample_bilinear_level(sc.roughness, sc.roughness_table, mat, 0, uv[0], uv[1])[0]
     metal = sample_bilinear_level(sc.metallic, sc.metallic_table, mat, 0, uv[0], uv[1])[0]
-    e = sc.point_color[j] * (sc.point_intensity[j] * cos_l / d2)
+    e = color * (geo * cos_l)
     radiance = wp.cw_mul(brdf(n, wo, l, albedo, rough, metal, model), e)
     g = wp.vec3(grad_image[p, 0], grad_image[p, 1], grad_image[p, 2])
     weight[slot] = sign[slot] * wp.dot(g, radiance) / float(samples)
@@ -341,7 +392,8 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
 
 @wp.kernel
 def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
-                    point_position: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
+                    point_position: wp.array(dtype=wp.vec3), dir_direction: wp.array(dtype=wp.vec3),
+                    intrinsics: wp.array(dtype=float),
                     pose: wp.array(dtype=float), edges: wp.array(dtype=wp.int32), num_half_edges: int, samples: int,
                     pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
                     s_in: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2), weight: wp.array(dtype=float),
@@ -360,8 +412,8 @@ def boundary_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int
     v1 = world[faces[3 * f + (h % 3 + 1) % 3]]
     e = v0 + (v1 - v0) * s_in[slot]
     fr = receiver[slot]
-    y = receiver_point(point_position[j], e, _vertex(world, faces, fr, 0), _vertex(world, faces, fr, 1),
-                       _vertex(world, faces, fr, 2))
+    y = receiver_point(light_at(point_position, dir_direction, j), e, _vertex(world, faces, fr, 0),
+                       _vertex(world, faces, fr, 1), _vertex(world, faces, fr, 2))
     xp = project_point(read_intrinsics(intrinsics), pose_position(pose), pose_rotation(pose), y)
     out[slot] = w * _cross2(wp.vec2(xp[0], xp[1]), tangent[slot])
 
@@ -404,16 +456,18 @@ class EdgeSamples:
 
 
 def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: wp.array,
-         point_position: wp.array, intrinsics: wp.array, pose: wp.array, width: int, height: int, *,
-         samples: int, seed: int = 0) -> EdgeSamples:
-    """Sample the silhouette edges of the mesh `bvh_id` as seen from each point light (see the module).
+         point_position: wp.array, dir_direction: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
+         height: int, *, samples: int, seed: int = 0) -> EdgeSamples:
+    """Sample the silhouette edges of the mesh `bvh_id` as seen from each light (see the module).
 
     Args:
         bvh_id: the `wp.Mesh.id` (wp.uint64) of the scene's BVH over `world`.
         world: wp.vec3 (V,) world positions; faces: int32 (3F,); neighbors: int32 (3F,)
             (`welded_neighbors`, or `antialias.face_neighbors(faces).ravel()` for meshes not split at creases).
         tri_id: int32 (N,) the primary visibility, N = width * height (-1 background).
-        point_position: wp.vec3 (Lp,); intrinsics float32 (4,); pose float32 (7,).
+        point_position: wp.vec3 (Lp,); dir_direction: wp.vec3 (Ld,) the directions directional lights
+            travel (lights j < Lp are point lights, the others directional); intrinsics float32 (4,);
+            pose float32 (7,).
         samples: K samples per edge (stratified, jittered by `seed`).
 
     Not differentiable (launched off the tape)."""
@@ -424,18 +478,19 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     _check("neighbors", neighbors, wp.int32, (nh,), dev)
     _check("tri_id", tri_id, wp.int32, (width * height,), dev)
     _check("point_position", point_position, wp.vec3, (None,), dev)
+    _check("dir_direction", dir_direction, wp.vec3, (None,), dev)
     _check("intrinsics", intrinsics, wp.float32, (4,), dev)
     _check("pose", pose, wp.float32, (7,), dev)
     if isinstance(bvh_id, wp.Mesh):
         raise TypeError("bvh_id: expected the mesh id (wp.Mesh.id, a wp.uint64), got the wp.Mesh itself")
     if not isinstance(samples, (int, np.integer)) or samples < 1:
         raise ValueError(f"samples: expected a positive int, got {samples!r}")
-    lp = point_position.shape[0]
-    edges = wp.empty(lp * nh, dtype=wp.int32, device=dev)
+    nl = point_position.shape[0] + dir_direction.shape[0]
+    edges = wp.empty(nl * nh, dtype=wp.int32, device=dev)
     count = wp.zeros(1, dtype=wp.int32, device=dev)
-    if lp * nh > 0:
-        wp.launch(silhouette_kernel, dim=(lp, nh), device=dev, record_tape=False,
-                  inputs=[world, faces, neighbors, point_position], outputs=[count, edges])
+    if nl * nh > 0:
+        wp.launch(silhouette_kernel, dim=(nl, nh), device=dev, record_tape=False,
+                  inputs=[world, faces, neighbors, point_position, dir_direction], outputs=[count, edges])
     ne = int(count.numpy()[0])
     edges = edges[:ne]
     m = ne * samples
@@ -448,18 +503,19 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     point = wp.zeros(m, dtype=wp.vec3, device=dev)
     if m > 0:
         wp.launch(find_kernel, dim=(ne, samples), device=dev, record_tape=False,
-                  inputs=[bvh_id, world, faces, neighbors, tri_id, point_position, intrinsics, pose, int(width),
-                          int(height), edges, int(samples), int(seed)],
+                  inputs=[bvh_id, world, faces, neighbors, tri_id, point_position, dir_direction, intrinsics, pose,
+                          int(width), int(height), edges, int(samples), int(seed)],
                   outputs=[pixel, receiver, s, sign, tangent, point])
     return EdgeSamples(edges, pixel, receiver, s, sign, tangent, point, int(samples), nh)
 
 
 def accumulate(es: EdgeSamples, weight: wp.array, world: wp.array, faces: wp.array, point_position: wp.array,
-               intrinsics: wp.array, pose: wp.array) -> None:
+               dir_direction: wp.array, intrinsics: wp.array, pose: wp.array) -> None:
     """Add the boundary term sum_slots weight cross(dx/dtheta, dx/ds) into the .grad of those of `world`,
-    `point_position`, `intrinsics` and `pose` that require grad (the adjoint of `boundary_kernel`)."""
+    `point_position`, `dir_direction`, `intrinsics` and `pose` that require grad (the adjoint of
+    `boundary_kernel`)."""
     m = es.pixel.shape[0]
-    inputs = [world, point_position, intrinsics, pose]
+    inputs = [world, point_position, dir_direction, intrinsics, pose]
     if m == 0 or not any(a.requires_grad for a in inputs):
         return
     dev = world.device
@@ -467,7 +523,8 @@ def accumulate(es: EdgeSamples, weight: wp.array, world: wp.array, faces: wp.arr
     local = wp.Tape()
     with recording(local):
         wp.launch(boundary_kernel, dim=m, device=dev,
-                  inputs=[world, faces, point_position, intrinsics, pose, es.edges, es.num_half_edges, es.samples,
+                  inputs=[world, faces, point_position, dir_direction, intrinsics, pose, es.edges, es.num_half_edges,
+                          es.samples,
                           es.pixel, es.receiver, es.s, es.tangent, weight],
                   outputs=[out])
     with recording(None):
@@ -486,7 +543,7 @@ def shading_weights(es: EdgeSamples, grad_image: wp.array, normals: wp.array, al
         wp.launch(weight_kernel, dim=m, device=grad_image.device, record_tape=False,
                   inputs=[es.pixel, es.sign, es.point, es.edges, es.num_half_edges, es.samples, grad_image, normals,
                           albedo, roughness, metallic, model, pose, lights.point_position, lights.point_color,
-                          lights.point_intensity],
+                          lights.point_intensity, lights.dir_direction, lights.dir_color, lights.dir_intensity],
                   outputs=[weight])
     return weight
 
@@ -500,16 +557,17 @@ def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, face
     `pose`, reading `image.grad` (N, 3) when the tape runs backward. The G-buffer arrays are those the
     image was shaded from. Returns whether anything was recorded (nothing when no point light, no sample
     or none of those arrays requires grad)."""
-    targets = [a for a in (world, lights.point_position, intrinsics, pose) if a.requires_grad]
-    if tape is None or samples <= 0 or lights.num_point == 0 or not targets or not image.requires_grad:
+    targets = [a for a in (world, lights.point_position, lights.dir_direction, intrinsics, pose)
+               if a.requires_grad and a.size > 0]
+    if tape is None or samples <= 0 or lights.count == 0 or not targets or not image.requires_grad:
         return False
 
     def backward():
         with recording(None):
-            es = find(bvh_id, world, faces, neighbors, tri_id, lights.point_position, intrinsics, pose, width,
-                      height, samples=samples, seed=seed)
+            es = find(bvh_id, world, faces, neighbors, tri_id, lights.point_position, lights.dir_direction,
+                      intrinsics, pose, width, height, samples=samples, seed=seed)
             weight = shading_weights(es, image.grad, normals, albedo, roughness, metallic, model, pose, lights)
-        accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
+        accumulate(es, weight, world, faces, lights.point_position, lights.dir_direction, intrinsics, pose)
 
     tape.record_func(backward, [image, *targets])
     return True
@@ -525,15 +583,16 @@ def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_
     reflections (deeper path vertices) and the boundaries of area lights' soft shadows are not covered.
     Returns whether anything was recorded."""
     lights, world = scene.lights, scene.bvh.points
-    targets = [a for a in (world, lights.point_position, intrinsics, pose) if a.requires_grad]
-    if tape is None or samples <= 0 or lights.num_point == 0 or not targets or not image.requires_grad:
+    targets = [a for a in (world, lights.point_position, lights.dir_direction, intrinsics, pose)
+               if a.requires_grad and a.size > 0]
+    if tape is None or samples <= 0 or lights.count == 0 or not targets or not image.requires_grad:
         return False
     faces = scene.bvh.indices
 
     def backward():
         with recording(None):
-            es = find(scene.bvh.id, world, faces, neighbors, tri_id, lights.point_position, intrinsics, pose,
-                      width, height, samples=samples, seed=seed)
+            es = find(scene.bvh.id, world, faces, neighbors, tri_id, lights.point_position, lights.dir_direction,
+                      intrinsics, pose, width, height, samples=samples, seed=seed)
             m = es.pixel.shape[0]
             weight = wp.zeros(m, dtype=float, device=world.device)
             if m > 0:
@@ -541,7 +600,7 @@ def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_
                           inputs=[scene.arrays(), es.pixel, es.receiver, es.sign, es.point, es.edges,
                                   es.num_half_edges, es.samples, image.grad, pose],
                           outputs=[weight])
-        accumulate(es, weight, world, faces, lights.point_position, intrinsics, pose)
+        accumulate(es, weight, world, faces, lights.point_position, lights.dir_direction, intrinsics, pose)
 
     tape.record_func(backward, [image, *targets])
     return True
@@ -614,7 +673,8 @@ def area_find_kernel(sc: SceneArrays, neighbors: wp.array(dtype=wp.int32), edge_
     h = edge_list[wp.min(int(wp.randf(state) * float(ne)), ne - 1)]
     fe = h // 3
     nb = neighbors[h]
-    if nb >= 0 and _faces_light(sc.world, sc.faces, fe, p) == _faces_light(sc.world, sc.faces, nb, p):
+    hp = wp.vec4(p[0], p[1], p[2], 1.0)  # p seen as a point light: faces that face p
+    if nb >= 0 and _faces_light(sc.world, sc.faces, fe, hp) == _faces_light(sc.world, sc.faces, nb, hp):
         return  # not a silhouette seen from p
     v0 = sc.world[sc.faces[h]]
     v1 = sc.world[sc.faces[3 * fe + (h % 3 + 1) % 3]]
