@@ -1,16 +1,17 @@
-"""Shadow-edge stage: gradients through shadow boundaries (point lights; area lights in the path mode), by
-edge sampling.
+"""Shadow-edge stage: gradients through shadow boundaries (point and directional lights; area lights and
+the environment in the path mode), by edge sampling.
 
 A shadow ray is a 0/1 test, so an image with hard shadows is piecewise constant in whatever moves a
 shadow boundary (the occluder's geometry, the light's position, the receiver, the camera); the shading
 stage's gradient stops there. This stage adds the missing boundary term of the derivative of the
 box-filtered (area-averaged) image, by edge sampling (Li, Aittala, Durand, Lehtinen 2018,
 "Differentiable Monte Carlo Ray Tracing through Edge Sampling", as redner does for direct illumination),
-specialised to point lights.
+specialised to point and directional lights.
 
-For a point light at c, the shadow boundaries on the surfaces behind an occluder are the central
-projections from c of the occluder's silhouette edges as seen from c: edges between a face whose front
-side faces c and one whose back does, and boundary edges (no neighbour in `neighbors`). A point
+For a point light at c (a directional light: c at infinity, `light_at`), the shadow boundaries on the
+surfaces behind an occluder are the central projections from c of the occluder's silhouette edges as
+seen from c: edges between a face whose front side faces c and one whose back does, and boundary edges
+(no neighbour in `neighbors`). A point
 e(s) = v0 + s (v1 - v0), s in [0, 1], of such an edge is projected from the light onto the first surface
 behind it, the receiver point y(s) on face r, and y into the image: x(s) = pi(y(s)). With L the
 radiance of the pixel p containing x with light j unshadowed minus shadowed (light j's term there:
@@ -40,9 +41,8 @@ What is held constant (not differentiated): the choice of edges and samples, the
 dx/ds and the weights (L and the pixel's loss gradient), as in edge sampling. L is evaluated at y with
 the shading normal and material of the pixel's own sample (the pixel-centre G-buffer); a pixel whose
 centre sees another surface than y (a primary silhouette inside it) therefore gets L of that surface.
-Not covered by this part: directional lights (their shadow boundaries move only with the occluder; not
-implemented), shadows seen through reflections, and the self-shadowing terminator of a smooth surface
-(continuous there: max(0, n.l) reaches 0 where the shadow starts).
+Not covered by this part: shadows seen through reflections, and the self-shadowing terminator of a
+smooth surface (continuous there: max(0, n.l) reaches 0 where the shadow starts).
 
 Area lights (emissive meshes) and the environment, path mode only (`record_area_boundary`, at the end):
 the soft shadow's discontinuities lie inside the integral over directions at each surface point p the
@@ -325,7 +325,7 @@ def path_weight_kernel(sc: SceneArrays, pixel: wp.array(dtype=wp.int32), receive
                        pose: wp.array(dtype=float),
                        weight: wp.array(dtype=float)):
     """weight = sigma (dloss/dI_p . L) / K for the path mode: L is the path tracer's next-event estimate of
-    point light j at the camera ray's hit y on face r (`pathtrace.trace_path` at depth 0: two-sided normals,
+    light j at the camera ray's hit y on face r (`pathtrace.trace_path` at depth 0: two-sided normals,
     the material sampled at y's uv, vertex colors)."""
     slot = wp.tid()
     weight[slot] = 0.0
@@ -552,11 +552,11 @@ def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, face
                             tri_id: wp.array, normals: wp.array, albedo: wp.array, roughness: wp.array,
                             metallic: wp.array, model: wp.array, lights, intrinsics: wp.array, pose: wp.array,
                             width: int, height: int, *, samples: int, seed: int = 0) -> bool:
-    """Hook of the rasterized modes: record on `tape` a backward step that adds the point lights' shadow
-    boundary term (see the module) to the gradients of `world`, the lights' positions, `intrinsics` and
-    `pose`, reading `image.grad` (N, 3) when the tape runs backward. The G-buffer arrays are those the
-    image was shaded from. Returns whether anything was recorded (nothing when no point light, no sample
-    or none of those arrays requires grad)."""
+    """Hook of the rasterized modes: record on `tape` a backward step that adds the point and directional
+    lights' shadow-boundary term (see the module) to the gradients of `world`, the lights' positions and
+    directions, `intrinsics` and `pose`, reading `image.grad` (N, 3) when the tape runs backward. The
+    G-buffer arrays are those the image was shaded from. Returns whether anything was recorded (nothing
+    when no light, no sample or none of those arrays requires grad)."""
     targets = [a for a in (world, lights.point_position, lights.dir_direction, intrinsics, pose)
                if a.requires_grad and a.size > 0]
     if tape is None or samples <= 0 or lights.count == 0 or not targets or not image.requires_grad:
@@ -577,10 +577,10 @@ def record_path_boundary(tape, image: wp.array, scene, neighbors: wp.array, tri_
                          intrinsics: wp.array, pose: wp.array, width: int, height: int, *, samples: int,
                          seed: int = 0) -> bool:
     """Hook of the path mode (`pathtrace.render_path`'s image of the `PathScene` `scene`): record on `tape`
-    a backward step adding the point lights' shadow-boundary term of the directly seen surfaces (the
-    next-event estimate at the camera ray's first hit) to the gradients of the scene's world positions
-    (`scene.bvh.points`), its point lights' positions, `intrinsics` and `pose`. Shadows seen through
-    reflections (deeper path vertices) and the boundaries of area lights' soft shadows are not covered.
+    a backward step adding the point and directional lights' shadow-boundary term of the directly seen
+    surfaces (the next-event estimate at the camera ray's first hit) to the gradients of the scene's world
+    positions (`scene.bvh.points`), the lights' positions and directions, `intrinsics` and `pose`. Shadows
+    seen through reflections (deeper path vertices) are not covered; area lights: `record_area_boundary`.
     Returns whether anything was recorded."""
     lights, world = scene.lights, scene.bvh.points
     targets = [a for a in (world, lights.point_position, lights.dir_direction, intrinsics, pose)
