@@ -12,7 +12,9 @@ reference's bounding-box diagonal, no self-intersecting triangle, in under 3 min
 Issue 15 (path mode), `cornell_box`: every wall's albedo
 within 0.02 (the front wall behind the camera included) and the emitter's radiance within 2 %, in under
 two minutes; `env_object`: a GGX ball's roughness and albedo within 0.02 under an environment map, in
-under two minutes.
+under two minutes. `shadow_position` (issue 15, item 3): a block outside the camera's view, its
+translation recovered from its shadow on the floor alone (point-light shadow-boundary gradients), within
+0.02 scene units (1/30 of the block's size; the perturbation starts it 0.29 away), in under two minutes.
 """
 
 from __future__ import annotations
@@ -40,8 +42,10 @@ CHECKS = {
                     ("materials.light.emission", "max_rel_error", "<=", 0.02)],
     "env_object": [("materials.glossy.albedo", "max_abs_error", "<=", 0.02),
                    ("materials.glossy.roughness", "max_abs_error", "<=", 0.02)],
+    "shadow_position": [("meshes.block.translation", "distance", "<=", 0.02)],
 }
-SECONDS = {"shape_sphere": 180.0, "cornell_box": 120.0, "env_object": 120.0}  # time limit per task (default 60 s)
+# time limit per task (default 60 s)
+SECONDS = {"shape_sphere": 180.0, "cornell_box": 120.0, "env_object": 120.0, "shadow_position": 120.0}
 
 
 def main(argv=None) -> int:

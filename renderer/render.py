@@ -31,7 +31,7 @@ from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
 from .stages import background as bg
 from .stages import camera as cam
-from .stages import gbuffer, interpolate, pack, raster, shading, softras, texture, visibility
+from .stages import gbuffer, interpolate, pack, raster, shading, shadow_edges, softras, texture, visibility
 from .stages import pathtrace as pt
 from .stages.shading import Lights
 from .thread_tape import active_tape, recording
@@ -211,6 +211,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
             return gbuffer.multiply(irradiance, build_colors(True))
 
         radiance = sample_albedo(part("lambert", build_lambert))
+        gb = None  # geometry and lights are constants of this render: no shadow boundary moves
     else:
         vcolor = part("colors", build_colors)
         albedo = sample_albedo(vcolor)
@@ -218,13 +219,33 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         shadow = part("shadow", build_shadow) if shadows else None
         radiance = shading.shade(g["positions"], g["normals"], albedo, rough, metal, model, pose, frame.lights,
                                  shadow)
+        gb = (albedo, rough, metal)
     if _adds_emission(ds, frame, cache, emission_grad):
         radiance = gbuffer.add(radiance, texture.sample(frame.emission, mat, uv, uv_da))
     # composite fused with the output copy (whose gradient stays readable); the blend adds into it
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
+    # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass; not when
+    # the cache holds the shadow mask as a constant (nothing that moves a shadow is being optimized)
+    if (shadows and gb is not None and sc.render.shadow_edges > 0
+            and not (cache is not None and cache.cacheable("shadow", camera))):
+        shadow_edges.record_shading_boundary(
+            active_tape(), image, frame.bvh.id, frame.world, ds.faces, _shadow_neighbors(ds), tri, g["normals"], *gb,
+            model, frame.lights, intr, pose, width, height, samples=int(sc.render.shadow_edges),
+            seed=int(sc.render.seed))
     return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
+
+
+def _shadow_neighbors(ds: DeviceScene) -> wp.array:
+    """Face adjacency with vertices welded by position (`shadow_edges.welded_neighbors`), built once per
+    DeviceScene."""
+    nb = getattr(ds, "_shadow_neighbors", None)
+    if nb is None:
+        verts = [m.vertices for m in ds.scene.meshes.values()]
+        nb = wp.array(shadow_edges.welded_neighbors(verts, ds.faces_np), dtype=wp.int32, device=ds.device)
+        ds._shadow_neighbors = nb
+    return nb
 
 
 def _adds_emission(ds: DeviceScene, frame: Frame, cache: GBufferCache | None, emission_grad: bool) -> bool:
@@ -331,6 +352,14 @@ def _render_path(ds: DeviceScene, frame: Frame, intr, pose, width: int, height: 
     world, i, p = constant(frame.world), constant(intr), constant(pose)
     origins, directions = cam.generate_rays(i, p, width, height)
     tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)
+    if max_depth >= 1 and ds.scene.render.shadow_edges > 0:
+        # the point lights' shadow boundaries on directly seen surfaces (edge sampling)
+        # (camera: constants, as in the rest of the path mode, which gives the camera no gradient)
+        shadow_edges.record_path_boundary(tape, image, scene, _shadow_neighbors(ds), tri, intr_c, pose_c, width,
+                                          height, samples=int(ds.scene.render.shadow_edges), seed=int(seed))
+        # emissive meshes and the environment: the edges seen from the surfaces (per pixel)
+        shadow_edges.record_area_boundary(tape, image, scene, _shadow_neighbors(ds), intr_c, pose_c, width, height,
+                                          samples=int(ds.scene.render.shadow_edges), seed=int(seed))
     bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
     normals = interpolate.interpolate(constant(frame.normals), ds.faces, tri, bary)
     return RenderOutput(width, height, image, tri, depth, normals, bg.coverage_from_ids(tri))

@@ -117,6 +117,9 @@ class RenderSettings:
     max_depth: int = 4
     seed: int = 0
     jitter: bool = True  # sample uniformly inside each pixel (antialiased); False: at the pixel centers
+    # hard and antialias modes with shadows: samples per silhouette edge of the shadow-boundary gradient
+    # (renderer.stages.shadow_edges; 0: shadows have no gradient)
+    shadow_edges: int = 8
 
 
 @dataclass

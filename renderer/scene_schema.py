@@ -434,6 +434,7 @@ class RenderSpec(Strict):
     max_depth: Annotated[int, Field(ge=0, le=64)] = RenderSettings.max_depth
     seed: Annotated[int, Field(ge=0, le=(1 << 31) - 1)] = RenderSettings.seed
     jitter: bool = RenderSettings.jitter
+    shadow_edges: Annotated[int, Field(ge=0, le=4096)] = RenderSettings.shadow_edges
 
 
 # ---- fields (radiance fields) -------------------------------------------------------------------

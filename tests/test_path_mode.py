@@ -298,21 +298,28 @@ def test_gradient_through_the_parameter_table(grad_scene, path, eps, indices):
     check_gradient(forward, ds.arrays[path], eps=eps, rtol=1e-2, atol=2e-3, indices=indices)
 
 
-def test_gradients_reach_only_what_the_path_tracer_differentiates(grad_scene):
+@pytest.mark.parametrize("shadow_edges", [0, 8])
+def test_gradients_reach_only_what_the_path_tracer_differentiates(grad_scene, shadow_edges):
     """Under one tape every material, environment and light leaf gets its gradient from the path tracer;
-    geometry and camera leaves get none (the path tracer does not differentiate visibility)."""
+    camera leaves get none, geometry leaves only the visibility-boundary term of the direct light
+    (renderer/stages/shadow_edges.py; none with render.shadow_edges = 0)."""
     ds = grad_scene
     ds.zero_grad()
-    tape = wp.Tape()
-    with tape:
-        loss = weighted_loss(render_view(ds, ds.prepare(), "main", seed=1).image, seed=2)
-    tape.backward(loss)
+    saved, ds.scene.render.shadow_edges = ds.scene.render.shadow_edges, shadow_edges
+    try:
+        tape = wp.Tape()
+        with tape:
+            loss = weighted_loss(render_view(ds, ds.prepare(), "main", seed=1).image, seed=2)
+        tape.backward(loss)
+    finally:
+        ds.scene.render.shadow_edges = saved
     g = {p: np.abs(ds.arrays[p].grad.numpy()).sum() for p in ds.arrays}
     for p in ("materials.white.albedo", "materials.red.albedo", "materials.red.roughness",
               "materials.light.emission", "lights.sky.radiance"):
         assert g[p] > 0, p
-    for p in ("meshes.floor.vertices", "meshes.floor.translation", "cameras.main.pose"):
-        assert g[p] == 0, p
+    assert g["cameras.main.pose"] == 0
+    for p in ("meshes.floor.vertices", "meshes.floor.translation"):
+        assert (g[p] > 0) == (shadow_edges > 0), p
     tape.zero()
     ds.zero_grad()
 

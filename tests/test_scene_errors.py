@@ -253,6 +253,8 @@ CASES = [
     ("render-mode", setting("render", {"mode": "fast"}), "render.mode", "'hard', 'antialias', 'soft' or 'path'"),
     ("render-sigma", setting("render", {"soft_sigma": 0}), "render.soft_sigma", "greater than 0"),
     ("render-shadows", setting("render", {"shadows": "yes"}), "render.shadows", "valid boolean"),
+    ("render-shadow-edges", setting("render", {"shadow_edges": -1}), "render.shadow_edges", "greater than or equal"),
+    ("render-shadow-edges-type", setting("render", {"shadow_edges": "many"}), "render.shadow_edges", "valid integer"),
     # optimize
     ("unknown-path", setting("optimize/parameters", {"materials.paint.albedoo": {"init": 0.2}}),
      'optimize.parameters["materials.paint.albedoo"]', "did you mean materials.paint.albedo"),

@@ -102,6 +102,8 @@ def direct_light_scene():
     sc.ambient_lights = {}
     sc.background = np.zeros(3, np.float32)
     sc.render.shadows = True
+    # render_view's shadow-boundary term (tests/test_shadow_edges.py) has no counterpart in render_path
+    sc.render.shadow_edges = 0
     return DeviceScene(sc, "cpu")
 
 

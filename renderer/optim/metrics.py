@@ -20,7 +20,7 @@ import warp as wp
 
 from .. import conventions as cv
 from ..initial_values import scene_center
-from ..params import Group, Kind
+from ..params import Kind
 from ..render import render_view
 
 
@@ -87,7 +87,7 @@ def parameter_metrics(problem) -> dict:
             m["seen_texel_fraction"] = float(mask.mean())
         elif kind in (Kind.EMISSION, Kind.ENVIRONMENT):  # radiance: relative to the true value
             m["max_rel_error"] = float(np.max(np.abs(value - truth) / np.maximum(np.abs(truth), 1e-6)))
-        elif kind is Kind.POSITION and problem.ds.params[path].group is Group.LIGHTS:
+        elif kind is Kind.POSITION:  # a light's position or a mesh's translation
             m["distance"] = float(np.linalg.norm(value - truth))
             m["distance_fraction_of_scene_size"] = m["distance"] / size
         elif kind is Kind.POSE:

@@ -39,8 +39,10 @@ each contribution from L as it is met, so that at every vertex the radiance stil
 the derivative of the BSDF-sample weight can be applied to it: d(L_rest)/d(theta) = L_rest *
 (df/d(theta)) / f. Memory independent of the path length, time linear in it (no tape of the path). The
 sampled directions, light and texel choices, MIS weights and Russian roulette are treated as constants
-(detached sampling); visibility is not differentiated (no gradients through silhouettes or shadow
-boundaries, and none w.r.t. geometry or the camera).
+(detached sampling); visibility is not differentiated here (no gradients through silhouettes or shadow
+boundaries, and none w.r.t. geometry or the camera). `render.render_view` adds, beside this adjoint, the
+shadow-boundary term of point lights on directly seen surfaces (`stages.shadow_edges`, edge sampling),
+which gives the occluders' geometry and the lights' positions that part of their gradient.
 """
 
 from __future__ import annotations
