@@ -376,6 +376,10 @@ def build(scene_path: str, device: str | None = None, scene=None) -> tuple[AppSt
         # threads loading the same module at once crash Warp (a launch through a replaced module).
         source.render(np.array([0, 0, 4, 0, 0, 0, 1], np.float32), np.array([2, 2, 1, 1], np.float32), 2, 2)
         state.preview = FieldPreview(source, engine)
+    elif scene.meshes:  # render mode "path": the viewport's progressive path-traced preview (idle otherwise)
+        from .path_preview import PathPreview
+
+        state.path_preview = PathPreview(problem.scene, str(problem.ds.device))
     return state, engine
 
 
@@ -386,7 +390,12 @@ def build_attached(address: tuple[str, int], token: str) -> tuple[AppState, obje
 
     engine = RemoteEngine(address, token)
     scene = open_scene(engine.description["scene"])
-    return AppState.from_description(scene, engine, engine.description), engine
+    state = AppState.from_description(scene, engine, engine.description)
+    if scene.meshes and not scene.fields:
+        from .path_preview import PathPreview
+
+        state.path_preview = PathPreview(scene, "cpu")  # this process's own renders stay on the CPU
+    return state, engine
 
 
 class LiveSession:
@@ -401,13 +410,15 @@ class LiveSession:
             state.record_dir = recorder.dir  # File > Save render / Screenshot write there
             print(f"recording to {recorder.dir}", file=sys.stderr)
         engine.start_thread()
-        if state.preview is not None:
-            state.preview.start()
+        for preview in (state.preview, state.path_preview):
+            if preview is not None:
+                preview.start()
 
     def end(self) -> None:
         state, engine = self.state, self.engine
-        if state.preview is not None:
-            state.preview.stop()
+        for preview in (state.preview, state.path_preview):
+            if preview is not None:
+                preview.stop()
         if state.video is not None and state.video.job is not None:
             state.video.job.cancel()
             state.video.job.join(30)

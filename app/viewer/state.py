@@ -249,7 +249,11 @@ class AppState:
         # Scenes with radiance fields (app.build sets `preview`, a field_preview.FieldPreview).
         self.preview = None
         self.field_view = FieldViewSettings()
-        self._preview_seen = (None, None)
+        self._preview_seen = (None, None, None)
+        # Mesh scenes: the progressive path-traced preview of render mode "path" (app.build sets it, a
+        # path_preview.PathPreview); `path_view`: the Overlays window's "path-traced preview" checkbox.
+        self.path_preview = None
+        self.path_view = True
         self.problem = None  # the Problem (for the video export's renderers; never stepped here)
         self.editor = False  # the scene has no optimize section: a viewer/editor (document.editor_scene)
         self.opened_at = time.monotonic()  # when this scene was opened (the results' "seconds")
@@ -483,12 +487,11 @@ class AppState:
         return True
 
     def preview_changed(self) -> bool:
-        """True when the field preview thread published an image or occupancy points not drawn yet."""
-        pv = self.preview
-        if pv is None:
-            return False
-        now = (pv.latest, pv.occupancy)
-        if now[0] is self._preview_seen[0] and now[1] is self._preview_seen[1]:
+        """True when the field preview thread published an image or occupancy points not drawn yet, or the
+        path preview a frame."""
+        pv, pp = self.preview, self.path_preview
+        now = (pv.latest if pv else None, pv.occupancy if pv else None, pp.latest if pp else None)
+        if all(a is b for a, b in zip(now, self._preview_seen)):
             return False
         self._preview_seen = now
         return True

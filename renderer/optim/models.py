@@ -30,6 +30,9 @@ from . import losses, regularizers
 from .targets import Target, build_targets
 
 EVALUATION_PHASE = "final evaluation"  # the results' render of every view (renderer.progress)
+# image-shaped parameters whose gradient snapshots carry as images (`view_images` "texture_grads"): the
+# material textures, emission textures and an environment light's texels (path mode)
+IMAGE_GRAD_KINDS = frozenset({Kind.ALBEDO, Kind.ROUGHNESS, Kind.METALLIC, Kind.EMISSION, Kind.ENVIRONMENT})
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
 # path mode: the targets rendered from the truth use the random sequence render.seed + TARGET_SEED_OFFSET,
@@ -291,7 +294,8 @@ class MeshModel:
     def view_images(self, camera: str, param_grads: dict) -> dict:
         kind = self.p.ds.kind
         return {"render": self.render(camera).numpy(),
-                "texture_grads": {p: g for p, g in param_grads.items() if kind(p).is_texture and g.shape[0] > 1},
+                "texture_grads": {p: g for p, g in param_grads.items()
+                                  if kind(p) in IMAGE_GRAD_KINDS and g.shape[0] > 1},
                 "vertex_grads": {p: g for p, g in param_grads.items() if kind(p) is Kind.VERTICES}}
 
     def extra_state(self) -> dict[str, np.ndarray]:
