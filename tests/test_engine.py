@@ -193,3 +193,28 @@ def test_snapshots_are_never_torn(engine):
     stop.set()
     t.join()
     assert not problems, problems[:3]
+
+
+def test_images_on_demand_follow_the_reader(engine):
+    """`images_on_demand`: while running, the active view is rendered for snapshots only after a reader took
+    the last ones (an attached viewer at rest polls four times a second: as many renders, not ten)."""
+    problem = engine.problem
+    engine.images_on_demand, engine.image_interval = True, 0.0
+    renders = []
+    view_images = problem.view_images
+    problem.view_images = lambda *a, **k: renders.append(1) or view_images(*a, **k)
+    engine.send("set_steps", 10**6)
+    engine.send("start")
+    engine.wait(lambda s: s.step >= 3, timeout=120)  # wait() reads snapshots: images follow
+    import time
+
+    before, step = len(renders), engine.problem.step_index
+    time.sleep(1.0)  # nobody reads: at most the one render after the last read
+    while engine.problem.step_index < step + 5:
+        time.sleep(0.05)
+    assert len(renders) - before <= 1
+    engine.images_on_demand = False  # the default: every step (image_interval 0)
+    before, step = len(renders), engine.problem.step_index
+    while engine.problem.step_index < step + 5:
+        time.sleep(0.05)
+    assert len(renders) - before >= 4

@@ -11,7 +11,8 @@ the path tracer's formulas, and `Viewport.render_camera` against the path tracer
 environment seen directly, pixel for pixel), the emissive wall shows its emission; with the preview on, the
 sample count grows while nothing changes, and restarts on a camera orbit and on an edit of the emission (the
 new colour appears); a step of the optimizer gives the emission and environment gradients, and the texture
-overlay draws them on the wall and over the background.
+overlay draws them on the wall and over the background. Then, with the optimizer running and no input for
+two seconds, the window is at rest (at most ~4 frames a second) until the mouse moves.
 """
 
 from __future__ import annotations
@@ -238,6 +239,17 @@ class PathSession(Session):
         bg_heat = img[pts[:, 1].astype(int), pts[:, 0].astype(int)].astype(float)
         assert np.abs(bg_heat - want).max(axis=1).mean() > 10, "no environment gradient over the background"
         self.results["overlay"] = heat.tolist()
+
+        # 6. at rest (no input for 2 s) frames slow down to at most 4 a second; the mouse wakes it up
+        state.send(commands.Resume)
+        yield from self.until(state, lambda: state.at_rest, "the rest state", 20)
+        f0, t0 = state.frame, time.monotonic()
+        yield from self.until(state, lambda: time.monotonic() - t0 >= 2.0, "two seconds")
+        rate = (state.frame - f0) / (time.monotonic() - t0)
+        assert rate <= 5.0, f"{rate:.1f} frames/s at rest while running"
+        self.input.move(state.window_pos[0] + vx + vw * 0.5, state.window_pos[1] + vy + vh * 0.5)
+        yield from self.until(state, lambda: not state.at_rest, "input ends the rest state", 10)
+        self.results["rest_fps"] = round(rate, 2)
 
 
 def test_path_mode_session(display, tmp_path):

@@ -240,6 +240,7 @@ class AppState:
         self.window_pos = (0, 0)  # of the OS window on the screen (ImGui coordinates are window-relative)
         self.view_proj = np.eye(4)  # of the free camera, last frame
         self.gizmo_dragging = False
+        self.at_rest = False  # no input for a while: frames, polls and 3D redraws slow down (ViewerApp)
         self.docked: dict[str, bool] = {}  # window name -> docked last frame
         self.gl = None  # the app's GL resources (created after GL init, released before exit)
         self.screenshot = None  # callable() -> (H, W, 3) uint8 of the back buffer (set by the app)

@@ -40,6 +40,7 @@ MOVING_SCALE = 0.5  # resolution while the camera moves
 HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT, LIGHTS_UNIT, EMISSION_UNIT = 3, 4, 5, 6, 7  # of the mesh program (0-2: TEXTURES)
 ENV_UNIT, ENV_HEAT_UNIT, ENV_COLORMAP_UNIT = 0, 1, 2  # texture units of the environment program
 SNAPSHOT_REDRAW_FPS = 5.0  # new optimizer values redraw the 3D view at most this often (input: always)
+REST_REDRAW_FPS = 1.0  # ... and this often when nobody has touched the window for a while (AppState.at_rest)
 
 gizmo = imguizmo.im_guizmo
 
@@ -298,8 +299,8 @@ class Viewport:
                     (id(self.field.frame), id(self.field.occupancy)) if self.field is not None else None,
                     id(shown), state.render.mode)
         now = time.perf_counter()
-        if view_key == self._drawn_key and (state.serial == self._drawn_serial
-                                            or now - self._drawn_time < 1.0 / SNAPSHOT_REDRAW_FPS):
+        cap = REST_REDRAW_FPS if state.at_rest else SNAPSHOT_REDRAW_FPS
+        if view_key == self._drawn_key and (state.serial == self._drawn_serial or now - self._drawn_time < 1.0 / cap):
             return w / width, h / height  # nothing new, or only a snapshot arriving sooner than the cap
         self._drawn_key, self._drawn_serial, self._drawn_time = view_key, state.serial, now
         self.redraws += 1

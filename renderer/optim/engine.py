@@ -122,14 +122,18 @@ class Engine:
     """Runs `problem.step()` in a daemon thread. See the module docstring for the contract."""
 
     def __init__(self, problem, *, publish_images: bool = True, publish_every: int = 1,
-                 image_interval: float = 0.1):
+                 image_interval: float = 0.1, images_on_demand: bool = False):
         """`publish_images`: render the active view for snapshots (a viewer wants it; the headless CLI
         does not). Images are re-rendered at most every `image_interval` seconds while running (a viewer
-        shows about ten snapshot frames a second), and always when a run pauses or a command lands."""
+        shows about ten snapshot frames a second), and always when a run pauses or a command lands.
+        `images_on_demand`: while running, only when `snapshot()` was called since the last images (a reader
+        that polls slowly, e.g. an attached viewer at rest, costs as many renders as it reads)."""
         self.problem = problem
         self.publish_images = publish_images
         self.publish_every = max(1, publish_every)
         self.image_interval = image_interval
+        self.images_on_demand = images_on_demand
+        self._images_read = True  # snapshot() was called since the images were last rendered
         self._image_time = -1e9
         self._images: dict = {}
         self._commands: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
@@ -171,6 +175,7 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self._images_read = True
             return self._front
 
     def shutdown(self, timeout: float | None = 10.0) -> bool:
@@ -328,9 +333,11 @@ class Engine:
         p = self.problem
         result = self._last.get("result")
         now = time.perf_counter()
-        if force_images or (self.publish_images and now - self._image_time >= self.image_interval):
+        wanted = self._images_read or not self.images_on_demand
+        if force_images or (self.publish_images and wanted and now - self._image_time >= self.image_interval):
             self._images = p.view_images(result)
             self._image_time = now
+            self._images_read = False
         images = self._images
         snap = Snapshot(
             step=p.step_index, state=self._state,
