@@ -169,8 +169,8 @@ class PathPreview:
         """The paths whose value differs from what the DeviceScene holds."""
         out = []
         for path, value in values.items():
-            if path not in self._ds.arrays:
-                continue
+            if path not in self._ds.arrays or np.shape(value) != tuple(self._ds.params[path].shape):
+                continue  # not a value of this scene, or a remeshed mesh (the preview keeps the scene's)
             seen = self._applied.get(path)
             if seen is value:
                 continue

@@ -197,6 +197,10 @@ class AppState:
 
         self.snapshot: Snapshot = engine.snapshot()
         self.serial = 0  # bumps with every new snapshot
+        # faces of the optimized meshes of a topology of their own (snapshot.meshes: a shape init, a remesh);
+        # their vertices are in `values`. `faces(name)` is the one place the viewer asks for a mesh's faces.
+        self.mesh_faces: dict[str, np.ndarray] = {}
+        self._take_meshes(self.snapshot)
         self.free: set[str] = set(self.snapshot.free)
         self.active_view: str = self.snapshot.active_view or (views[0] if views else "")
         self.error_history: dict[str, list[tuple[int, float]]] = {}
@@ -467,6 +471,7 @@ class AppState:
         self.snapshot = snap
         self.serial += 1
         self.values.update(snap.values)
+        self._take_meshes(snap)
         self.free = set(snap.free)
         if snap.active_view:
             self.active_view = snap.active_view
@@ -486,6 +491,23 @@ class AppState:
             if not hist or hist[-1][0] != snap.step:
                 hist.append((snap.step, float(err)))
         return True
+
+    def _take_meshes(self, snap) -> None:
+        """The vertices and faces of optimized meshes of their own topology (`snapshot.meshes`). The faces
+        array is kept while the topology is the same (a new array means new GL buffers)."""
+        for name, mesh in getattr(snap, "meshes", {}).items():
+            if self.scene is None or name not in self.scene.meshes:
+                continue
+            self.values[param_path(Group.MESHES, name, "vertices")] = mesh["vertices"]
+            old = self.mesh_faces.get(name)
+            faces = np.asarray(mesh["faces"], np.int32)
+            if old is None or old.shape != faces.shape or not np.array_equal(old, faces):
+                self.mesh_faces[name] = faces
+
+    def faces(self, name: str) -> np.ndarray:
+        """(F, 3) faces of mesh `name` as the optimizer has it now (`values` holds its vertices)."""
+        faces = self.mesh_faces.get(name)
+        return self.scene.meshes[name].faces if faces is None else faces
 
     def preview_changed(self) -> bool:
         """True when the field preview thread published an image or occupancy points not drawn yet, or the

@@ -46,15 +46,17 @@ gizmo = imguizmo.im_guizmo
 
 
 class _MeshGL:
-    """GL buffers of one mesh; world positions/normals re-uploaded when its values change."""
+    """GL buffers of one mesh (`v` vertices, `faces`); world positions/normals re-uploaded when its values
+    change. A new topology (a remeshed optimized mesh) gets new buffers (`Viewport.sync`)."""
 
-    def __init__(self, ctx: moderngl.Context, prog: moderngl.Program, mesh):
-        v = len(mesh.vertices)
+    def __init__(self, ctx: moderngl.Context, prog: moderngl.Program, v: int, faces: np.ndarray):
+        self.faces = faces  # the faces array in the index buffer (identity: a new topology is a new array)
+        self.n = v
         self.pos_nrm = ctx.buffer(reserve=v * 24)
         self.uv = ctx.buffer(reserve=v * 8)
         self.color = ctx.buffer(reserve=v * 12)
         self.heat = ctx.buffer(np.zeros(v, np.float32).tobytes())
-        self.ibo = ctx.buffer(np.ascontiguousarray(mesh.faces, np.int32).tobytes())
+        self.ibo = ctx.buffer(np.ascontiguousarray(faces, np.int32).tobytes())
         self.vao = ctx.vertex_array(prog, [(self.pos_nrm, "3f 3f", "in_position", "in_normal"),
                                            (self.uv, "2f", "in_uv"), (self.color, "3f", "in_color"),
                                            (self.heat, "1f", "in_heat")], index_buffer=self.ibo)
@@ -91,7 +93,7 @@ class Viewport:
         self._env_mean = None  # (value, its mean radiance over the sphere)
         self.light_texture: moderngl.Texture | None = None
         self.lights: PackedLights | None = None  # as last uploaded
-        self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
+        self.meshes = {name: self._mesh_gl(state, name) for name in state.scene.meshes}
         self.shadows = ShadowMaps(ctx)
         self._shadows_on = False
         # scenes with radiance fields: the preview thread's latest image and the occupancy points
@@ -127,28 +129,40 @@ class Viewport:
         else:
             state.camera.frame(center, radius)
 
+    def _mesh_gl(self, state: AppState, name: str) -> _MeshGL:
+        faces = state.faces(name)
+        v = len(state.values[param_path(Group.MESHES, name, "vertices")])
+        return _MeshGL(self.ctx, self.mesh_prog, v, faces)
+
     # -- values -> GL -----------------------------------------------------------------------------
     def sync(self, state: AppState) -> None:
         """Upload what changed since the last frame."""
         values, snap = state.values, state.snapshot
-        for name, mesh in state.scene.meshes.items():
+        for name in state.scene.meshes:
             g = self.meshes[name]
+            if g.faces is not state.faces(name):  # an optimized mesh of a new topology (a remesh)
+                g.release()
+                g = self.meshes[name] = self._mesh_gl(state, name)
             geo = geometry.mesh_values(values, name)
             if any(g.sources.get(k) is not v for k, v in zip(("v", "t", "r", "s"), geo)):
                 g.world = geometry.transform(*geo)
-                normals = geometry.vertex_normals(g.world, mesh.faces)
+                normals = geometry.vertex_normals(g.world, g.faces)
                 g.pos_nrm.write(np.ascontiguousarray(np.concatenate([g.world, normals], axis=1), np.float32))
                 g.sources.update(zip(("v", "t", "r", "s"), geo))
-            for key, buf in (("uvs", g.uv), ("colors", g.color)):
+            for key, buf, fill in (("uvs", g.uv, 0.0), ("colors", g.color, 1.0)):
                 val = values[param_path(Group.MESHES, name, key)]
                 if g.sources.get(key) is not val:
-                    buf.write(np.ascontiguousarray(val, np.float32))
+                    # a mesh of its own topology has no uvs or colors of that many vertices (not optimizable)
+                    data = val if len(val) == g.n else np.full((g.n, np.shape(val)[1]), fill, np.float32)
+                    buf.write(np.ascontiguousarray(data, np.float32))
                     g.sources[key] = val
             heat = snap.vertex_grads.get(param_path(Group.MESHES, name, "vertices")) \
                 if state.overlays.on("geometry") else None
+            if heat is not None and len(heat) != g.n:
+                heat = None  # a gradient of the topology before a remesh
             if g.heat_source is not heat:
                 g.heat.write(magnitudes(heat).astype(np.float32) if heat is not None
-                             else np.zeros(len(mesh.vertices), np.float32))
+                             else np.zeros(g.n, np.float32))
                 g.heat_source = heat
         for mat in state.scene.materials.values():
             for path in state.texture_paths(mat.name).values():

@@ -113,6 +113,9 @@ class Snapshot:
     error: str = ""  # the last failed command or step, until the next start or reset
     commands_applied: int = 0  # commands taken off the queue, applied or refused
     commands_rejected: int = 0  # of those, refused by validation (nothing changed)
+    # optimized meshes of a topology of their own (a shape init of another topology, a remesh): mesh name ->
+    # {"vertices": (V, 3) object space, "faces": (F, 3) int32}; their vertices are not in `values`
+    meshes: dict = field(default_factory=dict)
 
 
 _EXIT = object()  # queued by shutdown(): ends the loop
@@ -354,6 +357,7 @@ class Engine:
             thumbnails=p.target_images(), targets_version=p.targets_version,
             error=error or self._last_error,
             commands_applied=self._applied, commands_rejected=self._rejected,
+            meshes=p.own_meshes(),
         )
         with self._lock:
             self._front = snap

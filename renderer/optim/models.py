@@ -392,6 +392,18 @@ class ShapeModel(MeshModel):
         if count:
             self.topology_version += 1
 
+    def own_meshes(self) -> dict:
+        """{mesh name: {"vertices": (V, 3) object space, "faces": (F, 3) int32}} of the optimized meshes whose
+        topology is not the scene's (what `reports` leaves out of the snapshots' values). The faces array is
+        copied once per topology (`topology_version`), the vertices every call."""
+        cached = getattr(self, "_faces_published", None)
+        if cached is None or cached[0] != self.topology_version:
+            cached = self._faces_published = (self.topology_version, {
+                self._owner(path): self.faces(path).copy() for path in self.shape_paths
+                if not self._same_topology(path)})
+        return {owner: {"vertices": self.p.ds.get(f"meshes.{owner}.vertices"), "faces": faces}
+                for owner, faces in cached[1].items()}
+
     def _same_topology(self, path) -> bool:
         mesh, target = self.p.scene.meshes[self._owner(path)], self.target_scene.meshes[self._owner(path)]
         return mesh.faces.shape == target.faces.shape and np.array_equal(mesh.faces, target.faces)

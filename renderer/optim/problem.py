@@ -372,6 +372,12 @@ class Problem:
         snapshot; read them with `ds.get`)."""
         return {p: self.ds.get(p) for p in self.free_paths() if self.model.reports(p)}
 
+    def own_meshes(self) -> dict:
+        """Optimized meshes whose topology is their own (not the scene's): name -> {"vertices", "faces"}
+        (copies), for viewers whose scene holds other faces. Empty for models without such meshes."""
+        fn = getattr(self.model, "own_meshes", None)
+        return fn() if fn is not None else {}
+
     def parameter_errors(self) -> dict:
         """Max abs error of each optimizable parameter vs the truth (fields have none: see the test PSNR)."""
         return {p: float(np.max(np.abs(self.ds.get(p) - self.truth[p]))) for p in self.param_specs
