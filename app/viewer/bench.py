@@ -87,7 +87,7 @@ def _orbit_mouse(state, stop: threading.Event) -> None:
 
 
 def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False,
-           process: bool = False) -> tuple[float, float, float, dict]:
+           process: bool = False, rest: bool = True) -> tuple[float, float, float, dict]:
     """(steps/s, median frames/s, 5th-percentile frames/s, field preview stats) with the viewer open;
     `process`: the optimizer in a child process (`drstudio view --engine process`), the viewer attached."""
     from .app import ViewerApp, build, build_attached
@@ -130,7 +130,8 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
 
     preview = {}
     try:
-        ViewerApp(state, title="drstudio bench").run(on_frame=on_frame)
+        # rest=False: the window never rests (as before the rest state: >= 30 frames/s while running)
+        ViewerApp(state, title="drstudio bench", rest_after=2.0 if rest else float("inf")).run(on_frame=on_frame)
     finally:
         stop.set()
         if "mouse" in marks:
@@ -210,6 +211,8 @@ def main(argv=None) -> int:
                         help="also run the viewer with its optimizer in a child process (drstudio view --engine "
                         "process), watching and orbiting")
     parser.add_argument("--only-watching", action="store_true", help="skip the runs with the mouse orbiting")
+    parser.add_argument("--no-rest", action="store_true",
+                        help="with --process: also a run whose window never rests (30 frames/s while running)")
     parser.add_argument("--process-only", action="store_true",
                         help="headless and the viewer with its optimizer in a child process only (no in-process "
                         "viewer, no headless + images run)")
@@ -241,6 +244,12 @@ def main(argv=None) -> int:
                   f" (load {load_average()})", flush=True)
         rows.append((scene, a, b, watch, orbit))
         if args.process or args.process_only:
+            if args.no_rest:
+                nr = viewer(scene, args.device, args.seconds, args.warmup, process=True, rest=False)
+                cpu = nr[3].get("cpu", {})
+                print(f"{scene}: engine in a child process, window never at rest: {nr[0]:.2f} steps/s "
+                      f"({nr[0] / a:.0%}) at {nr[1]:.1f} fps, CPU ms/step child {cpu.get('child_ms_per_step', 0):.1f}"
+                      f" + viewer {cpu.get('ui_ms_per_step', 0):.1f} (load {load_average()})", flush=True)
             p_watch = viewer(scene, args.device, args.seconds, args.warmup, process=True)
             p_orbit = (skipped if args.only_watching
                        else viewer(scene, args.device, args.seconds, args.warmup, orbit=True, process=True))
