@@ -113,6 +113,7 @@ class ViewerApp:
         self.running_fps = running_fps
         self.rest_after, self.rest_snapshot_fps, self.rest_fps = rest_after, rest_snapshot_fps, rest_fps
         self._input_time = time.perf_counter()  # the last input event (or open, or a blocking job)
+        self._pulled = 0.0  # when the engine's snapshot was last taken
         self._layout_done = False
         # File > Open or Export results runs between two frames: the phases it reports draw frames of their own
         # (only then: a phase frame's ImGui frame takes the input events queued for the next real frame)
@@ -310,11 +311,17 @@ class ViewerApp:
                 dirty, settle = True, self.SETTLE_FRAMES
                 self._input_time = time.perf_counter()
             glfw.poll_events()
-            if self._events != seen_events:
+            # ImGui trickles queued input (typed text: one key a frame); events it still holds are input too
+            if self._events != seen_events or len(imgui.get_current_context().input_events_queue):
                 seen_events, settle = self._events, self.SETTLE_FRAMES
                 self._input_time = time.perf_counter()
-            self._rest(time.perf_counter())
-            dirty |= state.pull()
+            now = time.perf_counter()
+            self._rest(now)
+            if not state.at_rest or now - self._pulled >= 1.0 / self.rest_snapshot_fps:
+                # at rest snapshots are taken only as often as they are drawn: an in-process engine renders
+                # the panes' images only for snapshots read (images_on_demand)
+                dirty |= state.pull()
+                self._pulled = now
             dirty |= state.preview_changed()
             wait = self._due(time.perf_counter(), last_draw, dirty, settle)
             if wait > 0:
@@ -387,7 +394,8 @@ def build(scene_path: str, device: str | None = None, scene=None) -> tuple[AppSt
         document.fix_all(problem)
     # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
     # training live, so the image panes of field scenes refresh once a second instead of ten times.
-    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1)
+    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1,
+                    images_on_demand=True)
     state = AppState.from_problem(problem, engine)
     state.problem = problem
     state.editor = editor
