@@ -218,3 +218,28 @@ def test_images_on_demand_follow_the_reader(engine):
     while engine.problem.step_index < step + 5:
         time.sleep(0.05)
     assert len(renders) - before >= 4
+
+
+def test_pane_render_reuses_the_steps_render(device):
+    """`view_images` takes the last step's render of the active view while nothing but that step's update
+    changed (no forward pass of its own); after an edit, another active view or a render setting it renders."""
+    scene = load_scene(ROOT / "scenes" / "light.json")
+    for cam in scene.cameras.values():
+        cam.width, cam.height = 32, 32
+        cam.intrinsics[:] = [cam.intrinsics[0] * 32 / 128, cam.intrinsics[1] * 32 / 128, 16, 16]
+    problem = Problem(scene, device)
+    problem.batch_views = len(problem.views)  # every view in each step's batch
+    renders = []
+    render = problem.model.render
+    problem.model.render = lambda *a, **k: renders.append(a[0]) or render(*a, **k)
+    problem.step()
+    step_image = problem._step_render[1]
+    out = problem.view_images()
+    assert renders == [] and out["render"] is step_image
+    problem.ds.set(LIGHT, problem.ds.get(LIGHT) + 0.1)  # an edit: the pane renders the new value
+    fresh = problem.view_images()["render"]
+    assert renders == [problem.active_view] and not np.array_equal(fresh, step_image)
+    problem.step()
+    problem.scene.render.shadows = not problem.scene.render.shadows  # a render setting
+    problem.view_images()
+    assert len(renders) == 2

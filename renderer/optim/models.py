@@ -291,9 +291,10 @@ class MeshModel:
     def result_images(self) -> dict[str, np.ndarray]:
         return {}
 
-    def view_images(self, camera: str, param_grads: dict) -> dict:
+    def view_images(self, camera: str, param_grads: dict, render: np.ndarray | None = None) -> dict:
+        """`render`: the image of `camera` when the caller has it (the last step's), else rendered here."""
         kind = self.p.ds.kind
-        return {"render": self.render(camera).numpy(),
+        return {"render": self.render(camera).numpy() if render is None else render,
                 "texture_grads": {p: g for p, g in param_grads.items()
                                   if kind(p) in IMAGE_GRAD_KINDS and g.shape[0] > 1},
                 "vertex_grads": {p: g for p, g in param_grads.items() if kind(p) is Kind.VERTICES}}
