@@ -47,7 +47,9 @@ def serve(scene_path: str, device: str | None, record_dir: str | None, out=sys.s
     except (SceneError, ValueError) as exc:
         print(f"drstudio view: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
-    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1)
+    # images rendered only as often as the attached viewer reads them (it polls slower while nobody touches it)
+    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1,
+                    images_on_demand=True)
     recorder = None
     if record_dir is not None:
         from drstudio.renderer.recording import Recorder, next_recording_dir

@@ -6,6 +6,8 @@
 uniform sampler2D u_albedo;     // linear RGB; v = 0 is the top row (first row uploaded)
 uniform sampler2D u_roughness;  // R
 uniform sampler2D u_metallic;   // R
+uniform sampler2D u_emission;   // linear RGB emitted radiance (zero for most materials)
+uniform int u_emission_one_sided;  // 1 (path mode): emitted only on the side the CCW normal faces, as the path tracer
 uniform int u_model;            // 0 Lambert, 1 GGX
 uniform vec3 u_eye;             // camera position (world)
 uniform int u_gouraud;          // 1: the vertex shader shaded (soft render mode)
@@ -34,6 +36,10 @@ void main() {
         float roughness = texture(u_roughness, v_uv).r;
         float metallic = texture(u_metallic, v_uv).r;
         radiance = shade(v_position, v_normal, u_eye, albedo, roughness, metallic, u_model);
+    }
+    // emissive materials: the renderer adds the emission to the shaded color (rasterized modes, both sides)
+    if (u_emission_one_sided == 0 || gl_FrontFacing) {
+        radiance += texture(u_emission, v_uv).rgb;
     }
     if (u_output_linear != 0) {
         f_color = vec4(radiance, 1.0);

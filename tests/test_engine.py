@@ -214,3 +214,53 @@ def test_an_engine_that_renders_no_images_never_renders_a_view(device):
     finally:
         eng.shutdown()
     assert snap.step == 3 and snap.render is None and rendered == []
+
+
+def test_images_on_demand_follow_the_reader(engine):
+    """`images_on_demand`: while running, the active view is rendered for snapshots only after a reader took
+    the last ones (an attached viewer at rest polls four times a second: as many renders, not ten)."""
+    problem = engine.problem
+    engine.images_on_demand, engine.image_interval = True, 0.0
+    renders = []
+    view_images = problem.view_images
+    problem.view_images = lambda *a, **k: renders.append(1) or view_images(*a, **k)
+    engine.send("set_steps", 10**6)
+    engine.send("start")
+    engine.wait(lambda s: s.step >= 3, timeout=120)  # wait() reads snapshots: images follow
+    import time
+
+    before, step = len(renders), engine.problem.step_index
+    time.sleep(1.0)  # nobody reads: at most the one render after the last read
+    while engine.problem.step_index < step + 5:
+        time.sleep(0.05)
+    assert len(renders) - before <= 1
+    engine.images_on_demand = False  # the default: every step (image_interval 0)
+    before, step = len(renders), engine.problem.step_index
+    while engine.problem.step_index < step + 5:
+        time.sleep(0.05)
+    assert len(renders) - before >= 4
+
+
+def test_pane_render_reuses_the_steps_render(device):
+    """`view_images` takes the last step's render of the active view while nothing but that step's update
+    changed (no forward pass of its own); after an edit, another active view or a render setting it renders."""
+    scene = load_scene(ROOT / "scenes" / "light.json")
+    for cam in scene.cameras.values():
+        cam.width, cam.height = 32, 32
+        cam.intrinsics[:] = [cam.intrinsics[0] * 32 / 128, cam.intrinsics[1] * 32 / 128, 16, 16]
+    problem = Problem(scene, device)
+    problem.batch_views = len(problem.views)  # every view in each step's batch
+    renders = []
+    render = problem.model.render
+    problem.model.render = lambda *a, **k: renders.append(a[0]) or render(*a, **k)
+    problem.step()
+    step_image = problem._step_render[1]
+    out = problem.view_images()
+    assert renders == [] and out["render"] is step_image
+    problem.ds.set(LIGHT, problem.ds.get(LIGHT) + 0.1)  # an edit: the pane renders the new value
+    fresh = problem.view_images()["render"]
+    assert renders == [problem.active_view] and not np.array_equal(fresh, step_image)
+    problem.step()
+    problem.scene.render.shadows = not problem.scene.render.shadows  # a render setting
+    problem.view_images()
+    assert len(renders) == 2

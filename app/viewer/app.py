@@ -86,7 +86,11 @@ class ViewerApp:
     """The window and its frame loop. Frames are drawn on demand (software GL pays for every pixel
     of every frame, and those cycles are the optimizer's): at up to `max_fps` while there is input
     (and for a few frames after it), when a new snapshot arrives (at most `snapshot_fps`), and at
-    least `running_fps` while the optimizer runs (so the window stays fluid), `idle_fps` otherwise."""
+    least `running_fps` while the optimizer runs (so the window stays fluid), `idle_fps` otherwise.
+    At rest (no input for `rest_after` seconds) new snapshots are drawn at most `rest_snapshot_fps` times a
+    second and nothing else is drawn more often than `rest_fps`; an attached engine is polled as often
+    (`RemoteEngine.poll`), and the 3D view redraws for new optimizer values at most `viewport.REST_REDRAW_FPS`:
+    a viewer nobody touches leaves the CPU to the optimizer. The first input draws at full rate again."""
 
     SETTLE_FRAMES = 4  # frames drawn after the last input event (ImGui hover/active states settle)
     # Replay mode (replay_mode.run_replay) sets these: windows drawn after the standard ones
@@ -95,7 +99,8 @@ class ViewerApp:
     bottom_window: str | None = None
 
     def __init__(self, state: AppState, *, title: str, size=(1280, 720), max_fps: float = 40.0,
-                 snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0, opener=None):
+                 snapshot_fps: float = 10.0, idle_fps: float = 10.0, running_fps: float = 30.0, opener=None,
+                 rest_after: float = 2.0, rest_snapshot_fps: float = 4.0, rest_fps: float = 2.0):
         self.state = state
         # opener(path) -> AppState: File > Open (a new scene's state, its engine running and the old scene's
         # ended), raising SceneError / ValueError / OSError with the CLI's message for a scene it cannot open
@@ -106,6 +111,9 @@ class ViewerApp:
         self.snapshot_fps = snapshot_fps
         self.idle_fps = idle_fps
         self.running_fps = running_fps
+        self.rest_after, self.rest_snapshot_fps, self.rest_fps = rest_after, rest_snapshot_fps, rest_fps
+        self._input_time = time.perf_counter()  # the last input event (or open, or a blocking job)
+        self._pulled = 0.0  # when the engine's snapshot was last taken
         self._layout_done = False
         # File > Open or Export results runs between two frames: the phases it reports draw frames of their own
         # (only then: a phase frame's ImGui frame takes the input events queued for the next real frame)
@@ -202,11 +210,23 @@ class ViewerApp:
         since = now - last_draw
         if settle > 0 or state.gizmo_dragging or state.gl.viewport.moving or state.throttle.pending():
             return 1.0 / self.max_fps - since
+        if state.at_rest:
+            return 1.0 / (self.rest_snapshot_fps if dirty else self.rest_fps) - since
         snap = state.snapshot
         floor = self.running_fps if snap is not None and snap.state == "running" else self.idle_fps
         if dirty:
             return 1.0 / max(self.snapshot_fps, floor) - since
         return 1.0 / floor - since
+
+    def _rest(self, now: float) -> None:
+        """Enter or leave the rest state (no input for `rest_after` s); an attached engine polls accordingly."""
+        state = self.state
+        rest = now - self._input_time >= self.rest_after and state.open_request is None \
+            and state.export_request is None and state.dialog is None
+        if rest != state.at_rest:
+            state.at_rest = rest
+            if hasattr(state.engine, "poll"):  # RemoteEngine: snapshots fetched as often as they are drawn
+                state.engine.poll = 1.0 / self.rest_snapshot_fps if rest else 1.0 / self.snapshot_fps
 
     def _phase_frame(self, window, ctx: moderngl.Context, event: str, phase) -> None:
         """A frame with only the progress of `phase` (name, bar, ETA), drawn while work between two frames
@@ -285,13 +305,23 @@ class ViewerApp:
             if state.open_request is not None and self.opener is not None:
                 self._open(window, ctx)
                 state, dirty, settle = self.state, True, self.SETTLE_FRAMES
+                self._input_time = time.perf_counter()
             if state.export_request is not None:
                 self._export()
                 dirty, settle = True, self.SETTLE_FRAMES
+                self._input_time = time.perf_counter()
             glfw.poll_events()
-            if self._events != seen_events:
+            # ImGui trickles queued input (typed text: one key a frame); events it still holds are input too
+            if self._events != seen_events or len(imgui.get_current_context().input_events_queue):
                 seen_events, settle = self._events, self.SETTLE_FRAMES
-            dirty |= state.pull()
+                self._input_time = time.perf_counter()
+            now = time.perf_counter()
+            self._rest(now)
+            if not state.at_rest or now - self._pulled >= 1.0 / self.rest_snapshot_fps:
+                # at rest snapshots are taken only as often as they are drawn: an in-process engine renders
+                # the panes' images only for snapshots read (images_on_demand)
+                dirty |= state.pull()
+                self._pulled = now
             dirty |= state.preview_changed()
             wait = self._due(time.perf_counter(), last_draw, dirty, settle)
             if wait > 0:
@@ -364,7 +394,8 @@ def build(scene_path: str, device: str | None = None, scene=None) -> tuple[AppSt
         document.fix_all(problem)
     # A field's render of the active view costs many optimizer steps; the viewport's field preview shows
     # training live, so the image panes of field scenes refresh once a second instead of ten times.
-    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1)
+    engine = Engine(problem, image_interval=1.0 if problem.field_training is not None else 0.1,
+                    images_on_demand=True)
     state = AppState.from_problem(problem, engine)
     state.problem = problem
     state.editor = editor
@@ -376,6 +407,10 @@ def build(scene_path: str, device: str | None = None, scene=None) -> tuple[AppSt
         # threads loading the same module at once crash Warp (a launch through a replaced module).
         source.render(np.array([0, 0, 4, 0, 0, 0, 1], np.float32), np.array([2, 2, 1, 1], np.float32), 2, 2)
         state.preview = FieldPreview(source, engine)
+    elif scene.meshes:  # render mode "path": the viewport's progressive path-traced preview (idle otherwise)
+        from .path_preview import PathPreview
+
+        state.path_preview = PathPreview(problem.scene, str(problem.ds.device))
     return state, engine
 
 
@@ -386,7 +421,12 @@ def build_attached(address: tuple[str, int], token: str) -> tuple[AppState, obje
 
     engine = RemoteEngine(address, token)
     scene = open_scene(engine.description["scene"])
-    return AppState.from_description(scene, engine, engine.description), engine
+    state = AppState.from_description(scene, engine, engine.description)
+    if scene.meshes and not scene.fields:
+        from .path_preview import PathPreview
+
+        state.path_preview = PathPreview(scene, "cpu")  # this process's own renders stay on the CPU
+    return state, engine
 
 
 class LiveSession:
@@ -401,13 +441,15 @@ class LiveSession:
             state.record_dir = recorder.dir  # File > Save render / Screenshot write there
             print(f"recording to {recorder.dir}", file=sys.stderr)
         engine.start_thread()
-        if state.preview is not None:
-            state.preview.start()
+        for preview in (state.preview, state.path_preview):
+            if preview is not None:
+                preview.start()
 
     def end(self) -> None:
         state, engine = self.state, self.engine
-        if state.preview is not None:
-            state.preview.stop()
+        for preview in (state.preview, state.path_preview):
+            if preview is not None:
+                preview.stop()
         if state.video is not None and state.video.job is not None:
             state.video.job.cancel()
             state.video.job.join(30)

@@ -27,19 +27,31 @@ import shutil
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 
-def _steps_rate(engine, warmup: float, seconds: float) -> float:
+def _steps_rate(engine, warmup: float, seconds: float) -> tuple[float, float]:
+    """(steps/s, CPU ms per step of this process) over `seconds` after `warmup`."""
     time.sleep(warmup)
-    s0, t0 = engine.snapshot().step, time.perf_counter()
+    s0, t0, c0 = engine.snapshot().step, time.perf_counter(), time.process_time()
     time.sleep(seconds)
-    s1, t1 = engine.snapshot().step, time.perf_counter()
-    return (s1 - s0) / (t1 - t0)
+    s1, t1, c1 = engine.snapshot().step, time.perf_counter(), time.process_time()
+    return (s1 - s0) / (t1 - t0), (c1 - c0) * 1000.0 / max(s1 - s0, 1)
 
 
-def headless(scene_path: str, device: str, seconds: float, warmup: float, publish_images: bool) -> float:
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def headless(scene_path: str, device: str, seconds: float, warmup: float, publish_images: bool) -> tuple[float, float]:
     from drstudio.renderer.loading import load_scene
     from drstudio.renderer.optim.engine import Engine
     from drstudio.renderer.optim.problem import Problem
@@ -75,7 +87,7 @@ def _orbit_mouse(state, stop: threading.Event) -> None:
 
 
 def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: bool = False,
-           process: bool = False) -> tuple[float, float, float, dict]:
+           process: bool = False, rest: bool = True) -> tuple[float, float, float, dict]:
     """(steps/s, median frames/s, 5th-percentile frames/s, field preview stats) with the viewer open;
     `process`: the optimizer in a child process (`drstudio view --engine process`), the viewer attached."""
     from .app import ViewerApp, build, build_attached
@@ -108,15 +120,18 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
             marks["mouse"].start()
         if t >= warmup and "t0" not in marks:
             marks["t0"], marks["s0"] = now, st.snapshot.step
+            marks["cpu0"] = (time.process_time(), process_cpu(child.proc.pid) if child else 0.0)
         if "t0" in marks:
             frame_times.append(now)
             if now - marks["t0"] >= seconds:
                 marks["t1"], marks["s1"] = now, st.snapshot.step
+                marks["cpu1"] = (time.process_time(), process_cpu(child.proc.pid) if child else 0.0)
                 st.quit = True
 
     preview = {}
     try:
-        ViewerApp(state, title="drstudio bench").run(on_frame=on_frame)
+        # rest=False: the window never rests (as before the rest state: >= 30 frames/s while running)
+        ViewerApp(state, title="drstudio bench", rest_after=2.0 if rest else float("inf")).run(on_frame=on_frame)
     finally:
         stop.set()
         if "mouse" in marks:
@@ -130,12 +145,18 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
         if child is not None:
             child.close()
     dt = np.diff(frame_times)
-    steps = (marks["s1"] - marks["s0"]) / (marks["t1"] - marks["t0"])
+    n = marks["s1"] - marks["s0"]
+    steps = n / (marks["t1"] - marks["t0"])
+    # CPU ms per optimizer step: of the viewer's process (UI, and the engine when it is a thread) and of the child
+    cpu = {"ui_ms_per_step": (marks["cpu1"][0] - marks["cpu0"][0]) * 1000.0 / max(n, 1),
+           "child_ms_per_step": (marks["cpu1"][1] - marks["cpu0"][1]) * 1000.0 / max(n, 1),
+           "ui_cpu_share": (marks["cpu1"][0] - marks["cpu0"][0]) / (marks["t1"] - marks["t0"])}
+    preview = dict(preview, cpu=cpu)
     return steps, 1.0 / float(np.median(dt)), 1.0 / float(np.percentile(dt, 95)), preview
 
 
 def _preview_text(stats: dict) -> str:
-    if not stats:
+    if not stats or "ms_by_scale" not in stats:
         return ""
     steps = ", ".join(f"{'full' if s == 1 else f'1/{round(1 / s)}'} {ms:.0f} ms"
                       for s, ms in stats["ms_by_scale"].items())
@@ -190,6 +211,11 @@ def main(argv=None) -> int:
                         help="also run the viewer with its optimizer in a child process (drstudio view --engine "
                         "process), watching and orbiting")
     parser.add_argument("--only-watching", action="store_true", help="skip the runs with the mouse orbiting")
+    parser.add_argument("--no-rest", action="store_true",
+                        help="with --process: also a run whose window never rests (30 frames/s while running)")
+    parser.add_argument("--process-only", action="store_true",
+                        help="headless and the viewer with its optimizer in a child process only (no in-process "
+                        "viewer, no headless + images run)")
     args = parser.parse_args(argv)
     if args.preview_steps:
         for scene in args.scenes:
@@ -203,38 +229,56 @@ def main(argv=None) -> int:
     rows, process_rows = [], []
     skipped = (float("nan"),) * 3 + ({},)
     for scene in args.scenes:
-        a = headless(scene, args.device, args.seconds, args.warmup, publish_images=False)
-        b = headless(scene, args.device, args.seconds, args.warmup, publish_images=True)
-        watch = viewer(scene, args.device, args.seconds, args.warmup)
-        orbit = skipped if args.only_watching else viewer(scene, args.device, args.seconds, args.warmup, orbit=True)
+        print(f"{scene}: load average {load_average()}", flush=True)
+        a, a_cpu = headless(scene, args.device, args.seconds, args.warmup, publish_images=False)
+        print(f"{scene}: headless {a:.2f} steps/s, {a_cpu:.1f} CPU ms/step (load {load_average()})", flush=True)
+        if args.process_only:
+            b, watch, orbit = float("nan"), skipped, skipped
+        else:
+            b = headless(scene, args.device, args.seconds, args.warmup, publish_images=True)[0]
+            watch = viewer(scene, args.device, args.seconds, args.warmup)
+            orbit = skipped if args.only_watching else viewer(scene, args.device, args.seconds, args.warmup,
+                                                             orbit=True)
+            print(f"{scene}: +images {b:.2f}; viewer watching {watch[0]:.2f} steps/s at {watch[1]:.1f} fps; "
+                  f"orbiting {orbit[0]:.2f} steps/s at {orbit[1]:.1f} fps (5% of frames below {orbit[2]:.1f} fps)"
+                  f" (load {load_average()})", flush=True)
         rows.append((scene, a, b, watch, orbit))
-        if args.process:
+        if args.process or args.process_only:
+            if args.no_rest:
+                nr = viewer(scene, args.device, args.seconds, args.warmup, process=True, rest=False)
+                cpu = nr[3].get("cpu", {})
+                print(f"{scene}: engine in a child process, window never at rest: {nr[0]:.2f} steps/s "
+                      f"({nr[0] / a:.0%}) at {nr[1]:.1f} fps, CPU ms/step child {cpu.get('child_ms_per_step', 0):.1f}"
+                      f" + viewer {cpu.get('ui_ms_per_step', 0):.1f} (load {load_average()})", flush=True)
             p_watch = viewer(scene, args.device, args.seconds, args.warmup, process=True)
             p_orbit = (skipped if args.only_watching
                        else viewer(scene, args.device, args.seconds, args.warmup, orbit=True, process=True))
-            process_rows.append((scene, a, p_watch, p_orbit))
-            print(f"{scene}: engine in a child process: watching {p_watch[0]:.2f} steps/s at {p_watch[1]:.1f} fps; "
-                  f"orbiting {p_orbit[0]:.2f} steps/s at {p_orbit[1]:.1f} fps", flush=True)
-        print(f"{scene}: headless {a:.2f} steps/s, +images {b:.2f}; viewer watching {watch[0]:.2f} steps/s "
-              f"at {watch[1]:.1f} fps; orbiting {orbit[0]:.2f} steps/s at {orbit[1]:.1f} fps "
-              f"(5% of frames below {orbit[2]:.1f} fps)", flush=True)
+            process_rows.append((scene, a, a_cpu, p_watch, p_orbit))
+            cpu = p_watch[3].get("cpu", {})
+            print(f"{scene}: engine in a child process: watching {p_watch[0]:.2f} steps/s ({p_watch[0] / a:.0%}) at "
+                  f"{p_watch[1]:.1f} fps, CPU ms/step child {cpu.get('child_ms_per_step', 0):.1f} + viewer "
+                  f"{cpu.get('ui_ms_per_step', 0):.1f} (viewer {cpu.get('ui_cpu_share', 0):.0%} of a core); "
+                  f"orbiting {p_orbit[0]:.2f} steps/s at {p_orbit[1]:.1f} fps (load {load_average()})", flush=True)
         for label, run in (("watching", watch), ("orbiting", orbit)):
-            if run[3]:
+            if _preview_text(run[3]):
                 print(f"  {label}: {_preview_text(run[3])}", flush=True)
     print()
-    print("| scene | headless steps/s | + snapshot images | viewer watching: steps/s, fps | "
-          "viewer orbiting: steps/s, fps (median / 5th pct) |")
-    print("|---|---|---|---|---|")
-    for scene, a, b, watch, orbit in rows:
-        print(f"| {scene} | {a:.2f} | {b:.2f} ({b / a:.0%}) | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f} | "
-              f"{orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
+    if not args.process_only:
+        print("| scene | headless steps/s | + snapshot images | viewer watching: steps/s, fps | "
+              "viewer orbiting: steps/s, fps (median / 5th pct) |")
+        print("|---|---|---|---|---|")
+        for scene, a, b, watch, orbit in rows:
+            print(f"| {scene} | {a:.2f} | {b:.2f} ({b / a:.0%}) | {watch[0]:.2f} ({watch[0] / a:.0%}), "
+                  f"{watch[1]:.0f} | {orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
     if process_rows:
         print()
-        print("| scene | headless steps/s | engine in a child process, watching: steps/s, fps | orbiting: steps/s, "
-              "fps (median / 5th pct) |")
+        print("| scene | headless steps/s, CPU ms/step | engine in a child process, watching: steps/s, fps; CPU "
+              "ms/step child + viewer | orbiting: steps/s, fps (median / 5th pct) |")
         print("|---|---|---|---|")
-        for scene, a, watch, orbit in process_rows:
-            print(f"| {scene} | {a:.2f} | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f} | "
+        for scene, a, a_cpu, watch, orbit in process_rows:
+            cpu = watch[3].get("cpu", {})
+            print(f"| {scene} | {a:.2f}, {a_cpu:.1f} | {watch[0]:.2f} ({watch[0] / a:.0%}), {watch[1]:.0f}; "
+                  f"{cpu.get('child_ms_per_step', 0):.1f} + {cpu.get('ui_ms_per_step', 0):.1f} | "
                   f"{orbit[0]:.2f} ({orbit[0] / a:.0%}), {orbit[1]:.0f} / {orbit[2]:.0f} |")
     return 0
 

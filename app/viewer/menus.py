@@ -190,7 +190,7 @@ def _write(state: AppState, what: str, path: Path) -> None:
         from .save_scene import save_scene_as
 
         try:
-            files = save_scene_as(state.scene, state.values, path, state.render)
+            files = save_scene_as(state.scene, state.values, path, state.render, faces=state.mesh_faces)
         except (OSError, ValueError) as exc:
             state.send_error = f"save scene as {path}: {exc}"
             return

@@ -21,6 +21,8 @@ from imgui_bundle import imgui
 
 COLORMAPS = ("viridis", "magma", "inferno", "turbo", "coolwarm")
 OVERLAYS = ("image", "texture", "geometry", "params")
+# what the texture overlay can show on the meshes (emission: path mode, and emissive materials anywhere)
+OVERLAY_TEXTURES = (Kind.ALBEDO, Kind.ROUGHNESS, Kind.METALLIC, Kind.EMISSION)
 
 
 @dataclass

@@ -18,8 +18,8 @@ from imgui_bundle import imgui, implot
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
 from .menus import edit_menu, file_menu, render_menu, view_menu
-from .overlays import COLORMAPS, OVERLAYS, auto_vmax, draw_legend, magnitudes
-from .state import GROUPS, TEXTURES, AppState, ParamInfo
+from .overlays import COLORMAPS, OVERLAY_TEXTURES, OVERLAYS, auto_vmax, draw_legend, magnitudes
+from .state import GROUPS, AppState, ParamInfo
 from .windows import begin, remember
 
 WINDOWS = ("Viewport", "Images", "Scene", "Inspector", "Optimizer", "Views", "Overlays", "Camera path")
@@ -761,6 +761,13 @@ def overlays_panel(state: AppState) -> None:
     if state.preview is not None:  # scenes with fields: the field preview's options first
         field_settings(state)
         imgui.separator_text("Gradient overlays")
+    elif state.path_preview is not None and state.render.mode == "path":
+        _, state.path_view = imgui.checkbox("path-traced preview", state.path_view)
+        remember(state, "path_view")
+        _tooltip("render mode path: the viewport accumulates path-traced samples while nothing changes\n"
+                 "(restarting on a camera move or an edit); off, or while the camera moves, or with a\n"
+                 "gradient overlay on the meshes: the OpenGL rasterization (emission and environment shown)")
+        imgui.separator_text("Gradient overlays")
     ov = state.overlays
     for name in OVERLAYS:
         changed, on = imgui.checkbox(OVERLAY_LABELS[name], ov.on(name))
@@ -789,10 +796,12 @@ def overlays_panel(state: AppState) -> None:
     imgui.set_next_item_width(140)
     _, ov.arrow_length = imgui.slider_float("arrow length", ov.arrow_length, 0.01, 1.0)
     imgui.set_next_item_width(140)
-    changed, idx = imgui.combo("texture gradient of", TEXTURES.index(ov.texture_property),
-                               [k.value for k in TEXTURES])
+    changed, idx = imgui.combo("texture gradient of", OVERLAY_TEXTURES.index(ov.texture_property),
+                               [k.value for k in OVERLAY_TEXTURES])
+    _tooltip("which material property's gradient the texture overlay draws on the meshes (a constant's is\n"
+             "one color per material); an environment light's gradient is drawn over the background")
     if changed:
-        ov.texture_property = TEXTURES[idx]
+        ov.texture_property = OVERLAY_TEXTURES[idx]
     imgui.separator_text("Gizmos")
     for op in ("translate", "rotate", "scale"):
         if imgui.radio_button(op, state.gizmo.operation == op):

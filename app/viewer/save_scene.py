@@ -57,10 +57,12 @@ def _same(value, file_value) -> bool:
     return a.size == b.size and np.array_equal(a.reshape(b.shape), b)
 
 
-def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
+def save_scene_as(scene, values: dict, dest, render=None, faces: dict | None = None) -> list[Path]:
     """Write `scene` (loaded from `scene.path`) with `values` (dotted path -> array, the viewer's current
     values) and `render` (a RenderSettings, the viewer's current ones; None: the file's) to `dest` (.json),
-    and the textures and meshes that changed beside it. Returns the files written.
+    and the textures and meshes that changed beside it. Returns the files written. `faces` (mesh name ->
+    (F, 3)): meshes whose optimized topology is their own (a remesh; `AppState.mesh_faces`), written with
+    these faces and their vertices from `values` (no uvs: zeros; colors are not optimizable then).
     ValueError for a scene with radiance fields (their grids are saved by `drstudio optimize`)."""
     dest = Path(dest)
     if getattr(scene, "fields", None):
@@ -113,12 +115,15 @@ def save_scene_as(scene, values: dict, dest, render=None) -> list[Path]:
             continue
         verts, uvs, colors = (np.asarray(getattr(mesh, leaf) if a is None else a, np.float32).reshape(-1, n)
                               for (leaf, a), n in zip(arrays.items(), (3, 2, 3)))
+        mesh_faces = mesh.faces if faces is None or name not in faces else np.asarray(faces[name], np.int32)
+        if len(uvs) != len(verts) or len(colors) != len(verts):  # a topology of its own: no per-vertex uvs/colors
+            uvs, colors = np.zeros((len(verts), 2), np.float32), np.ones((len(verts), 3), np.float32)
         has_colors = not np.allclose(colors, 1.0)
         path = dest.parent / f"{dest.stem}.{name}{'.glb' if has_colors else '.obj'}"
         if has_colors:
-            write_mesh(path, verts, mesh.faces, vertex_colors=colors)
+            write_mesh(path, verts, mesh_faces, vertex_colors=colors)
         else:
-            write_obj(path, verts, mesh.faces, uvs)
+            write_obj(path, verts, mesh_faces, uvs)
         written.append(path)
         spec.pop("primitive", None)
         spec["file"] = path.name

@@ -197,6 +197,10 @@ class AppState:
 
         self.snapshot: Snapshot = engine.snapshot()
         self.serial = 0  # bumps with every new snapshot
+        # faces of the optimized meshes of a topology of their own (snapshot.meshes: a shape init, a remesh);
+        # their vertices are in `values`. `faces(name)` is the one place the viewer asks for a mesh's faces.
+        self.mesh_faces: dict[str, np.ndarray] = {}
+        self._take_meshes(self.snapshot)
         self.free: set[str] = set(self.snapshot.free)
         self.active_view: str = self.snapshot.active_view or (views[0] if views else "")
         self.error_history: dict[str, list[tuple[int, float]]] = {}
@@ -240,6 +244,7 @@ class AppState:
         self.window_pos = (0, 0)  # of the OS window on the screen (ImGui coordinates are window-relative)
         self.view_proj = np.eye(4)  # of the free camera, last frame
         self.gizmo_dragging = False
+        self.at_rest = False  # no input for a while: frames, polls and 3D redraws slow down (ViewerApp)
         self.docked: dict[str, bool] = {}  # window name -> docked last frame
         self.gl = None  # the app's GL resources (created after GL init, released before exit)
         self.screenshot = None  # callable() -> (H, W, 3) uint8 of the back buffer (set by the app)
@@ -249,7 +254,11 @@ class AppState:
         # Scenes with radiance fields (app.build sets `preview`, a field_preview.FieldPreview).
         self.preview = None
         self.field_view = FieldViewSettings()
-        self._preview_seen = (None, None)
+        self._preview_seen = (None, None, None)
+        # Mesh scenes: the progressive path-traced preview of render mode "path" (app.build sets it, a
+        # path_preview.PathPreview); `path_view`: the Overlays window's "path-traced preview" checkbox.
+        self.path_preview = None
+        self.path_view = True
         self.problem = None  # the Problem (for the video export's renderers; never stepped here)
         self.editor = False  # the scene has no optimize section: a viewer/editor (document.editor_scene)
         self.opened_at = time.monotonic()  # when this scene was opened (the results' "seconds")
@@ -462,6 +471,7 @@ class AppState:
         self.snapshot = snap
         self.serial += 1
         self.values.update(snap.values)
+        self._take_meshes(snap)
         self.free = set(snap.free)
         if snap.active_view:
             self.active_view = snap.active_view
@@ -482,13 +492,29 @@ class AppState:
                 hist.append((snap.step, float(err)))
         return True
 
+    def _take_meshes(self, snap) -> None:
+        """The vertices and faces of optimized meshes of their own topology (`snapshot.meshes`). The faces
+        array is kept while the topology is the same (a new array means new GL buffers)."""
+        for name, mesh in getattr(snap, "meshes", {}).items():
+            if self.scene is None or name not in self.scene.meshes:
+                continue
+            self.values[param_path(Group.MESHES, name, "vertices")] = mesh["vertices"]
+            old = self.mesh_faces.get(name)
+            faces = np.asarray(mesh["faces"], np.int32)
+            if old is None or old.shape != faces.shape or not np.array_equal(old, faces):
+                self.mesh_faces[name] = faces
+
+    def faces(self, name: str) -> np.ndarray:
+        """(F, 3) faces of mesh `name` as the optimizer has it now (`values` holds its vertices)."""
+        faces = self.mesh_faces.get(name)
+        return self.scene.meshes[name].faces if faces is None else faces
+
     def preview_changed(self) -> bool:
-        """True when the field preview thread published an image or occupancy points not drawn yet."""
-        pv = self.preview
-        if pv is None:
-            return False
-        now = (pv.latest, pv.occupancy)
-        if now[0] is self._preview_seen[0] and now[1] is self._preview_seen[1]:
+        """True when the field preview thread published an image or occupancy points not drawn yet, or the
+        path preview a frame."""
+        pv, pp = self.preview, self.path_preview
+        now = (pv.latest if pv else None, pv.occupancy if pv else None, pp.latest if pp else None)
+        if all(a is b for a, b in zip(now, self._preview_seen)):
             return False
         self._preview_seen = now
         return True

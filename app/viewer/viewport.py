@@ -22,11 +22,13 @@ from imgui_bundle import imgui, imguizmo
 
 from . import geometry, gizmos
 from .camera import gl_bytes, intrinsics_projection, pose_view
-from .field_layer import FieldLayer
+from .field_layer import FieldLayer, FieldViewSettings
 from .field_preview import LADDER, PreviewRequest
 from .glsl import program, set_uniform, write_uniform
 from .lights import PackedLights, pack_lights
 from .overlays import arrow_lines, auto_vmax, draw_legend, magnitudes
+from .path_preview import PathRequest
+from .path_preview import status as path_status
 from .shadows import ShadowMaps
 from .state import TEXTURES, AppState
 from .uploads import Uploader
@@ -35,22 +37,26 @@ CURRENT_COLOR = (0.25, 0.85, 1.0, 1.0)  # markers of the optimized scene
 TARGET_COLOR = (1.0, 0.6, 0.15, 1.0)  # markers of the target scene
 ARROW_COLOR = (1.0, 0.25, 0.3, 1.0)  # -gradient arrows of lights and cameras
 MOVING_SCALE = 0.5  # resolution while the camera moves
-HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT, LIGHTS_UNIT = 3, 4, 5, 6  # texture units of the mesh program (0-2: TEXTURES)
+HEAT_UNIT, COLORMAP_UNIT, SHADOW_UNIT, LIGHTS_UNIT, EMISSION_UNIT = 3, 4, 5, 6, 7  # of the mesh program (0-2: TEXTURES)
+ENV_UNIT, ENV_HEAT_UNIT, ENV_COLORMAP_UNIT = 0, 1, 2  # texture units of the environment program
 SNAPSHOT_REDRAW_FPS = 5.0  # new optimizer values redraw the 3D view at most this often (input: always)
+REST_REDRAW_FPS = 1.0  # ... and this often when nobody has touched the window for a while (AppState.at_rest)
 
 gizmo = imguizmo.im_guizmo
 
 
 class _MeshGL:
-    """GL buffers of one mesh; world positions/normals re-uploaded when its values change."""
+    """GL buffers of one mesh (`v` vertices, `faces`); world positions/normals re-uploaded when its values
+    change. A new topology (a remeshed optimized mesh) gets new buffers (`Viewport.sync`)."""
 
-    def __init__(self, ctx: moderngl.Context, prog: moderngl.Program, mesh):
-        v = len(mesh.vertices)
+    def __init__(self, ctx: moderngl.Context, prog: moderngl.Program, v: int, faces: np.ndarray):
+        self.faces = faces  # the faces array in the index buffer (identity: a new topology is a new array)
+        self.n = v
         self.pos_nrm = ctx.buffer(reserve=v * 24)
         self.uv = ctx.buffer(reserve=v * 8)
         self.color = ctx.buffer(reserve=v * 12)
         self.heat = ctx.buffer(np.zeros(v, np.float32).tobytes())
-        self.ibo = ctx.buffer(np.ascontiguousarray(mesh.faces, np.int32).tobytes())
+        self.ibo = ctx.buffer(np.ascontiguousarray(faces, np.int32).tobytes())
         self.vao = ctx.vertex_array(prog, [(self.pos_nrm, "3f 3f", "in_position", "in_normal"),
                                            (self.uv, "2f", "in_uv"), (self.color, "3f", "in_color"),
                                            (self.heat, "1f", "in_heat")], index_buffer=self.ibo)
@@ -75,13 +81,27 @@ class Viewport:
         set_uniform(self.mesh_prog, "u_heat_texture", HEAT_UNIT)
         set_uniform(self.mesh_prog, "u_colormap", COLORMAP_UNIT)
         set_uniform(self.mesh_prog, "u_lights", LIGHTS_UNIT)
+        set_uniform(self.mesh_prog, "u_emission", EMISSION_UNIT)
+        # the environment light (path mode) as the background: shaders/environment.frag
+        self.env_prog = program(ctx, "image.vert", "environment.frag")
+        for name, unit in (("u_env", ENV_UNIT), ("u_heat", ENV_HEAT_UNIT), ("u_colormap", ENV_COLORMAP_UNIT)):
+            set_uniform(self.env_prog, name, unit)
+        self.env_vao = ctx.vertex_array(self.env_prog, [])
+        self.env_path = next((param_path(Group.LIGHTS, n, "radiance") for n in state.scene.environment_lights), None)
+        self._env_source = None
+        self._env_heat_source = None
+        self._env_mean = None  # (value, its mean radiance over the sphere)
         self.light_texture: moderngl.Texture | None = None
         self.lights: PackedLights | None = None  # as last uploaded
-        self.meshes = {name: _MeshGL(ctx, self.mesh_prog, m) for name, m in state.scene.meshes.items()}
+        self.meshes = {name: self._mesh_gl(state, name) for name in state.scene.meshes}
         self.shadows = ShadowMaps(ctx)
         self._shadows_on = False
         # scenes with radiance fields: the preview thread's latest image and the occupancy points
         self.field = FieldLayer(ctx, colormap) if state.preview is not None else None
+        # path mode: the progressive path-traced preview's latest image (app/viewer/path_preview.py)
+        self.path_layer = FieldLayer(ctx, colormap) if state.path_preview is not None else None
+        self.path_request: PathRequest | None = None
+        self.path_shown = None  # the PathFrame the last drawn view shows (None: the rasterization)
         self.line_vbo = ctx.buffer(reserve=1 << 16, dynamic=True)
         self.line_vao = ctx.vertex_array(self.line_prog, [(self.line_vbo, "3f 4f", "in_position", "in_color")])
         self.fbo: moderngl.Framebuffer | None = None
@@ -90,7 +110,7 @@ class Viewport:
         self.size = (0, 0)
         self.drawn = (0, 0)  # the region of the framebuffer drawn last
         self._textures: dict[str, object] = {}  # material texture path -> uploaded value object
-        self._heat_textures: dict[str, object] = {}
+        self._heat_textures: dict[str, object] = {}  # material -> the gradient uploaded as its heat texture
         self.vmax: dict[str, float] = {}
         self._vmax_serial = -1
         self.moving = False
@@ -109,28 +129,40 @@ class Viewport:
         else:
             state.camera.frame(center, radius)
 
+    def _mesh_gl(self, state: AppState, name: str) -> _MeshGL:
+        faces = state.faces(name)
+        v = len(state.values[param_path(Group.MESHES, name, "vertices")])
+        return _MeshGL(self.ctx, self.mesh_prog, v, faces)
+
     # -- values -> GL -----------------------------------------------------------------------------
     def sync(self, state: AppState) -> None:
         """Upload what changed since the last frame."""
         values, snap = state.values, state.snapshot
-        for name, mesh in state.scene.meshes.items():
+        for name in state.scene.meshes:
             g = self.meshes[name]
+            if g.faces is not state.faces(name):  # an optimized mesh of a new topology (a remesh)
+                g.release()
+                g = self.meshes[name] = self._mesh_gl(state, name)
             geo = geometry.mesh_values(values, name)
             if any(g.sources.get(k) is not v for k, v in zip(("v", "t", "r", "s"), geo)):
                 g.world = geometry.transform(*geo)
-                normals = geometry.vertex_normals(g.world, mesh.faces)
+                normals = geometry.vertex_normals(g.world, g.faces)
                 g.pos_nrm.write(np.ascontiguousarray(np.concatenate([g.world, normals], axis=1), np.float32))
                 g.sources.update(zip(("v", "t", "r", "s"), geo))
-            for key, buf in (("uvs", g.uv), ("colors", g.color)):
+            for key, buf, fill in (("uvs", g.uv, 0.0), ("colors", g.color, 1.0)):
                 val = values[param_path(Group.MESHES, name, key)]
                 if g.sources.get(key) is not val:
-                    buf.write(np.ascontiguousarray(val, np.float32))
+                    # a mesh of its own topology has no uvs or colors of that many vertices (not optimizable)
+                    data = val if len(val) == g.n else np.full((g.n, np.shape(val)[1]), fill, np.float32)
+                    buf.write(np.ascontiguousarray(data, np.float32))
                     g.sources[key] = val
             heat = snap.vertex_grads.get(param_path(Group.MESHES, name, "vertices")) \
                 if state.overlays.on("geometry") else None
+            if heat is not None and len(heat) != g.n:
+                heat = None  # a gradient of the topology before a remesh
             if g.heat_source is not heat:
                 g.heat.write(magnitudes(heat).astype(np.float32) if heat is not None
-                             else np.zeros(len(mesh.vertices), np.float32))
+                             else np.zeros(g.n, np.float32))
                 g.heat_source = heat
         for mat in state.scene.materials.values():
             for path in state.texture_paths(mat.name).values():
@@ -140,17 +172,35 @@ class Viewport:
                     self.uploader.forget(path)  # a changed mipmap setting re-uploads the same value
                     self.uploader.upload(path, val, mipmaps=state.render.mipmaps, repeat=mat.wrap == "wrap")
                     self._textures[path] = (val, state.render.mipmaps)
-            grad = snap.texture_grads.get(state.texture_paths(mat.name)[state.overlays.texture_property])
-            if grad is not None and self._heat_textures.get(mat.name) is not grad:
-                self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
+            epath = param_path(Group.MATERIALS, mat.name, "emission")
+            val = values.get(epath)
+            if val is not None and self._textures.get(epath, (None,))[0] is not val:
+                self.uploader.upload(epath, val, repeat=mat.wrap == "wrap")  # HDR; bilinear like the renderer
+                self._textures[epath] = (val, False)
+            grad = overlay_gradient(state, overlay_path(state, mat.name, state.overlays.texture_property))
+            if self._heat_textures.get(mat.name) is not grad:
+                if grad is not None:
+                    self.uploader.upload(f"heat.{mat.name}", grad, nearest=True, repeat=mat.wrap == "wrap")
                 self._heat_textures[mat.name] = grad
+        if self.env_path is not None:
+            val = values[self.env_path]
+            if self._env_source is not val:
+                self.uploader.upload("environment", val, nearest=True)
+                self._env_source = val
+            grad = overlay_gradient(state, self.env_path) if state.overlays.on("texture") else None
+            if grad is not self._env_heat_source:
+                if grad is not None:
+                    self.uploader.upload("heat.environment", grad, nearest=True)
+                self._env_heat_source = grad
+        if self.path_layer is not None:
+            self.path_layer.sync(state.path_preview, PATH_LAYER_SETTINGS)
         if self.field is not None:
             self.field.sync(state.preview, state.field_view)
         if self._vmax_serial != state.serial:
             self._vmax_serial = state.serial
             self.vmax = {
                 "image": auto_vmax([magnitudes(state.grad_image)] if state.grad_image is not None else []),
-                "texture": auto_vmax([magnitudes(g) for g in snap.texture_grads.values()]),
+                "texture": auto_vmax([magnitudes(g) for g in texture_overlay_grads(state).values()]),
                 "geometry": auto_vmax([magnitudes(g) for g in snap.vertex_grads.values()]),
                 "params": auto_vmax([np.linalg.norm(param_arrow_vector(state, path, g))
                                      for path, g in snap.param_grads.items()], 100.0),  # a few arrows
@@ -165,7 +215,15 @@ class Viewport:
         lights = self.lights if self.lights is not None else self._pack_lights(state)
         set_uniform(prog, "u_num_point", lights.num_point)
         set_uniform(prog, "u_num_dir", lights.num_directional)
-        set_uniform(prog, "u_ambient", tuple(float(x) for x in lights.ambient))
+        ambient = lights.ambient
+        if self.env_path is not None and state.render.mode == "path":
+            # the rasterization's stand-in for environment light: its mean radiance over the sphere as ambient
+            # light (exact for a Lambert surface under a uniform environment, the white furnace)
+            value = state.values[self.env_path]
+            if self._env_mean is None or self._env_mean[0] is not value:
+                self._env_mean = (value, sphere_mean(value))
+            ambient = ambient + self._env_mean[1]
+        set_uniform(prog, "u_ambient", tuple(float(x) for x in ambient))
         self.light_texture.use(LIGHTS_UNIT)
 
     def _pack_lights(self, state: AppState) -> PackedLights:
@@ -207,6 +265,7 @@ class Viewport:
         write_uniform(prog, "u_view_proj", gl_bytes(view_proj))
         set_uniform(prog, "u_eye", tuple(float(x) for x in eye))
         set_uniform(prog, "u_output_linear", int(linear))
+        set_uniform(prog, "u_emission_one_sided", int(state.render.mode == "path"))
         self._lights(state, prog)
         ov = state.overlays
         set_uniform(prog, "u_heat_log", int(ov.log_scale))
@@ -218,11 +277,11 @@ class Viewport:
             textures = state.texture_paths(mat.name)
             for unit, kind in enumerate(TEXTURES):
                 self.uploader.textures[textures[kind]].use(unit)
+            self.uploader.textures[param_path(Group.MATERIALS, mat.name, "emission")].use(EMISSION_UNIT)
             set_uniform(prog, "u_model", 0 if mat.model == "lambert" else 1)
             mode = 0
             heat_tex = self.uploader.textures.get(f"heat.{mat.name}")
-            tex_path = textures[ov.texture_property]
-            if overlays and ov.on("texture") and heat_tex is not None and tex_path in state.snapshot.texture_grads:
+            if overlays and ov.on("texture") and heat_tex is not None and self._heat_textures.get(mat.name) is not None:
                 mode = 1
                 heat_tex.use(HEAT_UNIT)
                 set_uniform(prog, "u_heat_max", self.scale_for(state, "texture"))
@@ -248,12 +307,14 @@ class Viewport:
         if field_on:  # what the preview thread should render next (it never blocks this thread)
             state.preview.want_occupancy = fv.occupancy
             state.preview.request(PreviewRequest(cam.pose(), cam.fov_y, width, height, self.moving, fv.time))
+        shown = self._path_request(state, width, height)
         view_key = (width, height, w, h, view_proj.tobytes(), state.version, repr(state.overlays),
                     state.selection, repr(state.gizmo), repr(fv),
-                    (id(self.field.frame), id(self.field.occupancy)) if self.field is not None else None)
+                    (id(self.field.frame), id(self.field.occupancy)) if self.field is not None else None,
+                    id(shown), state.render.mode)
         now = time.perf_counter()
-        if view_key == self._drawn_key and (state.serial == self._drawn_serial
-                                            or now - self._drawn_time < 1.0 / SNAPSHOT_REDRAW_FPS):
+        cap = REST_REDRAW_FPS if state.at_rest else SNAPSHOT_REDRAW_FPS
+        if view_key == self._drawn_key and (state.serial == self._drawn_serial or now - self._drawn_time < 1.0 / cap):
             return w / width, h / height  # nothing new, or only a snapshot arriving sooner than the cap
         self._drawn_key, self._drawn_serial, self._drawn_time = view_key, state.serial, now
         self.redraws += 1
@@ -268,9 +329,14 @@ class Viewport:
         self.fbo.clear(float(bg[0]), float(bg[1]), float(bg[2]), 1.0, depth=1.0)
         if field_on:
             self.field.draw_image()
+        self.path_shown = shown
+        if shown is not None:  # the path-traced preview of this very view (its environment and emitters in it)
+            self.path_layer.draw_image()
+        elif self.env_path is not None:
+            self.draw_environment(state, view_proj, cam.eye())
         ctx.enable(moderngl.DEPTH_TEST)
         ctx.disable(moderngl.CULL_FACE | moderngl.BLEND)
-        if not field_on or fv.show_meshes:
+        if (not field_on or fv.show_meshes) and shown is None:
             self.draw_meshes(state, view_proj, cam.eye())
         if field_on and fv.occupancy:
             self.field.draw_points(view_proj, fv)
@@ -288,6 +354,57 @@ class Viewport:
             ctx.disable(moderngl.BLEND)
         ctx.disable(moderngl.DEPTH_TEST)
         return w / width, h / height
+
+    def _path_request(self, state: AppState, width: int, height: int):
+        """Path mode: post the view to the path preview thread; the PathFrame to show instead of the
+        rasterization (None while the camera moves, before the first samples of this view, with the preview
+        off, or while a gradient overlay is drawn on the meshes: those need the rasterized surfaces)."""
+        pv = state.path_preview
+        if pv is None:
+            return None
+        if state.render.mode != "path" or not state.path_view:
+            self.path_request = None
+            pv.request(None)
+            return None
+        old = self.path_request
+        cam = state.camera
+        if old is not None and old.edit == state.version and old.serial == state.serial \
+                and old.moving == self.moving and old.width == width and old.height == height \
+                and old.max_depth == state.render.max_depth and np.array_equal(old.pose, cam.pose()) \
+                and old.fov_y == cam.fov_y:
+            req = old
+        else:
+            req = PathRequest(cam.pose(), cam.fov_y, width, height, self.moving, state.render.max_depth,
+                              dict(state.values), state.version, state.serial)
+        self.path_request = req
+        pv.request(req)
+        ov = state.overlays
+        if (ov.on("texture") and any(g is not None for g in self._heat_textures.values())) or \
+                (ov.on("geometry") and state.snapshot.vertex_grads):
+            return None
+        return pv.shows(req)
+
+    def draw_environment(self, state: AppState, view_proj: np.ndarray, eye, *, linear: bool = False,
+                         overlays: bool = True) -> None:
+        """The environment light over the whole (current GL viewport) target, looked up per pixel by view
+        direction as the path tracer does (shaders/environment.frag); the texture overlay draws its gradient."""
+        prog = self.env_prog
+        write_uniform(prog, "u_inv_view_proj", gl_bytes(np.linalg.inv(np.asarray(view_proj, np.float64))))
+        set_uniform(prog, "u_eye", tuple(float(x) for x in eye))
+        set_uniform(prog, "u_output_linear", int(linear))
+        ov = state.overlays
+        heat = self.uploader.textures.get("heat.environment")
+        on = overlays and ov.on("texture") and heat is not None and self._env_heat_source is not None
+        set_uniform(prog, "u_overlay", int(on))
+        if on:
+            heat.use(ENV_HEAT_UNIT)
+            set_uniform(prog, "u_heat_max", self.scale_for(state, "texture"))
+            set_uniform(prog, "u_heat_log", int(ov.log_scale))
+            set_uniform(prog, "u_heat_opacity", float(ov.opacity))
+            self.colormap.use(ENV_COLORMAP_UNIT)
+        self.uploader.textures["environment"].use(ENV_UNIT)
+        self.ctx.disable(moderngl.DEPTH_TEST | moderngl.BLEND)
+        self.env_vao.render(moderngl.TRIANGLES, vertices=3)
 
     def render_camera(self, state: AppState, pose, intrinsics, width: int, height: int) -> np.ndarray:
         """The scene through a drstudio camera as linear radiance (H, W, 3) float32, row 0 at the top:
@@ -309,6 +426,10 @@ class Viewport:
             view = pose_view(pose)
             dist = float(np.linalg.norm(np.asarray(pose[:3], np.float64) - state.scene_bounds()[0]))
             proj = intrinsics_projection(intrinsics, width, height, max(1e-3, 0.01 * radius), dist + 4 * radius + 10)
+            if self.env_path is not None:
+                self.draw_environment(state, proj @ view, np.asarray(pose[:3], np.float64), linear=True,
+                                      overlays=False)
+                ctx.enable(moderngl.DEPTH_TEST)
             self.draw_meshes(state, proj @ view, np.asarray(pose[:3], np.float64), linear=True, overlays=False)
             data = np.frombuffer(fbo.read(components=3, dtype="f4"), np.float32).reshape(height, width, 3)
             return np.ascontiguousarray(data[::-1])
@@ -412,6 +533,10 @@ class Viewport:
     def release(self) -> None:
         if self.field is not None:
             self.field.release()
+        if self.path_layer is not None:
+            self.path_layer.release()
+        self.env_vao.release()
+        self.env_prog.release()
         for m in self.meshes.values():
             m.release()
         self.meshes.clear()
@@ -424,6 +549,49 @@ class Viewport:
         self.mesh_prog.release()
         self.line_prog.release()
         self._release_target()
+
+
+def sphere_mean(env) -> np.ndarray:
+    """(3,) mean radiance over directions of an equirectangular (He, We, 3) image: rows weighted by their
+    solid angle (the band between row edges theta_i, theta_i+1 covers 2 pi (cos theta_i - cos theta_i+1))."""
+    env = np.asarray(env, np.float64).reshape(-1, np.shape(env)[-2], 3)
+    edges = np.cos(np.linspace(0.0, np.pi, env.shape[0] + 1))
+    weights = (edges[:-1] - edges[1:]) / 2.0
+    return (env.mean(axis=1) * weights[:, None]).sum(axis=0).astype(np.float32)
+
+
+PATH_LAYER_SETTINGS = FieldViewSettings(nearest=False)  # the path preview's image: linear upscaling
+
+
+def overlay_path(state: AppState, material: str, kind: Kind) -> ParamPath:
+    """The parameter whose gradient the texture overlay shows on `material`'s meshes for the chosen kind."""
+    if kind in TEXTURES:
+        return state.texture_paths(material)[kind]
+    return param_path(Group.MATERIALS, material, kind.value)  # emission
+
+
+def overlay_gradient(state: AppState, path) -> np.ndarray | None:
+    """The latest gradient of the texture-like parameter `path` as an (H, W, C) image, or None: a texture's
+    (`snapshot.texture_grads`), or a constant's (1x1: `snapshot.param_grads`, the path mode's albedos and
+    emissions), or the environment's (path mode)."""
+    snap = state.snapshot
+    g = snap.texture_grads.get(path)
+    if g is None:
+        g = snap.param_grads.get(path)
+        info = state.params.get(path)
+        if g is None or info is None or len(info.shape) != 3:
+            return None
+        g = np.asarray(g, np.float32).reshape(info.shape)
+    return g
+
+
+def texture_overlay_grads(state: AppState) -> dict:
+    """Every gradient the texture overlay shows now (the chosen kind of every material, the environment)."""
+    kind = state.overlays.texture_property
+    paths = [overlay_path(state, m, kind) for m in state.scene.materials]
+    paths += [param_path(Group.LIGHTS, n, "radiance") for n in state.scene.environment_lights]
+    out = {p: overlay_gradient(state, p) for p in paths}
+    return {p: g for p, g in out.items() if g is not None}
 
 
 # -- markers -------------------------------------------------------------------------------------
@@ -600,12 +768,15 @@ def _draw_param_arrows(state: AppState, vp: Viewport, draw_list) -> None:
 def _legends(state: AppState, vp: Viewport, draw_list, pos, width: int, height: int, lut_id: int) -> None:
     ov = state.overlays
     snap = state.snapshot
-    has = {"texture": bool(snap.texture_grads), "geometry": bool(snap.vertex_grads),
+    tex = texture_overlay_grads(state) if ov.on("texture") else {}
+    has = {"texture": bool(tex), "geometry": bool(snap.vertex_grads),
            "params": any(np.any(param_arrow_vector(state, p, g)) for p, g in snap.param_grads.items())}
     shown = [name for name in ("texture", "geometry", "params") if ov.on(name) and has[name]]
     y = pos.y + height - 8
     for name in shown:
-        title = {"texture": f"|dL/d {ov.texture_property.value} texel|", "geometry": "|dL/d vertex|",
+        env = " / environment" if vp.env_path in tex and len(tex) > 1 else ""
+        what = "environment" if vp.env_path in tex and len(tex) == 1 else ov.texture_property.value + env
+        title = {"texture": f"|dL/d {what} texel|", "geometry": "|dL/d vertex|",
                  "params": "|dL/d light, camera| (arrows: -grad)"}[name]
         block = 16 + 2 * imgui.get_text_line_height() + 12
         y -= block
@@ -623,6 +794,11 @@ def _toolbar(state: AppState, vp: Viewport, pos) -> None:
     if vp.field is not None and state.field_view.preview:
         imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
         imgui.text_colored((1.0, 0.9, 0.5, 0.95), preview_status(state))
+        line *= 2
+    elif state.path_preview is not None and state.render.mode == "path" and state.path_view:
+        imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
+        shown = "" if vp.path_shown is not None else "   (showing the rasterization)"
+        imgui.text_colored((1.0, 0.9, 0.5, 0.95), path_status(state.path_preview) + shown)
         line *= 2
     imgui.set_cursor_screen_pos((pos.x + 8, pos.y + 8 + line))
     # wrapped at the viewport's width (1280x720: one line does not fit); F1 lists everything

@@ -113,6 +113,9 @@ class Snapshot:
     error: str = ""  # the last failed command or step, until the next start or reset
     commands_applied: int = 0  # commands taken off the queue, applied or refused
     commands_rejected: int = 0  # of those, refused by validation (nothing changed)
+    # optimized meshes of a topology of their own (a shape init of another topology, a remesh): mesh name ->
+    # {"vertices": (V, 3) object space, "faces": (F, 3) int32}; their vertices are not in `values`
+    meshes: dict = field(default_factory=dict)
 
 
 _EXIT = object()  # queued by shutdown(): ends the loop
@@ -122,17 +125,21 @@ class Engine:
     """Runs `problem.step()` in a daemon thread. See the module docstring for the contract."""
 
     def __init__(self, problem, *, publish_images: bool = True, publish_every: int = 1,
-                 image_interval: float = 0.1, render_images: bool = True):
+                 image_interval: float = 0.1, render_images: bool = True, images_on_demand: bool = False):
         """`publish_images`: render the active view for snapshots (a viewer wants it; the headless CLI
         does not). Images are re-rendered at most every `image_interval` seconds while running (a viewer
         shows about ten snapshot frames a second), and always when a run starts, pauses or a command lands.
         `render_images` False: never render them, not even then (a headless run that nobody watches: one
-        full-resolution view of a radiance field can take minutes)."""
+        full-resolution view of a radiance field can take minutes).
+        `images_on_demand`: while running, only when `snapshot()` was called since the last images (a reader
+        that polls slowly, e.g. an attached viewer at rest, costs as many renders as it reads)."""
         self.problem = problem
         self.publish_images = publish_images
         self.render_images = render_images
         self.publish_every = max(1, publish_every)
         self.image_interval = image_interval
+        self.images_on_demand = images_on_demand
+        self._images_read = True  # snapshot() was called since the images were last rendered
         self._image_time = -1e9
         self._images: dict = {}
         self._commands: queue.Queue = queue.Queue(maxsize=MAX_QUEUED)
@@ -174,6 +181,7 @@ class Engine:
 
     def snapshot(self) -> Snapshot:
         with self._lock:
+            self._images_read = True
             return self._front
 
     def shutdown(self, timeout: float | None = 10.0) -> bool:
@@ -331,10 +339,12 @@ class Engine:
         p = self.problem
         result = self._last.get("result")
         now = time.perf_counter()
-        if self.render_images and (force_images or (self.publish_images
+        wanted = self._images_read or not self.images_on_demand
+        if self.render_images and (force_images or (self.publish_images and wanted
                                                     and now - self._image_time >= self.image_interval)):
             self._images = p.view_images(result)
             self._image_time = now
+            self._images_read = False
         images = self._images
         snap = Snapshot(
             step=p.step_index, state=self._state,
@@ -351,6 +361,7 @@ class Engine:
             thumbnails=p.target_images(), targets_version=p.targets_version,
             error=error or self._last_error,
             commands_applied=self._applied, commands_rejected=self._rejected,
+            meshes=p.own_meshes(),
         )
         with self._lock:
             self._front = snap

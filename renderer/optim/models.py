@@ -30,6 +30,9 @@ from . import losses, regularizers
 from .targets import Target, build_targets
 
 EVALUATION_PHASE = "final evaluation"  # the results' render of every view (renderer.progress)
+# image-shaped parameters whose gradient snapshots carry as images (`view_images` "texture_grads"): the
+# material textures, emission textures and an environment light's texels (path mode)
+IMAGE_GRAD_KINDS = frozenset({Kind.ALBEDO, Kind.ROUGHNESS, Kind.METALLIC, Kind.EMISSION, Kind.ENVIRONMENT})
 
 IMAGE_LOSSES = ("l1", "l2", "ssim")
 # path mode: the targets rendered from the truth use the random sequence render.seed + TARGET_SEED_OFFSET,
@@ -288,10 +291,12 @@ class MeshModel:
     def result_images(self) -> dict[str, np.ndarray]:
         return {}
 
-    def view_images(self, camera: str, param_grads: dict) -> dict:
+    def view_images(self, camera: str, param_grads: dict, render: np.ndarray | None = None) -> dict:
+        """`render`: the image of `camera` when the caller has it (the last step's), else rendered here."""
         kind = self.p.ds.kind
-        return {"render": self.render(camera).numpy(),
-                "texture_grads": {p: g for p, g in param_grads.items() if kind(p).is_texture and g.shape[0] > 1},
+        return {"render": self.render(camera).numpy() if render is None else render,
+                "texture_grads": {p: g for p, g in param_grads.items()
+                                  if kind(p) in IMAGE_GRAD_KINDS and g.shape[0] > 1},
                 "vertex_grads": {p: g for p, g in param_grads.items() if kind(p) is Kind.VERTICES}}
 
     def extra_state(self) -> dict[str, np.ndarray]:
@@ -387,6 +392,18 @@ class ShapeModel(MeshModel):
         self._topology = self._mesh_topology({path: p.ds.get(path) for path in self.shape_paths})
         if count:
             self.topology_version += 1
+
+    def own_meshes(self) -> dict:
+        """{mesh name: {"vertices": (V, 3) object space, "faces": (F, 3) int32}} of the optimized meshes whose
+        topology is not the scene's (what `reports` leaves out of the snapshots' values). The faces array is
+        copied once per topology (`topology_version`), the vertices every call."""
+        cached = getattr(self, "_faces_published", None)
+        if cached is None or cached[0] != self.topology_version:
+            cached = self._faces_published = (self.topology_version, {
+                self._owner(path): self.faces(path).copy() for path in self.shape_paths
+                if not self._same_topology(path)})
+        return {owner: {"vertices": self.p.ds.get(f"meshes.{owner}.vertices"), "faces": faces}
+                for owner, faces in cached[1].items()}
 
     def _same_topology(self, path) -> bool:
         mesh, target = self.p.scene.meshes[self._owner(path)], self.target_scene.meshes[self._owner(path)]

@@ -31,7 +31,7 @@ from ..scene import Scene
 from . import losses, optimizers
 from .distributed import CHECK_EVERY
 from .large_steps import ShapeOptimizer, large_steps_lambda
-from .models import IMAGE_LOSSES, Model, model_class
+from .models import IMAGE_LOSSES, MeshModel, Model, model_class
 from .targets import Target, add_dataset_cameras
 
 REGULARIZERS = ("tv", "laplacian", "edge_length")
@@ -299,6 +299,9 @@ class Problem:
         loss = float(total.numpy()[0])
         images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
                   for cam, out in outputs.items()}
+        out = outputs.get(self.active_view)  # the pane's render, if this step rendered the active view
+        self._step_render = None if out is None else \
+            (self.active_view, out.image.numpy().reshape(out.height, out.width, 3).copy())
         return loss, {k: float(v.numpy()[0]) for k, v in terms.items()}, images, tape
 
     def _step_sharded(self, batch):
@@ -372,6 +375,8 @@ class Problem:
         if tape is not None:
             tape.reset()
         terms.update(self.model.after_step(self.step_index))  # e.g. upsampling, a test PSNR (a read-out)
+        # what the step's render of the active view was taken after: reused by `view_images` while unchanged
+        self._step_render_key = (id(self.ds), dict(self.ds.params.versions), repr(self.scene.render))
         result = StepResult(self.step_index, loss, terms, grad_norms, applied)
         self.step_index += 1
         self._check_ranks()
@@ -382,6 +387,12 @@ class Problem:
         """Current value of each free parameter the model reports (field grids are left out: megabytes per
         snapshot; read them with `ds.get`)."""
         return {p: self.ds.get(p) for p in self.free_paths() if self.model.reports(p)}
+
+    def own_meshes(self) -> dict:
+        """Optimized meshes whose topology is their own (not the scene's): name -> {"vertices", "faces"}
+        (copies), for viewers whose scene holds other faces. Empty for models without such meshes."""
+        fn = getattr(self.model, "own_meshes", None)
+        return fn() if fn is not None else {}
 
     def parameter_errors(self) -> dict:
         """Max abs error of each optimizable parameter vs the truth (fields have none: see the test PSNR)."""
@@ -402,11 +413,24 @@ class Problem:
     def render_numpy(self, camera: str) -> np.ndarray:
         return self.render_image(camera)
 
+    def _reusable_render(self) -> np.ndarray | None:
+        """The last step's render of the active view when nothing but that step's update changed since (no
+        edit, no other view, no new topology): the render the step's loss and gradients came from, one update
+        behind the values. Saves a viewer's snapshot a render of its own (a step's forward pass)."""
+        step = getattr(self, "_step_render", None)
+        key = getattr(self, "_step_render_key", None)
+        if step is None or key is None or step[0] != self.active_view or not isinstance(self.model, MeshModel):
+            return None
+        if key[0] != id(self.ds) or key[1] != self.ds.params.versions or key[2] != repr(self.scene.render):
+            return None
+        return step[1]
+
     def view_images(self, result=None) -> dict:
         cam = self.active_view
         grads = getattr(self, "_last_grad_images", {})
         pg = getattr(self, "_last_param_grads", {})
-        model = self.model.view_images(cam, pg)
+        reuse = self._reusable_render()
+        model = self.model.view_images(cam, pg) if reuse is None else self.model.view_images(cam, pg, render=reuse)
         out = {"render": model["render"], "target": self._target_images[cam], "grad_image": grads.get(cam)}
         out["texture_grads"] = model.get("texture_grads", {})
         out["vertex_grads"] = model.get("vertex_grads", {})
