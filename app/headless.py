@@ -190,17 +190,25 @@ def _side_by_side(render: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.concatenate([render, gap, target, gap, diff], axis=1)
 
 
-def _loss_plot(path: Path, history: dict) -> None:
+def _loss_plot(path: Path, history: dict) -> tuple[float, float]:
+    """Write `loss.png`: the loss and its terms against the step, on a log axis bounded by the data
+    (`app.plot_scale.log_axis_limits`; linear when nothing is positive). Returns the y range drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plot_scale import log_axis_limits
+
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for name, values in history.items():
-        if name == "loss" or (name.startswith("loss.") and not name.endswith("_db")):  # not read-outs in dB
-            ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
-    ax.set_yscale("log")
+    curves = {name: values for name, values in history.items()
+              if name == "loss" or (name.startswith("loss.") and not name.endswith("_db"))}  # not read-outs in dB
+    for name, values in curves.items():
+        ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
+    limits = log_axis_limits(curves)
+    if limits is not None:  # bounded by the data: a term at 1e-30 does not squash the curves
+        ax.set_yscale("log")
+        ax.set_ylim(*limits)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
@@ -208,7 +216,9 @@ def _loss_plot(path: Path, history: dict) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    ylim = tuple(float(v) for v in ax.get_ylim())
     plt.close(fig)
+    return ylim
 
 
 def _psnr_srgb(render: np.ndarray, target: np.ndarray) -> float:
