@@ -335,7 +335,8 @@ def test_keyframe_interval_scales_with_the_state_size(session, tmp_path):
     probe = Recorder(tmp_path / "probe", Problem(load_scene(scene), "cpu"), options=SMALL)
     probe.close()
     size = load_recording(tmp_path / "probe").start_keyframe["bytes"]
-    options = RecorderOptions(keyframe_every=4, thumb_every=3, keyframe_bytes_per_step=size // 12)
+    options = RecorderOptions(keyframe_every=4, thumb_every=3, keyframe_bytes_per_step=size // 12,
+                              keyframes="full")  # "auto" fits the interval to compact keyframes' size instead
     recorder, _ = record_session(tmp_path / "rec", scene, steps=40, edits=[(5, "set_lr", (LIGHT, 0.1))],
                                  options=options)
     rec = load_recording(tmp_path / "rec")

@@ -9,11 +9,14 @@
 What it writes, and when (all on the engine thread, between steps):
 - every applied command, with the timeline position and problem step at which it was applied;
 - every step's loss, loss terms, gradient norms, whether the update was applied, and its time;
-- a keyframe (full optimization state, `state.capture_state`) at the start, periodically, after every
+- a keyframe (the optimization state, `state.capture_state`) at the start, periodically, after every
   edit command (`format.EDIT_COMMANDS`) and at `close()`; several keyframes at one position supersede
   each other, so an edit dragged while paused leaves one file. Periodic keyframes are at the multiples of
   `keyframe_every` (25 by default), doubled after any keyframe until keyframes cost at most
-  `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones);
+  `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones).
+  A keyframe is full (lossless, restorable) at the start and when the full state fits
+  `full_keyframe_bytes_per_step` since the last full one, else compact (float16 values and digests:
+  `state.py`); `keyframes="full"` makes every one full;
 - a thumbnail of the active view's render (and its target) every `thumb_every` steps, after edits,
   at the start and at `close()`.
 
@@ -51,7 +54,7 @@ from ..optim.models import seed_schedule
 from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
-from .state import capture_state, schedule_steps, write_keyframe
+from .state import capture_state, compact_bytes, schedule_steps, write_keyframe
 
 log = logging.getLogger("drstudio.recording")
 
@@ -65,6 +68,11 @@ class RecorderOptions:
     # doubles until (keyframe bytes) / interval <= this (a 64^3 field's 12.6 MB keyframe: every 200 steps;
     # a 0.6 MB texture: every 25). The interval never shrinks. 0: no limit (every keyframe_every steps).
     keyframe_bytes_per_step: int = 64 * 1024
+    # "auto": a keyframe is written full (lossless, restorable) at the start and whenever its raw size is at
+    # most full_keyframe_bytes_per_step times the steps since the last full one; every other keyframe is
+    # compact (values in float16 + digests of the exact state; state.py). "full": every keyframe full.
+    keyframes: str = "auto"
+    full_keyframe_bytes_per_step: int = 16 * 1024
     thumb_every: int = 10  # steps between thumbnails of the active render
     thumb_size: int = 128  # longest side of a thumbnail in pixels (renders are downscaled by an integer)
     max_bytes: int = 1 << 30  # disk budget of the whole recording
@@ -75,6 +83,11 @@ class RecorderOptions:
         for name in ("keyframe_every", "thumb_every", "thumb_size", "max_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RecorderOptions.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.keyframes not in ("auto", "full"):
+            raise ValueError(f"RecorderOptions.keyframes: expected 'auto' or 'full', got {self.keyframes!r}")
+        if int(self.full_keyframe_bytes_per_step) < 0:
+            raise ValueError(f"RecorderOptions.full_keyframe_bytes_per_step: expected bytes >= 0, got "
+                             f"{self.full_keyframe_bytes_per_step}")
         if int(self.keyframe_bytes_per_step) < 0:
             raise ValueError(f"RecorderOptions.keyframe_bytes_per_step: expected bytes >= 0, got "
                              f"{self.keyframe_bytes_per_step}")
@@ -134,6 +147,7 @@ class Recorder:
         self._thumbs: dict[int, tuple[str, int]] = {}  # at -> (file, bytes)
         self._media_off = False
         self._start_at = -1
+        self._last_full_at = self.at  # where the last full (restorable) keyframe was written
         self._names: dict[tuple[str, int], int] = {}  # (folder, at) -> files written there so far
         self._log_bytes = 0
         self._other_bytes = 0  # meta, scene copy, target thumbnails
@@ -285,8 +299,18 @@ class Recorder:
         # one it supersedes is deleted only after its record is in the log, so a crash at any point
         # leaves the last logged record of each position naming an intact file.
         rel = f"{fmt.KEYFRAME_DIR}/start.npz" if reason == "start" else self._new_name(fmt.KEYFRAME_DIR, "", ".npz")
-        size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes)
-        self._fit_interval(size)
+        raw = sum(a.nbytes for a in arrays.values())
+        # full: the start; a keyframe that supersedes a full one at this position (it is deleted); one whose
+        # state fits the rate since the last full one (a small state: every one)
+        full = (reason == "start" or self.options.keyframes == "full" or self._last_full_at == self.at
+                or raw <= int(self.options.full_keyframe_bytes_per_step) * max(1, self.at - self._last_full_at))
+        size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes,
+                                   compact=not full)
+        if full:
+            self._last_full_at = self.at
+        # the interval is fitted to what periodic keyframes cost: compact ones in "auto" mode (for a full one,
+        # the uncompressed size of its compact form, an upper bound), full ones in "full" mode
+        self._fit_interval(size if not full or self.options.keyframes == "full" else compact_bytes(arrays))
         previous = None
         if reason == "start":
             self._other_bytes += size
@@ -296,7 +320,8 @@ class Recorder:
             keep_reason = reason if previous is None or previous[2] == "periodic" else previous[2]
             self._keyframes[self.at] = (rel, size, keep_reason)
         self._append({"type": "keyframe", "at": self.at, "step": int(self.problem.step_index), "file": rel,
-                      "reason": reason, "bytes": size, "crc32": crc, "keyframe_every": self.keyframe_every})
+                      "reason": reason, "bytes": size, "crc32": crc, "keyframe_every": self.keyframe_every,
+                      "encoding": "full" if full else "compact"})
         if previous is not None:
             (self.dir / previous[0]).unlink(missing_ok=True)
         self._enforce_budget()
