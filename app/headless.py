@@ -49,7 +49,7 @@ def default_out_dir(root: Path) -> Path:
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
              record_options=None, on_start=None, partial_every: float = 30.0, comm=None,
-             final_eval: str | None = None) -> dict:
+             final_eval: str | None = None, downscale: int | None = None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
@@ -59,6 +59,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     on_start(engine, problem): called once the engine thread runs (`--serve` starts its server there).
     partial_every: seconds between writes of the latest values (params.npz, a partial metrics.json).
     final_eval: how the final PSNRs are measured (`write_results`).
+    downscale: train a dataset scene (`targets.transforms`) at 1/N resolution (`optimize.targets.downscale`;
+    the recording stores it, so verify and resume rebuild the same problem). Not with `resume`.
     Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
     "interrupted": true) and raises `Interrupted`.
 
@@ -72,7 +74,12 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
 
         problem, parent = resume_problem(load_recording(resume), from_step, device)
     else:
-        problem = Problem(open_scene(scene_path), device)
+        scene = open_scene(scene_path)
+        if downscale is not None:
+            from drstudio.renderer.optim.targets import with_target_downscale
+
+            scene = with_target_downscale(scene, downscale)
+        problem = Problem(scene, device)
     if steps is not None:
         problem.steps = steps
     lead = comm is None or comm.rank == 0  # the process that writes
@@ -288,7 +295,7 @@ def _evaluate_views(problem: Problem, out: Path, mode: str):
 
 
 def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None,
-                  final_eval: str | None = None) -> dict:
+                  final_eval: str | None = None, downscale: int | None = None) -> dict:
     """Write the results (module docstring) and return the metrics. `final_eval`: how the final PSNRs are
     measured, one of FINAL_EVAL_MODES (`_evaluate_views`); default "sampled" for a scene with fields, "full"
     otherwise (a scene without fields has no sampled evaluation: "sampled" means "full" there)."""

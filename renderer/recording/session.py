@@ -49,7 +49,17 @@ def build_problem(rec: Recording, device: str = "cpu"):
     """A fresh `Problem` from the recording's scene copy, seed and initial step budget."""
     from ..optim.problem import Problem
 
-    problem = Problem(load_scene_copy(rec), device, seed=int(rec.meta["seed"]))
+    scene = load_scene_copy(rec)
+    downscale = rec.meta.get("downscale")
+    if downscale is not None:  # `drstudio optimize --downscale N` (optimize.targets.downscale of the session)
+        from ..errors import SceneError
+        from ..optim.targets import with_target_downscale
+
+        try:
+            scene = with_target_downscale(scene, downscale)
+        except SceneError as e:
+            raise fmt.RecordingError(f"{rec.path}: meta.json downscale: {e}") from None
+    problem = Problem(scene, device, seed=int(rec.meta["seed"]))
     problem.steps = int(rec.meta["start"]["steps"])
     return problem
 

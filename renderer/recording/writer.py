@@ -156,7 +156,8 @@ class Recorder:
         scene_info = None
         scene_path = Path(problem.scene.path) if problem.scene.path else None
         if scene_path is not None and scene_path.is_file():
-            scene_info = copy_scene(scene_path, self.dir / fmt.SCENE_DIR)
+            scene_info = copy_scene(scene_path, self.dir / fmt.SCENE_DIR,
+                                    downscale=int(getattr(problem.spec.targets, "downscale", 1) or 1))
             scene_info["file"] = f"{fmt.SCENE_DIR}/{scene_info['file']}"
             scene_info["files"] = {f"{fmt.SCENE_DIR}/{k}": v for k, v in scene_info["files"].items()}
             self._other_bytes += sum((self.dir / k).stat().st_size for k in scene_info["files"])
@@ -181,6 +182,9 @@ class Recorder:
             },
             "argv": list(sys.argv),
         }
+        downscale = int(getattr(problem.spec.targets, "downscale", 1) or 1)
+        if downscale > 1:  # `--downscale N` is not in the scene copy's file: build_problem applies it
+            self.meta["downscale"] = downscale
         if getattr(problem, "shards", 1) > 1:  # a distributed run: what verify emulates in one process
             self.meta["data_parallel"] = {"ranks": int(problem.shards),
                                           "threads_per_rank": getattr(problem.model, "workers", None)}
