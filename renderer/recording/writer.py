@@ -147,7 +147,11 @@ class Recorder:
         self._thumbs: dict[int, tuple[str, int]] = {}  # at -> (file, bytes)
         self._media_off = False
         self._start_at = -1
-        self._last_full_at = self.at  # where the last full (restorable) keyframe was written
+        # where the state can last be restored exactly: a fresh session's start is the problem the scene copy
+        # builds (verify and resume rebuild it), a resumed one's start is written full
+        self._last_full_at = self.at
+        self._full_at: set[int] = set()  # positions whose kept keyframe is full
+        self._resumed = parent is not None or self.at != 0
         self._names: dict[tuple[str, int], int] = {}  # (folder, at) -> files written there so far
         self._log_bytes = 0
         self._other_bytes = 0  # meta, scene copy, target thumbnails
@@ -304,14 +308,17 @@ class Recorder:
         # leaves the last logged record of each position naming an intact file.
         rel = f"{fmt.KEYFRAME_DIR}/start.npz" if reason == "start" else self._new_name(fmt.KEYFRAME_DIR, "", ".npz")
         raw = sum(a.nbytes for a in arrays.values())
-        # full: the start; a keyframe that supersedes a full one at this position (it is deleted); one whose
-        # state fits the rate since the last full one (a small state: every one)
-        full = (reason == "start" or self.options.keyframes == "full" or self._last_full_at == self.at
+        # full: a resumed session's start (its state exists nowhere else); a keyframe that supersedes a full one
+        # at this position (which is deleted); one whose state fits the rate since the last restorable
+        # position (a small state: every one)
+        full = (self.options.keyframes == "full" or (reason == "start" and self._resumed) or self.at in self._full_at
                 or raw <= int(self.options.full_keyframe_bytes_per_step) * max(1, self.at - self._last_full_at))
         size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes,
                                    compact=not full)
         if full:
             self._last_full_at = self.at
+            if reason != "start":
+                self._full_at.add(self.at)
         # the interval is fitted to what periodic keyframes cost: compact ones in "auto" mode (for a full one,
         # the uncompressed size of its compact form, an upper bound), full ones in "full" mode
         self._fit_interval(size if not full or self.options.keyframes == "full" else compact_bytes(arrays))
