@@ -65,14 +65,16 @@ MAX_INTERVAL = 1 << 20  # thinning beyond this stops writing keyframes and thumb
 class RecorderOptions:
     keyframe_every: int = 25  # steps between periodic keyframes (the least: see keyframe_bytes_per_step)
     # Periodic keyframes cost at most this many bytes per step on average: after each keyframe the interval
-    # doubles until (keyframe bytes) / interval <= this (a 64^3 field's 12.6 MB keyframe: every 200 steps;
-    # a 0.6 MB texture: every 25). The interval never shrinks. 0: no limit (every keyframe_every steps).
-    keyframe_bytes_per_step: int = 64 * 1024
-    # "auto": a keyframe is written full (lossless, restorable) at the start and whenever its raw size is at
-    # most full_keyframe_bytes_per_step times the steps since the last full one; every other keyframe is
-    # compact (values in float16 + digests of the exact state; state.py). "full": every keyframe full.
+    # doubles until (keyframe bytes) / interval <= this (in "auto" mode the bytes of the compact form: a 64^3
+    # SH-0 field's ~1.5 MB every 100 steps; a texture every 25). The interval never shrinks. 0: no limit
+    # (every keyframe_every steps).
+    keyframe_bytes_per_step: int = 16 * 1024
+    # "auto": a keyframe is written full (lossless, restorable) at a resumed session's start and whenever its
+    # raw size is at most full_keyframe_bytes_per_step times the steps since the last restorable position;
+    # every other keyframe is compact (values in float16 + digests of the exact state; state.py). "full":
+    # every keyframe full.
     keyframes: str = "auto"
-    full_keyframe_bytes_per_step: int = 16 * 1024
+    full_keyframe_bytes_per_step: int = 4 * 1024
     thumb_every: int = 10  # steps between thumbnails of the active render
     thumb_size: int = 128  # longest side of a thumbnail in pixels (renders are downscaled by an integer)
     max_bytes: int = 1 << 30  # disk budget of the whole recording
