@@ -475,7 +475,9 @@ def test_a_field_run_resumes_bit_for_bit_with_its_occupancy_grid(tmp_path, monke
                         "optimizer": {"type": "adam", "lr": 0.1}, "steps": 20, "rays_per_batch": 256}}
     scene = tmp_path / "field.json"
     scene.write_text(json.dumps(doc))
-    record_session(tmp_path / "rec", scene, steps=20, edits=[], options=RecorderOptions(keyframe_every=8))
+    # full keyframes: their extra state is what this test reads (compact ones: tests/test_recording_compact.py)
+    record_session(tmp_path / "rec", scene, steps=20, edits=[],
+                   options=RecorderOptions(keyframe_every=8, keyframes="full"))
     rec = load_recording(tmp_path / "rec")
     kf = rec.keyframe(8)
     assert set(kf.extra) == {"occupancy.nerf.density", "occupancy.nerf.occupied", "psnr_test_db"}

@@ -186,3 +186,14 @@ def test_damaged_compressed_keyframe_is_refused_naming_the_file(field_run, tmp_p
     assert cli.main(["optimize", "--resume", str(work), "--from-step", "8", "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert name in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_keyframe_that_would_inflate_beyond_memory_is_refused(field_run, monkeypatch):
+    """The zip's declared sizes are checked against the memory available before anything is inflated (a
+    decompression bomb is refused, not attempted)."""
+    from drstudio.renderer import memory
+
+    rec = load_recording(field_run[0])
+    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
+    with pytest.raises(RecordingError, match=r"keyframes/.*unreadable.*needs about"):
+        rec.keyframe(4)

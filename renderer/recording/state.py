@@ -213,8 +213,17 @@ class Keyframe:
         """Read a keyframe file (any format version). ValueError (or OSError) for anything that is not an
         intact keyframe: truncated or corrupt compressed data, a missing entry, a malformed state.json or
         encoding, an array of another shape than its digest names; the message says what."""
+        from .. import memory
+
         with open(path, "rb") as f:
             data = f.read()
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:  # what inflating it would take, before inflating it
+                memory.require(sum(i.file_size for i in z.infolist()), "the keyframe's arrays")
+        except zipfile.BadZipFile:
+            pass  # versions 1-2 wrote zips too; np.load below says what is wrong
+        except memory.MemoryBudgetError as exc:
+            raise ValueError(str(exc)) from None
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
