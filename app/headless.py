@@ -72,7 +72,19 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     if resume is not None:
         from drstudio.renderer.recording import load_recording, resume_problem
 
-        problem, parent = resume_problem(load_recording(resume), from_step, device)
+        bars = []
+
+        def reexecuted(done: int, total: int) -> None:  # a compact keyframe is reached by re-executing the log
+            if not bars:
+                bars.append(tqdm(total=total, desc="re-executing to the keyframe", unit="step",
+                                 disable=not progress, dynamic_ncols=True))
+            bars[0].update(1)
+
+        try:
+            problem, parent = resume_problem(load_recording(resume), from_step, device, progress=reexecuted)
+        finally:
+            for bar in bars:
+                bar.close()
     else:
         scene = open_scene(scene_path)
         if downscale is not None:

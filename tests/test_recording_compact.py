@@ -197,3 +197,14 @@ def test_a_keyframe_that_would_inflate_beyond_memory_is_refused(field_run, monke
     monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
     with pytest.raises(RecordingError, match=r"keyframes/.*unreadable.*needs about"):
         rec.keyframe(4)
+
+
+def test_cli_resume_from_a_compact_keyframe(field_run, tmp_path, capsys):
+    rec = load_recording(field_run[0])
+    out = tmp_path / "out"
+    assert cli.main(["optimize", "--resume", str(field_run[0]), "--from-step", "12", "--steps", "16",
+                     "--out", str(out)]) == 0
+    capsys.readouterr()
+    child = load_recording(out / "recording")
+    assert child.parent["at"] == 12 and child.start_keyframe["encoding"] == "full"
+    assert [child.steps[at]["loss"] for at in range(12, 16)] == [rec.steps[at]["loss"] for at in range(12, 16)]
