@@ -134,7 +134,7 @@ def array_digest(a: np.ndarray) -> str:
 def compact_arrays(arrays: dict[str, np.ndarray], digests: bool = True) -> tuple[dict[str, np.ndarray], dict]:
     """(stored arrays, encoding) of a compact keyframe of `arrays` (as `capture_state` returns them): see
     the module docstring. `encoding["digests"]` holds the digest of every `value/`, `opt/` and `extra/`
-    array; `encoding["float16"]` names the arrays stored in float16 (read back as their dtype)."""
+    array; `encoding["float16"]` names the arrays stored in float16 (`Keyframe` reads them as float32)."""
     stored: dict[str, np.ndarray] = {}
     sums, halves = {}, []
     for name, a in arrays.items():
@@ -211,8 +211,8 @@ class Keyframe:
     @classmethod
     def read(cls, path) -> Keyframe:
         """Read a keyframe file (any format version). ValueError (or OSError) for anything that is not an
-        intact keyframe: truncated or corrupt compressed data, a missing entry, a malformed state.json or
-        encoding, an array of another shape than its digest names; the message says what."""
+        intact keyframe: truncated or corrupt compressed data, declared sizes beyond the memory available, a
+        missing entry, a malformed state.json or encoding; the message says what."""
         from .. import memory
 
         with open(path, "rb") as f:
