@@ -189,13 +189,13 @@ def test_damaged_compressed_keyframe_is_refused_naming_the_file(field_run, tmp_p
 
 
 def test_a_keyframe_that_would_inflate_beyond_memory_is_refused(field_run, monkeypatch):
-    """The zip's declared sizes are checked against the memory available before anything is inflated (a
-    decompression bomb is refused, not attempted)."""
-    from drstudio.renderer import memory
+    """The zip's declared sizes are checked against half the machine's memory before anything is inflated
+    (a decompression bomb declaring more is refused, not attempted)."""
+    from drstudio.renderer.recording import state
 
     rec = load_recording(field_run[0])
-    monkeypatch.setattr(memory, "available_bytes", lambda: 1000)
-    with pytest.raises(RecordingError, match=r"keyframes/.*unreadable.*needs about"):
+    monkeypatch.setattr(state, "inflate_limit", lambda: 1000)
+    with pytest.raises(RecordingError, match=r"keyframes/.*unreadable.*would inflate to"):
         rec.keyframe(4)
 
 
