@@ -162,6 +162,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                         from_step=getattr(args, "from_step", None),
                                         final_eval=getattr(args, "final_eval", None),
                                         downscale=getattr(args, "downscale", None),
+                                        record_options=_record_options(args),
                                         on_start=serve if getattr(args, "serve", None) is not None else None)
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
@@ -171,6 +172,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             server.close()
     _print_summary(metrics, out)
     return 0
+
+
+def _record_options(args: argparse.Namespace):
+    """RecorderOptions from `--keyframes` (None: the defaults)."""
+    if getattr(args, "keyframes", None) is None:
+        return None
+    from drstudio.renderer.recording import RecorderOptions
+
+    return RecorderOptions(keyframes=args.keyframes)
 
 
 def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
@@ -197,7 +207,8 @@ def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
                                             resume=getattr(args, "resume", None),
                                             from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm,
                                             final_eval=getattr(args, "final_eval", None),
-                                            downscale=getattr(args, "downscale", None))
+                                            downscale=getattr(args, "downscale", None),
+                                            record_options=_record_options(args))
             finally:
                 comm.close()
     except (RecordingError, ValueError) as e:
@@ -659,6 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue a recorded session from a keyframe")
     p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
+    p.add_argument("--keyframes", choices=("auto", "full"), help="recording keyframes: auto (default; compact "
+                   "when the state is large: float16 values and digests, resume re-executes from the last full "
+                   "one) or full (every one lossless and restorable; larger)")
     p.add_argument("--downscale", type=_positive_int, metavar="N", help="a scene trained on a dataset "
                    "(targets.transforms): train at 1/N resolution, intrinsics scaled; reads images_N/ beside the "
                    "images when present, else resizes on load (overrides optimize.targets.downscale)")

@@ -208,3 +208,8 @@ def test_cli_resume_from_a_compact_keyframe(field_run, tmp_path, capsys):
     child = load_recording(out / "recording")
     assert child.parent["at"] == 12 and child.start_keyframe["encoding"] == "full"
     assert [child.steps[at]["loss"] for at in range(12, 16)] == [rec.steps[at]["loss"] for at in range(12, 16)]
+    # --keyframes full: every keyframe of the new recording lossless
+    assert cli.main(["optimize", "--resume", str(field_run[0]), "--from-step", "12", "--steps", "16",
+                     "--keyframes", "full", "--out", str(tmp_path / "full")]) == 0
+    capsys.readouterr()
+    assert {r["encoding"] for r in load_recording(tmp_path / "full" / "recording").keyframes.values()} == {"full"}
