@@ -375,7 +375,10 @@ def _compare_digests(problem, kf: Keyframe, rtol: float, exact: bool, rel) -> tu
                 return f"parameter {path} (against its float16 copy)", err
         return None
     names = {"value/": "parameter", "opt/": "optimizer buffer", EXTRA_PREFIX: "extra state"}
-    for name in sorted(set(kf.digests) | {k for k in arrays if not k.startswith("truth/")}):
+    recorded = set(kf.digests)
+    if not any(k.startswith(EXTRA_PREFIX) for k in arrays):  # no extra state here: compared as without the hook
+        recorded = {k for k in recorded if not k.startswith(EXTRA_PREFIX)}
+    for name in sorted(recorded | {k for k in arrays if not k.startswith("truth/")}):
         what = next(f"{w} {name[len(p):]}" for p, w in names.items() if name.startswith(p)) if any(
             name.startswith(p) for p in names) else name
         if name not in arrays or name not in kf.digests:
