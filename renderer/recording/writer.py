@@ -14,9 +14,9 @@ What it writes, and when (all on the engine thread, between steps):
   each other, so an edit dragged while paused leaves one file. Periodic keyframes are at the multiples of
   `keyframe_every` (25 by default), doubled after any keyframe until keyframes cost at most
   `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones).
-  A keyframe is full (lossless, restorable) at the start and when the full state fits
-  `full_keyframe_bytes_per_step` since the last full one, else compact (float16 values and digests:
-  `state.py`); `keyframes="full"` makes every one full;
+  A keyframe is full (lossless, restorable) at a resumed session's start and when the full state fits
+  `full_keyframe_bytes_per_step` since the last restorable position, else compact (float16 values and
+  digests: `state.py`); `keyframes="full"` makes every one full;
 - a thumbnail of the active view's render (and its target) every `thumb_every` steps, after edits,
   at the start and at `close()`.
 
