@@ -8,7 +8,7 @@ A recording is a directory:
   events.jsonl            the append-only event log: one record per line, `CRC32 JSON\\n`
   keyframes/<at>_<n>.npz  optimization state at timeline position `at` (written atomically; n counts
                           the keyframes at that position, the last logged one holds; start.npz: the start),
-                          full (lossless) or compact (display precision + digests), compressed
+                          full (lossless, uncompressed) or compact (display precision + digests, deflated)
   thumbs/r<at>_<n>.png    the active view's render at `at`; thumbs/t_<view>_<n>.png its target
 
 A log line is the 8 hex digits of the CRC-32 of the JSON text, one space, the JSON text (one object,

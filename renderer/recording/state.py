@@ -15,7 +15,8 @@ would have (the determinism `--verify` checks):
   `value/<path>`), restored last.
 
 Keyframes come in two encodings (format version 3; docs/recording.md "Keyframes"):
-- **full**: every array exactly, in a compressed .npz (`np.savez_compressed`: zip deflate, lossless).
+- **full**: every array exactly, in an uncompressed .npz (`np.savez`, as versions 1 and 2 wrote them:
+  deflate takes only 7-8 % off a trained field's float32 state and costs 20x the time to write).
   `restore_state` needs one: resume and verify start from full keyframes.
 - **compact**: what replay shows, at display precision: the parameter values in float16 (an array whose
   values float16 cannot hold stays float32), edited targets and integer extra state (a remeshed mesh's
@@ -23,7 +24,8 @@ Keyframes come in two encodings (format version 3; docs/recording.md "Keyframes"
   every array a full keyframe would hold (values, optimizer buffers, extra state), so `compare_state`
   checks the re-executed state bit for bit against it, and resume reaches it by re-executing the log from
   the full keyframe before it (`session.resume_problem`).
-Both record `encoding` in state.json; a keyframe without it (versions 1 and 2: uncompressed .npz) is full.
+- compact keyframes are compressed (`np.savez_compressed`: zip deflate).
+Both record `encoding` in state.json; a keyframe without it (versions 1 and 2) is full.
 """
 
 from __future__ import annotations
@@ -164,8 +166,8 @@ def compact_bytes(arrays: dict[str, np.ndarray]) -> int:
 
 def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync: bool = True,
                    compact: bool = False) -> tuple[int, int]:
-    """Write a keyframe .npz (compressed) atomically (temporary file, fsync, rename): a full one, or with
-    `compact` a compact one (`compact_arrays`). Returns (bytes, crc32)."""
+    """Write a keyframe .npz atomically (temporary file, fsync, rename): a full one (uncompressed), or with
+    `compact` a compact one (`compact_arrays`, deflated). Returns (bytes, crc32)."""
     if compact:
         payload, encoding = compact_arrays(arrays)
     else:
@@ -175,7 +177,7 @@ def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez_compressed(f, **payload)
+            (np.savez_compressed if compact else np.savez)(f, **payload)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
