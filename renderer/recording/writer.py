@@ -66,7 +66,7 @@ class RecorderOptions:
     keyframe_every: int = 25  # steps between periodic keyframes (the least: see keyframe_bytes_per_step)
     # Periodic keyframes cost at most this many bytes per step on average: after each keyframe the interval
     # doubles until (keyframe bytes) / interval <= this (in "auto" mode the bytes of the compact form: a 64^3
-    # SH-0 field's ~1.5 MB every 100 steps; a texture every 25). The interval never shrinks. 0: no limit
+    # SH-0 field's 1.85 MB every 200 steps; a texture every 25). The interval never shrinks. 0: no limit
     # (every keyframe_every steps).
     keyframe_bytes_per_step: int = 16 * 1024
     # "auto": a keyframe is written full (lossless, restorable) at a resumed session's start and whenever its
