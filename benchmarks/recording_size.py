@@ -46,9 +46,12 @@ def main(argv=None) -> None:
     parser.add_argument("--resolution", type=int)
     parser.add_argument("--sh-degree", type=int, default=0)
     parser.add_argument("--keyframes", choices=("auto", "full"), default="auto")
+    parser.add_argument("--bytes-per-step", type=int, help="RecorderOptions.keyframe_bytes_per_step (default: "
+                        "the option's; --keyframes full --bytes-per-step 65536 writes what version 2 wrote)")
     parser.add_argument("--keep", type=Path, help="write the recording here (default: a temporary folder)")
     args = parser.parse_args(argv)
-    options = RecorderOptions(keyframes=args.keyframes)
+    extra = {} if args.bytes_per_step is None else {"keyframe_bytes_per_step": args.bytes_per_step}
+    options = RecorderOptions(keyframes=args.keyframes, **extra)
     with tempfile.TemporaryDirectory() as tmp:
         scene = args.scene
         if args.resolution:
