@@ -134,6 +134,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     resume = getattr(args, "resume", None)
     if resume is None and not args.scene:
         raise UsageError("give a scene file, or --resume DIR")
+    if resume is not None and getattr(args, "downscale", None) is not None:
+        raise UsageError("--downscale is not for --resume: a resumed session continues at its recorded resolution")
     if resume is not None and args.scene:
         raise UsageError(f"give either a scene file ({args.scene}) or --resume DIR ({resume}), not both: a resumed "
                          f"session continues the recording's own scene")
@@ -171,6 +173,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                                         from_step=getattr(args, "from_step", None),
                                         final_eval=getattr(args, "final_eval", None),
                                         max_seconds=getattr(args, "max_seconds", None),
+                                        downscale=getattr(args, "downscale", None),
+                                        record_options=_record_options(args),
                                         on_start=serve if getattr(args, "serve", None) is not None else None)
     except RecordingError as e:
         print(f"drstudio optimize: error: {e}", file=sys.stderr)
@@ -180,6 +184,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
             server.close()
     _print_summary(metrics, out)
     return 0
+
+
+def _record_options(args: argparse.Namespace):
+    """RecorderOptions from `--keyframes` (None: the defaults)."""
+    if getattr(args, "keyframes", None) is None:
+        return None
+    from drstudio.renderer.recording import RecorderOptions
+
+    return RecorderOptions(keyframes=args.keyframes)
 
 
 def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
@@ -206,7 +219,9 @@ def _optimize_rank(args: argparse.Namespace, rank: int) -> int:
                                             resume=getattr(args, "resume", None),
                                             from_step=getattr(args, "from_step", None), progress=rank == 0, comm=comm,
                                             final_eval=getattr(args, "final_eval", None),
-                                            max_seconds=getattr(args, "max_seconds", None))
+                                            max_seconds=getattr(args, "max_seconds", None),
+                                            downscale=getattr(args, "downscale", None),
+                                            record_options=_record_options(args))
             finally:
                 comm.close()
     except (RecordingError, ValueError) as e:
@@ -668,6 +683,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")
     p.add_argument("--resume", type=Path, metavar="DIR", help="continue a recorded session from a keyframe")
     p.add_argument("--from-step", type=int, metavar="K", help="with --resume: the keyframe's step (default: the last)")
+    p.add_argument("--keyframes", choices=("auto", "full"), help="recording keyframes: auto (default; compact "
+                   "when the state is large: float16 values and digests, resume re-executes from the last full "
+                   "one) or full (every one lossless and restorable; larger)")
+    p.add_argument("--downscale", type=_positive_int, metavar="N", help="a scene trained on a dataset "
+                   "(targets.transforms): train at 1/N resolution, intrinsics scaled; reads images_N/ beside the "
+                   "images when present, else resizes on load (overrides optimize.targets.downscale)")
     p.add_argument("--final-eval", choices=("full", "sampled", "none"), help="the evaluation at the end: every "
                    "pixel of every view (full), each view at optimize.eval_rays fixed pixels (sampled; the default for "
                    "scenes with fields, which then write views/ for one held-out view only) or none; metrics.json "

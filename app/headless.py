@@ -49,7 +49,8 @@ def default_out_dir(root: Path) -> Path:
 def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: str, progress: bool = True,
              record: bool = True, resume: Path | None = None, from_step: int | None = None,
              record_options=None, on_start=None, partial_every: float = 30.0, comm=None,
-             final_eval: str | None = None, max_seconds: float | None = None) -> dict:
+             final_eval: str | None = None, max_seconds: float | None = None,
+             downscale: int | None = None) -> dict:
     """Run the scene's optimization to its step budget and write the results to `out`.
     Returns the metrics dict (also written to out/metrics.json).
 
@@ -63,6 +64,8 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     after the optimization started (first-step kernel compilation included; loading the scene and targets
     before, the final evaluation and the results after are not), as a normal end with its results; every rank of
     a distributed run ends after the same step. metrics.json "time_budget" says whether it ran out.
+    downscale: train a dataset scene (`targets.transforms`) at 1/N resolution (`optimize.targets.downscale`;
+    the recording stores it, so verify and resume rebuild the same problem). Not with `resume`.
     Ctrl-C or SIGTERM stops the run after its current step, writes the results so far (metrics.json says
     "interrupted": true) and raises `Interrupted`.
 
@@ -74,9 +77,26 @@ def optimize(scene_path: str | None, *, steps: int | None, out: Path, device: st
     if resume is not None:
         from drstudio.renderer.recording import load_recording, resume_problem
 
-        problem, parent = resume_problem(load_recording(resume), from_step, device)
+        bars = []
+
+        def reexecuted(done: int, total: int) -> None:  # a compact keyframe is reached by re-executing the log
+            if not bars:
+                bars.append(tqdm(total=total, desc="re-executing to the keyframe", unit="step",
+                                 disable=not progress, dynamic_ncols=True))
+            bars[0].update(1)
+
+        try:
+            problem, parent = resume_problem(load_recording(resume), from_step, device, progress=reexecuted)
+        finally:
+            for bar in bars:
+                bar.close()
     else:
-        problem = Problem(open_scene(scene_path), device)
+        scene = open_scene(scene_path)
+        if downscale is not None:
+            from drstudio.renderer.optim.targets import with_target_downscale
+
+            scene = with_target_downscale(scene, downscale)
+        problem = Problem(scene, device)
     if steps is not None:
         problem.steps = steps
     lead = comm is None or comm.rank == 0  # the process that writes
@@ -202,17 +222,25 @@ def _side_by_side(render: np.ndarray, target: np.ndarray) -> np.ndarray:
     return np.concatenate([render, gap, target, gap, diff], axis=1)
 
 
-def _loss_plot(path: Path, history: dict) -> None:
+def _loss_plot(path: Path, history: dict) -> tuple[float, float]:
+    """Write `loss.png`: the loss and its terms against the step, on a log axis bounded by the data
+    (`app.plot_scale.log_axis_limits`; linear when nothing is positive). Returns the y range drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .plot_scale import log_axis_limits
+
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    for name, values in history.items():
-        if name == "loss" or (name.startswith("loss.") and not name.endswith("_db")):  # not read-outs in dB
-            ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
-    ax.set_yscale("log")
+    curves = {name: values for name, values in history.items()
+              if name == "loss" or (name.startswith("loss.") and not name.endswith("_db"))}  # not read-outs in dB
+    for name, values in curves.items():
+        ax.plot(np.arange(len(values)), values, label=name, lw=1.2 if name == "loss" else 0.8)
+    limits = log_axis_limits(curves)
+    if limits is not None:  # bounded by the data: a term at 1e-30 does not squash the curves
+        ax.set_yscale("log")
+        ax.set_ylim(*limits)
     ax.set_xlabel("step")
     ax.set_ylabel("loss")
     ax.grid(True, alpha=0.3)
@@ -220,7 +248,9 @@ def _loss_plot(path: Path, history: dict) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    ylim = tuple(float(v) for v in ax.get_ylim())
     plt.close(fig)
+    return ylim
 
 
 def _psnr_srgb(render: np.ndarray, target: np.ndarray) -> float:
@@ -292,7 +322,7 @@ def _evaluate_views(problem: Problem, out: Path, mode: str):
 
 
 def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict | None = None,
-                  final_eval: str | None = None, max_seconds: float | None = None) -> dict:
+                  final_eval: str | None = None, downscale: int | None = None) -> dict:
     """Write the results (module docstring) and return the metrics. `final_eval`: how the final PSNRs are
     measured, one of FINAL_EVAL_MODES (`_evaluate_views`); default "sampled" for a scene with fields, "full"
     otherwise (a scene without fields has no sampled evaluation: "sampled" means "full" there)."""

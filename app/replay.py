@@ -21,6 +21,7 @@ from drstudio.renderer.recording import RecordingError, load_recording, verify
 from drstudio.renderer.recording import format as fmt
 from drstudio.renderer.recording.reader import Recording
 
+from .plot_scale import PAD, log_axis_limits
 from .replay_source import EditMarker, Playback, ReplaySource
 
 __all__ = ["EditMarker", "Playback", "ReplaySource", "cmd_replay", "export_video"]
@@ -57,7 +58,8 @@ class _FramePainter:
         self.x = np.arange(rec.first_at, rec.last_at)
         self.loss = hist["loss"]
         finite = self.loss[np.isfinite(self.loss) & (self.loss > 0)]
-        log = finite.size > 0 and finite.max() / max(finite.min(), 1e-30) > 20
+        limits = log_axis_limits({"loss": self.loss})  # bounded by the data (app/plot_scale.py)
+        log = limits is not None and limits[1] / limits[0] > 20 * PAD * PAD
         if log:
             self.ax.set_yscale("log")
         self.ax.plot(self.x, self.loss, color="0.8", lw=0.8)
@@ -68,8 +70,8 @@ class _FramePainter:
                 self.ax.axvline(c["at"], color="tab:orange", lw=0.6, ls="--")
         self.ax.set_xlim(rec.first_at, max(rec.last_at, rec.first_at + 1))
         if finite.size:
-            lo, hi = finite.min(), finite.max()
-            self.ax.set_ylim(lo / 1.5, hi * 1.5) if log else self.ax.set_ylim(0, hi * 1.1)
+            hi = finite.max()
+            self.ax.set_ylim(*limits) if log else self.ax.set_ylim(0, hi * 1.1)
         self.ax.set_xlabel("step", fontsize=8)
         self.ax.set_ylabel("loss", fontsize=8)
         self.ax.tick_params(labelsize=7)

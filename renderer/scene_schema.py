@@ -749,6 +749,9 @@ class Targets(Strict):
     test_cameras: Annotated[list[Name], Field(min_length=1)] | None = None
     test_transforms: Annotated[str | None, FileRef("transforms")] = None
     dataset: DatasetRecipe | None = None  # with `transforms`: how to generate it when it is missing
+    # with `transforms`: train at 1/N resolution (intrinsics scaled; images_N/ files when present, else
+    # resized on load); `drstudio optimize --downscale N` sets it
+    downscale: Annotated[int, Field(ge=1, le=64)] = 1
     # render mode "path", with `cameras`: samples per pixel of the rendered targets (default 4 x render.spp);
     # they use their own random sequence, independent of every step's
     spp: Annotated[int, Field(ge=1, le=1 << 16)] | None = None
@@ -762,6 +765,8 @@ class Targets(Strict):
             raise ValueError('"test_cameras" goes with "cameras" (use "test_transforms" with "transforms")')
         if self.test_transforms is not None and self.transforms is None:
             raise ValueError('"test_transforms" goes with "transforms"')
+        if self.downscale != 1 and self.transforms is None:
+            raise ValueError('"downscale" (of the dataset\'s images) goes with "transforms"')
         if self.spp is not None and self.cameras is None:
             raise ValueError('"spp" (samples of the path-traced targets) goes with "cameras"')
         return self

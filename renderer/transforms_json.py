@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +32,7 @@ class Frame:
     pose: np.ndarray  # (7,) float32 camera-to-world
     time: float | None = None
     split: str | None = None  # the frame's "split" ("train", "test", ...), when it has one
+    file_size: tuple[int, int] | None = None  # (w, h) of image_path when it is resized to width x height on load
 
 
 def _number(d: dict, key: str, file: str, field: str):
@@ -52,12 +53,19 @@ def frame_image_path(base: Path, file_path: str) -> Path:
 _DISTORTION_KEYS = ("k1", "k2", "k3", "k4", "p1", "p2")
 
 
-def load_transforms(path, *, strict: bool = False) -> list[Frame]:
+def load_transforms(path, *, strict: bool = False, downscale: int = 1) -> list[Frame]:
     """The frames of a transforms.json whose image exists. Frames whose image is missing are skipped with
     one warning naming them and their count (real captures list frames COLMAP could not register or that
     were deleted); `strict=True` refuses them instead. Lens distortion (nonzero `k1..k4, p1, p2`, a fisheye
-    model) is refused, never ignored: `drstudio capture` undistorts a capture into a dataset this reads."""
+    model) is refused, never ignored: `drstudio capture` undistorts a capture into a dataset this reads.
+
+    `downscale=N` (`optimize.targets.downscale`, `drstudio optimize --downscale N`): each frame at 1/N of its
+    size, intrinsics scaled with it (fx, cx by new_w / w; fy, cy by new_h / h), from `images_N/<name>`
+    beside the frame's image folder when that file exists (nerfstudio's layout; its size is read from its
+    header), else the image resized on load to round(size / N) by an area filter (`read_frame_image`)."""
     path = Path(path)
+    if not isinstance(downscale, int) or isinstance(downscale, bool) or downscale < 1:
+        raise SceneError(str(path), "", f"downscale: expected an integer >= 1, got {downscale!r}")
     file = str(path)
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -135,8 +143,8 @@ def load_transforms(path, *, strict: bool = False) -> list[Frame]:
         cx = _number(fr, "cx", file, field) or _number(doc, "cx", file, "") or w / 2
         cy = _number(fr, "cy", file, field) or _number(doc, "cy", file, "") or h / 2
         split = fr.get("split") if isinstance(fr.get("split"), str) else None
-        frames.append(Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t,
-                            split))
+        frame = Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t, split)
+        frames.append(_downscaled_frame(frame, downscale, file, f"{field}file_path") if downscale > 1 else frame)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
         warnings.warn(f"{file}: skipped {len(missing)} of {len(doc['frames'])} frames whose image is missing "
@@ -149,3 +157,31 @@ def load_transforms(path, *, strict: bool = False) -> list[Frame]:
         raise SceneError(file, f"frames[{i}].time", "missing: some frames have a time and this one has not (a "
                          "time-varying dataset needs a time on every frame)")
     return frames
+
+
+def _downscaled_frame(frame: Frame, n: int, file: str, where: str) -> Frame:
+    """`frame` at 1/n of its size: its `images_n/` file when there is one, else resized on load."""
+    from .captures import _downscaled, _header_size
+
+    small = _downscaled(frame.image_path, frame.image_path.parent, n)
+    if small is not None:
+        nw, nh = _header_size(small, file, where)
+        path, file_size = small, None
+    else:
+        nw, nh = max(1, round(frame.width / n)), max(1, round(frame.height / n))
+        path, file_size = frame.image_path, (frame.width, frame.height)
+    scale = np.array([nw / frame.width, nh / frame.height] * 2, np.float32)
+    return replace(frame, image_path=path, width=nw, height=nh, intrinsics=frame.intrinsics * scale,
+                   file_size=file_size)
+
+
+def read_frame_image(file, width: int, height: int, channels: int = 3) -> np.ndarray:
+    """A dataset image as (height, width, channels) float32 linear RGB: resized by an area (box) filter in
+    linear RGB when the file is larger (a frame of a downscaled dataset without an `images_N/` file)."""
+    from .captures import resize_area
+    from .conventions import srgb_to_linear
+
+    img = srgb_to_linear(read_image(file, channels=channels)).astype(np.float32)
+    if img.shape[:2] != (height, width) and img.shape[0] > height and img.shape[1] > width:
+        img = resize_area(img, width, height)
+    return img

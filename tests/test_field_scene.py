@@ -340,7 +340,12 @@ def test_optimize_writes_test_psnr_and_a_recording_that_verifies_and_resumes(dat
     assert sorted(rec.keyframes) == [0, 16]
     problem, _ = resume_problem(rec)
     assert problem.step_index == 16 and problem.ds.arrays["fields.nerf.density"].shape == (16, 16, 16)
-    np.testing.assert_array_equal(problem.ds.get("fields.nerf.sh"), kf.values["fields.nerf.sh"])
+    # the end keyframe is compact (float16 values, digests of the exact state): the resumed state matches
+    # its digests bit for bit, and its values to float16 precision
+    from drstudio.renderer.recording.state import compare_state
+
+    assert compare_state(problem, kf, 0.0) is None
+    np.testing.assert_allclose(problem.ds.get("fields.nerf.sh"), kf.values["fields.nerf.sh"], rtol=1e-3, atol=1e-4)
     assert problem.step().applied
 
 

@@ -15,6 +15,7 @@ from drstudio.renderer.optim.identifiability import underdetermined
 from drstudio.renderer.params import Group, Kind, camera_intrinsics, camera_pose
 from imgui_bundle import imgui, implot
 
+from ..plot_scale import log_axis_limits  # noqa: F401  (re-exported: tests and older callers import it here)
 from .camera_panel import camera_path_panel
 from .image_panes import fit, show
 from .menus import edit_menu, file_menu, render_menu, view_menu
@@ -604,19 +605,6 @@ def decimate(xs, ys, n: int = MAX_PLOT_POINTS) -> tuple[np.ndarray, np.ndarray]:
         return xs, ys
     idx = np.unique(np.r_[np.linspace(0, len(ys) - 1, n).astype(np.int64), len(ys) - 1])
     return xs[idx], ys[idx]
-
-
-def log_axis_limits(series: dict) -> tuple[float, float] | None:
-    """(lo, hi) of a log axis bounded by the data: the smallest and largest positive finite values of all
-    series (zeros, negative and non-finite values are not on a log axis: a regularizer that starts at 0
-    must not stretch the axis to 1e-30), padded by a fifth of a decade; None when there are none."""
-    values = [np.asarray(ys, np.float64) for _, ys in series.values() if len(ys)]
-    pos = np.concatenate([v[np.isfinite(v) & (v > 0)] for v in values]) if values else np.zeros(0)
-    if not len(pos):
-        return None
-    lo, hi = float(pos.min()), float(pos.max())
-    pad = 10 ** 0.2
-    return lo / pad, (hi * pad if hi > lo else lo * pad * pad)
 
 
 def _plot_series(series: dict, title: str, log_y: bool = True, span=None, marks=()) -> None:

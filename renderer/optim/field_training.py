@@ -52,7 +52,7 @@ from ..volume import render as volume_render
 from . import losses
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
-from .targets import Target, build_targets
+from .targets import Target, build_targets, target_downscale
 
 PSNR_TERM = "psnr_test_db"
 PUBLISH_INTERVAL = 0.5  # s: while training, a copy of the field for other threads at most this often
@@ -124,7 +124,7 @@ def add_test_cameras(scene: Scene, target_spec) -> dict[str, str]:
         return {}
     base = Path(scene.path).parent if scene.path else Path(".")
     files = {}
-    for i, f in enumerate(load_transforms(base / path)):
+    for i, f in enumerate(load_transforms(base / path, downscale=target_downscale(scene))):
         name = f"test_{i:03d}"
         scene.cameras[name] = Camera(name, f.width, f.height, f.intrinsics, f.pose)
         files[name] = str(f.image_path)

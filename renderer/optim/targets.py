@@ -17,7 +17,7 @@ from ..errors import SceneError
 from ..images import read_image
 from ..render import render_view
 from ..scene import Camera, Scene
-from ..transforms_json import load_transforms
+from ..transforms_json import load_transforms, read_frame_image
 
 
 @dataclass
@@ -33,7 +33,7 @@ def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
     if not path:
         return {}
     base = Path(scene.path).parent if scene.path else Path(".")
-    frames = load_transforms(base / path)
+    frames = load_transforms(base / path, downscale=target_downscale(scene))
     files = {}
     for i, f in enumerate(frames):
         name = f"frame_{i:03d}"
@@ -42,10 +42,34 @@ def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
     return files
 
 
+def target_downscale(scene: Scene) -> int:
+    """`optimize.targets.downscale` of the scene (1 without one): dataset frames load at 1/N of their size."""
+    spec = getattr(getattr(scene, "optimize", None), "targets", None)
+    return int(getattr(spec, "downscale", 1) or 1)
+
+
+def with_target_downscale(scene: Scene, downscale: int) -> Scene:
+    """A shallow copy of `scene` whose `optimize.targets.downscale` is `downscale` (`drstudio optimize
+    --downscale N`). SceneError unless its targets come from a dataset (`targets.transforms`)."""
+    import copy
+
+    spec = getattr(scene, "optimize", None)
+    if spec is None or getattr(spec.targets, "transforms", None) is None:
+        raise SceneError(scene.path, "optimize.targets", f"--downscale {downscale}: expected a scene whose targets "
+                         f"come from a dataset (targets.transforms); this one's do not")
+    if not isinstance(downscale, int) or isinstance(downscale, bool) or not 1 <= downscale <= 64:
+        raise SceneError(scene.path, "optimize.targets.downscale", f"expected an integer in [1, 64], got "
+                         f"{downscale!r}")
+    out = copy.copy(scene)
+    out.optimize = spec.model_copy(update={"targets": spec.targets.model_copy(update={"downscale": downscale})})
+    return out
+
+
 def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, current: dict,
                   image_files: dict[str, str] | None = None) -> list:
     base = Path(scene.path).parent if scene.path else Path(".")
     files: dict[str, str] = dict(image_files or {})
+    downscale = target_downscale(scene)
     for item in getattr(target_spec, "images", None) or []:
         files[item.camera] = str(base / item.file)
     targets = []
@@ -59,7 +83,10 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
                              "--downscale N)") from None
         for cam, file in progress.track("loading target images", files.items(), unit="image"):
             c = scene.cameras[cam]
-            img = srgb_to_linear(read_image(file, channels=3))
+            if downscale > 1:  # an images_N/ file, or the full image resized on load
+                img = read_frame_image(file, c.width, c.height)
+            else:
+                img = srgb_to_linear(read_image(file, channels=3))
             if img.shape[:2] != (c.height, c.width):
                 raise SceneError(file, "", f"image is {img.shape[1]}x{img.shape[0]}, but camera {cam!r} is "
                                  f"{c.width}x{c.height}")

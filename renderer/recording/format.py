@@ -1,4 +1,4 @@
-"""The on-disk format of a recording (version 2; docs/recording.md is the user-facing description).
+"""The on-disk format of a recording (version 3; docs/recording.md is the user-facing description).
 
 A recording is a directory:
 
@@ -6,8 +6,9 @@ A recording is a directory:
                           the scene copy and its hashes, the parent recording of a resumed session
   scene/                  a copy of the scene file and every file it references (paths kept relative)
   events.jsonl            the append-only event log: one record per line, `CRC32 JSON\\n`
-  keyframes/<at>_<n>.npz  full optimization state at timeline position `at` (written atomically; n counts
-                          the keyframes at that position, the last logged one holds; start.npz: the start)
+  keyframes/<at>_<n>.npz  optimization state at timeline position `at` (written atomically; n counts
+                          the keyframes at that position, the last logged one holds; start.npz: the start),
+                          full (lossless, uncompressed) or compact (display precision + digests, deflated)
   thumbs/r<at>_<n>.png    the active view's render at `at`; thumbs/t_<view>_<n>.png its target
 
 A log line is the 8 hex digits of the CRC-32 of the JSON text, one space, the JSON text (one object,
@@ -29,10 +30,12 @@ import numpy as np
 from ..optim import commands as _commands
 
 FORMAT_NAME = "drstudio-recording"
+# 3: keyframes are compressed .npz files, full or compact (float16 values and SHA-256 digests of the exact
+#    state; renderer.recording.state), with "encoding" in their state.json and log record.
 # 2: command records are the typed commands of renderer.optim.commands (same "kind"/"args" fields) and
 #    may carry "rejected" (the engine refused it; nothing changed; re-execution must refuse it too).
 # 1: the first format; it reads unchanged (it has no refused commands).
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 
 META_FILE = "meta.json"
 LOG_FILE = "events.jsonl"

@@ -114,17 +114,21 @@ def is_inside(path, root) -> bool:
     return True
 
 
-def copy_scene(scene_file, dest_dir) -> dict:
+def copy_scene(scene_file, dest_dir, downscale: int = 1) -> dict:
     """Copy `scene_file` and its referenced files under `dest_dir`. Returns
     {"file": name of the copied scene file relative to dest_dir, "original": absolute original path,
-     "sha256": hash of the original scene file, "files": {relative copied path: sha256}}."""
+     "sha256": hash of the original scene file, "files": {relative copied path: sha256}}.
+    `downscale` > 1 (a session trained at 1/N: `optimize.targets.downscale`): the `images_N/` files of a
+    dataset's frames are copied too, where they lie inside the scene's folder (what the session read)."""
     scene_file, dest_dir = Path(scene_file).resolve(), Path(dest_dir)
     files: dict[str, str] = {}
-    _copy_json(scene_file, "scene", scene_file.parent, dest_dir, scene_file.name, files, depth=0)
+    _copy_json(scene_file, "scene", scene_file.parent, dest_dir, scene_file.name, files, depth=0,
+               downscale=downscale)
     return {"file": scene_file.name, "original": str(scene_file), "sha256": sha256(scene_file), "files": files}
 
 
-def _copy_json(src: Path, kind: str, root: Path, dest_root: Path, rel: str, files: dict, depth: int) -> None:
+def _copy_json(src: Path, kind: str, root: Path, dest_root: Path, rel: str, files: dict, depth: int,
+               downscale: int = 1) -> None:
     """Copy a scene (`kind` "scene") or transforms.json ("transforms") and the files it references."""
     doc, refs = _references(src, kind) if depth <= MAX_DEPTH else (None, [])
     changed = False
@@ -148,9 +152,16 @@ def _copy_json(src: Path, kind: str, root: Path, dest_root: Path, rel: str, file
                 changed = True
         if target_rel not in files:
             if ref_kind in ("scene", "transforms"):
-                _copy_json(ref, ref_kind, root, dest_root, target_rel, files, depth + 1)
+                _copy_json(ref, ref_kind, root, dest_root, target_rel, files, depth + 1, downscale)
             else:
                 _copy_file(ref, dest_root / target_rel, target_rel, files)
+        if ref_kind == "frame" and downscale > 1 and not target_rel.startswith("_external/"):
+            from ..captures import _downscaled
+
+            small = _downscaled(ref, ref.parent, downscale)
+            small_rel = _relative(small.resolve(), root) if small is not None else None
+            if small_rel is not None and small_rel not in files:
+                _copy_file(small, dest_root / small_rel, small_rel, files)
     dest = dest_root / rel
     if changed:
         text = json.dumps(doc, indent=2) + "\n"

@@ -14,14 +14,29 @@ would have (the determinism `--verify` checks):
   stored as `extra/<name>` arrays (a prefix of their own, so no name can clash with a parameter path's
   `value/<path>`), restored last.
 
+Keyframes come in two encodings (format version 3; docs/recording.md "Keyframes"):
+- **full**: every array exactly, in an uncompressed .npz (`np.savez`, as versions 1 and 2 wrote them:
+  deflate takes only 7-8 % off a trained field's float32 state and costs 20x the time to write).
+  `restore_state` needs one: resume and verify start from full keyframes.
+- **compact**: what replay shows, at display precision: the parameter values in float16 (an array whose
+  values float16 cannot hold stays float32), edited targets and integer extra state (a remeshed mesh's
+  faces, occupancy flags) exactly, no optimizer buffers or float extra state; plus the SHA-256 digest of
+  every array a full keyframe would hold (values, optimizer buffers, extra state), so `compare_state`
+  checks the re-executed state bit for bit against it, and resume reaches it by re-executing the log from
+  the full keyframe before it (`session.resume_problem`).
+- compact keyframes are compressed (`np.savez_compressed`: zip deflate).
+Both record `encoding` in state.json; a keyframe without it (versions 1 and 2) is full.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
 import os
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +46,9 @@ from .format import file_crc32
 
 STATE_KEY = "state.json"
 EXTRA_PREFIX = "extra/"
+FULL, COMPACT = "full", "compact"
+COMPACT_MIN = 1024  # float arrays with fewer elements are kept exactly in a compact keyframe
+F16_MAX = float(np.finfo(np.float16).max)
 
 log = logging.getLogger("drstudio.recording")
 
@@ -105,14 +123,61 @@ def capture_state(problem, *, at: int, sched_steps: int, reason: str) -> tuple[d
     return state, arrays
 
 
-def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync: bool = True) -> tuple[int, int]:
-    """Write a keyframe .npz atomically (temporary file, fsync, rename); returns (bytes, crc32)."""
-    payload = dict(arrays)
+def array_digest(a: np.ndarray) -> str:
+    """SHA-256 of an array's dtype, shape and little-endian bytes (hex): what a compact keyframe records of
+    each array it does not keep exactly, and what `compare_state` recomputes."""
+    a = np.ascontiguousarray(a)
+    a = a.astype(a.dtype.newbyteorder("<"), copy=False)
+    h = hashlib.sha256(f"{a.dtype.str}{list(a.shape)}".encode("ascii"))
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
+
+
+def compact_arrays(arrays: dict[str, np.ndarray], digests: bool = True) -> tuple[dict[str, np.ndarray], dict]:
+    """(stored arrays, encoding) of a compact keyframe of `arrays` (as `capture_state` returns them): see
+    the module docstring. `encoding["digests"]` holds the digest of every `value/`, `opt/` and `extra/`
+    array; `encoding["float16"]` names the arrays stored in float16 (`Keyframe` reads them as float32)."""
+    stored: dict[str, np.ndarray] = {}
+    sums, halves = {}, []
+    for name, a in arrays.items():
+        if digests and not name.startswith("truth/"):
+            sums[name] = array_digest(a)
+        if name.startswith("opt/"):
+            continue
+        big_float = a.dtype.kind == "f" and a.size >= COMPACT_MIN
+        if name.startswith(EXTRA_PREFIX) and big_float:
+            continue  # training state (an occupancy grid's densities): not shown, checked by its digest
+        if name.startswith("value/") and big_float:
+            finite = np.isfinite(a)
+            if not np.any(np.abs(a[finite]) > F16_MAX):
+                stored[name] = a.astype(np.float16)
+                halves.append(name)
+                continue
+        stored[name] = a
+    return stored, {"kind": COMPACT, "digests": sums, "float16": halves}
+
+
+def compact_bytes(arrays: dict[str, np.ndarray]) -> int:
+    """The uncompressed size of the compact form of `arrays` (an upper bound of its file's size, less the
+    digests and headers), without encoding it."""
+    stored, _ = compact_arrays(arrays, digests=False)
+    return sum(a.nbytes for a in stored.values())
+
+
+def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync: bool = True,
+                   compact: bool = False) -> tuple[int, int]:
+    """Write a keyframe .npz atomically (temporary file, fsync, rename): a full one (uncompressed), or with
+    `compact` a compact one (`compact_arrays`, deflated). Returns (bytes, crc32)."""
+    if compact:
+        payload, encoding = compact_arrays(arrays)
+    else:
+        payload, encoding = dict(arrays), {"kind": FULL}
+    state = {**state, "encoding": encoding}
     payload[STATE_KEY] = np.frombuffer(json.dumps(state).encode("utf-8"), np.uint8)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:
-            np.savez(f, **payload)
+            (np.savez_compressed if compact else np.savez)(f, **payload)
             f.flush()
             if fsync:
                 os.fsync(f.fileno())
@@ -123,34 +188,100 @@ def write_keyframe(path: Path, state: dict, arrays: dict[str, np.ndarray], fsync
 
 class Keyframe:
     """A loaded keyframe: `state` (dict, see `capture_state`), `values` (path -> array, every
-    optimizable parameter), `truth` (path -> array, edited targets only), `optimizer` (state_dict),
-    `extra` (name -> array: the problem's extra state, {} when it has none or the keyframe predates it)."""
+    optimizable parameter), `truth` (path -> array, edited targets only), `optimizer` (state_dict; empty
+    buffers in a compact keyframe), `extra` (name -> array: the problem's extra state, {} when it has none or
+    the keyframe predates it; a compact keyframe's integer arrays only), `compact` (True: display precision,
+    `digests` of the exact state; not restorable)."""
 
     def __init__(self, state: dict, arrays: dict[str, np.ndarray]):
         self.state = state
         self.at = int(state["at"])
-        self.values = {k[6:]: v for k, v in arrays.items() if k.startswith("value/")}
+        encoding = state.get("encoding") or {"kind": FULL}
+        self.compact = encoding.get("kind") == COMPACT
+        self.digests: dict[str, str] = dict(encoding.get("digests", {})) if self.compact else {}
+        halves = set(encoding.get("float16", ())) if self.compact else set()
+        self.values = {k[6:]: (v.astype(np.float32) if k in halves else v)
+                       for k, v in arrays.items() if k.startswith("value/")}
         self.truth = {k[6:]: v for k, v in arrays.items() if k.startswith("truth/")}
         self.extra = {k[len(EXTRA_PREFIX):]: v for k, v in arrays.items() if k.startswith(EXTRA_PREFIX)}
         opt = state["optimizer"]
         sd = {"iteration": opt["iteration"], "steps": opt["steps"], "lr": list(opt["lr"])}
         for b in opt["buffers"]:
-            sd[b] = [arrays[f"opt/{b}/{i}"] for i in range(len(opt["paths"]))]
+            sd[b] = [] if self.compact else [arrays[f"opt/{b}/{i}"] for i in range(len(opt["paths"]))]
         self.optimizer = sd
 
     @classmethod
     def read(cls, path) -> Keyframe:
+        """Read a keyframe file (any format version). ValueError (or OSError) for anything that is not an
+        intact keyframe: truncated or corrupt compressed data, declared sizes beyond the memory available, a
+        missing entry, a malformed state.json or encoding; the message says what."""
         with open(path, "rb") as f:
             data = f.read()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-        state = json.loads(arrays.pop(STATE_KEY).tobytes().decode("utf-8"))
-        return cls(state, arrays)
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:  # what inflating it would take, before inflating it
+                declared = sum(i.file_size for i in z.infolist())
+        except zipfile.BadZipFile:
+            declared = 0  # np.load below says what is wrong
+        limit = inflate_limit()
+        if declared > limit:
+            raise ValueError(f"its arrays would inflate to {declared / 2**30:.1f} GiB, more than this reader allows "
+                             f"({limit / 2**30:.1f} GiB: half the machine's memory)")
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            state = json.loads(arrays.pop(STATE_KEY).tobytes().decode("utf-8"))
+        except (zipfile.BadZipFile, zlib.error, EOFError, MemoryError, RecursionError) as exc:
+            raise ValueError(f"corrupt compressed data ({type(exc).__name__}: {exc})") from None
+        except KeyError:
+            raise ValueError(f"no {STATE_KEY} entry") from None
+        _check_state(state, arrays)
+        try:
+            return cls(state, arrays)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"{STATE_KEY}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def inflate_limit() -> int:
+    """Bytes a keyframe's arrays may declare: half the machine's physical memory (os.sysconf: no file is
+    opened, so reading a recording opens nothing outside it)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):  # a platform without these names
+        return 1 << 34
+
+
+def _check_state(state, arrays: dict) -> None:
+    """ValueError unless state.json has the fields `Keyframe` reads with the right types, and a compact
+    keyframe's encoding names only arrays it can hold (digests: hex strings; float16: stored arrays)."""
+    if not isinstance(state, dict) or not isinstance(state.get("at"), int) or not isinstance(
+            state.get("optimizer"), dict):
+        raise ValueError(f"{STATE_KEY}: expected an object with 'at' (integer) and 'optimizer'")
+    opt = state["optimizer"]
+    if not (isinstance(opt.get("buffers"), list) and isinstance(opt.get("paths"), list)
+            and isinstance(opt.get("lr"), list)):
+        raise ValueError(f"{STATE_KEY}: optimizer: expected lists 'buffers', 'paths', 'lr'")
+    encoding = state.get("encoding")
+    if encoding is None:
+        return
+    if not isinstance(encoding, dict) or encoding.get("kind") not in (FULL, COMPACT):
+        raise ValueError(f"{STATE_KEY}: encoding: expected {{\"kind\": \"full\" or \"compact\", ...}}")
+    if encoding["kind"] == COMPACT:
+        digests, halves = encoding.get("digests"), encoding.get("float16")
+        if not (isinstance(digests, dict) and all(isinstance(k, str) and isinstance(v, str) and len(v) == 64
+                                                  for k, v in digests.items())):
+            raise ValueError(f"{STATE_KEY}: encoding.digests: expected {{name: SHA-256 hex}}")
+        if not (isinstance(halves, list) and all(isinstance(k, str) and k in arrays
+                                                 and arrays[k].dtype == np.float16 for k in halves)):
+            raise ValueError(f"{STATE_KEY}: encoding.float16: expected the names of float16 arrays it holds")
 
 
 def restore_state(problem, kf: Keyframe) -> None:
     """Put `problem` (freshly built from the recording's scene, seed and device) into the keyframe's
-    state, so that its next `step()` is the step the recorded session took from there."""
+    state, so that its next `step()` is the step the recorded session took from there. Needs a full
+    keyframe (ValueError for a compact one: `session.resume_problem` re-executes up to it instead)."""
+    if kf.compact:
+        raise ValueError(f"keyframe at {kf.at} is compact (display precision, no optimizer state): it cannot be "
+                         f"restored directly; re-execute from the full keyframe before it")
     s = kf.state
     missing = set(s["free"]) ^ set(problem.param_specs)
     if missing:
@@ -193,9 +324,15 @@ def restore_state(problem, kf: Keyframe) -> None:
             owner.load_extra_state({k: np.array(v, copy=True) for k, v in kf.extra.items()})
 
 
-def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | None:
+def compare_state(problem, kf: Keyframe, rtol: float, exact: bool = True) -> tuple[str, float] | None:
     """The first quantity of `problem` that differs from the keyframe by more than `rtol` (relative to
-    the keyframe's largest magnitude of that quantity) as (description, relative error), or None."""
+    the keyframe's largest magnitude of that quantity) as (description, relative error), or None.
+
+    A compact keyframe holds digests, not the state: every array must then be bit for bit the recorded
+    one (its SHA-256), whatever `rtol`; a difference is reported with its relative error against the
+    float16 copy when there is one (else inf). `exact=False` (a device whose re-execution matches only to
+    float rounding, e.g. CUDA) compares the parameter values with the float16 copies instead, to
+    `max(rtol, 1e-3)` (float16 keeps 11 bits), and the rest not at all."""
     def rel(a, r) -> float:
         a, r = np.asarray(a, np.float64), np.asarray(r, np.float64)
         if a.shape != r.shape:
@@ -210,6 +347,8 @@ def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | Non
 
     if int(problem.step_index) != int(kf.state["step"]):
         return f"step index {problem.step_index} (recorded {kf.state['step']})", np.inf
+    if kf.compact:
+        return _compare_digests(problem, kf, rtol, exact, rel)
     for path, ref in kf.values.items():
         err = rel(problem.ds.get(path), ref)
         if not err <= rtol:
@@ -226,4 +365,28 @@ def compare_state(problem, kf: Keyframe, rtol: float) -> tuple[str, float] | Non
             err = rel(got[name], ref) if name in got else np.inf
             if not err <= rtol:
                 return f"extra state {name}", err
+    return None
+
+
+def _compare_digests(problem, kf: Keyframe, rtol: float, exact: bool, rel) -> tuple[str, float] | None:
+    _, arrays = capture_state(problem, at=kf.at, sched_steps=int(problem.schedule_steps), reason="compare")
+    if not exact:
+        for path, ref in kf.values.items():
+            err = rel(problem.ds.get(path), ref)
+            if not err <= max(rtol, 1e-3):
+                return f"parameter {path} (against its float16 copy)", err
+        return None
+    names = {"value/": "parameter", "opt/": "optimizer buffer", EXTRA_PREFIX: "extra state"}
+    recorded = set(kf.digests)
+    if not any(k.startswith(EXTRA_PREFIX) for k in arrays):  # no extra state here: compared as without the hook
+        recorded = {k for k in recorded if not k.startswith(EXTRA_PREFIX)}
+    for name in sorted(recorded | {k for k in arrays if not k.startswith("truth/")}):
+        what = next(f"{w} {name[len(p):]}" for p, w in names.items() if name.startswith(p)) if any(
+            name.startswith(p) for p in names) else name
+        if name not in arrays or name not in kf.digests:
+            return f"{what} (present in only one of the recorded and the re-executed state)", np.inf
+        if array_digest(arrays[name]) != kf.digests[name]:
+            ref = kf.values.get(name[6:]) if name.startswith("value/") else None
+            err = rel(arrays[name], ref) if ref is not None else np.inf
+            return f"{what} (not bit-identical: its SHA-256 differs from the compact keyframe's)", err
     return None

@@ -9,11 +9,14 @@
 What it writes, and when (all on the engine thread, between steps):
 - every applied command, with the timeline position and problem step at which it was applied;
 - every step's loss, loss terms, gradient norms, whether the update was applied, and its time;
-- a keyframe (full optimization state, `state.capture_state`) at the start, periodically, after every
+- a keyframe (the optimization state, `state.capture_state`) at the start, periodically, after every
   edit command (`format.EDIT_COMMANDS`) and at `close()`; several keyframes at one position supersede
   each other, so an edit dragged while paused leaves one file. Periodic keyframes are at the multiples of
   `keyframe_every` (25 by default), doubled after any keyframe until keyframes cost at most
-  `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones);
+  `keyframe_bytes_per_step` bytes per step (large states, e.g. radiance fields, get sparser ones).
+  A keyframe is full (lossless, restorable) at a resumed session's start and when the full state fits
+  `full_keyframe_bytes_per_step` since the last restorable position, else compact (float16 values and
+  digests: `state.py`); `keyframes="full"` makes every one full;
 - a thumbnail of the active view's render (and its target) every `thumb_every` steps, after edits,
   at the start and at `close()`.
 
@@ -51,7 +54,7 @@ from ..optim.models import seed_schedule
 from ..params import camera_intrinsics
 from . import format as fmt
 from .scenecopy import copy_scene
-from .state import capture_state, schedule_steps, write_keyframe
+from .state import capture_state, compact_bytes, schedule_steps, write_keyframe
 
 log = logging.getLogger("drstudio.recording")
 
@@ -62,9 +65,16 @@ MAX_INTERVAL = 1 << 20  # thinning beyond this stops writing keyframes and thumb
 class RecorderOptions:
     keyframe_every: int = 25  # steps between periodic keyframes (the least: see keyframe_bytes_per_step)
     # Periodic keyframes cost at most this many bytes per step on average: after each keyframe the interval
-    # doubles until (keyframe bytes) / interval <= this (a 64^3 field's 12.6 MB keyframe: every 200 steps;
-    # a 0.6 MB texture: every 25). The interval never shrinks. 0: no limit (every keyframe_every steps).
-    keyframe_bytes_per_step: int = 64 * 1024
+    # doubles until (keyframe bytes) / interval <= this (in "auto" mode the bytes of the compact form: a 64^3
+    # SH-0 field's 1.85 MB every 200 steps; a texture every 25). The interval never shrinks. 0: no limit
+    # (every keyframe_every steps).
+    keyframe_bytes_per_step: int = 16 * 1024
+    # "auto": a keyframe is written full (lossless, restorable) at a resumed session's start and whenever its
+    # raw size is at most full_keyframe_bytes_per_step times the steps since the last restorable position;
+    # every other keyframe is compact (values in float16 + digests of the exact state; state.py). "full":
+    # every keyframe full.
+    keyframes: str = "auto"
+    full_keyframe_bytes_per_step: int = 4 * 1024
     thumb_every: int = 10  # steps between thumbnails of the active render
     thumb_size: int = 128  # longest side of a thumbnail in pixels (renders are downscaled by an integer)
     max_bytes: int = 1 << 30  # disk budget of the whole recording
@@ -75,6 +85,11 @@ class RecorderOptions:
         for name in ("keyframe_every", "thumb_every", "thumb_size", "max_bytes"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RecorderOptions.{name}: expected a positive integer, got {getattr(self, name)}")
+        if self.keyframes not in ("auto", "full"):
+            raise ValueError(f"RecorderOptions.keyframes: expected 'auto' or 'full', got {self.keyframes!r}")
+        if int(self.full_keyframe_bytes_per_step) < 0:
+            raise ValueError(f"RecorderOptions.full_keyframe_bytes_per_step: expected bytes >= 0, got "
+                             f"{self.full_keyframe_bytes_per_step}")
         if int(self.keyframe_bytes_per_step) < 0:
             raise ValueError(f"RecorderOptions.keyframe_bytes_per_step: expected bytes >= 0, got "
                              f"{self.keyframe_bytes_per_step}")
@@ -134,6 +149,11 @@ class Recorder:
         self._thumbs: dict[int, tuple[str, int]] = {}  # at -> (file, bytes)
         self._media_off = False
         self._start_at = -1
+        # where the state can last be restored exactly: a fresh session's start is the problem the scene copy
+        # builds (verify and resume rebuild it), a resumed one's start is written full
+        self._last_full_at = self.at
+        self._full_at: set[int] = set()  # positions whose kept keyframe is full
+        self._resumed = parent is not None or self.at != 0
         self._names: dict[tuple[str, int], int] = {}  # (folder, at) -> files written there so far
         self._log_bytes = 0
         self._other_bytes = 0  # meta, scene copy, target thumbnails
@@ -142,7 +162,8 @@ class Recorder:
         scene_info = None
         scene_path = Path(problem.scene.path) if problem.scene.path else None
         if scene_path is not None and scene_path.is_file():
-            scene_info = copy_scene(scene_path, self.dir / fmt.SCENE_DIR)
+            scene_info = copy_scene(scene_path, self.dir / fmt.SCENE_DIR,
+                                    downscale=int(getattr(problem.spec.targets, "downscale", 1) or 1))
             scene_info["file"] = f"{fmt.SCENE_DIR}/{scene_info['file']}"
             scene_info["files"] = {f"{fmt.SCENE_DIR}/{k}": v for k, v in scene_info["files"].items()}
             self._other_bytes += sum((self.dir / k).stat().st_size for k in scene_info["files"])
@@ -167,6 +188,9 @@ class Recorder:
             },
             "argv": list(sys.argv),
         }
+        downscale = int(getattr(problem.spec.targets, "downscale", 1) or 1)
+        if downscale > 1:  # `--downscale N` is not in the scene copy's file: build_problem applies it
+            self.meta["downscale"] = downscale
         if getattr(problem, "shards", 1) > 1:  # a distributed run: what verify emulates in one process
             self.meta["data_parallel"] = {"ranks": int(problem.shards),
                                           "threads_per_rank": getattr(problem.model, "workers", None)}
@@ -285,8 +309,21 @@ class Recorder:
         # one it supersedes is deleted only after its record is in the log, so a crash at any point
         # leaves the last logged record of each position naming an intact file.
         rel = f"{fmt.KEYFRAME_DIR}/start.npz" if reason == "start" else self._new_name(fmt.KEYFRAME_DIR, "", ".npz")
-        size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes)
-        self._fit_interval(size)
+        raw = sum(a.nbytes for a in arrays.values())
+        # full: a resumed session's start (its state exists nowhere else); a keyframe that supersedes a full one
+        # at this position (which is deleted); one whose state fits the rate since the last restorable
+        # position (a small state: every one)
+        full = (self.options.keyframes == "full" or (reason == "start" and self._resumed) or self.at in self._full_at
+                or raw <= int(self.options.full_keyframe_bytes_per_step) * max(1, self.at - self._last_full_at))
+        size, crc = write_keyframe(self.dir / rel, state, arrays, fsync=self.options.fsync_keyframes,
+                                   compact=not full)
+        if full:
+            self._last_full_at = self.at
+            if reason != "start":
+                self._full_at.add(self.at)
+        # the interval is fitted to what periodic keyframes cost: compact ones in "auto" mode (for a full one,
+        # the uncompressed size of its compact form, an upper bound), full ones in "full" mode
+        self._fit_interval(size if not full or self.options.keyframes == "full" else compact_bytes(arrays))
         previous = None
         if reason == "start":
             self._other_bytes += size
@@ -296,7 +333,8 @@ class Recorder:
             keep_reason = reason if previous is None or previous[2] == "periodic" else previous[2]
             self._keyframes[self.at] = (rel, size, keep_reason)
         self._append({"type": "keyframe", "at": self.at, "step": int(self.problem.step_index), "file": rel,
-                      "reason": reason, "bytes": size, "crc32": crc, "keyframe_every": self.keyframe_every})
+                      "reason": reason, "bytes": size, "crc32": crc, "keyframe_every": self.keyframe_every,
+                      "encoding": "full" if full else "compact"})
         if previous is not None:
             (self.dir / previous[0]).unlink(missing_ok=True)
         self._enforce_budget()
