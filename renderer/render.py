@@ -31,7 +31,7 @@ from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
 from .stages import background as bg
 from .stages import camera as cam
-from .stages import gbuffer, interpolate, pack, raster, shading, softras, texture, visibility
+from .stages import gbuffer, interpolate, pack, raster, shading, shadow_grid, softras, texture, visibility
 from .stages import pathtrace as pt
 from .stages.shading import Lights
 from .thread_tape import active_tape, recording
@@ -182,7 +182,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
 
     def build_shadow(const: bool):
         lights = Lights(*[constant(a) for a in frame.lights.arrays()]) if const else frame.lights
-        return shading.shadow_mask(frame.bvh.id, g["positions"], g["normals"], g["model"], lights, facing_only=True)
+        return shadow_grid.shadow_mask_grid(frame.bvh, g["positions"], g["normals"], g["model"], lights,
+                                            facing_only=True)
 
     uv, uv_da = part("uv", build_uv)
     mat, model = g["mat"], g["model"]
