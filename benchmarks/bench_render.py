@@ -56,6 +56,7 @@ TEXTURE = 256
 FOV_DEG = 40.0
 EYE = (0.0, 0.4, 3.2)
 ALBEDO = "materials.body.albedo"
+VERTICES = "meshes.sphere.vertices"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -326,18 +327,23 @@ class Case:
         """prepare + render; returns the image."""
         return self.render(self.ds.prepare(cache=cache), threads, cache).image
 
-    def step(self, threads: int = 1, cache: GBufferCache | None = None) -> wp.array:
-        """One texture-optimization step (zero_grad, prepare + render + L2 under a tape, backward);
-        returns the albedo texture's gradient. With `cache` the view's G-buffer is reused (filled by the
-        first call)."""
+    def step(self, threads: int = 1, cache: GBufferCache | None = None, wrt: tuple | None = (ALBEDO,)) -> wp.array:
+        """One optimization step (zero_grad, prepare + render + L2 under a tape, backward) differentiating
+        the paths `wrt` (`DeviceScene.differentiating`, as `Problem.step` does with its free parameters; None:
+        every leaf); returns the gradient of the first of them (the albedo texture's by default; with
+        wrt=None the albedo's). With `cache` the view's G-buffer is reused (filled by the first call)."""
         self.ds.zero_grad()
         loss = wp.zeros(1, dtype=float, device=self.ds.device, requires_grad=True)
         tape = wp.Tape()
-        with tape:
+        with tape, (self.ds.differentiating(wrt) if wrt is not None else contextlib.nullcontext()):
             image = self.render(self.ds.prepare(cache=cache), threads, cache).image
             losses.l2(image, self.target, loss)
         tape.backward(loss)
-        return self.ds.arrays[ALBEDO].grad
+        return self.ds.arrays[wrt[0] if wrt else ALBEDO].grad
+
+    def geometry_step(self, threads: int = 1) -> wp.array:
+        """A shape-optimization step: the vertices differentiated, nothing reused; their gradient."""
+        return self.step(threads, None, (VERTICES,))
 
 
 def median_ms(fn, device, repeats: int, warmup: int) -> float:
@@ -363,12 +369,15 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
     with AllocationCounter(dev) as alloc, ForeignLoad() as load:
         row["forward_ms"] = median_ms(case.forward, dev, repeats, warmup)
         row["step_ms"] = median_ms(case.step, dev, repeats, warmup)
+        row["step_all_ms"] = median_ms(lambda: case.step(1, None, None), dev, repeats, warmup)
+        row["geo_step_ms"] = median_ms(case.geometry_step, dev, repeats, warmup)
         cache = case.texture_cache()
         row["step_cached_ms"] = median_ms(lambda: case.step(1, cache), dev, repeats, warmup)
         if threads > 1 and dev.is_cpu:
             row["threads"] = threads
             row["forward_mt_ms"] = median_ms(lambda: case.forward(threads), dev, repeats, warmup)
             row["step_mt_ms"] = median_ms(lambda: case.step(threads), dev, repeats, warmup)
+            row["geo_step_mt_ms"] = median_ms(lambda: case.geometry_step(threads), dev, repeats, warmup)
             cache = case.texture_cache()
             row["step_cached_mt_ms"] = median_ms(lambda: case.step(threads, cache), dev, repeats, warmup)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -385,7 +394,9 @@ def profile_case(case: Case, runs: int) -> dict:
     case.step()
     case.step(1, cache)
     out = {}
-    for name, fn in (("forward", case.forward), ("step", case.step), ("cached step", lambda: case.step(1, cache))):
+    case.geometry_step()
+    for name, fn in (("forward", case.forward), ("step", case.step), ("step all", lambda: case.step(1, None, None)),
+                     ("geometry step", case.geometry_step), ("cached step", lambda: case.step(1, cache))):
         with LaunchProfiler() as prof:
             t0 = time.perf_counter()
             for _ in range(runs):
@@ -518,15 +529,19 @@ def _mitsuba(resolution: int, triangles: int, repeats: int, warmup: int, threads
 # (title, key, format); a column is shown when any row has its key
 COLUMNS = (("res", "resolution", "4d"), ("tris", "triangles", "6d"), ("mode", "mode", "9s"),
            ("fwd", "forward_ms", "6.1f"), ("step", "step_ms", "6.1f"),
+           ("step all", "step_all_ms", "8.1f"), ("geo", "geo_step_ms", "6.1f"),
            ("fwd 2t", "forward_mt_ms", "6.1f"), ("step 2t", "step_mt_ms", "7.1f"),
+           ("geo 2t", "geo_step_mt_ms", "6.1f"),
            ("cached", "step_cached_ms", "6.1f"), ("cached 2t", "step_cached_mt_ms", "9.1f"),
            ("mi fwd", "mitsuba_forward_ms", "6.1f"), ("mi step", "mitsuba_step_ms", "7.1f"),
            ("mi 1t", "mitsuba_step_1t_ms", "6.1f"),
            ("RSS MB", "peak_rss_mb", "6.0f"), ("warp MB", "warp_peak_mb", "7.1f"),
            ("busy", "foreign_load", "4.1f"), ("mi busy", "mitsuba_busy", "7.1f"))
 
-LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + backward (texture "
-          "gradient), everything recomputed; cached = the same step reusing the G-buffer (GBufferCache, only the "
+LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + backward of the texture "
+          "(only it differentiated, as Problem.step and Mitsuba do), everything recomputed; step all = the same "
+          "with every leaf differentiated; geo = the step of a shape optimization (the vertices differentiated, "
+          "everything recomputed); cached = the same step reusing the G-buffer (GBufferCache, only the "
           "albedo varies: what a texture optimization runs); 2t = image split between 2 threads "
           "(renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
           "direct integrator, 1 spp (all cores; 1t = one thread); RSS MB = peak process RSS during the "
@@ -565,7 +580,7 @@ def format_markdown(rows: list[dict]) -> str:
 
 def format_profile(prof: dict, top: int = 12) -> str:
     lines = []
-    for name in ("forward", "step", "cached step"):
+    for name in ("forward", "step", "step all", "geometry step", "cached step"):
         if name not in prof:
             continue
         p = prof[name]

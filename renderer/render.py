@@ -125,8 +125,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
         memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
-    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
-    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
+    intr = intrinsics if intrinsics is not None else ds.leaf(camera_intrinsics(camera))
+    pose = pose if pose is not None else ds.leaf(camera_pose(camera))
     if mode == "path":
         r = sc.render
         return _render_path(ds, frame, intr, pose, width, height, spp=r.spp if spp is None else spp,
@@ -183,7 +183,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     def build_shadow(const: bool):
         lights = Lights(*[constant(a) for a in frame.lights.arrays()]) if const else frame.lights
         return shadow_grid.shadow_mask_grid(frame.bvh, g["positions"], g["normals"], g["model"], lights,
-                                            facing_only=True)
+                                            facing_only=True, grids=frame.shadow_grids)
 
     uv, uv_da = part("uv", build_uv)
     mat, model = g["mat"], g["model"]

@@ -67,7 +67,7 @@ def hit_points(origins: wp.array, directions: wp.array, depth: wp.array, tri_id:
     grad = origins.requires_grad or directions.requires_grad or depth.requires_grad
     out = wp.zeros((tri_id.shape[0], 3), dtype=float, device=tri_id.device, requires_grad=grad)
     wp.launch(_hit_points, dim=tri_id.shape[0], inputs=[origins, directions, depth, tri_id, out],
-              device=tri_id.device)
+              device=tri_id.device, record_tape=grad)
     return out
 
 

@@ -23,6 +23,8 @@ cells the triangles' boxes cover, against O(log F) box tests per ray for the BVH
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import warp as wp
 
@@ -239,11 +241,13 @@ def _light_axis(light: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> tuple[int,
 
 
 def shadow_mask_grid(bvh: wp.Mesh, positions: wp.array, normals: wp.array, model: wp.array, lights: Lights,
-                     eps: float = 1.0e-4, facing_only: bool = False) -> wp.array:
+                     eps: float = 1.0e-4, facing_only: bool = False, grids: dict | None = None) -> wp.array:
     """`shading.shadow_mask(bvh.id, positions, normals, model, lights, eps, facing_only)` (same arguments and
     result, bit for bit up to how float32 roundoff decides rays that graze an edge), with the point lights'
     rays tested against a light-space grid (module docstring). `bvh` is the `wp.Mesh` itself (its points
-    and indices are binned). Not differentiable (as `shadow_mask`)."""
+    and indices are binned). `grids`: a dict that keeps the grids for later calls with the same mesh positions
+    and lights (e.g. every view and band of one prepared frame; thread-safe). Not differentiable (as
+    `shadow_mask`)."""
     if not isinstance(bvh, wp.Mesh):
         raise TypeError(f"bvh: expected a wp.Mesh, got {type(bvh).__name__}")
     if not isinstance(lights, Lights):
@@ -257,12 +261,9 @@ def shadow_mask_grid(bvh: wp.Mesh, positions: wp.array, normals: wp.array, model
     empty_i = wp.empty(1, dtype=wp.int32, device=dev)
     empty_f = wp.empty(1, dtype=float, device=dev)
     lp = lights.point_position.numpy().reshape(-1, 3) if lights.num_point else np.zeros((0, 3), np.float32)
-    wnp = world.numpy()
-    lo3, hi3 = wnp.min(axis=0), wnp.max(axis=0)
+    built = _grids(world, faces, nf, lp, grids)
     for j in range(lights.count):
-        grid = None
-        if j < lights.num_point and nf > 0:
-            grid = _build(world, faces, nf, lp[j], lo3, hi3)
+        grid = built[j] if j < len(built) else None
         use_grid = int(grid is not None)
         if grid is None:  # the BVH for this light
             grid = [0, 0.0, wp.vec2(0.0, 0.0), wp.vec2(0.0, 0.0), 1, empty_i, empty_i, empty_i, empty_f]
@@ -271,6 +272,25 @@ def shadow_mask_grid(bvh: wp.Mesh, positions: wp.array, normals: wp.array, model
                           lights.dir_direction, float(eps), int(bool(facing_only)), j, use_grid, *grid],
                   outputs=[out])
     return out
+
+
+_GRIDS_LOCK = threading.Lock()
+
+
+def _grids(world: wp.array, faces: wp.array, nf: int, lp: np.ndarray, cache: dict | None) -> list:
+    """The grid (or None: the BVH) of each point light, from `cache` when it holds them for these positions."""
+    key = (world.ptr, faces.ptr, lp.tobytes())
+    with _GRIDS_LOCK:  # one thread builds, the others (bands of one frame) wait for its result
+        if cache is not None and cache.get("key") == key:
+            return cache["grids"]
+        grids = []
+        if nf > 0 and len(lp):
+            wnp = world.numpy()
+            lo3, hi3 = wnp.min(axis=0), wnp.max(axis=0)
+            grids = [_build(world, faces, nf, light, lo3, hi3) for light in lp]
+        if cache is not None:
+            cache.update(key=key, grids=grids)
+        return grids
 
 
 def _build(world: wp.array, faces: wp.array, nf: int, light: np.ndarray, lo3: np.ndarray, hi3: np.ndarray):
