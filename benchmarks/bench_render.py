@@ -346,18 +346,27 @@ class Case:
         return self.step(threads, None, (VERTICES,))
 
 
-def median_ms(fn, device, repeats: int, warmup: int) -> float:
-    """Median wall time in ms of `repeats` calls after `warmup` calls, synchronized around each."""
+def median_times(fn, device, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median wall time, median CPU time of this process) in ms of `repeats` calls after `warmup` calls,
+    synchronized around each. The CPU time counts every thread of the process: for one-thread work it is
+    the time the call takes on an idle core, whatever other processes do meanwhile (on a loaded machine
+    the wall time is not)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
         wp.synchronize_device(device)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         fn()
         wp.synchronize_device(device)
         times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(times), 1e3 * statistics.median(cpu)
+
+
+def median_ms(fn, device, repeats: int, warmup: int) -> float:
+    """Median wall time in ms of `repeats` calls after `warmup` calls, synchronized around each."""
+    return median_times(fn, device, repeats, warmup)[0]
 
 
 def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dict:
@@ -367,10 +376,10 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
     reset_peak_rss()
     row = {"resolution": case.resolution, "triangles": case.triangles, "mode": case.mode}
     with AllocationCounter(dev) as alloc, ForeignLoad() as load:
-        row["forward_ms"] = median_ms(case.forward, dev, repeats, warmup)
-        row["step_ms"] = median_ms(case.step, dev, repeats, warmup)
+        row["forward_ms"], row["forward_cpu_ms"] = median_times(case.forward, dev, repeats, warmup)
+        row["step_ms"], row["step_cpu_ms"] = median_times(case.step, dev, repeats, warmup)
         row["step_all_ms"] = median_ms(lambda: case.step(1, None, None), dev, repeats, warmup)
-        row["geo_step_ms"] = median_ms(case.geometry_step, dev, repeats, warmup)
+        row["geo_step_ms"], row["geo_step_cpu_ms"] = median_times(case.geometry_step, dev, repeats, warmup)
         cache = case.texture_cache()
         row["step_cached_ms"] = median_ms(lambda: case.step(1, cache), dev, repeats, warmup)
         if threads > 1 and dev.is_cpu:
@@ -506,6 +515,8 @@ def run(resolutions=RESOLUTIONS, triangles=TRIANGLES, modes=MODES, repeats: int 
                     row["mitsuba_step_ms"] = m["integrators"]["direct"]["step_ms"] if m else None
                     row["mitsuba_threads"] = m["threads"] if m else None
                     row["mitsuba_step_1t_ms"] = m1["integrators"]["direct"]["step_ms"] if m1 else None
+                    row["mitsuba_forward_1t_cpu_ms"] = m1["integrators"]["direct"]["forward_cpu_ms"] if m1 else None
+                    row["mitsuba_step_1t_cpu_ms"] = m1["integrators"]["direct"]["step_cpu_ms"] if m1 else None
                 rows.append(row)
                 if log:
                     log(row)
@@ -535,6 +546,9 @@ COLUMNS = (("res", "resolution", "4d"), ("tris", "triangles", "6d"), ("mode", "m
            ("cached", "step_cached_ms", "6.1f"), ("cached 2t", "step_cached_mt_ms", "9.1f"),
            ("mi fwd", "mitsuba_forward_ms", "6.1f"), ("mi step", "mitsuba_step_ms", "7.1f"),
            ("mi 1t", "mitsuba_step_1t_ms", "6.1f"),
+           ("fwd cpu", "forward_cpu_ms", "7.1f"), ("step cpu", "step_cpu_ms", "8.1f"),
+           ("geo cpu", "geo_step_cpu_ms", "7.1f"), ("mi fwd 1t cpu", "mitsuba_forward_1t_cpu_ms", "13.1f"),
+           ("mi 1t cpu", "mitsuba_step_1t_cpu_ms", "9.1f"),
            ("RSS MB", "peak_rss_mb", "6.0f"), ("warp MB", "warp_peak_mb", "7.1f"),
            ("busy", "foreign_load", "4.1f"), ("mi busy", "mitsuba_busy", "7.1f"))
 
@@ -544,7 +558,8 @@ LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + 
           "everything recomputed); cached = the same step reusing the G-buffer (GBufferCache, only the "
           "albedo varies: what a texture optimization runs); 2t = image split between 2 threads "
           "(renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
-          "direct integrator, 1 spp (all cores; 1t = one thread); RSS MB = peak process RSS during the "
+          "direct integrator, 1 spp (all cores; 1t = one thread); cpu = the process's CPU time on one thread "
+          "(the time on an idle core; robust to other processes' load); RSS MB = peak process RSS during the "
           "case; warp MB = peak bytes Warp allocated during the case; busy = cores other processes used "
           "meanwhile (should be ~0; mi busy: during the Mitsuba runs)")
 

@@ -86,7 +86,7 @@ def multiply(a: wp.array2d, b: wp.array2d) -> wp.array2d:
     if a.shape != b.shape:
         raise ValueError(f"multiply: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
-    wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device)
+    wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device, record_tape=out.requires_grad)
     return out
 
 
@@ -95,7 +95,7 @@ def add(a: wp.array2d, b: wp.array2d) -> wp.array2d:
     if a.shape != b.shape:
         raise ValueError(f"add: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
-    wp.launch(_add, dim=a.shape, inputs=[a, b, out], device=a.device)
+    wp.launch(_add, dim=a.shape, inputs=[a, b, out], device=a.device, record_tape=out.requires_grad)
     return out
 
 
