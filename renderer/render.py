@@ -213,16 +213,14 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
 
         radiance = sample_albedo(part("lambert", build_lambert))
     elif _lambert_only(ds):
-        # The same factorization recomputed: the irradiance factor is shaded with a unit albedo and the albedo
-        # lookup scaled by it, so a step that differentiates only the texture runs one lookup's adjoint and
-        # no shading adjoint (equal to shading the albedo to float32 roundoff: the terms sum in another order)
-        n = tri.shape[0]
-        ones = wp.ones((n, 3), dtype=float, device=ds.device)
-        zeros = wp.zeros((n, 1), dtype=float, device=ds.device)
+        # The same factorization recomputed: the factor is shaded with the vertex colors as the albedo and the
+        # albedo lookup scaled by it, so a step that differentiates only the texture runs one lookup's adjoint
+        # and no shading adjoint (equal to shading the albedo to float32 roundoff: another order of products)
+        zeros = wp.zeros((tri.shape[0], 1), dtype=float, device=ds.device)
         shadow = part("shadow", build_shadow) if shadows else None
-        irradiance = shading.shade(g["positions"], g["normals"], ones, zeros, zeros, model, pose, frame.lights,
-                                   shadow)
-        radiance = sample_albedo(gbuffer.multiply(irradiance, part("colors", build_colors)))
+        factor = shading.shade(g["positions"], g["normals"], part("colors", build_colors), zeros, zeros, model, pose,
+                               frame.lights, shadow)
+        radiance = sample_albedo(factor)
     else:
         vcolor = part("colors", build_colors)
         albedo = sample_albedo(vcolor)

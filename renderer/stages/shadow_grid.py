@@ -14,8 +14,9 @@ hit at 0 <= t < max_t). The answer is the BVH's: the grid only drops triangles t
 the per-triangle test is Warp's, ported (its fused multiply-adds done in float64, the same signs).
 
 A light that is not outside the bounding box of the vertices along some axis (a light inside a room),
-directional lights, and rays whose origin is not in front of the light's plane use
-`wp.mesh_query_ray_anyhit` as `shading.shadow_kernel` does.
+directional lights, meshes with more triangles than the rays (`shadow_mask_grid`), and rays whose origin
+is not in front of the light's plane use `wp.mesh_query_ray_anyhit` as `shading.shadow_kernel` does.
+Each ray also skips the triangles whose plane has its origin clearly on the light's side (no crossing).
 
 The grid costs a few launches per light and step (project, count, scan, fill): about O(F) work plus the
 cells the triangles' boxes cover, against O(log F) box tests per ray for the BVH.
@@ -114,6 +115,12 @@ def _project_kernel(world: wp.array(dtype=wp.vec3), light: wp.vec3, axis: int, s
 
 
 @wp.func
+def _plane_tol(x: wp.vec3, w: float) -> float:
+    """Bound on the roundoff of dot(n, x) - w (unit n) in float32, with a wide margin."""
+    return PAD * (1.0 + wp.abs(x[0]) + wp.abs(x[1]) + wp.abs(x[2]) + wp.abs(w))
+
+
+@wp.func
 def _cell(x: float, lo: float, inv: float, n: int) -> int:
     return wp.clamp(int(wp.floor((x - lo) * inv)), 0, n - 1)
 
@@ -129,8 +136,25 @@ def _tri_box(proj: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), f: 
 
 @wp.kernel(enable_backward=False)
 def _count_kernel(proj: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32), lo: wp.vec2, inv: wp.vec2,
-                  n: int, pad: float, counts: wp.array(dtype=wp.int32)):
+                  n: int, pad: float, counts: wp.array(dtype=wp.int32), world: wp.array(dtype=wp.vec3),
+                  light: wp.vec3, planes: wp.array(dtype=wp.vec4)):
     f = wp.tid()
+    # the triangle's plane, unit normal towards the light: a ray whose origin is clearly on the light's side
+    # cannot reach it (0, 0, 0, 1 where that is not clear: never skipped)
+    a = world[faces[3 * f]]
+    nn = wp.cross(world[faces[3 * f + 1]] - a, world[faces[3 * f + 2]] - a)
+    length = wp.length(nn)
+    plane = wp.vec4(0.0, 0.0, 0.0, 1.0)
+    if length > 0.0:
+        nn = nn / length
+        w = wp.dot(nn, a)
+        sl = wp.dot(nn, light) - w
+        if wp.abs(sl) > _plane_tol(light, w):
+            if sl < 0.0:
+                nn = -nn
+                w = -w
+            plane = wp.vec4(nn[0], nn[1], nn[2], w)
+    planes[f] = plane
     box = _tri_box(proj, faces, f, pad)
     x0 = _cell(box[0], lo[0], inv[0], n)
     x1 = _cell(box[2], lo[0], inv[0], n)
@@ -167,7 +191,7 @@ def shadow_grid_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp
                        use_grid: int, axis: int, side: float, lo: wp.vec2, inv: wp.vec2, n: int,
                        ends: wp.array(dtype=wp.int32), counts: wp.array(dtype=wp.int32),
                        entries: wp.array(dtype=wp.int32), near: wp.array(dtype=float),
-                       out: wp.array2d(dtype=float)):
+                       planes: wp.array(dtype=wp.vec4), out: wp.array2d(dtype=float)):
     # column j of `shading.shadow_kernel` (the same origin offset and ray), cell candidates for the test
     i = wp.tid()
     lit = 1.0
@@ -220,6 +244,12 @@ def shadow_grid_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp
                 for k in range(ends[c] - counts[c], ends[c]):
                     if near[k] <= zmax:
                         f = entries[k]
+                        pl = planes[f]
+                        w = pl[3]
+                        so = pl[0] * o[0] + pl[1] * o[1] + pl[2] * o[2] - w
+                        # o and the light on the same side of the plane: no crossing
+                        if so > _plane_tol(o, w):
+                            continue
                         if ray_hits_triangle(o, dn, world[faces[3 * f]], world[faces[3 * f + 1]],
                                              world[faces[3 * f + 2]], max_t):
                             lit = 0.0
@@ -261,12 +291,16 @@ def shadow_mask_grid(bvh: wp.Mesh, positions: wp.array, normals: wp.array, model
     empty_i = wp.empty(1, dtype=wp.int32, device=dev)
     empty_f = wp.empty(1, dtype=float, device=dev)
     lp = lights.point_position.numpy().reshape(-1, 3) if lights.num_point else np.zeros((0, 3), np.float32)
-    built = _grids(world, faces, nf, lp, grids)
+    # the grid's build grows with the triangles and the cells they cover, the BVH's walk with the rays: far
+    # more triangles than rays (a dense mesh in a small image, measured at 100k triangles and 256x256) walk
+    # the BVH
+    built = _grids(world, faces, nf, lp, grids) if nf * CELLS_PER_TRIANGLE <= 2 * n else []
     for j in range(lights.count):
         grid = built[j] if j < len(built) else None
         use_grid = int(grid is not None)
         if grid is None:  # the BVH for this light
-            grid = [0, 0.0, wp.vec2(0.0, 0.0), wp.vec2(0.0, 0.0), 1, empty_i, empty_i, empty_i, empty_f]
+            grid = [0, 0.0, wp.vec2(0.0, 0.0), wp.vec2(0.0, 0.0), 1, empty_i, empty_i, empty_i, empty_f,
+                    wp.empty(1, dtype=wp.vec4, device=dev)]
         wp.launch(shadow_grid_kernel, dim=n, device=dev, record_tape=False,
                   inputs=[bvh.id, world, faces, positions, normals, model, lights.point_position,
                           lights.dir_direction, float(eps), int(bool(facing_only)), j, use_grid, *grid],
@@ -294,7 +328,7 @@ def _grids(world: wp.array, faces: wp.array, nf: int, lp: np.ndarray, cache: dic
 
 
 def _build(world: wp.array, faces: wp.array, nf: int, light: np.ndarray, lo3: np.ndarray, hi3: np.ndarray):
-    """The grid of one point light: [axis, side, lo, inv, n, ends, counts, entries, near], or None when the
+    """The grid of one point light: [axis, side, lo, inv, n, ends, counts, entries, near, planes], or None when the
     light is not outside the vertices' bounding box (the caller then walks the BVH)."""
     choice = _light_axis(np.asarray(light, np.float64), lo3.astype(np.float64), hi3.astype(np.float64))
     if choice is None:
@@ -313,7 +347,9 @@ def _build(world: wp.array, faces: wp.array, nf: int, light: np.ndarray, lo3: np
     lo = wp.vec2(ulo - 2 * pad, vlo - 2 * pad)
     inv = wp.vec2(cells / (uhi - ulo + 4 * pad + 1e-30), cells / (vhi - vlo + 4 * pad + 1e-30))
     counts = wp.zeros(cells * cells, dtype=wp.int32, device=dev)
-    wp.launch(_count_kernel, dim=nf, device=dev, record_tape=False, inputs=[proj, faces, lo, inv, cells, pad, counts])
+    planes = wp.empty(nf, dtype=wp.vec4, device=dev)
+    wp.launch(_count_kernel, dim=nf, device=dev, record_tape=False,
+              inputs=[proj, faces, lo, inv, cells, pad, counts, world, wp.vec3(*map(float, light)), planes])
     ends = wp.empty_like(counts)
     wp.utils.array_scan(counts, ends, inclusive=True)
     total = int(ends[cells * cells - 1:].numpy()[0])
@@ -322,4 +358,4 @@ def _build(world: wp.array, faces: wp.array, nf: int, light: np.ndarray, lo3: np
     cursor = wp.clone(ends)
     wp.launch(_fill_kernel, dim=nf, device=dev, record_tape=False,
               inputs=[proj, faces, lo, inv, cells, pad, cursor, entries, near])
-    return [axis, side, lo, inv, cells, ends, counts, entries, near]
+    return [axis, side, lo, inv, cells, ends, counts, entries, near, planes]
