@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import importlib.metadata
 import os
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import warp as wp
-from drstudio.renderer import conventions, primitives
+from drstudio.renderer import conventions, memory, primitives
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.render import render_view
@@ -222,15 +221,9 @@ def peak_rss_mb() -> float:
 
 
 def tune_malloc() -> bool:
-    """Make glibc keep freed buffers for reuse instead of returning them to the OS (mmap threshold
-    32 MB, its maximum; trim threshold 512 MB). The renderer allocates fresh per-pixel buffers every
-    step (~50 MB at 512x512), which by default are mmapped and page-faulted in anew each time.
-    Process-wide; returns False where glibc's mallopt is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 32 * 2**20)) and bool(libc.mallopt(-1, 512 * 2**20))
-    except (OSError, AttributeError):
-        return False
+    """glibc's malloc tuned to keep freed buffers for reuse, as the `drstudio` command runs
+    (`renderer.memory.reuse_freed_buffers`); False where unavailable."""
+    return memory.reuse_freed_buffers()
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
@@ -652,8 +645,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-measure a case up to this often while other processes were busy "
                              "(default 3, 0 with --quick)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument("--tune-malloc", action="store_true",
-                        help="run with glibc's malloc tuned to reuse freed buffers (see tune_malloc)")
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="run with glibc's malloc tuned to reuse freed buffers, as the drstudio command does "
+                             "(see tune_malloc; default on, --no-tune-malloc for glibc's defaults)")
     args = parser.parse_args(argv)
 
     quick = args.quick
