@@ -378,8 +378,9 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
         if threads > 1 and dev.is_cpu:
             row["threads"] = threads
             row["forward_mt_ms"] = median_ms(lambda: case.forward(threads), dev, repeats, warmup)
-            row["step_mt_ms"] = median_ms(lambda: case.step(threads), dev, repeats, warmup)
-            row["geo_step_mt_ms"] = median_ms(lambda: case.geometry_step(threads), dev, repeats, warmup)
+            row["step_mt_ms"], row["step_mt_cpu_ms"] = median_times(lambda: case.step(threads), dev, repeats, warmup)
+            row["geo_step_mt_ms"], row["geo_step_mt_cpu_ms"] = median_times(lambda: case.geometry_step(threads), dev,
+                                                                            repeats, warmup)
             cache = case.texture_cache()
             row["step_cached_mt_ms"] = median_ms(lambda: case.step(threads, cache), dev, repeats, warmup)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -506,6 +507,7 @@ def run(resolutions=RESOLUTIONS, triangles=TRIANGLES, modes=MODES, repeats: int 
                     (m, m1), row["mitsuba_busy"] = mitsuba_cache[(res, tris)]
                     row["mitsuba_forward_ms"] = m["integrators"]["direct"]["forward_ms"] if m else None
                     row["mitsuba_step_ms"] = m["integrators"]["direct"]["step_ms"] if m else None
+                    row["mitsuba_step_cpu_ms"] = m["integrators"]["direct"].get("step_cpu_ms") if m else None
                     row["mitsuba_threads"] = m["threads"] if m else None
                     row["mitsuba_step_1t_ms"] = m1["integrators"]["direct"]["step_ms"] if m1 else None
                     row["mitsuba_forward_1t_cpu_ms"] = m1["integrators"]["direct"]["forward_cpu_ms"] if m1 else None
@@ -541,7 +543,8 @@ COLUMNS = (("res", "resolution", "4d"), ("tris", "triangles", "6d"), ("mode", "m
            ("mi 1t", "mitsuba_step_1t_ms", "6.1f"),
            ("fwd cpu", "forward_cpu_ms", "7.1f"), ("step cpu", "step_cpu_ms", "8.1f"),
            ("geo cpu", "geo_step_cpu_ms", "7.1f"), ("mi fwd 1t cpu", "mitsuba_forward_1t_cpu_ms", "13.1f"),
-           ("mi 1t cpu", "mitsuba_step_1t_cpu_ms", "9.1f"),
+           ("mi 1t cpu", "mitsuba_step_1t_cpu_ms", "9.1f"), ("step 2t cpu", "step_mt_cpu_ms", "11.1f"),
+           ("geo 2t cpu", "geo_step_mt_cpu_ms", "10.1f"), ("mi cpu", "mitsuba_step_cpu_ms", "6.1f"),
            ("RSS MB", "peak_rss_mb", "6.0f"), ("warp MB", "warp_peak_mb", "7.1f"),
            ("busy", "foreign_load", "4.1f"), ("mi busy", "mitsuba_busy", "7.1f"))
 
@@ -552,7 +555,8 @@ LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + 
           "albedo varies: what a texture optimization runs); 2t = image split between 2 threads "
           "(renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
           "direct integrator, 1 spp (all cores; 1t = one thread); cpu = the process's CPU time on one thread "
-          "(the time on an idle core; robust to other processes' load); RSS MB = peak process RSS during the "
+          "(the time on an idle core; robust to other processes' load), 2t cpu and mi cpu the CPU time of "
+          "both threads added; RSS MB = peak process RSS during the "
           "case; warp MB = peak bytes Warp allocated during the case; busy = cores other processes used "
           "meanwhile (should be ~0; mi busy: during the Mitsuba runs)")
 
