@@ -19,7 +19,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
-from drstudio.renderer import progress
+from drstudio.renderer import memory, progress
 from drstudio.renderer.errors import SceneError
 from drstudio.renderer.loading import open_scene, summarize
 from drstudio.renderer.memory import MemoryBudgetError
@@ -773,6 +773,7 @@ def _format_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    memory.reuse_freed_buffers()  # renders allocate per-pixel buffers every step: keep them in the heap
     shown = warnings.formatwarning  # restored on return: callers in-process (tests, scripts) keep theirs
     warnings.formatwarning = _format_warning
     try:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import datetime
 import importlib.metadata
 import os
@@ -42,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import warp as wp
-from drstudio.renderer import conventions, primitives
+from drstudio.renderer import conventions, memory, primitives
 from drstudio.renderer.device_scene import DeviceScene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.render import render_view
@@ -56,6 +55,7 @@ TEXTURE = 256
 FOV_DEG = 40.0
 EYE = (0.0, 0.4, 3.2)
 ALBEDO = "materials.body.albedo"
+VERTICES = "meshes.sphere.vertices"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,15 +221,9 @@ def peak_rss_mb() -> float:
 
 
 def tune_malloc() -> bool:
-    """Make glibc keep freed buffers for reuse instead of returning them to the OS (mmap threshold
-    32 MB, its maximum; trim threshold 512 MB). The renderer allocates fresh per-pixel buffers every
-    step (~50 MB at 512x512), which by default are mmapped and page-faulted in anew each time.
-    Process-wide; returns False where glibc's mallopt is unavailable."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(-3, 32 * 2**20)) and bool(libc.mallopt(-1, 512 * 2**20))
-    except (OSError, AttributeError):
-        return False
+    """glibc's malloc tuned to keep freed buffers for reuse, as the `drstudio` command runs
+    (`renderer.memory.reuse_freed_buffers`); False where unavailable."""
+    return memory.reuse_freed_buffers()
 
 
 def _cpu_ticks() -> tuple[int, int] | None:
@@ -326,32 +320,46 @@ class Case:
         """prepare + render; returns the image."""
         return self.render(self.ds.prepare(cache=cache), threads, cache).image
 
-    def step(self, threads: int = 1, cache: GBufferCache | None = None) -> wp.array:
-        """One texture-optimization step (zero_grad, prepare + render + L2 under a tape, backward);
-        returns the albedo texture's gradient. With `cache` the view's G-buffer is reused (filled by the
-        first call)."""
+    def step(self, threads: int = 1, cache: GBufferCache | None = None, wrt: tuple | None = (ALBEDO,)) -> wp.array:
+        """One optimization step (zero_grad, prepare + render + L2 under a tape, backward) differentiating
+        the paths `wrt` (`DeviceScene.differentiating`, as `Problem.step` does with its free parameters; None:
+        every leaf); returns the gradient of the first of them (the albedo texture's by default; with
+        wrt=None the albedo's). With `cache` the view's G-buffer is reused (filled by the first call)."""
         self.ds.zero_grad()
         loss = wp.zeros(1, dtype=float, device=self.ds.device, requires_grad=True)
         tape = wp.Tape()
-        with tape:
+        with tape, (self.ds.differentiating(wrt) if wrt is not None else contextlib.nullcontext()):
             image = self.render(self.ds.prepare(cache=cache), threads, cache).image
             losses.l2(image, self.target, loss)
         tape.backward(loss)
-        return self.ds.arrays[ALBEDO].grad
+        return self.ds.arrays[wrt[0] if wrt else ALBEDO].grad
+
+    def geometry_step(self, threads: int = 1) -> wp.array:
+        """A shape-optimization step: the vertices differentiated, nothing reused; their gradient."""
+        return self.step(threads, None, (VERTICES,))
+
+
+def median_times(fn, device, repeats: int, warmup: int) -> tuple[float, float]:
+    """(median wall time, median CPU time of this process) in ms of `repeats` calls after `warmup` calls,
+    synchronized around each. The CPU time counts every thread of the process: for one-thread work it is
+    the time the call takes on an idle core, whatever other processes do meanwhile (on a loaded machine
+    the wall time is not)."""
+    for _ in range(warmup):
+        fn()
+    times, cpu = [], []
+    for _ in range(repeats):
+        wp.synchronize_device(device)
+        c0, t0 = time.process_time(), time.perf_counter()
+        fn()
+        wp.synchronize_device(device)
+        times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * statistics.median(times), 1e3 * statistics.median(cpu)
 
 
 def median_ms(fn, device, repeats: int, warmup: int) -> float:
     """Median wall time in ms of `repeats` calls after `warmup` calls, synchronized around each."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        wp.synchronize_device(device)
-        t0 = time.perf_counter()
-        fn()
-        wp.synchronize_device(device)
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
+    return median_times(fn, device, repeats, warmup)[0]
 
 
 def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dict:
@@ -361,14 +369,18 @@ def measure_case(case: Case, repeats: int, warmup: int, threads: int = 1) -> dic
     reset_peak_rss()
     row = {"resolution": case.resolution, "triangles": case.triangles, "mode": case.mode}
     with AllocationCounter(dev) as alloc, ForeignLoad() as load:
-        row["forward_ms"] = median_ms(case.forward, dev, repeats, warmup)
-        row["step_ms"] = median_ms(case.step, dev, repeats, warmup)
+        row["forward_ms"], row["forward_cpu_ms"] = median_times(case.forward, dev, repeats, warmup)
+        row["step_ms"], row["step_cpu_ms"] = median_times(case.step, dev, repeats, warmup)
+        row["step_all_ms"] = median_ms(lambda: case.step(1, None, None), dev, repeats, warmup)
+        row["geo_step_ms"], row["geo_step_cpu_ms"] = median_times(case.geometry_step, dev, repeats, warmup)
         cache = case.texture_cache()
         row["step_cached_ms"] = median_ms(lambda: case.step(1, cache), dev, repeats, warmup)
         if threads > 1 and dev.is_cpu:
             row["threads"] = threads
             row["forward_mt_ms"] = median_ms(lambda: case.forward(threads), dev, repeats, warmup)
-            row["step_mt_ms"] = median_ms(lambda: case.step(threads), dev, repeats, warmup)
+            row["step_mt_ms"], row["step_mt_cpu_ms"] = median_times(lambda: case.step(threads), dev, repeats, warmup)
+            row["geo_step_mt_ms"], row["geo_step_mt_cpu_ms"] = median_times(lambda: case.geometry_step(threads), dev,
+                                                                            repeats, warmup)
             cache = case.texture_cache()
             row["step_cached_mt_ms"] = median_ms(lambda: case.step(threads, cache), dev, repeats, warmup)
     row["peak_rss_mb"] = peak_rss_mb()
@@ -385,7 +397,9 @@ def profile_case(case: Case, runs: int) -> dict:
     case.step()
     case.step(1, cache)
     out = {}
-    for name, fn in (("forward", case.forward), ("step", case.step), ("cached step", lambda: case.step(1, cache))):
+    case.geometry_step()
+    for name, fn in (("forward", case.forward), ("step", case.step), ("step all", lambda: case.step(1, None, None)),
+                     ("geometry step", case.geometry_step), ("cached step", lambda: case.step(1, cache))):
         with LaunchProfiler() as prof:
             t0 = time.perf_counter()
             for _ in range(runs):
@@ -493,8 +507,11 @@ def run(resolutions=RESOLUTIONS, triangles=TRIANGLES, modes=MODES, repeats: int 
                     (m, m1), row["mitsuba_busy"] = mitsuba_cache[(res, tris)]
                     row["mitsuba_forward_ms"] = m["integrators"]["direct"]["forward_ms"] if m else None
                     row["mitsuba_step_ms"] = m["integrators"]["direct"]["step_ms"] if m else None
+                    row["mitsuba_step_cpu_ms"] = m["integrators"]["direct"].get("step_cpu_ms") if m else None
                     row["mitsuba_threads"] = m["threads"] if m else None
                     row["mitsuba_step_1t_ms"] = m1["integrators"]["direct"]["step_ms"] if m1 else None
+                    row["mitsuba_forward_1t_cpu_ms"] = m1["integrators"]["direct"]["forward_cpu_ms"] if m1 else None
+                    row["mitsuba_step_1t_cpu_ms"] = m1["integrators"]["direct"]["step_cpu_ms"] if m1 else None
                 rows.append(row)
                 if log:
                     log(row)
@@ -518,18 +535,28 @@ def _mitsuba(resolution: int, triangles: int, repeats: int, warmup: int, threads
 # (title, key, format); a column is shown when any row has its key
 COLUMNS = (("res", "resolution", "4d"), ("tris", "triangles", "6d"), ("mode", "mode", "9s"),
            ("fwd", "forward_ms", "6.1f"), ("step", "step_ms", "6.1f"),
+           ("step all", "step_all_ms", "8.1f"), ("geo", "geo_step_ms", "6.1f"),
            ("fwd 2t", "forward_mt_ms", "6.1f"), ("step 2t", "step_mt_ms", "7.1f"),
+           ("geo 2t", "geo_step_mt_ms", "6.1f"),
            ("cached", "step_cached_ms", "6.1f"), ("cached 2t", "step_cached_mt_ms", "9.1f"),
            ("mi fwd", "mitsuba_forward_ms", "6.1f"), ("mi step", "mitsuba_step_ms", "7.1f"),
            ("mi 1t", "mitsuba_step_1t_ms", "6.1f"),
+           ("fwd cpu", "forward_cpu_ms", "7.1f"), ("step cpu", "step_cpu_ms", "8.1f"),
+           ("geo cpu", "geo_step_cpu_ms", "7.1f"), ("mi fwd 1t cpu", "mitsuba_forward_1t_cpu_ms", "13.1f"),
+           ("mi 1t cpu", "mitsuba_step_1t_cpu_ms", "9.1f"), ("step 2t cpu", "step_mt_cpu_ms", "11.1f"),
+           ("geo 2t cpu", "geo_step_mt_cpu_ms", "10.1f"), ("mi cpu", "mitsuba_step_cpu_ms", "6.1f"),
            ("RSS MB", "peak_rss_mb", "6.0f"), ("warp MB", "warp_peak_mb", "7.1f"),
            ("busy", "foreign_load", "4.1f"), ("mi busy", "mitsuba_busy", "7.1f"))
 
-LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + backward (texture "
-          "gradient), everything recomputed; cached = the same step reusing the G-buffer (GBufferCache, only the "
+LEGEND = ("times in ms (median); fwd = prepare + render, step = fwd + L2 loss + backward of the texture "
+          "(only it differentiated, as Problem.step and Mitsuba do), everything recomputed; step all = the same "
+          "with every leaf differentiated; geo = the step of a shape optimization (the vertices differentiated, "
+          "everything recomputed); cached = the same step reusing the G-buffer (GBufferCache, only the "
           "albedo varies: what a texture optimization runs); 2t = image split between 2 threads "
           "(renderer.parallel); mi = Mitsuba 3 llvm_ad_rgb, "
-          "direct integrator, 1 spp (all cores; 1t = one thread); RSS MB = peak process RSS during the "
+          "direct integrator, 1 spp (all cores; 1t = one thread); cpu = the process's CPU time on one thread "
+          "(the time on an idle core; robust to other processes' load), 2t cpu and mi cpu the CPU time of "
+          "both threads added; RSS MB = peak process RSS during the "
           "case; warp MB = peak bytes Warp allocated during the case; busy = cores other processes used "
           "meanwhile (should be ~0; mi busy: during the Mitsuba runs)")
 
@@ -565,7 +592,7 @@ def format_markdown(rows: list[dict]) -> str:
 
 def format_profile(prof: dict, top: int = 12) -> str:
     lines = []
-    for name in ("forward", "step", "cached step"):
+    for name in ("forward", "step", "step all", "geometry step", "cached step"):
         if name not in prof:
             continue
         p = prof[name]
@@ -622,8 +649,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="re-measure a case up to this often while other processes were busy "
                              "(default 3, 0 with --quick)")
     parser.add_argument("--markdown", action="store_true", help="also print the table as Markdown")
-    parser.add_argument("--tune-malloc", action="store_true",
-                        help="run with glibc's malloc tuned to reuse freed buffers (see tune_malloc)")
+    parser.add_argument("--tune-malloc", action=argparse.BooleanOptionalAction, default=True,
+                        help="run with glibc's malloc tuned to reuse freed buffers, as the drstudio command does "
+                             "(see tune_malloc; default on, --no-tune-malloc for glibc's defaults)")
     args = parser.parse_args(argv)
 
     quick = args.quick

@@ -208,12 +208,16 @@ def _worker(args: argparse.Namespace) -> dict:
     target_texture = rng.uniform(0.05, 0.95, (tex, tex, 3)).astype(np.float32)
     start_texture = np.full((tex, tex, 3), 0.5, np.float32)
 
+    cpu: list[float] = []  # the process's CPU time of each timed call (all its threads), last `timed` only
+
     def timed(fn, n: int) -> list[float]:
         times = []
+        cpu.clear()
         for i in range(n):
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             fn(i)
             times.append((time.perf_counter() - t0) * 1e3)
+            cpu.append((time.process_time() - c0) * 1e3)
         return times
 
     out = {
@@ -252,11 +256,14 @@ def _worker(args: argparse.Namespace) -> dict:
 
         timed(forward, args.warmup)
         fwd = timed(forward, args.repeats)
+        fwd_cpu = statistics.median(cpu)
         timed(step, args.warmup)
         stp = timed(step, args.repeats)
         out["integrators"][integrator] = {
             "forward_ms": statistics.median(fwd), "step_ms": statistics.median(stp),
             "forward_min_ms": min(fwd), "step_min_ms": min(stp),
+            # CPU time of the process (all threads): with one thread, the time on an otherwise idle core
+            "forward_cpu_ms": fwd_cpu, "step_cpu_ms": statistics.median(cpu),
         }
         if integrator == "path":
             out["integrators"][integrator]["max_depth"] = 2

@@ -11,7 +11,8 @@ draws one camera from a `Frame`. Record `prepare()` and all views of a step unde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
 import warp as wp
@@ -22,6 +23,7 @@ from .stages import geometry, pack, visibility
 from .stages.antialias import face_neighbors
 from .stages.shading import Lights
 from .stages.texture import TexturePool
+from .thread_tape import recording
 
 _VEC3_KINDS = (Kind.VERTICES,)
 
@@ -60,6 +62,9 @@ class Frame:
     lights: Lights
     emission: TexturePool | None = None  # (3 channels) emitted radiance per material
     env: wp.array | None = None  # (He, We, 3) float environment radiance (path mode); None without one
+    # the point lights' shadow grids (stages.shadow_grid), built by the first view that casts shadow rays and
+    # shared by the others (and by the bands and views renderer.parallel derives from this frame)
+    shadow_grids: dict = field(default_factory=dict, repr=False)
 
 
 class DeviceScene:
@@ -107,6 +112,8 @@ class DeviceScene:
         self._bvh: wp.Mesh | None = None
         self._emits: tuple | None = None
         self.path_tables: dict = {}  # renderer.render's path-mode sampling tables, by the versions they came from
+        # the paths renders differentiate (None: every path); see `differentiating`
+        self.differentiable: frozenset[ParamPath] | None = None
 
     # -- values ---------------------------------------------------------------------------------
     @property
@@ -144,6 +151,32 @@ class DeviceScene:
         """Declare that the value at `path` changed in place (written other than through `set`)."""
         self.params.changed((path,))
 
+    def leaf(self, path) -> wp.array:
+        """The leaf array at `path` as renders read it: the array itself, or, while `path` is not one of the
+        `differentiable` paths, an alias without gradient (kernels that read it record no adjoint for it)."""
+        a = self.arrays[path]
+        if self.differentiable is None or path in self.differentiable:
+            return a
+        return _constant(a)
+
+    @contextmanager
+    def differentiating(self, paths):
+        """Within the block `prepare()` and `render_view` differentiate only w.r.t. `paths` (an optimizer's free
+        parameters): the other leaves are read as constants, so the backward pass runs no adjoint that only
+        they need (a shape optimization skips the camera's and the textures', a texture optimization the
+        geometry's). Their `.grad` stays as it was (zero after `zero_grad`). Gradients of `paths` are exact:
+        every adjoint on their way is still recorded."""
+        paths = frozenset(ParamPath.parse(p) for p in paths)
+        unknown = [str(p) for p in paths if p not in self.arrays]
+        if unknown:
+            raise ValueError(f"paths: unknown parameter paths {unknown}")
+        before = self.differentiable
+        self.differentiable = paths
+        try:
+            yield self
+        finally:
+            self.differentiable = before
+
     def zero_grad(self) -> None:
         for arr in self.arrays.values():
             arr.grad.zero_()
@@ -168,7 +201,7 @@ class DeviceScene:
         meshes = list(sc.meshes)
 
         def leaf(group: Group, owner: str, name: str) -> wp.array:
-            return a[ParamPath(group, owner, name)]
+            return self.leaf(ParamPath(group, owner, name))
 
         def build_geometry(const: bool):
             k = _constant if const else (lambda x: x)
@@ -191,9 +224,15 @@ class DeviceScene:
             return build
 
         def part(name: str, leaves: tuple | None, build, deps: list[str] | None = None):
+            deps = deps if deps is not None else [ParamPath(Group.MESHES, m, n) for m in meshes for n in leaves]
+            if self.differentiable is not None and not any(d in self.differentiable for d in deps):
+                inner = build
+
+                def build(const: bool):  # nothing to differentiate: a constant, built off the tape
+                    with recording(None):
+                        return inner(True)
             if cache is None:
                 return build(False)
-            deps = deps if deps is not None else [ParamPath(Group.MESHES, m, n) for m in meshes for n in leaves]
             return cache.fetch_static(name, deps, build)
 
         world, normals = part("geometry", ("vertices", "translation", "rotation", "scale"), build_geometry)
@@ -235,7 +274,7 @@ class DeviceScene:
         env = None
         if sc.environment_lights:
             path = ParamPath(Group.LIGHTS, next(iter(sc.environment_lights)), "radiance")
-            env = part("environment", None, lambda const: _constant(a[path]) if const else a[path], [path])
+            env = part("environment", None, lambda const: _constant(a[path]) if const else self.leaf(path), [path])
         return Frame(world, normals, uvs, colors, self._bvh, *pools[:3], lights, pools[3], env)
 
     def emits(self) -> bool:

@@ -203,8 +203,8 @@ def _record_backward(lanes: list[_Lane], outer: wp.Tape) -> None:
 
 def _resolve_camera(ds: DeviceScene, camera: str, intrinsics, pose, width, height):
     c = ds.scene.cameras[camera]
-    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
-    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
+    intr = intrinsics if intrinsics is not None else ds.leaf(camera_intrinsics(camera))
+    pose = pose if pose is not None else ds.leaf(camera_pose(camera))
     return intr, pose, int(width or c.width), int(height or c.height)
 
 
@@ -314,8 +314,8 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
         done = []
         for i in range(lane.index, len(cameras), workers):
             c = cameras[i]
-            intr = lane.alias(ds.arrays[camera_intrinsics(c)])
-            pose = lane.alias(ds.arrays[camera_pose(c)])
+            intr = lane.alias(ds.leaf(camera_intrinsics(c)))
+            pose = lane.alias(ds.leaf(camera_pose(c)))
             # the aliases read the camera's own leaves: the view's cache entry is the camera's
             done.append((i, render_view(ds, lane_frame, c, mode=mode, shadows=shadows, intrinsics=intr,
                                         pose=pose, cache=cache, cache_key=("view",))))

@@ -31,7 +31,7 @@ from .scene import RENDER_MODES, Scene
 from .stages import antialias as aa
 from .stages import background as bg
 from .stages import camera as cam
-from .stages import gbuffer, interpolate, pack, raster, shading, shadow_edges, softras, texture, visibility
+from .stages import gbuffer, interpolate, pack, raster, shading, shadow_edges, shadow_grid, softras, texture, visibility
 from .stages import pathtrace as pt
 from .stages.shading import Lights
 from .thread_tape import active_tape, recording
@@ -125,8 +125,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
         memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
-    intr = intrinsics if intrinsics is not None else ds.arrays[camera_intrinsics(camera)]
-    pose = pose if pose is not None else ds.arrays[camera_pose(camera)]
+    intr = intrinsics if intrinsics is not None else ds.leaf(camera_intrinsics(camera))
+    pose = pose if pose is not None else ds.leaf(camera_pose(camera))
     if mode == "path":
         r = sc.render
         return _render_path(ds, frame, intr, pose, width, height, spp=r.spp if spp is None else spp,
@@ -182,10 +182,15 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
 
     def build_shadow(const: bool):
         lights = Lights(*[constant(a) for a in frame.lights.arrays()]) if const else frame.lights
-        return shading.shadow_mask(frame.bvh.id, g["positions"], g["normals"], g["model"], lights, facing_only=True)
+        return shadow_grid.shadow_mask_grid(frame.bvh, g["positions"], g["normals"], g["model"], lights,
+                                            facing_only=True, grids=frame.shadow_grids)
 
     uv, uv_da = part("uv", build_uv)
     mat, model = g["mat"], g["model"]
+    # the point lights' shadow boundaries (edge sampling, below): not when the cache holds the shadow mask as a
+    # constant (nothing that moves a shadow is being optimized)
+    shadow_boundaries = (shadows and sc.render.shadow_edges > 0
+                         and not (cache is not None and cache.cacheable("shadow", camera)))
 
     def sample_albedo(scale):
         if cache is None or not cache.cacheable("footprint", camera):
@@ -212,6 +217,17 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
 
         radiance = sample_albedo(part("lambert", build_lambert))
         gb = None  # geometry and lights are constants of this render: no shadow boundary moves
+    elif _lambert_only(ds):
+        # The same factorization recomputed: the factor is shaded with the vertex colors as the albedo and the
+        # albedo lookup scaled by it, so a step that differentiates only the texture runs one lookup's adjoint
+        # and no shading adjoint (equal to shading the albedo to float32 roundoff: another order of products)
+        zeros = wp.zeros((tri.shape[0], 1), dtype=float, device=ds.device)
+        shadow = part("shadow", build_shadow) if shadows else None
+        vcolor = part("colors", build_colors)
+        factor = shading.shade(g["positions"], g["normals"], vcolor, zeros, zeros, model, pose, frame.lights, shadow)
+        radiance = sample_albedo(factor)
+        # the shadow boundaries' radiance jump needs the albedo itself: one more lookup, only when they run
+        gb = (sample_albedo(vcolor), zeros, zeros) if shadow_boundaries else None
     else:
         vcolor = part("colors", build_colors)
         albedo = sample_albedo(vcolor)
@@ -226,10 +242,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
         aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
-    # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass; not when
-    # the cache holds the shadow mask as a constant (nothing that moves a shadow is being optimized)
-    if (shadows and gb is not None and sc.render.shadow_edges > 0
-            and not (cache is not None and cache.cacheable("shadow", camera))):
+    # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass
+    if shadow_boundaries and gb is not None:
         shadow_edges.record_shading_boundary(
             active_tape(), image, frame.bvh.id, frame.world, ds.faces, _shadow_neighbors(ds), tri, g["normals"], *gb,
             model, frame.lights, intr, pose, width, height, samples=int(sc.render.shadow_edges),

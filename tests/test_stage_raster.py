@@ -152,3 +152,25 @@ def test_render_view_gives_the_same_image_with_either_visibility_method(monkeypa
     monkeypatch.setattr(render, "RASTER_MAX_TRIANGLES_PER_PIXEL", 0.0)
     bvh_img = render.render_view(ds, ds.prepare(), "main").numpy()
     assert_same_render(raster_img, bvh_img, device)
+
+
+def test_one_pass_cpu_resolve_equals_the_two_passes(device):
+    """On a CPU `rasterize` keeps depth and id in one pass over the triangles; the ids are those of the two
+    passes (nearest depth, then the lowest id among exactly equal depths), coincident copies included."""
+    if not wp.get_device(device).is_cpu:
+        pytest.skip("the one-pass resolve is the CPU's")
+    v, f, _ = uv_sphere(1.0, 24)
+    faces = np.concatenate([f, f[::-1], f[:, ::-1]])  # exact ties: copies, reversed windings
+    for eye in ((0.0, 0.4, 3.2), (0.1, 0.0, 1.1)):
+        intr = scenes.centered_intrinsics(50.0, 48, 40)
+        world, fa, i, p = _arrays(v, faces, intr, scenes.look_at(eye, (0.0, 0.0, 0.0)))
+        one = raster.rasterize(world, fa, i, p, 48, 40).numpy()
+        cam_pts = wp.empty(world.shape[0], dtype=wp.vec3)
+        wp.launch(raster.camera_space_kernel, dim=world.shape[0], inputs=[world, p, cam_pts])
+        depth = wp.full(48 * 40, 1.0e30, dtype=float)
+        ids = wp.full(48 * 40, int(raster.NO_ID), dtype=wp.int32)
+        for resolve in (0, 1):
+            wp.launch(raster.raster_kernel, dim=len(faces), inputs=[cam_pts, fa, i, 48, 40, resolve, depth, ids])
+        wp.launch(raster._finish_ids, dim=48 * 40, inputs=[ids])
+        assert (one >= 0).sum() > 300
+        np.testing.assert_array_equal(one, ids.numpy())

@@ -266,7 +266,9 @@ class Problem:
         if share != (0, 1):
             self.model.share = share
         try:
-            outputs = self.model.record_loss(batch, terms, self.weights, self.step_index)
+            # only the free parameters are differentiated: no adjoint runs that only fixed ones need
+            with self.ds.differentiating(self._opt_paths):
+                outputs = self.model.record_loss(batch, terms, self.weights, self.step_index)
         finally:
             if share != (0, 1):
                 self.model.share = (0, 1)

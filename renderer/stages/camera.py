@@ -101,7 +101,7 @@ def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int)
     origins = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
     directions = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
     wp.launch(generate_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width],
-              outputs=[origins, directions], device=dev)
+              outputs=[origins, directions], device=dev, record_tape=grad)
     return origins, directions
 
 
@@ -123,5 +123,5 @@ def project_points(points: wp.array, intrinsics: wp.array, pose: wp.array) -> wp
     grad = points.requires_grad or intrinsics.requires_grad or pose.requires_grad
     out = wp.zeros(points.shape[0], dtype=wp.vec3, device=dev, requires_grad=grad)
     wp.launch(project_points_kernel, dim=points.shape[0], inputs=[points, intrinsics, pose], outputs=[out],
-              device=dev)
+              device=dev, record_tape=grad)
     return out

@@ -67,7 +67,7 @@ def hit_points(origins: wp.array, directions: wp.array, depth: wp.array, tri_id:
     grad = origins.requires_grad or directions.requires_grad or depth.requires_grad
     out = wp.zeros((tri_id.shape[0], 3), dtype=float, device=tri_id.device, requires_grad=grad)
     wp.launch(_hit_points, dim=tri_id.shape[0], inputs=[origins, directions, depth, tri_id, out],
-              device=tri_id.device)
+              device=tri_id.device, record_tape=grad)
     return out
 
 
@@ -86,7 +86,7 @@ def multiply(a: wp.array2d, b: wp.array2d) -> wp.array2d:
     if a.shape != b.shape:
         raise ValueError(f"multiply: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
-    wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device)
+    wp.launch(_multiply, dim=a.shape, inputs=[a, b, out], device=a.device, record_tape=out.requires_grad)
     return out
 
 
@@ -95,7 +95,7 @@ def add(a: wp.array2d, b: wp.array2d) -> wp.array2d:
     if a.shape != b.shape:
         raise ValueError(f"add: shapes {a.shape} and {b.shape} differ")
     out = wp.zeros(a.shape, dtype=float, device=a.device, requires_grad=a.requires_grad or b.requires_grad)
-    wp.launch(_add, dim=a.shape, inputs=[a, b, out], device=a.device)
+    wp.launch(_add, dim=a.shape, inputs=[a, b, out], device=a.device, record_tape=out.requires_grad)
     return out
 
 

@@ -41,30 +41,33 @@ def copy_rows(src: wp.array2d, dst: wp.array2d, offset: int) -> None:
     if src.ndim != 2 or dst.ndim != 2 or src.shape[1] != dst.shape[1]:
         raise ValueError(f"copy_rows: src {src.shape} and dst {dst.shape} must be 2-D with equal columns")
     if src.shape[0]:
-        wp.launch(_rows_2d, dim=src.shape, inputs=[src, dst, offset], device=src.device)
+        wp.launch(_rows_2d, dim=src.shape, inputs=[src, dst, offset], device=src.device, record_tape=src.requires_grad)
 
 
 def gather_vec3(items: list[wp.array], device) -> wp.array:
     """Pack k (3,) float arrays into one (k,) vec3 array."""
-    out = wp.zeros(len(items), dtype=wp.vec3, device=device, requires_grad=True)
+    grad = any(src.requires_grad for src in items)  # constants pack into a constant (no adjoint to run)
+    out = wp.zeros(len(items), dtype=wp.vec3, device=device, requires_grad=grad)
     for row, src in enumerate(items):
-        wp.launch(_vec3_item, dim=1, inputs=[src, out, row], device=device)
+        wp.launch(_vec3_item, dim=1, inputs=[src, out, row], device=device, record_tape=grad)
     return out
 
 
 def gather_scalar(items: list[wp.array], device) -> wp.array:
     """Pack k (1,) float arrays into one (k,) float array."""
-    out = wp.zeros(len(items), dtype=float, device=device, requires_grad=True)
+    grad = any(src.requires_grad for src in items)
+    out = wp.zeros(len(items), dtype=float, device=device, requires_grad=grad)
     for row, src in enumerate(items):
-        wp.launch(_scalar_item, dim=1, inputs=[src, out, row], device=device)
+        wp.launch(_scalar_item, dim=1, inputs=[src, out, row], device=device, record_tape=grad)
     return out
 
 
 def sum_vec3(items: list[wp.array], device) -> wp.array:
     """Sum k (3,) float arrays into one (1,) vec3 array (zero when k = 0)."""
-    out = wp.zeros(1, dtype=wp.vec3, device=device, requires_grad=True)
+    grad = any(src.requires_grad for src in items)
+    out = wp.zeros(1, dtype=wp.vec3, device=device, requires_grad=grad)
     for src in items:
-        wp.launch(_accumulate_vec3, dim=1, inputs=[src, out], device=device)
+        wp.launch(_accumulate_vec3, dim=1, inputs=[src, out], device=device, record_tape=grad)
     return out
 
 

@@ -14,7 +14,8 @@ from its part at view depth >= NEAR (clipped), so hits closer than NEAR are not 
 them); a triangle entirely behind the camera is skipped.
 
 Two passes: the nearest t per pixel (atomic min), then among the fragments at exactly that t the lowest
-triangle id (atomic min): deterministic, ties between triangles at the same depth go to the lower id.
+triangle id (atomic min): deterministic, ties between triangles at the same depth go to the lower id. On a
+CPU, whose launch runs the triangles one after the other in one thread, one pass keeps both (the same ids).
 """
 
 from __future__ import annotations
@@ -124,8 +125,13 @@ def raster_kernel(cam: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                 # atomics: plain read-modify-writes in a (single-threaded) CPU launch, real ones on a GPU
                 if resolve == 0:
                     wp.atomic_min(depth, i, t)
-                elif t == depth[i]:
-                    wp.atomic_min(tri_id, i, f)
+                elif resolve == 1:
+                    if t == depth[i]:
+                        wp.atomic_min(tri_id, i, f)
+                elif t < depth[i] or (t == depth[i] and f < tri_id[i]):
+                    # both at once: only where one thread runs the triangles in turn (a CPU launch)
+                    depth[i] = t
+                    tri_id[i] = f
 
 
 @wp.kernel(enable_backward=False)
@@ -164,7 +170,7 @@ def rasterize(world: wp.array, faces: wp.array, intrinsics: wp.array, pose: wp.a
     if nf:
         cam = wp.empty(world.shape[0], dtype=wp.vec3, device=dev)
         wp.launch(camera_space_kernel, dim=world.shape[0], inputs=[world, pose, cam], device=dev, record_tape=False)
-        for resolve in (0, 1):
+        for resolve in ((2,) if dev.is_cpu else (0, 1)):
             wp.launch(raster_kernel, dim=nf, device=dev, record_tape=False,
                       inputs=[cam, faces, intrinsics, width, height, resolve, depth, tri_id])
     wp.launch(_finish_ids, dim=n, inputs=[tri_id], device=dev, record_tape=False)

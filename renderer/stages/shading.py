@@ -367,7 +367,7 @@ def shade(positions: wp.array, normals: wp.array, albedo: wp.array, roughness: w
     wp.launch(shade_kernel, dim=n, device=dev,
               inputs=[positions, normals, albedo, roughness, metallic, model, pose, *lights.arrays(),
                       shadow_arr, use_shadow],
-              outputs=[out])
+              outputs=[out], record_tape=out.requires_grad)
     return out
 
 

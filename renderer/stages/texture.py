@@ -198,13 +198,17 @@ def _scatter(adj_data: wp.array(dtype=float), base: int, w: int, c: int, x: int,
         wp.atomic_add(adj_data, i + k, g[k])
 
 
+_vec5 = wp.types.vector(length=5, dtype=float)
+
+
 @wp.func
 def _bilinear_adjoint(data: wp.array(dtype=float), adj_data: wp.array(dtype=float), want_data: int,
                       table: wp.array2d(dtype=wp.int32), tex: int, level: int, u: float, v: float, g: wp.vec3,
-                      want_uv: int) -> wp.vec2:
+                      want_uv: int) -> _vec5:
     """Adjoint of `sample_bilinear_level` for the output gradient g: adds g times each of the 4 texels'
-    bilinear weights into adj_data (when want_data) and returns (dot(g, ds/du), dot(g, ds/dv)) (when
-    want_uv, else zeros). Mirrors the forward's addressing line by line."""
+    bilinear weights into adj_data (when want_data) and returns (dot(g, ds/du), dot(g, ds/dv), s) with s the
+    sample itself (when want_uv, else zeros: the texels are read for both). Mirrors the forward's addressing
+    and arithmetic line by line."""
     level = wp.clamp(level, 0, table[tex, 0] - 1)
     col = _HEAD + 3 * level
     base = table[tex, col]
@@ -232,7 +236,7 @@ def _bilinear_adjoint(data: wp.array(dtype=float), adj_data: wp.array(dtype=floa
         _scatter(adj_data, base, w, c, xb, ya, g * (fx * (1.0 - fy)))
         _scatter(adj_data, base, w, c, xa, yb, g * ((1.0 - fx) * fy))
         _scatter(adj_data, base, w, c, xb, yb, g * (fx * fy))
-    d = wp.vec2(0.0, 0.0)
+    d = _vec5(0.0, 0.0, 0.0, 0.0, 0.0)
     if want_uv != 0:
         t00 = _fetch(data, base, w, c, xa, ya)
         t10 = _fetch(data, base, w, c, xb, ya)
@@ -243,7 +247,10 @@ def _bilinear_adjoint(data: wp.array(dtype=float), adj_data: wp.array(dtype=floa
         # d fx / du = w inside the clamp (wp.clamp's adjoint passes at the bounds too), 0 outside
         dx = wp.where(xr < -1.0 or xr > float(w), 0.0, float(w))
         dy = wp.where(yr < -1.0 or yr > float(h), 0.0, float(h))
-        d = wp.vec2(wp.dot(g, ds_dfx) * dx, wp.dot(g, ds_dfy) * dy)
+        top = (1.0 - fx) * t00 + fx * t10
+        bottom = (1.0 - fx) * t01 + fx * t11
+        s = (1.0 - fy) * top + fy * bottom
+        d = _vec5(wp.dot(g, ds_dfx) * dx, wp.dot(g, ds_dfy) * dy, s[0], s[1], s[2])
     return d
 
 
@@ -269,7 +276,7 @@ def _sample_adjoint(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int3
         if use_scale != 0:
             gk = gk * scale[i, k]
         g[k] = gk
-    if want_scale != 0:  # out = s * scale: d/dscale = s
+    if want_scale != 0 and want_uv == 0:  # out = s * scale: d/dscale = s
         s = sample_trilinear(data, table, t, u, v, lod)
         for k in range(adj_out.shape[1]):
             wp.atomic_add(adj_scale, i, k, adj_out[i, k] * s[k])
@@ -278,11 +285,17 @@ def _sample_adjoint(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int3
     l0 = wp.floor(lod)
     f = lod - l0
     d = _bilinear_adjoint(data, adj_data, want_data, table, t, int(l0), u, v, g * (1.0 - f), want_uv)
+    s = wp.vec3(d[2], d[3], d[4])
     if f > 0.0:
-        d = d + _bilinear_adjoint(data, adj_data, want_data, table, t, int(l0) + 1, u, v, g * f, want_uv)
+        d1 = _bilinear_adjoint(data, adj_data, want_data, table, t, int(l0) + 1, u, v, g * f, want_uv)
+        d = d + d1
+        s = s + f * (wp.vec3(d1[2], d1[3], d1[4]) - s)
     if want_uv != 0:
         wp.atomic_add(adj_uv, i, 0, d[0])
         wp.atomic_add(adj_uv, i, 1, d[1])
+        if want_scale != 0:  # the sample from the texels the uv gradient read (as sample_trilinear blends them)
+            for k in range(adj_out.shape[1]):
+                wp.atomic_add(adj_scale, i, k, adj_out[i, k] * s[k])
 
 
 @wp.func

@@ -156,7 +156,7 @@ def intersect(world: wp.array, faces: wp.array, tri_id: wp.array, origins: wp.ar
     bary = wp.zeros((n, 2), dtype=float, device=dev, requires_grad=grad)
     depth = wp.zeros(n, dtype=float, device=dev, requires_grad=grad)
     wp.launch(intersect_kernel, dim=n, inputs=[world, faces, tri_id, origins, directions],
-              outputs=[bary, depth], device=dev)
+              outputs=[bary, depth], device=dev, record_tape=grad)
     return bary, depth
 
 
