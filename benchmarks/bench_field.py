@@ -50,15 +50,17 @@ def test_psnr(problem) -> tuple[float, float]:
 
 
 def write_renders(problem, folder: Path) -> None:
-    """Each held-out view as one sRGB PNG, render | target side by side, into `folder`."""
+    """Each held-out view as one sRGB PNG, render | target side by side, into `folder`; prints each view's PSNR."""
     import imageio.v3 as iio
 
     folder.mkdir(parents=True, exist_ok=True)
-    ft = problem.field_training
+    ft, line = problem.field_training, []
     for t in problem.test_targets:
         img, ref = np.clip(ft.render(t.camera).numpy(), 0, 1), np.clip(problem.target_numpy(t.camera), 0, 1)
         both = np.concatenate([img, ref], axis=1)
         iio.imwrite(folder / f"{t.camera}.png", (linear_to_srgb(both) * 255 + 0.5).astype(np.uint8))
+        line.append(f"{t.camera} {10 * np.log10(1 / np.mean((img - ref) ** 2)):.2f}")
+    print("held-out PSNR per view (linear dB): " + ", ".join(line), flush=True)
 
 
 def rays_per_second(problem, occupancy, backward: bool, n_rays: int = 4096, repeat: int = 7) -> tuple[float, float]:
