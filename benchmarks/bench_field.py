@@ -132,6 +132,8 @@ def main(argv=None) -> None:
                         help="also measure the held-out PSNR after these steps (comma-separated), for equal-step "
                         "comparisons of variants on a loaded machine")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    parser.add_argument("--marks", default=",".join(str(m) for m in MARKS),
+                        help="training times (s) at which to measure the held-out PSNR (comma-separated; empty: none)")
     parser.add_argument("--renders", default=None,
                         help="at the end, write each held-out view as render | target PNG into this folder")
     parser.add_argument("--views", type=int, default=64,
@@ -156,12 +158,13 @@ def main(argv=None) -> None:
     elapsed, k = 0.0, 0
     curve = []
     at_steps = {int(s) for s in args.at_steps.split(",") if s.strip()}
+    marks = [float(s) for s in args.marks.split(",") if s.strip()]
     max_steps = problem.steps if args.max_steps is None else min(problem.steps, args.max_steps)
     while problem.step_index < max_steps and elapsed < args.seconds:
         t = time.perf_counter()
         result = problem.step()
         elapsed += time.perf_counter() - t
-        at_mark = k < len(MARKS) and elapsed >= MARKS[k]
+        at_mark = k < len(marks) and elapsed >= marks[k]
         if at_mark or problem.step_index in at_steps:
             k += int(at_mark)
             lin, srgb = test_psnr(problem)

@@ -121,3 +121,43 @@ def test_density_l1_value_and_gradient(activation):
 
     assert forward().numpy()[0] == pytest.approx(0.3 * expected.mean(), rel=1e-5)
     check_gradient(forward, grid.density, eps=1e-3, rtol=1e-2, atol=1e-5, probes=16)
+
+
+def test_distortion_in_contracted_coordinates():
+    """For a contracted march, distances are measured in s = g(t): t up to the inner box's exit b, 2b - b^2/t
+    beyond (rays starting inside the inner box, so b is their exit from it), so the far shell's long intervals
+    count by their extent in s, not their world length."""
+    from drstudio.renderer.volume.march import contract_far
+
+    lattice = (-2.0, -2.0, -2.0, 2.0, 2.0, 2.0)  # inner box: the unit cube
+    rng = np.random.default_rng(4)
+    o = rng.uniform(-0.5, 0.5, (4, 3)).astype(np.float32)
+    d = rng.normal(0, 1, (4, 3)).astype(np.float32) * 1.7
+    origins, dirs = wp.array(o, dtype=wp.vec3), wp.array(d, dtype=wp.vec3)
+    far = contract_far(lattice)
+    samples = sample_rays(origins, dirs, lattice, 12, far=far, seed=1, contract=True)
+    sigma = rng.uniform(0.0, 2.0, samples.n_samples).astype(np.float32)
+    dens = wp.array(sigma, dtype=float, requires_grad=True)
+
+    def forward():
+        loss = wp.zeros(1, dtype=float, requires_grad=True)
+        distortion(dens, samples, dirs, loss, 1.0, length=2.0, contract=(origins, lattice, 0.0, far))
+        return loss
+
+    # reference: the same double sum over s-intervals
+    b = np.min(np.where(d > 0, (1 - o) / d, (-1 - o) / d), axis=1)
+    offs, cnts = samples.ray_offsets.numpy(), samples.ray_counts.numpy()
+    t0, t1 = samples.t_starts.numpy().astype(np.float64), samples.t_ends.numpy().astype(np.float64)
+    delta = samples.deltas.numpy().astype(np.float64)
+    total = 0.0
+    for r in range(4):
+        sl = slice(offs[r], offs[r] + cnts[r])
+        br = b[r]
+        g = lambda t, br=br: np.where(t <= br, t, 2 * br - br**2 / np.maximum(t, br))  # noqa: E731
+        scale = np.linalg.norm(d[r].astype(np.float64)) / 2.0
+        tau = sigma[sl] * delta[sl]
+        w = np.exp(-(np.cumsum(tau) - tau)) * (1.0 - np.exp(-tau))
+        m, dd = 0.5 * (g(t0[sl]) + g(t1[sl])) * scale, (g(t1[sl]) - g(t0[sl])) * scale
+        total += (w[:, None] * w[None, :] * np.abs(m[:, None] - m[None, :])).sum() + (w * w * dd).sum() / 3.0
+    assert forward().numpy()[0] == pytest.approx(total / 4, rel=1e-4)
+    check_gradient(forward, dens, eps=2e-3, rtol=1e-2, atol=2e-4, probes=16)

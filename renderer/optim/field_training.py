@@ -49,6 +49,7 @@ from ..thread_tape import recording
 from ..transforms_json import load_transforms
 from ..volume import OccupancyGrid, readout, regularizers
 from ..volume import render as volume_render
+from ..volume.march import contract_far
 from . import losses
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
@@ -437,8 +438,10 @@ class FieldModel:
                     if loss in terms:
                         getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * part)
                 if f.distortion > 0.0:
+                    g = state.grid
+                    span = (origins, g.aabb, 0.0, contract_far(g.aabb)) if g.contract else None
                     regularizers.distortion(densities, samples, directions, _term(terms, "distortion", p.ds.device),
-                                            f.distortion * part, length=_box_diagonal(state.grid))
+                                            f.distortion * part, length=_box_diagonal(g), contract=span)
             if f.density_l1 > 0.0 and rank == 0 and p.ds.grid_paths(name)[0] in free:
                 regularizers.density_l1(state.grid, _term(terms, "density_l1", p.ds.device), f.density_l1)
             if "tv" in terms and rank == 0:

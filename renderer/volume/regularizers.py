@@ -28,16 +28,35 @@ import numpy as np
 import warp as wp
 
 from ..thread_tape import active_tape
-from .march import Samples, check_array
+from .march import Samples, check_array, contracted_span, parse_aabb
 from .voxel_grid import ACTIVATIONS, VoxelGrid, activate_density
 
 wp.set_module_options({"enable_backward": False})  # adjoints are written by hand below
 
 
 @wp.func
-def _interval(t_start: float, t_end: float, scale: float) -> wp.vec2:
-    """(midpoint, length) of [t_start, t_end] in units of `length` (scale = |d| / length)."""
-    return wp.vec2(0.5 * (t_start + t_end) * scale, (t_end - t_start) * scale)
+def _s_of_t(t: float, b: float, contract: int) -> float:
+    """The marching coordinate of a contracted march (march.lindisp_t's inverse g: t up to b, 2 b - b^2 / t
+    beyond), or t itself."""
+    if contract == 0 or t <= b:
+        return t
+    return 2.0 * b - b * b / t
+
+
+@wp.func
+def _interval(t_start: float, t_end: float, scale: float, b: float, contract: int) -> wp.vec2:
+    """(midpoint, length) of [t_start, t_end] in units of `length` (scale = |d| / length), measured in s = g(t)
+    for a contracted march."""
+    s0 = _s_of_t(t_start, b, contract)
+    s1 = _s_of_t(t_end, b, contract)
+    return wp.vec2(0.5 * (s0 + s1) * scale, (s1 - s0) * scale)
+
+
+@wp.func
+def _ray_b(o: wp.vec3, d: wp.vec3, lo: wp.vec3, hi: wp.vec3, near: float, far: float, contract: int) -> float:
+    if contract == 0:
+        return 0.0
+    return contracted_span(o, d, lo, hi, near, far)[2]
 
 
 @wp.kernel
@@ -45,16 +64,18 @@ def _distortion_forward(densities: wp.array(dtype=float), deltas: wp.array(dtype
                         t_starts: wp.array(dtype=float), t_ends: wp.array(dtype=float),
                         offsets: wp.array(dtype=wp.int32), counts: wp.array(dtype=wp.int32),
                         directions: wp.array(dtype=wp.vec3), inv_length: float, scale: float,
-                        out_loss: wp.array(dtype=float)):
+                        origins: wp.array(dtype=wp.vec3), lo: wp.vec3, hi: wp.vec3, near: float, far: float,
+                        contract: int, out_loss: wp.array(dtype=float)):
     r = wp.tid()
     o = offsets[r]
     k = wp.length(directions[r]) * inv_length
+    b = _ray_b(origins[r], directions[r], lo, hi, near, far, contract)
     tau = float(0.0)
     w_sum = float(0.0)  # W_{<i}
     m_sum = float(0.0)  # M_{<i}
     acc = float(0.0)
     for s in range(o, o + counts[r]):
-        md = _interval(t_starts[s], t_ends[s], k)
+        md = _interval(t_starts[s], t_ends[s], k, b, contract)
         w = wp.exp(-tau) * (1.0 - wp.exp(-densities[s] * deltas[s]))
         acc += 2.0 * w * (md[0] * w_sum - m_sum) + w * w * md[1] / 3.0
         w_sum += w
@@ -68,7 +89,8 @@ def _distortion_backward(densities: wp.array(dtype=float), deltas: wp.array(dtyp
                          t_starts: wp.array(dtype=float), t_ends: wp.array(dtype=float),
                          offsets: wp.array(dtype=wp.int32), counts: wp.array(dtype=wp.int32),
                          directions: wp.array(dtype=wp.vec3), inv_length: float, scale: float,
-                         adj_loss: wp.array(dtype=float), adj_densities: wp.array(dtype=float)):
+                         origins: wp.array(dtype=wp.vec3), lo: wp.vec3, hi: wp.vec3, near: float, far: float,
+                         contract: int, adj_loss: wp.array(dtype=float), adj_densities: wp.array(dtype=float)):
     # dL/dw_i = g_i = 2 (m_i W_{<i} - M_{<i}) + 2 ((M - M_{<=i}) - m_i (W - W_{<=i})) + 2/3 w_i D_i, and with
     # w_i = T_i alpha_i: dw_i/dsigma_k = T_k delta_k exp(-sigma_k delta_k) (i = k), -delta_k w_i (i > k), so
     # dL/dsigma_k = g_k T_{k+1} delta_k - delta_k sum_{i>k} g_i w_i. Passes: totals W, M; total G = sum g_i w_i;
@@ -77,11 +99,12 @@ def _distortion_backward(densities: wp.array(dtype=float), deltas: wp.array(dtyp
     o = offsets[r]
     n = counts[r]
     k = wp.length(directions[r]) * inv_length
+    b = _ray_b(origins[r], directions[r], lo, hi, near, far, contract)
     tau = float(0.0)
     w_tot = float(0.0)
     m_tot = float(0.0)
     for s in range(o, o + n):
-        md = _interval(t_starts[s], t_ends[s], k)
+        md = _interval(t_starts[s], t_ends[s], k, b, contract)
         w = wp.exp(-tau) * (1.0 - wp.exp(-densities[s] * deltas[s]))
         w_tot += w
         m_tot += w * md[0]
@@ -91,7 +114,7 @@ def _distortion_backward(densities: wp.array(dtype=float), deltas: wp.array(dtyp
     m_sum = float(0.0)
     g_tot = float(0.0)
     for s in range(o, o + n):
-        md = _interval(t_starts[s], t_ends[s], k)
+        md = _interval(t_starts[s], t_ends[s], k, b, contract)
         w = wp.exp(-tau) * (1.0 - wp.exp(-densities[s] * deltas[s]))
         g = (2.0 * (md[0] * w_sum - m_sum) + 2.0 * ((m_tot - m_sum - w * md[0]) - md[0] * (w_tot - w_sum - w))
              + 2.0 / 3.0 * w * md[1])
@@ -105,7 +128,7 @@ def _distortion_backward(densities: wp.array(dtype=float), deltas: wp.array(dtyp
     gw_sum = float(0.0)  # sum_{i<=k} g_i w_i
     c = scale * adj_loss[0]
     for s in range(o, o + n):
-        md = _interval(t_starts[s], t_ends[s], k)
+        md = _interval(t_starts[s], t_ends[s], k, b, contract)
         w = wp.exp(-tau) * (1.0 - wp.exp(-densities[s] * deltas[s]))
         g = (2.0 * (md[0] * w_sum - m_sum) + 2.0 * ((m_tot - m_sum - w * md[0]) - md[0] * (w_tot - w_sum - w))
              + 2.0 / 3.0 * w * md[1])
@@ -117,7 +140,7 @@ def _distortion_backward(densities: wp.array(dtype=float), deltas: wp.array(dtyp
 
 
 def distortion(densities: wp.array, samples: Samples, directions: wp.array, out_loss: wp.array, weight: float,
-               length: float = 1.0) -> None:
+               length: float = 1.0, *, contract: tuple | None = None) -> None:
     """out_loss[0] += weight * mean over the rays of mip-NeRF 360's distortion loss (module docstring).
 
     Args:
@@ -129,6 +152,11 @@ def distortion(densities: wp.array, samples: Samples, directions: wp.array, out_
         weight: the loss weight (mip-NeRF 360: 0.01 with distances normalized to [0, 1]).
         length: the unit of distance (world units), e.g. the field box's diagonal, so the loss does not scale
             with the scene's size.
+        contract: for samples of a contracted march (`sample_rays(..., contract=True)`): (origins vec3 (N,),
+            lattice aabb, near, far) as sampled. Distances are then measured in the march's coordinate
+            s = g(t) (t up to the inner box's exit b, 2 b - b^2 / t beyond: mip-NeRF 360's normalized distance
+            up to scale), so the far, long intervals of the contracted shell are not penalized by their world
+            length.
     Differentiable w.r.t. `densities` (hand-written adjoint on the active tape); not w.r.t. the samples. The
     weights are the untruncated ones (no early termination, unlike `composite`)."""
     if not isinstance(samples, Samples):
@@ -141,8 +169,15 @@ def distortion(densities: wp.array, samples: Samples, directions: wp.array, out_
         raise ValueError(f"length: expected a positive finite distance, got {length!r}")
     if weight == 0.0 or n == 0:
         return
+    if contract is None:
+        span = [wp.empty(0, dtype=wp.vec3, device=dev), wp.vec3(), wp.vec3(), 0.0, 0.0, 0]
+    else:
+        origins, aabb, near, far = contract
+        check_array("contract origins", origins, wp.vec3, (n,), dev)
+        lo, hi = parse_aabb("contract aabb", aabb)
+        span = [origins, lo, hi, float(near), float(far), 1]
     inputs = [densities, samples.deltas, samples.t_starts, samples.t_ends, samples.ray_offsets, samples.ray_counts,
-              directions, float(1.0 / length), float(weight) / n]
+              directions, float(1.0 / length), float(weight) / n, *span]
     wp.launch(_distortion_forward, dim=n, device=dev, record_tape=False, inputs=[*inputs, out_loss])
     tape = active_tape()
     if tape is not None and densities.requires_grad and out_loss.requires_grad and s > 0:
