@@ -13,6 +13,8 @@ sRGB-encoded images (NeRF papers' convention). `--size S` renders every view at 
 generated dataset (`optimize.targets.dataset`) regenerates it with `--views` views (1/8 held out) at that size
 into scenes/datasets/bench-*. Then, for voxel grids, on the trained field: rays/s of a 4096-ray batch from the
 training views, forward and forward+backward, with and without the occupancy grid (median of 7 after a warm-up).
+On a loaded machine compare variants at equal steps: `--at-steps 100,200,300 --max-steps 300 --marks ""` measures
+at those steps only, and `--renders DIR` writes every held-out view (render | target) and prints its PSNR.
 """
 
 from __future__ import annotations
