@@ -13,6 +13,8 @@ sRGB-encoded images (NeRF papers' convention). `--size S` renders every view at 
 generated dataset (`optimize.targets.dataset`) regenerates it with `--views` views (1/8 held out) at that size
 into scenes/datasets/bench-*. Then, for voxel grids, on the trained field: rays/s of a 4096-ray batch from the
 training views, forward and forward+backward, with and without the occupancy grid (median of 7 after a warm-up).
+On a loaded machine compare variants at equal steps: `--at-steps 100,200,300 --max-steps 300 --marks ""` measures
+at those steps only, and `--renders DIR` writes every held-out view (render | target) and prints its PSNR.
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ def test_psnr(problem) -> tuple[float, float]:
         lin.append(10 * np.log10(1 / np.mean((img[keep] - ref[keep]) ** 2)))
         srgb.append(10 * np.log10(1 / np.mean((linear_to_srgb(img[keep]) - linear_to_srgb(ref[keep])) ** 2)))
     return float(np.mean(lin)), float(np.mean(srgb))
+
+
+def write_renders(problem, folder: Path) -> None:
+    """Each held-out view as one sRGB PNG, render | target side by side, into `folder`; prints each view's PSNR."""
+    import imageio.v3 as iio
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ft, line = problem.field_training, []
+    for t in problem.test_targets:
+        img, ref = np.clip(ft.render(t.camera).numpy(), 0, 1), np.clip(problem.target_numpy(t.camera), 0, 1)
+        both = np.concatenate([img, ref], axis=1)
+        iio.imwrite(folder / f"{t.camera}.png", (linear_to_srgb(both) * 255 + 0.5).astype(np.uint8))
+        line.append(f"{t.camera} {10 * np.log10(1 / np.mean((img - ref) ** 2)):.2f}")
+    print("held-out PSNR per view (linear dB): " + ", ".join(line), flush=True)
 
 
 def rays_per_second(problem, occupancy, backward: bool, n_rays: int = 4096, repeat: int = 7) -> tuple[float, float]:
@@ -114,6 +130,14 @@ def main(argv=None) -> None:
     parser.add_argument("--size", type=int, default=None,
                         help="render every camera (targets and held-out views) at SIZE x SIZE pixels instead")
     parser.add_argument("--json", default=None, help="also write the PSNR-vs-time curve to this JSON file")
+    parser.add_argument("--at-steps", default="",
+                        help="also measure the held-out PSNR after these steps (comma-separated), for equal-step "
+                        "comparisons of variants on a loaded machine")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    parser.add_argument("--marks", default=",".join(str(m) for m in MARKS),
+                        help="training times (s) at which to measure the held-out PSNR (comma-separated; empty: none)")
+    parser.add_argument("--renders", default=None,
+                        help="at the end, write each held-out view as render | target PNG into this folder")
     parser.add_argument("--views", type=int, default=64,
                         help="with --size, for scenes trained on a generated dataset (targets.dataset): views of the "
                         "regenerated dataset, 1/8 of them held out (default 64)")
@@ -135,12 +159,16 @@ def main(argv=None) -> None:
           f"{ft.rays_per_batch} rays per step", flush=True)
     elapsed, k = 0.0, 0
     curve = []
-    while problem.step_index < problem.steps and elapsed < args.seconds:
+    at_steps = {int(s) for s in args.at_steps.split(",") if s.strip()}
+    marks = [float(s) for s in args.marks.split(",") if s.strip()]
+    max_steps = problem.steps if args.max_steps is None else min(problem.steps, args.max_steps)
+    while problem.step_index < max_steps and elapsed < args.seconds:
         t = time.perf_counter()
         result = problem.step()
         elapsed += time.perf_counter() - t
-        if k < len(MARKS) and elapsed >= MARKS[k]:
-            k += 1
+        at_mark = k < len(marks) and elapsed >= marks[k]
+        if at_mark or problem.step_index in at_steps:
+            k += int(at_mark)
             lin, srgb = test_psnr(problem)
             curve.append({"seconds": round(elapsed, 2), "step": problem.step_index, "psnr_linear_db": lin,
                           "psnr_srgb_db": srgb, "loss": result.loss})
@@ -155,6 +183,8 @@ def main(argv=None) -> None:
     print(f"end: {elapsed:.1f} s, {problem.step_index} steps, held-out PSNR {lin:.2f} dB linear, {srgb:.2f} dB sRGB")
     curve.append({"seconds": round(elapsed, 2), "step": problem.step_index, "psnr_linear_db": lin,
                   "psnr_srgb_db": srgb, "loss": float("nan")})
+    if args.renders:
+        write_renders(problem, Path(args.renders))
     if args.json:
         out = {"scene": args.scene, "size": args.size, "train_views": len(problem.targets),
                "test_views": len(problem.test_targets), "curve": curve}

@@ -178,6 +178,8 @@ class Field:
     n_times: int = 0  # dynamic: time slices
     time_range: tuple[float, float] | None = None  # dynamic: the times of the first and last slice
     contract: bool = False  # voxel_grid: the lattice holds contracted space; `aabb` is its box, twice the inner one
+    distortion: float = 0.0  # voxel_grid: weight of the distortion loss (renderer.volume.regularizers)
+    density_l1: float = 0.0  # voxel_grid: weight of the mean activated density over the lattice
 
     def resolutions(self) -> list[tuple[int, int, int]]:
         """The lattice of each training phase: start_resolution, then one per `upsample_at` step, the

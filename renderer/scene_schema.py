@@ -500,6 +500,9 @@ class VoxelGridFieldSpec(Strict):
     occupancy: OccupancySpec | None = None
     coarse_to_fine: CoarseToFineSpec | None = None
     contract: bool = False  # model unbounded space: aabb is the inner box, the lattice spans twice it
+    # regularizers of each step (renderer.volume.regularizers), reported as loss terms of those names:
+    distortion: NonNegative = 0.0  # mip-NeRF 360's distortion loss of the batch's rays, distances in box diagonals
+    density_l1: NonNegative = 0.0  # mean activated density over the lattice (empties space no view constrains)
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:

@@ -110,6 +110,10 @@ ERRORS = [
     ("storage", setting("fields/0/storage", "float64"), "fields[0].storage", "'float32' or 'float16'"),
     ("samples", setting("fields/0/samples_per_ray", 0), "fields[0].samples_per_ray", "greater than or equal to 1"),
     ("unknown-key", setting("fields/0/color", 1), "fields[0].color", "allowed fields: name, type"),
+    ("distortion-negative", setting("fields/0/distortion", -0.01), "fields[0].distortion",
+     "greater than or equal to 0"),
+    ("distortion-string", setting("fields/0/distortion", "high"), "fields[0].distortion", "number"),
+    ("density-l1-nan", setting("fields/0/density_l1", float("nan")), "fields[0].density_l1", "finite"),
     ("missing-aabb", setting("fields/0/aabb", DELETE), "fields[0].aabb", "required field is missing"),
     ("name", setting("fields/0/name", "a.b"), "fields[0].name", "dotted-path"),
     ("occupancy", setting("fields/0/occupancy", {"resolution": 16, "update_every": 0}),
@@ -428,3 +432,21 @@ def test_a_sampled_evaluation_writes_its_one_view_downscaled(dataset, tmp_path, 
     (image,) = (out / "views").iterdir()
     assert image.name == f"{held_out(dataset)[0]}.png"
     assert iio.imread(image).shape == (8, 3 * 8 + 2 * 2, 3)  # render | target | difference, 2-pixel gaps
+
+
+def test_field_regularizers_are_loss_terms_and_empty_unseen_space(dataset):
+    """`distortion` and `density_l1` (docs/volume.md "Regularizers") are reported as loss terms, summed into the
+    loss, and `density_l1` lowers the density of lattice points no training ray constrains (here: the whole
+    lattice's median, most of the box being empty space) well below the fresh grid's 0.1."""
+    doc = field_scene(steps=40, distortion=0.01, density_l1=0.1)
+    problem = Problem(load_scene(write(dataset, doc, "regularized.json")), "cpu")
+    plain = Problem(load_scene(write(dataset, field_scene(steps=40), "plain.json")), "cpu")
+    for _ in range(40):
+        result = problem.step()
+        plain.step()
+    terms = result.loss_terms
+    assert terms["distortion"] > 0 and terms["density_l1"] > 0, terms
+    assert result.loss == pytest.approx(sum(v for k, v in terms.items() if k != PSNR_TERM), rel=1e-4)
+    soft = lambda p: np.log1p(np.exp(p.field_training.state.grid.density.numpy()))  # noqa: E731
+    assert np.median(soft(problem)) < 0.3 * np.median(soft(plain)), (np.median(soft(problem)),
+                                                                      np.median(soft(plain)))

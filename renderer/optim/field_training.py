@@ -47,8 +47,9 @@ from ..scene import Camera, Scene
 from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH
 from ..thread_tape import recording
 from ..transforms_json import load_transforms
-from ..volume import OccupancyGrid, readout
+from ..volume import OccupancyGrid, readout, regularizers
 from ..volume import render as volume_render
+from ..volume.march import contract_far
 from . import losses
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
@@ -103,6 +104,20 @@ class PublishedField:
     def occupancy(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(occupied cells bool (nx, ny, nz), aabb float32 (6,)), None without an occupancy grid."""
         return _occupancy(self.state.occupancy)
+
+
+def _term(terms: dict, name: str, device) -> wp.array:
+    """The (1,) loss-term array `name` of this step, added to `terms` (summed into the loss by the problem) when
+    the scene's `optimize.loss` has no such term (a field's own regularizers)."""
+    if name not in terms:
+        terms[name] = wp.zeros(1, dtype=float, device=device, requires_grad=True)
+    return terms[name]
+
+
+def _box_diagonal(grid) -> float:
+    """The length of the field's box diagonal (world units; of the inner box for a contracted grid)."""
+    lo, hi = np.asarray(grid.aabb[:3], np.float64), np.asarray(grid.aabb[3:], np.float64)
+    return float(np.linalg.norm(hi - lo)) / (2.0 if grid.contract else 1.0)
 
 
 def _label(name: str) -> str:
@@ -411,15 +426,24 @@ class FieldModel:
             # the whole batch (renderer.optim.distributed)
             rank, ranks = self.share
             lo, hi = rank * len(indices) // ranks, (rank + 1) * len(indices) // ranks
+            f = state.field
             if hi > lo:
                 origins, directions, target = self.bank.gather(indices[lo:hi])
-                rgb, _, _, _ = volume_render(state.grid, origins, directions, state.n_samples,
-                                             p.ds.background_color, seed=step, jitter=True,
-                                             occupancy=state.occupancy, first_ray=lo)
+                rgb, _, _, samples, densities = volume_render(state.grid, origins, directions, state.n_samples,
+                                                              p.ds.background_color, seed=step, jitter=True,
+                                                              occupancy=state.occupancy, first_ray=lo,
+                                                              return_densities=True)
                 part = (hi - lo) / len(indices)
                 for loss in ("l1", "l2"):
                     if loss in terms:
                         getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * part)
+                if f.distortion > 0.0:
+                    g = state.grid
+                    span = (origins, g.aabb, 0.0, contract_far(g.aabb)) if g.contract else None
+                    regularizers.distortion(densities, samples, directions, _term(terms, "distortion", p.ds.device),
+                                            f.distortion * part, length=_box_diagonal(g), contract=span)
+            if f.density_l1 > 0.0 and rank == 0 and p.ds.grid_paths(name)[0] in free:
+                regularizers.density_l1(state.grid, _term(terms, "density_l1", p.ds.device), f.density_l1)
             if "tv" in terms and rank == 0:
                 density, sh = p.ds.grid_paths(name)
                 w_density = weights["tv"] if density in free else 0.0

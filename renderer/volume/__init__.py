@@ -29,11 +29,12 @@ __all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "samp
 
 def render(field, origins: wp.array, directions: wp.array, n_samples: int, background: wp.array, *,
            near: float = 0.0, far: float = 1.0e10, seed: int = 0, jitter: bool = True, occupancy=None,
-           min_transmittance: float = 1.0e-4, first_ray: int = 0):
+           min_transmittance: float = 1.0e-4, first_ray: int = 0, return_densities: bool = False):
     """sample_rays over `field.aabb` (through the scene contraction when `field.contract`), `field.query`
     at the samples, `composite`.
 
-    Returns (rgb (N, 3), opacity (N,), depth (N,), samples): see the three ops for the contracts.
+    Returns (rgb (N, 3), opacity (N,), depth (N,), samples), and the samples' densities (S,) last with
+    `return_densities` (for regularizers of the weights, `regularizers.distortion`): see the ops for the contracts.
     Differentiable w.r.t. what `field.query` is differentiable w.r.t. and the background."""
     contract = bool(getattr(field, "contract", False))
     if contract and far >= 1.0e10:
@@ -42,4 +43,6 @@ def render(field, origins: wp.array, directions: wp.array, n_samples: int, backg
                           occupancy=occupancy, contract=contract, first_ray=first_ray)
     density, color = field.query(samples.positions, samples.directions)
     rgb, opacity, depth = composite(density, color, samples, background, min_transmittance)
+    if return_densities:
+        return rgb, opacity, depth, samples, density
     return rgb, opacity, depth, samples
