@@ -187,9 +187,11 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
 
     uv, uv_da = part("uv", build_uv)
     mat, model = g["mat"], g["model"]
-    # the point lights' shadow boundaries (edge sampling, below): not when the cache holds the shadow mask as a
-    # constant (nothing that moves a shadow is being optimized)
-    shadow_boundaries = (shadows and sc.render.shadow_edges > 0
+    # the point lights' shadow boundaries (edge sampling, below): only under a tape, when something that moves
+    # a shadow is differentiated, and not when the cache holds the shadow mask as a constant
+    shadow_boundaries = (shadows and sc.render.shadow_edges > 0 and active_tape() is not None
+                         and any(a.requires_grad for a in (frame.world, frame.lights.point_position,
+                                                           frame.lights.dir_direction, intr, pose))
                          and not (cache is not None and cache.cacheable("shadow", camera)))
 
     def sample_albedo(scale):
