@@ -206,13 +206,13 @@ def shade_kernel(positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=f
             _accumulate(out, i, c * _shadow_factor(shadow, use_shadow, i, n_point + j))
 
 
-@wp.kernel
-def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
-                  model: wp.array(dtype=wp.int32), point_position: wp.array(dtype=wp.vec3),
-                  dir_direction: wp.array(dtype=wp.vec3), eps: float, facing_only: int,
-                  out: wp.array2d(dtype=float)):
-    i, j = wp.tid()
-    lit = 1.0
+@wp.func
+def shadow_ray(positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=float), model: wp.array(dtype=wp.int32),
+               point_position: wp.array(dtype=wp.vec3), dir_direction: wp.array(dtype=wp.vec3), eps: float,
+               facing_only: int, i: int, j: int):
+    """Sample i's shadow ray towards light j (points first, then directional): (trace, origin, direction (not
+    normalized), max t). trace is False for background samples and, with `facing_only`, for lights behind the
+    shading normal (they contribute max(0, n.l) = 0 there: no ray needed; the mask entry stays 1)."""
     trace = model[i] >= 0
     if trace and facing_only != 0:
         p0 = _row3(positions, i)
@@ -222,9 +222,11 @@ def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: w
             l0 = point_position[j] - p0
         else:
             l0 = -dir_direction[j - point_position.shape[0]]
-        if wp.dot(n0, l0) < 0.0:  # the light contributes max(0, n.l) = 0 here: no ray needed
-            lit = 0.0
+        if wp.dot(n0, l0) < 0.0:
             trace = False
+    o = wp.vec3(0.0)
+    d = wp.vec3(0.0)
+    max_t = FAR
     if trace:
         p = _row3(positions, i)
         n = wp.normalize(_row3(normals, i))
@@ -238,13 +240,26 @@ def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: w
         side = wp.where(wp.dot(n, to_light) < 0.0, -1.0, 1.0)
         scale = 1.0 + wp.max(wp.abs(p[0]), wp.max(wp.abs(p[1]), wp.abs(p[2])))
         o = p + n * (side * eps * scale)
-        d = wp.vec3(0.0)
-        max_t = FAR
         if j < n_point:
             d = point_position[j] - o
             max_t = wp.length(d)
         else:
             d = to_light
+    return trace, o, d, max_t
+
+
+@wp.kernel
+def shadow_kernel(bvh: wp.uint64, positions: wp.array2d(dtype=float), normals: wp.array2d(dtype=float),
+                  model: wp.array(dtype=wp.int32), point_position: wp.array(dtype=wp.vec3),
+                  dir_direction: wp.array(dtype=wp.vec3), eps: float, facing_only: int,
+                  out: wp.array2d(dtype=float)):
+    i, j = wp.tid()
+    trace, o, d, max_t = shadow_ray(positions, normals, model, point_position, dir_direction, eps, facing_only,
+                                    i, j)
+    lit = 1.0
+    if model[i] >= 0 and not trace:  # a light behind the normal (facing_only)
+        lit = 0.0
+    if trace:
         if wp.mesh_query_ray_anyhit(bvh, o, wp.normalize(d), max_t):
             lit = 0.0
     out[i, j] = lit

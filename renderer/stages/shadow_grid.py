@@ -29,7 +29,7 @@ import threading
 import numpy as np
 import warp as wp
 
-from .shading import FAR, Lights, _row3, directional_light_direction
+from .shading import Lights, shadow_ray
 
 MAX_CELLS_SIDE = 2048
 CELLS_PER_TRIANGLE = 2.0  # grid cells per triangle (of the projected bounding box of all vertices)
@@ -192,40 +192,14 @@ def shadow_grid_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp
                        ends: wp.array(dtype=wp.int32), counts: wp.array(dtype=wp.int32),
                        entries: wp.array(dtype=wp.int32), near: wp.array(dtype=float),
                        planes: wp.array(dtype=wp.vec4), out: wp.array2d(dtype=float)):
-    # column j of `shading.shadow_kernel` (the same origin offset and ray), cell candidates for the test
+    # column j of `shading.shadow_kernel` (its `shadow_ray`), cell candidates for the test
     i = wp.tid()
+    trace, o, d, max_t = shadow_ray(positions, normals, model, point_position, dir_direction, eps, facing_only,
+                                    i, j)
     lit = 1.0
-    trace = model[i] >= 0
-    if trace and facing_only != 0:
-        p0 = _row3(positions, i)
-        n0 = _row3(normals, i)
-        l0 = wp.vec3(0.0)
-        if j < point_position.shape[0]:
-            l0 = point_position[j] - p0
-        else:
-            l0 = -dir_direction[j - point_position.shape[0]]
-        if wp.dot(n0, l0) < 0.0:
-            lit = 0.0
-            trace = False
+    if model[i] >= 0 and not trace:  # a light behind the normal (facing_only)
+        lit = 0.0
     if trace:
-        p = _row3(positions, i)
-        nn = wp.normalize(_row3(normals, i))
-        n_point = point_position.shape[0]
-        to_light = wp.vec3(0.0)
-        if j < n_point:
-            to_light = point_position[j] - p
-        else:
-            to_light = directional_light_direction(dir_direction[j - n_point])
-        side_n = wp.where(wp.dot(nn, to_light) < 0.0, -1.0, 1.0)
-        scale = 1.0 + wp.max(wp.abs(p[0]), wp.max(wp.abs(p[1]), wp.abs(p[2])))
-        o = p + nn * (side_n * eps * scale)
-        d = wp.vec3(0.0)
-        max_t = FAR
-        if j < n_point:
-            d = point_position[j] - o
-            max_t = wp.length(d)
-        else:
-            d = to_light
         dn = wp.normalize(d)
         light = wp.vec3(0.0)
         z = 0.0
