@@ -200,6 +200,8 @@ def test_a_short_run_from_a_primitive_reduces_chamfer_and_remeshes(tmp_path):
     problem = Problem(load_scene(tiny_shape_scene(tmp_path, remesh={"steps": [5], "edge_length": [0.3]})), "cpu")
     path = "meshes.blob.vertices"
     assert len(problem.ds.get(path)) == 42 and len(problem.truth[path]) == 162  # topologies of their own
+    held = problem.scene  # what the viewer's state holds (thread engine): a remesh must not change it
+    held_faces = held.meshes["blob"].faces.copy()
     before = parameter_metrics(problem)[path]
     assert "scene's mesh" in before["reference"]
     for _ in range(12):
@@ -210,6 +212,8 @@ def test_a_short_run_from_a_primitive_reduces_chamfer_and_remeshes(tmp_path):
     v, f = problem.ds.get(path), problem.model.faces(path)
     assert len(v) != 42 and problem.model.topology_version == 1
     _closed(v, f)
+    assert problem.scene is not held and problem.scene.meshes["blob"].faces is f
+    np.testing.assert_array_equal(held.meshes["blob"].faces, held_faces)  # copy on write, not in place
     # the optimizer's state is sized to the new mesh and u is the new mesh's (I + lam L) x
     state = problem.optimizer.state_dict()
     i = problem.opt_paths.index(path)

@@ -371,9 +371,14 @@ class ShapeModel(MeshModel):
         per_vertex = ("vertices", "uvs", "colors")
         values = {path: old.get(path) for path in old.arrays
                   if not (old.params[path].owner in owners and old.params[path].path.name in per_vertex)}
+        # copy on write: whoever holds the scene object from before (the viewer's state, in the thread engine,
+        # reads its meshes from the UI thread) keeps seeing it unchanged; the problem gets a new scene whose
+        # changed meshes are new objects
+        scene = copy.copy(p.scene)
+        scene.meshes = dict(p.scene.meshes)
         for owner, path in owners.items():
             v, f = meshes[path]
-            mesh = p.scene.meshes[owner]
+            mesh = scene.meshes[owner] = copy.copy(p.scene.meshes[owner])
             before = old.get(path)
             colors = old.get(f"meshes.{owner}.colors")
             uvs = old.get(f"meshes.{owner}.uvs") if f"meshes.{owner}.uvs" in old.arrays else mesh.uvs
@@ -385,7 +390,8 @@ class ShapeModel(MeshModel):
             mesh.uvs = (np.ascontiguousarray(uvs[near], np.float32) if len(uvs) == len(before)
                         else np.zeros((len(v), 2), np.float32))
             mesh.colors = np.ascontiguousarray(colors[near], np.float32)
-        p.ds = DeviceScene(p.scene, old.device)
+        p.scene = scene
+        p.ds = DeviceScene(scene, old.device)
         for path, value in values.items():
             p.ds.set(path, value)
         self.gbuffer_cache = GBufferCache(p.ds)
