@@ -23,7 +23,7 @@ import warp as wp
 from .. import parallel, progress
 from ..device_scene import DeviceScene
 from ..params import Group, Kind, ParamPath
-from ..render import RenderOutput, render_view
+from ..render import BAND_MODES, RenderOutput, render_view
 from ..render_cache import GBufferCache
 from ..scene import Scene
 from . import losses, regularizers
@@ -227,8 +227,14 @@ class MeshModel:
         outputs = {}
         scale = 1.0 / len(batch)  # the mean over the whole batch, also when a rank renders part of it
         rank, ranks = self.share
-        mine = batch[rank::ranks]  # rank r: views r, r + ranks, ... of the batch
-        if ds.scene.render.mode == "path":
+        if ranks > 1 and self._splits_rows(terms):
+            self._record_rows(batch, frame, cache, terms, weights, rank, ranks, outputs)
+            mine = []
+        else:
+            mine = batch[rank::ranks]  # rank r: views r, r + ranks, ... of the batch
+        if not mine:
+            rendered = []
+        elif ds.scene.render.mode == "path":
             # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
             seed = step_seed(ds.scene, step)
             adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
@@ -261,6 +267,51 @@ class MeshModel:
                     regularizers.edge_length(arr, topo["edges"], topo["rest"], terms["edge_length"],
                                              weight=weights["edge_length"])
         return outputs
+
+    def _splits_rows(self, terms: dict) -> bool:
+        """Whether a rank's share of a step is a block of rows (`_record_rows`) rather than whole views: in the
+        modes whose bands render exactly (`render.BAND_MODES`), with a background color, and per-pixel image
+        losses (SSIM's window reaches across rows)."""
+        ds = self.p.ds
+        return (ds.scene.render.mode in BAND_MODES and ds.background_pool is None and "ssim" not in terms)
+
+    def _record_rows(self, batch: list[Target], frame, cache, terms: dict, weights: dict, rank: int, ranks: int,
+                     outputs: dict) -> None:
+        """Rank `rank`'s share of the batch as rows: the views' rows laid end to end, split into `ranks` equal
+        blocks (`parallel.split_rows`). A piece that is a whole view renders as in one process; a part of a
+        view renders its rows plus one row above and below (antialias: the silhouette pairs across the cut)
+        with `render_view(first_row=...)`, whose pixels are the full render's bit for bit, and its image loss
+        covers its own rows only, weighted by their share of the view, so the ranks' losses and gradients add
+        up to one process's to float32 round-off. Whole views go into `outputs` (a cut view has no image
+        there: its gradient image is in pieces on several ranks)."""
+        ds = self.p.ds
+        scale = 1.0 / len(batch)
+        heights = [ds.scene.cameras[t.camera].height for t in batch]
+        pieces = parallel.split_rows(heights, ranks)[rank]
+        pad = 1 if ds.scene.render.mode == "antialias" else 0
+        bands = []
+        for v, first, end in pieces:
+            h = heights[v]
+            bands.append(None if (first, end) == (0, h) else (max(0, first - pad), min(h, end + pad)))
+        cameras = [batch[v].camera for v, _, _ in pieces]
+        if len(pieces) > 1 and ds.device.is_cpu and self.parallel_views and self.workers != 1:
+            rendered = parallel.render_views(ds, frame, cameras, cache=cache, workers=self.workers, rows=bands)
+        else:
+            rendered = [render_view(ds, frame, c, cache=cache,
+                                    **({} if b is None else dict(first_row=b[0], height=b[1] - b[0])))
+                        for c, b in zip(cameras, bands, strict=True)]
+        for (v, first, end), band, out in zip(pieces, bands, rendered, strict=True):
+            t, w = batch[v], out.width
+            if band is None:
+                outputs[t.camera] = out
+                image, target, share = out.image, t.image, 1.0
+            else:  # this piece's own rows of the band, and of the target
+                image = out.image[(first - band[0]) * w:(end - band[0]) * w]
+                target = t.image[first * w:end * w]
+                share = (end - first) / heights[v]
+            for name in ("l1", "l2"):
+                if name in terms:
+                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale * share)
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
