@@ -281,9 +281,10 @@ class MeshModel:
         blocks (`parallel.split_rows`). A piece that is a whole view renders as in one process; a part of a
         view renders its rows plus one row above and below (antialias: the silhouette pairs across the cut)
         with `render_view(first_row=...)`, whose pixels are the full render's bit for bit, and its image loss
-        covers its own rows only, weighted by their share of the view, so the ranks' losses and gradients add
-        up to one process's to float32 round-off. Whole views go into `outputs` (a cut view has no image
-        there: its gradient image is in pieces on several ranks)."""
+        covers its own rows only, divided by the whole view's pixel count (each pixel's loss gradient is one
+        process's bit for bit), so the ranks' losses and gradients add up to one process's to float32 round-off.
+        Whole views go into `outputs` (a cut view has none there: its gradient image is in pieces on several
+        ranks)."""
         ds = self.p.ds
         scale = 1.0 / len(batch)
         heights = [ds.scene.cameras[t.camera].height for t in batch]
@@ -304,14 +305,14 @@ class MeshModel:
             t, w = batch[v], out.width
             if band is None:
                 outputs[t.camera] = out
-                image, target, share = out.image, t.image, 1.0
+                image, target = out.image, t.image
             else:  # this piece's own rows of the band, and of the target
                 image = out.image[(first - band[0]) * w:(end - band[0]) * w]
                 target = t.image[first * w:end * w]
-                share = (end - first) / heights[v]
             for name in ("l1", "l2"):
-                if name in terms:
-                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale * share)
+                if name in terms:  # normalized by the whole view's pixels: each pixel's gradient is one process's
+                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale,
+                                          pixels=heights[v] * w)
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
