@@ -77,6 +77,31 @@ def test_pixel_losses_match_numpy_and_accumulate(use_mask, device):
     assert out.numpy()[0] == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_pixel_loss_of_a_band_is_its_share_of_the_whole_image(name, device):
+    # pixels=N: rows [a, b) of an image add their part of the whole image's mean, and each pixel's gradient is
+    # the whole image's bit for bit (the data-parallel row split, renderer.optim.models)
+    r, t, _ = images(20, seed=2)
+    fn = getattr(losses, name)
+    whole, render = accumulator(), farr(r, grad=True)
+    tape = wp.Tape()
+    with tape:
+        fn(render, farr(t), whole, weight=0.7)
+    tape.backward(whole)
+    both, render2 = accumulator(), farr(r, grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        for a, b in ((0, 8), (8, 20)):
+            fn(render2[a:b], farr(t[a:b]), both, weight=0.7, pixels=20)
+    tape2.backward(both)
+    assert float(both.numpy()[0]) == pytest.approx(float(whole.numpy()[0]), rel=1e-6)
+    assert np.array_equal(render2.grad.numpy(), render.grad.numpy())
+    with pytest.raises(ValueError, match="pixels"):
+        fn(farr(r), farr(t), accumulator(), pixels=19)
+    with pytest.raises(ValueError, match="pixels"):
+        fn(farr(r), farr(t), accumulator(), pixels=40, mask=farr(np.ones(20)))
+
+
 def test_all_zero_mask_adds_nothing(device):
     r, t, _ = images(6)
     out = accumulator()
