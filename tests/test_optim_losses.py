@@ -241,6 +241,29 @@ def test_total_variation_gradient(squared, device):
     check_gradient(forward, texture, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
 
 
+@pytest.mark.parametrize("squared", [False, True])
+def test_total_variation_split_by_rows_adds_up_to_the_whole(squared, device):
+    # the data-parallel split (renderer.optim.models): rank r takes the differences starting in its rows
+    tex = np.random.default_rng(9).uniform(0, 1, (7, 5, 3)).astype(np.float32)
+    whole, texture = accumulator(), wp.array(tex, dtype=float, requires_grad=True)
+    tape = wp.Tape()
+    with tape:
+        reg.total_variation(texture, whole, weight=2.0, squared=squared)
+    tape.backward(whole)
+    parts, texture2 = accumulator(), wp.array(tex, dtype=float, requires_grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        for rows in ((0, 3), (3, 3), (3, 7)):
+            reg.total_variation(texture2, parts, weight=2.0, squared=squared, rows=rows)
+    tape2.backward(parts)
+    assert float(parts.numpy()[0]) == pytest.approx(float(whole.numpy()[0]), rel=1e-6)
+    assert float(whole.numpy()[0]) == pytest.approx(2.0 * numpy_tv(tex.astype(np.float64), squared), rel=1e-5)
+    np.testing.assert_allclose(texture2.grad.numpy(), texture.grad.numpy(), rtol=0, atol=1e-7)
+    for bad in ((-1, 3), (4, 2), (0, 8)):
+        with pytest.raises(ValueError, match="rows"):
+            reg.total_variation(texture, accumulator(), rows=bad)
+
+
 def test_mesh_topology_helpers(device):
     faces = np.array([[0, 1, 2], [0, 2, 3]])
     np.testing.assert_array_equal(reg.unique_edges(faces), [[0, 1], [0, 2], [0, 3], [1, 2], [2, 3]])

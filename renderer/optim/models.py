@@ -254,11 +254,13 @@ class MeshModel:
                         losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
                     else:
                         getattr(losses, name)(out.image, t.image, terms[name], weight=w)
-        for path in self.p.free_paths() if rank == 0 else ():  # regularizers once, on rank 0
+        for path in self.p.free_paths():  # regularizers once: TV by texel rows over the ranks, the rest on rank 0
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
-                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"])
-            if kind is Kind.VERTICES:
+                h = arr.shape[0]
+                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"],
+                                             rows=(rank * h // ranks, (rank + 1) * h // ranks))
+            if kind is Kind.VERTICES and rank == 0:
                 topo = self._topology[path]
                 if "laplacian" in terms:
                     regularizers.laplacian_smoothing(arr, topo["offsets"], topo["indices"], terms["laplacian"],
