@@ -50,15 +50,17 @@ def _ticks():
 
 
 def _own_cpu_s() -> float:
-    """CPU seconds this process used (all threads, user + system), not counting children."""
-    t = os.times()
-    return t.user + t.system
+    """CPU seconds this process used (all threads, user + system; not its children), at the clock's resolution
+    (os.times counts 10 ms ticks)."""
+    return time.process_time()
 
 
 def _problem(scene: str, batch_views: int | None):
+    from drstudio.renderer import memory
     from drstudio.renderer.loading import open_scene
     from drstudio.renderer.optim.problem import Problem
 
+    memory.reuse_freed_buffers()  # as the `drstudio` command does in every process (app/cli.py main)
     p = Problem(open_scene(scene), "cpu")
     if batch_views:
         p.batch_views = batch_views

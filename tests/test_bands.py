@@ -132,3 +132,19 @@ def test_a_bad_band_is_refused():
         render_view(ds, frame, "main", first_row=4)  # a band needs its height
     with pytest.raises(ValueError, match="first_row"):
         render_view(ds, frame, "main", first_row=4, height=4, mode="soft")
+
+
+def test_render_views_renders_bands_on_threads():
+    # what a rank with several threads renders: its pieces, whole views and bands, on the worker pool
+    ds = DeviceScene(seam_scene("antialias"), "cpu")
+    ds.scene.cameras["side"] = scenes.cam(SIZE, SIZE, scenes.look_at((0.6, 0.3, 2.2), (0, 0, 0)), 50.0, name="side")
+    ds = DeviceScene(ds.scene, "cpu")
+    frame = ds.prepare()
+    rows = [(5, 20), None, (0, 13)]
+    got = parallel.render_views(ds, frame, ["main", "side", "side"], workers=2, rows=rows)
+    for cam, r, out in zip(["main", "side", "side"], rows, got, strict=True):
+        ref = render_view(ds, frame, cam, **({} if r is None else dict(first_row=r[0], height=r[1] - r[0])))
+        for name, a in _buffers(out).items():
+            assert np.array_equal(a, _buffers(ref)[name]), (cam, r, name)
+    with pytest.raises(ValueError, match="rows"):
+        parallel.render_views(ds, frame, ["main"], workers=2, rows=[None, None])
