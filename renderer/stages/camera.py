@@ -60,7 +60,20 @@ def project_point(intr: wp.vec4, pos: wp.vec3, rot: wp.quat, p: wp.vec3) -> wp.v
 
 @wp.kernel
 def generate_rays_kernel(intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int,
-                         first_row: int, origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3)):
+                         origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3)):
+    y, x = wp.tid()
+    i = y * width + x
+    pos = pose_position(pose)
+    origins[i] = pos
+    directions[i] = camera_ray(read_intrinsics(intrinsics), pos, pose_rotation(pose),
+                               float(x) + 0.5, float(y) + 0.5)
+
+
+@wp.kernel
+def generate_band_rays_kernel(intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int,
+                              first_row: int, origins: wp.array(dtype=wp.vec3),
+                              directions: wp.array(dtype=wp.vec3)):
+    # generate_rays_kernel for rows [first_row, first_row + height) of the image (module docstring)
     y, x = wp.tid()
     i = y * width + x
     pos = pose_position(pose)
@@ -117,7 +130,7 @@ def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int,
     grad = intrinsics.requires_grad or pose.requires_grad
     origins = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
     directions = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
-    wp.launch(generate_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width, int(first_row)],
+    wp.launch(generate_band_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width, int(first_row)],
               outputs=[origins, directions], device=dev, record_tape=grad)
     return origins, directions
 
