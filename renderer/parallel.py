@@ -275,7 +275,8 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
                       device=dev)
         out = render_view(ds, lane.frame(frame), camera, mode=mode, shadows=shadows, intrinsics=band_intr,
                           pose=lane.alias(pose), width=width, height=end - first, cache=band_cache,
-                          cache_key=("band", first, end, height), first_row=first_row)
+                          cache_key=("band", first, end, height), first_row=first_row,
+                          image_height=height if exact else None)
         src, dst, count = (keep - first) * width, keep * width, (keep_end - keep) * width
         for name in ("image", "normals", "depth", "alpha", "tri_id"):
             band = getattr(out, name)
@@ -345,7 +346,7 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
         if rows[i] is None:
             return {}
         first, end = (int(x) for x in rows[i])
-        return dict(first_row=first, height=end - first)
+        return dict(first_row=first, height=end - first, image_height=ds.scene.cameras[cameras[i]].height)
 
     workers = min(workers, len(cameras))
     if workers <= 1 or not ds.device.is_cpu or (mode or ds.scene.render.mode) == "path":  # path: see above

@@ -98,7 +98,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                 height: int | None = None, cache: GBufferCache | None = None,
                 cache_key: tuple | None = None, spp: int | None = None, seed: int | None = None,
                 max_depth: int | None = None, adjoint_seed: int | None = None,
-                emission_grad: bool = False, first_row: int = 0) -> RenderOutput:
+                emission_grad: bool = False, first_row: int = 0, image_height: int | None = None) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
     `mode` and `shadows` default to the scene's render settings; so do `spp`, `seed` and `max_depth` of
@@ -119,8 +119,9 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     against the unchanged intrinsics, so the band's pixels equal the full render's bit for bit, except the
     antialias blends of its first row with the row above and of its last row with the row below, which it does
     not have: render one more row on each side and keep the inner rows). `height` is then the
-    band's row count (required); the outputs hold the band's rows. Used by `renderer.parallel` and the
-    data-parallel split of a step's rows (`renderer.optim.models`)."""
+    band's row count (required); the outputs hold the band's rows, and `image_height` is the whole image's
+    (which decides rasterization or BVH ray casting as for the whole image; default `height`). Used by
+    `renderer.parallel` and the data-parallel split of a step's rows (`renderer.optim.models`)."""
     sc = ds.scene
     mode = mode or sc.render.mode
     if mode not in RENDER_MODES:
@@ -136,8 +137,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         raise ValueError(f"first_row {first_row}: a band of rows needs its height and the {BAND_MODES} modes "
                          f"with a background color (got mode {mode!r}, height {height!r})")
     width, height = width or c.width, height or c.height
-    # the image a band belongs to: the camera's aspect ratio at this width
-    image_pixels = width * max(1, round(c.height * width / c.width))
+    image_pixels = width * int(image_height or height)  # of the whole image a band belongs to
     if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
         memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
@@ -159,7 +159,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     if overridden and cache_key is None:
         cache = None
     mipmaps = bool(sc.render.mipmaps)
-    key = (camera, int(width), int(height), mode, mipmaps, bool(shadows), cache_key, first_row)
+    key = (camera, int(width), int(height), mode, mipmaps, bool(shadows), cache_key, first_row, image_pixels)
 
     def part(name: str, build):
         return build(False) if cache is None else cache.fetch(key, name, camera, build)

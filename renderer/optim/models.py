@@ -300,8 +300,8 @@ class MeshModel:
         if len(pieces) > 1 and ds.device.is_cpu and self.parallel_views and self.workers != 1:
             rendered = parallel.render_views(ds, frame, cameras, cache=cache, workers=self.workers, rows=bands)
         else:
-            rendered = [render_view(ds, frame, c, cache=cache,
-                                    **({} if b is None else dict(first_row=b[0], height=b[1] - b[0])))
+            rendered = [render_view(ds, frame, c, cache=cache, **({} if b is None else dict(
+                first_row=b[0], height=b[1] - b[0], image_height=ds.scene.cameras[c].height)))
                         for c, b in zip(cameras, bands, strict=True)]
         for (v, first, end), band, out in zip(pieces, bands, rendered, strict=True):
             t, w = batch[v], out.width
