@@ -5,16 +5,24 @@ batch has no threaded path: its "2 threads" column is n/a).
 
     python -m benchmarks.bench_distributed                       # shape, texture, nerf_grid: 1t / 2t / 2 ranks
     python -m benchmarks.bench_distributed --markdown            # the table for benchmarks/README.md
-    python -m benchmarks.bench_distributed --scenes scenes/shape.json --steps 40 --warmup 8 --wait-idle 120
+    python -m benchmarks.bench_distributed --scenes scenes/shape.json --rounds 9 --steps 20 --wait-idle 120
 
-Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update),
-timed one by one after `--warmup` steps; the table gives the median. The ranks are separate processes
-started the way `drstudio optimize --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each
-rendering its share of the views on `cores // nproc` threads; rank 0's step times are the run's (a step
-ends for every rank at the all-reduce); `all-reduce ms` is the median time rank 0 spent in it (waiting for
-the slower rank, plus the transfer). `busy` is how many cores other processes used while a case was
-measured (see benchmarks/bench_render.py `ForeignLoad`): it should be ~0; a busy neighbour on a 2-core
-machine makes every number here meaningless, and the two-core cases suffer most.
+Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update).
+The set-ups of a scene are built and warmed up once (`--warmup` steps), then measured in `--rounds`
+interleaved rounds, 1t, 2t, np, 1t, 2t, np, ...: in each round a set-up takes `--round-warmup` untimed steps,
+then `--steps` timed ones, and its rate in that round is 1 / the median step time. The table gives the
+median over rounds of each set-up's rate and of the per-round ratios (with their range over rounds), so
+a slow minute on a shared machine moves one round, not a ratio. The ranks are separate processes started
+the way `drstudio optimize --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering
+its share of the step on `cores // nproc` threads; they stay up between rounds, blocked on the store while
+the one-process set-ups run. Rank 0's step times are the run's (a step ends for every rank at the
+all-reduce); `all-reduce ms` is the median time rank 0 spent in it (waiting for the slower rank, plus the
+transfer). `CPU ms/step` is the CPU time each process used per timed step (user + system, all its threads;
+for the ranks, each rank's own): on an idle machine the wall time of a step is about the larger of the
+ranks', and on a busy one it says what the step costs regardless of what the scheduler gave it. `busy` is
+how many cores other processes used while a set-up was measured (see benchmarks/bench_render.py
+`ForeignLoad`), the median over rounds: it should be ~0; a busy neighbour on a 2-core machine makes every
+number here meaningless, and the two-core cases suffer most.
 """
 
 from __future__ import annotations
@@ -25,7 +33,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -33,6 +40,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENES = ("scenes/shape.json", "scenes/texture.json", "scenes/nerf_grid.json")
+STORE_TIMEOUT_S = 900
 
 
 def _ticks():
@@ -41,10 +49,18 @@ def _ticks():
     return _cpu_ticks()
 
 
+def _own_cpu_s() -> float:
+    """CPU seconds this process used (all threads, user + system; not its children), at the clock's resolution
+    (os.times counts 10 ms ticks)."""
+    return time.process_time()
+
+
 def _problem(scene: str, batch_views: int | None):
+    from drstudio.renderer import memory
     from drstudio.renderer.loading import open_scene
     from drstudio.renderer.optim.problem import Problem
 
+    memory.reuse_freed_buffers()  # as the `drstudio` command does in every process (app/cli.py main)
     p = Problem(open_scene(scene), "cpu")
     if batch_views:
         p.batch_views = batch_views
@@ -63,27 +79,40 @@ def _time_steps(p, warmup: int, steps: int) -> list[float]:
     return times
 
 
-def measure_local(scene: str, threads: int, warmup: int, steps: int, batch_views: int | None) -> dict:
+class LocalCase:
     """One process; a step's views on `threads` threads."""
-    from benchmarks.bench_render import ForeignLoad
 
-    p = _problem(scene, batch_views)
-    p.model.workers = threads
-    p.model.parallel_views = threads > 1
-    for _ in range(warmup):
-        p.step()
-    with ForeignLoad() as load:
-        times = _time_steps(p, 0, steps)
-    return {"median_s": float(np.median(times)), "busy": load.cores}
+    def __init__(self, scene: str, threads: int, warmup: int, batch_views: int | None):
+        self.p = _problem(scene, batch_views)
+        self.p.model.workers = threads
+        self.p.model.parallel_views = threads > 1
+        _time_steps(self.p, warmup, 0)
+
+    def round(self, warmup: int, steps: int) -> dict:
+        from benchmarks.bench_render import ForeignLoad
+
+        _time_steps(self.p, warmup, 0)
+        cpu0 = _own_cpu_s()
+        with ForeignLoad() as load:
+            times = _time_steps(self.p, 0, steps)
+        return {"median_s": float(np.median(times)), "busy": load.cores,
+                "cpu_s": [(_own_cpu_s() - cpu0) / steps]}
+
+    def close(self) -> None:
+        self.p = None
 
 
 def rank_main(args) -> int:
-    """One rank (started by `measure_ranks` with torchrun's environment): time the steps, rank 0 writes them."""
+    """One rank (started by `RankCase` with torchrun's environment): warm up, then per round wait for the
+    parent's go on the store, time the steps; rank 0 posts the round's result on the store."""
     import torch
     import torch.distributed as dist
     from drstudio.renderer.optim.distributed import Comm, threads_per_rank
+    from torch.distributed import TCPStore
 
-    comm = Comm.from_env("cpu", timeout=600)
+    comm = Comm.from_env("cpu", timeout=STORE_TIMEOUT_S)
+    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                     timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
     p = _problem(args.scene, args.batch_views)
     p.set_shards(comm.world, comm)
     p.model.workers = threads_per_rank(comm.local_world)
@@ -99,44 +128,84 @@ def rank_main(args) -> int:
             waits.append(time.perf_counter() - t)
 
     comm.sum = timed_sum
-    for _ in range(args.warmup):
-        p.step()
-    waits.clear()
-    t0, s0 = time.perf_counter(), _ticks()
-    times = _time_steps(p, 0, args.steps)
-    elapsed, s1 = time.perf_counter() - t0, _ticks()
-    # other processes' CPU: all busy time minus every rank's own
-    own = torch.tensor([float(s1[1] - s0[1]) if s0 and s1 else 0.0])
-    dist.all_reduce(own)
+    _time_steps(p, args.warmup, 0)
+    store.set(f"bench/ready/{comm.rank}", "1")
+    for r in range(args.rounds):
+        store.wait([f"bench/go/{r}"])
+        _time_steps(p, args.round_warmup, 0)
+        waits.clear()
+        t0, s0, c0 = time.perf_counter(), _ticks(), _own_cpu_s()
+        times = _time_steps(p, 0, args.steps)
+        elapsed, s1, c1 = time.perf_counter() - t0, _ticks(), _own_cpu_s()
+        # other processes' CPU: all busy time minus every rank's own; each rank's CPU per step
+        own = torch.zeros(comm.world + 1, dtype=torch.float64)
+        own[0] = float(s1[1] - s0[1]) if s0 and s1 else 0.0
+        own[1 + comm.rank] = (c1 - c0) / args.steps
+        dist.all_reduce(own)
+        if comm.rank == 0:
+            busy = None
+            if s0 and s1:
+                busy = max(0.0, (s1[0] - s0[0] - float(own[0])) / (elapsed * os.sysconf("SC_CLK_TCK")))
+            store.set(f"bench/result/{r}", json.dumps({
+                "median_s": float(np.median(times)), "busy": busy, "wait_s": float(np.median(waits)),
+                "cpu_s": [float(x) for x in own[1:]]}))
     comm.close()
-    if comm.rank == 0:
-        busy = None
-        if s0 and s1:
-            busy = max(0.0, (s1[0] - s0[0] - float(own[0])) / (elapsed * os.sysconf("SC_CLK_TCK")))
-        Path(args.result).write_text(json.dumps({"median_s": float(np.median(times)), "busy": busy,
-                                                 "wait_s": float(np.median(waits))}))
     return 0
 
 
-def measure_ranks(scene: str, nproc: int, warmup: int, steps: int, batch_views: int | None) -> dict:
-    from torch.distributed import TCPStore
+class RankCase:
+    """`nproc` rank processes, started as `drstudio optimize --nproc` starts them, kept up between rounds."""
 
-    store = TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False,
-                     timeout=datetime.timedelta(seconds=600))
-    with tempfile.TemporaryDirectory() as tmp:
-        result = Path(tmp) / "result.json"
-        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(store.port), "WORLD_SIZE": str(nproc),
-               "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
-        cmd = [sys.executable, "-m", "benchmarks.bench_distributed", "--as-rank", "--scene", scene, "--warmup",
-               str(warmup), "--steps", str(steps), "--result", str(result)]
-        if batch_views:
-            cmd += ["--batch-views", str(batch_views)]
-        procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
-                 for r in range(nproc)]
-        codes = [p.wait() for p in procs]
+    def __init__(self, scene: str, nproc: int, args):
+        from torch.distributed import TCPStore
+
+        self.store = TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False,
+                              timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+        env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.store.port),
+               "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
+        cmd = [sys.executable, "-m", "benchmarks.bench_distributed", "--as-rank", "--scene", scene,
+               "--warmup", str(args.warmup), "--round-warmup", str(args.round_warmup), "--steps", str(args.steps),
+               "--rounds", str(args.rounds)]
+        if args.batch_views:
+            cmd += ["--batch-views", str(args.batch_views)]
+        self.procs = [subprocess.Popen(cmd, cwd=ROOT, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)})
+                      for r in range(nproc)]
+        self.round_index = 0
+        self._wait([f"bench/ready/{r}" for r in range(nproc)])
+
+    def _wait(self, keys: list[str]) -> None:
+        # poll so that a rank that died is reported instead of waiting for the store's timeout
+        deadline = time.monotonic() + STORE_TIMEOUT_S
+        while not self.store.check(keys):
+            codes = [p.poll() for p in self.procs]
+            if any(c not in (None, 0) for c in codes) or time.monotonic() > deadline:
+                self.close()
+                raise RuntimeError(f"a rank failed: exit codes {codes}")
+            time.sleep(0.05)
+
+    def round(self, warmup: int, steps: int) -> dict:
+        r = self.round_index
+        self.round_index += 1
+        self.store.set(f"bench/go/{r}", "1")
+        self._wait([f"bench/result/{r}"])
+        return json.loads(self.store.get(f"bench/result/{r}"))
+
+    def close(self) -> None:
+        codes = []
+        for p in self.procs:
+            try:
+                codes.append(p.wait(timeout=60))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes.append(p.wait())
         if any(codes):
             raise RuntimeError(f"a rank failed: exit codes {codes}")
-        return json.loads(result.read_text())
+
+
+def _fmt_ratio(values: list[float]) -> str:
+    v = np.asarray(values)
+    med = f"{np.median(v):.2f}x"
+    return med if len(v) < 2 else f"{med} ({v.min():.2f}-{v.max():.2f})"
 
 
 def main(argv=None) -> int:
@@ -144,47 +213,66 @@ def main(argv=None) -> int:
     ap.add_argument("--scenes", nargs="+", default=list(SCENES))
     ap.add_argument("--nproc", type=int, default=2, help="ranks of the data-parallel case (default 2)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the multi-threaded case (default 2)")
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--steps", type=int, default=30, help="timed steps per case (the median is reported)")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps of each set-up before the first round")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds of the set-ups (default 5)")
+    ap.add_argument("--round-warmup", type=int, default=2, help="untimed steps of a set-up in each round")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps of a set-up in each round")
     ap.add_argument("--batch-views", type=int, help="override optimize.batch_views")
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
-                    help="before each case wait up to S seconds for other processes to leave the CPU alone")
+                    help="before each round of each set-up wait up to S seconds for other processes to leave "
+                         "the CPU alone")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scene", help=argparse.SUPPRESS)
-    ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    for name in ("rounds", "steps", "nproc", "threads"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
     if args.as_rank:
         return rank_main(args)
     from benchmarks.bench_render import wait_until_idle
 
+    t, p = f"{args.threads}t", f"{args.nproc}p"
     rows = []
     for scene in args.scenes:
         path = str(ROOT / scene) if not Path(scene).is_absolute() else scene
-        cases = {}
-        opts = (args.warmup, args.steps, args.batch_views)
         field = bool(json.loads(Path(path).read_text()).get("fields"))
-        for name, run, arg in (("1t", measure_local, 1), (f"{args.threads}t", measure_local, args.threads),
-                               (f"{args.nproc}p", measure_ranks, args.nproc)):
-            if field and run is measure_local and arg > 1:
-                continue  # a field's ray batch renders in one launch per stage: no threaded path to compare
-            if args.wait_idle > 0:
-                wait_until_idle(args.wait_idle)
-            cases[name] = run(path, arg, *opts)
-            extra = f", all-reduce {1e3 * cases[name]['wait_s']:.1f} ms" if "wait_s" in cases[name] else ""
-            print(f"{scene} {name}: {1 / cases[name]['median_s']:.2f} steps/s (busy {cases[name]['busy']}{extra})",
-                  file=sys.stderr, flush=True)
-        rows.append((scene, cases))
-    t, p = f"{args.threads}t", f"{args.nproc}p"
+        cases = {"1t": LocalCase(path, 1, args.warmup, args.batch_views)}
+        if not field:  # a field's ray batch renders in one launch per stage: no threaded path to compare
+            cases[t] = LocalCase(path, args.threads, args.warmup, args.batch_views)
+        cases[p] = RankCase(path, args.nproc, args)
+        results: dict[str, list[dict]] = {name: [] for name in cases}
+        try:
+            for r in range(args.rounds):
+                for name, case in cases.items():
+                    if args.wait_idle > 0:
+                        wait_until_idle(args.wait_idle)
+                    res = case.round(args.round_warmup, args.steps)
+                    results[name].append(res)
+                    extra = f", all-reduce {1e3 * res['wait_s']:.1f} ms" if "wait_s" in res else ""
+                    cpu = " / ".join(f"{1e3 * c:.1f}" for c in res["cpu_s"])
+                    print(f"{Path(scene).name} round {r + 1}/{args.rounds} {name}: {1 / res['median_s']:.2f} steps/s, "
+                          f"CPU {cpu} ms/step (busy {res['busy']}{extra})", file=sys.stderr, flush=True)
+        finally:
+            for case in cases.values():
+                case.close()
+        rows.append((scene, results))
+        print(f"{Path(scene).name} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
+
     head = ["scene", "1 thread", f"{args.threads} threads", f"--nproc {args.nproc}", f"{p} / 1t", f"{p} / {t}",
-            "all-reduce ms", "busy 1t / 2t / np"]
+            "all-reduce ms", f"CPU ms/step 1t / {t} / ranks", "busy 1t / 2t / np"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if args.markdown else ["  ".join(head)]
-    for scene, c in rows:
-        rate = {k: 1.0 / v["median_s"] for k, v in c.items()}
-        busy = " / ".join("n/a" if v["busy"] is None else f"{v['busy']:.1f}" for v in c.values())
-        cells = [Path(scene).name, f"{rate['1t']:.2f}", f"{rate[t]:.2f}" if t in rate else "n/a", f"{rate[p]:.2f}",
-                 f"{rate[p] / rate['1t']:.2f}x", f"{rate[p] / rate[t]:.2f}x" if t in rate else "n/a",
-                 f"{1e3 * c[p]['wait_s']:.1f}", busy]
+    for scene, res in rows:
+        rate = {k: [1.0 / x["median_s"] for x in v] for k, v in res.items()}
+        med = {k: float(np.median(v)) for k, v in rate.items()}
+        ratios = {k: [a / b for a, b in zip(rate[p], rate[k], strict=True)] for k in rate if k != p}
+        busy = " / ".join("n/a" if any(x["busy"] is None for x in v) else f"{np.median([x['busy'] for x in v]):.1f}"
+                          for v in res.values())
+        cpu = " / ".join(" + ".join(f"{1e3 * c:.1f}" for c in np.median([x["cpu_s"] for x in v], axis=0))
+                         for v in res.values())
+        cells = [Path(scene).name, f"{med['1t']:.2f}", f"{med[t]:.2f}" if t in med else "n/a", f"{med[p]:.2f}",
+                 _fmt_ratio(ratios["1t"]), _fmt_ratio(ratios[t]) if t in ratios else "n/a",
+                 f"{1e3 * np.median([x['wait_s'] for x in res[p]]):.1f}", cpu, busy]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     print("\n".join(lines))
     return 0

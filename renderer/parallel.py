@@ -3,9 +3,11 @@
 Warp runs a CPU kernel launch on one core and releases the GIL while it runs, so launches issued from
 two Python threads run on two cores. Every per-pixel stage is independent across pixels (the antialias
 stage reads the row above and below), so a band of rows renders exactly like the same rows of the whole
-image: the band's camera is the view's camera with cy shifted by the band's first row, and each band is
-rendered with one extra row on each inner side and stitched without it, so silhouette pairs that cross a
-band boundary are blended exactly as in `render_view`.
+image: each band is rendered by `render_view(..., first_row=...)`, whose pixel stages work in the full
+image's pixel coordinates against the view's own intrinsics (bit for bit the full render's pixels), with one
+extra row on each inner side, and stitched without it, so silhouette pairs that cross a band boundary are
+blended exactly as in `render_view`. (The soft mode has no `first_row`: its bands still render with the
+principal point shifted by the band's first row, equal to the full image to float32 round-off.)
 
 Differentiation. The active `wp.Tape` is per thread (`renderer.thread_tape`): each worker makes a tape of
 its own the active one of its thread while it renders (the caller's thread too, for its share), and on the
@@ -27,11 +29,12 @@ import os
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 
+import numpy as np
 import warp as wp
 
 from .device_scene import DeviceScene, Frame
 from .params import camera_intrinsics, camera_pose
-from .render import RenderOutput, render_view
+from .render import BAND_MODES, RenderOutput, render_view
 from .render_cache import GBufferCache
 from .stages.shading import Lights
 from .thread_tape import active_tape, recording
@@ -224,7 +227,8 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
                       cache: GBufferCache | None = None) -> RenderOutput:
     """`render_view` with the image split into `parts` horizontal bands rendered by that many threads
     (default: one per core). Same arguments and result: `image`, `depth`, `normals` and `alpha` are
-    differentiable as in `render_view` (under an enclosing `wp.Tape`), `tri_id` is not.
+    differentiable as in `render_view` (under an enclosing `wp.Tape`), `tri_id` is not. In the hard and
+    antialias modes the outputs equal `render_view`'s bit for bit (the gradients up to summation order).
 
     Falls back to a plain `render_view` when `parts` is 1, the device is not a CPU (a GPU launch is
     already parallel), or the scene's background is an image (`render_view` resamples it over the
@@ -245,6 +249,7 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
 
     outer = active_tape()
     grad = outer is not None
+    exact = (mode or ds.scene.render.mode) in BAND_MODES
     lanes = [_Lane(k, grad) for k in range(len(bands))]
     n, dev = width * height, ds.device
     full: dict[str, wp.array] = {}
@@ -262,12 +267,16 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
 
     def work(lane: _Lane) -> None:
         first, end, keep, keep_end = bands[lane.index]
-        band_intr = wp.zeros(4, dtype=float, device=dev, requires_grad=grad and intr.requires_grad)
-        wp.launch(_band_intrinsics, dim=1, inputs=[lane.alias(intr), float(first)], outputs=[band_intr],
-                  device=dev)
+        if exact:
+            band_intr, first_row = lane.alias(intr), first
+        else:  # soft mode
+            band_intr, first_row = wp.zeros(4, dtype=float, device=dev, requires_grad=grad and intr.requires_grad), 0
+            wp.launch(_band_intrinsics, dim=1, inputs=[lane.alias(intr), float(first)], outputs=[band_intr],
+                      device=dev)
         out = render_view(ds, lane.frame(frame), camera, mode=mode, shadows=shadows, intrinsics=band_intr,
                           pose=lane.alias(pose), width=width, height=end - first, cache=band_cache,
-                          cache_key=("band", first, end, height))
+                          cache_key=("band", first, end, height), first_row=first_row,
+                          image_height=height if exact else None)
         src, dst, count = (keep - first) * width, keep * width, (keep_end - keep) * width
         for name in ("image", "normals", "depth", "alpha", "tri_id"):
             band = getattr(out, name)
@@ -289,12 +298,39 @@ def render_view_split(ds: DeviceScene, frame: Frame, camera: str, *, parts: int 
                         full.get("normals"), full.get("alpha"))
 
 
+def split_rows(heights: list[int], parts: int) -> list[list[tuple[int, int, int]]]:
+    """The rows of a batch of views laid end to end (view 0's rows, then view 1's, ...) split into `parts`
+    contiguous blocks of equal size (to a row): per part, its pieces (view index, first_row, end_row), in
+    batch order. A view cut by a block boundary is in two (or more) parts' pieces; the pieces of all parts
+    together cover every row of every view exactly once. The data-parallel split of a mesh step
+    (`renderer.optim.models.MeshModel`): every rank computes the same blocks."""
+    parts = int(parts)
+    if parts < 1:
+        raise ValueError(f"parts: expected an int >= 1, got {parts}")
+    starts = np.concatenate([[0], np.cumsum(heights)]).astype(np.int64)
+    total = int(starts[-1])
+    out = []
+    for k in range(parts):
+        a, b = k * total // parts, (k + 1) * total // parts
+        pieces = []
+        for v, h in enumerate(heights):
+            lo, hi = max(a, int(starts[v])), min(b, int(starts[v]) + int(h))
+            if lo < hi:
+                pieces.append((v, lo - int(starts[v]), hi - int(starts[v])))
+        out.append(pieces)
+    return out
+
+
 def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: int | None = None,
                  mode: str | None = None, shadows: bool | None = None,
-                 cache: GBufferCache | None = None) -> list[RenderOutput]:
+                 cache: GBufferCache | None = None,
+                 rows: list[tuple[int, int] | None] | None = None) -> list[RenderOutput]:
     """`render_view` of each camera in `cameras` (all from one prepared `frame`), the views spread over
     `workers` threads (default: one per core). Outputs are differentiable as in `render_view` under an
-    enclosing `wp.Tape`. Falls back to a plain loop on a GPU device or with one worker."""
+    enclosing `wp.Tape`. Falls back to a plain loop on a GPU device or with one worker.
+
+    `rows`: per camera None (the whole view) or (first_row, end_row), a band of the view's rows rendered
+    with `render_view(..., first_row=first_row, height=end_row - first_row)` (hard and antialias modes)."""
     workers = default_workers() if workers is None else int(workers)
     if workers < 1:
         raise ValueError(f"workers: expected an int >= 1, got {workers}")
@@ -302,9 +338,20 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
     for c in cameras:
         if c not in ds.scene.cameras:
             raise ValueError(f"cameras: unknown camera {c!r}; the scene has {list(ds.scene.cameras)}")
+    rows = [None] * len(cameras) if rows is None else list(rows)
+    if len(rows) != len(cameras):
+        raise ValueError(f"rows: expected one entry per camera ({len(cameras)}), got {len(rows)}")
+
+    def band(i: int) -> dict:
+        if rows[i] is None:
+            return {}
+        first, end = (int(x) for x in rows[i])
+        return dict(first_row=first, height=end - first, image_height=ds.scene.cameras[cameras[i]].height)
+
     workers = min(workers, len(cameras))
     if workers <= 1 or not ds.device.is_cpu or (mode or ds.scene.render.mode) == "path":  # path: see above
-        return [render_view(ds, frame, c, mode=mode, shadows=shadows, cache=cache) for c in cameras]
+        return [render_view(ds, frame, c, mode=mode, shadows=shadows, cache=cache, **band(i))
+                for i, c in enumerate(cameras)]
 
     outer = active_tape()
     lanes = [_Lane(k, outer is not None) for k in range(workers)]
@@ -318,7 +365,7 @@ def render_views(ds: DeviceScene, frame: Frame, cameras: list[str], *, workers: 
             pose = lane.alias(ds.leaf(camera_pose(c)))
             # the aliases read the camera's own leaves: the view's cache entry is the camera's
             done.append((i, render_view(ds, lane_frame, c, mode=mode, shadows=shadows, intrinsics=intr,
-                                        pose=pose, cache=cache, cache_key=("view",))))
+                                        pose=pose, cache=cache, cache_key=("view",), **band(i))))
         return done
 
     outputs: list[RenderOutput | None] = [None] * len(cameras)

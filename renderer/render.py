@@ -66,13 +66,16 @@ def _background(ds: DeviceScene, width: int, height: int):
 # a BVH ray costs about log(triangles) per pixel. Measured on this CPU at 256x256: rasterization is 2-5x
 # faster up to 1.5 triangles per pixel and slower beyond ~10 (1M triangles), where the BVH takes over.
 RASTER_MAX_TRIANGLES_PER_PIXEL = 8.0
+BAND_MODES = ("hard", "antialias")  # the modes that render a band of rows exactly (render_view's first_row)
 
 
-def _primary_ids(ds: DeviceScene, frame: Frame, world, intr, pose, origins, directions, width: int, height: int):
+def _primary_ids(ds: DeviceScene, frame: Frame, world, intr, pose, origins, directions, width: int, height: int,
+                 first_row: int = 0, image_pixels: int | None = None):
     """Per-pixel triangle ids: rasterized, or BVH ray cast for meshes much denser than the pixels (the same
-    ids but for exact ties)."""
-    if ds.num_faces <= RASTER_MAX_TRIANGLES_PER_PIXEL * width * height:
-        return raster.rasterize(world, ds.faces, intr, pose, width, height)
+    ids but for exact ties). `image_pixels`: the whole image's pixel count, which decides (a band of rows
+    from `first_row` on chooses as its image does); default width * height."""
+    if ds.num_faces <= RASTER_MAX_TRIANGLES_PER_PIXEL * (image_pixels or width * height):
+        return raster.rasterize(world, ds.faces, intr, pose, width, height, first_row)
     return visibility.trace_primary(frame.bvh, origins, directions)
 
 
@@ -95,7 +98,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                 height: int | None = None, cache: GBufferCache | None = None,
                 cache_key: tuple | None = None, spp: int | None = None, seed: int | None = None,
                 max_depth: int | None = None, adjoint_seed: int | None = None,
-                emission_grad: bool = False) -> RenderOutput:
+                emission_grad: bool = False, first_row: int = 0, image_height: int | None = None) -> RenderOutput:
     """Render `camera` of `ds` from the prepared `frame`.
 
     `mode` and `shadows` default to the scene's render settings; so do `spp`, `seed` and `max_depth` of
@@ -109,8 +112,16 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     `cache` (a `renderer.render_cache.GBufferCache` of `ds`) reuses the view's G-buffer parts whose inputs
     did not change since they were stored (hard and antialias modes; see that module for what is exact).
     With `intrinsics`/`pose` overrides the cache is used only when `cache_key` is given: a tuple that the
-    overrides are a function of, together with the camera's own leaves (e.g. `renderer.parallel`'s band
-    rows)."""
+    overrides are a function of, together with the camera's own leaves.
+
+    `first_row` (hard and antialias modes, a color background): render only the band of `height` image rows
+    from `first_row` on (`stages.camera`: every pixel stage works in the full image's pixel coordinates
+    against the unchanged intrinsics, so the band's pixels equal the full render's bit for bit, except the
+    antialias blends of its first row with the row above and of its last row with the row below, which it does
+    not have: render one more row on each side and keep the inner rows). `height` is then the
+    band's row count (required); the outputs hold the band's rows, and `image_height` is the whole image's
+    (which decides rasterization or BVH ray casting as for the whole image; default `height`). Used by
+    `renderer.parallel` and the data-parallel split of a step's rows (`renderer.optim.models`)."""
     sc = ds.scene
     mode = mode or sc.render.mode
     if mode not in RENDER_MODES:
@@ -121,7 +132,12 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
         raise ValueError("cache: expected a GBufferCache of this DeviceScene")
     shadows = sc.render.shadows if shadows is None else shadows
     c = sc.cameras[camera]
+    first_row = cam.check_first_row(first_row)
+    if first_row and (height is None or mode not in BAND_MODES or ds.background_pool is not None):
+        raise ValueError(f"first_row {first_row}: a band of rows needs its height and the {BAND_MODES} modes "
+                         f"with a background color (got mode {mode!r}, height {height!r})")
     width, height = width or c.width, height or c.height
+    image_pixels = width * int(image_height or height)  # of the whole image a band belongs to
     if width * height > 2**20:  # only large renders can exceed the machine: skip the check for the rest
         memory.require(memory.render_bytes(width, height), f"rendering camera {camera!r} at {width}x{height}")
     overridden = intrinsics is not None or pose is not None
@@ -143,7 +159,7 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     if overridden and cache_key is None:
         cache = None
     mipmaps = bool(sc.render.mipmaps)
-    key = (camera, int(width), int(height), mode, mipmaps, bool(shadows), cache_key)
+    key = (camera, int(width), int(height), mode, mipmaps, bool(shadows), cache_key, first_row, image_pixels)
 
     def part(name: str, build):
         return build(False) if cache is None else cache.fetch(key, name, camera, build)
@@ -151,8 +167,8 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     def build_visibility(const: bool) -> dict:
         k = constant if const else (lambda a: a)
         world, i, p = k(frame.world), k(intr), k(pose)
-        origins, directions = cam.generate_rays(i, p, width, height)
-        tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height)
+        origins, directions = cam.generate_rays(i, p, width, height, first_row)
+        tri = _primary_ids(ds, frame, world, i, p, origins, directions, width, height, first_row, image_pixels)
         bary, depth = visibility.intersect(world, ds.faces, tri, origins, directions)
         mat, model = gbuffer.pixel_materials(tri, ds.face_material, ds.material_model)
         out = dict(tri=tri, bary=bary, depth=depth, mat=mat, model=model,
@@ -160,10 +176,11 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
                    positions=gbuffer.hit_points(origins, directions, depth, tri),
                    coverage=bg.coverage_from_ids(tri), bary_db=None, screen=None, pairs=None)
         if mipmaps:
-            out["bary_db"] = visibility.bary_derivatives(world, ds.faces, tri, i, p, width, height)
+            out["bary_db"] = visibility.bary_derivatives(world, ds.faces, tri, i, p, width, height, first_row)
         if mode == "antialias":
             out["screen"] = cam.project_points(world, i, p)
-            out["pairs"] = aa.silhouette_pairs(tri, depth, out["screen"], ds.faces, ds.neighbors, width, height)
+            out["pairs"] = aa.silhouette_pairs(tri, depth, out["screen"], ds.faces, ds.neighbors, width, height,
+                                               first_row)
         return out
 
     g = part("visibility", build_visibility)
@@ -243,13 +260,13 @@ def render_view(ds: DeviceScene, frame: Frame, camera: str, *, mode: str | None 
     # composite fused with the output copy (whose gradient stays readable); the blend adds into it
     comp, image = bg.composite_output(radiance, g["coverage"], background, keep_composite=mode == "antialias")
     if mode == "antialias":
-        aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image)
+        aa.blend(comp, g["screen"], ds.faces, *g["pairs"], width, into=image, first_row=first_row)
     # the point lights' shadow boundaries (edge sampling), reading image.grad in the backward pass
     if shadow_boundaries and gb is not None:
         shadow_edges.record_shading_boundary(
             active_tape(), image, frame.bvh.id, frame.world, ds.faces, _shadow_neighbors(ds), tri, g["normals"], *gb,
             model, frame.lights, intr, pose, width, height, samples=int(sc.render.shadow_edges),
-            seed=int(sc.render.seed))
+            seed=int(sc.render.seed), first_row=first_row)
     return RenderOutput(width, height, image, tri, g["depth"], g["normals"], g["coverage"])
 
 

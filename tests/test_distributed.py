@@ -26,8 +26,11 @@ TIMEOUT = 240  # seconds for one multi-process run on a loaded 2-core machine (t
 
 
 def tiny_scene(folder: Path, steps: int = 6) -> Path:
-    """Four 20x20 views, three per step (an odd batch: ranks get 2 and 1 views), a texture, a light and the
-    mesh's vertices free, and two regularizers (computed once, on rank 0)."""
+    """Four 20x20 views, three per step (an odd batch: 60 rows, 30 per rank, one view cut in two), a texture,
+    a light and the mesh's vertices free, and two regularizers (computed once, on rank 0). The texture starts
+    from a perturbation, not a constant: TV's |t_i - t_j| has a subgradient that jumps at equal neighbours, so
+    from a constant start the round-off of another summation order flips its sign (a texel gradient differing
+    by 2 x weight / texels, which Adam makes a texel difference of ~lr)."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(3)
     iio.imwrite(folder / "tex.png", (rng.random((4, 4, 3)) * 255).astype(np.uint8))
@@ -43,7 +46,7 @@ def tiny_scene(folder: Path, steps: int = 6) -> Path:
                    {"name": "sky", "type": "ambient", "color": [0.1, 0.1, 0.1]}],
         "cameras": cams,
         "render": {"mode": "antialias", "shadows": False},
-        "optimize": {"parameters": {ALBEDO: {"init": 0.5},
+        "optimize": {"parameters": {ALBEDO: {"init": {"perturb": {"sigma": 0.2, "seed": 4}}},
                                     LIGHT: {"init": {"perturb": {"sigma": 0.3, "seed": 1}}, "lr": 0.05},
                                     VERTS: {"init": {"perturb": {"sigma": 0.02, "seed": 2}}, "lr": 0.002}},
                      "targets": {"cameras": [c["name"] for c in cams]},
@@ -91,6 +94,30 @@ def test_emulated_ranks_match_one_process_to_round_off(tmp_path, device):
         for k, v in got.items():
             ref = plain.ds.get(k)
             assert np.allclose(v, ref, rtol=0, atol=1e-5 * max(1.0, np.abs(ref).max())), (shards, k)
+
+
+def test_emulated_ranks_split_texture_json_by_rows():
+    """scenes/texture.json draws 3 of its 6 128x128 views a step: 384 rows, 192 per rank, so one view is cut in
+    two (rows 0-63 on rank 0, 64-127 on rank 1). Without its TV term the two ranks end where one process does to
+    a few float32 ulps; with it, the scene's constant start (every texel 0.5) leaves neighbours equal, where
+    L1 TV's subgradient jumps, so round-off flips its sign: one step still agrees to an ulp, and later steps
+    drift to ~5e-4 (measured over 12 steps), which is what a different summation order does to that loss."""
+    from drstudio.renderer import parallel
+
+    assert [len(p) for p in parallel.split_rows([128] * 3, 2)] == [2, 2]  # the cut view
+    scene = load_scene(ROOT / "scenes" / "texture.json")
+    key = "materials.paint.albedo"
+    for tv, steps, atol in ((0.0, 6, 3e-7), (None, 1, 1.2e-7)):
+        one, two = Problem(scene, "cpu"), Problem(scene, "cpu")
+        two.set_shards(2)
+        two.model.workers = 1  # a rank on this 2-core machine; `one` renders on every core
+        for p in (one, two):
+            if tv is not None:
+                p.set_loss_weight("tv", tv)
+        for _ in range(steps):
+            a, b = two.step(), one.step()
+            assert a.loss == pytest.approx(b.loss, rel=1e-5)
+        assert np.abs(two.ds.get(key) - one.ds.get(key)).max() <= atol, tv
 
 
 def field_scene(folder: Path) -> Path:

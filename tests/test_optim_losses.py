@@ -77,6 +77,31 @@ def test_pixel_losses_match_numpy_and_accumulate(use_mask, device):
     assert out.numpy()[0] == pytest.approx(ref, rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_pixel_loss_of_a_band_is_its_share_of_the_whole_image(name, device):
+    # pixels=N: rows [a, b) of an image add their part of the whole image's mean, and each pixel's gradient is
+    # the whole image's bit for bit (the data-parallel row split, renderer.optim.models)
+    r, t, _ = images(20, seed=2)
+    fn = getattr(losses, name)
+    whole, render = accumulator(), farr(r, grad=True)
+    tape = wp.Tape()
+    with tape:
+        fn(render, farr(t), whole, weight=0.7)
+    tape.backward(whole)
+    both, render2 = accumulator(), farr(r, grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        for a, b in ((0, 8), (8, 20)):
+            fn(render2[a:b], farr(t[a:b]), both, weight=0.7, pixels=20)
+    tape2.backward(both)
+    assert float(both.numpy()[0]) == pytest.approx(float(whole.numpy()[0]), rel=1e-6)
+    assert np.array_equal(render2.grad.numpy(), render.grad.numpy())
+    with pytest.raises(ValueError, match="pixels"):
+        fn(farr(r), farr(t), accumulator(), pixels=19)
+    with pytest.raises(ValueError, match="pixels"):
+        fn(farr(r), farr(t), accumulator(), pixels=40, mask=farr(np.ones(20)))
+
+
 def test_all_zero_mask_adds_nothing(device):
     r, t, _ = images(6)
     out = accumulator()
@@ -214,6 +239,29 @@ def test_total_variation_gradient(squared, device):
         return out
 
     check_gradient(forward, texture, eps=1e-3, rtol=1e-2, atol=2e-3, probes=12)
+
+
+@pytest.mark.parametrize("squared", [False, True])
+def test_total_variation_split_by_rows_adds_up_to_the_whole(squared, device):
+    # the data-parallel split (renderer.optim.models): rank r takes the differences starting in its rows
+    tex = np.random.default_rng(9).uniform(0, 1, (7, 5, 3)).astype(np.float32)
+    whole, texture = accumulator(), wp.array(tex, dtype=float, requires_grad=True)
+    tape = wp.Tape()
+    with tape:
+        reg.total_variation(texture, whole, weight=2.0, squared=squared)
+    tape.backward(whole)
+    parts, texture2 = accumulator(), wp.array(tex, dtype=float, requires_grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        for rows in ((0, 3), (3, 3), (3, 7)):
+            reg.total_variation(texture2, parts, weight=2.0, squared=squared, rows=rows)
+    tape2.backward(parts)
+    assert float(parts.numpy()[0]) == pytest.approx(float(whole.numpy()[0]), rel=1e-6)
+    assert float(whole.numpy()[0]) == pytest.approx(2.0 * numpy_tv(tex.astype(np.float64), squared), rel=1e-5)
+    np.testing.assert_allclose(texture2.grad.numpy(), texture.grad.numpy(), rtol=0, atol=1e-7)
+    for bad in ((-1, 3), (4, 2), (0, 8)):
+        with pytest.raises(ValueError, match="rows"):
+            reg.total_variation(texture, accumulator(), rows=bad)
 
 
 def test_mesh_topology_helpers(device):

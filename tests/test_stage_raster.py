@@ -170,7 +170,7 @@ def test_one_pass_cpu_resolve_equals_the_two_passes(device):
         depth = wp.full(48 * 40, 1.0e30, dtype=float)
         ids = wp.full(48 * 40, int(raster.NO_ID), dtype=wp.int32)
         for resolve in (0, 1):
-            wp.launch(raster.raster_kernel, dim=len(faces), inputs=[cam_pts, fa, i, 48, 40, resolve, depth, ids])
+            wp.launch(raster.raster_kernel, dim=len(faces), inputs=[cam_pts, fa, i, 48, 40, 0, resolve, depth, ids])
         wp.launch(raster._finish_ids, dim=48 * 40, inputs=[ids])
         assert (one >= 0).sum() > 300
         np.testing.assert_array_equal(one, ids.numpy())

@@ -143,28 +143,37 @@ def _normalization(mask, n: int, weight: float, device) -> tuple[float, wp.array
     return float(weight) / 3.0, mask_sum
 
 
-def _pixel_loss(kernel, render, target, out_loss, weight, mask) -> None:
+def _pixel_loss(kernel, render, target, out_loss, weight, mask, pixels=None) -> None:
     n = _check_images(render, target, mask, out_loss)
-    scale, mask_sum = _normalization(mask, n, weight, render.device)
+    if pixels is not None:
+        if mask is not None:
+            raise ValueError("pixels: a masked loss is normalized by its mask; pass one or the other")
+        if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < n:
+            raise ValueError(f"pixels: expected an int >= the render's {n} pixels, got {pixels!r}")
+    scale, mask_sum = _normalization(mask, n if pixels is None else pixels, weight, render.device)
     wp.launch(kernel, dim=n, inputs=[render, target, mask, int(mask is not None), mask_sum, scale, out_loss],
               device=render.device)
 
 
 def l1(render: wp.array, target: wp.array, out_loss: wp.array, weight: float = 1.0,
-       mask: wp.array | None = None) -> None:
+       mask: wp.array | None = None, pixels: int | None = None) -> None:
     """out_loss[0] += weight * mean |render - target| (mask-weighted mean over pixels and channels).
+    `pixels`: these N pixels are part of an image of `pixels` pixels (a band of rows), whose mean this
+    adds their share of: the sum is divided by 3 `pixels` instead of 3 N (the whole image's factor, so a
+    pixel's gradient is the whole image's bit for bit).
 
     render, target: (N, 3) float32 array2d; mask: (N,) float32 or None; out_loss: (1,) float32.
     The gradient at a zero residual is 0 (the subgradient Warp's abs uses)."""
-    _pixel_loss(_l1, render, target, out_loss, weight, mask)
+    _pixel_loss(_l1, render, target, out_loss, weight, mask, pixels)
 
 
 def l2(render: wp.array, target: wp.array, out_loss: wp.array, weight: float = 1.0,
-       mask: wp.array | None = None) -> None:
+       mask: wp.array | None = None, pixels: int | None = None) -> None:
     """out_loss[0] += weight * mean (render - target)^2, the (mask-weighted) mean squared error.
+    `pixels`: as in `l1`.
 
     render, target: (N, 3) float32 array2d; mask: (N,) float32 or None; out_loss: (1,) float32."""
-    _pixel_loss(_l2, render, target, out_loss, weight, mask)
+    _pixel_loss(_l2, render, target, out_loss, weight, mask, pixels)
 
 
 def ssim_loss(render: wp.array, target: wp.array, width: int, height: int, out_loss: wp.array,

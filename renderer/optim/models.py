@@ -23,7 +23,7 @@ import warp as wp
 from .. import parallel, progress
 from ..device_scene import DeviceScene
 from ..params import Group, Kind, ParamPath
-from ..render import RenderOutput, render_view
+from ..render import BAND_MODES, RenderOutput, render_view
 from ..render_cache import GBufferCache
 from ..scene import Scene
 from . import losses, regularizers
@@ -227,8 +227,14 @@ class MeshModel:
         outputs = {}
         scale = 1.0 / len(batch)  # the mean over the whole batch, also when a rank renders part of it
         rank, ranks = self.share
-        mine = batch[rank::ranks]  # rank r: views r, r + ranks, ... of the batch
-        if ds.scene.render.mode == "path":
+        if ranks > 1 and self._splits_rows(terms):
+            self._record_rows(batch, frame, cache, terms, weights, rank, ranks, outputs)
+            mine = []
+        else:
+            mine = batch[rank::ranks]  # rank r: views r, r + ranks, ... of the batch
+        if not mine:
+            rendered = []
+        elif ds.scene.render.mode == "path":
             # a Monte Carlo estimate with this step's own random numbers (each view already uses every core)
             seed = step_seed(ds.scene, step)
             adjoint = (seed + ADJOINT_SEED_OFFSET) % (1 << 31)
@@ -248,11 +254,13 @@ class MeshModel:
                         losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
                     else:
                         getattr(losses, name)(out.image, t.image, terms[name], weight=w)
-        for path in self.p.free_paths() if rank == 0 else ():  # regularizers once, on rank 0
+        for path in self.p.free_paths():  # regularizers once: TV by texel rows over the ranks, the rest on rank 0
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
-                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"])
-            if kind is Kind.VERTICES:
+                h = arr.shape[0]
+                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"],
+                                             rows=(rank * h // ranks, (rank + 1) * h // ranks))
+            if kind is Kind.VERTICES and rank == 0:
                 topo = self._topology[path]
                 if "laplacian" in terms:
                     regularizers.laplacian_smoothing(arr, topo["offsets"], topo["indices"], terms["laplacian"],
@@ -261,6 +269,52 @@ class MeshModel:
                     regularizers.edge_length(arr, topo["edges"], topo["rest"], terms["edge_length"],
                                              weight=weights["edge_length"])
         return outputs
+
+    def _splits_rows(self, terms: dict) -> bool:
+        """Whether a rank's share of a step is a block of rows (`_record_rows`) rather than whole views: in the
+        modes whose bands render exactly (`render.BAND_MODES`), with a background color, and per-pixel image
+        losses (SSIM's window reaches across rows)."""
+        ds = self.p.ds
+        return (ds.scene.render.mode in BAND_MODES and ds.background_pool is None and "ssim" not in terms)
+
+    def _record_rows(self, batch: list[Target], frame, cache, terms: dict, weights: dict, rank: int, ranks: int,
+                     outputs: dict) -> None:
+        """Rank `rank`'s share of the batch as rows: the views' rows laid end to end, split into `ranks` equal
+        blocks (`parallel.split_rows`). A piece that is a whole view renders as in one process; a part of a
+        view renders its rows plus one row above and below (antialias: the silhouette pairs across the cut)
+        with `render_view(first_row=...)`, whose pixels are the full render's bit for bit, and its image loss
+        covers its own rows only, divided by the whole view's pixel count (each pixel's loss gradient is one
+        process's bit for bit), so the ranks' losses and gradients add up to one process's to float32 round-off.
+        Whole views go into `outputs` (a cut view has none there: its gradient image is in pieces on several
+        ranks)."""
+        ds = self.p.ds
+        scale = 1.0 / len(batch)
+        heights = [ds.scene.cameras[t.camera].height for t in batch]
+        pieces = parallel.split_rows(heights, ranks)[rank]
+        pad = 1 if ds.scene.render.mode == "antialias" else 0
+        bands = []
+        for v, first, end in pieces:
+            h = heights[v]
+            bands.append(None if (first, end) == (0, h) else (max(0, first - pad), min(h, end + pad)))
+        cameras = [batch[v].camera for v, _, _ in pieces]
+        if len(pieces) > 1 and ds.device.is_cpu and self.parallel_views and self.workers != 1:
+            rendered = parallel.render_views(ds, frame, cameras, cache=cache, workers=self.workers, rows=bands)
+        else:
+            rendered = [render_view(ds, frame, c, cache=cache, **({} if b is None else dict(
+                first_row=b[0], height=b[1] - b[0], image_height=ds.scene.cameras[c].height)))
+                        for c, b in zip(cameras, bands, strict=True)]
+        for (v, first, end), band, out in zip(pieces, bands, rendered, strict=True):
+            t, w = batch[v], out.width
+            if band is None:
+                outputs[t.camera] = out
+                image, target = out.image, t.image
+            else:  # this piece's own rows of the band, and of the target
+                image = out.image[(first - band[0]) * w:(end - band[0]) * w]
+                target = t.image[first * w:end * w]
+            for name in ("l1", "l2"):
+                if name in terms:  # normalized by the whole view's pixels: each pixel's gradient is one process's
+                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale,
+                                          pixels=heights[v] * w)
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}

@@ -15,9 +15,12 @@ from .losses import _check, _check_accumulator
 
 
 @wp.kernel
-def _total_variation(tex: wp.array3d(dtype=float), squared: int, scale: float, out: wp.array(dtype=float)):
-    # Forward differences; a difference that would leave the texture is absent (no wrap).
-    y, x, c = wp.tid()
+def _total_variation(tex: wp.array3d(dtype=float), first_row: int, squared: int, scale: float,
+                     out: wp.array(dtype=float)):
+    # Forward differences; a difference that would leave the texture is absent (no wrap). Thread (y, x, c) takes
+    # the differences that start at texel (first_row + y, x, c).
+    t, x, c = wp.tid()
+    y = first_row + t
     v = tex[y, x, c]
     e = 0.0
     if x + 1 < tex.shape[1]:
@@ -77,20 +80,28 @@ def _edge_deviation(lengths: wp.array(dtype=float), rest: wp.array(dtype=float),
 
 
 def total_variation(texture: wp.array, out_loss: wp.array, weight: float = 1.0, *,
-                    squared: bool = False) -> None:
+                    squared: bool = False, rows: tuple[int, int] | None = None) -> None:
     """out_loss[0] += weight * (sum |dx| + sum |dy|) / (h*w*C), anisotropic TV of a texture.
 
     texture: (h, w, C) float32 array3d; dx = t[y, x+1] - t[y, x], dy = t[y+1, x] - t[y, x] per channel,
     forward differences inside the texture only (no wrap). squared=True sums dx^2 + dy^2 instead (smooth
-    at 0; |d| has gradient 0 there). Differentiable w.r.t. texture."""
+    at 0; |d| has gradient 0 there). Differentiable w.r.t. texture.
+
+    `rows` (first, end): only the differences that start in texture rows [first, end) (dx within those rows,
+    dy to the row below each), still divided by h*w*C: the terms of a split of the rows into ranges add up
+    to the whole texture's (a data-parallel rank's share, `renderer.optim.models`)."""
     _check("texture", texture, wp.float32, (None, None, None))
     _check_accumulator(out_loss, texture.device)
     h, w, c = texture.shape
     if h * w * c == 0:
         raise ValueError(f"texture: expected a non-empty (h, w, C) texture, got {tuple(texture.shape)}")
+    first, end = (0, h) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= first <= end <= h:
+        raise ValueError(f"rows: expected 0 <= first <= end <= {h} (the texture's rows), got {rows!r}")
     scale = float(weight) / (h * w * c)
-    wp.launch(_total_variation, dim=(h, w, c), inputs=[texture, int(squared), scale, out_loss],
-              device=texture.device)
+    if end > first:
+        wp.launch(_total_variation, dim=(end - first, w, c), inputs=[texture, first, int(squared), scale, out_loss],
+                  device=texture.device)
 
 
 def laplacian_smoothing(vertices: wp.array, offsets: wp.array, indices: wp.array, out_loss: wp.array,

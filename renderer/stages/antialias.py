@@ -13,7 +13,10 @@ the silhouette edge; `blend_kernel` (recorded, differentiable) computes the cros
 Conventions: pose [px, py, pz, qx, qy, qz, qw] camera-to-world (quaternion normalized here), OpenGL
 camera looking down -Z; a world point p projects to camera space p_c = R^T (p - pos), pixel
 x = fx p_c.x / (-p_c.z) + cx, y = cy - fy p_c.y / (-p_c.z), depth -p_c.z. Pixel (x, y) has its center at
-(x + 0.5, y + 0.5); pixel buffers are flat, N = height * width, row-major from the top row.
+(x + 0.5, y + 0.5); pixel buffers are flat, N = height * width, row-major from the top row. A band of rows
+[first_row, first_row + height) of the image (`first_row`, see `camera`) uses the pixel centres of those
+image rows, so its blends are the full image's on the rows whose pairs it holds (all but its last row's
+pairs with the row below, which it does not have).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 import warp as wp
 
 from ..checks import check_array as _check
-from .camera import project_points
+from .camera import check_first_row, project_points
 
 # faces walked across one pixel segment before giving up (only matters for sub-pixel triangles)
 MAX_WALK = 16
@@ -35,8 +38,9 @@ def edge_function(p: wp.vec3, q: wp.vec3, x: wp.vec2) -> float:
 
 
 @wp.func
-def pixel_center(i: int, width: int) -> wp.vec2:
-    return wp.vec2(float(i % width) + 0.5, float(i // width) + 0.5)
+def pixel_center(i: int, width: int, first_row: int) -> wp.vec2:
+    """Centre of flat pixel i of a band whose row 0 is image row first_row, in image pixel coordinates."""
+    return wp.vec2(float(i % width) + 0.5, float(i // width + first_row) + 0.5)
 
 
 @wp.func
@@ -62,7 +66,8 @@ def copy_2d_kernel(src: wp.array2d(dtype=float), dst: wp.array2d(dtype=float)):
 @wp.kernel(enable_backward=False)
 def find_silhouette_kernel(tri_id: wp.array(dtype=wp.int32), depth: wp.array(dtype=float),
                            screen: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
-                           neighbors: wp.array(dtype=wp.int32), width: int, height: int, max_walk: int,
+                           neighbors: wp.array(dtype=wp.int32), width: int, height: int, first_row: int,
+                           max_walk: int,
                            pair_a: wp.array2d(dtype=wp.int32), pair_edge: wp.array2d(dtype=wp.int32)):
     # pair (d, p): d = 0 pairs p with its right neighbor, d = 1 with the one below
     d, p = wp.tid()
@@ -77,8 +82,8 @@ def find_silhouette_kernel(tri_id: wp.array(dtype=wp.int32), depth: wp.array(dty
     if tri_id[p] < 0 or (tri_id[q] >= 0 and depth[q] < depth[p]):
         a = q
     b = p + q - a
-    ca = pixel_center(a, width)
-    cb = pixel_center(b, width)
+    ca = pixel_center(a, width, first_row)
+    cb = pixel_center(b, width, first_row)
     t_face = tri_id[a]
     if t_face >= faces.shape[0] // 3:  # a corrupt id: skip rather than read out of bounds
         return
@@ -118,7 +123,8 @@ def find_silhouette_kernel(tri_id: wp.array(dtype=wp.int32), depth: wp.array(dty
 @wp.kernel
 def blend_kernel(color: wp.array2d(dtype=float), screen: wp.array(dtype=wp.vec3),
                  faces: wp.array(dtype=wp.int32), pair_a: wp.array2d(dtype=wp.int32),
-                 pair_edge: wp.array2d(dtype=wp.int32), width: int, out: wp.array2d(dtype=float)):
+                 pair_edge: wp.array2d(dtype=wp.int32), width: int, first_row: int,
+                 out: wp.array2d(dtype=float)):
     d, p = wp.tid()
     e = pair_edge[d, p]
     if e < 0:
@@ -127,8 +133,8 @@ def blend_kernel(color: wp.array2d(dtype=float), screen: wp.array(dtype=wp.vec3)
     b = p + wp.where(d == 0, p + 1, p + width) - a
     v0 = screen[faces[e]]
     v1 = screen[faces[e - e % 3 + (e % 3 + 1) % 3]]
-    ea = edge_function(v0, v1, pixel_center(a, width))
-    t = ea / (ea - edge_function(v0, v1, pixel_center(b, width)))  # crossing along a -> b, from a
+    ea = edge_function(v0, v1, pixel_center(a, width, first_row))
+    t = ea / (ea - edge_function(v0, v1, pixel_center(b, width, first_row)))  # crossing along a -> b, from a
     for c in range(color.shape[1]):
         if t > 0.5:
             wp.atomic_add(out, b, c, (color[a, c] - color[b, c]) * (t - 0.5))
@@ -174,7 +180,8 @@ def face_neighbors(faces: np.ndarray) -> np.ndarray:
 
 
 def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.array, faces: wp.array,
-              neighbors: wp.array, intrinsics: wp.array, pose: wp.array, width: int, height: int) -> wp.array:
+              neighbors: wp.array, intrinsics: wp.array, pose: wp.array, width: int, height: int,
+              first_row: int = 0) -> wp.array:
     """Blend colors across silhouette edges so the image is differentiable w.r.t. geometry and camera.
 
     Args:
@@ -186,7 +193,8 @@ def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.arra
         faces: int32 (3F,) flat vertex indices.
         neighbors: int32 (3F,) `face_neighbors(faces).ravel()`.
         intrinsics: float32 (4,) [fx, fy, cx, cy]; pose: float32 (7,) camera-to-world.
-        width, height: image size in pixels.
+        width, height: image size in pixels (of the band, with first_row).
+        first_row: 0, or the first image row of a band of `height` rows (module docstring).
 
     Returns:
         float32 array2d (N, C): `color` plus, for every horizontally or vertically adjacent pixel pair
@@ -232,17 +240,18 @@ def antialias(color: wp.array, tri_id: wp.array, depth: wp.array, world: wp.arra
     _check("intrinsics", intrinsics, wp.float32, (4,), dev)
     _check("pose", pose, wp.float32, (7,), dev)
     screen = project_points(world, intrinsics, pose)
-    pair_a, pair_edge = silhouette_pairs(tri_id, depth, screen, faces, neighbors, width, height)
-    return blend(color, screen, faces, pair_a, pair_edge, width)
+    pair_a, pair_edge = silhouette_pairs(tri_id, depth, screen, faces, neighbors, width, height, first_row)
+    return blend(color, screen, faces, pair_a, pair_edge, width, first_row=first_row)
 
 
 def silhouette_pairs(tri_id: wp.array, depth: wp.array, screen: wp.array, faces: wp.array, neighbors: wp.array,
-                     width: int, height: int) -> tuple[wp.array, wp.array]:
+                     width: int, height: int, first_row: int = 0) -> tuple[wp.array, wp.array]:
     """The discrete half of `antialias`: per pixel pair, the front pixel and the silhouette edge.
 
     Args:
         tri_id: int32 (N,); depth: float32 (N,); screen: wp.vec3 (V,) `project_points(world, ...)`;
-        faces: int32 (3F,); neighbors: int32 (3F,); width, height: image size (N = height * width).
+        faces: int32 (3F,); neighbors: int32 (3F,); width, height: image size (N = height * width);
+        first_row: 0, or a band's first image row (module docstring).
 
     Returns:
         (pair_a, pair_edge), int32 array2d (2, N) each: for pair (d, p) (d = 0 the pair of p and its right
@@ -254,26 +263,29 @@ def silhouette_pairs(tri_id: wp.array, depth: wp.array, screen: wp.array, faces:
     _check("depth", depth, wp.float32, (n,), dev)
     _check("screen", screen, wp.vec3, (None,), dev)
     _check("neighbors", neighbors, wp.int32, (faces.shape[0],), dev)
+    first_row = check_first_row(first_row)
     pair_a = wp.empty((2, n), dtype=wp.int32, device=dev)
     pair_edge = wp.empty((2, n), dtype=wp.int32, device=dev)
     wp.launch(find_silhouette_kernel, dim=(2, n),
-              inputs=[tri_id, depth, screen, faces, neighbors, width, height, MAX_WALK],
+              inputs=[tri_id, depth, screen, faces, neighbors, width, height, first_row, MAX_WALK],
               outputs=[pair_a, pair_edge], device=dev, record_tape=False)
     return pair_a, pair_edge
 
 
 def blend(color: wp.array, screen: wp.array, faces: wp.array, pair_a: wp.array, pair_edge: wp.array,
-          width: int, into: wp.array | None = None) -> wp.array:
+          width: int, into: wp.array | None = None, first_row: int = 0) -> wp.array:
     """The differentiable half of `antialias`: `color` (N, C) plus the silhouette blends of the pairs from
     `silhouette_pairs` (see `antialias`). Differentiable w.r.t. color and screen (wp.vec3 (V,)).
 
     `into`: None, or an (N, C) array that already holds `color` (e.g. `background.composite_output`'s
-    out); the blends are then atomically added into it (no copy) and it is returned."""
+    out); the blends are then atomically added into it (no copy) and it is returned.
+    `first_row`: that of `silhouette_pairs`."""
     n = color.shape[0]
     dev = color.device
     _check("pair_a", pair_a, wp.int32, (2, n), dev)
     _check("pair_edge", pair_edge, wp.int32, (2, n), dev)
     _check("screen", screen, wp.vec3, (None,), dev)
+    first_row = check_first_row(first_row)
     if into is not None:
         _check("into", into, wp.float32, tuple(color.shape), dev)
         out = into
@@ -281,6 +293,6 @@ def blend(color: wp.array, screen: wp.array, faces: wp.array, pair_a: wp.array, 
         grad = color.requires_grad or screen.requires_grad
         out = wp.zeros(color.shape, dtype=float, device=dev, requires_grad=grad)
         wp.launch(copy_2d_kernel, dim=color.shape, inputs=[color], outputs=[out], device=dev)
-    wp.launch(blend_kernel, dim=(2, n), inputs=[color, screen, faces, pair_a, pair_edge, width],
+    wp.launch(blend_kernel, dim=(2, n), inputs=[color, screen, faces, pair_a, pair_edge, width, first_row],
               outputs=[out], device=dev)
     return out

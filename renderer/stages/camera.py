@@ -4,6 +4,12 @@
 [px, py, pz, qx, qy, qz, qw] camera-to-world. The quaternion is normalized inside the kernels, so any
 non-zero quaternion is accepted and its gradient is tangent to the unit sphere. Pixel (x, y) has its
 center at (x + 0.5, y + 0.5), row 0 at the top. The `@wp.func`s are shared with other stages.
+
+Bands of rows: the per-pixel stages (`generate_rays`, `raster.rasterize`, `visibility.bary_derivatives`,
+`antialias`) take `first_row`, and then `height` rows starting at image row `first_row` of the camera's
+full image: buffers hold the band's rows only, but every pixel centre is (x + 0.5, first_row + y + 0.5)
+against the unchanged intrinsics, so a band's pixels are computed with the same float operations as the
+same pixels of the full image (bit for bit; a shifted principal point would round differently).
 """
 
 from __future__ import annotations
@@ -64,6 +70,19 @@ def generate_rays_kernel(intrinsics: wp.array(dtype=float), pose: wp.array(dtype
 
 
 @wp.kernel
+def generate_band_rays_kernel(intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int,
+                              first_row: int, origins: wp.array(dtype=wp.vec3),
+                              directions: wp.array(dtype=wp.vec3)):
+    # generate_rays_kernel for rows [first_row, first_row + height) of the image (module docstring)
+    y, x = wp.tid()
+    i = y * width + x
+    pos = pose_position(pose)
+    origins[i] = pos
+    directions[i] = camera_ray(read_intrinsics(intrinsics), pos, pose_rotation(pose),
+                               float(x) + 0.5, float(y + first_row) + 0.5)
+
+
+@wp.kernel
 def project_points_kernel(points: wp.array(dtype=wp.vec3), intrinsics: wp.array(dtype=float),
                           pose: wp.array(dtype=float), out: wp.array(dtype=wp.vec3)):
     i = wp.tid()
@@ -71,17 +90,27 @@ def project_points_kernel(points: wp.array(dtype=wp.vec3), intrinsics: wp.array(
 
 
 def check_camera(intrinsics: wp.array, pose: wp.array, width: int | None = None,
-                 height: int | None = None) -> None:
-    """Validate camera arrays (and image size when given)."""
+                 height: int | None = None, first_row: int = 0) -> None:
+    """Validate camera arrays (and image size and a band's first row when given)."""
     check_array("intrinsics", intrinsics, wp.float32, (4,))
     check_array("pose", pose, wp.float32, (7,))
     for name, v in (("width", width), ("height", height)):
         if v is not None and (not isinstance(v, Integral) or v <= 0):
             raise ValueError(f"{name}: expected a positive int, got {v!r}")
+    check_first_row(first_row)
 
 
-def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int) -> tuple[wp.array, wp.array]:
-    """Primary rays through the pixel centers of a width x height image.
+def check_first_row(first_row) -> int:
+    """A band's first image row: an int >= 0 (module docstring)."""
+    if not isinstance(first_row, Integral) or isinstance(first_row, bool) or first_row < 0:
+        raise ValueError(f"first_row: expected an int >= 0, got {first_row!r}")
+    return int(first_row)
+
+
+def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int,
+                  first_row: int = 0) -> tuple[wp.array, wp.array]:
+    """Primary rays through the pixel centers of a width x height image (or band: rows
+    [first_row, first_row + height) of the camera's image, module docstring).
 
     Args:
         intrinsics: float32 (4,) [fx, fy, cx, cy] in pixels.
@@ -90,17 +119,18 @@ def generate_rays(intrinsics: wp.array, pose: wp.array, width: int, height: int)
 
     Returns:
         (origins, directions), each wp.vec3 (N,), N = height * width, row-major from the top row.
-        Origins are the camera center; directions are R(q) ((x + 0.5 - cx) / fx, -(y + 0.5 - cy) / fy, -1),
+        Origins are the camera center; directions are
+        R(q) ((x + 0.5 - cx) / fx, -(first_row + y + 0.5 - cy) / fy, -1),
         not normalized, so a hit at ray parameter t has view depth t.
         Differentiable w.r.t. intrinsics and pose.
     """
-    check_camera(intrinsics, pose, width, height)
+    check_camera(intrinsics, pose, width, height, first_row)
     width, height = int(width), int(height)
     dev = intrinsics.device
     grad = intrinsics.requires_grad or pose.requires_grad
     origins = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
     directions = wp.zeros(width * height, dtype=wp.vec3, device=dev, requires_grad=grad)
-    wp.launch(generate_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width],
+    wp.launch(generate_band_rays_kernel, dim=(height, width), inputs=[intrinsics, pose, width, int(first_row)],
               outputs=[origins, directions], device=dev, record_tape=grad)
     return origins, directions
 

@@ -79,7 +79,7 @@ def _bbox(intr: wp.vec4, v0: wp.vec3, v1: wp.vec3, v2: wp.vec3) -> wp.vec4:
 
 @wp.kernel(enable_backward=False)
 def raster_kernel(cam: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
-                  intrinsics: wp.array(dtype=float), width: int, height: int,
+                  intrinsics: wp.array(dtype=float), width: int, height: int, first_row: int,
                   resolve: int, depth: wp.array(dtype=float), tri_id: wp.array(dtype=wp.int32)):
     f = wp.tid()
     intr = read_intrinsics(intrinsics)
@@ -90,15 +90,18 @@ def raster_kernel(cam: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
     if box[0] > box[2]:
         return  # entirely behind the camera
     # pixel centers x + 0.5 in [xmin, xmax], widened by BOX_PAD of a pixel against the projection's
-    # roundoff (the exact test decides), clamped first so the float -> int conversion stays in range
+    # roundoff (the exact test decides), clamped first so the float -> int conversion stays in range;
+    # rows are image rows, the band's [first_row, first_row + height) (the test of a pixel does not
+    # depend on the range it is part of, so a band finds the full image's ids)
+    top = float(first_row)
     x0 = int(wp.ceil(wp.clamp(box[0], -2.0, float(width) + 2.0) - 0.5 - BOX_PAD))
     x1 = int(wp.floor(wp.clamp(box[2], -2.0, float(width) + 2.0) - 0.5 + BOX_PAD))
-    y0 = int(wp.ceil(wp.clamp(box[1], -2.0, float(height) + 2.0) - 0.5 - BOX_PAD))
-    y1 = int(wp.floor(wp.clamp(box[3], -2.0, float(height) + 2.0) - 0.5 + BOX_PAD))
+    y0 = int(wp.ceil(wp.clamp(box[1], top - 2.0, top + float(height) + 2.0) - 0.5 - BOX_PAD))
+    y1 = int(wp.floor(wp.clamp(box[3], top - 2.0, top + float(height) + 2.0) - 0.5 + BOX_PAD))
     x0 = wp.max(x0, 0)
-    y0 = wp.max(y0, 0)
+    y0 = wp.max(y0, first_row)
     x1 = wp.min(x1, width - 1)
-    y1 = wp.min(y1, height - 1)
+    y1 = wp.min(y1, first_row + height - 1)
     n0 = wp.cross(v1, v2)
     n1 = wp.cross(v2, v0)
     n2 = wp.cross(v0, v1)
@@ -121,7 +124,7 @@ def raster_kernel(cam: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                 s < 0.0 and e0 <= 0.0 and e1 <= 0.0 and e2 <= 0.0 and triple <= 0.0)
             if inside:
                 t = triple / s
-                i = y * width + x
+                i = (y - first_row) * width + x
                 # atomics: plain read-modify-writes in a (single-threaded) CPU launch, real ones on a GPU
                 if resolve == 0:
                     wp.atomic_min(depth, i, t)
@@ -142,13 +145,16 @@ def _finish_ids(tri_id: wp.array(dtype=wp.int32)):
 
 
 def rasterize(world: wp.array, faces: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
-              height: int) -> wp.array:
-    """The closest triangle at each pixel center, by rasterization (see the module docstring).
+              height: int, first_row: int = 0) -> wp.array:
+    """The closest triangle at each pixel center, by rasterization (see the module docstring), of the whole
+    image or of the band of rows [first_row, first_row + height) (`camera`: the band's ids are the full
+    image's, bit for bit).
 
     Args:
         world: wp.vec3 (V,) world positions; faces: wp.int32 (3F,).
         intrinsics: float32 (4,) [fx, fy, cx, cy]; pose: float32 (7,) camera-to-world (see `camera`).
-        width, height: image size; N = height * width pixels, row-major from the top row.
+        width, height: image (band) size; N = height * width pixels, row-major from the top row.
+        first_row: the band's first image row (0: the whole image when height is the camera's).
 
     Returns:
         wp.int32 (N,) face index, -1 where no triangle is hit at view depth >= 0 (triangles crossing the
@@ -160,7 +166,7 @@ def rasterize(world: wp.array, faces: wp.array, intrinsics: wp.array, pose: wp.a
     check_array("faces", faces, wp.int32, (None,))
     if faces.shape[0] % 3:
         raise ValueError(f"faces: expected a flat (3F,) array, got length {faces.shape[0]}")
-    check_camera(intrinsics, pose, width, height)
+    check_camera(intrinsics, pose, width, height, first_row)
     width, height = int(width), int(height)
     dev = world.device
     n = width * height
@@ -172,6 +178,6 @@ def rasterize(world: wp.array, faces: wp.array, intrinsics: wp.array, pose: wp.a
         wp.launch(camera_space_kernel, dim=world.shape[0], inputs=[world, pose, cam], device=dev, record_tape=False)
         for resolve in ((2,) if dev.is_cpu else (0, 1)):
             wp.launch(raster_kernel, dim=nf, device=dev, record_tape=False,
-                      inputs=[cam, faces, intrinsics, width, height, resolve, depth, tri_id])
+                      inputs=[cam, faces, intrinsics, width, height, int(first_row), resolve, depth, tri_id])
     wp.launch(_finish_ids, dim=n, inputs=[tri_id], device=dev, record_tape=False)
     return tri_id

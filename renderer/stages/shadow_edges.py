@@ -207,7 +207,7 @@ def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(
                 neighbors: wp.array(dtype=wp.int32), tri_id: wp.array(dtype=wp.int32),
                 point_position: wp.array(dtype=wp.vec3), dir_direction: wp.array(dtype=wp.vec3),
                 intrinsics: wp.array(dtype=float), pose: wp.array(dtype=float), width: int, height: int,
-                edges: wp.array(dtype=wp.int32),
+                first_row: int, edges: wp.array(dtype=wp.int32),
                 samples: int, seed: int,
                 pixel: wp.array(dtype=wp.int32), receiver: wp.array(dtype=wp.int32),
                 s_out: wp.array(dtype=float), sign: wp.array(dtype=float), tangent: wp.array(dtype=wp.vec2),
@@ -252,9 +252,11 @@ def find_kernel(bvh: wp.uint64, world: wp.array(dtype=wp.vec3), faces: wp.array(
     pos = pose_position(pose)
     rot = pose_rotation(pose)
     xp = project_point(intr, pos, rot, y)
-    if xp[2] <= 0.0 or xp[0] < 0.0 or xp[1] < 0.0 or xp[0] >= float(width) or xp[1] >= float(height):
+    # image rows [first_row, first_row + height): the band the pixel buffers hold
+    if xp[2] <= 0.0 or xp[0] < 0.0 or xp[1] < float(first_row) or xp[0] >= float(width) or (
+            xp[1] >= float(first_row + height)):
         return
-    p = int(xp[1]) * width + int(xp[0])
+    p = (int(xp[1]) - first_row) * width + int(xp[0])
     if tri_id[p] < 0:
         return
     to_y = y - pos
@@ -457,7 +459,7 @@ class EdgeSamples:
 
 def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: wp.array,
          point_position: wp.array, dir_direction: wp.array, intrinsics: wp.array, pose: wp.array, width: int,
-         height: int, *, samples: int, seed: int = 0) -> EdgeSamples:
+         height: int, *, samples: int, seed: int = 0, first_row: int = 0) -> EdgeSamples:
     """Sample the silhouette edges of the mesh `bvh_id` as seen from each light (see the module).
 
     Args:
@@ -469,6 +471,8 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
             travel (lights j < Lp are point lights, the others directional); intrinsics float32 (4,);
             pose float32 (7,).
         samples: K samples per edge (stratified, jittered by `seed`).
+        first_row: the pixel buffers (tri_id) hold image rows [first_row, first_row + height) (a band,
+            `camera`); samples that land outside them are dropped.
 
     Not differentiable (launched off the tape)."""
     _check("world", world, wp.vec3, (None,))
@@ -504,7 +508,7 @@ def find(bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array, tri_id: 
     if m > 0:
         wp.launch(find_kernel, dim=(ne, samples), device=dev, record_tape=False,
                   inputs=[bvh_id, world, faces, neighbors, tri_id, point_position, dir_direction, intrinsics, pose,
-                          int(width), int(height), edges, int(samples), int(seed)],
+                          int(width), int(height), int(first_row), edges, int(samples), int(seed)],
                   outputs=[pixel, receiver, s, sign, tangent, point])
     return EdgeSamples(edges, pixel, receiver, s, sign, tangent, point, int(samples), nh)
 
@@ -551,12 +555,13 @@ def shading_weights(es: EdgeSamples, grad_image: wp.array, normals: wp.array, al
 def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, faces: wp.array, neighbors: wp.array,
                             tri_id: wp.array, normals: wp.array, albedo: wp.array, roughness: wp.array,
                             metallic: wp.array, model: wp.array, lights, intrinsics: wp.array, pose: wp.array,
-                            width: int, height: int, *, samples: int, seed: int = 0) -> bool:
+                            width: int, height: int, *, samples: int, seed: int = 0, first_row: int = 0) -> bool:
     """Hook of the rasterized modes: record on `tape` a backward step that adds the point and directional
     lights' shadow-boundary term (see the module) to the gradients of `world`, the lights' positions and
     directions, `intrinsics` and `pose`, reading `image.grad` (N, 3) when the tape runs backward. The
     G-buffer arrays are those the image was shaded from. Returns whether anything was recorded (nothing
-    when no light, no sample or none of those arrays requires grad)."""
+    when no light, no sample or none of those arrays requires grad). `first_row`: the image's first row when it
+    is a band of rows (`camera`)."""
     targets = [a for a in (world, lights.point_position, lights.dir_direction, intrinsics, pose)
                if a.requires_grad and a.size > 0]
     if tape is None or samples <= 0 or lights.count == 0 or not targets or not image.requires_grad:
@@ -565,7 +570,7 @@ def record_shading_boundary(tape, image: wp.array, bvh_id, world: wp.array, face
     def backward():
         with recording(None):
             es = find(bvh_id, world, faces, neighbors, tri_id, lights.point_position, lights.dir_direction,
-                      intrinsics, pose, width, height, samples=samples, seed=seed)
+                      intrinsics, pose, width, height, samples=samples, seed=seed, first_row=first_row)
             weight = shading_weights(es, image.grad, normals, albedo, roughness, metallic, model, pose, lights)
         accumulate(es, weight, world, faces, lights.point_position, lights.dir_direction, intrinsics, pose)
 

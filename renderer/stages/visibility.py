@@ -59,7 +59,8 @@ def intersect_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.in
 @wp.kernel
 def bary_derivatives_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtype=wp.int32),
                             tri_id: wp.array(dtype=wp.int32), intrinsics: wp.array(dtype=float),
-                            pose: wp.array(dtype=float), width: int, out: wp.array2d(dtype=float)):
+                            pose: wp.array(dtype=float), width: int, first_row: int,
+                            out: wp.array2d(dtype=float)):
     y, x = wp.tid()
     i = y * width + x
     f = tri_id[i]
@@ -72,7 +73,7 @@ def bary_derivatives_kernel(world: wp.array(dtype=wp.vec3), faces: wp.array(dtyp
     p1 = world[faces[3 * f + 1]]
     p2 = world[faces[3 * f + 2]]
     px = float(x) + 0.5
-    py = float(y) + 0.5
+    py = float(y + first_row) + 0.5
     # the neighbour pixels' rays meet the plane of this triangle even where they leave the triangle
     b = ray_triangle(pos, camera_ray(intr, pos, rot, px, py), p0, p1, p2)
     bx = ray_triangle(pos, camera_ray(intr, pos, rot, px + 1.0, py), p0, p1, p2)
@@ -161,7 +162,7 @@ def intersect(world: wp.array, faces: wp.array, tri_id: wp.array, origins: wp.ar
 
 
 def bary_derivatives(world: wp.array, faces: wp.array, tri_id: wp.array, intrinsics: wp.array, pose: wp.array,
-                     width: int, height: int) -> wp.array:
+                     width: int, height: int, first_row: int = 0) -> wp.array:
     """Screen-space derivatives of the barycentrics by ray differentials.
 
     For each covered pixel (x, y) the rays through the centers of pixels (x, y), (x + 1, y) and (x, y + 1) are
@@ -171,17 +172,18 @@ def bary_derivatives(world: wp.array, faces: wp.array, tri_id: wp.array, intrins
     Args:
         world: wp.vec3 (V,); faces: wp.int32 (3F,); tri_id: wp.int32 (N,), N = height * width.
         intrinsics: float32 (4,); pose: float32 (7,) (see `camera.generate_rays`).
+        first_row: for a band of rows [first_row, first_row + height) of the image (`camera`), else 0.
 
     Returns:
         float32 array2d (N, 4) = (db1/dx, db1/dy, db2/dx, db2/dy) per pixel, zeros on background. Not
         differentiable (launched with record_tape=False).
     """
     _check_mesh(world, faces)
-    check_camera(intrinsics, pose, width, height)
+    check_camera(intrinsics, pose, width, height, first_row)
     width, height = int(width), int(height)
     check_array("tri_id", tri_id, wp.int32, (width * height,))
     out = wp.zeros((width * height, 4), dtype=float, device=world.device)
     wp.launch(bary_derivatives_kernel, dim=(height, width),
-              inputs=[world, faces, tri_id, intrinsics, pose, width], outputs=[out], device=world.device,
-              record_tape=False)
+              inputs=[world, faces, tri_id, intrinsics, pose, width, int(first_row)], outputs=[out],
+              device=world.device, record_tape=False)
     return out
