@@ -213,9 +213,52 @@ def test_loss_validation(device):
 
 # ---- regularizers ----
 
-def numpy_tv(tex, squared):
-    f = np.square if squared else np.abs
+def numpy_tv(tex, squared, eps=0.0):
+    f = np.square if squared else (lambda d: np.sqrt(d * d + eps * eps) - eps) if eps > 0 else np.abs
     return (f(np.diff(tex, axis=1)).sum() + f(np.diff(tex, axis=0)).sum()) / tex.size
+
+
+def test_smoothed_total_variation_matches_numpy_and_its_gradients(device):
+    rng = np.random.default_rng(17)
+    tex = rng.uniform(0, 1, (5, 6, 3))
+    tex[2, :, :] = tex[1, :, :] + rng.uniform(-2e-3, 2e-3, (6, 3))  # differences inside the smoothed zone
+    out = accumulator()
+    reg.total_variation(wp.array(tex.astype(np.float32), dtype=float), out, weight=1.5, eps=reg.TV_EPS)
+    assert out.numpy()[0] == pytest.approx(1.5 * numpy_tv(tex.astype(np.float32).astype(np.float64), False,
+                                                            reg.TV_EPS), rel=1e-5)
+    texture = wp.array(tex.astype(np.float32), dtype=float, requires_grad=True)
+
+    def forward():
+        out = accumulator()
+        reg.total_variation(texture, out, weight=10.0, eps=0.01)  # a wide smooth zone: no kink to straddle
+        return out
+
+    check_gradient(forward, texture, eps=1e-3, rtol=2e-2, atol=2e-3, probes=12)
+    for bad in (-1e-3, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="eps"):
+            reg.total_variation(texture, accumulator(), eps=bad)
+
+
+def test_smoothed_total_variation_is_stable_under_round_off(device):
+    # Two neighbours equal in one run and one rounding error apart in another (another summation order):
+    # plain |d| gives gradients that differ by the whole weight, the smoothed TV by about round-off.
+    tex = np.full((2, 2, 1), 0.5, np.float32)
+    nudged = tex.copy()
+    nudged[0, 1, 0] = np.nextafter(np.float32(0.5), np.float32(1))
+    grads = {}
+    for eps in (0.0, reg.TV_EPS):
+        for name, t in (("equal", tex), ("nudged", nudged)):
+            texture = wp.array(t, dtype=float, requires_grad=True)
+            out = accumulator()
+            tape = wp.Tape()
+            with tape:
+                reg.total_variation(texture, out, weight=1.0, eps=eps)
+            tape.backward(out)
+            grads[eps, name] = texture.grad.numpy()
+    # the nudged texel's two differences (to its left and lower neighbours) each jump by weight / (h w C)
+    assert np.abs(grads[0.0, "nudged"] - grads[0.0, "equal"]).max() == pytest.approx(2 * 0.25)
+    # smoothed: the jump times d / eps (6e-8 / 1e-3 here), under a thousandth of it
+    assert np.abs(grads[reg.TV_EPS, "nudged"] - grads[reg.TV_EPS, "equal"]).max() < 1e-3 * 2 * 0.25
 
 
 @pytest.mark.parametrize("squared", [False, True])

@@ -258,7 +258,7 @@ class MeshModel:
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
                 h = arr.shape[0]
-                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"],
+                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"], eps=regularizers.TV_EPS,
                                              rows=(rank * h // ranks, (rank + 1) * h // ranks))
             if kind is Kind.VERTICES and rank == 0:
                 topo = self._topology[path]

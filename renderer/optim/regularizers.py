@@ -8,14 +8,29 @@ vertices), so split seams are boundaries to these regularizers: split copies are
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import warp as wp
 
 from .losses import _check, _check_accumulator
 
+# The smoothing of the texture TV an optimization uses (`total_variation(eps=)`), in texel values (colors in
+# [0, 1]): differences above ~1e-2 cost |d| - eps as plain L1 TV, and the gradient is continuous at 0.
+TV_EPS = 1e-3
+
+
+@wp.func
+def _tv_term(d: float, squared: int, eps: float) -> float:
+    if squared != 0:
+        return d * d
+    if eps > 0.0:
+        return wp.sqrt(d * d + eps * eps) - eps  # pseudo-Huber: |d| - eps for |d| >> eps, d^2 / (2 eps) near 0
+    return wp.abs(d)
+
 
 @wp.kernel
-def _total_variation(tex: wp.array3d(dtype=float), first_row: int, squared: int, scale: float,
+def _total_variation(tex: wp.array3d(dtype=float), first_row: int, squared: int, eps: float, scale: float,
                      out: wp.array(dtype=float)):
     # Forward differences; a difference that would leave the texture is absent (no wrap). Thread (y, x, c) takes
     # the differences that start at texel (first_row + y, x, c).
@@ -24,17 +39,9 @@ def _total_variation(tex: wp.array3d(dtype=float), first_row: int, squared: int,
     v = tex[y, x, c]
     e = 0.0
     if x + 1 < tex.shape[1]:
-        d = tex[y, x + 1, c] - v
-        if squared != 0:
-            e = e + d * d
-        else:
-            e = e + wp.abs(d)
+        e = e + _tv_term(tex[y, x + 1, c] - v, squared, eps)
     if y + 1 < tex.shape[0]:
-        d = tex[y + 1, x, c] - v
-        if squared != 0:
-            e = e + d * d
-        else:
-            e = e + wp.abs(d)
+        e = e + _tv_term(tex[y + 1, x, c] - v, squared, eps)
     wp.atomic_add(out, 0, scale * e)
 
 
@@ -80,12 +87,15 @@ def _edge_deviation(lengths: wp.array(dtype=float), rest: wp.array(dtype=float),
 
 
 def total_variation(texture: wp.array, out_loss: wp.array, weight: float = 1.0, *,
-                    squared: bool = False, rows: tuple[int, int] | None = None) -> None:
+                    squared: bool = False, eps: float = 0.0, rows: tuple[int, int] | None = None) -> None:
     """out_loss[0] += weight * (sum |dx| + sum |dy|) / (h*w*C), anisotropic TV of a texture.
 
     texture: (h, w, C) float32 array3d; dx = t[y, x+1] - t[y, x], dy = t[y+1, x] - t[y, x] per channel,
-    forward differences inside the texture only (no wrap). squared=True sums dx^2 + dy^2 instead (smooth
-    at 0; |d| has gradient 0 there). Differentiable w.r.t. texture.
+    forward differences inside the texture only (no wrap). squared=True sums dx^2 + dy^2 instead. eps > 0
+    (not squared) sums the pseudo-Huber sqrt(d^2 + eps^2) - eps instead of |d|: the same for |d| >> eps, and
+    smooth at 0, where |d|'s gradient jumps from -1 to 1: two neighbours equal in one run and one rounding
+    error apart in another (another summation order: threads, ranks) then get gradients that differ by
+    round-off, not by the whole weight (what the optimizer uses, `TV_EPS`). Differentiable w.r.t. texture.
 
     `rows` (first, end): only the differences that start in texture rows [first, end) (dx within those rows,
     dy to the row below each), still divided by h*w*C: the terms of a split of the rows into ranges add up
@@ -98,10 +108,12 @@ def total_variation(texture: wp.array, out_loss: wp.array, weight: float = 1.0, 
     first, end = (0, h) if rows is None else (int(rows[0]), int(rows[1]))
     if not 0 <= first <= end <= h:
         raise ValueError(f"rows: expected 0 <= first <= end <= {h} (the texture's rows), got {rows!r}")
+    if not (math.isfinite(eps) and eps >= 0.0):
+        raise ValueError(f"eps: expected a finite value >= 0, got {eps!r}")
     scale = float(weight) / (h * w * c)
     if end > first:
-        wp.launch(_total_variation, dim=(end - first, w, c), inputs=[texture, first, int(squared), scale, out_loss],
-                  device=texture.device)
+        wp.launch(_total_variation, dim=(end - first, w, c),
+                  inputs=[texture, first, int(squared), float(eps), scale, out_loss], device=texture.device)
 
 
 def laplacian_smoothing(vertices: wp.array, offsets: wp.array, indices: wp.array, out_loss: wp.array,
