@@ -42,9 +42,11 @@ def _ticks():
 
 
 def _problem(scene: str, batch_views: int | None):
+    from drstudio.renderer import memory
     from drstudio.renderer.loading import open_scene
     from drstudio.renderer.optim.problem import Problem
 
+    memory.reuse_freed_buffers()  # as the `drstudio` command does in every process (app/cli.py main)
     p = Problem(open_scene(scene), "cpu")
     if batch_views:
         p.batch_views = batch_views
