@@ -51,6 +51,7 @@ from ..volume import OccupancyGrid, readout, regularizers
 from ..volume import render as volume_render
 from ..volume.march import contract_far
 from . import losses
+from .distributed import rows_of
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
 from .targets import Target, build_targets, target_downscale
@@ -391,13 +392,20 @@ class FieldModel:
                                for v, c in zip(views, counts, strict=True)])
 
     def before_step(self, step: int) -> None:
-        """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start)."""
+        """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start). Data-
+        parallel ranks (the problem's `comm`) each refresh a slab of cells and all-gather the rest (the same bits
+        as one process refreshing all)."""
+        comm = self.p.comm
         for state in self.states.values():
             occ = state.field.occupancy
             if state.field.type != "voxel_grid":
                 state.update_occupancy(step)
             elif state.occupancy is not None and step > 0 and step % occ.update_every == 0:
-                state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step)
+                split = {}
+                if comm is not None and comm.world > 1:
+                    split = {"rows": rows_of(state.occupancy.resolution[0], comm.rank, comm.world),
+                             "combine": lambda d: comm.gather_rows(wp.to_torch(d, requires_grad=False), step)}
+                state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step, **split)
 
     def record_loss(self, batch: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
         """Forward pass of one step under the caller's tape: the ray batch through every field, image
@@ -450,8 +458,7 @@ class FieldModel:
                 w_sh = weights["tv"] if sh in free else 0.0
                 nx = state.grid.resolution[0]
                 if w_density or w_sh:
-                    state.grid.total_variation(terms["tv"], w_density, w_sh,
-                                               rows=(rank * nx // ranks, (rank + 1) * nx // ranks))
+                    state.grid.total_variation(terms["tv"], w_density, w_sh, rows=rows_of(nx, rank, ranks))
         return {}
 
     def after_step(self, step: int) -> dict:
