@@ -127,6 +127,16 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
         assert np.allclose(split.ds.get(k), ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max())), k
 
 
+def test_profile_rank_runs_briefly(tmp_path, capsys):
+    """benchmarks/profile_rank.py (the README's per-kernel table of a rank's step) on the small field."""
+    from benchmarks import profile_rank
+
+    scene = field_scene(tmp_path)
+    assert profile_rank.main(["--scene", str(scene), "--warmup", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| rank 0 of 2 | rank 1 of 2 |" in out and "`_query`" in out and "| total, mean (median) |" in out
+
+
 # -- processes -----------------------------------------------------------------------------------------
 
 def test_nproc2_field_equals_nproc1_and_verifies(tmp_path):
