@@ -47,6 +47,9 @@ def profile(scene: str, ranks: int, rank: int, warmup: int, steps: int, lattice:
     from drstudio.renderer.optim.problem import Problem
 
     memory.reuse_freed_buffers()  # as the drstudio command does
+    import torch
+
+    torch.set_num_threads(1)  # as a rank does (Comm.from_env): torch's idle pool would spin on the CPU measured
     p = Problem(open_scene(scene), "cpu")
     p.steps, p.check_every = 10**9, 10**9
     if lattice:
