@@ -154,6 +154,8 @@ class Comm:
         for r, (a, b) in enumerate(bounds):
             if r != self.rank:
                 arr[a:b] = parts[r][:b - a]
+        if arr.is_cuda:  # the caller's Warp kernels read `arr` next, on Warp's stream (not tested: no GPU here)
+            torch.cuda.synchronize(arr.device)
 
     def check_same(self, checksum: int, step: int) -> None:
         """Raise DistributedError unless every rank passed the same `checksum` (of its parameters)."""

@@ -115,6 +115,12 @@ def _term(terms: dict, name: str, device) -> wp.array:
     return terms[name]
 
 
+def _gather_rows(comm, arr: wp.array, step: int) -> None:
+    """`comm.gather_rows` of a Warp array (torch reads it after Warp's kernels wrote it: on CUDA, other streams)."""
+    wp.synchronize_device(arr.device)
+    comm.gather_rows(wp.to_torch(arr, requires_grad=False), step)
+
+
 def _box_diagonal(grid) -> float:
     """The length of the field's box diagonal (world units; of the inner box for a contracted grid)."""
     lo, hi = np.asarray(grid.aabb[:3], np.float64), np.asarray(grid.aabb[3:], np.float64)
@@ -404,7 +410,7 @@ class FieldModel:
                 split = {}
                 if comm is not None and comm.world > 1:
                     split = {"rows": rows_of(state.occupancy.resolution[0], comm.rank, comm.world),
-                             "combine": lambda d: comm.gather_rows(wp.to_torch(d, requires_grad=False), step)}
+                             "combine": lambda d: _gather_rows(comm, d, step)}
                 state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step, **split)
 
     def record_loss(self, batch: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
