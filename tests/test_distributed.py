@@ -127,6 +127,29 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
         assert np.allclose(split.ds.get(k), ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max())), k
 
 
+def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
+    """Comm.gather_rows with slabs of unequal size (7 rows over 3 ranks: 2, 2, 3; all_gather takes equal parts,
+    so the slabs travel padded): rank 1 ends with every rank's rows; its own stay its own."""
+    import torch
+    import torch.distributed as dist
+    from drstudio.renderer.optim.distributed import Comm, rows_of
+
+    full = torch.arange(7 * 4, dtype=torch.float32).reshape(7, 4)
+    assert [rows_of(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+
+    def all_gather(parts, mine):  # what the other ranks would send: their slab, padded to 3 rows
+        assert mine.shape == (3, 4)
+        for r, (a, b) in enumerate(rows_of(7, q, 3) for q in range(3)):
+            parts[r].zero_()
+            parts[r][:b - a] = mine[:b - a] if r == 1 else full[a:b]
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    mine = torch.full((7, 4), -1.0)
+    mine[2:4] = full[2:4]
+    Comm(1, 3, 1, 3, "gloo", "cpu").gather_rows(mine, step=0)
+    assert torch.equal(mine, full)
+
+
 def test_profile_rank_runs_briefly(tmp_path, capsys):
     """benchmarks/profile_rank.py (the README's per-kernel table of a rank's step) on the small field."""
     from benchmarks import profile_rank
