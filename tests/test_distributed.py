@@ -154,7 +154,62 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
         assert np.allclose(split.ds.get(k), ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max())), k
 
 
+def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
+    """Comm.gather_rows with slabs of unequal size (7 rows over 3 ranks: 2, 2, 3; all_gather takes equal parts,
+    so the slabs travel padded): rank 1 ends with every rank's rows; its own stay its own."""
+    import torch
+    import torch.distributed as dist
+    from drstudio.renderer.optim.distributed import Comm, rows_of
+
+    full = torch.arange(7 * 4, dtype=torch.float32).reshape(7, 4)
+    assert [rows_of(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
+
+    def all_gather(parts, mine):  # what the other ranks would send: their slab, padded to 3 rows
+        assert mine.shape == (3, 4)
+        for r, (a, b) in enumerate(rows_of(7, q, 3) for q in range(3)):
+            parts[r].zero_()
+            parts[r][:b - a] = mine[:b - a] if r == 1 else full[a:b]
+
+    monkeypatch.setattr(dist, "all_gather", all_gather)
+    mine = torch.full((7, 4), -1.0)
+    mine[2:4] = full[2:4]
+    Comm(1, 3, 1, 3, "gloo", "cpu").gather_rows(mine, step=0)
+    assert torch.equal(mine, full)
+
+
+def test_profile_rank_runs_briefly(tmp_path, capsys):
+    """benchmarks/profile_rank.py (the README's per-kernel table of a rank's step) on the small field."""
+    from benchmarks import profile_rank
+
+    scene = field_scene(tmp_path)
+    assert profile_rank.main(["--scene", str(scene), "--warmup", "1", "--steps", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| rank 0 of 2 | rank 1 of 2 |" in out and "`_query`" in out and "| total, mean (median) |" in out
+
+
 # -- processes -----------------------------------------------------------------------------------------
+
+def test_nproc2_field_equals_nproc1_and_verifies(tmp_path):
+    """The voxel-grid field as two processes: the ranks split the ray batch, the TV by lattice slabs and the
+    occupancy refreshes by slabs of cells (an all-gather; steps 3 and 6 refresh); the grid equals a one-process
+    run's to round-off and the recording re-executes in one process to the same bits."""
+    from drstudio.app import cli as app_cli
+    from drstudio.renderer.recording import load_recording, verify
+
+    scene = field_scene(tmp_path / "scene")
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert app_cli.main(["optimize", str(scene), "--steps", "7", "--final-eval", "none", "--out", str(one)]) == 0
+    res = cli("optimize", str(scene), "--steps", "7", "--final-eval", "none", "--nproc", "2", "--out", str(two),
+              cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = np.load(one / "params.npz"), np.load(two / "params.npz")
+    for k in ("fields.nerf.density", "fields.nerf.sh"):
+        assert np.allclose(b[k], a[k], rtol=0, atol=1e-4 * max(1.0, np.abs(a[k]).max())), k
+    report = verify(load_recording(two / "recording"))
+    assert report.ok and report.steps_checked == 7, report.message()
+    assert report.max_rel_error == 0.0
+
+
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory):

@@ -55,6 +55,50 @@ def test_marks_empty_space_empty_and_keeps_the_blob(device):
     assert grid.density.numpy().max() == 10.0
 
 
+def test_slabs_refreshed_apart_and_combined_equal_the_whole_grid(device):
+    """Data-parallel ranks refresh slabs of cells (`rows`) and all-gather the rest (`combine`): the same bits as
+    one refresh of the whole grid, over updates with a decayed maximum and a mean-clamped threshold. Emulated
+    here: rank b's slab is computed first by a second grid, rank a's `combine` writes it in."""
+    res, center = (7, 5, 6), np.array([0.2, -0.1, 0.3])
+    whole, a, b = (OccupancyGrid(res, BOX) for _ in range(3))
+    slab_a, slab_b = (0, 3), (3, 7)
+
+    def capture(store):
+        def combine(density):
+            store["b"] = density.numpy()[slab_b[0]:slab_b[1]].copy()
+        return combine
+
+    def fill(store):
+        def combine(density):
+            values = density.numpy()
+            values[slab_b[0]:slab_b[1]] = store["b"]
+            density.assign(values)
+        return combine
+
+    for step, (radius, value) in enumerate(((0.5, 3.0), (0.3, 0.005), (0.6, 0.02))):
+        fn = ball(center, radius, value)
+        whole.update(fn, ema=0.9, threshold=0.01, step=step, points_per_cell=2)
+        store = {}
+        b.update(fn, ema=0.9, threshold=0.01, step=step, points_per_cell=2, rows=slab_b, combine=capture(store))
+        a.update(fn, ema=0.9, threshold=0.01, step=step, points_per_cell=2, rows=slab_a, combine=fill(store))
+        b.density.assign(a.density)  # rank b's own all-gather, as a's
+        np.testing.assert_array_equal(a.density.numpy(), whole.density.numpy())
+        np.testing.assert_array_equal(a.occupied.numpy(), whole.occupied.numpy())
+    assert 0 < whole.occupied.numpy().mean() < 1  # the threshold did separate cells
+
+    def failing(density):
+        raise RuntimeError("lost a rank")
+
+    before = a.density.numpy().copy()
+    with pytest.raises(RuntimeError):
+        a.update(ball(center, 0.2), step=9, rows=slab_a, combine=failing)
+    np.testing.assert_array_equal(a.density.numpy(), before)  # a failed all-gather leaves the grid as it was
+    with pytest.raises(ValueError, match="combine"):
+        a.update(ball(center, 0.2), rows=slab_a)
+    with pytest.raises(ValueError, match="rows"):
+        a.update(ball(center, 0.2), rows=(2, 9), combine=failing)
+
+
 def test_decayed_maximum_forgets_moved_content(device):
     grid = OccupancyGrid(8, BOX)
     a, b = np.array([-0.5, 0.0, 0.0]), np.array([0.5, 0.0, 0.0])

@@ -161,6 +161,45 @@ def test_total_variation_matches_numpy_and_its_gradients(device):
     check_gradient(forward, grid.sh, eps=1e-2, rtol=1e-3, atol=1e-4, probes=10)
 
 
+def test_total_variation_slabs_add_up_to_the_whole_lattice(device):
+    """`rows`: the differences that start in the slab (NumPy), and the TV gradient of the slab's points exactly
+    (the full gradient's rows); slabs covering the lattice add up to the whole loss and gradient."""
+    grid, density, sh = random_grid(1, seed=6)
+
+    def tv(rows):
+        out = wp.zeros(1, dtype=float, requires_grad=True)
+        grid.density.grad.zero_()
+        grid.sh.grad.zero_()
+        tape = wp.Tape()
+        with tape:
+            grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)
+        tape.backward(out)
+        return out.numpy()[0], grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()
+
+    def slab_reference(v, x0, x1):
+        v = v.reshape(*v.shape[:3], -1).astype(np.float64)
+        e = sum((np.diff(v, axis=a)[x0:x1] ** 2).sum() for a in (1, 2)) + (np.diff(v, axis=0)[x0:x1] ** 2).sum()
+        return e / v.size
+
+    whole, g_density, g_sh = tv(None)
+    nx = RES[0]
+    for x0, x1 in ((0, 1), (1, nx), (0, 2), (2, nx), (3, 3)):
+        loss, d, s = tv((x0, x1))
+        want = 0.7 * slab_reference(density.astype(np.float32), x0, x1) + \
+            0.3 * slab_reference(sh.astype(np.float32), x0, x1)
+        np.testing.assert_allclose(loss, want, rtol=1e-5, atol=1e-7)
+        inside = np.zeros(nx, bool)
+        inside[x0:x1] = True
+        np.testing.assert_array_equal(d[inside], g_density[inside])
+        np.testing.assert_array_equal(s[inside], g_sh[inside])
+        assert not d[~inside].any() and not s[~inside].any()
+    parts = [tv((0, 2)), tv((2, nx))]
+    np.testing.assert_allclose(parts[0][0] + parts[1][0], whole, rtol=1e-6)
+    np.testing.assert_array_equal(parts[0][1] + parts[1][1], g_density)
+    with pytest.raises(ValueError, match="rows"):
+        grid.total_variation(wp.zeros(1, dtype=float), 1.0, rows=(2, nx + 1))
+
+
 def test_upsample_reproduces_a_linear_field_and_lattice_values(device):
     lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
 

@@ -133,6 +133,30 @@ class Comm:
             raise self._lost(step, exc) from None
         return ordered_sum(parts)
 
+    def gather_rows(self, arr: torch.Tensor, step: int) -> None:
+        """Work split by slabs (`rows_of`): every rank computed rows `rows_of(n, its rank, world)` of `arr` (first
+        axis, n rows); write the other ranks' rows into this rank's `arr` (in place, an all-gather). Nothing is
+        added, so every rank then holds the same bits."""
+        import torch
+        import torch.distributed as dist
+
+        n = arr.shape[0]
+        bounds = [rows_of(n, r, self.world) for r in range(self.world)]
+        size = max(b - a for a, b in bounds)  # all_gather takes equal parts: the slabs padded to the largest
+        lo, hi = bounds[self.rank]
+        mine = torch.zeros((size, *arr.shape[1:]), dtype=arr.dtype, device=arr.device)
+        mine[:hi - lo] = arr[lo:hi]
+        parts = [torch.empty_like(mine) for _ in range(self.world)]
+        try:
+            dist.all_gather(parts, mine)
+        except Exception as exc:
+            raise self._lost(step, exc) from None
+        for r, (a, b) in enumerate(bounds):
+            if r != self.rank:
+                arr[a:b] = parts[r][:b - a]
+        if arr.is_cuda:  # the caller's Warp kernels read `arr` next, on Warp's stream (not tested: no GPU here)
+            torch.cuda.synchronize(arr.device)
+
     def check_same(self, checksum: int, step: int) -> None:
         """Raise DistributedError unless every rank passed the same `checksum` (of its parameters)."""
         import torch
@@ -152,6 +176,12 @@ class Comm:
 
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def rows_of(n: int, rank: int, world: int) -> tuple[int, int]:
+    """(first, end) of rank `rank`'s slab of `n` rows split over `world` ranks: [rank n / world, (rank + 1) n /
+    world), rounded down (what a voxel grid's TV and occupancy refresh split by)."""
+    return rank * n // world, (rank + 1) * n // world
 
 
 def ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -51,6 +51,7 @@ from ..volume import OccupancyGrid, readout, regularizers
 from ..volume import render as volume_render
 from ..volume.march import contract_far
 from . import losses
+from .distributed import rows_of
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
 from .targets import Target, build_targets, target_downscale
@@ -112,6 +113,12 @@ def _term(terms: dict, name: str, device) -> wp.array:
     if name not in terms:
         terms[name] = wp.zeros(1, dtype=float, device=device, requires_grad=True)
     return terms[name]
+
+
+def _gather_rows(comm, arr: wp.array, step: int) -> None:
+    """`comm.gather_rows` of a Warp array (torch reads it after Warp's kernels wrote it: on CUDA, other streams)."""
+    wp.synchronize_device(arr.device)
+    comm.gather_rows(wp.to_torch(arr, requires_grad=False), step)
 
 
 def _box_diagonal(grid) -> float:
@@ -391,13 +398,20 @@ class FieldModel:
                                for v, c in zip(views, counts, strict=True)])
 
     def before_step(self, step: int) -> None:
-        """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start)."""
+        """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start). Data-
+        parallel ranks (the problem's `comm`) each refresh a slab of cells and all-gather the rest (the same bits
+        as one process refreshing all)."""
+        comm = self.p.comm
         for state in self.states.values():
             occ = state.field.occupancy
             if state.field.type != "voxel_grid":
                 state.update_occupancy(step)
             elif state.occupancy is not None and step > 0 and step % occ.update_every == 0:
-                state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step)
+                split = {}
+                if comm is not None and comm.world > 1:
+                    split = {"rows": rows_of(state.occupancy.resolution[0], comm.rank, comm.world),
+                             "combine": lambda d: _gather_rows(comm, d, step)}
+                state.occupancy.update(state.grid.query_density, threshold=occ.threshold, step=step, **split)
 
     def record_loss(self, batch: np.ndarray, terms: dict, weights: dict, step: int) -> dict:
         """Forward pass of one step under the caller's tape: the ray batch through every field, image
@@ -444,12 +458,13 @@ class FieldModel:
                                             f.distortion * part, length=_box_diagonal(g), contract=span)
             if f.density_l1 > 0.0 and rank == 0 and p.ds.grid_paths(name)[0] in free:
                 regularizers.density_l1(state.grid, _term(terms, "density_l1", p.ds.device), f.density_l1)
-            if "tv" in terms and rank == 0:
+            if "tv" in terms:  # rank r: the slab r of N of the lattice (x), so the ranks share the TV's cost
                 density, sh = p.ds.grid_paths(name)
                 w_density = weights["tv"] if density in free else 0.0
                 w_sh = weights["tv"] if sh in free else 0.0
+                nx = state.grid.resolution[0]
                 if w_density or w_sh:
-                    state.grid.total_variation(terms["tv"], w_density, w_sh)
+                    state.grid.total_variation(terms["tv"], w_density, w_sh, rows=rows_of(nx, rank, ranks))
         return {}
 
     def after_step(self, step: int) -> dict:

@@ -353,15 +353,16 @@ class Problem:
             raise ValueError(NOTHING_FREE)
         rng_state = self.view_rng_state() if self.comm is not None else None
         batch = self.model.batch(self._view_rng)
-        self.model.before_step(self.step_index)
         if self.shards > 1 or self.comm is not None:
             try:
+                self.model.before_step(self.step_index)  # ranks may talk here (a field's occupancy refresh)
                 loss, terms, grad_images, tape = self._step_sharded(batch)
             except Exception:
                 if rng_state is not None:  # a lost rank: the step was not taken, so its batch is drawn again
                     self.set_view_rng_state(rng_state)  # by whoever resumes from the closing keyframe
                 raise
         else:
+            self.model.before_step(self.step_index)
             loss, terms, grad_images, tape = self._forward_backward(batch)
             self.out_of_time = self.out_of_time or self._past_deadline()
         applied = self.optimizer.step(loss_value=loss)

@@ -21,27 +21,37 @@ wp.set_module_options({"enable_backward": False})
 
 
 @wp.kernel
-def _jittered_points(lo: wp.vec3, cell: wp.vec3, ny: int, nz: int, per_cell: int, seed: int,
+def _jittered_points(lo: wp.vec3, cell: wp.vec3, x0: int, ny: int, nz: int, per_cell: int, seed: int,
                      points: wp.array(dtype=wp.vec3)):
-    # Point m of cell (i, j, k) is stored at ((i * ny + j) * nz + k) * per_cell + m, uniform in the cell.
-    i, j, k, m = wp.tid()
-    idx = ((i * ny + j) * nz + k) * per_cell + m
-    state = wp.rand_init(seed, idx)
+    # Point m of cell (i, j, k), i = x0 + the launch's first index (a slab of cells from x0), is stored at
+    # ((i - x0) * ny + j) * nz + k) * per_cell + m, uniform in the cell; its random stream is keyed by the index
+    # it has in the whole grid, so a slab draws the points the whole grid would.
+    ii, j, k, m = wp.tid()
+    i = x0 + ii
+    state = wp.rand_init(seed, ((i * ny + j) * nz + k) * per_cell + m)
     u = wp.vec3(float(i) + wp.randf(state), float(j) + wp.randf(state), float(k) + wp.randf(state))
-    points[idx] = lo + wp.cw_mul(u, cell)
+    points[((ii * ny + j) * nz + k) * per_cell + m] = lo + wp.cw_mul(u, cell)
 
 
 @wp.kernel
-def _update_cells(values: wp.array(dtype=float), per_cell: int, decay: float, density: wp.array3d(dtype=float),
-                  total: wp.array(dtype=float)):
-    i, j, k = wp.tid()
-    base = ((i * density.shape[1] + j) * density.shape[2] + k) * per_cell
+def _update_cells(values: wp.array(dtype=float), per_cell: int, decay: float, x0: int,
+                  density: wp.array3d(dtype=float), total: wp.array(dtype=float)):
+    ii, j, k = wp.tid()
+    i = x0 + ii
+    base = ((ii * density.shape[1] + j) * density.shape[2] + k) * per_cell
     new = float(0.0)
     for m in range(per_cell):
         new = wp.max(new, values[base + m])
     d = wp.max(decay * density[i, j, k], new)
     density[i, j, k] = d
     wp.atomic_add(total, 0, d)
+
+
+@wp.kernel
+def _sum_cells(density: wp.array3d(dtype=float), total: wp.array(dtype=float)):
+    # the same additions in the same order as _update_cells over the whole grid (one thread at a time on a CPU)
+    i, j, k = wp.tid()
+    wp.atomic_add(total, 0, density[i, j, k])
 
 
 @wp.kernel
@@ -80,7 +90,8 @@ class OccupancyGrid:
         self.occupied = wp.ones(self.resolution, dtype=wp.uint8, device=self.device)
 
     def update(self, density_fn: Callable[[wp.array], wp.array], ema: float = 0.95, threshold: float = 0.01,
-               step: int = 0, points_per_cell: int = 1) -> None:
+               step: int = 0, points_per_cell: int = 1, rows: tuple[int, int] | None = None,
+               combine: Callable[[wp.array], None] | None = None) -> None:
         """Refresh the grid from the current field.
 
         Draws `points_per_cell` uniform random points in every cell (stream keyed by `step`), evaluates
@@ -90,6 +101,12 @@ class OccupancyGrid:
         d > min(threshold, mean of d over the grid) (the mean keeps a grid of uniformly low density
         occupied early in training). `threshold` is a density (per unit world length). Call it outside a
         `wp.Tape` (or with a density_fn that does not record); nothing here is differentiable.
+
+        Shared by data-parallel ranks (renderer.optim.distributed): `rows` (x0, x1) refreshes only the slab
+        of cells x0 <= i < x1 (their points as the whole grid draws them), then `combine(density)` must write
+        the other slabs' new values into `density` (a float32 (nx, ny, nz) copy of the grid's; the ranks'
+        all-gather) before the threshold is taken over the whole grid. The grid changes only after
+        `combine` returned: a `combine` that raises leaves it as it was. Same bits as the whole update on a CPU.
         """
         if not callable(density_fn):
             raise TypeError(f"density_fn: expected a callable points -> densities, got {type(density_fn).__name__}")
@@ -102,16 +119,31 @@ class OccupancyGrid:
         if not isinstance(points_per_cell, Integral) or points_per_cell < 1:
             raise ValueError(f"points_per_cell: expected a positive int, got {points_per_cell!r}")
         nx, ny, nz = self.resolution
-        count = nx * ny * nz * int(points_per_cell)
+        x0, x1 = (0, nx) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= x0 <= x1 <= nx:
+            raise ValueError(f"rows: expected 0 <= x0 <= x1 <= {nx}, got {rows!r}")
+        if (x0, x1) != (0, nx) and combine is None:
+            raise ValueError("combine: a refresh of a slab of cells (rows) needs a combine that fills in the others")
+        count = (x1 - x0) * ny * nz * int(points_per_cell)
         points = wp.empty(count, dtype=wp.vec3, device=self.device)
         cell = wp.vec3(*[(h - l) / r for l, h, r in zip(self.lo, self.hi, self.resolution, strict=True)])
-        wp.launch(_jittered_points, dim=(nx, ny, nz, int(points_per_cell)), device=self.device, record_tape=False,
-                  inputs=[self.lo, cell, ny, nz, int(points_per_cell), int(step) % (2**31), points])
+        if count:
+            wp.launch(_jittered_points, dim=(x1 - x0, ny, nz, int(points_per_cell)), device=self.device,
+                      record_tape=False, inputs=[self.lo, cell, x0, ny, nz, int(points_per_cell),
+                                                 int(step) % (2**31), points])
         values = density_fn(points)
         check_array("density_fn(points)", values, wp.float32, (count,), self.device)
         total = wp.zeros(1, dtype=float, device=self.device)
-        wp.launch(_update_cells, dim=self.resolution, device=self.device, record_tape=False,
-                  inputs=[values, int(points_per_cell), float(ema), self.density, total])
+        density = self.density if combine is None else wp.clone(self.density)
+        if count:
+            wp.launch(_update_cells, dim=(x1 - x0, ny, nz), device=self.device, record_tape=False,
+                      inputs=[values, int(points_per_cell), float(ema), x0, density, total])
+        if combine is not None:
+            combine(density)
+            total.zero_()
+            wp.launch(_sum_cells, dim=self.resolution, device=self.device, record_tape=False,
+                      inputs=[density, total])
+            wp.copy(self.density, density)
         wp.launch(_threshold, dim=self.resolution, device=self.device, record_tape=False,
                   inputs=[self.density, float(threshold), total, self.occupied])
 

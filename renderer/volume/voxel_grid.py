@@ -191,9 +191,11 @@ def _query_density(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, act
 
 
 @wp.kernel
-def _tv_forward(values: wp.array4d(dtype=Any), scale: float, out_loss: wp.array(dtype=float)):
-    # squared forward differences along x, y, z, summed over channels; differences leaving the grid are absent
-    x, y, z = wp.tid()
+def _tv_forward(values: wp.array4d(dtype=Any), x0: int, scale: float, out_loss: wp.array(dtype=float)):
+    # squared forward differences along x, y, z, summed over channels; differences leaving the grid are absent.
+    # The launch covers the lattice points x0 <= x < x0 + dim[0] (a slab; the whole lattice with x0 = 0).
+    xi, y, z = wp.tid()
+    x = x0 + xi
     e = float(0.0)
     for c in range(values.shape[3]):
         v = wp.float32(values[x, y, z, c])
@@ -232,27 +234,30 @@ def tv_stencil(values: wp.array4d(dtype=Any), row: int, x: int, nx: int, y: int,
 
 
 @wp.kernel
-def _tv_backward(values: wp.array4d(dtype=Any), scale: float, adj_loss: wp.array(dtype=float),
+def _tv_backward(values: wp.array4d(dtype=Any), x0: int, scale: float, adj_loss: wp.array(dtype=float),
                  grad: wp.array4d(dtype=Any)):
     # d/dv of the squared differences v takes part in: 2 (v - v_prev) - 2 (v_next - v) per axis. Each thread
-    # owns its lattice point's gradients, so a plain read-modify-write (no atomics).
-    x, y, z = wp.tid()
+    # owns its lattice point's gradients, so a plain read-modify-write (no atomics). Points x0 <= x < x0 + dim[0].
+    xi, y, z = wp.tid()
+    x = x0 + xi
     k = 2.0 * scale * adj_loss[0]
     for c in range(values.shape[3]):
         g = tv_stencil(values, x, x, values.shape[0], y, z, c)
         grad[x, y, z, c] = grad[x, y, z, c] + grad.dtype(k * g)
 
 
-def _total_variation(values: wp.array, scale: float, out_loss: wp.array) -> None:
-    """out_loss[0] += scale * sum of squared forward differences of a (nx, ny, nz, C) array, with its
-    adjoint recorded on the active tape."""
-    wp.launch(_tv_forward, dim=values.shape[:3], device=values.device, record_tape=False,
-              inputs=[values, scale, out_loss])
+def _total_variation(values: wp.array, scale: float, out_loss: wp.array, rows: tuple[int, int]) -> None:
+    """out_loss[0] += scale * sum of squared forward differences of a (nx, ny, nz, C) array that start at the
+    lattice points rows[0] <= x < rows[1], with the TV gradient of those points recorded on the active tape."""
+    x0, dim = rows[0], (rows[1] - rows[0], *values.shape[1:3])
+    if dim[0] <= 0:
+        return
+    wp.launch(_tv_forward, dim=dim, device=values.device, record_tape=False, inputs=[values, x0, scale, out_loss])
     tape = active_tape()
     if tape is not None and values.requires_grad and out_loss.requires_grad:
         def backward():
-            wp.launch(_tv_backward, dim=values.shape[:3], device=values.device, record_tape=False,
-                      inputs=[values, scale, out_loss.grad, values.grad])
+            wp.launch(_tv_backward, dim=dim, device=values.device, record_tape=False,
+                      inputs=[values, x0, scale, out_loss.grad, values.grad])
         tape.record_func(backward, [values, out_loss])
 
 
@@ -395,20 +400,29 @@ class VoxelGrid:
                   inputs=[self.density, self.lo, self.hi, ACTIVATIONS.index(self.activation), positions, out])
         return out
 
-    def total_variation(self, out_loss: wp.array, weight: float, sh_weight: float | None = None) -> None:
+    def total_variation(self, out_loss: wp.array, weight: float, sh_weight: float | None = None,
+                        rows: tuple[int, int] | None = None) -> None:
         """out_loss[0] += weight * TV(density) + sh_weight * TV(sh) (sh_weight defaults to weight).
 
         TV(v) = (1 / (n C)) sum over the n lattice points, C channels and the 3 axes of the squared forward
         difference (v[p + e_axis] - v[p])^2, differences past the last point omitted: a mean squared
         gradient of the raw values (Plenoxels/DVGO smoothness prior). Differentiable w.r.t. the values by a
-        hand-written adjoint recorded on the active `wp.Tape` when out_loss has requires_grad=True."""
+        hand-written adjoint recorded on the active `wp.Tape` when out_loss has requires_grad=True.
+
+        `rows` (x0, x1), 0 <= x0 <= x1 <= nx: only the slab of lattice points x0 <= x < x1: the differences
+        that start there and the gradient entries of those points (data-parallel ranks each take a slab,
+        renderer.optim.distributed; the slabs' losses and gradients add up to the whole lattice's). None: all."""
         check_array("out_loss", out_loss, wp.float32, (1,), self.device)
+        nx = self.resolution[0]
+        rows = (0, nx) if rows is None else (int(rows[0]), int(rows[1]))
+        if not 0 <= rows[0] <= rows[1] <= nx:
+            raise ValueError(f"rows: expected 0 <= x0 <= x1 <= {nx}, got {rows}")
         sh_weight = weight if sh_weight is None else sh_weight
         n = int(np.prod(self.resolution))
         if weight != 0.0:
-            _total_variation(self.density.reshape((*self.resolution, 1)), float(weight) / n, out_loss)
+            _total_variation(self.density.reshape((*self.resolution, 1)), float(weight) / n, out_loss, rows)
         if sh_weight != 0.0:
-            _total_variation(self.sh, float(sh_weight) / (n * 3 * self.n_coeffs), out_loss)
+            _total_variation(self.sh, float(sh_weight) / (n * 3 * self.n_coeffs), out_loss, rows)
 
     def upsample(self, new_resolution) -> VoxelGrid:
         """A new grid of `new_resolution` lattice points over the same box, its raw values the trilinear
