@@ -809,6 +809,9 @@ class AdamSpec(Strict):
     lr: Positive = 1e-2
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = [0.9, 0.999]
     schedule: Schedule | None = None
+    # update only elements with a nonzero gradient this step (voxel grids: the lattice points the rays touched);
+    # their moments are left as they are otherwise (torch.optim.SparseAdam's rule, renderer.optim.optimizers.Adam)
+    lazy: bool = False
 
 
 class SgdSpec(Strict):
