@@ -503,6 +503,9 @@ class VoxelGridFieldSpec(Strict):
     # regularizers of each step (renderer.volume.regularizers), reported as loss terms of those names:
     distortion: NonNegative = 0.0  # mip-NeRF 360's distortion loss of the batch's rays, distances in box diagonals
     density_l1: NonNegative = 0.0  # mean activated density over the lattice (empties space no view constrains)
+    # optimize.loss.tv on every tv_every-th step only, at tv_every times its weight: TV's pass over the whole lattice
+    # (and, with optimizer.lazy, the update of every lattice point it touches) then costs 1/tv_every per step
+    tv_every: Annotated[int, Field(ge=1)] = 1
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:

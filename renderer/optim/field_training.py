@@ -444,10 +444,10 @@ class FieldModel:
                                             f.distortion * part, length=_box_diagonal(g), contract=span)
             if f.density_l1 > 0.0 and rank == 0 and p.ds.grid_paths(name)[0] in free:
                 regularizers.density_l1(state.grid, _term(terms, "density_l1", p.ds.device), f.density_l1)
-            if "tv" in terms and rank == 0:
+            if "tv" in terms and rank == 0 and step % f.tv_every == 0:
                 density, sh = p.ds.grid_paths(name)
-                w_density = weights["tv"] if density in free else 0.0
-                w_sh = weights["tv"] if sh in free else 0.0
+                w_density = weights["tv"] * f.tv_every if density in free else 0.0
+                w_sh = weights["tv"] * f.tv_every if sh in free else 0.0
                 if w_density or w_sh:
                     state.grid.total_variation(terms["tv"], w_density, w_sh)
         return {}
