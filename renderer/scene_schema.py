@@ -506,6 +506,8 @@ class VoxelGridFieldSpec(Strict):
     # optimize.loss.tv on every tv_every-th step only, at tv_every times its weight: TV's pass over the whole lattice
     # (and, with optimizer.lazy, the update of every lattice point it touches) then costs 1/tv_every per step
     tv_every: Annotated[int, Field(ge=1)] = 1
+    # the image loss (optimize.loss l1/l2) on linear RGB, or on sRGB-encoded render and target (renderer.volume.srgb)
+    loss_space: Literal["linear", "srgb"] = "linear"
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:

@@ -47,7 +47,7 @@ from ..scene import Camera, Scene
 from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH
 from ..thread_tape import recording
 from ..transforms_json import load_transforms
-from ..volume import OccupancyGrid, readout, regularizers
+from ..volume import OccupancyGrid, readout, regularizers, srgb
 from ..volume import render as volume_render
 from ..volume.march import contract_far
 from . import losses
@@ -434,6 +434,8 @@ class FieldModel:
                                                               occupancy=state.occupancy, first_ray=lo,
                                                               return_densities=True)
                 part = (hi - lo) / len(indices)
+                if f.loss_space == "srgb":
+                    rgb, target = srgb.linear_to_srgb(rgb), srgb.linear_to_srgb(target)
                 for loss in ("l1", "l2"):
                     if loss in terms:
                         getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * part)
