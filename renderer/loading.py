@@ -518,7 +518,8 @@ def _field(f, n_images: int = 0) -> Field:
                  f.samples_per_ray, grid.density.numpy().copy(), grid.sh.numpy().copy(), occupancy,
                  start if f.coarse_to_fine else None,
                  tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else (), contract=bool(f.contract),
-                 distortion=float(f.distortion), density_l1=float(f.density_l1))
+                 distortion=float(f.distortion), density_l1=float(f.density_l1), tv_every=int(f.tv_every),
+                 loss_space=str(f.loss_space))
 
 
 def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:

@@ -503,6 +503,11 @@ class VoxelGridFieldSpec(Strict):
     # regularizers of each step (renderer.volume.regularizers), reported as loss terms of those names:
     distortion: NonNegative = 0.0  # mip-NeRF 360's distortion loss of the batch's rays, distances in box diagonals
     density_l1: NonNegative = 0.0  # mean activated density over the lattice (empties space no view constrains)
+    # optimize.loss.tv on every tv_every-th step only, at tv_every times its weight: TV's pass over the whole lattice
+    # (and, with optimizer.lazy, the update of every lattice point it touches) then costs 1/tv_every per step
+    tv_every: Annotated[int, Field(ge=1)] = 1
+    # the image loss (optimize.loss l1/l2) on linear RGB, or on sRGB-encoded render and target (renderer.volume.srgb)
+    loss_space: Literal["linear", "srgb"] = "linear"
 
     @model_validator(mode="after")
     def _coarse_below_fine(self) -> VoxelGridFieldSpec:
@@ -809,6 +814,9 @@ class AdamSpec(Strict):
     lr: Positive = 1e-2
     betas: Annotated[list[Fraction], Field(min_length=2, max_length=2)] = [0.9, 0.999]
     schedule: Schedule | None = None
+    # update only elements with a nonzero gradient this step (voxel grids: the lattice points the rays touched);
+    # their moments are left as they are otherwise (torch.optim.SparseAdam's rule, renderer.optim.optimizers.Adam)
+    lazy: bool = False
 
 
 class SgdSpec(Strict):

@@ -669,8 +669,10 @@ def test_drstudio_capture_writes_a_scene_that_trains(tmp_path):
     assert f"drstudio optimize {out / 'scene.json'}" in run.stdout
     scene = load_scene(out / "scene.json")
     written = json.loads((out / "transforms.json").read_text())
-    box = np.ravel(written["capture"]["aabb"])  # the inner box of the contracted lattice (CAPTURE_FIELDS)
-    center, half = (box[:3] + box[3:]) / 2, (box[3:] - box[:3]) / 2
+    from drstudio.renderer.captures import CAPTURE_INNER_SCALE
+
+    box = np.ravel(written["capture"]["aabb"])  # scaled about its centre: the contracted lattice's inner box
+    center, half = (box[:3] + box[3:]) / 2, (box[3:] - box[:3]) / 2 * CAPTURE_INNER_SCALE
     assert scene.fields["nerf"].contract
     np.testing.assert_allclose(scene.fields["nerf"].aabb, np.r_[center - 2 * half, center + 2 * half], rtol=1e-5,
                                atol=1e-6)

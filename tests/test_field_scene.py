@@ -114,6 +114,10 @@ ERRORS = [
      "greater than or equal to 0"),
     ("distortion-string", setting("fields/0/distortion", "high"), "fields[0].distortion", "number"),
     ("density-l1-nan", setting("fields/0/density_l1", float("nan")), "fields[0].density_l1", "finite"),
+    ("tv-every-zero", setting("fields/0/tv_every", 0), "fields[0].tv_every", "greater than or equal to 1"),
+    ("loss-space", setting("fields/0/loss_space", "log"), "fields[0].loss_space", "'linear' or 'srgb'"),
+    ("lazy-string", setting("optimize/optimizer", {"type": "adam", "lazy": "yes"}), "optimize.optimizer.lazy",
+     "bool"),
     ("missing-aabb", setting("fields/0/aabb", DELETE), "fields[0].aabb", "required field is missing"),
     ("name", setting("fields/0/name", "a.b"), "fields[0].name", "dotted-path"),
     ("occupancy", setting("fields/0/occupancy", {"resolution": 16, "update_every": 0}),
@@ -450,3 +454,32 @@ def test_field_regularizers_are_loss_terms_and_empty_unseen_space(dataset):
     soft = lambda p: np.log1p(np.exp(p.field_training.state.grid.density.numpy()))  # noqa: E731
     assert np.median(soft(problem)) < 0.3 * np.median(soft(plain)), (np.median(soft(problem)),
                                                                       np.median(soft(plain)))
+
+
+def test_tv_every_and_lazy_adam(dataset):
+    """`tv_every: 3` adds the TV term on steps 0, 3, 6, ... at 3 times its weight and nothing on the others;
+    with `optimizer.lazy` the lattice points a step's rays and TV leave without a gradient keep their values."""
+    every = field_scene(steps=8, tv_every=3)
+    every["optimize"]["optimizer"]["lazy"] = True
+    problem = Problem(load_scene(write(dataset, every, "tv_every.json")), "cpu")
+    plain = Problem(load_scene(write(dataset, field_scene(steps=8), "tv_plain.json")), "cpu")
+    assert problem.optimizer.lazy == [True, True] and plain.optimizer.lazy == [False, False]
+    grid = problem.field_training.state.grid
+    seen, update = [], problem.optimizer.step
+
+    def step_seeing_gradients(*args, **kwargs):  # the gradients the update reads (zeroed after the step)
+        seen.append(grid.density.grad.numpy().copy())
+        return update(*args, **kwargs)
+
+    problem.optimizer.step = step_seeing_gradients
+    first, reference = problem.step(), plain.step()  # the same fresh grid, batch and jitter at step 0
+    assert first.loss_terms["tv"] == pytest.approx(3 * reference.loss_terms["tv"], rel=1e-5)
+    before = grid.density.numpy().copy()
+    problem.step()  # no TV: only the lattice points this step's rays touched may move
+    untouched = seen[-1] == 0
+    assert 0 < untouched.sum() < untouched.size
+    np.testing.assert_array_equal(grid.density.numpy()[untouched], before[untouched])
+    assert not np.array_equal(grid.density.numpy()[~untouched], before[~untouched])
+    for step in (2, 3):
+        result = problem.step()
+        assert (result.loss_terms.get("tv", 0.0) > 0) == (step == 3), (step, result.loss_terms)

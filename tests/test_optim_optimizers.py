@@ -110,6 +110,63 @@ def test_adam_matches_numpy(device):
     assert opt.state_dict()["steps"] == 5
 
 
+def test_lazy_adam_equals_adam_when_every_gradient_is_nonzero(device):
+    dense, lazy = Problem(), Problem()
+    dense.run(Adam([dense.a, dense.b], lr=[0.1, 0.05]), 5)
+    lazy.run(Adam([lazy.a, lazy.b], lr=[0.1, 0.05], lazy=True), 5)
+    for d, z in zip(dense.values(), lazy.values(), strict=True):
+        np.testing.assert_array_equal(d, z)  # the same kernel path: bit for bit
+
+
+def test_lazy_adam_matches_numpy_sparse_adam(device):
+    """A different random subset of elements has a gradient each step (as the lattice points a ray batch
+    touches): those take Adam's update with the global step count in the bias correction, the others keep
+    value and both moments (torch.optim.SparseAdam's rule), against a float64 NumPy reference."""
+    rng = np.random.default_rng(3)
+    n, steps, lr, betas, eps = 64, 6, 0.1, (0.9, 0.999), 1e-8
+    p0 = rng.uniform(-1, 1, n)
+    grads = rng.normal(size=(steps, n)) * (rng.uniform(size=(steps, n)) < 0.4)
+    grads[:, 0] = 0.0  # never touched
+    grads[0, 1], grads[1:, 1] = 0.7, 0.0  # touched once, then left alone
+    param = wp.array(p0.astype(np.float32), dtype=float, requires_grad=True)
+    opt = Adam([param], lr=lr, betas=betas, eps=eps, lazy=True)
+    p, m, v = p0.copy(), np.zeros(n), np.zeros(n)
+    for t in range(1, steps + 1):
+        param.grad.assign(grads[t - 1].astype(np.float32))
+        assert opt.step()
+        g = grads[t - 1]
+        hit = g != 0
+        m[hit] = betas[0] * m[hit] + (1 - betas[0]) * g[hit]
+        v[hit] = betas[1] * v[hit] + (1 - betas[1]) * g[hit] ** 2
+        p[hit] -= lr * (m[hit] / (1 - betas[0] ** t)) / (np.sqrt(v[hit] / (1 - betas[1] ** t)) + eps)
+    np.testing.assert_allclose(param.numpy(), p, rtol=1e-5, atol=1e-5)
+    state = opt.state_dict()
+    np.testing.assert_allclose(state["exp_avg"][0], m, rtol=1e-5, atol=1e-7)
+    # 1 - beta2 = 0.001 is 0.00100005 in float32 (5e-5 relative); it cancels in p through the bias correction
+    np.testing.assert_allclose(state["exp_avg_sq"][0], v, rtol=1e-4, atol=1e-9)
+    assert param.numpy()[0] == np.float32(p0[0]) and state["exp_avg"][0][0] == 0.0  # untouched: unchanged
+    first = np.float32(1 - np.float32(0.9)) * np.float32(0.7)  # its moment after step 1, in float32 ...
+    assert state["exp_avg"][0][1] == first  # ... kept, not decayed, through the steps without a gradient
+    assert state["steps"] == steps
+
+
+def test_lazy_adam_per_parameter_and_validation(device):
+    a = wp.array(np.ones(3, np.float32), dtype=float, requires_grad=True)
+    b = wp.array(np.ones(3, np.float32), dtype=float, requires_grad=True)
+    opt = Adam([a, b], lr=0.1, lazy=[True, False])
+    a.grad.assign(np.array([1, 0, 0], np.float32))
+    b.grad.assign(np.array([1, 0, 0], np.float32))
+    opt.step()
+    np.testing.assert_allclose(a.numpy(), [0.9, 1, 1], rtol=1e-6)
+    np.testing.assert_allclose(b.numpy(), [0.9, 1, 1], rtol=1e-6)  # dense: a zero gradient, zero moments
+    a.grad.zero_()
+    b.grad.zero_()
+    opt.step()  # momentum carries the dense parameter's first element on; the lazy one stays put
+    assert a.numpy()[0] == np.float32(0.9) and b.numpy()[0] < np.float32(0.9) - 0.05
+    with pytest.raises(ValueError, match="lazy"):
+        Adam([a, b], lazy=[True])
+
+
 def test_sgd_momentum_matches_numpy(device):
     prob = Problem()
     opt = SGD([prob.a, prob.b], lr=[0.2, 0.05], momentum=0.9)

@@ -47,7 +47,7 @@ from ..scene import Camera, Scene
 from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH
 from ..thread_tape import recording
 from ..transforms_json import load_transforms
-from ..volume import OccupancyGrid, readout, regularizers
+from ..volume import OccupancyGrid, readout, regularizers, srgb
 from ..volume import render as volume_render
 from ..volume.march import contract_far
 from . import losses
@@ -448,6 +448,8 @@ class FieldModel:
                                                               occupancy=state.occupancy, first_ray=lo,
                                                               return_densities=True)
                 part = (hi - lo) / len(indices)
+                if f.loss_space == "srgb":
+                    rgb, target = srgb.linear_to_srgb(rgb), srgb.linear_to_srgb(target)
                 for loss in ("l1", "l2"):
                     if loss in terms:
                         getattr(losses, loss)(rgb, target, terms[loss], weight=weights[loss] * part)
@@ -458,10 +460,10 @@ class FieldModel:
                                             f.distortion * part, length=_box_diagonal(g), contract=span)
             if f.density_l1 > 0.0 and rank == 0 and p.ds.grid_paths(name)[0] in free:
                 regularizers.density_l1(state.grid, _term(terms, "density_l1", p.ds.device), f.density_l1)
-            if "tv" in terms:  # rank r: the slab r of N of the lattice (x), so the ranks share the TV's cost
+            if "tv" in terms and step % f.tv_every == 0:  # rank r: the slab r of N of the lattice (x)
                 density, sh = p.ds.grid_paths(name)
-                w_density = weights["tv"] if density in free else 0.0
-                w_sh = weights["tv"] if sh in free else 0.0
+                w_density = weights["tv"] * f.tv_every if density in free else 0.0
+                w_sh = weights["tv"] * f.tv_every if sh in free else 0.0
                 nx = state.grid.resolution[0]
                 if w_density or w_sh:
                     state.grid.total_variation(terms["tv"], w_density, w_sh, rows=rows_of(nx, rank, ranks))

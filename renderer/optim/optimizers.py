@@ -38,21 +38,32 @@ def _count_step(bad: wp.array(dtype=wp.int32), steps: wp.array(dtype=wp.int32)):
 
 
 @wp.kernel
+def _adam_corrections(steps: wp.array(dtype=wp.int32), beta1: float, beta2: float,
+                      corrections: wp.array(dtype=float)):
+    # Bias corrections 1 - beta^t of this step, once per step instead of per element (t: applied steps).
+    t = float(steps[0])
+    corrections[0] = 1.0 - wp.pow(beta1, t)
+    corrections[1] = 1.0 - wp.pow(beta2, t)
+
+
+@wp.kernel
 def _adam_update(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array(dtype=float),
                  v: wp.array(dtype=float), lr: float, beta1: float, beta2: float, eps: float,
-                 steps: wp.array(dtype=wp.int32), bad: wp.array(dtype=wp.int32)):
-    # Kingma & Ba with bias correction (PyTorch's Adam): t counts applied steps only.
+                 corrections: wp.array(dtype=float), lazy: int, bad: wp.array(dtype=wp.int32)):
+    # Kingma & Ba with bias correction (PyTorch's Adam): t counts applied steps only. `lazy`: an element
+    # whose gradient is exactly 0 keeps its value and moments (torch.optim.SparseAdam, TF's LazyAdam).
     i = wp.tid()
     if bad[0] != 0:
         return
     gi = g[i]
+    if lazy != 0 and gi == 0.0:
+        return
     mi = beta1 * m[i] + (1.0 - beta1) * gi
     vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
     m[i] = mi
     v[i] = vi
-    t = float(steps[0])
-    m_hat = mi / (1.0 - wp.pow(beta1, t))
-    v_hat = vi / (1.0 - wp.pow(beta2, t))
+    m_hat = mi / corrections[0]
+    v_hat = vi / corrections[1]
     p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
 
 
@@ -184,11 +195,15 @@ class _Optimizer:
             wp.launch(_flag_nonfinite, dim=grads[-1].shape[0], inputs=[grads[-1], self._bad],
                       device=self.device, record_tape=False)
         wp.launch(_count_step, dim=1, inputs=[self._bad, self._steps], device=self.device, record_tape=False)
+        self._before_updates()
         factor = self.schedule(self.iteration) if self.schedule else 1.0
         for i, g in enumerate(grads):
             self._update(i, g, self.lrs[i] * factor)
         self.iteration += 1
         return bool(self._bad.numpy()[0] == 0) if sync else None
+
+    def _before_updates(self) -> None:
+        """Per-step work shared by every parameter's update (after the applied-step count is advanced)."""
 
     def _update(self, i: int, grad: wp.array, lr: float) -> None:
         raise NotImplementedError
@@ -233,12 +248,22 @@ class Adam(_Optimizer):
     """Adam (Kingma & Ba 2015) with bias correction, as torch.optim.Adam without weight decay.
 
     params: list of arrays, or a dict name -> array (names for `set_lr`); lr: one float or one per
-    parameter; schedule: step -> factor multiplying every lr (see `exponential_decay`, `cosine_decay`)."""
+    parameter; schedule: step -> factor multiplying every lr (see `exponential_decay`, `cosine_decay`).
+
+    lazy: one bool, or one per parameter. A lazy parameter is updated only where its gradient is nonzero
+    this step (a voxel grid's lattice points that the step's rays touched): those elements take the dense
+    update, with the step count t of every applied step in the bias correction; an element whose gradient
+    is exactly 0 keeps its value and both moments (they are not decayed). This is torch.optim.SparseAdam's
+    rule (TF's LazyAdam); with every gradient nonzero it equals Adam. Untouched elements' stale moments
+    resume when touched again (their m is not decayed for the skipped steps, so it is larger than dense
+    Adam's would be), and the cost of an update is the reading of the gradient plus the work on touched
+    elements only."""
 
     _buffer_names = ("exp_avg", "exp_avg_sq")
 
     def __init__(self, params, lr: float | Sequence[float] = 1e-2, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None, device=None):
+                 eps: float = 1e-8, schedule: Callable[[int], float] | None = None, device=None,
+                 lazy: bool | Sequence[bool] = False):
         if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
             raise ValueError(f"betas: expected two values in [0, 1), got {betas}")
         if not eps > 0.0:
@@ -246,11 +271,21 @@ class Adam(_Optimizer):
         super().__init__(params, lr, schedule, device)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps = float(eps)
+        flags = [lazy] * len(self.params) if isinstance(lazy, bool) else list(lazy)
+        if len(flags) != len(self.params) or not all(isinstance(f, bool) for f in flags):
+            raise ValueError(f"lazy: expected a bool or {len(self.params)} bools, got {lazy!r}")
+        self.lazy = flags
+        self._corrections = wp.ones(2, dtype=float, device=self.device)
+
+    def _before_updates(self):
+        wp.launch(_adam_corrections, dim=1, inputs=[self._steps, *self.betas, self._corrections],
+                  device=self.device, record_tape=False)
 
     def _update(self, i, grad, lr):
         m, v = self._buffers["exp_avg"][i], self._buffers["exp_avg_sq"][i]
         wp.launch(_adam_update, dim=grad.shape[0],
-                  inputs=[self._flat[i], grad, m, v, lr, *self.betas, self.eps, self._steps, self._bad],
+                  inputs=[self._flat[i], grad, m, v, lr, *self.betas, self.eps, self._corrections,
+                          int(self.lazy[i]), self._bad],
                   device=self.device, record_tape=False)
 
 

@@ -172,7 +172,8 @@ class Problem:
             if opt.type == "sgd":
                 return optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
                                       schedule=schedule, device=device)
-            return optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=device)
+            return optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=device,
+                                   lazy=bool(getattr(opt, "lazy", False)))
 
         # free vertices take large steps unless their parametrization is "plain" (renderer.optim.large_steps)
         large = {}
