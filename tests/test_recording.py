@@ -18,6 +18,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 from drstudio.renderer.loading import load_scene
+from drstudio.renderer.optim import regularizers
 from drstudio.renderer.optim.engine import Engine
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.recording import (
@@ -26,6 +27,7 @@ from drstudio.renderer.recording import (
     RecorderOptions,
     RecordingError,
     RecordingVersionError,
+    build_problem,
     load_recording,
     verify,
 )
@@ -135,6 +137,7 @@ def test_a_recording_holds_the_session(session):
     # initial scene: a copy of the file and its asset, with hashes; seed, device, versions
     meta = rec.meta
     assert meta["seed"] == 0 and meta["device"] == "cpu" and meta["versions"]["warp"]
+    assert meta["texture_tv_eps"] == regularizers.TV_EPS  # what verify re-executes the texture TV with
     assert (path / "scene" / "tiny.json").read_bytes() == scene.read_bytes()
     assert (path / "scene" / "assets" / "tex.png").read_bytes() == (scene.parent / "assets" / "tex.png").read_bytes()
     assert set(meta["scene"]["files"]) == {"scene/tiny.json", "scene/assets/tex.png"}
@@ -287,6 +290,16 @@ def test_damage_is_reported_and_the_rest_loads(session, tmp_path):
     with pytest.raises(RecordingError, match="00000008_0.npz is damaged"):
         rec.keyframe(8)
     rec.keyframe(12)  # the others are intact
+
+
+@pytest.mark.parametrize("bad", ["0.001", -1.0, 1e400, True])
+def test_a_bad_texture_tv_eps_in_meta_is_refused(session, tmp_path, bad):
+    work = copy_of(session[0], tmp_path / "tv")
+    meta = json.loads((work / fmt.META_FILE).read_text())
+    meta["texture_tv_eps"] = bad
+    (work / fmt.META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(RecordingError, match="texture_tv_eps: expected a finite number >= 0"):
+        build_problem(load_recording(work))
 
 
 def test_a_newer_format_version_is_refused_with_a_clear_message(session, tmp_path):

@@ -147,6 +147,9 @@ class MeshModel:
     shardable = True  # a step's views split over ranks (Problem.set_shards, renderer.optim.distributed)
     share = (0, 1)  # (rank, ranks) while the problem records one rank's part of a step
     workers: int | None = None  # threads for a step's views (renderer.parallel.render_views; None: one per core)
+    # the texture TV's smoothing (regularizers.total_variation eps): the recording keeps it, and a recording
+    # without it (made before TV was smoothed) re-executes with plain L1 TV, 0 (recording.session.build_problem)
+    tv_eps: float = regularizers.TV_EPS
 
     @property
     def noisy_loss(self) -> bool:
@@ -258,7 +261,7 @@ class MeshModel:
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
                 h = arr.shape[0]
-                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"], eps=regularizers.TV_EPS,
+                regularizers.total_variation(arr, terms["tv"], weight=weights["tv"], eps=self.tv_eps,
                                              rows=(rank * h // ranks, (rank + 1) * h // ranks))
             if kind is Kind.VERTICES and rank == 0:
                 topo = self._topology[path]

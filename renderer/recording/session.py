@@ -12,6 +12,7 @@ rounding there.)
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,12 @@ def build_problem(rec: Recording, device: str = "cpu"):
             raise fmt.RecordingError(f"{rec.path}: meta.json downscale: {e}") from None
     problem = Problem(scene, device, seed=int(rec.meta["seed"]))
     problem.steps = int(rec.meta["start"]["steps"])
+    if hasattr(problem.model, "tv_eps"):  # a recording from before the smoothed texture TV: plain L1 (0)
+        eps = rec.meta.get("texture_tv_eps", 0.0)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+            raise fmt.RecordingError(f"{rec.path}: meta.json texture_tv_eps: expected a finite number >= 0, "
+                                     f"got {eps!r}")
+        problem.model.tv_eps = float(eps)
     return problem
 
 

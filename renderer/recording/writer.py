@@ -191,6 +191,9 @@ class Recorder:
         downscale = int(getattr(problem.spec.targets, "downscale", 1) or 1)
         if downscale > 1:  # `--downscale N` is not in the scene copy's file: build_problem applies it
             self.meta["downscale"] = downscale
+        tv_eps = getattr(problem.model, "tv_eps", None)
+        if tv_eps is not None:  # the texture TV's smoothing: what verify re-executes with (build_problem)
+            self.meta["texture_tv_eps"] = float(tv_eps)
         if getattr(problem, "shards", 1) > 1:  # a distributed run: what verify emulates in one process
             self.meta["data_parallel"] = {"ranks": int(problem.shards),
                                           "threads_per_rank": getattr(problem.model, "workers", None)}
