@@ -526,7 +526,7 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     """A scene with fields trains its fields from ray batches; one without has no use for the ray options."""
     file = scene.path
     if not scene.fields:
-        for key in ("rays_per_batch", "eval_every", "eval_rays"):
+        for key in ("rays_per_batch", "eval_every", "eval_rays", "pixel_jitter"):
             if getattr(opt, key) is not None:
                 raise SceneError(file, f"optimize.{key}", "applies to scenes with fields only")
         for key in ("test_cameras", "test_transforms"):

@@ -43,6 +43,52 @@ def _gather_rays(indices: wp.array(dtype=wp.int32), origins: wp.array(dtype=wp.v
         out_colors[i, c] = colors[r, c]
 
 
+PIXEL_JITTER_SALT = 0x2545F491  # keeps the pixel jitter's random stream apart from the strata's (march.py)
+
+
+@wp.kernel
+def _gather_rays_jittered(indices: wp.array(dtype=wp.int32), origins: wp.array(dtype=wp.vec3),
+                          directions: wp.array(dtype=wp.vec3), colors: wp.array2d(dtype=float),
+                          offsets: wp.array(dtype=wp.int32), widths: wp.array(dtype=wp.int32), seed: int,
+                          first_ray: int, out_origins: wp.array(dtype=wp.vec3),
+                          out_directions: wp.array(dtype=wp.vec3), out_colors: wp.array2d(dtype=float)):
+    """As `_gather_rays`, but through a uniform random point of the ray's pixel: the bank's direction plus
+    (a - 1/2, b - 1/2) times the differences to the next pixel's along x and y (the previous one's on the last
+    column / row). Bank directions are linear in the pixel coordinates (`generate_rays`: not normalized, view
+    depth 1), so that is the pinhole ray through (x + a, y + b), depth convention kept. The stream is keyed by
+    (seed, first_ray + i)."""
+    i = wp.tid()
+    r = indices[i]
+    # the view of ray r: offsets holds each view's first ray, then the total
+    v = int(0)
+    while offsets[v + 1] <= r:
+        v += 1
+    w = widths[v]
+    n = offsets[v + 1] - offsets[v]
+    local = r - offsets[v]
+    x = local % w
+    d = directions[r]
+    dx = wp.vec3(0.0)
+    if w > 1:
+        if x + 1 < w:
+            dx = directions[r + 1] - d
+        else:
+            dx = d - directions[r - 1]
+    dy = wp.vec3(0.0)
+    if n > w:
+        if local + w < n:
+            dy = directions[r + w] - d
+        else:
+            dy = d - directions[r - w]
+    state = wp.rand_init(seed, first_ray + i)
+    a = wp.randf(state) - 0.5
+    b = wp.randf(state) - 0.5
+    out_origins[i] = origins[r]
+    out_directions[i] = d + a * dx + b * dy
+    for c in range(3):
+        out_colors[i, c] = colors[r, c]
+
+
 def field_grid(field: Field, density: wp.array, sh: wp.array) -> VoxelGrid:
     """A `VoxelGrid` with `field`'s box, SH degree and activation whose values ARE `density` (nx, ny, nz)
     and `sh` (nx, ny, nz, 3K) (not copies): queries read them and record gradients into their `.grad`."""
@@ -180,18 +226,35 @@ class RayBank:
             wp.copy(self.directions[a:a + n], d)
             wp.copy(self.colors[a:a + n], image)
             a += n
+        self._offsets = wp.array(np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int32), dtype=wp.int32,
+                                 device=self.device)
+        self._widths = wp.array(np.array([int(w) for _, _, w, _, _ in views], np.int32), dtype=wp.int32,
+                                device=self.device)
 
     def __len__(self) -> int:
         return self.origins.shape[0]
 
-    def gather(self, indices: np.ndarray | wp.array) -> tuple[wp.array, wp.array, wp.array]:
-        """The rays and target colors at flat `indices` (int, each in [0, len(self)))."""
+    def gather(self, indices: np.ndarray | wp.array, *, jitter_seed: int | None = None, first_ray: int = 0
+               ) -> tuple[wp.array, wp.array, wp.array]:
+        """The rays and target colors at flat `indices` (int, each in [0, len(self))). With `jitter_seed`, each
+        ray passes through a uniform random point of its pixel instead of its centre (the target is the pixel's
+        colour, an average over its area), keyed by (jitter_seed, first_ray + i): a rank's slice of a batch that
+        starts at `first_ray` draws what the whole batch draws there."""
         if not isinstance(indices, wp.array):
             indices = np.asarray(indices)
             if indices.ndim != 1 or (indices.size and (indices.min() < 0 or indices.max() >= len(self))):
                 raise ValueError(f"indices: expected a 1D array of ray indices in [0, {len(self)})")
             indices = wp.array(indices.astype(np.int32), dtype=wp.int32, device=self.device)
-        return gather_rays(indices, self.origins, self.directions, self.colors)
+        if jitter_seed is None:
+            return gather_rays(indices, self.origins, self.directions, self.colors)
+        b, dev = indices.shape[0], self.device
+        out = (wp.empty(b, dtype=wp.vec3, device=dev), wp.empty(b, dtype=wp.vec3, device=dev),
+               wp.empty((b, 3), dtype=float, device=dev))
+        seed = (int(jitter_seed) ^ PIXEL_JITTER_SALT) & 0x7FFFFFFF
+        wp.launch(_gather_rays_jittered, dim=b, device=dev, record_tape=False,
+                  inputs=[indices, self.origins, self.directions, self.colors, self._offsets, self._widths, seed,
+                          int(first_ray)], outputs=list(out))
+        return out
 
 
 def gather_rays(indices: wp.array, origins: wp.array, directions: wp.array, colors: wp.array

@@ -848,6 +848,8 @@ class OptimizeSpec(Strict):
     eval_every: Annotated[int, Field(ge=0)] | None = None
     # rays (pixels) per held-out view of the sampled evaluations during training (fields only)
     eval_rays: Annotated[int, Field(ge=1, le=1 << 22)] | None = None
+    # fields only: each training ray through a uniform random point of its pixel, not its centre
+    pixel_jitter: bool | None = None
 
 
 class SceneSpec(Strict):

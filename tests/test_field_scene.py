@@ -175,6 +175,10 @@ def test_ray_options_need_fields(tmp_path):
     with pytest.raises(SceneError, match="optimize.rays_per_batch: applies to scenes with fields only"):
         load_scene(write(tmp_path, doc))
     doc["optimize"].pop("rays_per_batch")
+    doc["optimize"]["pixel_jitter"] = True
+    with pytest.raises(SceneError, match="optimize.pixel_jitter: applies to scenes with fields only"):
+        load_scene(write(tmp_path, doc))
+    doc["optimize"].pop("pixel_jitter")
     doc["optimize"]["targets"]["test_cameras"] = ["b"]
     with pytest.raises(SceneError, match="optimize.targets.test_cameras: applies to scenes with fields only"):
         load_scene(write(tmp_path, doc))
@@ -261,6 +265,34 @@ def test_ray_bank_gathers_the_rays_and_colors_of_views():
     np.testing.assert_array_equal(c.numpy(), ref_c[idx])
     with pytest.raises(ValueError, match=r"indices: expected a 1D array of ray indices in \[0, 29\)"):
         bank.gather(np.array([29]))
+
+
+def test_ray_bank_jitter_draws_a_uniform_point_of_each_pixel():
+    # two pinhole views looking down -z: a ray (u, v, -1) crosses the image at pixel coordinates
+    # (u fx + cx, -v fy + cy); the jittered ray must cross inside its own pixel [x, x+1) x [y, y+1)
+    views = [(5, 4), (3, 3)]
+    cams = [camera(w, h) for w, h in views]
+    bank = RayBank([(i, p, w, h, wp.zeros((w * h, 3), dtype=float)) for (i, p), (w, h) in zip(cams, views)], "cpu")
+    idx = np.tile(np.arange(len(bank)), 200)
+    first = np.repeat([0, 20], [20, 9])  # first flat index of each ray's view
+    widths = np.repeat([5, 3], [20, 9])
+    local = np.arange(len(bank)) - first
+    px, py = np.tile(local % widths, 200), np.tile(local // widths, 200)
+    intr = np.repeat(np.stack([c[0].numpy() for c in cams]), [20, 9], axis=0)[np.tile(np.arange(29), 200)]
+    o, d, _ = bank.gather(idx, jitter_seed=7)
+    d = d.numpy()
+    np.testing.assert_allclose(d[:, 2], -1.0, atol=1e-6)  # the depth convention of generate_rays is kept
+    fx = d[:, 0] * intr[:, 0] + intr[:, 2] - px
+    fy = -d[:, 1] * intr[:, 1] + intr[:, 3] - py
+    assert fx.min() > -1e-4 and fx.max() < 1 + 1e-4 and fy.min() > -1e-4 and fy.max() < 1 + 1e-4
+    # uniform in the pixel: mean 1/2 (standard error 0.29 / sqrt(5800) = 0.004), both halves hit
+    assert abs(fx.mean() - 0.5) < 0.02 and abs(fy.mean() - 0.5) < 0.02
+    assert 0.45 < (fx < 0.5).mean() < 0.55 and abs(np.corrcoef(fx, fy)[0, 1]) < 0.05
+    np.testing.assert_array_equal(o.numpy(), bank.gather(idx)[0].numpy())
+    # the same seed draws the same points; a slice drawn with its first_ray draws the batch's; a new seed moves
+    np.testing.assert_array_equal(bank.gather(idx, jitter_seed=7)[1].numpy(), d)
+    np.testing.assert_array_equal(bank.gather(idx[100:300], jitter_seed=7, first_ray=100)[1].numpy(), d[100:300])
+    assert not np.array_equal(bank.gather(idx, jitter_seed=8)[1].numpy(), d)
 
 
 # ---- training -------------------------------------------------------------------------------------

@@ -198,6 +198,7 @@ class FieldModel:
         spec = problem.spec
         self.rays_per_batch = int(spec.rays_per_batch or DEFAULT_RAYS_PER_BATCH)
         self.eval_every = int(DEFAULT_EVAL_EVERY if spec.eval_every is None else spec.eval_every)
+        self.pixel_jitter = bool(getattr(spec, "pixel_jitter", None))
         self.eval_rays = int(DEFAULT_EVAL_RAYS if getattr(spec, "eval_rays", None) is None else spec.eval_rays)
         self.eval_seconds = 0.0  # wall time spent in the periodic (sampled) held-out evaluations
         self._eval_pixels: dict[str, np.ndarray] = {}
@@ -397,6 +398,10 @@ class FieldModel:
         return np.concatenate([self.bank_offsets[v] + rng.integers(0, sizes[v], size=c)
                                for v, c in zip(views, counts, strict=True)])
 
+    def _jitter(self, step: int) -> int | None:
+        """The pixel jitter's seed of `step` (`optimize.pixel_jitter`), or None: rays through pixel centres."""
+        return step if self.pixel_jitter else None
+
     def before_step(self, step: int) -> None:
         """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start). Data-
         parallel ranks (the problem's `comm`) each refresh a slab of cells and all-gather the rest (the same bits
@@ -423,7 +428,7 @@ class FieldModel:
         for name, state in self.states.items():
             kind = state.field.type
             if kind in ("neural", "nerf_w", "hash_grid"):
-                origins, directions, target = self.bank.gather(indices)
+                origins, directions, target = self.bank.gather(indices, jitter_seed=self._jitter(step))
                 views = self.view_ids(indices)
                 state.record_loss(origins, directions, target, views, self.view_radius[views], terms, weights,
                                   step, free)
@@ -432,7 +437,7 @@ class FieldModel:
                 times = np.array([self.view_time[self.train_cameras[v]] for v in self.view_ids(indices)])
                 groups = []
                 for time in np.unique(times):  # one blend of the time slices per distinct time
-                    o, d, t = self.bank.gather(indices[times == time])
+                    o, d, t = self.bank.gather(indices[times == time], jitter_seed=self._jitter(step))
                     groups.append((float(time), o, d, t))
                 state.record_loss(groups, len(indices), terms, weights, step, free)
                 continue
@@ -442,7 +447,8 @@ class FieldModel:
             lo, hi = rank * len(indices) // ranks, (rank + 1) * len(indices) // ranks
             f = state.field
             if hi > lo:
-                origins, directions, target = self.bank.gather(indices[lo:hi])
+                origins, directions, target = self.bank.gather(indices[lo:hi], jitter_seed=self._jitter(step),
+                                                               first_ray=lo)
                 rgb, _, _, samples, densities = volume_render(state.grid, origins, directions, state.n_samples,
                                                               p.ds.background_color, seed=step, jitter=True,
                                                               occupancy=state.occupancy, first_ray=lo,
