@@ -392,6 +392,11 @@ def test_benchmark_runs_briefly(scene, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import bench_distributed
 
-    assert bench_distributed.main(["--scenes", str(scene), "--steps", "1", "--warmup", "1", "--markdown"]) == 0
+    assert bench_distributed.main(["--scenes", str(scene), "--steps", "1", "--warmup", "1", "--rounds", "2",
+                                   "--markdown"]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert table[0].startswith("| scene | 1 thread | 2 threads | --nproc 2 |") and table[2].startswith("| tiny.json |")
+    assert table[0].startswith("| scene | 1 thread | 2 threads | --nproc 2 | 2 independent |")
+    assert "| ceiling 2i / 1t | 2p / 2i |" in table[0] and table[2].startswith("| tiny.json |")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert len(cells) == len(table[0].strip("|").split("|"))
+    assert float(cells[4]) > 0 and cells[7].split()[0].endswith("x")  # independent throughput, ceiling
