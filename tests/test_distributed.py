@@ -154,6 +154,31 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
         assert np.allclose(split.ds.get(k), ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max())), k
 
 
+def test_thumbnail_split_by_rows_over_ranks_is_the_whole_render(tmp_path):
+    """The recording's thumbnail of a distributed field run is rendered by rows over the ranks
+    (`Problem.render_rows_shared`; here emulated, each rank's block in turn): the whole render bit for bit, at the
+    camera's size and downscaled (16 -> 8 and 16 -> 5 rows, uneven blocks over 3 ranks); the recorder takes it
+    from the problem once, for its camera, size and step only."""
+    from drstudio.renderer.recording.writer import render_thumbnail
+
+    p = Problem(load_scene(field_scene(tmp_path)), "cpu")
+    for _ in range(4):  # trained a little, with an occupancy refresh (step 3): cells are skipped
+        p.step()
+    cam = p.active_view
+    for size in (16, 8, 6):
+        whole, _ = render_thumbnail(p, cam, size)
+        for shards in (2, 3):
+            p.set_shards(shards)
+            assert np.array_equal(p.render_rows_shared(cam, size), whole), (size, shards)
+        p.set_shards(1)
+    marker = np.full_like(whole, 0.25)
+    p._shared_thumbnail = (cam, 6, p.step_index, id(p.ds), marker)
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], marker)  # taken ...
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], whole)  # ... once
+    p._shared_thumbnail = (cam, 6, p.step_index - 1, id(p.ds), marker)  # another step's: rendered anew
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], whole)
+
+
 def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
     """Comm.gather_rows with slabs of unequal size (7 rows over 3 ranks: 2, 2, 3; all_gather takes equal parts,
     so the slabs travel padded): rank 1 ends with every rank's rows; its own stay its own."""
