@@ -216,23 +216,28 @@ def test_profile_rank_runs_briefly(tmp_path, capsys):
 
 def test_nproc2_field_equals_nproc1_and_verifies(tmp_path):
     """The voxel-grid field as two processes: the ranks split the ray batch, the TV by lattice slabs and the
-    occupancy refreshes by slabs of cells (an all-gather; steps 3 and 6 refresh); the grid equals a one-process
-    run's to round-off and the recording re-executes in one process to the same bits."""
+    occupancy refreshes by slabs of cells (an all-gather; steps 3, 6 and 9 refresh); the grid equals a one-process
+    run's to round-off and the recording re-executes in one process to the same bits. The thumbnail after step 10
+    was rendered by both ranks (rows gathered to rank 0) and shows what one process's does."""
     from drstudio.app import cli as app_cli
     from drstudio.renderer.recording import load_recording, verify
 
     scene = field_scene(tmp_path / "scene")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert app_cli.main(["optimize", str(scene), "--steps", "7", "--final-eval", "none", "--out", str(one)]) == 0
-    res = cli("optimize", str(scene), "--steps", "7", "--final-eval", "none", "--nproc", "2", "--out", str(two),
+    assert app_cli.main(["optimize", str(scene), "--steps", "11", "--final-eval", "none", "--out", str(one)]) == 0
+    res = cli("optimize", str(scene), "--steps", "11", "--final-eval", "none", "--nproc", "2", "--out", str(two),
               cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = np.load(one / "params.npz"), np.load(two / "params.npz")
     for k in ("fields.nerf.density", "fields.nerf.sh"):
         assert np.allclose(b[k], a[k], rtol=0, atol=1e-4 * max(1.0, np.abs(a[k]).max())), k
     report = verify(load_recording(two / "recording"))
-    assert report.ok and report.steps_checked == 7, report.message()
+    assert report.ok and report.steps_checked == 11, report.message()
     assert report.max_rel_error == 0.0
+    thumbs = [load_recording(d / "recording").thumbs for d in (one, two)]
+    assert thumbs[1][10].get("ranks") == 2 and "ranks" not in thumbs[0][10] and "ranks" not in thumbs[1][11]
+    a, b = (iio.imread(d / "recording" / t[10]["file"]).astype(int) for d, t in zip((one, two), thumbs, strict=True))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # 8-bit sRGB of parameters equal to round-off
 
 
 

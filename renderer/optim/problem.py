@@ -105,6 +105,7 @@ class Problem:
         self.thumbnail_due = None
         self._thumbnail_request = 0
         self._shared_thumbnail = None
+        self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -429,6 +430,7 @@ class Problem:
         shared, self._shared_thumbnail = self._shared_thumbnail, None
         if shared is None or shared[:4] != (camera, int(max_size), self.step_index, id(self.ds)):
             return None
+        self.thumbnails_shared += 1
         return shared[4]
 
     # -- read-outs -------------------------------------------------------------------------------

@@ -370,7 +370,9 @@ class Recorder:
             return
         p = self.problem
         cam = p.active_view
+        shared = getattr(p, "thumbnails_shared", 0)
         render, target = render_thumbnail(p, cam, self.options.thumb_size)
+        shared = getattr(p, "thumbnails_shared", 0) > shared  # rendered by the ranks together
         rel = self._new_name(fmt.THUMB_DIR, "r", ".png")
         size = _write_png(self.dir / rel, render)
         key = (cam, self._target_serial)
@@ -381,7 +383,7 @@ class Recorder:
         previous = self._thumbs.get(self.at)
         self._thumbs[self.at] = (rel, size)
         self._append({"type": "thumb", "at": self.at, "step": int(p.step_index), "view": cam, "file": rel,
-                      "target": self._target_files[key], "bytes": size})
+                      "target": self._target_files[key], "bytes": size, **({"ranks": p.shards} if shared else {})})
         if previous is not None:
             (self.dir / previous[0]).unlink(missing_ok=True)
         self._enforce_budget()
