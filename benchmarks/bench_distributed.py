@@ -7,22 +7,25 @@ batch has no threaded path: its "2 threads" column is n/a).
     python -m benchmarks.bench_distributed --markdown            # the table for benchmarks/README.md
     python -m benchmarks.bench_distributed --scenes scenes/shape.json --rounds 9 --steps 20 --wait-idle 120
 
-Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update).
-The set-ups of a scene are built and warmed up once (`--warmup` steps), then measured in `--rounds`
-interleaved rounds, 1t, 2t, np, 1t, 2t, np, ...: in each round a set-up takes `--round-warmup` untimed steps,
-then `--steps` timed ones, and its rate in that round is 1 / the median step time. The table gives the
-median over rounds of each set-up's rate and of the per-round ratios (with their range over rounds), so
-a slow minute on a shared machine moves one round, not a ratio. The ranks are separate processes started
-the way `drstudio optimize --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering
-its share of the step on `cores // nproc` threads; they stay up between rounds, blocked on the store while
-the one-process set-ups run. Rank 0's step times are the run's (a step ends for every rank at the
-all-reduce); `all-reduce ms` is the median time rank 0 spent in it (waiting for the slower rank, plus the
-transfer). `CPU ms/step` is the CPU time each process used per timed step (user + system, all its threads;
-for the ranks, each rank's own): on an idle machine the wall time of a step is about the larger of the
-ranks', and on a busy one it says what the step costs regardless of what the scheduler gave it. `busy` is
-how many cores other processes used while a set-up was measured (see benchmarks/bench_render.py
-`ForeignLoad`), the median over rounds: it should be ~0; a busy neighbour on a 2-core machine makes every
-number here meaningless, and the two-core cases suffer most.
+Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update). The
+set-ups of a scene are built and warmed up once (`--warmup` steps), then measured in `--rounds` interleaved
+rounds, 1t, 2t, np, 2i, 1t, 2t, np, 2i, ...: in each round a set-up takes `--round-warmup` untimed steps, then
+`--steps` timed ones, and its rate in that round is 1 / the median step time. The table gives the median over
+rounds of each set- up's rate and of the per-round ratios (with their range over rounds), so a slow minute on a
+shared machine moves one round, not a ratio. The ranks are separate processes started the way `drstudio optimize
+--nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering its share of the step on `cores
+// nproc` threads; they stay up between rounds, blocked on the store while the one-process set-ups run. Rank 0's
+step times are the run's (a step ends for every rank at the all-reduce); `all-reduce ms` is the median time rank
+0 spent in it (waiting for the slower rank, plus the transfer). `CPU ms/step` is the CPU time each process used
+per timed step (user + system, all its threads; for the ranks, each rank's own): on an idle machine the wall time
+of a step is about the larger of the ranks', and on a busy one it says what the step costs regardless of what the
+scheduler gave it. `CPU-bound 2p / 1t` is one thread's CPU per step over the slower rank's, per round (median and
+range): the speed-up `--nproc` would reach if each rank had a core of its own and nothing waited, the figure that
+survives a loaded machine (`CPU-bound 2i / 1t` likewise: one thread's CPU per step over the independent
+processes' mean, i.e. how much two copies at once slow each other down). `busy` is how many cores other processes
+used while a set-up was measured (see benchmarks/bench_render.py `ForeignLoad`), the median over rounds: it
+should be ~0; a busy neighbour on a 2-core machine makes every number here meaningless, and the two-core cases
+suffer most.
 
 The reference set-up "2 independent" (`2i`, `--no-independent` leaves it out) is the ceiling of any
 data-parallel scheme here: `--nproc` processes, each running the one-process one-thread step of the same
@@ -324,22 +327,31 @@ def main(argv=None) -> int:
     head += [f"{args.nproc} independent"] if indep else []
     head += [f"{p} / 1t", f"{p} / {t}"] + ([f"ceiling {i} / 1t", f"{p} / {i}"] if indep else [])
     head += ["all-reduce ms", f"CPU ms/step 1t / {t} / ranks" + (" / independent" if indep else ""),
-             f"busy 1t / {t} / {p}" + (f" / {i}" if indep else "")]
+             f"CPU-bound {p} / 1t"] + ([f"CPU-bound {i} / 1t"] if indep else [])
+    head += [f"busy 1t / {t} / {p}" + (f" / {i}" if indep else "")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if args.markdown else ["  ".join(head)]
     for scene, res in rows:
         rate = {k: [1.0 / x["median_s"] for x in v] for k, v in res.items()}
         med = {k: float(np.median(v)) for k, v in rate.items()}
         ratios = {k: [a / b for a, b in zip(rate[p], rate[k], strict=True)] for k in rate if k != p}
         ceiling = [a / b for a, b in zip(rate[i], rate["1t"], strict=True)] if i in rate else []
-        busy = " / ".join("n/a" if any(x["busy"] is None for x in v) else f"{np.median([x['busy'] for x in v]):.1f}"
-                          for v in res.values())
-        cpu = " / ".join(" + ".join(f"{1e3 * c:.1f}" for c in np.median([x["cpu_s"] for x in v], axis=0))
-                         for v in res.values())
+        order = ["1t", t, p] + ([i] if indep else [])  # a field has no 2t: n/a in its place
+        busy = " / ".join("n/a" if k not in res or any(x["busy"] is None for x in res[k])
+                          else f"{np.median([x['busy'] for x in res[k]]):.1f}" for k in order)
+        cpu = " / ".join("n/a" if k not in res else
+                         " + ".join(f"{1e3 * c:.1f}" for c in np.median([x["cpu_s"] for x in res[k]], axis=0))
+                         for k in order)
+        # CPU-bound ratios, per round: what the set-up would reach if every process had a core of its own and
+        # nothing waited (the ranks: the slower rank's CPU per step; the independent processes: their mean)
+        one = [x["cpu_s"][0] for x in res["1t"]]
+        cpu_np = [a / max(x["cpu_s"]) for a, x in zip(one, res[p], strict=True)]
+        cpu_i = [a * len(x["cpu_s"]) / sum(x["cpu_s"]) for a, x in zip(one, res[i], strict=True)] if indep else []
         cells = [Path(scene).name, f"{med['1t']:.2f}", f"{med[t]:.2f}" if t in med else "n/a", f"{med[p]:.2f}"]
         cells += [f"{med[i]:.2f}"] if indep else []
         cells += [_fmt_ratio(ratios["1t"]), _fmt_ratio(ratios[t]) if t in ratios else "n/a"]
         cells += [_fmt_ratio(ceiling), _fmt_ratio(ratios[i])] if indep else []
-        cells += [f"{1e3 * np.median([x['wait_s'] for x in res[p]]):.1f}", cpu, busy]
+        cells += [f"{1e3 * np.median([x['wait_s'] for x in res[p]]):.1f}", cpu]
+        cells += [_fmt_ratio(cpu_np)] + ([_fmt_ratio(cpu_i)] if indep else []) + [busy]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     print("\n".join(lines))
     return 0
