@@ -155,12 +155,19 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
 
 
 def test_thumbnail_split_by_rows_over_ranks_is_the_whole_render(tmp_path):
-    """The recording's thumbnail of a distributed field run is rendered by rows over the ranks
+    """The recording's thumbnail of a distributed run is rendered by rows over the ranks
     (`Problem.render_rows_shared`; here emulated, each rank's block in turn): the whole render bit for bit, at the
-    camera's size and downscaled (16 -> 8 and 16 -> 5 rows, uneven blocks over 3 ranks); the recorder takes it
-    from the problem once, for its camera, size and step only."""
+    camera's size and downscaled, in uneven blocks over 3 ranks, for a mesh (antialias bands) and a voxel grid;
+    the recorder takes it from the problem once, for its camera, size and step only."""
     from drstudio.renderer.recording.writer import render_thumbnail
 
+    mesh = Problem(load_scene(tiny_scene(tmp_path / "mesh")), "cpu")  # antialias: bands padded by a row
+    mesh.step()
+    for size in (20, 10, 7):
+        whole, _ = render_thumbnail(mesh, mesh.active_view, size)
+        mesh.set_shards(3)
+        assert np.array_equal(mesh.render_rows_shared(mesh.active_view, size), whole), size
+        mesh.set_shards(1)
     p = Problem(load_scene(field_scene(tmp_path)), "cpu")
     for _ in range(4):  # trained a little, with an occupancy refresh (step 3): cells are skipped
         p.step()
