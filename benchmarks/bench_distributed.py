@@ -21,8 +21,9 @@ per timed step (user + system, all its threads; for the ranks, each rank's own):
 of a step is about the larger of the ranks', and on a busy one it says what the step costs regardless of what the
 scheduler gave it. `CPU-bound 2p / 1t` is one thread's CPU per step over the slower rank's, per round (median and
 range): the speed-up `--nproc` would reach if each rank had a core of its own and nothing waited, the figure that
-survives a loaded machine (`CPU-bound 2i / 1t` likewise: one thread's CPU per step over the independent
-processes' mean, i.e. how much two copies at once slow each other down). `busy` is how many cores other processes
+survives a loaded machine (`CPU-bound 2i / 1t` likewise: N x one thread's CPU per step over the independent
+processes' mean, the ceiling's throughput ratio if each had a core: below N by what N copies at once slow each
+other down). `busy` is how many cores other processes
 used while a set-up was measured (see benchmarks/bench_render.py `ForeignLoad`), the median over rounds: it
 should be ~0; a busy neighbour on a 2-core machine makes every number here meaningless, and the two-core cases
 suffer most.
@@ -345,7 +346,7 @@ def main(argv=None) -> int:
         # nothing waited (the ranks: the slower rank's CPU per step; the independent processes: their mean)
         one = [x["cpu_s"][0] for x in res["1t"]]
         cpu_np = [a / max(x["cpu_s"]) for a, x in zip(one, res[p], strict=True)]
-        cpu_i = [a * len(x["cpu_s"]) / sum(x["cpu_s"]) for a, x in zip(one, res[i], strict=True)] if indep else []
+        cpu_i = [a * len(x["cpu_s"]) ** 2 / sum(x["cpu_s"]) for a, x in zip(one, res[i], strict=True)] if indep else []
         cells = [Path(scene).name, f"{med['1t']:.2f}", f"{med[t]:.2f}" if t in med else "n/a", f"{med[p]:.2f}"]
         cells += [f"{med[i]:.2f}"] if indep else []
         cells += [_fmt_ratio(ratios["1t"]), _fmt_ratio(ratios[t]) if t in ratios else "n/a"]
