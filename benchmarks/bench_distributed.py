@@ -7,22 +7,33 @@ batch has no threaded path: its "2 threads" column is n/a).
     python -m benchmarks.bench_distributed --markdown            # the table for benchmarks/README.md
     python -m benchmarks.bench_distributed --scenes scenes/shape.json --rounds 9 --steps 20 --wait-idle 120
 
-Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update).
-The set-ups of a scene are built and warmed up once (`--warmup` steps), then measured in `--rounds`
-interleaved rounds, 1t, 2t, np, 1t, 2t, np, ...: in each round a set-up takes `--round-warmup` untimed steps,
-then `--steps` timed ones, and its rate in that round is 1 / the median step time. The table gives the
-median over rounds of each set-up's rate and of the per-round ratios (with their range over rounds), so
-a slow minute on a shared machine moves one round, not a ratio. The ranks are separate processes started
-the way `drstudio optimize --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering
-its share of the step on `cores // nproc` threads; they stay up between rounds, blocked on the store while
-the one-process set-ups run. Rank 0's step times are the run's (a step ends for every rank at the
-all-reduce); `all-reduce ms` is the median time rank 0 spent in it (waiting for the slower rank, plus the
-transfer). `CPU ms/step` is the CPU time each process used per timed step (user + system, all its threads;
-for the ranks, each rank's own): on an idle machine the wall time of a step is about the larger of the
-ranks', and on a busy one it says what the step costs regardless of what the scheduler gave it. `busy` is
-how many cores other processes used while a set-up was measured (see benchmarks/bench_render.py
-`ForeignLoad`), the median over rounds: it should be ~0; a busy neighbour on a 2-core machine makes every
-number here meaningless, and the two-core cases suffer most.
+Every case is a whole `Problem.step()` (forward, backward, the rank's all-reduce, the optimizer update). The
+set-ups of a scene are built and warmed up once (`--warmup` steps), then measured in `--rounds` interleaved
+rounds, 1t, 2t, np, 2i, 1t, 2t, np, 2i, ...: in each round a set-up takes `--round-warmup` untimed steps, then
+`--steps` timed ones, and its rate in that round is 1 / the median step time. The table gives the median over
+rounds of each set- up's rate and of the per-round ratios (with their range over rounds), so a slow minute on a
+shared machine moves one round, not a ratio. The ranks are separate processes started the way `drstudio optimize
+--nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering its share of the step on `cores
+// nproc` threads; they stay up between rounds, blocked on the store while the one-process set-ups run. Rank 0's
+step times are the run's (a step ends for every rank at the all-reduce); `all-reduce ms` is the median time rank
+0 spent in it (waiting for the slower rank, plus the transfer). `CPU ms/step` is the CPU time each process used
+per timed step (user + system, all its threads; for the ranks, each rank's own): on an idle machine the wall time
+of a step is about the larger of the ranks', and on a busy one it says what the step costs regardless of what the
+scheduler gave it. `CPU-bound 2p / 1t` is one thread's CPU per step over the slower rank's, per round (median and
+range): the speed-up `--nproc` would reach if each rank had a core of its own and nothing waited, the figure that
+survives a loaded machine (`CPU-bound 2i / 1t` likewise: N x one thread's CPU per step over the independent
+processes' mean, the ceiling's throughput ratio if each had a core: below N by what N copies at once slow each
+other down). `busy` is how many cores other processes
+used while a set-up was measured (see benchmarks/bench_render.py `ForeignLoad`), the median over rounds: it
+should be ~0; a busy neighbour on a 2-core machine makes every number here meaningless, and the two-core cases
+suffer most.
+
+The reference set-up "2 independent" (`2i`, `--no-independent` leaves it out) is the ceiling of any
+data-parallel scheme here: `--nproc` processes, each running the one-process one-thread step of the same
+scene (the 1t set-up's exact work), all at once, with no communication. Its figure is their combined
+throughput (the sum of each process's rate, 1 / its median step) and `2i / 1t` that throughput over the
+1t set-up's rate in the same round: what N processes that share nothing but the machine (its caches,
+memory bandwidth, the hypervisor) get over one, so `np / 1t` can at best reach `2i / 1t`.
 """
 
 from __future__ import annotations
@@ -153,17 +164,42 @@ def rank_main(args) -> int:
     return 0
 
 
+def independent_main(args) -> int:
+    """One process of the "2 independent" set-up (started by `IndependentCase`): the 1t set-up's step, timed in
+    the same rounds as the ranks' (go and results through the parent's store), with no other communication."""
+    from torch.distributed import TCPStore
+
+    index = int(os.environ["RANK"])
+    store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                     timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
+    case = LocalCase(args.scene, 1, args.warmup, args.batch_views)
+    store.set(f"bench/ready/{index}", "1")
+    for r in range(args.rounds):
+        store.wait([f"bench/go/{r}"])
+        _time_steps(case.p, args.round_warmup, 0)
+        t0, s0, c0 = time.perf_counter(), _ticks(), _own_cpu_s()
+        times = _time_steps(case.p, 0, args.steps)
+        elapsed, s1, c1 = time.perf_counter() - t0, _ticks(), _own_cpu_s()
+        store.set(f"bench/result/{r}/{index}", json.dumps({
+            "median_s": float(np.median(times)), "cpu_s": (c1 - c0) / args.steps, "elapsed_s": elapsed,
+            "all_busy_ticks": float(s1[0] - s0[0]) if s0 and s1 else None}))
+    return 0
+
+
 class RankCase:
     """`nproc` rank processes, started as `drstudio optimize --nproc` starts them, kept up between rounds."""
+
+    role = "--as-rank"
 
     def __init__(self, scene: str, nproc: int, args):
         from torch.distributed import TCPStore
 
+        self.nproc = nproc
         self.store = TCPStore("127.0.0.1", 0, nproc, is_master=True, wait_for_workers=False,
                               timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
         env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(self.store.port),
                "WORLD_SIZE": str(nproc), "LOCAL_WORLD_SIZE": str(nproc), "TORCHELASTIC_USE_AGENT_STORE": "True"}
-        cmd = [sys.executable, "-m", "benchmarks.bench_distributed", "--as-rank", "--scene", scene,
+        cmd = [sys.executable, "-m", "benchmarks.bench_distributed", self.role, "--scene", scene,
                "--warmup", str(args.warmup), "--round-warmup", str(args.round_warmup), "--steps", str(args.steps),
                "--rounds", str(args.rounds)]
         if args.batch_views:
@@ -202,6 +238,27 @@ class RankCase:
             raise RuntimeError(f"a rank failed: exit codes {codes}")
 
 
+class IndependentCase(RankCase):
+    """The "2 independent" reference: `nproc` processes each running the 1t set-up's step at once, no
+    communication (`independent_main`); a round's figure is their combined rate."""
+
+    role = "--as-independent"
+
+    def round(self, warmup: int, steps: int) -> dict:
+        r = self.round_index
+        self.round_index += 1
+        self.store.set(f"bench/go/{r}", "1")
+        keys = [f"bench/result/{r}/{i}" for i in range(self.nproc)]
+        self._wait(keys)
+        res = [json.loads(self.store.get(k)) for k in keys]
+        busy = None
+        if all(x["all_busy_ticks"] is not None for x in res):  # process 0's window, less every process's own CPU
+            own = sum(x["cpu_s"] for x in res) * steps * os.sysconf("SC_CLK_TCK")
+            busy = max(0.0, (res[0]["all_busy_ticks"] - own) / (res[0]["elapsed_s"] * os.sysconf("SC_CLK_TCK")))
+        return {"median_s": 1.0 / sum(1.0 / x["median_s"] for x in res), "busy": busy,
+                "cpu_s": [x["cpu_s"] for x in res]}
+
+
 def _fmt_ratio(values: list[float]) -> str:
     v = np.asarray(values)
     med = f"{np.median(v):.2f}x"
@@ -221,8 +278,11 @@ def main(argv=None) -> int:
     ap.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
                     help="before each round of each set-up wait up to S seconds for other processes to leave "
                          "the CPU alone")
+    ap.add_argument("--no-independent", action="store_true",
+                    help="leave out the reference set-up of --nproc independent one-thread processes (the ceiling)")
     ap.add_argument("--markdown", action="store_true")
     ap.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--as-independent", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scene", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     for name in ("rounds", "steps", "nproc", "threads"):
@@ -230,9 +290,11 @@ def main(argv=None) -> int:
             ap.error(f"--{name}: expected an integer >= 1, got {getattr(args, name)}")
     if args.as_rank:
         return rank_main(args)
+    if args.as_independent:
+        return independent_main(args)
     from benchmarks.bench_render import wait_until_idle
 
-    t, p = f"{args.threads}t", f"{args.nproc}p"
+    t, p, i = f"{args.threads}t", f"{args.nproc}p", f"{args.nproc}i"
     rows = []
     for scene in args.scenes:
         path = str(ROOT / scene) if not Path(scene).is_absolute() else scene
@@ -241,6 +303,8 @@ def main(argv=None) -> int:
         if not field:  # a field's ray batch renders in one launch per stage: no threaded path to compare
             cases[t] = LocalCase(path, args.threads, args.warmup, args.batch_views)
         cases[p] = RankCase(path, args.nproc, args)
+        if not args.no_independent:
+            cases[i] = IndependentCase(path, args.nproc, args)
         results: dict[str, list[dict]] = {name: [] for name in cases}
         try:
             for r in range(args.rounds):
@@ -259,20 +323,36 @@ def main(argv=None) -> int:
         rows.append((scene, results))
         print(f"{Path(scene).name} done, load average {os.getloadavg()[0]:.2f}", file=sys.stderr, flush=True)
 
-    head = ["scene", "1 thread", f"{args.threads} threads", f"--nproc {args.nproc}", f"{p} / 1t", f"{p} / {t}",
-            "all-reduce ms", f"CPU ms/step 1t / {t} / ranks", "busy 1t / 2t / np"]
+    indep = not args.no_independent
+    head = ["scene", "1 thread", f"{args.threads} threads", f"--nproc {args.nproc}"]
+    head += [f"{args.nproc} independent"] if indep else []
+    head += [f"{p} / 1t", f"{p} / {t}"] + ([f"ceiling {i} / 1t", f"{p} / {i}"] if indep else [])
+    head += ["all-reduce ms", f"CPU ms/step 1t / {t} / ranks" + (" / independent" if indep else ""),
+             f"CPU-bound {p} / 1t"] + ([f"CPU-bound {i} / 1t"] if indep else [])
+    head += [f"busy 1t / {t} / {p}" + (f" / {i}" if indep else "")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] if args.markdown else ["  ".join(head)]
     for scene, res in rows:
         rate = {k: [1.0 / x["median_s"] for x in v] for k, v in res.items()}
         med = {k: float(np.median(v)) for k, v in rate.items()}
         ratios = {k: [a / b for a, b in zip(rate[p], rate[k], strict=True)] for k in rate if k != p}
-        busy = " / ".join("n/a" if any(x["busy"] is None for x in v) else f"{np.median([x['busy'] for x in v]):.1f}"
-                          for v in res.values())
-        cpu = " / ".join(" + ".join(f"{1e3 * c:.1f}" for c in np.median([x["cpu_s"] for x in v], axis=0))
-                         for v in res.values())
-        cells = [Path(scene).name, f"{med['1t']:.2f}", f"{med[t]:.2f}" if t in med else "n/a", f"{med[p]:.2f}",
-                 _fmt_ratio(ratios["1t"]), _fmt_ratio(ratios[t]) if t in ratios else "n/a",
-                 f"{1e3 * np.median([x['wait_s'] for x in res[p]]):.1f}", cpu, busy]
+        ceiling = [a / b for a, b in zip(rate[i], rate["1t"], strict=True)] if i in rate else []
+        order = ["1t", t, p] + ([i] if indep else [])  # a field has no 2t: n/a in its place
+        busy = " / ".join("n/a" if k not in res or any(x["busy"] is None for x in res[k])
+                          else f"{np.median([x['busy'] for x in res[k]]):.1f}" for k in order)
+        cpu = " / ".join("n/a" if k not in res else
+                         " + ".join(f"{1e3 * c:.1f}" for c in np.median([x["cpu_s"] for x in res[k]], axis=0))
+                         for k in order)
+        # CPU-bound ratios, per round: what the set-up would reach if every process had a core of its own and
+        # nothing waited (the ranks: the slower rank's CPU per step; the independent processes: their mean)
+        one = [x["cpu_s"][0] for x in res["1t"]]
+        cpu_np = [a / max(x["cpu_s"]) for a, x in zip(one, res[p], strict=True)]
+        cpu_i = [a * len(x["cpu_s"]) ** 2 / sum(x["cpu_s"]) for a, x in zip(one, res[i], strict=True)] if indep else []
+        cells = [Path(scene).name, f"{med['1t']:.2f}", f"{med[t]:.2f}" if t in med else "n/a", f"{med[p]:.2f}"]
+        cells += [f"{med[i]:.2f}"] if indep else []
+        cells += [_fmt_ratio(ratios["1t"]), _fmt_ratio(ratios[t]) if t in ratios else "n/a"]
+        cells += [_fmt_ratio(ceiling), _fmt_ratio(ratios[i])] if indep else []
+        cells += [f"{1e3 * np.median([x['wait_s'] for x in res[p]]):.1f}", cpu]
+        cells += [_fmt_ratio(cpu_np)] + ([_fmt_ratio(cpu_i)] if indep else []) + [busy]
         lines.append("| " + " | ".join(cells) + " |" if args.markdown else "  ".join(cells))
     print("\n".join(lines))
     return 0

@@ -4,7 +4,8 @@
     python -m benchmarks.profile_rank                          # scenes/nerf_grid.json: one process, rank 0 and 1 of 2
     python -m benchmarks.profile_rank --scene scenes/nerf_grid.json --lattice 64 --steps 20
 
-A rank is measured alone, in this process: `Problem.set_shards(N, comm)` with a stand-in comm whose sum is the
+One process renders on one thread, a rank on `cores // ranks` threads (as bench_distributed's 1t set-up and
+ranks). A rank is measured alone, in this process: `Problem.set_shards(N, comm)` with a stand-in comm whose sum is the
 identity, so the rank renders its share of each step exactly as it would and the all-reduce costs nothing here
 (bench_distributed measures real ranks). A rank cannot gather the other ranks' slabs of an occupancy refresh
 alone, so here it refreshes the whole grid as one process does (a real rank does its slab plus a 1 MB
@@ -44,6 +45,7 @@ def profile(scene: str, ranks: int, rank: int, warmup: int, steps: int, lattice:
     import warp._src.context as wctx
     from drstudio.renderer import memory
     from drstudio.renderer.loading import open_scene
+    from drstudio.renderer.optim.distributed import threads_per_rank
     from drstudio.renderer.optim.problem import Problem
 
     memory.reuse_freed_buffers()  # as the drstudio command does
@@ -55,6 +57,8 @@ def profile(scene: str, ranks: int, rank: int, warmup: int, steps: int, lattice:
     if lattice:
         for name in p.scene.fields:
             p.model.move_to_lattice(name, (lattice,) * 3)
+    # render threads as bench_distributed's set-ups: one process on one thread, a rank on its share of the cores
+    p.model.workers = threads_per_rank(ranks) if ranks > 1 else 1
     if ranks > 1:
         alone = _AloneComm(rank, ranks)
         p.set_shards(ranks, alone)

@@ -8,7 +8,7 @@ field's values (density, SH) and the background, not w.r.t. cameras (samples are
   DeviceScene's leaves `fields.NAME.density` / `.sh`), so the tape's gradients land in their `.grad`.
 - `FieldState`: that grid plus the field's settings and its occupancy grid (or None).
 - `render_field_view(state, intrinsics, pose, width, height, background, occupancy, step) -> RenderOutput`:
-  a whole view (large views in chunks, forward only).
+  a whole view (large views in chunks, forward only), or a block of its rows (`rows=`).
 - `RayBank`: every pixel ray of a set of views with its target color; `gather(indices)` makes a ray batch.
 """
 
@@ -161,7 +161,7 @@ class FieldState:
 def render_field_view(state: FieldState, intrinsics: wp.array, pose: wp.array, width: int, height: int,
                       background: wp.array, occupancy: OccupancyGrid | None = None, step: int = 0, *,
                       jitter: bool = False, grid: VoxelGrid | None = None,
-                      chunk: int = DEFAULT_CHUNK) -> RenderOutput:
+                      chunk: int = DEFAULT_CHUNK, rows: tuple[int, int] | None = None) -> RenderOutput:
     """Render a whole view of a field.
 
     Args:
@@ -171,15 +171,24 @@ def render_field_view(state: FieldState, intrinsics: wp.array, pose: wp.array, w
         occupancy: skip samples in empty cells (an `OccupancyGrid`), or None to march every stratum.
         step: seed of the stratified jitter (only used with jitter=True; read-outs use midpoints).
         chunk: rays per group; a view of more pixels is rendered group by group, which is forward only.
+        rows: (first, end): only the image rows [first, end) (e.g. one rank's share of a view); every ray is
+            rendered on its own, so these are the whole view's pixels bit for bit (without jitter).
 
     Returns:
         `RenderOutput` with `image` (N, 3), `alpha` the opacity (N,) and `depth` the expected view depth
         (N,) (not divided by the opacity). Differentiable w.r.t. the grid values and background when the
-        view fits in one chunk; a larger view under an active `wp.Tape` raises ValueError.
+        view fits in one chunk; a larger view under an active `wp.Tape` raises ValueError. With `rows`, a
+        `RenderOutput` of width x (end - first) pixels.
     """
     grid = state.grid if grid is None else grid
-    n = int(width) * int(height)
     origins, directions = generate_rays(intrinsics, pose, width, height)
+    if rows is not None:
+        first, end = (int(x) for x in rows)
+        if not 0 <= first <= end <= int(height):
+            raise ValueError(f"rows: expected 0 <= first <= end <= height {height}, got {rows}")
+        origins, directions = origins[first * width:end * width], directions[first * width:end * width]
+        height = end - first
+    n = int(width) * int(height)
     if n <= chunk:
         rgb, opacity, depth, _ = volume_render(grid, origins, directions, state.n_samples, background, seed=step,
                                                jitter=jitter, occupancy=occupancy)

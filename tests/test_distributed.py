@@ -154,6 +154,38 @@ def test_emulated_ranks_split_a_voxel_grid_ray_batch(tmp_path, device):
         assert np.allclose(split.ds.get(k), ref, rtol=0, atol=1e-4 * max(1.0, np.abs(ref).max())), k
 
 
+def test_thumbnail_split_by_rows_over_ranks_is_the_whole_render(tmp_path):
+    """The recording's thumbnail of a distributed run is rendered by rows over the ranks
+    (`Problem.render_rows_shared`; here emulated, each rank's block in turn): the whole render bit for bit, at the
+    camera's size and downscaled, in uneven blocks over 3 ranks, for a mesh (antialias bands) and a voxel grid;
+    the recorder takes it from the problem once, for its camera, size and step only."""
+    from drstudio.renderer.recording.writer import render_thumbnail
+
+    mesh = Problem(load_scene(tiny_scene(tmp_path / "mesh")), "cpu")  # antialias: bands padded by a row
+    mesh.step()
+    for size in (20, 10, 7):
+        whole, _ = render_thumbnail(mesh, mesh.active_view, size)
+        mesh.set_shards(3)
+        assert np.array_equal(mesh.render_rows_shared(mesh.active_view, size), whole), size
+        mesh.set_shards(1)
+    p = Problem(load_scene(field_scene(tmp_path)), "cpu")
+    for _ in range(4):  # trained a little, with an occupancy refresh (step 3): cells are skipped
+        p.step()
+    cam = p.active_view
+    for size in (16, 8, 6):
+        whole, _ = render_thumbnail(p, cam, size)
+        for shards in (2, 3):
+            p.set_shards(shards)
+            assert np.array_equal(p.render_rows_shared(cam, size), whole), (size, shards)
+        p.set_shards(1)
+    marker = np.full_like(whole, 0.25)
+    p._shared_thumbnail = (cam, 6, p.step_index, id(p.ds), marker)
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], marker)  # taken ...
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], whole)  # ... once
+    p._shared_thumbnail = (cam, 6, p.step_index - 1, id(p.ds), marker)  # another step's: rendered anew
+    assert np.array_equal(render_thumbnail(p, cam, 6)[0], whole)
+
+
 def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
     """Comm.gather_rows with slabs of unequal size (7 rows over 3 ranks: 2, 2, 3; all_gather takes equal parts,
     so the slabs travel padded): rank 1 ends with every rank's rows; its own stay its own."""
@@ -191,23 +223,28 @@ def test_profile_rank_runs_briefly(tmp_path, capsys):
 
 def test_nproc2_field_equals_nproc1_and_verifies(tmp_path):
     """The voxel-grid field as two processes: the ranks split the ray batch, the TV by lattice slabs and the
-    occupancy refreshes by slabs of cells (an all-gather; steps 3 and 6 refresh); the grid equals a one-process
-    run's to round-off and the recording re-executes in one process to the same bits."""
+    occupancy refreshes by slabs of cells (an all-gather; steps 3, 6 and 9 refresh); the grid equals a one-process
+    run's to round-off and the recording re-executes in one process to the same bits. The thumbnail after step 10
+    was rendered by both ranks (rows gathered to rank 0) and shows what one process's does."""
     from drstudio.app import cli as app_cli
     from drstudio.renderer.recording import load_recording, verify
 
     scene = field_scene(tmp_path / "scene")
     one, two = tmp_path / "one", tmp_path / "two"
-    assert app_cli.main(["optimize", str(scene), "--steps", "7", "--final-eval", "none", "--out", str(one)]) == 0
-    res = cli("optimize", str(scene), "--steps", "7", "--final-eval", "none", "--nproc", "2", "--out", str(two),
+    assert app_cli.main(["optimize", str(scene), "--steps", "11", "--final-eval", "none", "--out", str(one)]) == 0
+    res = cli("optimize", str(scene), "--steps", "11", "--final-eval", "none", "--nproc", "2", "--out", str(two),
               cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     a, b = np.load(one / "params.npz"), np.load(two / "params.npz")
     for k in ("fields.nerf.density", "fields.nerf.sh"):
         assert np.allclose(b[k], a[k], rtol=0, atol=1e-4 * max(1.0, np.abs(a[k]).max())), k
     report = verify(load_recording(two / "recording"))
-    assert report.ok and report.steps_checked == 7, report.message()
+    assert report.ok and report.steps_checked == 11, report.message()
     assert report.max_rel_error == 0.0
+    thumbs = [load_recording(d / "recording").thumbs for d in (one, two)]
+    assert thumbs[1][10].get("ranks") == 2 and "ranks" not in thumbs[0][10] and "ranks" not in thumbs[1][11]
+    a, b = (iio.imread(d / "recording" / t[10]["file"]).astype(int) for d, t in zip((one, two), thumbs, strict=True))
+    assert a.shape == b.shape and np.abs(a - b).max() <= 1  # 8-bit sRGB of parameters equal to round-off
 
 
 
@@ -392,6 +429,11 @@ def test_benchmark_runs_briefly(scene, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     from benchmarks import bench_distributed
 
-    assert bench_distributed.main(["--scenes", str(scene), "--steps", "1", "--warmup", "1", "--markdown"]) == 0
+    assert bench_distributed.main(["--scenes", str(scene), "--steps", "1", "--warmup", "1", "--rounds", "2",
+                                   "--markdown"]) == 0
     table = capsys.readouterr().out.strip().splitlines()
-    assert table[0].startswith("| scene | 1 thread | 2 threads | --nproc 2 |") and table[2].startswith("| tiny.json |")
+    assert table[0].startswith("| scene | 1 thread | 2 threads | --nproc 2 | 2 independent |")
+    assert "| ceiling 2i / 1t | 2p / 2i |" in table[0] and table[2].startswith("| tiny.json |")
+    cells = [c.strip() for c in table[2].strip("|").split("|")]
+    assert len(cells) == len(table[0].strip("|").split("|"))
+    assert float(cells[4]) > 0 and cells[7].split()[0].endswith("x")  # independent throughput, ceiling

@@ -11,8 +11,10 @@ summing the per-rank buffers in the same order, so the emulation reproduces the 
 
 The flat buffer of one rank: the gradients of the optimizer's parameters (in `Problem.opt_paths` order, each
 flattened), then the rank's share of each weighted loss term (in `Problem.weights` order, terms with weight 0
-left out), its share of the total loss, a stop flag (1 when that rank was asked to stop: Ctrl-C, SIGTERM) and a
-time flag (1 when that rank's time budget, `optimize --max-seconds`, ran out).
+left out), its share of the total loss, a stop flag (1 when that rank was asked to stop: Ctrl-C, SIGTERM), a
+time flag (1 when that rank's time budget, `optimize --max-seconds`, ran out) and a thumbnail request (the
+largest side of the recording's thumbnail rank 0 will draw after this step, else 0: every rank then renders its
+rows of it, `Problem.render_rows_shared`).
 
 Reduction order: 1 or 2 ranks: `all_reduce(SUM)` (a + b is exact and commutative in float32, so every rank and
 the emulation get the same bits); more ranks: `all_gather`, then the buffers are added in rank order,
@@ -193,21 +195,21 @@ def ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: bool, device: str,
-         out_of_time: bool = False) -> torch.Tensor:
+         out_of_time: bool = False, thumbnail: int = 0) -> torch.Tensor:
     """One rank's flat buffer (module docstring): gradients of `paths`, the term and total values, the stop
-    and time flags. A copy: the tape's reset zeroes the gradients afterwards."""
+    and time flags and the thumbnail request. A copy: the tape's reset zeroes the gradients afterwards."""
     import torch
 
     chunks = [wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1) for p in paths]
     chunks += [wp.to_torch(t, requires_grad=False).reshape(-1) for t in (*terms, total)]
-    chunks.append(torch.tensor([1.0 if stop else 0.0, 1.0 if out_of_time else 0.0], dtype=torch.float32,
-                               device=chunks[-1].device))
+    chunks.append(torch.tensor([1.0 if stop else 0.0, 1.0 if out_of_time else 0.0, float(thumbnail)],
+                               dtype=torch.float32, device=chunks[-1].device))
     return torch.cat(chunks).to(device)
 
 
-def unpack(flat: torch.Tensor, ds, paths: list[str], n_terms: int) -> tuple[list[float], float, bool, bool]:
+def unpack(flat: torch.Tensor, ds, paths: list[str], n_terms: int) -> tuple[list[float], float, bool, bool, int]:
     """Write the summed gradients back into the parameters' `.grad`; return (term values, total, stop, out
-    of time): a flag is set when any rank set it."""
+    of time, thumbnail size): a flag is set when any rank set it; only rank 0 requests thumbnails."""
     offset = 0
     for p in paths:
         g = wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1)
@@ -215,7 +217,7 @@ def unpack(flat: torch.Tensor, ds, paths: list[str], n_terms: int) -> tuple[list
         offset += g.numel()
     tail = flat[offset:].cpu().numpy()
     return ([float(x) for x in tail[:n_terms]], float(tail[n_terms]), bool(tail[n_terms + 1] > 0),
-            bool(tail[n_terms + 2] > 0))
+            bool(tail[n_terms + 2] > 0), int(round(float(tail[n_terms + 3]))))
 
 
 def checksum(ds, paths) -> int:

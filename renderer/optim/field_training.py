@@ -524,10 +524,17 @@ class FieldModel:
         self.publish()
         return {"render": self.render(camera).numpy(), "texture_grads": {}, "vertex_grads": {}}
 
+    @property
+    def renders_rows(self) -> bool:
+        """Whether `render(..., rows=)` renders a block of a view's rows (a voxel grid; Problem's shared
+        thumbnails of a distributed run)."""
+        return self.state.field.type == "voxel_grid"
+
     def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
-               height: int | None = None) -> RenderOutput:
+               height: int | None = None, rows: tuple[int, int] | None = None) -> RenderOutput:
         """A whole view through `camera` (midpoint samples, occupancy skipping, the storage precision);
-        `intrinsics`/`width`/`height` override the camera's (e.g. a smaller thumbnail). A dynamic field
+        `intrinsics`/`width`/`height` override the camera's (e.g. a smaller thumbnail); `rows` (first, end):
+        only those image rows, the whole view's pixels bit for bit (`renders_rows` models only). A dynamic field
         renders at the camera's frame time; NeRF-W renders its static component with the camera's own
         appearance embedding (a training view), the one fitted on its left half (a held-out view, after an
         evaluation), else the mean embedding."""
@@ -538,7 +545,9 @@ class FieldModel:
         w, h = width or c.width, height or c.height
         if state.field.type == "voxel_grid":
             return render_field_view(state, intr, p.ds.arrays[camera_pose(camera)], w, h,
-                                     p.ds.background_color, state.occupancy, grid=state.storage_grid())
+                                     p.ds.background_color, state.occupancy, grid=state.storage_grid(), rows=rows)
+        if rows is not None:
+            raise ValueError(f"rows: a {state.field.type} field renders whole views only")
         origins, directions = readout.camera_rays(intr, p.ds.arrays[camera_pose(camera)], w, h, p.ds.device)
         rgb = state.render_rays_readout(origins, directions, p.ds.background_color, **self._view_settings(camera,
                                                                                                     intr.numpy()))

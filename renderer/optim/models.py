@@ -103,8 +103,9 @@ class Model(Protocol):
         """Work due after step `step` (an upsample, an evaluation); read-out terms to report."""
 
     def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
-               height: int | None = None) -> RenderOutput:
-        """A whole view through `camera` as the model sees it (overrides for thumbnails)."""
+               height: int | None = None, rows: tuple[int, int] | None = None) -> RenderOutput:
+        """A whole view through `camera` as the model sees it (overrides for thumbnails); `rows` (first, end):
+        only those image rows, bit for bit the whole view's (models whose `renders_rows` is true)."""
 
     def evaluate(self) -> dict[str, float]:
         """Held-out metrics (test PSNR), {} when the model has none."""
@@ -322,11 +323,33 @@ class MeshModel:
     def after_step(self, step: int) -> dict[str, float]:
         return {}
 
+    @property
+    def renders_rows(self) -> bool:
+        """Whether `render(..., rows=)` renders a block of a view's rows exactly: the modes whose bands do
+        (`render.BAND_MODES`), with a background color (Problem's shared thumbnails of a distributed run)."""
+        ds = self.p.ds
+        return ds.scene.render.mode in BAND_MODES and ds.background_pool is None
+
     def render(self, camera: str, intrinsics: wp.array | None = None, width: int | None = None,
-               height: int | None = None) -> RenderOutput:
+               height: int | None = None, rows: tuple[int, int] | None = None) -> RenderOutput:
+        """A whole view through `camera` (overrides for thumbnails), or only its image rows `rows` = (first, end)
+        (`renders_rows`): a band with one row above and below for the antialias pairs across the cut, whose own
+        rows are the whole render's bit for bit (`render_view(first_row=...)`)."""
         ds, cache = self.p.ds, self.gbuffer()
-        return render_view(ds, ds.prepare(cache=cache), camera, intrinsics=intrinsics, width=width, height=height,
-                           cache=cache)
+        frame = ds.prepare(cache=cache)
+        if rows is None:
+            return render_view(ds, frame, camera, intrinsics=intrinsics, width=width, height=height, cache=cache)
+        c = ds.scene.cameras[camera]
+        w, h = width or c.width, height or c.height
+        first, end = (int(x) for x in rows)
+        if not self.renders_rows or not 0 <= first < end <= h:
+            raise ValueError(f"rows: expected 0 <= first < end <= {h} in the {BAND_MODES} modes with a background "
+                             f"color, got {rows} in mode {ds.scene.render.mode!r}")
+        pad = 1 if ds.scene.render.mode == "antialias" else 0
+        lo, hi = max(0, first - pad), min(h, end + pad)
+        out = render_view(ds, frame, camera, intrinsics=intrinsics, width=w, height=hi - lo, first_row=lo,
+                          image_height=h, cache=cache)
+        return RenderOutput(w, end - first, out.image[(first - lo) * w:(end - lo) * w])
 
     def evaluate(self) -> dict[str, float]:
         return {}

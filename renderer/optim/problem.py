@@ -99,6 +99,13 @@ class Problem:
         # it (on any rank), `out_of_time` is set and the engine finishes after that step (every rank the same)
         self.deadline: float | None = None
         self.out_of_time = False
+        # the recording's thumbnails split over the ranks: rank 0's recorder sets `thumbnail_due` (() -> the
+        # largest side of the thumbnail it will draw after the coming step, else 0); the request travels in the
+        # step's buffer, every rank renders its rows after the step and rank 0 keeps the gathered image
+        self.thumbnail_due = None
+        self._thumbnail_request = 0
+        self._shared_thumbnail = None
+        self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -318,6 +325,9 @@ class Problem:
         ranks = [comm.rank] if comm is not None else range(self.shards)
         device = comm.device if comm is not None else "cpu"
         parts, images = [], {}
+        thumbnail = 0  # only real ranks share a render; the one-process emulation draws it whole
+        if comm is not None and self.thumbnail_due is not None and getattr(self.model, "renders_rows", False):
+            thumbnail = int(self.thumbnail_due() or 0)
         for r in ranks:
             self.ds.zero_grad()
             tape = wp.Tape()
@@ -325,12 +335,13 @@ class Problem:
                 total, terms, outputs = self._record_loss(batch, (r, self.shards))
             tape.backward(total)
             parts.append(distributed.pack(self.ds, paths, [terms[n] for n in names], total, self.stop_request,
-                                          device, self._past_deadline()))
+                                          device, self._past_deadline(), thumbnail))
             images.update({cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
                            for cam, out in outputs.items()})
             tape.reset()
         flat = comm.sum(parts[0], self.step_index) if comm is not None else distributed.ordered_sum(parts)
-        values, loss, stop, out_of_time = distributed.unpack(flat, self.ds, paths, len(names))
+        values, loss, stop, out_of_time, self._thumbnail_request = distributed.unpack(flat, self.ds, paths,
+                                                                                     len(names))
         self.stop_agreed = self.stop_agreed or stop
         self.out_of_time = self.out_of_time or out_of_time
         return loss, dict(zip(names, values, strict=True)), images, None
@@ -384,7 +395,43 @@ class Problem:
         result = StepResult(self.step_index, loss, terms, grad_norms, applied)
         self.step_index += 1
         self._check_ranks()
+        if self._thumbnail_request:  # every rank: its rows of the thumbnail rank 0's recorder draws now
+            size, self._thumbnail_request = self._thumbnail_request, 0
+            cam = self.active_view
+            self._shared_thumbnail = (cam, size, self.step_index, id(self.ds), self.render_rows_shared(cam, size))
         return result
+
+    def render_rows_shared(self, camera: str, max_size: int) -> np.ndarray:
+        """The recording's thumbnail render of `camera` (`recording.writer.thumbnail_view`: longest side at most
+        `max_size`) split over the ranks by rows (`distributed.rows_of`): each rank renders its block and
+        `Comm.gather_rows` gives every rank the whole image; without a process group (`shards` emulated) the
+        blocks are rendered in turn. Each pixel is the whole render's bit for bit (`renders_rows` models)."""
+        from ..recording.writer import thumbnail_view
+        from . import distributed
+
+        width, height, intrinsics = thumbnail_view(self, camera, max_size)
+        world = self.comm.world if self.comm is not None else self.shards
+        ranks = [self.comm.rank] if self.comm is not None else range(world)
+        image = np.zeros((height, width, 3), np.float32)
+        for r in ranks:
+            a, b = distributed.rows_of(height, r, world)
+            if b > a:
+                out = self.model.render(camera, intrinsics, width, height, rows=(a, b))
+                image[a:b] = out.image.numpy().reshape(b - a, width, 3)
+        if self.comm is not None:
+            import torch
+
+            self.comm.gather_rows(torch.from_numpy(image), self.step_index)  # in place: shares image's memory
+        return image
+
+    def shared_thumbnail(self, camera: str, max_size: int) -> np.ndarray | None:
+        """The thumbnail of `camera` the ranks rendered together after this step (`render_rows_shared`), or None
+        when there is none for this camera, size and step (then the caller renders it alone). Taken once."""
+        shared, self._shared_thumbnail = self._shared_thumbnail, None
+        if shared is None or shared[:4] != (camera, int(max_size), self.step_index, id(self.ds)):
+            return None
+        self.thumbnails_shared += 1
+        return shared[4]
 
     # -- read-outs -------------------------------------------------------------------------------
     def free_values(self) -> dict:

@@ -204,6 +204,8 @@ class Recorder:
         with self._lock:
             self._keyframe("start")
             self._thumbnail()
+        if getattr(problem, "comm", None) is not None:  # a distributed run: the ranks render the thumbnails together
+            problem.thumbnail_due = self._thumbnail_due
 
     # -- public --------------------------------------------------------------------------------------
     @property
@@ -252,6 +254,13 @@ class Recorder:
         state = f"stopped early: {self.failed}" if self.failed else "complete"
         return (f"{self.dir}: {self.steps_recorded} steps, {len(self._keyframes) + 1} keyframes, "
                 f"{len(self._thumbs)} thumbnails, {mb:.1f} MB ({state})")
+
+    def _thumbnail_due(self) -> int:
+        """The largest side of the thumbnail `_on_step` will draw after the coming step, else 0 (asked by the
+        step of a distributed run before its sum, on the engine thread: Problem.render_rows_shared)."""
+        if self.closed or self.failed or self._media_off or (self.at + 1) % self.thumb_every:
+            return 0
+        return int(self.options.thumb_size)
 
     # -- events ----------------------------------------------------------------------------------------
     def _on_step(self, ev: dict) -> None:
@@ -361,7 +370,9 @@ class Recorder:
             return
         p = self.problem
         cam = p.active_view
+        shared = getattr(p, "thumbnails_shared", 0)
         render, target = render_thumbnail(p, cam, self.options.thumb_size)
+        shared = getattr(p, "thumbnails_shared", 0) > shared  # rendered by the ranks together
         rel = self._new_name(fmt.THUMB_DIR, "r", ".png")
         size = _write_png(self.dir / rel, render)
         key = (cam, self._target_serial)
@@ -372,7 +383,7 @@ class Recorder:
         previous = self._thumbs.get(self.at)
         self._thumbs[self.at] = (rel, size)
         self._append({"type": "thumb", "at": self.at, "step": int(p.step_index), "view": cam, "file": rel,
-                      "target": self._target_files[key], "bytes": size})
+                      "target": self._target_files[key], "bytes": size, **({"ranks": p.shards} if shared else {})})
         if previous is not None:
             (self.dir / previous[0]).unlink(missing_ok=True)
         self._enforce_budget()
@@ -409,23 +420,37 @@ class Recorder:
         log.error("recording %s: %s", self.dir, message)
 
 
-def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(render, target) of `camera` as (h, w, 3) float32 linear images whose longest side is at most
-    `max_size`: the camera's resolution divided by the smallest integer that fits. The render is drawn
-    directly at that size (intrinsics scaled), the target box-filtered down. Not recorded on a tape."""
+def thumbnail_view(problem, camera: str, max_size: int):
+    """(width, height, intrinsics) a thumbnail of `camera` is rendered at: the camera's resolution divided by the
+    smallest integer that makes its longest side at most `max_size`; intrinsics a float (4,) Warp array scaled
+    to it, or None at the camera's own size (its own intrinsics)."""
     import warp as wp
 
     c = problem.scene.cameras[camera]
     f = max(1, math.ceil(max(c.width, c.height) / max_size))
     w, h = max(1, c.width // f), max(1, c.height // f)
+    if f == 1:
+        return w, h, None
     ds = problem.ds
-    intr = None
-    if f > 1:
-        k = ds.arrays[camera_intrinsics(camera)].numpy().astype(np.float32).copy()
-        k *= np.array([w / c.width, h / c.height, w / c.width, h / c.height], np.float32)
-        intr = wp.array(k, dtype=float, device=ds.device)
-    # the problem's own render: the meshes', or the field's in a scene with fields
-    render = problem.render_image(camera, intrinsics=intr, width=w if f > 1 else None, height=h if f > 1 else None)
+    k = ds.arrays[camera_intrinsics(camera)].numpy().astype(np.float32).copy()
+    k *= np.array([w / c.width, h / c.height, w / c.width, h / c.height], np.float32)
+    return w, h, wp.array(k, dtype=float, device=ds.device)
+
+
+def render_thumbnail(problem, camera: str, max_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(render, target) of `camera` as (h, w, 3) float32 linear images whose longest side is at most
+    `max_size`: the camera's resolution divided by the smallest integer that fits. The render is drawn
+    directly at that size (intrinsics scaled), the target box-filtered down. Not recorded on a tape."""
+    c = problem.scene.cameras[camera]
+    f = max(1, math.ceil(max(c.width, c.height) / max_size))
+    w, h, intr = thumbnail_view(problem, camera, max_size)
+    # the problem's own render: the meshes', or the field's in a scene with fields; in a distributed run the
+    # ranks may have rendered it together after the step (Problem.render_rows_shared)
+    shared = getattr(problem, "shared_thumbnail", None)
+    render = shared(camera, max_size) if shared is not None else None
+    if render is None:
+        render = problem.render_image(camera, intrinsics=intr, width=w if f > 1 else None,
+                                      height=h if f > 1 else None)
     target = problem.target_numpy(camera)
     if f > 1:
         target = target[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
