@@ -297,6 +297,66 @@ def test_ray_bank_jitter_draws_a_uniform_point_of_each_pixel():
 
 # ---- training -------------------------------------------------------------------------------------
 
+def test_the_field_is_copied_for_other_threads_only_when_read(dataset, monkeypatch):
+    # a headless run makes no copies of the grid after steps; a reader's `published()` asks for the next one
+    from drstudio.renderer.optim import field_training
+
+    monkeypatch.setattr(field_training, "PUBLISH_INTERVAL", 0.0)
+    problem = Problem(load_scene(write(dataset, field_scene(steps=6), "publish.json")), "cpu")
+    model = problem.field_training
+    first = model._published  # the copy made when the problem was built (nobody has read it yet)
+    problem.step()
+    problem.step()
+    assert model._published is first
+    assert model.published() is first  # read: the next step publishes a new copy, of its step
+    problem.step()
+    again = model._published
+    assert again is not first and again.step == 3
+    problem.step()
+    assert model._published is again  # not read since
+
+
+def test_sparse_steps_equal_dense_lazy_adam(dataset, monkeypatch):
+    # A lazy-Adam voxel grid updates only the lattice points its samples touched: the guard, the update and the
+    # next zeroing read those points only (active_elements). Against the same run forced dense, bit for bit,
+    # through TV steps (dense), an upsample (a new lattice) and the contraction.
+    doc = field_scene(steps=14, coarse_to_fine={"start_resolution": 8, "upsample_at": [6]}, sh_degree=1,
+                      contract=True, tv_every=4)
+    doc["optimize"]["optimizer"]["lazy"] = True
+    doc["optimize"]["rays_per_batch"] = 256
+    doc["optimize"]["eval_every"] = 0
+    path = write(dataset, doc, "sparse.json")
+    runs = {}
+    for mode in ("sparse", "dense"):
+        problem = Problem(load_scene(path), "cpu")
+        ft = problem.field_training
+        if mode == "dense":
+            monkeypatch.setattr(ft, "_sparse_step", lambda step: False)
+        seen, norms = [], []
+        for _ in range(14):
+            result = problem.step()
+            active = problem._sparse_grads
+            seen.append(bool(active))
+            norms.append(result.grad_norms)
+            if active:  # the gradient is 0 off the active points, and they are a strict subset of the lattice
+                for p, (arr, points, c) in active.items():
+                    g = arr.grad.numpy().reshape(-1, c)
+                    off = np.ones(len(g), bool)
+                    off[points.numpy()] = False
+                    assert off.any() and not g[off].any(), p
+        runs[mode] = ({p: problem.ds.arrays[p].numpy().copy() for p in problem.free_paths()}, seen, norms)
+        if mode == "sparse":
+            monkeypatch.undo()
+    (sparse, seen, norms), (dense, seen_dense, norms_dense) = runs["sparse"], runs["dense"]
+    assert seen == [i % 4 != 0 for i in range(14)] and not any(seen_dense)  # TV's steps stay dense
+    assert sparse.keys() == dense.keys() and all(v.shape[0] == 16 for v in sparse.values())  # upsampled
+    for p in sparse:
+        np.testing.assert_array_equal(sparse[p], dense[p], err_msg=p)
+    for a, b in zip(norms, norms_dense, strict=True):
+        for p in a:
+            assert a[p] == pytest.approx(b[p], rel=1e-5)
+
+
 def test_training_raises_the_held_out_psnr(dataset):
     doc = field_scene(coarse_to_fine={"start_resolution": 8, "upsample_at": [30]})
     problem = Problem(load_scene(write(dataset, doc)), "cpu")

@@ -20,6 +20,7 @@ from drstudio.renderer.optim.optimizers import (
     exponential_decay,
     make_schedule,
     project,
+    zero_at,
 )
 from drstudio.renderer.scene import AmbientLight, Camera, DirectionalLight, Material, Mesh, PointLight, Scene
 from drstudio.renderer.scene_schema import CosineSchedule, ExponentialSchedule
@@ -165,6 +166,41 @@ def test_lazy_adam_per_parameter_and_validation(device):
     assert a.numpy()[0] == np.float32(0.9) and b.numpy()[0] < np.float32(0.9) - 0.05
     with pytest.raises(ValueError, match="lazy"):
         Adam([a, b], lazy=[True])
+
+
+def test_adam_on_active_points_equals_the_dense_lazy_update(device):
+    """step(active={i: (points, C)}): the guard and the update read only the C values of each active point (a
+    voxel grid's touched lattice points); with every other gradient 0 that is the dense lazy update bit for bit,
+    and a NaN among the active values still skips the whole step. `zero_at` zeroes just those values."""
+    rng = np.random.default_rng(5)
+    n, c = 50, 3
+    p0 = rng.uniform(-1, 1, (n, c)).astype(np.float32)
+    params = [wp.array(p0, dtype=float, requires_grad=True) for _ in range(2)]
+    dense, sparse = (Adam([p], lr=0.1, lazy=True) for p in params)
+    for _ in range(4):
+        points = np.sort(rng.choice(n, 12, replace=False)).astype(np.int32)
+        g = np.zeros((n, c), np.float32)
+        g[points] = rng.normal(size=(12, c))
+        g[points[0], 1] = 0.0  # an active value without gradient keeps its value and moments too
+        for p in params:
+            p.grad.assign(g)
+        assert dense.step()
+        assert sparse.step(active={0: (wp.array(points, dtype=wp.int32), c)})
+        np.testing.assert_array_equal(params[1].numpy(), params[0].numpy())
+        for key in ("exp_avg", "exp_avg_sq"):
+            np.testing.assert_array_equal(sparse.state_dict()[key][0], dense.state_dict()[key][0])
+    g[points[3], 2] = np.nan
+    params[1].grad.assign(g)
+    before = params[1].numpy().copy()
+    assert sparse.step(active={0: (wp.array(points, dtype=wp.int32), c)}) is False
+    np.testing.assert_array_equal(params[1].numpy(), before)
+    zero_at(params[1].grad, wp.array(points[:5], dtype=wp.int32), c)
+    left = params[1].grad.numpy()
+    assert not left[points[:5]].any() and np.array_equal(left[points[5:]], g[points[5:]], equal_nan=True)
+    with pytest.raises(ValueError, match="not a lazy Adam parameter"):
+        Adam([params[0]], lr=0.1).step(active={0: (wp.array(points, dtype=wp.int32), c)})
+    with pytest.raises(ValueError, match="dividing its 150 values"):
+        sparse.step(active={0: (wp.array(points, dtype=wp.int32), 4)})
 
 
 def test_sgd_momentum_matches_numpy(device):

@@ -221,6 +221,8 @@ class FieldModel:
             for key in f.values():
                 path = ParamPath(Group.FIELDS, name, key)
                 self.start_values[path] = problem.initial.get(path, params[path].value.copy())
+        self._touched: dict[str, wp.array] = {}  # per voxel-grid field: its lattice points this step touched
+        self._touched_step = False  # whether this step's gradients are sparse (`active_elements`)
         self.bank: RayBank | None = None
         self.train_cameras: list[str] = []
         self.bank_offsets = np.zeros(1, np.int64)  # first flat ray index of each training view, then the total
@@ -229,6 +231,7 @@ class FieldModel:
         self.psnr_test = math.nan
         self._published: PublishedField | None = None
         self._published_at = -math.inf
+        self._read_at = -math.inf  # when another thread last read the published copy (`published()`)
         # the grid leaves each voxel-grid field's state is built on (a replaced leaf is a new lattice)
         self._held: dict[str, tuple[wp.array, wp.array]] = {
             name: tuple(problem.ds.arrays[p] for p in problem.ds.grid_paths(name))
@@ -402,10 +405,56 @@ class FieldModel:
         """The pixel jitter's seed of `step` (`optimize.pixel_jitter`), or None: rays through pixel centres."""
         return step if self.pixel_jitter else None
 
+    def _sparse_step(self, step: int) -> bool:
+        """Whether step `step` writes the voxel grids' gradients only at the lattice points its samples touch
+        (`active_elements`): one process, and no term this step that writes every lattice point (TV on its
+        steps, `density_l1`)."""
+        p = self.p
+        if p.comm is not None or p.shards != 1:
+            return False
+        for state in self.states.values():
+            f = state.field
+            if f.type != "voxel_grid" or f.density_l1 > 0.0:
+                return False
+            if p.weights.get("tv", 0.0) > 0.0 and step % f.tv_every == 0:
+                return False
+        return True
+
+    def active_elements(self) -> dict | None:
+        """{path: (points int32 (K,), values per point)} of this step's free voxel-grid leaves, whose gradients
+        are 0 outside those lattice points (the points the step's samples touched, flagged by the grids' queries),
+        or None when this step wrote dense gradients (`_sparse_step`). Read after the backward."""
+        if not self._touched_step:
+            return None
+        free, out = set(self.p.free_paths()), {}
+        for name, mask in self._touched.items():
+            points = wp.array(np.flatnonzero(mask.numpy()).astype(np.int32), dtype=wp.int32, device=mask.device)
+            density, sh = self.p.ds.grid_paths(name)
+            for path in (density, sh):
+                if path in free:
+                    arr = self.p.ds.arrays[path]
+                    out[path] = (points, arr.size // mask.size)
+        return out
+
     def before_step(self, step: int) -> None:
         """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start). Data-
         parallel ranks (the problem's `comm`) each refresh a slab of cells and all-gather the rest (the same bits
-        as one process refreshing all)."""
+        as one process refreshing all). Arms the grids' touched flags on a sparse step (`active_elements`)."""
+        self._touched_step = self._sparse_step(step)
+        for name, state in self.states.items():
+            if state.field.type != "voxel_grid":
+                continue
+            if not self._touched_step:
+                state.grid.touched = None
+                self._touched.pop(name, None)
+                continue
+            mask = self._touched.get(name)
+            if mask is None or tuple(mask.shape) != tuple(state.grid.density.shape):
+                mask = wp.zeros(tuple(state.grid.density.shape), dtype=wp.uint8, device=self.p.ds.device)
+                self._touched[name] = mask
+            else:
+                mask.zero_()
+            state.grid.touched = mask
         comm = self.p.comm
         for state in self.states.values():
             occ = state.field.occupancy
@@ -481,7 +530,9 @@ class FieldModel:
         for name, state in self.states.items():
             if state.field.type == "voxel_grid" and step + 1 in state.field.upsample_at:
                 self.move_to_lattice(name, state.field.resolutions()[self.phase[name] + 1])
-        if _time.monotonic() - self._published_at >= PUBLISH_INTERVAL:
+        # a new copy only for a reader: one that read the last copy (`published()`) since it was made; a headless
+        # run copies nothing (a 256^3 grid at SH degree 1 is 0.9 GB a copy)
+        if self._read_at >= self._published_at and _time.monotonic() - self._published_at >= PUBLISH_INTERVAL:
             self.publish(step + 1)
         if not self.p.test_targets or self.eval_every == 0:
             return {}
@@ -601,7 +652,8 @@ class FieldModel:
     def publish(self, step: int | None = None) -> PublishedField:
         """Make a copy of the first field's state (values, occupied cells) the one `published()` returns.
         Called on the training thread: after a reset, from `view_images` (after every engine command and at
-        the engine's image rate) and after a step when `PUBLISH_INTERVAL` seconds have passed."""
+        the engine's image rate) and after a step when `PUBLISH_INTERVAL` seconds have passed and the last copy
+        was read (`published()`)."""
         with recording(None):
             pub = PublishedField(self.state.published_copy(), wp.clone(self.p.ds.background_color,
                                                                         requires_grad=False),
@@ -610,7 +662,10 @@ class FieldModel:
         return pub
 
     def published(self) -> PublishedField | None:
-        """The last published copy (any thread; a reference read, never a wait), None before the first."""
+        """The last published copy (any thread; a reference read, never a wait), None before the first. Reading
+        it asks for the next: after a step, a new copy is made only when the last one was read since it was made
+        and `PUBLISH_INTERVAL` seconds have passed."""
+        self._read_at = _time.monotonic()
         return self._published
 
     def eval_mask(self, camera: str) -> wp.array | None:

@@ -67,6 +67,53 @@ def _adam_update(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array
     p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
 
 
+@wp.func
+def _element(points: wp.array(dtype=wp.int32), channels: int, t: int) -> int:
+    # flat element t of the active set: channel t % C of lattice point points[t / C] ((points, C) rows)
+    return points[t / channels] * channels + t % channels
+
+
+@wp.kernel
+def _flag_nonfinite_at(x: wp.array(dtype=float), points: wp.array(dtype=wp.int32), channels: int,
+                       bad: wp.array(dtype=wp.int32)):
+    if not wp.isfinite(x[_element(points, channels, wp.tid())]):
+        bad[0] = 1
+
+
+@wp.kernel
+def _zero_at(x: wp.array(dtype=float), points: wp.array(dtype=wp.int32), channels: int):
+    x[_element(points, channels, wp.tid())] = 0.0
+
+
+@wp.kernel
+def _adam_update_at(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array(dtype=float),
+                    v: wp.array(dtype=float), points: wp.array(dtype=wp.int32), channels: int, lr: float,
+                    beta1: float, beta2: float, eps: float, corrections: wp.array(dtype=float),
+                    bad: wp.array(dtype=wp.int32)):
+    # _adam_update's lazy rule on the active elements only (every other gradient is 0: they are skipped there too)
+    if bad[0] != 0:
+        return
+    i = _element(points, channels, wp.tid())
+    gi = g[i]
+    if gi == 0.0:
+        return
+    mi = beta1 * m[i] + (1.0 - beta1) * gi
+    vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+    m[i] = mi
+    v[i] = vi
+    m_hat = mi / corrections[0]
+    v_hat = vi / corrections[1]
+    p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
+
+
+def zero_at(arr: wp.array, points: wp.array, channels: int) -> None:
+    """Zero the elements (points[k] * channels + c) of `arr` viewed flat (a gradient whose other entries are
+    already 0: the sparse counterpart of `arr.zero_()`)."""
+    if points.shape[0]:
+        wp.launch(_zero_at, dim=points.shape[0] * channels, inputs=[_flat(arr), points, int(channels)],
+                  device=arr.device, record_tape=False)
+
+
 @wp.kernel
 def _sgd_update(p: wp.array(dtype=float), g: wp.array(dtype=float), velocity: wp.array(dtype=float),
                 lr: float, momentum: float, bad: wp.array(dtype=wp.int32)):
@@ -172,14 +219,19 @@ class _Optimizer:
         return self.lrs[self._index(key)] * (self.schedule(self.iteration) if self.schedule else 1.0)
 
     def step(self, loss: wp.array | None = None, *, loss_value: float | None = None,
-             sync: bool = True) -> bool | None:
+             sync: bool = True, active: Mapping[int, tuple[wp.array, int]] | None = None) -> bool | None:
         """Update every parameter from its `.grad` (left as is; zero it before the next backward).
 
         If any gradient entry, `loss` ((1,) float32 on the device, optional) or `loss_value` (the loss
         already read back to the host, optional) is NaN or inf, nothing changes:
         parameters, moments and the applied-step count keep their values (the iteration count, the
         schedule's clock, still advances). Returns whether the update was applied, which reads one int
-        back from the device; with sync=False returns None and never waits for the device."""
+        back from the device; with sync=False returns None and never waits for the device.
+
+        active: {parameter index: (points, C)} for lazy Adam parameters whose gradient is 0 outside the flat
+        elements points[k] * C + c (points int32 (K,), c < C; e.g. the lattice points a voxel grid's queries
+        touched, C its values per point): the guard and the update read those elements only, so they cost per
+        touched point, with exactly the dense lazy update's result."""
         self._bad.fill_(0 if loss_value is None or math.isfinite(loss_value) else 1)
         if loss is not None:
             if not isinstance(loss, wp.array) or loss.dtype is not wp.float32:
@@ -187,18 +239,36 @@ class _Optimizer:
             if loss.shape != (1,):
                 raise ValueError(f"loss: expected shape (1,), got {loss.shape}")
             wp.launch(_flag_nonfinite, dim=1, inputs=[loss, self._bad], device=self.device, record_tape=False)
+        active = dict(active or {})
+        for i, (points, channels) in active.items():
+            if not self._sparse_ok(i):
+                raise ValueError(f"active: params[{self.names[i]!r}] is not a lazy Adam parameter")
+            if points.dtype is not wp.int32 or points.ndim != 1 or not int(channels) >= 1 or \
+                    self._flat[i].shape[0] % int(channels):
+                raise ValueError(f"active: params[{self.names[i]!r}]: expected (int32 points (K,), C) with C "
+                                 f"dividing its {self._flat[i].shape[0]} values")
         grads = []
-        for name, p in zip(self.names, self.params, strict=True):
+        for i, (name, p) in enumerate(zip(self.names, self.params, strict=True)):
             if p.grad is None:
                 raise ValueError(f"params[{name!r}]: has no .grad array")
             grads.append(_flat(p.grad))
+            if i in active:
+                points, channels = active[i]
+                if points.shape[0]:
+                    wp.launch(_flag_nonfinite_at, dim=points.shape[0] * int(channels),
+                              inputs=[grads[-1], points, int(channels), self._bad], device=self.device,
+                              record_tape=False)
+                continue
             wp.launch(_flag_nonfinite, dim=grads[-1].shape[0], inputs=[grads[-1], self._bad],
                       device=self.device, record_tape=False)
         wp.launch(_count_step, dim=1, inputs=[self._bad, self._steps], device=self.device, record_tape=False)
         self._before_updates()
         factor = self.schedule(self.iteration) if self.schedule else 1.0
         for i, g in enumerate(grads):
-            self._update(i, g, self.lrs[i] * factor)
+            if i in active:
+                self._update_at(i, g, self.lrs[i] * factor, *active[i])
+            else:
+                self._update(i, g, self.lrs[i] * factor)
         self.iteration += 1
         return bool(self._bad.numpy()[0] == 0) if sync else None
 
@@ -206,6 +276,13 @@ class _Optimizer:
         """Per-step work shared by every parameter's update (after the applied-step count is advanced)."""
 
     def _update(self, i: int, grad: wp.array, lr: float) -> None:
+        raise NotImplementedError
+
+    def _sparse_ok(self, i: int) -> bool:
+        """Whether parameter i may be updated on an active set only (`step(active=...)`)."""
+        return False
+
+    def _update_at(self, i: int, grad: wp.array, lr: float, points: wp.array, channels: int) -> None:
         raise NotImplementedError
 
     def reset(self) -> None:
@@ -287,6 +364,17 @@ class Adam(_Optimizer):
                   inputs=[self._flat[i], grad, m, v, lr, *self.betas, self.eps, self._corrections,
                           int(self.lazy[i]), self._bad],
                   device=self.device, record_tape=False)
+
+    def _sparse_ok(self, i: int) -> bool:
+        return self.lazy[i]
+
+    def _update_at(self, i, grad, lr, points, channels):
+        if points.shape[0]:
+            m, v = self._buffers["exp_avg"][i], self._buffers["exp_avg_sq"][i]
+            wp.launch(_adam_update_at, dim=points.shape[0] * int(channels),
+                      inputs=[self._flat[i], grad, m, v, points, int(channels), lr, *self.betas, self.eps,
+                              self._corrections, self._bad],
+                      device=self.device, record_tape=False)
 
 
 class SGD(_Optimizer):

@@ -54,6 +54,15 @@ def _finite(path: str, value) -> np.ndarray:
     return value
 
 
+def _grad_norm(grad: wp.array, active: tuple[wp.array, int] | None) -> float:
+    """The L2 norm of a gradient; with `active` (points, C) only those elements are read (the rest are 0)."""
+    g = grad.numpy().reshape(-1)
+    if active is None:
+        return float(np.linalg.norm(g))
+    points, channels = active
+    return float(np.linalg.norm(g.reshape(-1, channels)[points.numpy()]))
+
+
 class Problem:
     def __init__(self, scene: Scene, device: str | None = None, *, seed: int | None = None):
         spec = scene.optimize
@@ -105,6 +114,7 @@ class Problem:
         self.thumbnail_due = None
         self._thumbnail_request = 0
         self._shared_thumbnail = None
+        self._sparse_grads: dict = {}  # path -> (array, points, C) of the last step's sparse gradient (_zero_grads)
         self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
         self.reset()
 
@@ -301,7 +311,7 @@ class Problem:
     def _forward_backward(self, batch):
         """(loss, term values, gradient images by camera, tape to reset after the update) of this step, with
         the gradients of every parameter in their `.grad`."""
-        self.ds.zero_grad()
+        self._zero_grads()
         tape = wp.Tape()
         with tape:
             total, terms, outputs = self._record_loss(batch)
@@ -313,6 +323,17 @@ class Problem:
         self._step_render = None if out is None else \
             (self.active_view, out.image.numpy().reshape(out.height, out.width, 3).copy())
         return loss, {k: float(v.numpy()[0]) for k, v in terms.items()}, images, tape
+
+    def _zero_grads(self) -> None:
+        """Zero every gradient before a backward: a leaf whose last step's gradient was sparse (the same array;
+        `_sparse_grads`) only at the elements that step wrote, the others whole."""
+        sparse, self._sparse_grads = self._sparse_grads, {}
+        for path, arr in self.ds.arrays.items():
+            held = sparse.get(path)
+            if held is not None and held[0] is arr:
+                optimizers.zero_at(arr.grad, held[1], held[2])
+            else:
+                arr.grad.zero_()
 
     def _step_sharded(self, batch):
         """`_forward_backward` split over `shards` ranks (renderer.optim.distributed): each rank's part of the
@@ -377,7 +398,20 @@ class Problem:
             self.model.before_step(self.step_index)
             loss, terms, grad_images, tape = self._forward_backward(batch)
             self.out_of_time = self.out_of_time or self._past_deadline()
-        applied = self.optimizer.step(loss_value=loss)
+        # a step whose gradients are 0 outside the lattice points its samples touched (a voxel grid's) updates
+        # those points only (lazy Adam: exactly the dense update), and the next step zeroes only them
+        active = getattr(self.model, "active_elements", lambda: None)() if self.comm is None and self.shards == 1 \
+            else None
+        sparse = {}
+        if active and isinstance(self.optimizer, optimizers.Adam):
+            sparse = {p: a for p, a in active.items() if p in self._opt_paths
+                      and self.optimizer.lazy[self._opt_paths.index(p)]}
+        if sparse:
+            applied = self.optimizer.step(loss_value=loss,
+                                          active={self._opt_paths.index(p): a for p, a in sparse.items()})
+        else:
+            applied = self.optimizer.step(loss_value=loss)
+        self._sparse_grads = {p: (self.ds.arrays[p], *a) for p, a in sparse.items()}
         if applied:
             for path in self._opt_paths:
                 if self.ds.kind(path) in optimizers.CONSTRAINTS_BY_KIND:  # raw field values are unconstrained
@@ -385,7 +419,7 @@ class Problem:
         # large values (field grids): their gradient norms only, no copies
         self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()
                                   if self.model.reports(p)}
-        grad_norms = {p: float(np.linalg.norm(self.ds.arrays[p].grad.numpy().ravel())) for p in self.free_paths()}
+        grad_norms = {p: _grad_norm(self.ds.arrays[p].grad, sparse.get(p)) for p in self.free_paths()}
         self._last_grad_images = grad_images
         if tape is not None:
             tape.reset()

@@ -112,6 +112,16 @@ def interpolate_density(density: wp.array3d(dtype=Any), i: wp.vec3i, f: wp.vec3)
 
 
 @wp.kernel
+def _mark_cells(positions: wp.array(dtype=wp.vec3), lo: wp.vec3, hi: wp.vec3, res: wp.vec3i,
+                touched: wp.array3d(dtype=wp.uint8)):
+    # the 8 lattice points a query at positions[s] reads (so the only ones its adjoint writes): flag them
+    s = wp.tid()
+    i, f = lattice_cell(positions[s], lo, hi, res)
+    for c in range(8):
+        touched[i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1)] = wp.uint8(1)
+
+
+@wp.kernel
 def _query(density: wp.array3d(dtype=Any), sh: wp.array4d(dtype=Any), lo: wp.vec3, hi: wp.vec3,
            n_coeffs: int, activation: int, positions: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
            out_density: wp.array(dtype=float), out_color: wp.array2d(dtype=float)):
@@ -304,7 +314,12 @@ class VoxelGrid:
     Attributes:
         density: array3d (nx, ny, nz) raw densities; sh: array4d (nx, ny, nz, 3K) coefficients; both of
         `dtype`, the leaves an optimizer updates (see `params`).
+        touched: None, or a uint8 array3d (nx, ny, nz) in which every `query` recorded on a tape sets to 1 the
+            lattice points its adjoint writes (the caller zeroes it): a training step's touched points, for an
+            update that costs per touched point (`optimizers.Adam.step(active=...)`).
     """
+
+    touched: wp.array | None = None
 
     def __init__(self, resolution, aabb, sh_degree: int = 0, dtype=wp.float32, activation: str = "softplus",
                  init_density: float = 0.1, density=None, sh=None, device=None, requires_grad: bool = True,
@@ -382,6 +397,9 @@ class VoxelGrid:
         tape = active_tape()  # the calling thread's tape (or renderer.parallel's stand-in), None outside
         if tape is not None and grad and s > 0:
             density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
+            if self.touched is not None:  # flag the lattice points this query's adjoint will write
+                wp.launch(_mark_cells, dim=s, device=self.device, record_tape=False,
+                          inputs=[positions, lo, hi, wp.vec3i(*density.shape), self.touched])
 
             def backward():
                 wp.launch(_query_backward, dim=s, device=density.device, record_tape=False,
