@@ -578,6 +578,7 @@ class HashGridFieldSpec(Strict):
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 64
     occupancy: OccupancySpec | None = None
     seed: Annotated[int, Field(ge=0)] = 0  # of the table's and the MLPs' initialization
+    contract: bool = False  # model unbounded space: aabb is the inner box, the encoding spans twice it (voxel_grid's)
 
     @model_validator(mode="after")
     def _finest_above_base(self) -> HashGridFieldSpec:
