@@ -818,6 +818,7 @@ class AdamSpec(Strict):
     # update only elements with a nonzero gradient this step (voxel grids: the lattice points the rays touched);
     # their moments are left as they are otherwise (torch.optim.SparseAdam's rule, renderer.optim.optimizers.Adam)
     lazy: bool = False
+    eps: Positive = 1e-8  # added to sqrt(v_hat) (Instant-NGP trains its hash tables with 1e-15)
 
 
 class SgdSpec(Strict):

@@ -181,6 +181,12 @@ def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differ
     assert checked == 6
 
 
+def test_scene_adam_eps_reaches_the_optimizer(data):
+    doc = scene_doc()
+    doc["optimize"]["optimizer"]["eps"] = 1e-15
+    assert Problem(load_scene(write(data, doc, "eps.json")), "cpu").optimizer.eps == 1e-15
+
+
 def test_contracted_field_renders_the_contraction_of_world_points(data):
     """`contract: true`: the field's box is the inner box given, doubled (the encoding's box too), and a read-out
     pixel equals an independent expectation: the ray's sample points t from the march, the world points o + t d

@@ -110,6 +110,20 @@ def test_adam_matches_numpy(device):
     assert opt.state_dict()["steps"] == 5
 
 
+def test_adam_eps_of_a_scene_matches_numpy(device):
+    """optimizer.eps of a scene (Instant-NGP's 1e-15 for hash tables) reaches the update: 5 steps equal the NumPy
+    reference with that eps, and the schema refuses eps <= 0 naming the key."""
+    from drstudio.renderer.scene_schema import AdamSpec
+
+    spec = AdamSpec.model_validate({"type": "adam", "eps": 1e-15})
+    assert AdamSpec.model_validate({"type": "adam"}).eps == 1e-8
+    with pytest.raises(ValueError, match="eps"):
+        AdamSpec.model_validate({"type": "adam", "eps": 0.0})
+    prob = Problem()
+    prob.run(Adam([prob.a, prob.b], lr=[0.1, 0.05], eps=spec.eps), 5)
+    assert_close(prob.values(), numpy_adam(5, [0.1, 0.05], eps=1e-15))
+
+
 def test_lazy_adam_equals_adam_when_every_gradient_is_nonzero(device):
     dense, lazy = Problem(), Problem()
     dense.run(Adam([dense.a, dense.b], lr=[0.1, 0.05]), 5)
