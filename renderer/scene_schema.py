@@ -810,6 +810,16 @@ Schedule = Annotated[ExponentialSchedule | CosineSchedule, Field(discriminator="
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
+def _decays(schedule, info):
+    """A cosine schedule ends at min_lr, a fraction of the optimizer's lr: min_lr above lr would make the rates
+    rise along the run (the factor is min_lr / lr), a mistake, not a decay."""
+    lr = info.data.get("lr")
+    if isinstance(schedule, CosineSchedule) and lr is not None and schedule.min_lr > lr:
+        raise ValueError(f"cosine min_lr {schedule.min_lr:g} must not exceed the optimizer's lr {lr:g} (the rates "
+                         f"would rise to {schedule.min_lr / lr:g} times theirs)")
+    return schedule
+
+
 class AdamSpec(Strict):
     type: Literal["adam"]
     lr: Positive = 1e-2
@@ -819,6 +829,7 @@ class AdamSpec(Strict):
     # their moments are left as they are otherwise (torch.optim.SparseAdam's rule, renderer.optim.optimizers.Adam)
     lazy: bool = False
     eps: Positive = 1e-8  # added to sqrt(v_hat) (Instant-NGP trains its hash tables with 1e-15)
+    _schedule_decays = field_validator("schedule")(_decays)
 
 
 class SgdSpec(Strict):
@@ -826,6 +837,7 @@ class SgdSpec(Strict):
     lr: Positive = 1e-2
     momentum: Fraction = 0.0
     schedule: Schedule | None = None
+    _schedule_decays = field_validator("schedule")(_decays)
 
 
 OptimizerSpec = Annotated[AdamSpec | SgdSpec, Field(discriminator="type")]

@@ -84,6 +84,9 @@ ERRORS = [  # (id, edit, field path, message)
     ("tv", edit("optimize/loss", {"l2": 1.0, "tv": 1e-4}), "optimize.loss.tv", "total variation regularizes grids"),
     ("param", edit("optimize/parameters", {"fields.nerf.tabel": {}}), 'optimize.parameters["fields.nerf.tabel"]',
      "fields.nerf.table"),
+    ("eps", edit("optimize/optimizer/eps", -1.0), "optimize.optimizer.eps", "greater than 0"),
+    ("rising-cosine", edit("optimize/optimizer/schedule", {"type": "cosine", "min_lr": 0.1}),
+     "optimize.optimizer.schedule", "must not exceed the optimizer's lr 0.01"),
 ]
 
 
