@@ -232,6 +232,10 @@ def test_contracted_field_renders_the_contraction_of_world_points(data):
         trans = np.concatenate([[1.0], np.cumprod(1.0 - alpha)[:-1]])
         want = (trans * alpha) @ rgb[k] + np.prod(1.0 - alpha) * bg.numpy()
         np.testing.assert_allclose(got[r], want, atol=2e-3)
+    # field_NAME.npz says the baked lattice holds contracted space (drstudio export maps it back to the world)
+    exported = state.export()
+    assert bool(exported["contract"]) and exported["density"].shape == (33, 33, 33)
+    np.testing.assert_array_equal(exported["aabb"], box)
 
 
 # ---- training, evaluation, recording --------------------------------------------------------------
