@@ -476,6 +476,7 @@ def _training_view_count(targets, base: Path, file: str) -> int:
 def _field(f, n_images: int = 0) -> Field:
     """A scene `Field` from its validated spec: the fresh grid at the lattice training starts from, the
     seeded initial weights of a network (zero embeddings for NeRF-W's `n_images` training views)."""
+    from .volume.march import lattice_box
     from .volume.voxel_grid import VoxelGrid
 
     aabb = _f32(np.ravel(f.aabb))
@@ -496,8 +497,9 @@ def _field(f, n_images: int = 0) -> Field:
         from .volume.hash_field import initial_values
 
         table, weights = initial_values(f)
-        return Field(f.name, f.type, (), aabb, f.sh_degree, "trunc_exp", "float32", f.samples_per_ray, None, None,
-                     occupancy, model=f, weights=weights, table=table)
+        return Field(f.name, f.type, (), lattice_box(aabb, f.contract), f.sh_degree, "trunc_exp", "float32",
+                     f.samples_per_ray, None, None, occupancy, model=f, weights=weights, table=table,
+                     contract=bool(f.contract))
     if f.type == "dynamic":
         from .volume.time_grid import TimeGrid
 
@@ -508,9 +510,7 @@ def _field(f, n_images: int = 0) -> Field:
                      n_times=f.n_times, time_range=(float(f.time_range[0]), float(f.time_range[1])))
 
     start = tuple(f.coarse_to_fine.start_resolution) if f.coarse_to_fine else tuple(f.resolution)
-    if f.contract:  # the lattice spans the contracted space: the inner box given, doubled about its centre
-        center, half = (aabb[:3] + aabb[3:]) / 2, (aabb[3:] - aabb[:3]) / 2
-        aabb = _f32(np.r_[center - 2 * half, center + 2 * half])
+    aabb = lattice_box(aabb, f.contract)
     # the VoxelGrid constructor is the one definition of a fresh grid's raw values
     grid = VoxelGrid(start, aabb, f.sh_degree, activation=f.activation, init_density=f.init_density,
                      device="cpu", requires_grad=False)
@@ -722,6 +722,8 @@ def summarize(scene: Scene) -> str:
             if f.occupancy is not None:
                 extra.append(f"occupancy {'x'.join(map(str, f.occupancy.resolution))} every "
                              f"{f.occupancy.update_every} steps")
+            if f.contract:
+                extra.append("contracted (unbounded; the inner box is the central half)")
             lines.append(f"  field {f.name}: {f.type} over {box}, " + ", ".join(extra))
             continue
         extra = [f"SH degree {f.sh_degree}", f"{f.samples_per_ray} samples per ray", f"storage {f.storage}"]

@@ -578,6 +578,7 @@ class HashGridFieldSpec(Strict):
     samples_per_ray: Annotated[int, Field(ge=1, le=4096)] = 64
     occupancy: OccupancySpec | None = None
     seed: Annotated[int, Field(ge=0)] = 0  # of the table's and the MLPs' initialization
+    contract: bool = False  # model unbounded space: aabb is the inner box, the encoding spans twice it (voxel_grid's)
 
     @model_validator(mode="after")
     def _finest_above_base(self) -> HashGridFieldSpec:
@@ -809,6 +810,16 @@ Schedule = Annotated[ExponentialSchedule | CosineSchedule, Field(discriminator="
 Fraction = Annotated[float, Field(ge=0, lt=1)]
 
 
+def _decays(schedule, info):
+    """A cosine schedule ends at min_lr, a fraction of the optimizer's lr: min_lr above lr would make the rates
+    rise along the run (the factor is min_lr / lr), a mistake, not a decay."""
+    lr = info.data.get("lr")
+    if isinstance(schedule, CosineSchedule) and lr is not None and schedule.min_lr > lr:
+        raise ValueError(f"cosine min_lr {schedule.min_lr:g} must not exceed the optimizer's lr {lr:g} (the rates "
+                         f"would rise to {schedule.min_lr / lr:g} times theirs)")
+    return schedule
+
+
 class AdamSpec(Strict):
     type: Literal["adam"]
     lr: Positive = 1e-2
@@ -817,6 +828,8 @@ class AdamSpec(Strict):
     # update only elements with a nonzero gradient this step (voxel grids: the lattice points the rays touched);
     # their moments are left as they are otherwise (torch.optim.SparseAdam's rule, renderer.optim.optimizers.Adam)
     lazy: bool = False
+    eps: Positive = 1e-8  # added to sqrt(v_hat) (Instant-NGP trains its hash tables with 1e-15)
+    _schedule_decays = field_validator("schedule")(_decays)
 
 
 class SgdSpec(Strict):
@@ -824,6 +837,7 @@ class SgdSpec(Strict):
     lr: Positive = 1e-2
     momentum: Fraction = 0.0
     schedule: Schedule | None = None
+    _schedule_decays = field_validator("schedule")(_decays)
 
 
 OptimizerSpec = Annotated[AdamSpec | SgdSpec, Field(discriminator="type")]

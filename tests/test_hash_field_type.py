@@ -84,6 +84,9 @@ ERRORS = [  # (id, edit, field path, message)
     ("tv", edit("optimize/loss", {"l2": 1.0, "tv": 1e-4}), "optimize.loss.tv", "total variation regularizes grids"),
     ("param", edit("optimize/parameters", {"fields.nerf.tabel": {}}), 'optimize.parameters["fields.nerf.tabel"]',
      "fields.nerf.table"),
+    ("eps", edit("optimize/optimizer/eps", -1.0), "optimize.optimizer.eps", "greater than 0"),
+    ("rising-cosine", edit("optimize/optimizer/schedule", {"type": "cosine", "min_lr": 0.1}),
+     "optimize.optimizer.schedule", "must not exceed the optimizer's lr 0.01"),
 ]
 
 
@@ -146,13 +149,16 @@ def step_loss(p: Problem, indices: np.ndarray, paths) -> tuple[float, dict]:
     return value, grads
 
 
-def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differences(data):
+@pytest.mark.parametrize("contract", [False, True], ids=["bounded", "contracted"])
+def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differences(data, contract):
     """d loss / d(hash-table entry) and d loss / d(MLP weight) of a training step (hash encoding with its
     hand-written adjoint -> MLPs -> Warp compositing -> l2) against central differences of the same step (fixed
-    rays, fixed jitter). The table starts at +-1e-4, where the MLPs barely see it, so it is set to N(0, 0.5) first.
+    rays, fixed jitter), for a bounded field and a contracted one (samples through the scene contraction). The
+    table starts at +-1e-4, where the MLPs barely see it, so it is set to N(0, 0.5) first.
     Tolerance: float32 losses of ~1e-2 and steps of 1e-2 give a difference quotient good to ~1e-4 absolute; a
     sample crossing the early-termination threshold is the other error, ~1 % relative."""
-    p = Problem(load_scene(write(data, scene_doc(), "grad.json")), "cpu")
+    doc = scene_doc({**HASH, "contract": True, "aabb": [[-0.6] * 3, [0.6] * 3]} if contract else HASH)
+    p = Problem(load_scene(write(data, doc, f"grad-{contract}.json")), "cpu")
     rng = np.random.default_rng(1)
     table = p.ds.get("fields.nerf.table")
     p.ds.set("fields.nerf.table", rng.normal(0.0, 0.5, table.shape).astype(np.float32))
@@ -176,6 +182,60 @@ def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differ
             assert abs(fd - grad[idx]) <= 3e-2 * abs(grad[idx]) + 2e-5, (path, idx, fd, grad[idx])
             checked += 1
     assert checked == 6
+
+
+def test_scene_adam_eps_reaches_the_optimizer(data):
+    doc = scene_doc()
+    doc["optimize"]["optimizer"]["eps"] = 1e-15
+    assert Problem(load_scene(write(data, doc, "eps.json")), "cpu").optimizer.eps == 1e-15
+
+
+def test_contracted_field_renders_the_contraction_of_world_points(data):
+    """`contract: true`: the field's box is the inner box given, doubled (the encoding's box too), and a read-out
+    pixel equals an independent expectation: the ray's sample points t from the march, the world points o + t d
+    contracted by the NumPy reference (`march.contract_points`), the module queried there, composited in float64
+    NumPy (1 - exp(-sigma delta), transmittance products, background)."""
+    from drstudio.renderer.volume import readout
+    from drstudio.renderer.volume.march import contract_far, contract_points, lattice_box, sample_rays
+
+    inner = [[-0.6, -0.5, -0.4], [0.6, 0.5, 0.4]]
+    p = Problem(load_scene(write(data, scene_doc({**HASH, "contract": True, "aabb": inner}), "contract.json")), "cpu")
+    state = p.field_training.states["nerf"]
+    box = np.array([-1.2, -1.0, -0.8, 1.2, 1.0, 0.8], np.float32)
+    np.testing.assert_array_equal(state.field.aabb, box)
+    np.testing.assert_array_equal(lattice_box(np.ravel(inner), True), box)
+    np.testing.assert_array_equal(lattice_box(np.ravel(inner), False), np.ravel(inner).astype(np.float32))
+    np.testing.assert_allclose(np.ravel(state.module.encoding.aabb), box, rtol=1e-6)
+    rng = np.random.default_rng(3)
+    p.ds.set("fields.nerf.table", rng.normal(0.0, 0.5, p.ds.get("fields.nerf.table").shape).astype(np.float32))
+    cam = p.scene.cameras[p.test_targets[0].camera]
+    o_all, d_all = readout.camera_rays(cam.intrinsics, cam.pose, cam.width, cam.height, "cpu")
+    pick = [0, 37, 120, 255]
+    o = wp.array(o_all.numpy()[pick], dtype=wp.vec3)
+    d = wp.array(d_all.numpy()[pick], dtype=wp.vec3)
+    bg = p.ds.background_color
+    got = state.render_rays_readout(o, d, bg)
+    s = sample_rays(o, d, tuple(box), state.n_samples, jitter=False, contract=True, far=contract_far(box))
+    t = s.t_points.numpy()
+    ray = s.ray_indices.numpy()
+    world = o.numpy()[ray] + t[:, None] * d.numpy()[ray]
+    import torch
+
+    with torch.no_grad():
+        pts = torch.from_numpy(contract_points(world, box).astype(np.float32))
+        dirs = torch.from_numpy(s.directions.numpy())
+        density, color = state._field(state._tensor("table", False), state._tensor("weights", False), pts, dirs)
+    sigma, rgb, deltas = density.numpy().astype(np.float64), color.numpy().astype(np.float64), s.deltas.numpy()
+    for r in range(len(pick)):
+        k = ray == r
+        alpha = 1.0 - np.exp(-sigma[k] * deltas[k])
+        trans = np.concatenate([[1.0], np.cumprod(1.0 - alpha)[:-1]])
+        want = (trans * alpha) @ rgb[k] + np.prod(1.0 - alpha) * bg.numpy()
+        np.testing.assert_allclose(got[r], want, atol=2e-3)
+    # field_NAME.npz says the baked lattice holds contracted space (drstudio export maps it back to the world)
+    exported = state.export()
+    assert bool(exported["contract"]) and exported["density"].shape == (33, 33, 33)
+    np.testing.assert_array_equal(exported["aabb"], box)
 
 
 # ---- training, evaluation, recording --------------------------------------------------------------

@@ -111,6 +111,34 @@ def test_adam_matches_numpy(device):
     assert opt.state_dict()["steps"] == 5
 
 
+def test_adam_eps_of_a_scene_matches_numpy(device):
+    """optimizer.eps of a scene (Instant-NGP's 1e-15 for hash tables) reaches the update: 5 steps equal the NumPy
+    reference with that eps, and the schema refuses eps <= 0 naming the key."""
+    from drstudio.renderer.scene_schema import AdamSpec
+
+    spec = AdamSpec.model_validate({"type": "adam", "eps": 1e-15})
+    assert AdamSpec.model_validate({"type": "adam"}).eps == 1e-8
+    with pytest.raises(ValueError, match="eps"):
+        AdamSpec.model_validate({"type": "adam", "eps": 0.0})
+    prob = Problem()
+    prob.run(Adam([prob.a, prob.b], lr=[0.1, 0.05], eps=spec.eps), 5)
+    assert_close(prob.values(), numpy_adam(5, [0.1, 0.05], eps=1e-15))
+
+
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_cosine_min_lr_above_lr_is_refused(kind):
+    """A cosine schedule whose min_lr exceeds the optimizer's lr would make the rates rise (factor min_lr / lr; a
+    hash-grid run with lr 0.01 and min_lr 0.1 diverged that way): refused naming optimizer.schedule."""
+    from drstudio.renderer.scene_schema import AdamSpec, SgdSpec
+
+    spec = AdamSpec if kind == "adam" else SgdSpec
+    assert spec.model_validate({"type": kind, "lr": 0.1, "schedule": {"type": "cosine", "min_lr": 0.1}})
+    with pytest.raises(ValueError, match="schedule") as e:
+        spec.model_validate({"type": kind, "lr": 0.01, "schedule": {"type": "cosine", "min_lr": 0.1}})
+    assert "must not exceed the optimizer's lr 0.01" in str(e.value)
+    assert make_schedule(CosineSchedule(type="cosine", min_lr=0.01), 11, base_lr=0.1)(10) == pytest.approx(0.1)
+
+
 def test_lazy_adam_equals_adam_when_every_gradient_is_nonzero(device):
     dense, lazy = Problem(), Problem()
     dense.run(Adam([dense.a, dense.b], lr=[0.1, 0.05]), 5)

@@ -35,6 +35,7 @@ from ..thread_tape import recording
 from ..volume import OccupancyGrid, readout, sample_rays
 from ..volume import render as volume_render
 from ..volume.hash_field import sh_basis_torch
+from ..volume.march import contract_far
 from ..volume.neural_field import FlatLayout, module_from_spec, pixel_radius, sample_inputs
 from ..volume.time_grid import TimeGrid
 from ..volume.torch_bridge import composite_torch
@@ -444,6 +445,12 @@ class HashState(NeuralState):
         self.occupancy: OccupancyGrid | None = None
         self.fitted_appearance = {}
 
+    @property
+    def _march(self) -> dict:
+        """sample_rays' keywords of the field's space: through the scene contraction (with its far bound) when the
+        field is contracted (`aabb` is then the encoding's box, twice the inner one)."""
+        return {"contract": True, "far": contract_far(self.aabb)} if self.field.contract else {}
+
     def published_copy(self) -> HashState:
         c = copy.copy(self)
         with recording(None):
@@ -490,7 +497,7 @@ class HashState(NeuralState):
         with tape_suspended():
             t = {k: self._tensor(k, k in grad_keys) for k in self.KEYS}
             samples = sample_rays(origins, directions, self.aabb, self.n_samples, seed=step, jitter=True,
-                                  occupancy=self.occupancy)
+                                  occupancy=self.occupancy, **self._march)
             positions = wp.to_torch(samples.positions, requires_grad=False).reshape(-1, 3)
             dirs = wp.to_torch(samples.directions, requires_grad=False).reshape(-1, 3)
             target_t = wp.to_torch(target, requires_grad=False)
@@ -530,7 +537,8 @@ class HashState(NeuralState):
             for a in range(0, n, READOUT_CHUNK):
                 b = min(a + READOUT_CHUNK, n)
                 o, d = origins[a:b], directions[a:b]
-                samples = sample_rays(o, d, self.aabb, self.n_samples, jitter=False, occupancy=occupancy)
+                samples = sample_rays(o, d, self.aabb, self.n_samples, jitter=False, occupancy=occupancy,
+                                      **self._march)
                 if samples.n_samples == 0:
                     out[a:b] = background.numpy()
                     continue
@@ -583,7 +591,7 @@ class HashState(NeuralState):
                 "layout_names": np.array([n for n, _, _ in self.layout.entries]),
                 "layout_offsets": np.array([o for _, o, _ in self.layout.entries], np.int64),
                 "density": density, "sh": dc.astype(np.float32), "sh_degree": np.int32(0),
-                "activation": np.array("relu")}
+                "activation": np.array("relu"), "contract": np.bool_(self.field.contract)}
 
 
 class DynamicState:

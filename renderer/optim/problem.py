@@ -190,7 +190,7 @@ class Problem:
                 return optimizers.SGD(arrays, lrs, momentum=float(getattr(opt, "momentum", 0.0) or 0.0),
                                       schedule=schedule, device=device)
             return optimizers.Adam(arrays, lrs, betas=betas, schedule=schedule, device=device,
-                                   lazy=bool(getattr(opt, "lazy", False)))
+                                   lazy=bool(getattr(opt, "lazy", False)), eps=float(getattr(opt, "eps", 1e-8)))
 
         # free vertices take large steps unless their parametrization is "plain" (renderer.optim.large_steps)
         large = {}

@@ -32,7 +32,7 @@ import warp as wp
 
 from . import voxel_grid as _vg
 from .hash_grid import HashGridEncoding
-from .march import sample_rays
+from .march import lattice_box, sample_rays
 from .neural_field import _rays_to_warp
 from .torch_bridge import composite_torch
 
@@ -215,8 +215,9 @@ def render_rays(field: HashGridField, origins, directions, n_samples: int, backg
 
 def module_from_spec(spec) -> HashGridField:
     """The (freshly initialized) `HashGridField` of a validated scene field spec of type "hash_grid"
-    (renderer.scene_schema.HashGridFieldSpec), on the CPU; its MLPs from the global torch RNG."""
-    aabb = [x for corner in spec.aabb for x in corner]
+    (renderer.scene_schema.HashGridFieldSpec), on the CPU; its MLPs from the global torch RNG. A contracted field's
+    (`spec.contract`) encoding spans the contracted space, twice the inner box `spec.aabb` (`march.lattice_box`)."""
+    aabb = [float(x) for x in lattice_box([x for corner in spec.aabb for x in corner], bool(spec.contract))]
     return HashGridField(aabb, n_levels=spec.n_levels, log2_table_size=spec.log2_table_size,
                          n_features=spec.n_features, base_resolution=spec.base_resolution,
                          finest_resolution=spec.finest_resolution, width=spec.width, geo_features=spec.geo_features,

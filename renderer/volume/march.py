@@ -351,6 +351,17 @@ def contract_far(aabb) -> float:
     return CONTRACT_FAR * max(hi[a] - lo[a] for a in range(3))
 
 
+def lattice_box(aabb, contract: bool) -> np.ndarray:
+    """The box (6,) float32 a field's lattice or encoding spans, from the field's `aabb` (6 numbers): the box itself,
+    or for a contracted field (the contracted space: module docstring) the inner box given, doubled about its
+    centre."""
+    box = np.asarray(aabb, np.float32).reshape(6)
+    if not contract:
+        return box
+    center, half = (box[:3] + box[3:]) / 2, (box[3:] - box[:3]) / 2
+    return np.r_[center - 2 * half, center + 2 * half].astype(np.float32)
+
+
 def contract_points(points: np.ndarray, aabb) -> np.ndarray:
     """NumPy reference of the contraction (module docstring): world points (N, 3) -> lattice-box points."""
     box = np.asarray(aabb, np.float64).reshape(2, 3)
