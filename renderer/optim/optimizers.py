@@ -46,6 +46,21 @@ def _adam_corrections(steps: wp.array(dtype=wp.int32), beta1: float, beta2: floa
     corrections[1] = 1.0 - wp.pow(beta2, t)
 
 
+@wp.func
+def _adam_element(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array(dtype=float),
+                  v: wp.array(dtype=float), i: int, lr: float, beta1: float, beta2: float, eps: float,
+                  corrections: wp.array(dtype=float)):
+    # Adam's update of element i with the step's bias corrections (1 - beta1^t, 1 - beta2^t)
+    gi = g[i]
+    mi = beta1 * m[i] + (1.0 - beta1) * gi
+    vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
+    m[i] = mi
+    v[i] = vi
+    m_hat = mi / corrections[0]
+    v_hat = vi / corrections[1]
+    p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
+
+
 @wp.kernel
 def _adam_update(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array(dtype=float),
                  v: wp.array(dtype=float), lr: float, beta1: float, beta2: float, eps: float,
@@ -55,16 +70,9 @@ def _adam_update(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.array
     i = wp.tid()
     if bad[0] != 0:
         return
-    gi = g[i]
-    if lazy != 0 and gi == 0.0:
+    if lazy != 0 and g[i] == 0.0:
         return
-    mi = beta1 * m[i] + (1.0 - beta1) * gi
-    vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
-    m[i] = mi
-    v[i] = vi
-    m_hat = mi / corrections[0]
-    v_hat = vi / corrections[1]
-    p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
+    _adam_element(p, g, m, v, i, lr, beta1, beta2, eps, corrections)
 
 
 @wp.func
@@ -94,16 +102,9 @@ def _adam_update_at(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.ar
     if bad[0] != 0:
         return
     i = _element(points, channels, wp.tid())
-    gi = g[i]
-    if gi == 0.0:
+    if g[i] == 0.0:
         return
-    mi = beta1 * m[i] + (1.0 - beta1) * gi
-    vi = beta2 * v[i] + (1.0 - beta2) * gi * gi
-    m[i] = mi
-    v[i] = vi
-    m_hat = mi / corrections[0]
-    v_hat = vi / corrections[1]
-    p[i] = p[i] - lr * m_hat / (wp.sqrt(v_hat) + eps)
+    _adam_element(p, g, m, v, i, lr, beta1, beta2, eps, corrections)
 
 
 def zero_at(arr: wp.array, points: wp.array, channels: int) -> None:
