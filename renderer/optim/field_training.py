@@ -445,8 +445,7 @@ class FieldModel:
             if state.field.type != "voxel_grid":
                 continue
             if not self._touched_step:
-                state.grid.touched = None
-                self._touched.pop(name, None)
+                state.grid.touched = None  # the mask is kept for the next sparse step
                 continue
             mask = self._touched.get(name)
             if mask is None or tuple(mask.shape) != tuple(state.grid.density.shape):

@@ -242,7 +242,7 @@ class _Optimizer:
             wp.launch(_flag_nonfinite, dim=1, inputs=[loss, self._bad], device=self.device, record_tape=False)
         active = dict(active or {})
         for i, (points, channels) in active.items():
-            if not self._sparse_ok(i):
+            if not self.accepts_active(i):
                 raise ValueError(f"active: params[{self.names[i]!r}] is not a lazy Adam parameter")
             if points.dtype is not wp.int32 or points.ndim != 1 or not int(channels) >= 1 or \
                     self._flat[i].shape[0] % int(channels):
@@ -279,7 +279,7 @@ class _Optimizer:
     def _update(self, i: int, grad: wp.array, lr: float) -> None:
         raise NotImplementedError
 
-    def _sparse_ok(self, i: int) -> bool:
+    def accepts_active(self, i: int) -> bool:
         """Whether parameter i may be updated on an active set only (`step(active=...)`)."""
         return False
 
@@ -366,7 +366,7 @@ class Adam(_Optimizer):
                           int(self.lazy[i]), self._bad],
                   device=self.device, record_tape=False)
 
-    def _sparse_ok(self, i: int) -> bool:
+    def accepts_active(self, i: int) -> bool:
         return self.lazy[i]
 
     def _update_at(self, i, grad, lr, points, channels):

@@ -114,8 +114,8 @@ class Problem:
         self.thumbnail_due = None
         self._thumbnail_request = 0
         self._shared_thumbnail = None
-        self._sparse_grads: dict = {}  # path -> (array, points, C) of the last step's sparse gradient (_zero_grads)
         self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
+        self._sparse_grads: dict = {}  # path -> (array, points, C) of the last step's sparse gradient (_zero_grads)
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -400,12 +400,11 @@ class Problem:
             self.out_of_time = self.out_of_time or self._past_deadline()
         # a step whose gradients are 0 outside the lattice points its samples touched (a voxel grid's) updates
         # those points only (lazy Adam: exactly the dense update), and the next step zeroes only them
-        active = getattr(self.model, "active_elements", lambda: None)() if self.comm is None and self.shards == 1 \
-            else None
+        active = getattr(self.model, "active_elements", lambda: None)()  # None on dense steps and ranks
         sparse = {}
         if active and isinstance(self.optimizer, optimizers.Adam):
             sparse = {p: a for p, a in active.items() if p in self._opt_paths
-                      and self.optimizer.lazy[self._opt_paths.index(p)]}
+                      and self.optimizer.accepts_active(self._opt_paths.index(p))}
         if sparse:
             applied = self.optimizer.step(loss_value=loss,
                                           active={self._opt_paths.index(p): a for p, a in sparse.items()})
