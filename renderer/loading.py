@@ -499,7 +499,7 @@ def _field(f, n_images: int = 0) -> Field:
         table, weights = initial_values(f)
         return Field(f.name, f.type, (), lattice_box(aabb, f.contract), f.sh_degree, "trunc_exp", "float32",
                      f.samples_per_ray, None, None, occupancy, model=f, weights=weights, table=table,
-                     contract=bool(f.contract))
+                     contract=bool(f.contract), gradient_scaling=float(f.gradient_scaling))
     if f.type == "dynamic":
         from .volume.time_grid import TimeGrid
 
@@ -519,7 +519,7 @@ def _field(f, n_images: int = 0) -> Field:
                  start if f.coarse_to_fine else None,
                  tuple(f.coarse_to_fine.upsample_at) if f.coarse_to_fine else (), contract=bool(f.contract),
                  distortion=float(f.distortion), density_l1=float(f.density_l1), tv_every=int(f.tv_every),
-                 loss_space=str(f.loss_space))
+                 loss_space=str(f.loss_space), gradient_scaling=float(f.gradient_scaling))
 
 
 def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:

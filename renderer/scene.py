@@ -180,6 +180,7 @@ class Field:
     contract: bool = False  # voxel_grid: the lattice holds contracted space; `aabb` is its box, twice the inner one
     distortion: float = 0.0  # voxel_grid: weight of the distortion loss (renderer.volume.regularizers)
     density_l1: float = 0.0  # voxel_grid: weight of the mean activated density over the lattice
+    gradient_scaling: float = 0.0  # voxel_grid, hash_grid: samples nearer their camera scale their gradients
     tv_every: int = 1  # voxel_grid: optimize.loss.tv on every tv_every-th step, at tv_every times its weight
     loss_space: str = "linear"  # voxel_grid: the image loss on "linear" or "srgb"-encoded colors
 

@@ -503,6 +503,9 @@ class VoxelGridFieldSpec(Strict):
     # regularizers of each step (renderer.volume.regularizers), reported as loss terms of those names:
     distortion: NonNegative = 0.0  # mip-NeRF 360's distortion loss of the batch's rays, distances in box diagonals
     density_l1: NonNegative = 0.0  # mean activated density over the lattice (empties space no view constrains)
+    # Floaters No More: the gradients of samples nearer to their camera than this world distance scale with
+    # (distance / this)^2 (renderer.volume.composite.scale_gradients_by_distance); 0 leaves them as they are
+    gradient_scaling: NonNegative = 0.0
     # optimize.loss.tv on every tv_every-th step only, at tv_every times its weight: TV's pass over the whole lattice
     # (and, with optimizer.lazy, the update of every lattice point it touches) then costs 1/tv_every per step
     tv_every: Annotated[int, Field(ge=1)] = 1
@@ -579,6 +582,7 @@ class HashGridFieldSpec(Strict):
     occupancy: OccupancySpec | None = None
     seed: Annotated[int, Field(ge=0)] = 0  # of the table's and the MLPs' initialization
     contract: bool = False  # model unbounded space: aabb is the inner box, the encoding spans twice it (voxel_grid's)
+    gradient_scaling: NonNegative = 0.0  # Floaters No More, as voxel_grid's (a world distance; 0: off)
 
     @model_validator(mode="after")
     def _finest_above_base(self) -> HashGridFieldSpec:

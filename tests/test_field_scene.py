@@ -115,6 +115,8 @@ ERRORS = [
     ("distortion-string", setting("fields/0/distortion", "high"), "fields[0].distortion", "number"),
     ("density-l1-nan", setting("fields/0/density_l1", float("nan")), "fields[0].density_l1", "finite"),
     ("tv-every-zero", setting("fields/0/tv_every", 0), "fields[0].tv_every", "greater than or equal to 1"),
+    ("gradient-scaling-negative", setting("fields/0/gradient_scaling", -1.0), "fields[0].gradient_scaling",
+     "greater than or equal to 0"),
     ("loss-space", setting("fields/0/loss_space", "log"), "fields[0].loss_space", "'linear' or 'srgb'"),
     ("lazy-string", setting("optimize/optimizer", {"type": "adam", "lazy": "yes"}), "optimize.optimizer.lazy",
      "bool"),
@@ -546,6 +548,24 @@ def test_field_regularizers_are_loss_terms_and_empty_unseen_space(dataset):
     soft = lambda p: np.log1p(np.exp(p.field_training.state.grid.density.numpy()))  # noqa: E731
     assert np.median(soft(problem)) < 0.3 * np.median(soft(plain)), (np.median(soft(problem)),
                                                                       np.median(soft(plain)))
+
+
+def test_gradient_scaling_field_option(dataset):
+    """`gradient_scaling` (docs/volume.md "Regularizers"): a distance below every sample's (the cameras stand 3.5
+    units from the box) leaves the step bit-identical; a distance far beyond them scales every sample's gradient by
+    (r / distance)^2 < 0.01, so the first step's gradient is ~100x smaller (the op's exact factors are tested in
+    tests/test_volume_composite.py)."""
+    runs = {}
+    for name, distance in (("plain", 0.0), ("near", 0.01), ("far", 50.0)):
+        problem = Problem(load_scene(write(dataset, field_scene(steps=2, gradient_scaling=distance),
+                                           f"scaling_{name}.json")), "cpu")
+        assert problem.scene.fields["nerf"].gradient_scaling == distance
+        norm = problem.step().grad_norms["fields.nerf.sh"]
+        runs[name] = (problem.field_training.state.grid.sh.numpy().copy(), norm)
+    np.testing.assert_array_equal(runs["near"][0], runs["plain"][0])
+    assert runs["near"][1] == runs["plain"][1] > 0
+    assert 0 < runs["far"][1] < 0.02 * runs["plain"][1], (runs["far"][1], runs["plain"][1])
+    assert not np.array_equal(runs["far"][0], runs["plain"][0])
 
 
 def test_tv_every_and_lazy_adam(dataset):

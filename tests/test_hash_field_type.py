@@ -184,6 +184,22 @@ def test_step_gradient_of_a_table_entry_and_an_mlp_weight_matches_central_differ
     assert checked == 6
 
 
+def test_gradient_scaling_reaches_the_hash_field(data):
+    """`gradient_scaling` on a hash-grid field: the same loss, and gradients that a distance below every sample's
+    leaves unchanged and one far beyond them shrinks (every sample's factor (r / distance)^2 < 0.01; the exact
+    factors are tested on the op in tests/test_neural_field.py)."""
+    out = {}
+    for name, distance in (("plain", 0.0), ("near", 1e-3), ("far", 100.0)):
+        p = Problem(load_scene(write(data, scene_doc({**HASH, "gradient_scaling": distance}), f"gs-{name}.json")),
+                    "cpu")
+        indices = p.field_training.draw_batch()[:64]
+        out[name] = step_loss(p, indices, ("fields.nerf.weights",))
+    assert out["near"][0] == out["plain"][0] == out["far"][0]
+    plain, near, far = (np.abs(out[k][1]["fields.nerf.weights"]).sum() for k in ("plain", "near", "far"))
+    assert near == plain > 0
+    assert 0 < far < 0.01 * plain, (far, plain)
+
+
 def test_scene_adam_eps_reaches_the_optimizer(data):
     doc = scene_doc()
     doc["optimize"]["optimizer"]["eps"] = 1e-15

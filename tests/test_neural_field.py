@@ -22,7 +22,7 @@ from drstudio.renderer.volume.neural_field import (
     positional_encoding,
     render_rays,
 )
-from drstudio.renderer.volume.torch_bridge import composite_torch
+from drstudio.renderer.volume.torch_bridge import composite_torch, scale_gradients_by_distance_torch
 
 torch.set_num_threads(1)
 wp.init()
@@ -117,6 +117,34 @@ def test_bridge_gradients_match_torch_reference(dense):
     for name, a, b in zip(("densities", "colors", "background"), leaves, ref, strict=True):
         assert a.grad.abs().max() > 1e-3, name
         np.testing.assert_allclose(a.grad.numpy(), b.grad.numpy(), rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("distance", [0.5, 3.0])
+def test_bridge_gradient_scaling_by_distance(distance):
+    """scale_gradients_by_distance_torch: values unchanged, gradients times min(1, (t |d| / distance)^2) per
+    sample, the factors from NumPy (samples 2-4 units from the rays' origins: 0.5 scales none, 3.0 the nearer)."""
+    s, dens, cols, bg = bridge_case(seed=3)
+    o, d = rays(seed=3)
+    weights = out_weights(s.n_rays)
+
+    def grads(scale):
+        leaves = [x.clone().requires_grad_(True) for x in (dens, cols)]
+        a, b = leaves
+        if scale:
+            a, b = scale_gradients_by_distance_torch(a, b, s, d, distance)
+            assert torch.equal(a, leaves[0]) and torch.equal(b, leaves[1])
+        outs = composite_torch(a, b, s, bg, 0.0)
+        sum(((o_.double() * w).sum() for o_, w in zip(outs, weights, strict=True))).backward()
+        return [x.grad.numpy() for x in leaves]
+
+    plain, scaled = grads(False), grads(True)
+    r = s.t_points.numpy() * np.linalg.norm(d.numpy(), axis=1)[s.ray_indices.numpy()]
+    k = np.minimum((r / distance) ** 2, 1.0)
+    assert (k.min() == 1.0) if distance == 0.5 else (k.min() < 0.9)
+    np.testing.assert_allclose(scaled[0], k * plain[0], rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(scaled[1], k[:, None] * plain[1], rtol=1e-6, atol=1e-12)
+    with pytest.raises(ValueError, match="distance"):
+        scale_gradients_by_distance_torch(dens, cols, s, d, 0.0)
 
 
 def test_bridge_central_differences():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import warp as wp
-from drstudio.renderer.volume import composite, sample_rays
+from drstudio.renderer.volume import composite, sample_rays, scale_gradients_by_distance
 from drstudio.renderer.volume.march import Samples
 from support.gradcheck import check_gradient, weighted_loss
 
@@ -151,3 +151,53 @@ def test_validation_errors_name_the_argument(device):
         composite(farr(sigma), farr(colors), None, farr(bg))
     with pytest.raises(ValueError, match="min_transmittance"):
         composite(farr(sigma), farr(colors), samples, farr(bg), min_transmittance=1.0)
+
+
+def _scale_factors(samples: Samples, directions: np.ndarray, distance: float) -> np.ndarray:
+    """NumPy: min(1, (t |d| / distance)^2) per sample."""
+    r = samples.t_points.numpy() * np.linalg.norm(directions, axis=1)[samples.ray_indices.numpy()]
+    return np.minimum((r / distance) ** 2, 1.0)
+
+
+def _composite_grads(samples, sigma, colors, bg, distance=None, directions=None):
+    dens, cols = farr(sigma, True), farr(colors, True)
+    tape = wp.Tape()
+    with tape:
+        if distance is not None:
+            scale_gradients_by_distance(dens, cols, samples, wp.array(directions.astype(np.float32), dtype=wp.vec3),
+                                        distance)
+        loss = weighted_loss(composite(dens, cols, samples, farr(bg), min_transmittance=0.0)[0])
+    tape.backward(loss)
+    return dens.grad.numpy(), cols.grad.numpy(), loss.numpy()
+
+
+@pytest.mark.parametrize("distance", [0.5, 3.0, 100.0])
+def test_gradient_scaling_by_distance(distance, device):
+    # Floaters No More: each sample's density and color adjoints times min(1, (t |d| / distance)^2); the forward
+    # values are untouched. The rays start 3 units from the box's centre, samples lie 2-4 units away: distance
+    # 0.5 leaves every sample's gradient as it is, 3.0 scales the nearer ones, 100 all of them.
+    samples, sigma, colors, bg = case(seed=5)
+    rng = np.random.default_rng(5)
+    directions = np.tile([0.0, 0.0, -1.0], (7, 1)) + rng.uniform(-0.1, 0.1, (7, 3))
+    samples = sample_rays(wp.array(np.array([[0.1 * i - 0.3, 0.05 * i, 3.0] for i in range(6)] + [[5.0, 5.0, 3.0]],
+                                            np.float32), dtype=wp.vec3),
+                          wp.array(directions.astype(np.float32), dtype=wp.vec3), BOX, 6, seed=5)
+    sigma, colors = sigma[:samples.n_samples], colors[:samples.n_samples]
+    plain_d, plain_c, plain_loss = _composite_grads(samples, sigma, colors, bg)
+    d, c, loss = _composite_grads(samples, sigma, colors, bg, distance, directions)
+    k = _scale_factors(samples, directions, distance)
+    assert loss == plain_loss  # the forward pass is the same
+    if distance == 0.5:
+        assert np.all(k == 1.0)
+    else:
+        assert k.min() < 0.9
+    np.testing.assert_allclose(d, k * plain_d, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(c, k[:, None] * plain_c, rtol=1e-6, atol=1e-12)
+
+
+def test_gradient_scaling_rejects_a_bad_distance(device):
+    samples, sigma, colors, _ = case(seed=6)
+    directions = wp.zeros(samples.n_rays, dtype=wp.vec3)
+    for bad in (0.0, -1.0, float("nan"), float("inf"), True):
+        with pytest.raises(ValueError, match="distance"):
+            scale_gradients_by_distance(farr(sigma, True), farr(colors, True), samples, directions, bad)

@@ -166,3 +166,48 @@ def test_coarse_to_fine_fit(device):
     second = fit(fine, samples, targets, bg, 25)
     assert second[0] < 1.5 * first[-1]  # upsampling keeps what the coarse grid learned
     assert second[-1] < 0.1 * first[0] and second[-1] < first[-1], (first, second)
+
+
+def test_gradient_scaling_reaches_the_grid_through_render(device):
+    # render(gradient_scaling=r) gives the lattice J^T (k * a): a the composite's adjoints of the samples' density
+    # and color, k = min(1, (t |d| / r)^2) per sample, J the query's Jacobian; built here from the parts.
+    rng = np.random.default_rng(3)
+    grid = VoxelGrid(6, BOX, sh_degree=1, init_density=0.8)
+    grid.density = wp.array(grid.density.numpy() + rng.normal(0, 0.3, grid.density.shape).astype(np.float32),
+                            dtype=float, requires_grad=True)
+    grid.sh = wp.array(rng.normal(0, 0.5, grid.sh.shape).astype(np.float32), dtype=float, requires_grad=True)
+    o, d = camera(0.4, 6, distance=1.6)  # samples 0.6-2.6 units from the camera
+    bg = wp.array(np.array([0.3, 0.3, 0.3], np.float32), dtype=float)
+    target = wp.zeros((36, 3), dtype=float)
+    distance = 2.0
+
+    tape = wp.Tape()
+    with tape:
+        rgb, _, _, samples = render(grid, o, d, 16, bg, seed=1, gradient_scaling=distance)
+        loss = wp.zeros(1, dtype=float, requires_grad=True)
+        l2(rgb, target, loss)
+    tape.backward(loss)
+    got_density, got_sh = grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()
+
+    # the parts: the composite's adjoints a (query outputs as leaves), then J^T (k * a) through the query alone
+    density, color = grid.query(samples.positions, samples.directions)
+    leaf_d = wp.array(density.numpy(), dtype=float, requires_grad=True)
+    leaf_c = wp.array(color.numpy(), dtype=float, requires_grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        loss2 = wp.zeros(1, dtype=float, requires_grad=True)
+        l2(composite(leaf_d, leaf_c, samples, bg)[0], target, loss2)
+    tape2.backward(loss2)
+    r = samples.t_points.numpy() * np.linalg.norm(d.numpy(), axis=1)[samples.ray_indices.numpy()]
+    k = np.minimum((r / distance) ** 2, 1.0).astype(np.float32)
+    assert 0.05 < k.min() < 0.5 and k.max() == 1.0  # both regimes occur
+    grid.density.grad.zero_()
+    grid.sh.grad.zero_()
+    tape3 = wp.Tape()
+    with tape3:
+        density, color = grid.query(samples.positions, samples.directions)
+    tape3.backward(grads={density: wp.array(k * leaf_d.grad.numpy(), dtype=float),
+                          color: wp.array(k[:, None] * leaf_c.grad.numpy(), dtype=float)})
+    np.testing.assert_allclose(got_density, grid.density.grad.numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(got_sh, grid.sh.grad.numpy(), rtol=1e-4, atol=1e-7)
+    assert np.abs(got_density).max() > 1e-4

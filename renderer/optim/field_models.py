@@ -38,7 +38,7 @@ from ..volume.hash_field import sh_basis_torch
 from ..volume.march import contract_far
 from ..volume.neural_field import FlatLayout, module_from_spec, pixel_radius, sample_inputs
 from ..volume.time_grid import TimeGrid
-from ..volume.torch_bridge import composite_torch
+from ..volume.torch_bridge import composite_torch, scale_gradients_by_distance_torch
 from . import losses
 
 READOUT_CHUNK = 8192  # rays per torch forward when a neural field renders a view
@@ -505,6 +505,10 @@ class HashState(NeuralState):
             values: dict[str, torch.Tensor] = {}
             if samples.n_samples:
                 density, color = self._field(t["table"], t["weights"], positions, dirs)
+                if self.field.gradient_scaling > 0.0:
+                    density, color = scale_gradients_by_distance_torch(
+                        density, color, samples, wp.to_torch(directions, requires_grad=False).reshape(-1, 3),
+                        self.field.gradient_scaling)
             else:
                 density, color = torch.zeros(0), torch.zeros((0, 3))
             rgb, _, _ = composite_torch(density.contiguous(), color.contiguous(), samples, background)

@@ -500,7 +500,8 @@ class FieldModel:
                 rgb, _, _, samples, densities = volume_render(state.grid, origins, directions, state.n_samples,
                                                               p.ds.background_color, seed=step, jitter=True,
                                                               occupancy=state.occupancy, first_ray=lo,
-                                                              return_densities=True)
+                                                              return_densities=True,
+                                                              gradient_scaling=f.gradient_scaling)
                 part = (hi - lo) / len(indices)
                 if f.loss_space == "srgb":
                     rgb, target = srgb.linear_to_srgb(rgb), srgb.linear_to_srgb(target)

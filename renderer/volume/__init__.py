@@ -18,30 +18,34 @@ from __future__ import annotations
 
 import warp as wp
 
-from .composite import composite
+from .composite import composite, scale_gradients_by_distance
 from .march import Samples, contract_far, sample_rays
 from .occupancy import OccupancyGrid
 from .time_grid import TimeGrid as TimeGrid
 from .voxel_grid import VoxelGrid
 
-__all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "sample_rays"]
+__all__ = ["OccupancyGrid", "Samples", "VoxelGrid", "composite", "render", "sample_rays", "scale_gradients_by_distance"]
 
 
 def render(field, origins: wp.array, directions: wp.array, n_samples: int, background: wp.array, *,
            near: float = 0.0, far: float = 1.0e10, seed: int = 0, jitter: bool = True, occupancy=None,
-           min_transmittance: float = 1.0e-4, first_ray: int = 0, return_densities: bool = False):
+           min_transmittance: float = 1.0e-4, first_ray: int = 0, return_densities: bool = False,
+           gradient_scaling: float = 0.0):
     """sample_rays over `field.aabb` (through the scene contraction when `field.contract`), `field.query`
     at the samples, `composite`.
 
     Returns (rgb (N, 3), opacity (N,), depth (N,), samples), and the samples' densities (S,) last with
     `return_densities` (for regularizers of the weights, `regularizers.distortion`): see the ops for the contracts.
-    Differentiable w.r.t. what `field.query` is differentiable w.r.t. and the background."""
+    Differentiable w.r.t. what `field.query` is differentiable w.r.t. and the background; `gradient_scaling` > 0
+    scales the samples' gradients by their distance from the camera (`composite.scale_gradients_by_distance`)."""
     contract = bool(getattr(field, "contract", False))
     if contract and far >= 1.0e10:
         far = contract_far(field.aabb)
     samples = sample_rays(origins, directions, field.aabb, n_samples, near, far, seed=seed, jitter=jitter,
                           occupancy=occupancy, contract=contract, first_ray=first_ray)
     density, color = field.query(samples.positions, samples.directions)
+    if gradient_scaling > 0.0:
+        scale_gradients_by_distance(density, color, samples, directions, gradient_scaling)
     rgb, opacity, depth = composite(density, color, samples, background, min_transmittance)
     if return_densities:
         return rgb, opacity, depth, samples, density

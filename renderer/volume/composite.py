@@ -19,6 +19,7 @@ import math
 
 import warp as wp
 
+from ..thread_tape import active_tape
 from .march import Samples, check_array
 
 
@@ -100,3 +101,55 @@ def composite(densities: wp.array, colors: wp.array, samples: Samples, backgroun
                       float(max_tau), rgb, opacity, depth])
     wp.launch(_add_background, dim=(n, 3), device=dev, inputs=[opacity, background, rgb])
     return rgb, opacity, depth
+
+
+@wp.kernel
+def _scale_sample_adjoints(t_points: wp.array(dtype=float), ray_indices: wp.array(dtype=wp.int32),
+                           directions: wp.array(dtype=wp.vec3), inv_distance: float,
+                           adj_density: wp.array(dtype=float), adj_color: wp.array2d(dtype=float)):
+    s = wp.tid()
+    x = t_points[s] * wp.length(directions[ray_indices[s]]) * inv_distance
+    k = wp.min(x * x, 1.0)
+    adj_density[s] = adj_density[s] * k
+    adj_color[s, 0] = adj_color[s, 0] * k
+    adj_color[s, 1] = adj_color[s, 1] * k
+    adj_color[s, 2] = adj_color[s, 2] * k
+
+
+def scale_gradients_by_distance(densities: wp.array, colors: wp.array, samples: Samples, directions: wp.array,
+                                distance: float) -> None:
+    """Floaters No More (Philip and Deschaintre 2023): on the backward pass, scale the adjoints of each sample's
+    density and color by min(1, (r / distance)^2), r = t_point |d| its distance from the ray's origin (the
+    camera). The forward values are untouched. Space right in front of a training camera is seen by that camera
+    alone and at a large solid angle, so its samples otherwise take large gradients that grow floaters; the
+    scaling evens out each lattice point's gradient over the cameras at different distances.
+
+    Call it after the query that produced `densities` and `colors` and before anything reads them under the
+    active tape (compositing, regularizers of the weights): the tape replays in reverse, so the scaling runs after
+    every later op has added its adjoint into `densities.grad` and `colors.grad` and before the query's adjoint
+    reads them. Without an active tape, or with arrays that take no gradient, it does nothing.
+
+    Args:
+        densities: float32 (S,), colors: float32 array2d (S, 3): the query's outputs at `samples`.
+        samples: the `Samples` they were queried at; directions: vec3 (N,) the rays' directions (t units).
+        distance: world distance from the camera beyond which gradients are left as they are (> 0).
+    """
+    if not (isinstance(distance, (int, float)) and not isinstance(distance, bool) and distance > 0.0
+            and math.isfinite(distance)):
+        raise ValueError(f"distance: expected a finite distance > 0, got {distance!r}")
+    if not isinstance(samples, Samples):
+        raise TypeError(f"samples: expected a march.Samples, got {type(samples).__name__}")
+    dev, n, s = samples.ray_offsets.device, samples.n_rays, samples.n_samples
+    check_array("densities", densities, wp.float32, (s,), dev)
+    check_array("colors", colors, wp.float32, (s, 3), dev)
+    check_array("directions", directions, wp.vec3, (n,), dev)
+    tape = active_tape()
+    if tape is None or s == 0 or not (densities.requires_grad and colors.requires_grad):
+        return
+    inv = 1.0 / float(distance)
+
+    def backward():
+        wp.launch(_scale_sample_adjoints, dim=s, device=dev, record_tape=False,
+                  inputs=[samples.t_points, samples.ray_indices, directions, inv, densities.grad, colors.grad])
+
+    tape.record_func(backward, [densities, colors])

@@ -12,6 +12,8 @@ Warp op (the derivative of the truncated sum, see `composite.composite`), not a 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import warp as wp
 
@@ -97,3 +99,37 @@ def composite_torch(densities: torch.Tensor, colors: torch.Tensor, samples: Samp
         raise TypeError(f"samples: expected a march.Samples, got {type(samples).__name__}")
     wp.init()  # wp.from_torch needs the runtime (a no-op once initialized)
     return CompositeFunction.apply(densities, colors, background, samples, float(min_transmittance))
+
+
+class _ScaleByDistance(torch.autograd.Function):
+    """Identity forward; the backward multiplies the incoming gradients by per-sample factors k (S,)."""
+
+    @staticmethod
+    def forward(ctx, densities, colors, k):
+        ctx.save_for_backward(k)
+        return densities.clone(), colors.clone()
+
+    @staticmethod
+    def backward(ctx, grad_densities, grad_colors):
+        (k,) = ctx.saved_tensors
+        gd = None if grad_densities is None else grad_densities * k
+        gc = None if grad_colors is None else grad_colors * k[:, None]
+        return gd, gc, None
+
+
+def scale_gradients_by_distance_torch(densities: torch.Tensor, colors: torch.Tensor, samples: Samples,
+                                      directions: torch.Tensor, distance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`composite.scale_gradients_by_distance` for torch fields: (densities, colors) unchanged in value, whose
+    gradients are scaled by min(1, (t_point |d| / distance)^2) per sample (Floaters No More). `directions`: (N, 3)
+    the rays' directions; `distance` > 0 in world units."""
+    if not (isinstance(distance, (int, float)) and not isinstance(distance, bool) and distance > 0.0
+            and math.isfinite(distance)):
+        raise ValueError(f"distance: expected a finite distance > 0, got {distance!r}")
+    s = samples.n_samples
+    if s == 0:
+        return densities, colors
+    t = wp.to_torch(samples.t_points, requires_grad=False)
+    ray = wp.to_torch(samples.ray_indices, requires_grad=False).long()
+    r = t * directions.detach().reshape(-1, 3).norm(dim=1)[ray] / float(distance)
+    k = (r * r).clamp(max=1.0).to(densities.dtype)
+    return _ScaleByDistance.apply(densities, colors, k)
