@@ -669,13 +669,20 @@ def test_drstudio_capture_writes_a_scene_that_trains(tmp_path):
     assert f"drstudio optimize {out / 'scene.json'}" in run.stdout
     scene = load_scene(out / "scene.json")
     written = json.loads((out / "transforms.json").read_text())
-    from drstudio.renderer.captures import CAPTURE_INNER_SCALE
+    from drstudio.renderer.captures import CAPTURE_GRADIENT_SCALING, CAPTURE_INNER_SCALE, CAPTURE_OCCUPANCY_ALPHA
 
     box = np.ravel(written["capture"]["aabb"])  # scaled about its centre: the contracted lattice's inner box
     center, half = (box[:3] + box[3:]) / 2, (box[3:] - box[:3]) / 2 * CAPTURE_INNER_SCALE
     assert scene.fields["nerf"].contract
     np.testing.assert_allclose(scene.fields["nerf"].aabb, np.r_[center - 2 * half, center + 2 * half], rtol=1e-5,
                                atol=1e-6)
+    # the settings in the box's units: the occupancy threshold a density whose stratum (half the strata inside the
+    # inner box) has opacity CAPTURE_OCCUPANCY_ALPHA, Floaters No More's distance a fraction of the inner box's edge
+    field = json.loads((out / "scene.json").read_text())["fields"][0]
+    edge = float(np.mean(2 * half))
+    assert field["occupancy"]["threshold"] == pytest.approx(
+        CAPTURE_OCCUPANCY_ALPHA * field["samples_per_ray"] / 2 / edge, rel=1e-3)
+    assert scene.fields["nerf"].gradient_scaling == pytest.approx(CAPTURE_GRADIENT_SCALING * edge, rel=1e-3)
     test = [fr for fr in written["frames"] if fr["split"] == "test"]
     assert len(test) == 2  # frames 0 and 8
     preview = scene.cameras["preview"]
