@@ -36,6 +36,7 @@ from drstudio.renderer.images import atomic_write, write_image
 from drstudio.renderer.loading import open_scene
 from drstudio.renderer.optim import losses
 from drstudio.renderer.optim.engine import Engine
+from drstudio.renderer.optim.field_training import PSNR_TERM
 from drstudio.renderer.optim.identifiability import underdetermined
 from drstudio.renderer.optim.problem import Problem
 from drstudio.renderer.params import Kind
@@ -364,7 +365,8 @@ def write_results(problem: Problem, snap, out: Path, elapsed: float, extra: dict
         "final_loss": snap.loss,
         **({"final_loss_note": "a Monte Carlo estimate of the last step (path mode), noisy"}
            if problem.noisy_loss else {}),
-        "loss_terms": snap.loss_terms,
+        # the held-out PSNR is reported below from the final evaluation; the step's term holds the last periodic one
+        "loss_terms": {k: v for k, v in snap.loss_terms.items() if k != PSNR_TERM},
         "psnr_render_vs_target_db": _mean_psnr(psnrs.values()),
         "psnr_by_view_db": psnrs,
         **({"psnr_test_db": _mean_psnr(test_psnrs.values()), "psnr_test_by_view_db": test_psnrs,

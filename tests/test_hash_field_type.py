@@ -307,6 +307,7 @@ def test_optimize_records_resumes_verifies_exports_and_renders(data, tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 8 and metrics["final_eval"] == "sampled" and metrics["eval_rays_per_view"] == 1024
     assert len(metrics["psnr_test_by_view_db"]) == 3 and metrics["eval_seconds"] > 0
+    assert PSNR_TERM not in metrics["loss_terms"]  # one held-out PSNR: the final evaluation's, not a stale term
     assert metrics["parameters"]["fields.nerf.table"]["shape"] == [4096, 2]
     assert sorted(f.name for f in (out / "views").iterdir()) == [f"{list(metrics['psnr_test_by_view_db'])[0]}.png"]
     field = np.load(out / "field_nerf.npz")
