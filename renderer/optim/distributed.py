@@ -194,6 +194,48 @@ def ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
     return acc
 
 
+class GradBuffer:
+    """One rank's flat buffer (module docstring) as the memory its gradients live in, on the CPU: the `.grad` of
+    each of the optimizer's parameters is a view of its slot, so the backward pass writes the buffer and the sum
+    leaves the summed gradients in the `.grad` arrays, with no copy either way (`pack` and `unpack` copy: the
+    one-process emulation keeps a buffer per rank). `tensor`: the whole buffer as a torch tensor (the same
+    memory); `tail`: its last `n_tail` floats as a NumPy view (the loss terms, total and flags)."""
+
+    def __init__(self, ds, paths: list[str], n_tail: int):
+        self.paths = list(paths)
+        self.arrays = [ds.arrays[p] for p in self.paths]
+        sizes = [a.size * wp.types.type_size(a.dtype) for a in self.arrays]
+        self.n = int(sum(sizes))
+        self.flat = wp.zeros(self.n + int(n_tail), dtype=float, device=ds.device)
+        self.tensor = wp.to_torch(self.flat, requires_grad=False)
+        self.tail = self.flat.numpy()[self.n:]  # a view on the CPU
+        self.views, offset = [], 0
+        for a, size in zip(self.arrays, sizes, strict=True):
+            view = wp.array(ptr=self.flat.ptr + 4 * offset, dtype=a.dtype, shape=a.shape, device=a.device)
+            view._ref = self.flat  # keeps the buffer alive while a parameter's .grad is this view
+            self.views.append(view)
+            offset += size
+
+    @staticmethod
+    def fits(ds, paths: list[str]) -> bool:
+        """Whether the parameters' gradients can live in one CPU float32 buffer (contiguous float32 arrays)."""
+        return ds.device.is_cpu and all(
+            ds.arrays[p].is_contiguous and getattr(ds.arrays[p].dtype, "_wp_scalar_type_", ds.arrays[p].dtype) is wp.float32
+            for p in paths)
+
+    def matches(self, ds, paths: list[str], n_tail: int) -> bool:
+        """Whether this buffer is for these parameter arrays (not replaced since: a remesh, an upsampling)."""
+        return (self.paths == list(paths) and len(self.tail) == n_tail
+                and all(ds.arrays[p] is a for p, a in zip(paths, self.arrays, strict=True)))
+
+    def attach(self) -> None:
+        """Make each parameter's `.grad` its view of the buffer (once; the old gradient is dropped: the step
+        zeroes gradients before its backward pass)."""
+        for a, view in zip(self.arrays, self.views, strict=True):
+            if a.grad is not view:
+                a.grad = view
+
+
 def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: bool, device: str,
          out_of_time: bool = False, thumbnail: int = 0) -> torch.Tensor:
     """One rank's flat buffer (module docstring): gradients of `paths`, the term and total values, the stop
