@@ -280,6 +280,34 @@ def test_ranks_gradients_in_the_flat_buffer_equal_the_copies_and_the_emulation(t
             assert np.array_equal(values[k], v), k
 
 
+def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
+    """`pin_to_cores`: rank r of N on one machine takes cores [r k, (r + 1) k), k = cores // N; nothing with fewer
+    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0."""
+    import torch.distributed as dist
+    from drstudio.renderer.optim import distributed
+
+    pinned = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(list(cores)), raising=False)
+    assert distributed.pin_to_cores(1, 2) == [2, 3] and pinned == [[2, 3]]
+    assert distributed.pin_to_cores(0, 2) == [0, 1]
+    assert distributed.pin_to_cores(2, 3) == [2]
+    assert distributed.pin_to_cores(0, 6) is None and distributed.pin_to_cores(0, 1) is None
+    pinned.clear()
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what a rank also does; not to this process
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3]]
+    monkeypatch.setenv(distributed.PIN_ENV, "0")
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3]]  # not again
+
+
 def test_profile_rank_runs_briefly(tmp_path, capsys):
     """benchmarks/profile_rank.py (the README's per-kernel table of a rank's step) on the small field."""
     from benchmarks import profile_rank

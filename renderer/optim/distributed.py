@@ -59,6 +59,26 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+PIN_ENV = "DRSTUDIO_PIN_RANKS"  # "0": leave a CPU rank free to run on any core (default: pinned, `pin_to_cores`)
+
+
+def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
+    """Pin this process, and the threads it starts afterwards, to its share of the cores it may run on: rank r of
+    the N on this machine takes cores [r k, (r + 1) k), k = cores // N (as many as its render threads,
+    `threads_per_rank`), so the ranks never trade cores and each finds its caches where it left them after a
+    wait in the all-reduce. Returns the cores, or None (nothing changed) with fewer cores than ranks, or where
+    the OS has no sched_setaffinity."""
+    if not hasattr(os, "sched_setaffinity") or local_world < 2:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    k = len(cores) // local_world
+    if k < 1 or not 0 <= local_rank < local_world:
+        return None
+    mine = cores[local_rank * k:(local_rank + 1) * k]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def threads_per_rank(local_world: int) -> int:
     """Render threads each rank uses: the machine's cores shared by the ranks on it (at least 1)."""
     return max(1, (os.cpu_count() or 1) // max(1, int(local_world)))
@@ -102,6 +122,8 @@ class Comm:
         import torch
 
         cuda = bool(device) and device.startswith("cuda")
+        if not cuda and os.environ.get(PIN_ENV, "1") != "0":  # before gloo starts its threads: they inherit it
+            pin_to_cores(local_rank, local_world)
         backend = "nccl" if cuda else "gloo"
         tdev = f"cuda:{local_rank}" if cuda else "cpu"
         if cuda:
