@@ -374,7 +374,8 @@ class Problem:
         """`_step_sharded` of a real rank on the CPU without copies: the parameters' gradients live in the flat
         buffer (`distributed.GradBuffer`), the backward pass writes it, the sum replaces it in place with the
         ranks' sum, so the optimizer reads the summed gradients where they are; the tape is reset after the
-        update, as in one process. The same buffer, the same sum, the same bits as `pack` / `unpack`."""
+        update, as in one process. The same buffer, the same sum, the same bits as `pack` / `unpack`. Only the
+        buffer is zeroed before the backward pass (`DeviceScene.zero_grad` zeroes every leaf's gradient)."""
         from . import distributed
 
         n_tail = len(names) + 4
@@ -382,7 +383,9 @@ class Problem:
         if buf is None or not buf.matches(self.ds, paths, n_tail):
             buf = self._grad_buffer = distributed.GradBuffer(self.ds, paths, n_tail)
         buf.attach()
-        self.ds.zero_grad()
+        # the optimizer's gradients and the tail, in one memset; every other leaf's gradient a step writes was
+        # zeroed by the previous step's tape reset, and no one reads the gradient of a parameter that is not free
+        buf.flat.zero_()
         tape = wp.Tape()
         with tape:
             total, terms, outputs = self._record_loss(batch, (self.comm.rank, self.shards))
