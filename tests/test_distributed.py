@@ -230,12 +230,22 @@ class _ThreadPair:
         self.shared["barrier"].wait()
         assert self.shared["crc"][0] == self.shared["crc"][1]
 
+    def gather_rows(self, arr, step):  # Comm.gather_rows: the other rank's slab of the first axis
+        from drstudio.renderer.optim.distributed import rows_of
 
-def _pair_steps(scene, steps: int) -> tuple[list, list, list]:
+        self.shared["rows"][self.rank] = arr.clone()
+        self.shared["barrier"].wait()
+        a, b = rows_of(arr.shape[0], 1 - self.rank, 2)
+        arr[a:b] = self.shared["rows"][1 - self.rank][a:b]
+        self.shared["barrier"].wait()
+
+
+def _pair_steps(scene, steps: int, keys=(ALBEDO, LIGHT, VERTS)) -> tuple[list, list, list]:
     """Two real ranks (threads, `_ThreadPair`) taking `steps` steps: (their losses, their parameters, them)."""
     import threading
 
-    shared = {"bufs": [None, None], "crc": [None, None], "barrier": threading.Barrier(2, timeout=120)}
+    shared = {"bufs": [None, None], "crc": [None, None], "rows": [None, None],
+              "barrier": threading.Barrier(2, timeout=120)}
     probs = [Problem(scene, "cpu") for _ in range(2)]
     for r, p in enumerate(probs):
         p.set_shards(2, _ThreadPair(r, shared))
@@ -252,7 +262,7 @@ def _pair_steps(scene, steps: int) -> tuple[list, list, list]:
     for t in threads:
         t.join()
     assert losses[0] == losses[1] and len(losses[0]) == steps
-    return losses[0], [{k: p.ds.get(k) for k in (ALBEDO, LIGHT, VERTS)} for p in probs], probs
+    return losses[0], [{k: p.ds.get(k) for k in keys} for p in probs], probs
 
 
 def test_ranks_gradients_in_the_flat_buffer_equal_the_copies_and_the_emulation(tmp_path, monkeypatch):
@@ -278,6 +288,27 @@ def test_ranks_gradients_in_the_flat_buffer_equal_the_copies_and_the_emulation(t
     for values in (*in_place, *copied):
         for k, v in want.items():
             assert np.array_equal(values[k], v), k
+
+
+def test_ranks_gradient_buffer_follows_an_upsampled_grid(tmp_path):
+    """The field's lattice grows after step 3 (coarse to fine: new grid arrays, a new optimizer), so each rank's
+    flat buffer is made again for the new arrays: two ranks (threads) still end bit for bit where the one-process
+    emulation does, with two occupancy refreshes gathered across them."""
+    doc = json.loads(field_scene(tmp_path).read_text())
+    doc["fields"][0]["coarse_to_fine"] = {"start_resolution": 8, "upsample_at": [3]}
+    path = tmp_path / "c2f.json"
+    path.write_text(json.dumps(doc))
+    scene = load_scene(path)
+    keys = ("fields.nerf.density", "fields.nerf.sh")
+    emulated = Problem(scene, "cpu")
+    emulated.set_shards(2)
+    want_losses = [emulated.step().loss for _ in range(7)]
+    got_losses, got, ranks = _pair_steps(scene, 7, keys)
+    assert emulated.ds.get(keys[0]).shape[0] == 12 and ranks[0]._grad_buffer.arrays[0].shape[0] == 12
+    assert got_losses == want_losses
+    for values in got:
+        for k in keys:
+            assert np.array_equal(values[k], emulated.ds.get(k)), k
 
 
 def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
