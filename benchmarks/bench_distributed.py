@@ -124,7 +124,8 @@ def rank_main(args) -> int:
 
     comm = Comm.from_env("cpu", timeout=STORE_TIMEOUT_S)
     if comm.rank == 0 and hasattr(os, "sched_getaffinity"):  # pinned unless DRSTUDIO_PIN_RANKS=0 (docs/distributed.md)
-        print(f"rank 0 runs on cores {sorted(os.sched_getaffinity(0))} of {os.cpu_count()}", file=sys.stderr, flush=True)
+        cores = sorted(os.sched_getaffinity(0))
+        print(f"rank 0 runs on cores {cores} of {os.cpu_count()}", file=sys.stderr, flush=True)
     store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                      timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
     p = _problem(args.scene, args.batch_views)

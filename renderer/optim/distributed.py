@@ -241,9 +241,9 @@ class GradBuffer:
     @staticmethod
     def fits(ds, paths: list[str]) -> bool:
         """Whether the parameters' gradients can live in one CPU float32 buffer (contiguous float32 arrays)."""
-        return ds.device.is_cpu and all(
-            ds.arrays[p].is_contiguous and getattr(ds.arrays[p].dtype, "_wp_scalar_type_", ds.arrays[p].dtype) is wp.float32
-            for p in paths)
+        arrays = [ds.arrays[p] for p in paths]
+        return ds.device.is_cpu and all(a.is_contiguous and getattr(a.dtype, "_wp_scalar_type_", a.dtype) is wp.float32
+                                        for a in arrays)
 
     def matches(self, ds, paths: list[str], n_tail: int) -> bool:
         """Whether this buffer is for these parameter arrays (not replaced since: a remesh, an upsampling)."""
