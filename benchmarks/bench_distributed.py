@@ -14,7 +14,8 @@ rounds, 1t, 2t, np, 2i, 1t, 2t, np, 2i, ...: in each round a set-up takes `--rou
 rounds of each set- up's rate and of the per-round ratios (with their range over rounds), so a slow minute on a
 shared machine moves one round, not a ratio. The ranks are separate processes started the way `drstudio optimize
 --nproc` starts them (a TCPStore rendezvous on 127.0.0.1, gloo), each rendering its share of the step on `cores
-// nproc` threads; they stay up between rounds, blocked on the store while the one-process set-ups run. Rank 0's
+// nproc` threads, pinned to as many cores (`distributed.pin_to_cores`; `DRSTUDIO_PIN_RANKS=0` leaves them free; rank 0
+prints its cores); they stay up between rounds, blocked on the store while the one-process set-ups run. Rank 0's
 step times are the run's (a step ends for every rank at the all-reduce); `all-reduce ms` is the median time rank
 0 spent in it (waiting for the slower rank, plus the transfer). `CPU ms/step` is the CPU time each process used
 per timed step (user + system, all its threads; for the ranks, each rank's own): on an idle machine the wall time
@@ -122,6 +123,9 @@ def rank_main(args) -> int:
     from torch.distributed import TCPStore
 
     comm = Comm.from_env("cpu", timeout=STORE_TIMEOUT_S)
+    if comm.rank == 0 and hasattr(os, "sched_getaffinity"):  # pinned unless DRSTUDIO_PIN_RANKS=0 (docs/distributed.md)
+        cores = sorted(os.sched_getaffinity(0))
+        print(f"rank 0 runs on cores {cores} of {os.cpu_count()}", file=sys.stderr, flush=True)
     store = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
                      timeout=datetime.timedelta(seconds=STORE_TIMEOUT_S))
     p = _problem(args.scene, args.batch_views)

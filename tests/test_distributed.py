@@ -209,6 +209,136 @@ def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
     assert torch.equal(mine, full)
 
 
+class _ThreadPair:
+    """Two ranks as two threads of this process: `sum` adds the other rank's buffer into this rank's, in place
+    (what gloo's all_reduce does for 2 ranks: b0 + b1 on both, the same bits in either order)."""
+
+    device = "cpu"
+
+    def __init__(self, rank: int, shared: dict):
+        self.rank, self.world, self.local_rank, self.local_world, self.shared = rank, 2, rank, 2, shared
+
+    def sum(self, flat, step):
+        self.shared["bufs"][self.rank] = flat.clone()
+        self.shared["barrier"].wait()
+        flat += self.shared["bufs"][1 - self.rank]
+        self.shared["barrier"].wait()
+        return flat
+
+    def check_same(self, checksum, step):
+        self.shared["crc"][self.rank] = checksum
+        self.shared["barrier"].wait()
+        assert self.shared["crc"][0] == self.shared["crc"][1]
+
+    def gather_rows(self, arr, step):  # Comm.gather_rows: the other rank's slab of the first axis
+        from drstudio.renderer.optim.distributed import rows_of
+
+        self.shared["rows"][self.rank] = arr.clone()
+        self.shared["barrier"].wait()
+        a, b = rows_of(arr.shape[0], 1 - self.rank, 2)
+        arr[a:b] = self.shared["rows"][1 - self.rank][a:b]
+        self.shared["barrier"].wait()
+
+
+def _pair_steps(scene, steps: int, keys=(ALBEDO, LIGHT, VERTS)) -> tuple[list, list, list]:
+    """Two real ranks (threads, `_ThreadPair`) taking `steps` steps: (their losses, their parameters, them)."""
+    import threading
+
+    shared = {"bufs": [None, None], "crc": [None, None], "rows": [None, None],
+              "barrier": threading.Barrier(2, timeout=120)}
+    probs = [Problem(scene, "cpu") for _ in range(2)]
+    for r, p in enumerate(probs):
+        p.set_shards(2, _ThreadPair(r, shared))
+        p.model.workers = 1
+    losses = [[], []]
+
+    def run(r):
+        for _ in range(steps):
+            losses[r].append(probs[r].step().loss)
+
+    threads = [threading.Thread(target=run, args=(r,)) for r in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert losses[0] == losses[1] and len(losses[0]) == steps
+    return losses[0], [{k: p.ds.get(k) for k in keys} for p in probs], probs
+
+
+def test_ranks_gradients_in_the_flat_buffer_equal_the_copies_and_the_emulation(tmp_path, monkeypatch):
+    """A CPU rank's gradients live in its flat buffer (`distributed.GradBuffer`: no copy into it or back out of
+    it). Two ranks (threads) end bit for bit where ranks that pack and unpack copies do, and where the one-process
+    emulation (what `replay --verify` runs) does, with the texture, the light and the vertices free and TV and
+    the Laplacian on."""
+    from drstudio.renderer.optim import distributed
+
+    scene = load_scene(tiny_scene(tmp_path))
+    emulated = Problem(scene, "cpu")
+    emulated.set_shards(2)
+    emulated.model.workers = 1
+    want_losses = [emulated.step().loss for _ in range(5)]
+    want = {k: emulated.ds.get(k) for k in (ALBEDO, LIGHT, VERTS)}
+    in_place_losses, in_place, ranks = _pair_steps(scene, 5)
+    for p in ranks:  # the optimizer's gradients are views of the rank's buffer
+        assert all(p.ds.arrays[k].grad.ptr == v.ptr for k, v in zip(p._opt_paths, p._grad_buffer.views, strict=True))
+    monkeypatch.setattr(distributed.GradBuffer, "fits", staticmethod(lambda ds, paths: False))
+    copied_losses, copied, ranks = _pair_steps(scene, 5)
+    assert all(p._grad_buffer is None for p in ranks)
+    assert in_place_losses == copied_losses == want_losses
+    for values in (*in_place, *copied):
+        for k, v in want.items():
+            assert np.array_equal(values[k], v), k
+
+
+def test_ranks_gradient_buffer_follows_an_upsampled_grid(tmp_path):
+    """The field's lattice grows after step 3 (coarse to fine: new grid arrays, a new optimizer), so each rank's
+    flat buffer is made again for the new arrays: two ranks (threads) still end bit for bit where the one-process
+    emulation does, with two occupancy refreshes gathered across them."""
+    doc = json.loads(field_scene(tmp_path).read_text())
+    doc["fields"][0]["coarse_to_fine"] = {"start_resolution": 8, "upsample_at": [3]}
+    path = tmp_path / "c2f.json"
+    path.write_text(json.dumps(doc))
+    scene = load_scene(path)
+    keys = ("fields.nerf.density", "fields.nerf.sh")
+    emulated = Problem(scene, "cpu")
+    emulated.set_shards(2)
+    want_losses = [emulated.step().loss for _ in range(7)]
+    got_losses, got, ranks = _pair_steps(scene, 7, keys)
+    assert emulated.ds.get(keys[0]).shape[0] == 12 and ranks[0]._grad_buffer.arrays[0].shape[0] == 12
+    assert got_losses == want_losses
+    for values in got:
+        for k in keys:
+            assert np.array_equal(values[k], emulated.ds.get(k)), k
+
+
+def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
+    """`pin_to_cores`: rank r of N on one machine takes cores [r k, (r + 1) k), k = cores // N; nothing with fewer
+    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0."""
+    import torch.distributed as dist
+    from drstudio.renderer.optim import distributed
+
+    pinned = []
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(list(cores)), raising=False)
+    assert distributed.pin_to_cores(1, 2) == [2, 3] and pinned == [[2, 3]]
+    assert distributed.pin_to_cores(0, 2) == [0, 1]
+    assert distributed.pin_to_cores(2, 3) == [2]
+    assert distributed.pin_to_cores(0, 6) is None and distributed.pin_to_cores(0, 1) is None
+    pinned.clear()
+    import torch
+
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what a rank also does; not to this process
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3]]
+    monkeypatch.setenv(distributed.PIN_ENV, "0")
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3]]  # not again
+
+
 def test_profile_rank_runs_briefly(tmp_path, capsys):
     """benchmarks/profile_rank.py (the README's per-kernel table of a rank's step) on the small field."""
     from benchmarks import profile_rank

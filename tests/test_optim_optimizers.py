@@ -470,3 +470,24 @@ def test_updates_stay_within_the_render_bounds(device):
     project(moved, "position")
     position = moved
     assert np.isfinite(position.numpy()).all() and np.abs(position.numpy()).max() <= COORD_MAX
+
+
+def test_merged_clamp_equals_the_projection_then_the_render_bounds(device):
+    """A kind whose projection is one clamp of the whole array (albedo, roughness, colors, ...) is projected by one
+    launch clamping to the intersection of its bounds and its render bounds: bit for bit the two clamps in turn,
+    for values inside, outside, at the bounds, huge and infinite."""
+    from drstudio.renderer.optim import optimizers
+
+    rng = np.random.default_rng(5)
+    x = np.concatenate([rng.uniform(-3, 3, 40), rng.uniform(-1e12, 1e12, 20),
+                        [0.0, -0.0, 1.0, 0.02, 1e-3, 1e6, 1e9, 3e38, -3e38, np.inf, -np.inf]]).astype(np.float32)
+    merged = [k for k in CONSTRAINTS_BY_KIND if optimizers._merged_clamp(k) is not None]
+    assert {"albedo", "roughness", "metallic", "colors", "emission", "intensity", "scale"} <= set(merged)
+    for kind in merged:
+        got = farr(x)
+        project(got, kind)
+        want = farr(x)
+        for sub_kind, sub_offset, sub_count in CONSTRAINTS_BY_KIND[kind]:
+            project(want, sub_kind, sub_offset, sub_count)
+        optimizers._clamp_to_render_bounds(want, kind)
+        np.testing.assert_array_equal(got.numpy(), want.numpy(), err_msg=kind)

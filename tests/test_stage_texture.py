@@ -394,3 +394,53 @@ def test_footprint_gradients(which, device):
 
     arr = tex if which == "texels" else scale
     check_gradient(forward, arr, eps=0.05, rtol=1e-3, atol=1e-3, indices=range(arr.size))
+
+
+def _level_by_level(textures, grads, mipmaps=True):
+    """The pool's data, its gradient after the pyramid's adjoint and the sources' gradients by the per-level kernels
+    (`_downsample`, `_downsample_adjoint`, `_copy_rows_adjoint`) from the pool's gradient `grads` (a gradient at every
+    level, as sampling leaves it)."""
+    from drstudio.renderer.stages import texture as T
+
+    pool = TexturePool.build([_arr(t) for t in textures], ["wrap"] * len(textures), mipmaps=mipmaps)
+    data = wp.zeros(pool.data.shape[0], dtype=float)
+    adj = wp.array(grads, dtype=float)
+    src_grads = []
+    for k, t in enumerate(textures):
+        h, w, c = t.shape
+        chain, offs = pool.sizes[k], pool.offsets[k]
+        wp.launch(T._copy_rows, dim=h, inputs=[_arr(t.reshape(-1)), data, offs[0], w * c])
+        for level in range(1, len(chain)):
+            (sw, sh), (dw, dh) = chain[level - 1], chain[level]
+            wp.launch(T._downsample, dim=(dh, dw), inputs=[data, offs[level - 1], sw, sh, offs[level], dw, c])
+        for level in range(len(chain) - 1, 0, -1):
+            (sw, sh), (dw, dh) = chain[level - 1], chain[level]
+            wp.launch(T._downsample_adjoint, dim=(dh, dw), inputs=[adj, offs[level - 1], sw, sh, offs[level], dw, c])
+        g = _arr(np.full(t.size, 0.125))  # the sources' gradients accumulate
+        wp.launch(T._copy_rows_adjoint, dim=h, inputs=[adj, offs[0], w * c, g])
+        src_grads.append(g.numpy())
+    return data.numpy(), adj.numpy(), src_grads
+
+
+@pytest.mark.parametrize("mipmaps", [True, False])
+def test_square_power_of_two_pyramid_equals_the_level_by_level_kernels(mipmaps, device):
+    """A square power-of-two texture's pyramid and its adjoint run LEVELS_PER_LAUNCH levels a launch: the pool's
+    texels, its gradient and the sources' gradients bit for bit those of one launch per level, next to a texture
+    of another shape (the level-by-level path) in the same pool; for 1, 2, 3 channels."""
+    rng = np.random.default_rng(7)
+    for channels in (1, 2, 3):
+        textures = [rng.random((s, s, channels)).astype(np.float32) for s in (128, 1, 2, 32)]
+        textures.append(rng.random((3, 5, channels)).astype(np.float32))
+        sources = [_arr(t, grad=True) for t in textures]
+        for s in sources:
+            s.grad.fill_(0.125)
+        tape = wp.Tape()
+        with tape:
+            pool = TexturePool.build(sources, ["wrap"] * len(sources), mipmaps=mipmaps)
+        grads = rng.standard_normal(pool.data.shape[0]).astype(np.float32)
+        want_data, want_adj, want_grads = _level_by_level(textures, grads, mipmaps)
+        np.testing.assert_array_equal(pool.data.numpy(), want_data)
+        tape.backward(grads={pool.data: wp.array(grads, dtype=float)})
+        np.testing.assert_array_equal(pool.data.grad.numpy(), want_adj)
+        for s, want in zip(sources, want_grads, strict=True):
+            np.testing.assert_array_equal(s.grad.numpy().reshape(-1), want)

@@ -59,6 +59,26 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+PIN_ENV = "DRSTUDIO_PIN_RANKS"  # "0": leave a CPU rank free to run on any core (default: pinned, `pin_to_cores`)
+
+
+def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
+    """Pin this process, and the threads it starts afterwards, to its share of the cores it may run on: rank r of
+    the N on this machine takes cores [r k, (r + 1) k), k = cores // N (as many as its render threads,
+    `threads_per_rank`), so the ranks never trade cores and each finds its caches where it left them after a
+    wait in the all-reduce. Returns the cores, or None (nothing changed) with fewer cores than ranks, or where
+    the OS has no sched_setaffinity."""
+    if not hasattr(os, "sched_setaffinity") or local_world < 2:
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    k = len(cores) // local_world
+    if k < 1 or not 0 <= local_rank < local_world:
+        return None
+    mine = cores[local_rank * k:(local_rank + 1) * k]
+    os.sched_setaffinity(0, mine)
+    return mine
+
+
 def threads_per_rank(local_world: int) -> int:
     """Render threads each rank uses: the machine's cores shared by the ranks on it (at least 1)."""
     return max(1, (os.cpu_count() or 1) // max(1, int(local_world)))
@@ -102,6 +122,8 @@ class Comm:
         import torch
 
         cuda = bool(device) and device.startswith("cuda")
+        if not cuda and os.environ.get(PIN_ENV, "1") != "0":  # before gloo starts its threads: they inherit it
+            pin_to_cores(local_rank, local_world)
         backend = "nccl" if cuda else "gloo"
         tdev = f"cuda:{local_rank}" if cuda else "cpu"
         if cuda:
@@ -192,6 +214,48 @@ def ordered_sum(parts: list[torch.Tensor]) -> torch.Tensor:
     for p in parts[1:]:
         acc += p
     return acc
+
+
+class GradBuffer:
+    """One rank's flat buffer (module docstring) as the memory its gradients live in, on the CPU: the `.grad` of
+    each of the optimizer's parameters is a view of its slot, so the backward pass writes the buffer and the sum
+    leaves the summed gradients in the `.grad` arrays, with no copy either way (`pack` and `unpack` copy: the
+    one-process emulation keeps a buffer per rank). `tensor`: the whole buffer as a torch tensor (the same
+    memory); `tail`: its last `n_tail` floats as a NumPy view (the loss terms, total and flags)."""
+
+    def __init__(self, ds, paths: list[str], n_tail: int):
+        self.paths = list(paths)
+        self.arrays = [ds.arrays[p] for p in self.paths]
+        sizes = [a.size * wp.types.type_size(a.dtype) for a in self.arrays]
+        self.n = int(sum(sizes))
+        self.flat = wp.zeros(self.n + int(n_tail), dtype=float, device=ds.device)
+        self.tensor = wp.to_torch(self.flat, requires_grad=False)
+        self.tail = self.flat.numpy()[self.n:]  # a view on the CPU
+        self.views, offset = [], 0
+        for a, size in zip(self.arrays, sizes, strict=True):
+            view = wp.array(ptr=self.flat.ptr + 4 * offset, dtype=a.dtype, shape=a.shape, device=a.device)
+            view._ref = self.flat  # keeps the buffer alive while a parameter's .grad is this view
+            self.views.append(view)
+            offset += size
+
+    @staticmethod
+    def fits(ds, paths: list[str]) -> bool:
+        """Whether the parameters' gradients can live in one CPU float32 buffer (contiguous float32 arrays)."""
+        arrays = [ds.arrays[p] for p in paths]
+        return ds.device.is_cpu and all(a.is_contiguous and getattr(a.dtype, "_wp_scalar_type_", a.dtype) is wp.float32
+                                        for a in arrays)
+
+    def matches(self, ds, paths: list[str], n_tail: int) -> bool:
+        """Whether this buffer is for these parameter arrays (not replaced since: a remesh, an upsampling)."""
+        return (self.paths == list(paths) and len(self.tail) == n_tail
+                and all(ds.arrays[p] is a for p, a in zip(paths, self.arrays, strict=True)))
+
+    def attach(self) -> None:
+        """Make each parameter's `.grad` its view of the buffer (once; the old gradient is dropped: the step
+        zeroes gradients before its backward pass)."""
+        for a, view in zip(self.arrays, self.views, strict=True):
+            if a.grad is not view:
+                a.grad = view
 
 
 def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: bool, device: str,

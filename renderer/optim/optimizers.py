@@ -479,6 +479,24 @@ def _clamp_to_render_bounds(array: wp.array, kind: str) -> None:
               device=flat.device, record_tape=False)
 
 
+def _merged_clamp(kind: str) -> tuple[float, float] | None:
+    """(lo, hi) of the one clamp that equals a scene kind's projections followed by its render bounds
+    (`_clamp_to_render_bounds`), when its projections are a single clamp of the whole array: clamping to [a, b]
+    and then to an overlapping [c, d] is clamping to [max(a, c), min(b, d)], element for element (also for
+    infinities). None when the kind has other projections (quaternions, a part of the array) or none."""
+    from ..params import Kind
+
+    subs = CONSTRAINTS_BY_KIND[kind]
+    if len(subs) != 1 or subs[0][0] not in _BOUNDS or subs[0][1:] != (0, None):
+        return None
+    (lo, hi), (rlo, rhi) = _BOUNDS[subs[0][0]], Kind(kind).range
+    big = float(np.finfo(np.float32).max)
+    lo, hi = max(lo, float(rlo), -big), min(hi, float(rhi), big)
+    if lo > hi:
+        return None
+    return lo, hi
+
+
 def project(array: wp.array, kind: str, offset: int = 0, count: int | None = None) -> None:
     """Project flat elements [offset, offset + count) of `array` (count None: to the end) in place.
 
@@ -494,6 +512,12 @@ def project(array: wp.array, kind: str, offset: int = 0, count: int | None = Non
                              f"{sorted(CONSTRAINTS_BY_KIND)}, got {kind!r}")
         if offset != 0 or count is not None:
             raise ValueError(f"offset, count: not used with the scene parameter kind {kind!r}")
+        merged = _merged_clamp(kind)
+        if merged is not None:  # one clamp of the whole array does both (albedo: [0, 1] twice)
+            _check_param("array", array)
+            flat = _flat(array)
+            wp.launch(_clamp, dim=flat.shape[0], inputs=[flat, 0, *merged], device=flat.device, record_tape=False)
+            return
         for sub_kind, sub_offset, sub_count in CONSTRAINTS_BY_KIND[kind]:
             project(array, sub_kind, sub_offset, sub_count)
         _clamp_to_render_bounds(array, kind)

@@ -116,6 +116,7 @@ class Problem:
         self._shared_thumbnail = None
         self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
         self._sparse_grads: dict = {}  # path -> (array, points, C) of the last step's sparse gradient (_zero_grads)
+        self._grad_buffer = None  # a CPU rank's flat buffer its gradients live in (distributed.GradBuffer)
         self.reset()
 
     # -- the model -------------------------------------------------------------------------------
@@ -349,6 +350,8 @@ class Problem:
         thumbnail = 0  # only real ranks share a render; the one-process emulation draws it whole
         if comm is not None and self.thumbnail_due is not None and getattr(self.model, "renders_rows", False):
             thumbnail = int(self.thumbnail_due() or 0)
+        if comm is not None and distributed.GradBuffer.fits(self.ds, paths):
+            return self._step_rank_in_place(batch, paths, names, thumbnail)
         for r in ranks:
             self.ds.zero_grad()
             tape = wp.Tape()
@@ -366,6 +369,43 @@ class Problem:
         self.stop_agreed = self.stop_agreed or stop
         self.out_of_time = self.out_of_time or out_of_time
         return loss, dict(zip(names, values, strict=True)), images, None
+
+    def _step_rank_in_place(self, batch, paths: list[str], names: list[str], thumbnail: int):
+        """`_step_sharded` of a real rank on the CPU without copies: the parameters' gradients live in the flat
+        buffer (`distributed.GradBuffer`), the backward pass writes it, the sum replaces it in place with the
+        ranks' sum, so the optimizer reads the summed gradients where they are; the tape is reset after the
+        update, as in one process. The same buffer, the same sum, the same bits as `pack` / `unpack`. Only the
+        buffer is zeroed before the backward pass (`DeviceScene.zero_grad` zeroes every leaf's gradient)."""
+        from . import distributed
+
+        n_tail = len(names) + 4
+        buf = self._grad_buffer
+        if buf is None or not buf.matches(self.ds, paths, n_tail):
+            buf = self._grad_buffer = distributed.GradBuffer(self.ds, paths, n_tail)
+        buf.attach()
+        # the optimizer's gradients and the tail, in one memset; every other leaf's gradient a step writes was
+        # zeroed by the previous step's tape reset, and no one reads the gradient of a parameter that is not free
+        buf.flat.zero_()
+        tape = wp.Tape()
+        with tape:
+            total, terms, outputs = self._record_loss(batch, (self.comm.rank, self.shards))
+        tape.backward(total)
+        tail = buf.tail
+        for k, n in enumerate(names):
+            tail[k] = terms[n].numpy()[0]
+        tail[len(names)] = total.numpy()[0]
+        tail[len(names) + 1:] = (1.0 if self.stop_request else 0.0, 1.0 if self._past_deadline() else 0.0,
+                                 float(thumbnail))
+        images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy() for cam, out in outputs.items()}
+        summed = self.comm.sum(buf.tensor, self.step_index)
+        if summed is not buf.tensor:  # more than 2 ranks: the ordered sum is a new tensor
+            buf.tensor.copy_(summed)
+        values = [float(x) for x in tail[:len(names)]]
+        loss = float(tail[len(names)])
+        self.stop_agreed = self.stop_agreed or bool(tail[len(names) + 1] > 0)
+        self.out_of_time = self.out_of_time or bool(tail[len(names) + 2] > 0)
+        self._thumbnail_request = int(round(float(tail[len(names) + 3])))
+        return loss, dict(zip(names, values, strict=True)), images, tape
 
     def _past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

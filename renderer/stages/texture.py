@@ -167,6 +167,75 @@ def _downsample_adjoint(adj: wp.array(dtype=float), src: int, sw: int, sh: int, 
         wp.atomic_add(adj, src + (y1 * sw + x1) * channels + c, g)
 
 
+LEVELS_PER_LAUNCH = 4  # mip levels one `_downsample_square` or `_downsample_adjoint_square` launch handles
+
+
+@wp.kernel(enable_backward=False)
+def _downsample_square(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), tex: int, size: int,
+                       first: int, last: int, channels: int):
+    # levels first..last of a square power-of-two pyramid (level l is size >> l texels wide): one thread per texel
+    # of level `last` computes its block of each of these levels from the level below, as _downsample does
+    ty, tx = wp.tid()
+    for level in range(first, last + 1):
+        r = 1 << (last - level)  # the block's side at this level
+        sw = size >> (level - 1)
+        sh = sw
+        dw = size >> level
+        src = table[tex, _HEAD + 3 * (level - 1)]
+        dst = table[tex, _HEAD + 3 * level]
+        for y in range(ty * r, ty * r + r):
+            for x in range(tx * r, tx * r + r):
+                x0 = wp.min(2 * x, sw - 1)
+                x1 = wp.min(2 * x + 1, sw - 1)
+                y0 = wp.min(2 * y, sh - 1)
+                y1 = wp.min(2 * y + 1, sh - 1)
+                for c in range(channels):
+                    s = (data[src + (y0 * sw + x0) * channels + c] + data[src + (y0 * sw + x1) * channels + c]
+                         + data[src + (y1 * sw + x0) * channels + c] + data[src + (y1 * sw + x1) * channels + c])
+                    data[dst + (y * dw + x) * channels + c] = 0.25 * s
+
+
+@wp.kernel(enable_backward=False)
+def _downsample_adjoint_square(adj: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), tex: int, size: int,
+                               top: int, bottom: int, channels: int):
+    # _downsample_adjoint of levels top down to bottom of a square power-of-two pyramid: one thread per texel of
+    # level `top` adds a quarter of each texel of its block into the four below it, level by level (each of those
+    # is added to once, from its one parent: the same adds in the same order as one launch per level)
+    ty, tx = wp.tid()
+    for k in range(top - bottom + 1):
+        level = top - k
+        r = 1 << k  # the block's side at this level
+        sw = size >> (level - 1)
+        sh = sw
+        dw = size >> level
+        src = table[tex, _HEAD + 3 * (level - 1)]
+        dst = table[tex, _HEAD + 3 * level]
+        for y in range(ty * r, ty * r + r):
+            for x in range(tx * r, tx * r + r):
+                x0 = wp.min(2 * x, sw - 1)
+                x1 = wp.min(2 * x + 1, sw - 1)
+                y0 = wp.min(2 * y, sh - 1)
+                y1 = wp.min(2 * y + 1, sh - 1)
+                for c in range(channels):
+                    g = 0.25 * adj[dst + (y * dw + x) * channels + c]
+                    i00 = src + (y0 * sw + x0) * channels + c
+                    i01 = src + (y0 * sw + x1) * channels + c
+                    i10 = src + (y1 * sw + x0) * channels + c
+                    i11 = src + (y1 * sw + x1) * channels + c
+                    adj[i00] = adj[i00] + g
+                    adj[i01] = adj[i01] + g
+                    adj[i10] = adj[i10] + g
+                    adj[i11] = adj[i11] + g
+
+
+def _square_pyramid(chain: list[tuple[int, int]]) -> bool:
+    """Whether a pyramid's levels halve exactly (a square power-of-two texture, with its mips or without): then
+    `_downsample_square` and `_downsample_adjoint_square` build it and run its adjoint LEVELS_PER_LAUNCH levels a
+    launch."""
+    w, h = chain[0]
+    return w == h and w & (w - 1) == 0 and len(chain) in (1, w.bit_length())
+
+
 def _flat(a: wp.array) -> wp.array:
     """A contiguous float array viewed as (size,) floats (no copy; keep `a` alive meanwhile)."""
     return wp.array(ptr=a.ptr, dtype=float, shape=(a.size,), device=a.device)
@@ -472,14 +541,23 @@ class TexturePool:
 
         grad = any(tex.requires_grad for tex in textures)
         data = wp.zeros(total, dtype=float, device=device, requires_grad=grad)
+        table_wp = wp.array(table, dtype=wp.int32, device=device)
         # The copies and filters are launched off the tape; one recorded function runs their hand-written
-        # adjoint (the pyramid from the top level down, then level 0 into the sources).
-        for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
+        # adjoint (the pyramid from the top level down, then level 0 into the sources). A square power-of-two
+        # texture's levels and their adjoints run LEVELS_PER_LAUNCH levels a launch, with the same arithmetic per
+        # texel (the same bits).
+        for k, (tex, chain, offs) in enumerate(zip(textures, sizes, offsets, strict=True)):
             if not tex.is_contiguous:
                 raise ValueError("textures: expected contiguous arrays")
             h, w, c = tex.shape
             wp.launch(_copy_rows, dim=h, inputs=[_flat(tex), data, offs[0], w * c], device=device,
                       record_tape=False)
+            if _square_pyramid(chain):
+                for first in range(1, len(chain), LEVELS_PER_LAUNCH):
+                    last = min(first + LEVELS_PER_LAUNCH - 1, len(chain) - 1)
+                    wp.launch(_downsample_square, dim=(w >> last, w >> last),
+                              inputs=[data, table_wp, k, w, first, last, channels], device=device, record_tape=False)
+                continue
             for level in range(1, len(chain)):
                 (sw, sh), (dw, dh) = chain[level - 1], chain[level]
                 wp.launch(_downsample, dim=(dh, dw), inputs=[data, offs[level - 1], sw, sh, offs[level], dw, channels],
@@ -487,19 +565,26 @@ class TexturePool:
         tape = active_tape()
         if grad and tape is not None:
             def backward():
-                for tex, chain, offs in zip(textures, sizes, offsets, strict=True):
-                    for level in range(len(chain) - 1, 0, -1):
-                        (sw, sh), (dw, dh) = chain[level - 1], chain[level]
-                        wp.launch(_downsample_adjoint, dim=(dh, dw), device=device, record_tape=False,
-                                  inputs=[data.grad, offs[level - 1], sw, sh, offs[level], dw, channels])
+                for k, (tex, chain, offs) in enumerate(zip(textures, sizes, offsets, strict=True)):
+                    if _square_pyramid(chain):
+                        w, top = tex.shape[1], len(chain) - 1
+                        while top >= 1:
+                            bottom = max(top - LEVELS_PER_LAUNCH + 1, 1)
+                            wp.launch(_downsample_adjoint_square, dim=(w >> top, w >> top), device=device,
+                                      record_tape=False, inputs=[data.grad, table_wp, k, w, top, bottom, channels])
+                            top = bottom - 1
+                    else:
+                        for level in range(len(chain) - 1, 0, -1):
+                            (sw, sh), (dw, dh) = chain[level - 1], chain[level]
+                            wp.launch(_downsample_adjoint, dim=(dh, dw), device=device, record_tape=False,
+                                      inputs=[data.grad, offs[level - 1], sw, sh, offs[level], dw, channels])
                     if tex.requires_grad:
                         h, w, c = tex.shape
                         wp.launch(_copy_rows_adjoint, dim=h, device=device, record_tape=False,
                                   inputs=[data.grad, offs[0], w * c, _flat(tex.grad)])
 
             tape.record_func(backward, [data, *[t for t in textures if t.requires_grad]])
-        return TexturePool(data, wp.array(table, dtype=wp.int32, device=device), channels, sizes, offsets,
-                           list(wraps))
+        return TexturePool(data, table_wp, channels, sizes, offsets, list(wraps))
 
 
 def sample(pool: TexturePool, tex_index: wp.array, uv: wp.array, uv_da: wp.array | None = None,
