@@ -170,6 +170,20 @@ def _downsample_adjoint(adj: wp.array(dtype=float), src: int, sw: int, sh: int, 
 LEVELS_PER_LAUNCH = 4  # mip levels one `_downsample_square` or `_downsample_adjoint_square` launch handles
 
 
+@wp.func
+def _square_children(table: wp.array2d(dtype=wp.int32), tex: int, sw: int, level: int, x: int, y: int, channels: int,
+                     c: int) -> wp.vec4i:
+    """Flat indices of channel c of the 2x2 texels of level - 1 (sw texels wide, square) under texel (x, y) of
+    `level`, in the order (x0, y0), (x1, y0), (x0, y1), (x1, y1)."""
+    src = table[tex, _HEAD + 3 * (level - 1)]
+    x0 = wp.min(2 * x, sw - 1)
+    x1 = wp.min(2 * x + 1, sw - 1)
+    y0 = wp.min(2 * y, sw - 1)
+    y1 = wp.min(2 * y + 1, sw - 1)
+    return wp.vec4i(src + (y0 * sw + x0) * channels + c, src + (y0 * sw + x1) * channels + c,
+                    src + (y1 * sw + x0) * channels + c, src + (y1 * sw + x1) * channels + c)
+
+
 @wp.kernel(enable_backward=False)
 def _downsample_square(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.int32), tex: int, size: int,
                        first: int, last: int, channels: int):
@@ -179,20 +193,13 @@ def _downsample_square(data: wp.array(dtype=float), table: wp.array2d(dtype=wp.i
     for level in range(first, last + 1):
         r = 1 << (last - level)  # the block's side at this level
         sw = size >> (level - 1)
-        sh = sw
-        dw = size >> level
-        src = table[tex, _HEAD + 3 * (level - 1)]
         dst = table[tex, _HEAD + 3 * level]
         for y in range(ty * r, ty * r + r):
             for x in range(tx * r, tx * r + r):
-                x0 = wp.min(2 * x, sw - 1)
-                x1 = wp.min(2 * x + 1, sw - 1)
-                y0 = wp.min(2 * y, sh - 1)
-                y1 = wp.min(2 * y + 1, sh - 1)
                 for c in range(channels):
-                    s = (data[src + (y0 * sw + x0) * channels + c] + data[src + (y0 * sw + x1) * channels + c]
-                         + data[src + (y1 * sw + x0) * channels + c] + data[src + (y1 * sw + x1) * channels + c])
-                    data[dst + (y * dw + x) * channels + c] = 0.25 * s
+                    q = _square_children(table, tex, sw, level, x, y, channels, c)
+                    data[dst + (y * (sw >> 1) + x) * channels + c] = 0.25 * (data[q[0]] + data[q[1]] + data[q[2]]
+                                                                           + data[q[3]])
 
 
 @wp.kernel(enable_backward=False)
@@ -206,26 +213,14 @@ def _downsample_adjoint_square(adj: wp.array(dtype=float), table: wp.array2d(dty
         level = top - k
         r = 1 << k  # the block's side at this level
         sw = size >> (level - 1)
-        sh = sw
-        dw = size >> level
-        src = table[tex, _HEAD + 3 * (level - 1)]
         dst = table[tex, _HEAD + 3 * level]
         for y in range(ty * r, ty * r + r):
             for x in range(tx * r, tx * r + r):
-                x0 = wp.min(2 * x, sw - 1)
-                x1 = wp.min(2 * x + 1, sw - 1)
-                y0 = wp.min(2 * y, sh - 1)
-                y1 = wp.min(2 * y + 1, sh - 1)
                 for c in range(channels):
-                    g = 0.25 * adj[dst + (y * dw + x) * channels + c]
-                    i00 = src + (y0 * sw + x0) * channels + c
-                    i01 = src + (y0 * sw + x1) * channels + c
-                    i10 = src + (y1 * sw + x0) * channels + c
-                    i11 = src + (y1 * sw + x1) * channels + c
-                    adj[i00] = adj[i00] + g
-                    adj[i01] = adj[i01] + g
-                    adj[i10] = adj[i10] + g
-                    adj[i11] = adj[i11] + g
+                    g = 0.25 * adj[dst + (y * (sw >> 1) + x) * channels + c]
+                    q = _square_children(table, tex, sw, level, x, y, channels, c)
+                    for i in range(4):
+                        adj[q[i]] = adj[q[i]] + g
 
 
 def _square_pyramid(chain: list[tuple[int, int]]) -> bool:
