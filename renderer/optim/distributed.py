@@ -258,6 +258,21 @@ class GradBuffer:
                 a.grad = view
 
 
+TAIL_EXTRA = 4  # floats after the term values in a rank's flat buffer: the total, then `tail_flags`
+
+
+def tail_flags(stop: bool, out_of_time: bool, thumbnail: int) -> tuple[float, float, float]:
+    """The last three floats of a rank's flat buffer: the stop and time flags and the thumbnail request."""
+    return 1.0 if stop else 0.0, 1.0 if out_of_time else 0.0, float(thumbnail)
+
+
+def read_tail(tail, n_terms: int) -> tuple[list[float], float, bool, bool, int]:
+    """(term values, total, stop, out of time, thumbnail size) of a summed buffer's tail (the floats after the
+    gradients): a flag is set when any rank set it; only rank 0 requests thumbnails."""
+    return ([float(x) for x in tail[:n_terms]], float(tail[n_terms]), bool(tail[n_terms + 1] > 0),
+            bool(tail[n_terms + 2] > 0), int(round(float(tail[n_terms + 3]))))
+
+
 def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: bool, device: str,
          out_of_time: bool = False, thumbnail: int = 0) -> torch.Tensor:
     """One rank's flat buffer (module docstring): gradients of `paths`, the term and total values, the stop
@@ -266,22 +281,19 @@ def pack(ds, paths: list[str], terms: list[wp.array], total: wp.array, stop: boo
 
     chunks = [wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1) for p in paths]
     chunks += [wp.to_torch(t, requires_grad=False).reshape(-1) for t in (*terms, total)]
-    chunks.append(torch.tensor([1.0 if stop else 0.0, 1.0 if out_of_time else 0.0, float(thumbnail)],
-                               dtype=torch.float32, device=chunks[-1].device))
+    chunks.append(torch.tensor(tail_flags(stop, out_of_time, thumbnail), dtype=torch.float32,
+                               device=chunks[-1].device))
     return torch.cat(chunks).to(device)
 
 
 def unpack(flat: torch.Tensor, ds, paths: list[str], n_terms: int) -> tuple[list[float], float, bool, bool, int]:
-    """Write the summed gradients back into the parameters' `.grad`; return (term values, total, stop, out
-    of time, thumbnail size): a flag is set when any rank set it; only rank 0 requests thumbnails."""
+    """Write the summed gradients back into the parameters' `.grad`; return `read_tail` of the rest."""
     offset = 0
     for p in paths:
         g = wp.to_torch(ds.arrays[p].grad, requires_grad=False).reshape(-1)
         g.copy_(flat[offset:offset + g.numel()].to(g.device))
         offset += g.numel()
-    tail = flat[offset:].cpu().numpy()
-    return ([float(x) for x in tail[:n_terms]], float(tail[n_terms]), bool(tail[n_terms + 1] > 0),
-            bool(tail[n_terms + 2] > 0), int(round(float(tail[n_terms + 3]))))
+    return read_tail(flat[offset:].cpu().numpy(), n_terms)
 
 
 def checksum(ds, paths) -> int:

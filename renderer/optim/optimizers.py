@@ -14,6 +14,7 @@ Constraints are projections applied after a step: `project(array, kind, offset, 
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -479,6 +480,7 @@ def _clamp_to_render_bounds(array: wp.array, kind: str) -> None:
               device=flat.device, record_tape=False)
 
 
+@functools.cache  # a kind's constraints are constants: computed once, not on every step's projection
 def _merged_clamp(kind: str) -> tuple[float, float] | None:
     """(lo, hi) of the one clamp that equals a scene kind's projections followed by its render bounds
     (`_clamp_to_render_bounds`), when its projections are a single clamp of the whole array: clamping to [a, b]

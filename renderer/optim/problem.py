@@ -63,6 +63,11 @@ def _grad_norm(grad: wp.array, active: tuple[wp.array, int] | None) -> float:
     return float(np.linalg.norm(g.reshape(-1, channels)[points.numpy()]))
 
 
+def _image_grads(outputs: dict) -> dict[str, np.ndarray]:
+    """d(loss)/d(image) of each rendered view, (H, W, 3) copies (the tape's reset zeroes the arrays)."""
+    return {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy() for cam, out in outputs.items()}
+
+
 class Problem:
     def __init__(self, scene: Scene, device: str | None = None, *, seed: int | None = None):
         spec = scene.optimize
@@ -318,8 +323,7 @@ class Problem:
             total, terms, outputs = self._record_loss(batch)
         tape.backward(total)
         loss = float(total.numpy()[0])
-        images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
-                  for cam, out in outputs.items()}
+        images = _image_grads(outputs)
         out = outputs.get(self.active_view)  # the pane's render, if this step rendered the active view
         self._step_render = None if out is None else \
             (self.active_view, out.image.numpy().reshape(out.height, out.width, 3).copy())
@@ -350,35 +354,37 @@ class Problem:
         thumbnail = 0  # only real ranks share a render; the one-process emulation draws it whole
         if comm is not None and self.thumbnail_due is not None and getattr(self.model, "renders_rows", False):
             thumbnail = int(self.thumbnail_due() or 0)
+        tape = None  # the in-place rank's tape, reset after the update; the copying paths reset theirs here
         if comm is not None and distributed.GradBuffer.fits(self.ds, paths):
-            return self._step_rank_in_place(batch, paths, names, thumbnail)
-        for r in ranks:
-            self.ds.zero_grad()
-            tape = wp.Tape()
-            with tape:
-                total, terms, outputs = self._record_loss(batch, (r, self.shards))
-            tape.backward(total)
-            parts.append(distributed.pack(self.ds, paths, [terms[n] for n in names], total, self.stop_request,
-                                          device, self._past_deadline(), thumbnail))
-            images.update({cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy()
-                           for cam, out in outputs.items()})
-            tape.reset()
-        flat = comm.sum(parts[0], self.step_index) if comm is not None else distributed.ordered_sum(parts)
-        values, loss, stop, out_of_time, self._thumbnail_request = distributed.unpack(flat, self.ds, paths,
-                                                                                     len(names))
+            tail, images, tape = self._step_rank_in_place(batch, paths, names, thumbnail)
+        else:
+            for r in ranks:
+                self.ds.zero_grad()
+                part_tape = wp.Tape()
+                with part_tape:
+                    total, terms, outputs = self._record_loss(batch, (r, self.shards))
+                part_tape.backward(total)
+                parts.append(distributed.pack(self.ds, paths, [terms[n] for n in names], total, self.stop_request,
+                                              device, self._past_deadline(), thumbnail))
+                images.update(_image_grads(outputs))
+                part_tape.reset()
+            flat = comm.sum(parts[0], self.step_index) if comm is not None else distributed.ordered_sum(parts)
+            tail = distributed.unpack(flat, self.ds, paths, len(names))
+        values, loss, stop, out_of_time, self._thumbnail_request = tail
         self.stop_agreed = self.stop_agreed or stop
         self.out_of_time = self.out_of_time or out_of_time
-        return loss, dict(zip(names, values, strict=True)), images, None
+        return loss, dict(zip(names, values, strict=True)), images, tape
 
     def _step_rank_in_place(self, batch, paths: list[str], names: list[str], thumbnail: int):
-        """`_step_sharded` of a real rank on the CPU without copies: the parameters' gradients live in the flat
-        buffer (`distributed.GradBuffer`), the backward pass writes it, the sum replaces it in place with the
+        """The rank's part of `_step_sharded` on the CPU without copies: the parameters' gradients live in the
+        flat buffer (`distributed.GradBuffer`), the backward pass writes it, the sum replaces it in place with the
         ranks' sum, so the optimizer reads the summed gradients where they are; the tape is reset after the
         update, as in one process. The same buffer, the same sum, the same bits as `pack` / `unpack`. Only the
-        buffer is zeroed before the backward pass (`DeviceScene.zero_grad` zeroes every leaf's gradient)."""
+        buffer is zeroed before the backward pass (`DeviceScene.zero_grad` zeroes every leaf's gradient).
+        Returns (`distributed.read_tail` of the summed buffer, the image gradients, the tape)."""
         from . import distributed
 
-        n_tail = len(names) + 4
+        n_tail = len(names) + distributed.TAIL_EXTRA
         buf = self._grad_buffer
         if buf is None or not buf.matches(self.ds, paths, n_tail):
             buf = self._grad_buffer = distributed.GradBuffer(self.ds, paths, n_tail)
@@ -390,22 +396,16 @@ class Problem:
         with tape:
             total, terms, outputs = self._record_loss(batch, (self.comm.rank, self.shards))
         tape.backward(total)
-        tail = buf.tail
-        for k, n in enumerate(names):
-            tail[k] = terms[n].numpy()[0]
-        tail[len(names)] = total.numpy()[0]
-        tail[len(names) + 1:] = (1.0 if self.stop_request else 0.0, 1.0 if self._past_deadline() else 0.0,
-                                 float(thumbnail))
-        images = {cam: out.image.grad.numpy().reshape(out.height, out.width, 3).copy() for cam, out in outputs.items()}
+        tail, n = buf.tail, len(names)
+        for k, name in enumerate(names):
+            tail[k] = terms[name].numpy()[0]
+        tail[n] = total.numpy()[0]
+        tail[n + 1:] = distributed.tail_flags(self.stop_request, self._past_deadline(), thumbnail)
+        images = _image_grads(outputs)
         summed = self.comm.sum(buf.tensor, self.step_index)
         if summed is not buf.tensor:  # more than 2 ranks: the ordered sum is a new tensor
             buf.tensor.copy_(summed)
-        values = [float(x) for x in tail[:len(names)]]
-        loss = float(tail[len(names)])
-        self.stop_agreed = self.stop_agreed or bool(tail[len(names) + 1] > 0)
-        self.out_of_time = self.out_of_time or bool(tail[len(names) + 2] > 0)
-        self._thumbnail_request = int(round(float(tail[len(names) + 3])))
-        return loss, dict(zip(names, values, strict=True)), images, tape
+        return distributed.read_tail(tail, n), images, tape
 
     def _past_deadline(self) -> bool:
         return self.deadline is not None and time.monotonic() >= self.deadline

@@ -116,6 +116,13 @@ def _scale_sample_adjoints(t_points: wp.array(dtype=float), ray_indices: wp.arra
     adj_color[s, 2] = adj_color[s, 2] * k
 
 
+def check_distance(distance) -> None:
+    """ValueError unless `distance` (Floaters No More's, `scale_gradients_by_distance`) is a finite number > 0."""
+    if not (isinstance(distance, (int, float)) and not isinstance(distance, bool) and distance > 0.0
+            and math.isfinite(distance)):
+        raise ValueError(f"distance: expected a finite distance > 0, got {distance!r}")
+
+
 def scale_gradients_by_distance(densities: wp.array, colors: wp.array, samples: Samples, directions: wp.array,
                                 distance: float) -> None:
     """Floaters No More (Philip and Deschaintre 2023): on the backward pass, scale the adjoints of each sample's
@@ -134,9 +141,7 @@ def scale_gradients_by_distance(densities: wp.array, colors: wp.array, samples: 
         samples: the `Samples` they were queried at; directions: vec3 (N,) the rays' directions (t units).
         distance: world distance from the camera beyond which gradients are left as they are (> 0).
     """
-    if not (isinstance(distance, (int, float)) and not isinstance(distance, bool) and distance > 0.0
-            and math.isfinite(distance)):
-        raise ValueError(f"distance: expected a finite distance > 0, got {distance!r}")
+    check_distance(distance)
     if not isinstance(samples, Samples):
         raise TypeError(f"samples: expected a march.Samples, got {type(samples).__name__}")
     dev, n, s = samples.ray_offsets.device, samples.n_rays, samples.n_samples

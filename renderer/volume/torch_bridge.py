@@ -12,12 +12,10 @@ Warp op (the derivative of the truncated sum, see `composite.composite`), not a 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import warp as wp
 
-from .composite import composite
+from .composite import check_distance, composite
 from .march import Samples
 
 
@@ -122,9 +120,7 @@ def scale_gradients_by_distance_torch(densities: torch.Tensor, colors: torch.Ten
     """`composite.scale_gradients_by_distance` for torch fields: (densities, colors) unchanged in value, whose
     gradients are scaled by min(1, (t_point |d| / distance)^2) per sample (Floaters No More). `directions`: (N, 3)
     the rays' directions; `distance` > 0 in world units."""
-    if not (isinstance(distance, (int, float)) and not isinstance(distance, bool) and distance > 0.0
-            and math.isfinite(distance)):
-        raise ValueError(f"distance: expected a finite distance > 0, got {distance!r}")
+    check_distance(distance)
     s = samples.n_samples
     if s == 0:
         return densities, colors
