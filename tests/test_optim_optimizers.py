@@ -19,6 +19,7 @@ from drstudio.renderer.optim.optimizers import (
     cosine_decay,
     exponential_decay,
     make_schedule,
+    norm_at,
     project,
     zero_at,
 )
@@ -227,6 +228,14 @@ def test_adam_on_active_points_equals_the_dense_lazy_update(device):
     assert not left[points[:5]].any() and np.array_equal(left[points[5:]], g[points[5:]], equal_nan=True)
     with pytest.raises(ValueError, match="not a lazy Adam parameter"):
         Adam([params[0]], lr=0.1).step(active={0: (wp.array(points, dtype=wp.int32), c)})
+    # `norm_at`: the norm of a gradient that is 0 off the active points, reading those points only
+    g = np.zeros((n, c), np.float32)
+    g[points] = rng.normal(size=(12, c))
+    params[0].grad.assign(g)
+    assert norm_at(params[0].grad, wp.array(points, dtype=wp.int32), c) == pytest.approx(np.linalg.norm(g), rel=1e-6)
+    assert norm_at(params[0].grad, wp.array(points[:4], dtype=wp.int32), c) == \
+        pytest.approx(np.linalg.norm(g[points[:4]]), rel=1e-6)
+    assert norm_at(params[0].grad, wp.zeros(0, dtype=wp.int32), c) == 0.0
     with pytest.raises(ValueError, match="dividing its 150 values"):
         sparse.step(active={0: (wp.array(points, dtype=wp.int32), 4)})
 

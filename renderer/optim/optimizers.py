@@ -108,6 +108,23 @@ def _adam_update_at(p: wp.array(dtype=float), g: wp.array(dtype=float), m: wp.ar
     _adam_element(p, g, m, v, i, lr, beta1, beta2, eps, corrections)
 
 
+@wp.kernel
+def _sum_squares_at(x: wp.array(dtype=float), points: wp.array(dtype=wp.int32), channels: int,
+                    out: wp.array(dtype=wp.float64)):
+    v = wp.float64(x[_element(points, channels, wp.tid())])
+    wp.atomic_add(out, 0, v * v)
+
+
+def norm_at(arr: wp.array, points: wp.array, channels: int) -> float:
+    """The L2 norm of the elements (points[k] * channels + c) of `arr` viewed flat (a gradient that is 0
+    elsewhere: the sparse counterpart of the whole array's norm), summed in float64 on the device."""
+    out = wp.zeros(1, dtype=wp.float64, device=arr.device)
+    if points.shape[0]:
+        wp.launch(_sum_squares_at, dim=points.shape[0] * channels, inputs=[_flat(arr), points, int(channels), out],
+                  device=arr.device, record_tape=False)
+    return float(np.sqrt(out.numpy()[0]))
+
+
 def zero_at(arr: wp.array, points: wp.array, channels: int) -> None:
     """Zero the elements (points[k] * channels + c) of `arr` viewed flat (a gradient whose other entries are
     already 0: the sparse counterpart of `arr.zero_()`)."""

@@ -56,11 +56,9 @@ def _finite(path: str, value) -> np.ndarray:
 
 def _grad_norm(grad: wp.array, active: tuple[wp.array, int] | None) -> float:
     """The L2 norm of a gradient; with `active` (points, C) only those elements are read (the rest are 0)."""
-    g = grad.numpy().reshape(-1)
     if active is None:
-        return float(np.linalg.norm(g))
-    points, channels = active
-    return float(np.linalg.norm(g.reshape(-1, channels)[points.numpy()]))
+        return float(np.linalg.norm(grad.numpy().reshape(-1)))
+    return optimizers.norm_at(grad, *active)
 
 
 def _image_grads(outputs: dict) -> dict[str, np.ndarray]:
