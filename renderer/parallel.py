@@ -179,6 +179,33 @@ def _run_lanes(lanes: list[_Lane], work, outer: wp.Tape | None) -> list:
     return results
 
 
+def part_ranges(n: int, parts: int) -> list[tuple[int, int]]:
+    """[a, b) ranges cutting range(n) into `parts` consecutive pieces of sizes differing by at most one."""
+    return [(n * k // parts, n * (k + 1) // parts) for k in range(parts)]
+
+
+def run_parts(work, parts: int) -> None:
+    """work(k) for k in range(parts): part 0 in this thread, the others on the worker pool, concurrently (Warp
+    releases the GIL during a CPU launch, so launches of different parts run on different cores); returns when
+    all are done, re-raising the first exception. The parts must not write the same memory (CPU adjoints add
+    without atomics). With parts <= 1, work(0) in this thread."""
+    if parts <= 1:
+        work(0)
+        return
+    _load_modules()
+    futures = [_executor().submit(work, k) for k in range(1, parts)]
+    first_error = None
+    try:
+        work(0)
+    except BaseException as exc:  # wait for the workers before re-raising
+        first_error = exc
+    wait(futures)
+    if first_error is not None:
+        raise first_error
+    for f in futures:
+        f.result()
+
+
 def _record_backward(lanes: list[_Lane], outer: wp.Tape) -> None:
     def backward():
         futures = [_executor().submit(lane.tape.backward) for lane in lanes[1:]]

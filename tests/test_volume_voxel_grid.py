@@ -250,6 +250,44 @@ def test_float16_storage_halves_memory_and_keeps_the_render(device):
     np.testing.assert_allclose(g16, g32, atol=2e-3 * np.abs(g32).max())
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_threaded_query_is_the_one_thread_query_bit_for_bit(workers, monkeypatch, device):
+    """`workers` threads: the forward over ranges of the samples, the adjoint and the touched flags over slabs of
+    the lattice's x axis; values, gradients and flags are those of one thread exactly (same adds, same order)."""
+    from drstudio.renderer.volume import voxel_grid
+
+    monkeypatch.setattr(voxel_grid, "MIN_SAMPLES_PER_THREAD", 64)
+    rng = np.random.default_rng(3)
+    res, n = (17, 9, 11), 3000
+    lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
+    p = lo + (hi - lo) * rng.beta(2.0, 5.0, (n, 3))  # crowded towards low x: the slabs must balance, not halve
+    d = rng.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    w_sigma, w_color = rng.normal(size=n).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32)
+    results = []
+    density, sh = rng.uniform(-1, 1, res), rng.uniform(-1, 1, (*res, 12))
+    for k in (1, workers):
+        grid = VoxelGrid(res, BOX, 1, density=density, sh=sh)
+        grid.workers = k
+        grid.touched = wp.zeros(res, dtype=wp.uint8)
+        pos = vec3s(p)
+        if k > 1:
+            slabs = grid._slabs(pos, k)
+            assert len(slabs) == k and slabs[0][0] == 0 and slabs[-1][1] == res[0]
+            assert all(a < b for a, b in slabs) and slabs[0][1] < res[0] // 2  # cut where the samples are
+        tape = wp.Tape()
+        with tape:
+            sigma, color = grid.query(pos, vec3s(d))
+        sigma.grad.assign(w_sigma)
+        color.grad.assign(w_color)
+        tape.backward()
+        results.append([sigma.numpy(), color.numpy(), grid.density.grad.numpy(), grid.sh.grad.numpy(),
+                        grid.touched.numpy()])
+    for one, many in zip(*results, strict=True):
+        np.testing.assert_array_equal(many, one)
+    assert results[0][4].any() and not results[0][4].all()
+
+
 def test_fresh_grid_has_the_initial_density(device):
     for activation in ("softplus", "relu"):
         grid = VoxelGrid(3, BOX, 0, activation=activation, init_density=0.25)

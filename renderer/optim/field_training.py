@@ -40,6 +40,7 @@ import warp as wp
 from .. import memory, progress
 from ..errors import SceneError
 from ..field_scene import FieldDeviceScene
+from ..parallel import default_workers
 from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
 from ..render import RenderOutput
 from ..render_field import FieldState, RayBank, field_grid, gather_rays, render_field_view
@@ -170,6 +171,7 @@ class FieldModel:
 
     kind = "field"
     share = (0, 1)  # (rank, ranks) while the problem records one rank's part of a step (voxel grids)
+    workers: int | None = None  # CPU threads of a step's voxel-grid queries and lazy updates (None: one per core)
 
     @staticmethod
     def applies(scene: Scene) -> bool:
@@ -436,14 +438,22 @@ class FieldModel:
                     out[path] = (points, arr.size // mask.size)
         return out
 
+    def threads(self) -> int:
+        """CPU threads a step's voxel-grid work runs on (`workers`; None: one per core; 1 off the CPU)."""
+        if not self.p.ds.device.is_cpu:
+            return 1
+        return max(1, int(self.workers)) if self.workers is not None else default_workers()
+
     def before_step(self, step: int) -> None:
         """Refresh occupancy grids that are due (outside the tape; step 0 keeps the all-occupied start). Data-
         parallel ranks (the problem's `comm`) each refresh a slab of cells and all-gather the rest (the same bits
         as one process refreshing all). Arms the grids' touched flags on a sparse step (`active_elements`)."""
         self._touched_step = self._sparse_step(step)
+        threads = self.threads()
         for name, state in self.states.items():
             if state.field.type != "voxel_grid":
                 continue
+            state.grid.workers = threads
             if not self._touched_step:
                 state.grid.touched = None  # the mask is kept for the next sparse step
                 continue

@@ -21,6 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 import warp as wp
 
+from ..parallel import part_ranges, run_parts
+
 # Never differentiated: skip generating adjoints (faster compiles).
 wp.set_module_options({"enable_backward": False})
 
@@ -115,22 +117,29 @@ def _sum_squares_at(x: wp.array(dtype=float), points: wp.array(dtype=wp.int32), 
     wp.atomic_add(out, 0, v * v)
 
 
-def norm_at(arr: wp.array, points: wp.array, channels: int) -> float:
+def norm_at(arr: wp.array, points: wp.array, channels: int, workers: int = 1) -> float:
     """The L2 norm of the elements (points[k] * channels + c) of `arr` viewed flat (a gradient that is 0
-    elsewhere: the sparse counterpart of the whole array's norm), summed in float64 on the device."""
-    out = wp.zeros(1, dtype=wp.float64, device=arr.device)
-    if points.shape[0]:
-        wp.launch(_sum_squares_at, dim=points.shape[0] * channels, inputs=[_flat(arr), points, int(channels), out],
-                  device=arr.device, record_tape=False)
-    return float(np.sqrt(out.numpy()[0]))
+    elsewhere: the sparse counterpart of the whole array's norm), summed in float64 on the device (per thread
+    with `workers`, then added)."""
+    parts = _parts(arr.device, workers, points.shape[0] * channels)
+    outs = [wp.zeros(1, dtype=wp.float64, device=arr.device) for _ in range(parts)]
+    ranges = part_ranges(points.shape[0], parts)
+
+    def part(j: int) -> None:
+        a, b = ranges[j]
+        if b > a:
+            wp.launch(_sum_squares_at, dim=(b - a) * channels, inputs=[_flat(arr), points[a:b], int(channels), outs[j]],
+                      device=arr.device, record_tape=False)
+
+    run_parts(part, parts)
+    return float(np.sqrt(sum(float(o.numpy()[0]) for o in outs)))
 
 
-def zero_at(arr: wp.array, points: wp.array, channels: int) -> None:
+def zero_at(arr: wp.array, points: wp.array, channels: int, workers: int = 1) -> None:
     """Zero the elements (points[k] * channels + c) of `arr` viewed flat (a gradient whose other entries are
-    already 0: the sparse counterpart of `arr.zero_()`)."""
+    already 0: the sparse counterpart of `arr.zero_()`), on up to `workers` CPU threads."""
     if points.shape[0]:
-        wp.launch(_zero_at, dim=points.shape[0] * channels, inputs=[_flat(arr), points, int(channels)],
-                  device=arr.device, record_tape=False)
+        _launch_at(_zero_at, [_flat(arr), points, int(channels)], 1, int(channels), arr.device, workers)
 
 
 @wp.kernel
@@ -172,6 +181,52 @@ def _is_float32_based(dtype) -> bool:
 def _flat(arr: wp.array) -> wp.array:
     """A 1D float32 view sharing `arr`'s memory (vec3 (V,) -> (3V,), (h, w, C) -> (h*w*C,))."""
     return (arr if arr.dtype is wp.float32 else arr.view(wp.float32)).flatten()
+
+
+#: The lazy updates at touched points (`step(active=...)`) and the whole-array Adam update split over
+#: `_Optimizer.workers` CPU threads only with at least this many values a thread.
+MIN_VALUES_PER_THREAD = 1 << 16
+
+
+def _parts(device, workers: int, values: int) -> int:
+    """Threads for elementwise work on `values` values: `workers` on the CPU, fewer for small work."""
+    if not device.is_cpu or workers <= 1:
+        return 1
+    return max(1, min(int(workers), values // MIN_VALUES_PER_THREAD))
+
+
+def _launch_at(kernel, inputs: list, at: int, channels: int, device, workers: int = 1) -> None:
+    """Launch an elementwise kernel over the (points, channels) elements (`_element`) of inputs[at] = points,
+    split into consecutive ranges of the points over threads (elements are independent: same result)."""
+    points = inputs[at]
+    k = points.shape[0]
+    parts = _parts(device, workers, k * channels)
+    ranges = part_ranges(k, parts)
+
+    def part(j: int) -> None:
+        a, b = ranges[j]
+        if b > a:
+            args = list(inputs)
+            args[at] = points[a:b]
+            wp.launch(kernel, dim=(b - a) * channels, inputs=args, device=device, record_tape=False)
+
+    run_parts(part, parts)
+
+
+def _launch_flat(kernel, inputs: list, flat: tuple[int, ...], device, workers: int = 1) -> None:
+    """Launch an elementwise kernel over 1D arrays inputs[i] (i in `flat`, all of one length; element i =
+    thread i), split into consecutive ranges over threads."""
+    n = inputs[flat[0]].shape[0]
+    parts = _parts(device, workers, n)
+    ranges = part_ranges(n, parts)
+
+    def part(j: int) -> None:
+        a, b = ranges[j]
+        if b > a:
+            args = [x[a:b] if i in flat else x for i, x in enumerate(inputs)]
+            wp.launch(kernel, dim=b - a, inputs=args, device=device, record_tape=False)
+
+    run_parts(part, parts)
 
 
 def _check_param(name: str, arr) -> None:
@@ -217,6 +272,8 @@ class _Optimizer:
                          for b in self._buffer_names}
         self._steps = wp.zeros(1, dtype=wp.int32, device=self.device)  # applied steps, on the device
         self._bad = wp.zeros(1, dtype=wp.int32, device=self.device)
+        # CPU threads of the NaN guard and of Adam's update (elementwise: the same result on any number)
+        self.workers = 1
 
     def _index(self, key: int | str) -> int:
         if isinstance(key, str):
@@ -273,13 +330,11 @@ class _Optimizer:
             grads.append(_flat(p.grad))
             if i in active:
                 points, channels = active[i]
-                if points.shape[0]:
-                    wp.launch(_flag_nonfinite_at, dim=points.shape[0] * int(channels),
-                              inputs=[grads[-1], points, int(channels), self._bad], device=self.device,
-                              record_tape=False)
+                if points.shape[0]:  # threads may flag at once: they all write 1
+                    _launch_at(_flag_nonfinite_at, [grads[-1], points, int(channels), self._bad], 1, int(channels),
+                               self.device, self.workers)
                 continue
-            wp.launch(_flag_nonfinite, dim=grads[-1].shape[0], inputs=[grads[-1], self._bad],
-                      device=self.device, record_tape=False)
+            _launch_flat(_flag_nonfinite, [grads[-1], self._bad], (0,), self.device, self.workers)
         wp.launch(_count_step, dim=1, inputs=[self._bad, self._steps], device=self.device, record_tape=False)
         self._before_updates()
         factor = self.schedule(self.iteration) if self.schedule else 1.0
@@ -379,10 +434,8 @@ class Adam(_Optimizer):
 
     def _update(self, i, grad, lr):
         m, v = self._buffers["exp_avg"][i], self._buffers["exp_avg_sq"][i]
-        wp.launch(_adam_update, dim=grad.shape[0],
-                  inputs=[self._flat[i], grad, m, v, lr, *self.betas, self.eps, self._corrections,
-                          int(self.lazy[i]), self._bad],
-                  device=self.device, record_tape=False)
+        _launch_flat(_adam_update, [self._flat[i], grad, m, v, lr, *self.betas, self.eps, self._corrections,
+                                    int(self.lazy[i]), self._bad], (0, 1, 2, 3), self.device, self.workers)
 
     def accepts_active(self, i: int) -> bool:
         return self.lazy[i]
@@ -390,10 +443,9 @@ class Adam(_Optimizer):
     def _update_at(self, i, grad, lr, points, channels):
         if points.shape[0]:
             m, v = self._buffers["exp_avg"][i], self._buffers["exp_avg_sq"][i]
-            wp.launch(_adam_update_at, dim=points.shape[0] * int(channels),
-                      inputs=[self._flat[i], grad, m, v, points, int(channels), lr, *self.betas, self.eps,
-                              self._corrections, self._bad],
-                      device=self.device, record_tape=False)
+            _launch_at(_adam_update_at, [self._flat[i], grad, m, v, points, int(channels), lr, *self.betas,
+                                         self.eps, self._corrections, self._bad], 4, int(channels), self.device,
+                       self.workers)
 
 
 class SGD(_Optimizer):

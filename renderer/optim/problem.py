@@ -54,11 +54,11 @@ def _finite(path: str, value) -> np.ndarray:
     return value
 
 
-def _grad_norm(grad: wp.array, active: tuple[wp.array, int] | None) -> float:
+def _grad_norm(grad: wp.array, active: tuple[wp.array, int] | None, workers: int = 1) -> float:
     """The L2 norm of a gradient; with `active` (points, C) only those elements are read (the rest are 0)."""
     if active is None:
         return float(np.linalg.norm(grad.numpy().reshape(-1)))
-    return optimizers.norm_at(grad, *active)
+    return optimizers.norm_at(grad, *active, workers=workers)
 
 
 def _image_grads(outputs: dict) -> dict[str, np.ndarray]:
@@ -327,6 +327,12 @@ class Problem:
             (self.active_view, out.image.numpy().reshape(out.height, out.width, 3).copy())
         return loss, {k: float(v.numpy()[0]) for k, v in terms.items()}, images, tape
 
+    def _threads(self) -> int:
+        """CPU threads for the elementwise work of a step on large arrays (the model's `threads()`: a field's
+        lattice; 1 for models without)."""
+        threads = getattr(self.model, "threads", None)
+        return threads() if threads is not None else 1
+
     def _zero_grads(self) -> None:
         """Zero every gradient before a backward: a leaf whose last step's gradient was sparse (the same array;
         `_sparse_grads`) only at the elements that step wrote, the others whole."""
@@ -334,7 +340,7 @@ class Problem:
         for path, arr in self.ds.arrays.items():
             held = sparse.get(path)
             if held is not None and held[0] is arr:
-                optimizers.zero_at(arr.grad, held[1], held[2])
+                optimizers.zero_at(arr.grad, held[1], held[2], workers=self._threads())
             else:
                 arr.grad.zero_()
 
@@ -443,6 +449,7 @@ class Problem:
         if active and isinstance(self.optimizer, optimizers.Adam):
             sparse = {p: a for p, a in active.items() if p in self._opt_paths
                       and self.optimizer.accepts_active(self._opt_paths.index(p))}
+        self.optimizer.workers = self._threads()
         if sparse:
             applied = self.optimizer.step(loss_value=loss,
                                           active={self._opt_paths.index(p): a for p, a in sparse.items()})
@@ -456,7 +463,7 @@ class Problem:
         # large values (field grids): their gradient norms only, no copies
         self._last_param_grads = {p: self.ds.arrays[p].grad.numpy().copy() for p in self.free_paths()
                                   if self.model.reports(p)}
-        grad_norms = {p: _grad_norm(self.ds.arrays[p].grad, sparse.get(p)) for p in self.free_paths()}
+        grad_norms = {p: _grad_norm(self.ds.arrays[p].grad, sparse.get(p), self._threads()) for p in self.free_paths()}
         self._last_grad_images = grad_images
         if tape is not None:
             tape.reset()

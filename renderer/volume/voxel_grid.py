@@ -30,11 +30,14 @@ from typing import Any
 import numpy as np
 import warp as wp
 
+from ..parallel import part_ranges, run_parts
 from ..thread_tape import active_tape
 from .march import check_array, parse_aabb
 from .occupancy import parse_resolution
 
 ACTIVATIONS = ("softplus", "relu")
+#: A query splits over `VoxelGrid.workers` threads only with at least this many samples per thread.
+MIN_SAMPLES_PER_THREAD = 16384
 _SOFTPLUS_LINEAR = wp.constant(20.0)  # softplus(x) == x to float32 precision above this
 
 SH_C0 = wp.constant(0.28209479177387814)
@@ -113,12 +116,17 @@ def interpolate_density(density: wp.array3d(dtype=Any), i: wp.vec3i, f: wp.vec3)
 
 @wp.kernel
 def _mark_cells(positions: wp.array(dtype=wp.vec3), lo: wp.vec3, hi: wp.vec3, res: wp.vec3i,
-                touched: wp.array3d(dtype=wp.uint8)):
-    # the 8 lattice points a query at positions[s] reads (so the only ones its adjoint writes): flag them
+                touched: wp.array3d(dtype=wp.uint8), x_lo: int, x_hi: int):
+    # the 8 lattice points a query at positions[s] reads (so the only ones its adjoint writes): flag those in the
+    # slab x_lo <= x < x_hi
     s = wp.tid()
     i, f = lattice_cell(positions[s], lo, hi, res)
+    if i[0] + 1 < x_lo or i[0] >= x_hi:
+        return
     for c in range(8):
-        touched[i[0] + (c & 1), i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1)] = wp.uint8(1)
+        x = i[0] + (c & 1)
+        if x >= x_lo and x < x_hi:
+            touched[x, i[1] + ((c >> 1) & 1), i[2] + ((c >> 2) & 1)] = wp.uint8(1)
 
 
 @wp.kernel
@@ -154,11 +162,12 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
                     positions: wp.array(dtype=wp.vec3), dirs: wp.array(dtype=wp.vec3),
                     out_color: wp.array2d(dtype=float), adj_density: wp.array(dtype=float),
                     adj_color: wp.array2d(dtype=float), grad_density: wp.array3d(dtype=Any),
-                    grad_sh: wp.array4d(dtype=Any)):
+                    grad_sh: wp.array4d(dtype=Any), x_lo: int, x_hi: int):
     # The exact adjoint of _query w.r.t. the grid values, written out: d sigmoid = c (1 - c),
     # d softplus = sigmoid(raw), d relu = [raw > 0]; each corner receives its trilinear weight (times the SH
     # basis value for coefficients). 6x faster on the CPU than Warp's generated adjoint, which replays the
-    # unrolled forward.
+    # unrolled forward. Only the lattice points of the slab x_lo <= x < x_hi are written: launches over
+    # disjoint slabs may run at once (CPU adds are not atomic), each adding in sample order as one launch does.
     s = wp.tid()
     cr = out_color[s, 0]
     cg = out_color[s, 1]
@@ -171,6 +180,8 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
         return  # e.g. a sample past early termination
     res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
     i, f = lattice_cell(positions[s], lo, hi, res)
+    if i[0] + 1 < x_lo or i[0] >= x_hi:
+        return
     raw = interpolate_density(density, i, f)
     if activation == 1:
         gs = wp.where(raw > 0.0, gs, 0.0)
@@ -178,8 +189,10 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
         gs = gs * sigmoid(raw)
     basis = sh_basis(dirs[s])
     for c in range(8):
-        w = corner_weight(f, c)
         x = i[0] + (c & 1)
+        if x < x_lo or x >= x_hi:
+            continue
+        w = corner_weight(f, c)
         y = i[1] + ((c >> 1) & 1)
         z = i[2] + ((c >> 2) & 1)
         wp.atomic_add(grad_density, x, y, z, grad_density.dtype(w * gs))
@@ -189,6 +202,15 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
                 wp.atomic_add(grad_sh, x, y, z, k, grad_sh.dtype(wb * gr))
                 wp.atomic_add(grad_sh, x, y, z, n_coeffs + k, grad_sh.dtype(wb * gg))
                 wp.atomic_add(grad_sh, x, y, z, 2 * n_coeffs + k, grad_sh.dtype(wb * gb))
+
+
+# The storage types' overloads of the kernels that `VoxelGrid.query` launches from several threads, made when the
+# module is imported: an overload made by a launch (a new argument type) rebuilds the module, which another thread
+# launching at that moment does not survive (Warp 1.19: KeyError in get_kernel_mangled_name).
+for _dtype in (wp.float32, wp.float16):
+    wp.overload(_query, {"density": wp.array3d(dtype=_dtype), "sh": wp.array4d(dtype=_dtype)})
+    wp.overload(_query_backward, {"density": wp.array3d(dtype=_dtype), "grad_density": wp.array3d(dtype=_dtype),
+                                  "grad_sh": wp.array4d(dtype=_dtype)})
 
 
 @wp.kernel
@@ -317,9 +339,14 @@ class VoxelGrid:
         touched: None, or a uint8 array3d (nx, ny, nz) in which every `query` recorded on a tape sets to 1 the
             lattice points its adjoint writes (the caller zeroes it): a training step's touched points, for an
             update that costs per touched point (`optimizers.Adam.step(active=...)`).
+        workers: CPU threads a query and its adjoint run on (1 by default): the forward over consecutive
+            ranges of the samples, the adjoint (and the touched flags) over slabs of the lattice's first axis,
+            each thread reading every sample and writing only its slab's points, so every value and gradient is
+            the one thread's bit for bit. Queries of fewer than MIN_SAMPLES_PER_THREAD samples a thread use fewer.
     """
 
     touched: wp.array | None = None
+    workers: int = 1
 
     def __init__(self, resolution, aabb, sh_degree: int = 0, dtype=wp.float32, activation: str = "softplus",
                  init_density: float = 0.1, density=None, sh=None, device=None, requires_grad: bool = True,
@@ -391,23 +418,55 @@ class VoxelGrid:
         out_density = wp.zeros(s, dtype=float, device=self.device, requires_grad=grad)
         out_color = wp.zeros((s, 3), dtype=float, device=self.device, requires_grad=grad)
         activation = ACTIVATIONS.index(self.activation)
-        wp.launch(_query, dim=s, device=self.device, record_tape=False,
-                  inputs=[self.density, self.sh, self.lo, self.hi, self.n_coeffs, activation, positions, directions,
-                          out_density, out_color])
+        parts = self._parts(s)
+        ranges = part_ranges(s, parts)
+
+        def forward(k: int) -> None:  # samples [a, b): each writes its own outputs
+            a, b = ranges[k]
+            if b == a:
+                return
+            wp.launch(_query, dim=b - a, device=self.device, record_tape=False,
+                      inputs=[self.density, self.sh, self.lo, self.hi, self.n_coeffs, activation, positions[a:b],
+                              directions[a:b], out_density[a:b], out_color[a:b]])
+
+        run_parts(forward, parts)
         tape = active_tape()  # the calling thread's tape (or renderer.parallel's stand-in), None outside
         if tape is not None and grad and s > 0:
             density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
+            slabs = self._slabs(positions, parts)
             if self.touched is not None:  # flag the lattice points this query's adjoint will write
-                wp.launch(_mark_cells, dim=s, device=self.device, record_tape=False,
-                          inputs=[positions, lo, hi, wp.vec3i(*density.shape), self.touched])
+                touched, res = self.touched, wp.vec3i(*density.shape)
+                run_parts(lambda k: wp.launch(_mark_cells, dim=s, device=self.device, record_tape=False,
+                                              inputs=[positions, lo, hi, res, touched, *slabs[k]]), len(slabs))
 
             def backward():
-                wp.launch(_query_backward, dim=s, device=density.device, record_tape=False,
-                          inputs=[density, lo, hi, n_coeffs, activation, positions, directions, out_color,
-                                  out_density.grad, out_color.grad, density.grad, sh.grad])
+                def slab(k: int) -> None:  # every sample, writing the lattice points of slab k only
+                    wp.launch(_query_backward, dim=s, device=density.device, record_tape=False,
+                              inputs=[density, lo, hi, n_coeffs, activation, positions, directions, out_color,
+                                      out_density.grad, out_color.grad, density.grad, sh.grad, *slabs[k]])
+
+                run_parts(slab, len(slabs))
 
             tape.record_func(backward, [density, sh, out_density, out_color])
         return out_density, out_color
+
+    def _parts(self, samples: int) -> int:
+        """Threads for a query of `samples` points: `workers` on the CPU, fewer for small queries."""
+        if not self.device.is_cpu or self.workers <= 1:
+            return 1
+        return max(1, min(int(self.workers), samples // MIN_SAMPLES_PER_THREAD))
+
+    def _slabs(self, positions: wp.array, parts: int) -> list[tuple[int, int]]:
+        """`parts` slabs x_lo <= x < x_hi tiling the lattice's first axis, cut at quantiles of the sample points'
+        x (every 16th point), so the threads of a query's adjoint get about equal shares of its samples."""
+        nx = self.resolution[0]
+        if parts <= 1:
+            return [(0, nx)]
+        xs = positions.numpy()[::16, 0]
+        u = np.clip((xs - self.lo[0]) / (self.hi[0] - self.lo[0]), 0.0, 1.0) * (nx - 1)
+        cuts = np.clip(np.rint(np.quantile(u, [k / parts for k in range(1, parts)])), 0, nx).astype(int)
+        bounds = [0, *np.maximum.accumulate(cuts).tolist(), nx]
+        return [(bounds[k], bounds[k + 1]) for k in range(parts)]
 
     def query_density(self, positions: wp.array) -> wp.array:
         """float32 (S,) density at `positions` (no color): the `density_fn` of `OccupancyGrid.update`.
