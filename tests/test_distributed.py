@@ -311,6 +311,24 @@ def test_ranks_gradient_buffer_follows_an_upsampled_grid(tmp_path):
             assert np.array_equal(values[k], emulated.ds.get(k)), k
 
 
+def test_threads_per_rank_counts_the_cores_this_process_may_use(monkeypatch):
+    """`threads_per_rank` shares the cores of the process's affinity (not `os.cpu_count()`, which counts cores a
+    container or `taskset` may not give it), and a pinned rank uses the cores it was pinned to."""
+    from drstudio.renderer import parallel
+    from drstudio.renderer.optim import distributed
+
+    monkeypatch.setattr(distributed, "_PINNED", None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 4, 5}, raising=False)
+    assert distributed.threads_per_rank(2) == 2 and distributed.threads_per_rank(1) == 4
+    assert distributed.threads_per_rank(3) == 1 and distributed.threads_per_rank(8) == 1
+    assert parallel.default_workers() == 4
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    assert distributed.pin_to_cores(1, 2) == [4, 5]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)  # what the OS then reports
+    assert distributed.threads_per_rank(2) == 2
+
+
 def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     """`pin_to_cores`: rank r of N on one machine takes cores [r k, (r + 1) k), k = cores // N; nothing with fewer
     cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0."""
@@ -318,6 +336,7 @@ def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     from drstudio.renderer.optim import distributed
 
     pinned = []
+    monkeypatch.setattr(distributed, "_PINNED", None)  # restored after the test: pin_to_cores sets it
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(list(cores)), raising=False)
     assert distributed.pin_to_cores(1, 2) == [2, 3] and pinned == [[2, 3]]

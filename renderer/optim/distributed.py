@@ -76,12 +76,28 @@ def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
         return None
     mine = cores[local_rank * k:(local_rank + 1) * k]
     os.sched_setaffinity(0, mine)
+    global _PINNED
+    _PINNED = list(mine)
     return mine
 
 
+_PINNED: list[int] | None = None  # the cores `pin_to_cores` gave this process, once it did
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container, `taskset` or a batch system may
+    limit to fewer than the machine has; `os.cpu_count()` where the OS has no affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def threads_per_rank(local_world: int) -> int:
-    """Render threads each rank uses: the machine's cores shared by the ranks on it (at least 1)."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(local_world)))
+    """Render threads each rank uses: the cores this process may run on shared by the ranks on this machine (at
+    least 1); a rank `pin_to_cores` pinned uses the cores it was given (already its share)."""
+    if _PINNED is not None:
+        return max(1, len(_PINNED))
+    return max(1, usable_cores() // max(1, int(local_world)))
 
 
 def _first_line(exc: BaseException) -> str:
