@@ -1,7 +1,7 @@
 """Whether a sharded optimizer update (ZeRO stage 1) can pay for itself with gloo on this machine: the cost of the
 collectives it needs against the update work it saves a rank (benchmarks/README.md, "Data-parallel ranks").
 
-    python -m benchmarks.bench_collectives                   # the flat buffers of shape, texture, nerf_grid (32^3, 64^3)
+    python -m benchmarks.bench_collectives            # the flat buffers of shape, texture, nerf_grid (32^3, 64^3)
     python -m benchmarks.bench_collectives --floats 49152 --rounds 9
 
 Two ranks are started as `drstudio optimize --nproc 2` starts them (a TCPStore on 127.0.0.1, gloo, `Comm.from_env`:
@@ -15,11 +15,12 @@ interleaved rounds after a barrier (so both ranks enter together, no waiting for
   summed gradient, e.g. for the non-finite guard and the reported gradient norms), the exchange added after it.
 
 Per collective: the wall time (median over rounds of each round's median) and the CPU time of the rank's process
-(all its threads; user + system, mean), of which system time. The parent process times what sharding
-saves (before the ranks start): Adam + the non-finite guard + a [0, 1] clamp (`optimizers.Adam.step`, `optimizers.project`: a texture's
-update) over n and over n / 2 elements, one thread, CPU ms; `saved` is the difference, the most a rank can save per
-step by updating half. ZeRO-1 pays when `saved` exceeds the extra collective time (`RS + AG` - `AR`, or `AR + AG` -
-`AR`), in CPU and in wall time (a rank waits for the exchange before its next forward pass).
+(all its threads; user + system, mean), of which system time. The parent process times what sharding saves
+(before the ranks start): Adam + the non-finite guard + a [0, 1] clamp (`optimizers.Adam.step`,
+`optimizers.project`: a texture's update) over n and over n / 2 elements, one thread, CPU ms; `saved` is the
+difference, the most a rank can save per step by updating half. ZeRO-1 pays when `saved` exceeds the extra
+collective time (`RS + AG` - `AR`, or `AR + AG` - `AR`), in CPU and in wall time (a rank waits for the exchange
+before its next forward pass).
 """
 
 from __future__ import annotations
