@@ -21,6 +21,10 @@ Per collective: the wall time (median over rounds of each round's median) and th
 difference, the most a rank can save per step by updating half. ZeRO-1 pays when `saved` exceeds the extra
 collective time (`RS + AG` - `AR`, or `AR + AG` - `AR`), in CPU and in wall time (a rank waits for the exchange
 before its next forward pass).
+
+`--work-ms W` (default 7, about a texture.json rank's forward and backward pass) adds the all-reduce as a step
+makes it: each rank busy for W ms after the barrier, then the all-reduce, waited for by blocking (`work.wait()`, the
+default) or by polling (`Comm._wait` with DRSTUDIO_POLL_COLLECTIVES=1); only the all-reduce is timed.
 """
 
 from __future__ import annotations
@@ -51,6 +55,20 @@ def _cpu() -> tuple[float, float]:
     return time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
+def _busy(seconds: float) -> None:
+    """Keep this thread's core busy for `seconds` (a step's forward and backward pass, as far as gloo can tell)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def _polled(work) -> None:
+    """`Comm._wait` with polling (DRSTUDIO_POLL_COLLECTIVES=1)."""
+    while not work.is_completed():
+        time.sleep(0)
+    work.wait()
+
+
 def rank_main(args) -> int:
     import warnings
 
@@ -69,6 +87,9 @@ def rank_main(args) -> int:
                                                         dist.all_gather_into_tensor(full, half)),
                "AR + AG": lambda full=full, half=half: (dist.all_reduce(full),
                                                         dist.all_gather_into_tensor(full, half))}
+        if args.work_ms > 0:  # the sum as a step makes it: after work, blocking in wait() or polling (Comm._wait)
+            ops["AR after work"] = lambda full=full: dist.all_reduce(full, async_op=True).wait()
+            ops["AR after work, polled"] = lambda full=full: _polled(dist.all_reduce(full, async_op=True))
         rec = {k: {"wall": [], "cpu": [], "sys": []} for k in ops}
         for f in ops.values():  # warm-up: connections, buffers
             for _ in range(5):
@@ -78,6 +99,8 @@ def rank_main(args) -> int:
                 walls = []
                 for _ in range(args.reps):
                     dist.barrier()
+                    if k.startswith("AR after work"):
+                        _busy(args.work_ms / 1e3)
                     c0, s0 = _cpu()
                     t0 = time.perf_counter()
                     f()
@@ -120,6 +143,8 @@ def main(argv=None) -> int:
     ap.add_argument("--floats", type=int, nargs="+", default=list(SIZES.values()))
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--reps", type=int, default=20, help="collectives per op per round")
+    ap.add_argument("--work-ms", type=float, default=7.0,
+                    help="also time an all-reduce after this much busy work on each rank, blocking and polled (0: no)")
     ap.add_argument("--as-rank", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.as_rank:
@@ -134,7 +159,7 @@ def main(argv=None) -> int:
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2",
            "LOCAL_WORLD_SIZE": "2"}
     cmd = [sys.executable, "-m", "benchmarks.bench_collectives", "--as-rank", "--rounds", str(args.rounds),
-           "--reps", str(args.reps), "--floats", *map(str, args.floats)]
+           "--reps", str(args.reps), "--work-ms", str(args.work_ms), "--floats", *map(str, args.floats)]
     load0 = os.getloadavg()[0]
     # the update's cost first, alone: a third process would take a core from the ranks
     updates = {n - n % 2: (update_cpu_ms(n - n % 2, 50), update_cpu_ms((n - n % 2) // 2, 50)) for n in args.floats}
@@ -160,6 +185,14 @@ def main(argv=None) -> int:
               + " | ".join(f"{r[k]['wall_ms']:.2f} / {r[k]['cpu_ms']:.2f} / {r[k]['sys_ms']:.2f}" for k in OPS)
               + f" | {full:.2f} / {half:.2f} | {full - half:.2f} | "
               + " | ".join(f"{w:+.2f} / {c:+.2f}" for w, c in extra) + " |")
+    if args.work_ms > 0:
+        print(f"\nAn all-reduce after {args.work_ms:g} ms of busy work on each rank (a step), wall / CPU / sys ms:")
+        print("| buffer | floats | AR after a barrier | after work, blocking | after work, polled |")
+        print("|---|---|---|---|---|")
+        for n, r in res.items():
+            print(f"| {names.get(int(n), '')} | {n} | " + " | ".join(
+                f"{r[k]['wall_ms']:.2f} / {r[k]['cpu_ms']:.2f} / {r[k]['sys_ms']:.2f}"
+                for k in ("AR", "AR after work", "AR after work, polled")) + " |")
     return 0
 
 

@@ -196,17 +196,68 @@ def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
     full = torch.arange(7 * 4, dtype=torch.float32).reshape(7, 4)
     assert [rows_of(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
 
-    def all_gather(parts, mine):  # what the other ranks would send: their slab, padded to 3 rows
+    class Done:  # a completed collective (Comm waits for them asynchronously)
+        def is_completed(self):
+            return True
+
+        def wait(self):
+            return True
+
+    def all_gather(parts, mine, async_op=False):  # what the other ranks would send: their slab, padded to 3 rows
         assert mine.shape == (3, 4)
         for r, (a, b) in enumerate(rows_of(7, q, 3) for q in range(3)):
             parts[r].zero_()
             parts[r][:b - a] = mine[:b - a] if r == 1 else full[a:b]
+        return Done() if async_op else None
 
     monkeypatch.setattr(dist, "all_gather", all_gather)
     mine = torch.full((7, 4), -1.0)
     mine[2:4] = full[2:4]
     Comm(1, 3, 1, 3, "gloo", "cpu").gather_rows(mine, step=0)
     assert torch.equal(mine, full)
+
+
+def test_comm_polls_its_collectives_when_asked(monkeypatch):
+    """DRSTUDIO_POLL_COLLECTIVES=1: a gloo rank waits for a collective by polling it until it has completed, then
+    `wait()` (which raises a failed collective's error: the usual one-line DistributedError); unset, it blocks."""
+    import torch
+    import torch.distributed as dist
+    from drstudio.renderer.optim import distributed
+
+    class Work:
+        def __init__(self, polls_needed, error=None):
+            self.polls, self.needed, self.error, self.waited_after = 0, polls_needed, error, None
+
+        def is_completed(self):
+            self.polls += 1
+            return self.polls >= self.needed
+
+        def wait(self):
+            self.waited_after = self.polls
+            if self.error:
+                raise RuntimeError(self.error)
+            return True
+
+    works = []
+
+    def all_reduce(t, op=None, async_op=False):
+        assert async_op
+        works.append(Work(*pending.pop(0)))
+        return works[-1]
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.delenv(distributed.POLL_ENV, raising=False)
+    assert not distributed.Comm(0, 2, 0, 2, "gloo", "cpu").poll  # off by default
+    monkeypatch.setenv(distributed.POLL_ENV, "1")
+    comm = distributed.Comm(0, 2, 0, 2, "gloo", "cpu")
+    assert comm.poll and not distributed.Comm(0, 2, 0, 2, "nccl", "cuda:0").poll
+    flat = torch.ones(4)
+    pending = [(3,)]
+    assert comm.sum(flat, 0) is flat
+    assert works[-1].polls == 3 and works[-1].waited_after == 3  # polled until completed, then waited
+    pending = [(1, "[../pair.cc:1] Connection closed by peer [127.0.0.1]:1234")]
+    with pytest.raises(distributed.DistributedError, match="lost contact .* step 5 .*Connection closed by peer"):
+        comm.sum(flat, 5)
 
 
 class _ThreadPair:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import zlib
 from typing import TYPE_CHECKING
 
@@ -60,6 +61,7 @@ def env_rank() -> int:
 
 
 PIN_ENV = "DRSTUDIO_PIN_RANKS"  # "0": leave a CPU rank free to run on any core (default: pinned, `pin_to_cores`)
+POLL_ENV = "DRSTUDIO_POLL_COLLECTIVES"  # "1": a gloo rank polls its collectives instead of blocking (`Comm._wait`)
 
 
 def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
@@ -120,6 +122,9 @@ class Comm:
         self.local_rank, self.local_world = local_rank, local_world
         self.backend, self.device = backend, device
         self.warp_device = device  # "cpu" or "cuda:N": the same names in Warp and torch
+        # gloo: wait for a collective by polling it (`_wait`) when POLL_ENV is "1" (not the default: not yet measured
+        # on a quiet machine in real steps)
+        self.poll = backend == "gloo" and os.environ.get(POLL_ENV, "0") == "1"
 
     @classmethod
     def from_env(cls, device: str | None, timeout: float = DEFAULT_TIMEOUT) -> Comm:
@@ -158,6 +163,20 @@ class Comm:
         return DistributedError(f"rank {self.rank}: lost contact with the other ranks at step {step} (one crashed, "
                                 f"was killed or stopped answering): {_first_line(exc)}")
 
+    def _wait(self, work) -> None:
+        """Wait for an asynchronous collective (raising its error). With `poll` (gloo, DRSTUDIO_POLL_COLLECTIVES=1),
+        by asking whether it has completed, with `time.sleep(0)` between the questions, instead of blocking in
+        `work.wait()`: in a two-process loop on this 2-core VM with pinned ranks (benchmarks/README.md, branch dp16e),
+        a 196 KB all-reduce after 7 ms of work took 1.1-4.8 ms blocked and 0.4-0.6 ms polled, and 0.45 instead of
+        3.4-3.6 ms after the later rank arrived; in real texture.json steps on a loaded machine it gained nothing, so
+        it is off by default until measured on a quiet one. The waiting rank's thread keeps its core busy meanwhile
+        (its CPU time then counts the wait); a failed or timed-out collective completes too, so the loop ends and
+        `wait` raises."""
+        if self.poll:
+            while not work.is_completed():
+                time.sleep(0)  # lets gloo's threads (and any other) run; no GIL held while they need it
+        work.wait()
+
     def sum(self, flat: torch.Tensor, step: int) -> torch.Tensor:
         """The element-wise sum of every rank's `flat` (float32, same length), identical on every rank."""
         import torch
@@ -165,10 +184,10 @@ class Comm:
 
         try:
             if self.world <= 2:
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                self._wait(dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True))
                 return flat
             parts = [torch.empty_like(flat) for _ in range(self.world)]
-            dist.all_gather(parts, flat)
+            self._wait(dist.all_gather(parts, flat, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         return ordered_sum(parts)
@@ -188,7 +207,7 @@ class Comm:
         mine[:hi - lo] = arr[lo:hi]
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         try:
-            dist.all_gather(parts, mine)
+            self._wait(dist.all_gather(parts, mine, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         for r, (a, b) in enumerate(bounds):
@@ -204,7 +223,7 @@ class Comm:
 
         t = torch.tensor([checksum, -checksum], dtype=torch.int64, device=self.device)
         try:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            self._wait(dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         if int(t[0]) != -int(t[1]):
