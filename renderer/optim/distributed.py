@@ -166,12 +166,11 @@ class Comm:
     def _wait(self, work) -> None:
         """Wait for an asynchronous collective (raising its error). With `poll` (gloo, DRSTUDIO_POLL_COLLECTIVES=1),
         by asking whether it has completed, with `time.sleep(0)` between the questions, instead of blocking in
-        `work.wait()`: in a two-process loop on this 2-core VM with pinned ranks (benchmarks/README.md, branch dp16e),
-        a 196 KB all-reduce after 7 ms of work took 1.1-4.8 ms blocked and 0.4-0.6 ms polled, and 0.45 instead of
-        3.4-3.6 ms after the later rank arrived; in real texture.json steps on a loaded machine it gained nothing, so
-        it is off by default until measured on a quiet one. The waiting rank's thread keeps its core busy meanwhile
-        (its CPU time then counts the wait); a failed or timed-out collective completes too, so the loop ends and
-        `wait` raises."""
+        `work.wait()`. Unproven (benchmarks/README.md, branch dp16e): in one two-process loop on this VM a polled
+        all-reduce after 7 ms of work took 0.4-0.6 ms against 1.1-4.8 ms blocked, in `bench_collectives --work-ms`
+        4.8 ms either way, and in real texture.json steps on a loaded machine it gained nothing; so it is off by
+        default. A polling rank keeps its core busy while it waits (its CPU time then counts the wait); a failed or
+        timed-out collective completes too, so the loop ends and `wait` raises."""
         if self.poll:
             while not work.is_completed():
                 time.sleep(0)  # lets gloo's threads (and any other) run; no GIL held while they need it
