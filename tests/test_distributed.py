@@ -382,7 +382,8 @@ def test_threads_per_rank_counts_the_cores_this_process_may_use(monkeypatch):
 
 def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     """`pin_to_cores`: rank r of N on one machine takes cores [r k, (r + 1) k), k = cores // N; nothing with fewer
-    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0."""
+    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0; with
+    DRSTUDIO_PIN_RANKS=main after gloo started its threads (which then stay free)."""
     import torch.distributed as dist
     from drstudio.renderer.optim import distributed
 
@@ -398,15 +399,19 @@ def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what a rank also does; not to this process
-    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pinned.append("init"))
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv(distributed.PIN_ENV, raising=False)
     distributed.Comm.from_env("cpu")
-    assert pinned == [[2, 3]]
+    assert pinned == [[2, 3], "init"]  # before gloo starts its threads: they inherit it
     monkeypatch.setenv(distributed.PIN_ENV, "0")
     distributed.Comm.from_env("cpu")
-    assert pinned == [[2, 3]]  # not again
+    assert pinned == [[2, 3], "init", "init"]  # not again
+    monkeypatch.setenv(distributed.PIN_ENV, "main")  # the main thread only, after gloo started its threads
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3], "init", "init", "init", [2, 3]]
 
 
 def test_profile_rank_runs_briefly(tmp_path, capsys):

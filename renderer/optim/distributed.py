@@ -60,7 +60,9 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-PIN_ENV = "DRSTUDIO_PIN_RANKS"  # "0": leave a CPU rank free to run on any core (default: pinned, `pin_to_cores`)
+# "0": leave a CPU rank free to run on any core; "main": pin its main and render threads but not gloo's (default:
+# the whole rank pinned, `pin_to_cores`)
+PIN_ENV = "DRSTUDIO_PIN_RANKS"
 POLL_ENV = "DRSTUDIO_POLL_COLLECTIVES"  # "1": a gloo rank polls its collectives instead of blocking (`Comm._wait`)
 
 
@@ -143,7 +145,8 @@ class Comm:
         import torch
 
         cuda = bool(device) and device.startswith("cuda")
-        if not cuda and os.environ.get(PIN_ENV, "1") != "0":  # before gloo starts its threads: they inherit it
+        pin = "" if cuda else os.environ.get(PIN_ENV, "1")
+        if pin not in ("0", "main", ""):  # before gloo starts its threads: they inherit it
             pin_to_cores(local_rank, local_world)
         backend = "nccl" if cuda else "gloo"
         tdev = f"cuda:{local_rank}" if cuda else "cpu"
@@ -157,6 +160,8 @@ class Comm:
         except Exception as exc:  # the rendezvous failed or timed out
             raise DistributedError(f"rank {rank} could not join the other {world - 1} rank(s) at "
                                    f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}: {_first_line(exc)}") from None
+        if pin == "main":  # this thread and the render threads it starts; gloo's threads stay free
+            pin_to_cores(local_rank, local_world)
         return cls(rank, world, local_rank, local_world, backend, tdev)
 
     def _lost(self, step: int, exc: BaseException) -> DistributedError:
