@@ -642,3 +642,21 @@ def test_benchmark_runs_briefly(scene, capsys, monkeypatch):
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert len(cells) == len(table[0].strip("|").split("|"))
     assert float(cells[4]) > 0 and cells[7].split()[0].endswith("x")  # independent throughput, ceiling
+
+
+def test_phase_ranks_and_bench_collectives_run_briefly(scene, capsys, monkeypatch):
+    """benchmarks/phase_ranks.py (a real rank's step by phase) and benchmarks/bench_collectives.py (the collectives
+    a sharded update needs, and the sum after a step's work) end to end, briefly."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_collectives, phase_ranks
+
+    assert phase_ranks.main(["--scene", str(scene), "--warmup", "1", "--steps", "2"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[1] == "| phase | one process, 1 thread | rank 0 of 2 | rank 1 of 2 |"
+    rows = {line.split("|")[1].strip(): line for line in table[3:]}
+    assert {"forward", "backward", "sum", "update", "other", "total"} <= set(rows)
+    assert rows["sum"].split("|")[2].strip() == "-"  # one process has no sum
+    assert bench_collectives.main(["--floats", "64", "--rounds", "1", "--reps", "2", "--work-ms", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| AR wall / CPU / sys | RS + AG wall / CPU / sys | AR + AG wall / CPU / sys |" in out
+    assert "| after work, blocking | after work, polled |" in out and "|  | 64 |" in out
