@@ -81,7 +81,9 @@ _EXECUTOR_LOCK = threading.Lock()
 
 
 def default_workers() -> int:
-    """Threads to use: the number of CPU cores (at least 1)."""
+    """Threads to use: the number of CPU cores this process may run on (its affinity; at least 1)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
 
 

@@ -196,17 +196,68 @@ def test_gather_rows_fills_uneven_slabs_from_every_rank(monkeypatch):
     full = torch.arange(7 * 4, dtype=torch.float32).reshape(7, 4)
     assert [rows_of(7, r, 3) for r in range(3)] == [(0, 2), (2, 4), (4, 7)]
 
-    def all_gather(parts, mine):  # what the other ranks would send: their slab, padded to 3 rows
+    class Done:  # a completed collective (Comm waits for them asynchronously)
+        def is_completed(self):
+            return True
+
+        def wait(self):
+            return True
+
+    def all_gather(parts, mine, async_op=False):  # what the other ranks would send: their slab, padded to 3 rows
         assert mine.shape == (3, 4)
         for r, (a, b) in enumerate(rows_of(7, q, 3) for q in range(3)):
             parts[r].zero_()
             parts[r][:b - a] = mine[:b - a] if r == 1 else full[a:b]
+        return Done() if async_op else None
 
     monkeypatch.setattr(dist, "all_gather", all_gather)
     mine = torch.full((7, 4), -1.0)
     mine[2:4] = full[2:4]
     Comm(1, 3, 1, 3, "gloo", "cpu").gather_rows(mine, step=0)
     assert torch.equal(mine, full)
+
+
+def test_comm_polls_its_collectives_when_asked(monkeypatch):
+    """DRSTUDIO_POLL_COLLECTIVES=1: a gloo rank waits for a collective by polling it until it has completed, then
+    `wait()` (which raises a failed collective's error: the usual one-line DistributedError); unset, it blocks."""
+    import torch
+    import torch.distributed as dist
+    from drstudio.renderer.optim import distributed
+
+    class Work:
+        def __init__(self, polls_needed, error=None):
+            self.polls, self.needed, self.error, self.waited_after = 0, polls_needed, error, None
+
+        def is_completed(self):
+            self.polls += 1
+            return self.polls >= self.needed
+
+        def wait(self):
+            self.waited_after = self.polls
+            if self.error:
+                raise RuntimeError(self.error)
+            return True
+
+    works = []
+
+    def all_reduce(t, op=None, async_op=False):
+        assert async_op
+        works.append(Work(*pending.pop(0)))
+        return works[-1]
+
+    monkeypatch.setattr(dist, "all_reduce", all_reduce)
+    monkeypatch.delenv(distributed.POLL_ENV, raising=False)
+    assert not distributed.Comm(0, 2, 0, 2, "gloo", "cpu").poll  # off by default
+    monkeypatch.setenv(distributed.POLL_ENV, "1")
+    comm = distributed.Comm(0, 2, 0, 2, "gloo", "cpu")
+    assert comm.poll and not distributed.Comm(0, 2, 0, 2, "nccl", "cuda:0").poll
+    flat = torch.ones(4)
+    pending = [(3,)]
+    assert comm.sum(flat, 0) is flat
+    assert works[-1].polls == 3 and works[-1].waited_after == 3  # polled until completed, then waited
+    pending = [(1, "[../pair.cc:1] Connection closed by peer [127.0.0.1]:1234")]
+    with pytest.raises(distributed.DistributedError, match="lost contact .* step 5 .*Connection closed by peer"):
+        comm.sum(flat, 5)
 
 
 class _ThreadPair:
@@ -311,13 +362,33 @@ def test_ranks_gradient_buffer_follows_an_upsampled_grid(tmp_path):
             assert np.array_equal(values[k], emulated.ds.get(k)), k
 
 
+def test_threads_per_rank_counts_the_cores_this_process_may_use(monkeypatch):
+    """`threads_per_rank` shares the cores of the process's affinity (not `os.cpu_count()`, which counts cores a
+    container or `taskset` may not give it), and a pinned rank uses the cores it was pinned to."""
+    from drstudio.renderer import parallel
+    from drstudio.renderer.optim import distributed
+
+    monkeypatch.setattr(distributed, "_PINNED", None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 4, 5}, raising=False)
+    assert distributed.threads_per_rank(2) == 2 and distributed.threads_per_rank(1) == 4
+    assert distributed.threads_per_rank(3) == 1 and distributed.threads_per_rank(8) == 1
+    assert parallel.default_workers() == 4
+    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
+    assert distributed.pin_to_cores(1, 2) == [4, 5]
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {4, 5}, raising=False)  # what the OS then reports
+    assert distributed.threads_per_rank(2) == 2
+
+
 def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     """`pin_to_cores`: rank r of N on one machine takes cores [r k, (r + 1) k), k = cores // N; nothing with fewer
-    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0."""
+    cores than ranks. A CPU rank pins itself when it joins (`Comm.from_env`), unless DRSTUDIO_PIN_RANKS=0; with
+    DRSTUDIO_PIN_RANKS=main after gloo started its threads (which then stay free)."""
     import torch.distributed as dist
     from drstudio.renderer.optim import distributed
 
     pinned = []
+    monkeypatch.setattr(distributed, "_PINNED", None)  # restored after the test: pin_to_cores sets it
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 5}, raising=False)
     monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: pinned.append(list(cores)), raising=False)
     assert distributed.pin_to_cores(1, 2) == [2, 3] and pinned == [[2, 3]]
@@ -328,15 +399,19 @@ def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # what a rank also does; not to this process
-    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: None)
+    monkeypatch.setattr(dist, "init_process_group", lambda *a, **k: pinned.append("init"))
     env = {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    monkeypatch.delenv(distributed.PIN_ENV, raising=False)
     distributed.Comm.from_env("cpu")
-    assert pinned == [[2, 3]]
+    assert pinned == [[2, 3], "init"]  # before gloo starts its threads: they inherit it
     monkeypatch.setenv(distributed.PIN_ENV, "0")
     distributed.Comm.from_env("cpu")
-    assert pinned == [[2, 3]]  # not again
+    assert pinned == [[2, 3], "init", "init"]  # not again
+    monkeypatch.setenv(distributed.PIN_ENV, "main")  # the main thread only, after gloo started its threads
+    distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3], "init", "init", "init", [2, 3]]
 
 
 def test_profile_rank_runs_briefly(tmp_path, capsys):
@@ -567,3 +642,21 @@ def test_benchmark_runs_briefly(scene, capsys, monkeypatch):
     cells = [c.strip() for c in table[2].strip("|").split("|")]
     assert len(cells) == len(table[0].strip("|").split("|"))
     assert float(cells[4]) > 0 and cells[7].split()[0].endswith("x")  # independent throughput, ceiling
+
+
+def test_phase_ranks_and_bench_collectives_run_briefly(scene, capsys, monkeypatch):
+    """benchmarks/phase_ranks.py (a real rank's step by phase) and benchmarks/bench_collectives.py (the collectives
+    a sharded update needs, and the sum after a step's work) end to end, briefly."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import bench_collectives, phase_ranks
+
+    assert phase_ranks.main(["--scene", str(scene), "--warmup", "1", "--steps", "2"]) == 0
+    table = capsys.readouterr().out.strip().splitlines()
+    assert table[1] == "| phase | one process, 1 thread | rank 0 of 2 | rank 1 of 2 |"
+    rows = {line.split("|")[1].strip(): line for line in table[3:]}
+    assert {"forward", "backward", "sum", "update", "other", "total"} <= set(rows)
+    assert rows["sum"].split("|")[2].strip() == "-"  # one process has no sum
+    assert bench_collectives.main(["--floats", "64", "--rounds", "1", "--reps", "2", "--work-ms", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "| AR wall / CPU / sys | RS + AG wall / CPU / sys | AR + AG wall / CPU / sys |" in out
+    assert "| after work, blocking | after work, polled |" in out and "|  | 64 |" in out

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import time
 import zlib
 from typing import TYPE_CHECKING
 
@@ -59,7 +60,10 @@ def env_rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-PIN_ENV = "DRSTUDIO_PIN_RANKS"  # "0": leave a CPU rank free to run on any core (default: pinned, `pin_to_cores`)
+# "0": leave a CPU rank free to run on any core; "main": pin its main and render threads but not gloo's (default:
+# the whole rank pinned, `pin_to_cores`)
+PIN_ENV = "DRSTUDIO_PIN_RANKS"
+POLL_ENV = "DRSTUDIO_POLL_COLLECTIVES"  # "1": a gloo rank polls its collectives instead of blocking (`Comm._wait`)
 
 
 def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
@@ -76,12 +80,28 @@ def pin_to_cores(local_rank: int, local_world: int) -> list[int] | None:
         return None
     mine = cores[local_rank * k:(local_rank + 1) * k]
     os.sched_setaffinity(0, mine)
+    global _PINNED
+    _PINNED = list(mine)
     return mine
 
 
+_PINNED: list[int] | None = None  # the cores `pin_to_cores` gave this process, once it did
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container, `taskset` or a batch system may
+    limit to fewer than the machine has; `os.cpu_count()` where the OS has no affinity)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def threads_per_rank(local_world: int) -> int:
-    """Render threads each rank uses: the machine's cores shared by the ranks on it (at least 1)."""
-    return max(1, (os.cpu_count() or 1) // max(1, int(local_world)))
+    """Render threads each rank uses: the cores this process may run on shared by the ranks on this machine (at
+    least 1); a rank `pin_to_cores` pinned uses the cores it was given (already its share)."""
+    if _PINNED is not None:
+        return max(1, len(_PINNED))
+    return max(1, usable_cores() // max(1, int(local_world)))
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,6 +124,9 @@ class Comm:
         self.local_rank, self.local_world = local_rank, local_world
         self.backend, self.device = backend, device
         self.warp_device = device  # "cpu" or "cuda:N": the same names in Warp and torch
+        # gloo: wait for a collective by polling it (`_wait`) when POLL_ENV is "1" (not the default: not yet measured
+        # on a quiet machine in real steps)
+        self.poll = backend == "gloo" and os.environ.get(POLL_ENV, "0") == "1"
 
     @classmethod
     def from_env(cls, device: str | None, timeout: float = DEFAULT_TIMEOUT) -> Comm:
@@ -122,7 +145,8 @@ class Comm:
         import torch
 
         cuda = bool(device) and device.startswith("cuda")
-        if not cuda and os.environ.get(PIN_ENV, "1") != "0":  # before gloo starts its threads: they inherit it
+        pin = "" if cuda else os.environ.get(PIN_ENV, "1")
+        if pin not in ("0", "main", ""):  # before gloo starts its threads: they inherit it
             pin_to_cores(local_rank, local_world)
         backend = "nccl" if cuda else "gloo"
         tdev = f"cuda:{local_rank}" if cuda else "cpu"
@@ -136,11 +160,26 @@ class Comm:
         except Exception as exc:  # the rendezvous failed or timed out
             raise DistributedError(f"rank {rank} could not join the other {world - 1} rank(s) at "
                                    f"{env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')}: {_first_line(exc)}") from None
+        if pin == "main":  # this thread and the render threads it starts; gloo's threads stay free
+            pin_to_cores(local_rank, local_world)
         return cls(rank, world, local_rank, local_world, backend, tdev)
 
     def _lost(self, step: int, exc: BaseException) -> DistributedError:
         return DistributedError(f"rank {self.rank}: lost contact with the other ranks at step {step} (one crashed, "
                                 f"was killed or stopped answering): {_first_line(exc)}")
+
+    def _wait(self, work) -> None:
+        """Wait for an asynchronous collective (raising its error). With `poll` (gloo, DRSTUDIO_POLL_COLLECTIVES=1),
+        by asking whether it has completed, with `time.sleep(0)` between the questions, instead of blocking in
+        `work.wait()`. Unproven (benchmarks/README.md, branch dp16e): in one two-process loop on this VM a polled
+        all-reduce after 7 ms of work took 0.4-0.6 ms against 1.1-4.8 ms blocked, in `bench_collectives --work-ms`
+        4.8 ms either way, and in real texture.json steps on a loaded machine it gained nothing; so it is off by
+        default. A polling rank keeps its core busy while it waits (its CPU time then counts the wait); a failed or
+        timed-out collective completes too, so the loop ends and `wait` raises."""
+        if self.poll:
+            while not work.is_completed():
+                time.sleep(0)  # lets gloo's threads (and any other) run; no GIL held while they need it
+        work.wait()
 
     def sum(self, flat: torch.Tensor, step: int) -> torch.Tensor:
         """The element-wise sum of every rank's `flat` (float32, same length), identical on every rank."""
@@ -149,10 +188,10 @@ class Comm:
 
         try:
             if self.world <= 2:
-                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+                self._wait(dist.all_reduce(flat, op=dist.ReduceOp.SUM, async_op=True))
                 return flat
             parts = [torch.empty_like(flat) for _ in range(self.world)]
-            dist.all_gather(parts, flat)
+            self._wait(dist.all_gather(parts, flat, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         return ordered_sum(parts)
@@ -172,7 +211,7 @@ class Comm:
         mine[:hi - lo] = arr[lo:hi]
         parts = [torch.empty_like(mine) for _ in range(self.world)]
         try:
-            dist.all_gather(parts, mine)
+            self._wait(dist.all_gather(parts, mine, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         for r, (a, b) in enumerate(bounds):
@@ -188,7 +227,7 @@ class Comm:
 
         t = torch.tensor([checksum, -checksum], dtype=torch.int64, device=self.device)
         try:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            self._wait(dist.all_reduce(t, op=dist.ReduceOp.MAX, async_op=True))
         except Exception as exc:
             raise self._lost(step, exc) from None
         if int(t[0]) != -int(t[1]):
