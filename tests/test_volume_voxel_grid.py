@@ -200,6 +200,31 @@ def test_total_variation_slabs_add_up_to_the_whole_lattice(device):
         grid.total_variation(wp.zeros(1, dtype=float), 1.0, rows=(2, nx + 1))
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_threaded_total_variation_has_the_one_thread_gradients(workers, device):
+    """TV on `workers` threads (sub-slabs of x): every gradient entry is one thread's bit for bit, the loss (summed
+    per thread) equal to float32 round-off; with `rows` the threads split the slab."""
+    rng = np.random.default_rng(8)
+    res = (26, 5, 4)
+    grid = VoxelGrid(res, BOX, 1, density=rng.uniform(-1, 1, res), sh=rng.uniform(-1, 1, (*res, 12)))
+    results = []
+    for k, rows in ((1, None), (workers, None), (1, (3, 21)), (workers, (3, 21))):
+        grid.workers = k
+        out = wp.zeros(1, dtype=float, requires_grad=True)
+        grid.density.grad.zero_()
+        grid.sh.grad.zero_()
+        tape = wp.Tape()
+        with tape:
+            grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)
+        tape.backward(out)
+        results.append((out.numpy()[0], grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()))
+    for one, many in (results[:2], results[2:]):
+        np.testing.assert_allclose(many[0], one[0], rtol=1e-6)
+        np.testing.assert_array_equal(many[1], one[1])
+        np.testing.assert_array_equal(many[2], one[2])
+    assert results[2][1][3:21].any() and not results[2][1][:3].any()
+
+
 def test_upsample_reproduces_a_linear_field_and_lattice_values(device):
     lo, hi = np.array(BOX[:3]), np.array(BOX[3:])
 

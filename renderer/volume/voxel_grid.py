@@ -278,18 +278,48 @@ def _tv_backward(values: wp.array4d(dtype=Any), x0: int, scale: float, adj_loss:
         grad[x, y, z, c] = grad[x, y, z, c] + grad.dtype(k * g)
 
 
-def _total_variation(values: wp.array, scale: float, out_loss: wp.array, rows: tuple[int, int]) -> None:
+@wp.kernel
+def _add_loss(part: wp.array(dtype=float), out_loss: wp.array(dtype=float)):
+    out_loss[0] = out_loss[0] + part[0]
+
+
+# The storage types' overloads of the TV kernels, made at import (threads launch them: see _query's above).
+for _dtype in (wp.float32, wp.float16):
+    wp.overload(_tv_forward, {"values": wp.array4d(dtype=_dtype)})
+    wp.overload(_tv_backward, {"values": wp.array4d(dtype=_dtype), "grad": wp.array4d(dtype=_dtype)})
+
+
+def _total_variation(values: wp.array, scale: float, out_loss: wp.array, rows: tuple[int, int],
+                     workers: int = 1) -> None:
     """out_loss[0] += scale * sum of squared forward differences of a (nx, ny, nz, C) array that start at the
-    lattice points rows[0] <= x < rows[1], with the TV gradient of those points recorded on the active tape."""
-    x0, dim = rows[0], (rows[1] - rows[0], *values.shape[1:3])
-    if dim[0] <= 0:
+    lattice points rows[0] <= x < rows[1], with the TV gradient of those points recorded on the active tape.
+    `workers` CPU threads take sub-slabs of the rows: each sums its own differences (added to out_loss after, so
+    the loss value may differ from one thread's in the last bits) and writes its own points' gradients (the same
+    values as one thread)."""
+    x0, x1 = rows
+    if x1 <= x0:
         return
-    wp.launch(_tv_forward, dim=dim, device=values.device, record_tape=False, inputs=[values, x0, scale, out_loss])
+    parts = max(1, min(int(workers), (x1 - x0) // 8)) if values.device.is_cpu else 1
+    slabs = [(x0 + a, x0 + b) for a, b in part_ranges(x1 - x0, parts)]
+    sums = [out_loss] + [wp.zeros(1, dtype=float, device=values.device) for _ in slabs[1:]]
+
+    def forward(k: int) -> None:
+        a, b = slabs[k]
+        wp.launch(_tv_forward, dim=(b - a, *values.shape[1:3]), device=values.device, record_tape=False,
+                  inputs=[values, a, scale, sums[k]])
+
+    run_parts(forward, parts)
+    for part in sums[1:]:
+        wp.launch(_add_loss, dim=1, device=values.device, record_tape=False, inputs=[part, out_loss])
     tape = active_tape()
     if tape is not None and values.requires_grad and out_loss.requires_grad:
         def backward():
-            wp.launch(_tv_backward, dim=dim, device=values.device, record_tape=False,
-                      inputs=[values, x0, scale, out_loss.grad, values.grad])
+            def slab(k: int) -> None:
+                a, b = slabs[k]
+                wp.launch(_tv_backward, dim=(b - a, *values.shape[1:3]), device=values.device, record_tape=False,
+                          inputs=[values, a, scale, out_loss.grad, values.grad])
+
+            run_parts(slab, parts)
         tape.record_func(backward, [values, out_loss])
 
 
@@ -488,7 +518,8 @@ class VoxelGrid:
 
         `rows` (x0, x1), 0 <= x0 <= x1 <= nx: only the slab of lattice points x0 <= x < x1: the differences
         that start there and the gradient entries of those points (data-parallel ranks each take a slab,
-        renderer.optim.distributed; the slabs' losses and gradients add up to the whole lattice's). None: all."""
+        renderer.optim.distributed; the slabs' losses and gradients add up to the whole lattice's). None: all.
+        On `workers` CPU threads (sub-slabs): the same gradients, the loss summed per thread."""
         check_array("out_loss", out_loss, wp.float32, (1,), self.device)
         nx = self.resolution[0]
         rows = (0, nx) if rows is None else (int(rows[0]), int(rows[1]))
@@ -496,10 +527,11 @@ class VoxelGrid:
             raise ValueError(f"rows: expected 0 <= x0 <= x1 <= {nx}, got {rows}")
         sh_weight = weight if sh_weight is None else sh_weight
         n = int(np.prod(self.resolution))
+        threads = self.workers if self.device.is_cpu else 1
         if weight != 0.0:
-            _total_variation(self.density.reshape((*self.resolution, 1)), float(weight) / n, out_loss, rows)
+            _total_variation(self.density.reshape((*self.resolution, 1)), float(weight) / n, out_loss, rows, threads)
         if sh_weight != 0.0:
-            _total_variation(self.sh, float(sh_weight) / (n * 3 * self.n_coeffs), out_loss, rows)
+            _total_variation(self.sh, float(sh_weight) / (n * 3 * self.n_coeffs), out_loss, rows, threads)
 
     def upsample(self, new_resolution) -> VoxelGrid:
         """A new grid of `new_resolution` lattice points over the same box, its raw values the trilinear
