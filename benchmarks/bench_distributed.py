@@ -1,7 +1,7 @@
 """Optimizer steps per second of data-parallel ranks (`drstudio optimize --nproc N`,
 renderer.optim.distributed) against one process rendering a step's views on one thread and on several
-threads (renderer.parallel.render_views), on the multi-view mesh tasks and the voxel-grid field (whose ray
-batch has no threaded path: its "2 threads" column is n/a).
+threads (renderer.parallel.render_views for the mesh tasks; for the voxel-grid field its query, adjoint, TV and
+lazy update split over threads, docs/volume.md "Every core"), on the multi-view mesh tasks and the voxel-grid field.
 
     python -m benchmarks.bench_distributed                       # shape, texture, nerf_grid: 1t / 2t / 2 ranks
     python -m benchmarks.bench_distributed --markdown            # the table for benchmarks/README.md
@@ -302,10 +302,8 @@ def main(argv=None) -> int:
     rows = []
     for scene in args.scenes:
         path = str(ROOT / scene) if not Path(scene).is_absolute() else scene
-        field = bool(json.loads(Path(path).read_text()).get("fields"))
-        cases = {"1t": LocalCase(path, 1, args.warmup, args.batch_views)}
-        if not field:  # a field's ray batch renders in one launch per stage: no threaded path to compare
-            cases[t] = LocalCase(path, args.threads, args.warmup, args.batch_views)
+        cases = {"1t": LocalCase(path, 1, args.warmup, args.batch_views),
+                 t: LocalCase(path, args.threads, args.warmup, args.batch_views)}
         cases[p] = RankCase(path, args.nproc, args)
         if not args.no_independent:
             cases[i] = IndependentCase(path, args.nproc, args)
@@ -340,7 +338,7 @@ def main(argv=None) -> int:
         med = {k: float(np.median(v)) for k, v in rate.items()}
         ratios = {k: [a / b for a, b in zip(rate[p], rate[k], strict=True)] for k in rate if k != p}
         ceiling = [a / b for a, b in zip(rate[i], rate["1t"], strict=True)] if i in rate else []
-        order = ["1t", t, p] + ([i] if indep else [])  # a field has no 2t: n/a in its place
+        order = ["1t", t, p] + ([i] if indep else [])
         busy = " / ".join("n/a" if k not in res or any(x["busy"] is None for x in res[k])
                           else f"{np.median([x['busy'] for x in res[k]]):.1f}" for k in order)
         cpu = " / ".join("n/a" if k not in res else
