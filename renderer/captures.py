@@ -1098,7 +1098,7 @@ def export_transforms(capture: Capture, out, *, overwrite: bool = False,
 #: (step 100: +0.8 dB at step 200 against the 64^3 lattice), which the lazy Adam update and TV every 16 steps make
 #: affordable (0.70 instead of 1.4 s of CPU a step at 128^3); TV 1e-3 rather than 1e-5 (held out at step 300 on
 #: the finer lattice: 22.41 dB with 1e-3, 22.29 with 3e-4, 22.04 with 1e-4), and the learning rates fall along a
-#: half cosine to a tenth over the `steps` (a run of about 10 minutes on a 2-core CPU).
+#: half cosine to a tenth over the `steps` (a run of about 10 minutes on one core of this 2-core CPU, 6 on both).
 #: Since 2026-12-07 night: the occupancy threshold is instant-ngp's (a cell is empty when a stratum's opacity
 #: sigma * delta there stays below CAPTURE_OCCUPANCY_ALPHA; the fox's 0.5 per unit length), which leaves 12 % of the
 #: cells occupied instead of 99 % (the walls' backs and the air are skipped) and halves a 128^3 step at the same
