@@ -161,20 +161,25 @@ def test_total_variation_matches_numpy_and_its_gradients(device):
     check_gradient(forward, grid.sh, eps=1e-2, rtol=1e-3, atol=1e-4, probes=10)
 
 
+def tv_and_gradients(grid, rows):
+    """(loss, density gradient, SH gradient) of `grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)`."""
+    out = wp.zeros(1, dtype=float, requires_grad=True)
+    grid.density.grad.zero_()
+    grid.sh.grad.zero_()
+    tape = wp.Tape()
+    with tape:
+        grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)
+    tape.backward(out)
+    return out.numpy()[0], grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()
+
+
 def test_total_variation_slabs_add_up_to_the_whole_lattice(device):
     """`rows`: the differences that start in the slab (NumPy), and the TV gradient of the slab's points exactly
     (the full gradient's rows); slabs covering the lattice add up to the whole loss and gradient."""
     grid, density, sh = random_grid(1, seed=6)
 
     def tv(rows):
-        out = wp.zeros(1, dtype=float, requires_grad=True)
-        grid.density.grad.zero_()
-        grid.sh.grad.zero_()
-        tape = wp.Tape()
-        with tape:
-            grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)
-        tape.backward(out)
-        return out.numpy()[0], grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()
+        return tv_and_gradients(grid, rows)
 
     def slab_reference(v, x0, x1):
         v = v.reshape(*v.shape[:3], -1).astype(np.float64)
@@ -210,14 +215,7 @@ def test_threaded_total_variation_has_the_one_thread_gradients(workers, device):
     results = []
     for k, rows in ((1, None), (workers, None), (1, (3, 21)), (workers, (3, 21))):
         grid.workers = k
-        out = wp.zeros(1, dtype=float, requires_grad=True)
-        grid.density.grad.zero_()
-        grid.sh.grad.zero_()
-        tape = wp.Tape()
-        with tape:
-            grid.total_variation(out, 0.7, sh_weight=0.3, rows=rows)
-        tape.backward(out)
-        results.append((out.numpy()[0], grid.density.grad.numpy().copy(), grid.sh.grad.numpy().copy()))
+        results.append(tv_and_gradients(grid, rows))
     for one, many in (results[:2], results[2:]):
         np.testing.assert_allclose(many[0], one[0], rtol=1e-6)
         np.testing.assert_array_equal(many[1], one[1])
