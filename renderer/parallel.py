@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import numpy as np
 import warp as wp
@@ -158,24 +158,15 @@ def _load_modules() -> None:
 
 
 def _run_lanes(lanes: list[_Lane], work, outer: wp.Tape | None) -> list:
-    """Run work(lane) for every lane, lane 0 in this thread, the others on the pool; each lane's
+    """Run work(lane) for every lane, lane 0 in this thread, the others on the pool (`run_parts`); each lane's
     launches are recorded on its own tape when `outer` is a tape. Returns the results in lane order."""
-    _load_modules()
+    results: list = [None] * len(lanes)
 
-    def in_lane(lane: _Lane):
-        with recording(lane.tape):  # this thread's active tape while it runs the lane (None: no tape)
-            return work(lane)
+    def in_lane(k: int) -> None:
+        with recording(lanes[k].tape):  # this thread's active tape while it runs the lane (None: no tape)
+            results[k] = work(lanes[k])
 
-    futures: list[Future] = [_executor().submit(in_lane, lane) for lane in lanes[1:]]
-    first_error = None
-    try:
-        results = [in_lane(lanes[0])]
-    except BaseException as exc:  # wait for the workers before re-raising
-        results, first_error = [], exc
-    wait(futures)
-    if first_error is not None:
-        raise first_error
-    results += [f.result() for f in futures]  # re-raises a worker's exception here
+    run_parts(in_lane, len(lanes))
     if outer is not None:
         _record_backward(lanes, outer)
     return results
@@ -210,13 +201,7 @@ def run_parts(work, parts: int) -> None:
 
 def _record_backward(lanes: list[_Lane], outer: wp.Tape) -> None:
     def backward():
-        futures = [_executor().submit(lane.tape.backward) for lane in lanes[1:]]
-        try:
-            lanes[0].tape.backward()
-        finally:
-            wait(futures)
-        for f in futures:
-            f.result()
+        run_parts(lambda k: lanes[k].tape.backward(), len(lanes))
         for lane in lanes[1:]:
             lane.merge()
 

@@ -38,6 +38,8 @@ from .occupancy import parse_resolution
 ACTIVATIONS = ("softplus", "relu")
 #: A query splits over `VoxelGrid.workers` threads only with at least this many samples per thread.
 MIN_SAMPLES_PER_THREAD = 16384
+#: TV's passes split over threads only with at least this many lattice rows (x) a thread.
+MIN_ROWS_PER_THREAD = 8
 _SOFTPLUS_LINEAR = wp.constant(20.0)  # softplus(x) == x to float32 precision above this
 
 SH_C0 = wp.constant(0.28209479177387814)
@@ -299,7 +301,7 @@ def _total_variation(values: wp.array, scale: float, out_loss: wp.array, rows: t
     x0, x1 = rows
     if x1 <= x0:
         return
-    parts = max(1, min(int(workers), (x1 - x0) // 8)) if values.device.is_cpu else 1
+    parts = max(1, min(int(workers), (x1 - x0) // MIN_ROWS_PER_THREAD)) if values.device.is_cpu else 1
     slabs = [(x0 + a, x0 + b) for a, b in part_ranges(x1 - x0, parts)]
     sums = [out_loss] + [wp.zeros(1, dtype=float, device=values.device) for _ in slabs[1:]]
 
