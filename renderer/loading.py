@@ -526,7 +526,7 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
     """A scene with fields trains its fields from ray batches; one without has no use for the ray options."""
     file = scene.path
     if not scene.fields:
-        for key in ("rays_per_batch", "eval_every", "eval_rays", "pixel_jitter"):
+        for key in ("rays_per_batch", "eval_every", "eval_rays", "pixel_jitter", "camera_refinement"):
             if getattr(opt, key) is not None:
                 raise SceneError(file, f"optimize.{key}", "applies to scenes with fields only")
         for key in ("test_cameras", "test_transforms"):
@@ -545,6 +545,9 @@ def _check_field_optimize(scene: Scene, opt: OptimizeSpec) -> None:
             raise SceneError(file, f"optimize.loss.{key}", "not available for fields (they train on batches "
                              "of rays, not whole images, and have no vertices); use l2, l1 and tv")
     for i, f in enumerate(scene.fields.values()):
+        if opt.camera_refinement is not None and f.type != "voxel_grid":
+            raise SceneError(file, "optimize.camera_refinement", f"refines cameras with voxel-grid fields only so far; "
+                             f"fields[{i}] is a {f.type} field")
         if f.type in ("neural", "nerf_w", "hash_grid") and opt.loss.tv > 0:
             raise SceneError(file, "optimize.loss.tv", f"total variation regularizes grids; fields[{i}] is a "
                              f"{f.type} field (an MLP): use l2 or l1")

@@ -277,3 +277,64 @@ def gather_rays(indices: wp.array, origins: wp.array, directions: wp.array, colo
     wp.launch(_gather_rays, dim=b, device=dev, record_tape=False,
               inputs=[indices, origins, directions, colors, out_origins, out_directions, out_colors])
     return out_origins, out_directions, out_colors
+
+
+@wp.kernel
+def _copy_slice(src: wp.array(dtype=float), dst: wp.array(dtype=float), offset: int):
+    i = wp.tid()
+    dst[offset + i] = src[i]
+
+
+@wp.kernel
+def _add_slice(src: wp.array(dtype=float), offset: int, dst: wp.array(dtype=float)):
+    i = wp.tid()
+    dst[i] = dst[i] + src[offset + i]
+
+
+@wp.kernel
+def _refine_rays(views: wp.array(dtype=wp.int32), origins: wp.array(dtype=wp.vec3),
+                 directions: wp.array(dtype=wp.vec3), base: wp.array(dtype=float), poses: wp.array(dtype=float),
+                 out_origins: wp.array(dtype=wp.vec3), out_directions: wp.array(dtype=wp.vec3)):
+    # a ray of a view whose pose moved from base (p0, q0) to (p, q): o + (p - p0), (q q0^-1) d. Warp's adjoint.
+    r = wp.tid()
+    v = views[r] * 7
+    p0 = wp.vec3(base[v], base[v + 1], base[v + 2])
+    q0 = wp.normalize(wp.quat(base[v + 3], base[v + 4], base[v + 5], base[v + 6]))
+    p = wp.vec3(poses[v], poses[v + 1], poses[v + 2])
+    q = wp.normalize(wp.quat(poses[v + 3], poses[v + 4], poses[v + 5], poses[v + 6]))
+    out_origins[r] = origins[r] + (p - p0)
+    out_directions[r] = wp.quat_rotate(q * wp.quat_inverse(q0), directions[r])
+
+
+def refine_rays(views: np.ndarray, origins: wp.array, directions: wp.array, base_poses: np.ndarray,
+                poses: list[wp.array]) -> tuple[wp.array, wp.array]:
+    """Rays of a batch from cameras whose poses moved (camera refinement): ray i of view `views[i]` (an index into
+    `poses`), generated at pose `base_poses[views[i]]` (7,) as (origins[i], directions[i]), as the same pixel's ray
+    at the pose `poses[views[i]]` (a (7,) leaf [px, py, pz, qx, qy, qz, qw]; quaternions need not be unit).
+
+    Recorded on the active tape: gradients reach the pose leaves that have requires_grad (not the input rays)."""
+    dev, n, v = origins.device, origins.shape[0], len(poses)
+    views = np.asarray(views, np.int32)
+    if views.shape != (n,) or (n and (views.min() < 0 or views.max() >= v)):
+        raise ValueError(f"views: expected {n} view indices in [0, {v})")
+    base = np.asarray(base_poses, np.float32).reshape(-1)
+    if base.shape != (7 * v,):
+        raise ValueError(f"base_poses: expected {v} poses of 7 numbers, got shape {np.shape(base_poses)}")
+    grad = any(p.requires_grad for p in poses)
+    stack = wp.empty(7 * v, dtype=float, device=dev, requires_grad=grad)
+    for k, pose in enumerate(poses):  # off the tape: the recorded scatter below is its adjoint
+        wp.launch(_copy_slice, dim=7, device=dev, record_tape=False, inputs=[pose, stack, 7 * k])
+    out = (wp.empty(n, dtype=wp.vec3, device=dev, requires_grad=grad),
+           wp.empty(n, dtype=wp.vec3, device=dev, requires_grad=grad))
+    tape = active_tape()
+    if grad and tape is not None:
+        def scatter():
+            for k, pose in enumerate(poses):
+                if pose.requires_grad:
+                    wp.launch(_add_slice, dim=7, device=dev, record_tape=False, inputs=[stack.grad, 7 * k, pose.grad])
+
+        tape.record_func(scatter, [stack, *poses])
+    wp.launch(_refine_rays, dim=n, device=dev,
+              inputs=[wp.array(views, dtype=wp.int32, device=dev), origins, directions,
+                      wp.array(base, dtype=float, device=dev), stack], outputs=list(out))
+    return out

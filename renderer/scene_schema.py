@@ -852,6 +852,13 @@ DEFAULT_EVAL_EVERY = 100  # optimize.eval_every of a scene with fields
 DEFAULT_EVAL_RAYS = 1024  # optimize.eval_rays of a scene with fields
 
 
+class CameraRefinement(Strict):
+    """Scenes with voxel-grid fields: the training views' poses are refined with the field (nerfstudio's camera
+    optimizer): each training camera's pose becomes a free parameter `cameras.NAME.pose` at learning rate `lr`
+    (the optimizer's schedule applies). The held-out views keep their poses."""
+    lr: Positive = 1.0e-4
+
+
 class OptimizeSpec(Strict):
     parameters: Annotated[dict[str, ParameterSpec], Field(min_length=1)]  # dotted path -> spec
     targets: Targets
@@ -868,6 +875,8 @@ class OptimizeSpec(Strict):
     eval_rays: Annotated[int, Field(ge=1, le=1 << 22)] | None = None
     # fields only: each training ray through a uniform random point of its pixel, not its centre
     pixel_jitter: bool | None = None
+    # voxel-grid fields only: refine the training views' poses with the field
+    camera_refinement: CameraRefinement | None = None
 
 
 class SceneSpec(Strict):

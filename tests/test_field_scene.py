@@ -595,3 +595,122 @@ def test_tv_every_and_lazy_adam(dataset):
     for step in (2, 3):
         result = problem.step()
         assert (result.loss_terms.get("tv", 0.0) > 0) == (step == 3), (step, result.loss_terms)
+
+
+# ---- camera refinement (optimize.camera_refinement) -----------------------------------------------
+
+def moved_dataset(folder: Path, degrees: float, translation: float, every: int = 5) -> tuple[Path, list[str]]:
+    """A copy of the dataset's transforms.json with every `every`-th training frame's pose moved: rotated by
+    `degrees` about a random axis through its centre and shifted by `translation`. Returns (file, moved cameras)."""
+    from scipy.spatial.transform import Rotation
+
+    doc = json.loads((folder / "data" / "transforms.json").read_text())
+    rng, moved = np.random.default_rng(7), []
+    for i, frame in enumerate(doc["frames"]):
+        if frame.get("split") == "test" or i % every:
+            continue
+        m = np.array(frame["transform_matrix"])
+        axis = rng.normal(size=3)
+        m[:3, :3] = Rotation.from_rotvec(np.radians(degrees) * axis / np.linalg.norm(axis)).as_matrix() @ m[:3, :3]
+        m[:3, 3] += translation * rng.normal(size=3)
+        frame["transform_matrix"] = m.tolist()
+        moved.append(f"frame_{i:03d}")
+    path = folder / "data" / "moved.json"
+    path.write_text(json.dumps(doc))
+    return path, moved
+
+
+def rotation_errors(problem: Problem, folder: Path, cameras: list[str]) -> np.ndarray:
+    """Degrees between each camera's pose in `problem` and its dataset (true) rotation."""
+    from drstudio.renderer.params import camera_pose
+    from scipy.spatial.transform import Rotation
+
+    frames = json.loads((folder / "data" / "transforms.json").read_text())["frames"]
+    out = []
+    for c in cameras:
+        q = problem.ds.get(camera_pose(c))[3:]
+        true = np.array(frames[int(c.split("_")[1])]["transform_matrix"])[:3, :3]
+        turn = Rotation.from_quat(q / np.linalg.norm(q)) * Rotation.from_matrix(true).inv()
+        out.append(np.degrees(turn.magnitude()))
+    return np.array(out)
+
+
+def test_camera_refinement_moves_perturbed_views_back_against_a_fixed_field(dataset):
+    """A field trained at the true poses, then held fixed: refining the poses of a dataset whose every 5th training
+    view is turned by 3 degrees raises those views' PSNR and brings their rotations back towards the truth.
+    (Measured: PSNR 18.4 / 25.8 / 22.7 / 24.2 -> 25.6 / 27.7 / 28.1 / 28.5 dB, errors 3 -> 1.6 / 0.7 / 1.4 / 1.2
+    degrees: a 16^3 field seen in 24x24 images tells rotation and translation apart only so well.)"""
+    from drstudio.renderer.params import camera_pose
+
+    base = Problem(load_scene(write(dataset, field_scene(steps=160), "true_poses.json")), "cpu")
+    for _ in range(160):
+        base.step()
+    _, moved = moved_dataset(dataset, degrees=3.0, translation=0.05)
+    doc = field_scene(transforms="data/moved.json", steps=100)
+    doc["optimize"]["camera_refinement"] = {"lr": 1e-3}
+    problem = Problem(load_scene(write(dataset, doc, "refine.json")), "cpu")
+    ft = problem.field_training
+    assert ft.refined == [c for c in ft.train_cameras] and not set(ft.refined) & set(held_out(dataset))
+    assert set(problem.free_paths()) == {"fields.nerf.density", "fields.nerf.sh"} | {camera_pose(c) for c in ft.refined}
+    for path in ("fields.nerf.density", "fields.nerf.sh"):
+        problem.set_value(path, base.ds.get(path))
+        problem.set_free(path, False)
+    ft.state.occupancy.occupied.assign(base.field_training.state.occupancy.occupied)
+
+    def psnr(camera):
+        return 10 * np.log10(1 / np.mean((ft.render(camera).numpy() - problem.target_numpy(camera)) ** 2))
+
+    before, errors_before = [psnr(c) for c in moved], rotation_errors(problem, dataset, moved)
+    held = {c: problem.ds.get(camera_pose(c)).copy() for c in held_out(dataset)}
+    for _ in range(100):
+        problem.step()
+    after, errors_after = [psnr(c) for c in moved], rotation_errors(problem, dataset, moved)
+    assert np.allclose(errors_before, 3.0, atol=0.01)
+    gain = np.subtract(after, before)
+    assert gain.mean() > 3.0 and gain.min() > 1.0, (before, after)
+    assert errors_after.mean() < 0.75 * errors_before.mean(), errors_after
+    for c, pose in held.items():  # held-out views are measured at their own poses, never refined
+        np.testing.assert_array_equal(problem.ds.get(camera_pose(c)), pose)
+
+
+def test_camera_refinement_run_records_and_exports_the_refined_cameras(dataset, tmp_path):
+    from drstudio.renderer.params import camera_pose
+
+    doc = field_scene(steps=6)
+    doc["optimize"]["camera_refinement"] = {"lr": 1e-3}
+    scene = write(dataset, doc, "refine_run.json")
+    out = tmp_path / "run"
+    assert cli.main(["optimize", str(scene), "--out", str(out)]) == 0
+    values = np.load(out / "params.npz")
+    train = [c for c in (f"frame_{i:03d}" for i in range(24)) if c not in held_out(dataset)]
+    assert {camera_pose(c) for c in train} <= set(values.files)
+    assert not {camera_pose(c) for c in held_out(dataset)} & set(values.files)
+    rec = load_recording(out / "recording")
+    report = verify(rec)
+    assert report.ok, report.message()
+    kf = rec.keyframe(max(rec.keyframes))
+    np.testing.assert_allclose(kf.values[camera_pose(train[0])], values[camera_pose(train[0])], atol=1e-6)
+    assert cli.main(["export", str(out), "--level", "0.5"]) == 0  # a 6-step field: a low surface level
+    from drstudio.renderer.conventions import pose_to_matrix
+
+    frames = {f["name"]: f for f in json.loads((out / "export" / "transforms.json").read_text())["frames"]}
+    for c in train[:3]:  # the refined poses, marked optimized; the held-out ones as the dataset has them
+        assert frames[c]["optimized"]
+        np.testing.assert_allclose(frames[c]["transform_matrix"], pose_to_matrix(values[camera_pose(c)]), atol=1e-5)
+    assert not any(frames[c]["optimized"] for c in held_out(dataset))
+
+
+def test_camera_refinement_needs_voxel_grid_fields(dataset, tmp_path):
+    doc = mesh_scene()
+    del doc["fields"]
+    doc["optimize"] = {"parameters": {"materials.paint.albedo": {"init": 0.2}}, "targets": {"cameras": ["a"]},
+                       "steps": 2, "camera_refinement": {}}
+    with pytest.raises(SceneError, match="optimize.camera_refinement: applies to scenes with fields only"):
+        load_scene(write(tmp_path, doc))
+    doc = field_scene()
+    doc["fields"] = [{"name": "nerf", "type": "neural", "aabb": BOX}]
+    doc["optimize"]["parameters"] = {"fields.nerf.weights": {}}
+    doc["optimize"]["loss"] = {"l2": 1.0}
+    doc["optimize"]["camera_refinement"] = {"lr": 1e-4}
+    with pytest.raises(SceneError, match="optimize.camera_refinement: refines cameras with voxel-grid fields only"):
+        load_scene(write(dataset, doc, "refine_neural.json"))

@@ -114,12 +114,16 @@ def test_occupancy_drops_samples_in_empty_cells(device):
 def test_sampling_is_not_recorded(device):
     o, d = rays()
     origins, directions = vec3s(o), vec3s(d)
-    origins.requires_grad = True
     tape = wp.Tape()
     with tape:
         s = sample_rays(origins, directions, BOX, 4)
     assert len(tape.launches) == 0
     assert not s.positions.requires_grad
+    origins.requires_grad = True  # rays with gradients: only the samples' adjoint to them (camera refinement)
+    with tape:
+        s = sample_rays(origins, directions, BOX, 4)
+    assert len(tape.launches) == 1 and callable(tape.launches[0])
+    assert s.positions.requires_grad
 
 
 def test_empty_inputs(device):

@@ -43,9 +43,9 @@ from ..field_scene import FieldDeviceScene
 from ..parallel import default_workers
 from ..params import Group, ParamPath, camera_intrinsics, camera_pose, element_prefix
 from ..render import RenderOutput
-from ..render_field import FieldState, RayBank, field_grid, gather_rays, render_field_view
+from ..render_field import FieldState, RayBank, field_grid, gather_rays, refine_rays, render_field_view
 from ..scene import Camera, Scene
-from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH
+from ..scene_schema import DEFAULT_EVAL_EVERY, DEFAULT_EVAL_RAYS, DEFAULT_RAYS_PER_BATCH, ParameterSpec
 from ..thread_tape import recording
 from ..transforms_json import load_transforms
 from ..volume import OccupancyGrid, readout, regularizers, srgb
@@ -223,6 +223,16 @@ class FieldModel:
             for key in f.values():
                 path = ParamPath(Group.FIELDS, name, key)
                 self.start_values[path] = problem.initial.get(path, params[path].value.copy())
+        # camera refinement (optimize.camera_refinement): the training cameras whose poses are free parameters
+        self.refined: list[str] = []
+        refine = getattr(spec, "camera_refinement", None)
+        if refine is not None:
+            self.refined = self._training_view_names()
+            for camera in self.refined:
+                path = camera_pose(camera)
+                problem.param_specs[path] = ParameterSpec(lr=float(refine.lr))
+                problem.initial[path] = problem.ds.get(path).astype(np.float32)
+        self.bank_poses = np.zeros((0, 7), np.float32)  # each training view's pose its bank rays were made at
         self._touched: dict[str, wp.array] = {}  # per voxel-grid field: its lattice points this step touched
         self._touched_step = False  # whether this step's gradients are sparse (`active_elements`)
         self.bank: RayBank | None = None
@@ -248,8 +258,8 @@ class FieldModel:
 
     # -- arrays ----------------------------------------------------------------------------------
     def parameters(self) -> list[ParamPath]:
-        """The table entries this model trains: every field leaf."""
-        return [e.path for e in self.p.ds.params.select(group=Group.FIELDS)]
+        """The table entries this model trains: every field leaf, and the refined training cameras' poses."""
+        return [e.path for e in self.p.ds.params.select(group=Group.FIELDS)] + [camera_pose(c) for c in self.refined]
 
     def reports(self, path) -> bool:
         """Whether snapshots copy the value, gradient and error of `path`: not for field leaves (megabytes;
@@ -313,6 +323,15 @@ class FieldModel:
         self.psnr_test = math.nan
 
     # -- targets ---------------------------------------------------------------------------------
+    def _training_view_names(self) -> list[str]:
+        """The cameras `build_targets` trains on (before it runs): the target files' cameras that are not held out,
+        else the rendered targets' cameras."""
+        spec, p = self.p.target_spec, self.p
+        files = list(p._dataset_files) + [item.camera for item in (spec.images or [])]
+        if files:
+            return [c for c in dict.fromkeys(files) if c not in self.held_out]
+        return list(spec.cameras or [])
+
     def build_targets(self) -> tuple[list[Target], list[Target]]:
         """(training targets, held-out test targets) from the problem's target spec."""
         p = self.p
@@ -349,6 +368,7 @@ class FieldModel:
                               scene.cameras[t.camera].width, scene.cameras[t.camera].height, t.image)
                              for t in train], ds.device)
         self.train_cameras = [t.camera for t in train]
+        self.bank_poses = np.stack([ds.get(camera_pose(c)).astype(np.float32) for c in self.train_cameras])
         self.bank_offsets = np.concatenate([[0], np.cumsum(self.bank.sizes)]).astype(np.int64)
         self.view_radius = np.array([view_radius(scene.cameras[c].intrinsics) for c in self.train_cameras],
                                     np.float32)
@@ -507,6 +527,10 @@ class FieldModel:
             if hi > lo:
                 origins, directions, target = self.bank.gather(indices[lo:hi], jitter_seed=self._jitter(step),
                                                                first_ray=lo)
+                if self.refined:  # the rays at the cameras' current poses, differentiable w.r.t. the free ones
+                    poses = [p.ds.arrays[camera_pose(c)] for c in self.train_cameras]
+                    origins, directions = refine_rays(self.view_ids(indices[lo:hi]), origins, directions,
+                                                      self.bank_poses, poses)
                 rgb, _, _, samples, densities = volume_render(state.grid, origins, directions, state.n_samples,
                                                               p.ds.background_color, seed=step, jitter=True,
                                                               occupancy=state.occupancy, first_ray=lo,
@@ -768,6 +792,8 @@ class FieldModel:
         """{path: {...}} for the optimized field parameters: shape, storage, bytes (no ground truth)."""
         out = {}
         for path in self.p.param_specs:
+            if self.p.ds.params[path].group is not Group.FIELDS:
+                continue  # refined camera poses: reported like any small parameter
             state = self.states[self.p.ds.params[path].owner]
             arr = self.p.ds.arrays[path]
             storage = state.field.storage if state.field.type == "voxel_grid" else "float32"

@@ -20,8 +20,12 @@ box is marched from `near` with b = the inner box's mean half-size (in units of 
 are the contracted points (what the field is queried at and the occupancy grid is kept over); `deltas`
 stay world lengths, as densities integrate over world space.
 
-Sampling is not differentiable: sample parameters and positions are constants of the rays (launched
-with record_tape=False), so no gradient reaches ray origins, directions, the box or near/far.
+Sampling is not differentiable: the sample parameters (t, intervals, deltas) are constants of the rays (launched
+with record_tape=False), so no gradient reaches the box or near/far through them. When the rays' origins or
+directions have requires_grad (camera refinement), the samples' positions and directions get requires_grad too,
+and a hand-written adjoint recorded on the active tape carries their gradients back to the rays with each
+sample's t held: position o + t d (through the contraction's Jacobian), direction d / |d|. The deltas keep no
+gradient w.r.t. |d| (a rigid change of a camera keeps |d|, so its gradient loses nothing).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import numpy as np
 import warp as wp
 
 from ..checks import check_array  # noqa: F401  (re-exported for the volume modules)
+from ..thread_tape import active_tape
 
 # Never differentiated: skip generating adjoints (faster compiles).
 wp.set_module_options({"enable_backward": False})
@@ -227,6 +232,61 @@ def _write_samples(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=
                 s += 1
 
 
+@wp.func
+def contract_point_vjp(p: wp.vec3, center: wp.vec3, half: wp.vec3, g: wp.vec3) -> wp.vec3:
+    """g^T J at world point p of `contract_point` (g: the gradient w.r.t. the contracted point). Beyond the inner box,
+    with x = (p - center) / half, m = |x_a*| (a* the axis of the largest |x_a|) and y = s(m) x, s(m) = (2m - 1) / m^2:
+    dy/dx = s I + x (ds/dm) sign(x_a*) e_a*^T, ds/dm = 2 (1 - m) / m^3."""
+    x = wp.cw_div(p - center, half)
+    ax = int(0)
+    m = wp.abs(x[0])
+    if wp.abs(x[1]) > m:
+        ax = 1
+        m = wp.abs(x[1])
+    if wp.abs(x[2]) > m:
+        ax = 2
+        m = wp.abs(x[2])
+    if m <= 1.0:
+        return g
+    gy = wp.cw_mul(g, half)  # gradient w.r.t. y
+    s = (2.0 * m - 1.0) / (m * m)
+    gx = s * gy
+    gx[ax] = gx[ax] + wp.dot(gy, x) * 2.0 * (1.0 - m) / (m * m * m) * wp.sign(x[ax])
+    return wp.cw_div(gx, half)
+
+
+@wp.kernel
+def _samples_backward(origins: wp.array(dtype=wp.vec3), directions: wp.array(dtype=wp.vec3),
+                      offsets: wp.array(dtype=wp.int32), counts: wp.array(dtype=wp.int32),
+                      t_points: wp.array(dtype=float), adj_positions: wp.array(dtype=wp.vec3),
+                      adj_dirs: wp.array(dtype=wp.vec3), lo: wp.vec3, hi: wp.vec3, contract: int,
+                      adj_origins: wp.array(dtype=wp.vec3), adj_directions: wp.array(dtype=wp.vec3)):
+    # one ray: the sum over its samples of the adjoint of p = C(o + t d) (t held) and of u = d / |d|; each ray
+    # writes its own entries only
+    r = wp.tid()
+    o = origins[r]
+    d = directions[r]
+    center = (lo + hi) * 0.5
+    half = (hi - lo) * 0.25
+    go = wp.vec3(0.0, 0.0, 0.0)
+    gd = wp.vec3(0.0, 0.0, 0.0)
+    gu = wp.vec3(0.0, 0.0, 0.0)
+    a = offsets[r]
+    for s in range(a, a + counts[r]):
+        t = t_points[s]
+        g = adj_positions[s]
+        if contract != 0:
+            g = contract_point_vjp(o + t * d, center, half, g)
+        go += g
+        gd += t * g
+        gu += adj_dirs[s]
+    length = wp.length(d)
+    u = d / length
+    gd += (gu - u * wp.dot(u, gu)) / length
+    adj_origins[r] = adj_origins[r] + go
+    adj_directions[r] = adj_directions[r] + gd
+
+
 @dataclass
 class Samples:
     """Packed samples of N rays (S in total), ray after ray in marching order.
@@ -296,7 +356,8 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
 
     Returns:
         `Samples` (S samples packed ray after ray). Reads the total sample count back to the host to
-        size the arrays (one device synchronization). Not differentiable (record_tape=False).
+        size the arrays (one device synchronization). The sampling itself is not differentiable; with rays that
+        have requires_grad, the positions and directions are (module docstring).
     """
     check_array("origins", origins, wp.vec3, (None,))
     dev, n = origins.device, origins.shape[0]
@@ -337,7 +398,26 @@ def sample_rays(origins: wp.array, directions: wp.array, aabb, n_samples: int, n
     wp.launch(_write_samples, dim=n, device=dev, record_tape=False,
               inputs=[*common, offsets, out.ray_indices, out.t_starts, out.t_ends, out.t_points, out.deltas,
                       out.positions, out.directions, int(bool(contract))])
+    tape = active_tape()
+    if (origins.requires_grad or directions.requires_grad) and tape is not None:
+        _record_samples_backward(tape, origins, directions, out, lo, hi, contract)
     return out
+
+
+def _record_samples_backward(tape, origins, directions, out: Samples, lo, hi, contract: bool) -> None:
+    """Give the samples' positions and directions gradients and record their adjoint to the rays (module docstring)."""
+    for arr in (out.positions, out.directions):
+        arr.requires_grad = True
+    for arr in (origins, directions):
+        if arr.grad is None:
+            arr.grad = wp.zeros_like(arr, requires_grad=False)
+
+    def backward():
+        wp.launch(_samples_backward, dim=origins.shape[0], device=origins.device, record_tape=False,
+                  inputs=[origins, directions, out.ray_offsets, out.ray_counts, out.t_points, out.positions.grad,
+                          out.directions.grad, lo, hi, int(bool(contract)), origins.grad, directions.grad])
+
+    tape.record_func(backward, [origins, directions, out.positions, out.directions])
 
 
 #: The far bound of a contracted march, in units of the lattice box's largest size: beyond it the

@@ -206,6 +206,96 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
                 wp.atomic_add(grad_sh, x, y, z, 2 * n_coeffs + k, grad_sh.dtype(wb * gb))
 
 
+@wp.func
+def corner_weight_grad(f: wp.vec3, c: int) -> wp.vec3:
+    """d corner_weight(f, c) / d f."""
+    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
+    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
+    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
+    sx = wp.where((c & 1) != 0, 1.0, -1.0)
+    sy = wp.where((c & 2) != 0, 1.0, -1.0)
+    sz = wp.where((c & 4) != 0, 1.0, -1.0)
+    return wp.vec3(sx * wy * wz, wx * sy * wz, wx * wy * sz)
+
+
+@wp.func
+def sh_dot_grad(d: wp.vec3, a: vec9, n_coeffs: int) -> wp.vec3:
+    """d/d d of sum_k a_k Y_k(d) over the first n_coeffs basis functions (d not renormalized)."""
+    x = d[0]
+    y = d[1]
+    z = d[2]
+    g = wp.vec3(0.0, 0.0, 0.0)
+    if n_coeffs > 1:
+        g += wp.vec3(-SH_C1 * a[3], -SH_C1 * a[1], SH_C1 * a[2])
+    if n_coeffs > 4:
+        g += SH_C2_0 * a[4] * wp.vec3(y, x, 0.0)
+        g += SH_C2_1 * a[5] * wp.vec3(0.0, z, y)
+        g += SH_C2_2 * a[6] * wp.vec3(-2.0 * x, -2.0 * y, 4.0 * z)
+        g += SH_C2_3 * a[7] * wp.vec3(z, 0.0, x)
+        g += SH_C2_4 * a[8] * wp.vec3(2.0 * x, -2.0 * y, 0.0)
+    return g
+
+
+@wp.kernel
+def _query_backward_points(density: wp.array3d(dtype=Any), sh: wp.array4d(dtype=Any), lo: wp.vec3, hi: wp.vec3,
+                           n_coeffs: int, activation: int, positions: wp.array(dtype=wp.vec3),
+                           dirs: wp.array(dtype=wp.vec3), out_color: wp.array2d(dtype=float),
+                           adj_density: wp.array(dtype=float), adj_color: wp.array2d(dtype=float),
+                           adj_positions: wp.array(dtype=wp.vec3), adj_dirs: wp.array(dtype=wp.vec3)):
+    # The exact adjoint of _query w.r.t. its sample points and directions: the trilinear weights' derivatives
+    # (zero along an axis where the point is clamped into the box) and the SH basis' gradient. Each sample writes
+    # its own entries only, so launches over disjoint sample ranges may run at once.
+    s = wp.tid()
+    cr = out_color[s, 0]
+    cg = out_color[s, 1]
+    cb = out_color[s, 2]
+    gr = adj_color[s, 0] * cr * (1.0 - cr)
+    gg = adj_color[s, 1] * cg * (1.0 - cg)
+    gb = adj_color[s, 2] * cb * (1.0 - cb)
+    gs = adj_density[s]
+    if gs == 0.0 and gr == 0.0 and gg == 0.0 and gb == 0.0:
+        return
+    res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
+    p = positions[s]
+    i, f = lattice_cell(p, lo, hi, res)
+    raw = interpolate_density(density, i, f)
+    if activation == 1:
+        gs = wp.where(raw > 0.0, gs, 0.0)
+    else:
+        gs = gs * sigmoid(raw)
+    basis = sh_basis(dirs[s])
+    d_f = wp.vec3(0.0, 0.0, 0.0)  # d loss / d f
+    red = vec9()
+    green = vec9()
+    blue = vec9()
+    for c in range(8):
+        w = corner_weight(f, c)
+        dw = corner_weight_grad(f, c)
+        x = i[0] + (c & 1)
+        y = i[1] + ((c >> 1) & 1)
+        z = i[2] + ((c >> 2) & 1)
+        pull = gs * wp.float32(density[x, y, z])
+        for k in range(9):
+            if k < n_coeffs:
+                vr = wp.float32(sh[x, y, z, k])
+                vg = wp.float32(sh[x, y, z, n_coeffs + k])
+                vb = wp.float32(sh[x, y, z, 2 * n_coeffs + k])
+                pull += basis[k] * (gr * vr + gg * vg + gb * vb)
+                red[k] = red[k] + w * vr
+                green[k] = green[k] + w * vg
+                blue[k] = blue[k] + w * vb
+        d_f += pull * dw
+    g = wp.vec3(0.0, 0.0, 0.0)
+    for a in range(3):
+        u = (p[a] - lo[a]) / (hi[a] - lo[a])
+        if u > 0.0 and u < 1.0:
+            g[a] = d_f[a] * float(res[a] - 1) / (hi[a] - lo[a])
+    adj_positions[s] = adj_positions[s] + g
+    d = dirs[s]
+    adj_dirs[s] = (adj_dirs[s] + gr * sh_dot_grad(d, red, n_coeffs) + gg * sh_dot_grad(d, green, n_coeffs)
+                   + gb * sh_dot_grad(d, blue, n_coeffs))
+
+
 # The storage types' overloads of the kernels that `VoxelGrid.query` launches from several threads, made when the
 # module is imported: an overload made by a launch (a new argument type) rebuilds the module, which another thread
 # launching at that moment does not survive (Warp 1.19: KeyError in get_kernel_mangled_name).
@@ -213,6 +303,7 @@ for _dtype in (wp.float32, wp.float16):
     wp.overload(_query, {"density": wp.array3d(dtype=_dtype), "sh": wp.array4d(dtype=_dtype)})
     wp.overload(_query_backward, {"density": wp.array3d(dtype=_dtype), "grad_density": wp.array3d(dtype=_dtype),
                                   "grad_sh": wp.array4d(dtype=_dtype)})
+    wp.overload(_query_backward_points, {"density": wp.array3d(dtype=_dtype), "sh": wp.array4d(dtype=_dtype)})
 
 
 @wp.kernel
@@ -443,12 +534,14 @@ class VoxelGrid:
         Returns:
             (density float32 (S,) >= 0, color float32 array2d (S, 3) in (0, 1)). Differentiable w.r.t. the
             grid values (density, sh) through a hand-written adjoint recorded on the active `wp.Tape`
-            (`tape.record_func`); not w.r.t. positions or directions (samples are constants, see `march`).
+            (`tape.record_func`), and w.r.t. positions and directions when they have requires_grad (samples of
+            rays that do: camera refinement, `march.sample_rays`) through another.
         """
         s = self._check_points(positions, directions)
         grad = self.density.requires_grad or self.sh.requires_grad
-        out_density = wp.zeros(s, dtype=float, device=self.device, requires_grad=grad)
-        out_color = wp.zeros((s, 3), dtype=float, device=self.device, requires_grad=grad)
+        point_grad = positions.requires_grad or directions.requires_grad
+        out_density = wp.zeros(s, dtype=float, device=self.device, requires_grad=grad or point_grad)
+        out_color = wp.zeros((s, 3), dtype=float, device=self.device, requires_grad=grad or point_grad)
         activation = ACTIVATIONS.index(self.activation)
         parts = self._parts(s)
         ranges = part_ranges(s, parts)
@@ -463,6 +556,8 @@ class VoxelGrid:
 
         run_parts(forward, parts)
         tape = active_tape()  # the calling thread's tape (or renderer.parallel's stand-in), None outside
+        if tape is not None and point_grad and s > 0:
+            self._record_point_backward(tape, positions, directions, out_density, out_color, ranges)
         if tape is not None and grad and s > 0:
             density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
             slabs = self._slabs(positions, parts)
@@ -481,6 +576,28 @@ class VoxelGrid:
 
             tape.record_func(backward, [density, sh, out_density, out_color])
         return out_density, out_color
+
+    def _record_point_backward(self, tape, positions, directions, out_density, out_color, ranges) -> None:
+        """Record the adjoint of a query w.r.t. its points and directions (`_query_backward_points`): each thread a
+        range of the samples. Gradients go to `positions.grad` / `directions.grad` (allocated when missing)."""
+        activation = ACTIVATIONS.index(self.activation)
+        density, sh, lo, hi, n_coeffs = self.density, self.sh, self.lo, self.hi, self.n_coeffs
+        for arr in (positions, directions):
+            if arr.grad is None:
+                arr.grad = wp.zeros_like(arr, requires_grad=False)
+
+        def backward():
+            def part(k: int) -> None:
+                a, b = ranges[k]
+                if b > a:
+                    wp.launch(_query_backward_points, dim=b - a, device=density.device, record_tape=False,
+                              inputs=[density, sh, lo, hi, n_coeffs, activation,
+                                      positions[a:b], directions[a:b], out_color[a:b], out_density.grad[a:b],
+                                      out_color.grad[a:b], positions.grad[a:b], directions.grad[a:b]])
+
+            run_parts(part, len(ranges))
+
+        tape.record_func(backward, [positions, directions, out_density, out_color])
 
     def _parts(self, samples: int) -> int:
         """Threads for a query of `samples` points: `workers` on the CPU, fewer for small queries."""
