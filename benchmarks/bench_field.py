@@ -40,8 +40,9 @@ MARKS = (15, 30, 60, 90, 120, 180, 240, 300, 450, 600)
 
 
 def test_psnr(problem) -> tuple[float, float]:
-    """Mean held-out PSNR (linear, sRGB) with the scene's own protocol: every pixel, or for NeRF-W the right
-    half of each view after fitting its appearance embedding on the left half (`FieldTraining.eval_mask`)."""
+    """Mean held-out PSNR (linear, sRGB) with the scene's own protocol (`FieldTraining.eval_mask`): every pixel
+    its frame's mask uses (all without one), and for NeRF-W of those the right half of each view after fitting its
+    appearance embedding on the left half."""
     ft, lin, srgb = problem.field_training, [], []
     ft.fit_test_appearance([t for t in problem.test_targets if t.camera not in ft.train_cameras])
     for t in problem.test_targets:
@@ -54,7 +55,8 @@ def test_psnr(problem) -> tuple[float, float]:
 
 
 def write_renders(problem, folder: Path) -> None:
-    """Each held-out view as one sRGB PNG, render | target side by side, into `folder`; prints each view's PSNR."""
+    """Each held-out view as one sRGB PNG, render | target side by side, into `folder`; prints each view's PSNR on the
+    pixels its mask uses (as `test_psnr`) and, when it has a mask, over every pixel too."""
     import imageio.v3 as iio
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -63,7 +65,12 @@ def write_renders(problem, folder: Path) -> None:
         img, ref = np.clip(ft.render(t.camera).numpy(), 0, 1), np.clip(problem.target_numpy(t.camera), 0, 1)
         both = np.concatenate([img, ref], axis=1)
         iio.imwrite(folder / f"{t.camera}.png", (linear_to_srgb(both) * 255 + 0.5).astype(np.uint8))
-        line.append(f"{t.camera} {10 * np.log10(1 / np.mean((img - ref) ** 2)):.2f}")
+        mask = ft.eval_mask(t.camera)
+        keep = np.ones(img.shape[:2], bool) if mask is None else mask.numpy().reshape(img.shape[:2]) > 0
+        text = f"{t.camera} {10 * np.log10(1 / np.mean((img[keep] - ref[keep]) ** 2)):.2f}"
+        if mask is not None:
+            text += f" (every pixel {10 * np.log10(1 / np.mean((img - ref) ** 2)):.2f})"
+        line.append(text)
     print("held-out PSNR per view (linear dB): " + ", ".join(line), flush=True)
 
 

@@ -59,7 +59,7 @@ from PIL import Image, UnidentifiedImageError
 
 from . import conventions as cv
 from .errors import SceneError
-from .images import atomic_write, read_image, write_image
+from .images import atomic_write, read_image, write_image, write_image_bytes
 
 TEST_EVERY = 8  # frame i is held out when i % TEST_EVERY == 0 (nerfstudio "interval" split)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".PNG", ".JPG", ".JPEG")  # tried for a file_path without one
@@ -237,6 +237,7 @@ class CaptureFrame:
     time: float | None = None  # transforms.json `time`, when given
     source: str = ""  # the field that defines this frame, e.g. frames[3] or "image 5"
     file_size: tuple[int, int] | None = None  # (width, height) of `image_path` when resized on load
+    mask_path: Path | None = None  # the frame's own mask (nerfstudio's `mask_path`: 0 = ignore), at the file's size
 
     def c2w(self) -> np.ndarray:
         """(4, 4) OpenGL camera-to-world matrix."""
@@ -316,11 +317,29 @@ class Capture:
         return np.ascontiguousarray(img, np.float32)
 
     def valid_mask(self, frame: int | CaptureFrame) -> np.ndarray:
-        """(H, W) bool: pixels of the loaded image that the file sees (all True without distortion)."""
+        """(H, W) bool: pixels of the loaded image that the file sees (all True without distortion) and that the
+        frame's own mask (`mask_path`, downscaled and undistorted with the image) does not ignore."""
+        from .transforms_json import MASK_SEEN_SHARE
+
         f = self.frames[frame] if isinstance(frame, (int, np.integer)) else frame
-        if f.distortion is None or f.distortion.is_identity:
-            return np.ones((f.height, f.width), bool)
-        return undistorted_mask(f.width, f.height, f.intrinsics, f.distortion)
+        seen = np.ones((f.height, f.width), bool)
+        if f.distortion is not None and not f.distortion.is_identity:
+            seen = undistorted_mask(f.width, f.height, f.intrinsics, f.distortion)
+        if f.mask_path is not None:
+            try:
+                own = (read_image(f.mask_path, channels=1) > 0.0).astype(np.float32)
+            except SceneError as e:
+                raise SceneError(self.file, f"{f.source}.mask_path", f"mask '{f.mask_path}': {e.message}") from None
+            h0, w0 = own.shape[:2]
+            if (w0, h0) != (f.width, f.height):  # a mask at the full size of a downscaled frame's image
+                if w0 < f.width or h0 < f.height or abs(w0 / f.width - h0 / f.height) > 0.1 * w0 / f.width:
+                    raise SceneError(self.file, f"{f.source}.mask_path", f"mask '{f.mask_path}' is {w0}x{h0}, "
+                                     f"expected its image's size {f.width}x{f.height} (or a multiple of it)")
+                own = resize_area(own, f.width, f.height)
+            if f.distortion is not None and not f.distortion.is_identity:
+                own, _ = undistort_image(own, f.intrinsics, f.distortion)
+            seen &= own[..., 0] >= MASK_SEEN_SHARE
+        return seen
 
     def images(self, indices: Iterable[int] | None = None, progress: Callable[[int, int], None] | None = None,
                channels: int = 3) -> Iterator[tuple[CaptureFrame, np.ndarray]]:
@@ -618,9 +637,22 @@ def read_transforms(path, *, downscale: int = 1, strict: bool = False, test_ever
             missing.append(frame)
             continue
         w, h, intrinsics, distortion = _transforms_camera(doc, fr, image, file, source)
-        frame = replace(frame, width=w, height=h, intrinsics=intrinsics, distortion=distortion)
+        frame = replace(frame, width=w, height=h, intrinsics=intrinsics, distortion=distortion,
+                        mask_path=_frame_mask(base, fr, file, source))
         frames.append(_apply_downscale(frame, base / "images", downscale, file, f"{source}.file_path"))
     return _finish(file, "transforms", frames, missing, strict, downscale, _ngp_box(doc, file))
+
+
+def _frame_mask(base: Path, fr: dict, file: str, source: str) -> Path | None:
+    """The file of a transforms.json frame's `mask_path` (nerfstudio's key), None without one."""
+    if fr.get("mask_path") is None:
+        return None
+    if not isinstance(fr["mask_path"], str) or not fr["mask_path"].strip():
+        raise SceneError(file, f"{source}.mask_path", f"expected a mask image file name, got {fr['mask_path']!r}")
+    mask = _resolve_file(base, fr["mask_path"].replace("\\", "/"))
+    if not mask.is_file():
+        raise SceneError(file, f"{source}.mask_path", f"mask image '{mask}' not found")
+    return mask
 
 
 def _transforms_splits(doc: dict, frames: list[dict], positions: list[int], file: str,
@@ -1060,8 +1092,10 @@ def export_transforms(capture: Capture, out, *, overwrite: bool = False,
     `targets.transforms`) reads: its frames loaded (downscaled, undistorted, in the capture's world) as
     8-bit sRGB `images/frame_XXXXX.png`, then `transforms.json` (written last, atomically) with per-frame
     `fl_x, fl_y, cx, cy, w, h`, `transform_matrix` (OpenGL camera-to-world), `split`, `time` when given and
-    `source` (the image the frame came from), and a `capture` block: the source file, `transform` (file
-    world -> this world, 4x4) and `aabb` (the field box, `field_box`). One image in memory at a time.
+    `source` (the image the frame came from), `mask_path` (`masks/frame_XXXXX.png`, nerfstudio's key) for a
+    frame whose undistortion leaves pixels the photograph does not cover (0 there), and a `capture` block: the
+    source file, `transform` (file world -> this world, 4x4) and `aabb` (the field box, `field_box`). One image
+    in memory at a time.
     Returns the json's path; SceneError when `out` already holds a dataset and not `overwrite`."""
     out = Path(out)
     if (out / "transforms.json").exists() and not overwrite:
@@ -1075,6 +1109,10 @@ def export_transforms(capture: Capture, out, *, overwrite: bool = False,
         fx, fy, cx, cy = (float(v) for v in frame.intrinsics)
         rec = {"file_path": name, "transform_matrix": frame.c2w().tolist(), "fl_x": fx, "fl_y": fy, "cx": cx,
                "cy": cy, "w": frame.width, "h": frame.height, "split": frame.split, "source": frame.name}
+        seen = capture.valid_mask(frame)
+        if not seen.all():  # the undistorted image's pixels the photograph does not cover: black, not scene
+            rec["mask_path"] = f"masks/frame_{i:0{digits}d}.png"
+            write_image_bytes(out / rec["mask_path"], np.where(seen, 255, 0).astype(np.uint8))
         if frame.time is not None:
             rec["time"] = frame.time
         records.append(rec)

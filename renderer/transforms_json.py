@@ -33,6 +33,9 @@ class Frame:
     time: float | None = None
     split: str | None = None  # the frame's "split" ("train", "test", ...), when it has one
     file_size: tuple[int, int] | None = None  # (w, h) of image_path when it is resized to width x height on load
+    # nerfstudio's `mask_path`: an image of the pixels to use (nonzero) and to ignore (0) in training and
+    # evaluation, e.g. the corners an undistortion leaves unseen (`drstudio capture` writes them)
+    mask_path: Path | None = None
 
 
 def _number(d: dict, key: str, file: str, field: str):
@@ -126,6 +129,13 @@ def load_transforms(path, *, strict: bool = False, downscale: int = 1) -> list[F
                                  "whose image is missing are skipped with a warning)")
             missing.append(fr["file_path"])
             continue
+        mask_path = None
+        if fr.get("mask_path") is not None:
+            if not isinstance(fr["mask_path"], str) or not fr["mask_path"].strip():
+                raise SceneError(file, f"{field}mask_path", f"expected a mask image file name, got {fr['mask_path']!r}")
+            mask_path = frame_image_path(path.parent, fr["mask_path"])
+            if not mask_path.is_file():
+                raise SceneError(file, f"{field}mask_path", f"mask image '{mask_path}' not found")
         w = _number(fr, "w", file, field) or _number(doc, "w", file, "")
         h = _number(fr, "h", file, field) or _number(doc, "h", file, "")
         if w is None or h is None:
@@ -143,7 +153,8 @@ def load_transforms(path, *, strict: bool = False, downscale: int = 1) -> list[F
         cx = _number(fr, "cx", file, field) or _number(doc, "cx", file, "") or w / 2
         cy = _number(fr, "cy", file, field) or _number(doc, "cy", file, "") or h / 2
         split = fr.get("split") if isinstance(fr.get("split"), str) else None
-        frame = Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t, split)
+        frame = Frame(img_path, w, h, np.array([fl_x, fl_y, cx, cy], np.float32), pose.astype(np.float32), t, split,
+                      mask_path=mask_path)
         frames.append(_downscaled_frame(frame, downscale, file, f"{field}file_path") if downscale > 1 else frame)
     if missing:
         shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
@@ -173,6 +184,28 @@ def _downscaled_frame(frame: Frame, n: int, file: str, where: str) -> Frame:
     scale = np.array([nw / frame.width, nh / frame.height] * 2, np.float32)
     return replace(frame, image_path=path, width=nw, height=nh, intrinsics=frame.intrinsics * scale,
                    file_size=file_size)
+
+
+#: A pixel of a downscaled frame counts as seen when at least this share of the mask pixels it covers is seen.
+MASK_SEEN_SHARE = 0.999
+
+
+def read_frame_mask(file, width: int, height: int) -> np.ndarray:
+    """A frame's `mask_path` image as a (height, width) bool array: True where the pixel is used (a nonzero mask
+    value; any channel), False where it is ignored. A larger mask (a downscaled frame) is reduced by an area filter;
+    a pixel stays True only when (almost) all of it is seen. SceneError naming the file when it is no image or of
+    another size than the frame (or an integer multiple of it)."""
+    from .captures import resize_area
+
+    m = read_image(file, channels=1)[..., 0] > 0.0
+    h0, w0 = m.shape
+    if (h0, w0) == (height, width):
+        return m
+    if h0 < height or w0 < width or round(w0 / width) != round(h0 / height) or abs(w0 / width - h0 / height) > 0.1:
+        raise SceneError(str(file), "", f"mask is {w0}x{h0}, expected the frame's size {width}x{height} (or a "
+                         "multiple of it)")
+    share = resize_area(m.astype(np.float32)[..., None], width, height)[..., 0]
+    return share >= MASK_SEEN_SHARE
 
 
 def read_frame_image(file, width: int, height: int, channels: int = 3) -> np.ndarray:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import struct
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -37,7 +38,8 @@ from drstudio.renderer.captures import (
     undistort_image,
 )
 from drstudio.renderer.errors import SceneError
-from drstudio.renderer.transforms_json import load_transforms
+from drstudio.renderer.images import write_image_bytes
+from drstudio.renderer.transforms_json import load_transforms, read_frame_mask
 
 MODEL_IDS = {name: i for i, (name, _) in COLMAP_MODELS.items()}
 
@@ -547,8 +549,97 @@ def test_export_writes_what_load_transforms_reads(tmp_path):
     doc = json.loads(out.read_text())
     np.testing.assert_allclose(doc["capture"]["transform"], cap.transform)
     assert doc["frames"][0]["split"] == "test" and doc["frames"][1]["source"] == "images/f_001.16.png"
+    # barrel distortion: the photograph covers the whole pinhole image, so no frame needs a mask
+    assert all(cap.valid_mask(a).all() for a in cap.frames)
+    assert not any("mask_path" in f for f in doc["frames"]) and all(b.mask_path is None for b in frames_back)
     with pytest.raises(SceneError, match="already holds a dataset"):
         export_transforms(cap, tmp_path / "out")
+
+
+def test_export_masks_what_the_photograph_does_not_cover(tmp_path):
+    """Pincushion distortion: the undistorted image's corners lie outside the photograph (black): each frame gets a
+    mask (nerfstudio's `mask_path`) that ignores exactly them."""
+    d = Distortion("opencv", (0.3, 0.0, 0, 0), (0.0, 0.0))
+    frames = ring_frames(2, height=0.5)
+    path = write_transforms(tmp_path / "src", frames, {f["file_path"]: distorted_checker(d) for f in frames},
+                            camera_model="OPENCV", fl_x=K[0], fl_y=K[1], cx=K[2], cy=K[3], w=W, h=H, k1=0.3)
+    cap = read_transforms(path)
+    out = export_transforms(cap, tmp_path / "out")
+    doc, again = json.loads(out.read_text()), read_transforms(out)
+    for i, (a, b) in enumerate(zip(cap.frames, load_transforms(out), strict=True)):
+        assert doc["frames"][i]["mask_path"] == f"masks/frame_{i:05d}.png"
+        seen = read_frame_mask(b.mask_path, b.width, b.height)
+        np.testing.assert_array_equal(seen, cap.valid_mask(a))
+        assert 0 < (~seen).sum() < seen.size // 4 and not seen[0, 0] and seen[H // 2, W // 2]
+        assert np.all(again.load(i)[~seen] == 0)  # what the mask hides is the undistortion's black
+
+
+def test_a_pinhole_capture_writes_no_masks(tmp_path):
+    frames = ring_frames(2)
+    path = write_transforms(tmp_path / "src", frames, {f["file_path"]: gray() for f in frames}, fl_x=8.0, w=8, h=6)
+    out = export_transforms(read_transforms(path), tmp_path / "out")
+    assert all("mask_path" not in f for f in json.loads(out.read_text())["frames"])
+    assert not (tmp_path / "out" / "masks").exists()
+
+
+def test_a_source_frames_mask_is_carried_into_the_export(tmp_path):
+    """A nerfstudio capture's own `mask_path`: downscaled with its image (a pixel stays only when all of it is
+    seen) and undistorted with it, combined with what the undistortion leaves uncovered."""
+    d = Distortion("opencv", (-0.25, 0.05, 0, 0), (0.002, -0.001))
+    frames = ring_frames(2, height=0.5)
+    mask = np.full((H, W), 255, np.uint8)
+    mask[:, W // 2:] = 0  # the right half ignored
+    for f in frames:
+        f["mask_path"] = "masks/" + Path(f["file_path"]).name
+        write_image_bytes(tmp_path / "src" / f["mask_path"], mask)
+    header = dict(camera_model="OPENCV", fl_x=K[0], fl_y=K[1], cx=K[2], cy=K[3], w=W, h=H, k1=-0.25, k2=0.05,
+                  p1=0.002, p2=-0.001)
+    path = write_transforms(tmp_path / "src", frames, {f["file_path"]: distorted_checker(d) for f in frames}, **header)
+    cap = read_transforms(path, downscale=2)
+    seen = cap.valid_mask(0)
+    assert seen.shape == (H // 2, W // 2)
+    assert not seen[:, W // 4 + 2:].any()  # the ignored half (the distortion moves its edge by a pixel or so)
+    assert seen[H // 8:-H // 8, W // 16:W // 4 - 2].all()
+    np.testing.assert_array_equal(seen & ~cap.valid_mask(replace(cap.frames[0], mask_path=None)), 0)
+    out = export_transforms(cap, tmp_path / "out")
+    got = load_transforms(out)[0]
+    np.testing.assert_array_equal(read_frame_mask(got.mask_path, got.width, got.height), seen)
+    frames[1]["mask_path"] = "masks/absent.png"
+    path = write_transforms(tmp_path / "src", frames, **header)
+    with pytest.raises(SceneError, match=r"frames\[1\]\.mask_path: mask image .*absent.png' not found"):
+        read_transforms(path)
+
+
+def test_mask_path_is_read_checked_and_downscaled(tmp_path):
+    """nerfstudio's per-frame `mask_path` (nonzero: used, 0: ignored): read at the frame's size, reduced with
+    the frame on `downscale` (a pixel is seen only when all of it is), and errors that name the field."""
+    frames = ring_frames(2)
+    for f in frames:
+        f["mask_path"] = "masks/" + Path(f["file_path"]).name
+    path = write_transforms(tmp_path / "src", frames, {f["file_path"]: gray(6, 8) for f in frames}, fl_x=8.0,
+                            w=8, h=6)
+    mask = np.full((6, 8), 255, np.uint8)
+    mask[:, 0] = 0  # the first column ignored
+    mask[0, 3] = 0  # and one pixel
+    for f in frames:
+        write_image_bytes(tmp_path / "src" / f["mask_path"], mask)
+    got = load_transforms(path)
+    np.testing.assert_array_equal(read_frame_mask(got[0].mask_path, 8, 6), mask > 0)
+    half = load_transforms(path, downscale=2)[0]
+    small = read_frame_mask(half.mask_path, half.width, half.height)
+    assert small.shape == (3, 4)
+    np.testing.assert_array_equal(small, [[False, False, True, True], [False, True, True, True],
+                                          [False, True, True, True]])
+    with pytest.raises(SceneError, match="mask is 8x6, expected the frame's size 5x5"):
+        read_frame_mask(got[0].mask_path, 5, 5)
+    frames[1]["mask_path"] = "masks/none.png"
+    path = write_transforms(tmp_path / "src", frames, fl_x=8.0, w=8, h=6)
+    with pytest.raises(SceneError, match=r"frames\[1\]\.mask_path: mask image .*none.png' not found"):
+        load_transforms(path)
+    frames[1]["mask_path"] = 3
+    path = write_transforms(tmp_path / "src", frames, fl_x=8.0, w=8, h=6)
+    with pytest.raises(SceneError, match=r"frames\[1\]\.mask_path: expected a mask image file name, got 3"):
+        load_transforms(path)
 
 
 # ---- against the renderer ------------------------------------------------------------------------

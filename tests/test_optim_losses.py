@@ -102,6 +102,32 @@ def test_pixel_loss_of_a_band_is_its_share_of_the_whole_image(name, device):
         fn(farr(r), farr(t), accumulator(), pixels=40, mask=farr(np.ones(20)))
 
 
+@pytest.mark.parametrize("name", ["l1", "l2"])
+def test_masked_loss_of_a_band_is_its_share_of_the_whole_image(name, device):
+    # mask_total: the same for a masked image (a frame's mask_path): each band normalized by the whole mask's sum
+    r, t, m = images(20, seed=3)
+    m = (m > 0.5).astype(np.float32)
+    fn = getattr(losses, name)
+    whole, render = accumulator(), farr(r, grad=True)
+    tape = wp.Tape()
+    with tape:
+        fn(render, farr(t), whole, weight=0.7, mask=farr(m))
+    tape.backward(whole)
+    both, render2 = accumulator(), farr(r, grad=True)
+    tape2 = wp.Tape()
+    with tape2:
+        for a, b in ((0, 8), (8, 20)):
+            fn(render2[a:b], farr(t[a:b]), both, weight=0.7, mask=farr(m[a:b]), mask_total=float(m.sum()))
+    tape2.backward(both)
+    assert float(both.numpy()[0]) == pytest.approx(float(whole.numpy()[0]), rel=1e-6)
+    np.testing.assert_allclose(render2.grad.numpy(), render.grad.numpy(), rtol=1e-6)
+    assert not np.any(render.grad.numpy()[m == 0])
+    with pytest.raises(ValueError, match="mask_total"):
+        fn(farr(r), farr(t), accumulator(), mask_total=3.0)
+    with pytest.raises(ValueError, match="mask_total"):
+        fn(farr(r), farr(t), accumulator(), mask=farr(m), mask_total=0.0)
+
+
 def test_all_zero_mask_adds_nothing(device):
     r, t, _ = images(6)
     out = accumulator()

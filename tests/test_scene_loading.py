@@ -311,6 +311,38 @@ def test_transforms_targets(tmp_path):
     assert load_scene(write(tmp_path, data)).optimize.targets.transforms == "data/transforms.json"
 
 
+def test_masked_transforms_targets_weigh_only_the_pixels_their_masks_keep(tmp_path):
+    """A mesh scene trained on a dataset frame with a `mask_path`: the target carries the mask, the image loss is
+    the mean over the kept pixels only, and the final PSNR is measured on them."""
+    from drstudio.renderer.optim.problem import Problem
+
+    (tmp_path / "data").mkdir()
+    img = np.full((24, 32, 3), 128, np.uint8)
+    img[:, 20:] = (255, 0, 0)  # paint that the mask hides
+    png(tmp_path / "data" / "r_0.png", img)
+    mask = np.full((24, 32), 255, np.uint8)
+    mask[:, 20:] = 0
+    png(tmp_path / "data" / "m_0.png", mask)
+    matrix = cv.pose_to_matrix(cv.look_at([0, 0, 4], [0, 0, 0])).tolist()
+    frame = {"file_path": "./r_0", "mask_path": "m_0.png", "transform_matrix": matrix}
+    (tmp_path / "data" / "transforms.json").write_text(json.dumps({"camera_angle_x": 0.8, "frames": [frame]}))
+    data = base_scene()
+    data["optimize"] = {"parameters": {"materials.paint.albedo": {}},
+                        "targets": {"transforms": "data/transforms.json"}, "steps": 1}
+    problem = Problem(load_scene(write(tmp_path, data)), "cpu")
+    target = problem.targets[0]
+    seen = target.mask.numpy().reshape(24, 32) > 0
+    assert seen[:, :20].all() and not seen[:, 20:].any()
+    camera = target.camera
+    render = problem.model.render(camera).numpy().reshape(24, 32, 3).astype(np.float64)
+    truth = problem.target_numpy(camera).astype(np.float64)
+    result = problem.step()
+    assert result.loss_terms["l2"] == pytest.approx(np.mean((render - truth)[seen] ** 2), rel=1e-4)
+    assert result.loss_terms["l2"] < 0.5 * np.mean((render - truth) ** 2)  # the red paint would dominate
+    rendered, mask = problem.model.evaluation_views([target])[camera]
+    assert mask is target.mask
+
+
 # ---- shipped scenes and assets ------------------------------------------------------------------
 
 def test_there_are_five_shipped_scenes():

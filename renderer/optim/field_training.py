@@ -55,7 +55,7 @@ from . import losses
 from .distributed import rows_of
 from .field_models import DynamicState, HashState, NeuralState, render_output, view_radius
 from .models import EVALUATION_PHASE
-from .targets import Target, build_targets, target_downscale
+from .targets import Target, build_targets, dataset_masks, target_downscale
 
 PSNR_TERM = "psnr_test_db"
 PUBLISH_INTERVAL = 0.5  # s: while training, a copy of the field for other threads at most this often
@@ -233,6 +233,9 @@ class FieldModel:
                 problem.param_specs[path] = ParameterSpec(lr=float(refine.lr))
                 problem.initial[path] = problem.ds.get(path).astype(np.float32)
         self.bank_poses = np.zeros((0, 7), np.float32)  # each training view's pose its bank rays were made at
+        self.seen: dict[str, np.ndarray] = {}  # camera -> (N,) bool: the pixels its frame's mask uses
+        self.view_rays: list[np.ndarray] | None = None  # per training view, the ray indices a batch may draw
+        self.drawable = np.zeros(0, np.int64)  # their concatenation
         self._touched: dict[str, wp.array] = {}  # per voxel-grid field: its lattice points this step touched
         self._touched_step = False  # whether this step's gradients are sparse (`active_elements`)
         self.bank: RayBank | None = None
@@ -354,13 +357,14 @@ class FieldModel:
         except memory.MemoryBudgetError as exc:
             raise SceneError(scene.path, "optimize.targets", f"{exc}; use a downscaled dataset (drstudio capture "
                              "--downscale N)") from None
+        masks = dataset_masks(scene, spec) | dataset_masks(scene, spec, "test_transforms", "test")
         if files:
-            train = build_targets(scene, ds, p.truth, no_images, current, train_files)
+            train = build_targets(scene, ds, p.truth, no_images, current, train_files, masks)
         else:
             train = build_targets(scene, ds, p.truth, spec, current)
         test = []
         if test_files:
-            test = build_targets(scene, ds, p.truth, no_images, current, test_files)
+            test = build_targets(scene, ds, p.truth, no_images, current, test_files, masks)
         elif spec.test_cameras:
             test = build_targets(scene, ds, p.truth, SimpleNamespace(cameras=spec.test_cameras, images=None),
                                  current)
@@ -370,6 +374,14 @@ class FieldModel:
         self.train_cameras = [t.camera for t in train]
         self.bank_poses = np.stack([ds.get(camera_pose(c)).astype(np.float32) for c in self.train_cameras])
         self.bank_offsets = np.concatenate([[0], np.cumsum(self.bank.sizes)]).astype(np.int64)
+        # pixels a frame's mask ignores are never drawn into a batch, nor measured (`eval_mask`)
+        self.seen = {t.camera: t.mask.numpy() > 0 for t in train + test if t.mask is not None}
+        self.view_rays = None  # per training view: the flat ray indices a batch may draw (None: every pixel)
+        if any(t.camera in self.seen for t in train):
+            self.view_rays = [self.bank_offsets[v] + (np.flatnonzero(self.seen[c]) if c in self.seen
+                                                      else np.arange(self.bank.sizes[v]))
+                              for v, c in enumerate(self.train_cameras)]
+            self.drawable = np.concatenate(self.view_rays)
         self.view_radius = np.array([view_radius(scene.cameras[c].intrinsics) for c in self.train_cameras],
                                     np.float32)
         self.view_time = self._frame_times()
@@ -413,6 +425,8 @@ class FieldModel:
         uniform over their pixels, grouped by view."""
         state = self.state
         if state.field.type != "dynamic":
+            if self.view_rays is not None:  # the pixels the frames' masks use
+                return self.drawable[rng.integers(0, len(self.drawable), size=self.rays_per_batch)]
             return rng.integers(0, len(self.bank), size=self.rays_per_batch)
         n_views = len(self.train_cameras)
         k = min(int(state.spec.frames_per_batch), n_views)
@@ -420,6 +434,9 @@ class FieldModel:
         counts = np.full(k, self.rays_per_batch // k)
         counts[: self.rays_per_batch % k] += 1
         sizes = np.diff(self.bank_offsets)
+        if self.view_rays is not None:
+            return np.concatenate([self.view_rays[v][rng.integers(0, len(self.view_rays[v]), size=c)]
+                                   for v, c in zip(views, counts, strict=True)])
         return np.concatenate([self.bank_offsets[v] + rng.integers(0, sizes[v], size=c)
                                for v, c in zip(views, counts, strict=True)])
 
@@ -703,16 +720,18 @@ class FieldModel:
         return self._published
 
     def eval_mask(self, camera: str) -> wp.array | None:
-        """(N,) float32 mask of the pixels a held-out view's PSNR is measured on: NeRF-W's protocol fits the
-        view's appearance embedding on the left half of the image and measures the right half (columns
-        >= width // 2); None (every pixel) otherwise."""
-        if self.state.field.type != "nerf_w" or self.state.leaf("appearance") is None \
-                or camera in self.train_cameras:
-            return None
+        """(N,) float32 mask of the pixels a view's PSNR is measured on: the pixels its frame's mask uses
+        (`mask_path`), and for a held-out view of NeRF-W only the right half (its protocol fits the view's
+        appearance embedding on the left half, columns < width // 2); None: every pixel."""
         c = self.p.scene.cameras[camera]
-        m = np.zeros((c.height, c.width), np.float32)
-        m[:, c.width // 2:] = 1.0
-        return wp.array(m.ravel(), dtype=float, device=self.p.ds.device)
+        seen = self.seen.get(camera)
+        m = None if seen is None else seen.astype(np.float32)
+        if self.state.field.type == "nerf_w" and self.state.leaf("appearance") is not None \
+                and camera not in self.train_cameras:
+            half = np.zeros((c.height, c.width), np.float32)
+            half[:, c.width // 2:] = 1.0
+            m = half.ravel() if m is None else m * half.ravel()
+        return None if m is None else wp.array(m, dtype=float, device=self.p.ds.device)
 
     def fit_test_appearance(self, targets: list[Target]) -> None:
         """NeRF-W: fit each held-out view's appearance embedding on the left half of its target
@@ -723,7 +742,8 @@ class FieldModel:
         for t in targets:
             c = p.scene.cameras[t.camera]
             o, d = readout.camera_rays(c.intrinsics, c.pose, c.width, c.height, p.ds.device)
-            left = np.flatnonzero((np.arange(c.width * c.height) % c.width) < c.width // 2)
+            left = (np.arange(c.width * c.height) % c.width) < c.width // 2
+            left = np.flatnonzero(left & self.seen[t.camera] if t.camera in self.seen else left)
             if left.size > APPEARANCE_FIT_RAYS:  # an evenly spread subset: a few numbers need few pixels
                 left = left[np.linspace(0, left.size - 1, APPEARANCE_FIT_RAYS).round().astype(np.int64)]
             idx = wp.array(left.astype(np.int32), dtype=wp.int32, device=p.ds.device)

@@ -143,37 +143,44 @@ def _normalization(mask, n: int, weight: float, device) -> tuple[float, wp.array
     return float(weight) / 3.0, mask_sum
 
 
-def _pixel_loss(kernel, render, target, out_loss, weight, mask, pixels=None) -> None:
+def _pixel_loss(kernel, render, target, out_loss, weight, mask, pixels=None, mask_total=None) -> None:
     n = _check_images(render, target, mask, out_loss)
     if pixels is not None:
         if mask is not None:
-            raise ValueError("pixels: a masked loss is normalized by its mask; pass one or the other")
+            raise ValueError("pixels: a masked loss is normalized by its mask; pass mask_total instead")
         if not isinstance(pixels, int) or isinstance(pixels, bool) or pixels < n:
             raise ValueError(f"pixels: expected an int >= the render's {n} pixels, got {pixels!r}")
-    scale, mask_sum = _normalization(mask, n if pixels is None else pixels, weight, render.device)
+    if mask_total is not None:
+        if mask is None or not (np.isfinite(mask_total) and mask_total > 0):
+            raise ValueError(f"mask_total: expected a positive number with a mask, got {mask_total!r}")
+        scale = float(weight) / 3.0
+        mask_sum = wp.array([float(mask_total)], dtype=float, device=render.device)
+    else:
+        scale, mask_sum = _normalization(mask, n if pixels is None else pixels, weight, render.device)
     wp.launch(kernel, dim=n, inputs=[render, target, mask, int(mask is not None), mask_sum, scale, out_loss],
               device=render.device)
 
 
 def l1(render: wp.array, target: wp.array, out_loss: wp.array, weight: float = 1.0,
-       mask: wp.array | None = None, pixels: int | None = None) -> None:
+       mask: wp.array | None = None, pixels: int | None = None, mask_total: float | None = None) -> None:
     """out_loss[0] += weight * mean |render - target| (mask-weighted mean over pixels and channels).
     `pixels`: these N pixels are part of an image of `pixels` pixels (a band of rows), whose mean this
     adds their share of: the sum is divided by 3 `pixels` instead of 3 N (the whole image's factor, so a
-    pixel's gradient is the whole image's bit for bit).
+    pixel's gradient is the whole image's bit for bit). `mask_total`: the same for a masked band, the sum of
+    the whole image's mask.
 
     render, target: (N, 3) float32 array2d; mask: (N,) float32 or None; out_loss: (1,) float32.
     The gradient at a zero residual is 0 (the subgradient Warp's abs uses)."""
-    _pixel_loss(_l1, render, target, out_loss, weight, mask, pixels)
+    _pixel_loss(_l1, render, target, out_loss, weight, mask, pixels, mask_total)
 
 
 def l2(render: wp.array, target: wp.array, out_loss: wp.array, weight: float = 1.0,
-       mask: wp.array | None = None, pixels: int | None = None) -> None:
+       mask: wp.array | None = None, pixels: int | None = None, mask_total: float | None = None) -> None:
     """out_loss[0] += weight * mean (render - target)^2, the (mask-weighted) mean squared error.
-    `pixels`: as in `l1`.
+    `pixels`, `mask_total`: as in `l1`.
 
     render, target: (N, 3) float32 array2d; mask: (N,) float32 or None; out_loss: (1,) float32."""
-    _pixel_loss(_l2, render, target, out_loss, weight, mask, pixels)
+    _pixel_loss(_l2, render, target, out_loss, weight, mask, pixels, mask_total)
 
 
 def ssim_loss(render: wp.array, target: wp.array, width: int, height: int, out_loss: wp.array,

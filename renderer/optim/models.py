@@ -27,7 +27,7 @@ from ..render import BAND_MODES, RenderOutput, render_view
 from ..render_cache import GBufferCache
 from ..scene import Scene
 from . import losses, regularizers
-from .targets import Target, build_targets
+from .targets import Target, build_targets, dataset_masks
 
 EVALUATION_PHASE = "final evaluation"  # the results' render of every view (renderer.progress)
 # image-shaped parameters whose gradient snapshots carry as images (`view_images` "texture_grads"): the
@@ -206,7 +206,8 @@ class MeshModel:
 
     def build_targets(self) -> tuple[list[Target], list[Target]]:
         p = self.p
-        return build_targets(p.scene, p.ds, p.truth, p.target_spec, p._current_values(), p._dataset_files), []
+        return build_targets(p.scene, p.ds, p.truth, p.target_spec, p._current_values(), p._dataset_files,
+                             dataset_masks(p.scene, p.target_spec)), []
 
     def batch(self, rng: np.random.Generator) -> list[Target]:
         targets, n = self.p.targets, self.p.batch_views
@@ -255,9 +256,10 @@ class MeshModel:
                 if name in terms:
                     w = weights[name] * scale
                     if name == "ssim":
-                        losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w)
+                        losses.ssim_loss(out.image, t.image, out.width, out.height, terms[name], weight=w,
+                                         mask=t.mask)
                     else:
-                        getattr(losses, name)(out.image, t.image, terms[name], weight=w)
+                        getattr(losses, name)(out.image, t.image, terms[name], weight=w, mask=t.mask)
         for path in self.p.free_paths():  # regularizers once: TV by texel rows over the ranks, the rest on rank 0
             kind, arr = ds.kind(path), ds.arrays[path]
             if "tv" in terms and kind.is_texture and arr.shape[0] > 1:
@@ -315,10 +317,12 @@ class MeshModel:
             else:  # this piece's own rows of the band, and of the target
                 image = out.image[(first - band[0]) * w:(end - band[0]) * w]
                 target = t.image[first * w:end * w]
+            # normalized by the whole view's pixels (or mask): each pixel's gradient is one process's
+            whole = (dict(pixels=heights[v] * w) if t.mask is None else
+                     dict(mask=t.mask[first * w:end * w], mask_total=float(t.mask.numpy().sum())))
             for name in ("l1", "l2"):
-                if name in terms:  # normalized by the whole view's pixels: each pixel's gradient is one process's
-                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale,
-                                          pixels=heights[v] * w)
+                if name in terms:
+                    getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale, **whole)
 
     def after_step(self, step: int) -> dict[str, float]:
         return {}
@@ -357,7 +361,7 @@ class MeshModel:
     def evaluation_views(self, targets: list[Target]) -> dict[str, tuple[RenderOutput, wp.array | None]]:
         ds = self.p.ds
         frame = ds.prepare()  # without the G-buffer cache: the reference render of every view
-        return {t.camera: (render_view(ds, frame, t.camera), None)
+        return {t.camera: (render_view(ds, frame, t.camera), t.mask)  # the pixels its frame's mask uses
                 for t in progress.track(EVALUATION_PHASE, targets, unit="view")}
 
     def parameter_metrics(self) -> dict:
@@ -504,7 +508,8 @@ class ShapeModel(MeshModel):
     def build_targets(self) -> tuple[list[Target], list[Target]]:
         p, ds = self.p, self.target_ds
         current = {path: ds.get(path) for path in ds.arrays}
-        return build_targets(self.target_scene, ds, p.truth, p.target_spec, current, p._dataset_files), []
+        return build_targets(self.target_scene, ds, p.truth, p.target_spec, current, p._dataset_files,
+                             dataset_masks(self.target_scene, p.target_spec)), []
 
     def after_step(self, step: int) -> dict[str, float]:
         due = {path: spec.edge_length[spec.steps.index(step + 1)] for path, spec in self.remesh_specs.items()

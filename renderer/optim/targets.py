@@ -17,13 +17,15 @@ from ..errors import SceneError
 from ..images import read_image
 from ..render import render_view
 from ..scene import Camera, Scene
-from ..transforms_json import load_transforms, read_frame_image
+from ..transforms_json import load_transforms, read_frame_image, read_frame_mask
 
 
 @dataclass
 class Target:
     camera: str
     image: wp.array2d  # (N, 3) linear RGB
+    # (N,) float32: 1 where the target's pixel is used, 0 where it is ignored (its frame's `mask_path`); None: all
+    mask: wp.array | None = None
 
 
 def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
@@ -40,6 +42,17 @@ def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
         scene.cameras[name] = Camera(name, f.width, f.height, f.intrinsics, f.pose)
         files[name] = str(f.image_path)
     return files
+
+
+def dataset_masks(scene: Scene, target_spec, key: str = "transforms", prefix: str = "frame") -> dict[str, Path]:
+    """{camera: mask file} of the frames of `targets.<key>` (cameras `<prefix>_<index>`, as `add_dataset_cameras`
+    and `add_test_cameras` name them) that have a `mask_path`."""
+    path = getattr(target_spec, key, None)
+    if not path:
+        return {}
+    base = Path(scene.path).parent if scene.path else Path(".")
+    frames = load_transforms(base / path, downscale=target_downscale(scene))
+    return {f"{prefix}_{i:03d}": f.mask_path for i, f in enumerate(frames) if f.mask_path is not None}
 
 
 def target_downscale(scene: Scene) -> int:
@@ -66,7 +79,9 @@ def with_target_downscale(scene: Scene, downscale: int) -> Scene:
 
 
 def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, current: dict,
-                  image_files: dict[str, str] | None = None) -> list:
+                  image_files: dict[str, str] | None = None, mask_files: dict[str, Path] | None = None) -> list:
+    """The targets: the image files' (`image_files` {camera: file}, and `targets.images`), with the masks of
+    `mask_files` {camera: mask file} (`dataset_masks`), else the views of `targets.cameras` rendered at `truth`."""
     base = Path(scene.path).parent if scene.path else Path(".")
     files: dict[str, str] = dict(image_files or {})
     downscale = target_downscale(scene)
@@ -91,7 +106,13 @@ def build_targets(scene: Scene, ds: DeviceScene, truth: dict, target_spec, curre
                 raise SceneError(file, "", f"image is {img.shape[1]}x{img.shape[0]}, but camera {cam!r} is "
                                  f"{c.width}x{c.height}")
             arr = wp.array(np.ascontiguousarray(img.reshape(-1, 3), np.float32), dtype=float, device=ds.device)
-            targets.append(Target(cam, arr))
+            mask = None
+            if (mask_files or {}).get(cam) is not None:
+                seen = read_frame_mask(mask_files[cam], c.width, c.height).reshape(-1)
+                if not seen.any():
+                    raise SceneError(str(mask_files[cam]), "", f"the mask of camera {cam!r} ignores every pixel")
+                mask = wp.array(seen.astype(np.float32), dtype=float, device=ds.device)
+            targets.append(Target(cam, arr, mask))
         return targets
     cameras = list(getattr(target_spec, "cameras", None) or scene.cameras)
     # the truth goes into the live leaves for the render and the current values come back whatever happens
