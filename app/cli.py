@@ -467,6 +467,8 @@ def cmd_capture(args: argparse.Namespace) -> int:
     trains on: frames whose image is missing skipped (or refused with --strict), images downscaled and
     undistorted, cameras oriented (mean up -> +Y), centred and scaled into a unit box, the field box from
     aabb_scale or the camera frustums (renderer.captures)."""
+    import json
+
     from drstudio.renderer import captures
 
     from .outdir import claim
@@ -498,7 +500,10 @@ def cmd_capture(args: argparse.Namespace) -> int:
             if bar is not None:
                 bar.close()
         scene_file = captures.write_training_scene(cap, args.out, overwrite=True, field_type=args.field)
-    print(f"wrote {out} ({len(cap.frames)} frames) and {scene_file}; train with: drstudio optimize {scene_file}")
+    masks = sum("mask_path" in f for f in json.loads(out.read_text(encoding="utf-8"))["frames"])
+    masked = f", {masks} with a mask of the pixels the photograph does not cover" if masks else ""
+    print(f"wrote {out} ({len(cap.frames)} frames{masked}) and {scene_file}; train with: drstudio optimize "
+          f"{scene_file}")
     return 0
 
 
