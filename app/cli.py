@@ -141,6 +141,15 @@ def cmd_optimize(args: argparse.Namespace) -> int:
                          f"session continues the recording's own scene")
     nproc = getattr(args, "nproc", 1) or 1
     rank = distributed.env_rank() if distributed.launched() else None  # started as one rank of several
+    if args.scene and rank is None and is_capture(args.scene):  # a capture: `drstudio capture` into <out>/dataset
+        if nproc > 1:
+            raise UsageError(f"{args.scene} is a capture: with --nproc, make its dataset first (drstudio capture "
+                             f"{args.scene} --out DIR --downscale N), then optimize DIR/scene.json --nproc {nproc}")
+        args.out = args.out or headless.default_out_dir(Path.cwd())
+        with claim(args.out):
+            args.scene = str(_capture_dataset(args.scene, Path(args.out) / "dataset",
+                                              downscale=getattr(args, "downscale", None) or 1, overwrite=True))
+        args.downscale = None  # the dataset is at that size now
     if (nproc > 1 or rank is not None) and getattr(args, "serve", None) is not None:
         raise UsageError("--serve is not supported with --nproc > 1 or under torchrun yet: run the distributed "
                          "optimization headless, or serve a one-process run")
@@ -467,44 +476,70 @@ def cmd_capture(args: argparse.Namespace) -> int:
     trains on: frames whose image is missing skipped (or refused with --strict), images downscaled and
     undistorted, cameras oriented (mean up -> +Y), centred and scaled into a unit box, the field box from
     aabb_scale or the camera frustums (renderer.captures)."""
-    import json
-
-    from drstudio.renderer import captures
-
     from .outdir import claim
 
     with claim(args.out):
         scene_file = Path(args.out) / "scene.json"
         if scene_file.exists() and not args.force:
             raise UsageError(f"{scene_file}: exists; choose another --out or add --force")
-        cap = captures.read_capture(args.source, downscale=args.downscale, strict=args.strict,
-                                    test_every=args.test_every or None)
-        if not args.no_normalize:
-            cap = captures.normalize(cap)
-        print(cap.describe(), file=sys.stderr)
-        bar = None
-        if sys.stderr.isatty():
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(cap.frames), desc="images", unit="img")
-
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.update(done - bar.n)
-            elif done == total or done % 10 == 0:
-                print(f"images {done}/{total}", file=sys.stderr)
-
-        try:
-            out = captures.export_transforms(cap, args.out, overwrite=args.force, progress=progress)
-        finally:
-            if bar is not None:
-                bar.close()
-        scene_file = captures.write_training_scene(cap, args.out, overwrite=True, field_type=args.field)
-    masks = sum("mask_path" in f for f in json.loads(out.read_text(encoding="utf-8"))["frames"])
-    masked = f", {masks} with a mask of the pixels the photograph does not cover" if masks else ""
-    print(f"wrote {out} ({len(cap.frames)} frames{masked}) and {scene_file}; train with: drstudio optimize "
-          f"{scene_file}")
+        scene_file = _capture_dataset(args.source, args.out, downscale=args.downscale, strict=args.strict,
+                                      test_every=args.test_every or None, normalize=not args.no_normalize,
+                                      overwrite=args.force, field=args.field)
+    print(f"train with: drstudio optimize {scene_file}")
     return 0
+
+
+def _capture_dataset(source, out: Path, *, downscale: int = 1, strict: bool = False, test_every: int | None = 8,
+                     normalize: bool = True, overwrite: bool = False, field: str = "voxel_grid") -> Path:
+    """`drstudio capture`'s work: the capture at `source` exported as a dataset and a training scene into `out`
+    (the caller holds it). Returns the scene file; says what it wrote on stdout."""
+    import json
+
+    from drstudio.renderer import captures
+
+    cap = captures.read_capture(source, downscale=downscale, strict=strict, test_every=test_every)
+    if normalize:
+        cap = captures.normalize(cap)
+    print(cap.describe(), file=sys.stderr)
+    bar = None
+    if sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(cap.frames), desc="images", unit="img")
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.update(done - bar.n)
+        elif done == total or done % 10 == 0:
+            print(f"images {done}/{total}", file=sys.stderr)
+
+    try:
+        written = captures.export_transforms(cap, out, overwrite=overwrite, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    scene_file = captures.write_training_scene(cap, out, overwrite=True, field_type=field)
+    masks = sum("mask_path" in f for f in json.loads(written.read_text(encoding="utf-8"))["frames"])
+    masked = f", {masks} with a mask of the pixels the photograph does not cover" if masks else ""
+    print(f"wrote {written} ({len(cap.frames)} frames{masked}) and {scene_file}")
+    return scene_file
+
+
+def is_capture(path) -> bool:
+    """Whether `path` names a capture rather than a scene file: a folder (a capture folder or a COLMAP model), or
+    a .json file with `frames` and no scene `version` (a nerfstudio / instant-ngp transforms.json)."""
+    import json
+
+    path = Path(path)
+    if path.is_dir():
+        return True
+    if path.suffix.lower() != ".json" or not path.is_file() or path.stat().st_size > 64 * 2**20:
+        return False
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError, RecursionError):
+        return False  # the scene loader says what is wrong with it
+    return isinstance(doc, dict) and "frames" in doc and "version" not in doc
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -682,7 +717,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="with --attach: the token the served run printed")
     device(p)
     p = command("optimize", cmd_optimize, "run a scene's optimization headless")
-    p.add_argument("scene", nargs="?", help="scene file (not with --resume)")
+    p.add_argument("scene", nargs="?", help="scene file (not with --resume), or a capture (a transforms.json, a "
+                   "COLMAP model or a folder holding one: made into <out>/dataset by `drstudio capture` first)")
     p.add_argument("--steps", type=_positive_int, help="override optimize.steps")
     p.add_argument("--out", type=Path, help="output folder for images, metrics and the recording")
     p.add_argument("--no-record", action="store_true", help="do not record the session (default: <out>/recording)")

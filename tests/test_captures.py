@@ -792,6 +792,36 @@ def test_drstudio_capture_writes_a_scene_that_trains(tmp_path):
     assert load_scene(out / "scene.json").cameras["preview"].width == 8
 
 
+def test_drstudio_optimize_trains_a_capture_in_one_command(tmp_path):
+    """`drstudio optimize CAPTURE --downscale N`: a capture with distortion and a missing frame (a transforms.json,
+    or the folder holding it) becomes <out>/dataset (what `drstudio capture` writes, masks included) and trains;
+    with --nproc it says to make the dataset first."""
+    import subprocess
+    import sys
+
+    d = Distortion("opencv", (0.3, 0.0, 0, 0), (0.0, 0.0))
+    frames = ring_frames(9, radius=6.0, height=1.0)
+    images = {fr["file_path"]: distorted_checker(d) for i, fr in enumerate(frames) if i != 3}
+    path = write_transforms(tmp_path / "cap", frames, images, camera_model="OPENCV", fl_x=K[0], fl_y=K[1], cx=K[2],
+                            cy=K[3], w=W, h=H, k1=0.3)
+    root = Path(__file__).resolve().parents[1]
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "drstudio.app.cli", *args], capture_output=True, text=True,
+                              cwd=root, timeout=300)
+
+    for source, run_dir in ((path, tmp_path / "run"), (path.parent, tmp_path / "run_folder")):
+        run = cli("optimize", str(source), "--downscale", "2", "--steps", "2", "--out", str(run_dir))
+        assert run.returncode == 0, run.stderr
+        assert "skipped 1 of 9" in run.stderr and "8 frames, 8 with a mask" in run.stdout
+        assert json.loads((run_dir / "metrics.json").read_text())["steps"] == 2
+        dataset = load_transforms(run_dir / "dataset" / "transforms.json")
+        assert len(dataset) == 8 and (dataset[0].width, dataset[0].height) == (W // 2, H // 2)
+        assert all(f.mask_path is not None for f in dataset)
+    refused = cli("optimize", str(path), "--nproc", "2", "--out", str(tmp_path / "run2"))
+    assert refused.returncode == 2 and "make its dataset first" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_a_field_box_from_the_dataset(tmp_path):
     """`"aabb": "auto"` (issue 13: no guessing the field's box): the box `drstudio capture` wrote into the
     dataset, else the frustum box of its cameras; without a transforms target, an error naming the field."""

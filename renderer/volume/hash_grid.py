@@ -43,7 +43,7 @@ import warp as wp
 from ..checks import check_array
 from ..thread_tape import active_tape
 from .march import parse_aabb
-from .voxel_grid import corner_weight  # the same trilinear corner weight as the voxel grid
+from .voxel_grid import corner_weight, corner_weight_gradient  # the voxel grid's trilinear weights
 
 # the paper's primes for y and z (x's is 1); any large odd constants would do
 PRIME_Y = 2654435761
@@ -83,18 +83,6 @@ def level_cell(p: wp.vec3, lo: wp.vec3, inv_extent: wp.vec3, res: int):
         i[a] = wp.min(int(s), res - 1)
         f[a] = s - float(i[a])
     return i, f, inside
-
-
-@wp.func
-def corner_weight_gradient(f: wp.vec3, c: int) -> wp.vec3:
-    """d w_c / d f of `corner_weight`."""
-    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
-    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
-    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
-    sx = wp.where((c & 1) != 0, 1.0, -1.0)
-    sy = wp.where((c & 2) != 0, 1.0, -1.0)
-    sz = wp.where((c & 4) != 0, 1.0, -1.0)
-    return wp.vec3(sx * wy * wz, wx * sy * wz, wx * wy * sz)
 
 
 @wp.kernel

@@ -106,6 +106,39 @@ def corner_weight(f: wp.vec3, c: int) -> float:
 
 
 @wp.func
+def corner_weight_gradient(f: wp.vec3, c: int) -> wp.vec3:
+    """d corner_weight(f, c) / d f."""
+    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
+    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
+    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
+    sx = wp.where((c & 1) != 0, 1.0, -1.0)
+    sy = wp.where((c & 2) != 0, 1.0, -1.0)
+    sz = wp.where((c & 4) != 0, 1.0, -1.0)
+    return wp.vec3(sx * wy * wz, wx * sy * wz, wx * wy * sz)
+
+
+@wp.func
+def query_adjoints(out_color: wp.array2d(dtype=float), adj_color: wp.array2d(dtype=float),
+                   adj_density: wp.array(dtype=float), s: int) -> wp.vec4:
+    """Sample s's adjoints of its three colour logits (before the sigmoid: d sigmoid = c (1 - c)) and of its
+    activated density, from its outputs' adjoints."""
+    cr = out_color[s, 0]
+    cg = out_color[s, 1]
+    cb = out_color[s, 2]
+    return wp.vec4(adj_color[s, 0] * cr * (1.0 - cr), adj_color[s, 1] * cg * (1.0 - cg),
+                   adj_color[s, 2] * cb * (1.0 - cb), adj_density[s])
+
+
+@wp.func
+def raw_density_adjoint(adj: float, raw: float, activation: int) -> float:
+    """The adjoint of a raw (interpolated) density from its activated density's: d softplus = sigmoid(raw),
+    d relu = [raw > 0]."""
+    if activation == 1:
+        return wp.where(raw > 0.0, adj, 0.0)
+    return adj * sigmoid(raw)
+
+
+@wp.func
 def interpolate_density(density: wp.array3d(dtype=Any), i: wp.vec3i, f: wp.vec3) -> float:
     """Trilinear interpolation of the raw density in the cell at corner i, offset f."""
     raw = float(0.0)
@@ -171,24 +204,17 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
     # unrolled forward. Only the lattice points of the slab x_lo <= x < x_hi are written: launches over
     # disjoint slabs may run at once (CPU adds are not atomic), each adding in sample order as one launch does.
     s = wp.tid()
-    cr = out_color[s, 0]
-    cg = out_color[s, 1]
-    cb = out_color[s, 2]
-    gr = adj_color[s, 0] * cr * (1.0 - cr)
-    gg = adj_color[s, 1] * cg * (1.0 - cg)
-    gb = adj_color[s, 2] * cb * (1.0 - cb)
-    gs = adj_density[s]
-    if gs == 0.0 and gr == 0.0 and gg == 0.0 and gb == 0.0:
+    g = query_adjoints(out_color, adj_color, adj_density, s)
+    if g == wp.vec4(0.0):
         return  # e.g. a sample past early termination
+    gr = g[0]
+    gg = g[1]
+    gb = g[2]
     res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
     i, f = lattice_cell(positions[s], lo, hi, res)
     if i[0] + 1 < x_lo or i[0] >= x_hi:
         return
-    raw = interpolate_density(density, i, f)
-    if activation == 1:
-        gs = wp.where(raw > 0.0, gs, 0.0)
-    else:
-        gs = gs * sigmoid(raw)
+    gs = raw_density_adjoint(g[3], interpolate_density(density, i, f), activation)
     basis = sh_basis(dirs[s])
     for c in range(8):
         x = i[0] + (c & 1)
@@ -204,18 +230,6 @@ def _query_backward(density: wp.array3d(dtype=Any), lo: wp.vec3, hi: wp.vec3, n_
                 wp.atomic_add(grad_sh, x, y, z, k, grad_sh.dtype(wb * gr))
                 wp.atomic_add(grad_sh, x, y, z, n_coeffs + k, grad_sh.dtype(wb * gg))
                 wp.atomic_add(grad_sh, x, y, z, 2 * n_coeffs + k, grad_sh.dtype(wb * gb))
-
-
-@wp.func
-def corner_weight_grad(f: wp.vec3, c: int) -> wp.vec3:
-    """d corner_weight(f, c) / d f."""
-    wx = wp.where((c & 1) != 0, f[0], 1.0 - f[0])
-    wy = wp.where((c & 2) != 0, f[1], 1.0 - f[1])
-    wz = wp.where((c & 4) != 0, f[2], 1.0 - f[2])
-    sx = wp.where((c & 1) != 0, 1.0, -1.0)
-    sy = wp.where((c & 2) != 0, 1.0, -1.0)
-    sz = wp.where((c & 4) != 0, 1.0, -1.0)
-    return wp.vec3(sx * wy * wz, wx * sy * wz, wx * wy * sz)
 
 
 @wp.func
@@ -246,23 +260,16 @@ def _query_backward_points(density: wp.array3d(dtype=Any), sh: wp.array4d(dtype=
     # (zero along an axis where the point is clamped into the box) and the SH basis' gradient. Each sample writes
     # its own entries only, so launches over disjoint sample ranges may run at once.
     s = wp.tid()
-    cr = out_color[s, 0]
-    cg = out_color[s, 1]
-    cb = out_color[s, 2]
-    gr = adj_color[s, 0] * cr * (1.0 - cr)
-    gg = adj_color[s, 1] * cg * (1.0 - cg)
-    gb = adj_color[s, 2] * cb * (1.0 - cb)
-    gs = adj_density[s]
-    if gs == 0.0 and gr == 0.0 and gg == 0.0 and gb == 0.0:
+    adj = query_adjoints(out_color, adj_color, adj_density, s)
+    if adj == wp.vec4(0.0):
         return
+    gr = adj[0]
+    gg = adj[1]
+    gb = adj[2]
     res = wp.vec3i(density.shape[0], density.shape[1], density.shape[2])
     p = positions[s]
     i, f = lattice_cell(p, lo, hi, res)
-    raw = interpolate_density(density, i, f)
-    if activation == 1:
-        gs = wp.where(raw > 0.0, gs, 0.0)
-    else:
-        gs = gs * sigmoid(raw)
+    gs = raw_density_adjoint(adj[3], interpolate_density(density, i, f), activation)
     basis = sh_basis(dirs[s])
     d_f = wp.vec3(0.0, 0.0, 0.0)  # d loss / d f
     red = vec9()
@@ -270,7 +277,7 @@ def _query_backward_points(density: wp.array3d(dtype=Any), sh: wp.array4d(dtype=
     blue = vec9()
     for c in range(8):
         w = corner_weight(f, c)
-        dw = corner_weight_grad(f, c)
+        dw = corner_weight_gradient(f, c)
         x = i[0] + (c & 1)
         y = i[1] + ((c >> 1) & 1)
         z = i[2] + ((c >> 2) & 1)
