@@ -192,9 +192,9 @@ MASK_SEEN_SHARE = 0.999
 
 def read_frame_mask(file, width: int, height: int) -> np.ndarray:
     """A frame's `mask_path` image as a (height, width) bool array: True where the pixel is used (a nonzero mask
-    value: the first channel of a colour image, as a gray one), False where it is ignored. A larger mask (a downscaled frame) is reduced by an area filter;
-    a pixel stays True only when (almost) all of it is seen. SceneError naming the file when it is no image or of
-    another size than the frame (or an integer multiple of it)."""
+    value: the first channel of a colour image, as a gray one), False where it is ignored. A larger mask (a
+    downscaled frame) is reduced by an area filter; a pixel stays True only when (almost) all of it is seen.
+    SceneError naming the file when it is no image or of another size than the frame (or a multiple of it)."""
     from .captures import resize_area
 
     m = read_image(file, channels=1)[..., 0] > 0.0
