@@ -319,26 +319,21 @@ class Capture:
     def valid_mask(self, frame: int | CaptureFrame) -> np.ndarray:
         """(H, W) bool: pixels of the loaded image that the file sees (all True without distortion) and that the
         frame's own mask (`mask_path`, downscaled and undistorted with the image) does not ignore."""
-        from .transforms_json import MASK_SEEN_SHARE
+        from .transforms_json import MASK_SEEN_SHARE, read_frame_mask
 
         f = self.frames[frame] if isinstance(frame, (int, np.integer)) else frame
-        seen = np.ones((f.height, f.width), bool)
-        if f.distortion is not None and not f.distortion.is_identity:
-            seen = undistorted_mask(f.width, f.height, f.intrinsics, f.distortion)
+        distorted = f.distortion is not None and not f.distortion.is_identity
+        seen = undistorted_mask(f.width, f.height, f.intrinsics, f.distortion) if distorted else \
+            np.ones((f.height, f.width), bool)
         if f.mask_path is not None:
-            try:
-                own = (read_image(f.mask_path, channels=1) > 0.0).astype(np.float32)
+            try:  # at the loaded image's size (a full-size mask of a downscaled frame is reduced)
+                own = read_frame_mask(f.mask_path, f.width, f.height)
             except SceneError as e:
                 raise SceneError(self.file, f"{f.source}.mask_path", f"mask '{f.mask_path}': {e.message}") from None
-            h0, w0 = own.shape[:2]
-            if (w0, h0) != (f.width, f.height):  # a mask at the full size of a downscaled frame's image
-                if w0 < f.width or h0 < f.height or abs(w0 / f.width - h0 / f.height) > 0.1 * w0 / f.width:
-                    raise SceneError(self.file, f"{f.source}.mask_path", f"mask '{f.mask_path}' is {w0}x{h0}, "
-                                     f"expected its image's size {f.width}x{f.height} (or a multiple of it)")
-                own = resize_area(own, f.width, f.height)
-            if f.distortion is not None and not f.distortion.is_identity:
-                own, _ = undistort_image(own, f.intrinsics, f.distortion)
-            seen &= own[..., 0] >= MASK_SEEN_SHARE
+            if distorted:
+                own = undistort_image(own.astype(np.float32)[..., None], f.intrinsics, f.distortion)[0][..., 0] \
+                    >= MASK_SEEN_SHARE
+            seen &= own
         return seen
 
     def images(self, indices: Iterable[int] | None = None, progress: Callable[[int, int], None] | None = None,

@@ -326,23 +326,28 @@ class FieldModel:
         self.psnr_test = math.nan
 
     # -- targets ---------------------------------------------------------------------------------
+    def _target_files(self) -> dict[str, str]:
+        """{camera: image file} of the target files: the dataset's frames and `targets.images`."""
+        spec, p = self.p.target_spec, self.p
+        files = dict(p._dataset_files)
+        if spec.images:
+            files.update({item.camera: str(Path(p.scene.path).parent / item.file) for item in spec.images})
+        return files
+
     def _training_view_names(self) -> list[str]:
         """The cameras `build_targets` trains on (before it runs): the target files' cameras that are not held out,
         else the rendered targets' cameras."""
-        spec, p = self.p.target_spec, self.p
-        files = list(p._dataset_files) + [item.camera for item in (spec.images or [])]
+        files = self._target_files()
         if files:
-            return [c for c in dict.fromkeys(files) if c not in self.held_out]
-        return list(spec.cameras or [])
+            return [c for c in files if c not in self.held_out]
+        return list(self.p.target_spec.cameras or [])
 
     def build_targets(self) -> tuple[list[Target], list[Target]]:
         """(training targets, held-out test targets) from the problem's target spec."""
         p = self.p
         spec, scene, ds = p.target_spec, p.scene, p.ds
         current = p._current_values()
-        files = dict(p._dataset_files)
-        if spec.images:
-            files.update({item.camera: str(Path(scene.path).parent / item.file) for item in spec.images})
+        files = self._target_files()
         train_files = {c: f for c, f in files.items() if c not in self.held_out}
         test_files = {c: f for c, f in files.items() if c in self.held_out} | self.test_files
         if files and not train_files:

@@ -319,7 +319,7 @@ class MeshModel:
                 target = t.image[first * w:end * w]
             # normalized by the whole view's pixels (or mask): each pixel's gradient is one process's
             whole = (dict(pixels=heights[v] * w) if t.mask is None else
-                     dict(mask=t.mask[first * w:end * w], mask_total=float(t.mask.numpy().sum())))
+                     dict(mask=t.mask[first * w:end * w], mask_total=t.mask_sum))
             for name in ("l1", "l2"):
                 if name in terms:
                     getattr(losses, name)(image, target, terms[name], weight=weights[name] * scale, **whole)

@@ -4,6 +4,7 @@ nerfstudio/Blender `transforms.json` whose frames become cameras `<prefix>_<inde
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,11 @@ class Target:
     image: wp.array2d  # (N, 3) linear RGB
     # (N,) float32: 1 where the target's pixel is used, 0 where it is ignored (its frame's `mask_path`); None: all
     mask: wp.array | None = None
+
+    @functools.cached_property
+    def mask_sum(self) -> float:
+        """The number of pixels the mask uses (the pixel count without a mask)."""
+        return float(self.mask.numpy().sum()) if self.mask is not None else float(self.image.shape[0])
 
 
 def add_dataset_cameras(scene: Scene, target_spec) -> dict[str, str]:
