@@ -412,6 +412,64 @@ def test_ranks_pin_to_their_share_of_the_cores(monkeypatch):
     monkeypatch.setenv(distributed.PIN_ENV, "main")  # the main thread only, after gloo started its threads
     distributed.Comm.from_env("cpu")
     assert pinned == [[2, 3], "init", "init", "init", [2, 3]]
+    monkeypatch.setenv(distributed.LOOP_NICE_ENV, "high")  # refused before the rank joins
+    with pytest.raises(distributed.DistributedError, match="DRSTUDIO_GLOO_LOOP_NICE must be an integer .*'high'"):
+        distributed.Comm.from_env("cpu")
+    assert pinned == [[2, 3], "init", "init", "init", [2, 3]]
+
+
+def test_gloo_loop_thread_runs_at_a_lower_priority():
+    """`lower_gloo_loop` sets the nice value of the threads the OS calls `gloo_tcp_loop`, and of no other thread;
+    in a real gloo process group (one rank, in a child process) such a thread exists: the name is torch's, and a
+    torch that renamed it would silently lose the faster collectives (benchmarks/README.md, "gloo's loop thread")."""
+    import ctypes
+    import threading
+
+    from drstudio.renderer.optim import distributed
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs Linux's /proc")
+    libc = ctypes.CDLL(None)
+    ready, done, tids = threading.Event(), threading.Event(), []
+
+    def named(name: bytes):
+        libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME: the thread's name in /proc/self/task/TID/comm
+        tids.append(threading.get_native_id())
+        ready.set()
+        done.wait(30)
+
+    threads = [threading.Thread(target=named, args=(n,)) for n in (b"gloo_tcp_loop", b"pt_gloo_runloop")]
+    try:
+        for t in threads:
+            ready.clear()
+            t.start()
+            assert ready.wait(30)
+        before = os.getpriority(os.PRIO_PROCESS, 0)
+        assert distributed.lower_gloo_loop(0) == 0  # 0: nothing changed
+        assert distributed.lower_gloo_loop(7) == 1
+        assert os.getpriority(os.PRIO_PROCESS, tids[0]) == 7
+        assert os.getpriority(os.PRIO_PROCESS, tids[1]) == before  # the worker thread keeps the rank's priority
+        assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == before
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    child = """
+import os, socket, datetime
+import torch.distributed as dist
+s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                        timeout=datetime.timedelta(seconds=60))
+from drstudio.renderer.optim import distributed
+print("changed", distributed.lower_gloo_loop(distributed.LOOP_NICE_DEFAULT))
+names = {open(f"/proc/self/task/{t}/comm").read().strip(): os.getpriority(os.PRIO_PROCESS, int(t))
+         for t in os.listdir("/proc/self/task")}
+print("nice", names.get("gloo_tcp_loop"))
+dist.destroy_process_group()
+"""
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 0, out.stderr
+    assert "changed 1" in out.stdout and f"nice {distributed.LOOP_NICE_DEFAULT}" in out.stdout, out.stdout
 
 
 def test_profile_rank_runs_briefly(tmp_path, capsys):
@@ -503,6 +561,56 @@ def test_a_bad_data_parallel_entry_is_refused(runs, tmp_path):
     (rec / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(RecordingError, match="data_parallel"):
         verify(load_recording(rec))
+
+
+class _CheckFails:
+    """Rank 0 of 2 whose twin holds the same gradients (the sum doubles them) and is lost in the parameter check
+    after step `fail_at` (None: never): what a rank killed right after the sum of its last step looks like."""
+
+    rank, world, local_rank, local_world, device, backend, warp_device = 0, 2, 0, 2, "cpu", "gloo", "cpu"
+
+    def __init__(self, fail_at):
+        self.fail_at = fail_at
+
+    def sum(self, flat, step):
+        flat += flat
+        return flat
+
+    def check_same(self, checksum, step):
+        from drstudio.renderer.optim.distributed import DistributedError
+
+        if step == self.fail_at:
+            raise DistributedError(f"rank 0: lost contact with the other ranks at step {step} (test)")
+
+    def gather_rows(self, arr, step):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_a_rank_lost_after_a_step_keeps_that_step_in_the_recording(tmp_path):
+    """A collective that fails after a step's update (the parameter check at the last step) ends the run with the
+    one-line error, and the step is recorded: the closing keyframe is at the step count whose parameters it
+    holds, the same keyframe a run whose check passed ends with, so `--resume` continues where the run stood."""
+    from drstudio.app import headless
+    from drstudio.renderer.optim.distributed import DistributedError
+    from drstudio.renderer.recording import load_recording
+
+    path = tiny_scene(tmp_path / "s", steps=6)
+    for name, fail_at in (("ok", None), ("lost", 6)):
+        kwargs = dict(steps=None, out=tmp_path / name, device="cpu", progress=False, partial_every=1e9,
+                      final_eval="none", comm=_CheckFails(fail_at))
+        if fail_at is None:
+            headless.optimize(str(path), **kwargs)
+        else:
+            with pytest.raises(DistributedError, match="lost contact with the other ranks at step 6"):
+                headless.optimize(str(path), **kwargs)
+    ok, lost = (load_recording(tmp_path / name / "recording") for name in ("ok", "lost"))
+    assert len(lost.steps) == len(ok.steps) == 6
+    assert max(lost.keyframes) == max(ok.keyframes) == 6
+    a, b = ok.keyframe(6).values, lost.keyframe(6).values
+    assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def test_sigterm_stops_every_rank_after_the_same_step(scene, tmp_path):

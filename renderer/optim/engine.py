@@ -289,11 +289,7 @@ class Engine:
         try:
             result = p.step()
         except Exception as exc:
-            if getattr(exc, "expected", False):  # a lost rank of a distributed run: the caller reports the message
-                log.info("optimization step %d failed: %s", p.step_index, exc)
-            else:
-                log.error("optimization step failed:\n%s", traceback.format_exc())
-            self._error(f"step {p.step_index} failed: {exc}", fatal=True)
+            self._step_failed(exc)
             return
         dt = time.perf_counter() - t0
         self._rate = 1.0 / dt if self._rate == 0.0 else 0.9 * self._rate + 0.1 / max(dt, 1e-9)
@@ -317,9 +313,21 @@ class Engine:
             self._state = "finished"  # the step budget, or the time budget (optimize --max-seconds)
         elif getattr(p, "stop_agreed", False) and self._state == "running":
             self._state = "stopped"  # a distributed run: every rank stops after this same step
+        deferred = getattr(p, "take_deferred_error", lambda: None)()
+        if deferred is not None:  # failed after the step was taken (a lost rank): the step above is recorded
+            self._step_failed(deferred)
+            return
         done = self._state != "running" and self._pending_steps == 0
         if done or p.step_index % self.publish_every == 0:
             self._publish(force_images=done)
+
+    def _step_failed(self, exc: BaseException) -> None:
+        p = self.problem
+        if getattr(exc, "expected", False):  # a lost rank of a distributed run: the caller reports the message
+            log.info("optimization step %d failed: %s", p.step_index, exc)
+        else:
+            log.error("optimization step failed:\n%s", "".join(traceback.format_exception(exc)))
+        self._error(f"step {p.step_index} failed: {exc}", fatal=True)
 
     def _error(self, message: str, fatal: bool) -> None:
         if fatal:

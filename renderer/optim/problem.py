@@ -117,6 +117,10 @@ class Problem:
         self.thumbnail_due = None
         self._thumbnail_request = 0
         self._shared_thumbnail = None
+        # what failed after a step was taken (a lost rank in the parameter check or the thumbnail's gather): the
+        # step is returned (recorded, so the closing keyframe holds its parameters under its number) and this is
+        # raised by the next `step()`; the engine reports it at once (`take_deferred_error`)
+        self.deferred_error: BaseException | None = None
         self.thumbnails_shared = 0  # how many of them were taken (the recorder notes it in the thumb record)
         self._sparse_grads: dict = {}  # path -> (array, points, C) of the last step's sparse gradient (_zero_grads)
         self._grad_buffer = None  # a CPU rank's flat buffer its gradients live in (distributed.GradBuffer)
@@ -425,9 +429,17 @@ class Problem:
             return
         self.comm.check_same(distributed.checksum(self.ds, self.param_specs), i)
 
+    def take_deferred_error(self) -> BaseException | None:
+        """The error that ended the last step after its update was applied (see `deferred_error`), once."""
+        err, self.deferred_error = self.deferred_error, None
+        return err
+
     def step(self) -> StepResult:
         if not self._opt_paths:
             raise ValueError(NOTHING_FREE)
+        err = self.take_deferred_error()
+        if err is not None:  # the ranks were lost after the last step: no step can be taken
+            raise err
         rng_state = self.view_rng_state() if self.comm is not None else None
         batch = self.model.batch(self._view_rng)
         if self.shards > 1 or self.comm is not None:
@@ -472,11 +484,16 @@ class Problem:
         self._step_render_key = (id(self.ds), dict(self.ds.params.versions), repr(self.scene.render))
         result = StepResult(self.step_index, loss, terms, grad_norms, applied)
         self.step_index += 1
-        self._check_ranks()
-        if self._thumbnail_request:  # every rank: its rows of the thumbnail rank 0's recorder draws now
-            size, self._thumbnail_request = self._thumbnail_request, 0
-            cam = self.active_view
-            self._shared_thumbnail = (cam, size, self.step_index, id(self.ds), self.render_rows_shared(cam, size))
+        try:  # the step is taken: what fails now is reported after it (`deferred_error`), not instead of it
+            self._check_ranks()
+            if self._thumbnail_request:  # every rank: its rows of the thumbnail rank 0's recorder draws now
+                size, self._thumbnail_request = self._thumbnail_request, 0
+                cam = self.active_view
+                self._shared_thumbnail = (cam, size, self.step_index, id(self.ds),
+                                          self.render_rows_shared(cam, size))
+        except Exception as exc:
+            self._thumbnail_request, self._shared_thumbnail = 0, None
+            self.deferred_error = exc
         return result
 
     def render_rows_shared(self, camera: str, max_size: int) -> np.ndarray:
