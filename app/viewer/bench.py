@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -131,7 +132,7 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
     preview = {}
     try:
         # rest=False: the window never rests (as before the rest state: >= 30 frames/s while running)
-        ViewerApp(state, title="drstudio bench", rest_after=2.0 if rest else float("inf")).run(on_frame=on_frame)
+        rc = ViewerApp(state, title="drstudio bench", rest_after=2.0 if rest else float("inf")).run(on_frame=on_frame)
     finally:
         stop.set()
         if "mouse" in marks:
@@ -144,6 +145,10 @@ def viewer(scene_path: str, device: str, seconds: float, warmup: float, orbit: b
         engine.shutdown()
         if child is not None:
             child.close()
+    if "s1" not in marks:  # the window did not open, or closed before the measured interval ended
+        print(f"viewer bench: {scene_path}: the viewer ran no measured interval (its exit code {rc}; its message is "
+              "above)", file=sys.stderr)
+        raise SystemExit(2)
     dt = np.diff(frame_times)
     n = marks["s1"] - marks["s0"]
     steps = n / (marks["t1"] - marks["t0"])
