@@ -96,9 +96,11 @@ def lower_gloo_loop(nice: int) -> int:
     (Linux; a thread's nice value is its own). Returns how many threads were changed (0 where there is no /proc or
     `nice` is 0).
 
-    Why: a message that arrives before this rank has posted its receive (the other rank finished its step's work
-    first) wakes the loop thread again and again (`epoll_wait` over and over, system time) until it is taken. The
-    loop thread shares the rank's core with the rank's own work, which the scheduler then splits with it: measured
+    Why: gloo's loop thread waits for its sockets with level-triggered `epoll_wait`, and when data arrives while a
+    worker thread holds that connection's lock (sending its half of the sum), it does not wait for the lock: it
+    returns and calls `epoll_wait` again at once, which reports the same unread data, over and over until the lock
+    is free (gloo's `tcp::Pair::handleEvents`, a `try_lock`). Pinned, the spinning loop thread shares the rank's one
+    core with the lock holder, and at equal priority the scheduler gives it half of it: measured
     on this 2-core machine (benchmarks/README.md, "gloo's loop thread"), an all-reduce after 7 ms of work took
     2.5-2.9 ms at equal priority and 0.7-0.9 ms with the loop thread at nice 10, and each rank used 0.9 ms less CPU
     per step. The cost: when the rank waits in a collective and another process wants its core, the loop thread
