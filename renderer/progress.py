@@ -166,6 +166,18 @@ def terminal(delay: float = 0.5) -> Iterator[TerminalReporter]:
 
 # -- the renderer's kernels -----------------------------------------------------------------------------
 
+def _launch_block_dim(device) -> int:
+    """The block size Warp builds a module for when our launches (no `block_dim` given) run on `device`: 1 on
+    a CPU, 256 on CUDA. Not the module's `block_dim` option (256), which a CPU launch does not use: loading
+    that variant on a CPU compiled every module a second time, for nothing."""
+    try:
+        from warp._src.context import _resolve_launch_block_dim
+
+        return int(_resolve_launch_block_dim(device, None))
+    except Exception:  # noqa: BLE001 (private API; the rule it implements in Warp 1.19)
+        return 1 if device.is_cpu else 256
+
+
 def _needs_compile(module, device) -> bool | None:
     """Whether Warp will compile `module` for `device` (its binary is not in the kernel cache); None when
     this Warp does not tell (private API)."""
@@ -174,7 +186,7 @@ def _needs_compile(module, device) -> bool | None:
     import warp as wp
 
     try:
-        block_dim = module.options["block_dim"]
+        block_dim = _launch_block_dim(device)
         name = module.get_module_identifier(block_dim)
         out = module._get_compile_output_name(device, block_dim=block_dim)
         return not os.path.exists(os.path.join(wp.config.kernel_cache_dir, name, out))
@@ -186,18 +198,21 @@ def load_kernels(device=None, prefix: str = "drstudio.") -> int:
     """Load (compiling on the first run) every Warp module imported from drstudio so far, one at a time,
     as one phase: "compiling renderer kernels, first run only" when some must be compiled, else "loading
     renderer kernels". Loading them here, before the engine starts, also keeps two threads from loading
-    one module at once. Returns the number of modules loaded now."""
+    one module at once. Each is built for the block size our launches use on `device` (`_launch_block_dim`).
+    (Loading on two threads, as Warp's `force_load` can, was measured: the same wall time on two cores and
+    more CPU, so it is not done.) Returns the number of modules loaded now."""
     import warp as wp
     from warp._src.context import user_modules
 
     device = wp.get_device(device)
+    block_dim = _launch_block_dim(device)
     modules = [m for name, m in sorted(user_modules.items()) if name.startswith(prefix)
-               and not m.execs.get((device.context, m.options["block_dim"]))]
+               and not m.execs.get((device.context, block_dim))]
     if not modules:
         return 0
     compile_any = any(_needs_compile(m, device) is not False for m in modules)
     with phase(KERNELS_PHASE if compile_any else KERNELS_CACHED_PHASE, len(modules), "module") as p:
         for m in modules:
-            m.load(device)
+            m.load(device, block_dim=block_dim)
             p.advance()
     return len(modules)

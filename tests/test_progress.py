@@ -64,6 +64,38 @@ def test_kernels_load_as_one_phase():
     assert progress._needs_compile(module, wp.get_device("cpu")) is False  # in the kernel cache now
 
 
+
+def test_kernels_load_the_variant_a_cpu_launch_runs():
+    """load_kernels builds what a launch then uses: after it, a launch on the CPU loads and compiles nothing
+    (before, it built the module's default block size, 256, which CPU launches never run, so every module was
+    compiled twice on a new machine)."""
+    import numpy as np
+    import warp as wp
+
+    cpu = wp.get_device("cpu")
+    module = wp.get_module(_double.__module__)
+    progress.load_kernels("cpu", prefix=_double.__module__)
+    loaded = dict(module.execs)
+    assert len(loaded) == 1
+    a = wp.array(np.arange(4, dtype=np.float32), device=cpu)
+    wp.launch(_double, dim=4, inputs=[a], device=cpu)
+    np.testing.assert_array_equal(a.numpy(), [0, 2, 4, 6])
+    assert dict(module.execs) == loaded  # the launch found its variant loaded
+
+
+def _make_double():
+    import warp as wp
+
+    @wp.kernel
+    def double_in_place(a: wp.array(dtype=wp.float32)):
+        i = wp.tid()
+        a[i] = a[i] * 2.0
+
+    return double_in_place
+
+
+_double = _make_double()
+
 def test_optimize_reports_its_phases(tmp_path):
     from drstudio.app.headless import optimize
 
