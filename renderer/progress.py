@@ -178,15 +178,16 @@ def _launch_block_dim(device) -> int:
         return 1 if device.is_cpu else 256
 
 
-def _needs_compile(module, device) -> bool | None:
-    """Whether Warp will compile `module` for `device` (its binary is not in the kernel cache); None when
-    this Warp does not tell (private API)."""
+def _needs_compile(module, device, block_dim: int | None = None) -> bool | None:
+    """Whether Warp will compile `module` for `device` (its `block_dim` variant, by default the one a launch
+    uses, is not in the kernel cache); None when this Warp does not tell (private API)."""
     import os
 
     import warp as wp
 
     try:
-        block_dim = _launch_block_dim(device)
+        if block_dim is None:
+            block_dim = _launch_block_dim(device)
         name = module.get_module_identifier(block_dim)
         out = module._get_compile_output_name(device, block_dim=block_dim)
         return not os.path.exists(os.path.join(wp.config.kernel_cache_dir, name, out))
@@ -210,7 +211,7 @@ def load_kernels(device=None, prefix: str = "drstudio.") -> int:
                and not m.execs.get((device.context, block_dim))]
     if not modules:
         return 0
-    compile_any = any(_needs_compile(m, device) is not False for m in modules)
+    compile_any = any(_needs_compile(m, device, block_dim) is not False for m in modules)
     with phase(KERNELS_PHASE if compile_any else KERNELS_CACHED_PHASE, len(modules), "module") as p:
         for m in modules:
             m.load(device, block_dim=block_dim)
